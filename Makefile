@@ -1,0 +1,41 @@
+# Two commands on a fresh machine (Python 3.11 with venv):
+#   make run    set up .venv and start the server (gunicorn) on http://127.0.0.1:5000
+#   make test   set up .venv with the test tools and run lint + the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run dev test lint install install-dev download clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: requirements.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $(VENV)/.installed $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+run: install
+	$(BIN)/gunicorn app:app
+
+dev: install
+	$(BIN)/python app.py --debug
+
+download: install
+	$(BIN)/python -m model_loader download
+
+lint: install-dev
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,31 @@
+"""Entry point.  ``gunicorn app:app`` (production, settings in gunicorn.conf.py) or
+``python app.py --port 5000`` (development server)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from model_loader import ModelLoadError
+from webapp import create_app
+
+app = create_app()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the development server.")
+    parser.add_argument("--host", default=app.config["HOST"])
+    parser.add_argument("--port", type=int, default=app.config["PORT"])
+    parser.add_argument("--debug", action="store_true", help="Flask debug mode (reloader)")
+    args = parser.parse_args(argv)
+    try:
+        app.extensions["model_holder"].warm_up()
+    except ModelLoadError as exc:
+        print(f"error: the model could not be loaded: {exc}", file=sys.stderr)
+        return 1
+    app.run(host=args.host, port=args.port, debug=args.debug, threaded=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

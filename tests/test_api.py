@@ -1,0 +1,232 @@
+"""POST /predict, /healthz, /readyz through the real app and the bundled ImageNet model."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+
+import pytest
+from PIL import Image
+
+from tests.conftest import encode
+from tests.photos import photo, real_photos
+
+
+def post(client, *files, field="image", **form):
+    data = {field: [(io.BytesIO(b), name) for name, b in files], **form}
+    return client.post("/predict", data=data, content_type="multipart/form-data")
+
+
+def jpeg(name="coffee", **params) -> bytes:
+    return encode(photo(name).image, "JPEG", quality=92, **params)
+
+
+def assert_error(response, status, code):
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.is_json
+    error = response.get_json()["error"]
+    assert error["code"] == code and error["message"]
+    return error["message"]
+
+
+def test_predict_returns_the_documented_json(client):
+    response = post(client, ("coffee.jpg", jpeg()))
+    assert response.status_code == 200
+    body = response.get_json()
+    assert set(body) == {"model", "predictions", "timings_ms"}
+    assert set(body["model"]) >= {"name", "version", "arch"}
+    assert body["model"]["arch"] == "efficientnet_lite0"
+    predictions = body["predictions"]
+    assert len(predictions) == 3
+    assert all(set(p) == {"label", "index", "score"} for p in predictions)
+    scores = [p["score"] for p in predictions]
+    assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0001
+    assert set(body["timings_ms"]) == {"decode", "preprocess", "inference", "total"}
+    assert all(v >= 0 for v in body["timings_ms"].values())
+    assert body["timings_ms"]["total"] >= body["timings_ms"]["inference"]
+
+
+@pytest.mark.parametrize("item", real_photos(), ids=lambda p: p.name)
+def test_real_photos_get_the_right_answer(client, item):
+    response = post(client, (f"{item.name}.jpg", encode(item.image, "JPEG", quality=92)))
+    predictions = response.get_json()["predictions"]
+    labels = [p["label"] for p in predictions]
+    assert labels[0] in item.top1, labels
+    assert item.top3 & set(labels), labels
+
+
+def test_imagenet_index_matches_the_label(client):
+    top = post(client, ("coffee.jpg", jpeg())).get_json()["predictions"][0]
+    assert (top["label"], top["index"]) == ("espresso", 967)
+
+
+def test_phone_sized_jpeg_gives_the_same_answer(client):
+    """12 MP JPEG (decoded at reduced scale) answers like the original photo."""
+    big = photo("coffee").image.resize((4000, 3000), Image.BICUBIC)
+    response = post(client, ("big.jpg", encode(big, "JPEG", quality=90)))
+    assert response.status_code == 200
+    assert response.get_json()["predictions"][0]["label"] == "espresso"
+
+
+@pytest.mark.parametrize("k", [1, 5, 20])
+def test_topk_is_honoured(client, k):
+    body = post(client, ("c.jpg", jpeg()), topk=str(k)).get_json()
+    assert len(body["predictions"]) == k
+
+
+@pytest.mark.parametrize("k", ["0", "21", "-1", "three", "2.5"])
+def test_topk_out_of_bounds_is_a_400(client, k):
+    message = assert_error(post(client, ("c.jpg", jpeg()), topk=k), 400, "bad_topk")
+    assert "1 to 20" in message
+
+
+def test_several_images_are_answered_in_order(client):
+    files = [("cat.jpg", jpeg("chelsea")), ("coffee.jpg", jpeg("coffee")),
+             ("tripod.png", encode(photo("camera").image, "PNG"))]
+    body = post(client, *files).get_json()
+    assert [r["filename"] for r in body["results"]] == ["cat.jpg", "coffee.jpg", "tripod.png"]
+    tops = [r["predictions"][0]["label"] for r in body["results"]]
+    assert tops[0] in photo("chelsea").top1 and tops[1:] == ["espresso", "tripod"]
+    assert all(len(r["predictions"]) == 3 for r in body["results"])
+    assert set(body["timings_ms"]) == {"decode", "preprocess", "inference", "total"}
+
+
+def test_one_bad_image_in_a_batch_names_the_file(client):
+    response = post(client, ("ok.jpg", jpeg()), ("notes.txt", b"just some text"))
+    message = assert_error(response, 415, "not_an_image")
+    assert "Image 2 (notes.txt)" in message
+
+
+def test_too_many_images_is_a_400(client, app, monkeypatch):
+    monkeypatch.setitem(app.config, "MAX_IMAGES_PER_REQUEST", 2)
+    files = [(f"{n}.jpg", jpeg()) for n in range(3)]
+    assert_error(post(client, *files), 400, "too_many_images")
+
+
+def test_file_field_and_raw_body_are_accepted(client):
+    assert post(client, ("c.jpg", jpeg()), field="file").status_code == 200
+    response = client.post("/predict", data=jpeg(), content_type="image/jpeg")
+    assert response.status_code == 200
+    assert response.get_json()["predictions"][0]["label"] == "espresso"
+
+
+def test_missing_image_is_a_400_that_says_how(client):
+    message = assert_error(client.post("/predict", data={}), 400, "no_image")
+    assert "curl -F image=@" in message
+    message = assert_error(post(client, ("c.jpg", jpeg()), field="photo"), 400, "no_image")
+    assert "photo" in message
+
+
+def test_upload_over_the_limit_is_a_413_json(client, app, monkeypatch):
+    monkeypatch.setitem(app.config, "MAX_CONTENT_LENGTH", 100_000)
+    monkeypatch.setitem(app.config, "MAX_UPLOAD_MB", 100_000 / 2**20)
+    big = os.urandom(300_000)
+    message = assert_error(post(client, ("big.jpg", big)), 413, "too_large")
+    assert "MB limit" in message
+
+
+def test_malformed_multipart_is_a_4xx_json(client):
+    response = client.post(
+        "/predict", data=b"--xyz\r\nContent-Disposition: form-data; name=\"image\"; fil",
+        content_type="multipart/form-data; boundary=xyz")
+    assert 400 <= response.status_code < 500 and response.is_json
+
+
+def test_wrong_method_and_unknown_path_answer_json(client):
+    response = client.get("/predict")
+    assert_error(response, 405, "method_not_allowed")
+    assert "POST" in response.headers["Allow"]
+    assert_error(client.get("/nope", headers={"Accept": "application/json"}), 404, "not_found")
+    page = client.get("/nope", headers={"Accept": "text/html"})
+    assert page.status_code == 404 and b"There is nothing at this address" in page.data
+
+
+def test_health_and_readiness(client):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    ready = client.get("/readyz").get_json()
+    assert ready["status"] == "ready"
+    assert ready["model"]["source"] == "bundled"
+    assert "python -m model_loader download" in ready["notice"]
+
+
+def test_uploads_stay_in_memory(app):
+    from flask import request
+
+    with app.test_request_context(
+        "/predict", method="POST",
+        data={"image": (io.BytesIO(os.urandom(3_000_000)), "big.jpg")},
+        content_type="multipart/form-data",
+    ):
+        stream = request.files["image"].stream
+        assert isinstance(stream, io.BytesIO), type(stream)
+
+
+def _odd_and_broken_files():
+    """(name, bytes, allowed statuses) for a corpus the tests generate themselves."""
+    rng = random.Random(1234)
+    base = photo("chelsea").image.resize((160, 120))
+    cases = []
+    modes = {"1": "PNG", "L": "PNG", "P": "PNG", "RGB": "PNG", "RGBA": "PNG", "LA": "PNG",
+             "I": "PNG", "I;16": "PNG", "CMYK": "JPEG", "YCbCr": "JPEG", "LAB": "TIFF",
+             "F": "TIFF", "PA": "PNG", "RGBX": "TIFF"}
+    for mode, fmt in modes.items():
+        try:
+            img = base.convert(mode)
+        except ValueError:
+            img = Image.new(mode, base.size)
+        try:
+            cases.append((f"mode-{mode}.{fmt.lower()}", encode(img, fmt), {200}))
+        except (OSError, KeyError, ValueError):
+            cases.append((f"mode-{mode}.tiff", encode(img, "TIFF"), {200}))
+    for fmt in ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"):
+        data = encode(base, fmt)
+        for fraction in (0.02, 0.3, 0.6, 0.9):
+            cut = max(1, int(len(data) * fraction))
+            cases.append((f"truncated-{fmt}-{fraction}", data[:cut], {200, 415, 422}))
+        corrupt = bytearray(data)
+        for _ in range(20):
+            corrupt[rng.randrange(8, len(corrupt))] = rng.randrange(256)
+        cases.append((f"corrupt-{fmt}", bytes(corrupt), {200, 415, 422}))
+    cases += [
+        ("zero.jpg", b"", {400}),
+        ("random.jpg", os.urandom(5000), {415}),
+        ("doc.pdf", b"%PDF-1.7\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF", {415}),
+        ("html.png", b"<!doctype html><script>alert(1)</script>", {415}),
+        ("bomb.png", _png_bomb(), {413}),
+        ("one-pixel.png", encode(Image.new("RGB", (1, 1), "red"), "PNG"), {200}),
+        ("wide.png", encode(Image.new("RGB", (30000, 1), "red"), "PNG"), {200}),
+        ("tall.png", encode(Image.new("L", (1, 30000), 9), "PNG"), {200}),
+        ("icon.ico", encode(base, "ICO"), {415}),
+    ]
+    return cases
+
+
+def _png_bomb() -> bytes:
+    from tests.test_imaging import _png_header_only
+
+    return _png_header_only(200_000, 200_000)
+
+
+@pytest.mark.parametrize("name, data, allowed", _odd_and_broken_files(),
+                         ids=lambda v: v if isinstance(v, str) else "")
+def test_odd_and_broken_files_never_cause_a_500(client, name, data, allowed):
+    response = post(client, (name, data))
+    assert response.status_code in allowed, (response.status_code, response.get_json())
+    assert response.is_json
+    if response.status_code == 200:
+        assert len(response.get_json()["predictions"]) == 3
+    else:
+        assert response.get_json()["error"]["message"]
+
+
+def test_truncated_jpeg_and_png_are_422(client):
+    for fmt in ("JPEG", "PNG"):
+        data = jpeg() if fmt == "JPEG" else encode(photo("coffee").image, "PNG")
+        assert_error(post(client, ("cut", data[: len(data) // 2])), 422, "unreadable_image")
+
+
+def test_service_keeps_answering_after_bad_input(client):
+    for name, data, _ in _odd_and_broken_files()[:10]:
+        post(client, (name, data))
+    assert post(client, ("c.jpg", jpeg())).get_json()["predictions"][0]["label"] == "espresso"

@@ -1,0 +1,56 @@
+"""Settings come from the environment, are validated, and are all documented."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import ROOT
+from webapp.config import SETTINGS, Config, ConfigError, plan_concurrency
+
+
+def test_defaults():
+    config = Config.from_env({})
+    assert config["QUANTIZE"] == "dynamic"
+    assert config["MAX_CONTENT_LENGTH"] == 20 * 1024 * 1024
+    assert config["MAX_IMAGE_PIXELS"] == 50_000_000
+    assert config["BOOTSTRAP_SERVE_LOCAL"] is True
+    assert config["TORCH_THREADS"] >= 1
+    assert len(config["SECRET_KEY"]) >= 32
+
+
+def test_values_are_read_and_converted():
+    config = Config.from_env({"MAX_UPLOAD_MB": "2.5", "ALLOW_DOWNLOAD": "yes",
+                              "QUANTIZE": "NONE", "TORCH_THREADS": "3"})
+    assert config["MAX_CONTENT_LENGTH"] == int(2.5 * 1024 * 1024)
+    assert config["ALLOW_DOWNLOAD"] is True
+    assert config["QUANTIZE"] == "none"
+    assert config["TORCH_THREADS"] == 3
+
+
+@pytest.mark.parametrize("env, words", [
+    ({"QUANTIZE": "turbo"}, "QUANTIZE='turbo': use one of none, dynamic"),
+    ({"MAX_UPLOAD_MB": "lots"}, "MAX_UPLOAD_MB='lots': expected a number"),
+    ({"PORT": "70000"}, "PORT=70000: must be between 1 and 65535"),
+    ({"ALLOW_DOWNLOAD": "maybe"}, "ALLOW_DOWNLOAD='maybe'"),
+])
+def test_bad_values_name_the_setting(env, words):
+    with pytest.raises(ConfigError) as info:
+        Config.from_env(env)
+    assert words in str(info.value)
+
+
+@pytest.mark.parametrize("cpus, workers, threads, expected", [
+    (1, 0, 0, (1, 1)), (2, 0, 0, (1, 2)), (8, 0, 0, (4, 2)), (2, 2, 0, (2, 1)),
+    (4, 0, 1, (2, 1)), (16, 3, 0, (3, 5)), (2, 3, 2, (3, 2)),  # explicit values win
+])
+def test_workers_times_threads_fit_the_cpus(cpus, workers, threads, expected):
+    assert plan_concurrency(workers, threads, cpus=cpus) == expected
+    if not (workers and threads):
+        w, t = expected
+        assert w * t <= cpus
+
+
+def test_every_setting_is_documented_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    missing = [s.name for s in SETTINGS if f"`{s.name}`" not in readme]
+    assert not missing, f"README does not document: {missing}"

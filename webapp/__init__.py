@@ -1,0 +1,60 @@
+"""The Flask application factory.  ``create_app()`` is cheap: it reads the settings and
+registers the blueprints.  The model is loaded once per process, after gunicorn forks
+(``gunicorn.conf.py`` warms it up before the worker takes requests)."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+from flask import Flask, Request
+
+from webapp.config import PROJECT_ROOT, Config
+
+__all__ = ["create_app"]
+
+
+class InMemoryRequest(Request):
+    """Keep uploaded files in memory: Werkzeug would spool files over 500 KB to a
+    temporary file, and uploads must never be written to disk.  The request size is
+    already bounded by MAX_CONTENT_LENGTH."""
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None,
+                         content_length=None):
+        return io.BytesIO()
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    app = Flask(
+        __name__,
+        template_folder=str(PROJECT_ROOT / "templates"),
+        static_folder=str(PROJECT_ROOT / "static"),
+    )
+    app.request_class = InMemoryRequest
+    app.config.from_mapping(Config.from_env())
+    if test_config:
+        app.config.from_mapping(test_config)
+    _configure_logging(app.config["LOG_LEVEL"])
+
+    from flask_bootstrap import Bootstrap5
+
+    Bootstrap5(app)
+
+    from webapp import api, errors, ui
+    from webapp.classifier import ModelHolder, load_builtin
+
+    app.extensions["model_holder"] = ModelHolder(
+        lambda: load_builtin(app.config), threads=app.config["TORCH_THREADS"]
+    )
+    errors.register(app)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(ui.bp)
+    return app
+
+
+def _configure_logging(level: str) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("webapp").setLevel(level.upper())
+    logging.getLogger("model_loader").setLevel(level.upper())

@@ -1,0 +1,166 @@
+"""HTTP API: ``POST /predict``, ``GET /healthz``, ``GET /readyz``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from flask import Blueprint, current_app, jsonify, request
+
+from model_loader import ModelLoadError
+from webapp import imaging
+from webapp.errors import ApiError
+
+bp = Blueprint("api", __name__)
+
+MAX_TOPK = 20
+IMAGE_FIELDS = ("image", "file")
+
+
+@dataclass
+class Upload:
+    filename: str
+    data: bytes
+
+
+def holder():
+    return current_app.extensions["model_holder"]
+
+
+def uploads_from_request() -> list[Upload]:
+    """The images in this request: multipart fields ``image`` (or ``file``), several
+    allowed, or a raw ``image/*`` body."""
+    uploads = [
+        Upload(f.filename or f"image-{n + 1}", f.read())
+        for field in IMAGE_FIELDS
+        for n, f in enumerate(request.files.getlist(field))
+    ]
+    if not uploads and request.mimetype.startswith("image/"):
+        uploads = [Upload("body", request.get_data(cache=False))]
+    if not uploads:
+        other = sorted(request.files.keys())
+        hint = f" (found file field(s): {', '.join(other)})" if other else ""
+        raise ApiError(
+            400,
+            "no_image",
+            "No image received. Send it as a multipart form field named 'image', e.g. "
+            f"curl -F image=@cat.jpg {request.host_url}predict{hint}.",
+        )
+    limit = current_app.config["MAX_IMAGES_PER_REQUEST"]
+    if len(uploads) > limit:
+        raise ApiError(
+            400, "too_many_images", f"{len(uploads)} images sent; at most {limit} per request."
+        )
+    return uploads
+
+
+def parse_topk(default: int = 3) -> int:
+    raw = request.values.get("topk", request.values.get("k"))
+    if raw is None or raw == "":
+        return default
+    try:
+        k = int(raw)
+    except ValueError:
+        raise ApiError(
+            400, "bad_topk", f"topk must be a whole number from 1 to {MAX_TOPK}."
+        ) from None
+    if not 1 <= k <= MAX_TOPK:
+        raise ApiError(400, "bad_topk", f"topk must be from 1 to {MAX_TOPK}, not {k}.")
+    return k
+
+
+def classify(
+    uploads: list[Upload], k: int, started: float | None = None
+) -> tuple[dict, list]:
+    """Decode every upload, classify them as one batch, and build the response body
+    (GUIDE.md §2); also returns the decoded images.  Raises ``ImageError`` naming the
+    first bad file."""
+    started = time.perf_counter() if started is None else started
+    classifier = holder().get()
+    images, decode_ms = [], []
+    for n, upload in enumerate(uploads):
+        t0 = time.perf_counter()
+        try:
+            images.append(
+                imaging.load(
+                    upload.data,
+                    max_pixels=current_app.config["MAX_IMAGE_PIXELS"],
+                    min_side=classifier.resize_size,
+                )
+            )
+        except imaging.ImageError as exc:
+            if len(uploads) > 1:
+                exc.message = f"Image {n + 1} ({upload.filename}): {exc.message}"
+            raise
+        decode_ms.append((time.perf_counter() - t0) * 1000)
+    predictions, timings = classifier.predict(images, k)
+    total = (time.perf_counter() - started) * 1000
+    share = len(images)
+    results = [
+        {
+            "filename": upload.filename,
+            "width": img.width,
+            "height": img.height,
+            "predictions": [p.as_dict() for p in preds],
+            "timings_ms": _round(
+                {
+                    "decode": decode_ms[n],
+                    "preprocess": timings["preprocess"] / share,
+                    "inference": timings["inference"] / share,
+                    "total": total / share,
+                }
+            ),
+        }
+        for n, (upload, img, preds) in enumerate(zip(uploads, images, predictions))
+    ]
+    body = {"model": classifier.info}
+    if len(results) == 1:
+        body.update(predictions=results[0]["predictions"])
+        body["timings_ms"] = _round(
+            {"decode": decode_ms[0], **timings, "total": total}
+        )
+    else:
+        body["results"] = results
+        body["timings_ms"] = _round({"decode": sum(decode_ms), **timings, "total": total})
+    return body, images
+
+
+def _round(timings: dict) -> dict:
+    return {key: round(value, 2) for key, value in timings.items()}
+
+
+@bp.post("/predict")
+def predict():
+    started = time.perf_counter()
+    k = parse_topk()
+    body, _ = classify(uploads_from_request(), k, started)
+    return jsonify(body)
+
+
+@bp.get("/healthz")
+def healthz():
+    """Alive: the process answers.  Says nothing about the model (see /readyz)."""
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz():
+    """Ready: the model is loaded and answering.  503 with the reason otherwise."""
+    try:
+        classifier = holder().get()
+    except ModelLoadError as exc:
+        return jsonify(status="error", error=str(exc)), 503
+    loaded = classifier.loaded
+    return jsonify(
+        status="ready",
+        model={
+            **classifier.info,
+            "source": loaded.source_kind,
+            "path": loaded.source,
+            "classes": loaded.num_classes,
+            "input_size": loaded.input_size,
+            "verified": loaded.verified,
+        },
+        notice=loaded.notice,
+        torch_threads=current_app.config["TORCH_THREADS"],
+    )

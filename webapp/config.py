@@ -1,0 +1,172 @@
+"""One configuration object, every setting read from the environment.
+
+``SETTINGS`` is the single list of what can be set; the README's settings table is
+checked against it by the tests.  ``Config.from_env()`` turns the environment into the
+dict Flask keeps in ``app.config``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used; the message names it."""
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name}={raw!r}: use 1/0, true/false, yes/no or on/off")
+
+
+def _int(name: str, raw: str, low: int, high: int) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected a whole number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value}: must be between {low} and {high}")
+    return value
+
+
+def _float(name: str, raw: str, low: float, high: float) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected a number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value}: must be between {low} and {high}")
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str
+    help: str
+    kind: str = "str"  # str | bool | int | float | path | choice
+    low: float = 0
+    high: float = 0
+    choices: tuple[str, ...] = ()
+
+    def parse(self, raw: str | None):
+        raw = self.default if raw is None else raw
+        if self.kind == "bool":
+            return _bool(self.name, raw)
+        if self.kind == "int":
+            return _int(self.name, raw, int(self.low), int(self.high))
+        if self.kind == "float":
+            return _float(self.name, raw, self.low, self.high)
+        if self.kind == "choice":
+            value = raw.strip().lower()
+            if value not in self.choices:
+                raise ConfigError(
+                    f"{self.name}={raw!r}: use one of {', '.join(self.choices)}"
+                )
+            return value
+        if self.kind == "path":
+            return str(Path(raw).expanduser()) if raw else ""
+        return raw
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("MODEL_WEIGHTS", "", "Explicit weights file for the built-in model: a bare "
+            "torchvision ResNet18 state_dict or a checkpoint (format v1). A file that does "
+            "not fit is a startup error.", "path"),
+    Setting("ALLOW_DOWNLOAD", "0", "Let the server download ResNet18's weights at startup "
+            "when they are not cached (otherwise run `python -m model_loader download`).",
+            "bool"),
+    Setting("QUANTIZE", "dynamic", "Inference engine: `none` (fp32) or `dynamic` (torch "
+            "dynamic int8 quantization of the Linear layers).", "choice",
+            choices=("none", "dynamic")),
+    Setting("TORCH_THREADS", "0", "Torch intra-op threads per worker; 0 = CPUs available "
+            "to the process divided by the number of workers.", "int", 0, 256),
+    Setting("WEB_CONCURRENCY", "0", "gunicorn worker processes; 0 = half the available "
+            "CPUs (at least 1), so workers × threads never exceeds the CPUs.", "int", 0, 64),
+    Setting("HTTP_THREADS", "4", "Connections each gunicorn worker accepts at once "
+            "(uploads are received in parallel, inference runs one batch at a time).",
+            "int", 1, 64),
+    Setting("MAX_UPLOAD_MB", "20", "Largest request body in megabytes (413 above it).",
+            "float", 0.01, 1024),
+    Setting("MAX_IMAGE_PIXELS", "50000000", "Largest image in pixels (width × height), "
+            "checked from the file header before decoding (413 above it).", "int",
+            1, 1_000_000_000),
+    Setting("MAX_IMAGES_PER_REQUEST", "16", "Most images one /predict request may carry.",
+            "int", 1, 256),
+    Setting("SECRET_KEY", "", "Key that signs session cookies. Set it when running several "
+            "workers or replicas; empty = a random key per process."),
+    Setting("HOST", "127.0.0.1", "Address to listen on (0.0.0.0 for every interface)."),
+    Setting("PORT", "5000", "Port to listen on.", "int", 1, 65535),
+    Setting("LOG_LEVEL", "info", "Logging level: debug, info, warning or error.", "choice",
+            choices=("debug", "info", "warning", "error")),
+    Setting("TORCH_HOME", "~/.cache/torch", "torch's own setting: the torchvision weights "
+            "cache is $TORCH_HOME/hub/checkpoints.", "path"),
+)
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: affinity mask and cgroup v2/v1 quota, whichever is less."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        count = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        count = min(count, max(1, int(quota)))
+    return max(1, count)
+
+
+def _cgroup_cpu_quota() -> float | None:
+    try:
+        text = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if text and text[0] != "max":
+            return int(text[0]) / int(text[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        if quota > 0 and period > 0:
+            return quota / period
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def plan_concurrency(workers: int = 0, threads: int = 0, cpus: int | None = None):
+    """(workers, torch threads per worker) so that workers × threads ≤ CPUs available.
+
+    0 means "choose": workers = half the CPUs (at least 1), threads = CPUs // workers.
+    Explicit values are respected as given."""
+    cpus = cpus or available_cpus()
+    workers = workers or max(1, cpus // 2)
+    threads = threads or max(1, cpus // workers)
+    return workers, threads
+
+
+class Config:
+    """Builds the Flask config dict from the environment (or a given mapping)."""
+
+    @staticmethod
+    def from_env(environ: dict | None = None) -> dict:
+        environ = os.environ if environ is None else environ
+        values = {}
+        for setting in SETTINGS:
+            values[setting.name] = setting.parse(environ.get(setting.name))
+        # Torch threads for this process: with 0, the CPUs shared among the workers.
+        _, values["TORCH_THREADS"] = plan_concurrency(
+            values["WEB_CONCURRENCY"] or 1, values["TORCH_THREADS"]
+        )
+        values["MAX_CONTENT_LENGTH"] = int(values["MAX_UPLOAD_MB"] * 1024 * 1024)
+        values["BOOTSTRAP_SERVE_LOCAL"] = True  # kiosks are offline: no CDN
+        if not values["SECRET_KEY"]:
+            values["SECRET_KEY"] = os.urandom(32).hex()
+        return values

@@ -1,0 +1,81 @@
+"""Every failure becomes a clear answer: JSON ``{"error": {"code", "message"}}`` for API
+clients, a friendly page for people.  Nothing a client sends should produce a 500."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
+
+from model_loader import ModelLoadError
+from webapp.imaging import ImageError
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, **extra):
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
+def error_json(status: int, code: str, message: str, **extra):
+    body = {"error": {"code": code, "message": message, **extra}}
+    return jsonify(body), status
+
+
+def wants_json() -> bool:
+    """API routes always answer JSON; other routes when the client prefers it."""
+    if request.blueprint in ("api",) or request.path.startswith(("/predict", "/admin/api")):
+        return True
+    best = request.accept_mimetypes.best_match(["text/html", "application/json"])
+    return best == "application/json"
+
+
+# HTTP errors Werkzeug raises before a view runs, in plain words.
+_HTTP_MESSAGES = {
+    400: ("bad_request", "The request could not be understood."),
+    404: ("not_found", "There is nothing at this address."),
+    405: ("method_not_allowed", "This address does not accept that method."),
+    413: ("too_large", "The upload is too large."),
+}
+
+
+def _respond(status: int, code: str, message: str, **extra):
+    if wants_json():
+        return error_json(status, code, message, **extra)
+    return render_template("error.html", status=status, message=message), status
+
+
+def register(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):
+        return _respond(exc.status, exc.code, exc.message, **exc.extra)
+
+    @app.errorhandler(ImageError)
+    def _image_error(exc: ImageError):
+        return _respond(exc.status, exc.code, exc.message)
+
+    @app.errorhandler(ModelLoadError)
+    def _model_error(exc: ModelLoadError):
+        return _respond(503, "model_unavailable", f"The model is not available: {exc}")
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        status = exc.code or 500
+        code, message = _HTTP_MESSAGES.get(status, ("http_error", exc.description or ""))
+        if status == 413:
+            limit_mb = app.config["MAX_UPLOAD_MB"]
+            message = f"The upload is larger than the {limit_mb:g} MB limit."
+        response = _respond(status, code, message)
+        if status == 405 and exc.valid_methods:  # keep the Allow header
+            resp = app.make_response(response)
+            resp.headers["Allow"] = ", ".join(exc.valid_methods)
+            return resp
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return _respond(500, "internal_error", "Something went wrong on the server.")
