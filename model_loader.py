@@ -27,6 +27,7 @@ import os
 import re
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlparse
@@ -54,7 +55,11 @@ class ModelLoadError(RuntimeError):
 
 @dataclass
 class LoadedModel:
-    """A model ready for inference plus everything needed to feed and describe it."""
+    """A model ready for inference plus everything needed to feed and describe it.
+
+    ``module`` is always the fp32 ``nn.Module`` (explanations need its gradients);
+    ``engine`` is what serves predictions: a callable from a normalised NCHW float batch to
+    logits -- the module itself, or a quantized / compiled version of it (``quantize``)."""
 
     module: nn.Module
     arch: str
@@ -71,6 +76,11 @@ class LoadedModel:
     notice: str | None = None  # a sentence for the user (fallback, unverified file)
     metrics: dict = field(default_factory=dict)
     created: str | None = None
+    engine: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def __post_init__(self):
+        if self.engine is None:
+            self.engine = self.module
 
     @property
     def resize_size(self) -> int:
@@ -496,7 +506,7 @@ def load_imagenet_model(
 
 
 def quantize(loaded: LoadedModel, mode: str) -> LoadedModel:
-    """Return ``loaded`` prepared for the engine ``mode``.
+    """Return ``loaded`` with its ``engine`` prepared for ``mode`` (``module`` stays fp32).
 
     ``none``: fp32 eager.  ``dynamic``: ``torch.ao.quantization.quantize_dynamic`` on
     ``nn.Linear`` (int8 weights for the classifier head; convolutions stay fp32).
@@ -506,14 +516,14 @@ def quantize(loaded: LoadedModel, mode: str) -> LoadedModel:
             f"QUANTIZE={mode!r} is not supported; use one of {', '.join(QUANTIZE_MODES)}"
         )
     if mode == "none":
-        return replace(loaded, quantization="none")
+        return replace(loaded, engine=loaded.module, quantization="none")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao deprecation notices
         module = torch.ao.quantization.quantize_dynamic(
             loaded.module, {nn.Linear}, dtype=torch.qint8
         )
     module.eval()
-    return replace(loaded, module=module, quantization="dynamic")
+    return replace(loaded, engine=module, quantization="dynamic")
 
 
 _threads_configured = False

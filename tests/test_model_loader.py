@@ -173,10 +173,11 @@ def test_dynamic_quantization_quantizes_the_linear_head(random_resnet18):
     loaded = model_loader.load_imagenet_model(random_resnet18)
     quantized = model_loader.quantize(loaded, "dynamic")
     assert quantized.quantization == "dynamic"
-    assert not isinstance(quantized.module.fc, nn.Linear)  # replaced by an int8 Linear
+    assert not isinstance(quantized.engine.fc, nn.Linear)  # replaced by an int8 Linear
+    assert isinstance(quantized.module.fc, nn.Linear)  # the fp32 model is kept
     x = torch.randn(2, 3, 224, 224)
     with torch.inference_mode():
-        fp32, int8 = loaded.module(x), quantized.module(x)
+        fp32, int8 = loaded.module(x), quantized.engine(x)
     assert torch.equal(fp32.argmax(1), int8.argmax(1))
     with pytest.raises(ModelLoadError, match="QUANTIZE='fast' is not supported"):
         model_loader.quantize(loaded, "fast")

@@ -39,7 +39,7 @@ class Classifier:
 
     def __init__(self, loaded: LoadedModel):
         self.loaded = loaded
-        self.model = loaded.module.eval()
+        self.engine = loaded.engine
         self.labels = loaded.labels
         self._lock = threading.Lock()
 
@@ -90,7 +90,7 @@ class Classifier:
         batch = torch.stack([self.preprocess(img) for img in images])
         t1 = time.perf_counter()
         with self._lock, torch.inference_mode():
-            logits = self.model(batch)
+            logits = self.engine(batch)
         probs = torch.softmax(logits.float(), dim=1)
         scores, indices = probs.topk(k, dim=1)
         t2 = time.perf_counter()
