@@ -49,6 +49,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     errors.register(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(ui.bp)
+
+    from webapp import finetune
+
+    finetune.register_cli(app)  # flask --app app finetune DATA_DIR --out model.pt
     return app
 
 

@@ -1,0 +1,336 @@
+"""Labelled image folders on disk -> train / val / test samples.
+
+Two layouts are understood (torchvision ``ImageFolder`` conventions: one folder per class,
+named after the class, images anywhere below it):
+
+* ``DATA/train/<class>/...``, ``DATA/val/<class>/...`` and optionally ``DATA/test/<class>/...``
+  -- the splits the user made;
+* ``DATA/<class>/...`` -- then every class is split 70/15/15 into train/val/test,
+  stratified (per class), with a fixed seed, so the same folders give the same split.
+
+Every file is checked with the server's own decoder (``webapp.imaging``: same format
+allow-list, pixel limit, EXIF and mode handling).  Files that cannot be used are skipped
+and counted, with the reason; a layout that cannot be trained (no folder, fewer than two
+classes, a class without a single usable image) is a ``DatasetError`` that says what to fix.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from webapp import imaging
+from webapp.config import SETTINGS
+
+SPLITS = ("train", "val", "test")
+SPLIT_ALIASES = {"val": ("val", "valid", "validation"), "test": ("test",), "train": ("train",)}
+DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
+
+
+class DatasetError(ValueError):
+    """The folders cannot be trained on; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int
+
+
+@dataclass
+class Skipped:
+    path: Path
+    reason: str
+
+
+@dataclass
+class DatasetSplits:
+    """What ``scan`` found: class names (sorted), samples per split, files skipped."""
+
+    root: Path
+    layout: str  # "split-folders" | "class-folders"
+    classes: list[str]
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample]
+    skipped: list[Skipped] = field(default_factory=list)
+    split_seed: int | None = None  # set when we made the split
+    fractions: tuple[float, float, float] | None = None
+    notes: list[str] = field(default_factory=list)  # things the user should hear about
+
+    def split(self, name: str) -> list[Sample]:
+        return getattr(self, name)
+
+    def counts(self, name: str) -> dict[str, int]:
+        tally = Counter(s.label for s in self.split(name))
+        return {c: tally.get(i, 0) for i, c in enumerate(self.classes)}
+
+    def describe(self) -> dict:
+        """JSON-friendly summary for the training report."""
+        return {
+            "root": str(self.root),
+            "layout": self.layout,
+            "classes": list(self.classes),
+            "split_seed": self.split_seed,
+            "split_fractions": list(self.fractions) if self.fractions else None,
+            "counts": {name: self.counts(name) for name in SPLITS},
+            "skipped_count": len(self.skipped),
+            "skipped": [
+                {"path": str(s.path), "reason": s.reason} for s in self.skipped[:100]
+            ],
+            "notes": list(self.notes),
+        }
+
+
+def max_image_pixels() -> int:
+    """The server's MAX_IMAGE_PIXELS setting (same limit for training images)."""
+    setting = next(s for s in SETTINGS if s.name == "MAX_IMAGE_PIXELS")
+    return setting.parse(os.environ.get(setting.name))
+
+
+def load_image(path: Path, *, max_pixels: int, min_side: int | None = None) -> Image.Image:
+    """Decode one file exactly as the server decodes an upload (RGB, upright)."""
+    return imaging.load(path.read_bytes(), max_pixels=max_pixels, min_side=min_side)
+
+
+def _visible(path: Path) -> bool:
+    return not path.name.startswith(".")
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(
+        (p for p in folder.iterdir() if p.is_dir() and _visible(p)), key=lambda p: p.name
+    )
+
+
+def _files_below(folder: Path) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
+    return found
+
+
+def _find_split_dir(root: Path, split: str) -> Path | None:
+    for name in SPLIT_ALIASES[split]:
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def scan(
+    root: str | os.PathLike,
+    *,
+    seed: int = 0,
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+    check: Callable[[Path], None] | None = None,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> DatasetSplits:
+    """Find the classes and images under ``root`` and split them (see module docstring).
+
+    ``check(path)`` decodes a file and raises ``imaging.ImageError`` when it is unusable
+    (default: the server's decoder at a small draft size); ``progress`` wraps the file
+    iterable (e.g. ``tqdm``)."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DatasetError(f"{root}: no such folder")
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder (expected a folder of class folders)")
+    limit = max_image_pixels()
+    check = check or (lambda p: load_image(p, max_pixels=limit, min_side=64))
+    progress = progress or (lambda it: it)
+
+    train_dir = _find_split_dir(root, "train")
+    val_dir = _find_split_dir(root, "val")
+    test_dir = _find_split_dir(root, "test")
+    if train_dir or val_dir:
+        if not train_dir:
+            raise DatasetError(
+                f"{root} has a {val_dir.name}/ folder but no train/ folder. Use either "
+                "train/ val/ [test/] folders of class folders, or only class folders."
+            )
+        if not val_dir:
+            raise DatasetError(
+                f"{root} has a train/ folder but no val/ folder: the validation images "
+                "decide when to stop and which epoch to keep. Add val/ (same class "
+                "folders), or put the class folders directly in the folder to have them "
+                "split 70/15/15 automatically."
+            )
+        return _scan_split_folders(root, train_dir, val_dir, test_dir, check, progress)
+    return _scan_class_folders(root, seed, fractions, check, progress)
+
+
+def _classes_of(folder: Path, where: str) -> list[str]:
+    classes = [d.name for d in _class_dirs(folder)]
+    if not classes:
+        loose = [f.name for f in folder.iterdir() if f.is_file() and _visible(f)][:3]
+        hint = f" (found files such as {', '.join(loose)} directly in it)" if loose else ""
+        raise DatasetError(
+            f"{where} contains no class folders{hint}. Put the images of each class in a "
+            f"folder named after the class, e.g. {where}/cat/1.jpg, {where}/dog/2.jpg."
+        )
+    if len(classes) < 2:
+        raise DatasetError(
+            f"{where} has only one class folder ({classes[0]}); a classifier needs at "
+            "least 2 classes."
+        )
+    return classes
+
+
+def _usable_file(path: Path, check, skipped: list[Skipped]) -> bool:
+    try:
+        check(path)
+    except imaging.ImageError as exc:
+        skipped.append(Skipped(path, exc.message))
+    except OSError as exc:  # unreadable: permissions, vanished, I/O error
+        skipped.append(Skipped(path, f"could not be read ({exc.strerror or exc})"))
+    else:
+        return True
+    return False
+
+
+def _collect(folder: Path, classes: list[str], check, progress, skipped) -> dict[str, list]:
+    """Usable files per class under ``folder/<class>`` (missing class folders -> [])."""
+    listing = {c: _files_below(folder / c) if (folder / c).is_dir() else [] for c in classes}
+    good: dict[str, list] = {c: [] for c in classes}
+    pairs = [(cls, path) for cls in classes for path in listing[cls]]
+    for cls, path in progress(pairs):
+        if _usable_file(path, check, skipped):
+            good[cls].append(path)
+    return good
+
+
+def _no_images_error(where: Path, cls: str, skipped: list[Skipped]) -> DatasetError:
+    bad = [s for s in skipped if (where / cls) in s.path.parents]
+    detail = (
+        f" ({len(bad)} file(s) could not be used, e.g. {bad[0].path.name}: {bad[0].reason})"
+        if bad
+        else ""
+    )
+    return DatasetError(
+        f"class '{cls}' has no usable images in {where / cls}{detail}. Add images or "
+        "remove the folder."
+    )
+
+
+def _scan_split_folders(root, train_dir, val_dir, test_dir, check, progress) -> DatasetSplits:
+    classes = _classes_of(train_dir, str(train_dir))
+    notes = []
+    for other in (val_dir, test_dir):
+        if other is None:
+            continue
+        extra = sorted({d.name for d in _class_dirs(other)} - set(classes))
+        if extra:
+            raise DatasetError(
+                f"{other} has class folder(s) that train/ does not have: {', '.join(extra)}. "
+                "Every class must have training images."
+            )
+    skipped: list[Skipped] = []
+    per_split = {}
+    for name, folder in (("train", train_dir), ("val", val_dir), ("test", test_dir)):
+        if folder is None:
+            per_split[name] = []
+            continue
+        good = _collect(folder, classes, check, progress, skipped)
+        for c in classes:
+            if name == "train" and not good[c]:
+                raise _no_images_error(folder, c, skipped)
+            if name != "train" and not good[c]:
+                notes.append(f"{folder.name}/ has no usable images of class '{c}'")
+        per_split[name] = [
+            Sample(p, i) for i, c in enumerate(classes) for p in good[c]
+        ]
+    if not per_split["val"]:
+        raise DatasetError(f"{val_dir} contains no usable images.")
+    if test_dir is None:
+        notes.append("no test/ folder: the final evaluation is on the validation images")
+    return DatasetSplits(
+        root=root,
+        layout="split-folders",
+        classes=classes,
+        train=per_split["train"],
+        val=per_split["val"],
+        test=per_split["test"],
+        skipped=skipped,
+        notes=notes,
+    )
+
+
+def split_counts(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
+    """How many of a class's ``n`` images go to train, val, test.  Small classes still
+    get one validation image (from 2 images) and one test image (from 3)."""
+    _, f_val, f_test = fractions
+    n_val = max(1 if n >= 2 else 0, math.floor(n * f_val + 0.5))  # 4.5 -> 5, not 4
+    n_test = max(1 if n >= 3 else 0, math.floor(n * f_test + 0.5))
+    return n - n_val - n_test, n_val, n_test
+
+
+def _scan_class_folders(root, seed, fractions, check, progress) -> DatasetSplits:
+    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
+        raise DatasetError(f"split fractions must be three numbers adding up to 1: {fractions}")
+    classes = _classes_of(root, str(root))
+    skipped: list[Skipped] = []
+    good = _collect(root, classes, check, progress, skipped)
+    splits: dict[str, list[Sample]] = {s: [] for s in SPLITS}
+    notes = [
+        f"no train/ val/ folders: the images of each class were split "
+        f"{round(fractions[0] * 100)}/{round(fractions[1] * 100)}/{round(fractions[2] * 100)} "
+        f"into train/val/test (stratified, seed {seed}; the same files give the same split)"
+    ]
+    for label, cls in enumerate(classes):
+        files = good[cls]
+        if not files:
+            raise _no_images_error(root, cls, skipped)
+        files = sorted(files)
+        random.Random(f"{seed}:{cls}").shuffle(files)
+        n_train, n_val, _ = split_counts(len(files), fractions)
+        if n_val == 0:
+            notes.append(f"class '{cls}' has a single image: it is used for training only")
+        splits["train"] += [Sample(p, label) for p in files[:n_train]]
+        splits["val"] += [Sample(p, label) for p in files[n_train:n_train + n_val]]
+        splits["test"] += [Sample(p, label) for p in files[n_train + n_val:]]
+    return DatasetSplits(
+        root=root,
+        layout="class-folders",
+        classes=classes,
+        skipped=skipped,
+        split_seed=seed,
+        fractions=tuple(fractions),
+        notes=notes,
+        **splits,
+    )
+
+
+class ImageSamples(torch.utils.data.Dataset):
+    """A torch Dataset over ``samples``: decode with the server's decoder, then
+    ``transform`` (PIL image -> tensor).  Returns ``(tensor, label)``."""
+
+    def __init__(self, samples: list[Sample], transform, *, min_side: int | None = None):
+        self.samples = list(samples)
+        self.transform = transform
+        self.min_side = min_side
+        self.max_pixels = max_image_pixels()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        sample = self.samples[index]
+        try:
+            img = load_image(sample.path, max_pixels=self.max_pixels, min_side=self.min_side)
+        except (imaging.ImageError, OSError) as exc:
+            # It decoded when the folders were scanned: it changed while training.
+            raise DatasetError(f"{sample.path} can no longer be read: {exc}") from None
+        return self.transform(img), sample.label
+
+    @property
+    def labels(self) -> list[int]:
+        return [s.label for s in self.samples]

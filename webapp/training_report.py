@@ -1,0 +1,135 @@
+"""What a training run reports: classification metrics (confusion matrix, per-class
+precision / recall / F1) computed with torch, the JSON report, and two PNGs drawn with
+matplotlib's object API (no pyplot global state, so it is safe in a background thread):
+the confusion matrix and the loss / accuracy curves per epoch."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+
+
+def confusion_matrix(targets: torch.Tensor, predictions: torch.Tensor, num_classes: int):
+    """``cm[t][p]`` = how many images of true class ``t`` were predicted as ``p``."""
+    targets = targets.long().flatten()
+    predictions = predictions.long().flatten()
+    flat = torch.bincount(targets * num_classes + predictions, minlength=num_classes**2)
+    return flat.reshape(num_classes, num_classes)
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num) / float(den) if den else 0.0
+
+
+def classification_metrics(cm: torch.Tensor, classes: list[str]) -> dict:
+    """Accuracy, per-class precision / recall / F1 / support and their macro and
+    support-weighted averages, from a confusion matrix (a class never predicted has
+    precision 0, like scikit-learn's ``zero_division=0``)."""
+    cm = cm.double()
+    true_pos = cm.diag()
+    support = cm.sum(dim=1)
+    predicted = cm.sum(dim=0)
+    per_class = {}
+    for i, name in enumerate(classes):
+        precision = _ratio(true_pos[i], predicted[i])
+        recall = _ratio(true_pos[i], support[i])
+        f1 = _ratio(2 * precision * recall, precision + recall)
+        per_class[name] = {
+            "precision": round(precision, 4),
+            "recall": round(recall, 4),
+            "f1": round(f1, 4),
+            "support": int(support[i]),
+        }
+    total = float(support.sum())
+    present = [c for c in classes if per_class[c]["support"] > 0] or classes
+
+    def macro(key):
+        return round(sum(per_class[c][key] for c in present) / len(present), 4)
+
+    def weighted(key):
+        return round(
+            _ratio(sum(per_class[c][key] * per_class[c]["support"] for c in classes), total),
+            4,
+        )
+
+    return {
+        "accuracy": round(_ratio(true_pos.sum(), total), 4),
+        "images": int(total),
+        "per_class": per_class,
+        "macro_avg": {k: macro(k) for k in ("precision", "recall", "f1")},
+        "weighted_avg": {k: weighted(k) for k in ("precision", "recall", "f1")},
+        "confusion_matrix": cm.long().tolist(),
+    }
+
+
+def write_json(path: Path, report: dict) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_confusion_matrix(path: Path, cm: list[list[int]], classes: list[str], title: str):
+    """Rows = true class, columns = predicted; colour = share of the row, text = count."""
+    n = len(classes)
+    side = min(4 + 0.45 * n, 24)
+    fig = _figure(side + 1, side)
+    ax = fig.add_subplot()
+    counts = torch.tensor(cm, dtype=torch.float64)
+    rows = counts.sum(dim=1, keepdim=True).clamp(min=1)
+    shares = (counts / rows).numpy()
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    ax.set_xticks(range(n), labels=classes, rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(n), labels=classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    if n <= 30:
+        for t in range(n):
+            for p in range(n):
+                ax.text(
+                    p, t, str(int(counts[t, p])), ha="center", va="center", fontsize=9,
+                    color="white" if shares[t, p] > 0.5 else "black",
+                )
+    fig.savefig(path, format="png")
+    return path
+
+
+def plot_curves(path: Path, epochs: list[dict], best_epoch: int | None, title: str):
+    """Loss and accuracy per epoch, train and validation, with the kept epoch marked."""
+    fig = _figure(10, 4)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    xs = [e["epoch"] for e in epochs]
+    for ax, key, label in ((loss_ax, "loss", "loss"), (acc_ax, "acc", "accuracy")):
+        for split, style in (("train", "o-"), ("val", "s-")):
+            ys = [e.get(f"{split}_{key}") for e in epochs]
+            ys = [math.nan if y is None else y for y in ys]
+            ax.plot(xs, ys, style, label=split, markersize=4)
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="grey", linestyle="--", label=f"kept (epoch {best_epoch})")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+        if xs:
+            ax.set_xticks(xs if len(xs) <= 20 else xs[:: max(1, len(xs) // 10)])
+    loss_ax.set_title("loss (train: on augmented images, with label smoothing)", fontsize=9)
+    acc_ax.set_title("accuracy", fontsize=9)
+    acc_ax.set_ylim(-0.02, 1.02)
+    loss_ax.legend()
+    fig.suptitle(title)
+    fig.savefig(path, format="png")
+    return path
