@@ -82,6 +82,10 @@
       });
       if (response.ok) settings = await response.json();
     } catch (e) { /* keep the settings the page was rendered with */ }
+    root.dataset.idleSeconds = settings.idle_seconds;
+    root.dataset.autoCaptureSeconds = settings.auto_capture_seconds;
+    root.dataset.bars = settings.bars;
+    root.dataset.explain = settings.explain ? "true" : "false";
     scheduleAutoCapture();
   }
 
