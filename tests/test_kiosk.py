@@ -270,3 +270,51 @@ def test_flask_kiosk_commands(kiosk_app, tmp_path):
 
     result = runner.invoke(args=["kiosk", "reset"])
     assert result.exit_code == 0 and not (tmp_path / "kiosk.json").exists()
+
+
+# --------------------------------------------------------------------------- admin form
+
+
+def _submitted(html: str) -> dict:
+    """What a browser submits for the form as rendered (unticked checkboxes are absent)."""
+    from html.parser import HTMLParser
+
+    form, state = {}, {}
+
+    class Parser(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if tag == "input" and a.get("name"):
+                if a.get("type") != "checkbox" or "checked" in a:
+                    form[a["name"]] = a.get("value", "")
+            elif tag == "select":
+                state["select"] = a["name"]
+            elif tag == "option" and "selected" in a:
+                form[state["select"]] = a["value"]
+
+    Parser().feed(html)
+    return form
+
+
+def test_settings_form_macro_round_trips_through_update_from_form(kiosk_app):
+    from flask import render_template_string
+
+    from webapp.kiosk import store
+
+    template = ('{% from "_kiosk_settings_form.html" import kiosk_settings_form %}'
+                '{{ kiosk_settings_form(s.fields, s.load(), s.languages(), errors) }}')
+    with kiosk_app.test_request_context():
+        s = store()
+        s.update({"idle_seconds": 25, "explain": False, "language": "de"})
+        html = render_template_string(template, s=s, errors={})
+        form = _submitted(html)
+        assert form == {"idle_seconds": "25", "auto_capture_seconds": "0", "bars": "3",
+                        "language": "de"}
+        assert s.update_from_form(form) == s.load()  # nothing changes on a plain save
+        form.update(bars="5", explain="on")
+        assert s.update_from_form(form) == KioskSettings(idle_seconds=25, bars=5,
+                                                         language="de")
+        with pytest.raises(KioskSettingsError) as info:
+            s.update_from_form({**form, "bars": "9"})
+        html = render_template_string(template, s=s, errors=info.value.errors)
+        assert "must be from 1 to 5" in html and "is-invalid" in html

@@ -14,7 +14,8 @@ No Flask here (``webapp/kiosk.py`` builds a store for the running app).
 For a settings form: ``FIELDS`` describes each setting (label, help, kind, bounds);
 ``store.load()`` gives the current values, ``store.update_from_form(form)`` validates and
 saves what a submitted form holds (raising ``KioskSettingsError`` with a message per field),
-``store.reset()`` goes back to the defaults.
+``store.reset()`` goes back to the defaults.  ``templates/_kiosk_settings_form.html`` has a
+Jinja macro that renders that form (the admin area passes its CSRF field as ``hidden``).
 """
 
 from __future__ import annotations
