@@ -42,6 +42,7 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     from webapp import api, errors, ui
     from webapp.classifier import ModelHolder, load_builtin
+    from webapp.kiosk import bp as kiosk_bp
 
     app.extensions["model_holder"] = ModelHolder(
         lambda: load_builtin(app.config), threads=app.config["TORCH_THREADS"]
@@ -49,6 +50,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     errors.register(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(ui.bp)
+    app.register_blueprint(kiosk_bp)
 
     from webapp import finetune
 

@@ -1,13 +1,17 @@
-"""HTTP API: ``POST /predict``, ``GET /healthz``, ``GET /readyz``."""
+"""HTTP API: ``POST /predict``, ``POST /explain``, ``GET /healthz``, ``GET /readyz``."""
 
 from __future__ import annotations
 
+import base64
+import io
 import time
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from flask import Blueprint, current_app, jsonify, request
 
 from model_loader import ModelLoadError
+from webapp import explain as explaining
 from webapp import imaging
 from webapp.errors import ApiError
 
@@ -135,6 +139,91 @@ def predict():
     k = parse_topk()
     body, _ = classify(uploads_from_request(), k, started)
     return jsonify(body)
+
+
+@bp.post("/explain")
+def explain():
+    """The preprocessing steps and a Grad-CAM heatmap for one image (webapp/explain.py):
+    JSON with base64 PNGs, or the heatmap over the crop as a PNG for ``Accept: image/png``."""
+    started = time.perf_counter()
+    k = parse_topk()
+    uploads = uploads_from_request()
+    if len(uploads) > 1:
+        raise ApiError(400, "too_many_images", "Send one image to /explain at a time.")
+    classifier = holder().get()
+    index = _class_index(classifier.num_classes)
+    t0 = time.perf_counter()
+    img = imaging.load(
+        uploads[0].data,
+        max_pixels=current_app.config["MAX_IMAGE_PIXELS"],
+        min_side=classifier.resize_size,
+    )
+    decode_ms = (time.perf_counter() - t0) * 1000
+    try:
+        result = explaining.explain(classifier, img, index=index, k=k)
+    except explaining.ExplainUnsupported as exc:
+        raise ApiError(501, "explain_unsupported", f"Cannot explain this model: {exc}.") from None
+    if request.accept_mimetypes.best_match(["application/json", "image/png"]) == "image/png":
+        response = current_app.response_class(_png(result.overlay), mimetype="image/png")
+        response.headers["X-Explained-Label"] = quote(result.target.label)  # URL-encoded
+        response.headers["X-Explained-Index"] = str(result.target.index)
+        return response
+    size = classifier.loaded.input_size
+    body = dict(
+        model=classifier.info,
+        predictions=[p.as_dict() for p in result.predictions],
+        explained=result.target.as_dict(),
+        explanation=result.sentences,
+        heatmap={
+            "layer": result.layer,
+            "grid": list(result.grid),
+            "width": size,
+            "height": size,
+            "overlay_png": _b64png(result.overlay),
+            "heatmap_png": _b64png(result.heatmap_image),
+        },
+        steps=[
+            {
+                "name": step.name,
+                "title": step.title,
+                "caption": step.caption,
+                "width": step.image.width,
+                "height": step.image.height,
+                "png": _b64png(step.image),
+            }
+            for step in result.steps
+        ],
+    )
+    total = (time.perf_counter() - started) * 1000  # PNG encoding included
+    body["timings_ms"] = _round({"decode": decode_ms, **result.timings_ms, "total": total})
+    return jsonify(body)
+
+
+def _class_index(num_classes: int) -> int | None:
+    raw = request.values.get("class_index")
+    if raw is None or raw == "":
+        return None
+    try:
+        index = int(raw)
+    except ValueError:
+        index = -1
+    if not 0 <= index < num_classes:
+        raise ApiError(
+            400,
+            "bad_class_index",
+            f"class_index must be a whole number from 0 to {num_classes - 1}, not {raw!r}.",
+        )
+    return index
+
+
+def _png(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG", compress_level=3)
+    return buf.getvalue()
+
+
+def _b64png(img) -> str:
+    return base64.b64encode(_png(img)).decode("ascii")
 
 
 @bp.get("/healthz")

@@ -109,6 +109,19 @@ SETTINGS: tuple[Setting, ...] = (
             choices=("debug", "info", "warning", "error")),
     Setting("TORCH_HOME", "~/.cache/torch", "torch's own setting: the torchvision weights "
             "cache is $TORCH_HOME/hub/checkpoints.", "path"),
+    Setting("KIOSK_IDLE_SECONDS", "60", "Kiosk: seconds without a touch before it goes "
+            "back to its start screen; 0 = never.", "int", 0, 86400),
+    Setting("KIOSK_AUTO_CAPTURE_SECONDS", "0", "Kiosk: take a picture by itself every N "
+            "seconds while the camera is live; 0 = only when the button is pressed.",
+            "int", 0, 3600),
+    Setting("KIOSK_BARS", "3", "Kiosk: how many answers (bars) to show.", "int", 1, 5),
+    Setting("KIOSK_EXPLAIN", "1", "Kiosk: offer the \"How does it see it?\" view.", "bool"),
+    Setting("KIOSK_LANGUAGE", "en", "Kiosk: language of the labels; a translation file "
+            "<code>.json must exist in TRANSLATIONS_DIR (English ships)."),
+    Setting("KIOSK_SETTINGS_FILE", "", "JSON file keeping the teacher's kiosk settings "
+            "(they override the KIOSK_* defaults); empty = instance/kiosk.json.", "path"),
+    Setting("TRANSLATIONS_DIR", "", "Folder of label translation files (<code>.json); "
+            "empty = translations/ in the project.", "path"),
 )
 
 

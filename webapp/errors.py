@@ -29,6 +29,8 @@ def wants_json() -> bool:
     """API routes always answer JSON; other routes when the client prefers it."""
     if request.blueprint in ("api",) or request.path.startswith(("/predict", "/admin/api")):
         return True
+    if request.path.startswith("/explain"):  # before routing (a 405) the blueprint is unset
+        return True
     best = request.accept_mimetypes.best_match(["text/html", "application/json"])
     return best == "application/json"
 

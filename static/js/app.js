@@ -63,6 +63,7 @@
   }
 
   async function classify(file) {
+    document.dispatchEvent(new CustomEvent("image-classifying", { detail: { file: file } }));
     alertBox.classList.add("d-none");
     if (previewUrl) URL.revokeObjectURL(previewUrl);
     previewUrl = URL.createObjectURL(file);
@@ -89,6 +90,7 @@
         return;
       }
       renderBars(data.predictions);
+      document.dispatchEvent(new CustomEvent("image-classified", { detail: { file: file, result: data } }));
       meta.textContent = "Answered by " + data.model.name + " in " +
         Math.round(data.timings_ms.total) + " ms";
     } catch (err) {

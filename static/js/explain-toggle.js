@@ -1,0 +1,42 @@
+// Upload page: the "How the model sees it" switch.  When it is on, every classified photo
+// is also sent to POST /explain and the steps and heatmap are drawn below the answer.
+// app.js tells us about photos with the "image-classifying" / "image-classified" events.
+(function () {
+  "use strict";
+  const toggle = document.getElementById("explain-toggle");
+  const section = document.getElementById("explain-section");
+  const panel = document.getElementById("explain-panel");
+  if (!toggle || !section || !panel || !window.ExplainView) return;
+  toggle.closest(".explain-switch").hidden = false;  // the switch needs JavaScript
+  let file = null;
+  let drawnFor = null;
+
+  async function show() {
+    if (!toggle.checked || !file) { section.hidden = true; return; }
+    section.hidden = false;
+    if (drawnFor === file) return;
+    const current = file;
+    panel.replaceChildren();
+    panel.textContent = "Looking closer…";
+    try {
+      const data = await window.ExplainView.request("/explain", current, current.name);
+      if (current !== file) return;
+      window.ExplainView.render(panel, data);
+      drawnFor = current;
+    } catch (err) {
+      if (current === file) panel.textContent = "Sorry, that did not work. " + err.message;
+    }
+  }
+
+  document.addEventListener("image-classifying", function () {
+    file = null;
+    drawnFor = null;
+    section.hidden = true;
+    panel.replaceChildren();
+  });
+  document.addEventListener("image-classified", function (event) {
+    file = event.detail.file;
+    show();
+  });
+  toggle.addEventListener("change", show);
+})();

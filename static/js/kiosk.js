@@ -1,0 +1,402 @@
+// The teaching kiosk: live camera + one big button (or a photo chooser when there is no
+// camera), big animated bars, "How does it see it?", start over after an idle time,
+// optional auto-capture.  Settings come from /kiosk/settings.json, read again at every
+// start-over so a teacher's change reaches a running kiosk.
+(function () {
+  "use strict";
+  const root = document.getElementById("kiosk");
+  if (!root) return;
+  const $ = function (id) { return document.getElementById(id); };
+  const video = $("camera");
+  const still = $("still");
+  const uploadZone = $("upload-zone");
+  const uploadReason = $("upload-reason");
+  const fileInput = $("file-input");
+  const chooseButton = $("choose-button");
+  const startingNote = $("starting-note");
+  const stage = $("stage");
+  const statusBox = $("status");
+  const barsList = $("kiosk-bars");
+  const captureButton = $("capture-button");
+  const againButton = $("again-button");
+  const explainButton = $("explain-button");
+  const dialog = $("explain-dialog");
+  const dialogTitle = $("explain-title");
+  const closeButton = $("explain-close");
+  const panel = $("explain-panel");
+  const idleNote = $("idle-note");
+  const canvas = $("capture-canvas");
+  const fullscreenButton = $("fullscreen-button");
+  const behindDialog = [root.querySelector(".kiosk-header"), root.querySelector(".kiosk-main")];
+  const START_TEXT = statusBox.textContent;
+  const UPLOAD_TEXT = "Show me a photo, and I will tell you what is in it.";
+
+  let settings = {
+    idle_seconds: Number(root.dataset.idleSeconds),
+    auto_capture_seconds: Number(root.dataset.autoCaptureSeconds),
+    bars: Number(root.dataset.bars),
+    explain: root.dataset.explain === "true",
+    labels: {},
+    confidence_words: [[0.7, "very sure"], [0.4, "fairly sure"], [0.15, "not sure"],
+      [0, "just a guess"]],
+    explanation_template: null,
+  };
+  let cameraOn = false;
+  let busy = false;
+  let lastActivity = Date.now();
+  let lastPicture = null;   // {blob, name, label} of the answer on screen
+  let pictureUrl = null;
+  let explained = null;     // the picture the explanation panel was drawn for
+  let generation = 0;       // bumps at every start-over: late answers are dropped
+  let autoTimer = null;
+
+  function setState(state) { root.dataset.state = state; }
+  function setStage(name) {
+    root.dataset.stage = name;
+    video.hidden = name !== "video";
+    still.hidden = name !== "still";
+    uploadZone.hidden = name !== "upload";
+  }
+
+  function say(text) { statusBox.textContent = text; }
+
+  function display(label) {
+    const shown = (settings.labels && settings.labels[label]) || label;
+    return shown.charAt(0).toUpperCase() + shown.slice(1);
+  }
+
+  function confidence(score) {
+    const words = settings.confidence_words;
+    for (let i = 0; i < words.length; i++) {
+      if (score >= words[i][0]) return words[i][1];
+    }
+    return words[words.length - 1][1];
+  }
+
+  // ------------------------------------------------------------------ settings
+
+  async function loadSettings() {
+    try {
+      const response = await fetch(root.dataset.settingsUrl, {
+        headers: { "Accept": "application/json" }, cache: "no-store",
+      });
+      if (response.ok) settings = await response.json();
+    } catch (e) { /* keep the settings the page was rendered with */ }
+    root.dataset.idleSeconds = settings.idle_seconds;
+    root.dataset.autoCaptureSeconds = settings.auto_capture_seconds;
+    root.dataset.bars = settings.bars;
+    root.dataset.explain = settings.explain ? "true" : "false";
+    scheduleAutoCapture();
+  }
+
+  // ------------------------------------------------------------------ camera / upload
+
+  async function startCamera() {
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      useUpload("This screen cannot use a camera here.");
+      return;
+    }
+    try {
+      const stream = await navigator.mediaDevices.getUserMedia({
+        video: { facingMode: "environment", width: { ideal: 1280 }, height: { ideal: 720 } },
+        audio: false,
+      });
+      video.srcObject = stream;
+      await video.play().catch(function () { /* autoplay: muted, so it plays */ });
+      cameraOn = true;
+      startingNote.hidden = true;
+      setStage("video");
+      setState("live");
+      captureButton.hidden = false;
+      say(START_TEXT);
+    } catch (err) {
+      const why = err && err.name === "NotAllowedError" ? "The camera is switched off for this page."
+        : err && err.name === "NotFoundError" ? "There is no camera here."
+          : "The camera could not start.";
+      useUpload(why);
+    }
+  }
+
+  function useUpload(reason) {
+    cameraOn = false;
+    startingNote.hidden = true;
+    uploadReason.textContent = reason;
+    captureButton.hidden = true;
+    setStage("upload");
+    setState("upload");
+    say(UPLOAD_TEXT);
+  }
+
+  function grabFrame() {
+    return new Promise(function (resolve) {
+      const width = video.videoWidth, height = video.videoHeight;
+      if (!width || !height) { resolve(null); return; }
+      canvas.width = width;
+      canvas.height = height;
+      canvas.getContext("2d").drawImage(video, 0, 0, width, height);
+      canvas.toBlob(resolve, "image/jpeg", 0.92);
+    });
+  }
+
+  async function capture(auto) {
+    if (busy || !cameraOn) return;
+    const blob = await grabFrame();
+    if (!blob) { say("The camera is still starting…"); return; }
+    classify(blob, "camera.jpg", auto);
+  }
+
+  // ------------------------------------------------------------------ answer
+
+  function showPicture(blob) {
+    if (pictureUrl) URL.revokeObjectURL(pictureUrl);
+    pictureUrl = URL.createObjectURL(blob);
+    still.src = pictureUrl;
+    setStage("still");
+  }
+
+  async function classify(blob, name, auto) {
+    busy = true;
+    const mine = generation;
+    if (!auto) {
+      showPicture(blob);
+      setState("thinking");
+      say("Let me look…");
+      barsList.replaceChildren();
+    }
+    captureButton.disabled = true;
+    const body = new FormData();
+    body.append("image", blob, name);
+    body.append("topk", String(settings.bars));
+    try {
+      const response = await fetch(root.dataset.predictUrl, {
+        method: "POST", body: body, headers: { "Accept": "application/json" },
+      });
+      let data = null;
+      try { data = await response.json(); } catch (e) { data = null; }
+      if (mine !== generation) return;
+      if (!response.ok || !data || !data.predictions) {
+        showProblem(data && data.error ? data.error.message
+          : "The computer answered " + response.status + ".");
+        return;
+      }
+      showAnswer(data.predictions, { blob: blob, name: name }, auto);
+    } catch (err) {
+      if (mine === generation) showProblem("The computer could not be reached.");
+    } finally {
+      busy = false;
+      captureButton.disabled = false;
+    }
+  }
+
+  function showAnswer(predictions, picture, auto) {
+    lastActivity = Date.now();
+    const top = predictions[0];
+    picture.label = top.label;
+    lastPicture = picture;
+    explained = null;
+    const words = confidence(top.score);
+    const headline = document.createElement("span");
+    headline.className = "kiosk-answer-label";
+    headline.textContent = display(top.label);
+    const chip = document.createElement("span");
+    chip.className = "kiosk-confidence kiosk-confidence-" + words.replace(/ /g, "-");
+    chip.textContent = words;
+    statusBox.replaceChildren(headline, " ", chip);
+    renderBars(predictions);
+    setState("result");
+    if (!auto) setStage("still");
+    againButton.hidden = false;
+    captureButton.hidden = !auto || !cameraOn;
+    explainButton.hidden = !settings.explain;
+    if (!auto) againButton.focus({ preventScroll: true });
+  }
+
+  function showProblem(message) {
+    lastActivity = Date.now();
+    statusBox.textContent = "Sorry, that did not work. " + message;
+    barsList.replaceChildren();
+    setState("result");
+    againButton.hidden = false;
+    captureButton.hidden = true;
+    explainButton.hidden = true;
+  }
+
+  function renderBars(predictions) {
+    const items = predictions.slice(0, settings.bars).map(function (p, i) {
+      const pct = p.score * 100;
+      const item = document.createElement("li");
+      item.className = "kiosk-bar" + (i === 0 ? " kiosk-bar-top" : "");
+      item.dataset.label = p.label;
+      const text = document.createElement("div");
+      text.className = "kiosk-bar-text";
+      const label = document.createElement("span");
+      label.className = "kiosk-bar-label";
+      label.textContent = display(p.label);
+      const score = document.createElement("span");
+      score.className = "kiosk-bar-score";
+      score.textContent = Math.round(pct) + "%";
+      text.append(label, score);
+      const track = document.createElement("div");
+      track.className = "kiosk-bar-track";
+      track.setAttribute("role", "progressbar");
+      track.setAttribute("aria-label", display(p.label));
+      track.setAttribute("aria-valuemin", "0");
+      track.setAttribute("aria-valuemax", "100");
+      track.setAttribute("aria-valuenow", String(Math.round(pct)));
+      const fill = document.createElement("div");
+      fill.className = "kiosk-bar-fill";
+      fill.style.width = "0%";
+      track.append(fill);
+      item.append(text, track);
+      requestAnimationFrame(function () {
+        requestAnimationFrame(function () { fill.style.width = Math.max(pct, 1).toFixed(1) + "%"; });
+      });
+      return item;
+    });
+    barsList.replaceChildren.apply(barsList, items);
+  }
+
+  // ------------------------------------------------------------------ explanation
+
+  async function openExplanation() {
+    if (!lastPicture) return;
+    dialog.hidden = false;
+    behindDialog.forEach(function (el) { el.inert = true; });
+    explainButton.setAttribute("aria-expanded", "true");
+    root.dataset.explaining = "true";
+    dialogTitle.focus();
+    if (explained === lastPicture) return;
+    const picture = lastPicture;
+    panel.replaceChildren();
+    panel.textContent = "Looking closer…";
+    try {
+      const data = await window.ExplainView.request(root.dataset.explainUrl, picture.blob,
+        picture.name);
+      if (picture !== lastPicture) return;
+      const label = display(data.explained.label);
+      const sentences = settings.explanation_template
+        ? settings.explanation_template.replace("{label}", label) : data.explanation;
+      window.ExplainView.render(panel, data, {
+        label: label, sentences: sentences, technical: false,
+      });
+      explained = picture;
+    } catch (err) {
+      if (picture === lastPicture) panel.textContent = "Sorry, that did not work. " + err.message;
+    }
+  }
+
+  function closeExplanation() {
+    if (dialog.hidden) return;
+    dialog.hidden = true;
+    behindDialog.forEach(function (el) { el.inert = false; });
+    delete root.dataset.explaining;
+    explainButton.setAttribute("aria-expanded", "false");
+    if (!explainButton.hidden) explainButton.focus({ preventScroll: true });
+  }
+
+  // ------------------------------------------------------------------ start over
+
+  function startOver() {
+    generation += 1;
+    closeExplanation();
+    lastPicture = null;
+    explained = null;
+    panel.replaceChildren();
+    barsList.replaceChildren();
+    idleNote.hidden = true;
+    againButton.hidden = true;
+    explainButton.hidden = true;
+    busy = false;
+    captureButton.disabled = false;
+    if (cameraOn) {
+      setStage("video");
+      setState("live");
+      captureButton.hidden = false;
+      say(START_TEXT);
+    } else {
+      setStage("upload");
+      setState("upload");
+      say(UPLOAD_TEXT);
+    }
+    lastActivity = Date.now();
+    loadSettings();
+  }
+
+  function checkIdle() {
+    const idle = Number(settings.idle_seconds) || 0;
+    if (!idle || root.dataset.state !== "result") { idleNote.hidden = true; return; }
+    const left = idle * 1000 - (Date.now() - lastActivity);
+    if (left <= 0) { startOver(); return; }
+    if (idle >= 10 && left <= 5000) {
+      idleNote.textContent = "Starting over in " + Math.ceil(left / 1000) +
+        " s. Touch the screen to keep this.";
+      idleNote.hidden = false;
+    } else {
+      idleNote.hidden = true;
+    }
+  }
+
+  function scheduleAutoCapture() {
+    if (autoTimer) clearInterval(autoTimer);
+    autoTimer = null;
+    const every = Number(settings.auto_capture_seconds) || 0;
+    if (every > 0) {
+      autoTimer = setInterval(function () {
+        const state = root.dataset.state;
+        const showingStill = root.dataset.stage === "still";
+        if (cameraOn && !busy && !showingStill && dialog.hidden &&
+            (state === "live" || state === "result")) {
+          capture(true);
+        }
+      }, every * 1000);
+    }
+  }
+
+  // ------------------------------------------------------------------ events
+
+  ["pointerdown", "keydown", "wheel", "touchstart"].forEach(function (name) {
+    document.addEventListener(name, function () { lastActivity = Date.now(); },
+      { passive: true, capture: true });
+  });
+  captureButton.addEventListener("click", function () { capture(false); });
+  againButton.addEventListener("click", startOver);
+  explainButton.addEventListener("click", openExplanation);
+  closeButton.addEventListener("click", closeExplanation);
+  document.addEventListener("keydown", function (event) {
+    if (event.key === "Escape") closeExplanation();
+  });
+  chooseButton.addEventListener("click", function () { fileInput.click(); });
+  fileInput.addEventListener("change", function () {
+    if (fileInput.files && fileInput.files.length) {
+      classify(fileInput.files[0], fileInput.files[0].name, false);
+      fileInput.value = "";
+    }
+  });
+  // Drops anywhere are caught, so a dropped file never navigates away from the kiosk.
+  ["dragenter", "dragover"].forEach(function (name) {
+    document.addEventListener(name, function (event) {
+      event.preventDefault();
+      stage.classList.add("dragover");
+    });
+  });
+  ["dragleave", "drop"].forEach(function (name) {
+    document.addEventListener(name, function (event) {
+      event.preventDefault();
+      stage.classList.remove("dragover");
+    });
+  });
+  document.addEventListener("drop", function (event) {
+    const files = event.dataTransfer && event.dataTransfer.files;
+    if (files && files.length && !busy) classify(files[0], files[0].name, false);
+  });
+  if (document.fullscreenEnabled) {
+    fullscreenButton.hidden = false;
+    fullscreenButton.addEventListener("click", function () {
+      if (document.fullscreenElement) document.exitFullscreen();
+      else document.documentElement.requestFullscreen().catch(function () {});
+    });
+  }
+  setInterval(checkIdle, 500);
+
+  loadSettings().then(startCamera);
+})();

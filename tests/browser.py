@@ -1,0 +1,83 @@
+"""Helpers for the browser tests: finding Chromium, a fake camera that films a real photo,
+and where screenshots go."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "artifacts" / "screenshots"
+
+# GUIDE.md §4: headless Debian Chromium, nothing that phones home.
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-default-apps", "--disable-extensions", "--no-default-browser-check",
+]
+FAKE_CAMERA_ARGS = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+
+MISSING_BROWSER = """\
+The browser tests need Chromium and none was found.
+  * Debian/Ubuntu (what CI does):  sudo apt-get install -y chromium fonts-dejavu-core
+  * without root:                  .venv/bin/playwright install chromium
+                                   (downloads Playwright's own Chromium into ~/.cache)
+  * or point to any Chromium/Chrome: CHROMIUM_PATH=/path/to/chrome make test
+To run everything else meanwhile:   .venv/bin/python -m pytest -m 'not browser'"""
+
+
+def chromium_executable(playwright) -> str | None:
+    """CHROMIUM_PATH, else a system Chromium/Chrome, else Playwright's own download;
+    None when there is none.  ``""`` means Playwright's own."""
+    explicit = os.environ.get("CHROMIUM_PATH")
+    if explicit:
+        if not Path(explicit).is_file():
+            raise FileNotFoundError(f"CHROMIUM_PATH={explicit}: no such file")
+        return explicit
+    for name in ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome",
+                 "google-chrome-stable"):
+        found = shutil.which(name)
+        if found:
+            return found
+    try:
+        bundled = playwright.chromium.executable_path
+    except Exception:
+        bundled = None
+    if bundled and Path(bundled).is_file():
+        return ""
+    return None
+
+
+def write_y4m(image: Image.Image, path: Path, size=(640, 480)) -> Path:
+    """A one-frame YUV4MPEG2 video of ``image`` (cropped to the aspect of ``size``), for
+    Chromium's ``--use-file-for-fake-video-capture``: the fake camera films this photo."""
+    width, height = size
+    src_w, src_h = image.size
+    scale = max(width / src_w, height / src_h)
+    resized = image.convert("RGB").resize((round(src_w * scale), round(src_h * scale)),
+                                          Image.BICUBIC)
+    left = (resized.width - width) // 2
+    top = (resized.height - height) // 2
+    frame = resized.crop((left, top, left + width, top + height)).convert("YCbCr")
+    y, cb, cr = (np.asarray(channel, dtype=np.float32) for channel in frame.split())
+
+    def chroma(plane):  # 4:2:0, video (limited) range
+        sub = plane.reshape(height // 2, 2, width // 2, 2).mean(axis=(1, 3))
+        return np.clip(np.round(128 + (sub - 128) * 224 / 255), 0, 255).astype(np.uint8)
+
+    luma = np.clip(np.round(16 + y * 219 / 255), 0, 255).astype(np.uint8)
+    header = f"YUV4MPEG2 W{width} H{height} F30:1 Ip A1:1 C420jpeg\n".encode()
+    path.write_bytes(header + b"FRAME\n" + luma.tobytes() + chroma(cb).tobytes()
+                     + chroma(cr).tobytes())
+    return path
+
+
+def screenshot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path

@@ -1,0 +1,366 @@
+"""The pages in a real browser (headless Chromium via Playwright) against a real gunicorn
+server on 127.0.0.1: the upload page, the explanation view and the kiosk with a fake
+camera that films a real photo.  Every request every page makes is recorded and must go
+to the test server; any JavaScript error fails the test.  Screenshots of each page go to
+artifacts/screenshots/ (the README's pictures in docs/ are copies of them).
+
+Without Chromium these tests fail with what to install (tests/browser.py); they never
+skip silently.  `pytest -m 'not browser'` leaves them out on purpose."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from urllib.parse import urlsplit
+
+import pytest
+from axe_playwright_python.sync_playwright import Axe
+from playwright.sync_api import sync_playwright
+
+from tests.browser import (
+    CHROMIUM_ARGS,
+    FAKE_CAMERA_ARGS,
+    MISSING_BROWSER,
+    chromium_executable,
+    screenshot,
+    write_y4m,
+)
+from tests.conftest import ROOT, Server, encode, free_port
+from tests.photos import CAT_CLASSES, photo
+from webapp.kiosk import CONFIDENCE_WORDS
+from webapp.kiosk_settings import KioskSettings, KioskSettingsStore
+from webapp.translations import Translations
+
+pytestmark = pytest.mark.browser
+
+GERMAN = {"tabby": "Getigerte Katze", "tiger cat": "Tigerkatze",
+          "Egyptian cat": "Ägyptische Katze", "Persian cat": "Perserkatze",
+          "Siamese cat": "Siamkatze", "lynx": "Luchs", "espresso": "Espresso"}
+WORDS = {words for _, words in CONFIDENCE_WORDS}
+TIMEOUT_MS = 60_000
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    base = tmp_path_factory.mktemp("browser")
+    translations = base / "translations"
+    translations.mkdir()
+    (translations / "en.json").write_text((ROOT / "translations" / "en.json").read_text())
+    (translations / "de.json").write_text(
+        json.dumps({"name": "Deutsch", "labels": GERMAN}, ensure_ascii=False))
+    photos = base / "photos"
+    photos.mkdir()
+    for name in ("chelsea", "coffee"):
+        (photos / f"{name}.jpg").write_bytes(encode(photo(name).image, "JPEG", quality=92))
+    return {
+        "base": base,
+        "settings": base / "kiosk.json",
+        "translations": translations,
+        "cat": photos / "chelsea.jpg",
+        "coffee": photos / "coffee.jpg",
+        "camera": write_y4m(photo("chelsea").image, base / "cat.y4m"),
+    }
+
+
+@pytest.fixture(scope="module")
+def server(files):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KIOSK_")}
+    env = {**env, "PORT": str(port), "HOST": "127.0.0.1", "WEB_CONCURRENCY": "1",
+           "KIOSK_SETTINGS_FILE": str(files["settings"]),
+           "TRANSLATIONS_DIR": str(files["translations"])}
+    srv = Server([sys.executable, "-m", "gunicorn", "app:app"], env, port,
+                 files["base"] / "server.log")
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture()
+def kiosk_settings(files):
+    """The teacher settings the server reads, reset before and after each test."""
+    store = KioskSettingsStore(files["settings"], KioskSettings(),
+                               Translations(files["translations"]))
+    store.reset()
+    yield store
+    store.reset()
+
+
+@pytest.fixture(scope="module")
+def playwright_instance():
+    with sync_playwright() as pw:
+        yield pw
+
+
+def _launch(pw, extra_args):
+    executable = chromium_executable(pw)
+    if executable is None:
+        pytest.fail(MISSING_BROWSER, pytrace=False)
+    kwargs = {"executable_path": executable} if executable else {}
+    return pw.chromium.launch(args=CHROMIUM_ARGS + extra_args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def browser(playwright_instance, files):
+    """Chromium whose (fake) camera films the cat photo; camera permission granted."""
+    browser = _launch(playwright_instance, FAKE_CAMERA_ARGS + [
+        f"--use-file-for-fake-video-capture={files['camera']}"])
+    yield browser
+    browser.close()
+
+
+@pytest.fixture(scope="module")
+def browser_without_camera_permission(playwright_instance, files):
+    """A camera exists, but the permission prompt is never accepted."""
+    browser = _launch(playwright_instance, [
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-video-capture={files['camera']}"])
+    yield browser
+    browser.close()
+
+
+class Watched:
+    """A page whose every request and JavaScript error is recorded."""
+
+    def __init__(self, context, server):
+        self.context = context
+        self.server = server
+        self.requests: list[str] = []
+        self.errors: list[str] = []
+        context.on("request", lambda request: self.requests.append(request.url))
+        self.page = context.new_page()
+        self.page.set_default_timeout(TIMEOUT_MS)
+        self.page.on("pageerror", lambda exc: self.errors.append(f"page error: {exc}"))
+        self.page.on("console", lambda msg: self.errors.append(f"console: {msg.text}")
+                     if msg.type == "error" else None)
+
+    def goto(self, path):
+        response = self.page.goto(self.server.url + path)
+        assert response.status == 200
+        return self.page
+
+    def assert_clean(self):
+        assert self.requests, "the page made no requests at all"
+        origin = urlsplit(self.server.url)
+        outside = [
+            url for url in self.requests
+            if not url.startswith(("data:", "blob:"))
+            and (urlsplit(url).scheme, urlsplit(url).netloc) != (origin.scheme, origin.netloc)
+        ]
+        assert not outside, f"requests that left the server: {outside}"
+        assert not self.errors, self.errors
+
+
+def _watched(browser, server, **context_options):
+    context = browser.new_context(viewport={"width": 1280, "height": 800},
+                                  **context_options)
+    watched = Watched(context, server)
+    return context, watched
+
+
+@pytest.fixture()
+def page(browser, server):
+    context, watched = _watched(browser, server)
+    yield watched
+    try:
+        watched.assert_clean()
+    finally:
+        context.close()
+
+
+def wait_state(page, state, timeout=TIMEOUT_MS):
+    page.wait_for_selector(f'#kiosk[data-state="{state}"]', timeout=timeout)
+
+
+def kiosk_result(page):
+    """(labels of the bars as shown, the confidence words) once the answer is on screen."""
+    wait_state(page, "result")
+    page.wait_for_selector("#kiosk-bars .kiosk-bar")
+    labels = page.locator("#kiosk-bars .kiosk-bar-label").all_inner_texts()
+    words = page.locator("#status .kiosk-confidence").inner_text()
+    return labels, words
+
+
+def lower(names):
+    return {name.lower() for name in names}
+
+
+# --------------------------------------------------------------------------- upload page
+
+
+def test_upload_page_shows_three_bars_with_the_right_label(page, files):
+    p = page.goto("/")
+    p.set_input_files("#image-input", str(files["cat"]))
+    p.wait_for_selector("#predictions li.prediction")
+    assert p.locator("#predictions li.prediction").count() == 3
+    labels = p.locator("#predictions .label").all_inner_texts()
+    assert labels[0].lower() in lower(CAT_CLASSES), labels
+    p.wait_for_function(
+        "() => parseFloat(document.querySelector('#predictions .progress-bar').style.width) > 10")
+    assert p.locator("#preview").get_attribute("src").startswith("blob:")
+    assert "Answered by EfficientNet-Lite0" in p.locator("#result-meta").inner_text()
+    p.wait_for_timeout(800)  # let the bars finish growing for the picture
+    screenshot(p, "main")
+
+
+def test_upload_page_explanation_view_renders_a_heatmap(page, files):
+    p = page.goto("/")
+    assert p.locator("#explain-section").is_hidden()
+    p.get_by_role("switch", name="How the model sees it").check()
+    p.set_input_files("#image-input", str(files["coffee"]))
+    heatmap = p.wait_for_selector("#explain-panel img.explain-heatmap")
+    p.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=heatmap)
+    assert heatmap.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [224, 224]
+    titles = p.locator("#explain-panel figcaption strong").all_inner_texts()
+    assert len(titles) == 5  # original → resized → cropped → numbers, and the heatmap
+    assert "espresso" in titles[-1]
+    sentences = p.locator("#explain-panel .explain-sentences").inner_text()
+    assert "espresso" in sentences and sentences.count(". ") >= 1
+    screenshot(p, "explain")
+    assert_wcag_aa(p)
+    # Switching it off hides the panel; on again shows it without asking twice.
+    p.get_by_role("switch", name="How the model sees it").uncheck()
+    assert p.locator("#explain-section").is_hidden()
+    count = sum(1 for url in page.requests if url.endswith("/explain"))
+    p.get_by_role("switch", name="How the model sees it").check()
+    assert p.locator("#explain-section").is_visible()
+    assert sum(1 for url in page.requests if url.endswith("/explain")) == count
+
+
+# --------------------------------------------------------------------------- kiosk
+
+
+def test_kiosk_camera_answers_when_the_button_is_pressed_from_the_keyboard(
+        page, kiosk_settings):
+    p = page.goto("/kiosk")
+    wait_state(p, "live")
+    p.wait_for_function("() => document.getElementById('camera').videoWidth > 0")
+    screenshot(p, "kiosk-start")
+    for _ in range(6):  # keyboard only: Tab to the big button, press Enter
+        if p.evaluate("document.activeElement.id") == "capture-button":
+            break
+        p.keyboard.press("Tab")
+    assert p.evaluate("document.activeElement.id") == "capture-button"
+    assert p.locator("#capture-button").inner_text() == "What is this?"
+    p.keyboard.press("Enter")
+    labels, words = kiosk_result(p)
+    assert len(labels) == 3
+    assert labels[0].lower() in lower(CAT_CLASSES), labels  # the fake camera films a cat
+    assert words in WORDS
+    assert p.locator("#still").is_visible() and p.locator("#camera").is_hidden()
+    p.wait_for_timeout(1200)  # let the bars finish growing for the picture
+    screenshot(p, "kiosk")
+
+
+def test_kiosk_explains_its_answer(page, kiosk_settings):
+    p = page.goto("/kiosk")
+    wait_state(p, "live")
+    p.get_by_role("button", name="What is this?").click()
+    kiosk_result(p)
+    p.get_by_role("button", name="How does it see it?").click()
+    dialog = p.get_by_role("dialog", name="How the computer sees it")
+    assert dialog.is_visible()
+    heatmap = p.wait_for_selector("#explain-dialog img.explain-heatmap")
+    p.wait_for_function("img => img.complete && img.naturalWidth === 224", arg=heatmap)
+    assert p.locator("#explain-dialog .explain-step").count() == 5
+    screenshot(p, "kiosk-explain")
+    p.keyboard.press("Escape")
+    assert dialog.is_hidden()
+    assert p.evaluate("document.activeElement.id") == "explain-button"
+
+
+def test_kiosk_starts_over_after_the_idle_time(page, kiosk_settings):
+    kiosk_settings.update({"idle_seconds": 2})
+    p = page.goto("/kiosk")
+    wait_state(p, "live")
+    start_text = p.locator("#status").inner_text()
+    p.get_by_role("button", name="What is this?").click()
+    kiosk_result(p)
+    wait_state(p, "live", timeout=30_000)  # nobody touched it: back to the start
+    assert p.locator("#kiosk-bars .kiosk-bar").count() == 0
+    assert p.locator("#status").inner_text() == start_text
+    assert p.locator("#camera").is_visible() and p.locator("#capture-button").is_visible()
+    assert p.locator("#again-button").is_hidden()
+
+
+def test_kiosk_auto_capture_and_translated_labels_follow_the_teacher_settings(
+        page, kiosk_settings):
+    kiosk_settings.update({"auto_capture_seconds": 2, "language": "de", "bars": 5,
+                           "explain": False})
+    p = page.goto("/kiosk")
+    wait_state(p, "live")
+    labels, _ = kiosk_result(p)  # nobody pressed anything
+    assert len(labels) == 5
+    assert labels[0] in set(GERMAN.values()), labels
+    assert p.locator("#camera").is_visible()  # the live picture stays on
+    assert p.locator("#explain-button").is_hidden()
+
+
+def test_kiosk_falls_back_to_a_photo_when_the_camera_is_refused(
+        browser_without_camera_permission, server, kiosk_settings, files):
+    context, watched = _watched(browser_without_camera_permission, server)
+    try:
+        p = watched.goto("/kiosk")
+        wait_state(p, "upload")
+        assert "switched off" in p.locator("#upload-reason").inner_text()
+        assert p.locator("#capture-button").is_hidden()
+        assert p.get_by_role("button", name="Choose a photo").is_visible()
+        screenshot(p, "kiosk-no-camera")
+        p.set_input_files("#file-input", str(files["coffee"]))
+        labels, _ = kiosk_result(p)
+        assert labels[0] == "Espresso"
+        p.get_by_role("button", name="Try again").click()
+        wait_state(p, "upload")
+        watched.assert_clean()
+    finally:
+        context.close()
+
+
+def test_kiosk_has_nothing_that_leaves_the_page(page, kiosk_settings):
+    p = page.goto("/kiosk")
+    wait_state(p, "live")
+    assert p.locator("a[href]").count() == 0  # no admin link, no link at all
+    assert p.locator("textarea, [contenteditable], input:not([type=file])").count() == 0
+    assert p.locator("form").count() == 0
+
+
+def assert_wcag_aa(p):
+    """axe-core's WCAG 2 A/AA rules (contrast, names, labels, ...) on the page as it is."""
+    result = Axe().run(p, options={"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa"]},
+                                   "resultTypes": ["violations"]})
+    assert not result.violations_count, result.generate_report()
+
+
+def test_kiosk_meets_wcag_aa(page, kiosk_settings):
+    p = page.goto("/kiosk")
+    wait_state(p, "live")
+    assert_wcag_aa(p)  # the start screen
+    p.get_by_role("button", name="What is this?").click()
+    kiosk_result(p)
+    p.wait_for_timeout(1200)
+    assert_wcag_aa(p)  # the answer
+    p.get_by_role("button", name="How does it see it?").click()
+    p.wait_for_selector("#explain-dialog img.explain-heatmap")
+    assert_wcag_aa(p)  # the explanation
+
+
+def test_settings_change_reaches_a_running_kiosk_at_its_next_start_over(
+        page, kiosk_settings):
+    kiosk_settings.update({"idle_seconds": 2, "bars": 2})
+    p = page.goto("/kiosk")
+    wait_state(p, "live")
+    p.get_by_role("button", name="What is this?").click()
+    labels, _ = kiosk_result(p)
+    assert len(labels) == 2
+    kiosk_settings.update({"bars": 4})  # the teacher changes it meanwhile
+    wait_state(p, "live", timeout=30_000)  # the start-over reads the settings again
+    p.wait_for_selector('#kiosk[data-bars="4"]')
+    p.get_by_role("button", name="What is this?").click()
+    labels, _ = kiosk_result(p)
+    assert len(labels) == 4

@@ -1,0 +1,282 @@
+"""Grad-CAM and the preprocessing steps (webapp/explain.py) and POST /explain: the heatmap
+points at the object, the steps are exactly what the model saw, the serving model is never
+touched, and bad input gets the same clear errors as /predict."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.transforms import functional as TF
+
+import model_loader
+from model_loader import LoadedModel
+from tests.conftest import encode, save_random_resnet18
+from tests.photos import CAT_CLASSES, photo
+from webapp import create_app
+from webapp.classifier import Classifier
+from webapp.explain import (
+    ExplainUnsupported,
+    denormalise,
+    explain,
+    explainer_for,
+    find_target_layer,
+)
+
+
+@pytest.fixture(scope="module")
+def classifier(app):
+    return app.extensions["model_holder"].get()
+
+
+def post(client, data: bytes | None = None, name="photo.jpg", headers=None, **form):
+    payload = dict(form)
+    if data is not None:
+        payload["image"] = (io.BytesIO(data), name)
+    return client.post("/explain", data=payload, content_type="multipart/form-data",
+                       headers=headers or {})
+
+
+def png(b64: str) -> Image.Image:
+    img = Image.open(io.BytesIO(base64.b64decode(b64)))
+    assert img.format == "PNG"
+    return img
+
+
+def half_object_half_grey(name: str, side: str) -> Image.Image:
+    """A 512² picture: the photo's central square on one half, flat grey on the other.
+    After the model's preprocessing (resize to 256, centre-crop 224) the object fills
+    exactly one half of the crop: columns 0-111 (left) or 112-223 (right)."""
+    img = photo(name).image
+    short = min(img.size)
+    left, top = (img.width - short) // 2, (img.height - short) // 2
+    square = img.crop((left, top, left + short, top + short)).resize((256, 256), Image.BICUBIC)
+    canvas = Image.new("RGB", (512, 512), (128, 128, 128))
+    canvas.paste(square, (0 if side == "left" else 256, 128))
+    return canvas
+
+
+# --------------------------------------------------------------------------- sense
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("name, classes", [("coffee", {"espresso"}), ("chelsea", CAT_CLASSES)])
+def test_heatmap_mass_lies_on_the_object_half(classifier, name, classes, side):
+    result = explain(classifier, half_object_half_grey(name, side))
+    assert result.target.label in classes, result.target  # the object's class is explained
+    heat = result.heatmap
+    assert heat.shape == (224, 224) and heat.min() >= 0 and heat.max() == pytest.approx(1)
+    left_mass = heat[:, :112].sum() / heat.sum()
+    on_object = left_mass if side == "left" else 1 - left_mass
+    assert on_object > 0.7, f"only {on_object:.0%} of the heatmap lies on the {name}"
+
+
+def test_another_class_can_be_explained(classifier):
+    cat = photo("chelsea").image
+    result = explain(classifier, cat, index=967)  # espresso, nowhere in a cat photo
+    assert result.target.label == "espresso" and result.target.score < 0.01
+    assert result.predictions[0].label in CAT_CLASSES  # the answer itself is unchanged
+    own = explain(classifier, cat)
+    assert not np.allclose(own.heatmap, result.heatmap)
+
+
+# --------------------------------------------------------------------------- fidelity
+
+
+@pytest.mark.parametrize("size", [(451, 300), (2400, 300), (90, 70), (300, 451)])
+def test_steps_are_exactly_what_the_model_saw(classifier, size):
+    img = photo("chelsea").image.resize(size, Image.BICUBIC)
+    result = explain(classifier, img)
+    steps = {step.name: step.image for step in result.steps}
+    assert list(steps) == ["original", "resized", "cropped", "tensor"]
+    tensor = classifier.preprocess(img)
+    # The crop shown is the model's own input tensor turned back into pixels.
+    assert np.array_equal(np.asarray(steps["cropped"]),
+                          np.asarray(denormalise(tensor, classifier.loaded.mean,
+                                                 classifier.loaded.std)))
+    # ... and the resized step, centre-cropped, is that same picture (±1 from rounding).
+    crop = TF.center_crop(steps["resized"], 224)
+    diff = np.abs(np.asarray(crop, dtype=int) - np.asarray(steps["cropped"], dtype=int))
+    assert diff.max() <= 1
+    assert min(steps["resized"].size) == classifier.resize_size
+    assert steps["tensor"].size == (3 * 224 + 16, 224)
+    assert max(steps["original"].size) <= 448
+
+
+def test_explanations_never_touch_the_serving_model(classifier):
+    """Grad-CAM runs on a private fp32 copy; the (quantized) engine and the shared fp32
+    module keep no hooks and answer exactly as before."""
+    img = photo("coffee").image
+    before, _ = classifier.predict([img], 5)
+    explain(classifier, img)
+    explainer = explainer_for(classifier)
+    assert explainer.module is not classifier.loaded.module
+    assert explainer.module is not classifier.engine
+    assert classifier.loaded.quantization == "dynamic"
+    assert type(explainer.module._fc) is nn.Linear  # fp32, not the int8 Linear
+    assert "quantized" in type(classifier.engine._fc).__module__
+    for module in (classifier.loaded.module, classifier.engine):
+        assert not any(m._forward_hooks for m in module.modules())
+    after, _ = classifier.predict([img], 5)
+    assert before == after
+    assert explainer_for(classifier) is explainer  # made once per model
+
+
+# --------------------------------------------------------------------------- architectures
+
+
+def _loaded(module, arch, classes=10, **extra):
+    return LoadedModel(module=module.eval(), arch=arch, labels=[f"c{i}" for i in range(classes)],
+                       name=arch, version="test", source="test", source_kind="test", **extra)
+
+
+@pytest.mark.parametrize("arch, layer", [
+    ("resnet18", "layer4"), ("mobilenet_v3_small", "features"), ("squeezenet1_1", "classifier.2"),
+])
+def test_target_layer_is_the_last_spatial_feature_map(arch, layer):
+    import torchvision
+
+    torch.manual_seed(0)
+    module = torchvision.models.get_model(arch, weights=None, num_classes=10).eval()
+    name, _ = find_target_layer(module, 224)
+    assert name == layer
+    result = explain(Classifier(_loaded(module, arch)), photo("camera").image)
+    assert result.layer == layer and result.heatmap.shape == (224, 224)
+
+
+def test_bundled_model_uses_its_head_activation(classifier):
+    assert explainer_for(classifier).layer_name == "_swish"  # after _conv_head + _bn1
+
+
+def test_models_without_a_feature_map_are_refused():
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    with pytest.raises(ExplainUnsupported):
+        explain(Classifier(_loaded(flat, "mlp", input_size=32)), photo("camera").image)
+    with pytest.raises(ExplainUnsupported, match="vit_b_16"):
+        explain(Classifier(_loaded(flat, "vit_b_16", input_size=32)), photo("camera").image)
+
+
+# --------------------------------------------------------------------------- POST /explain
+
+
+def test_explain_returns_the_documented_json(client):
+    response = post(client, encode(photo("coffee").image, "JPEG"))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert set(body) == {"model", "predictions", "explained", "explanation", "heatmap",
+                         "steps", "timings_ms"}
+    assert body["explained"] == body["predictions"][0]
+    assert body["explained"]["label"] == "espresso" and len(body["predictions"]) == 3
+    assert body["explanation"].count(". ") == 1 and "\u201cespresso\u201d" in body["explanation"]
+    heatmap = body["heatmap"]
+    assert heatmap["layer"] == "_swish" and heatmap["grid"] == [7, 7]
+    assert png(heatmap["overlay_png"]).size == (224, 224)
+    assert png(heatmap["heatmap_png"]).size == (224, 224)
+    steps = body["steps"]
+    assert [s["name"] for s in steps] == ["original", "resized", "cropped", "tensor"]
+    for step in steps:
+        assert step["title"] and step["caption"]
+        assert png(step["png"]).size == (step["width"], step["height"])
+    assert (steps[1]["width"], steps[1]["height"]) == (384, 256)
+    assert (steps[2]["width"], steps[2]["height"]) == (224, 224)
+    assert set(body["timings_ms"]) == {"decode", "predict", "gradcam", "pictures", "total"}
+
+
+def test_explain_answers_a_png_when_asked(client):
+    response = post(client, encode(photo("chelsea").image, "JPEG"),
+                    headers={"Accept": "image/png"})
+    assert response.status_code == 200
+    assert response.content_type == "image/png"
+    assert Image.open(io.BytesIO(response.data)).size == (224, 224)
+    assert response.headers["X-Explained-Label"].replace("%20", " ") in CAT_CLASSES
+    assert int(response.headers["X-Explained-Index"]) in range(281, 294)
+
+
+def test_explain_topk_and_class_index(client):
+    body = post(client, encode(photo("chelsea").image, "JPEG"), topk="5",
+                class_index="967").get_json()
+    assert len(body["predictions"]) == 5
+    assert body["explained"]["label"] == "espresso"
+
+
+@pytest.mark.parametrize("form, status, code", [
+    ({}, 400, "no_image"),
+    ({"class_index": "1000"}, 400, "bad_class_index"),
+    ({"class_index": "cat"}, 400, "bad_class_index"),
+    ({"class_index": "-1"}, 400, "bad_class_index"),
+    ({"topk": "0"}, 400, "bad_topk"),
+])
+def test_explain_bad_requests(client, form, status, code):
+    data = None if not form else encode(photo("coffee").image, "JPEG")
+    response = post(client, data, headers={"Accept": "image/png"}, **form)
+    assert response.status_code == status and response.is_json  # errors stay JSON
+    assert response.get_json()["error"]["code"] == code
+
+
+@pytest.mark.parametrize("data, status, code", [
+    (b"%PDF-1.4 not a photo", 415, "not_an_image"),
+    (b"", 400, "empty_file"),
+    (None, 422, "unreadable_image"),  # a truncated JPEG
+])
+def test_explain_bad_files_get_the_predict_errors(client, data, status, code):
+    if data is None:
+        data = encode(photo("coffee").image, "JPEG")[:3000]
+    response = post(client, data)
+    assert response.status_code == status
+    assert response.get_json()["error"]["code"] == code
+
+
+def test_explain_takes_one_image_at_a_time(client):
+    jpeg = encode(photo("coffee").image, "JPEG")
+    response = client.post("/explain", data={"image": [(io.BytesIO(jpeg), "a.jpg"),
+                                                       (io.BytesIO(jpeg), "b.jpg")]},
+                           content_type="multipart/form-data")
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "too_many_images"
+
+
+def test_explain_over_the_size_limit_is_a_413(client, app, monkeypatch):
+    monkeypatch.setitem(app.config, "MAX_CONTENT_LENGTH", 50_000)
+    response = post(client, b"\xff" * 200_000)
+    assert response.status_code == 413 and response.is_json
+
+
+def test_explain_is_post_only(client):
+    response = client.get("/explain")
+    assert response.status_code == 405 and response.is_json
+
+
+def test_explain_a_resnet18_checkpoint_at_its_own_input_size(tmp_path):
+    """A fine-tuned ResNet18 trained at 96², with its own mean/std: the steps and the
+    heatmap use them."""
+    import torchvision
+
+    torch.manual_seed(0)
+    module = torchvision.models.resnet18(weights=None, num_classes=3)
+    path = model_loader.save_checkpoint(
+        tmp_path / "tiny.pt", module, arch="resnet18", classes=["apple", "pear", "plum"],
+        input_size=96, mean=(0.4, 0.4, 0.4), std=(0.3, 0.3, 0.3))
+    app = create_app({"TESTING": True, "MODEL_WEIGHTS": str(path), "QUANTIZE": "none"})
+    body = post(app.test_client(), encode(photo("coffee").image, "JPEG")).get_json()
+    assert body["heatmap"]["layer"] == "layer4" and body["heatmap"]["grid"] == [3, 3]
+    assert png(body["heatmap"]["overlay_png"]).size == (96, 96)
+    sizes = {s["name"]: (s["width"], s["height"]) for s in body["steps"]}
+    assert sizes["cropped"] == (96, 96) and sizes["resized"][1] == round(96 / 0.875)
+    assert body["explained"]["label"] in {"apple", "pear", "plum"}
+
+
+def test_explain_with_bare_resnet18_weights_unquantized(tmp_path):
+    weights = save_random_resnet18(tmp_path / "resnet18.pth")
+    app = create_app({"TESTING": True, "MODEL_WEIGHTS": str(weights), "QUANTIZE": "none"})
+    client = app.test_client()
+    body = post(client, encode(photo("camera").image, "JPEG")).get_json()
+    assert body["model"]["arch"] == "resnet18" and body["heatmap"]["layer"] == "layer4"
+    # The serving module (engine is module when QUANTIZE=none) keeps no hooks.
+    classifier = app.extensions["model_holder"].get()
+    assert classifier.engine is classifier.loaded.module
+    assert not any(m._forward_hooks for m in classifier.engine.modules())

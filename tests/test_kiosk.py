@@ -1,0 +1,320 @@
+"""The kiosk's teacher settings (defaults from the environment, changes in an atomically
+written JSON file), label translations, the /kiosk page and its `flask kiosk` commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+
+import pytest
+
+from tests.conftest import ROOT
+from webapp import create_app
+from webapp.config import Config, ConfigError
+from webapp.kiosk_settings import (
+    FIELDS,
+    KioskSettings,
+    KioskSettingsError,
+    KioskSettingsStore,
+)
+from webapp.translations import TranslationError, Translations
+
+GERMAN = {"name": "Deutsch", "labels": {"espresso": "Espresso", "tabby": "Getigerte Katze"}}
+
+
+@pytest.fixture()
+def translations(tmp_path):
+    folder = tmp_path / "translations"
+    folder.mkdir()
+    (folder / "en.json").write_text((ROOT / "translations" / "en.json").read_text())
+    (folder / "de.json").write_text(json.dumps(GERMAN, ensure_ascii=False), encoding="utf-8")
+    return Translations(folder)
+
+
+@pytest.fixture()
+def store(tmp_path, translations):
+    return KioskSettingsStore(tmp_path / "instance" / "kiosk.json", KioskSettings(),
+                              translations)
+
+
+@pytest.fixture()
+def kiosk_app(tmp_path, translations):
+    return create_app({"TESTING": True, "KIOSK_SETTINGS_FILE": str(tmp_path / "kiosk.json"),
+                       "TRANSLATIONS_DIR": str(translations.directory)})
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_defaults_come_from_the_environment():
+    config = Config.from_env({"KIOSK_IDLE_SECONDS": "30", "KIOSK_BARS": "5",
+                              "KIOSK_EXPLAIN": "no", "KIOSK_AUTO_CAPTURE_SECONDS": "10"})
+    assert KioskSettings.from_config(config) == KioskSettings(
+        idle_seconds=30, auto_capture_seconds=10, bars=5, explain=False, language="en")
+    assert KioskSettings.from_config(Config.from_env({})) == KioskSettings()
+
+
+@pytest.mark.parametrize("env, words", [
+    ({"KIOSK_BARS": "9"}, "KIOSK_BARS=9: must be between 1 and 5"),
+    ({"KIOSK_IDLE_SECONDS": "soon"}, "KIOSK_IDLE_SECONDS='soon': expected a whole number"),
+])
+def test_bad_environment_values_name_the_setting(env, words):
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        Config.from_env(env)
+
+
+def test_a_missing_default_language_stops_the_app(translations):
+    with pytest.raises(ConfigError, match="KIOSK_LANGUAGE='fr': no translation file"):
+        create_app({"KIOSK_LANGUAGE": "fr", "TRANSLATIONS_DIR": str(translations.directory)})
+
+
+def test_update_keeps_only_changes_in_a_json_file(store):
+    assert store.load() == KioskSettings()
+    assert not store.path.exists()
+    settings = store.update({"idle_seconds": "45", "bars": 5, "language": "de",
+                             "explain": True})
+    assert settings == KioskSettings(idle_seconds=45, bars=5, language="de")
+    data = json.loads(store.path.read_text())
+    assert data["format"] == "kiosk-settings/1" and data["updated"]
+    assert data["settings"] == {"idle_seconds": 45, "bars": 5, "language": "de"}
+    # No temporary file is left beside it.
+    assert sorted(p.name for p in store.path.parent.iterdir()) == ["kiosk.json",
+                                                                   "kiosk.json.lock"]
+    # A second store (another worker process) reads the same.
+    other = KioskSettingsStore(store.path, KioskSettings(), store.translations)
+    assert other.load() == settings
+
+
+def test_a_changed_environment_default_applies_to_untouched_fields(store):
+    store.update({"bars": 4})
+    later = KioskSettingsStore(store.path, KioskSettings(idle_seconds=20), store.translations)
+    assert later.load() == KioskSettings(idle_seconds=20, bars=4)
+
+
+def test_form_submission_reads_an_absent_checkbox_as_no(store):
+    settings = store.update_from_form({"idle_seconds": "90", "auto_capture_seconds": "0",
+                                       "bars": "2", "language": "en"})
+    assert settings == KioskSettings(idle_seconds=90, bars=2, explain=False)
+    assert store.update_from_form({"explain": "on"}).explain is True
+
+
+def test_invalid_changes_name_every_bad_field_and_change_nothing(store):
+    store.update({"bars": 4})
+    before = store.path.read_bytes()
+    with pytest.raises(KioskSettingsError) as info:
+        store.update({"bars": 0, "idle_seconds": "soon", "language": "../../etc/passwd",
+                      "explain": "maybe", "colour": "red", "auto_capture_seconds": 5})
+    errors = info.value.errors
+    assert set(errors) == {"bars", "idle_seconds", "language", "explain", "colour"}
+    assert errors["bars"] == "must be from 1 to 5"
+    assert errors["idle_seconds"] == "enter a whole number"
+    assert "no translation file" in errors["language"]
+    assert "unknown setting" in errors["colour"]
+    assert store.path.read_bytes() == before
+
+
+def test_reset_goes_back_to_the_defaults(store):
+    store.update({"bars": 1})
+    assert store.reset() == KioskSettings()
+    assert not store.path.exists()
+
+
+def test_a_damaged_file_never_takes_the_kiosk_down(store, caplog):
+    store.path.parent.mkdir(parents=True, exist_ok=True)
+    store.path.write_text("{not json")
+    assert store.load() == KioskSettings()
+    store.path.write_text(json.dumps({"settings": {"bars": 99, "idle_seconds": 15}}))
+    assert store.load() == KioskSettings(idle_seconds=15)  # the good entry is kept
+    assert "ignoring" in caplog.text
+
+
+def test_a_language_whose_file_was_removed_falls_back(store, translations):
+    store.update({"language": "de"})
+    (translations.directory / "de.json").unlink()
+    assert store.load().language == "en"
+
+
+def test_readers_never_see_half_a_file_and_writers_lose_nothing(store):
+    """Two writers change different fields 30 times each while a reader keeps reading."""
+    errors, stop = [], threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                if store.path.exists():
+                    json.loads(store.path.read_text())
+            except FileNotFoundError:
+                pass
+            except ValueError as exc:  # half-written JSON
+                errors.append(exc)
+
+    def writer(field, values):
+        for value in values:
+            store.update({field: value})
+
+    threads = [threading.Thread(target=reader),
+               threading.Thread(target=writer, args=("idle_seconds", range(100, 130))),
+               threading.Thread(target=writer, args=("bars", [1, 2, 4, 5] * 7 + [1, 2]))]
+    for t in threads:
+        t.start()
+    for t in threads[1:]:
+        t.join()
+    stop.set()
+    threads[0].join()
+    assert not errors
+    assert store.load() == KioskSettings(idle_seconds=129, bars=2)
+
+
+def test_fields_describe_a_form():
+    assert [f.name for f in FIELDS] == list(KioskSettings().as_dict())
+    assert all(f.label and f.help and f.setting.startswith("KIOSK_") for f in FIELDS)
+
+
+# --------------------------------------------------------------------------- translations
+
+
+def test_translation_files(translations):
+    assert translations.languages() == {"en": "English", "de": "Deutsch"}
+    assert translations.labels("de")["tabby"] == "Getigerte Katze"
+    assert translations.labels("en") == {}
+    (translations.directory / "fr.json").write_text('{"labels": ["not", "a", "map"]}')
+    (translations.directory / "xx.json").write_text("{broken")
+    assert set(translations.languages()) == {"en", "de"}  # broken files are not offered
+    with pytest.raises(TranslationError, match="fr.json"):
+        translations.labels("fr")
+    with pytest.raises(TranslationError, match="not a language code"):
+        translations.labels("../secrets")
+    assert not translations.exists("../de")
+
+
+def test_a_translation_file_is_read_again_when_it_changes(translations):
+    assert translations.labels("de")["espresso"] == "Espresso"
+    path = translations.directory / "de.json"
+    path.write_text(json.dumps({"name": "Deutsch", "labels": {"espresso": "Kaffee"}}))
+    stat = path.stat()
+    os.utime(path, (stat.st_atime, stat.st_mtime + 5))
+    assert translations.labels("de") == {"espresso": "Kaffee"}
+
+
+def test_the_shipped_english_file_is_valid():
+    assert Translations(ROOT / "translations").languages()["en"] == "English"
+
+
+# --------------------------------------------------------------------------- page
+
+
+def test_kiosk_page_carries_the_settings_and_only_local_assets(kiosk_app):
+    client = kiosk_app.test_client()
+    with kiosk_app.app_context():
+        from webapp.kiosk import store
+
+        store().update({"idle_seconds": 12, "bars": 4, "explain": False})
+    response = client.get("/kiosk")
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "no-store"
+    assert "camera=(self)" in response.headers["Permissions-Policy"]
+    page = response.get_data(as_text=True)
+    assert 'data-idle-seconds="12"' in page and 'data-bars="4"' in page
+    assert 'data-explain="false"' in page
+    assert "What is this?" in page
+    assert "<a " not in page  # no link that leaves the kiosk
+    assert not re.search(r'<input(?![^>]*type="file")', page)  # no text input
+    assert not re.search(r"<script(?![^>]*\bsrc=)", page)  # no inline script
+    urls = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert urls and all(u.startswith("/") for u in urls)
+    for url in urls:
+        assert client.get(url).status_code == 200, url
+
+
+def test_settings_json_gives_the_page_its_labels(kiosk_app):
+    client = kiosk_app.test_client()
+    with kiosk_app.app_context():
+        from webapp.kiosk import store
+
+        store().update({"language": "de"})
+    body = client.get("/kiosk/settings.json").get_json()
+    assert body["language"] == "de" and body["language_name"] == "Deutsch"
+    assert body["labels"]["tabby"] == "Getigerte Katze"
+    assert body["confidence_words"][0] == [0.7, "very sure"]
+    assert "{label}" in body["explanation_template"]
+    assert {f.name for f in FIELDS} <= set(body)
+
+
+def test_settings_file_defaults_to_the_instance_folder(translations):
+    app = create_app({"TRANSLATIONS_DIR": str(translations.directory)})
+    with app.app_context():
+        from webapp.kiosk import settings_path
+
+        assert str(settings_path()) == f"{app.instance_path}/kiosk.json"
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_flask_kiosk_commands(kiosk_app, tmp_path):
+    runner = kiosk_app.test_cli_runner()
+    result = runner.invoke(args=["kiosk", "set", "idle_seconds=30", "language=de"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"idle_seconds\s+30\s+settings file", result.output)
+    assert re.search(r"bars\s+3\s+default \(KIOSK_BARS\)", result.output)
+    assert json.loads((tmp_path / "kiosk.json").read_text())["settings"] == {
+        "idle_seconds": 30, "language": "de"}
+
+    result = runner.invoke(args=["kiosk", "set", "bars=12"])
+    assert result.exit_code == 1 and "bars: must be from 1 to 5" in result.output
+
+    result = runner.invoke(args=["kiosk", "languages"])
+    assert "de       Deutsch" in result.output
+
+    result = runner.invoke(args=["kiosk", "reset"])
+    assert result.exit_code == 0 and not (tmp_path / "kiosk.json").exists()
+
+
+# --------------------------------------------------------------------------- admin form
+
+
+def _submitted(html: str) -> dict:
+    """What a browser submits for the form as rendered (unticked checkboxes are absent)."""
+    from html.parser import HTMLParser
+
+    form, state = {}, {}
+
+    class Parser(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if tag == "input" and a.get("name"):
+                if a.get("type") != "checkbox" or "checked" in a:
+                    form[a["name"]] = a.get("value", "")
+            elif tag == "select":
+                state["select"] = a["name"]
+            elif tag == "option" and "selected" in a:
+                form[state["select"]] = a["value"]
+
+    Parser().feed(html)
+    return form
+
+
+def test_settings_form_macro_round_trips_through_update_from_form(kiosk_app):
+    from flask import render_template_string
+
+    from webapp.kiosk import store
+
+    template = ('{% from "_kiosk_settings_form.html" import kiosk_settings_form %}'
+                '{{ kiosk_settings_form(s.fields, s.load(), s.languages(), errors) }}')
+    with kiosk_app.test_request_context():
+        s = store()
+        s.update({"idle_seconds": 25, "explain": False, "language": "de"})
+        html = render_template_string(template, s=s, errors={})
+        form = _submitted(html)
+        assert form == {"idle_seconds": "25", "auto_capture_seconds": "0", "bars": "3",
+                        "language": "de"}
+        assert s.update_from_form(form) == s.load()  # nothing changes on a plain save
+        form.update(bars="5", explain="on")
+        assert s.update_from_form(form) == KioskSettings(idle_seconds=25, bars=5,
+                                                         language="de")
+        with pytest.raises(KioskSettingsError) as info:
+            s.update_from_form({**form, "bars": "9"})
+        html = render_template_string(template, s=s, errors=info.value.errors)
+        assert "must be from 1 to 5" in html and "is-invalid" in html

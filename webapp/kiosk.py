@@ -1,0 +1,137 @@
+"""The kiosk: a full-screen teaching page at ``/kiosk`` (camera, one big button, big bars,
+"How does it see it?"), its settings as JSON for the page, and ``flask kiosk`` commands.
+
+The page itself only calls ``/predict`` and ``/explain``; what it shows is shaped by the
+teacher settings (``webapp/kiosk_settings.py``), read from disk on every page load and
+every time the page goes back to its start screen.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from flask import Blueprint, current_app, jsonify, render_template
+
+from webapp.config import PROJECT_ROOT
+from webapp.explain import EXPLANATION_TEMPLATE
+from webapp.kiosk_settings import (
+    FIELDS,
+    KioskSettings,
+    KioskSettingsError,
+    KioskSettingsStore,
+    check_default_language,
+)
+from webapp.translations import Translations
+
+bp = Blueprint("kiosk", __name__, url_prefix="/kiosk", cli_group="kiosk")
+
+# Plain-language confidence, from the top score (also used by static/js/kiosk.js).
+CONFIDENCE_WORDS = ((0.70, "very sure"), (0.40, "fairly sure"), (0.15, "not sure"),
+                    (0.0, "just a guess"))
+
+
+@bp.record_once
+def _setup(state) -> None:
+    app = state.app
+    directory = app.config.get("TRANSLATIONS_DIR") or str(PROJECT_ROOT / "translations")
+    translations = Translations(directory)
+    check_default_language(app.config, translations)  # a bad KIOSK_LANGUAGE stops startup
+    app.extensions["kiosk_translations"] = translations
+
+
+def settings_path() -> Path:
+    return Path(
+        current_app.config.get("KIOSK_SETTINGS_FILE")
+        or Path(current_app.instance_path) / "kiosk.json"
+    )
+
+
+def store() -> KioskSettingsStore:
+    """The kiosk settings of the running app (defaults from its config, changes from the
+    settings file).  What an admin page uses to show and save the teacher settings."""
+    return KioskSettingsStore(
+        settings_path(),
+        KioskSettings.from_config(current_app.config),
+        current_app.extensions["kiosk_translations"],
+    )
+
+
+def page_settings() -> dict:
+    """Everything the kiosk page needs: the settings, the label translations and the
+    words it shows."""
+    kiosk = store()
+    settings = kiosk.load()
+    translations = kiosk.translations
+    return {
+        **settings.as_dict(),
+        "language_name": translations.name(settings.language),
+        "labels": translations.labels(settings.language),
+        "confidence_words": [[low, words] for low, words in CONFIDENCE_WORDS],
+        "explanation_template": EXPLANATION_TEMPLATE,
+    }
+
+
+def _no_store(response):
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("")
+def page():
+    response = current_app.make_response(render_template("kiosk.html", kiosk=page_settings()))
+    response.headers["Permissions-Policy"] = "camera=(self), microphone=()"
+    return _no_store(response)
+
+
+@bp.get("/settings.json")
+def settings_json():
+    return _no_store(jsonify(page_settings()))
+
+
+# --------------------------------------------------------------------------- command line
+# flask --app app kiosk show | set idle_seconds=30 bars=5 | reset | languages
+
+
+@bp.cli.command("show")
+def show_command():
+    """Print the kiosk settings in force and where they come from."""
+    kiosk = store()
+    settings, overrides = kiosk.load(), kiosk.overrides()
+    click.echo(f"settings file: {kiosk.path}")
+    for fld in FIELDS:
+        source = "settings file" if fld.name in overrides else f"default ({fld.setting})"
+        click.echo(f"{fld.name:22} {getattr(settings, fld.name)!s:8} {source}")
+
+
+@bp.cli.command("set")
+@click.argument("assignments", nargs=-1, required=True, metavar="NAME=VALUE...")
+def set_command(assignments):
+    """Change kiosk settings, e.g. `flask kiosk set idle_seconds=30 language=de`."""
+    changes = {}
+    for item in assignments:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise click.UsageError(f"{item!r}: write NAME=VALUE")
+        changes[name.strip()] = value
+    try:
+        store().update(changes)
+    except KioskSettingsError as exc:
+        for name, message in exc.errors.items():
+            click.echo(f"error: {name}: {message}", err=True)
+        raise SystemExit(1) from None
+    show_command.callback()
+
+
+@bp.cli.command("reset")
+def reset_command():
+    """Forget the teacher's changes: the KIOSK_* environment defaults apply again."""
+    store().reset()
+    show_command.callback()
+
+
+@bp.cli.command("languages")
+def languages_command():
+    """List the label languages that have a translation file."""
+    for code, name in store().languages().items():
+        click.echo(f"{code:8} {name}")

@@ -1,0 +1,276 @@
+"""The kiosk's teacher settings: what they are, their defaults, and where they are kept.
+No Flask here (``webapp/kiosk.py`` builds a store for the running app).
+
+* **Defaults** come from the environment (``KIOSK_IDLE_SECONDS``, ``KIOSK_BARS``, ...,
+  see ``webapp/config.py``).
+* **A teacher's changes** are kept in one small JSON file (``KIOSK_SETTINGS_FILE``,
+  by default ``instance/kiosk.json``) holding only what differs from the defaults.  It is
+  written atomically (temporary file, fsync, rename) under a lock file, so every worker
+  process and every replica sharing the folder reads either the old or the new settings,
+  never half a file, and two simultaneous saves do not lose each other's changes.
+* The kiosk page reads the settings on every load and again every time it goes back to
+  its start screen, so a change reaches a running kiosk within one idle period.
+
+For a settings form: ``FIELDS`` describes each setting (label, help, kind, bounds);
+``store.load()`` gives the current values, ``store.update_from_form(form)`` validates and
+saves what a submitted form holds (raising ``KioskSettingsError`` with a message per field),
+``store.reset()`` goes back to the defaults.  ``templates/_kiosk_settings_form.html`` has a
+Jinja macro that renders that form (the admin area passes its CSRF field as ``hidden``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from webapp.translations import TranslationError, Translations
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not Linux/macOS
+    fcntl = None
+
+log = logging.getLogger(__name__)
+
+FILE_FORMAT = "kiosk-settings/1"
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str  # attribute of KioskSettings and key in the JSON file / form
+    setting: str  # the environment setting that gives the default
+    label: str
+    help: str
+    kind: str  # int | bool | language
+    low: int = 0
+    high: int = 0
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("idle_seconds", "KIOSK_IDLE_SECONDS", "Start over after (seconds)",
+          "Seconds without a touch before the kiosk clears the answer and goes back to "
+          "its start screen. 0 = never.", "int", 0, 86400),
+    Field("auto_capture_seconds", "KIOSK_AUTO_CAPTURE_SECONDS", "Take a picture every "
+          "(seconds)", "The kiosk takes a picture by itself this often while the camera "
+          "is live. 0 = only when someone presses the button.", "int", 0, 3600),
+    Field("bars", "KIOSK_BARS", "Number of answers", "How many guesses (bars) to show.",
+          "int", 1, 5),
+    Field("explain", "KIOSK_EXPLAIN", "Offer \u201cHow does it see it?\u201d",
+          "Show the button that explains the answer with the preprocessing steps and a "
+          "heatmap.", "bool"),
+    Field("language", "KIOSK_LANGUAGE", "Language of the labels",
+          "Labels are translated where a translation file exists (translations/<code>.json).",
+          "language"),
+)
+FIELD_NAMES = tuple(f.name for f in FIELDS)
+
+
+@dataclass(frozen=True)
+class KioskSettings:
+    idle_seconds: int = 60
+    auto_capture_seconds: int = 0
+    bars: int = 3
+    explain: bool = True
+    language: str = "en"
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> KioskSettings:
+        """The defaults: the environment settings in the app's config."""
+        return cls(**{f.name: config[f.setting] for f in FIELDS if f.setting in config})
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class KioskSettingsError(ValueError):
+    """Invalid settings; ``errors`` maps each bad field to a message for a person."""
+
+    def __init__(self, errors: dict[str, str]):
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        self.errors = errors
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def parse_value(fld: Field, raw: object, translations: Translations):
+    """A value from a form (a string) or from JSON (typed) -> the field's type; raises
+    ValueError with a message for a person."""
+    if fld.kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise ValueError("choose yes or no")
+    if fld.kind == "int":
+        if isinstance(raw, bool):
+            raise ValueError("enter a whole number")
+        try:
+            value = int(str(raw).strip()) if not isinstance(raw, int) else raw
+        except ValueError:
+            raise ValueError("enter a whole number") from None
+        if not fld.low <= value <= fld.high:
+            raise ValueError(f"must be from {fld.low} to {fld.high}")
+        return value
+    if fld.kind == "language":
+        code = str(raw).strip()
+        if not translations.exists(code):
+            raise ValueError(
+                f"no translation file for {code!r}; available: "
+                + ", ".join(sorted(translations.languages()))
+            )
+        return code
+    raise AssertionError(fld.kind)  # pragma: no cover
+
+
+def validate(changes: Mapping[str, object], translations: Translations) -> dict:
+    """Parse every known key of ``changes``; unknown keys are an error too."""
+    values, errors = {}, {}
+    by_name = {f.name: f for f in FIELDS}
+    for key, raw in changes.items():
+        fld = by_name.get(key)
+        if fld is None:
+            errors[key] = "unknown setting (known: " + ", ".join(FIELD_NAMES) + ")"
+            continue
+        try:
+            values[key] = parse_value(fld, raw, translations)
+        except ValueError as exc:
+            errors[key] = str(exc)
+    if errors:
+        raise KioskSettingsError(errors)
+    return values
+
+
+def write_json_atomically(path: Path, data: dict) -> None:
+    """Temporary file in the same folder, fsync, rename: readers see old or new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+class KioskSettingsStore:
+    """The effective kiosk settings: ``defaults`` overlaid with the file at ``path``."""
+
+    fields = FIELDS
+
+    def __init__(self, path: str | Path, defaults: KioskSettings, translations: Translations):
+        self.path = Path(path)
+        self.defaults = defaults
+        self.translations = translations
+
+    def overrides(self) -> dict:
+        """What the file sets (valid entries only; a bad entry is logged and ignored, so
+        a hand-edited mistake never takes the kiosk down)."""
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            log.warning("ignoring the kiosk settings file %s: %s", self.path, exc)
+            return {}
+        values = data.get("settings") if isinstance(data, dict) else None
+        if not isinstance(values, dict):
+            log.warning("ignoring the kiosk settings file %s: no \"settings\" object", self.path)
+            return {}
+        good = {}
+        for key, raw in values.items():
+            try:
+                good.update(validate({key: raw}, self.translations))
+            except KioskSettingsError as exc:
+                log.warning("kiosk settings file %s: ignoring %s", self.path, exc)
+        return good
+
+    def load(self) -> KioskSettings:
+        settings = replace(self.defaults, **self.overrides())
+        if not self.translations.exists(settings.language):  # file removed since
+            settings = replace(settings, language=self.defaults.language)
+        return settings
+
+    def update(self, changes: Mapping[str, object]) -> KioskSettings:
+        """Validate ``changes`` (all or some fields), merge them into the file, save."""
+        values = validate(changes, self.translations)
+        with self._locked():
+            current = self.overrides()
+            current.update(values)
+            # Keep only what differs from the defaults: a later change of the environment
+            # default then applies to every field the teacher never changed.
+            stored = {k: v for k, v in current.items() if getattr(self.defaults, k) != v}
+            write_json_atomically(self.path, {
+                "format": FILE_FORMAT,
+                "settings": stored,
+                "updated": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            })
+        return self.load()
+
+    def update_from_form(self, form: Mapping[str, str]) -> KioskSettings:
+        """A submitted settings form: an unticked checkbox is absent, which means no."""
+        changes = {f.name: form[f.name] for f in FIELDS if f.name in form}
+        for fld in FIELDS:
+            if fld.kind == "bool" and fld.name not in form:
+                changes[fld.name] = False
+        return self.update(changes)
+
+    def reset(self) -> KioskSettings:
+        """Forget every change: the environment defaults apply again."""
+        with self._locked(), contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        return self.load()
+
+    def languages(self) -> dict[str, str]:
+        return self.translations.languages()
+
+    @contextlib.contextmanager
+    def _locked(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if fcntl is None:  # pragma: no cover
+            yield
+            return
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def check_default_language(config: Mapping, translations: Translations) -> None:
+    """Startup check: KIOSK_LANGUAGE must name a translation file."""
+    code = config.get("KIOSK_LANGUAGE", "en")
+    if not translations.exists(code):
+        from webapp.config import ConfigError
+
+        raise ConfigError(
+            f"KIOSK_LANGUAGE={code!r}: no translation file {translations.directory}/"
+            f"{code}.json (available: {', '.join(sorted(translations.languages()))})"
+        )
+
+
+__all__ = [
+    "FIELDS", "Field", "KioskSettings", "KioskSettingsError", "KioskSettingsStore",
+    "TranslationError", "check_default_language", "validate",
+]
