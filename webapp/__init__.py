@@ -49,6 +49,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     errors.register(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(ui.bp)
+
+    from webapp import admin
+
+    admin.init_app(app)  # model registry (MODEL_DIR), /admin, `flask models ...`
     return app
 
 
