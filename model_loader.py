@@ -159,7 +159,11 @@ def read_weights_file(path: str | os.PathLike, label: str | None = None) -> obje
         text = str(exc).strip()
         reason = text.splitlines()[0] if text else type(exc).__name__
         unpickler = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-        if "Unsupported global" in text or "can still be loaded" in text:
+        if (
+            "Unsupported global" in text
+            or "can still be loaded" in text
+            or (unpickler and _starts_with(path, b"\x80"))  # a pickle torch refuses
+        ):
             reason = (
                 "it contains Python objects other than tensors (a pickle that could run "
                 "code), so it was not loaded"
@@ -171,6 +175,11 @@ def read_weights_file(path: str | os.PathLike, label: str | None = None) -> obje
         raise ModelLoadError(
             f"{what}: not a readable PyTorch weights file ({reason})"
         ) from None
+
+
+def _starts_with(path: Path, prefix: bytes) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(len(prefix)) == prefix
 
 
 def _looks_like(path: Path) -> str:

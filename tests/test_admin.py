@@ -76,7 +76,8 @@ def predict(client, url="/predict", headers=None):
 
 
 def wait_for_model(client, model_id, timeout=10.0) -> dict:
-    """/predict answers with ``model_id`` (the holder looks at the pointer every 0.5 s)."""
+    """/predict answers with ``model_id`` (the holder looks at the pointer 4 times a
+    second)."""
     deadline = time.monotonic() + timeout
     while True:
         body = predict(client).get_json()
@@ -168,6 +169,8 @@ def test_a_login_is_valid_in_every_worker_and_replica_sharing_the_model_dir(tmp_
     other = two.test_client()
     other.set_cookie("session", cookie)
     assert other.get("/admin/").status_code == 200
+    # An explicit SECRET_KEY wins.
+    assert make_app(tmp_path / "store", SECRET_KEY="k" * 40).config["SECRET_KEY"] == "k" * 40
     # Changing ADMIN_TOKEN logs everyone out.
     rotated = make_app(tmp_path / "store", ADMIN_TOKEN="another-admin-token-98765")
     third = rotated.test_client()
@@ -295,6 +298,7 @@ def test_upload_try_activate_rollback_and_delete_over_the_api(admin, fruit_check
                  "unknown_model")
     assert admin.post("/admin/api/rollback", headers=BEARER).get_json()["active"] == BUILTIN
     assert_error(admin.post("/admin/api/rollback", headers=BEARER), 409, "no_history")
+    wait_for_model(admin, BUILTIN)
     ready = admin.get("/readyz").get_json()
     assert ready["model"]["id"] == BUILTIN
     assert ready["registry"] == {"active": BUILTIN, "serving": BUILTIN, "in_sync": True}
@@ -324,6 +328,7 @@ def bad_uploads(tmp_path: Path, fruit_checkpoint: Path):
     ]
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_bad_uploads_get_a_clear_4xx_and_leave_the_store_unchanged(
     admin, admin_app, tmp_path, fruit_checkpoint
 ):

@@ -172,9 +172,10 @@ def hostile_files(tmp_path: Path, marker: Path) -> list[Path]:
     assert zipfile.is_zipfile(zipped)
     return [(zipped, "Python objects other than tensors"),
             (legacy, "Python objects other than tensors"),
-            (modern, "not a valid pickle")]
+            (modern, "Python objects other than tensors")]
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_a_pickle_that_would_run_code_is_refused_and_runs_nothing(store, tmp_path,
                                                                   fruit_checkpoint):
     store.add(fruit_checkpoint)
@@ -271,7 +272,7 @@ def test_a_process_killed_at_any_point_never_leaves_a_half_written_model(
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # One round (copy 45 MB, validate, store, activate, roll back, delete) takes
     # about 0.35 s here; these delays land in different steps of it.
-    delays = [0.02, 0.08, 0.15, 0.22, 0.3, 0.4]
+    delays = [0.03, 0.12, 0.25, 0.4]
     for delay in delays:
         proc = subprocess.Popen(
             [sys.executable, "-c", CHURN, str(root), str(tools_checkpoint)],

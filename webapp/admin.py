@@ -119,8 +119,8 @@ def init_app(app: Flask) -> None:
 def _configure_secret_key(app: Flask, registry: Registry) -> None:
     """Sessions must verify in every worker and replica: without SECRET_KEY, use the key
     kept in MODEL_DIR (created once), so a login survives a restart too."""
-    if app.config.get("SECRET_KEY_FROM_ENV", True):
-        return
+    if app.config["SECRET_KEY"] != app.config.get("SECRET_KEY_GENERATED"):
+        return  # set by the environment or the caller
     try:
         app.config["SECRET_KEY"] = registry.secret_key()
     except OSError as exc:

@@ -128,14 +128,17 @@ class ModelHolder:
     Loads it once per process (after gunicorn forks), on the first call to ``get()`` or
     explicitly with ``warm_up()``, and remembers a load failure.
 
-    With a model registry attached (``use_registry``), ``get()`` also follows the
-    registry's active pointer: at most every ``check_interval`` seconds it ``stat``s the
-    pointer file, and when it changed, the thread that noticed loads the newly active
-    model and swaps the reference.  Requests in flight keep the ``Classifier`` they got;
-    other threads keep getting the current one while the new one loads, so a swap never
-    fails or delays a request but the one that loads it.  If the active model cannot be
-    loaded, the current one (at startup: the previous one in the history, else the
-    built-in one) goes on serving, and ``notice`` says so.
+    With a model registry attached (``use_registry``), the holder follows the
+    registry's active pointer: every ``check_interval`` seconds it ``stat``s the pointer
+    file, and when it changed, it loads the newly active model and swaps the reference.
+    After ``warm_up()`` a watcher thread does this, so an idle worker switches too and
+    no request waits for a load; without it (tests, a lazily started app) ``get()`` does
+    it, in the one thread that noticed.  Requests in flight keep the ``Classifier`` they
+    got; other threads keep getting the current one while the new one loads, so a swap
+    never fails a request.  If the active model cannot be loaded, the current one (at
+    startup: the previous one in the history, else the built-in one) goes on serving,
+    and ``notice`` says so.  ``warm_up()`` must run after gunicorn forks (no preload):
+    threads do not survive a fork.
     """
 
     def __init__(self, loader: Callable[[], Classifier], threads: int):
@@ -147,15 +150,16 @@ class ModelHolder:
         self._trial: Classifier | None = None
         self._registry = None
         self._load_registered: Callable[[str], Classifier] | None = None
-        self._check_interval = 0.5
+        self._check_interval = 0.25
         self._next_check = 0.0
         self._stamp: object = None
+        self._watcher: threading.Thread | None = None
         self.error: str | None = None
         self.notice: str | None = None  # why the active model is not the one served
         self.load_seconds: float | None = None
 
     def use_registry(
-        self, registry, load: Callable[[str], Classifier], check_interval: float = 0.5
+        self, registry, load: Callable[[str], Classifier], check_interval: float = 0.25
     ) -> None:
         self._registry = registry
         self._load_registered = load
@@ -190,7 +194,28 @@ class ModelHolder:
         finally:
             self._lock.release()
 
-    warm_up = get
+    def warm_up(self) -> Classifier:
+        """Load the model now, and start following the registry in the background."""
+        classifier = self.get()
+        if self._registry is not None and self._watcher is None:
+            self._watcher = threading.Thread(
+                target=self._watch, name="model-registry-watcher", daemon=True
+            )
+            self._watcher.start()
+        return classifier
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(self._check_interval)
+            if not self._lock.acquire(blocking=False):
+                continue  # a request thread is checking or loading right now
+            try:
+                self._next_check = time.monotonic() + self._check_interval
+                self._follow_pointer()
+            except Exception:  # never let the watcher die; say why and go on
+                log.exception("following the model registry failed")
+            finally:
+                self._lock.release()
 
     def classifier_for(self, model_id: str) -> Classifier:
         """Any stored model, without activating it ("try an image" in the admin page):
@@ -295,8 +320,8 @@ class ModelHolder:
                 new, self._trial = self._trial, None
             else:
                 new = self._timed_load(wanted)
-        except (ModelLoadError, RegistryError) as exc:
-            reason = getattr(exc, "message", None) or str(exc)
+        except Exception as exc:  # whatever goes wrong, the current model keeps serving
+            reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
             self.notice = (
                 f"The active model {wanted} could not be loaded ({reason}); still serving "
                 f"{current.model_id} ({current.loaded.name})."

@@ -176,7 +176,7 @@ class Config:
         )
         values["MAX_CONTENT_LENGTH"] = int(values["MAX_UPLOAD_MB"] * 1024 * 1024)
         values["BOOTSTRAP_SERVE_LOCAL"] = True  # kiosks are offline: no CDN
-        values["SECRET_KEY_FROM_ENV"] = bool(values["SECRET_KEY"])  # else: webapp.admin
         if not values["SECRET_KEY"]:
-            values["SECRET_KEY"] = os.urandom(32).hex()
+            # Replaced by the key kept in MODEL_DIR when the app starts (webapp.admin).
+            values["SECRET_KEY"] = values["SECRET_KEY_GENERATED"] = os.urandom(32).hex()
         return values
