@@ -38,6 +38,10 @@ def test_models_swap_under_load_without_a_failed_request(start_server, tmp_path,
     server = start_server("gunicorn", WEB_CONCURRENCY=2, TORCH_THREADS=1, HTTP_THREADS=4,
                           MODEL_DIR=store.root, ADMIN_TOKEN=TOKEN)
     server.wait_ready()
+    deadline = time.monotonic() + 120
+    while server.log.count("model ready") < 2:  # both workers, not just the first one
+        assert time.monotonic() < deadline, server.log
+        time.sleep(0.2)
     labels = {fruit: set(FRUIT), tools: set(TOOLS), BUILTIN: set(model_loader.imagenet_labels())}
     names = {fruit: "Fruit", tools: "Tools"}
     image = small_jpeg()
