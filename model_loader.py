@@ -143,26 +143,61 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def read_weights_file(path: str | os.PathLike) -> object:
+def read_weights_file(path: str | os.PathLike, label: str | None = None) -> object:
     """``torch.load`` with ``weights_only=True``: tensors and plain containers only, so
-    a file that smuggles code in a pickle is refused before anything runs."""
+    a file that smuggles code in a pickle is refused before anything runs.  ``label``
+    names the file in error messages (default: its path)."""
     path = Path(path)
+    what = label or str(path)
     if not path.is_file():
-        raise ModelLoadError(f"{path}: no such file")
+        raise ModelLoadError(f"{what}: no such file")
     if path.stat().st_size == 0:
-        raise ModelLoadError(f"{path}: the file is empty")
+        raise ModelLoadError(f"{what}: the file is empty")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds for corrupt or unsafe files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        text = str(exc).strip()
+        reason = text.splitlines()[0] if text else type(exc).__name__
+        unpickler = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        if (
+            "Unsupported global" in text
+            or "can still be loaded" in text
+            or (unpickler and _starts_with(path, b"\x80"))  # a pickle torch refuses
+        ):
             reason = (
                 "it contains Python objects other than tensors (a pickle that could run "
                 "code), so it was not loaded"
             )
+        else:
+            if unpickler:  # not a pickle at all, or a damaged one
+                reason = f"not a valid pickle: {unpickler.group(1).strip()}"
+            reason += _looks_like(path)
         raise ModelLoadError(
-            f"{path}: not a readable PyTorch weights file ({reason})"
+            f"{what}: not a readable PyTorch weights file ({reason})"
         ) from None
+
+
+def _starts_with(path: Path, prefix: bytes) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(len(prefix)) == prefix
+
+
+def _looks_like(path: Path) -> str:
+    """"; it looks like a JPEG image" for a file that is not a weights file, if known."""
+    try:
+        import puremagic
+
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+        if head.startswith(b"PK"):  # torch's own format is a zip: no useful guess
+            return ""
+        matches = puremagic.magic_string(head)
+        if matches:
+            best = max(matches, key=lambda m: m.confidence)
+            return f"; it looks like: {best.name.strip().rstrip('.')}"
+    except Exception:  # puremagic raises when it cannot tell
+        pass
+    return ""
 
 
 def _strip_prefix(state_dict: dict) -> dict:
@@ -249,6 +284,8 @@ def load_checkpoint(
     source_kind: str = "checkpoint",
     name: str | None = None,
     run_probe: bool = True,
+    label: str | None = None,
+    version: str | None = None,
 ) -> LoadedModel:
     """Load and validate a weights file.
 
@@ -262,11 +299,13 @@ def load_checkpoint(
 
     The file is read with ``weights_only=True``, the state_dict must fit the architecture
     exactly and a probe inference must give finite scores; otherwise ``ModelLoadError``.
+    ``label`` names the file in error messages (default: its path); ``version`` skips
+    hashing the file when its sha256 is already known (e.g. from the model registry).
     """
     path = Path(path)
-    what = str(path)
-    obj = read_weights_file(path)
-    version = sha256_file(path)[:12]
+    what = label or str(path)
+    obj = read_weights_file(path, label=what)
+    version = (version or sha256_file(path))[:12]
 
     if isinstance(obj, dict) and "format" in obj:
         if obj.get("format") != CHECKPOINT_FORMAT:

@@ -25,6 +25,10 @@ os.environ["TORCH_HOME"] = _TORCH_HOME
 for _name in ("MODEL_WEIGHTS", "ALLOW_DOWNLOAD", "QUANTIZE", "WEB_CONCURRENCY",
               "TORCH_THREADS", "MAX_UPLOAD_MB", "MAX_IMAGE_PIXELS"):
     os.environ.pop(_name, None)
+# ... and an empty model registry, never the project's instance/models.
+for _name in ("ADMIN_TOKEN", "SECRET_KEY", "MAX_CHECKPOINT_MB", "ADMIN_LOGIN_LIMIT"):
+    os.environ.pop(_name, None)
+os.environ["MODEL_DIR"] = tempfile.mkdtemp(prefix="model-dir-")
 
 
 def encode(image, fmt: str = "JPEG", **params) -> bytes:
@@ -45,6 +49,37 @@ def save_random_resnet18(path: Path, num_classes: int = 1000, seed: int = 0) -> 
 @pytest.fixture(scope="session")
 def random_resnet18(tmp_path_factory) -> Path:
     return save_random_resnet18(tmp_path_factory.mktemp("weights") / "resnet18-random.pth")
+
+
+def save_finetuned_resnet18(path: Path, classes: list[str], seed: int = 0,
+                            input_size: int = 64, metrics: dict | None = None) -> Path:
+    """A randomly initialised ResNet18 with a len(classes)-way head, saved as a
+    checkpoint in format v1 (``model_loader.save_checkpoint``), the way a fine-tune is."""
+    import model_loader
+
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet18(weights=None, num_classes=len(classes))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return model_loader.save_checkpoint(path, model, arch="resnet18", classes=classes,
+                                        input_size=input_size, metrics=metrics)
+
+
+FRUIT = ["apple", "banana", "cherry"]
+TOOLS = ["hammer", "saw", "drill", "wrench"]
+
+
+@pytest.fixture(scope="session")
+def fruit_checkpoint(tmp_path_factory) -> Path:
+    """ResNet18 fine-tune, 3 classes, 64 px, with metrics (~45 MB: made once)."""
+    return save_finetuned_resnet18(tmp_path_factory.mktemp("ckpt") / "fruit.pt", FRUIT,
+                                   seed=1, metrics={"val_accuracy": 0.913, "epochs": 5})
+
+
+@pytest.fixture(scope="session")
+def tools_checkpoint(tmp_path_factory) -> Path:
+    """ResNet18 fine-tune, 4 classes, 64 px (~45 MB: made once)."""
+    return save_finetuned_resnet18(tmp_path_factory.mktemp("ckpt") / "tools.pt", TOOLS,
+                                   seed=2)
 
 
 @pytest.fixture(scope="session")

@@ -55,6 +55,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     from webapp import finetune
 
     finetune.register_cli(app)  # flask --app app finetune DATA_DIR --out model.pt
+
+    from webapp import admin
+
+    admin.init_app(app)  # model registry (MODEL_DIR), /admin, `flask models ...`
     return app
 
 

@@ -74,13 +74,13 @@ def parse_topk(default: int = 3) -> int:
 
 
 def classify(
-    uploads: list[Upload], k: int, started: float | None = None
+    uploads: list[Upload], k: int, started: float | None = None, classifier=None
 ) -> tuple[dict, list]:
     """Decode every upload, classify them as one batch, and build the response body
     (GUIDE.md §2); also returns the decoded images.  Raises ``ImageError`` naming the
-    first bad file."""
+    first bad file.  ``classifier``: another model than the served one (admin trials)."""
     started = time.perf_counter() if started is None else started
-    classifier = holder().get()
+    classifier = classifier or holder().get()
     images, decode_ms = [], []
     for n, upload in enumerate(uploads):
         t0 = time.perf_counter()
@@ -250,6 +250,17 @@ def readyz():
             "input_size": loaded.input_size,
             "verified": loaded.verified,
         },
-        notice=loaded.notice,
+        notice=holder().notice or loaded.notice,
+        registry=_registry_status(classifier),
         torch_threads=current_app.config["TORCH_THREADS"],
     )
+
+
+def _registry_status(classifier) -> dict | None:
+    """Which model the store says is active, and whether this process serves it."""
+    registry = holder().registry
+    if registry is None:
+        return None
+    active = registry.state().active
+    return {"active": active, "serving": classifier.model_id,
+            "in_sync": active == classifier.model_id}

@@ -101,8 +101,17 @@ SETTINGS: tuple[Setting, ...] = (
             1, 1_000_000_000),
     Setting("MAX_IMAGES_PER_REQUEST", "16", "Most images one /predict request may carry.",
             "int", 1, 256),
-    Setting("SECRET_KEY", "", "Key that signs session cookies. Set it when running several "
-            "workers or replicas; empty = a random key per process."),
+    Setting("SECRET_KEY", "", "Key that signs session cookies (the admin login). Empty = "
+            "a random key created once in MODEL_DIR/secret_key and shared by every worker "
+            "and every server using that MODEL_DIR; set it when replicas do not share one."),
+    Setting("MODEL_DIR", str(PROJECT_ROOT / "instance" / "models"), "The model registry: "
+            "uploaded checkpoints, the active-model pointer and its history.", "path"),
+    Setting("ADMIN_TOKEN", "", "Password for /admin and bearer token for /admin/api/*. "
+            "Empty = the admin area is disabled."),
+    Setting("MAX_CHECKPOINT_MB", "500", "Largest checkpoint upload in megabytes (413 "
+            "above it).", "float", 1, 100_000),
+    Setting("ADMIN_LOGIN_LIMIT", "10 per minute", "Failed admin logins (form or bearer "
+            "token) allowed per client address and worker process before 429."),
     Setting("HOST", "127.0.0.1", "Address to listen on (0.0.0.0 for every interface)."),
     Setting("PORT", "5000", "Port to listen on.", "int", 1, 65535),
     Setting("LOG_LEVEL", "info", "Logging level: debug, info, warning or error.", "choice",
@@ -181,5 +190,6 @@ class Config:
         values["MAX_CONTENT_LENGTH"] = int(values["MAX_UPLOAD_MB"] * 1024 * 1024)
         values["BOOTSTRAP_SERVE_LOCAL"] = True  # kiosks are offline: no CDN
         if not values["SECRET_KEY"]:
-            values["SECRET_KEY"] = os.urandom(32).hex()
+            # Replaced by the key kept in MODEL_DIR when the app starts (webapp.admin).
+            values["SECRET_KEY"] = values["SECRET_KEY_GENERATED"] = os.urandom(32).hex()
         return values

@@ -1,0 +1,163 @@
+// Admin page: checkpoint upload with a progress bar (XHR upload events), "try an image"
+// against any stored model, and a confirmation before deleting.  Every form also works
+// without JavaScript; these calls go to /admin/api/* with the session cookie and the
+// page's CSRF token in the X-CSRFToken header.
+(function () {
+  "use strict";
+
+  function csrfToken(form) {
+    const field = form.querySelector("input[name=csrf_token]");
+    return field ? field.value : "";
+  }
+
+  function errorMessage(xhrOrResponseStatus, data) {
+    if (data && data.error && data.error.message) return data.error.message;
+    return "The server answered " + xhrOrResponseStatus + ".";
+  }
+
+  // ---------------------------------------------------------------- upload
+  const upload = document.getElementById("upload-form");
+  if (upload) {
+    const progress = document.getElementById("upload-progress");
+    const bar = document.getElementById("upload-bar");
+    const status = document.getElementById("upload-status");
+    const errorBox = document.getElementById("upload-error");
+    const button = document.getElementById("upload-button");
+
+    function setProgress(pct) {
+      bar.style.width = pct.toFixed(0) + "%";
+      progress.setAttribute("aria-valuenow", pct.toFixed(0));
+    }
+
+    upload.addEventListener("submit", function (event) {
+      const input = document.getElementById("checkpoint-input");
+      if (!input.files || !input.files.length) return;
+      event.preventDefault();
+      errorBox.classList.add("d-none");
+      progress.classList.remove("d-none");
+      bar.classList.remove("bg-danger");
+      setProgress(0);
+      button.disabled = true;
+      status.textContent = "Uploading…";
+      const xhr = new XMLHttpRequest();
+      xhr.open("POST", upload.dataset.api);
+      xhr.setRequestHeader("X-CSRFToken", csrfToken(upload));
+      xhr.setRequestHeader("Accept", "application/json");
+      xhr.upload.addEventListener("progress", function (e) {
+        if (!e.lengthComputable) return;
+        const pct = (e.loaded / e.total) * 100;
+        setProgress(pct);
+        const mb = function (n) { return (n / 1e6).toFixed(1); };
+        status.textContent = pct >= 100
+          ? "Uploaded; validating the checkpoint…"
+          : "Uploading… " + mb(e.loaded) + " of " + mb(e.total) + " MB";
+      });
+      xhr.addEventListener("load", function () {
+        let data = null;
+        try { data = JSON.parse(xhr.responseText); } catch (e) { data = null; }
+        if (xhr.status === 201 && data && data.id) {
+          status.textContent = "Stored as " + data.id + ".";
+          window.location.assign(window.location.pathname + "?added=" + encodeURIComponent(data.id));
+          return;
+        }
+        bar.classList.add("bg-danger");
+        status.textContent = "";
+        errorBox.textContent = errorMessage(xhr.status, data);
+        errorBox.classList.remove("d-none");
+        button.disabled = false;
+      });
+      xhr.addEventListener("error", function () {
+        bar.classList.add("bg-danger");
+        status.textContent = "";
+        errorBox.textContent = "The upload was interrupted (is the file larger than the limit?).";
+        errorBox.classList.remove("d-none");
+        button.disabled = false;
+      });
+      xhr.send(new FormData(upload));
+    });
+  }
+
+  // ---------------------------------------------------------------- try an image
+  const trial = document.getElementById("try-form");
+  if (trial) {
+    const result = document.getElementById("try-result");
+    const errorBox = document.getElementById("try-error");
+    const button = document.getElementById("try-button");
+
+    function bars(predictions, model) {
+      const list = document.createElement("ol");
+      list.className = "predictions list-unstyled mb-0";
+      list.id = "predictions";
+      predictions.forEach(function (p, i) {
+        const pct = p.score * 100;
+        const item = document.createElement("li");
+        item.className = "prediction mb-3";
+        const row = document.createElement("div");
+        row.className = "d-flex justify-content-between align-items-baseline";
+        const label = document.createElement("span");
+        label.className = "label fw-semibold";
+        label.textContent = p.label;
+        const score = document.createElement("span");
+        score.className = "score text-body-secondary";
+        score.textContent = pct.toFixed(1) + "%";
+        row.append(label, score);
+        const progress = document.createElement("div");
+        progress.className = "progress";
+        progress.setAttribute("role", "progressbar");
+        progress.setAttribute("aria-label", p.label);
+        progress.setAttribute("aria-valuenow", pct.toFixed(1));
+        progress.setAttribute("aria-valuemin", "0");
+        progress.setAttribute("aria-valuemax", "100");
+        const fill = document.createElement("div");
+        fill.className = "progress-bar" + (i === 0 ? " bg-success" : "");
+        fill.style.width = pct.toFixed(1) + "%";
+        progress.append(fill);
+        item.append(row, progress);
+        list.append(item);
+      });
+      const meta = document.createElement("p");
+      meta.className = "small text-body-secondary mb-0";
+      meta.textContent = "Answered by " + model.name + " (" + model.id + ")";
+      result.replaceChildren(list, meta);
+    }
+
+    trial.addEventListener("submit", async function (event) {
+      const image = document.getElementById("try-image");
+      if (!image.files || !image.files.length) return;
+      event.preventDefault();
+      errorBox.classList.add("d-none");
+      button.disabled = true;
+      result.replaceChildren();
+      const modelId = document.getElementById("try-model").value;
+      const body = new FormData();
+      body.append("image", image.files[0], image.files[0].name);
+      body.append("topk", "3");
+      try {
+        const response = await fetch(trial.dataset.api + encodeURIComponent(modelId) + "/predict", {
+          method: "POST", body: body, credentials: "same-origin",
+          headers: { "Accept": "application/json", "X-CSRFToken": csrfToken(trial) },
+        });
+        let data = null;
+        try { data = await response.json(); } catch (e) { data = null; }
+        if (!response.ok || !data || !data.predictions) {
+          errorBox.textContent = errorMessage(response.status, data);
+          errorBox.classList.remove("d-none");
+          return;
+        }
+        bars(data.predictions, data.model);
+      } catch (err) {
+        errorBox.textContent = "Could not reach the server: " + err.message;
+        errorBox.classList.remove("d-none");
+      } finally {
+        button.disabled = false;
+      }
+    });
+  }
+
+  // ---------------------------------------------------------------- confirmations
+  document.querySelectorAll("form[data-confirm]").forEach(function (form) {
+    form.addEventListener("submit", function (event) {
+      if (!window.confirm(form.dataset.confirm)) event.preventDefault();
+    });
+  });
+})();

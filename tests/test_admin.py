@@ -1,0 +1,490 @@
+"""The admin area through the real app (Flask test client) with real checkpoints: login,
+CSRF, rate limit, bearer API, upload/activate/rollback/delete, "try an image", refusal
+of bad uploads, fallback at startup, the command line."""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FRUIT, TOOLS, encode
+from tests.photos import photo
+from tests.test_registry import hostile_files, leftovers, snapshot
+from webapp import create_app
+from webapp.registry import BUILTIN, Registry
+
+TOKEN = "test-admin-token-0123456789"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def make_app(model_dir: Path, **config):
+    return create_app({"TESTING": True, "MODEL_DIR": str(model_dir), "ADMIN_TOKEN": TOKEN,
+                       **config})
+
+
+@pytest.fixture(scope="module")
+def admin_app(tmp_path_factory):
+    app = make_app(tmp_path_factory.mktemp("admin") / "store")
+    app.extensions["model_holder"].warm_up()
+    return app
+
+
+@pytest.fixture()
+def admin(admin_app):
+    """A client on the shared app, with an empty store and the built-in model active."""
+    store: Registry = admin_app.extensions["registry"]
+    if store.state().active != BUILTIN:
+        store.activate(BUILTIN)
+    for meta in store.list_models():
+        store.delete(meta["id"])
+    store.pointer.unlink(missing_ok=True)  # no history either
+    client = admin_app.test_client()
+    assert wait_for_model(client, BUILTIN)["model"]["id"] == BUILTIN
+    return client
+
+
+def csrf_from(html: str) -> str:
+    """The CSRF token in a page's forms."""
+    return re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html).group(1)
+
+
+def login(client, token=TOKEN) -> str:
+    """Log in through the form; returns a CSRF token for later form posts."""
+    csrf = csrf_from(client.get("/admin/login").get_data(as_text=True))
+    response = client.post("/admin/login", data={"csrf_token": csrf, "token": token})
+    assert response.status_code == 302, response.get_data(as_text=True)
+    return csrf_from(client.get("/admin/").get_data(as_text=True))
+
+
+def upload(client, path_or_bytes, headers=BEARER, filename="model.pt", **form):
+    data = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()
+    return client.post("/admin/api/models", headers=headers, content_type="multipart/form-data",
+                       data={"checkpoint": (io.BytesIO(data), filename), **form})
+
+
+def jpeg(name="chelsea") -> bytes:
+    return encode(photo(name).image, "JPEG")
+
+
+def predict(client, url="/predict", headers=None):
+    return client.post(url, headers=headers or {}, content_type="multipart/form-data",
+                       data={"image": (io.BytesIO(jpeg()), "cat.jpg")})
+
+
+def wait_for_model(client, model_id, timeout=10.0) -> dict:
+    """/predict answers with ``model_id`` (the holder looks at the pointer 4 times a
+    second)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body = predict(client).get_json()
+        if body["model"]["id"] == model_id or time.monotonic() > deadline:
+            return body
+        time.sleep(0.1)
+
+
+def assert_error(response, status, code):
+    assert response.status_code == status, response.get_data(as_text=True)
+    error = response.get_json()["error"]
+    assert error["code"] == code and error["message"]
+    return error["message"]
+
+
+# --------------------------------------------------------------------------- access
+
+
+def test_the_admin_area_is_disabled_without_a_token(tmp_path):
+    client = make_app(tmp_path / "store", ADMIN_TOKEN="").test_client()
+    page = client.get("/admin/")
+    assert page.status_code == 403
+    assert "ADMIN_TOKEN" in page.get_data(as_text=True)
+    assert client.post("/admin/login", data={"token": ""}).status_code == 403
+    message = assert_error(client.get("/admin/api/models", headers=BEARER), 403,
+                           "admin_disabled")
+    assert "ADMIN_TOKEN" in message
+
+
+def admin_routes(app):
+    """Every admin URL with each of its methods (from the app's URL map)."""
+    for rule in app.url_map.iter_rules():
+        if rule.rule.startswith("/admin") and rule.endpoint != "admin.login":
+            url = rule.rule.replace("<model_id>", BUILTIN)
+            for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+                yield method, url
+
+
+def test_every_admin_route_refuses_requests_without_a_token_or_session(admin, admin_app):
+    store = admin_app.extensions["registry"]
+    before = snapshot(store.root), store.state()
+    routes = list(admin_routes(admin_app))
+    assert len(routes) >= 14
+    for method, url in routes:
+        for headers in ({}, {"Authorization": "Bearer wrong-token"}, {"Authorization": TOKEN}):
+            response = admin.open(url, method=method, headers=headers)
+            if url.startswith("/admin/api/"):
+                assert response.status_code == 401, (method, url, headers)
+                assert response.headers["WWW-Authenticate"].startswith("Bearer")
+            else:  # pages send people to the login form (a bearer token is not a login)
+                assert response.status_code == 302, (method, url, headers)
+                assert response.location.startswith("/admin/login")
+        admin_app.extensions["admin_login_limit"][0].storage.reset()
+    assert (snapshot(store.root), store.state()) == before
+
+
+def test_login_and_logout(admin):
+    assert admin.get("/admin/").location == "/admin/login?next=/admin/"
+    page = admin.get("/admin/login").get_data(as_text=True)
+    assert 'type="password"' in page and "csrf_token" in page
+    token = csrf_from(page)
+    wrong = admin.post("/admin/login", data={"csrf_token": token, "token": "guess"})
+    assert wrong.status_code == 401 and "not the admin token" in wrong.get_data(as_text=True)
+    ok = admin.post("/admin/login?next=/admin/?added=x",
+                    data={"csrf_token": token, "token": TOKEN})
+    assert ok.status_code == 302 and ok.location == "/admin/?added=x"
+    page = admin.get("/admin/")
+    assert page.status_code == 200 and 'id="models"' in page.get_data(as_text=True)
+    csrf = csrf_from(page.get_data(as_text=True))
+    assert admin.post("/admin/logout", data={"csrf_token": csrf}).status_code == 302
+    assert admin.get("/admin/").status_code == 302
+    # The old form's token died with the session; and no open redirect after login.
+    assert admin.post("/admin/login", data={"csrf_token": token,
+                                            "token": TOKEN}).status_code == 400
+    token = csrf_from(admin.get("/admin/login").get_data(as_text=True))
+    evil = admin.post("/admin/login?next=//evil.example/x",
+                      data={"csrf_token": token, "token": TOKEN})
+    assert evil.location == "/admin/"
+
+
+def test_a_login_is_valid_in_every_worker_and_replica_sharing_the_model_dir(tmp_path):
+    """Two apps = two processes: without SECRET_KEY both sign with the key kept in
+    MODEL_DIR, so the session cookie from one works in the other."""
+    one, two = make_app(tmp_path / "store"), make_app(tmp_path / "store")
+    assert one.config["SECRET_KEY"] == two.config["SECRET_KEY"]
+    client = one.test_client()
+    login(client)
+    cookie = client.get_cookie("session").value
+    other = two.test_client()
+    other.set_cookie("session", cookie)
+    assert other.get("/admin/").status_code == 200
+    # An explicit SECRET_KEY wins.
+    assert make_app(tmp_path / "store", SECRET_KEY="k" * 40).config["SECRET_KEY"] == "k" * 40
+    # Changing ADMIN_TOKEN logs everyone out.
+    rotated = make_app(tmp_path / "store", ADMIN_TOKEN="another-admin-token-98765")
+    third = rotated.test_client()
+    third.set_cookie("session", cookie)
+    assert third.get("/admin/").status_code == 302
+
+
+def test_form_posts_without_a_csrf_token_are_refused(admin, admin_app, fruit_checkpoint):
+    store = admin_app.extensions["registry"]
+    model_id = store.add(fruit_checkpoint)["id"]
+    csrf = login(admin)
+    before = snapshot(store.root), store.state()
+    checkpoint = fruit_checkpoint.read_bytes()
+    posts = [
+        ("/admin/models", lambda: {"checkpoint": (io.BytesIO(checkpoint), "m.pt")}),
+        (f"/admin/models/{model_id}/activate", dict),
+        (f"/admin/models/{model_id}/delete", dict),
+        ("/admin/rollback", dict),
+        ("/admin/try", lambda: {"model_id": model_id,
+                                "image": (io.BytesIO(jpeg()), "cat.jpg")}),
+        ("/admin/logout", dict),
+    ]
+    for url, data in posts:
+        for bad in (None, "forged-token"):
+            form = data()
+            if bad:
+                form["csrf_token"] = bad
+            response = admin.post(url, data=form, content_type="multipart/form-data")
+            assert response.status_code == 400, url
+            assert "CSRF" in response.get_data(as_text=True)
+    # The page's own API calls with the session need the header too.
+    assert_error(admin.post(f"/admin/api/models/{model_id}/activate"), 400, "csrf_failed")
+    assert_error(admin.delete(f"/admin/api/models/{model_id}"), 400, "csrf_failed")
+    assert (snapshot(store.root), store.state()) == before and leftovers(store.root) == []
+    # With the token, the same session works.
+    response = admin.post(f"/admin/api/models/{model_id}/activate",
+                          headers={"X-CSRFToken": csrf})
+    assert response.status_code == 200 and response.get_json()["active"] == model_id
+    assert admin.post("/admin/logout", data={"csrf_token": csrf}).status_code == 302
+
+
+def test_the_login_form_needs_its_csrf_token(admin):
+    response = admin.post("/admin/login", data={"token": TOKEN})
+    assert response.status_code == 400 and "CSRF" in response.get_data(as_text=True)
+    assert admin.get("/admin/").status_code == 302
+
+
+def test_failed_logins_are_rate_limited_per_client(tmp_path):
+    app = make_app(tmp_path / "store", ADMIN_LOGIN_LIMIT="3 per minute")
+    client = app.test_client()
+    page = client.get("/admin/login").get_data(as_text=True)
+    csrf = csrf_from(page)
+    for _ in range(2):
+        assert client.post("/admin/login", data={"csrf_token": csrf,
+                                                 "token": "nope"}).status_code == 401
+    assert client.get("/admin/api/models",
+                      headers={"Authorization": "Bearer nope"}).status_code == 401
+    # Three failures: now even the right token is refused for a while, on both doors.
+    blocked = client.post("/admin/login", data={"csrf_token": csrf, "token": TOKEN})
+    assert blocked.status_code == 429 and "Too many failed attempts" in blocked.get_data(True)
+    assert int(blocked.headers["Retry-After"]) >= 1
+    assert_error(client.get("/admin/api/models", headers=BEARER), 429, "too_many_attempts")
+    # Another address is not affected.
+    other = app.test_client()
+    assert other.get("/admin/api/models", headers=BEARER,
+                     environ_base={"REMOTE_ADDR": "10.0.0.7"}).status_code == 200
+
+
+def test_public_pages_do_not_expose_admin_actions(admin):
+    page = admin.get("/").get_data(as_text=True).lower()
+    assert "/admin" not in page and "activate" not in page and "csrf" not in page
+
+
+# --------------------------------------------------------------------------- the API
+
+
+def test_upload_try_activate_rollback_and_delete_over_the_api(admin, fruit_checkpoint,
+                                                              tools_checkpoint):
+    response = upload(admin, fruit_checkpoint, name="Fruit v1", filename="fruit.pt")
+    assert response.status_code == 201, response.get_data(as_text=True)
+    fruit = response.get_json()
+    assert fruit["name"] == "Fruit v1" and fruit["classes"] == FRUIT
+    assert fruit["metrics"] == {"val_accuracy": 0.913, "epochs": 5}
+    assert fruit["active"] is False
+    assert response.headers["Location"] == f"/admin/api/models/{fruit['id']}"
+    tools = upload(admin, tools_checkpoint, activate="1").get_json()
+    assert tools["activated"] is True
+
+    listing = admin.get("/admin/api/models", headers=BEARER).get_json()
+    assert listing["active"] == tools["id"]
+    assert listing["history"] == [BUILTIN]
+    by_id = {m["id"]: m for m in listing["models"]}
+    assert list(by_id)[0] == BUILTIN and by_id[BUILTIN]["num_classes"] == 1000
+    assert by_id[BUILTIN]["deletable"] is False and by_id[tools["id"]]["active"] is True
+    assert by_id[fruit["id"]]["deletable"] is True
+    assert admin.get(f"/admin/api/models/{fruit['id']}", headers=BEARER).get_json()[
+        "size_bytes"] == fruit_checkpoint.stat().st_size
+
+    # Public traffic follows the pointer; every answer names its model.
+    body = wait_for_model(admin, tools["id"])
+    assert body["model"]["id"] == tools["id"]
+    assert {p["label"] for p in body["predictions"]} <= set(TOOLS)
+
+    # Try the inactive fruit model without activating it.
+    trial = predict(admin, f"/admin/api/models/{fruit['id']}/predict", BEARER).get_json()
+    assert trial["model"]["id"] == fruit["id"] and trial["model"]["name"] == "Fruit v1"
+    assert sorted(p["label"] for p in trial["predictions"]) == sorted(FRUIT)
+    builtin_trial = predict(admin, f"/admin/api/models/{BUILTIN}/predict", BEARER).get_json()
+    assert builtin_trial["predictions"][0]["label"] in {"tabby", "tiger cat", "Egyptian cat"}
+    assert predict(admin).get_json()["model"]["id"] == tools["id"]  # still active
+
+    state = admin.post(f"/admin/api/models/{fruit['id']}/activate", headers=BEARER).get_json()
+    assert state["active"] == fruit["id"] and state["history"][:2] == [tools["id"], BUILTIN]
+    assert wait_for_model(admin, fruit["id"])["model"]["name"] == "Fruit v1"
+    assert_error(admin.delete(f"/admin/api/models/{fruit['id']}", headers=BEARER), 409,
+                 "model_active")
+    assert_error(admin.delete(f"/admin/api/models/{BUILTIN}", headers=BEARER), 409,
+                 "not_deletable")
+
+    assert admin.post("/admin/api/rollback", headers=BEARER).get_json()["active"] == tools["id"]
+    assert wait_for_model(admin, tools["id"])["model"]["id"] == tools["id"]
+    assert admin.delete(f"/admin/api/models/{fruit['id']}", headers=BEARER).get_json() == {
+        "deleted": fruit["id"]}
+    assert_error(admin.get(f"/admin/api/models/{fruit['id']}", headers=BEARER), 404,
+                 "unknown_model")
+    assert admin.post("/admin/api/rollback", headers=BEARER).get_json()["active"] == BUILTIN
+    assert_error(admin.post("/admin/api/rollback", headers=BEARER), 409, "no_history")
+    wait_for_model(admin, BUILTIN)
+    ready = admin.get("/readyz").get_json()
+    assert ready["model"]["id"] == BUILTIN
+    assert ready["registry"] == {"active": BUILTIN, "serving": BUILTIN, "in_sync": True}
+
+
+def test_a_bare_state_dict_upload_is_an_imagenet_resnet18(admin, random_resnet18):
+    response = upload(admin, random_resnet18, filename="resnet18-random.pth")
+    assert response.status_code == 201, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["arch"] == "resnet18" and body["num_classes"] == 1000
+
+
+def bad_uploads(tmp_path: Path, fruit_checkpoint: Path):
+    marker = tmp_path / "pwned"
+    files = hostile_files(tmp_path, marker)
+    good = fruit_checkpoint.read_bytes()
+    return marker, [
+        (files[0][0].read_bytes(), {}, 422, "invalid_checkpoint", "other than tensors"),
+        (files[1][0].read_bytes(), {}, 422, "invalid_checkpoint", "other than tensors"),
+        (jpeg(), {}, 422, "invalid_checkpoint", "looks like: JPEG"),
+        (b"hello " * 1000, {}, 422, "invalid_checkpoint", "not a readable PyTorch"),
+        (good[: len(good) // 2], {}, 422, "invalid_checkpoint", "not a readable PyTorch"),
+        (b"", {}, 400, "empty_file", "empty"),
+        (good, {"name": "../../../etc/cron.d/evil"}, 400, "bad_name", "file path"),
+        (good, {"name": "x\x00y"}, 400, "bad_name", "control characters"),
+        (good, {"arch": "../resnet18"}, 400, "bad_arch", "not supported"),
+    ]
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_bad_uploads_get_a_clear_4xx_and_leave_the_store_unchanged(
+    admin, admin_app, tmp_path, fruit_checkpoint
+):
+    store = admin_app.extensions["registry"]
+    upload(admin, fruit_checkpoint)
+    before = snapshot(store.root), store.state()
+    marker, cases = bad_uploads(tmp_path, fruit_checkpoint)
+    for data, form, status, code, words in cases:
+        message = assert_error(upload(admin, data, filename="../../x.pt", **form), status,
+                               code)
+        assert words in message, message
+        assert str(store.root) not in message  # no server paths in messages
+    response = admin.post("/admin/api/models", headers=BEARER,
+                          data={"image": (io.BytesIO(b"x"), "x.pt")},
+                          content_type="multipart/form-data")
+    assert_error(response, 400, "no_checkpoint")
+    assert not marker.exists()
+    assert (snapshot(store.root), store.state()) == before
+    assert leftovers(store.root) == []
+
+
+def test_an_oversized_upload_is_refused_before_it_is_stored(tmp_path, fruit_checkpoint):
+    app = make_app(tmp_path / "store", MAX_CHECKPOINT_MB=5)
+    client = app.test_client()
+    message = assert_error(upload(client, fruit_checkpoint), 413, "too_large")
+    assert "5 MB" in message and "MAX_CHECKPOINT_MB" in message
+    store = app.extensions["registry"]
+    assert store.list_models() == [] and leftovers(store.root) == []
+    # ... while /predict keeps its own, smaller limit (MAX_UPLOAD_MB).
+    assert app.config["MAX_CONTENT_LENGTH"] == 20 * 1024 * 1024
+
+
+def test_ids_from_the_url_never_reach_the_filesystem(admin, admin_app, fruit_checkpoint):
+    store = admin_app.extensions["registry"]
+    upload(admin, fruit_checkpoint)
+    before = snapshot(store.root), store.state()
+    for bad in ("..%2F..%2Fetc", "%2e%2e", "20260101-000000-abcdef", "models"):
+        for method, suffix in (("POST", "/activate"), ("DELETE", ""), ("GET", ""),
+                               ("POST", "/predict")):
+            response = admin.open(f"/admin/api/models/{bad}{suffix}", method=method,
+                                  headers=BEARER)
+            assert response.status_code == 404, (bad, method, suffix)
+    assert (snapshot(store.root), store.state()) == before
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def test_the_admin_page_shows_the_models_and_works_without_javascript(
+    admin, admin_app, fruit_checkpoint
+):
+    csrf = login(admin)
+    response = admin.post("/admin/models", content_type="multipart/form-data", data={
+        "csrf_token": csrf, "name": "Fruit from the form", "activate": "1",
+        "checkpoint": (io.BytesIO(fruit_checkpoint.read_bytes()), "fruit.pt")})
+    assert response.status_code == 302, response.get_data(as_text=True)
+    model_id = re.search(r"added=([\w-]+)", response.location).group(1)
+    page = admin.get(response.location).get_data(as_text=True)
+    assert f"Stored Fruit from the form as {model_id} and activated it." in page
+    row = re.search(rf'<tr id="model-{model_id}".*?</tr>', page, re.S).group(0)
+    for text in ("Fruit from the form", "resnet18", ">3</span> classes",
+                 "apple, banana, cherry", "active", "val_accuracy", "0.913", " MB", "UTC"):
+        assert text in row, text
+    builtin_row = re.search(r'<tr id="model-builtin".*?</tr>', page, re.S).group(0)
+    assert "1000</span> classes" in builtin_row and "Activate" in builtin_row
+    assert "Delete" not in builtin_row
+    assert 'src="/static/js/admin.js"' in page and "<script>" not in page
+    assert 'id="upload-progress"' in page
+
+    # Try an image with the built-in model, without activating it (no JavaScript).
+    tried = admin.post("/admin/try", content_type="multipart/form-data", data={
+        "csrf_token": csrf, "model_id": BUILTIN, "image": (io.BytesIO(jpeg()), "cat.jpg")})
+    assert tried.status_code == 200
+    text = tried.get_data(as_text=True)
+    assert "Answered by EfficientNet-Lite0" in text
+    assert any(cat in text for cat in ("Tabby", "Tiger cat", "Egyptian cat"))
+    assert admin_app.extensions["registry"].state().active == model_id
+
+    # Roll back and delete through the forms.
+    assert admin.post("/admin/rollback", data={"csrf_token": csrf}).status_code == 302
+    assert admin_app.extensions["registry"].state().active == BUILTIN
+    assert admin.post(f"/admin/models/{model_id}/delete",
+                      data={"csrf_token": csrf}).status_code == 302
+    page = admin.get("/admin/").get_data(as_text=True)
+    assert f"Deleted {model_id}." in page and f'id="model-{model_id}"' not in page
+
+    # A bad upload through the form: the page again, with the reason and a 4xx.
+    bad = admin.post("/admin/models", content_type="multipart/form-data", data={
+        "csrf_token": csrf, "checkpoint": (io.BytesIO(jpeg()), "cat.jpg")})
+    assert bad.status_code == 422 and "looks like: JPEG" in bad.get_data(as_text=True)
+
+
+# --------------------------------------------------------------------------- startup
+
+
+def test_an_unreadable_active_checkpoint_falls_back_at_startup(tmp_path, fruit_checkpoint,
+                                                               tools_checkpoint):
+    store = Registry(tmp_path / "store")
+    fruit = store.add(fruit_checkpoint)["id"]
+    tools = store.add(tools_checkpoint)["id"]
+    store.activate(fruit)
+    store.activate(tools)  # history: fruit, builtin
+    damaged = store.root / "models" / tools / "checkpoint.pt"
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+
+    ready = make_app(store.root).test_client().get("/readyz").get_json()
+    assert ready["status"] == "ready" and ready["model"]["id"] == fruit
+    assert ready["registry"] == {"active": tools, "serving": fruit, "in_sync": False}
+    assert f"The active model {tools} could not be loaded" in ready["notice"]
+
+    damaged = store.root / "models" / fruit / "checkpoint.pt"
+    damaged.write_bytes(b"garbage")
+    client = make_app(store.root).test_client()
+    ready = client.get("/readyz").get_json()
+    assert ready["model"]["id"] == BUILTIN and tools in ready["notice"]
+    assert predict(client).status_code == 200
+
+
+def test_a_broken_activation_keeps_the_current_model_serving(admin, admin_app,
+                                                            fruit_checkpoint):
+    store = admin_app.extensions["registry"]
+    fruit = upload(admin, fruit_checkpoint).get_json()["id"]
+    path = store.root / "models" / fruit / "checkpoint.pt"
+    path.write_bytes(path.read_bytes()[:1000])  # damaged on disk after validation
+    store.activate(fruit)
+    time.sleep(0.6)
+    for _ in range(3):
+        response = predict(admin)
+        assert response.status_code == 200 and response.get_json()["model"]["id"] == BUILTIN
+    ready = admin.get("/readyz").get_json()
+    assert ready["registry"]["in_sync"] is False and fruit in ready["notice"]
+    store.activate(BUILTIN)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_the_command_line_manages_the_same_store(tmp_path, fruit_checkpoint):
+    app = make_app(tmp_path / "store", ADMIN_TOKEN="")  # the CLI needs no token
+    runner = app.test_cli_runner()
+    added = runner.invoke(args=["models", "add", str(fruit_checkpoint), "--name", "Fruit CLI",
+                                "--activate"])
+    assert added.exit_code == 0, added.output
+    model_id = re.search(r"stored (\S+)", added.output).group(1)
+    assert "active" in added.output
+    listing = runner.invoke(args=["models", "list"])
+    assert f"* {model_id}" in listing.output and "Fruit CLI" in listing.output
+    assert "apple, banana, cherry" in listing.output
+    assert "rollback goes to: builtin" in listing.output
+    assert runner.invoke(args=["models", "rollback"]).output.strip() == "active: builtin"
+    refused = runner.invoke(args=["models", "activate", "../../etc"])
+    assert refused.exit_code != 0 and "no model '../../etc'" in refused.output
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not a checkpoint")
+    refused = runner.invoke(args=["models", "add", str(bad)])
+    assert refused.exit_code != 0 and "not a readable PyTorch weights file" in refused.output
+    assert runner.invoke(args=["models", "delete", model_id]).output.strip() == (
+        f"deleted {model_id}")
+    assert app.extensions["registry"].list_models() == []

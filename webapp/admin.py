@@ -1,0 +1,555 @@
+"""The admin area: ``/admin`` (login form, model table, upload, activate, roll back,
+delete, try an image) and ``/admin/api/*`` (the same over HTTP with
+``Authorization: Bearer $ADMIN_TOKEN``).  The store itself is ``webapp.registry``.
+
+Security, in order of the checks every admin request goes through:
+
+* ``ADMIN_TOKEN`` unset: the whole area answers 403 with a page saying how to enable it.
+* API requests with a bearer token: compared with ``hmac.compare_digest``; no cookie is
+  involved, so no CSRF token is needed.
+* Everything else needs the session cookie set by the login form (signed with
+  ``SECRET_KEY``, bound to the current ``ADMIN_TOKEN``, valid for ``SESSION_HOURS``),
+  and every state-changing request carries a CSRF token (Flask-WTF): in the form, or in
+  the ``X-CSRFToken`` header for the page's own XHR calls.  Without a session: pages
+  redirect to the login form, the API answers 401.
+* Failed logins and wrong bearer tokens are counted per client address (``limits``,
+  in memory, per worker process); over ``ADMIN_LOGIN_LIMIT`` the answer is 429.
+
+Checkpoint uploads are streamed to a temp file inside ``MODEL_DIR`` (never held in
+memory), limited by ``MAX_CHECKPOINT_MB`` instead of ``MAX_UPLOAD_MB``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import logging
+import os
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    Flask,
+    current_app,
+    flash,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask_wtf import FlaskForm
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from limits import parse as parse_limit
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+from werkzeug.exceptions import RequestEntityTooLarge
+from wtforms import PasswordField
+from wtforms.validators import DataRequired
+
+from model_loader import ModelLoadError
+from webapp import api, imaging
+from webapp.classifier import load_registered
+from webapp.config import ConfigError
+from webapp.errors import ApiError, error_json
+from webapp.registry import BUILTIN, Registry, RegistryError, unknown_model
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+SESSION_HOURS = 12
+UPLOAD_PATHS = ("/admin/api/models", "/admin/models")  # POST bodies spooled to MODEL_DIR
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+ENABLE_HINT = (
+    "Set the ADMIN_TOKEN environment variable to a long random secret and restart the "
+    "server, e.g. ADMIN_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(24))')."
+)
+
+
+class LoginForm(FlaskForm):
+    token = PasswordField("Admin token", validators=[DataRequired()])
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def init_app(app: Flask) -> None:
+    """Attach the model registry to the model holder and register the admin area."""
+    registry = Registry(app.config["MODEL_DIR"])
+    app.extensions["registry"] = registry
+    app.extensions["model_holder"].use_registry(
+        registry, lambda model_id: load_registered(app.config, registry, model_id)
+    )
+    _configure_secret_key(app, registry)
+
+    app.config.setdefault("WTF_CSRF_CHECK_DEFAULT", False)  # only the admin area checks
+    app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)  # valid as long as the session
+    if app.config.get("SESSION_COOKIE_SAMESITE") is None:
+        app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    app.extensions.get("csrf") or CSRFProtect(app)
+
+    try:
+        limit = parse_limit(app.config["ADMIN_LOGIN_LIMIT"])
+    except ValueError:
+        raise ConfigError(
+            f"ADMIN_LOGIN_LIMIT={app.config['ADMIN_LOGIN_LIMIT']!r}: use e.g. '10 per "
+            "minute' or '5/minute;50/hour'"
+        ) from None
+    app.extensions["admin_login_limit"] = (MovingWindowRateLimiter(MemoryStorage()), limit)
+
+    app.request_class = type("Request", (CheckpointUploadMixin, app.request_class), {})
+    app.teardown_request(_remove_spooled_uploads)
+    token = app.config.get("ADMIN_TOKEN") or ""
+    if token and len(token) < 16:
+        log.warning("ADMIN_TOKEN is only %d characters long; use at least 16 random "
+                    "characters", len(token))
+
+    app.register_blueprint(bp)
+    from webapp.cli import models_cli
+
+    app.cli.add_command(models_cli)
+
+
+def _configure_secret_key(app: Flask, registry: Registry) -> None:
+    """Sessions must verify in every worker and replica: without SECRET_KEY, use the key
+    kept in MODEL_DIR (created once), so a login survives a restart too."""
+    if app.config["SECRET_KEY"] != app.config.get("SECRET_KEY_GENERATED"):
+        return  # set by the environment or the caller
+    try:
+        app.config["SECRET_KEY"] = registry.secret_key()
+    except OSError as exc:
+        token = app.config.get("ADMIN_TOKEN")
+        if token:
+            app.config["SECRET_KEY"] = hmac.new(
+                token.encode(), b"webapp session key", hashlib.sha256
+            ).hexdigest()
+        log.warning("cannot keep a session key in %s (%s); %s", registry.root, exc,
+                    "deriving it from ADMIN_TOKEN" if token else "sessions are per process")
+
+
+class CheckpointUploadMixin:
+    """Request behaviour for checkpoint uploads only: the body limit is
+    MAX_CHECKPOINT_MB, and file parts are written to a temp file in MODEL_DIR/tmp (the
+    app keeps other uploads in memory)."""
+
+    def _is_checkpoint_upload(self) -> bool:
+        return self.method == "POST" and self.path in UPLOAD_PATHS
+
+    @property
+    def max_content_length(self):
+        if self._is_checkpoint_upload():
+            return int(current_app.config["MAX_CHECKPOINT_MB"] * 1024 * 1024)
+        return super().max_content_length
+
+    @max_content_length.setter
+    def max_content_length(self, value):
+        self._max_content_length = value
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None,
+                         content_length=None):
+        if not self._is_checkpoint_upload():
+            return super()._get_file_stream(total_content_length, content_type,
+                                             filename, content_length)
+        path = current_app.extensions["registry"].temp_path("upload-")
+        stream = open(path, "xb+")  # noqa: SIM115 - closed in teardown
+        g.setdefault("spooled_uploads", []).append((path, stream))
+        return stream
+
+
+def _remove_spooled_uploads(exc=None) -> None:
+    """Whatever happened, no upload is left behind in MODEL_DIR/tmp (a stored one was
+    moved away already)."""
+    for path, stream in g.pop("spooled_uploads", []):
+        with contextlib.suppress(OSError):
+            stream.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def registry() -> Registry:
+    return current_app.extensions["registry"]
+
+
+# --------------------------------------------------------------------------- auth
+
+
+def _token() -> str:
+    return current_app.config.get("ADMIN_TOKEN") or ""
+
+
+def _token_matches(given: str) -> bool:
+    return hmac.compare_digest(given.encode("utf-8"), _token().encode("utf-8"))
+
+
+def _fingerprint() -> str:
+    """Binds a session to the current ADMIN_TOKEN: changing the token logs everyone out."""
+    key = str(current_app.config["SECRET_KEY"]).encode()
+    return hmac.new(key, _token().encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+
+
+def _session_ok() -> bool:
+    fingerprint = session.get("admin")
+    since = session.get("admin_since")
+    return (
+        isinstance(fingerprint, str)
+        and isinstance(since, int | float)
+        and hmac.compare_digest(fingerprint, _fingerprint())
+        and 0 <= time.time() - since < SESSION_HOURS * 3600
+    )
+
+
+def _bearer() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else None
+
+
+def _client_key() -> str:
+    return request.remote_addr or "unknown"
+
+
+def _too_many_failures() -> int | None:
+    """Seconds until the next attempt is allowed, if this client is over the limit."""
+    limiter, limit = current_app.extensions["admin_login_limit"]
+    if limiter.test(limit, "admin-login", _client_key()):
+        return None
+    reset = limiter.get_window_stats(limit, "admin-login", _client_key()).reset_time
+    return max(1, int(reset - time.time()) + 1)
+
+
+def _count_failure() -> None:
+    limiter, limit = current_app.extensions["admin_login_limit"]
+    limiter.hit(limit, "admin-login", _client_key())
+    log.warning("failed admin authentication from %s", _client_key())
+
+
+def _is_api() -> bool:
+    return request.path.startswith("/admin/api/")
+
+
+def _rate_limited(retry_after: int):
+    message = f"Too many failed attempts; try again in {retry_after} s."
+    if _is_api():
+        response = error_json(429, "too_many_attempts", message)
+    else:
+        response = render_template("admin/login.html", form=LoginForm(), error=message), 429
+    response = current_app.make_response(response)
+    response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+@bp.before_request
+def _guard():
+    if not _token():
+        if _is_api():
+            return error_json(403, "admin_disabled", "The admin area is disabled. "
+                              + ENABLE_HINT)
+        return render_template("admin/disabled.html", hint=ENABLE_HINT), 403
+    if request.endpoint == "admin.login":
+        return None
+    bearer = _bearer() if _is_api() else None
+    if bearer is not None:
+        retry = _too_many_failures()
+        if retry:
+            return _rate_limited(retry)
+        if _token_matches(bearer):
+            g.admin_via = "token"
+            return None
+        _count_failure()
+        response = current_app.make_response(
+            error_json(401, "bad_token", "The bearer token is not the admin token.")
+        )
+        response.headers["WWW-Authenticate"] = 'Bearer realm="admin"'
+        return response
+    if _session_ok():
+        g.admin_via = "session"
+        if request.method not in SAFE_METHODS:
+            current_app.extensions["csrf"].protect()  # CSRFError (400) without a token
+        return None
+    if _is_api():
+        response = current_app.make_response(error_json(
+            401, "unauthorized",
+            "Send the admin token as 'Authorization: Bearer <ADMIN_TOKEN>', or log in at "
+            "/admin/login.",
+        ))
+        response.headers["WWW-Authenticate"] = 'Bearer realm="admin"'
+        return response
+    target = request.full_path.rstrip("?") if request.method == "GET" else url_for("admin.index")
+    return redirect(url_for("admin.login", next=target))
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path inside the admin area (no open redirect to another site)."""
+    if target:
+        parts = urlsplit(target)
+        if not parts.scheme and not parts.netloc and parts.path.startswith("/admin/") \
+                and not target.startswith("//"):
+            return target.rstrip("?")
+    return url_for("admin.index")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    form = LoginForm()
+    if request.method == "GET":
+        if _session_ok():
+            return redirect(url_for("admin.index"))
+        return render_template("admin/login.html", form=form)
+    retry = _too_many_failures()
+    if retry:
+        return _rate_limited(retry)
+    if not form.validate_on_submit():  # CSRF token or field missing: not a guess
+        errors = "; ".join(e for errs in form.errors.values() for e in errs)
+        return render_template("admin/login.html", form=form,
+                               error=f"The form was not accepted: {errors}"), 400
+    if not _token_matches(form.token.data):
+        _count_failure()
+        return render_template("admin/login.html", form=LoginForm(formdata=None),
+                               error="That is not the admin token."), 401
+    session.clear()
+    session["admin"] = _fingerprint()
+    session["admin_since"] = int(time.time())
+    log.info("admin logged in from %s", _client_key())
+    return redirect(_safe_next(request.args.get("next")))
+
+
+@bp.post("/logout")
+def logout():
+    session.clear()
+    flash("Logged out.", "info")
+    return redirect(url_for("admin.login"))
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@bp.errorhandler(CSRFError)
+def _csrf_error(exc: CSRFError):
+    message = (f"{exc.description} The form has expired or did not come from this site: "
+               "reload the admin page and try again.")
+    if _is_api():
+        return error_json(400, "csrf_failed", message)
+    return render_template("error.html", status=400, message=message), 400
+
+
+@bp.errorhandler(RequestEntityTooLarge)
+def _too_large(exc):
+    limit = current_app.config["MAX_CHECKPOINT_MB"]
+    message = f"The checkpoint is larger than the {limit:g} MB limit (MAX_CHECKPOINT_MB)."
+    if _is_api():
+        return error_json(413, "too_large", message)
+    return render_template("error.html", status=413, message=message), 413
+
+
+@bp.errorhandler(RegistryError)
+def _registry_error(exc: RegistryError):
+    if _is_api():
+        return error_json(exc.status, exc.code, exc.message)
+    return render_template("error.html", status=exc.status, message=exc.message), exc.status
+
+
+# --------------------------------------------------------------------------- model table
+
+
+def _builtin_entry() -> dict:
+    entry = {"id": BUILTIN, "builtin": True, "uploaded": None, "created": None,
+             "metrics": {}, "sha256": None}
+    try:
+        loaded = api.holder().builtin().loaded
+    except ModelLoadError as exc:
+        return {**entry, "name": "Built-in ImageNet model", "arch": None, "classes": [],
+                "num_classes": 0, "error": str(exc), "size_bytes": None, "version": None}
+    size = None
+    with contextlib.suppress(OSError):
+        size = Path(loaded.source).stat().st_size
+    return {**entry, "name": loaded.name, "arch": loaded.arch, "classes": loaded.labels,
+            "num_classes": loaded.num_classes, "input_size": loaded.input_size,
+            "size_bytes": size, "version": loaded.version, "source": loaded.source_kind}
+
+
+def model_entries() -> tuple[list[dict], dict]:
+    """Every model (built-in first, then newest first) with ``active`` and
+    ``deletable`` flags, and the pointer state."""
+    state = registry().state()
+    entries = [_builtin_entry()] + [
+        {**meta, "builtin": False} for meta in registry().list_models()
+    ]
+    for entry in entries:
+        entry["active"] = entry["id"] == state.active
+        entry["deletable"] = not entry["builtin"] and not entry["active"]
+    return entries, state.as_dict()
+
+
+def _serving() -> dict:
+    holder = api.holder()
+    classifier = holder.get()
+    return {**classifier.info, "pid": os.getpid(), "notice": holder.notice}
+
+
+def _store_upload() -> dict:
+    """The uploaded checkpoint (already on disk in MODEL_DIR/tmp), validated and stored."""
+    upload = request.files.get("checkpoint") or request.files.get("file")
+    if upload is None:
+        raise RegistryError(400, "no_checkpoint", "No checkpoint received. Send it as a "
+                            "multipart form field named 'checkpoint'.")
+    stream = upload.stream
+    path = Path(getattr(stream, "name", "") or "")
+    if not path.name.startswith("upload-"):  # not spooled (cannot happen on our routes)
+        raise RegistryError(400, "no_checkpoint", "The checkpoint was not received as a file.")
+    stream.flush()
+    os.fsync(stream.fileno())
+    stream.close()
+    if path.stat().st_size == 0:
+        raise RegistryError(400, "empty_file", "The uploaded checkpoint is empty (0 bytes).")
+    arch = (request.form.get("arch") or "").strip() or None
+    meta = registry().add(path, name=request.form.get("name"), arch=arch, move=True,
+                          original_filename=Path(upload.filename or "").name[:100] or None)
+    if request.form.get("activate") in ("1", "on", "true", "yes"):
+        registry().activate(meta["id"])
+        meta["activated"] = True
+    return meta
+
+
+# --------------------------------------------------------------------------- pages
+
+
+@bp.get("/")
+def index():
+    entries, state = model_entries()
+    return render_template("admin/index.html", entries=entries, state=state,
+                           serving=_serving(), added=request.args.get("added"),
+                           trial=g.get("trial"), trial_error=g.get("trial_error"),
+                           trial_id=g.get("trial_id"))
+
+
+def _page_error(exc: RegistryError):
+    flash(exc.message, "danger")
+    return index(), exc.status
+
+
+@bp.post("/models")
+def upload_page():
+    try:
+        meta = _store_upload()
+    except RegistryError as exc:
+        return _page_error(exc)
+    flash(f"Stored {meta['name']} as {meta['id']}"
+          + (" and activated it." if meta.get("activated") else "."), "success")
+    return redirect(url_for("admin.index", added=meta["id"]))
+
+
+@bp.post("/models/<model_id>/activate")
+def activate_page(model_id):
+    try:
+        registry().activate(model_id)
+    except RegistryError as exc:
+        return _page_error(exc)
+    flash(f"Activated {model_id}. Every worker serves it within a second.", "success")
+    return redirect(url_for("admin.index"))
+
+
+@bp.post("/rollback")
+def rollback_page():
+    try:
+        state = registry().rollback()
+    except RegistryError as exc:
+        return _page_error(exc)
+    flash(f"Rolled back to {state.active}.", "success")
+    return redirect(url_for("admin.index"))
+
+
+@bp.post("/models/<model_id>/delete")
+def delete_page(model_id):
+    try:
+        registry().delete(model_id)
+    except RegistryError as exc:
+        return _page_error(exc)
+    flash(f"Deleted {model_id}.", "success")
+    return redirect(url_for("admin.index"))
+
+
+@bp.post("/try")
+def try_page():
+    """The no-JavaScript "try an image": the admin page with the predictions."""
+    model_id = request.form.get("model_id", "")
+    g.trial_id = model_id
+    try:
+        g.trial, _ = _trial(model_id)
+        status = 200
+    except (RegistryError, ApiError, imaging.ImageError, ModelLoadError) as exc:
+        g.trial_error = getattr(exc, "message", None) or str(exc)
+        status = getattr(exc, "status", 503)
+    return index(), status
+
+
+def _trial(model_id: str):
+    """Classify the request's image(s) with any stored model, without activating it."""
+    if not registry().exists(model_id):
+        raise unknown_model(model_id)
+    uploads = api.uploads_from_request()
+    if not _is_api():
+        uploads = uploads[:1]  # the page shows one result
+    classifier = api.holder().classifier_for(model_id)
+    return api.classify(uploads, api.parse_topk(), None, classifier)
+
+
+# --------------------------------------------------------------------------- API
+
+
+@bp.get("/api/models")
+def api_list():
+    entries, state = model_entries()
+    return jsonify(active=state["active"], history=state["history"],
+                   changed=state["changed"], serving=_serving(), models=entries)
+
+
+@bp.post("/api/models")
+def api_upload():
+    meta = _store_upload()
+    response = jsonify({**meta, "builtin": False,
+                        "active": registry().state().active == meta["id"]})
+    response.status_code = 201
+    response.headers["Location"] = url_for("admin.api_model", model_id=meta["id"])
+    return response
+
+
+@bp.get("/api/models/<model_id>")
+def api_model(model_id):
+    entries, _ = model_entries()
+    for entry in entries:
+        if entry["id"] == model_id:
+            return jsonify(entry)
+    raise unknown_model(model_id)
+
+
+@bp.post("/api/models/<model_id>/activate")
+def api_activate(model_id):
+    return jsonify(registry().activate(model_id).as_dict())
+
+
+@bp.post("/api/rollback")
+def api_rollback():
+    return jsonify(registry().rollback().as_dict())
+
+
+@bp.delete("/api/models/<model_id>")
+def api_delete(model_id):
+    registry().delete(model_id)
+    return jsonify(deleted=model_id)
+
+
+@bp.post("/api/models/<model_id>/predict")
+def api_predict(model_id):
+    body, _ = _trial(model_id)
+    return jsonify(body)
+
+
+@bp.context_processor
+def _template_context():
+    return {"logged_in": g.get("admin_via") == "session"}

@@ -1,0 +1,97 @@
+"""``flask --app app models add|list|activate|rollback|delete``: the model registry from
+the command line, with the same code (and the same checks) as the admin API."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from webapp.registry import RegistryError
+
+models_cli = AppGroup("models", help="Manage the model registry in MODEL_DIR.")
+
+
+def _registry():
+    return current_app.extensions["registry"]
+
+
+def _fail(exc: RegistryError):
+    raise click.ClickException(exc.message)
+
+
+def _size(n) -> str:
+    return "-" if n is None else f"{n / 1e6:.1f} MB"
+
+
+@models_cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def list_models(as_json):
+    """List the stored models; * marks the active one."""
+    from webapp.admin import model_entries
+
+    entries, state = model_entries()
+    if as_json:
+        click.echo(json.dumps({"active": state["active"], "history": state["history"],
+                               "models": entries}, indent=2))
+        return
+    click.echo(f"MODEL_DIR {current_app.config['MODEL_DIR']}")
+    for e in entries:
+        mark = "*" if e["active"] else " "
+        classes = ", ".join(e["classes"][:5]) + (" …" if len(e["classes"]) > 5 else "")
+        click.echo(f"{mark} {e['id']:<24} {e['name']}  [{e['arch']}, {e['num_classes']} "
+                   f"classes: {classes}]  {_size(e.get('size_bytes'))}  "
+                   f"{e.get('uploaded') or ''}")
+    if state["history"]:
+        click.echo(f"rollback goes to: {state['history'][0]}")
+
+
+@models_cli.command("add")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--name", help="Display name (default: from the checkpoint).")
+@click.option("--arch", help="Architecture of a bare state_dict (default resnet18).")
+@click.option("--activate", is_flag=True, help="Activate the model once it is stored.")
+def add(path, name, arch, activate):
+    """Validate the checkpoint at PATH and store it (the file is copied)."""
+    try:
+        meta = _registry().add(path, name=name, arch=arch)
+        if activate:
+            _registry().activate(meta["id"])
+    except RegistryError as exc:
+        _fail(exc)
+    click.echo(f"stored {meta['id']}  {meta['name']}  ({meta['arch']}, "
+               f"{meta['num_classes']} classes)" + ("  - active" if activate else ""))
+
+
+@models_cli.command("activate")
+@click.argument("model_id")
+def activate(model_id):
+    """Make MODEL_ID the active model (every worker switches within a second)."""
+    try:
+        state = _registry().activate(model_id)
+    except RegistryError as exc:
+        _fail(exc)
+    click.echo(f"active: {state.active}")
+
+
+@models_cli.command("rollback")
+def rollback():
+    """Return to the model that was active before the current one."""
+    try:
+        state = _registry().rollback()
+    except RegistryError as exc:
+        _fail(exc)
+    click.echo(f"active: {state.active}")
+
+
+@models_cli.command("delete")
+@click.argument("model_id")
+def delete(model_id):
+    """Delete an inactive stored model."""
+    try:
+        _registry().delete(model_id)
+    except RegistryError as exc:
+        _fail(exc)
+    click.echo(f"deleted {model_id}")

@@ -1,0 +1,471 @@
+"""The checkpoint store: fine-tuned models on disk, which one is active, and its history.
+
+Layout under ``MODEL_DIR``::
+
+    models/<id>/checkpoint.pt   the file as uploaded (read with weights_only=True)
+    models/<id>/meta.json       name, arch, classes, size, sha256, uploaded, metrics, ...
+    active.json                 {"active": "<id>", "history": [...], "changed": "..."}
+    tmp/                        uploads and half-built models; never listed
+    .lock                       serialises writers (flock), readers never wait for it
+    secret_key                  the session key when SECRET_KEY is not set (webapp.admin)
+
+Crash safety: a model is built in ``tmp/<id>.staging/`` (checkpoint and meta.json both
+fsynced) and appears with one ``rename`` of that directory into ``models/``; the active
+pointer is written to a temp file, fsynced and ``os.replace``d.  A crash at any point
+leaves either the old state or the new one, plus garbage in ``tmp/`` that the next writer
+sweeps away.  Readers only look at ``models/*/meta.json`` and ``active.json``.
+
+``builtin`` is the built-in ImageNet model (``model_loader.load_imagenet_model``): always
+present, never deleted, active when nothing else is.  IDs are made here, never taken from
+a user; names are for display only.  Knows nothing about Flask.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import shutil
+import time
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import model_loader
+from model_loader import LoadedModel, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+BUILTIN = "builtin"
+CHECKPOINT_FILE = "checkpoint.pt"
+META_FILE = "meta.json"
+POINTER_FILE = "active.json"
+MAX_HISTORY = 50
+MAX_NAME = 80
+STALE_TMP_SECONDS = 6 * 3600  # a temp file this old belongs to no live upload
+_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
+
+
+class RegistryError(Exception):
+    """Something the caller asked for cannot be done; ``status`` is the HTTP status."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass(frozen=True)
+class State:
+    """The contents of ``active.json``."""
+
+    active: str = BUILTIN
+    history: tuple[str, ...] = ()  # most recent first; what rollback returns to
+    changed: str | None = None
+
+    def as_dict(self) -> dict:
+        return {"active": self.active, "history": list(self.history), "changed": self.changed}
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def valid_id(model_id: str) -> bool:
+    return model_id == BUILTIN or bool(_ID_RE.match(model_id or ""))
+
+
+def clean_name(raw: str | None) -> str | None:
+    """A display name, or ``RegistryError`` 400.  Names never become paths, but one that
+    looks like a path (``../x``, ``a/b``) or carries control characters is refused so
+    nobody is misled by it."""
+    if raw is None:
+        return None
+    name = unicodedata.normalize("NFC", raw).strip()
+    if not name:
+        return None
+    problem = None
+    if len(name) > MAX_NAME:
+        problem = f"it is {len(name)} characters long (at most {MAX_NAME})"
+    elif any(unicodedata.category(ch).startswith("C") for ch in name):
+        problem = "it contains control characters"
+    elif "/" in name or "\\" in name or ".." in name or name.startswith("."):
+        problem = "it looks like a file path ('/', '\\', '..' or a leading '.')"
+    if problem:
+        raise RegistryError(
+            400, "bad_name", f"The model name is not accepted: {problem}. Names are "
+            "for display only; use letters, digits, spaces and - _ ( ) + , :"
+        )
+    return name
+
+
+def _jsonable(value, depth: int = 0):
+    """Checkpoint metrics as plain JSON: numbers, strings, booleans, short lists and
+    dicts; one-element tensors become numbers, anything else is dropped."""
+    if depth > 4:
+        return None
+    if isinstance(value, bool | str) or value is None:
+        return value[:200] if isinstance(value, str) else value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if hasattr(value, "numel") and hasattr(value, "item"):
+        return _jsonable(value.item(), depth) if value.numel() == 1 else None
+    if isinstance(value, list | tuple):
+        items = [_jsonable(v, depth + 1) for v in value[:50]]
+        return [v for v in items if v is not None]
+    if isinstance(value, dict):
+        out = {}
+        for key, item in list(value.items())[:50]:
+            item = _jsonable(item, depth + 1)
+            if isinstance(key, str) and item is not None:
+                out[key[:100]] = item
+        return out
+    return None
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Temp file in the same directory, fsync, ``os.replace``, fsync the directory: a
+    reader sees the old file or the new one, never a mix, even after a power cut."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, ensure_ascii=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    fsync_dir(path.parent)
+
+
+class Registry:
+    """The store under ``root`` (``MODEL_DIR``).  Safe to use from several threads and
+    processes at once: writers take an exclusive ``flock``; readers never block."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.models_dir = self.root / "models"
+        self.tmp_dir = self.root / "tmp"
+        self.pointer = self.root / POINTER_FILE
+
+    # ------------------------------------------------------------------ reading
+
+    def pointer_stamp(self) -> tuple | None:
+        """Changes whenever the active pointer is replaced (one ``stat``, no read)."""
+        try:
+            st = os.stat(self.pointer)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def state(self) -> State:
+        try:
+            data = json.loads(self.pointer.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return State()
+        except (OSError, ValueError) as exc:
+            # Cannot happen through this module (atomic replace); say so if someone
+            # edited the file by hand, and serve the built-in model.
+            log.error("%s is unreadable (%s); treating the built-in model as active",
+                      self.pointer, exc)
+            return State()
+        active = data.get("active") if isinstance(data, dict) else None
+        history = data.get("history", []) if isinstance(data, dict) else []
+        if not isinstance(active, str) or not valid_id(active):
+            active = BUILTIN
+        history = tuple(h for h in history if isinstance(h, str) and valid_id(h))
+        return State(active, history, data.get("changed") if isinstance(data, dict) else None)
+
+    def ids(self) -> list[str]:
+        """Stored model ids, newest first (ids start with their upload time)."""
+        try:
+            names = os.listdir(self.models_dir)
+        except FileNotFoundError:
+            return []
+        return sorted(
+            (n for n in names if _ID_RE.match(n) and (self.models_dir / n / META_FILE).is_file()),
+            reverse=True,
+        )
+
+    def exists(self, model_id: str) -> bool:
+        return model_id == BUILTIN or (
+            _ID_RE.match(model_id or "") is not None
+            and (self.models_dir / model_id / META_FILE).is_file()
+        )
+
+    def meta(self, model_id: str) -> dict:
+        """The stored metadata of a model; ``RegistryError`` 404 for an unknown id (an id
+        that is not of our own making never reaches the filesystem)."""
+        if not isinstance(model_id, str) or not _ID_RE.match(model_id):
+            raise self._unknown(model_id)
+        try:
+            meta = json.loads((self.models_dir / model_id / META_FILE).read_text("utf-8"))
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._unknown(model_id) from None
+        except (OSError, ValueError) as exc:
+            raise RegistryError(500, "store_damaged", f"{model_id}: meta.json: {exc}") from None
+        meta["id"] = model_id
+        return meta
+
+    def list_models(self) -> list[dict]:
+        """Every stored model's metadata (``builtin`` is not included), newest first."""
+        out = []
+        for model_id in self.ids():
+            try:
+                out.append(self.meta(model_id))
+            except RegistryError as exc:  # deleted meanwhile, or damaged by hand
+                log.warning("skipping %s: %s", model_id, exc.message)
+        return out
+
+    def checkpoint_path(self, model_id: str) -> Path:
+        self.meta(model_id)  # validates the id
+        return self.models_dir / model_id / CHECKPOINT_FILE
+
+    def load(self, model_id: str) -> LoadedModel:
+        """The stored model, validated again (weights_only, exact fit, probe)."""
+        meta = self.meta(model_id)
+        loaded = model_loader.load_checkpoint(
+            self.models_dir / model_id / CHECKPOINT_FILE,
+            default_arch=meta.get("arch", "resnet18"),
+            source_kind="registry",
+            name=meta.get("name"),
+            label=f"model {model_id}",
+            version=meta.get("sha256"),
+        )
+        if meta.get("metrics") and not loaded.metrics:
+            loaded.metrics = meta["metrics"]
+        return loaded
+
+    # ------------------------------------------------------------------ writing
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def temp_path(self, prefix: str = "upload-") -> Path:
+        """A fresh name inside ``tmp/`` (same filesystem as ``models/``, so a finished
+        upload is moved into place without copying); open it with mode ``"xb"``."""
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        return self.tmp_dir / f"{prefix}{secrets.token_hex(8)}"
+
+    def add(
+        self,
+        source: str | os.PathLike,
+        *,
+        name: str | None = None,
+        arch: str | None = None,
+        move: bool = False,
+        original_filename: str | None = None,
+    ) -> dict:
+        """Validate a checkpoint file and store it; returns its metadata.
+
+        ``move=True`` takes ownership of ``source`` (an upload already in ``tmp/``) and
+        renames it into place; otherwise the file is copied first.  Nothing is stored
+        unless the file loads with ``weights_only=True``, fits its architecture exactly
+        and a probe inference gives finite scores (``RegistryError`` 422 says what is
+        wrong).  Identical files are stored once (409 names the existing model)."""
+        name = clean_name(name)
+        if arch is not None and arch not in model_loader.supported_archs():
+            raise RegistryError(
+                400, "bad_arch", f"Architecture {arch!r} is not supported; use one of: "
+                + ", ".join(sorted(model_loader.supported_archs()))
+            )
+        source = Path(source)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        if move:
+            upload = source
+        else:
+            upload = self.temp_path("copy-")
+            with open(source, "rb") as src, open(upload, "xb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+                out.flush()
+                os.fsync(out.fileno())
+        staging = None
+        try:
+            label = "The checkpoint" + (f" {original_filename!r}" if original_filename else "")
+            size = upload.stat().st_size
+            sha256 = model_loader.sha256_file(upload)
+            try:
+                loaded = model_loader.load_checkpoint(
+                    upload, default_arch=arch or "resnet18", name=name, label=label,
+                    version=sha256, source_kind="registry",
+                )
+            except ModelLoadError as exc:
+                raise RegistryError(422, "invalid_checkpoint", str(exc)) from None
+            model_id = self._new_id()
+            meta = {
+                "id": model_id,
+                "name": name or loaded.name,
+                "arch": loaded.arch,
+                "classes": loaded.labels,
+                "num_classes": loaded.num_classes,
+                "input_size": loaded.input_size,
+                "size_bytes": size,
+                "sha256": sha256,
+                "version": sha256[:12],
+                "uploaded": now_iso(),
+                "created": loaded.created,
+                "metrics": _jsonable(loaded.metrics) or {},
+            }
+            del loaded
+            with self._locked():
+                self.sweep()
+                for other in self.list_models():
+                    if other.get("sha256") == sha256:
+                        raise RegistryError(
+                            409, "duplicate", f"This checkpoint is already stored as "
+                            f"{other['id']} ({other.get('name')!r}).", )
+                staging = self.tmp_dir / f"{model_id}.staging"
+                staging.mkdir()
+                os.replace(upload, staging / CHECKPOINT_FILE)
+                write_json_atomic(staging / META_FILE, meta)
+                fsync_dir(staging)
+                os.rename(staging, self.models_dir / model_id)  # the model appears here
+                staging = None
+                fsync_dir(self.models_dir)
+                fsync_dir(self.tmp_dir)
+            log.info("stored model %s (%s, %s, %d classes, %d bytes)",
+                     model_id, meta["name"], meta["arch"], meta["num_classes"], size)
+            return meta
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(upload)
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def _new_id(self) -> str:
+        stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
+        return f"{stamp}-{secrets.token_hex(3)}"
+
+    def _write_state(self, state: State) -> None:
+        write_json_atomic(self.pointer, state.as_dict())
+
+    def activate(self, model_id: str) -> State:
+        """Make ``model_id`` the active model; the one it replaces goes on the history."""
+        with self._locked():
+            if model_id != BUILTIN:
+                self.meta(model_id)  # 404 for an unknown id
+            current = self.state()
+            if current.active == model_id:
+                return current
+            history = (current.active, *[h for h in current.history if h != current.active])
+            state = State(model_id, history[:MAX_HISTORY], now_iso())
+            self._write_state(state)
+        log.info("activated model %s (was %s)", model_id, current.active)
+        return state
+
+    def rollback(self) -> State:
+        """Return to the model that was active before the current one (skipping models
+        deleted since).  409 when there is nothing to return to."""
+        with self._locked():
+            current = self.state()
+            history = list(current.history)
+            while history and not self.exists(history[0]):
+                history.pop(0)
+            if not history:
+                raise RegistryError(
+                    409, "no_history", "There is no earlier model to roll back to."
+                )
+            state = State(history[0], tuple(history[1:]), now_iso())
+            self._write_state(state)
+        log.info("rolled back from model %s to %s", current.active, state.active)
+        return state
+
+    def delete(self, model_id: str) -> None:
+        """Remove an inactive model (409 for the active one and for ``builtin``)."""
+        if model_id == BUILTIN:
+            raise RegistryError(409, "not_deletable", "The built-in model cannot be deleted.")
+        with self._locked():
+            self.meta(model_id)
+            if self.state().active == model_id:
+                raise RegistryError(
+                    409, "model_active", "This model is active; activate another one (or "
+                    "roll back) before deleting it.",
+                )
+            # Disappear atomically, then remove the files at leisure.
+            trash = self.tmp_dir / f"{model_id}.deleted-{secrets.token_hex(4)}"
+            os.rename(self.models_dir / model_id, trash)
+            fsync_dir(self.models_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+        log.info("deleted model %s", model_id)
+
+    def sweep(self, older_than: float = STALE_TMP_SECONDS) -> int:
+        """Remove leftovers of interrupted uploads from ``tmp/`` (only old ones: a
+        young file may be an upload in progress in another process)."""
+        removed = 0
+        try:
+            entries = list(os.scandir(self.tmp_dir))
+        except FileNotFoundError:
+            return 0
+        cutoff = time.time() - older_than
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime > cutoff:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
+    def secret_key(self) -> str:
+        """A random key kept in ``MODEL_DIR/secret_key``, made once: every worker and
+        every server sharing this directory signs sessions with the same key.  The
+        first process to create it wins (``link`` fails if the file exists)."""
+        path = self.root / "secret_key"
+        with contextlib.suppress(FileNotFoundError):
+            key = path.read_text().strip()
+            if len(key) >= 32:
+                return key
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".secret_key.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        fsync_dir(self.root)
+        return path.read_text().strip()
+
+    @staticmethod
+    def _unknown(model_id) -> RegistryError:
+        return unknown_model(model_id)
+
+
+def unknown_model(model_id) -> RegistryError:
+    shown = model_id if isinstance(model_id, str) and len(model_id) < 80 else "?"
+    return RegistryError(404, "unknown_model", f"There is no model {shown!r} in the store.")
