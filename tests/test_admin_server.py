@@ -79,7 +79,13 @@ def test_models_swap_under_load_without_a_failed_request(start_server, tmp_path,
                      f"/admin/api/models/{tools}/activate", "/admin/api/rollback",
                      f"/admin/api/models/{fruit}/activate"):
             switches.append(admin(step))
-            time.sleep(SWITCH_SECONDS + 1.0)
+            # Stay on this model until a request that started SWITCH_SECONDS after the
+            # switch has been answered (on a busy machine one request may take a while).
+            settled = switches[-1][1] + SWITCH_SECONDS
+            deadline = settled + 60
+            while time.monotonic() < deadline and not any(
+                    started >= settled for started, _, _, _ in list(results)):
+                time.sleep(0.1)
     finally:
         stop.set()
         for thread in threads:
