@@ -488,3 +488,51 @@ def test_the_command_line_manages_the_same_store(tmp_path, fruit_checkpoint):
     assert runner.invoke(args=["models", "delete", model_id]).output.strip() == (
         f"deleted {model_id}")
     assert app.extensions["registry"].list_models() == []
+
+
+# --------------------------------------------------------------------------- kiosk settings
+
+
+def test_teacher_changes_kiosk_settings_on_the_admin_page(admin, admin_app, tmp_path,
+                                                          monkeypatch):
+    monkeypatch.setitem(admin_app.config, "KIOSK_SETTINGS_FILE", str(tmp_path / "kiosk.json"))
+    assert admin.get("/admin/kiosk").status_code == 302  # login first
+    login(admin)
+    page = admin.get("/admin/kiosk").get_data(as_text=True)
+    assert 'id="kiosk-settings"' in page and 'name="idle_seconds"' in page
+    csrf = csrf_from(page)
+    form = {"csrf_token": csrf, "idle_seconds": "25", "auto_capture_seconds": "0",
+            "bars": "5", "language": "en"}  # "explain" unticked
+    response = admin.post("/admin/kiosk", data=form)
+    assert response.status_code == 302
+    seen = admin.get("/kiosk/settings.json").get_json()  # what the kiosk page reads
+    assert (seen["idle_seconds"], seen["bars"], seen["explain"]) == (25, 5, False)
+
+    response = admin.post("/admin/kiosk", data={**form, "bars": "9", "idle_seconds": "soon"})
+    assert response.status_code == 400
+    page = response.get_data(as_text=True)
+    assert "Nothing was saved" in page and page.count("invalid-feedback") == 2
+    assert admin.get("/kiosk/settings.json").get_json()["bars"] == 5  # unchanged
+
+    assert admin.post("/admin/kiosk", data={k: v for k, v in form.items()
+                                            if k != "csrf_token"}).status_code == 400
+    assert admin.post("/admin/kiosk/reset", data={"csrf_token": csrf}).status_code == 302
+    assert admin.get("/kiosk/settings.json").get_json()["bars"] == 3
+
+
+def test_kiosk_settings_over_the_api(admin, admin_app, tmp_path, monkeypatch):
+    monkeypatch.setitem(admin_app.config, "KIOSK_SETTINGS_FILE", str(tmp_path / "kiosk.json"))
+    assert admin.get("/admin/api/kiosk").status_code == 401
+    assert admin.patch("/admin/api/kiosk", json={"bars": 2}).status_code == 401
+    response = admin.patch("/admin/api/kiosk", json={"bars": 2, "explain": False},
+                           headers=BEARER)
+    assert response.status_code == 200 and response.get_json()["bars"] == 2
+    assert admin.get("/admin/api/kiosk", headers=BEARER).get_json()["explain"] is False
+    response = admin.patch("/admin/api/kiosk", json={"bars": 0, "colour": "red"},
+                           headers=BEARER)
+    message = assert_error(response, 400, "bad_settings")
+    assert "bars" in message and "colour" in message
+    assert set(response.get_json()["error"]["fields"]) == {"bars", "colour"}
+    assert admin.get("/kiosk/settings.json").get_json()["bars"] == 2
+    assert_error(admin.put("/admin/api/kiosk", data="[1]", headers=BEARER,
+                           content_type="application/json"), 400, "bad_json")

@@ -53,10 +53,11 @@ from wtforms import PasswordField
 from wtforms.validators import DataRequired
 
 from model_loader import ModelLoadError
-from webapp import api, imaging
+from webapp import api, imaging, kiosk
 from webapp.classifier import load_registered
 from webapp.config import ConfigError
 from webapp.errors import ApiError, error_json
+from webapp.kiosk_settings import KioskSettingsError
 from webapp.registry import BUILTIN, Registry, RegistryError, unknown_model
 
 log = logging.getLogger(__name__)
@@ -548,6 +549,59 @@ def api_delete(model_id):
 def api_predict(model_id):
     body, _ = _trial(model_id)
     return jsonify(body)
+
+
+# --------------------------------------------------------------------------- kiosk settings
+
+
+def _kiosk_page(errors=None, status=200):
+    settings = kiosk.store()
+    return render_template("admin/kiosk.html", store=settings, values=settings.load(),
+                           errors=errors or {}), status
+
+
+@bp.get("/kiosk")
+def kiosk_settings_page():
+    """The teacher settings panel: idle time, auto-capture, bars, explanation, language."""
+    return _kiosk_page()
+
+
+@bp.post("/kiosk")
+def kiosk_settings_save():
+    try:
+        kiosk.store().update_from_form(request.form)
+    except KioskSettingsError as exc:
+        flash("Nothing was saved: please fix the fields marked below.", "danger")
+        return _kiosk_page(exc.errors, 400)
+    flash("Kiosk settings saved. A running kiosk picks them up at its next start screen.",
+          "success")
+    return redirect(url_for("admin.kiosk_settings_page"))
+
+
+@bp.post("/kiosk/reset")
+def kiosk_settings_reset():
+    kiosk.store().reset()
+    flash("Kiosk settings reset to the server's defaults.", "success")
+    return redirect(url_for("admin.kiosk_settings_page"))
+
+
+@bp.get("/api/kiosk")
+def api_kiosk_settings():
+    return jsonify(kiosk.store().load().as_dict())
+
+
+@bp.route("/api/kiosk", methods=["PUT", "PATCH"])
+def api_kiosk_settings_update():
+    """JSON with some or all of the settings; 400 naming every bad field, nothing saved."""
+    changes = request.get_json(silent=True)
+    if not isinstance(changes, dict):
+        raise ApiError(400, "bad_json", "Send the settings as a JSON object, e.g. "
+                       '{"idle_seconds": 60, "bars": 3}.')
+    try:
+        settings = kiosk.store().update(changes)
+    except KioskSettingsError as exc:
+        raise ApiError(400, "bad_settings", str(exc), fields=exc.errors) from None
+    return jsonify(settings.as_dict())
 
 
 @bp.context_processor

@@ -243,10 +243,11 @@ class ModelHolder:
     # ------------------------------------------------------------------ internals
 
     def _timed_load(self, model_id: str) -> Classifier:
+        if model_id == "builtin" and self._builtin is not None:
+            return self._builtin  # loaded once and kept: nothing to load or log
         started = time.perf_counter()
         if model_id == "builtin":
-            classifier = self._builtin or self._loader()
-            self._builtin = classifier
+            classifier = self._builtin = self._loader()
         else:
             classifier = self._load_registered(model_id)
         self.load_seconds = time.perf_counter() - started
