@@ -3,21 +3,16 @@ checkpoint with the progress bar, try an image with the stored model, activate i
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
+from playwright.sync_api import sync_playwright
 
+from tests.browser import CHROMIUM_ARGS, MISSING_BROWSER, chromium_executable
 from tests.conftest import FRUIT, encode
 from tests.photos import photo
 
-playwright = pytest.importorskip("playwright.sync_api")
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not shutil.which(CHROMIUM):
-    pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
+pytestmark = pytest.mark.browser  # without Chromium: fails with what to install, never skips
 
 TOKEN = "browser-admin-token-0123456789"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def test_upload_with_progress_try_and_activate_in_a_browser(start_server, tmp_path,
@@ -27,8 +22,12 @@ def test_upload_with_progress_try_and_activate_in_a_browser(start_server, tmp_pa
     server.wait_ready()
     image = tmp_path / "cat.jpg"
     image.write_bytes(encode(photo("chelsea").image, "JPEG"))
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    with sync_playwright() as p:
+        executable = chromium_executable(p)
+        if executable is None:
+            pytest.fail(MISSING_BROWSER, pytrace=False)
+        browser = p.chromium.launch(args=CHROMIUM_ARGS,
+                                    **({"executable_path": executable} if executable else {}))
         try:
             page = browser.new_page()
             errors = []
