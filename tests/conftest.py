@@ -25,6 +25,10 @@ os.environ["TORCH_HOME"] = _TORCH_HOME
 for _name in ("MODEL_WEIGHTS", "ALLOW_DOWNLOAD", "QUANTIZE", "WEB_CONCURRENCY",
               "TORCH_THREADS", "MAX_UPLOAD_MB", "MAX_IMAGE_PIXELS"):
     os.environ.pop(_name, None)
+for _name in ("ENGINE", "CALIBRATION_DIR", "MALLOC_ARENA_MAX"):
+    os.environ.pop(_name, None)
+# Converted models go to a cache of this session, shared by its servers (not ~/.cache).
+os.environ["ENGINE_CACHE_DIR"] = tempfile.mkdtemp(prefix="engine-cache-")
 
 
 def encode(image, fmt: str = "JPEG", **params) -> bytes:

@@ -99,8 +99,8 @@ def classify(
     results = [
         {
             "filename": upload.filename,
-            "width": img.width,
-            "height": img.height,
+            "width": img.info.get("original_size", img.size)[0],
+            "height": img.info.get("original_size", img.size)[1],
             "predictions": [p.as_dict() for p in preds],
             "timings_ms": _round(
                 {
@@ -161,6 +161,7 @@ def readyz():
             "input_size": loaded.input_size,
             "verified": loaded.verified,
         },
+        engine=loaded.engine_info,
         notice=loaded.notice,
         torch_threads=current_app.config["TORCH_THREADS"],
     )

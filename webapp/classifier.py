@@ -110,7 +110,14 @@ def load_builtin(config: dict) -> Classifier:
         config.get("MODEL_WEIGHTS") or None,
         allow_download=config.get("ALLOW_DOWNLOAD", False),
     )
-    return Classifier(model_loader.quantize(loaded, config.get("QUANTIZE", "none")))
+    return Classifier(model_loader.quantize(
+        loaded,
+        config.get("QUANTIZE", "none"),
+        config.get("ENGINE") or None,
+        cache_dir=config.get("ENGINE_CACHE_DIR") or None,
+        calibration_dir=config.get("CALIBRATION_DIR") or None,
+        threads=config.get("TORCH_THREADS") or None,
+    ))
 
 
 class ModelHolder:
@@ -147,9 +154,10 @@ class ModelHolder:
                 self.load_seconds = time.perf_counter() - started
                 loaded = self._classifier.loaded
                 log.info(
-                    "model ready: %s (%s, version %s, quantization %s) in %.1f s, "
+                    "model ready: %s (%s, version %s, engine %s, quantization %s) in %.1f s, "
                     "%d torch threads",
-                    loaded.name, loaded.arch, loaded.version, loaded.quantization,
+                    loaded.name, loaded.arch, loaded.version, loaded.engine_name,
+                    loaded.quantization,
                     self.load_seconds, torch.get_num_threads(),
                 )
             return self._classifier

@@ -84,9 +84,22 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ALLOW_DOWNLOAD", "0", "Let the server download ResNet18's weights at startup "
             "when they are not cached (otherwise run `python -m model_loader download`).",
             "bool"),
-    Setting("QUANTIZE", "dynamic", "Inference engine: `none` (fp32) or `dynamic` (torch "
-            "dynamic int8 quantization of the Linear layers).", "choice",
-            choices=("none", "dynamic")),
+    Setting("QUANTIZE", "none", "`none` (fp32), `static` (int8 weights and activations, "
+            "calibrated: faster, agrees less with fp32, see README \"Speed\") or `dynamic` "
+            "(torch's int8 for the Linear layers only; needs `ENGINE=torch`).", "choice",
+            choices=("none", "dynamic", "static")),
+    Setting("ENGINE", "openvino", "What runs the model: `openvino`, `onnxruntime` or "
+            "`torch` (README \"Speed\" has the measurements behind the default).", "choice",
+            choices=("torch", "openvino", "onnxruntime")),
+    Setting("ENGINE_CACHE_DIR", "", "Where converted models (ONNX, int8) are kept, keyed by "
+            "the weights' sha256, so a restart reuses them; empty = "
+            "~/.cache/offline-classifier/engines.", "path"),
+    Setting("CALIBRATION_DIR", "", "Folder of images that static int8 quantization is "
+            "calibrated on (best: photos like the ones the model will see); empty = the "
+            "photos in calibration/ that ship with the project.", "path"),
+    Setting("MALLOC_ARENA_MAX", "2", "glibc malloc arenas per worker process (set with "
+            "mallopt when the worker starts): fewer arenas keep a threaded worker's memory "
+            "from growing; 0 = glibc's default (8 × cores).", "int", 0, 64),
     Setting("TORCH_THREADS", "0", "Torch intra-op threads per worker; 0 = CPUs available "
             "to the process divided by the number of workers.", "int", 0, 256),
     Setting("WEB_CONCURRENCY", "0", "gunicorn worker processes; 0 = half the available "
@@ -141,12 +154,17 @@ def _cgroup_cpu_quota() -> float | None:
     return None
 
 
-def plan_concurrency(workers: int = 0, threads: int = 0, cpus: int | None = None):
+def plan_concurrency(workers: int = 0, threads: int = 0, cpus: int | None = None,
+                     engine: str = "torch"):
     """(workers, torch threads per worker) so that workers × threads ≤ CPUs available.
 
     0 means "choose": workers = half the CPUs (at least 1), threads = CPUs // workers.
-    Explicit values are respected as given."""
+    With ENGINE=openvino or onnxruntime a forward pass takes a few ms and decoding,
+    resizing and HTTP take most of a request, so one single-threaded worker per CPU
+    serves more (README "Speed").  Explicit values are respected as given."""
     cpus = cpus or available_cpus()
+    if engine != "torch":
+        workers = workers or cpus
     workers = workers or max(1, cpus // 2)
     threads = threads or max(1, cpus // workers)
     return workers, threads
@@ -165,6 +183,11 @@ class Config:
         _, values["TORCH_THREADS"] = plan_concurrency(
             values["WEB_CONCURRENCY"] or 1, values["TORCH_THREADS"]
         )
+        if values["QUANTIZE"] == "dynamic" and values["ENGINE"] != "torch":
+            raise ConfigError(
+                f"QUANTIZE=dynamic is torch's dynamic quantization and needs ENGINE=torch; "
+                f"with ENGINE={values['ENGINE']} use QUANTIZE=static (int8) or none (fp32)"
+            )
         values["MAX_CONTENT_LENGTH"] = int(values["MAX_UPLOAD_MB"] * 1024 * 1024)
         values["BOOTSTRAP_SERVE_LOCAL"] = True  # kiosks are offline: no CDN
         if not values["SECRET_KEY"]:
