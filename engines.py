@@ -116,12 +116,15 @@ def _sha256_file(path: Path) -> str:
 
 
 def _versions(engine: str) -> str:
-    parts = [f"fmt{CACHE_FORMAT}", f"torch{torch.__version__}"]
-    if engine in ("onnxruntime", "openvino"):
-        import onnx
-        import onnxruntime
+    from importlib.metadata import PackageNotFoundError, version
 
-        parts += [f"onnx{onnx.__version__}", f"ort{onnxruntime.__version__}"]
+    parts = [f"fmt{CACHE_FORMAT}", f"torch{torch.__version__}"]
+    if engine in ("onnxruntime", "openvino"):  # the exporter and the quantizer
+        for package in ("onnx", "onnxruntime"):
+            try:  # without importing them: a worker that serves OpenVINO never loads ORT
+                parts.append(f"{package}{version(package)}")
+            except PackageNotFoundError:
+                parts.append(f"{package}-missing")
     return "-".join(parts)
 
 

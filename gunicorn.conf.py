@@ -63,6 +63,7 @@ def post_worker_init(worker):
 
 def when_ready(server):
     server.log.info(
-        "serving with %d worker(s) x %s engine thread(s), %d HTTP threads each, ENGINE=%s "
-        "QUANTIZE=%s", workers, _threads, threads, _settings["ENGINE"], _settings["QUANTIZE"],
+        "serving with %d worker(s) x %s torch thread(s), %d HTTP threads each "
+        "(ENGINE=%s QUANTIZE=%s)", workers, _threads, threads, _settings["ENGINE"],
+        _settings["QUANTIZE"],
     )

@@ -163,10 +163,11 @@ def _reduce(img: Image.Image, min_side: int | None) -> Image.Image:
     """Other formats cannot be decoded at a reduced scale by Pillow (PNG, WebP, TIFF,
     AVIF, HEIC decode whole), but a box reduction by a whole factor right after decoding
     (``Image.reduce``, a few ms) makes the model's antialiased resize much cheaper, as
-    JPEG draft mode does for JPEGs: the shorter side stays at least ``min_side``."""
+    JPEG draft mode does for JPEGs.  The shorter side stays at least twice ``min_side``,
+    so the final resize still does the fine work (Pillow's ``reducing_gap=2``)."""
     if not min_side:
         return img
-    factor = min(img.size) // min_side
+    factor = min(img.size) // (2 * min_side)
     return img.reduce(factor) if factor >= 2 else img
 
 
