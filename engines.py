@@ -13,7 +13,9 @@ onnxruntime    ONNX fp32                   ONNX QDQ int8, calibrated (ORT quanti
 openvino       ONNX fp32 read by OpenVINO  the same QDQ int8 ONNX, compiled by OpenVINO
 =============  ==========================  =========================================
 
-``QUANTIZE=dynamic`` (int8 weights for ``nn.Linear`` only) exists for the torch engine.
+``QUANTIZE=dynamic`` (int8 weights for ``nn.Linear`` only) exists for the torch engine;
+``QUANTIZE=bf16`` for OpenVINO: the fp32 ONNX model computed in bfloat16 where the CPU
+does that natively (AVX512-BF16, AMX), in fp32 elsewhere.
 
 Calibration (static int8) runs the fp32 model on a representative set: the photos in
 ``calibration/`` that ship with the project (public-domain/CC images, see its README) or
@@ -50,7 +52,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 ENGINES = ("torch", "openvino", "onnxruntime")
-QUANTIZE_MODES = ("none", "dynamic", "static")
+QUANTIZE_MODES = ("none", "bf16", "dynamic", "static")
 CACHE_FORMAT = "2"  # bump when the artefacts' recipe changes: old entries are not reused
 CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -75,6 +77,11 @@ def check_combination(engine: str, mode: str) -> None:
         raise EngineError(
             f"QUANTIZE=dynamic is torch's dynamic quantization and needs ENGINE=torch "
             f"(ENGINE={engine} runs QUANTIZE=none or static)"
+        )
+    if mode == "bf16" and engine != "openvino":
+        raise EngineError(
+            f"QUANTIZE=bf16 needs ENGINE=openvino (ENGINE={engine} runs QUANTIZE=none, "
+            "static" + (" or dynamic)" if engine == "torch" else ")")
         )
 
 
@@ -421,7 +428,7 @@ def _onnx_file(loaded, mode: str, cache: ArtefactCache, key: str, calib) -> tupl
         export_onnx(loaded.module, loaded.input_size, tmp)
 
     fp32, reused = cache.get(fp32_name, build_fp32)
-    if mode == "none":
+    if mode in ("none", "bf16"):
         return fp32, reused
     files, digest = calib
     int8_name = f"{key}-{digest[:16]}-{versions}-int8.onnx"
@@ -457,7 +464,14 @@ def _ort_engine(path: Path, threads: int):
     return run
 
 
-def _ov_engine(path: Path, threads: int):
+def cpu_has_bf16() -> bool:
+    """The CPU computes bfloat16 natively (AVX512-BF16 or AMX), per OpenVINO."""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def _ov_engine(path: Path, threads: int, precision: str = "f32"):
     import openvino as ov
 
     core = ov.Core()
@@ -466,8 +480,8 @@ def _ov_engine(path: Path, threads: int):
         "INFERENCE_NUM_THREADS": threads,
         "NUM_STREAMS": 1,
         "PERFORMANCE_HINT": "LATENCY",
-        # Same numbers on every CPU: no bf16/fp16 for the layers that stay in float.
-        "INFERENCE_PRECISION_HINT": "f32",
+        # f32: the same numbers on every CPU.  bf16 only when asked for (QUANTIZE=bf16).
+        "INFERENCE_PRECISION_HINT": precision,
         # Several workers share the cores: let the OS place each worker's threads.
         "ENABLE_CPU_PINNING": False,
     })
@@ -485,7 +499,18 @@ def _ov_engine(path: Path, threads: int):
 
 def _build_onnx_engine(loaded, mode, engine, cache, key, calib, threads) -> Built:
     path, reused = _onnx_file(loaded, mode, cache, key, calib)
-    make = _ort_engine if engine == "onnxruntime" else _ov_engine
+    precision = "int8" if mode == "static" else "fp32"
+    if engine == "onnxruntime":
+        make = _ort_engine
+    elif mode == "bf16" and cpu_has_bf16():
+        precision = "bf16"
+
+        def make(path, threads):
+            return _ov_engine(path, threads, "bf16")
+    else:
+        make = _ov_engine
+        if mode == "bf16":
+            precision = "fp32 (this CPU has no native bf16)"
     try:
         run = make(path, threads)
     except Exception as exc:  # a file that passed its checksum but does not load
@@ -493,8 +518,7 @@ def _build_onnx_engine(loaded, mode, engine, cache, key, calib, threads) -> Buil
         cache.discard(path.name)
         path, reused = _onnx_file(loaded, mode, cache, key, calib)
         run = make(path, threads)
-    return Built(run, {"precision": "int8" if mode == "static" else "fp32",
-                       "artefact": str(path), "reused": reused})
+    return Built(run, {"precision": precision, "artefact": str(path), "reused": reused})
 
 
 # --------------------------------------------------------------------------- entry point

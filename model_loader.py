@@ -40,7 +40,7 @@ CHECKPOINT_FORMAT = "webapp-checkpoint/1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_RATIO = 0.875  # resize the shorter side to input_size / 0.875, then centre-crop
-QUANTIZE_MODES = ("none", "dynamic", "static")
+QUANTIZE_MODES = ("none", "bf16", "dynamic", "static")
 DOWNLOAD_HINT = (
     "To serve ResNet18, run `python -m model_loader download` on a machine with "
     "internet access (it fills the torchvision cache under TORCH_HOME), or copy "
@@ -533,8 +533,9 @@ def quantize(
 ) -> LoadedModel:
     """Return ``loaded`` with its ``engine`` prepared for ``mode`` (``module`` stays fp32).
 
-    ``mode``: ``none`` (fp32), ``dynamic`` (torch ``quantize_dynamic`` on ``nn.Linear``) or
-    ``static`` (int8 weights and activations, calibrated).  ``engine``: ``torch``,
+    ``mode``: ``none`` (fp32), ``bf16`` (OpenVINO, where the CPU has native bfloat16),
+    ``dynamic`` (torch ``quantize_dynamic`` on ``nn.Linear``) or ``static`` (int8 weights
+    and activations, calibrated).  ``engine``: ``torch``,
     ``openvino`` or ``onnxruntime`` (default: ``configure_engine``'s).  The engine is a
     callable from a normalised NCHW float batch (any batch size) to logits.  See
     ``engines.py`` for what each combination does and how artefacts are cached.

@@ -21,7 +21,8 @@ from photoset import ROOT, photo_set  # noqa: E402
 sys.path.insert(0, str(ROOT))
 
 ENGINES = [("torch", "dynamic"), ("torch", "static"), ("onnxruntime", "none"),
-           ("onnxruntime", "static"), ("openvino", "none"), ("openvino", "static")]
+           ("onnxruntime", "static"), ("openvino", "none"), ("openvino", "bf16"),
+           ("openvino", "static")]
 
 
 def agreement(logits, reference) -> dict:

@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 CANDIDATES = [("torch", "none"), ("torch", "dynamic"), ("torch", "static"),
               ("onnxruntime", "none"), ("onnxruntime", "static"),
-              ("openvino", "none"), ("openvino", "static")]
+              ("openvino", "none"), ("openvino", "bf16"), ("openvino", "static")]
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -10,7 +10,7 @@ from webapp.config import SETTINGS, Config, ConfigError, plan_concurrency
 
 def test_defaults():
     config = Config.from_env({})
-    assert (config["ENGINE"], config["QUANTIZE"]) == ("openvino", "none")
+    assert (config["ENGINE"], config["QUANTIZE"]) == ("openvino", "bf16")  # QUANTIZE=auto
     assert config["MALLOC_ARENA_MAX"] == 2
     assert config["MAX_CONTENT_LENGTH"] == 20 * 1024 * 1024
     assert config["MAX_IMAGE_PIXELS"] == 50_000_000
@@ -29,7 +29,8 @@ def test_values_are_read_and_converted():
 
 
 @pytest.mark.parametrize("env, words", [
-    ({"QUANTIZE": "turbo"}, "QUANTIZE='turbo': use one of none, dynamic, static"),
+    ({"QUANTIZE": "turbo"}, "QUANTIZE='turbo': use one of auto, none, bf16, dynamic, static"),
+    ({"QUANTIZE": "bf16", "ENGINE": "torch"}, "QUANTIZE=bf16 needs ENGINE=openvino"),
     ({"ENGINE": "tensorrt"}, "ENGINE='tensorrt': use one of torch, openvino, onnxruntime"),
     ({"QUANTIZE": "dynamic"}, "QUANTIZE=dynamic is torch's dynamic quantization and needs "
                               "ENGINE=torch"),
@@ -61,6 +62,13 @@ def test_workers_times_threads_fit_the_cpus(cpus, workers, threads, expected):
 ])
 def test_fast_engines_get_one_single_threaded_worker_per_cpu(cpus, engine, expected):
     assert plan_concurrency(0, 0, cpus=cpus, engine=engine) == expected
+
+
+@pytest.mark.parametrize("engine, expected", [("openvino", "bf16"), ("onnxruntime", "none"),
+                                              ("torch", "none")])
+def test_auto_precision_depends_on_the_engine(engine, expected):
+    assert Config.from_env({"ENGINE": engine})["QUANTIZE"] == expected
+    assert Config.from_env({"ENGINE": engine, "QUANTIZE": "static"})["QUANTIZE"] == "static"
 
 
 def test_every_setting_is_documented_in_the_readme():
