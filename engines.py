@@ -532,10 +532,12 @@ def build(loaded, mode: str, engine: str, *, cache_dir: str | os.PathLike | None
     threads = max(1, int(threads or torch.get_num_threads()))
     cache = ArtefactCache(cache_dir or default_cache_dir())
     started = time.perf_counter()
-    key = hashlib.sha256(
-        (weights_sha256(loaded.module) + json.dumps(
-            [loaded.input_size, list(loaded.mean), list(loaded.std)])).encode()
-    ).hexdigest()[:24]
+    key = ""
+    if engine != "torch" or mode == "static":  # only converted models are cached
+        key = hashlib.sha256(
+            (weights_sha256(loaded.module) + json.dumps(
+                [loaded.input_size, list(loaded.mean), list(loaded.std)])).encode()
+        ).hexdigest()[:24]
     calib: tuple[list[Path], str] = ([], "")
     if mode == "static":
         files = calibration_files(calibration_dir)

@@ -125,6 +125,8 @@ def main() -> None:
     parser.add_argument("--cpus", default=None,
                         help="CPU list for both servers and the load, e.g. 0,1 (default: all)")
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--project-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for this project's server, e.g. QUANTIZE=static")
     args = parser.parse_args()
     cpus = ({int(c) for c in args.cpus.split(",")} if args.cpus
             else os.sched_getaffinity(0))
@@ -157,7 +159,8 @@ def main() -> None:
 
     print("3/5 starting both servers (time to /readyz) ...", flush=True)
     project_env = {"MODEL_WEIGHTS": str(weights), "ENGINE_CACHE_DIR": str(tmp / "cache"),
-                   "LOG_LEVEL": "warning"}
+                   "LOG_LEVEL": "warning",
+                   **dict(kv.split("=", 1) for kv in args.project_env)}
     project_argv = [PY, "-m", "gunicorn", "app:app", "--access-logfile", "/dev/null"]
     baseline_argv = [PY, str(HERE / "baseline_server.py"), str(weights), "--port", "{port}"]
     servers = []
@@ -337,8 +340,12 @@ def chart(r: dict, path: Path) -> None:
     ax2.axhline(1, color="grey", linewidth=1)
     for i, v in enumerate(values):
         ax2.text(i, v, f"{v:.1f}×", ha="center", va="bottom")
+    ax2.set_ylim(0, max(values) * 1.15)
     ax2.set_title("This server vs the seed recipe (higher is better)")
-    fig.suptitle(("QUICK RUN — " if r["quick"] else "") + f"{r['cpus']} CPUs, {r['machine']}")
+    engine = r.get("project_readyz", {}).get("engine", {})
+    fig.suptitle(("QUICK RUN — " if r["quick"] else "") + f"{r['cpus']} CPUs, {r['machine']}; "
+                 f"this server: ENGINE={engine.get('engine')} "
+                 f"QUANTIZE={engine.get('quantization')}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
