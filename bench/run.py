@@ -16,6 +16,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -212,6 +213,7 @@ def main() -> None:
     finally:
         for server in servers:
             server.stop()
+    shutil.rmtree(tmp, ignore_errors=True)  # kept when something failed: the servers' logs
     results["load_after"] = os.getloadavg()
     report(results, Path(args.out))
 
