@@ -37,5 +37,9 @@ lint: install-dev
 test: lint
 	$(BIN)/python -m pytest
 
+.PHONY: bench
+bench: install-dev  # the speed benchmark (README "Speed"); ARGS=--quick for a short check
+	$(BIN)/python bench/run.py $(ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,9 +1,10 @@
 """gunicorn settings: ``gunicorn app:app`` picks this file up from the working directory.
 
-Workers × torch threads never exceed the CPUs this process may use (affinity mask and
-cgroup quota).  WEB_CONCURRENCY and TORCH_THREADS override the choice.  The model is
-loaded in each worker after the fork (no preload: forking after torch has started its
-OpenMP pool can hang), and before the worker accepts its first request.
+Workers × engine threads never exceed the CPUs this process may use (affinity mask and
+cgroup quota); the split depends on ENGINE (``plan_concurrency``).  WEB_CONCURRENCY and
+TORCH_THREADS override the choice.  The model is loaded in each worker after the fork
+(no preload: forking after torch/OpenVINO started their thread pools can hang), and
+before the worker accepts its first request.
 """
 
 import os
@@ -13,7 +14,8 @@ from webapp.config import Config, plan_concurrency
 
 _settings = Config.from_env()
 workers, _threads = plan_concurrency(
-    _settings["WEB_CONCURRENCY"], int(os.environ.get("TORCH_THREADS", "0") or 0)
+    _settings["WEB_CONCURRENCY"], int(os.environ.get("TORCH_THREADS", "0") or 0),
+    engine=_settings["ENGINE"],
 )
 # Workers read these when they build the app.
 os.environ["WEB_CONCURRENCY"] = str(workers)
@@ -32,6 +34,21 @@ errorlog = "-"
 loglevel = _settings["LOG_LEVEL"]
 
 
+def post_fork(server, worker):
+    """Cap glibc's malloc arenas in the worker before its threads start (glibc reads the
+    MALLOC_ARENA_MAX variable only when a process starts; a forked worker does not start
+    again, so it is set with mallopt).  Threads that each get an arena of their own make
+    a worker's memory grow with every big image."""
+    arenas = _settings["MALLOC_ARENA_MAX"]
+    if arenas:
+        import ctypes
+
+        try:
+            ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
+        except (OSError, AttributeError):  # not glibc
+            pass
+
+
 def post_worker_init(worker):
     """Load the model now, so the first request does not wait for it.  A model that
     cannot be loaded stops the server with its reason instead of serving errors."""
@@ -46,6 +63,7 @@ def post_worker_init(worker):
 
 def when_ready(server):
     server.log.info(
-        "serving with %d worker(s) x %s torch thread(s), %d HTTP threads each",
-        workers, _threads, threads,
+        "serving with %d worker(s) x %s torch thread(s), %d HTTP threads each "
+        "(ENGINE=%s QUANTIZE=%s)", workers, _threads, threads, _settings["ENGINE"],
+        _settings["QUANTIZE"],
     )

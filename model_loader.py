@@ -26,7 +26,6 @@ import logging
 import os
 import re
 import sys
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -41,7 +40,7 @@ CHECKPOINT_FORMAT = "webapp-checkpoint/1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_RATIO = 0.875  # resize the shorter side to input_size / 0.875, then centre-crop
-QUANTIZE_MODES = ("none", "dynamic")
+QUANTIZE_MODES = ("none", "bf16", "dynamic", "static")
 DOWNLOAD_HINT = (
     "To serve ResNet18, run `python -m model_loader download` on a machine with "
     "internet access (it fills the torchvision cache under TORCH_HOME), or copy "
@@ -77,6 +76,8 @@ class LoadedModel:
     metrics: dict = field(default_factory=dict)
     created: str | None = None
     engine: Callable[[torch.Tensor], torch.Tensor] | None = None
+    engine_name: str = "torch"  # torch | openvino | onnxruntime (see ``quantize``)
+    engine_info: dict = field(default_factory=dict)  # precision, cache entry, build time
 
     def __post_init__(self):
         if self.engine is None:
@@ -96,6 +97,7 @@ class LoadedModel:
             "version": self.version,
             "arch": self.arch,
             "quantization": self.quantization,
+            "engine": self.engine_name,
         }
 
 
@@ -544,25 +546,69 @@ def load_imagenet_model(
 # --------------------------------------------------------------------------- speed
 
 
-def quantize(loaded: LoadedModel, mode: str) -> LoadedModel:
+_engine_defaults = {"engine": "torch", "cache_dir": None, "calibration_dir": None}
+
+
+def configure_engine(
+    engine: str = "torch",
+    cache_dir: str | os.PathLike | None = None,
+    calibration_dir: str | os.PathLike | None = None,
+) -> None:
+    """Process-wide defaults for ``quantize`` (the app sets them from ENGINE,
+    ENGINE_CACHE_DIR and CALIBRATION_DIR), so every caller serves with the same engine."""
+    _engine_defaults.update(
+        engine=engine, cache_dir=cache_dir or None, calibration_dir=calibration_dir or None
+    )
+
+
+def quantize(
+    loaded: LoadedModel,
+    mode: str,
+    engine: str | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    calibration_dir: str | os.PathLike | None = None,
+    threads: int | None = None,
+) -> LoadedModel:
     """Return ``loaded`` with its ``engine`` prepared for ``mode`` (``module`` stays fp32).
 
-    ``none``: fp32 eager.  ``dynamic``: ``torch.ao.quantization.quantize_dynamic`` on
-    ``nn.Linear`` (int8 weights for the classifier head; convolutions stay fp32).
+    ``mode``: ``none`` (fp32), ``bf16`` (OpenVINO, where the CPU has native bfloat16),
+    ``dynamic`` (torch ``quantize_dynamic`` on ``nn.Linear``) or ``static`` (int8 weights
+    and activations, calibrated).  ``engine``: ``torch``,
+    ``openvino`` or ``onnxruntime`` (default: ``configure_engine``'s).  The engine is a
+    callable from a normalised NCHW float batch (any batch size) to logits.  See
+    ``engines.py`` for what each combination does and how artefacts are cached.
+
+    A model the engine cannot convert (an exotic architecture, say) is served by torch in
+    fp32 instead, with a warning and ``engine_info["fallback"]`` saying why.
     """
-    if mode not in QUANTIZE_MODES:
-        raise ModelLoadError(
-            f"QUANTIZE={mode!r} is not supported; use one of {', '.join(QUANTIZE_MODES)}"
-        )
-    if mode == "none":
-        return replace(loaded, engine=loaded.module, quantization="none")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao deprecation notices
-        module = torch.ao.quantization.quantize_dynamic(
-            loaded.module, {nn.Linear}, dtype=torch.qint8
-        )
-    module.eval()
-    return replace(loaded, engine=module, quantization="dynamic")
+    import engines
+
+    if engine is None:  # dynamic quantization is torch's own
+        engine = "torch" if mode == "dynamic" else _engine_defaults["engine"]
+    try:
+        engines.check_combination(engine, mode)
+    except engines.EngineError as exc:
+        raise ModelLoadError(str(exc)) from None
+    options = {
+        "cache_dir": cache_dir or _engine_defaults["cache_dir"],
+        "calibration_dir": calibration_dir or _engine_defaults["calibration_dir"],
+        "threads": threads,
+    }
+    try:
+        built = engines.build(loaded, mode, engine, **options)
+    except Exception as exc:
+        if engine == "torch" and mode in ("none", "dynamic"):
+            raise
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        log.warning("ENGINE=%s QUANTIZE=%s failed for %s (%s); serving torch fp32",
+                    engine, mode, loaded.name, reason)
+        built = engines.build(loaded, "none", "torch", **options)
+        built.info["fallback"] = f"ENGINE={engine} QUANTIZE={mode} failed: {reason}"
+        return replace(loaded, engine=built.engine, quantization="none",
+                       engine_name="torch", engine_info=built.info)
+    return replace(loaded, engine=built.engine, quantization=mode, engine_name=engine,
+                   engine_info=built.info)
 
 
 _threads_configured = False

@@ -3,8 +3,10 @@ cache on the developer's machine never changes what is tested."""
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -29,6 +31,11 @@ for _name in ("MODEL_WEIGHTS", "ALLOW_DOWNLOAD", "QUANTIZE", "WEB_CONCURRENCY",
 for _name in ("ADMIN_TOKEN", "SECRET_KEY", "MAX_CHECKPOINT_MB", "ADMIN_LOGIN_LIMIT"):
     os.environ.pop(_name, None)
 os.environ["MODEL_DIR"] = tempfile.mkdtemp(prefix="model-dir-")
+for _name in ("ENGINE", "CALIBRATION_DIR", "MALLOC_ARENA_MAX"):
+    os.environ.pop(_name, None)
+# Converted models go to a cache of this session, shared by its servers (not ~/.cache).
+os.environ["ENGINE_CACHE_DIR"] = tempfile.mkdtemp(prefix="engine-cache-")
+atexit.register(shutil.rmtree, os.environ["ENGINE_CACHE_DIR"], ignore_errors=True)
 
 
 def encode(image, fmt: str = "JPEG", **params) -> bytes:

@@ -10,7 +10,8 @@ from webapp.config import SETTINGS, Config, ConfigError, plan_concurrency
 
 def test_defaults():
     config = Config.from_env({})
-    assert config["QUANTIZE"] == "dynamic"
+    assert (config["ENGINE"], config["QUANTIZE"]) == ("openvino", "bf16")  # QUANTIZE=auto
+    assert config["MALLOC_ARENA_MAX"] == 2
     assert config["MAX_CONTENT_LENGTH"] == 20 * 1024 * 1024
     assert config["MAX_IMAGE_PIXELS"] == 50_000_000
     assert config["BOOTSTRAP_SERVE_LOCAL"] is True
@@ -28,7 +29,12 @@ def test_values_are_read_and_converted():
 
 
 @pytest.mark.parametrize("env, words", [
-    ({"QUANTIZE": "turbo"}, "QUANTIZE='turbo': use one of none, dynamic"),
+    ({"QUANTIZE": "turbo"}, "QUANTIZE='turbo': use one of auto, none, bf16, dynamic, static"),
+    ({"QUANTIZE": "bf16", "ENGINE": "torch"}, "QUANTIZE=bf16 needs ENGINE=openvino"),
+    ({"ENGINE": "tensorrt"}, "ENGINE='tensorrt': use one of torch, openvino, onnxruntime"),
+    ({"QUANTIZE": "dynamic"}, "QUANTIZE=dynamic is torch's dynamic quantization and needs "
+                              "ENGINE=torch"),
+    ({"MALLOC_ARENA_MAX": "-1"}, "MALLOC_ARENA_MAX=-1: must be between 0 and 64"),
     ({"MAX_UPLOAD_MB": "lots"}, "MAX_UPLOAD_MB='lots': expected a number"),
     ({"PORT": "70000"}, "PORT=70000: must be between 1 and 65535"),
     ({"ALLOW_DOWNLOAD": "maybe"}, "ALLOW_DOWNLOAD='maybe'"),
@@ -48,6 +54,21 @@ def test_workers_times_threads_fit_the_cpus(cpus, workers, threads, expected):
     if not (workers and threads):
         w, t = expected
         assert w * t <= cpus
+
+
+@pytest.mark.parametrize("cpus, engine, expected", [
+    (2, "openvino", (2, 1)), (2, "onnxruntime", (2, 1)), (2, "torch", (1, 2)),
+    (8, "openvino", (8, 1)), (1, "openvino", (1, 1)),
+])
+def test_fast_engines_get_one_single_threaded_worker_per_cpu(cpus, engine, expected):
+    assert plan_concurrency(0, 0, cpus=cpus, engine=engine) == expected
+
+
+@pytest.mark.parametrize("engine, expected", [("openvino", "bf16"), ("onnxruntime", "none"),
+                                              ("torch", "none")])
+def test_auto_precision_depends_on_the_engine(engine, expected):
+    assert Config.from_env({"ENGINE": engine})["QUANTIZE"] == expected
+    assert Config.from_env({"ENGINE": engine, "QUANTIZE": "static"})["QUANTIZE"] == "static"
 
 
 def test_every_setting_is_documented_in_the_readme():

@@ -108,9 +108,18 @@ def test_steps_are_exactly_what_the_model_saw(classifier, size):
     assert max(steps["original"].size) <= 448
 
 
-def test_explanations_never_touch_the_serving_model(classifier):
+@pytest.fixture(scope="module")
+def dynamic_classifier():
+    """The bundled model served by torch with dynamic int8 quantization: an engine that is
+    a torch module, so hooks on it would show."""
+    app = create_app({"TESTING": True, "ENGINE": "torch", "QUANTIZE": "dynamic"})
+    return app.extensions["model_holder"].get()
+
+
+def test_explanations_never_touch_the_serving_model(dynamic_classifier):
     """Grad-CAM runs on a private fp32 copy; the (quantized) engine and the shared fp32
     module keep no hooks and answer exactly as before."""
+    classifier = dynamic_classifier
     img = photo("coffee").image
     before, _ = classifier.predict([img], 5)
     explain(classifier, img)
@@ -272,7 +281,8 @@ def test_explain_a_resnet18_checkpoint_at_its_own_input_size(tmp_path):
 
 def test_explain_with_bare_resnet18_weights_unquantized(tmp_path):
     weights = save_random_resnet18(tmp_path / "resnet18.pth")
-    app = create_app({"TESTING": True, "MODEL_WEIGHTS": str(weights), "QUANTIZE": "none"})
+    app = create_app({"TESTING": True, "MODEL_WEIGHTS": str(weights), "ENGINE": "torch",
+                      "QUANTIZE": "none"})
     client = app.test_client()
     body = post(client, encode(photo("camera").image, "JPEG")).get_json()
     assert body["model"]["arch"] == "resnet18" and body["heatmap"]["layer"] == "layer4"

@@ -40,9 +40,13 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     Bootstrap5(app)
 
+    import model_loader  # every model this app serves runs on the configured engine
     from webapp import api, errors, ui
     from webapp.classifier import ModelHolder, load_builtin
     from webapp.kiosk import bp as kiosk_bp
+
+    model_loader.configure_engine(app.config["ENGINE"], app.config["ENGINE_CACHE_DIR"],
+                                  app.config["CALIBRATION_DIR"])
 
     app.extensions["model_holder"] = ModelHolder(
         lambda: load_builtin(app.config), threads=app.config["TORCH_THREADS"]

@@ -103,8 +103,8 @@ def classify(
     results = [
         {
             "filename": upload.filename,
-            "width": img.width,
-            "height": img.height,
+            "width": img.info.get("original_size", img.size)[0],
+            "height": img.info.get("original_size", img.size)[1],
             "predictions": [p.as_dict() for p in preds],
             "timings_ms": _round(
                 {
@@ -250,6 +250,7 @@ def readyz():
             "input_size": loaded.input_size,
             "verified": loaded.verified,
         },
+        engine=loaded.engine_info,
         notice=holder().notice or loaded.notice,
         registry=_registry_status(classifier),
         torch_threads=current_app.config["TORCH_THREADS"],

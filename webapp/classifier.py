@@ -107,19 +107,31 @@ class Classifier:
         return results, {"preprocess": (t1 - t0) * 1000, "inference": (t2 - t1) * 1000}
 
 
+def prepare(config: dict, loaded: model_loader.LoadedModel, model_id: str = "builtin"):
+    """A loaded model made ready to serve with the app's engine settings (``ENGINE``,
+    ``QUANTIZE``, ``ENGINE_CACHE_DIR``, ``CALIBRATION_DIR``, ``TORCH_THREADS``)."""
+    return Classifier(model_loader.quantize(
+        loaded,
+        config.get("QUANTIZE", "none"),
+        config.get("ENGINE") or None,
+        cache_dir=config.get("ENGINE_CACHE_DIR") or None,
+        calibration_dir=config.get("CALIBRATION_DIR") or None,
+        threads=config.get("TORCH_THREADS") or None,
+    ), model_id)
+
+
 def load_builtin(config: dict) -> Classifier:
     """The built-in ImageNet model, per the app's settings."""
     loaded = model_loader.load_imagenet_model(
         config.get("MODEL_WEIGHTS") or None,
         allow_download=config.get("ALLOW_DOWNLOAD", False),
     )
-    return Classifier(model_loader.quantize(loaded, config.get("QUANTIZE", "none")))
+    return prepare(config, loaded)
 
 
 def load_registered(config: dict, registry, model_id: str) -> Classifier:
-    """A model from the registry, prepared like the built-in one (``QUANTIZE``)."""
-    loaded = registry.load(model_id)
-    return Classifier(model_loader.quantize(loaded, config.get("QUANTIZE", "none")), model_id)
+    """A model from the registry, prepared exactly like the built-in one."""
+    return prepare(config, registry.load(model_id), model_id)
 
 
 class ModelHolder:
@@ -253,10 +265,10 @@ class ModelHolder:
         self.load_seconds = time.perf_counter() - started
         loaded = classifier.loaded
         log.info(
-            "model ready: %s (id %s, %s, version %s, quantization %s) in %.1f s, "
+            "model ready: %s (id %s, %s, version %s, engine %s, quantization %s) in %.1f s, "
             "%d torch threads, pid %d",
-            loaded.name, model_id, loaded.arch, loaded.version, loaded.quantization,
-            self.load_seconds, torch.get_num_threads(), os.getpid(),
+            loaded.name, model_id, loaded.arch, loaded.version, loaded.engine_name,
+            loaded.quantization, self.load_seconds, torch.get_num_threads(), os.getpid(),
         )
         return classifier
 

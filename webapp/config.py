@@ -84,9 +84,24 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ALLOW_DOWNLOAD", "0", "Let the server download ResNet18's weights at startup "
             "when they are not cached (otherwise run `python -m model_loader download`).",
             "bool"),
-    Setting("QUANTIZE", "dynamic", "Inference engine: `none` (fp32) or `dynamic` (torch "
-            "dynamic int8 quantization of the Linear layers).", "choice",
-            choices=("none", "dynamic")),
+    Setting("QUANTIZE", "auto", "Numeric precision: `auto` (the fastest that agrees with "
+            "fp32 on ≥ 98% of real photos: `bf16` with OpenVINO, `none` otherwise), `none` "
+            "(fp32), `bf16` (OpenVINO; bfloat16 where the CPU computes it natively, else "
+            "fp32), `static` (int8 weights and activations, calibrated: fastest, agrees less "
+            "with fp32) or `dynamic` (torch's int8 for the Linear layers only).", "choice",
+            choices=("auto", "none", "bf16", "dynamic", "static")),
+    Setting("ENGINE", "openvino", "What runs the model: `openvino`, `onnxruntime` or "
+            "`torch` (README \"Speed\" has the measurements behind the default).", "choice",
+            choices=("torch", "openvino", "onnxruntime")),
+    Setting("ENGINE_CACHE_DIR", "", "Where converted models (ONNX, int8) are kept, keyed by "
+            "the weights' sha256, so a restart reuses them; empty = "
+            "~/.cache/offline-classifier/engines.", "path"),
+    Setting("CALIBRATION_DIR", "", "Folder of images that static int8 quantization is "
+            "calibrated on (best: photos like the ones the model will see); empty = the "
+            "photos in calibration/ that ship with the project.", "path"),
+    Setting("MALLOC_ARENA_MAX", "2", "glibc malloc arenas per worker process (set with "
+            "mallopt when the worker starts): fewer arenas keep a threaded worker's memory "
+            "from growing; 0 = glibc's default (8 × cores).", "int", 0, 64),
     Setting("TORCH_THREADS", "0", "Torch intra-op threads per worker; 0 = CPUs available "
             "to the process divided by the number of workers.", "int", 0, 256),
     Setting("WEB_CONCURRENCY", "0", "gunicorn worker processes; 0 = half the available "
@@ -134,6 +149,11 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
+# QUANTIZE=auto per engine: the fastest precision whose top-1 agrees with fp32 on ≥ 98% of
+# the real photo set (README "Speed").
+AUTO_QUANTIZE = {"openvino": "bf16", "onnxruntime": "none", "torch": "none"}
+
+
 def available_cpus() -> int:
     """CPUs this process may use: affinity mask and cgroup v2/v1 quota, whichever is less."""
     try:
@@ -163,12 +183,17 @@ def _cgroup_cpu_quota() -> float | None:
     return None
 
 
-def plan_concurrency(workers: int = 0, threads: int = 0, cpus: int | None = None):
+def plan_concurrency(workers: int = 0, threads: int = 0, cpus: int | None = None,
+                     engine: str = "torch"):
     """(workers, torch threads per worker) so that workers × threads ≤ CPUs available.
 
     0 means "choose": workers = half the CPUs (at least 1), threads = CPUs // workers.
-    Explicit values are respected as given."""
+    With ENGINE=openvino or onnxruntime a forward pass takes a few ms and decoding,
+    resizing and HTTP take most of a request, so one single-threaded worker per CPU
+    serves more (README "Speed").  Explicit values are respected as given."""
     cpus = cpus or available_cpus()
+    if engine != "torch":
+        workers = workers or cpus
     workers = workers or max(1, cpus // 2)
     threads = threads or max(1, cpus // workers)
     return workers, threads
@@ -187,6 +212,18 @@ class Config:
         _, values["TORCH_THREADS"] = plan_concurrency(
             values["WEB_CONCURRENCY"] or 1, values["TORCH_THREADS"]
         )
+        if values["QUANTIZE"] == "auto":  # README "Speed": how this was measured
+            values["QUANTIZE"] = AUTO_QUANTIZE[values["ENGINE"]]
+        if values["QUANTIZE"] == "dynamic" and values["ENGINE"] != "torch":
+            raise ConfigError(
+                f"QUANTIZE=dynamic is torch's dynamic quantization and needs ENGINE=torch; "
+                f"with ENGINE={values['ENGINE']} use QUANTIZE=static (int8) or none (fp32)"
+            )
+        if values["QUANTIZE"] == "bf16" and values["ENGINE"] != "openvino":
+            raise ConfigError(
+                f"QUANTIZE=bf16 needs ENGINE=openvino; with ENGINE={values['ENGINE']} use "
+                "QUANTIZE=none (fp32) or static (int8)"
+            )
         values["MAX_CONTENT_LENGTH"] = int(values["MAX_UPLOAD_MB"] * 1024 * 1024)
         values["BOOTSTRAP_SERVE_LOCAL"] = True  # kiosks are offline: no CDN
         if not values["SECRET_KEY"]:

@@ -1,0 +1,113 @@
+"""Agreement with fp32 on real photos (the bundled EfficientNet-Lite0, the only real
+ImageNet weights on a machine without ResNet18's): top-1 agreement and mean top-5
+overlap per engine, on ~100 photos (tests/photos.py and deterministic variants).  Also
+how much JPEG draft decoding and the box reduction of other formats change the scores.
+Prints JSON.
+
+    python bench/accuracy.py"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from photoset import ROOT, photo_set  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+
+ENGINES = [("torch", "dynamic"), ("torch", "static"), ("onnxruntime", "none"),
+           ("onnxruntime", "static"), ("openvino", "none"), ("openvino", "bf16"),
+           ("openvino", "static")]
+
+
+def agreement(logits, reference) -> dict:
+    top1 = (logits.argmax(1) == reference.argmax(1)).float().mean().item()
+    a, b = logits.topk(5, 1).indices.tolist(), reference.topk(5, 1).indices.tolist()
+    overlap = sum(len(set(x) & set(y)) for x, y in zip(a, b)) / (5 * len(a))
+    return {"top1_agreement": top1, "top5_overlap": overlap, "n": len(a)}
+
+
+def engines_agreement(cache_dir: str) -> dict:
+    import torch
+
+    import model_loader
+    from webapp.classifier import Classifier
+
+    loaded = model_loader.load_bundled()
+    classifier = Classifier(loaded)
+    photos = photo_set()
+    batch = torch.stack([classifier.preprocess(img) for _, img in photos])
+    with torch.inference_mode():
+        reference = loaded.module(batch)
+    out = {}
+    for engine, mode in ENGINES:
+        served = model_loader.quantize(loaded, mode, engine, cache_dir=cache_dir)
+        with torch.inference_mode():
+            logits = torch.cat([served.engine(batch[i:i + 16])
+                                for i in range(0, len(batch), 16)])
+        out[f"{engine} {mode}"] = agreement(logits, reference)
+    # For scale: fp32 itself, on the same photos saved once as JPEG quality 85.
+    from PIL import Image
+
+    def jpeg(img):
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=85)
+        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+    recoded = torch.stack([classifier.preprocess(jpeg(img)) for _, img in photos])
+    with torch.inference_mode():
+        out["fp32 on the photos re-saved as JPEG q85"] = agreement(loaded.module(recoded),
+                                                                   reference)
+    return out
+
+
+def decoding_drift() -> dict:
+    """Each photo upscaled to 12 MP (4000×3000-ish), saved as JPEG and PNG, decoded the
+    server's way (draft / reduce) vs decoded in full; same classifier."""
+    import torch
+    from PIL import Image
+
+    import model_loader
+    from tests.photos import real_photos
+    from webapp import imaging
+    from webapp.classifier import Classifier
+
+    classifier = Classifier(model_loader.load_bundled())
+    rows = {"JPEG (draft)": [], "PNG (reduce)": []}
+    for photo in real_photos():
+        img = photo.image
+        scale = (12e6 / (img.width * img.height)) ** 0.5
+        big = img.resize((round(img.width * scale), round(img.height * scale)),
+                         Image.Resampling.BICUBIC)
+        for fmt, key in (("JPEG", "JPEG (draft)"), ("PNG", "PNG (reduce)")):
+            buf = io.BytesIO()
+            big.save(buf, fmt, **({"quality": 92} if fmt == "JPEG" else {"compress_level": 1}))
+            data = buf.getvalue()
+            fast = imaging.load(data, max_pixels=10**9, min_side=classifier.resize_size)
+            full = imaging.load(data, max_pixels=10**9)
+            batch = torch.stack([classifier.preprocess(fast), classifier.preprocess(full)])
+            with torch.inference_mode():
+                probs = torch.softmax(classifier.engine(batch), 1)
+            rows[key].append({
+                "photo": photo.name, "decoded": list(fast.size), "full": list(full.size),
+                "same_top1": bool(probs[0].argmax() == probs[1].argmax()),
+                "max_score_drift": float((probs[0] - probs[1]).abs().max()),
+            })
+    return {key: {"same_top1": sum(r["same_top1"] for r in v), "n": len(v),
+                  "max_score_drift": max(r["max_score_drift"] for r in v), "rows": v}
+            for key, v in rows.items()}
+
+
+def main() -> None:
+    warnings.simplefilter("ignore")
+    cache_dir = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="bench-acc-")
+    print(json.dumps({"engines": engines_agreement(cache_dir), "decoding": decoding_drift()}))
+
+
+if __name__ == "__main__":
+    main()

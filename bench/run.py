@@ -1,0 +1,356 @@
+"""The whole benchmark in one command: this project's server (gunicorn app:app, as
+documented for production) against the seed recipe (bench/baseline_server.py), started
+in one run, with the same randomly initialised ResNet18 weights file, on the same CPUs.
+
+    python bench/run.py            # full run (~10 min on 2 quiet cores)
+    python bench/run.py --quick    # a short run to check that everything works
+
+Prints a table and writes bench/results.md, bench/results.json and bench/results.png.
+Every number is a ratio against the baseline measured in the same run; load comes from
+a separate process (bench/loadgen.py) on 127.0.0.1 with bounded request counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pct(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))] if values else 0.0
+
+
+class Server:
+    def __init__(self, name, argv, env, cpus, log_dir):
+        self.name, self.port = name, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, **env, "PORT": str(self.port), "HOST": "127.0.0.1"}
+        argv = [a.replace("{port}", str(self.port)) for a in argv]
+        self.log = open(log_dir / f"{name}.log", "wb")
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+        self.served = 0
+
+    def wait_ready(self, timeout=600) -> float:
+        while time.perf_counter() - self.started < timeout:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"{self.name} exited; see {self.log.name}")
+            try:
+                if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return time.perf_counter() - self.started
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+        raise SystemExit(f"{self.name} not ready after {timeout} s")
+
+    def rss_mb(self) -> dict:
+        import psutil
+
+        master = psutil.Process(self.proc.pid)
+        workers = master.children() or [master]
+        rss = [p.memory_info().rss / 2**20 for p in workers]
+        return {"workers": len(workers), "per_worker_mb": max(rss),
+                "total_mb": sum(rss) + (master.memory_info().rss / 2**20
+                                        if master.children() else 0)}
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.close()
+
+
+def load(server: Server, image: Path, clients: int, n: int, cpus) -> dict:
+    out = subprocess.run(
+        [PY, str(HERE / "loadgen.py"), server.url + "/predict", str(image),
+         "--clients", str(clients), "--requests", str(n), "--max-seconds", "600"],
+        capture_output=True, text=True, check=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+    result = json.loads(out.stdout)
+    server.served += n
+    lat = result["latencies_ms"]
+    return {"n": len(lat), "errors": len(result["errors"]), "rps": len(lat) / result["elapsed_s"],
+            "median": statistics.median(lat) if lat else 0, "p95": pct(lat, 0.95),
+            "p99": pct(lat, 0.99), "error_samples": result["errors"][:3]}
+
+
+def make_images(tmp: Path) -> dict:
+    from PIL import Image
+
+    from tests.photos import photo
+
+    img = photo("chelsea").image
+    paths = {}
+    for name, size in (("12MP", (4000, 3000)), ("1280x960", (1280, 960))):
+        scaled = img.resize(size, Image.Resampling.BICUBIC)
+        buf = io.BytesIO()
+        scaled.save(buf, "JPEG", quality=92)
+        paths[name] = tmp / f"photo-{name}.jpg"
+        paths[name].write_bytes(buf.getvalue())
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few requests, to check it runs")
+    parser.add_argument("--cpus", default=None,
+                        help="CPU list for both servers and the load, e.g. 0,1 (default: all)")
+    parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--project-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for this project's server, e.g. QUANTIZE=static")
+    args = parser.parse_args()
+    cpus = ({int(c) for c in args.cpus.split(",")} if args.cpus
+            else os.sched_getaffinity(0))
+    quick = args.quick
+    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+    results: dict = {"cpus": len(cpus), "quick": quick,
+                     "machine": _cpu_name(),
+                     "load_before": os.getloadavg()}
+
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    weights = tmp / "resnet18-random.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    images = make_images(tmp)
+
+    print("1/5 model-only latency per engine ...", flush=True)
+    out = subprocess.run(
+        [PY, str(HERE / "model_speed.py"), "--weights", str(weights), "--threads",
+         str(len(cpus)), "--rounds", "15" if quick else "150", "--cache-dir", str(tmp / "ms")],
+        capture_output=True, text=True, check=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+    results["model_only"] = json.loads(out.stdout)
+
+    print("2/5 agreement with fp32 on real photos, decoding drift ...", flush=True)
+    out = subprocess.run([PY, str(HERE / "accuracy.py"), str(tmp / "acc")],
+                         capture_output=True, text=True, check=True)
+    results["accuracy"] = json.loads(out.stdout)
+
+    print("3/5 starting both servers (time to /readyz) ...", flush=True)
+    project_env = {"MODEL_WEIGHTS": str(weights), "ENGINE_CACHE_DIR": str(tmp / "cache"),
+                   "LOG_LEVEL": "warning",
+                   **dict(kv.split("=", 1) for kv in args.project_env)}
+    project_argv = [PY, "-m", "gunicorn", "app:app", "--access-logfile", "/dev/null"]
+    baseline_argv = [PY, str(HERE / "baseline_server.py"), str(weights), "--port", "{port}"]
+    servers = []
+    try:
+        cold = Server("project-cold", project_argv, project_env, cpus, tmp)
+        servers.append(cold)
+        ready = {"project (empty engine cache)": cold.wait_ready()}
+        cold.stop()
+        project = Server("project", project_argv, project_env, cpus, tmp)
+        servers.append(project)
+        ready["project"] = project.wait_ready()
+        baseline = Server("baseline", baseline_argv, {}, cpus, tmp)
+        servers.append(baseline)
+        ready["baseline"] = baseline.wait_ready()
+        results["ready_s"] = ready
+        pair = {"project": project, "baseline": baseline}
+        for server in pair.values():
+            load(server, images["1280x960"], 1, 20, cpus)  # warm-up
+        results["rss_after_warmup"] = {k: s.rss_mb() for k, s in pair.items()}
+
+        print("4/5 end-to-end latency and throughput ...", flush=True)
+        e2e = {k: {} for k in pair}
+        n_e2e = 6 if quick else 40
+        for image in ("12MP", "1280x960"):
+            for _ in range(2):  # alternate, in halves
+                for name, server in pair.items():
+                    r = load(server, images[image], 1, n_e2e // 2, cpus)
+                    e2e[name].setdefault(image, []).append(r)
+        results["e2e"] = {name: {image: {
+            "median": statistics.median([r["median"] for r in runs]),
+            "p95": max(r["p95"] for r in runs),
+            "errors": sum(r["errors"] for r in runs)} for image, runs in per.items()}
+            for name, per in e2e.items()}
+        throughput = {k: {} for k in pair}
+        for clients in (1, 4, 8):
+            n = (10 if quick else 60) * max(1, clients // 2)
+            for name, server in pair.items():
+                throughput[name][clients] = load(server, images["1280x960"], clients, n, cpus)
+        results["throughput"] = throughput
+
+        print("5/5 memory after 2,000 requests ...", flush=True)
+        target = 200 if quick else 2000
+        for server in pair.values():
+            if server.served < target:
+                load(server, images["1280x960"], 4, target - server.served, cpus)
+        results["requests_served"] = {k: s.served for k, s in pair.items()}
+        results["rss_after_requests"] = {k: s.rss_mb() for k, s in pair.items()}
+        results["project_readyz"] = requests.get(project.url + "/readyz", timeout=5).json()
+    finally:
+        for server in servers:
+            server.stop()
+    shutil.rmtree(tmp, ignore_errors=True)  # kept when something failed: the servers' logs
+    results["load_after"] = os.getloadavg()
+    report(results, Path(args.out))
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.1f}×" if a and b else "–"
+
+
+def report(r: dict, out: Path) -> None:
+    lines = []
+    add = lines.append
+    engine = r.get("project_readyz", {}).get("engine", {})
+    add(f"Machine: {r['machine']}, {r['cpus']} CPUs for each server and the load; load "
+        f"average {r['load_before'][0]:.1f} before, {r['load_after'][0]:.1f} after"
+        + (" — QUICK RUN, numbers are rough" if r["quick"] else "") + ".")
+    add(f"Project server: gunicorn app:app, ENGINE={engine.get('engine')} "
+        f"QUANTIZE={engine.get('quantization')}, "
+        f"{r['rss_after_warmup']['project']['workers']} worker(s). Baseline: the seed recipe "
+        "(bench/baseline_server.py). Same random ResNet18 weights file.")
+    add("")
+    add("**1. Model-only latency, batch 1 (ms; ratio = the card's dynamic quantization ÷ "
+        "this engine, higher is faster)**")
+    add("")
+    add("| engine | ResNet18 median | p95 | speed-up | Lite0 median | p95 | speed-up |")
+    add("|---|---|---|---|---|---|---|")
+    ms = r["model_only"]
+    for name in ms["resnet18"]:
+        a, b = ms["resnet18"][name], ms["efficientnet_lite0"].get(name, {})
+        add(f"| {name} | {a['median']:.2f} | {a['p95']:.2f} | "
+            f"{ratio(ms['resnet18']['torch dynamic']['median'], a['median'])} | "
+            f"{b.get('median', 0):.2f} | {b.get('p95', 0):.2f} | "
+            f"{ratio(ms['efficientnet_lite0']['torch dynamic']['median'], b.get('median'))} |")
+    add("")
+    add("**Agreement with fp32 (bundled EfficientNet-Lite0, "
+        f"{next(iter(r['accuracy']['engines'].values()))['n']} real photos)**")
+    add("")
+    add("| engine | top-1 agreement | top-5 overlap |")
+    add("|---|---|---|")
+    for name, v in r["accuracy"]["engines"].items():
+        add(f"| {name} | {v['top1_agreement'] * 100:.1f}% | {v['top5_overlap'] * 100:.1f}% |")
+    add("")
+    add("**Reduced-size decoding vs full decoding (12 MP photos, same model)**")
+    add("")
+    add("| format | same top-1 | largest score change |")
+    add("|---|---|---|")
+    for name, v in r["accuracy"]["decoding"].items():
+        add(f"| {name} | {v['same_top1']}/{v['n']} | {v['max_score_drift']:.3f} |")
+    add("")
+    add("**2–4. Servers (ms; ratio = baseline ÷ project for latency, project ÷ baseline for "
+        "throughput)**")
+    add("")
+    add("| measure | baseline | project | ratio |")
+    add("|---|---|---|---|")
+    e = r["e2e"]
+    for image in ("12MP", "1280x960"):
+        b, p = e["baseline"][image], e["project"][image]
+        add(f"| /predict {image} JPEG, median | {b['median']:.0f} | {p['median']:.0f} | "
+            f"{ratio(b['median'], p['median'])} |")
+        add(f"| /predict {image} JPEG, p95 | {b['p95']:.0f} | {p['p95']:.0f} | "
+            f"{ratio(b['p95'], p['p95'])} |")
+    t = r["throughput"]
+    for clients in t["baseline"]:
+        b, p = t["baseline"][clients], t["project"][clients]
+        add(f"| {clients} client(s): requests/s (1280×960) | {b['rps']:.1f} | {p['rps']:.1f} | "
+            f"{ratio(p['rps'], b['rps'])} |")
+        add(f"| {clients} client(s): p99 ms | {b['p99']:.0f} | {p['p99']:.0f} | "
+            f"{ratio(b['p99'], p['p99'])} |")
+        add(f"| {clients} client(s): errors | {b['errors']} of {b['n'] + b['errors']} | "
+            f"{p['errors']} of {p['n'] + p['errors']} | |")
+    for key, label in (("rss_after_warmup", "after warm-up"),
+                       ("rss_after_requests", f"after {r['requests_served']['project']} "
+                                              "requests")):
+        b, p = r[key]["baseline"], r[key]["project"]
+        add(f"| RSS per worker {label}, MB | {b['per_worker_mb']:.0f} | "
+            f"{p['per_worker_mb']:.0f} ({p['workers']} workers) | "
+            f"{ratio(b['per_worker_mb'], p['per_worker_mb'])} |")
+    rd = r["ready_s"]
+    add(f"| start to /readyz = 200, s | {rd['baseline']:.1f} | {rd['project']:.1f} "
+        f"(empty engine cache: {rd['project (empty engine cache)']:.1f}) | "
+        f"{ratio(rd['baseline'], rd['project'])} |")
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Path(str(out) + ".md").write_text(text)
+    Path(str(out) + ".json").write_text(json.dumps(r, indent=1, default=str))
+    chart(r, Path(str(out) + ".png"))
+    print(f"wrote {out}.md, {out}.json, {out}.png")
+
+
+def chart(r: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    ms = r["model_only"]
+    names = list(ms["resnet18"])
+    x = range(len(names))
+    ax1.bar([i - 0.2 for i in x], [ms["resnet18"][n]["median"] for n in names], 0.4,
+            label="ResNet18 (random weights)")
+    ax1.bar([i + 0.2 for i in x], [ms["efficientnet_lite0"].get(n, {}).get("median", 0)
+                                   for n in names], 0.4, label="EfficientNet-Lite0")
+    ax1.set_xticks(list(x), names, rotation=30, ha="right")
+    ax1.set_ylabel("ms per image, batch 1 (median)")
+    ax1.set_yscale("log")
+    ax1.set_title("Model only, per engine")
+    ax1.legend()
+    e, t = r["e2e"], r["throughput"]
+    labels = ["12 MP JPEG\nlatency", "1280×960\nlatency"] + [
+        f"{c} clients\nthroughput" for c in t["project"]]
+    values = [e["baseline"][i]["median"] / e["project"][i]["median"]
+              for i in ("12MP", "1280x960")] + [
+        t["project"][c]["rps"] / t["baseline"][c]["rps"] for c in t["project"]]
+    ax2.bar(labels, values, color="tab:green")
+    ax2.axhline(1, color="grey", linewidth=1)
+    for i, v in enumerate(values):
+        ax2.text(i, v, f"{v:.1f}×", ha="center", va="bottom")
+    ax2.set_ylim(0, max(values) * 1.15)
+    ax2.set_title("This server vs the seed recipe (higher is better)")
+    engine = r.get("project_readyz", {}).get("engine", {})
+    fig.suptitle(("QUICK RUN — " if r["quick"] else "") + f"{r['cpus']} CPUs, {r['machine']}; "
+                 f"this server: ENGINE={engine.get('engine')} "
+                 f"QUANTIZE={engine.get('quantization')}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
