@@ -451,14 +451,17 @@ def test_a_broken_activation_keeps_the_current_model_serving(admin, admin_app,
                                                             fruit_checkpoint):
     store = admin_app.extensions["registry"]
     fruit = upload(admin, fruit_checkpoint).get_json()["id"]
+    # Another worker on the same store, which has not loaded the new model yet.
+    worker = make_app(store.root).test_client()
+    assert predict(worker).get_json()["model"]["id"] == BUILTIN
     path = store.root / "models" / fruit / "checkpoint.pt"
     path.write_bytes(path.read_bytes()[:1000])  # damaged on disk after validation
     store.activate(fruit)
     time.sleep(0.6)
     for _ in range(3):
-        response = predict(admin)
+        response = predict(worker)
         assert response.status_code == 200 and response.get_json()["model"]["id"] == BUILTIN
-    ready = admin.get("/readyz").get_json()
+    ready = worker.get("/readyz").get_json()
     assert ready["registry"]["in_sync"] is False and fruit in ready["notice"]
     store.activate(BUILTIN)
 
@@ -536,3 +539,19 @@ def test_kiosk_settings_over_the_api(admin, admin_app, tmp_path, monkeypatch):
     assert admin.get("/kiosk/settings.json").get_json()["bars"] == 2
     assert_error(admin.put("/admin/api/kiosk", data="[1]", headers=BEARER,
                            content_type="application/json"), 400, "bad_json")
+
+
+def test_an_upload_is_converted_for_the_engine_before_it_is_activated(tmp_path,
+                                                                      fruit_checkpoint):
+    """The upload fills the engine cache (keyed by the weights), so activating it in the
+    other workers later is a quick load, not an ONNX export each."""
+    cache = tmp_path / "engine-cache"
+    app = make_app(tmp_path / "store", ENGINE="openvino", QUANTIZE="none",
+                   ENGINE_CACHE_DIR=str(cache))
+    client = app.test_client()
+    predict(client)  # the built-in model's conversion
+    before = set(cache.rglob("*"))
+    response = upload(client, fruit_checkpoint)
+    assert response.status_code == 201
+    added = {p for p in set(cache.rglob("*")) - before if p.suffix == ".onnx"}
+    assert added, sorted(p.name for p in cache.rglob("*"))

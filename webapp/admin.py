@@ -411,10 +411,22 @@ def _store_upload() -> dict:
     arch = (request.form.get("arch") or "").strip() or None
     meta = registry().add(path, name=request.form.get("name"), arch=arch, move=True,
                           original_filename=Path(upload.filename or "").name[:100] or None)
+    _prepare_engine(meta["id"])
     if request.form.get("activate") in ("1", "on", "true", "yes"):
         registry().activate(meta["id"])
         meta["activated"] = True
     return meta
+
+
+def _prepare_engine(model_id: str) -> None:
+    """Convert the new model for the serving engine now (the conversion is cached on disk,
+    keyed by the weights), so that activating it later swaps within a second in every
+    worker instead of each one waiting for an ONNX export.  This worker keeps it loaded for
+    "try an image".  A failure here is not the upload's: activation reports it."""
+    try:
+        api.holder().classifier_for(model_id)
+    except Exception as exc:  # noqa: BLE001 - the model is stored; say why and go on
+        log.warning("could not prepare model %s for the engine yet: %s", model_id, exc)
 
 
 # --------------------------------------------------------------------------- pages
