@@ -8,9 +8,9 @@ from __future__ import annotations
 import io
 import json
 import random
-import time
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
