@@ -15,11 +15,13 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 import requests
+from PIL import Image
 
-from tests.conftest import encode
+from tests.conftest import FRUIT, encode
 from tests.shapes import SHAPES, draw
-from tests.test_admin import BEARER, TOKEN, assert_error
+from tests.test_admin import BEARER, TOKEN, assert_error, login
 from webapp import create_app
 from webapp.jobs import ORPHANED, TEACH_DEFAULTS
 from webapp.registry import Registry
@@ -60,7 +62,7 @@ class Response:
         self.raw = response
         self.status_code = response.status_code
         self.headers = response.headers
-        self.text = response.get_data(as_text=True)
+        self.text = response.get_data().decode("utf-8", "replace")
 
     def json(self):
         return self.raw.get_json()
@@ -185,6 +187,7 @@ def test_teach_train_activate_and_predict_on_a_real_server(start_server, tmp_pat
     assert [h["epoch"] for h in job["history"]] == list(range(1, len(job["history"]) + 1))
     assert {"train_loss", "val_loss", "val_acc"} <= set(job["history"][-1])
     assert job["metrics"]["val_accuracy"] >= 0.9
+    assert job["duration_s"] > 0 and job["peak_memory_mb"] > 50
     assert len(job["metrics"]["confusion_matrix"]) == 3
 
     # The model is in the registry with its report, not active.
@@ -364,3 +367,40 @@ def test_queued_jobs_are_picked_up_after_a_restart(tmp_path):
     http = Client(make_app(tmp_path))  # restart: the queue is looked at
     job = wait_job(http, job["id"], timeout=60)
     assert job["state"] == "failed" and "'cup' has no images" in job["error"]
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def test_a_model_keeps_its_training_report_in_the_registry(tmp_path, fruit_checkpoint):
+    app = make_app(tmp_path)
+    http = Client(app)
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"classes": FRUIT, "metrics": {"val_accuracy": 0.9}}))
+    png = tmp_path / "confusion.png"
+    png.write_bytes(encode(Image.new("RGB", (40, 30), "navy"), "PNG"))
+    registry = app.extensions["registry"]
+    with pytest.raises(ValueError):
+        registry.add(fruit_checkpoint, extras={"../checkpoint.pt": png})
+    meta = registry.add(fruit_checkpoint, extras={"report.json": report, "confusion.png": png,
+                                                  "curves.png": png},
+                        trained_from={"dataset": "fruit", "job": "20260101-000000-abcdef"})
+    folder = tmp_path / "models" / "models" / meta["id"]
+    assert sorted(os.listdir(folder)) == ["checkpoint.pt", "confusion.png", "curves.png",
+                                          "meta.json", "report.json"]
+    assert meta["trained_from"]["dataset"] == "fruit"
+    body = http.get(f"/admin/api/models/{meta['id']}/report").json()
+    assert body["classes"] == FRUIT
+    served = http.get(f"/admin/api/models/{meta['id']}/report/confusion.png")
+    assert served.headers["Content-Type"] == "image/png"
+    assert served.raw.data == png.read_bytes()
+    for url in (f"/admin/api/models/{meta['id']}/report/meta.json",
+                f"/admin/api/models/{meta['id']}/report/checkpoint.pt",
+                "/admin/api/models/builtin/report"):
+        assert_error(http.get(url), 404, "no_report" if "builtin" not in url else "unknown_model")
+    # The model table links to the report and the dataset.
+    client = app.test_client()
+    login(client)
+    page = client.get("/admin/").get_data(as_text=True)
+    assert f"/admin/api/models/{meta['id']}/report/confusion.png" in page
+    assert 'href="/admin/teach/fruit"' in page

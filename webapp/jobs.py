@@ -348,7 +348,8 @@ class JobQueue:
     def view(self, job: dict, others: list[dict] | None = None) -> dict:
         """What the API shows: the job without server paths, plus whether a cancel is
         pending and, for a queued job, its place in the queue."""
-        out = {k: v for k, v in job.items() if k not in ("model_dir", "created_ts")}
+        out = {k: v for k, v in job.items()
+               if k not in ("model_dir", "created_ts", "started_ts")}
         out["cancel_requested"] = (self.root / job["id"] / "cancel").exists()
         if job["state"] == "queued":
             others = others if others is not None else self._all()
@@ -455,7 +456,7 @@ class JobQueue:
             if not queued:
                 return None
             job = min(queued, key=lambda j: (j.get("created_ts", 0), j["id"]))
-            job.update(state="running", started=now_iso(),
+            job.update(state="running", started=now_iso(), started_ts=time.time(),
                        runner={"pid": os.getpid(), "host": socket.gethostname()},
                        progress={"stage": "starting", "fraction": 0.0})
             self._save(job)
@@ -464,6 +465,13 @@ class JobQueue:
     def finish(self, job: dict, state: str, **fields) -> None:
         with self._state_lock():
             job.update(state=state, finished=now_iso(), **fields)
+            if job.get("started_ts"):
+                job["duration_s"] = round(time.time() - job["started_ts"], 1)
+            if (job.get("runner") or {}).get("pid") == os.getpid():  # the runner's memory
+                import resource
+
+                peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                job["peak_memory_mb"] = round(peak_kb / 1024)
             job["progress"] = {**job.get("progress", {}), "stage": state}
             if state == "done":
                 job["progress"].update(fraction=1.0, eta_s=0)
@@ -567,7 +575,7 @@ def run_job(queue: JobQueue, job: dict) -> None:
         if should_stop():
             raise finetune.TrainingCancelled("cancelled before training started")
         try:
-            result = finetune.train(data_dir, out_dir / "model.pt", options,
+            result = finetune.train(data_dir, out_dir / f"{job['dataset']}.pt", options,
                                     progress=progress, should_stop=should_stop, say=say)
         except (DatasetError, finetune.FinetuneError) as exc:
             raise _Failure(str(exc).replace(str(data_dir), f"dataset {job['dataset']!r}")) from None

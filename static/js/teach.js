@@ -327,7 +327,7 @@
         summary = "Starting…";
       }
     } else if (data.state === "done") {
-      summary = "Done in " + seconds(data.metrics && data.metrics.seconds) + ".";
+      summary = "Done in " + seconds(data.duration_s) + ".";
     } else if (data.state === "cancelled") {
       summary = "Cancelled: nothing was stored.";
     } else if (data.state === "failed") {
