@@ -14,7 +14,7 @@
   const canvas = $("teach-canvas");
   const cameraStatus = $("camera-status");
   const BURST_INTERVAL_MS = 250;   // about 4 pictures a second while a button is held
-  const POLL_MS = 1000;
+  const POLL_MS = 750;
 
   let cameraOn = false;
   let capturing = null;   // the class section a burst is running for
