@@ -99,6 +99,7 @@ def test_teach_capture_train_activate_and_the_kiosk_knows_it(browser, server, fi
         page.fill("#token", TOKEN)
         page.click("button[type=submit]")
         page.wait_for_url("**/admin/teach")
+        assert_wcag_aa(page)
         page.fill("#dataset-name", "cat-or-coffee")
         page.fill("#dataset-classes", "cat, coffee")
         page.click("#create-button")

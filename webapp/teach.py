@@ -62,8 +62,7 @@ def init_app(app: Flask) -> None:
     app.extensions["jobs"] = JobQueue(app.config["DATA_DIR"], threads=threads)
     app.request_class = type("Request", (DatasetImportMixin, app.request_class), {})
     app.teardown_request(_remove_spooled_archives)
-    if not app.config.get("TEACH_NO_RECOVER"):
-        app.extensions["jobs"].recover()
+    app.extensions["jobs"].recover()
 
 
 def store() -> DatasetStore:
