@@ -478,7 +478,7 @@ class DatasetStore:
         staging.mkdir()
         try:
             with zf:
-                plan = _plan_import(zf.infolist(), result)
+                plan, folders = _plan_import(zf.infolist(), result)
                 if len(plan) > self.max_images:
                     raise DatasetStoreError(
                         413, "too_many_images", f"The archive holds {len(plan)} files in "
@@ -513,6 +513,8 @@ class DatasetStore:
                     class_dir.mkdir(exist_ok=True)
                     self._write(class_dir, jpeg)
                     result.imported[label] += 1
+            for label in folders:  # class folders without a picture (yet)
+                (staging / label).mkdir(exist_ok=True)
             if not result.imported:
                 raise DatasetStoreError(
                     422, "no_images", "The archive holds no usable images in class folders "
@@ -572,25 +574,40 @@ class _ChunkSink(io.RawIOBase):
 
 
 def _plan_import(infos: list[zipfile.ZipInfo], result: ImportResult):
-    """(member, class name) for every file that sits in a class folder; the rest is
-    skipped with the reason.  Member names are only *read* here, never used as paths."""
-    entries = []
+    """(member, class name) for every file that sits in a class folder (the rest is
+    skipped with the reason), and the class folders that hold no file (an export keeps
+    empty classes as folder entries).  Member names are only *read* here, never used as
+    paths."""
+    entries, folders = [], []
     for info in infos:
-        if info.is_dir():
-            continue
         raw_name = info.filename.replace("\\", "/")
         parts = [p for p in PurePosixPath(raw_name).parts if p not in ("", "/")]
-        if raw_name.startswith("/") or re.match(r"^[A-Za-z]:", raw_name) or ".." in parts:
+        unsafe = raw_name.startswith("/") or re.match(r"^[A-Za-z]:", raw_name) or ".." in parts
+        hidden = not parts or any(p.startswith(".") or p == "__MACOSX" for p in parts)
+        if info.is_dir():
+            if not (unsafe or hidden):
+                folders.append(parts)
+            continue
+        if unsafe:
             result.skipped.append((info.filename[:200], "an unsafe path (outside its folder)"))
             continue
-        if not parts or any(p.startswith(".") or p == "__MACOSX" for p in parts):
+        if hidden:
             result.skipped.append((info.filename[:200], "hidden or system file"))
             continue
         entries.append((info, parts))
     # One enclosing folder (what an export or zipping a folder gives): strip it.
     tops = {parts[0] for _, parts in entries}
     if len(tops) == 1 and all(len(parts) >= 3 for _, parts in entries):
+        top = tops.pop()
         entries = [(info, parts[1:]) for info, parts in entries]
+        folders = [parts[1:] for parts in folders if parts[0] == top]
+    empty = []
+    for parts in folders:
+        if len(parts) == 2 and parts[0].lower() in SPLIT_FOLDERS:
+            parts = parts[1:]
+        if len(parts) == 1:
+            with contextlib.suppress(DatasetStoreError):
+                empty.append(check_class_name(parts[0]))
     plan = []
     for info, parts in entries:
         if len(parts) >= 3 and parts[0].lower() in SPLIT_FOLDERS:
@@ -612,7 +629,9 @@ def _plan_import(infos: list[zipfile.ZipInfo], result: ImportResult):
     # Two folders differing only in case would be two classes on Linux but collide on
     # other systems: keep the first spelling.
     spelling: dict[str, str] = {}
-    return [(info, spelling.setdefault(label.casefold(), label)) for info, label in plan]
+    plan = [(info, spelling.setdefault(label.casefold(), label)) for info, label in plan]
+    empty = [label for label in empty if label.casefold() not in spelling][:MAX_CLASSES]
+    return plan, list(dict.fromkeys(empty))
 
 
 def _zip_entry_count(archive) -> int | None:
