@@ -404,3 +404,22 @@ def test_a_model_keeps_its_training_report_in_the_registry(tmp_path, fruit_check
     page = client.get("/admin/").get_data(as_text=True)
     assert f"/admin/api/models/{meta['id']}/report/confusion.png" in page
     assert 'href="/admin/teach/fruit"' in page
+
+
+def test_a_runner_that_died_right_after_storing_its_model_leaves_the_job_done(
+        tmp_path, fruit_checkpoint):
+    """The one instant where a killed job has a model: stored, not yet recorded.  The job
+    ends done with that model, not failed with a model nobody can find."""
+    app = make_app(tmp_path)
+    http = Client(app)
+    queue = app.extensions["jobs"]
+    job_id = "20260101-000000-abcdef"
+    (queue.root / job_id).mkdir(parents=True)
+    job = {"id": job_id, "dataset": "fruit", "state": "running", "created": "x",
+           "created_ts": 1.0, "progress": {"stage": "storing"}, "history": [],
+           "messages": [], "metrics": {}, "model_id": None, "error": None,
+           "runner": {"pid": 999999999}, "model_dir": str(tmp_path / "models")}
+    (queue.root / job_id / "job.json").write_text(json.dumps(job))
+    meta = app.extensions["registry"].add(fruit_checkpoint, trained_from={"job": job_id})
+    job = http.get(f"/admin/api/jobs/{job_id}").json()
+    assert job["state"] == "done" and job["model_id"] == meta["id"] and job["error"] is None

@@ -390,11 +390,17 @@ class JobQueue:
             if not runner_lock_held and self.runner_alive():
                 return 0
             for job in running:
-                job.update(state="failed", finished=now_iso(), error=ORPHANED,
-                           progress={**job.get("progress", {}), "stage": "failed"})
+                model_id = _stored_model(job)
+                if model_id:  # died in the instant between storing the model and saying so
+                    job.update(state="done", finished=now_iso(), model_id=model_id,
+                               error=None, progress={**job.get("progress", {}),
+                                                     "stage": "done", "fraction": 1.0})
+                else:
+                    job.update(state="failed", finished=now_iso(), error=ORPHANED,
+                               progress={**job.get("progress", {}), "stage": "failed"})
+                    log.warning("training job %s: %s", job["id"], ORPHANED)
                 self._save(job)
                 self._clean_work_files(job["id"])
-                log.warning("training job %s: %s", job["id"], ORPHANED)
         return len(running)
 
     def has_queued(self) -> bool:
@@ -477,6 +483,19 @@ class JobQueue:
                 job["progress"].update(fraction=1.0, eta_s=0)
             self._save(job)
         self._clean_work_files(job["id"])
+
+
+def _stored_model(job: dict) -> str | None:
+    """The registry's model made by ``job``, if it got that far."""
+    try:
+        from webapp.registry import Registry
+
+        for meta in Registry(job["model_dir"]).list_models():
+            if (meta.get("trained_from") or {}).get("job") == job["id"]:
+                return meta["id"]
+    except Exception as exc:  # noqa: BLE001 - an unreadable store: the job failed
+        log.warning("cannot look for the model of job %s: %s", job.get("id"), exc)
+    return None
 
 
 # --------------------------------------------------------------------------- running a job
@@ -562,6 +581,7 @@ def run_job(queue: JobQueue, job: dict) -> None:
     def should_stop() -> bool:
         return _Stopping.requested or (job_dir / "cancel").exists()
 
+    stored = None
     try:
         say(f"Job {job['id']}: dataset {job['dataset']!r}, {job['images']} images, classes "
             + ", ".join(f"{c} {n}" for c, n in job["classes"].items()) + ".")
@@ -607,6 +627,7 @@ def run_job(queue: JobQueue, job: dict) -> None:
                    "classes": report.get("classes"), "seconds": report.get("seconds")}
         queue.finish(job, "done", model_id=meta["id"], metrics=metrics, error=None)
         log.info("training job %s done: model %s", job["id"], meta["id"])
+        stored = meta["id"]
     except _Failure as exc:
         say(f"Failed: {exc}")
         queue.finish(job, "failed", error=str(exc))
@@ -632,6 +653,32 @@ def run_job(queue: JobQueue, job: dict) -> None:
         queue.finish(job, "failed", error=message)
     finally:
         log_file.close()
+    if stored:  # the job is done; now spare the workers the engine work
+        _prepare_for_serving(job["model_dir"], stored, job_dir / "log.txt")
+
+
+def _prepare_for_serving(model_dir: str, model_id: str, log_path: Path) -> None:
+    """Load the new model the way a worker will serve it (the engine conversion, when the
+    server's engine converts, is cached on disk by the weights' hash), so activating it
+    swaps quickly in every worker -- what an admin upload does too.  The server's settings
+    come from the environment this process inherited; the job's thread cap stays.  A
+    failure is only reported: activation tries again and says why."""
+    try:
+        import torch
+
+        from webapp.classifier import load_registered
+        from webapp.config import Config
+        from webapp.registry import Registry
+
+        config = Config.from_env()
+        config["TORCH_THREADS"] = torch.get_num_threads()
+        load_registered(config, Registry(model_dir), model_id)
+    except Exception as exc:  # noqa: BLE001 - the model is stored; the job succeeded
+        log.warning("model %s could not be prepared for serving yet (%s); activating it "
+                    "will try again", model_id, exc)
+        with contextlib.suppress(OSError), open(log_path, "a", encoding="utf-8") as fh:
+            fh.write(f"Note: the model could not be prepared for serving yet ({exc}); "
+                     "activating it will try again.\n")
 
 
 def _known_failure(exc: Exception) -> str | None:
