@@ -24,6 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # Before anything reads it: an empty torch cache for the whole test session.
 _TORCH_HOME = tempfile.mkdtemp(prefix="torch-home-")
 os.environ["TORCH_HOME"] = _TORCH_HOME
+# Empty teach-live datasets and jobs, never the project's instance/datasets.
+for _name in ("JOB_THREADS", "MAX_DATASET_IMAGES", "MAX_DATASET_MB"):
+    os.environ.pop(_name, None)
+os.environ["DATA_DIR"] = tempfile.mkdtemp(prefix="data-dir-")
 for _name in ("MODEL_WEIGHTS", "ALLOW_DOWNLOAD", "QUANTIZE", "WEB_CONCURRENCY",
               "TORCH_THREADS", "MAX_UPLOAD_MB", "MAX_IMAGE_PIXELS"):
     os.environ.pop(_name, None)

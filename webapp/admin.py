@@ -111,6 +111,9 @@ def init_app(app: Flask) -> None:
         log.warning("ADMIN_TOKEN is only %d characters long; use at least 16 random "
                     "characters", len(token))
 
+    from webapp import teach
+
+    teach.init_app(app)  # teach it live: datasets and training jobs in DATA_DIR
     app.register_blueprint(bp)
     from webapp.cli import models_cli
 
@@ -619,3 +622,10 @@ def api_kiosk_settings_update():
 @bp.context_processor
 def _template_context():
     return {"logged_in": g.get("admin_via") == "session"}
+
+
+# The Teach page and the dataset / job API (webapp.teach) live under /admin too, behind
+# the same guard, error pages and template context: a nested blueprint.
+from webapp.teach import bp as _teach_bp  # noqa: E402
+
+bp.register_blueprint(_teach_bp)

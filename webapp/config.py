@@ -146,6 +146,16 @@ SETTINGS: tuple[Setting, ...] = (
             "(they override the KIOSK_* defaults); empty = instance/kiosk.json.", "path"),
     Setting("TRANSLATIONS_DIR", "", "Folder of label translation files (<code>.json); "
             "empty = translations/ in the project.", "path"),
+    Setting("DATA_DIR", str(PROJECT_ROOT / "instance" / "datasets"), "Teach it live: the "
+            "datasets (one folder per dataset, one folder per class, JPEG files) and the "
+            "training jobs' state. Never holds /predict traffic.", "path"),
+    Setting("JOB_THREADS", "0", "Torch threads of the background training process (it also "
+            "runs at nice 10); 0 = half the available CPUs (at least 1), so serving keeps "
+            "the rest.", "int", 0, 256),
+    Setting("MAX_DATASET_IMAGES", "2000", "Most images one dataset may hold (captures, "
+            "uploads and zip imports).", "int", 10, 1_000_000),
+    Setting("MAX_DATASET_MB", "200", "Largest dataset zip import in megabytes (413 above "
+            "it).", "float", 1, 100_000),
 )
 
 

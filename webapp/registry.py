@@ -4,6 +4,8 @@ Layout under ``MODEL_DIR``::
 
     models/<id>/checkpoint.pt   the file as uploaded (read with weights_only=True)
     models/<id>/meta.json       name, arch, classes, size, sha256, uploaded, metrics, ...
+    models/<id>/report.json     optional (REPORT_FILES): the training report and its PNGs,
+    models/<id>/confusion.png   for models trained on this server (teach-live jobs)
     active.json                 {"active": "<id>", "history": [...], "changed": "..."}
     tmp/                        uploads and half-built models; never listed
     .lock                       serialises writers (flock), readers never wait for it
@@ -47,6 +49,7 @@ BUILTIN = "builtin"
 CHECKPOINT_FILE = "checkpoint.pt"
 META_FILE = "meta.json"
 POINTER_FILE = "active.json"
+REPORT_FILES = ("report.json", "confusion.png", "curves.png")  # optional, beside a model
 MAX_HISTORY = 50
 MAX_NAME = 80
 STALE_TMP_SECONDS = 6 * 3600  # a temp file this old belongs to no live upload
@@ -239,6 +242,15 @@ class Registry:
         self.meta(model_id)  # validates the id
         return self.models_dir / model_id / CHECKPOINT_FILE
 
+    def report_file(self, model_id: str, filename: str) -> Path:
+        """A file stored beside a model by ``add(extras=...)`` (report JSON, PNGs);
+        ``RegistryError`` 404 when the model has none of that name."""
+        meta = self.meta(model_id)
+        if filename not in REPORT_FILES or filename not in meta.get("report_files", []):
+            raise RegistryError(404, "no_report", f"Model {model_id} has no {filename!r} "
+                                "(only models trained on this server carry a report).")
+        return self.models_dir / model_id / filename
+
     def load(self, model_id: str) -> LoadedModel:
         """The stored model, validated again (weights_only, exact fit, probe)."""
         meta = self.meta(model_id)
@@ -281,6 +293,8 @@ class Registry:
         arch: str | None = None,
         move: bool = False,
         original_filename: str | None = None,
+        extras: dict[str, str | os.PathLike] | None = None,
+        trained_from: dict | None = None,
     ) -> dict:
         """Validate a checkpoint file and store it; returns its metadata.
 
@@ -288,8 +302,16 @@ class Registry:
         renames it into place; otherwise the file is copied first.  Nothing is stored
         unless the file loads with ``weights_only=True``, fits its architecture exactly
         and a probe inference gives finite scores (``RegistryError`` 422 says what is
-        wrong).  Identical files are stored once (409 names the existing model)."""
+        wrong).  Identical files are stored once (409 names the existing model).
+
+        ``extras`` are files stored beside the checkpoint (``REPORT_FILES``: the training
+        report and its PNGs, e.g. from a teach-live job), ``trained_from`` a small dict
+        kept in the metadata (which dataset and job made the model)."""
         name = clean_name(name)
+        extras = dict(extras or {})
+        unknown = sorted(set(extras) - set(REPORT_FILES))
+        if unknown:
+            raise ValueError(f"extras must be among {REPORT_FILES}, not {unknown}")
         if arch is not None and arch not in model_loader.supported_archs():
             raise RegistryError(
                 400, "bad_arch", f"Architecture {arch!r} is not supported; use one of: "
@@ -332,6 +354,10 @@ class Registry:
                 "created": loaded.created,
                 "metrics": _jsonable(loaded.metrics) or {},
             }
+            if extras:
+                meta["report_files"] = sorted(extras)
+            if trained_from:
+                meta["trained_from"] = _jsonable(trained_from)
             del loaded
             with self._locked():
                 self.sweep()
@@ -343,6 +369,11 @@ class Registry:
                 staging = self.tmp_dir / f"{model_id}.staging"
                 staging.mkdir()
                 os.replace(upload, staging / CHECKPOINT_FILE)
+                for extra_name, extra_path in extras.items():
+                    with open(extra_path, "rb") as src, open(staging / extra_name, "xb") as out:
+                        shutil.copyfileobj(src, out, 1 << 20)
+                        out.flush()
+                        os.fsync(out.fileno())
                 write_json_atomic(staging / META_FILE, meta)
                 fsync_dir(staging)
                 os.rename(staging, self.models_dir / model_id)  # the model appears here

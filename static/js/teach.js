@@ -1,0 +1,523 @@
+// The Teach page: the webcam preview, hold-to-capture bursts per class (or dropped
+// files), thumbnails with delete, Train with live progress, Cancel, and the new model's
+// report with Try it / Activate.  Every call goes to /admin/api/* with the session cookie
+// and the page's CSRF token (X-CSRFToken header).
+(function () {
+  "use strict";
+  const root = document.getElementById("teach");
+  if (!root) return;
+  const $ = function (id) { return document.getElementById(id); };
+  const csrf = $("teach-csrf").value;
+  const datasetUrl = root.dataset.datasetUrl;
+  const imagesUrl = datasetUrl + "/images";
+  const video = $("teach-camera");
+  const canvas = $("teach-canvas");
+  const cameraStatus = $("camera-status");
+  const BURST_INTERVAL_MS = 250;   // about 4 pictures a second while a button is held
+  const POLL_MS = 750;
+
+  let cameraOn = false;
+  let capturing = null;   // the class section a burst is running for
+  let job = null;         // the job on screen
+  let pollTimer = null;
+  let model = null;       // the model the result card shows
+
+  // ------------------------------------------------------------------ HTTP
+
+  async function call(method, url, body, isJson) {
+    const headers = { "Accept": "application/json", "X-CSRFToken": csrf };
+    if (isJson) headers["Content-Type"] = "application/json";
+    const response = await fetch(url, {
+      method: method, body: isJson ? JSON.stringify(body) : body, headers: headers,
+      credentials: "same-origin",
+    });
+    let data = null;
+    try { data = await response.json(); } catch (e) { data = null; }
+    if (!response.ok) {
+      const message = data && data.error && data.error.message
+        ? data.error.message : "The server answered " + response.status + ".";
+      const error = new Error(message);
+      error.status = response.status;
+      throw error;
+    }
+    return data;
+  }
+
+  function show(el, visible) { el.hidden = !visible; }
+
+  // ------------------------------------------------------------------ classes
+
+  function sections() { return Array.from(document.querySelectorAll(".teach-class")); }
+
+  function setCounts(counts) {
+    let total = 0;
+    sections().forEach(function (section) {
+      const n = counts[section.dataset.label];
+      if (n !== undefined) section.querySelector(".teach-count").textContent = n;
+      total += Number(section.querySelector(".teach-count").textContent);
+    });
+    $("total-count").textContent = total;
+    updateTrainable();
+  }
+
+  function classError(section, message) {
+    const box = section.querySelector(".teach-error");
+    box.textContent = message || "";
+    show(box, Boolean(message));
+  }
+
+  function addThumb(section, item) {
+    const figure = document.createElement("figure");
+    figure.className = "teach-thumb";
+    figure.dataset.imageId = item.id;
+    const img = document.createElement("img");
+    img.src = item.url + "?size=128";
+    img.alt = "Picture " + item.id;
+    img.width = 96;
+    img.height = 72;
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "teach-thumb-delete";
+    button.setAttribute("aria-label", "Delete picture " + item.id);
+    button.title = "Delete this picture";
+    button.textContent = "×";
+    figure.append(img, button);
+    section.querySelector(".teach-thumbs").prepend(figure);
+  }
+
+  async function upload(section, blob, filename) {
+    const body = new FormData();
+    body.append("label", section.dataset.label);
+    body.append("image", blob, filename);
+    const data = await call("POST", imagesUrl, body, false);
+    data.added.forEach(function (item) { addThumb(section, item); });
+    setCounts(data.counts);
+    return data;
+  }
+
+  // Delete one picture (event delegation: thumbnails are added all the time).
+  $("classes").addEventListener("click", async function (event) {
+    const button = event.target.closest(".teach-thumb-delete");
+    if (!button) return;
+    const figure = button.closest(".teach-thumb");
+    const section = button.closest(".teach-class");
+    button.disabled = true;
+    try {
+      const data = await call("DELETE", imagesUrl + "/" + encodeURIComponent(figure.dataset.imageId));
+      figure.remove();
+      setCounts(data.counts);
+      classError(section, "");
+    } catch (err) {
+      button.disabled = false;
+      classError(section, err.message);
+    }
+  });
+
+  // Delete a class with its pictures.
+  sections().forEach(function (section) {
+    section.querySelector(".teach-delete-class").addEventListener("click", async function () {
+      const label = section.dataset.label;
+      if (!window.confirm("Delete the class " + label + " and its pictures?")) return;
+      try {
+        await call("DELETE", datasetUrl + "/classes/" + encodeURIComponent(label));
+        section.remove();
+        setCounts({});
+      } catch (err) {
+        classError(section, err.message);
+      }
+    });
+  });
+
+  // ------------------------------------------------------------------ files
+
+  async function uploadFiles(section, files) {
+    classError(section, "");
+    for (const file of files) {
+      try {
+        await upload(section, file, file.name);
+      } catch (err) {
+        classError(section, file.name + ": " + err.message);
+        if (err.status === 409 || err.status === 404) break;  // dataset full, class gone
+      }
+    }
+  }
+
+  sections().forEach(function (section) {
+    const input = section.querySelector(".teach-files");
+    input.addEventListener("change", async function () {
+      const files = Array.from(input.files || []);
+      input.value = "";
+      await uploadFiles(section, files);
+    });
+    const zone = section.querySelector(".teach-drop");
+    zone.addEventListener("dragover", function (event) {
+      event.preventDefault();
+      zone.classList.add("dragover");
+    });
+    zone.addEventListener("dragleave", function () { zone.classList.remove("dragover"); });
+    zone.addEventListener("drop", function (event) {
+      event.preventDefault();
+      zone.classList.remove("dragover");
+      const files = Array.from(event.dataTransfer.files || []).filter(function (f) {
+        return f.type.startsWith("image/");
+      });
+      uploadFiles(section, files);
+    });
+  });
+
+  // ------------------------------------------------------------------ camera
+
+  async function startCamera() {
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      cameraMissing("This browser gives this page no camera (use http://127.0.0.1 or HTTPS).");
+      return;
+    }
+    try {
+      const stream = await navigator.mediaDevices.getUserMedia({
+        video: { width: { ideal: 640 }, height: { ideal: 480 } }, audio: false,
+      });
+      video.srcObject = stream;
+      await video.play().catch(function () { /* muted: it plays */ });
+      cameraOn = true;
+      cameraStatus.textContent = "Camera on";
+      root.dataset.camera = "on";
+      sections().forEach(function (s) { s.querySelector(".teach-capture").disabled = false; });
+      $("try-camera").disabled = false;
+    } catch (err) {
+      cameraMissing(err && err.name === "NotAllowedError"
+        ? "The camera is switched off for this page." : "There is no camera here.");
+    }
+  }
+
+  function cameraMissing(reason) {
+    cameraOn = false;
+    root.dataset.camera = "off";
+    cameraStatus.textContent = reason;
+    show(video, false);
+    show($("camera-off"), true);
+    sections().forEach(function (s) { s.querySelector(".teach-capture").hidden = true; });
+    $("try-camera").hidden = true;
+  }
+
+  function grabFrame() {
+    return new Promise(function (resolve) {
+      const width = video.videoWidth, height = video.videoHeight;
+      if (!cameraOn || !width || !height) { resolve(null); return; }
+      canvas.width = width;
+      canvas.height = height;
+      canvas.getContext("2d").drawImage(video, 0, 0, width, height);
+      canvas.toBlob(resolve, "image/jpeg", 0.9);
+    });
+  }
+
+  function sleep(ms) { return new Promise(function (r) { setTimeout(r, ms); }); }
+
+  async function burst(section) {
+    if (capturing) return;
+    capturing = section;
+    const button = section.querySelector(".teach-capture");
+    button.classList.add("capturing");
+    button.setAttribute("aria-pressed", "true");
+    classError(section, "");
+    try {
+      while (capturing === section) {
+        const started = Date.now();
+        const blob = await grabFrame();
+        if (blob) {
+          try {
+            await upload(section, blob, "camera.jpg");
+          } catch (err) {
+            classError(section, err.message);
+            break;
+          }
+        }
+        const wait = BURST_INTERVAL_MS - (Date.now() - started);
+        if (wait > 0) await sleep(wait);
+      }
+    } finally {
+      capturing = null;
+      button.classList.remove("capturing");
+      button.setAttribute("aria-pressed", "false");
+    }
+  }
+
+  function stopBurst() { capturing = null; }
+
+  sections().forEach(function (section) {
+    const button = section.querySelector(".teach-capture");
+    button.setAttribute("aria-pressed", "false");
+    button.addEventListener("pointerdown", function (event) {
+      event.preventDefault();
+      if (button.setPointerCapture) {
+        try { button.setPointerCapture(event.pointerId); } catch (e) { /* fine */ }
+      }
+      burst(section);
+    });
+    ["pointerup", "pointercancel", "lostpointercapture"].forEach(function (name) {
+      button.addEventListener(name, stopBurst);
+    });
+    button.addEventListener("contextmenu", function (event) { event.preventDefault(); });
+    button.addEventListener("keydown", function (event) {
+      if ((event.key === " " || event.key === "Enter") && !event.repeat) {
+        event.preventDefault();
+        burst(section);
+      }
+    });
+    button.addEventListener("keyup", function (event) {
+      if (event.key === " " || event.key === "Enter") stopBurst();
+    });
+    button.addEventListener("blur", stopBurst);
+  });
+
+  // ------------------------------------------------------------------ training
+
+  const trainButton = $("train-button");
+  const cancelButton = $("cancel-button");
+
+  function updateTrainable() {
+    const counts = sections().map(function (s) {
+      return Number(s.querySelector(".teach-count").textContent);
+    });
+    const busy = job && (job.state === "queued" || job.state === "running");
+    const ready = counts.length >= 2 && counts.every(function (n) { return n >= 2; });
+    trainButton.disabled = Boolean(busy) || !ready;
+    $("train-hint").textContent = counts.length < 2
+      ? "Add a second class: a model needs at least 2 things to tell apart."
+      : ready ? "Ready. Every class has pictures (20 or more each work better)."
+        : "Every class needs at least 2 pictures (20 or more work better).";
+  }
+
+  function options() {
+    return {
+      epochs: Number($("opt-epochs").value),
+      image_size: Number($("opt-size").value),
+      strategy: $("opt-strategy").value,
+    };
+  }
+
+  function seconds(s) {
+    if (s === null || s === undefined) return "";
+    return s < 90 ? Math.round(s) + " s" : Math.round(s / 60) + " min";
+  }
+
+  function renderJob(data) {
+    job = data;
+    show($("job"), true);
+    const state = $("job-state");
+    state.textContent = data.state + (data.cancel_requested && data.state === "running" ? " (cancelling)" : "");
+    state.className = "badge " + ({
+      queued: "text-bg-secondary", running: "text-bg-primary", done: "text-bg-success",
+      failed: "text-bg-danger", cancelled: "text-bg-warning",
+    }[data.state] || "text-bg-secondary");
+    root.dataset.jobState = data.state;
+    const p = data.progress || {};
+    const pct = data.state === "done" ? 100 : Math.round((p.fraction || 0) * 100);
+    $("job-bar").style.width = pct + "%";
+    $("job-progress").setAttribute("aria-valuenow", String(pct));
+    let summary = "";
+    if (data.state === "queued") {
+      summary = "Waiting" + (data.queue_position > 1 ? " (number " + data.queue_position + " in the queue)" : "") + "…";
+    } else if (data.state === "running") {
+      if (p.stage === "train" || p.stage === "epoch") {
+        summary = "Epoch " + p.epoch + " of at most " + p.epochs
+          + (p.eta_s ? " · about " + seconds(p.eta_s) + " left" : "");
+      } else if (p.stage === "storing" || p.stage === "test" || p.stage === "done") {
+        summary = "Checking and storing the model…";
+      } else {
+        summary = "Starting…";
+      }
+    } else if (data.state === "done") {
+      summary = "Done in " + seconds(data.duration_s) + ".";
+    } else if (data.state === "cancelled") {
+      summary = "Cancelled: nothing was stored.";
+    } else if (data.state === "failed") {
+      summary = "The training failed.";
+    }
+    $("job-summary").textContent = summary;
+    const last = (data.history || [])[data.history ? data.history.length - 1 : 0];
+    $("job-metrics").textContent = last
+      ? "Last epoch: training loss " + last.train_loss.toFixed(3) + ", validation loss "
+        + last.val_loss.toFixed(3) + ", validation accuracy " + (last.val_acc * 100).toFixed(0) + "%"
+      : "";
+    const errorBox = $("job-error");
+    errorBox.textContent = data.error || "";
+    show(errorBox, Boolean(data.error));
+    $("job-log").textContent = (data.messages || []).join("\n");
+    const active = data.state === "queued" || data.state === "running";
+    show(cancelButton, active);
+    cancelButton.disabled = Boolean(data.cancel_requested);
+    updateTrainable();
+    if (data.state === "done" && data.model_id && (!model || model.id !== data.model_id)) {
+      loadModel(data.model_id);
+    }
+  }
+
+  async function poll() {
+    clearTimeout(pollTimer);
+    if (!job) return;
+    try {
+      renderJob(await call("GET", root.dataset.jobsUrl + "/" + encodeURIComponent(job.id)));
+    } catch (err) {
+      $("job-summary").textContent = "Could not ask the server: " + err.message;
+    }
+    if (job && (job.state === "queued" || job.state === "running")) {
+      pollTimer = setTimeout(poll, POLL_MS);
+    }
+  }
+
+  trainButton.addEventListener("click", async function () {
+    trainButton.disabled = true;
+    show($("result"), false);
+    model = null;
+    try {
+      const data = await call("POST", root.dataset.trainUrl, options(), true);
+      renderJob(data);
+      pollTimer = setTimeout(poll, POLL_MS);
+    } catch (err) {
+      show($("job"), true);
+      $("job-error").textContent = err.message;
+      show($("job-error"), true);
+      updateTrainable();
+    }
+  });
+
+  cancelButton.addEventListener("click", async function () {
+    if (!job) return;
+    cancelButton.disabled = true;
+    try {
+      renderJob(await call("DELETE", root.dataset.jobsUrl + "/" + encodeURIComponent(job.id)));
+    } catch (err) {
+      $("job-error").textContent = err.message;
+      show($("job-error"), true);
+    }
+    poll();
+  });
+
+  // ------------------------------------------------------------------ the new model
+
+  function percent(x) { return x === null || x === undefined ? "–" : (x * 100).toFixed(0) + "%"; }
+
+  async function loadModel(modelId) {
+    let data;
+    try {
+      data = await call("GET", root.dataset.modelsUrl + "/" + encodeURIComponent(modelId));
+    } catch (err) {
+      $("job-error").textContent = "The model " + modelId + ": " + err.message;
+      show($("job-error"), true);
+      return;
+    }
+    model = data;
+    $("result-name").textContent = data.name;
+    $("result-id").textContent = data.id;
+    const m = data.metrics || {};
+    $("result-metrics").textContent = "Validation accuracy " + percent(m.val_accuracy)
+      + (m.test_accuracy !== null && m.test_accuracy !== undefined
+        ? ", accuracy on pictures it never trained on " + percent(m.test_accuracy) : "")
+      + " · classes: " + (data.classes || []).join(", ");
+    const img = $("result-confusion");
+    if ((data.report_files || []).indexOf("confusion.png") >= 0) {
+      img.src = root.dataset.modelsUrl + "/" + encodeURIComponent(data.id) + "/report/confusion.png";
+      show(img, true);
+    } else {
+      show(img, false);
+    }
+    show($("result-active"), Boolean(data.active));
+    show($("activated-note"), Boolean(data.active));
+    $("activate-button").disabled = Boolean(data.active);
+    $("try-result").replaceChildren();
+    show($("try-error"), false);
+    show($("result"), true);
+  }
+
+  function bars(predictions) {
+    const list = document.createElement("ol");
+    list.className = "predictions list-unstyled mb-0";
+    predictions.forEach(function (p, i) {
+      const pct = p.score * 100;
+      const item = document.createElement("li");
+      item.className = "prediction mb-2";
+      const row = document.createElement("div");
+      row.className = "d-flex justify-content-between";
+      const label = document.createElement("span");
+      label.className = "label fw-semibold";
+      label.textContent = p.label;
+      const score = document.createElement("span");
+      score.className = "score text-body-secondary";
+      score.textContent = pct.toFixed(1) + "%";
+      row.append(label, score);
+      const progress = document.createElement("div");
+      progress.className = "progress";
+      progress.setAttribute("role", "progressbar");
+      progress.setAttribute("aria-label", p.label);
+      progress.setAttribute("aria-valuenow", pct.toFixed(1));
+      progress.setAttribute("aria-valuemin", "0");
+      progress.setAttribute("aria-valuemax", "100");
+      const fill = document.createElement("div");
+      fill.className = "progress-bar" + (i === 0 ? " bg-success" : "");
+      fill.style.width = pct.toFixed(1) + "%";
+      progress.append(fill);
+      item.append(row, progress);
+      list.append(item);
+    });
+    $("try-result").replaceChildren(list);
+  }
+
+  async function tryImage(blob, name) {
+    if (!model) return;
+    show($("try-error"), false);
+    const body = new FormData();
+    body.append("image", blob, name);
+    body.append("topk", "3");
+    try {
+      const data = await call("POST", root.dataset.modelsUrl + "/" + encodeURIComponent(model.id) + "/predict", body, false);
+      bars(data.predictions);
+    } catch (err) {
+      $("try-error").textContent = err.message;
+      show($("try-error"), true);
+    }
+  }
+
+  $("try-camera").addEventListener("click", async function () {
+    const blob = await grabFrame();
+    if (blob) tryImage(blob, "camera.jpg");
+  });
+  $("try-file").addEventListener("change", function () {
+    const input = $("try-file");
+    if (input.files && input.files.length) tryImage(input.files[0], input.files[0].name);
+    input.value = "";
+  });
+
+  $("activate-button").addEventListener("click", async function () {
+    if (!model) return;
+    const button = $("activate-button");
+    button.disabled = true;
+    try {
+      await call("POST", root.dataset.modelsUrl + "/" + encodeURIComponent(model.id) + "/activate");
+      model.active = true;
+      show($("result-active"), true);
+      show($("activated-note"), true);
+    } catch (err) {
+      button.disabled = false;
+      $("try-error").textContent = err.message;
+      show($("try-error"), true);
+    }
+  });
+
+  // ------------------------------------------------------------------ confirmations
+
+  document.querySelectorAll("form[data-confirm]").forEach(function (form) {
+    form.addEventListener("submit", function (event) {
+      if (!window.confirm(form.dataset.confirm)) event.preventDefault();
+    });
+  });
+
+  // ------------------------------------------------------------------ start
+
+  $("try-camera").disabled = true;
+  updateTrainable();
+  startCamera();
+  if (root.dataset.latestJob) {
+    job = { id: root.dataset.latestJob, state: root.dataset.latestState };
+    poll();
+  }
+})();

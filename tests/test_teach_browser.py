@@ -1,0 +1,207 @@
+"""The Teach page in a real browser (headless Chromium via Playwright) against a real
+gunicorn server: Chromium's fake camera films a real cat photo; one class is captured by
+holding the button, the other from files; a bad shot is deleted; Train shows the job's
+progress; the new model's report appears; Try it answers from the camera; Activate makes
+the kiosk answer with the new classes; a second job is cancelled from the page.  Every
+request goes to the test server and no JavaScript error happens."""
+
+from __future__ import annotations
+
+import os
+import sys
+from urllib.parse import urlsplit
+
+import pytest
+from PIL import ImageOps
+from playwright.sync_api import sync_playwright
+
+from tests.browser import (
+    CHROMIUM_ARGS,
+    FAKE_CAMERA_ARGS,
+    MISSING_BROWSER,
+    chromium_executable,
+    screenshot,
+    write_y4m,
+)
+from tests.conftest import Server, encode, free_port
+from tests.photos import photo
+from tests.test_browser import assert_wcag_aa
+
+pytestmark = pytest.mark.browser
+
+TOKEN = "teach-browser-token-0123456789"
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    base = tmp_path_factory.mktemp("teach-browser")
+    coffee = photo("coffee").image
+    pictures = []
+    for n in range(6):  # different crops and flips of the espresso photo
+        w, h = coffee.size
+        box = (n * w // 30, n * h // 40, w - (5 - n) * w // 30, h - (5 - n) * h // 40)
+        image = coffee.crop(box)
+        if n % 2:
+            image = ImageOps.mirror(image)
+        path = base / f"coffee-{n}.jpg"
+        path.write_bytes(encode(image, "JPEG", quality=90))
+        pictures.append(str(path))
+    return {"base": base, "coffee": pictures,
+            "camera": write_y4m(photo("chelsea").image, base / "cat.y4m")}
+
+
+@pytest.fixture(scope="module")
+def server(files):
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "WEB_CONCURRENCY": "1",
+           "ADMIN_TOKEN": TOKEN, "MODEL_DIR": str(files["base"] / "models"),
+           "DATA_DIR": str(files["base"] / "data"), "JOB_THREADS": "1"}
+    srv = Server([sys.executable, "-m", "gunicorn", "app:app"], env, port,
+                 files["base"] / "server.log")
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(files):
+    with sync_playwright() as pw:
+        executable = chromium_executable(pw)
+        if executable is None:
+            pytest.fail(MISSING_BROWSER, pytrace=False)
+        kwargs = {"executable_path": executable} if executable else {}
+        browser = pw.chromium.launch(args=CHROMIUM_ARGS + FAKE_CAMERA_ARGS + [
+            f"--use-file-for-fake-video-capture={files['camera']}"], **kwargs)
+        yield browser
+        browser.close()
+
+
+def count(page, label) -> int:
+    return int(page.locator(f'.teach-class[data-label="{label}"] .teach-count').inner_text())
+
+
+def test_teach_capture_train_activate_and_the_kiosk_knows_it(browser, server, files):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    requests, errors = [], []
+    context.on("request", lambda request: requests.append(request.url))
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+    page.on("console", lambda msg: errors.append(f"console: {msg.text}")
+            if msg.type == "error" else None)
+    try:
+        # Log in on the way to the Teach page; make a dataset with two classes.
+        page.goto(server.url + "/admin/teach")
+        assert "/admin/login" in page.url
+        page.fill("#token", TOKEN)
+        page.click("button[type=submit]")
+        page.wait_for_url("**/admin/teach")
+        assert_wcag_aa(page)
+        page.fill("#dataset-name", "cat-or-coffee")
+        page.fill("#dataset-classes", "cat, coffee")
+        page.click("#create-button")
+        page.wait_for_url("**/admin/teach/cat-or-coffee")
+        page.wait_for_selector('#teach[data-camera="on"]')
+        page.wait_for_function("() => document.getElementById('teach-camera').videoWidth > 0")
+        assert page.locator("#train-button").is_disabled()
+
+        # Hold the capture button: a burst of pictures, the count and thumbnails grow.
+        capture = page.locator('.teach-class[data-label="cat"] .teach-capture')
+        capture.hover()
+        page.mouse.down()
+        page.wait_for_function(
+            """() => Number(document.querySelector('.teach-class[data-label="cat"] '
+                   + '.teach-count').textContent) >= 7""", timeout=TIMEOUT_MS)
+        page.mouse.up()
+        page.wait_for_function("() => !document.querySelector('.teach-capture.capturing')")
+        cats = count(page, "cat")
+        assert cats >= 7
+        thumbs = page.locator('.teach-class[data-label="cat"] .teach-thumb img')
+        assert thumbs.count() == cats
+        thumbs.first.evaluate("img => img.decode()")
+        # The other class from files.
+        page.set_input_files('.teach-class[data-label="coffee"] .teach-files', files["coffee"])
+        page.wait_for_function(
+            """() => document.querySelectorAll('.teach-class[data-label="coffee"] '
+                   + '.teach-thumb').length === 6""")
+        assert count(page, "coffee") == 6
+        # Delete a bad shot.
+        first = page.locator('.teach-class[data-label="cat"] .teach-thumb').first
+        first.hover()
+        first.locator(".teach-thumb-delete").click()
+        page.wait_for_function(
+            f"""() => document.querySelector('.teach-class[data-label="cat"] .teach-count')
+                   .textContent === '{cats - 1}'""")
+        assert thumbs.count() == cats - 1
+        assert int(page.locator("#total-count").inner_text()) == cats - 1 + 6
+        screenshot(page, "teach")
+        assert_wcag_aa(page)
+
+        # Train: the job's progress is shown live until the model is there.
+        page.evaluate("""() => {  // remember every summary the page shows
+            window.seenSummaries = [];
+            new MutationObserver(() => window.seenSummaries.push(
+                document.getElementById('job-summary').textContent)
+            ).observe(document.getElementById('job-summary'),
+                      {childList: true, characterData: true, subtree: true});
+        }""")
+        assert page.locator("#train-button").is_enabled()
+        page.click("#train-button")
+        page.wait_for_selector('#teach[data-job-state="done"]', timeout=240_000)
+        seen = page.evaluate("window.seenSummaries")
+        assert any(s.startswith("Epoch ") for s in seen), seen
+        page.wait_for_selector("#result:not([hidden])")
+        confusion = page.locator("#result-confusion")
+        confusion.evaluate("img => img.decode()")
+        assert confusion.evaluate("img => img.naturalWidth") > 100
+        assert "Validation accuracy" in page.locator("#result-metrics").inner_text()
+        assert "cat, coffee" in page.locator("#result-metrics").inner_text()
+        screenshot(page, "teach-done")
+
+        # Try it: the camera's cat, with the new model (not active yet).
+        page.click("#try-camera")
+        page.wait_for_selector("#try-result .label")
+        assert page.locator("#try-result .label").first.inner_text() == "cat"
+        assert page.locator("#result-active").is_hidden()
+        page.click("#activate-button")
+        page.wait_for_selector("#activated-note:not([hidden])")
+
+        # The kiosk now answers with the new classes.
+        page.goto(server.url + "/kiosk")
+        page.wait_for_selector('#kiosk[data-state="live"]')
+        page.wait_for_function("() => document.getElementById('camera').videoWidth > 0")
+        answer = None
+        for _ in range(20):  # the worker swaps models within about a second
+            page.click("#capture-button")
+            page.wait_for_selector('#kiosk[data-state="result"]')
+            labels = page.locator("#kiosk-bars .kiosk-bar-label").all_inner_texts()
+            if {label.lower() for label in labels} == {"cat", "coffee"}:
+                answer = labels[0]
+                break
+            page.click("#again-button")
+            page.wait_for_timeout(300)
+        assert answer == "Cat"
+
+        # Train again and cancel from the page.
+        page.goto(server.url + "/admin/teach/cat-or-coffee")
+        page.wait_for_selector("#result:not([hidden])")  # the last job's model is shown
+        page.click("#train-options summary")
+        page.fill("#opt-epochs", "100")
+        page.click("#train-button")
+        page.wait_for_selector('#teach[data-job-state="running"]', timeout=120_000)
+        page.click("#cancel-button")
+        page.wait_for_selector('#teach[data-job-state="cancelled"]', timeout=120_000)
+        assert "nothing was stored" in page.locator("#job-summary").inner_text()
+        assert page.locator("#train-button").is_enabled()
+
+        origin = urlsplit(server.url)
+        outside = [url for url in requests if not url.startswith(("data:", "blob:"))
+                   and (urlsplit(url).scheme, urlsplit(url).netloc)
+                   != (origin.scheme, origin.netloc)]
+        assert not outside, outside
+        assert not errors, errors
+    finally:
+        context.close()

@@ -1,0 +1,756 @@
+"""Background training jobs: "Train" on the Teach page runs the fine-tuning recipe
+(``webapp.finetune.train``) here, **never inside a web worker**, one job at a time per
+``DATA_DIR``, queued otherwise.
+
+How it runs.  The worker that receives ``POST .../train`` snapshots the dataset, writes a
+``queued`` job and starts a runner: a separate process, ``python -m webapp.jobs work
+DATA_DIR``, in its own session (a gunicorn worker restart or ``max_requests`` does not
+take it down), at ``nice`` 10, with ``JOB_THREADS`` torch threads, so serving keeps the
+other cores.  The runner takes an exclusive ``flock`` on ``.jobs/.runner.lock``, runs the
+queued jobs oldest first until there are none, and exits.  Runners started meanwhile (by
+other workers, other servers sharing ``DATA_DIR``, or a restart) find the lock held and
+exit; the last runner looks at the queue again after letting go of the lock, so no job
+is left waiting.  Exactly one process trains, whatever the number of workers and replicas.
+
+What holds.
+
+* **State on disk**, one ``job.json`` per job replaced atomically; state changes
+  (``queued -> running``, ``queued -> cancelled``, the end of a job) happen under a short
+  ``flock`` on ``.jobs/.state.lock``.  States: ``queued | running | done | failed |
+  cancelled``.
+* **A job never stays "running" after its runner is gone.**  The runner holds its lock for
+  as long as it lives; the kernel releases it when the process dies, however it dies.  A
+  ``running`` job whose runner lock is free is marked ``failed`` ("the training process
+  stopped ...") by whoever looks first: a web worker answering ``GET /jobs/<id>``, a
+  server starting, the next runner.  A runner asked to stop (SIGTERM, e.g. the machine
+  shutting down) ends its job as ``failed`` with that reason.
+* **Cancelling** a queued job cancels it at once; a running job gets a ``cancel`` file,
+  checked before every training batch: the recipe raises ``TrainingCancelled`` and writes
+  nothing.  Models reach the registry only at the very end, through ``Registry.add``
+  (validated, one atomic rename), so a cancelled, failed or killed job leaves no model and
+  no half-written file in ``MODEL_DIR``.
+* **The model is not activated**: a finished job has a ``model_id``; the model carries its
+  report (``report.json``, ``confusion.png``, ``curves.png``) in the registry.
+
+Layout under ``DATA_DIR/.jobs/``::
+
+    <job id>/job.json     state, options, progress, per-epoch metrics, result or error
+    <job id>/data/        the dataset as it was when Train was pressed (hard links)
+    <job id>/out/         checkpoint and report while training (removed afterwards)
+    <job id>/log.txt      what the recipe said, and a traceback for an unexpected error
+    <job id>/cancel       exists once a cancel was asked for
+    .runner.lock          held by the one process that trains
+    .state.lock           serialises state changes
+    runner.log            the runners' own stderr
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+JOBS_DIR = ".jobs"
+STATES = ("queued", "running", "done", "failed", "cancelled")
+FINAL_STATES = ("done", "failed", "cancelled")
+MAX_QUEUED = 10
+KEEP_FINISHED = 50
+RUNNER_LOCK_WAIT = 3.0  # a web worker's liveness probe holds the lock for microseconds
+PROGRESS_EVERY = 0.5  # seconds between progress writes (every epoch is written at once)
+_JOB_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
+ORPHANED = ("The training process stopped while this job was running (the server or the "
+            "machine restarted, or the process was killed). Nothing was stored; press "
+            "Train to start again.")
+
+# Defaults for the small datasets a class captures in a few minutes: the pretrained
+# backbone, the head first and then one block more per epoch, 160 px (EfficientNet-Lite0
+# fits multiples of 32), early stopping.  Measured on 2 cores: README "Teach it live".
+TEACH_DEFAULTS = {"strategy": "progressive", "image_size": 160, "epochs": 12,
+                  "patience": 3, "batch_size": 16}
+
+
+def _int_option(low: int, high: int):
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"a whole number from {low} to {high}")
+        return value
+    return check
+
+
+def _float_option(low: float, high: float):
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not low <= value <= high:
+            raise ValueError(f"a number from {low:g} to {high:g}")
+        return float(value)
+    return check
+
+
+def _bool_option(value):
+    if not isinstance(value, bool):
+        raise ValueError("true or false")
+    return value
+
+
+def _strategy_option(value):
+    if value not in ("head", "progressive", "full"):
+        raise ValueError("head, progressive or full")
+    return value
+
+
+OPTIONS: dict[str, Callable] = {
+    "strategy": _strategy_option,
+    "epochs": _int_option(1, 100),
+    "patience": _int_option(0, 100),
+    "image_size": _int_option(64, 448),
+    "batch_size": _int_option(2, 128),
+    "lr": _float_option(1e-6, 1.0),
+    "color_jitter": _bool_option,
+    "flip": _bool_option,
+    "seed": _int_option(0, 2**31 - 1),
+}
+
+
+class JobError(Exception):
+    """A request about jobs that cannot be honoured; ``status`` is the HTTP status."""
+
+    def __init__(self, status: int, code: str, message: str, **extra):
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
+def check_options(raw) -> tuple[dict, str | None]:
+    """The training options a request may set (``OPTIONS``) and the model's name; 400
+    naming every bad field."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise JobError(400, "bad_options", "Send the training options as a JSON object, e.g. "
+                       '{"epochs": 12, "image_size": 160}, or nothing for the defaults.')
+    options, errors, name = {}, {}, None
+    for key, value in raw.items():
+        if key == "name":
+            from webapp.registry import RegistryError, clean_name
+
+            try:
+                name = clean_name(value) if isinstance(value, str) else None
+            except RegistryError as exc:
+                errors[key] = exc.message
+            continue
+        check = OPTIONS.get(key)
+        if check is None:
+            errors[key] = "unknown option (use: " + ", ".join(["name", *OPTIONS]) + ")"
+            continue
+        try:
+            options[key] = check(value)
+        except ValueError as exc:
+            errors[key] = f"expected {exc}"
+    if errors:
+        raise JobError(400, "bad_options", "Some training options are not accepted: "
+                       + "; ".join(f"{k}: {v}" for k, v in errors.items()), fields=errors)
+    return options, name
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, data: dict, *, durable: bool) -> None:
+    """Temp file + ``os.replace``: readers see the old state or the new one.  State
+    changes are fsynced (``durable``); progress updates are not (they come again)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1, ensure_ascii=False)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+class JobQueue:
+    """The jobs under ``DATA_DIR/.jobs``; safe to use from any number of threads and
+    processes.  ``threads`` is what a runner started from here uses (``JOB_THREADS``)."""
+
+    def __init__(self, data_dir: str | os.PathLike, *, threads: int = 1):
+        self.data_dir = Path(data_dir)
+        self.root = self.data_dir / JOBS_DIR
+        self.threads = max(1, int(threads))
+
+    # ------------------------------------------------------------------ files and locks
+
+    def job_dir(self, job_id) -> Path:
+        if not isinstance(job_id, str) or not _JOB_RE.match(job_id):
+            raise self._unknown(job_id)
+        return self.root / job_id
+
+    @staticmethod
+    def _unknown(job_id) -> JobError:
+        shown = job_id if isinstance(job_id, str) and len(job_id) <= 40 else "?"
+        return JobError(404, "unknown_job", f"There is no training job {shown!r}.")
+
+    @contextlib.contextmanager
+    def _state_lock(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".state.lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _try_runner_lock(self):
+        """The runner lock's file object when we got it, else None (never waits)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fh = open(self.root / ".runner.lock", "a+")  # noqa: SIM115 - returned or closed
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            fh.close()
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                return None
+            raise
+        return fh
+
+    def acquire_runner_lock(self, wait: float = RUNNER_LOCK_WAIT):
+        """For a runner: the lock, retried for ``wait`` seconds (a liveness probe may hold
+        it for an instant), or None when another runner has it."""
+        deadline = time.monotonic() + wait
+        while True:
+            fh = self._try_runner_lock()
+            if fh is not None or time.monotonic() >= deadline:
+                return fh
+            time.sleep(0.05)
+
+    def runner_alive(self) -> bool:
+        """Whether some process (here or on another server sharing DATA_DIR) holds the
+        runner lock, i.e. is training or about to."""
+        fh = self._try_runner_lock()
+        if fh is None:
+            return True
+        fh.close()  # closing releases the flock
+        return False
+
+    def read(self, job_id) -> dict:
+        path = self.job_dir(job_id) / "job.json"
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._unknown(job_id) from None
+        except (OSError, ValueError) as exc:
+            raise JobError(500, "job_damaged", f"{job_id}: job.json: {exc}") from None
+
+    def _save(self, job: dict, *, durable: bool = True) -> None:
+        _write_json(self.job_dir(job["id"]) / "job.json", job, durable=durable)
+
+    def ids(self) -> list[str]:
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            return []
+        return sorted((n for n in names if _JOB_RE.match(n)), reverse=True)
+
+    def _all(self) -> list[dict]:
+        jobs = []
+        for job_id in self.ids():
+            with contextlib.suppress(JobError):
+                jobs.append(self.read(job_id))
+        jobs.sort(key=lambda j: (j.get("created_ts", 0), j["id"]), reverse=True)  # newest first
+        return jobs
+
+    # ------------------------------------------------------------------ the web side
+
+    def create(self, store, dataset: str, *, options: dict, name: str | None,
+               model_dir: str | os.PathLike) -> dict:
+        """Snapshot ``dataset`` and queue a job for it; start a runner."""
+        describe = store.describe(dataset)  # 404 for an unknown dataset
+        with self._state_lock():
+            queued = [j for j in self._all() if j.get("state") == "queued"]
+        if len(queued) >= MAX_QUEUED:
+            raise JobError(409, "queue_full", f"{len(queued)} training jobs are waiting "
+                           "already; wait for them or cancel some.")
+        job_id = (_dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S-")
+                  + secrets.token_hex(3))
+        staging = store._tmp(f"job-{job_id}-")
+        try:
+            counts = store.snapshot(dataset, staging / "data")
+            job = {
+                "id": job_id,
+                "dataset": dataset,
+                "name": name,
+                "state": "queued",
+                "created": now_iso(),
+                "created_ts": time.time(),
+                "started": None,
+                "finished": None,
+                "options": {**TEACH_DEFAULTS, **options},
+                "classes": counts,
+                "images": sum(counts.values()),
+                "progress": {"stage": "queued", "fraction": 0.0},
+                "history": [],
+                "messages": [],
+                "metrics": {},
+                "model_id": None,
+                "error": None,
+                "runner": None,
+                "model_dir": str(model_dir),
+            }
+            _write_json(staging / "job.json", job, durable=True)
+            self.root.mkdir(parents=True, exist_ok=True)
+            os.rename(staging, self.root / job_id)
+            staging = None
+        finally:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+        log.info("queued training job %s for dataset %s (%d images, %d classes)",
+                 job_id, dataset, job["images"], len(describe["classes"]))
+        self.prune()
+        self.start_runner()
+        return self.view(job)
+
+    def get(self, job_id) -> dict:
+        job = self.read(job_id)
+        if job["state"] == "running" and self.fail_orphans():
+            job = self.read(job_id)
+        elif job["state"] == "queued" and time.time() - job.get("created_ts", 0) > 10 \
+                and not self.runner_alive():
+            self.start_runner()  # e.g. the runner could not start: try again
+        return self.view(job)
+
+    def list(self, dataset: str | None = None) -> list[dict]:
+        jobs = self._all()
+        if any(j.get("state") == "running" for j in jobs) and self.fail_orphans():
+            jobs = self._all()
+        return [self.view(j, jobs) for j in jobs
+                if dataset is None or j.get("dataset") == dataset]
+
+    def view(self, job: dict, others: list[dict] | None = None) -> dict:
+        """What the API shows: the job without server paths, plus whether a cancel is
+        pending and, for a queued job, its place in the queue."""
+        out = {k: v for k, v in job.items()
+               if k not in ("model_dir", "created_ts", "started_ts")}
+        out["cancel_requested"] = (self.root / job["id"] / "cancel").exists()
+        if job["state"] == "queued":
+            others = others if others is not None else self._all()
+            ahead = [o for o in others if o.get("state") in ("queued", "running")
+                     and o.get("created_ts", 0) < job.get("created_ts", 0)]
+            out["queue_position"] = len(ahead) + 1
+        return out
+
+    def cancel(self, job_id) -> dict:
+        """Cancel a queued job at once, or ask the runner to stop a running one."""
+        self.read(job_id)  # 404 before anything is locked or created
+        with self._state_lock():
+            job = self.read(job_id)
+            state = job["state"]
+            if state == "queued":
+                job.update(state="cancelled", finished=now_iso(),
+                           progress={**job.get("progress", {}), "stage": "cancelled"},
+                           error=None)
+                job["messages"] = [*job.get("messages", []), "Cancelled before it started."]
+                self._save(job)
+                shutil.rmtree(self.job_dir(job_id) / "data", ignore_errors=True)
+            elif state == "running":
+                (self.job_dir(job_id) / "cancel").touch()
+            else:
+                raise JobError(409, "job_finished", f"Job {job_id} has already ended "
+                               f"({state}); there is nothing to cancel.", state=state)
+        log.info("cancel requested for training job %s (%s)", job_id, state)
+        return self.view(self.read(job_id))
+
+    def fail_orphans(self, *, runner_lock_held: bool = False) -> int:
+        """Mark ``running`` jobs whose runner is gone as failed; how many were."""
+        if not any(j.get("state") == "running" for j in self._all()):
+            return 0  # the common case: nothing to look at, no lock taken
+        with self._state_lock():
+            running = [j for j in self._all() if j.get("state") == "running"]
+            if not running:
+                return 0
+            if not runner_lock_held and self.runner_alive():
+                return 0
+            for job in running:
+                model_id = _stored_model(job)
+                if model_id:  # died in the instant between storing the model and saying so
+                    job.update(state="done", finished=now_iso(), model_id=model_id,
+                               error=None, progress={**job.get("progress", {}),
+                                                     "stage": "done", "fraction": 1.0})
+                else:
+                    job.update(state="failed", finished=now_iso(), error=ORPHANED,
+                               progress={**job.get("progress", {}), "stage": "failed"})
+                    log.warning("training job %s: %s", job["id"], ORPHANED)
+                self._save(job)
+                self._clean_work_files(job["id"])
+        return len(running)
+
+    def has_queued(self) -> bool:
+        return any(j.get("state") == "queued" for j in self._all())
+
+    def recover(self) -> None:
+        """At server start: fail orphaned jobs, and start a runner when jobs wait."""
+        try:
+            self.fail_orphans()
+            if self.has_queued() and not self.runner_alive():
+                self.start_runner()
+        except OSError as exc:
+            log.warning("cannot look at the training jobs in %s: %s", self.root, exc)
+
+    def prune(self, keep: int = KEEP_FINISHED) -> None:
+        finished = [j for j in self._all() if j.get("state") in FINAL_STATES]
+        for job in finished[keep:]:  # newest first
+            shutil.rmtree(self.root / job["id"], ignore_errors=True)
+
+    def _clean_work_files(self, job_id: str) -> None:
+        for sub in ("data", "out"):
+            shutil.rmtree(self.root / job_id / sub, ignore_errors=True)
+
+    def start_runner(self) -> subprocess.Popen | None:
+        """Start ``python -m webapp.jobs work DATA_DIR`` detached (own session, so a
+        worker restart or Ctrl-C of the server does not kill it).  It exits at once when
+        another runner is at work."""
+        from webapp.config import PROJECT_ROOT
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        runner_log = self.root / "runner.log"
+        with contextlib.suppress(OSError):
+            if runner_log.stat().st_size > 1_000_000:
+                runner_log.unlink()
+        threads = str(self.threads)
+        env = {**os.environ, "JOB_THREADS": threads, "OMP_NUM_THREADS": threads,
+               "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
+        try:
+            with open(runner_log, "ab") as err:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "webapp.jobs", "work", str(self.data_dir)],
+                    cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                    close_fds=True,
+                )
+        except OSError as exc:
+            log.error("cannot start the training process: %s", exc)
+            return None
+        # Reap it when it ends (no zombie); if this worker exits first, init does.
+        threading.Thread(target=proc.wait, name=f"job-runner-{proc.pid}", daemon=True).start()
+        return proc
+
+    # ------------------------------------------------------------------ the runner side
+
+    def claim_next(self) -> dict | None:
+        """The oldest queued job, now ``running`` under this process (runner only)."""
+        with self._state_lock():
+            queued = [j for j in self._all() if j.get("state") == "queued"]
+            if not queued:
+                return None
+            job = min(queued, key=lambda j: (j.get("created_ts", 0), j["id"]))
+            job.update(state="running", started=now_iso(), started_ts=time.time(),
+                       runner={"pid": os.getpid(), "host": socket.gethostname()},
+                       progress={"stage": "starting", "fraction": 0.0})
+            self._save(job)
+            return job
+
+    def finish(self, job: dict, state: str, **fields) -> None:
+        with self._state_lock():
+            job.update(state=state, finished=now_iso(), **fields)
+            if job.get("started_ts"):
+                job["duration_s"] = round(time.time() - job["started_ts"], 1)
+            if (job.get("runner") or {}).get("pid") == os.getpid():  # the runner's memory
+                import resource
+
+                peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                job["peak_memory_mb"] = round(peak_kb / 1024)
+            job["progress"] = {**job.get("progress", {}), "stage": state}
+            if state == "done":
+                job["progress"].update(fraction=1.0, eta_s=0)
+            self._save(job)
+        self._clean_work_files(job["id"])
+
+
+def _stored_model(job: dict) -> str | None:
+    """The registry's model made by ``job``, if it got that far."""
+    try:
+        from webapp.registry import Registry
+
+        for meta in Registry(job["model_dir"]).list_models():
+            if (meta.get("trained_from") or {}).get("job") == job["id"]:
+                return meta["id"]
+    except Exception as exc:  # noqa: BLE001 - an unreadable store: the job failed
+        log.warning("cannot look for the model of job %s: %s", job.get("id"), exc)
+    return None
+
+
+# --------------------------------------------------------------------------- running a job
+
+
+class _Failure(Exception):
+    """A job that cannot succeed; the message is for the teacher."""
+
+
+class _Stopping:
+    """SIGTERM (the machine or the service shutting down): stop the job as cancelled-like,
+    and record why."""
+
+    requested = False
+
+    @classmethod
+    def install(cls) -> None:
+        def handler(signum, frame):
+            cls.requested = True
+        signal.signal(signal.SIGTERM, handler)
+
+
+def _check_classes(counts: dict[str, int]) -> None:
+    """Fail fast, in words a teacher understands, before loading torch."""
+    if len(counts) < 2:
+        only = f" ({', '.join(repr(c) for c in counts)})" if counts else ""
+        raise _Failure(f"The dataset has {len(counts)} class(es){only}; a model needs at "
+                       "least 2 to tell apart. Add a class and train again.")
+    for name, n in counts.items():
+        if n < 2:
+            what = "no images" if n == 0 else "only 1 image"
+            raise _Failure(f"Class {name!r} has {what}: every class needs at least 2 (one "
+                           "to learn from, one to check the model with). Capture or upload "
+                           "some and train again.")
+
+
+def run_job(queue: JobQueue, job: dict) -> None:
+    """Train one claimed job and end it: done (model stored), failed or cancelled."""
+    job_dir = queue.job_dir(job["id"])
+    data_dir = job_dir / "data"
+    out_dir = job_dir / "out"
+    log_file = open(job_dir / "log.txt", "a", encoding="utf-8")  # noqa: SIM115
+    last_write = [0.0]
+    started = time.monotonic()
+    train_started: list[float | None] = [None]
+
+    def save_progress(force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - last_write[0] >= PROGRESS_EVERY:
+            last_write[0] = now
+            queue._save(job, durable=False)
+
+    def say(message: str) -> None:
+        log_file.write(message + "\n")
+        log_file.flush()
+        job["messages"] = [*job.get("messages", []), message][-30:]
+        save_progress()
+
+    def stage(name: str, **extra) -> None:
+        job["progress"] = {**job.get("progress", {}), "stage": name, **extra,
+                           "elapsed_s": round(time.monotonic() - started, 1)}
+        save_progress(force=True)
+
+    def progress(event) -> None:
+        now = time.monotonic()
+        if event.stage == "train" and train_started[0] is None:
+            train_started[0] = now
+        fraction = float(event.fraction)
+        eta = None
+        if train_started[0] is not None and 0.02 < fraction < 1:
+            eta = round((now - train_started[0]) * (1 - fraction) / fraction, 1)
+        job["progress"] = {
+            "stage": event.stage, "epoch": event.epoch, "epochs": event.epochs,
+            "batch": event.batch, "batches": event.batches, "fraction": round(fraction, 4),
+            "elapsed_s": round(now - started, 1), "eta_s": eta,
+        }
+        if event.stage == "epoch":
+            job["history"] = [*job.get("history", []),
+                              {"epoch": event.epoch, **{k: round(v, 4) for k, v in
+                                                        event.metrics.items()}}]
+        save_progress(force=event.stage != "train")
+
+    def should_stop() -> bool:
+        return _Stopping.requested or (job_dir / "cancel").exists()
+
+    stored = None
+    try:
+        say(f"Job {job['id']}: dataset {job['dataset']!r}, {job['images']} images, classes "
+            + ", ".join(f"{c} {n}" for c, n in job["classes"].items()) + ".")
+        _check_classes(job["classes"])
+        stage("loading")
+        from webapp import finetune
+        from webapp.datasets import DatasetError
+        from webapp.registry import Registry, RegistryError
+
+        options = finetune.FinetuneOptions(**{**TEACH_DEFAULTS, **job["options"]}, workers=0)
+        if should_stop():
+            raise finetune.TrainingCancelled("cancelled before training started")
+        try:
+            result = finetune.train(data_dir, out_dir / f"{job['dataset']}.pt", options,
+                                    progress=progress, should_stop=should_stop, say=say)
+        except (DatasetError, finetune.FinetuneError) as exc:
+            raise _Failure(str(exc).replace(str(data_dir), f"dataset {job['dataset']!r}")) from None
+        if should_stop():
+            raise finetune.TrainingCancelled("cancelled before the model was stored")
+        stage("storing", fraction=1.0, eta_s=0)
+        report = result.report
+        report["checkpoint"] = None
+        report.get("data", {})["root"] = f"dataset {job['dataset']!r} (job {job['id']})"
+        for skipped in report.get("data", {}).get("skipped", []):
+            skipped["path"] = Path(skipped["path"]).name
+        result.report_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        name = job.get("name") or (f"{job['dataset']} · "
+                                   + _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"))
+        try:
+            meta = Registry(job["model_dir"]).add(
+                result.checkpoint, name=name,
+                extras={"report.json": result.report_path,
+                        "confusion.png": result.confusion_png,
+                        "curves.png": result.curves_png},
+                trained_from={"dataset": job["dataset"], "job": job["id"],
+                              "images": job["images"], "classes": job["classes"]},
+            )
+        except RegistryError as exc:
+            raise _Failure(f"The trained model could not be stored: {exc.message}") from None
+        say(f"Stored the model as {meta['id']} ({meta['name']}); it is not active yet.")
+        metrics = {**report.get("metrics", {}),
+                   "confusion_matrix": report.get("evaluation", {}).get("confusion_matrix"),
+                   "classes": report.get("classes"), "seconds": report.get("seconds")}
+        queue.finish(job, "done", model_id=meta["id"], metrics=metrics, error=None)
+        log.info("training job %s done: model %s", job["id"], meta["id"])
+        stored = meta["id"]
+    except _Failure as exc:
+        say(f"Failed: {exc}")
+        queue.finish(job, "failed", error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - every ending is recorded
+        from webapp.finetune import TrainingCancelled
+
+        if isinstance(exc, TrainingCancelled):
+            if _Stopping.requested:
+                reason = ("The training process was asked to stop (SIGTERM: the server or "
+                          "the machine is shutting down). Nothing was stored; press Train "
+                          "to start again.")
+                say(reason)
+                queue.finish(job, "failed", error=reason)
+            else:
+                say(f"Cancelled ({exc}); nothing was stored.")
+                queue.finish(job, "cancelled", error=None)
+            return
+        message = _known_failure(exc)
+        if message is None:
+            log_file.write(traceback.format_exc())
+            message = f"Training stopped with an unexpected error: {type(exc).__name__}: {exc}"
+        say(f"Failed: {message}")
+        queue.finish(job, "failed", error=message)
+    finally:
+        log_file.close()
+    if stored:  # the job is done; now spare the workers the engine work
+        _prepare_for_serving(job["model_dir"], stored, job_dir / "log.txt")
+
+
+def _prepare_for_serving(model_dir: str, model_id: str, log_path: Path) -> None:
+    """Load the new model the way a worker will serve it (the engine conversion, when the
+    server's engine converts, is cached on disk by the weights' hash), so activating it
+    swaps quickly in every worker -- what an admin upload does too.  The server's settings
+    come from the environment this process inherited; the job's thread cap stays.  A
+    failure is only reported: activation tries again and says why."""
+    try:
+        import torch
+
+        from webapp.classifier import load_registered
+        from webapp.config import Config
+        from webapp.registry import Registry
+
+        config = Config.from_env()
+        config["TORCH_THREADS"] = torch.get_num_threads()
+        load_registered(config, Registry(model_dir), model_id)
+    except Exception as exc:  # noqa: BLE001 - the model is stored; the job succeeded
+        log.warning("model %s could not be prepared for serving yet (%s); activating it "
+                    "will try again", model_id, exc)
+        with contextlib.suppress(OSError), open(log_path, "a", encoding="utf-8") as fh:
+            fh.write(f"Note: the model could not be prepared for serving yet ({exc}); "
+                     "activating it will try again.\n")
+
+
+def _known_failure(exc: Exception) -> str | None:
+    from model_loader import ModelLoadError
+
+    if isinstance(exc, ModelLoadError):
+        return f"The starting weights could not be loaded: {exc}"
+    if isinstance(exc, MemoryError):
+        return "The training ran out of memory; try a smaller image_size or batch_size."
+    return None
+
+
+def _limit_resources() -> int:
+    """Lower this process's priority and cap torch's threads (before any work)."""
+    with contextlib.suppress(OSError):
+        os.nice(10)
+    threads = max(1, int(os.environ.get("JOB_THREADS", "1") or 1))
+    import torch
+
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):  # only settable before parallel work starts
+        torch.set_num_interop_threads(1)
+    return threads
+
+
+def work(data_dir: str | os.PathLike) -> int:
+    """The runner: train queued jobs one after another while holding the runner lock."""
+    queue = JobQueue(data_dir)
+    _Stopping.install()
+    limited = False
+    while not _Stopping.requested:
+        lock = queue.acquire_runner_lock()
+        if lock is None:
+            return 0  # another runner is at work; it looks at the queue before leaving
+        try:
+            if not limited:
+                _limit_resources()
+                limited = True
+            queue.fail_orphans(runner_lock_held=True)
+            while not _Stopping.requested:
+                job = queue.claim_next()
+                if job is None:
+                    break
+                log.info("running training job %s", job["id"])
+                run_job(queue, job)
+        finally:
+            lock.close()
+        if not queue.has_queued():
+            return 0
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m webapp.jobs",
+        description="Run the queued teach-live training jobs of DATA_DIR, one at a time "
+        "(the server starts this by itself; running it by hand is harmless).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("work", help="train queued jobs until there are none")
+    run.add_argument("data_dir", metavar="DATA_DIR")
+    show = sub.add_parser("list", help="print the jobs as JSON")
+    show.add_argument("data_dir", metavar="DATA_DIR")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    if args.command == "list":
+        print(json.dumps(JobQueue(args.data_dir).list(), indent=2))
+        return 0
+    return work(args.data_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,434 @@
+"""Teach it live: the admin **Teach** page (``/admin/teach``) and its API
+(``/admin/api/datasets``, ``/admin/api/jobs``).  A teacher makes a dataset with class
+names, captures images per class from the webcam (or drops files), presses Train, watches
+the background job (``webapp.jobs``) and activates the model it made.
+
+This blueprint is nested inside the admin blueprint (``/admin`` prefix), so every route
+goes through the admin guard first: ``ADMIN_TOKEN`` set, bearer token or session, CSRF
+token on every state-changing session request, rate-limited failures.  The dataset store
+is ``webapp.dataset_store``; nothing here ever sees ``/predict`` traffic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from pathlib import Path
+
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    flash,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    stream_with_context,
+    url_for,
+)
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from webapp import imaging
+from webapp.config import available_cpus
+from webapp.dataset_store import DatasetStore, DatasetStoreError, suggest_slug
+from webapp.errors import ApiError, error_json
+from webapp.jobs import TEACH_DEFAULTS, JobError, JobQueue, check_options
+from webapp.registry import REPORT_FILES, RegistryError
+
+bp = Blueprint("teach", __name__)
+
+IMPORT_PATHS = ("/admin/api/datasets", "/admin/teach/_import")  # zip bodies, spooled
+THUMB_SIZES = range(32, 513)
+REPORT_TYPES = {".png": "image/png", ".json": "application/json"}
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def init_app(app: Flask) -> None:
+    """The dataset store and the job queue (both under DATA_DIR); fail jobs whose
+    training process is gone and restart the queue if jobs wait (server start)."""
+    threads = app.config["JOB_THREADS"] or max(1, available_cpus() // 2)
+    app.extensions["datasets"] = DatasetStore(
+        app.config["DATA_DIR"], max_images=app.config["MAX_DATASET_IMAGES"],
+        max_pixels=app.config["MAX_IMAGE_PIXELS"],
+    )
+    app.extensions["jobs"] = JobQueue(app.config["DATA_DIR"], threads=threads)
+    app.request_class = type("Request", (DatasetImportMixin, app.request_class), {})
+    app.teardown_request(_remove_spooled_archives)
+    app.extensions["jobs"].recover()
+
+
+def store() -> DatasetStore:
+    return current_app.extensions["datasets"]
+
+
+def jobs() -> JobQueue:
+    return current_app.extensions["jobs"]
+
+
+class DatasetImportMixin:
+    """Dataset zip imports only: the body limit is MAX_DATASET_MB and the archive is
+    written to a temp file in DATA_DIR/.tmp (other uploads stay in memory)."""
+
+    def _is_dataset_import(self) -> bool:
+        return (self.method == "POST" and self.path in IMPORT_PATHS
+                and self.mimetype == "multipart/form-data")
+
+    @property
+    def max_content_length(self):
+        if self._is_dataset_import():
+            return int(current_app.config["MAX_DATASET_MB"] * 1024 * 1024)
+        return super().max_content_length
+
+    @max_content_length.setter
+    def max_content_length(self, value):
+        self._max_content_length = value
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None,
+                         content_length=None):
+        if not self._is_dataset_import():
+            return super()._get_file_stream(total_content_length, content_type,
+                                             filename, content_length)
+        path = store()._tmp("archive-")
+        stream = open(path, "xb+")  # noqa: SIM115 - closed in teardown
+        g.setdefault("spooled_archives", []).append((path, stream))
+        return stream
+
+
+def _remove_spooled_archives(exc=None) -> None:
+    for path, stream in g.pop("spooled_archives", []):
+        with contextlib.suppress(OSError):
+            stream.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _is_api() -> bool:
+    return request.path.startswith("/admin/api/")
+
+
+def _fail(status: int, code: str, message: str, **extra):
+    if _is_api():
+        return error_json(status, code, message, **extra)
+    return render_template("error.html", status=status, message=message), status
+
+
+@bp.errorhandler(DatasetStoreError)
+@bp.errorhandler(JobError)
+def _known_error(exc):
+    return _fail(exc.status, exc.code, exc.message, **exc.extra)
+
+
+@bp.errorhandler(RegistryError)
+def _registry_error(exc: RegistryError):
+    return _fail(exc.status, exc.code, exc.message)
+
+
+@bp.errorhandler(RequestEntityTooLarge)
+def _too_large(exc):
+    if request.path in IMPORT_PATHS:
+        limit, setting = current_app.config["MAX_DATASET_MB"], "MAX_DATASET_MB"
+        what = "The dataset archive"
+    else:
+        limit, setting = current_app.config["MAX_UPLOAD_MB"], "MAX_UPLOAD_MB"
+        what = "The upload"
+    return _fail(413, "too_large", f"{what} is larger than the {limit:g} MB limit ({setting}).")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _json_body(required: bool = True) -> dict:
+    if not request.get_data(cache=True) and not required:
+        return {}
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_json", "Send a JSON object (Content-Type: application/json).")
+    return body
+
+
+def _import_archive(name: str | None) -> dict:
+    """The uploaded zip (spooled to DATA_DIR/.tmp) as a new dataset."""
+    upload = request.files.get("archive") or request.files.get("file")
+    if upload is None:
+        raise DatasetStoreError(400, "no_archive", "No archive received. Send the zip as a "
+                                "multipart form field named 'archive'.")
+    stream = upload.stream
+    path = Path(getattr(stream, "name", "") or "")
+    if not path.name.startswith("archive-"):
+        raise DatasetStoreError(400, "no_archive", "The archive was not received as a file.")
+    stream.flush()
+    if path.stat().st_size == 0:
+        raise DatasetStoreError(400, "empty_file", "The uploaded archive is empty (0 bytes).")
+    if not name:
+        stem = Path(upload.filename or "").stem
+        name = suggest_slug(stem) if stem else None
+    limit = int(current_app.config["MAX_UPLOAD_MB"] * 1024 * 1024)
+    result = store().import_zip(
+        path, name, max_member_bytes=limit,
+        max_total_bytes=int(current_app.config["MAX_DATASET_MB"] * 4 * 1024 * 1024),
+    )
+    return {**store().describe(result.name), "import": result.as_dict()}
+
+
+def _add_images() -> tuple[list[dict], str]:
+    label = request.form.get("label")
+    if label is None:
+        raise DatasetStoreError(400, "no_label", "Say which class the image shows: a form "
+                                "field named 'label', e.g. -F label=pen.")
+    files = [f for key in ("image", "file") for f in request.files.getlist(key)]
+    if not files:
+        raise DatasetStoreError(400, "no_image", "No image received. Send it as a multipart "
+                                "form field named 'image' (several are fine).")
+    limit = current_app.config["MAX_IMAGES_PER_REQUEST"]
+    if len(files) > limit:
+        raise DatasetStoreError(400, "too_many_images",
+                                f"{len(files)} images sent; at most {limit} per request.")
+    return files, label
+
+
+def _model_summary(model_id: str | None) -> dict | None:
+    if not model_id:
+        return None
+    registry = current_app.extensions["registry"]
+    try:
+        meta = registry.meta(model_id)
+    except RegistryError:
+        return None  # deleted since
+    meta["active"] = registry.state().active == model_id
+    return meta
+
+
+# --------------------------------------------------------------------------- pages
+
+
+@bp.get("/teach")
+def page():
+    return render_template("admin/teach_index.html", datasets=store().list(),
+                           defaults=TEACH_DEFAULTS)
+
+
+@bp.post("/teach")
+def create_page():
+    try:
+        summary = store().create(request.form.get("name", ""), request.form.get("classes", ""))
+    except DatasetStoreError as exc:
+        flash(exc.message, "danger")
+        return render_template("admin/teach_index.html", datasets=store().list(),
+                               defaults=TEACH_DEFAULTS, form=request.form), exc.status
+    flash(f"Created dataset {summary['name']}. Now show the camera each class.", "success")
+    return redirect(url_for("admin.teach.dataset_page", name=summary["name"]))
+
+
+@bp.post("/teach/_import")
+def import_page():
+    try:
+        summary = _import_archive((request.form.get("name") or "").strip() or None)
+    except DatasetStoreError as exc:
+        flash(exc.message, "danger")
+        return redirect(url_for("admin.teach.page"))
+    result = summary["import"]
+    flash(f"Imported {result['imported']} images into {summary['name']}"
+          + (f"; skipped {result['skipped']} file(s) ("
+             + ", ".join(f"{n} {why}" for why, n in result["skipped_reasons"].items()) + ")."
+             if result["skipped"] else "."), "success")
+    return redirect(url_for("admin.teach.dataset_page", name=summary["name"]))
+
+
+@bp.get("/teach/<name>")
+def dataset_page(name):
+    dataset = store().describe(name, images=True)
+    recent = jobs().list(dataset=name)[:5]
+    latest = recent[0] if recent else None
+    model = _model_summary(latest.get("model_id")) if latest else None
+    return render_template("admin/teach_dataset.html", dataset=dataset, jobs=recent,
+                           latest=latest, model=model, defaults=TEACH_DEFAULTS,
+                           report_files=REPORT_FILES)
+
+
+@bp.post("/teach/<name>/classes")
+def add_class_page(name):
+    try:
+        store().add_class(name, request.form.get("class", ""))
+    except DatasetStoreError as exc:
+        if exc.status == 404 and exc.code == "unknown_dataset":
+            raise
+        flash(exc.message, "danger")
+    return redirect(url_for("admin.teach.dataset_page", name=name))
+
+
+@bp.post("/teach/<name>/delete")
+def delete_page(name):
+    store().delete(name)
+    flash(f"Deleted dataset {name}.", "success")
+    return redirect(url_for("admin.teach.page"))
+
+
+# --------------------------------------------------------------------------- datasets API
+
+
+@bp.get("/api/datasets")
+def api_datasets():
+    return jsonify(datasets=store().list())
+
+
+@bp.post("/api/datasets")
+def api_create():
+    """JSON ``{"name", "classes"}`` creates an empty dataset; a multipart ``archive`` (zip
+    of class folders, optional ``name``) imports one."""
+    if request.mimetype == "multipart/form-data":
+        summary = _import_archive((request.form.get("name") or "").strip() or None)
+    else:
+        body = _json_body()
+        summary = store().create(body.get("name"), body.get("classes"))
+    response = jsonify(summary)
+    response.status_code = 201
+    response.headers["Location"] = url_for("admin.teach.api_dataset", name=summary["name"])
+    return response
+
+
+@bp.get("/api/datasets/<name>")
+def api_dataset(name):
+    return jsonify(store().describe(name, images=True))
+
+
+@bp.delete("/api/datasets/<name>")
+def api_delete(name):
+    store().delete(name)
+    return jsonify(deleted=name)
+
+
+@bp.post("/api/datasets/<name>/classes")
+def api_add_class(name):
+    body = _json_body()
+    return jsonify(store().add_class(name, body.get("name"))), 201
+
+
+@bp.delete("/api/datasets/<name>/classes/<label>")
+def api_delete_class(name, label):
+    return jsonify(store().delete_class(name, label))
+
+
+@bp.post("/api/datasets/<name>/images")
+def api_add_images(name):
+    """Multipart ``image`` (one or several) + ``label``: stored re-encoded as JPEG."""
+    store().describe(name)  # 404 first for an unknown dataset
+    files, label = _add_images()
+    added = []
+    for n, upload in enumerate(files):
+        data = upload.read()
+        try:
+            added.append(store().add_image(name, label, data))
+        except imaging.ImageError as exc:
+            if len(files) > 1:  # say which one, like /predict does
+                exc = imaging.ImageError(exc.status, exc.code,
+                                         f"Image {n + 1} ({upload.filename}): {exc.message}")
+            exc.message += f" {len(added)} image(s) before it were stored." if added else ""
+            raise exc from None
+    counts = {c["name"]: c["count"] for c in store().describe(name)["classes"]}
+    for item in added:
+        item["url"] = url_for("admin.teach.api_image", name=name, image_id=item["id"])
+    body = {"added": added, "counts": counts}
+    if len(added) == 1:
+        body.update(added[0])
+    return jsonify(body), 201
+
+
+@bp.get("/api/datasets/<name>/images/<image_id>")
+def api_image(name, image_id):
+    """The stored JPEG; ``?size=N`` (32–512) for a thumbnail at most N pixels wide/high."""
+    size = request.args.get("size", type=int)
+    if size is not None and size not in THUMB_SIZES:
+        raise ApiError(400, "bad_size", "size must be from 32 to 512.")
+    if size:
+        data = store().thumbnail(name, image_id, size)
+        response = send_file(io.BytesIO(data), mimetype="image/jpeg")
+    else:
+        _, path = store().image_path(name, image_id)
+        response = send_file(path, mimetype="image/jpeg")
+    response.headers["Cache-Control"] = "private, max-age=86400"  # images never change
+    return response
+
+
+@bp.delete("/api/datasets/<name>/images/<image_id>")
+def api_delete_image(name, image_id):
+    label = store().delete_image(name, image_id)
+    counts = {c["name"]: c["count"] for c in store().describe(name)["classes"]}
+    return jsonify(deleted=image_id, label=label, counts=counts)
+
+
+@bp.get("/api/datasets/<name>/export")
+def api_export(name):
+    chunks = store().export_zip(name)  # 404 before the first byte for an unknown name
+    first = next(chunks)
+    return Response(
+        stream_with_context(_chain(first, chunks)), mimetype="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{name}.zip"'},
+    )
+
+
+def _chain(first: bytes, rest):
+    yield first
+    yield from rest
+
+
+@bp.post("/api/datasets/<name>/train")
+def api_train(name):
+    """Queue a training job on the dataset as it is now → 202 ``{"job": id, ...}``."""
+    raw = _json_body(required=False)
+    options, model_name = check_options(raw)
+    job = jobs().create(store(), name, options=options, name=model_name,
+                        model_dir=current_app.config["MODEL_DIR"])
+    response = jsonify({"job": job["id"], **job})
+    response.status_code = 202
+    response.headers["Location"] = url_for("admin.teach.api_job", job_id=job["id"])
+    return response
+
+
+# --------------------------------------------------------------------------- jobs API
+
+
+@bp.get("/api/jobs")
+def api_jobs():
+    dataset = request.args.get("dataset") or None
+    return jsonify(jobs=jobs().list(dataset=dataset))
+
+
+@bp.get("/api/jobs/<job_id>")
+def api_job(job_id):
+    return jsonify(jobs().get(job_id))
+
+
+@bp.delete("/api/jobs/<job_id>")
+def api_cancel(job_id):
+    job = jobs().cancel(job_id)
+    return jsonify(job), 202 if job["state"] == "running" else 200
+
+
+# --------------------------------------------------------------------------- model reports
+
+
+@bp.get("/api/models/<model_id>/report")
+def api_report(model_id):
+    path = current_app.extensions["registry"].report_file(model_id, "report.json")
+    return jsonify(json.loads(path.read_text(encoding="utf-8")))
+
+
+@bp.get("/api/models/<model_id>/report/<filename>")
+def report_file(model_id, filename):
+    """The confusion matrix and curves PNGs (and the JSON) of a model trained here."""
+    path = current_app.extensions["registry"].report_file(model_id, filename)
+    response = send_file(path, mimetype=REPORT_TYPES.get(Path(filename).suffix,
+                                                         "application/octet-stream"))
+    response.headers["Cache-Control"] = "private, max-age=3600"
+    return response
