@@ -45,11 +45,11 @@ def report(label: str, result: ops.LoadResult, seconds: float) -> None:
 
 
 def test_eight_clients_get_no_errors_while_workers_recycle(tmp_path):
-    """8 keep-alive clients for LOAD_SECONDS on 2 workers that restart every 15-20
+    """8 keep-alive clients for LOAD_SECONDS on 2 workers that restart every 10-15
     requests (max_requests + jitter): every request answered 200, and /metrics still
     counts every one of them after the workers that served them are gone."""
     server = ops.launch(tmp_path, "load", WEB_CONCURRENCY=2, TORCH_THREADS=1, HTTP_THREADS=4,
-                        MAX_REQUESTS=15, MAX_REQUESTS_JITTER=5)
+                        MAX_REQUESTS=10, MAX_REQUESTS_JITTER=5)
     try:
         server.wait_ready()
         first = ops.wait_for_workers(server, 2)

@@ -54,7 +54,7 @@ from wtforms import PasswordField
 from wtforms.validators import DataRequired
 
 from model_loader import ModelLoadError
-from webapp import api, imaging
+from webapp import api, imaging, metrics
 from webapp.classifier import load_registered
 from webapp.config import ConfigError
 from webapp.errors import ApiError, error_json
@@ -346,6 +346,7 @@ def _too_large(exc):
     if not request._is_checkpoint_upload():  # "try an image" keeps the image limit
         limit = current_app.config["MAX_UPLOAD_MB"]
         message = f"The upload is larger than the {limit:g} MB limit (MAX_UPLOAD_MB)."
+        metrics.image_rejected("too_large")
     if _is_api():
         return error_json(413, "too_large", message)
     return render_template("error.html", status=413, message=message), 413
