@@ -250,9 +250,12 @@ def test_two_replicas_sharing_a_model_dir_behind_nginx(tmp_path, fruit_checkpoin
                 for n in range(2)]
     port = free_port()
     conf = render_nginx_conf(tmp_path, port, [r.port for r in replicas])
+    # As root, nginx's workers would run as nobody, who cannot enter pytest's private
+    # temp folder where the rendered config keeps nginx's temp files.
+    user = "user root;" if os.getuid() == 0 else ""
     proxy = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(conf), "-e",
                               str(tmp_path / "error.log"), "-g",
-                              f"pid {tmp_path}/nginx.pid; daemon off;"],
+                              f"pid {tmp_path}/nginx.pid; daemon off; {user}"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -274,6 +277,12 @@ def test_two_replicas_sharing_a_model_dir_behind_nginx(tmp_path, fruit_checkpoin
             assert lines, replica.log[-2000:]
             assert all(re.fullmatch(r"[0-9a-f]{32}", line["request_id"]) for line in lines)
             assert all(line["remote"] == "127.0.0.1" for line in lines)
+        # A phone-sized photo, over nginx's 1 MB in-memory body buffer.
+        phone = encode(photo("chelsea").image.resize((4000, 2664)), "JPEG", quality=95)
+        assert len(phone) > 1_100_000
+        big = requests.post(url + "/predict", files={"image": ("phone.jpg", phone)},
+                            timeout=120)
+        assert big.status_code == 200, big.text[:300]
         assert requests.get(url + "/metrics", timeout=30).status_code == 403
         assert requests.get(replicas[0].url + "/metrics", timeout=30).status_code == 200
         too_big = requests.post(url + "/predict", timeout=60,
