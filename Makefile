@@ -31,6 +31,12 @@ dev: install
 download: install
 	$(BIN)/python -m model_loader download
 
+# Start the production server on 127.0.0.1 and check it (deploy/smoke.py).  The
+# Dockerfile runs it at build time; tests/test_deploy.py runs the same command in CI.
+.PHONY: smoke
+smoke: install
+	$(BIN)/python deploy/smoke.py
+
 lint: install-dev
 	$(BIN)/ruff check .
 

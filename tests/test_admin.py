@@ -212,6 +212,32 @@ def test_form_posts_without_a_csrf_token_are_refused(admin, admin_app, fruit_che
     assert admin.post("/admin/logout", data={"csrf_token": csrf}).status_code == 302
 
 
+def test_a_cross_site_form_post_cannot_borrow_the_admins_session(admin, admin_app,
+                                                                 fruit_checkpoint):
+    """Another site can make the admin's browser post a form, but cannot read the page's
+    CSRF token: one from another session (the attacker's own login) is refused, and the
+    session cookie is HttpOnly and SameSite=Lax, so browsers do not even send it with a
+    cross-site POST."""
+    store = admin_app.extensions["registry"]
+    model_id = store.add(fruit_checkpoint)["id"]
+    attacker_token = login(admin_app.test_client())
+    login(admin)
+    before = snapshot(store.root), store.state()
+    cross_site = {"Origin": "https://evil.example", "Referer": "https://evil.example/x"}
+    for url in (f"/admin/models/{model_id}/activate", f"/admin/models/{model_id}/delete",
+                "/admin/rollback"):
+        response = admin.post(url, data={"csrf_token": attacker_token}, headers=cross_site)
+        assert response.status_code == 400 and "CSRF" in response.get_data(as_text=True)
+    assert_error(admin.post(f"/admin/api/models/{model_id}/activate", headers={
+        **cross_site, "X-CSRFToken": attacker_token}), 400, "csrf_failed")
+    assert (snapshot(store.root), store.state()) == before
+    fresh = admin_app.test_client()
+    csrf = csrf_from(fresh.get("/admin/login").get_data(as_text=True))
+    cookie = fresh.post("/admin/login", data={"csrf_token": csrf, "token": TOKEN}).headers[
+        "Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+
+
 def test_the_login_form_needs_its_csrf_token(admin):
     response = admin.post("/admin/login", data={"token": TOKEN})
     assert response.status_code == 400 and "CSRF" in response.get_data(as_text=True)

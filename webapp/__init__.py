@@ -63,6 +63,12 @@ def create_app(test_config: dict | None = None) -> Flask:
     from webapp import admin
 
     admin.init_app(app)  # model registry (MODEL_DIR), /admin, `flask models ...`
+
+    from webapp import capacity, metrics, security
+
+    metrics.init_app(app)  # /metrics, request counts and timings, model info
+    capacity.init_app(app)  # upload slots per worker, body timeout
+    security.init_app(app)  # security headers on every response, ProxyFix
     return app
 
 

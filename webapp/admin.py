@@ -22,6 +22,7 @@ memory), limited by ``MAX_CHECKPOINT_MB`` instead of ``MAX_UPLOAD_MB``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import logging
@@ -53,7 +54,7 @@ from wtforms import PasswordField
 from wtforms.validators import DataRequired
 
 from model_loader import ModelLoadError
-from webapp import api, imaging, kiosk
+from webapp import api, imaging, kiosk, metrics
 from webapp.classifier import load_registered
 from webapp.config import ConfigError
 from webapp.errors import ApiError, error_json
@@ -172,7 +173,7 @@ def _remove_spooled_uploads(exc=None) -> None:
     for path, stream in g.pop("spooled_uploads", []):
         with contextlib.suppress(OSError):
             stream.close()
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # gone already, or the store went read-only
             os.unlink(path)
 
 
@@ -346,9 +347,44 @@ def _csrf_error(exc: CSRFError):
 def _too_large(exc):
     limit = current_app.config["MAX_CHECKPOINT_MB"]
     message = f"The checkpoint is larger than the {limit:g} MB limit (MAX_CHECKPOINT_MB)."
+    if not request._is_checkpoint_upload():  # "try an image" keeps the image limit
+        limit = current_app.config["MAX_UPLOAD_MB"]
+        message = f"The upload is larger than the {limit:g} MB limit (MAX_UPLOAD_MB)."
+        metrics.image_rejected("too_large")
     if _is_api():
         return error_json(413, "too_large", message)
     return render_template("error.html", status=413, message=message), 413
+
+
+# Errors of the disk under MODEL_DIR, in words (never the path: messages reach clients).
+_STORE_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_STORE_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+@bp.errorhandler(OSError)
+def _storage_error(exc: OSError):
+    """The model store cannot be written (disk full, read-only, no permission): say so;
+    nothing half-written stays behind (uploads are removed in teardown, the registry
+    builds models in staging), and serving goes on with the current model."""
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno in _STORE_FULL:
+        status, code = 507, "store_full"
+        message = (f"The model store (MODEL_DIR) has no room for this ({reason}); nothing "
+                   "was stored. Delete models you no longer need, or give the store more "
+                   "space, and try again.")
+    elif exc.errno in _STORE_READ_ONLY:
+        status, code = 503, "store_read_only"
+        message = (f"The model store (MODEL_DIR) cannot be written ({reason}); nothing "
+                   "was changed. The current model goes on serving.")
+    else:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        status, code = 500, "internal_error"
+        message = "Something went wrong on the server."
+    if status != 500:
+        log.error("model store: %s %s failed: %s", request.method, request.path, exc)
+    if _is_api():
+        return error_json(status, code, message)
+    return render_template("error.html", status=status, message=message), status
 
 
 @bp.errorhandler(RegistryError)

@@ -11,8 +11,8 @@ from urllib.parse import quote
 from flask import Blueprint, current_app, jsonify, request
 
 from model_loader import ModelLoadError
+from webapp import accesslog, imaging, metrics
 from webapp import explain as explaining
-from webapp import imaging
 from webapp.errors import ApiError
 
 bp = Blueprint("api", __name__)
@@ -93,12 +93,15 @@ def classify(
                 )
             )
         except imaging.ImageError as exc:
+            metrics.image_rejected(exc.code)
             if len(uploads) > 1:
                 exc.message = f"Image {n + 1} ({upload.filename}): {exc.message}"
             raise
         decode_ms.append((time.perf_counter() - t0) * 1000)
     predictions, timings = classifier.predict(images, k)
     total = (time.perf_counter() - started) * 1000
+    metrics.observe_classification(decode_ms, timings)
+    accesslog.note(model=classifier.model_id)
     share = len(images)
     results = [
         {
@@ -153,12 +156,17 @@ def explain():
     classifier = holder().get()
     index = _class_index(classifier.num_classes)
     t0 = time.perf_counter()
-    img = imaging.load(
-        uploads[0].data,
-        max_pixels=current_app.config["MAX_IMAGE_PIXELS"],
-        min_side=classifier.resize_size,
-    )
+    try:
+        img = imaging.load(
+            uploads[0].data,
+            max_pixels=current_app.config["MAX_IMAGE_PIXELS"],
+            min_side=classifier.resize_size,
+        )
+    except imaging.ImageError as exc:
+        metrics.image_rejected(exc.code)
+        raise
     decode_ms = (time.perf_counter() - t0) * 1000
+    accesslog.note(model=classifier.model_id)
     try:
         result = explaining.explain(classifier, img, index=index, k=k)
     except explaining.ExplainUnsupported as exc:

@@ -169,6 +169,19 @@ class ModelHolder:
         self.error: str | None = None
         self.notice: str | None = None  # why the active model is not the one served
         self.load_seconds: float | None = None
+        self._listeners: list[Callable[[Classifier], None]] = []
+
+    def add_listener(self, callback: Callable[[Classifier], None]) -> None:
+        """``callback(classifier)`` each time this process starts serving a model (the
+        first load and every swap), e.g. to update the metrics."""
+        self._listeners.append(callback)
+
+    def _notify(self) -> None:
+        for callback in self._listeners:
+            try:
+                callback(self._classifier)
+            except Exception:  # a listener never breaks serving
+                log.exception("model listener failed")
 
     def use_registry(
         self, registry, load: Callable[[str], Classifier], check_interval: float = 0.25
@@ -276,6 +289,7 @@ class ModelHolder:
         model_loader.configure_threads(self._threads)
         if self._registry is None:
             self._classifier = self._load_or_record("builtin")
+            self._notify()
             return
         self._stamp = self._registry.pointer_stamp()
         self._next_check = time.monotonic() + self._check_interval
@@ -298,6 +312,7 @@ class ModelHolder:
                     raise
                 continue
             break
+        self._notify()
         if self._classifier.model_id != state.active:
             self.notice = (
                 f"The active model {state.active} could not be loaded ({failures[0]}); "
@@ -343,6 +358,7 @@ class ModelHolder:
             return
         self._classifier = new
         self.notice = None
+        self._notify()
         log.info("pid %d now serves model %s (was %s)", os.getpid(), wanted,
                  current.model_id)
 

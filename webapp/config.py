@@ -156,6 +156,30 @@ SETTINGS: tuple[Setting, ...] = (
             "uploads and zip imports).", "int", 10, 1_000_000),
     Setting("MAX_DATASET_MB", "200", "Largest dataset zip import in megabytes (413 above "
             "it).", "float", 1, 100_000),
+    Setting("MAX_CONCURRENT_UPLOADS", "2", "Image uploads one worker handles at once "
+            "(bounds its memory); more wait up to UPLOAD_QUEUE_SECONDS, then get 503.",
+            "int", 1, 256),
+    Setting("UPLOAD_QUEUE_SECONDS", "10", "How long an upload waits for a free slot "
+            "before the answer is 503 server_busy with Retry-After.", "float", 0, 600),
+    Setting("REQUEST_TIMEOUT", "30", "Seconds a client may take to send an image upload, "
+            "and may stall while sending any upload (checkpoints included); 408 after "
+            "that.", "float", 1, 3600),
+    Setting("MAX_REQUESTS", "10000", "gunicorn restarts a worker after this many requests "
+            "(plus a random jitter), so a slow leak cannot grow forever; 0 = never.",
+            "int", 0, 100_000_000),
+    Setting("MAX_REQUESTS_JITTER", "1000", "Random extra requests (0..N) per worker before "
+            "its restart, so workers do not restart together.", "int", 0, 100_000_000),
+    Setting("WORKER_TIMEOUT", "60", "gunicorn kills and replaces a worker that has not "
+            "reported alive for this many seconds.", "int", 5, 3600),
+    Setting("TRUSTED_PROXIES", "0", "Reverse proxies in front of the server (nginx = 1): "
+            "the client address is taken from X-Forwarded-For that many hops back. 0 = "
+            "ignore it (clients could forge it).", "int", 0, 5),
+    Setting("KIOSK_FRAME_ANCESTORS", "", "Sites allowed to show /kiosk in a frame (CSP "
+            "frame-ancestors sources, e.g. 'self' https://signage.example); empty = none. "
+            "No other page can be framed."),
+    Setting("PROMETHEUS_MULTIPROC_DIR", "", "Where gunicorn workers keep their metrics "
+            "for /metrics to add up; empty = a fresh temporary folder per server start.",
+            "path"),
 )
 
 

@@ -9,6 +9,7 @@ from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from model_loader import ModelLoadError
+from webapp import accesslog, metrics
 from webapp.imaging import ImageError
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,7 @@ class ApiError(Exception):
 
 
 def error_json(status: int, code: str, message: str, **extra):
+    accesslog.note(error=code)
     body = {"error": {"code": code, "message": message, **extra}}
     return jsonify(body), status
 
@@ -45,6 +47,7 @@ _HTTP_MESSAGES = {
 
 
 def _respond(status: int, code: str, message: str, **extra):
+    accesslog.note(error=code)
     if wants_json():
         return error_json(status, code, message, **extra)
     return render_template("error.html", status=status, message=message), status
@@ -70,6 +73,7 @@ def register(app: Flask) -> None:
         if status == 413:
             limit_mb = app.config["MAX_UPLOAD_MB"]
             message = f"The upload is larger than the {limit_mb:g} MB limit."
+            metrics.image_rejected("too_large")
         response = _respond(status, code, message)
         if status == 405 and exc.valid_methods:  # keep the Allow header
             resp = app.make_response(response)

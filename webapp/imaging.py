@@ -32,6 +32,7 @@ Image.init()
 ALLOWED_FORMATS = tuple(
     f for f in ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", *_HEIF) if f in Image.OPEN
 )
+MAX_SIDE = 65_535  # the longest side accepted, whatever the pixel count (JPEG's own limit)
 FRIENDLY_FORMATS = "JPEG, PNG, WebP, GIF, BMP, TIFF, AVIF" + (", HEIC" if _HEIF else "")
 
 
@@ -88,6 +89,13 @@ def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
     width, height = img.size
     if width < 1 or height < 1:
         raise ImageError(422, "unreadable_image", "The image has no pixels.")
+    if max(width, height) > MAX_SIDE:  # 1×50,000,000: 400 MB of row pointers alone
+        raise ImageError(
+            413,
+            "too_many_pixels",
+            f"The image is {width}×{height} pixels; no side may be longer than "
+            f"{MAX_SIDE:,} pixels. Please send a smaller image.",
+        )
     if width * height > max_pixels:
         raise ImageError(
             413,
@@ -172,35 +180,63 @@ def _reduce(img: Image.Image, min_side: int | None) -> Image.Image:
 
 
 def _upright(img: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation; a damaged EXIF block does not spoil a good photo."""
+    """Apply the EXIF orientation; a damaged EXIF block does not spoil a good photo.
+    In place: ``exif_transpose`` would otherwise copy every image, rotated or not (a
+    second 150 MB for a 50-megapixel upload)."""
     try:
-        return ImageOps.exif_transpose(img) or img
+        ImageOps.exif_transpose(img, in_place=True)
     except Exception:
-        return img
+        pass
+    return img
 
 
 def _composite_on_white(img: Image.Image) -> Image.Image:
-    rgba = img.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(background, rgba).convert("RGB")
+    """Paste onto a white RGB canvas through the alpha channel: one RGB image more than
+    the RGBA one, where ``alpha_composite`` needed three more."""
+    rgba = img if img.mode == "RGBA" else img.convert("RGBA")
+    background = Image.new("RGB", rgba.size, (255, 255, 255))
+    background.paste(rgba, (0, 0), rgba)
+    return background
 
 
 def _scale_to_8bit(img: Image.Image) -> Image.Image:
     """16-bit, 32-bit integer and float greyscale -> 8-bit "L".
 
     I;16* holds 0..65535; "I" from a 16-bit PNG/TIFF also holds 0..65535 (and 0..255 data
-    stays as it is); "F" is taken as 0..1 when it fits there, else as 0..255."""
+    stays as it is); "F" is taken as 0..1 when it fits there, else as 0..255.  Converted
+    a block of rows at a time, so a 50-megapixel image needs a few MB of float scratch
+    space instead of several copies of itself in float64."""
     arr = np.asarray(img)
     if img.mode == "F":
-        arr = arr.astype(np.float64)
-        arr = np.nan_to_num(arr, nan=0.0, posinf=255.0, neginf=0.0)
-        if arr.size and arr.min() >= 0.0 and arr.max() <= 1.0:
-            arr = arr * 255.0
+        def prepare(block):
+            return np.nan_to_num(block.astype(np.float64), nan=0.0, posinf=255.0,
+                                 neginf=0.0)
+        def in_unit_range(block):
+            block = prepare(block)
+            return block.min() >= 0.0 and block.max() <= 1.0
+
+        unit = arr.size > 0 and all(in_unit_range(arr[rows]) for rows in _row_blocks(arr))
+        factor, divisor = (255.0 if unit else 1.0), 1.0
     else:
-        arr = arr.astype(np.float64)
-        if img.mode.startswith("I;16") or (arr.size and arr.max() > 255):
-            arr = arr / 257.0
-    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+        def prepare(block):
+            return block.astype(np.float64)
+        big = img.mode.startswith("I;16") or (arr.size and arr.max() > 255)
+        factor, divisor = 1.0, (257.0 if big else 1.0)
+    out = np.empty(arr.shape, dtype=np.uint8)
+    for rows in _row_blocks(arr):
+        block = prepare(arr[rows])
+        if factor != 1.0:
+            block *= factor
+        if divisor != 1.0:
+            block /= divisor
+        out[rows] = np.clip(np.rint(block), 0, 255)
+    return Image.fromarray(out, "L")
+
+
+def _row_blocks(arr, pixels: int = 1 << 20):
+    step = max(1, pixels // max(1, arr.shape[1] if arr.ndim > 1 else 1))
+    for start in range(0, arr.shape[0], step):
+        yield slice(start, start + step)
 
 
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")

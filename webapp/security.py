@@ -1,0 +1,92 @@
+"""Security headers on every response, and the client address behind a reverse proxy.
+
+Every response carries:
+
+* ``Content-Security-Policy``: scripts, styles, fonts, media and XHR only from this
+  server (no inline ``<script>``, no ``eval``; the templates have none by design), images
+  also from ``data:``/``blob:`` (previews and heatmaps are made in the page), no plugins,
+  forms only to this server, and no framing.  One allowance: ``style`` *attributes*
+  (``style-src-attr 'unsafe-inline'``), because the no-JavaScript result page draws its
+  bars with ``style="width: 39.9%"``; ``<style>`` elements stay forbidden.
+* ``X-Frame-Options: DENY`` (and ``frame-ancestors 'none'``): nobody can show these pages
+  in a frame (clickjacking the admin page).  The kiosk may be framed by the sites in
+  ``KIOSK_FRAME_ANCESTORS`` (digital signage), nothing else may.
+* ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: same-origin`` (Flask-WTF checks
+  the referrer of admin forms over HTTPS, so same-origin requests keep it),
+  ``Cross-Origin-Opener-Policy`` and ``Cross-Origin-Resource-Policy: same-origin``,
+  ``Permissions-Policy`` without camera/microphone/geolocation (the kiosk sets its own,
+  with the camera).
+* ``Cache-Control: no-store`` on API and admin answers: predictions about someone's photo
+  are nobody's cache entry.
+
+``TRUSTED_PROXIES`` = N > 0 trusts the last N hops of ``X-Forwarded-For``/``-Proto``
+(Werkzeug's ``ProxyFix``), so the admin login limit and the access log see the real
+client behind nginx instead of nginx's address.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, request
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from webapp.config import ConfigError
+
+_POLICY = {
+    "default-src": "'self'",
+    "script-src": "'self'",
+    "style-src": "'self'",
+    "style-src-attr": "'unsafe-inline'",
+    "img-src": "'self' data: blob:",
+    "media-src": "'self' blob:",
+    "font-src": "'self'",
+    "connect-src": "'self'",
+    "object-src": "'none'",
+    "base-uri": "'none'",
+    "form-action": "'self'",
+    "frame-ancestors": "'none'",
+}
+HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+}
+NO_STORE_PREFIXES = ("/predict", "/explain", "/admin", "/readyz", "/metrics")
+
+
+def content_security_policy(frame_ancestors: str = "'none'") -> str:
+    return "; ".join(f"{key} {value}" for key, value in
+                     {**_POLICY, "frame-ancestors": frame_ancestors}.items())
+
+
+def _kiosk_ancestors(raw: str) -> str:
+    value = " ".join(raw.split())
+    if not value:
+        return "'none'"
+    if any(ch in value for ch in ";,\"\\") or not value.isprintable():
+        raise ConfigError(f"KIOSK_FRAME_ANCESTORS={raw!r}: give sources separated by "
+                          "spaces, e.g. \"'self' https://signage.example\"")
+    return value
+
+
+def init_app(app: Flask) -> None:
+    hops = app.config["TRUSTED_PROXIES"]
+    if hops:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
+    default_csp = content_security_policy()
+    kiosk_ancestors = _kiosk_ancestors(app.config["KIOSK_FRAME_ANCESTORS"])
+    kiosk_csp = content_security_policy(kiosk_ancestors)
+
+    @app.after_request
+    def _security_headers(response):
+        headers = response.headers
+        kiosk = request.blueprint == "kiosk"
+        headers["Content-Security-Policy"] = kiosk_csp if kiosk else default_csp
+        if not (kiosk and kiosk_ancestors != "'none'"):
+            headers["X-Frame-Options"] = "DENY"
+        for name, value in HEADERS.items():
+            headers.setdefault(name, value)
+        if request.path.startswith(NO_STORE_PREFIXES):
+            headers.setdefault("Cache-Control", "no-store")
+        return response
