@@ -50,7 +50,7 @@ def test_models_swap_under_load_without_a_failed_request(start_server, tmp_path,
     stop = threading.Event()
 
     def client():
-        for _ in range(400):  # bounded
+        for _ in range(5000):  # bounded; the switches below take ~20-60 s
             if stop.is_set():
                 return
             started = time.monotonic()

@@ -81,6 +81,17 @@ def test_every_kind_of_response_carries_the_security_headers(ops_app):
     assert "camera=()" in responses["page"].headers["Permissions-Policy"]
 
 
+def test_only_the_pages_that_film_may_use_the_camera(tmp_path):
+    client = make_app(tmp_path / "store").test_client()
+    login(client)
+    teach = client.get("/admin/teach")
+    assert teach.status_code == 200
+    assert teach.headers["Permissions-Policy"].startswith("camera=(self)")
+    assert client.get("/kiosk").headers["Permissions-Policy"].startswith("camera=(self)")
+    for path in ("/", "/admin/", "/admin/kiosk"):
+        assert "camera=()" in client.get(path).headers["Permissions-Policy"], path
+
+
 def test_only_the_kiosk_may_be_framed_and_only_by_the_sites_named(tmp_path):
     app = make_app(tmp_path / "store",
                    KIOSK_FRAME_ANCESTORS="'self'  https://signage.example")

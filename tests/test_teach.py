@@ -153,7 +153,7 @@ def test_teach_train_activate_and_predict_on_a_real_server(start_server, tmp_pat
     server = start_server("gunicorn", WEB_CONCURRENCY=2, TORCH_THREADS=1,
                           MODEL_DIR=tmp_path / "models", DATA_DIR=tmp_path / "data",
                           ADMIN_TOKEN=TOKEN, JOB_THREADS=1,
-                          GUNICORN_CMD_ARGS="--max-requests 25")
+                          MAX_REQUESTS=25, MAX_REQUESTS_JITTER=0)
     server.wait_ready()
     http = requests.Session()
     http.headers.update(BEARER)

@@ -80,8 +80,7 @@ def _no_store(response):
 @bp.get("")
 def page():
     response = current_app.make_response(render_template("kiosk.html", kiosk=page_settings()))
-    response.headers["Permissions-Policy"] = "camera=(self), microphone=()"
-    return _no_store(response)
+    return _no_store(response)  # camera allowed by webapp/security.py (CAMERA_BLUEPRINTS)
 
 
 @bp.get("/settings.json")

@@ -14,8 +14,8 @@ Every response carries:
 * ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: same-origin`` (Flask-WTF checks
   the referrer of admin forms over HTTPS, so same-origin requests keep it),
   ``Cross-Origin-Opener-Policy`` and ``Cross-Origin-Resource-Policy: same-origin``,
-  ``Permissions-Policy`` without camera/microphone/geolocation (the kiosk sets its own,
-  with the camera).
+  ``Permissions-Policy`` without camera/microphone/geolocation, except the camera for
+  this server's own pages that film (the kiosk and the admin Teach page).
 * ``Cache-Control: no-store`` on API and admin answers: predictions about someone's photo
   are nobody's cache entry.
 
@@ -52,6 +52,9 @@ HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
     "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
 }
+# Pages that use the webcam: the kiosk and the admin Teach page (a nested blueprint).
+CAMERA_BLUEPRINTS = ("kiosk", "admin.teach")
+CAMERA_POLICY = "camera=(self), microphone=(), geolocation=()"
 NO_STORE_PREFIXES = ("/predict", "/explain", "/admin", "/readyz", "/metrics")
 
 
@@ -85,6 +88,8 @@ def init_app(app: Flask) -> None:
         headers["Content-Security-Policy"] = kiosk_csp if kiosk else default_csp
         if not (kiosk and kiosk_ancestors != "'none'"):
             headers["X-Frame-Options"] = "DENY"
+        if request.blueprint in CAMERA_BLUEPRINTS:
+            headers.setdefault("Permissions-Policy", CAMERA_POLICY)
         for name, value in HEADERS.items():
             headers.setdefault(name, value)
         if request.path.startswith(NO_STORE_PREFIXES):
