@@ -40,7 +40,25 @@ smoke: install
 lint: install-dev
 	$(BIN)/ruff check .
 
-test: lint
+# The browser tests drive Debian's Chromium and tests/test_deploy.py runs nginx in front of
+# two replicas; both fail (never skip) without them, so install them when they are missing
+# (apt-get, as root or through sudo) or say what to install.
+SYSTEM_PACKAGES := chromium chromium-driver fonts-dejavu-core nginx-light
+.PHONY: system-deps
+system-deps:
+	@if command -v chromium >/dev/null && { command -v nginx >/dev/null || test -x /usr/sbin/nginx; }; then \
+	  exit 0; \
+	elif command -v apt-get >/dev/null; then \
+	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO="sudo"; \
+	  echo "installing $(SYSTEM_PACKAGES) for the browser and nginx tests"; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(SYSTEM_PACKAGES); \
+	else \
+	  echo "make test needs Chromium and nginx: install them (Debian: $(SYSTEM_PACKAGES))," \
+	       "or run the rest with: $(BIN)/python -m pytest -m 'not browser'" >&2; exit 1; \
+	fi
+
+test: lint system-deps
 	$(BIN)/python -m pytest
 
 .PHONY: bench
