@@ -35,7 +35,6 @@ import os
 import re
 import secrets
 import shutil
-import time
 import unicodedata
 import zipfile
 from collections import Counter
@@ -45,7 +44,8 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
-from webapp import imaging
+from webapp import durable, imaging
+from webapp.durable import fsync_dir
 
 MAX_SIDE = 1024  # stored images: the longer side at most this (training uses ≤ 448)
 JPEG_QUALITY = 90
@@ -168,14 +168,6 @@ def encode_image(data: bytes, *, max_pixels: int) -> tuple[bytes, int, int]:
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=JPEG_QUALITY, optimize=True)
     return buf.getvalue(), img.width, img.height
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class DatasetStore:
@@ -324,7 +316,7 @@ class DatasetStore:
                 raise DatasetStoreError(409, "dataset_exists",
                                         f"There is already a dataset {name!r}.") from None
             staging = None
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         finally:
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -357,7 +349,7 @@ class DatasetStore:
             os.rename(folder, trash)
         except FileNotFoundError:
             raise self._unknown(name) from None
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         shutil.rmtree(trash, ignore_errors=True)
 
     def add_image(self, name: str, label, data: bytes) -> dict:
@@ -526,7 +518,7 @@ class DatasetStore:
                 raise DatasetStoreError(409, "dataset_exists",
                                         f"There is already a dataset {name!r}.") from None
             staging = None
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         finally:
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -534,24 +526,7 @@ class DatasetStore:
 
     def sweep(self, older_than: float = STALE_TMP_SECONDS) -> int:
         """Remove leftovers of interrupted writes from ``.tmp/`` (old ones only)."""
-        removed = 0
-        try:
-            entries = list(os.scandir(self.tmp_dir))
-        except FileNotFoundError:
-            return 0
-        cutoff = time.time() - older_than
-        for entry in entries:
-            try:
-                if entry.stat(follow_symlinks=False).st_mtime > cutoff:
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path)
-                else:
-                    os.unlink(entry.path)
-                removed += 1
-            except FileNotFoundError:
-                pass
-        return removed
+        return durable.sweep(self.tmp_dir, older_than)
 
 
 class _ChunkSink(io.RawIOBase):

@@ -66,6 +66,8 @@ import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from webapp.durable import locked, write_json
+
 log = logging.getLogger(__name__)
 
 JOBS_DIR = ".jobs"
@@ -173,22 +175,6 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
-def _write_json(path: Path, data: dict, *, durable: bool) -> None:
-    """Temp file + ``os.replace``: readers see the old state or the new one.  State
-    changes are fsynced (``durable``); progress updates are not (they come again)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, ensure_ascii=False)
-            if durable:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
 class JobQueue:
     """The jobs under ``DATA_DIR/.jobs``; safe to use from any number of threads and
     processes.  ``threads`` is what a runner started from here uses (``JOB_THREADS``)."""
@@ -213,12 +199,8 @@ class JobQueue:
     @contextlib.contextmanager
     def _state_lock(self) -> Iterator[None]:
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".state.lock", "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with locked(self.root / ".state.lock"):
+            yield
 
     def _try_runner_lock(self):
         """The runner lock's file object when we got it, else None (never waits)."""
@@ -262,7 +244,7 @@ class JobQueue:
             raise JobError(500, "job_damaged", f"{job_id}: job.json: {exc}") from None
 
     def _save(self, job: dict, *, durable: bool = True) -> None:
-        _write_json(self.job_dir(job["id"]) / "job.json", job, durable=durable)
+        write_json(self.job_dir(job["id"]) / "job.json", job, durable=durable, indent=1)
 
     def ids(self) -> list[str]:
         try:
@@ -316,7 +298,7 @@ class JobQueue:
                 "runner": None,
                 "model_dir": str(model_dir),
             }
-            _write_json(staging / "job.json", job, durable=True)
+            write_json(staging / "job.json", job, indent=1)
             self.root.mkdir(parents=True, exist_ok=True)
             os.rename(staging, self.root / job_id)
             staging = None

@@ -24,17 +24,12 @@ import contextlib
 import datetime as _dt
 import json
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from webapp.durable import locked, write_json
 from webapp.translations import TranslationError, Translations
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not Linux/macOS
-    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -151,28 +146,6 @@ def validate(changes: Mapping[str, object], translations: Translations) -> dict:
     return values
 
 
-def write_json_atomically(path: Path, data: dict) -> None:
-    """Temporary file in the same folder, fsync, rename: readers see old or new."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
 class KioskSettingsStore:
     """The effective kiosk settings: ``defaults`` overlaid with the file at ``path``."""
 
@@ -220,11 +193,11 @@ class KioskSettingsStore:
             # Keep only what differs from the defaults: a later change of the environment
             # default then applies to every field the teacher never changed.
             stored = {k: v for k, v in current.items() if getattr(self.defaults, k) != v}
-            write_json_atomically(self.path, {
+            write_json(self.path, {
                 "format": FILE_FORMAT,
                 "settings": stored,
                 "updated": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            })
+            }, sort_keys=True)
         return self.load()
 
     def update_from_form(self, form: Mapping[str, str]) -> KioskSettings:
@@ -244,18 +217,9 @@ class KioskSettingsStore:
     def languages(self) -> dict[str, str]:
         return self.translations.languages()
 
-    @contextlib.contextmanager
     def _locked(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if fcntl is None:  # pragma: no cover
-            yield
-            return
-        with open(self.path.with_name(self.path.name + ".lock"), "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        return locked(self.path.with_name(self.path.name + ".lock"))
 
 
 def check_default_language(config: Mapping, translations: Translations) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import fcntl
 import json
 import logging
 import math
@@ -34,7 +33,6 @@ import os
 import re
 import secrets
 import shutil
-import time
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,6 +40,8 @@ from pathlib import Path
 
 import model_loader
 from model_loader import LoadedModel, ModelLoadError
+from webapp import durable
+from webapp.durable import fsync_dir, locked, write_json
 
 log = logging.getLogger(__name__)
 
@@ -132,31 +132,6 @@ def _jsonable(value, depth: int = 0):
                 out[key[:100]] = item
         return out
     return None
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Temp file in the same directory, fsync, ``os.replace``, fsync the directory: a
-    reader sees the old file or the new one, never a mix, even after a power cut."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, ensure_ascii=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    fsync_dir(path.parent)
 
 
 class Registry:
@@ -272,12 +247,8 @@ class Registry:
     def _locked(self) -> Iterator[None]:
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with locked(self.root / ".lock"):
+            yield
 
     def temp_path(self, prefix: str = "upload-") -> Path:
         """A fresh name inside ``tmp/`` (same filesystem as ``models/``, so a finished
@@ -374,7 +345,7 @@ class Registry:
                         shutil.copyfileobj(src, out, 1 << 20)
                         out.flush()
                         os.fsync(out.fileno())
-                write_json_atomic(staging / META_FILE, meta)
+                write_json(staging / META_FILE, meta)
                 fsync_dir(staging)
                 os.rename(staging, self.models_dir / model_id)  # the model appears here
                 staging = None
@@ -394,7 +365,7 @@ class Registry:
         return f"{stamp}-{secrets.token_hex(3)}"
 
     def _write_state(self, state: State) -> None:
-        write_json_atomic(self.pointer, state.as_dict())
+        write_json(self.pointer, state.as_dict())
 
     def activate(self, model_id: str) -> State:
         """Make ``model_id`` the active model; the one it replaces goes on the history."""
@@ -448,24 +419,7 @@ class Registry:
     def sweep(self, older_than: float = STALE_TMP_SECONDS) -> int:
         """Remove leftovers of interrupted uploads from ``tmp/`` (only old ones: a
         young file may be an upload in progress in another process)."""
-        removed = 0
-        try:
-            entries = list(os.scandir(self.tmp_dir))
-        except FileNotFoundError:
-            return 0
-        cutoff = time.time() - older_than
-        for entry in entries:
-            try:
-                if entry.stat(follow_symlinks=False).st_mtime > cutoff:
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path)
-                else:
-                    os.unlink(entry.path)
-                removed += 1
-            except FileNotFoundError:
-                pass
-        return removed
+        return durable.sweep(self.tmp_dir, older_than)
 
     def secret_key(self) -> str:
         """A random key kept in ``MODEL_DIR/secret_key``, made once: every worker and

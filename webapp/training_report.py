@@ -5,12 +5,12 @@ the confusion matrix and the loss / accuracy curves per epoch."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 
 import torch
+
+from webapp import durable
 
 
 def confusion_matrix(targets: torch.Tensor, predictions: torch.Tensor, num_classes: int):
@@ -67,9 +67,7 @@ def classification_metrics(cm: torch.Tensor, classes: list[str]) -> dict:
 
 
 def write_json(path: Path, report: dict) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    durable.write_json(path, report, default=str)
     return path
 
 

@@ -1,0 +1,82 @@
+"""Files that survive a crash at any point: the few primitives every store on disk uses
+(model registry, teach-live datasets and jobs, kiosk settings)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename or a new entry in ``path`` itself durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json(path: str | os.PathLike, data, *, durable: bool = True, **dump_options) -> None:
+    """Temp file in the same directory, ``os.replace``: a reader sees the old file or the
+    new one, never a mix.  ``durable`` also fsyncs the file and the directory, so the new
+    content survives a power cut (progress updates that come again may skip that)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    dump_options.setdefault("indent", 2)
+    dump_options.setdefault("ensure_ascii", False)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, **dump_options)
+            fh.write("\n")
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    if durable:
+        with contextlib.suppress(OSError):
+            fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def locked(lock_file: str | os.PathLike) -> Iterator[None]:
+    """An exclusive ``flock`` on ``lock_file`` (created if needed) for the block: one
+    writer at a time across threads, processes and gunicorn workers."""
+    with open(lock_file, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def sweep(directory: str | os.PathLike, older_than: float) -> int:
+    """Remove leftovers of interrupted writes from a temp ``directory``: only entries
+    older than ``older_than`` seconds (a young one may be a write in progress elsewhere)."""
+    removed = 0
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return 0
+    cutoff = time.time() - older_than
+    for entry in entries:
+        try:
+            if entry.stat(follow_symlinks=False).st_mtime > cutoff:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
