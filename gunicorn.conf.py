@@ -1,10 +1,10 @@
 """gunicorn settings: ``gunicorn app:app`` picks this file up from the working directory.
 
 Workers × engine threads never exceed the CPUs this process may use (affinity mask and
-cgroup quota); the split depends on ENGINE (``plan_concurrency``).  WEB_CONCURRENCY and
-TORCH_THREADS override the choice.  The model is loaded in each worker after the fork
-(no preload: forking after torch/OpenVINO started their thread pools can hang), and
-before the worker accepts its first request.
+cgroup quota): half the CPUs as workers, the rest as threads (``plan_concurrency``).
+WEB_CONCURRENCY and TORCH_THREADS override the choice.  The model is loaded in each
+worker after the fork (no preload: forking after torch/OpenVINO started their thread
+pools can hang), and before the worker accepts its first request.
 """
 
 import os
@@ -17,7 +17,6 @@ from webapp.config import Config, plan_concurrency
 _settings = Config.from_env()
 workers, _threads = plan_concurrency(
     _settings["WEB_CONCURRENCY"], int(os.environ.get("TORCH_THREADS", "0") or 0),
-    engine=_settings["ENGINE"],
 )
 # Workers read these when they build the app.
 os.environ["WEB_CONCURRENCY"] = str(workers)

@@ -56,14 +56,6 @@ def test_workers_times_threads_fit_the_cpus(cpus, workers, threads, expected):
         assert w * t <= cpus
 
 
-@pytest.mark.parametrize("cpus, engine, expected", [
-    (2, "openvino", (2, 1)), (2, "onnxruntime", (2, 1)), (2, "torch", (1, 2)),
-    (8, "openvino", (8, 1)), (1, "openvino", (1, 1)),
-])
-def test_fast_engines_get_one_single_threaded_worker_per_cpu(cpus, engine, expected):
-    assert plan_concurrency(0, 0, cpus=cpus, engine=engine) == expected
-
-
 @pytest.mark.parametrize("engine, expected", [("openvino", "bf16"), ("onnxruntime", "none"),
                                               ("torch", "none")])
 def test_auto_precision_depends_on_the_engine(engine, expected):

@@ -47,7 +47,12 @@ def test_preprocessing_matches_torchvision_imagenet_transform(photo):
     ours = _classifier().preprocess(decoded)
     theirs = reference(photo.image)
     assert ours.shape == theirs.shape == (3, 224, 224)
-    assert torch.allclose(ours, theirs, atol=1e-6)
+    # One Pillow resize of the cropped region instead of resize-then-crop: the same
+    # sampling positions, so the same pixels except a rare rounding of one 8-bit level.
+    one_level = 1 / 255 / min(model_loader.IMAGENET_STD) + 1e-6
+    difference = (ours - theirs).abs()
+    assert difference.max() <= one_level
+    assert (difference > 1e-6).float().mean() < 0.001
 
 
 def test_preprocessing_uses_each_models_own_size_and_statistics():

@@ -33,7 +33,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -42,7 +41,7 @@ from torchvision import transforms
 import model_loader
 from model_loader import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, ModelLoadError
 from webapp import datasets, training_report
-from webapp.classifier import Classifier
+from webapp.classifier import preprocess_array
 from webapp.config import SETTINGS, ConfigError
 from webapp.datasets import DatasetError, DatasetSplits, ImageSamples
 
@@ -422,12 +421,12 @@ class ServingPreprocess:
     on exactly what it will see when served.  Picklable, for DataLoader workers."""
 
     def __init__(self, input_size: int, mean, std):
-        self.loaded = SimpleNamespace(
-            input_size=input_size, resize_size=round(input_size / CROP_RATIO),
-            mean=tuple(mean), std=tuple(std),
-        )
+        self.input_size, self.resize_size = input_size, round(input_size / CROP_RATIO)
+        self.mean, self.std = tuple(mean), tuple(std)
 
-    __call__ = Classifier.preprocess
+    def __call__(self, img):
+        return torch.from_numpy(preprocess_array(
+            img, self.resize_size, self.input_size, self.mean, self.std))
 
 
 def train_transform(options: FinetuneOptions, mean, std):
