@@ -25,7 +25,6 @@ from webapp.registry import BUILTIN, Registry
 TOKEN = "faults-admin-token-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 LOAD_SECONDS = 20
-NOBODY = 65534
 
 
 def small_jpeg() -> bytes:
@@ -157,24 +156,34 @@ def _chmod_tree(root: Path, writable: bool) -> None:
         path.chmod(mode | 0o222 if writable else mode & ~0o222)
 
 
+def _make_read_only(path: Path, mounted: bool, read_only: bool) -> None:
+    """A read-only file system (EROFS, which binds root too) when ``path`` is our tmpfs;
+    otherwise file modes (EACCES, for a server that does not run as root)."""
+    if mounted:
+        subprocess.run(["mount", "-o", "remount," + ("ro" if read_only else "rw"), str(path)],
+                       check=True, capture_output=True)
+    else:
+        _chmod_tree(path, writable=not read_only)
+
+
 def test_a_full_or_read_only_model_dir_refuses_uploads_clearly_and_serving_goes_on(
         fruit_checkpoint):
-    """The server runs unprivileged (as nobody when the tests run as root), its MODEL_DIR
-    on a 70 MB tmpfs when mounting is allowed (a real ENOSPC), otherwise under a 60 MB
-    file size limit (EFBIG, the same path).  A full store: 507 store_full; a read-only
+    """MODEL_DIR on a 70 MB tmpfs when mounting is allowed (a real ENOSPC, then remounted
+    read-only: EROFS), otherwise under a 60 MB file size limit (EFBIG, the same path) and
+    made read-only by file modes, the server without the capabilities that let root
+    ignore them.  A full store: 507 store_full; a read-only
     one: 503 store_read_only.  Either way the store is unchanged, no partial upload is
     left in tmp/, /predict keeps answering, and writing works again once there is room
     or permission, without a restart."""
     base = Path(tempfile.mkdtemp(prefix="model-dir-faults-"))
     store_dir = base / "models"
-    for path in (base, store_dir, base / "torch", base / "faults-tmp"):
-        path.mkdir(exist_ok=True)
-        path.chmod(0o777)
+    for path in (store_dir, base / "torch", base / "faults-tmp"):
+        path.mkdir()
     mounted = _mount_tmpfs(store_dir, 70)
     prefix = ()
-    if os.getuid() == 0:
-        prefix = ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
     if not mounted:
+        if os.getuid() == 0:  # root ignores file modes unless it drops the capabilities
+            prefix = ("setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner")
         prefix = ("prlimit", f"--fsize={60 << 20}", *prefix)
     print("full disk simulated with", "a 70 MB tmpfs" if mounted else "RLIMIT_FSIZE 60 MB")
     server = ops.launch(base, "faults", prefix=prefix, WEB_CONCURRENCY=1, TORCH_THREADS=1,
@@ -204,7 +213,7 @@ def test_a_full_or_read_only_model_dir_refuses_uploads_clearly_and_serving_goes_
 
         # Read-only: uploads and changes are refused, serving goes on.
         before = snapshot(store_dir), store.state()
-        _chmod_tree(store_dir, writable=False)
+        _make_read_only(store_dir, mounted, True)
         try:
             message = _error(_upload(server, fruit_checkpoint.read_bytes()[:1000] + b"x",
                                      "new.pt"), 503, "store_read_only")
@@ -217,7 +226,7 @@ def test_a_full_or_read_only_model_dir_refuses_uploads_clearly_and_serving_goes_
             ready = requests.get(server.url + "/readyz", timeout=30).json()
             assert ready["status"] == "ready" and ready["registry"]["in_sync"] is True
         finally:
-            _chmod_tree(store_dir, writable=True)
+            _make_read_only(store_dir, mounted, False)
         assert requests.post(server.url + "/admin/api/rollback", headers=BEARER,
                              timeout=60).json()["active"] == BUILTIN
         assert "Traceback" not in server.log and "internal_error" not in server.log
