@@ -85,36 +85,8 @@
     const button = document.getElementById("try-button");
 
     function bars(predictions, model) {
-      const list = document.createElement("ol");
-      list.className = "predictions list-unstyled mb-0";
+      const list = PredictionBars.list(predictions);
       list.id = "predictions";
-      predictions.forEach(function (p, i) {
-        const pct = p.score * 100;
-        const item = document.createElement("li");
-        item.className = "prediction mb-3";
-        const row = document.createElement("div");
-        row.className = "d-flex justify-content-between align-items-baseline";
-        const label = document.createElement("span");
-        label.className = "label fw-semibold";
-        label.textContent = p.label;
-        const score = document.createElement("span");
-        score.className = "score text-body-secondary";
-        score.textContent = pct.toFixed(1) + "%";
-        row.append(label, score);
-        const progress = document.createElement("div");
-        progress.className = "progress";
-        progress.setAttribute("role", "progressbar");
-        progress.setAttribute("aria-label", p.label);
-        progress.setAttribute("aria-valuenow", pct.toFixed(1));
-        progress.setAttribute("aria-valuemin", "0");
-        progress.setAttribute("aria-valuemax", "100");
-        const fill = document.createElement("div");
-        fill.className = "progress-bar" + (i === 0 ? " bg-success" : "");
-        fill.style.width = pct.toFixed(1) + "%";
-        progress.append(fill);
-        item.append(row, progress);
-        list.append(item);
-      });
       const meta = document.createElement("p");
       meta.className = "small text-body-secondary mb-0";
       meta.textContent = "Answered by " + model.name + " (" + model.id + ")";

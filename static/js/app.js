@@ -24,41 +24,10 @@
   }
 
   function renderBars(predictions) {
-    const list = document.createElement("ol");
-    list.className = "predictions list-unstyled mb-0";
+    const list = PredictionBars.list(predictions, { labelText: function (p) {
+      return capitalise(p.label);
+    }, animate: true });
     list.id = "predictions";
-    list.setAttribute("aria-label", "Top predictions");
-    predictions.forEach(function (p, i) {
-      const pct = p.score * 100;
-      const item = document.createElement("li");
-      item.className = "prediction mb-3";
-      item.dataset.index = p.index;
-      const row = document.createElement("div");
-      row.className = "d-flex justify-content-between align-items-baseline";
-      const label = document.createElement("span");
-      label.className = "label fw-semibold";
-      label.textContent = capitalise(p.label);
-      const score = document.createElement("span");
-      score.className = "score text-body-secondary";
-      score.textContent = pct.toFixed(1) + "%";
-      row.append(label, score);
-      const progress = document.createElement("div");
-      progress.className = "progress";
-      progress.setAttribute("role", "progressbar");
-      progress.setAttribute("aria-label", p.label);
-      progress.setAttribute("aria-valuenow", pct.toFixed(1));
-      progress.setAttribute("aria-valuemin", "0");
-      progress.setAttribute("aria-valuemax", "100");
-      const bar = document.createElement("div");
-      bar.className = "progress-bar" + (i === 0 ? " bg-success" : "");
-      bar.style.width = "0%";
-      progress.append(bar);
-      item.append(row, progress);
-      list.append(item);
-      requestAnimationFrame(function () {
-        requestAnimationFrame(function () { bar.style.width = pct.toFixed(1) + "%"; });
-      });
-    });
     bars.replaceChildren(list);
   }
 

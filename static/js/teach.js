@@ -430,35 +430,7 @@
   }
 
   function bars(predictions) {
-    const list = document.createElement("ol");
-    list.className = "predictions list-unstyled mb-0";
-    predictions.forEach(function (p, i) {
-      const pct = p.score * 100;
-      const item = document.createElement("li");
-      item.className = "prediction mb-2";
-      const row = document.createElement("div");
-      row.className = "d-flex justify-content-between";
-      const label = document.createElement("span");
-      label.className = "label fw-semibold";
-      label.textContent = p.label;
-      const score = document.createElement("span");
-      score.className = "score text-body-secondary";
-      score.textContent = pct.toFixed(1) + "%";
-      row.append(label, score);
-      const progress = document.createElement("div");
-      progress.className = "progress";
-      progress.setAttribute("role", "progressbar");
-      progress.setAttribute("aria-label", p.label);
-      progress.setAttribute("aria-valuenow", pct.toFixed(1));
-      progress.setAttribute("aria-valuemin", "0");
-      progress.setAttribute("aria-valuemax", "100");
-      const fill = document.createElement("div");
-      fill.className = "progress-bar" + (i === 0 ? " bg-success" : "");
-      fill.style.width = pct.toFixed(1) + "%";
-      progress.append(fill);
-      item.append(row, progress);
-      list.append(item);
-    });
+    const list = PredictionBars.list(predictions, { spacing: "mb-2" });
     $("try-result").replaceChildren(list);
   }
 
