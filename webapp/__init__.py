@@ -4,24 +4,14 @@ registers the blueprints.  The model is loaded once per process, after gunicorn 
 
 from __future__ import annotations
 
-import io
 import logging
 
-from flask import Flask, Request
+from flask import Flask
 
+from webapp import uploads
 from webapp.config import PROJECT_ROOT, Config
 
 __all__ = ["create_app"]
-
-
-class InMemoryRequest(Request):
-    """Keep uploaded files in memory: Werkzeug would spool files over 500 KB to a
-    temporary file, and uploads must never be written to disk.  The request size is
-    already bounded by MAX_CONTENT_LENGTH."""
-
-    def _get_file_stream(self, total_content_length, content_type, filename=None,
-                         content_length=None):
-        return io.BytesIO()
 
 
 def create_app(test_config: dict | None = None) -> Flask:
@@ -30,11 +20,11 @@ def create_app(test_config: dict | None = None) -> Flask:
         template_folder=str(PROJECT_ROOT / "templates"),
         static_folder=str(PROJECT_ROOT / "static"),
     )
-    app.request_class = InMemoryRequest
     app.config.from_mapping(Config.from_env())
     if test_config:
         app.config.from_mapping(test_config)
     _configure_logging(app.config["LOG_LEVEL"])
+    uploads.init_app(app)
 
     from flask_bootstrap import Bootstrap5
 

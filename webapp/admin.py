@@ -54,7 +54,7 @@ from wtforms import PasswordField
 from wtforms.validators import DataRequired
 
 from model_loader import ModelLoadError
-from webapp import api, imaging, kiosk, metrics
+from webapp import api, imaging, kiosk, metrics, uploads
 from webapp.classifier import load_registered
 from webapp.config import ConfigError
 from webapp.errors import ApiError, error_json
@@ -105,8 +105,9 @@ def init_app(app: Flask) -> None:
         ) from None
     app.extensions["admin_login_limit"] = (MovingWindowRateLimiter(MemoryStorage()), limit)
 
-    app.request_class = type("Request", (CheckpointUploadMixin, app.request_class), {})
-    app.teardown_request(_remove_spooled_uploads)
+    uploads.spool(app, uploads.SpooledRoute(  # checkpoints: to MODEL_DIR/tmp
+        UPLOAD_PATHS, "MAX_CHECKPOINT_MB",
+        lambda: current_app.extensions["registry"].temp_path("upload-")))
     token = app.config.get("ADMIN_TOKEN") or ""
     if token and len(token) < 16:
         log.warning("ADMIN_TOKEN is only %d characters long; use at least 16 random "
@@ -136,45 +137,6 @@ def _configure_secret_key(app: Flask, registry: Registry) -> None:
             ).hexdigest()
         log.warning("cannot keep a session key in %s (%s); %s", registry.root, exc,
                     "deriving it from ADMIN_TOKEN" if token else "sessions are per process")
-
-
-class CheckpointUploadMixin:
-    """Request behaviour for checkpoint uploads only: the body limit is
-    MAX_CHECKPOINT_MB, and file parts are written to a temp file in MODEL_DIR/tmp (the
-    app keeps other uploads in memory)."""
-
-    def _is_checkpoint_upload(self) -> bool:
-        return self.method == "POST" and self.path in UPLOAD_PATHS
-
-    @property
-    def max_content_length(self):
-        if self._is_checkpoint_upload():
-            return int(current_app.config["MAX_CHECKPOINT_MB"] * 1024 * 1024)
-        return super().max_content_length
-
-    @max_content_length.setter
-    def max_content_length(self, value):
-        self._max_content_length = value
-
-    def _get_file_stream(self, total_content_length, content_type, filename=None,
-                         content_length=None):
-        if not self._is_checkpoint_upload():
-            return super()._get_file_stream(total_content_length, content_type,
-                                             filename, content_length)
-        path = current_app.extensions["registry"].temp_path("upload-")
-        stream = open(path, "xb+")  # noqa: SIM115 - closed in teardown
-        g.setdefault("spooled_uploads", []).append((path, stream))
-        return stream
-
-
-def _remove_spooled_uploads(exc=None) -> None:
-    """Whatever happened, no upload is left behind in MODEL_DIR/tmp (a stored one was
-    moved away already)."""
-    for path, stream in g.pop("spooled_uploads", []):
-        with contextlib.suppress(OSError):
-            stream.close()
-        with contextlib.suppress(OSError):  # gone already, or the store went read-only
-            os.unlink(path)
 
 
 def registry() -> Registry:
@@ -347,7 +309,7 @@ def _csrf_error(exc: CSRFError):
 def _too_large(exc):
     limit = current_app.config["MAX_CHECKPOINT_MB"]
     message = f"The checkpoint is larger than the {limit:g} MB limit (MAX_CHECKPOINT_MB)."
-    if not request._is_checkpoint_upload():  # "try an image" keeps the image limit
+    if request.spooled_route is None:  # "try an image" keeps the image limit
         limit = current_app.config["MAX_UPLOAD_MB"]
         message = f"The upload is larger than the {limit:g} MB limit (MAX_UPLOAD_MB)."
         metrics.image_rejected("too_large")

@@ -11,10 +11,8 @@ is ``webapp.dataset_store``; nothing here ever sees ``/predict`` traffic.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import os
 from pathlib import Path
 
 from flask import (
@@ -23,7 +21,6 @@ from flask import (
     Response,
     current_app,
     flash,
-    g,
     jsonify,
     redirect,
     render_template,
@@ -34,7 +31,7 @@ from flask import (
 )
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from webapp import imaging
+from webapp import imaging, uploads
 from webapp.config import available_cpus
 from webapp.dataset_store import DatasetStore, DatasetStoreError, suggest_slug
 from webapp.errors import ApiError, error_json
@@ -60,8 +57,9 @@ def init_app(app: Flask) -> None:
         max_pixels=app.config["MAX_IMAGE_PIXELS"],
     )
     app.extensions["jobs"] = JobQueue(app.config["DATA_DIR"], threads=threads)
-    app.request_class = type("Request", (DatasetImportMixin, app.request_class), {})
-    app.teardown_request(_remove_spooled_archives)
+    uploads.spool(app, uploads.SpooledRoute(  # zip archives: to DATA_DIR/.tmp
+        IMPORT_PATHS, "MAX_DATASET_MB", lambda: store()._tmp("archive-"),
+        multipart_only=True))
     app.extensions["jobs"].recover()
 
 
@@ -71,43 +69,6 @@ def store() -> DatasetStore:
 
 def jobs() -> JobQueue:
     return current_app.extensions["jobs"]
-
-
-class DatasetImportMixin:
-    """Dataset zip imports only: the body limit is MAX_DATASET_MB and the archive is
-    written to a temp file in DATA_DIR/.tmp (other uploads stay in memory)."""
-
-    def _is_dataset_import(self) -> bool:
-        return (self.method == "POST" and self.path in IMPORT_PATHS
-                and self.mimetype == "multipart/form-data")
-
-    @property
-    def max_content_length(self):
-        if self._is_dataset_import():
-            return int(current_app.config["MAX_DATASET_MB"] * 1024 * 1024)
-        return super().max_content_length
-
-    @max_content_length.setter
-    def max_content_length(self, value):
-        self._max_content_length = value
-
-    def _get_file_stream(self, total_content_length, content_type, filename=None,
-                         content_length=None):
-        if not self._is_dataset_import():
-            return super()._get_file_stream(total_content_length, content_type,
-                                             filename, content_length)
-        path = store()._tmp("archive-")
-        stream = open(path, "xb+")  # noqa: SIM115 - closed in teardown
-        g.setdefault("spooled_archives", []).append((path, stream))
-        return stream
-
-
-def _remove_spooled_archives(exc=None) -> None:
-    for path, stream in g.pop("spooled_archives", []):
-        with contextlib.suppress(OSError):
-            stream.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
 
 
 # --------------------------------------------------------------------------- errors
