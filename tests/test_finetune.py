@@ -47,7 +47,7 @@ def cli_run(shapes_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "models" / "shapes.pt"
     proc = subprocess.run(
         [sys.executable, "-m", "webapp.finetune", str(shapes_dir), "--out", str(out),
-         "--image-size", "64", "--batch-size", "16", "--epochs", "6"],
+         "--image-size", "64", "--batch-size", "16", "--epochs", "6", "--int8"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -88,6 +88,39 @@ def test_cli_fine_tunes_the_bundled_pretrained_model_to_high_accuracy(cli_run):
     order = ["stem", "stage2", "stage3", "stage4", "stage5", "head"]
     assert [rates[g] for g in order] == sorted(rates[g] for g in order)
     assert rates["head"] == 1e-3 and rates["stage5"] == pytest.approx(1e-4)
+
+
+def test_int8_variant_is_calibrated_on_training_images_and_answers_like_fp32(cli_run):
+    """--int8 writes shapes.int8.onnx, a static int8 model calibrated on the training
+    images; on fresh drawings it gives the checkpoint's answers."""
+    import onnx
+    import onnxruntime as ort
+
+    from webapp.classifier import preprocess_array
+
+    out, report, proc = cli_run
+    path = out.with_name("shapes.int8.onnx")
+    int8 = report["int8"]
+    assert int8["file"] == path.name
+    assert int8["calibration_images"] == 60  # every training image (20 per class)
+    assert int8["split"] == "test" and int8["images"] == 15
+    assert int8["accuracy"] >= 0.8 and int8["top1_agreement"] >= 0.8
+    assert f"int8: {path}" in proc.stdout and "QUANTIZE=static" in proc.stdout
+    graph = onnx.load(path).graph
+    assert sum(node.op_type == "QuantizeLinear" for node in graph.node) > 10
+    assert sum(node.op_type == "DequantizeLinear" for node in graph.node) > 10
+
+    loaded = model_loader.load_checkpoint(out)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = random.Random(99)
+    drawings = [(i, draw(shape, rng)) for i, shape in enumerate(SHAPES) for _ in range(4)]
+    batch = torch.stack([torch.from_numpy(preprocess_array(
+        img, round(64 / 0.875), 64, loaded.mean, loaded.std)) for _, img in drawings])
+    with torch.no_grad():
+        fp32 = loaded.module(batch).argmax(1).tolist()
+    int8_answers = session.run(None, {"input": batch.numpy()})[0].argmax(1).tolist()
+    assert sum(a == b for a, b in zip(fp32, int8_answers)) >= 10  # of 12
+    assert sum(a == i for a, (i, _) in zip(int8_answers, drawings)) >= 10
 
 
 def test_checkpoint_is_format_v1_with_classes_and_metrics(cli_run):
