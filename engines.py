@@ -232,10 +232,10 @@ def calibration_tensors(
 ) -> list[torch.Tensor]:
     """Preprocessed (1, 3, S, S) tensors of the calibration set, the server's transform."""
     from PIL import Image
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms import functional as TF
 
-    resize = round(input_size / 0.875)
+    from model_loader import CROP_RATIO, preprocess_array
+
+    resize = round(input_size / CROP_RATIO)
     tensors = []
     for path in files:
         try:
@@ -245,10 +245,8 @@ def calibration_tensors(
             log.warning("calibration image %s skipped: %s", path, exc)
             continue
         for view in _views(img, input_size):
-            view = TF.resize(view, resize, InterpolationMode.BILINEAR, antialias=True)
-            view = TF.center_crop(view, input_size)
-            tensor = TF.pil_to_tensor(view).float().div_(255.0)
-            tensors.append(TF.normalize(tensor, mean, std).unsqueeze(0))
+            tensors.append(torch.from_numpy(
+                preprocess_array(view, resize, input_size, mean, std)).unsqueeze(0))
     if not tensors:
         raise EngineError("none of the calibration images could be read")
     step = max(1, len(tensors) // limit)

@@ -96,7 +96,7 @@ def test_int8_variant_is_calibrated_on_training_images_and_answers_like_fp32(cli
     import onnx
     import onnxruntime as ort
 
-    from webapp.classifier import preprocess_array
+    from model_loader import preprocess_array
 
     out, report, proc = cli_run
     path = out.with_name("shapes.int8.onnx")

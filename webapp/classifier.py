@@ -13,16 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms import functional as TF
 
 import model_loader
-from model_loader import LoadedModel, ModelLoadError
+from model_loader import LoadedModel, ModelLoadError, preprocess_array
 from webapp.registry import RegistryError
 
 log = logging.getLogger(__name__)
-
-MAX_ASPECT = 3  # longest side kept at most this many times the shortest (preprocess)
-
 
 @dataclass(frozen=True)
 class Prediction:
@@ -32,57 +28,6 @@ class Prediction:
 
     def as_dict(self) -> dict:
         return {"label": self.label, "index": self.index, "score": round(self.score, 6)}
-
-
-def preprocess_array(img: Image.Image, resize_size: int, input_size: int, mean, std
-                     ) -> np.ndarray:
-    """torchvision's ImageNet eval transform (Resize(resize_size), CenterCrop(input_size),
-    ToTensor, Normalize(mean, std)) as a (3, input_size, input_size) float32 array,
-    computed without torch: torch's OpenMP threads, once woken, spin for a while and
-    would take the cores from the engine's own threads (measured: OpenVINO's 4 ms
-    inference became 7.5 ms).
-
-    The resize and the centre crop are one Pillow resize of just the region the crop
-    keeps (``box``): the same sampling positions and filter as resizing the whole image
-    and cropping, for about half the work (the same pixels, but for a rare rounding of
-    one 8-bit level).
-
-    A very elongated image (say 30000×1) is first trimmed to 3:1 around its centre,
-    which the centre crop would discard anyway, so resizing it cannot allocate
-    gigabytes."""
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    width, height = img.size
-    short, long_ = min(width, height), max(width, height)
-    if long_ > short * MAX_ASPECT:
-        keep = short * MAX_ASPECT
-        if width > height:
-            left = (width - keep) // 2
-            img = img.crop((left, 0, left + keep, height))
-        else:
-            top = (height - keep) // 2
-            img = img.crop((0, top, width, top + keep))
-        width, height = img.size
-    size, crop = resize_size, input_size
-    # torchvision's Resize(size): the shorter side becomes ``size``, the longer one
-    # keeps the aspect ratio (truncated); then CenterCrop(crop), rounded offsets.
-    if width <= height:
-        new_w, new_h = size, int(size * height / width)
-    else:
-        new_w, new_h = int(size * width / height), size
-    if crop <= min(new_w, new_h):
-        left = int(round((new_w - crop) / 2.0))
-        top = int(round((new_h - crop) / 2.0))
-        sx, sy = width / new_w, height / new_h
-        img = img.resize((crop, crop), Image.Resampling.BILINEAR,
-                         box=(left * sx, top * sy, (left + crop) * sx, (top + crop) * sy))
-    else:  # a model whose crop is larger than its resize: pad like torchvision
-        img = TF.center_crop(img.resize((new_w, new_h), Image.Resampling.BILINEAR), crop)
-    array = np.ascontiguousarray(np.asarray(img, dtype=np.float32).transpose(2, 0, 1))
-    array /= np.float32(255.0)
-    array -= np.asarray(mean, dtype=np.float32)[:, None, None]
-    array /= np.asarray(std, dtype=np.float32)[:, None, None]
-    return array
 
 
 class Classifier:

@@ -34,7 +34,8 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from webapp.classifier import MAX_ASPECT, Classifier, Prediction
+from model_loader import MAX_ASPECT
+from webapp.classifier import Classifier, Prediction
 
 UNSUPPORTED_PREFIXES = ("vit_", "swin_")
 

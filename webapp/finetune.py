@@ -40,9 +40,8 @@ from torch import nn
 from torchvision import transforms
 
 import model_loader
-from model_loader import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, ModelLoadError
+from model_loader import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, ModelLoadError, preprocess_array
 from webapp import datasets, training_report
-from webapp.classifier import preprocess_array
 from webapp.config import SETTINGS, ConfigError
 from webapp.datasets import DatasetError, DatasetSplits, ImageSamples
 
@@ -684,7 +683,7 @@ def train(
 
     result = _write_outputs(out, trainer, history, stopper, evaluation, started)
     if options.int8:
-        result.report["int8"] = write_int8(out, trainer, splits, split, say)
+        result.report["int8"] = write_int8(out, trainer, loader, split, say)
         training_report.write_json(result.report_path, result.report)
     progress(TrainingProgress("done", len(history), options.epochs, fraction=1.0,
                               metrics=result.report["metrics"], message=str(out)))
@@ -861,16 +860,16 @@ def _write_outputs(out: Path, trainer: Trainer, history: list[dict], stopper: Ea
 INT8_CALIBRATION_IMAGES = 100
 
 
-def write_int8(out: Path, trainer: Trainer, splits: DatasetSplits, split: str, say) -> dict:
+def write_int8(out: Path, trainer: Trainer, loader, split: str, say) -> dict:
     """``--int8``: the trained model as a static int8 ONNX file beside the checkpoint
     (QDQ, what ``QUANTIZE=static`` serves: runs in ONNX Runtime and OpenVINO), calibrated
     on up to 100 training images with the serving preprocessing, and how often it agrees
-    with the fp32 model on the evaluation images (the report's ``int8``)."""
+    with the fp32 model on the evaluation images of ``loader`` (the report's ``int8``)."""
     import engines
 
     model = trainer.model.cpu().eval()
     path = _companion(out, "int8.onnx")
-    train = splits.train
+    train = trainer.splits.train
     calibration = train[::max(1, len(train) // INT8_CALIBRATION_IMAGES)][
         :INT8_CALIBRATION_IMAGES]
     tensors = [batch[i:i + 1] for batch, _ in trainer.eval_loader(calibration)
@@ -884,9 +883,8 @@ def write_int8(out: Path, trainer: Trainer, splits: DatasetSplits, split: str, s
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     agree = right_int8 = right_fp32 = total = 0
-    samples = splits.test if split == "test" else splits.val
     with torch.no_grad():
-        for images, targets in trainer.eval_loader(samples):
+        for images, targets in loader:
             fp = model(images).argmax(1)
             q = torch.from_numpy(session.run(None, {"input": images.numpy()})[0]).argmax(1)
             agree += int((fp == q).sum())
@@ -899,8 +897,8 @@ def write_int8(out: Path, trainer: Trainer, splits: DatasetSplits, split: str, s
             "top1_agreement": round(agree / max(1, total), 6)}
     say(f"int8: {path} (calibrated on {len(tensors)} training images): {split} accuracy "
         f"{info['accuracy']:.3f} (fp32 {info['fp32_accuracy']:.3f}), same answer as fp32 "
-        f"for {agree} of {total} images. Serve it with QUANTIZE=static and "
-        f"CALIBRATION_DIR set to the training images.")
+        f"for {agree} of {total} images. The server builds the same from the checkpoint "
+        f"with QUANTIZE=static and CALIBRATION_DIR set to the training images.")
     return info
 
 
