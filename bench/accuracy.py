@@ -1,8 +1,8 @@
-"""Agreement with fp32 on real photos (the bundled EfficientNet-Lite0, the only real
-ImageNet weights on a machine without ResNet18's): top-1 agreement and mean top-5
-overlap per engine, on ~100 photos (tests/photos.py and deterministic variants).  Also
-how much JPEG draft decoding and the box reduction of other formats change the scores.
-Prints JSON.
+"""Agreement with fp32 on real photos (the built-in ImageNet model: ResNet18 when its
+weights are in the torchvision cache, else the bundled EfficientNet-Lite0): top-1
+agreement and mean top-5 overlap per engine, on ~100 photos (tests/photos.py and
+deterministic variants).  Also how much JPEG draft decoding and the box reduction of
+other formats change the scores.  Prints JSON.
 
     python bench/accuracy.py"""
 
@@ -32,13 +32,12 @@ def agreement(logits, reference) -> dict:
     return {"top1_agreement": top1, "top5_overlap": overlap, "n": len(a)}
 
 
-def engines_agreement(cache_dir: str) -> dict:
+def engines_agreement(loaded, cache_dir: str) -> dict:
     import torch
 
     import model_loader
     from webapp.classifier import Classifier
 
-    loaded = model_loader.load_bundled()
     classifier = Classifier(loaded)
     photos = photo_set()
     batch = torch.stack([classifier.preprocess(img) for _, img in photos])
@@ -66,18 +65,17 @@ def engines_agreement(cache_dir: str) -> dict:
     return out
 
 
-def decoding_drift() -> dict:
+def decoding_drift(loaded) -> dict:
     """Each photo upscaled to 12 MP (4000×3000-ish), saved as JPEG and PNG, decoded the
     server's way (draft / reduce) vs decoded in full; same classifier."""
     import torch
     from PIL import Image
 
-    import model_loader
     from tests.photos import real_photos
     from webapp import imaging
     from webapp.classifier import Classifier
 
-    classifier = Classifier(model_loader.load_bundled())
+    classifier = Classifier(loaded)
     rows = {"JPEG (draft)": [], "PNG (reduce)": []}
     for photo in real_photos():
         img = photo.image
@@ -106,7 +104,11 @@ def decoding_drift() -> dict:
 def main() -> None:
     warnings.simplefilter("ignore")
     cache_dir = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="bench-acc-")
-    print(json.dumps({"engines": engines_agreement(cache_dir), "decoding": decoding_drift()}))
+    import model_loader
+
+    loaded = model_loader.load_imagenet_model()
+    print(json.dumps({"model": loaded.name, "engines": engines_agreement(loaded, cache_dir),
+                      "decoding": decoding_drift(loaded)}))
 
 
 if __name__ == "__main__":

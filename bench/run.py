@@ -257,7 +257,7 @@ def report(r: dict, out: Path) -> None:
             f"{b.get('median', 0):.2f} | {b.get('p95', 0):.2f} | "
             f"{ratio(ms['efficientnet_lite0']['torch dynamic']['median'], b.get('median'))} |")
     add("")
-    add("**Agreement with fp32 (bundled EfficientNet-Lite0, "
+    add(f"**Agreement with fp32 ({r['accuracy'].get('model', 'bundled EfficientNet-Lite0')}, "
         f"{next(iter(r['accuracy']['engines'].values()))['n']} real photos)**")
     add("")
     add("| engine | top-1 agreement | top-5 overlap |")
