@@ -857,21 +857,19 @@ def _write_outputs(out: Path, trainer: Trainer, history: list[dict], stopper: Ea
     return FinetuneResult(out, report_path, confusion_png, curves_png, report)
 
 
-INT8_CALIBRATION_IMAGES = 100
-
-
 def write_int8(out: Path, trainer: Trainer, loader, split: str, say) -> dict:
     """``--int8``: the trained model as a static int8 ONNX file beside the checkpoint
     (QDQ, what ``QUANTIZE=static`` serves: runs in ONNX Runtime and OpenVINO), calibrated
-    on up to 100 training images with the serving preprocessing, and how often it agrees
-    with the fp32 model on the evaluation images of ``loader`` (the report's ``int8``)."""
+    on up to ``engines.MAX_CALIBRATION_SAMPLES`` (96) training images with the serving
+    preprocessing, and how often it agrees with the fp32 model on the evaluation images
+    of ``loader`` (the report's ``int8``)."""
     import engines
 
     model = trainer.model.cpu().eval()
     path = _companion(out, "int8.onnx")
     train = trainer.splits.train
-    calibration = train[::max(1, len(train) // INT8_CALIBRATION_IMAGES)][
-        :INT8_CALIBRATION_IMAGES]
+    limit = engines.MAX_CALIBRATION_SAMPLES
+    calibration = train[::max(1, len(train) // limit)][:limit]
     tensors = [batch[i:i + 1] for batch, _ in trainer.eval_loader(calibration)
                for i in range(len(batch))]
     with tempfile.TemporaryDirectory(prefix="finetune-int8-") as tmp:

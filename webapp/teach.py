@@ -97,7 +97,7 @@ def _registry_error(exc: RegistryError):
 
 @bp.errorhandler(RequestEntityTooLarge)
 def _too_large(exc):
-    if request.path in IMPORT_PATHS:
+    if request.spooled_route is not None:  # a dataset archive: its own limit
         limit, setting = current_app.config["MAX_DATASET_MB"], "MAX_DATASET_MB"
         what = "The dataset archive"
     else:

@@ -32,9 +32,6 @@ class UploadRequest(Request):
     @property
     def spooled_route(self) -> SpooledRoute | None:
         """The big-file route this request is for, if any."""
-        return self._spooled_route()
-
-    def _spooled_route(self) -> SpooledRoute | None:
         if self.method != "POST":
             return None
         for route in current_app.extensions.get("spooled_routes", ()):
@@ -46,7 +43,7 @@ class UploadRequest(Request):
 
     @property
     def max_content_length(self):
-        route = self._spooled_route()
+        route = self.spooled_route
         if route is not None:
             return int(current_app.config[route.limit_setting] * 1024 * 1024)
         return super().max_content_length
@@ -57,7 +54,7 @@ class UploadRequest(Request):
 
     def _get_file_stream(self, total_content_length, content_type, filename=None,
                          content_length=None):
-        route = self._spooled_route()
+        route = self.spooled_route
         if route is None:
             return io.BytesIO()
         path = route.temp_path()
