@@ -90,6 +90,7 @@ def classify(
                     upload.data,
                     max_pixels=current_app.config["MAX_IMAGE_PIXELS"],
                     min_side=classifier.resize_size,
+                    seconds=current_app.config["DECODE_TIMEOUT"],
                 )
             )
         except imaging.ImageError as exc:
@@ -161,6 +162,7 @@ def explain():
             uploads[0].data,
             max_pixels=current_app.config["MAX_IMAGE_PIXELS"],
             min_side=classifier.resize_size,
+            seconds=current_app.config["DECODE_TIMEOUT"],
         )
     except imaging.ImageError as exc:
         metrics.image_rejected(exc.code)

@@ -114,6 +114,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_IMAGE_PIXELS", "50000000", "Largest image in pixels (width × height), "
             "checked from the file header before decoding (413 above it).", "int",
             1, 1_000_000_000),
+    Setting("DECODE_TIMEOUT", "10", "Seconds one image may take to decode (checked as "
+            "the decoder reads the file); longer: 422 too_slow_to_decode. Files built to "
+            "be slow (padding, thousands of JPEG scans) are refused long before.",
+            "float", 0.5, 600),
     Setting("MAX_IMAGES_PER_REQUEST", "16", "Most images one /predict request may carry.",
             "int", 1, 256),
     Setting("SECRET_KEY", "", "Key that signs session cookies (the admin login). Empty = "

@@ -54,7 +54,7 @@ def init_app(app: Flask) -> None:
     threads = app.config["JOB_THREADS"] or max(1, available_cpus() // 2)
     app.extensions["datasets"] = DatasetStore(
         app.config["DATA_DIR"], max_images=app.config["MAX_DATASET_IMAGES"],
-        max_pixels=app.config["MAX_IMAGE_PIXELS"],
+        max_pixels=app.config["MAX_IMAGE_PIXELS"], decode_seconds=app.config["DECODE_TIMEOUT"],
     )
     app.extensions["jobs"] = JobQueue(app.config["DATA_DIR"], threads=threads)
     uploads.spool(app, uploads.SpooledRoute(  # zip archives: to DATA_DIR/.tmp
