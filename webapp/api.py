@@ -14,6 +14,7 @@ from model_loader import ModelLoadError
 from webapp import accesslog, imaging, metrics
 from webapp import explain as explaining
 from webapp.errors import ApiError
+from webapp.uploads import raw_body
 
 bp = Blueprint("api", __name__)
 
@@ -40,7 +41,7 @@ def uploads_from_request() -> list[Upload]:
         for n, f in enumerate(request.files.getlist(field))
     ]
     if not uploads and request.mimetype.startswith("image/"):
-        uploads = [Upload("body", request.get_data(cache=False))]
+        uploads = [Upload("body", raw_body())]
     if not uploads:
         other = sorted(request.files.keys())
         hint = f" (found file field(s): {', '.join(other)})" if other else ""

@@ -9,7 +9,8 @@
   ``/healthz``, ``/readyz``, ``/metrics`` and the pages never wait for a slot.
 * **Body timeout.**  A client gets ``REQUEST_TIMEOUT`` seconds to send the body of an
   image upload, and may never stall longer than that between two reads of any body
-  (checkpoint uploads included, which may take longer in total).  Too slow: ``408
+  (checkpoint uploads and dataset archives included, which may take longer in total:
+  a 200 MB archive over a 2 MB/s link takes 100 s).  Too slow: ``408
   request_timeout``, and the thread is free again.  This needs gunicorn (it reads from
   the client's socket, ``environ["gunicorn.socket"]``); the development server has no
   such limit.  Slow *headers* are gunicorn's business: put nginx in front
@@ -28,7 +29,6 @@ from webapp import errors, metrics
 UPLOAD_ENDPOINTS = frozenset({
     "api.predict", "api.explain", "ui.index_post", "admin.try_page", "admin.api_predict",
 })
-CHECKPOINT_PATHS = ("/admin/api/models", "/admin/models")  # webapp.admin.UPLOAD_PATHS
 
 
 class UploadSlots:
@@ -142,7 +142,7 @@ def _limit_request():
     sock = environ.get("gunicorn.socket")
     if sock is not None and _has_body():
         seconds = current_app.config["REQUEST_TIMEOUT"]
-        whole = None if request.path in CHECKPOINT_PATHS else seconds
+        whole = None if request.spooled_route else seconds  # big files: idle limit only
         g.body_input = environ["wsgi.input"] = DeadlineInput(
             environ["wsgi.input"], sock, seconds, whole, request.content_length)
         g.body_socket = sock
