@@ -232,6 +232,8 @@ def read_weights_file(path: str | os.PathLike, label: str | None = None) -> obje
         else:
             if unpickler:  # not a pickle at all, or a damaged one
                 reason = f"not a valid pickle: {unpickler.group(1).strip()}"
+            elif not (_starts_with(path, b"\x80") or _starts_with(path, b"PK")):
+                reason = "neither of the two formats torch.save writes, a zip or a pickle"
             reason += _looks_like(path)
         raise ModelLoadError(
             f"{what}: not a readable PyTorch weights file ({reason})"
@@ -245,6 +247,7 @@ def _starts_with(path: Path, prefix: bytes) -> bool:
 
 def _looks_like(path: Path) -> str:
     """"; it looks like a JPEG image" for a file that is not a weights file, if known."""
+    head = b""
     try:
         import puremagic
 
@@ -258,6 +261,8 @@ def _looks_like(path: Path) -> str:
             return f"; it looks like: {best.name.strip().rstrip('.')}"
     except Exception:  # puremagic raises when it cannot tell
         pass
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head[:512]):
+        return "; it looks like plain text"
     return ""
 
 

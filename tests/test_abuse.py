@@ -100,3 +100,14 @@ def test_a_chunked_body_over_the_limit_is_a_413_not_a_cut_image(tmp_path):
     assert "0.25 MB" in error_of(post(photo), 413, "too_large")
     small = attacks.real_jpeg((320, 240))
     assert post(small).status_code == 200
+
+
+def test_readyz_names_no_server_path_and_metrics_says_its_charset_once(app, client):
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    text = ready.get_data(as_text=True)
+    for folder in (app.config["MODEL_DIR"], app.config["ENGINE_CACHE_DIR"], "/tmp/", "/root"):
+        assert folder not in text, folder
+    assert ready.get_json()["model"]["source"] in ("bundled", "cache", "explicit")
+    content_type = client.get("/metrics").headers["Content-Type"]
+    assert content_type.startswith("text/plain; version=") and content_type.count("charset") == 1

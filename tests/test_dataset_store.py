@@ -91,12 +91,14 @@ def test_bad_dataset_names_are_refused_before_the_filesystem(client, tmp_path, n
     (["a/b", "c"], "bad_class"), ([".x", "c"], "bad_class"), (["..", "c"], "bad_class"),
     (["x" * 41], "bad_class"), (["pen", "Pen"], "duplicate_class"), ([], "bad_class"),
     (["ok", "nul\x00"], "bad_class"), (["a:b"], "bad_class"), ("not a list", None),
+    (["CON", "cup"], "bad_class"), (["pen", "nul"], "bad_class"), (["com1.txt"], "bad_class"),
+    (["Lpt9"], "bad_class"), (["pen."], "bad_class"), (["Con Air", "console"], None),
     ([str(n) for n in range(51)], "too_many_classes"),
 ])
 def test_bad_class_names_are_refused(client, tmp_path, classes, code):
     response = client.post("/admin/api/datasets", headers=BEARER,
                            json={"name": "pens", "classes": classes})
-    if code is None:  # a comma-separated string is accepted as a list
+    if code is None:  # a comma-separated string is accepted as a list; near-device names
         assert response.status_code == 201
         return
     assert_error(response, 400, code)

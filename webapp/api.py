@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote
 
 from flask import Blueprint, current_app, jsonify, request
@@ -245,18 +247,19 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """Ready: the model is loaded and answering.  503 with the reason otherwise."""
+    """Ready: the model is loaded and answering.  503 with the reason otherwise.  Anyone
+    may ask, so no server path is in the answer: a file's name says enough."""
     try:
         classifier = holder().get()
     except ModelLoadError as exc:
-        return jsonify(status="error", error=str(exc)), 503
+        return jsonify(status="error", error=_without_paths(str(exc))), 503
     loaded = classifier.loaded
-    return jsonify(
+    return jsonify(_without_paths(dict(
         status="ready",
         model={
             **classifier.info,
             "source": loaded.source_kind,
-            "path": loaded.source,
+            "file": Path(loaded.source).name if loaded.source else None,
             "classes": loaded.num_classes,
             "input_size": loaded.input_size,
             "verified": loaded.verified,
@@ -265,7 +268,21 @@ def readyz():
         notice=holder().notice or loaded.notice,
         registry=_registry_status(classifier),
         torch_threads=current_app.config["TORCH_THREADS"],
-    )
+    )))
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])~?/(?:[^\s/:;,'\"()`]+/)+([^\s/:;,'\"()`]+)")
+
+
+def _without_paths(value):
+    """Every absolute path in ``value`` (strings, lists, dicts) cut to its last part."""
+    if isinstance(value, str):
+        return _ABSOLUTE_PATH.sub(r"\1", value)
+    if isinstance(value, dict):
+        return {key: _without_paths(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_paths(item) for item in value]
+    return value
 
 
 def _registry_status(classifier) -> dict | None:

@@ -58,6 +58,10 @@ TMP_DIR = ".tmp"
 _DATASET_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _IMAGE_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{8}$")
 _FORBIDDEN_IN_CLASS = set('/\\<>:"|?*')  # path separators, and what Windows refuses
+# Names Windows keeps for devices, whatever the extension: an exported dataset with a
+# class folder "CON" or "nul.txt" cannot be unzipped there.
+_WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
+                    *(f"{port}{n}" for port in ("COM", "LPT") for n in "123456789¹²³")}
 SPLIT_FOLDERS = {"train", "val", "valid", "validation", "test"}
 
 
@@ -114,7 +118,8 @@ def check_dataset_name(raw) -> str:
 
 def check_class_name(raw) -> str:
     """A class name is what the model will answer: up to 40 characters, any language,
-    no path characters, no control characters, no leading dot."""
+    no path characters, no control characters, no leading or trailing dot, no name
+    Windows keeps for a device (an export must unzip everywhere)."""
     if not isinstance(raw, str):
         raise DatasetStoreError(400, "bad_class", "A class name must be text, e.g. 'pen'.")
     name = " ".join(unicodedata.normalize("NFC", raw).split())
@@ -127,6 +132,9 @@ def check_class_name(raw) -> str:
         problem = "it contains control characters"
     elif _FORBIDDEN_IN_CLASS & set(name) or name.startswith(".") or ".." in name:
         problem = "it contains / \\ < > : \" | ? * .. or starts with a dot"
+    elif name.split(".")[0].rstrip().upper() in _WINDOWS_DEVICES or name.endswith("."):
+        problem = ("Windows cannot make a folder of that name (a device name such as CON "
+                   "or NUL, or a dot at the end), so an exported dataset would not unzip")
     if problem:
         raise DatasetStoreError(
             400, "bad_class", f"The class name {name[:60]!r} is not accepted: {problem}. "
