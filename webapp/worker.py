@@ -185,17 +185,15 @@ class BufferingWorker(ThreadWorker):
     # ----------------------------------------------------------------- timing out
 
     def murder_pending(self):
-        """Once a second (gunicorn's loop): requests past their deadline get 408, and
-        a stopping worker closes the ones still arriving."""
+        """Once a second (gunicorn's loop, also while a stopping worker finishes its
+        requests): requests past their deadline get 408."""
         super().murder_pending()
         now = time.monotonic()
         for conn, until in list(self.lingering.items()):
-            if now >= until or not self.alive:
+            if now >= until:
                 self._end_linger(conn)
         for conn, arrival in list(self.arriving.items()):
-            if not self.alive:
-                self._close(conn, arrival)
-            elif now >= arrival.deadline:
+            if now >= arrival.deadline:
                 self._time_out(conn, arrival)
 
     def _time_out(self, conn, arrival: Arrival) -> None:
