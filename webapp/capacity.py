@@ -138,14 +138,6 @@ def _has_body() -> bool:
 
 
 def _limit_request():
-    environ = request.environ
-    sock = environ.get("gunicorn.socket")
-    if sock is not None and _has_body():
-        seconds = current_app.config["REQUEST_TIMEOUT"]
-        whole = None if request.spooled_route else seconds  # big files: idle limit only
-        g.body_input = environ["wsgi.input"] = DeadlineInput(
-            environ["wsgi.input"], sock, seconds, whole, request.content_length)
-        g.body_socket = sock
     if request.endpoint in UPLOAD_ENDPOINTS:
         slots: UploadSlots = current_app.extensions["upload_slots"]
         if not slots.acquire():
@@ -157,6 +149,14 @@ def _limit_request():
             return response
         g.upload_slot = slots
         metrics.UPLOADS_IN_PROGRESS.inc()
+    environ = request.environ
+    sock = environ.get("gunicorn.socket")
+    if sock is not None and _has_body():  # the clock starts once a slot is ours
+        seconds = current_app.config["REQUEST_TIMEOUT"]
+        whole = None if request.spooled_route else seconds  # big files: idle limit only
+        g.body_input = environ["wsgi.input"] = DeadlineInput(
+            environ["wsgi.input"], sock, seconds, whole, request.content_length)
+        g.body_socket = sock
     return None
 
 

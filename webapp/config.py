@@ -165,9 +165,10 @@ SETTINGS: tuple[Setting, ...] = (
             "int", 1, 256),
     Setting("UPLOAD_QUEUE_SECONDS", "10", "How long an upload waits for a free slot "
             "before the answer is 503 server_busy with Retry-After.", "float", 0, 600),
-    Setting("REQUEST_TIMEOUT", "30", "Seconds a client may take to send an image upload, "
-            "and may stall while sending any upload (checkpoints included); 408 after "
-            "that.", "float", 1, 3600),
+    Setting("REQUEST_TIMEOUT", "30", "Seconds a client has to send a request, plus a "
+            "second for every 16 KB it sends (a slow link keeps its time, a client dripping "
+            "bytes does not); also the longest an upload may stall. 408 after that.",
+            "float", 1, 3600),
     Setting("MAX_REQUESTS", "10000", "gunicorn restarts a worker after this many requests "
             "(plus a random jitter), so a slow leak cannot grow forever; 0 = never.",
             "int", 0, 100_000_000),

@@ -14,9 +14,12 @@ for its upstream:
   JSON) while the worker holds less than ``HTTP_THREADS × MAX_UPLOAD_MB`` of such
   bodies; a client that says ``Expect: 100-continue`` is told to go on first.
 
-A request that is not all there ``REQUEST_TIMEOUT`` seconds after its first byte gets
-``408 request_timeout`` (JSON, one access log line) and its connection is closed; until
-then it costs a selector entry and the bytes received, never a thread.  Slow clients can
+A request gets ``REQUEST_TIMEOUT`` seconds from its first byte, and one second more for
+every ``MIN_RATE`` bytes received (Apache's ``mod_reqtimeout`` rule: an upload over a
+slow link keeps its time, a client dripping bytes does not; a 16 MB dataset archive at
+250 KB/s is fine).  Past that: ``408 request_timeout`` (JSON, one access log line) and
+the connection is closed.  Until then it costs a selector entry and the bytes received,
+never a thread.  Slow clients can
 therefore hold neither the threads nor the upload slots (``webapp/capacity.py``), which
 are taken after the body is in.  What is handed over unbuffered, as gunicorn would: a
 chunked body, a bigger one (checkpoints and dataset archives stream to their store; the
@@ -29,6 +32,7 @@ Imported by the gunicorn master (for the worker class): gunicorn and the setting
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import re
 import selectors
@@ -37,12 +41,14 @@ import time
 from functools import partial
 
 from gunicorn import http
+from gunicorn.http.unreader import SocketUnreader
 from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import ThreadWorker
 
 from webapp.config import Config
 
 RECV_BYTES = 256 * 1024
+MIN_RATE = 16 * 1024  # bytes per second that earn a slow client more time
 LINGER_SECONDS = 2.0
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 
@@ -50,15 +56,19 @@ _HEAD_END = re.compile(rb"\r?\n\r?\n")
 class Arrival:
     """A request on its way in: the bytes so far and when it must be complete."""
 
-    __slots__ = ("data", "started", "deadline", "head_end", "body_length", "scanned")
+    __slots__ = ("data", "started", "timeout", "head_end", "body_length", "scanned")
 
     def __init__(self, data: bytes, timeout: float):
         self.data = bytearray(data)
         self.started = time.monotonic()
-        self.deadline = self.started + timeout
+        self.timeout = timeout
         self.head_end: int | None = None  # offset of the body, once the head is in
         self.body_length = 0  # bytes of body to wait for
         self.scanned = 0  # how far the head end has been searched for
+
+    @property
+    def deadline(self) -> float:
+        return self.started + self.timeout + len(self.data) / MIN_RATE
 
 
 class BufferingWorker(ThreadWorker):
@@ -100,9 +110,17 @@ class BufferingWorker(ThreadWorker):
         self._forget(conn, arrival, registered)
         if conn.parser is None:
             conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
-        conn.parser.unreader.unread(bytes(arrival.data))
+        conn.parser.unreader = ReadAhead(conn.sock, bytes(arrival.data))
         conn.data_ready = conn.arrived = True
         super().enqueue_req(conn)
+
+    def finish_request(self, conn, fs):
+        """Bytes of a next request that arrived with this one (pipelining) go where
+        gunicorn looks for them before it waits on the socket again."""
+        unreader = getattr(conn.parser, "unreader", None)
+        if isinstance(unreader, ReadAhead):
+            unreader.settle()
+        return super().finish_request(conn, fs)
 
     def _forget(self, conn, arrival: Arrival, registered: bool = True) -> None:
         self.arriving.pop(conn, None)
@@ -197,8 +215,9 @@ class BufferingWorker(ThreadWorker):
                 self._time_out(conn, arrival)
 
     def _time_out(self, conn, arrival: Arrival) -> None:
-        message = (f"The request arrived too slowly (the limit is {self.request_timeout:g} "
-                   "s); please try again.")
+        message = (f"The request arrived too slowly (it may take {self.request_timeout:g} s, "
+                   f"and a second more for every {MIN_RATE // 1024} KB sent); please try "
+                   "again.")
         body = json.dumps({"error": {"code": "request_timeout", "message": message}})
         answer = (f"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
                   f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}").encode()
@@ -272,6 +291,32 @@ class BufferingWorker(ThreadWorker):
             pass
         self.nr_conns -= 1
         conn.close()
+
+
+class ReadAhead(SocketUnreader):
+    """The parser's source once a request has arrived: the bytes read ahead, then the
+    socket.  (gunicorn's ``unread`` would hold them in a buffer that every read copies
+    whole: reading a 19 MB body that way took seconds.)"""
+
+    def __init__(self, sock, data: bytes):
+        super().__init__(sock)
+        self.ahead, self.at = memoryview(data), 0
+
+    def chunk(self, size_hint=None):
+        if self.at < len(self.ahead):
+            size = max(self.mxchunk, min(size_hint or 0, self.max_body_chunk))
+            piece = bytes(self.ahead[self.at:self.at + size])
+            self.at += len(piece)
+            return piece
+        return super().chunk(size_hint)
+
+    def settle(self) -> None:
+        """Whatever is left ahead into the buffer gunicorn checks between requests
+        (after what the buffer holds already: that came first)."""
+        if self.at < len(self.ahead):
+            self.buf.seek(0, io.SEEK_END)
+            self.buf.write(self.ahead[self.at:])
+        self.ahead, self.at = memoryview(b""), 0
 
 
 class _Answer:
