@@ -10,9 +10,10 @@ watch kept-alive ones) reads every request without blocking, the way nginx buffe
 for its upstream:
 
 * the **head** until its blank line, and then
-* a **body** with a ``Content-Length`` up to ``MAX_UPLOAD_MB`` (an image upload, a form,
-  JSON) while the worker holds less than ``HTTP_THREADS × MAX_UPLOAD_MB`` of such
-  bodies; a client that says ``Expect: 100-continue`` is told to go on first.
+* a **body** with a ``Content-Length`` the app may accept, up to ``MAX_UPLOAD_MB`` (an
+  image upload, JSON; an URL-encoded form up to its 64 KB), while the worker holds less
+  than ``HTTP_THREADS × MAX_UPLOAD_MB`` of such bodies; a client that says ``Expect:
+  100-continue`` is told to go on first.
 
 A request gets ``REQUEST_TIMEOUT`` seconds from its first byte, and one second more for
 every ``MIN_RATE`` bytes received (Apache's ``mod_reqtimeout`` rule: an upload over a
@@ -46,6 +47,7 @@ from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import ThreadWorker
 
 from webapp.config import Config
+from webapp.uploads import MAX_URLENCODED_BYTES, URLENCODED
 
 RECV_BYTES = 256 * 1024
 MIN_RATE = 16 * 1024  # bytes per second that earn a slow client more time
@@ -110,7 +112,7 @@ class BufferingWorker(ThreadWorker):
         self._forget(conn, arrival, registered)
         if conn.parser is None:
             conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
-        conn.parser.unreader = ReadAhead(conn.sock, bytes(arrival.data))
+        conn.parser.unreader = ReadAhead(conn.sock, arrival.data)
         conn.data_ready = conn.arrived = True
         super().enqueue_req(conn)
 
@@ -183,7 +185,7 @@ class BufferingWorker(ThreadWorker):
     def _body_to_buffer(self, head: bytes) -> tuple[int | None, bool]:
         """(bytes of body to wait for, or None to hand the request over as it is;
         whether the client waits for ``100 Continue``)."""
-        length, expects_continue = 0, False
+        length, limit, expects_continue = 0, self.body_limit, False
         for line in head.split(b"\n")[1:]:
             name, _, value = line.partition(b":")
             name, value = name.strip().lower(), value.strip().lower()
@@ -196,7 +198,9 @@ class BufferingWorker(ThreadWorker):
                 return None, False  # chunked: the app counts it against its limits
             elif name == b"expect" and value == b"100-continue":
                 expects_continue = True
-        if not 0 <= length <= self.body_limit:
+            elif name == b"content-type" and value.startswith(URLENCODED.encode()):
+                limit = min(limit, MAX_URLENCODED_BYTES)
+        if not 0 <= length <= limit:
             return None, False  # the app refuses it (413) or streams it to its store
         return length, expects_continue and length > 0
 
@@ -298,15 +302,17 @@ class ReadAhead(SocketUnreader):
     socket.  (gunicorn's ``unread`` would hold them in a buffer that every read copies
     whole: reading a 19 MB body that way took seconds.)"""
 
-    def __init__(self, sock, data: bytes):
+    def __init__(self, sock, data: bytearray):
         super().__init__(sock)
-        self.ahead, self.at = memoryview(data), 0
+        self.ahead, self.at = data, 0
 
     def chunk(self, size_hint=None):
         if self.at < len(self.ahead):
             size = max(self.mxchunk, min(size_hint or 0, self.max_body_chunk))
-            piece = bytes(self.ahead[self.at:self.at + size])
+            piece = bytes(memoryview(self.ahead)[self.at:self.at + size])
             self.at += len(piece)
+            if self.at >= len(self.ahead):  # all handed on: let the buffer go now
+                self.ahead, self.at = bytearray(), 0
             return piece
         return super().chunk(size_hint)
 
@@ -315,8 +321,8 @@ class ReadAhead(SocketUnreader):
         (after what the buffer holds already: that came first)."""
         if self.at < len(self.ahead):
             self.buf.seek(0, io.SEEK_END)
-            self.buf.write(self.ahead[self.at:])
-        self.ahead, self.at = memoryview(b""), 0
+            self.buf.write(memoryview(self.ahead)[self.at:])
+        self.ahead, self.at = bytearray(), 0
 
 
 class _Answer:
