@@ -1,7 +1,7 @@
 """What someone running the service relies on: security headers on every response, no
 inline script anywhere, the upload and pixel limits at every entry point, the client
-address behind a proxy, and (on a real gunicorn server) the per-worker upload slots and
-the body timeout that frees a thread held by a slow client."""
+address behind a proxy, and (on a real gunicorn server) requests read before a thread
+gets them, the per-worker upload slots and the body timeout."""
 
 from __future__ import annotations
 

@@ -2,19 +2,21 @@
 
 * **Upload slots.**  Every image upload (``/predict``, ``/explain``, the no-JavaScript
   form, the admin's "try an image") holds one of ``MAX_CONCURRENT_UPLOADS`` slots of its
-  worker process from before its body is read until its answer is built; that bounds
-  the memory a worker can need at once (a body of up to ``MAX_UPLOAD_MB`` plus its
-  decoded pixels per slot).  An upload that finds no free slot waits up to
+  worker process from before the app reads its body until its answer is built; that
+  bounds the memory a worker can need at once (a body of up to ``MAX_UPLOAD_MB`` plus
+  its decoded pixels per slot).  An upload that finds no free slot waits up to
   ``UPLOAD_QUEUE_SECONDS`` and then gets ``503 server_busy`` with ``Retry-After``;
-  ``/healthz``, ``/readyz``, ``/metrics`` and the pages never wait for a slot.
-* **Body timeout.**  A client gets ``REQUEST_TIMEOUT`` seconds to send the body of an
-  image upload, and may never stall longer than that between two reads of any body
-  (checkpoint uploads and dataset archives included, which may take longer in total:
-  a 200 MB archive over a 2 MB/s link takes 100 s).  Too slow: ``408
+  ``/healthz``, ``/readyz``, ``/metrics`` and the pages never wait for a slot.  Under
+  gunicorn the worker has usually read the whole request before the app sees it
+  (``webapp/worker.py``), so a slow client holds no slot.
+* **Body timeout**, for the bodies the app reads from the client itself (chunked ones,
+  checkpoints and dataset archives over ``MAX_UPLOAD_MB``): an image upload gets
+  ``REQUEST_TIMEOUT`` seconds from the moment it has its slot, and no body may stall
+  longer than that between two reads (checkpoint uploads and dataset archives may take
+  longer in total: a 200 MB archive over a 2 MB/s link takes 100 s).  Too slow: ``408
   request_timeout``, and the thread is free again.  This needs gunicorn (it reads from
   the client's socket, ``environ["gunicorn.socket"]``); the development server has no
-  such limit.  Slow *headers* are gunicorn's business: put nginx in front
-  (``deploy/nginx.conf``) where clients are not trusted.
+  such limit.
 """
 
 from __future__ import annotations
