@@ -20,14 +20,15 @@ every ``MIN_RATE`` bytes received (Apache's ``mod_reqtimeout`` rule: an upload o
 slow link keeps its time, a client dripping bytes does not; a 16 MB dataset archive at
 250 KB/s is fine).  Past that: ``408 request_timeout`` (JSON, one access log line) and
 the connection is closed.  Until then it costs a selector entry and the bytes received,
-never a thread.  Slow clients can
-therefore hold neither the threads nor the upload slots (``webapp/capacity.py``), which
-are taken after the body is in.  What is handed over unbuffered, as gunicorn would: a
-chunked body, a bigger one (checkpoints and dataset archives stream to their store; the
-app's own body deadlines apply there, ``webapp/capacity.py``), a body while the buffer
-budget is spent, and TLS or HTTP/2 connections.
+never a thread, so slow clients hold neither the threads nor the upload slots
+(``webapp/capacity.py``: taken once the app reads the body, which is then all there).
+Handed over unread, as gunicorn would: a chunked body, a bigger one (checkpoints and
+dataset archives stream to their store under the app's own stall limit), a body while
+the buffer budget is spent, and TLS or HTTP/2 connections.  Measured (bench/abuse.py,
+docs/security.md): with 50 clients sending a header line every 2 s, every /predict
+timed out on ``gthread``; here each answered within a few tenths of a second.
 
-Imported by the gunicorn master (for the worker class): gunicorn and the settings only.
+Imported by the gunicorn master (for the worker class): no torch, no app.
 """
 
 from __future__ import annotations
@@ -315,6 +316,10 @@ class ReadAhead(SocketUnreader):
                 self.ahead, self.at = bytearray(), 0
             return piece
         return super().chunk(size_hint)
+
+    def take_buffered(self):
+        self.settle()
+        return super().take_buffered()
 
     def settle(self) -> None:
         """Whatever is left ahead into the buffer gunicorn checks between requests
