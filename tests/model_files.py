@@ -46,10 +46,23 @@ class ModelFile:
 
 
 def random_model(arch: str, num_classes: int, seed: int) -> nn.Module:
+    """A random network whose head is scaled so its scores differ like a trained one's:
+    freshly initialised, MobileNetV3 gives every photo nearly equal scores (logits about
+    1e-3 apart), where a top-1 would be a rounding, not a decision."""
+    import model_loader
+
     torch.manual_seed(seed)
-    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes).eval()
+    module = torchvision.models.get_model(arch, weights=None, num_classes=num_classes).eval()
+    with torch.inference_mode():
+        logits = module(photo_batch())
+    spread = float((logits - logits.mean(dim=1, keepdim=True)).std())
+    with torch.no_grad():
+        for key in model_loader.signature(arch).head:  # the head, found by the server's code
+            module.get_parameter(key).mul_(2.0 / spread)
+    return module
 
 
+@functools.cache
 def photo_pngs() -> list[tuple[str, bytes]]:
     """The real photos as PNG (lossless: the server and the reference see the same pixels)."""
     out = []
@@ -60,17 +73,22 @@ def photo_pngs() -> list[tuple[str, bytes]]:
     return out
 
 
+def photo_batch(input_size: int = 224, mean=IMAGENET[0], std=IMAGENET[1]) -> torch.Tensor:
+    """The real photos through torchvision's ImageNet eval transform (the standard
+    preprocessing), with a model's own size and statistics."""
+    transform = transforms.Compose([
+        transforms.Resize(round(input_size / 0.875)), transforms.CenterCrop(input_size),
+        transforms.ToTensor(), transforms.Normalize(mean, std)])
+    return torch.stack([transform(Image.open(io.BytesIO(data)).convert("RGB"))
+                        for _, data in photo_pngs()])
+
+
 def torch_answers(module: nn.Module, input_size: int = 224, mean=IMAGENET[0],
                   std=IMAGENET[1]) -> list[tuple[int, float]]:
     """(top-1 index, its softmax score) for every real photo: torch fp32, torchvision's
     ImageNet eval transform with this model's size and statistics."""
-    transform = transforms.Compose([
-        transforms.Resize(round(input_size / 0.875)), transforms.CenterCrop(input_size),
-        transforms.ToTensor(), transforms.Normalize(mean, std)])
-    batch = torch.stack([transform(Image.open(io.BytesIO(data)).convert("RGB"))
-                         for _, data in photo_pngs()])
     with torch.inference_mode():
-        probs = module.eval()(batch).softmax(dim=1)
+        probs = module.eval()(photo_batch(input_size, mean, std)).softmax(dim=1)
     top = probs.max(dim=1)
     return [(int(i), float(s)) for s, i in zip(top.values, top.indices)]
 
