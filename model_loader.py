@@ -982,7 +982,8 @@ def build_from_contents(contents: Contents, given: Given, what: str, *, path: Pa
                 f"{what}: the file does not name its classes and its head has {head} "
                 f"outputs; give the {head} class names in output order (the classes "
                 "field, comma-separated or one a line, or a labels file: one name a line, "
-                "a JSON list, or a JSON class_to_idx)")
+                "a JSON list, or a JSON class_to_idx; or write a checkpoint that has them: "
+                "python -m model_loader convert FILE --classes a,b,... --out model.pt)")
         names = imagenet_labels()
         details["classes_from"] = "ImageNet (a 1000-way head without names)"
     if head is not None and head != len(names):
