@@ -426,3 +426,34 @@ def test_convert_writes_a_v1_checkpoint_from_any_accepted_file(model_files, tmp_
 def _write(path, entry):
     path.write_bytes(entry.labels[1])
     return path
+
+
+def test_an_onnx_model_with_a_fixed_batch_and_a_softmax_is_served_with_its_scores(
+    model_files, tmp_path
+):
+    """Batch fixed at 1 (several images run one by one) and probabilities as output (the
+    engine returns their log, so the server's softmax gives the same scores), in both
+    engines; int8 is not made for uploaded ONNX models and says so."""
+    import warnings
+
+    module = nn.Sequential(model_files.resnet18, nn.Softmax(dim=1)).eval()
+    path = tmp_path / "softmax.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.zeros(1, 3, 64, 64),), str(path), dynamo=False)
+    loaded = model_loader.load_checkpoint(path, classes="a,b,c,d,e")
+    assert (loaded.input_size, loaded.outputs, loaded.details["batch"]) == (
+        64, "probabilities", 1)
+    assert "it outputs probabilities" in loaded.summary()
+    x = torch.randn(3, 3, 64, 64)
+    with torch.inference_mode():
+        expected = module(x)
+    for engine in ("openvino", "onnxruntime", "torch"):
+        served = model_loader.quantize(loaded, "none", engine)
+        assert served.engine_name == ("onnxruntime" if engine == "torch" else engine)
+        assert torch.allclose(served.engine(x).softmax(dim=1), expected, atol=1e-4)
+    served = model_loader.quantize(loaded, "static", "onnxruntime")
+    assert served.quantization == "none" and "fp32" in served.engine_info["fallback"]
+    with pytest.raises(ModelLoadError, match="the input_size field says input_size 224 "
+                       "but the file says 64"):
+        model_loader.load_checkpoint(path, classes="a,b,c,d,e", input_size=224)
