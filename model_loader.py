@@ -770,31 +770,31 @@ class Given:
               mean=None, std=None) -> Given:
         """``classes``: the field's text or a list; ``labels``: a labels file's bytes or
         text; ``arch``: a name, or ``auto``/empty/None for "find out"."""
-        given = cls()
         from_field = from_file = None
         if isinstance(classes, list | tuple):
             from_field = class_names(list(classes), "the classes field", what)
         elif isinstance(classes, str) and classes.strip():
             from_field = parse_classes_field(classes, what)
-        if labels is not None and (labels.strip() if isinstance(labels, str | bytes) else 1):
+        if isinstance(labels, str | bytes) and labels.strip():
             from_file = parse_labels_file(labels, what)
         if from_field and from_file and from_field != from_file:
             raise ModelLoadError(
                 f"{what}: the classes field ({_shorten(from_field)}) and the labels file "
                 f"({_shorten(from_file)}) name different classes; send one of them")
-        given.classes = from_field or from_file
-        given.classes_from = ("the classes field" if from_field else
-                              "the labels file" if from_file else None)
-        arch = (arch or "").strip() if isinstance(arch, str) or arch is None else arch
-        if arch and arch != "auto":
-            if arch not in supported_archs() and arch != "onnx":
-                raise ModelLoadError(f"{what}: {unsupported_arch_message(arch)}")
-            given.arch = arch
-        given.input_size = _input_size(input_size, what) if input_size not in (None, "") \
-            else None
-        given.mean = _vec3(mean, None, "mean", what)
-        given.std = _vec3(std, None, "std", what)
-        return given
+        arch = str(arch or "").strip()
+        if arch in ("", "auto"):
+            arch = None
+        elif arch not in supported_archs() and arch != "onnx":
+            raise ModelLoadError(f"{what}: {unsupported_arch_message(arch)}")
+        return cls(
+            classes=from_field or from_file,
+            classes_from=("the classes field" if from_field else
+                          "the labels file" if from_file else None),
+            arch=arch,
+            input_size=None if input_size in (None, "") else _input_size(input_size, what),
+            mean=_vec3(mean, None, "mean", what),
+            std=_vec3(std, None, "std", what),
+        )
 
 
 def _shorten(names: list[str], limit: int = 5) -> str:

@@ -207,6 +207,9 @@ def choose_backbone(options: FinetuneOptions) -> Backbone:
     if weights_file:
         origin = "--weights" if options.weights else "MODEL_WEIGHTS"
         loaded = model_loader.load_checkpoint(weights_file, source_kind="explicit")
+        if loaded.module is None:
+            raise FinetuneError(f"{origin}={weights_file} is an ONNX model; fine-tuning "
+                                "starts from PyTorch weights (a state_dict or a checkpoint)")
         if arch != "auto" and loaded.arch != arch:
             raise FinetuneError(
                 f"{origin}={weights_file} holds a {loaded.arch} model, not {arch}; drop "
@@ -225,7 +228,7 @@ def choose_backbone(options: FinetuneOptions) -> Backbone:
             except ModelLoadError as exc:
                 log.warning("%s", exc)
         if cached.is_file():
-            loaded = model_loader.load_checkpoint(cached, source_kind="cache")
+            loaded = model_loader.load_checkpoint(cached, source_kind="cache", arch="resnet18")
             return Backbone(
                 "resnet18", loaded.module, f"torchvision cache {cached}",
                 f"resnet18 starts from its ImageNet weights in the torchvision cache ({cached}).",
