@@ -319,7 +319,7 @@ def test_what_the_person_said_is_stored_and_the_model_loads_the_same_way_later(
     """Class names given with an upload live in meta.json (the file does not carry them);
     safetensors and ONNX files keep a name that says what they are."""
     bare = model_files.bare
-    meta = store.add(bare.path, classes=bare.fields["classes"], arch="auto")
+    meta = store.add(bare.path, fields={"classes": bare.fields["classes"], "arch": "auto"})
     folder = store.root / "models" / meta["id"]
     assert sorted(os.listdir(folder)) == ["checkpoint.pt", "meta.json"]
     assert (meta["kind"], meta["file"], meta["classes"]) == ("pytorch", "checkpoint.pt",
@@ -334,7 +334,7 @@ def test_what_the_person_said_is_stored_and_the_model_loads_the_same_way_later(
     assert store.load(meta["id"]).arch == "resnet18"
 
     onnx_file = model_files.onnx
-    meta = store.add(onnx_file.path, **onnx_file.fields)
+    meta = store.add(onnx_file.path, fields=onnx_file.fields)
     folder = store.root / "models" / meta["id"]
     assert sorted(os.listdir(folder)) == ["meta.json", "model.onnx"]
     assert (meta["kind"], meta["arch"], meta["input_size"], meta["std"]) == (
@@ -347,9 +347,9 @@ def test_what_the_person_said_is_stored_and_the_model_loads_the_same_way_later(
 
 def test_an_unknown_architecture_is_a_400_and_auto_is_not(store, model_files):
     with pytest.raises(RegistryError) as info:
-        store.add(model_files.bare.path, arch="resnet9000", classes="a,b,c,d,e")
+        store.add(model_files.bare.path, fields={"arch": "resnet9000", "classes": "a,b,c,d,e"})
     assert info.value.status == 400 and "auto, alexnet" in info.value.message
     with pytest.raises(RegistryError) as info:
-        store.add(model_files.bare.path, arch="auto")  # no class names
+        store.add(model_files.bare.path, fields={"arch": "auto"})  # no class names
     assert info.value.status == 422 and "give the 5 class names" in info.value.message
     assert store.list_models() == [] and leftovers(store.root) == []

@@ -409,11 +409,9 @@ def _store_upload() -> dict:
     stream.close()
     if path.stat().st_size == 0:
         raise RegistryError(400, "empty_file", "The uploaded checkpoint is empty (0 bytes).")
-    form = request.form
-    meta = registry().add(path, name=form.get("name"), arch=form.get("arch"),
-                          classes=form.get("classes"), labels=_labels_file(),
-                          input_size=form.get("input_size"), mean=form.get("mean"),
-                          std=form.get("std"), move=True,
+    fields = {key: request.form.get(key) for key in MODEL_FIELDS}
+    meta = registry().add(path, name=request.form.get("name"),
+                          fields={**fields, "labels": _labels_file()}, move=True,
                           original_filename=Path(upload.filename or "").name[:100] or None)
     _prepare_engine(meta["id"])
     if request.form.get("activate") in ("1", "on", "true", "yes"):
@@ -423,6 +421,8 @@ def _store_upload() -> dict:
 
 
 MAX_LABELS_BYTES = 1 << 20  # a labels file of 1 MB holds ~50,000 names
+# Form fields sent with a model file, as model_loader.load_checkpoint takes them.
+MODEL_FIELDS = ("arch", "classes", "input_size", "mean", "std")
 
 
 def _labels_file() -> bytes | None:

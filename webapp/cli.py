@@ -69,8 +69,9 @@ def add(path, name, arch, classes, labels_path, input_size, mean, std, activate)
     a state_dict (bare or in a training checkpoint), safetensors, or an ONNX model."""
     labels = Path(labels_path).read_bytes() if labels_path else None
     try:
-        meta = _registry().add(path, name=name, arch=arch, classes=classes, labels=labels,
-                               input_size=input_size, mean=mean, std=std)
+        meta = _registry().add(path, name=name, fields={
+            "arch": arch, "classes": classes, "labels": labels, "input_size": input_size,
+            "mean": mean, "std": std})
         if activate:
             _registry().activate(meta["id"])
     except RegistryError as exc:

@@ -271,12 +271,7 @@ class Registry:
         source: str | os.PathLike,
         *,
         name: str | None = None,
-        arch: str | None = None,
-        classes: str | list[str] | None = None,
-        labels: bytes | str | None = None,
-        input_size: int | str | None = None,
-        mean=None,
-        std=None,
+        fields: dict | None = None,
         move: bool = False,
         original_filename: str | None = None,
         extras: dict[str, str | os.PathLike] | None = None,
@@ -284,10 +279,10 @@ class Registry:
     ) -> dict:
         """Validate a model file and store it; returns its metadata.
 
-        ``arch``, ``classes`` (the field's text or a list), ``labels`` (a labels file's
-        contents), ``input_size``, ``mean`` and ``std`` are what the person said about
-        the file (``model_loader.load_checkpoint``); what was used is stored in the
-        metadata, so the model loads the same way later.
+        ``fields`` is what the person said about the file: ``load_checkpoint``'s ``arch``,
+        ``classes`` (the field's text or a list), ``labels`` (a labels file's contents),
+        ``input_size``, ``mean`` and ``std``; what was used is stored in the metadata, so
+        the model loads the same way later.
 
         ``move=True`` takes ownership of ``source`` (an upload already in ``tmp/``) and
         renames it into place; otherwise the file is copied first.  Nothing is stored
@@ -303,7 +298,8 @@ class Registry:
         unknown = sorted(set(extras) - set(REPORT_FILES))
         if unknown:
             raise ValueError(f"extras must be among {REPORT_FILES}, not {unknown}")
-        arch = (arch or "").strip() or None
+        fields = {k: v for k, v in (fields or {}).items() if v not in (None, "")}
+        arch = str(fields.get("arch") or "").strip() or None
         if arch not in (None, "auto", "onnx") and arch not in model_loader.supported_archs():
             raise RegistryError(
                 400, "bad_arch", f"Architecture {arch!r} is not supported; use one of: "
@@ -326,9 +322,8 @@ class Registry:
             sha256 = model_loader.sha256_file(upload)
             try:
                 loaded = model_loader.load_checkpoint(
-                    upload, arch=arch, classes=classes, labels=labels,
-                    input_size=input_size, mean=mean, std=std, name=name, label=label,
-                    version=sha256, source_kind="registry",
+                    upload, **fields, name=name, label=label, version=sha256,
+                    source_kind="registry",
                 )
             except ModelLoadError as exc:
                 raise RegistryError(422, "invalid_checkpoint", str(exc)) from None
