@@ -454,10 +454,11 @@ def _ort_engine(path: Path, threads: int):
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name  # "input" in our exports; anything in uploads
 
     def run(batch: torch.Tensor) -> torch.Tensor:
         array = batch.detach().contiguous().numpy()
-        return torch.from_numpy(session.run(None, {"input": array})[0])
+        return torch.from_numpy(session.run(None, {name: array})[0])
 
     return run
 
@@ -519,6 +520,43 @@ def _build_onnx_engine(loaded, mode, engine, cache, key, calib, threads) -> Buil
     return Built(run, {"precision": precision, "artefact": str(path), "reused": reused})
 
 
+def build_onnx_file(path: Path, mode: str, engine: str, *, threads: int,
+                    fixed_batch: bool = False, probabilities: bool = False) -> Built:
+    """The serving callable for an ONNX classifier taken as it is (an uploaded ONNX
+    model: there is no torch module, so nothing is exported, calibrated or cached).
+
+    ENGINE=torch has nothing to run it with: ONNX Runtime does.  QUANTIZE=static and
+    dynamic are not made for such files (their graphs are not ours to calibrate): they
+    run in fp32 and ``info["fallback"]`` says so; bf16 works as for any model.
+    ``fixed_batch``: the model takes one image at a time.  ``probabilities``: it ends in
+    a softmax; its log is returned, so the server's softmax gives the same scores."""
+    info: dict = {"precision": "fp32", "artefact": str(path), "onnx_upload": True}
+    if engine == "torch":
+        engine = "onnxruntime"
+        info["fallback"] = "ENGINE=torch cannot run an ONNX model: ONNX Runtime runs it"
+    if mode in ("static", "dynamic"):
+        info["fallback"] = (f"QUANTIZE={mode} is not made for uploaded ONNX models: "
+                            "served in fp32")
+        mode = "none"
+    if engine == "onnxruntime":
+        run = _ort_engine(path, threads)
+    elif mode == "bf16" and cpu_has_bf16():
+        run, info["precision"] = _ov_engine(path, threads, "bf16"), "bf16"
+    else:
+        run = _ov_engine(path, threads)
+    if fixed_batch:
+        single = run
+
+        def run(batch: torch.Tensor) -> torch.Tensor:  # noqa: F811 - the wrapped one
+            return torch.cat([single(batch[i:i + 1]) for i in range(batch.shape[0])])
+    if probabilities:
+        scores = run
+
+        def run(batch: torch.Tensor) -> torch.Tensor:  # noqa: F811
+            return torch.log(scores(batch).float().clamp_min(1e-30))
+    return Built(run, {**info, "engine": engine, "quantization": mode})
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -528,6 +566,13 @@ def build(loaded, mode: str, engine: str, *, cache_dir: str | os.PathLike | None
     """The serving callable for ``loaded`` (a ``model_loader.LoadedModel``)."""
     check_combination(engine, mode)
     threads = max(1, int(threads or torch.get_num_threads()))
+    if loaded.module is None:  # an uploaded ONNX model, served as it is
+        started = time.perf_counter()
+        built = build_onnx_file(loaded.onnx_path, mode, engine, threads=threads,
+                                fixed_batch=loaded.details.get("batch") == 1,
+                                probabilities=loaded.outputs == "probabilities")
+        built.info["build_seconds"] = round(time.perf_counter() - started, 3)
+        return built
     cache = ArtefactCache(cache_dir or default_cache_dir())
     started = time.perf_counter()
     key = ""

@@ -16,7 +16,8 @@ an ``Explanation`` of PIL images and numbers; the route turns it into JSON or a 
   before global pooling (``layer4`` for ResNets, ``features`` for torchvision's
   EfficientNet/MobileNet/DenseNet/VGG/ConvNeXt, the head activation ``_swish`` after
   ``_conv_head`` for the bundled EfficientNet-Lite0).  Transformers whose tokens have no
-  N×C×H×W map (``vit_*``, ``swin_*``) are refused with ``ExplainUnsupported``.
+  N×C×H×W map (``vit_*``, ``swin_*``) are refused with ``ExplainUnsupported``, and so
+  are uploaded ONNX models (no torch module to take gradients from).
 """
 
 from __future__ import annotations
@@ -113,6 +114,12 @@ class Explainer:
 
     def __init__(self, classifier: Classifier):
         loaded = classifier.loaded
+        if loaded.module is None:
+            raise ExplainUnsupported(
+                "heatmaps are not available for uploaded ONNX models (the heatmap needs the "
+                "network's layers, which an ONNX file does not expose here); predictions "
+                "work as usual"
+            )
         if loaded.arch.startswith(UNSUPPORTED_PREFIXES):
             raise ExplainUnsupported(
                 f"heatmaps are not available for {loaded.arch}: it is a transformer without "
@@ -154,6 +161,8 @@ _explainers_lock = threading.Lock()
 def explainer_for(classifier: Classifier) -> Explainer:
     """One Explainer per loaded model (made on first use, dropped with the model)."""
     key = classifier.loaded.module
+    if key is None:  # an ONNX upload: Explainer says why it cannot
+        return Explainer(classifier)
     with _explainers_lock:
         explainer = _explainers.get(key)
         if explainer is None:

@@ -2,8 +2,11 @@
 
 Layout under ``MODEL_DIR``::
 
-    models/<id>/checkpoint.pt   the file as uploaded (read with weights_only=True)
-    models/<id>/meta.json       name, arch, classes, size, sha256, uploaded, metrics, ...
+    models/<id>/checkpoint.pt   the file as uploaded (read with weights_only=True), or
+    models/<id>/model.safetensors  ... a safetensors file, or
+    models/<id>/model.onnx      ... an ONNX model (served as it is, without torch)
+    models/<id>/meta.json       kind, file, name, arch, classes, input_size, mean, std,
+                                size, sha256, uploaded, metrics, what was found where
     models/<id>/report.json     optional (REPORT_FILES): the training report and its PNGs,
     models/<id>/confusion.png   for models trained on this server (teach-live jobs)
     active.json                 {"active": "<id>", "history": [...], "changed": "..."}
@@ -47,6 +50,8 @@ log = logging.getLogger(__name__)
 
 BUILTIN = "builtin"
 CHECKPOINT_FILE = "checkpoint.pt"
+MODEL_FILES = {"pytorch": CHECKPOINT_FILE, "safetensors": "model.safetensors",
+               "onnx": "model.onnx"}  # the stored file's name, by kind
 META_FILE = "meta.json"
 POINTER_FILE = "active.json"
 REPORT_FILES = ("report.json", "confusion.png", "curves.png")  # optional, beside a model
@@ -214,8 +219,8 @@ class Registry:
         return out
 
     def checkpoint_path(self, model_id: str) -> Path:
-        self.meta(model_id)  # validates the id
-        return self.models_dir / model_id / CHECKPOINT_FILE
+        meta = self.meta(model_id)  # validates the id
+        return self.models_dir / model_id / _file_of(meta)
 
     def report_file(self, model_id: str, filename: str) -> Path:
         """A file stored beside a model by ``add(extras=...)`` (report JSON, PNGs);
@@ -227,11 +232,16 @@ class Registry:
         return self.models_dir / model_id / filename
 
     def load(self, model_id: str) -> LoadedModel:
-        """The stored model, validated again (weights_only, exact fit, probe)."""
+        """The stored model, validated again (weights_only, exact fit, probe), with the
+        facts stored when it was added (class names given with the upload, say)."""
         meta = self.meta(model_id)
         loaded = model_loader.load_checkpoint(
-            self.models_dir / model_id / CHECKPOINT_FILE,
-            default_arch=meta.get("arch", "resnet18"),
+            self.models_dir / model_id / _file_of(meta),
+            arch=meta.get("arch"),
+            classes=meta.get("classes"),
+            input_size=meta.get("input_size"),
+            mean=meta.get("mean"),
+            std=meta.get("std"),
             source_kind="registry",
             name=meta.get("name"),
             label=f"model {model_id}",
@@ -261,13 +271,18 @@ class Registry:
         source: str | os.PathLike,
         *,
         name: str | None = None,
-        arch: str | None = None,
+        fields: dict | None = None,
         move: bool = False,
         original_filename: str | None = None,
         extras: dict[str, str | os.PathLike] | None = None,
         trained_from: dict | None = None,
     ) -> dict:
-        """Validate a checkpoint file and store it; returns its metadata.
+        """Validate a model file and store it; returns its metadata.
+
+        ``fields`` is what the person said about the file: ``load_checkpoint``'s ``arch``,
+        ``classes`` (the field's text or a list), ``labels`` (a labels file's contents),
+        ``input_size``, ``mean`` and ``std``; what was used is stored in the metadata, so
+        the model loads the same way later.
 
         ``move=True`` takes ownership of ``source`` (an upload already in ``tmp/``) and
         renames it into place; otherwise the file is copied first.  Nothing is stored
@@ -283,10 +298,12 @@ class Registry:
         unknown = sorted(set(extras) - set(REPORT_FILES))
         if unknown:
             raise ValueError(f"extras must be among {REPORT_FILES}, not {unknown}")
-        if arch is not None and arch not in model_loader.supported_archs():
+        fields = {k: v for k, v in (fields or {}).items() if v not in (None, "")}
+        arch = str(fields.get("arch") or "").strip() or None
+        if arch not in (None, "auto", "onnx") and arch not in model_loader.supported_archs():
             raise RegistryError(
                 400, "bad_arch", f"Architecture {arch!r} is not supported; use one of: "
-                + ", ".join(sorted(model_loader.supported_archs()))
+                + ", ".join(["auto", *sorted(model_loader.supported_archs())])
             )
         source = Path(source)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -305,19 +322,20 @@ class Registry:
             sha256 = model_loader.sha256_file(upload)
             try:
                 loaded = model_loader.load_checkpoint(
-                    upload, default_arch=arch or "resnet18", name=name, label=label,
-                    version=sha256, source_kind="registry",
+                    upload, **fields, name=name, label=label, version=sha256,
+                    source_kind="registry",
                 )
             except ModelLoadError as exc:
                 raise RegistryError(422, "invalid_checkpoint", str(exc)) from None
             model_id = self._new_id()
+            described = loaded.metadata()
             meta = {
                 "id": model_id,
+                **described,
                 "name": name or loaded.name,
-                "arch": loaded.arch,
-                "classes": loaded.labels,
-                "num_classes": loaded.num_classes,
-                "input_size": loaded.input_size,
+                "file": MODEL_FILES[loaded.kind],
+                "summary": loaded.summary(),
+                "found": _jsonable(described["found"]) or {},
                 "size_bytes": size,
                 "sha256": sha256,
                 "version": sha256[:12],
@@ -339,7 +357,7 @@ class Registry:
                             f"{other['id']} ({other.get('name')!r}).", )
                 staging = self.tmp_dir / f"{model_id}.staging"
                 staging.mkdir()
-                os.replace(upload, staging / CHECKPOINT_FILE)
+                os.replace(upload, staging / meta["file"])
                 for extra_name, extra_path in extras.items():
                     with open(extra_path, "rb") as src, open(staging / extra_name, "xb") as out:
                         shutil.copyfileobj(src, out, 1 << 20)
@@ -351,8 +369,8 @@ class Registry:
                 staging = None
                 fsync_dir(self.models_dir)
                 fsync_dir(self.tmp_dir)
-            log.info("stored model %s (%s, %s, %d classes, %d bytes)",
-                     model_id, meta["name"], meta["arch"], meta["num_classes"], size)
+            log.info("stored model %s (%s: %s, %d bytes)", model_id, meta["name"],
+                     meta["summary"], size)
             return meta
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -449,6 +467,13 @@ class Registry:
     @staticmethod
     def _unknown(model_id) -> RegistryError:
         return unknown_model(model_id)
+
+
+def _file_of(meta: dict) -> str:
+    """The model file's name in its folder (models stored before safetensors and ONNX
+    uploads have no "file": theirs is checkpoint.pt)."""
+    name = meta.get("file", CHECKPOINT_FILE)
+    return name if name in MODEL_FILES.values() else CHECKPOINT_FILE
 
 
 def unknown_model(model_id) -> RegistryError:
