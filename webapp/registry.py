@@ -17,7 +17,7 @@ pointer is written to a temp file, fsynced and ``os.replace``d.  A crash at any 
 leaves either the old state or the new one, plus garbage in ``tmp/`` that the next writer
 sweeps away.  Readers only look at ``models/*/meta.json`` and ``active.json``.
 
-``builtin`` is the built-in ImageNet model (``model_loader.load_imagenet_model``): always
+``builtin`` is the built-in ImageNet model (``model_loader.imagenet_weights_file``): always
 present, never deleted, active when nothing else is.  IDs are made here, never taken from
 a user; names are for display only.  Knows nothing about Flask.
 """
@@ -39,9 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import model_loader
-from model_loader import LoadedModel, ModelLoadError
-from webapp import durable
+from model_loader import ModelLoadError
+from webapp import durable, engines
 from webapp.durable import fsync_dir, locked, write_json
+from webapp.engines import EngineSettings, ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +139,9 @@ class Registry:
     """The store under ``root`` (``MODEL_DIR``).  Safe to use from several threads and
     processes at once: writers take an exclusive ``flock``; readers never block."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, engine: EngineSettings | None = None):
         self.root = Path(root)
+        self.engine = engine or EngineSettings()  # how a new model is checked and converted
         self.models_dir = self.root / "models"
         self.tmp_dir = self.root / "tmp"
         self.pointer = self.root / POINTER_FILE
@@ -226,20 +228,14 @@ class Registry:
                                 "(only models trained on this server carry a report).")
         return self.models_dir / model_id / filename
 
-    def load(self, model_id: str) -> LoadedModel:
-        """The stored model, validated again (weights_only, exact fit, probe)."""
+    def source(self, model_id: str) -> ModelSource:
+        """The stored model's file and what its uploader said about it: what the engines
+        serve (from their cache, or converted again by a child process)."""
         meta = self.meta(model_id)
-        loaded = model_loader.load_checkpoint(
-            self.models_dir / model_id / CHECKPOINT_FILE,
-            default_arch=meta.get("arch", "resnet18"),
-            source_kind="registry",
-            name=meta.get("name"),
-            label=f"model {model_id}",
-            version=meta.get("sha256"),
-        )
-        if meta.get("metrics") and not loaded.metrics:
-            loaded.metrics = meta["metrics"]
-        return loaded
+        return engines.checkpoint_source(
+            self.models_dir / model_id / CHECKPOINT_FILE, meta.get("sha256"),
+            given=meta.get("given") or {"default_arch": meta.get("arch", "resnet18")},
+            label=f"model {model_id}", name=meta.get("name"))
 
     # ------------------------------------------------------------------ writing
 
@@ -266,6 +262,7 @@ class Registry:
         original_filename: str | None = None,
         extras: dict[str, str | os.PathLike] | None = None,
         trained_from: dict | None = None,
+        untrusted: bool = True,
     ) -> dict:
         """Validate a checkpoint file and store it; returns its metadata.
 
@@ -277,17 +274,14 @@ class Registry:
 
         ``extras`` are files stored beside the checkpoint (``REPORT_FILES``: the training
         report and its PNGs, e.g. from a teach-live job), ``trained_from`` a small dict
-        kept in the metadata (which dataset and job made the model)."""
+        kept in the metadata (which dataset and job made the model).  ``untrusted``
+        (default) opens the file under memory and time caps; the training runner's own
+        models are trusted."""
         name = clean_name(name)
         extras = dict(extras or {})
         unknown = sorted(set(extras) - set(REPORT_FILES))
         if unknown:
             raise ValueError(f"extras must be among {REPORT_FILES}, not {unknown}")
-        if arch is not None and arch not in model_loader.supported_archs():
-            raise RegistryError(
-                400, "bad_arch", f"Architecture {arch!r} is not supported; use one of: "
-                + ", ".join(sorted(model_loader.supported_archs()))
-            )
         source = Path(source)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         if move:
@@ -303,11 +297,11 @@ class Registry:
             label = "The checkpoint" + (f" {original_filename!r}" if original_filename else "")
             size = upload.stat().st_size
             sha256 = model_loader.sha256_file(upload)
-            try:
-                loaded = model_loader.load_checkpoint(
-                    upload, default_arch=arch or "resnet18", name=name, label=label,
-                    version=sha256, source_kind="registry",
-                )
+            given = {"default_arch": arch or "resnet18"}
+            try:  # in a child process, under memory and time caps; converted for serving
+                loaded = engines.ensure_card(engines.checkpoint_source(
+                    upload, sha256, given=given, label=label, untrusted=untrusted),
+                    self.engine, int8=self.engine.builds_int8)
             except ModelLoadError as exc:
                 raise RegistryError(422, "invalid_checkpoint", str(exc)) from None
             model_id = self._new_id()
@@ -324,6 +318,8 @@ class Registry:
                 "uploaded": now_iso(),
                 "created": loaded.created,
                 "metrics": _jsonable(loaded.metrics) or {},
+                "given": given,
+                "explain": loaded.cam_unavailable is None,
             }
             if extras:
                 meta["report_files"] = sorted(extras)

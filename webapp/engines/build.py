@@ -1,388 +1,266 @@
-"""Inference engines behind ``model_loader.quantize``: how a loaded fp32 model is turned
-into the callable that serves predictions.  Knows nothing about Flask.
+"""Building what workers serve: a model file in, a model card and an ONNX network out.
 
-ENGINE × QUANTIZE:
+This is the only place (with ``model_loader``'s readers and the torch engine) that needs
+torch, and it runs in a **short-lived child process** (``python -m webapp.engines.build``,
+started by ``webapp.engines.child``) or in the training job runner, never in a web worker:
+importing torch costs a worker ~900 MB and seconds of start-up.  What it leaves behind is
+cached on disk (``webapp.engines.artefacts``), so the next worker, and the next start,
+only read files.
 
-=============  ==========================  =========================================
-ENGINE         QUANTIZE=none               QUANTIZE=static (int8)
-=============  ==========================  =========================================
-torch          fp32 eager                  FX graph mode, x86 backend, calibrated; the
-                                           published ResNet18 uses torchvision's
-                                           pre-quantized weights when they are cached
-onnxruntime    ONNX fp32                   ONNX QDQ int8, calibrated (ORT quantizer)
-openvino       ONNX fp32 read by OpenVINO  the same QDQ int8 ONNX, compiled by OpenVINO
-=============  ==========================  =========================================
+What a build does, for one model file:
 
-``QUANTIZE=dynamic`` (int8 weights for ``nn.Linear`` only) exists for the torch engine;
-``QUANTIZE=bf16`` for OpenVINO: the fp32 ONNX model computed in bfloat16 where the CPU
-does that natively (AVX512-BF16, AMX), in fp32 elsewhere.
+1. load and validate it (``model_loader``: ``weights_only``, exact fit, a probe);
+2. find the last spatial feature map (the layer Grad-CAM looks at) and check that the
+   head is *global average pooling + one linear layer* (ResNet, EfficientNet(-Lite),
+   DenseNet, RegNet, SqueezeNet...): then Grad-CAM equals CAM computed from that feature
+   map and the head's weights, so the heatmap needs no gradients at request time; the
+   head's weight and bias are stored beside the network;
+3. export fp32 ONNX with two outputs, ``logits`` and ``features``;
+4. check that the exported network gives torch's top-1 on real photos;
+5. write the model card (labels, preprocessing, where the files are).
 
-Calibration (static int8) runs the fp32 model on a representative set: the photos in
-``calibration/`` that ship with the project (public-domain/CC images, see its README) or
-the images in ``CALIBRATION_DIR``, each seen as several deterministic views (crops,
-flips, scales), preprocessed with the model's own size, mean and std.
-
-Converted artefacts (ONNX files, quantized state_dicts) are cached in a directory keyed
-by the sha256 of the weights, the model's preprocessing, the calibration set and the
-library versions.  Every entry has a ``.sha256`` sidecar: an entry whose bytes do not
-match is rebuilt, never trusted.  Builders hold a file lock, so several workers starting
-together build an entry once.
+Static int8 (``QUANTIZE=static``) is one more step on the fp32 ONNX (``build_int8``):
+calibrated with ONNX Runtime's quantizer on the calibration photos, preprocessed exactly
+as the server does; it needs no torch either.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
-import copy
-import fcntl
-import hashlib
 import io
 import json
 import logging
 import os
-import threading
+import resource
+import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
+import model_loader
+from model_loader import ModelLoadError
+from webapp.engines.artefacts import ArtefactCache, ModelCard
+from webapp.engines.calibration import calibration_arrays, calibration_files, int8_name
+
 log = logging.getLogger(__name__)
 
-ENGINES = ("torch", "openvino", "onnxruntime")
-QUANTIZE_MODES = ("none", "bf16", "dynamic", "static")
-CACHE_FORMAT = "2"  # bump when the artefacts' recipe changes: old entries are not reused
-CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-MAX_CALIBRATION_SAMPLES = 96
-TORCH_CALIBRATION_SAMPLES = 32  # torch's histogram observers are slow
-PREQUANTIZED_RESNET18 = "resnet18_fbgemm_16fa66dd.pth"  # ResNet18_QuantizedWeights file
-PUBLISHED_RESNET18_SHA256_PREFIX = "f37072fd"  # resnet18-f37072fd.pth
+CHECK_PHOTOS = 4  # real photos the exported network must answer like torch
+UNSUPPORTED_PREFIXES = ("vit_", "swin_", "maxvit_")
 
 
-class EngineError(RuntimeError):
-    """An engine cannot be built for this model; the message says why."""
+class BuildError(ModelLoadError):
+    """The model cannot be converted for serving; the message says why."""
 
 
-def check_combination(engine: str, mode: str) -> None:
-    if engine not in ENGINES:
-        raise EngineError(f"ENGINE={engine!r} is not supported; use one of {', '.join(ENGINES)}")
-    if mode not in QUANTIZE_MODES:
-        raise EngineError(
-            f"QUANTIZE={mode!r} is not supported; use one of {', '.join(QUANTIZE_MODES)}"
-        )
-    if mode == "dynamic" and engine != "torch":
-        raise EngineError(
-            f"QUANTIZE=dynamic is torch's dynamic quantization and needs ENGINE=torch "
-            f"(ENGINE={engine} runs QUANTIZE=none or static)"
-        )
-    if mode == "bf16" and engine != "openvino":
-        raise EngineError(
-            f"QUANTIZE=bf16 needs ENGINE=openvino (ENGINE={engine} runs QUANTIZE=none, "
-            "static" + (" or dynamic)" if engine == "torch" else ")")
-        )
+# --------------------------------------------------------------------------- heatmap layer
 
 
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "offline-classifier" / "engines"
+def find_target_layer(module: nn.Module, input_size: int) -> tuple[str, nn.Module]:
+    """The last module (in the order forward passes finish) whose output is an N×C×H×W
+    tensor with H, W ≥ 2, found with one probe forward pass on a blank image: the final
+    convolutional features right before global pooling (``layer4`` for ResNets,
+    ``features`` for torchvision's EfficientNet/MobileNet/DenseNet, the head activation
+    ``_swish`` for the bundled EfficientNet-Lite0)."""
 
+    seen: list[tuple[str, nn.Module]] = []
 
-@dataclass
-class Built:
-    """What ``build`` returns: the serving callable and a description of it."""
+    def record(name):
+        def hook(mod, args, output):
+            if torch.is_tensor(output) and output.dim() == 4 and min(output.shape[2:]) >= 2:
+                seen.append((name, mod))
 
-    engine: Callable[[torch.Tensor], torch.Tensor]
-    info: dict = field(default_factory=dict)
+        return hook
 
-
-# --------------------------------------------------------------------------- hashing
-
-
-def weights_sha256(module: nn.Module) -> str:
-    """sha256 of the weights themselves (names, dtypes, shapes, bytes), so the same
-    weights give the same key wherever they were loaded from."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        if tensor.dtype == torch.bfloat16:
-            tensor = tensor.view(torch.int16)
-        digest.update(tensor.numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _versions(engine: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    parts = [f"fmt{CACHE_FORMAT}", f"torch{torch.__version__}"]
-    if engine in ("onnxruntime", "openvino"):  # the exporter and the quantizer
-        for package in ("onnx", "onnxruntime"):
-            try:  # without importing them: a worker that serves OpenVINO never loads ORT
-                parts.append(f"{package}{version(package)}")
-            except PackageNotFoundError:
-                parts.append(f"{package}-missing")
-    return "-".join(parts)
-
-
-# --------------------------------------------------------------------------- the cache
-
-
-class ArtefactCache:
-    """Files in one directory, each written atomically with a sha256 sidecar."""
-
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-
-    def _valid(self, path: Path) -> bool:
-        sidecar = path.with_name(path.name + ".sha256")
-        try:
-            return path.is_file() and sidecar.read_text().strip() == _sha256_file(path)
-        except OSError:
-            return False
-
-    @contextlib.contextmanager
-    def _lock(self, name: str) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / f".{name}.lock", "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-
-    def discard(self, name: str) -> None:
-        for path in (self.root / name, self.root / f"{name}.sha256"):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-
-    def get(self, name: str, build: Callable[[Path], None]) -> tuple[Path, bool]:
-        """(path of the entry, True if it was reused); ``build(tmp_path)`` writes it."""
-        path = self.root / name
-        if self._valid(path):
-            return path, True
-        with self._lock(name):
-            if self._valid(path):  # another worker built it while we waited
-                return path, True
-            if path.exists():
-                log.warning("engine cache entry %s is damaged; rebuilding it", path)
-            tmp = self.root / f".{name}.tmp-{os.getpid()}-{threading.get_ident()}"
-            try:
-                build(tmp)
-                digest = _sha256_file(tmp)
-                sidecar_tmp = tmp.with_name(tmp.name + ".sha256")
-                sidecar_tmp.write_text(digest + "\n")
-                os.replace(tmp, path)
-                os.replace(sidecar_tmp, path.with_name(path.name + ".sha256"))
-            finally:
-                for leftover in (tmp, tmp.with_name(tmp.name + ".sha256")):
-                    with contextlib.suppress(FileNotFoundError):
-                        leftover.unlink()
-        return path, False
-
-
-# --------------------------------------------------------------------------- calibration
-
-
-def calibration_files(directory: str | os.PathLike | None = None) -> list[Path]:
-    root = Path(directory) if directory else CALIBRATION_DIR
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise EngineError(f"no calibration images ({', '.join(IMAGE_SUFFIXES)}) in {root}")
-    return files
-
-
-def calibration_digest(files: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode() + b"|" + _sha256_file(path).encode())
-    return digest.hexdigest()
-
-
-def _views(img, input_size: int) -> list:
-    """Deterministic views of one photo, as a server would see it: whole, mirrored,
-    zoomed into the centre and into each corner."""
-    from PIL import ImageOps
-
-    width, height = img.size
-    views = [img, ImageOps.mirror(img)]
-    for frac in (0.7, 0.5):
-        w, h = int(width * frac), int(height * frac)
-        if min(w, h) < input_size // 2:
-            continue
-        boxes = [((width - w) // 2, (height - h) // 2)]
-        if frac == 0.7:
-            boxes += [(0, 0), (width - w, height - h)]
-        views += [img.crop((x, y, x + w, y + h)) for x, y in boxes]
-    return views
-
-
-def calibration_tensors(
-    files: list[Path], input_size: int, mean, std, limit: int = MAX_CALIBRATION_SAMPLES,
-) -> list[torch.Tensor]:
-    """Preprocessed (1, 3, S, S) tensors of the calibration set, the server's transform."""
-    from PIL import Image
-
-    from model_loader import CROP_RATIO, preprocess_array
-
-    resize = round(input_size / CROP_RATIO)
-    tensors = []
-    for path in files:
-        try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-        except Exception as exc:
-            log.warning("calibration image %s skipped: %s", path, exc)
-            continue
-        for view in _views(img, input_size):
-            tensors.append(torch.from_numpy(
-                preprocess_array(view, resize, input_size, mean, std)).unsqueeze(0))
-    if not tensors:
-        raise EngineError("none of the calibration images could be read")
-    step = max(1, len(tensors) // limit)
-    return tensors[::step][:limit]
-
-
-# --------------------------------------------------------------------------- torch
-
-
-def _torch_static_fx(module: nn.Module, input_size: int) -> nn.Module:
-    """An FX-prepared copy of ``module`` (observers in place, not calibrated yet)."""
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import prepare_fx
-
-    torch.backends.quantized.engine = "x86"
-    example = (torch.zeros(1, 3, input_size, input_size),)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return prepare_fx(copy.deepcopy(module).eval(), get_default_qconfig_mapping("x86"),
-                          example)
-
-
-def _convert_fx(prepared: nn.Module) -> nn.Module:
-    from torch.ao.quantization.quantize_fx import convert_fx
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return convert_fx(prepared).eval()
-
-
-def prequantized_resnet18_path() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / PREQUANTIZED_RESNET18
-
-
-def load_prequantized_resnet18(path: str | os.PathLike) -> nn.Module:
-    """torchvision's ``ResNet18_QuantizedWeights.IMAGENET1K_FBGEMM_V1`` from a file.
-
-    torchvision's own loader unpickles with ``weights_only=False``; this builds the same
-    quantized architecture and reads the file with ``weights_only=True``."""
-    from torchvision.models import quantization as tvq
-
-    torch.backends.quantized.engine = "fbgemm"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = tvq.resnet18(weights=None, quantize=True)
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state_dict)
-    return model.eval()
-
-
-def _is_published_resnet18(loaded) -> bool:
-    return loaded.arch == "resnet18" and loaded.num_classes == 1000 and str(
-        loaded.version
-    ).startswith(PUBLISHED_RESNET18_SHA256_PREFIX)
-
-
-def _build_torch(loaded, mode: str, cache: ArtefactCache, key: str, calib) -> Built:
-    module = loaded.module
-    if mode == "none":
-        return Built(module, {"precision": "fp32"})
-    if mode == "dynamic":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.ao deprecation notices
-            dynamic = torch.ao.quantization.quantize_dynamic(
-                module, {nn.Linear}, dtype=torch.qint8
-            )
-        return Built(dynamic.eval(), {"precision": "int8 Linear weights, fp32 convolutions"})
-
-    prequantized = prequantized_resnet18_path()
-    if _is_published_resnet18(loaded) and prequantized.is_file():
-        try:
-            model = load_prequantized_resnet18(prequantized)
-            return Built(model, {"precision": "int8",
-                                 "calibration": f"torchvision pre-quantized ({prequantized})"})
-        except Exception as exc:  # a damaged file: calibrate instead
-            log.warning("ignoring %s (%s); calibrating instead", prequantized, exc)
-
-    # FX graph mode, x86 backend.  The cache keeps the calibrated observers' statistics
-    # (plain tensors, read back with weights_only=True); converting from them is cheap and
-    # gives the same int8 model.
-    files, digest = calib
-    name = f"{key}-{digest[:16]}-torch{torch.__version__}-x86-observers.pt"
-
-    def build(tmp: Path) -> None:
-        prepared = _torch_static_fx(module, loaded.input_size)
-        tensors = calibration_tensors(files, loaded.input_size, loaded.mean, loaded.std,
-                                      limit=TORCH_CALIBRATION_SAMPLES)
-        with torch.no_grad():
-            for tensor in tensors:
-                prepared(tensor)
-        torch.save(_observer_state(prepared), tmp)
-
-    def restore(path: Path) -> nn.Module:
-        prepared = _torch_static_fx(module, loaded.input_size)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if set(state) != set(_observer_state(prepared)):
-            raise EngineError("the observers do not match this model")
-        prepared.load_state_dict(state, strict=False)
-        return _convert_fx(prepared)
-
-    path, reused = cache.get(name, build)
+    handles = [m.register_forward_hook(record(n)) for n, m in module.named_modules() if n]
     try:
-        quantized = restore(path)
-    except Exception as exc:
-        log.warning("engine cache entry %s does not load (%s); rebuilding it", path, exc)
-        cache.discard(name)
-        path, reused = cache.get(name, build)
-        quantized = restore(path)
-    return Built(quantized, {"precision": "int8", "artefact": str(path), "reused": reused})
+        with torch.inference_mode():
+            module(torch.zeros(1, 3, input_size, input_size))
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not seen:
+        raise BuildError("the model has no convolutional feature map")
+    return seen[-1]
 
 
-def _observer_state(prepared: nn.Module) -> dict:
-    return {k: v for k, v in prepared.state_dict().items() if "activation_post_process" in k}
+class WithFeatures(nn.Module):
+    """``module`` answering ``(logits, features)``: the feature map of ``layer`` as a
+    second output.  The hook hands a copy on to the rest of the network, so later
+    in-place ops cannot change the map we return; it is removed after every pass, so the
+    wrapped module keeps no hooks."""
+
+    def __init__(self, module: nn.Module, layer: nn.Module):
+        super().__init__()
+        self.model = module
+        self.layer = layer
+        # A new module starts in training mode; the ONNX exporter restores the wrapper's
+        # mode on everything inside it afterwards, so the wrapper takes the model's.
+        self.train(module.training)
+
+    def forward(self, x):
+        captured = []
+
+        def keep(mod, args, output):
+            captured.append(output)
+            return output.clone()
+
+        handle = self.layer.register_forward_hook(keep)
+        try:
+            logits = self.model(x)
+        finally:
+            handle.remove()
+        return logits, captured[-1]
+
+
+def linear_head(module: nn.Module, layer: nn.Module, example: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """The weight and bias of a head that is global average pooling + one linear layer
+    after ``layer``, checked numerically: ``logits == W @ mean(features) + b`` on a real
+    input.  ``BuildError`` says why not otherwise (an MLP or a LayerNorm in the head, a
+    flatten of the whole map...).  The candidate is the last ``nn.Linear`` to run, or,
+    for heads without one (SqueezeNet), the identity when the map has a channel per
+    class.  Returns (weight, bias, the map's grid size)."""
+    order: list[nn.Linear] = []
+    handles = [m.register_forward_hook(lambda mod, a, o: order.append(mod))
+               for m in module.modules() if isinstance(m, nn.Linear)]
+    wrapped = WithFeatures(module, layer)
+    try:
+        with torch.inference_mode():
+            logits, features = wrapped(torch.from_numpy(example))
+    finally:
+        for handle in handles:
+            handle.remove()
+    pooled = features.double().mean(dim=(2, 3))
+    classes, channels = logits.shape[1], features.shape[1]
+    if order:
+        weight = order[-1].weight.detach().double()
+        bias = (order[-1].bias.detach().double() if order[-1].bias is not None
+                else torch.zeros(weight.shape[0], dtype=torch.float64))
+    elif channels == classes:
+        weight = torch.eye(classes, dtype=torch.float64)
+        bias = torch.zeros(classes, dtype=torch.float64)
+    else:
+        raise BuildError("its head has no linear layer")
+    if tuple(weight.shape) != (classes, channels):
+        raise BuildError(f"its head is not one linear layer on the {channels} pooled "
+                         "features")
+    expected = pooled @ weight.T + bias
+    scale = float(logits.abs().max()) or 1.0
+    if float((expected - logits.double()).abs().max()) > 1e-3 * scale:
+        raise BuildError("its head is more than global average pooling and one linear "
+                         "layer")
+    return weight.float().numpy(), bias.float().numpy(), list(features.shape[2:])
 
 
 # --------------------------------------------------------------------------- ONNX
 
 
-def export_onnx(module: nn.Module, input_size: int, path: Path) -> None:
+def export_onnx(module: nn.Module, input_size: int, path: Path, layer=None) -> None:
     """fp32 ONNX with a dynamic batch dimension (torch's TorchScript-based exporter: it
-    needs no extra package and handles every torchvision classifier)."""
+    needs no extra package and handles every torchvision classifier); with ``layer``, a
+    second output ``features``."""
+
     example = torch.zeros(1, 3, input_size, input_size)
+    net = WithFeatures(module, layer) if layer is not None else module
+    outputs = ["logits", "features"] if layer is not None else ["logits"]
+    axes = {name: {0: "batch"} for name in ["input", *outputs]}
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module, (example,), buf, dynamo=False, opset_version=17,
-            input_names=["input"], output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        )
+        torch.onnx.export(net, (example,), buf, dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=outputs, dynamic_axes=axes)
     path.write_bytes(buf.getvalue())
 
 
-def quantize_onnx(fp32_path: Path, tensors: list[torch.Tensor], path: Path) -> None:
+def check_photos(input_size: int, mean, std) -> np.ndarray:
+    """A small batch of real photos (the calibration set's first views), preprocessed."""
+    files = calibration_files()[:CHECK_PHOTOS]
+    return np.concatenate(calibration_arrays(files, input_size, mean, std, limit=10**6)[::6])
+
+
+def check_agreement(module: nn.Module, onnx_path: Path, batch: np.ndarray, what: str) -> None:
+    """The exported network gives torch's fp32 top-1 on every photo of ``batch``, or the
+    model is refused (an export that silently changed the model must never serve)."""
+    import onnxruntime as ort
+
+    with torch.inference_mode():
+        want = module(torch.from_numpy(batch)).argmax(1).numpy()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], {"input": batch})[0].argmax(1)
+    if not np.array_equal(got, want):
+        raise BuildError(f"{what}: the converted network does not answer like the original "
+                         f"(top-1 {got.tolist()} vs {want.tolist()} on real photos)")
+
+
+def build_card(loaded: model_loader.LoadedModel, key: str, cache: ArtefactCache, *,
+               lock: bool = True) -> ModelCard:
+    """Export ``loaded`` into the cache under ``key`` and write its card, under the
+    card's lock (``lock=False``: the caller holds it -- the worker that started this
+    child does, so that workers starting together build it once)."""
+    started = time.perf_counter()
+    with cache.lock(cache.card_name(key)) if lock else contextlib.nullcontext():
+        card = cache.read_card(key)
+        if card is not None:
+            return card
+        module = loaded.module.eval()
+        batch = check_photos(loaded.input_size, loaded.mean, loaded.std)
+        layer_name, layer, cam_unavailable, head = None, None, None, None
+        try:
+            if loaded.arch.startswith(UNSUPPORTED_PREFIXES):
+                raise BuildError(f"{loaded.arch} is a transformer without a convolutional "
+                                 "feature map")
+            layer_name, layer = find_target_layer(module, loaded.input_size)
+            head = linear_head(module, layer, batch[:1])
+        except BuildError as exc:
+            cam_unavailable = str(exc)
+            layer = None
+            log.info("no heatmaps for %s: %s", loaded.name, exc)
+        onnx_name = f"{key}.fp32.onnx"
+        cache.put(onnx_name, lambda tmp: export_onnx(module, loaded.input_size, tmp, layer))
+        check_agreement(module, cache.path(onnx_name), batch, loaded.name)
+        cam = None
+        if head is not None:
+            head_name = f"{key}.head.npz"
+
+            def write_head(tmp: Path) -> None:
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, weight=head[0], bias=head[1])
+
+            cache.put(head_name, write_head)
+            cam = {"layer": layer_name, "grid": head[2], "head": head_name}
+        card = ModelCard(
+            key=key, name=loaded.name, arch=loaded.arch, labels=list(loaded.labels),
+            version=loaded.version, source=loaded.source, source_kind=loaded.source_kind,
+            input_size=loaded.input_size, mean=tuple(loaded.mean), std=tuple(loaded.std),
+            verified=loaded.verified, notice=loaded.notice,
+            metrics=_jsonable(loaded.metrics), created=loaded.created, onnx=onnx_name,
+            cam=cam, cam_unavailable=cam_unavailable,
+            build_seconds=round(time.perf_counter() - started, 3))
+        cache.write_card(card)
+        return card
+
+
+def _jsonable(value):
+    try:
+        return json.loads(json.dumps(value, default=str))
+    except (TypeError, ValueError):
+        return {}
+
+
+# --------------------------------------------------------------------------- int8
+
+
+def quantize_onnx(fp32_path: Path, arrays: list[np.ndarray], path: Path) -> None:
     """Static int8 QDQ ONNX: per-channel symmetric int8 weights, uint8 activations,
-    ranges from the calibration tensors (min/max)."""
+    ranges from the calibration arrays (min/max)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -394,7 +272,7 @@ def quantize_onnx(fp32_path: Path, tensors: list[torch.Tensor], path: Path) -> N
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self._items = iter([{"input": t.numpy()} for t in tensors])
+            self._items = iter([{"input": a} for a in arrays])
 
         def get_next(self):
             return next(self._items, None)
@@ -418,135 +296,86 @@ def quantize_onnx(fp32_path: Path, tensors: list[torch.Tensor], path: Path) -> N
         work.rmdir()
 
 
-def _onnx_file(loaded, mode: str, cache: ArtefactCache, key: str, calib) -> tuple[Path, bool]:
-    versions = hashlib.sha256(_versions("onnxruntime").encode()).hexdigest()[:8]
-    fp32_name = f"{key}-{versions}-fp32.onnx"
+def build_int8(card: ModelCard, cache: ArtefactCache,
+               calibration_dir: str | os.PathLike | None = None) -> tuple[Path, bool]:
+    """The static int8 network of ``card`` (built once, cached): (path, reused)."""
+    name, files = int8_name(card.key, calibration_dir), calibration_files(calibration_dir)
 
-    def build_fp32(tmp: Path) -> None:
-        export_onnx(loaded.module, loaded.input_size, tmp)
-
-    fp32, reused = cache.get(fp32_name, build_fp32)
-    if mode in ("none", "bf16"):
-        return fp32, reused
-    files, digest = calib
-    int8_name = f"{key}-{digest[:16]}-{versions}-int8.onnx"
-
-    def build_int8(tmp: Path) -> None:
-        tensors = calibration_tensors(files, loaded.input_size, loaded.mean, loaded.std)
+    def build(tmp: Path) -> None:
+        arrays = calibration_arrays(files, card.input_size, card.mean, card.std)
         started = time.perf_counter()
-        quantize_onnx(fp32, tensors, tmp)
-        log.info("calibrated %s on %d views in %.1f s", loaded.name, len(tensors),
+        quantize_onnx(cache.path(card.onnx), arrays, tmp)
+        log.info("calibrated %s on %d views in %.1f s", card.name, len(arrays),
                  time.perf_counter() - started)
 
-    return cache.get(int8_name, build_int8)
+    return cache.get(name, build)
 
 
-def _ort_engine(path: Path, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Do not spin waiting for work between requests: the CPUs are shared with the
-    # decoding threads and the other workers.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    def run(batch: torch.Tensor) -> torch.Tensor:
-        array = batch.detach().contiguous().numpy()
-        return torch.from_numpy(session.run(None, {"input": array})[0])
-
-    return run
+# --------------------------------------------------------------------------- the child
 
 
-def cpu_has_bf16() -> bool:
-    """The CPU computes bfloat16 natively (AVX512-BF16 or AMX), per OpenVINO."""
-    import openvino as ov
-
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-
-
-def _ov_engine(path: Path, threads: int, precision: str = "f32"):
-    import openvino as ov
-
-    core = ov.Core()
-    model = core.read_model(str(path))
-    compiled = core.compile_model(model, "CPU", {
-        "INFERENCE_NUM_THREADS": threads,
-        "NUM_STREAMS": 1,
-        "PERFORMANCE_HINT": "LATENCY",
-        # f32: the same numbers on every CPU.  bf16 only when asked for (QUANTIZE=bf16).
-        "INFERENCE_PRECISION_HINT": precision,
-        # Several workers share the cores: let the OS place each worker's threads.
-        "ENABLE_CPU_PINNING": False,
-    })
-    request = compiled.create_infer_request()
-    lock = threading.Lock()  # an infer request serves one call at a time
-
-    def run(batch: torch.Tensor) -> torch.Tensor:
-        array = batch.detach().contiguous().numpy()
-        with lock:
-            result = request.infer({0: array})
-            return torch.from_numpy(result[0].copy())
-
-    return run
+def _cap_memory(megabytes: int) -> None:
+    """Let this process grow by at most ``megabytes`` of address space from now on (torch
+    is imported already: its libraries alone map a few GB that are never touched)."""
+    with open("/proc/self/statm") as fh:
+        current = int(fh.read().split()[0]) * resource.getpagesize()
+    limit = current + megabytes * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _build_onnx_engine(loaded, mode, engine, cache, key, calib, threads) -> Built:
-    path, reused = _onnx_file(loaded, mode, cache, key, calib)
-    precision = "int8" if mode == "static" else "fp32"
-    if engine == "onnxruntime":
-        make = _ort_engine
-    elif mode == "bf16" and cpu_has_bf16():
-        precision = "bf16"
+def _load(args) -> model_loader.LoadedModel:
+    if args.command == "builtin":
+        return model_loader.load_imagenet_model(args.weights or None,
+                                                allow_download=args.allow_download)
+    given = json.loads(args.given or "{}")
+    return model_loader.load_checkpoint(
+        args.file, source_kind="registry", label=args.label or None,
+        version=args.sha256 or None, **given)
 
-        def make(path, threads):
-            return _ov_engine(path, threads, "bf16")
-    else:
-        make = _ov_engine
-        if mode == "bf16":
-            precision = "fp32 (this CPU has no native bf16)"
+
+def main(argv: list[str] | None = None) -> int:
+    """The child process: build one model's card (and int8 network) and print the card as
+    JSON; on failure print ``{"error": message}`` and exit 2."""
+    parser = argparse.ArgumentParser(prog="python -m webapp.engines.build")
+    sub = parser.add_subparsers(dest="command", required=True)
+    builtin = sub.add_parser("builtin", help="the built-in ImageNet model")
+    builtin.add_argument("--weights", default="")
+    builtin.add_argument("--allow-download", action="store_true")
+    checkpoint = sub.add_parser("checkpoint", help="an uploaded or stored checkpoint")
+    checkpoint.add_argument("file")
+    checkpoint.add_argument("--given", default="{}", help="JSON: what the uploader said")
+    checkpoint.add_argument("--label", default="")
+    checkpoint.add_argument("--sha256", default="")
+    checkpoint.add_argument("--memory-mb", type=int, default=0)
+    for command in (builtin, checkpoint):
+        command.add_argument("--key", required=True)
+        command.add_argument("--cache", required=True)
+        command.add_argument("--int8", action="store_true")
+        command.add_argument("--calibration-dir", default="")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    if getattr(args, "memory_mb", 0):
+        _cap_memory(args.memory_mb)
+    cache = ArtefactCache(args.cache)
     try:
-        run = make(path, threads)
-    except Exception as exc:  # a file that passed its checksum but does not load
-        log.warning("engine cache entry %s does not load (%s); rebuilding it", path, exc)
-        cache.discard(path.name)
-        path, reused = _onnx_file(loaded, mode, cache, key, calib)
-        run = make(path, threads)
-    return Built(run, {"precision": precision, "artefact": str(path), "reused": reused})
+        card = cache.read_card(args.key)
+        if card is None:
+            card = build_card(_load(args), args.key, cache, lock=False)
+        result = {"card": card.as_json()}
+        if args.int8:
+            path, _ = build_int8(card, cache, args.calibration_dir or None)
+            result["int8"] = path.name
+    except ModelLoadError as exc:
+        print(json.dumps({"error": str(exc)}))
+        return 2
+    except MemoryError:
+        print(json.dumps({"error": "memory", "limit_mb": getattr(args, "memory_mb", 0)}))
+        return 2
+    print(json.dumps(result))
+    return 0
 
 
-# --------------------------------------------------------------------------- entry point
-
-
-def build(loaded, mode: str, engine: str, *, cache_dir: str | os.PathLike | None = None,
-          threads: int | None = None,
-          calibration_dir: str | os.PathLike | None = None) -> Built:
-    """The serving callable for ``loaded`` (a ``model_loader.LoadedModel``)."""
-    check_combination(engine, mode)
-    threads = max(1, int(threads or torch.get_num_threads()))
-    cache = ArtefactCache(cache_dir or default_cache_dir())
-    started = time.perf_counter()
-    key = ""
-    if engine != "torch" or mode == "static":  # only converted models are cached
-        key = hashlib.sha256(
-            (weights_sha256(loaded.module) + json.dumps(
-                [loaded.input_size, list(loaded.mean), list(loaded.std)])).encode()
-        ).hexdigest()[:24]
-    calib: tuple[list[Path], str] = ([], "")
-    if mode == "static":
-        files = calibration_files(calibration_dir)
-        calib = (files, calibration_digest(files))
-    if engine == "torch":
-        built = _build_torch(loaded, mode, cache, key, calib)
-    else:
-        built = _build_onnx_engine(loaded, mode, engine, cache, key, calib, threads)
-    built.info = {"engine": engine, "quantization": mode, **built.info,
-                  "build_seconds": round(time.perf_counter() - started, 3)}
-    if mode == "static" and calib[0]:
-        built.info.setdefault(
-            "calibration", f"{len(calib[0])} images in {calibration_dir or CALIBRATION_DIR}")
-    return built
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""The model one worker process serves, loaded once and swapped when the registry's active
+pointer changes.  No torch and no Flask here."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from model_loader import ModelLoadError
+from webapp import engines
+from webapp.engines import EngineSettings
+from webapp.registry import BUILTIN, Registry, RegistryError
+from webapp.serving.classifier import Classifier
+
+log = logging.getLogger(__name__)
+
+
+def load_classifier(config: dict, registry: Registry | None, model_id: str) -> Classifier:
+    """The built-in model or a stored one, ready to serve with the app's engine settings
+    (``ENGINE``, ``QUANTIZE``, ``ENGINE_CACHE_DIR``, ``CALIBRATION_DIR``,
+    ``TORCH_THREADS``): its card and network from the engine cache, built by a child
+    process when missing."""
+    if model_id == BUILTIN:
+        source = engines.builtin_source(config)
+    else:
+        if registry is None:
+            raise RegistryError(404, "unknown_model", f"There is no model {model_id!r}.")
+        source = registry.source(model_id)
+    card, engine = engines.serve(source, EngineSettings.from_config(config))
+    return Classifier(card, engine, model_id)
+
+
+class ModelHolder:
+    """The classifier this process serves.
+
+    Loads it once per process (after gunicorn forks), on the first call to ``get()`` or
+    explicitly with ``warm_up()``, and remembers a load failure.
+
+    With a model registry (``registry``), the holder follows the
+    registry's active pointer: every ``check_interval`` seconds it ``stat``s the pointer
+    file, and when it changed, it loads the newly active model and swaps the reference.
+    After ``warm_up()`` a watcher thread does this, so an idle worker switches too and
+    no request waits for a load; without it (tests, a lazily started app) ``get()`` does
+    it, in the one thread that noticed.  Requests in flight keep the ``Classifier`` they
+    got; other threads keep getting the current one while the new one loads, so a swap
+    never fails a request.  If the active model cannot be loaded, the current one (at
+    startup: the previous one in the history, else the built-in one) goes on serving,
+    and ``notice`` says so.  ``warm_up()`` must run after gunicorn forks (no preload):
+    threads do not survive a fork.
+    """
+
+    def __init__(self, config: dict, registry: Registry | None = None,
+                 check_interval: float = 0.25):
+        self._config = config
+        self._lock = threading.Lock()
+        self._classifier: Classifier | None = None
+        self._builtin: Classifier | None = None
+        self._trial: Classifier | None = None
+        self._registry = registry
+        self._check_interval = check_interval
+        self._next_check = 0.0
+        self._stamp: object = None
+        self._watcher: threading.Thread | None = None
+        self.error: str | None = None
+        self.notice: str | None = None  # why the active model is not the one served
+        self.load_seconds: float | None = None
+        self._listeners: list[Callable[[Classifier], None]] = []
+
+    def add_listener(self, callback: Callable[[Classifier], None]) -> None:
+        """``callback(classifier)`` each time this process starts serving a model (the
+        first load and every swap), e.g. to update the metrics."""
+        self._listeners.append(callback)
+
+    def _notify(self) -> None:
+        for callback in self._listeners:
+            try:
+                callback(self._classifier)
+            except Exception:  # a listener never breaks serving
+                log.exception("model listener failed")
+
+    @property
+    def loaded(self) -> bool:
+        return self._classifier is not None
+
+    @property
+    def registry(self):
+        return self._registry
+
+    def get(self) -> Classifier:
+        classifier = self._classifier
+        if classifier is not None and (
+            self._registry is None or time.monotonic() < self._next_check
+        ):
+            return classifier
+        if classifier is None:
+            with self._lock:  # the first load: every request waits for it
+                if self._classifier is None:
+                    self._first_load()
+                return self._classifier
+        # Time to look at the pointer.  One thread does it; the others go on serving.
+        if not self._lock.acquire(blocking=False):
+            return classifier
+        try:
+            self._next_check = time.monotonic() + self._check_interval
+            self._follow_pointer()
+            return self._classifier
+        finally:
+            self._lock.release()
+
+    def warm_up(self) -> Classifier:
+        """Load the model now, and start following the registry in the background."""
+        classifier = self.get()
+        if self._registry is not None and self._watcher is None:
+            self._watcher = threading.Thread(
+                target=self._watch, name="model-registry-watcher", daemon=True
+            )
+            self._watcher.start()
+        return classifier
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(self._check_interval)
+            if not self._lock.acquire(blocking=False):
+                continue  # a request thread is checking or loading right now
+            try:
+                self._next_check = time.monotonic() + self._check_interval
+                self._follow_pointer()
+            except Exception:  # never let the watcher die; say why and go on
+                log.exception("following the model registry failed")
+            finally:
+                self._lock.release()
+
+    def classifier_for(self, model_id: str) -> Classifier:
+        """Any stored model, without activating it ("try an image" in the admin page):
+        the active one, the built-in one, or the last one tried (one is kept)."""
+        current = self.get()
+        if model_id == current.model_id:
+            return current
+        if model_id == "builtin":
+            return self.builtin()
+        trial = self._trial
+        if trial is not None and trial.model_id == model_id:
+            return trial
+        with self._lock:
+            self._trial = self._timed_load(model_id)
+            return self._trial
+
+    def model_entries(self) -> tuple[list[dict], dict]:
+        """Every model (built-in first, then the stored ones, newest first) with
+        ``active`` and ``deletable`` flags, and the registry's pointer state: what the
+        admin page, its API and ``flask models list`` show."""
+        state = self._registry.state()
+        entries = [self._builtin_entry()] + [
+            {**meta, "builtin": False} for meta in self._registry.list_models()
+        ]
+        for entry in entries:
+            entry["active"] = entry["id"] == state.active
+            entry["deletable"] = not entry["builtin"] and not entry["active"]
+        return entries, state.as_dict()
+
+    def _builtin_entry(self) -> dict:
+        entry = {"id": BUILTIN, "builtin": True, "uploaded": None, "created": None,
+                 "metrics": {}, "sha256": None}
+        try:
+            loaded = self.builtin().loaded
+        except ModelLoadError as exc:
+            return {**entry, "name": "Built-in ImageNet model", "arch": None, "classes": [],
+                    "num_classes": 0, "error": str(exc), "size_bytes": None,
+                    "version": None}
+        size = None
+        with contextlib.suppress(OSError):
+            size = os.stat(loaded.source).st_size
+        return {**entry, "name": loaded.name, "arch": loaded.arch, "classes": loaded.labels,
+                "num_classes": loaded.num_classes, "input_size": loaded.input_size,
+                "size_bytes": size, "version": loaded.version, "source": loaded.source_kind}
+
+    def builtin(self) -> Classifier:
+        """The built-in model (loaded once, kept: it is the fallback)."""
+        if self._builtin is None:
+            with self._lock:
+                if self._builtin is None:
+                    self._builtin = self._timed_load("builtin")
+        return self._builtin
+
+    # ------------------------------------------------------------------ internals
+
+    def _timed_load(self, model_id: str) -> Classifier:
+        if model_id == "builtin" and self._builtin is not None:
+            return self._builtin  # loaded once and kept: nothing to load or log
+        started = time.perf_counter()
+        classifier = load_classifier(self._config, self._registry, model_id)
+        if model_id == "builtin":
+            self._builtin = classifier
+        self.load_seconds = time.perf_counter() - started
+        loaded = classifier.loaded
+        log.info(
+            "model ready: %s (id %s, %s, version %s, engine %s, %s) in %.2f s, "
+            "%d engine threads, pid %d",
+            loaded.name, model_id, loaded.arch, loaded.version, loaded.engine_name,
+            loaded.engine_info.get("precision"), self.load_seconds,
+            self._config.get("TORCH_THREADS") or 1, os.getpid(),
+        )
+        return classifier
+
+    def _first_load(self) -> None:
+        if self._registry is None:
+            self._classifier = self._load_or_record("builtin")
+            self._notify()
+            return
+        self._stamp = self._registry.pointer_stamp()
+        self._next_check = time.monotonic() + self._check_interval
+        state = self._registry.state()
+        candidates = [state.active] + [h for h in state.history if h != state.active]
+        if "builtin" not in candidates:
+            candidates.append("builtin")
+        failures = []
+        for model_id in candidates:
+            try:
+                if model_id == "builtin":
+                    self._classifier = self._load_or_record("builtin")
+                else:
+                    self._classifier = self._timed_load(model_id)
+            except (ModelLoadError, RegistryError) as exc:
+                reason = getattr(exc, "message", None) or str(exc)
+                log.error("model %s could not be loaded: %s", model_id, reason)
+                failures.append(f"{model_id}: {reason}")
+                if model_id == "builtin":
+                    raise
+                continue
+            break
+        self._notify()
+        if self._classifier.model_id != state.active:
+            self.notice = (
+                f"The active model {state.active} could not be loaded ({failures[0]}); "
+                f"serving {self._classifier.model_id} ({self._classifier.loaded.name}) "
+                "instead."
+            )
+            log.error("%s", self.notice)
+
+    def _load_or_record(self, model_id: str) -> Classifier:
+        try:
+            classifier = self._timed_load(model_id)
+        except ModelLoadError as exc:
+            self.error = str(exc)
+            log.error("model could not be loaded: %s", exc)
+            raise
+        self.error = None
+        return classifier
+
+    def _follow_pointer(self) -> None:
+        stamp = self._registry.pointer_stamp()
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        wanted = self._registry.state().active
+        current = self._classifier
+        if wanted == current.model_id:
+            self.notice = None
+            return
+        try:
+            if wanted == "builtin":
+                new = self.builtin_locked()
+            elif self._trial is not None and self._trial.model_id == wanted:
+                new, self._trial = self._trial, None
+            else:
+                new = self._timed_load(wanted)
+        except Exception as exc:  # whatever goes wrong, the current model keeps serving
+            reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            self.notice = (
+                f"The active model {wanted} could not be loaded ({reason}); still serving "
+                f"{current.model_id} ({current.loaded.name})."
+            )
+            log.error("%s", self.notice)
+            return
+        self._classifier = new
+        self.notice = None
+        self._notify()
+        log.info("pid %d now serves model %s (was %s)", os.getpid(), wanted,
+                 current.model_id)
+
+    def builtin_locked(self) -> Classifier:
+        if self._builtin is None:
+            self._builtin = self._timed_load("builtin")
+        return self._builtin
