@@ -285,6 +285,24 @@ def _head_size(arch: str, state_dict: dict) -> int | None:
     return int(state_dict[candidates[-1]].shape[0])
 
 
+def check_storage(state_dict: dict, what: str) -> None:
+    """The tensors are made of numbers the file holds: a state_dict whose tensors are
+    views of a few values (stride 0, one storage shared by everything) claims a big model
+    from a tiny file; it is not a trained model and is refused before anything is built.
+    One tie (a weight shared by two layers) is allowed."""
+    claimed, storages = 0, {}
+    for tensor in state_dict.values():
+        claimed += tensor.numel() * tensor.element_size()
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    held = sum(storages.values())
+    if claimed > 2 * held + (1 << 20):
+        raise ModelLoadError(
+            f"{what}: its tensors claim {claimed / 2**20:.0f} MB of weights but the file "
+            f"holds only {held / 2**20:.1f} MB of numbers (the same few values repeated); "
+            "this is not a trained model")
+
+
 def fit_state_dict(module: nn.Module, state_dict: dict, what: str) -> None:
     """Load ``state_dict`` strictly, with a readable error listing what does not fit."""
     expected = module.state_dict()
@@ -428,6 +446,7 @@ def load_checkpoint(
         metrics, created = {}, None
         display = name or f"{arch} (ImageNet)"
 
+    check_storage(state_dict, what)
     module = build_model(arch, len(labels))
     fit_state_dict(module, state_dict, what)
     module.eval()

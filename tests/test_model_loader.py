@@ -169,25 +169,28 @@ def test_checkpoint_with_head_and_class_count_mismatch_is_refused(tmp_path):
         model_loader.load_checkpoint(path)
 
 
-def test_dynamic_quantization_quantizes_the_linear_head(random_resnet18):
+def test_dynamic_quantization_quantizes_the_linear_head(random_resnet18, tmp_path):
+    """ENGINE=torch QUANTIZE=dynamic (the design card's recipe): int8 Linear layers, the
+    same answers as fp32."""
+    from webapp import engines
+    from webapp.engines import EngineSettings, torch_engine
+
+    settings = EngineSettings(engine="torch", quantize="dynamic", cache_dir=str(tmp_path))
+    source = engines.builtin_source({"MODEL_WEIGHTS": str(random_resnet18)})
+    card, engine = engines.serve(source, settings)
+    assert card.quantization == "dynamic" and torch.get_num_threads() == 1
+    assert not isinstance(engine.module.fc, nn.Linear)  # replaced by an int8 Linear
     loaded = model_loader.load_imagenet_model(random_resnet18)
-    quantized = model_loader.quantize(loaded, "dynamic")
-    assert quantized.quantization == "dynamic"
-    assert not isinstance(quantized.engine.fc, nn.Linear)  # replaced by an int8 Linear
-    assert isinstance(quantized.module.fc, nn.Linear)  # the fp32 model is kept
     x = torch.randn(2, 3, 224, 224)
     with torch.inference_mode():
-        fp32, int8 = loaded.module(x), quantized.engine(x)
-    assert torch.equal(fp32.argmax(1), int8.argmax(1))
+        fp32 = loaded.module(x)
+    int8, _ = engine(x.numpy())
+    assert torch.equal(fp32.argmax(1), torch.from_numpy(int8).argmax(1))
     with pytest.raises(ModelLoadError, match="QUANTIZE='fast' is not supported"):
-        model_loader.quantize(loaded, "fast")
-
-
-def test_configure_threads_sets_torch_threads():
+        engines.serve(source, EngineSettings(engine="torch", quantize="fast"))
     before = torch.get_num_threads()
     try:
-        assert model_loader.configure_threads(1) == 1
-        assert torch.get_num_threads() == 1
+        assert torch_engine.configure_threads(2) == 2 == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
 

@@ -19,7 +19,9 @@ import torch
 import model_loader
 from tests.conftest import FRUIT, ROOT, TOOLS, encode
 from tests.photos import photo
+from webapp.engines import EngineSettings
 from webapp.registry import BUILTIN, Registry, RegistryError
+from webapp.serving.holder import load_classifier
 
 
 def snapshot(root: Path) -> dict:
@@ -38,7 +40,17 @@ def leftovers(root: Path) -> list[str]:
 
 @pytest.fixture()
 def store(tmp_path) -> Registry:
-    return Registry(tmp_path / "models")
+    return Registry(tmp_path / "models", ENGINE)
+
+
+# The session's engine cache: a file converted once is not converted again by each test.
+ENGINE = EngineSettings(cache_dir=os.environ["ENGINE_CACHE_DIR"])
+
+
+def served(store: Registry, model_id: str):
+    """The stored model as a worker serves it."""
+    return load_classifier({"ENGINE_CACHE_DIR": ENGINE.cache_dir, "QUANTIZE": "none"},
+                           store, model_id).loaded
 
 
 def test_a_finetuned_checkpoint_is_validated_and_stored_with_its_metadata(
@@ -61,7 +73,7 @@ def test_a_finetuned_checkpoint_is_validated_and_stored_with_its_metadata(
     assert leftovers(store.root) == []
     assert [m["id"] for m in store.list_models()] == [meta["id"]]
     # The stored model loads and predicts with its own classes.
-    loaded = store.load(meta["id"])
+    loaded = served(store, meta["id"])
     assert loaded.labels == FRUIT and loaded.name == "Fruit v1"
     assert loaded.version == meta["sha256"][:12]
 
@@ -134,7 +146,7 @@ def test_rollback_skips_models_deleted_since(store, fruit_checkpoint, tools_chec
 def test_ids_that_are_not_ours_never_reach_the_filesystem(store, fruit_checkpoint, model_id):
     store.add(fruit_checkpoint)
     before = snapshot(store.root)
-    for call in (store.activate, store.delete, store.meta, store.load):
+    for call in (store.activate, store.delete, store.meta, store.source):
         with pytest.raises(RegistryError) as info:
             call(model_id)
         assert info.value.status == 404
@@ -309,5 +321,5 @@ def test_a_process_killed_at_any_point_never_leaves_a_half_written_model(
         os.utime(path, (old, old))
     assert store.sweep() >= 1
     assert leftovers(root) == []
-    assert store.load(keep).labels == FRUIT
+    assert served(store, keep).labels == FRUIT
 

@@ -226,7 +226,11 @@ def _build_here(source, settings, cache, key, int8) -> ModelCard:
 
 
 def serve(source: ModelSource, settings: EngineSettings) -> tuple[ModelCard, Engine]:
-    """The card and the engine that serve ``source`` in this process."""
+    """The card and the engine that serve ``source`` in this process.
+
+    A precision the engine cannot give steps down *inside* the engine: int8 that cannot
+    be built (no calibration photos, a quantizer error) and bf16 that does not compile
+    are served in fp32 by the same engine, and ``engine_info["fallback"]`` says why."""
     check_combination(settings.engine, settings.quantize)
     if settings.engine == "torch":
         from webapp.engines import torch_engine
@@ -234,22 +238,50 @@ def serve(source: ModelSource, settings: EngineSettings) -> tuple[ModelCard, Eng
         card, engine = torch_engine.serve(ensure_card(source, settings), source, settings)
         engine.cam_weight = cam_weight(card, settings.cache)
         return card, engine
-    static = settings.builds_int8
-    card = ensure_card(source, settings, int8=static)
+    card = ensure_card(source, settings)
+    fallback = None
+    if settings.builds_int8:
+        try:
+            ensure_card(source, settings, int8=True)
+            return open_card(card, settings, "int8")
+        except Exception as exc:  # noqa: BLE001 - any failure: serve fp32 and say why
+            fallback = f"QUANTIZE=static failed: {_reason(exc)}"
+            log.warning("%s for %s; serving fp32", fallback, card.name)
+    precision = "bf16" if settings.quantize == "bf16" else "fp32"
+    try:
+        card, engine = open_card(card, settings, precision)
+    except Exception as exc:  # noqa: BLE001
+        if precision == "fp32":
+            raise
+        fallback = f"QUANTIZE={settings.quantize} failed: {_reason(exc)}"
+        log.warning("%s for %s; serving fp32", fallback, card.name)
+        card, engine = open_card(card, settings, "fp32")
+    if fallback:
+        engine.info["fallback"] = fallback
+    return card, engine
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def open_card(card: ModelCard, settings: EngineSettings, precision: str
+              ) -> tuple[ModelCard, Engine]:
+    """Compile ``card``'s network (``precision``: fp32, bf16 or int8) on the configured
+    runtime: the card as served (engine info filled in) and the engine."""
     cache = settings.cache
     started = time.perf_counter()
-    if static:
+    if precision == "int8":
         name = int8_name(card.key, settings.calibration_dir or None)
-        precision = "int8"
     else:
-        name, precision = card.onnx, ("bf16" if settings.quantize == "bf16" else "fp32")
+        name = card.onnx
     engine = open_engine(cache.path(name), settings.engine, settings.threads, precision)
     engine.info = {"engine": settings.engine, "quantization": settings.quantize,
                    "precision": engine.precision, "artefact": name,
                    "compile_seconds": round(time.perf_counter() - started, 3)}
-    if static:
-        engine.info["calibration"] = (
-            f"photos in {settings.calibration_dir or 'calibration/'}")
+    if precision == "int8":
+        engine.info["calibration"] = f"photos in {settings.calibration_dir or 'calibration/'}"
     engine.cam_weight = cam_weight(card, cache)
     card = replace(card, quantization=settings.quantize, engine_name=settings.engine,
                    engine_info=engine.info)

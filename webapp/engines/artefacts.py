@@ -41,6 +41,10 @@ TOOLS = ("torch", "torchvision", "onnx", "onnxruntime")
 
 
 def default_cache_dir() -> Path:
+    """``ENGINE_CACHE_DIR`` when set (also for the tools that take no app config: the
+    CLI, the training runner), else ``~/.cache/offline-classifier/engines``."""
+    if os.environ.get("ENGINE_CACHE_DIR"):
+        return Path(os.environ["ENGINE_CACHE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "offline-classifier" / "engines"
 

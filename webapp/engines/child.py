@@ -39,7 +39,8 @@ def run_builder(args: list[str], *, timeout: float = BUILD_TIMEOUT,
     the builder's message (or what went wrong with the process) otherwise."""
     argv = [sys.executable, "-m", "webapp.engines.build", *args]
     proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_die_with_parent)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -65,6 +66,17 @@ def run_builder(args: list[str], *, timeout: float = BUILD_TIMEOUT,
                              "stored")
     tail = (err or "").strip().splitlines()[-1:] or ["no output"]
     raise ModelLoadError(f"{what} could not be converted for serving ({tail[0][:300]})")
+
+
+def _die_with_parent() -> None:
+    """In the child, before it runs: the kernel kills it when the worker that waits for it
+    dies (a worker killed by gunicorn's timeout leaves no converter behind)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux/glibc: the timeout still applies
+        pass
 
 
 def _last_json(out: str | None) -> dict | None:

@@ -62,9 +62,15 @@ def load_module(source) -> model_loader.LoadedModel:
 
 
 def serve(card: ModelCard, source, settings) -> tuple[ModelCard, Engine]:
+    """The card and a torch engine for ``source`` (loaded here, in this process)."""
     started = time.perf_counter()
     configure_threads(settings.threads)
-    loaded = load_module(source)
+    return serve_module(card, load_module(source), settings, started)
+
+
+def serve_module(card: ModelCard, loaded: model_loader.LoadedModel, settings,
+                 started: float | None = None) -> tuple[ModelCard, Engine]:
+    started = time.perf_counter() if started is None else started
     module = loaded.module.eval()
     layer_name = (card.cam or {}).get("layer")
     mode = settings.quantize
@@ -79,9 +85,10 @@ def serve(card: ModelCard, source, settings) -> tuple[ModelCard, Engine]:
     else:
         served, precision = _static(loaded, card, settings), "int8"
     # Heatmaps need the feature map: from the served network when it still has the layer
-    # (fp32, dynamic), else from the fp32 module in a second pass (static, on demand).
+    # (fp32, dynamic), else from the fp32 module in a second pass (static: an FX graph
+    # keeps the submodules' names but calls only their leaves, so hooks never fire).
     modules = dict(served.named_modules())
-    if layer_name and layer_name in modules:
+    if layer_name and mode != "static":
         network, features_run = WithFeatures(served, modules[layer_name]), None
     else:
         network = served
