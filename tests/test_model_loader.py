@@ -195,6 +195,13 @@ def test_dynamic_quantization_quantizes_the_linear_head(random_resnet18, tmp_pat
         torch.set_num_threads(before)
 
 
+def test_the_architecture_list_is_torchvisions():
+    """Workers check an uploaded arch name against a written-out list (no torchvision in a
+    worker); a torchvision upgrade that adds or drops a model shows here."""
+    listed = set(torchvision.models.list_models(module=torchvision.models))
+    assert model_loader.supported_archs() == listed | {"efficientnet_lite0"}
+
+
 def test_info_command_names_the_model_and_the_way_to_resnet18():
     result = subprocess.run([sys.executable, "-m", "model_loader", "info"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)

@@ -282,6 +282,11 @@ class Registry:
         unknown = sorted(set(extras) - set(REPORT_FILES))
         if unknown:
             raise ValueError(f"extras must be among {REPORT_FILES}, not {unknown}")
+        if arch is not None and arch not in model_loader.supported_archs():
+            raise RegistryError(
+                400, "bad_arch", f"Architecture {arch!r} is not supported; use one of: "
+                + ", ".join(sorted(model_loader.supported_archs()))
+            )
         source = Path(source)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         if move:

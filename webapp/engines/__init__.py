@@ -78,6 +78,7 @@ class EngineSettings:
     cache_dir: str = ""
     calibration_dir: str = ""
     threads: int = 1
+    dual: bool = False  # ENGINE_STREAMS=dual (OpenVINO)
 
     @classmethod
     def from_config(cls, config: dict) -> EngineSettings:
@@ -85,7 +86,8 @@ class EngineSettings:
                    quantize=config.get("QUANTIZE") or "none",
                    cache_dir=config.get("ENGINE_CACHE_DIR") or "",
                    calibration_dir=config.get("CALIBRATION_DIR") or "",
-                   threads=max(1, int(config.get("TORCH_THREADS") or 1)))
+                   threads=max(1, int(config.get("TORCH_THREADS") or 1)),
+                   dual=(config.get("ENGINE_STREAMS") or "latency") == "dual")
 
     @property
     def builds_int8(self) -> bool:
@@ -276,9 +278,10 @@ def open_card(card: ModelCard, settings: EngineSettings, precision: str
         name = int8_name(card.key, settings.calibration_dir or None)
     else:
         name = card.onnx
-    engine = open_engine(cache.path(name), settings.engine, settings.threads, precision)
+    engine = open_engine(cache.path(name), settings.engine, settings.threads, precision,
+                         settings.dual)
     engine.info = {"engine": settings.engine, "quantization": settings.quantize,
-                   "precision": engine.precision, "artefact": name,
+                   "precision": engine.precision, "artefact": name, **engine.info,
                    "compile_seconds": round(time.perf_counter() - started, 3)}
     if precision == "int8":
         engine.info["calibration"] = f"photos in {settings.calibration_dir or 'calibration/'}"

@@ -47,6 +47,7 @@ import model_loader
 from model_loader import ModelLoadError
 from webapp.engines.artefacts import ArtefactCache, ModelCard, model_key
 from webapp.engines.calibration import calibration_arrays, calibration_files, int8_name
+from webapp.engines.features import WithFeatures
 
 log = logging.getLogger(__name__)
 
@@ -87,35 +88,6 @@ def find_target_layer(module: nn.Module, input_size: int) -> tuple[str, nn.Modul
     if not seen:
         raise BuildError("the model has no convolutional feature map")
     return seen[-1]
-
-
-class WithFeatures(nn.Module):
-    """``module`` answering ``(logits, features)``: the feature map of ``layer`` as a
-    second output.  The hook hands a copy on to the rest of the network, so later
-    in-place ops cannot change the map we return; it is removed after every pass, so the
-    wrapped module keeps no hooks."""
-
-    def __init__(self, module: nn.Module, layer: nn.Module):
-        super().__init__()
-        self.model = module
-        self.layer = layer
-        # A new module starts in training mode; the ONNX exporter restores the wrapper's
-        # mode on everything inside it afterwards, so the wrapper takes the model's.
-        self.train(module.training)
-
-    def forward(self, x):
-        captured = []
-
-        def keep(mod, args, output):
-            captured.append(output)
-            return output.clone()
-
-        handle = self.layer.register_forward_hook(keep)
-        try:
-            logits = self.model(x)
-        finally:
-            handle.remove()
-        return logits, captured[-1]
 
 
 def linear_head(module: nn.Module, layer: nn.Module, example: np.ndarray

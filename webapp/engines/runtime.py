@@ -9,6 +9,7 @@ features before global pooling, for heatmaps), or ``None`` for networks without 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,9 @@ RUNTIMES = ("openvino", "onnxruntime")
 
 @dataclass
 class Engine:
-    """A compiled network and what it is (``info`` is shown in /readyz and the admin)."""
+    """A compiled network and what it is (``info`` is shown in /readyz and the admin).
+    Calling it is thread-safe: each engine serialises or spreads concurrent passes over
+    its threads itself."""
 
     run: object  # callable: batch -> (logits, features | None)
     name: str
@@ -58,29 +61,78 @@ def cpu_has_bf16() -> bool:
     return "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-def openvino_engine(path: Path, threads: int, precision: str = "f32") -> Engine:
-    compiled = openvino_core().compile_model(str(path), "CPU", {
+def _compile(path: Path, threads: int, streams: int, precision: str):
+    return openvino_core().compile_model(str(path), "CPU", {
         "INFERENCE_NUM_THREADS": threads,
-        "NUM_STREAMS": 1,
-        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": streams,
+        "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
         # f32: the same numbers on every CPU.  bf16 only when asked for (QUANTIZE=bf16).
         "INFERENCE_PRECISION_HINT": precision,
         # Several workers share the cores: let the OS place each worker's threads.
         "ENABLE_CPU_PINNING": False,
     })
-    outputs = [o.get_any_name() for o in compiled.outputs]
-    has_features = "features" in outputs
-    request = compiled.create_infer_request()
-    lock = threading.Lock()  # an infer request serves one call at a time
 
-    def run(batch: np.ndarray):
-        with lock:
-            result = request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
-            logits = result[compiled.output("logits")].copy()
-            features = result[compiled.output("features")].copy() if has_features else None
+
+def openvino_engine(path: Path, threads: int, precision: str = "f32",
+                    dual: bool = False) -> Engine:
+    """OpenVINO on ``path``.  With ``dual`` (and more than one thread) the network is
+    compiled twice: once as one stream on all ``threads`` (a request alone gets every
+    core: the lowest latency) and once as one single-threaded stream per thread (requests
+    in flight together each get a core: the most throughput).  Each request takes the
+    first when nothing else is in flight, else a free stream of the second."""
+    latency = _compile(path, threads, 1, precision)
+    outputs = [o.get_any_name() for o in latency.outputs]
+    has_features = "features" in outputs
+
+    def infer(request, batch):
+        request, outputs = request
+        result = request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        logits = result[outputs[0]].copy()
+        features = result[outputs[1]].copy() if has_features else None
         return logits, features
 
-    return Engine(run, "openvino", "bf16" if precision == "bf16" else "fp32")
+    def requests_of(compiled, n):
+        outputs = [compiled.output("logits")] + (
+            [compiled.output("features")] if has_features else [])
+        return [(compiled.create_infer_request(), outputs) for _ in range(n)]
+
+    (alone,) = requests_of(latency, 1)
+    alone_lock = threading.Lock()  # an infer request serves one call at a time
+    if not dual or threads < 2:
+        def run(batch: np.ndarray):
+            with alone_lock:
+                return infer(alone, batch)
+
+        return Engine(run, "openvino", "bf16" if precision == "bf16" else "fp32",
+                      info={"streams": "1"})
+
+    free: queue.SimpleQueue = queue.SimpleQueue()
+    for request in requests_of(_compile(path, threads, threads, precision), threads):
+        free.put(request)
+    state = threading.Lock()
+    in_flight = [0]
+
+    def run(batch: np.ndarray):
+        with state:
+            others = in_flight[0]
+            in_flight[0] += 1
+        try:
+            if others == 0 and alone_lock.acquire(blocking=False):
+                try:
+                    return infer(alone, batch)
+                finally:
+                    alone_lock.release()
+            request = free.get()
+            try:
+                return infer(request, batch)
+            finally:
+                free.put(request)
+        finally:
+            with state:
+                in_flight[0] -= 1
+
+    return Engine(run, "openvino", "bf16" if precision == "bf16" else "fp32",
+                  info={"streams": f"1 x {threads} threads alone, {threads} x 1 together"})
 
 
 def onnxruntime_engine(path: Path, threads: int) -> Engine:
@@ -98,23 +150,28 @@ def onnxruntime_engine(path: Path, threads: int) -> Engine:
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     wanted = ["logits", "features"] if "features" in names else ["logits"]
+    lock = threading.Lock()  # one pass at a time: they share the session's thread pool
 
     def run(batch: np.ndarray):
-        result = session.run(wanted, {"input": np.ascontiguousarray(batch, dtype=np.float32)})
+        with lock:
+            result = session.run(wanted, {"input": np.ascontiguousarray(batch,
+                                                                        dtype=np.float32)})
         return result[0], (result[1] if len(result) > 1 else None)
 
     return Engine(run, "onnxruntime", "fp32")
 
 
-def open_engine(path: Path, runtime: str, threads: int, precision: str) -> Engine:
+def open_engine(path: Path, runtime: str, threads: int, precision: str,
+                dual: bool = False) -> Engine:
     """``precision``: ``fp32``, ``bf16`` (OpenVINO only; fp32 where the CPU has no native
-    bfloat16) or ``int8`` (``path`` is then the QDQ network)."""
+    bfloat16) or ``int8`` (``path`` is then the QDQ network).  ``dual``: see
+    ``openvino_engine``."""
     if runtime == "onnxruntime":
         engine = onnxruntime_engine(path, threads)
     elif precision == "bf16" and cpu_has_bf16():
-        engine = openvino_engine(path, threads, "bf16")
+        engine = openvino_engine(path, threads, "bf16", dual)
     else:
-        engine = openvino_engine(path, threads)
+        engine = openvino_engine(path, threads, "f32", dual)
         if precision == "bf16":
             engine.precision = "fp32 (this CPU has no native bf16)"
     if precision == "int8":

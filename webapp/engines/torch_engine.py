@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import threading
 import time
 import warnings
 from dataclasses import replace
@@ -24,8 +25,8 @@ from torch import nn
 
 import model_loader
 from webapp.engines.artefacts import ArtefactCache, ModelCard
-from webapp.engines.build import WithFeatures
 from webapp.engines.calibration import calibration_arrays, calibration_digest, calibration_files
+from webapp.engines.features import WithFeatures
 from webapp.engines.runtime import Engine
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,10 @@ def serve_module(card: ModelCard, loaded: model_loader.LoadedModel, settings,
         features_run = _runner(WithFeatures(module, dict(module.named_modules())[layer_name])
                                ) if layer_name else None
 
+    lock = threading.Lock()  # one forward pass at a time on the configured threads
+
     def run(batch: np.ndarray):
-        with torch.inference_mode():
+        with lock, torch.inference_mode():
             out = network(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
         if isinstance(out, tuple):
             return out[0].float().numpy(), out[1].float().numpy()
@@ -112,8 +115,10 @@ def serve_module(card: ModelCard, loaded: model_loader.LoadedModel, settings,
 
 
 def _runner(network: nn.Module):
+    lock = threading.Lock()
+
     def run(batch: np.ndarray):
-        with torch.inference_mode():
+        with lock, torch.inference_mode():
             logits, features = network(torch.from_numpy(batch))
         return logits.float().numpy(), features.float().numpy()
 

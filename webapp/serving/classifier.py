@@ -3,7 +3,6 @@ engine that runs its network, with batched top-k prediction in NumPy."""
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 
@@ -32,16 +31,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class Classifier:
-    """One model, its labels and its preprocessing.  Safe to share between threads:
-    forward passes are serialised so concurrent requests do not oversubscribe the CPU
-    threads the engine was given."""
+    """One model, its labels and its preprocessing.  Safe to share between threads (the
+    engine decides how concurrent passes share its CPU threads)."""
 
     def __init__(self, card: ModelCard, engine: Engine, model_id: str = "builtin"):
         self.loaded = card  # named like model_loader.LoadedModel: views describe either
         self.engine = engine
         self.labels = card.labels
         self.model_id = model_id  # "builtin" or the id in the model registry
-        self._lock = threading.Lock()
 
     @property
     def info(self) -> dict:
@@ -62,17 +59,15 @@ class Classifier:
         return preprocess_array(img, card.resize_size, card.input_size, card.mean, card.std)
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(logits, feature map or None) for a preprocessed batch, one pass at a time."""
-        with self._lock:
-            return self.engine(batch)
+        """(logits, feature map or None) for a preprocessed batch."""
+        return self.engine(batch)
 
     def features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Like ``run``, but always with the feature map when the model has one (an engine
         whose network has none computes it in a second pass)."""
         if self.engine.features_run is None:
             return self.run(batch)
-        with self._lock:
-            return self.engine.features_run(batch)
+        return self.engine.features_run(batch)
 
     def predict(
         self, images: list[Image.Image], k: int = 3
