@@ -230,10 +230,20 @@ class Registry:
 
     def source(self, model_id: str) -> ModelSource:
         """The stored model's file and what its uploader said about it: what the engines
-        serve (from their cache, or converted again by a child process)."""
+        serve (from their cache, or converted again by a child process).  The file must
+        still be the one stored (its sha256), or ``ModelLoadError``."""
         meta = self.meta(model_id)
+        path = self.models_dir / model_id / CHECKPOINT_FILE
+        try:
+            intact = model_loader.sha256_file(path) == meta.get("sha256")
+        except OSError as exc:
+            raise ModelLoadError(f"model {model_id}: its checkpoint cannot be read "
+                                 f"({exc.strerror})") from None
+        if not intact:  # the store was damaged: never serve what it no longer holds
+            raise ModelLoadError(f"model {model_id}: its checkpoint file is not the one that "
+                                 "was stored (damaged on disk); upload it again")
         return engines.checkpoint_source(
-            self.models_dir / model_id / CHECKPOINT_FILE, meta.get("sha256"),
+            path, meta.get("sha256"),
             given=meta.get("given") or {"default_arch": meta.get("arch", "resnet18")},
             label=f"model {model_id}", name=meta.get("name"))
 
