@@ -237,11 +237,10 @@ class Registry:
         try:
             intact = model_loader.sha256_file(path) == meta.get("sha256")
         except OSError as exc:
-            raise ModelLoadError(f"model {model_id}: its checkpoint cannot be read "
-                                 f"({exc.strerror})") from None
+            raise ModelLoadError(f"its checkpoint cannot be read ({exc.strerror})") from None
         if not intact:  # the store was damaged: never serve what it no longer holds
-            raise ModelLoadError(f"model {model_id}: its checkpoint file is not the one that "
-                                 "was stored (damaged on disk); upload it again")
+            raise ModelLoadError("its checkpoint file is not the one that was stored (damaged "
+                                 "on disk); upload it again")
         return engines.checkpoint_source(
             path, meta.get("sha256"),
             given=meta.get("given") or {"default_arch": meta.get("arch", "resnet18")},

@@ -107,12 +107,25 @@ def openvino_engine(path: Path, threads: int, precision: str = "f32",
                       info={"streams": "1"})
 
     free: queue.SimpleQueue = queue.SimpleQueue()
-    for request in requests_of(_compile(path, threads, threads, precision), threads):
-        free.put(request)
+    together = threading.Event()  # set once the second network is compiled
     state = threading.Lock()
     in_flight = [0]
 
+    def compile_second():
+        """In the background: a swap serves as soon as the first network is ready."""
+        try:
+            for request in requests_of(_compile(path, threads, threads, precision), threads):
+                free.put(request)
+            together.set()
+        except Exception:  # noqa: BLE001 - the first network goes on serving alone
+            log.exception("compiling %s a second time (one stream per thread) failed", path)
+
+    threading.Thread(target=compile_second, name="openvino-streams", daemon=True).start()
+
     def run(batch: np.ndarray):
+        if not together.is_set():
+            with alone_lock:
+                return infer(alone, batch)
         with state:
             others = in_flight[0]
             in_flight[0] += 1
