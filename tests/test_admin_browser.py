@@ -1,5 +1,6 @@
 """The admin page in a real browser (headless Chromium via Playwright): log in, upload a
-checkpoint with the progress bar, try an image with the stored model, activate it."""
+checkpoint with the progress bar, try an image with the stored model, activate it; upload
+a bare state_dict with its class names typed in."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ TOKEN = "browser-admin-token-0123456789"
 
 
 def test_upload_with_progress_try_and_activate_in_a_browser(start_server, tmp_path,
-                                                            fruit_checkpoint):
+                                                            fruit_checkpoint, model_files):
     server = start_server("gunicorn", WEB_CONCURRENCY=1, TORCH_THREADS=1,
                           MODEL_DIR=tmp_path / "store", ADMIN_TOKEN=TOKEN)
     server.wait_ready()
@@ -72,6 +73,18 @@ def test_upload_with_progress_try_and_activate_in_a_browser(start_server, tmp_pa
             # Activate it through its form.
             row.locator("button", has_text="Activate").click()
             page.wait_for_selector(f"#model-{added} .active-badge")
+
+            # A bare state_dict: the class names typed in go along with the upload.
+            page.set_input_files("#checkpoint-input", str(model_files.bare.path))
+            page.fill("#classes-input", "\n".join(model_files.bare.classes))
+            assert page.input_value("#arch-input") == "auto"
+            page.click("#upload-button")
+            page.wait_for_url(lambda url: f"added={added}" not in url and "added=" in url,
+                              timeout=120_000)
+            other = page.url.rsplit("added=", 1)[1]
+            text = page.locator(f"#model-{other}").inner_text()
+            assert "resnet18 (detected from the weights), 5 classes from the classes field" \
+                in text
             assert errors == []
         finally:
             browser.close()

@@ -323,3 +323,45 @@ def test_a_process_killed_at_any_point_never_leaves_a_half_written_model(
     assert leftovers(root) == []
     assert served(store, keep).labels == FRUIT
 
+
+
+def test_what_the_person_said_is_stored_and_the_model_loads_the_same_way_later(
+    store, model_files
+):
+    """Class names given with an upload live in meta.json (the file does not carry them);
+    safetensors and ONNX files keep a name that says what they are."""
+    bare = model_files.bare
+    meta = store.add(bare.path, fields={"classes": bare.fields["classes"], "arch": "auto"})
+    folder = store.root / "models" / meta["id"]
+    assert sorted(os.listdir(folder)) == ["checkpoint.pt", "meta.json"]
+    assert (meta["kind"], meta["file"], meta["classes"]) == ("pytorch", "checkpoint.pt",
+                                                            bare.classes)
+    assert meta["found"] == {"kind": "pytorch", "arch_from": "detected",
+                             "classes_from": "the classes field"}
+    assert meta["mean"] == [0.485, 0.456, 0.406] and meta["input_size"] == 224
+    assert store.load(meta["id"]).labels == bare.classes  # no fields this time
+
+    meta = store.add(model_files.safetensors.path)
+    assert meta["file"] == "model.safetensors" and meta["kind"] == "safetensors"
+    assert store.load(meta["id"]).arch == "resnet18"
+
+    onnx_file = model_files.onnx
+    meta = store.add(onnx_file.path, fields=onnx_file.fields)
+    folder = store.root / "models" / meta["id"]
+    assert sorted(os.listdir(folder)) == ["meta.json", "model.onnx"]
+    assert (meta["kind"], meta["arch"], meta["input_size"], meta["std"]) == (
+        "onnx", "onnx", 160, [0.25, 0.25, 0.25])
+    loaded = store.load(meta["id"])
+    assert loaded.module is None and loaded.onnx_path == folder / "model.onnx"
+    assert (loaded.labels, loaded.mean) == (onnx_file.classes, (0.5, 0.5, 0.5))
+    assert leftovers(store.root) == []
+
+
+def test_an_unknown_architecture_is_a_400_and_auto_is_not(store, model_files):
+    with pytest.raises(RegistryError) as info:
+        store.add(model_files.bare.path, fields={"arch": "resnet9000", "classes": "a,b,c,d,e"})
+    assert info.value.status == 400 and "auto, alexnet" in info.value.message
+    with pytest.raises(RegistryError) as info:
+        store.add(model_files.bare.path, fields={"arch": "auto"})  # no class names
+    assert info.value.status == 422 and "give the 5 class names" in info.value.message
+    assert store.list_models() == [] and leftovers(store.root) == []

@@ -52,7 +52,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from wtforms import PasswordField
 from wtforms.validators import DataRequired
 
-from model_loader import ModelLoadError
+from model_loader import ModelLoadError, supported_archs
 from webapp import api, kiosk, metrics, uploads
 from webapp.config import ConfigError
 from webapp.errors import ApiError, error_json
@@ -377,13 +377,33 @@ def _store_upload() -> dict:
     stream.close()
     if path.stat().st_size == 0:
         raise RegistryError(400, "empty_file", "The uploaded checkpoint is empty (0 bytes).")
-    arch = (request.form.get("arch") or "").strip() or None
-    meta = registry().add(path, name=request.form.get("name"), arch=arch, move=True,
+    fields = {key: request.form.get(key) for key in MODEL_FIELDS}
+    meta = registry().add(path, name=request.form.get("name"),
+                          fields={**fields, "labels": _labels_file()}, move=True,
                           original_filename=Path(upload.filename or "").name[:100] or None)
     if request.form.get("activate") in ("1", "on", "true", "yes"):
         registry().activate(meta["id"])
         meta["activated"] = True
     return meta
+
+
+MAX_LABELS_BYTES = 1 << 20  # a labels file of 1 MB holds ~50,000 names
+# Form fields sent with a model file, as model_loader.load_checkpoint takes them.
+MODEL_FIELDS = ("arch", "classes", "input_size", "mean", "std")
+
+
+def _labels_file() -> bytes | None:
+    """The contents of the optional ``labels`` file sent with a checkpoint (a file
+    part, or a text field: ``curl -F 'labels=<labels.txt'``)."""
+    upload = request.files.get("labels")
+    if upload is not None and upload.filename:
+        data = upload.stream.read(MAX_LABELS_BYTES + 1)
+    else:
+        data = (request.form.get("labels") or "").encode("utf-8")
+    if len(data) > MAX_LABELS_BYTES:
+        raise RegistryError(413, "too_large", "The labels file is larger than 1 MB; it "
+                            "should hold one class name a line.")
+    return data or None
 
 
 # --------------------------------------------------------------------------- pages
@@ -394,6 +414,7 @@ def index():
     entries, state = model_entries()
     return render_template("admin/index.html", entries=entries, state=state,
                            serving=_serving(), added=request.args.get("added"),
+                           archs=sorted(supported_archs()),
                            trial=g.get("trial"), trial_error=g.get("trial_error"),
                            trial_id=g.get("trial_id"))
 
@@ -409,7 +430,7 @@ def upload_page():
         meta = _store_upload()
     except RegistryError as exc:
         return _page_error(exc)
-    flash(f"Stored {meta['name']} as {meta['id']}"
+    flash(f"Stored {meta['name']} as {meta['id']} ({meta['summary']})"
           + (" and activated it." if meta.get("activated") else "."), "success")
     return redirect(url_for("admin.index", added=meta["id"]))
 

@@ -207,6 +207,9 @@ def choose_backbone(options: FinetuneOptions) -> Backbone:
     if weights_file:
         origin = "--weights" if options.weights else "MODEL_WEIGHTS"
         loaded = model_loader.load_checkpoint(weights_file, source_kind="explicit")
+        if loaded.module is None:
+            raise FinetuneError(f"{origin}={weights_file} is an ONNX model; fine-tuning "
+                                "starts from PyTorch weights (a state_dict or a checkpoint)")
         if arch != "auto" and loaded.arch != arch:
             raise FinetuneError(
                 f"{origin}={weights_file} holds a {loaded.arch} model, not {arch}; drop "
@@ -225,7 +228,7 @@ def choose_backbone(options: FinetuneOptions) -> Backbone:
             except ModelLoadError as exc:
                 log.warning("%s", exc)
         if cached.is_file():
-            loaded = model_loader.load_checkpoint(cached, source_kind="cache")
+            loaded = model_loader.load_checkpoint(cached, source_kind="cache", arch="resnet18")
             return Backbone(
                 "resnet18", loaded.module, f"torchvision cache {cached}",
                 f"resnet18 starts from its ImageNet weights in the torchvision cache ({cached}).",
@@ -675,9 +678,7 @@ def train(
                                           len(splits.classes))
     evaluation = {"split": split, "loss": round(final["loss"], 6),
                   **training_report.classification_metrics(cm, splits.classes)}
-    say(f"{'Test' if split == 'test' else 'Validation (no test images)'}: accuracy "
-        f"{evaluation['accuracy']:.3f}, macro F1 {evaluation['macro_avg']['f1']:.3f} on "
-        f"{evaluation['images']} images.")
+    say(training_report.headline(evaluation))
     progress(TrainingProgress("test", len(history), options.epochs, fraction=1.0,
                               metrics={"accuracy": evaluation["accuracy"]}))
 
@@ -809,6 +810,7 @@ def _write_outputs(out: Path, trainer: Trainer, history: list[dict], stopper: Ea
         "test_accuracy": test_acc,
         "macro_f1": evaluation["macro_avg"]["f1"],
         "evaluated_on": evaluation["split"],
+        **({"caveat": caveat} if (caveat := training_report.caveat(evaluation)) else {}),
         "best_epoch": stopper.best_epoch,
         "epochs_run": len(history),
         "train_images": len(splits.train),
@@ -820,7 +822,9 @@ def _write_outputs(out: Path, trainer: Trainer, history: list[dict], stopper: Ea
     title = f"{out.name}: {backbone.arch}, {len(classes)} classes"
     training_report.plot_confusion_matrix(
         confusion_png, evaluation["confusion_matrix"], classes,
-        f"{title}\n{evaluation['split']} accuracy {evaluation['accuracy']:.3f}",
+        f"{title}\n{evaluation['split']} accuracy {evaluation['accuracy']:.3f}"
+        + (f" (classes with < {training_report.MIN_SUPPORT} images: "
+           f"{', '.join(evaluation['thin_classes'])})" if evaluation["thin_classes"] else ""),
     )
     training_report.plot_curves(curves_png, history, stopper.best_epoch, title)
     counts = list(splits.counts("train").values())
@@ -1032,7 +1036,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Kept epoch {report['best_epoch']} of {report['epochs_run']}: val accuracy "
           f"{report['val']['accuracy']:.3f}"
           + (f", test accuracy {report['test_accuracy']:.3f}"
-             if report["test_accuracy"] is not None else ""))
+             if report["test_accuracy"] is not None else "")
+          + (f"; but {report['metrics']['caveat']}" if report["metrics"].get("caveat") else ""))
     print(f"Wrote {result.checkpoint}\n      {result.report_path}\n      "
           f"{result.confusion_png}\n      {result.curves_png}"
           + (f"\n      {result.checkpoint.with_name(report['int8']['file'])}"

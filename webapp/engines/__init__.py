@@ -34,6 +34,8 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
 import model_loader
 from model_loader import ModelLoadError, sha256_file
 from webapp.engines import child
@@ -116,9 +118,12 @@ class ModelSource:
     label: str = ""
     name: str | None = None
     untrusted: bool = False  # an upload: opened under memory and time caps
+    cache_key: str | None = None  # the key its card was made under (a stored model)
 
     @property
     def key(self) -> str:
+        if self.cache_key:
+            return self.cache_key
         given = dict(self.given)
         if self.kind == "builtin":
             given["builtin"] = self.weights or "sources"
@@ -141,10 +146,11 @@ def builtin_source(config: dict) -> ModelSource:
 
 
 def checkpoint_source(path, sha256: str | None = None, *, given: dict | None = None,
-                      label: str = "", name: str | None = None,
-                      untrusted: bool = False) -> ModelSource:
+                      label: str = "", name: str | None = None, untrusted: bool = False,
+                      key: str | None = None) -> ModelSource:
     return ModelSource("checkpoint", str(path), sha256 or sha256_file(path),
-                       given=dict(given or {}), label=label, name=name, untrusted=untrusted)
+                       given=dict(given or {}), label=label, name=name, untrusted=untrusted,
+                       cache_key=key)
 
 
 # --------------------------------------------------------------------------- building
@@ -156,19 +162,33 @@ _build_lock = threading.Lock()  # one build at a time per process (each is a tor
 def ensure_card(source: ModelSource, settings: EngineSettings, *,
                 int8: bool = False) -> ModelCard:
     """The model card of ``source`` from the cache, built by a child process when missing
-    or damaged (under the cache entry's lock: workers starting together build it once)."""
+    or damaged (under the cache entry's lock: workers starting together build it once).
+    ``int8``: the int8 network too, or the reason it cannot be built (``int8_state``);
+    that is never the card's failure."""
     cache = settings.cache
     key = source.key
+
+    def done(card) -> bool:
+        return card is not None and (not int8 or int8_state(card, settings)[0] != "missing")
+
     card = cache.read_card(key)
-    if card is not None and (not int8 or cache.valid(int8_name(key, settings.calibration_dir
-                                                               or None))):
-        return _named(card, source)
-    with _build_lock, cache.lock(cache.card_name(key)):
-        card = cache.read_card(key)
-        if card is None or (int8 and not cache.valid(
-                int8_name(key, settings.calibration_dir or None))):
-            card = _run_build(source, settings, cache, key, int8)
+    if not done(card):
+        with _build_lock, cache.lock(cache.card_name(key)):
+            card = cache.read_card(key)
+            if not done(card):
+                card = _run_build(source, settings, cache, key, int8)
     return _named(card, source)
+
+
+def int8_state(card: ModelCard, settings: EngineSettings) -> tuple[str, str]:
+    """(``ready`` | ``failed`` | ``missing``, the entry's name or why it failed)."""
+    cache = settings.cache
+    name = int8_name(card.key, settings.calibration_dir or None)
+    if cache.valid(name):
+        return "ready", name
+    if cache.valid(f"{name}.error"):
+        return "failed", cache.path(f"{name}.error").read_text().strip()
+    return "missing", name
 
 
 def _named(card: ModelCard, source: ModelSource) -> ModelCard:
@@ -220,7 +240,7 @@ def _build_here(source, settings, cache, key, int8) -> ModelCard:
     if card is None:
         card = build.build_card(torch_engine.load_module(source), key, cache, lock=False)
     if int8:
-        build.build_int8(card, cache, settings.calibration_dir or None)
+        build.int8_or_reason(card, cache, settings.calibration_dir or None)
     return card
 
 
@@ -237,14 +257,22 @@ def serve(source: ModelSource, settings: EngineSettings) -> tuple[ModelCard, Eng
     if settings.engine == "torch":
         from webapp.engines import torch_engine
 
-        card, engine = torch_engine.serve(ensure_card(source, settings), source, settings)
+        card = ensure_card(source, settings)
+        if card.kind == "onnx":  # nothing for torch to run: ONNX Runtime runs it
+            card, engine = open_card(card, settings, "fp32")
+            engine.info["fallback"] = ("ENGINE=torch cannot run an ONNX model: ONNX Runtime "
+                                       "runs it")
+            return card, engine
+        card, engine = torch_engine.serve(card, source, settings)
         engine.cam_weight = cam_weight(card, settings.cache)
         return card, engine
-    card = ensure_card(source, settings)
+    card = ensure_card(source, settings, int8=settings.builds_int8)
     fallback = None
     if settings.builds_int8:
+        state, detail = int8_state(card, settings)
         try:
-            ensure_card(source, settings, int8=True)
+            if state != "ready":
+                raise ModelLoadError(detail)
             return open_card(card, settings, "int8")
         except Exception as exc:  # noqa: BLE001 - any failure: serve fp32 and say why
             fallback = f"QUANTIZE=static failed: {_reason(exc)}"
@@ -278,8 +306,10 @@ def open_card(card: ModelCard, settings: EngineSettings, precision: str
         name = int8_name(card.key, settings.calibration_dir or None)
     else:
         name = card.onnx
-    engine = open_engine(cache.path(name), settings.engine, settings.threads, precision,
-                         settings.dual)
+    runtime = "onnxruntime" if settings.engine == "torch" else settings.engine
+    engine = open_engine(cache.path(name), runtime, settings.threads, precision, settings.dual)
+    if card.kind == "onnx":
+        _adapt_upload(engine, card)
     engine.info = {"engine": settings.engine, "quantization": settings.quantize,
                    "precision": engine.precision, "artefact": name, **engine.info,
                    "compile_seconds": round(time.perf_counter() - started, 3)}
@@ -289,6 +319,26 @@ def open_card(card: ModelCard, settings: EngineSettings, precision: str
     card = replace(card, quantization=settings.quantize, engine_name=settings.engine,
                    engine_info=engine.info)
     return card, engine
+
+
+def _adapt_upload(engine: Engine, card: ModelCard) -> None:
+    """An uploaded ONNX model as the server expects a network: one image at a time when
+    its batch is fixed, and logits from a softmax output (their log: the server's softmax
+    then gives the model's own scores)."""
+    run = engine.run
+    if card.batch == 1:
+        def one_by_one(batch):
+            rows = [run(batch[i:i + 1])[0] for i in range(len(batch))]
+            return np.concatenate(rows), None
+
+        engine.run = one_by_one
+    if card.outputs == "probabilities":
+        scores = engine.run
+
+        def logits(batch):
+            return np.log(np.maximum(scores(batch)[0].astype(np.float32), 1e-30)), None
+
+        engine.run = logits
 
 
 def cam_weight(card: ModelCard, cache: ArtefactCache):

@@ -93,6 +93,11 @@ class ModelCard:
     cam: dict | None = None  # {"layer", "grid", "head"} when heatmaps are possible
     cam_unavailable: str | None = None  # why not, in words
     build_seconds: float | None = None
+    kind: str = "pytorch"  # the model file: pytorch | safetensors | onnx
+    outputs: str = "logits"  # or "probabilities" (an uploaded ONNX model's softmax)
+    batch: int | str = "any"  # an uploaded ONNX model may take one image at a time
+    found: dict = field(default_factory=dict)  # where arch, classes... were found
+    summary: str = ""  # one sentence on that, for the admin page
     # Filled in by the worker that serves the card (not stored):
     quantization: str = "none"
     engine_name: str = "openvino"
@@ -100,7 +105,8 @@ class ModelCard:
 
     STORED = ("key", "name", "arch", "labels", "version", "source", "source_kind",
               "input_size", "mean", "std", "verified", "notice", "metrics", "created", "onnx",
-              "cam", "cam_unavailable", "build_seconds")
+              "cam", "cam_unavailable", "build_seconds", "kind", "outputs", "batch", "found",
+              "summary")
 
     @property
     def resize_size(self) -> int:
@@ -113,6 +119,14 @@ class ModelCard:
     def describe(self) -> dict:
         return {"name": self.name, "version": self.version, "arch": self.arch,
                 "quantization": self.quantization, "engine": self.engine_name}
+
+    def metadata(self) -> dict:
+        """What the model registry stores about the model (``LoadedModel.metadata``)."""
+        return {"kind": self.kind, "arch": self.arch, "classes": list(self.labels),
+                "num_classes": self.num_classes, "input_size": self.input_size,
+                "mean": list(self.mean), "std": list(self.std), "outputs": self.outputs,
+                "name": self.name, "version": self.version, "created": self.created,
+                "found": self.found}
 
     def as_json(self) -> dict:
         return {"format": CARD_FORMAT, **{k: getattr(self, k) for k in self.STORED}}

@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import resource
+import shutil
 import sys
 import time
 import warnings
@@ -180,6 +181,8 @@ def build_card(loaded: model_loader.LoadedModel, key: str, cache: ArtefactCache,
         card = cache.read_card(key)
         if card is not None:
             return card
+        if loaded.module is None:  # an uploaded ONNX model: served as it is
+            return _onnx_card(loaded, key, cache, started)
         module = loaded.module.eval()
         batch = check_photos(loaded.input_size, loaded.mean, loaded.std)
         layer_name, layer, cam_unavailable, head = None, None, None, None
@@ -206,16 +209,34 @@ def build_card(loaded: model_loader.LoadedModel, key: str, cache: ArtefactCache,
 
             cache.put(head_name, write_head)
             cam = {"layer": layer_name, "grid": head[2], "head": head_name}
-        card = ModelCard(
-            key=key, name=loaded.name, arch=loaded.arch, labels=list(loaded.labels),
-            version=loaded.version, source=loaded.source, source_kind=loaded.source_kind,
-            input_size=loaded.input_size, mean=tuple(loaded.mean), std=tuple(loaded.std),
-            verified=loaded.verified, notice=loaded.notice,
-            metrics=_jsonable(loaded.metrics), created=loaded.created, onnx=onnx_name,
-            cam=cam, cam_unavailable=cam_unavailable,
-            build_seconds=round(time.perf_counter() - started, 3))
+        card = _card(loaded, key, onnx_name, started, cam=cam, cam_unavailable=cam_unavailable)
         cache.write_card(card)
         return card
+
+
+def _card(loaded, key: str, onnx_name: str, started: float, **extra) -> ModelCard:
+    return ModelCard(
+        key=key, name=loaded.name, arch=loaded.arch, labels=list(loaded.labels),
+        version=loaded.version, source=loaded.source, source_kind=loaded.source_kind,
+        input_size=loaded.input_size, mean=tuple(loaded.mean), std=tuple(loaded.std),
+        verified=loaded.verified, notice=loaded.notice, metrics=_jsonable(loaded.metrics),
+        created=loaded.created, onnx=onnx_name, kind=loaded.kind, outputs=loaded.outputs,
+        found=_jsonable(loaded.details), summary=loaded.summary(),
+        build_seconds=round(time.perf_counter() - started, 3), **extra)
+
+
+def _onnx_card(loaded, key: str, cache: ArtefactCache, started: float) -> ModelCard:
+    """An uploaded ONNX classifier (checked by ``model_loader.load_onnx``): the file
+    goes into the cache as it is; the engines read its first input and output, take the
+    log of probabilities and feed a fixed-batch model one image at a time."""
+    onnx_name = f"{key}.fp32.onnx"
+    cache.put(onnx_name, lambda tmp: shutil.copyfile(loaded.onnx_path, tmp))
+    card = _card(loaded, key, onnx_name, started, batch=loaded.details.get("batch", "any"),
+                 cam_unavailable="heatmaps are not available for uploaded ONNX models (the "
+                 "heatmap needs the network's layers, which an ONNX file does not expose "
+                 "here); predictions work as usual")
+    cache.write_card(card)
+    return card
 
 
 def weights_key(loaded: model_loader.LoadedModel) -> str:
@@ -246,7 +267,7 @@ def serve_loaded(loaded: model_loader.LoadedModel, settings) -> tuple[ModelCard,
         engine.cam_weight = engines.cam_weight(card, settings.cache)
         return card, engine
     if settings.builds_int8:
-        build_int8(card, settings.cache, settings.calibration_dir or None)
+        int8_or_reason(card, settings.cache, settings.calibration_dir or None)
         return engines.open_card(card, settings, "int8")
     return engines.open_card(card, settings, "bf16" if settings.quantize == "bf16" else "fp32")
 
@@ -302,6 +323,9 @@ def quantize_onnx(fp32_path: Path, arrays: list[np.ndarray], path: Path) -> None
 def build_int8(card: ModelCard, cache: ArtefactCache,
                calibration_dir: str | os.PathLike | None = None) -> tuple[Path, bool]:
     """The static int8 network of ``card`` (built once, cached): (path, reused)."""
+    if card.kind == "onnx":
+        raise BuildError("QUANTIZE=static is not made for uploaded ONNX models (their "
+                         "graphs are not ours to calibrate): they are served in fp32")
     name, files = int8_name(card.key, calibration_dir), calibration_files(calibration_dir)
 
     def build(tmp: Path) -> None:
@@ -312,6 +336,22 @@ def build_int8(card: ModelCard, cache: ArtefactCache,
                  time.perf_counter() - started)
 
     return cache.get(name, build)
+
+
+def int8_or_reason(card: ModelCard, cache: ArtefactCache,
+                   calibration_dir: str | os.PathLike | None = None) -> dict:
+    """Build the int8 network, or record why it cannot be built (``<entry>.error`` in the
+    cache, so no worker tries again with the same calibration set): the model is then
+    served in fp32, and /readyz says why."""
+    name = int8_name(card.key, calibration_dir)
+    try:
+        build_int8(card, cache, calibration_dir)
+        return {"file": name}
+    except Exception as exc:  # noqa: BLE001 - any failure: fp32 serves, and says why
+        text = str(exc).strip()
+        reason = text.splitlines()[0][:300] if text else type(exc).__name__
+        cache.put(f"{name}.error", lambda tmp: tmp.write_text(reason + "\n"))
+        return {"error": reason}
 
 
 # --------------------------------------------------------------------------- the child
@@ -390,8 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             card = build_card(_load(args), args.key, cache, lock=False)
         result = {"card": card.as_json()}
         if args.int8:
-            path, _ = build_int8(card, cache, args.calibration_dir or None)
-            result["int8"] = path.name
+            result["int8"] = int8_or_reason(card, cache, args.calibration_dir or None)
     except ModelLoadError as exc:
         if "allocate" in str(exc) and getattr(args, "memory_mb", 0):
             print(json.dumps({"error": "memory", "limit_mb": args.memory_mb}))

@@ -92,7 +92,8 @@ def openvino_engine(path: Path, threads: int, precision: str = "f32",
         return logits, features
 
     def requests_of(compiled, n):
-        outputs = [compiled.output("logits")] + (
+        # The scores are the first output (whatever an uploaded model calls it).
+        outputs = [compiled.outputs[0]] + (
             [compiled.output("features")] if has_features else [])
         return [(compiled.create_infer_request(), outputs) for _ in range(n)]
 
@@ -162,13 +163,14 @@ def onnxruntime_engine(path: Path, threads: int) -> Engine:
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    wanted = ["logits", "features"] if "features" in names else ["logits"]
+    # The scores are the first output, the input the first (whatever an upload calls them).
+    wanted = [names[0]] + (["features"] if "features" in names[1:] else [])
+    feed = session.get_inputs()[0].name
     lock = threading.Lock()  # one pass at a time: they share the session's thread pool
 
     def run(batch: np.ndarray):
         with lock:
-            result = session.run(wanted, {"input": np.ascontiguousarray(batch,
-                                                                        dtype=np.float32)})
+            result = session.run(wanted, {feed: np.ascontiguousarray(batch, dtype=np.float32)})
         return result[0], (result[1] if len(result) > 1 else None)
 
     return Engine(run, "onnxruntime", "fp32")
