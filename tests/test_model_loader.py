@@ -458,12 +458,19 @@ def test_an_onnx_model_with_a_fixed_batch_and_a_softmax_is_served_with_its_score
     x = torch.randn(3, 3, 64, 64)
     with torch.inference_mode():
         expected = module(x)
+    from webapp import engines
+    from webapp.engines import EngineSettings
+
+    source = engines.checkpoint_source(path, given={"classes": "a,b,c,d,e"})
     for engine in ("openvino", "onnxruntime", "torch"):
-        served = model_loader.quantize(loaded, "none", engine)
-        assert served.engine_name == ("onnxruntime" if engine == "torch" else engine)
-        assert torch.allclose(served.engine(x).softmax(dim=1), expected, atol=1e-4)
-    served = model_loader.quantize(loaded, "static", "onnxruntime")
-    assert served.quantization == "none" and "fp32" in served.engine_info["fallback"]
+        card, served = engines.serve(source, EngineSettings(
+            engine=engine, cache_dir=str(tmp_path / "cache")))
+        assert served.name == ("onnxruntime" if engine == "torch" else engine)
+        logits = torch.from_numpy(served(x.numpy())[0])
+        assert torch.allclose(logits.softmax(dim=1), expected, atol=1e-4)
+    card, served = engines.serve(source, EngineSettings(
+        engine="onnxruntime", quantize="static", cache_dir=str(tmp_path / "cache")))
+    assert served.precision == "fp32" and "fp32" in served.info["fallback"]
     with pytest.raises(ModelLoadError, match="the input_size field says input_size 224 "
                        "but the file says 64"):
         model_loader.load_checkpoint(path, classes="a,b,c,d,e", input_size=224)

@@ -338,7 +338,7 @@ class Registry:
                 **described,
                 "name": name or loaded.name,
                 "file": MODEL_FILES[loaded.kind],
-                "summary": loaded.summary(),
+                "summary": loaded.summary,
                 "found": _jsonable(described["found"]) or {},
                 "size_bytes": size,
                 "sha256": sha256,

@@ -42,8 +42,13 @@ def calibration_digest(files: list[Path]) -> str:
 
 
 def int8_name(key: str, directory: str | os.PathLike | None = None) -> str:
-    """The cache entry of a model's static int8 network for this calibration set."""
-    return f"{key}-{calibration_digest(calibration_files(directory))[:16]}.int8.onnx"
+    """The cache entry of a model's static int8 network for this calibration set (a set
+    without images gets a name too: building it fails, and the reason is kept beside)."""
+    try:
+        digest = calibration_digest(calibration_files(directory))[:16]
+    except ModelLoadError:
+        digest = "no-photos"
+    return f"{key}-{digest}.int8.onnx"
 
 
 def views(img, input_size: int) -> list:
