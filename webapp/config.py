@@ -93,6 +93,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ENGINE", "openvino", "What runs the model: `openvino`, `onnxruntime` or "
             "`torch` (README \"Speed\" has the measurements behind the default).", "choice",
             choices=("torch", "openvino", "onnxruntime")),
+    Setting("ENGINE_STREAMS", "dual", "How OpenVINO spreads a worker's threads: `dual` "
+            "compiles the model twice, one stream on every thread for a request alone "
+            "(lowest latency) and one single-threaded stream per thread while several are "
+            "in flight (most throughput); `latency` compiles it once, one stream on every "
+            "thread (less memory).", "choice", choices=("dual", "latency")),
     Setting("ENGINE_CACHE_DIR", "", "Where converted models (ONNX, int8) are kept, keyed by "
             "the weights' sha256, so a restart reuses them; empty = "
             "~/.cache/offline-classifier/engines.", "path"),

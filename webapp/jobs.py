@@ -563,14 +563,15 @@ def run_job(queue: JobQueue, job: dict) -> None:
     def should_stop() -> bool:
         return _Stopping.requested or (job_dir / "cancel").exists()
 
-    stored = None
     try:
         say(f"Job {job['id']}: dataset {job['dataset']!r}, {job['images']} images, classes "
             + ", ".join(f"{c} {n}" for c, n in job["classes"].items()) + ".")
         _check_classes(job["classes"])
         stage("loading")
         from webapp import finetune
+        from webapp.config import Config
         from webapp.datasets import DatasetError
+        from webapp.engines import EngineSettings
         from webapp.registry import Registry, RegistryError
 
         options = finetune.FinetuneOptions(**{**TEACH_DEFAULTS, **job["options"]}, workers=0)
@@ -593,8 +594,12 @@ def run_job(queue: JobQueue, job: dict) -> None:
         name = job.get("name") or (f"{job['dataset']} · "
                                    + _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"))
         try:
-            meta = Registry(job["model_dir"]).add(
-                result.checkpoint, name=name,
+            # The server's engine settings come from the environment this process
+            # inherited: the model is converted for serving now (cached by its weights),
+            # so activating it swaps quickly in every worker -- as an upload does.
+            engine = EngineSettings.from_config(Config.from_env())
+            meta = Registry(job["model_dir"], engine).add(
+                result.checkpoint, name=name, untrusted=False,
                 extras={"report.json": result.report_path,
                         "confusion.png": result.confusion_png,
                         "curves.png": result.curves_png},
@@ -609,7 +614,6 @@ def run_job(queue: JobQueue, job: dict) -> None:
                    "classes": report.get("classes"), "seconds": report.get("seconds")}
         queue.finish(job, "done", model_id=meta["id"], metrics=metrics, error=None)
         log.info("training job %s done: model %s", job["id"], meta["id"])
-        stored = meta["id"]
     except _Failure as exc:
         say(f"Failed: {exc}")
         queue.finish(job, "failed", error=str(exc))
@@ -635,32 +639,6 @@ def run_job(queue: JobQueue, job: dict) -> None:
         queue.finish(job, "failed", error=message)
     finally:
         log_file.close()
-    if stored:  # the job is done; now spare the workers the engine work
-        _prepare_for_serving(job["model_dir"], stored, job_dir / "log.txt")
-
-
-def _prepare_for_serving(model_dir: str, model_id: str, log_path: Path) -> None:
-    """Load the new model the way a worker will serve it (the engine conversion, when the
-    server's engine converts, is cached on disk by the weights' hash), so activating it
-    swaps quickly in every worker -- what an admin upload does too.  The server's settings
-    come from the environment this process inherited; the job's thread cap stays.  A
-    failure is only reported: activation tries again and says why."""
-    try:
-        import torch
-
-        from webapp.classifier import load_registered
-        from webapp.config import Config
-        from webapp.registry import Registry
-
-        config = Config.from_env()
-        config["TORCH_THREADS"] = torch.get_num_threads()
-        load_registered(config, Registry(model_dir), model_id)
-    except Exception as exc:  # noqa: BLE001 - the model is stored; the job succeeded
-        log.warning("model %s could not be prepared for serving yet (%s); activating it "
-                    "will try again", model_id, exc)
-        with contextlib.suppress(OSError), open(log_path, "a", encoding="utf-8") as fh:
-            fh.write(f"Note: the model could not be prepared for serving yet ({exc}); "
-                     "activating it will try again.\n")
 
 
 def _known_failure(exc: Exception) -> str | None:

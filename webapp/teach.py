@@ -31,12 +31,13 @@ from flask import (
 )
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from webapp import imaging, uploads
+from webapp import uploads
 from webapp.config import available_cpus
 from webapp.dataset_store import DatasetStore, DatasetStoreError, suggest_slug
 from webapp.errors import ApiError, error_json
 from webapp.jobs import TEACH_DEFAULTS, JobError, JobQueue, check_options
 from webapp.registry import REPORT_FILES, RegistryError
+from webapp.serving import imaging
 
 bp = Blueprint("teach", __name__)
 
