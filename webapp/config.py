@@ -157,6 +157,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("JOB_THREADS", "0", "Torch threads of the background training process (it also "
             "runs at nice 10); 0 = half the available CPUs (at least 1), so serving keeps "
             "the rest.", "int", 0, 256),
+    Setting("JOB_RUNNER", "spawn", "Who starts the training process: `spawn` = the server, "
+            "when a job is queued (one machine, docker compose); `external` = never the "
+            "server: a long-running `python -m webapp.jobs watch` of its own trains the "
+            "queued jobs (the Kubernetes runner Deployment, so no serving pod ever trains).",
+            "choice", choices=("spawn", "external")),
     Setting("MAX_DATASET_IMAGES", "2000", "Most images one dataset may hold (captures, "
             "uploads and zip imports).", "int", 10, 1_000_000),
     Setting("MAX_DATASET_MB", "200", "Largest dataset zip import in megabytes (413 above "

@@ -57,7 +57,8 @@ def init_app(app: Flask) -> None:
         app.config["DATA_DIR"], max_images=app.config["MAX_DATASET_IMAGES"],
         max_pixels=app.config["MAX_IMAGE_PIXELS"],
     )
-    app.extensions["jobs"] = JobQueue(app.config["DATA_DIR"], threads=threads)
+    app.extensions["jobs"] = JobQueue(app.config["DATA_DIR"], threads=threads,
+                                      spawn=app.config["JOB_RUNNER"] == "spawn")
     uploads.spool(app, uploads.SpooledRoute(  # zip archives: to DATA_DIR/.tmp
         IMPORT_PATHS, "MAX_DATASET_MB", lambda: store()._tmp("archive-"),
         multipart_only=True))
