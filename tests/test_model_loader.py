@@ -199,27 +199,37 @@ def test_checkpoint_with_head_and_class_count_mismatch_is_refused(tmp_path):
         model_loader.load_checkpoint(path)
 
 
-def test_dynamic_quantization_quantizes_the_linear_head(random_resnet18):
+def test_dynamic_quantization_quantizes_the_linear_head(random_resnet18, tmp_path):
+    """ENGINE=torch QUANTIZE=dynamic (the design card's recipe): int8 Linear layers, the
+    same answers as fp32."""
+    from webapp import engines
+    from webapp.engines import EngineSettings, torch_engine
+
+    settings = EngineSettings(engine="torch", quantize="dynamic", cache_dir=str(tmp_path))
+    source = engines.builtin_source({"MODEL_WEIGHTS": str(random_resnet18)})
+    card, engine = engines.serve(source, settings)
+    assert card.quantization == "dynamic" and torch.get_num_threads() == 1
+    assert not isinstance(engine.module.fc, nn.Linear)  # replaced by an int8 Linear
     loaded = model_loader.load_imagenet_model(random_resnet18)
-    quantized = model_loader.quantize(loaded, "dynamic")
-    assert quantized.quantization == "dynamic"
-    assert not isinstance(quantized.engine.fc, nn.Linear)  # replaced by an int8 Linear
-    assert isinstance(quantized.module.fc, nn.Linear)  # the fp32 model is kept
     x = torch.randn(2, 3, 224, 224)
     with torch.inference_mode():
-        fp32, int8 = loaded.module(x), quantized.engine(x)
-    assert torch.equal(fp32.argmax(1), int8.argmax(1))
+        fp32 = loaded.module(x)
+    int8, _ = engine(x.numpy())
+    assert torch.equal(fp32.argmax(1), torch.from_numpy(int8).argmax(1))
     with pytest.raises(ModelLoadError, match="QUANTIZE='fast' is not supported"):
-        model_loader.quantize(loaded, "fast")
-
-
-def test_configure_threads_sets_torch_threads():
+        engines.serve(source, EngineSettings(engine="torch", quantize="fast"))
     before = torch.get_num_threads()
     try:
-        assert model_loader.configure_threads(1) == 1
-        assert torch.get_num_threads() == 1
+        assert torch_engine.configure_threads(2) == 2 == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_architecture_list_is_torchvisions():
+    """Workers check an uploaded arch name against a written-out list (no torchvision in a
+    worker); a torchvision upgrade that adds or drops a model shows here."""
+    listed = set(torchvision.models.list_models(module=torchvision.models))
+    assert model_loader.supported_archs() == listed | {"efficientnet_lite0"}
 
 
 def test_info_command_names_the_model_and_the_way_to_resnet18():
@@ -449,12 +459,19 @@ def test_an_onnx_model_with_a_fixed_batch_and_a_softmax_is_served_with_its_score
     x = torch.randn(3, 3, 64, 64)
     with torch.inference_mode():
         expected = module(x)
+    from webapp import engines
+    from webapp.engines import EngineSettings
+
+    source = engines.checkpoint_source(path, given={"classes": "a,b,c,d,e"})
     for engine in ("openvino", "onnxruntime", "torch"):
-        served = model_loader.quantize(loaded, "none", engine)
-        assert served.engine_name == ("onnxruntime" if engine == "torch" else engine)
-        assert torch.allclose(served.engine(x).softmax(dim=1), expected, atol=1e-4)
-    served = model_loader.quantize(loaded, "static", "onnxruntime")
-    assert served.quantization == "none" and "fp32" in served.engine_info["fallback"]
+        card, served = engines.serve(source, EngineSettings(
+            engine=engine, cache_dir=str(tmp_path / "cache")))
+        assert served.name == ("onnxruntime" if engine == "torch" else engine)
+        logits = torch.from_numpy(served(x.numpy())[0])
+        assert torch.allclose(logits.softmax(dim=1), expected, atol=1e-4)
+    card, served = engines.serve(source, EngineSettings(
+        engine="onnxruntime", quantize="static", cache_dir=str(tmp_path / "cache")))
+    assert served.precision == "fp32" and "fp32" in served.info["fallback"]
     with pytest.raises(ModelLoadError, match="the input_size field says input_size 224 "
                        "but the file says 64"):
         model_loader.load_checkpoint(path, classes="a,b,c,d,e", input_size=224)

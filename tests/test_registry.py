@@ -19,7 +19,9 @@ import torch
 import model_loader
 from tests.conftest import FRUIT, ROOT, TOOLS, encode
 from tests.photos import photo
+from webapp.engines import EngineSettings
 from webapp.registry import BUILTIN, Registry, RegistryError
+from webapp.serving.holder import load_classifier
 
 
 def snapshot(root: Path) -> dict:
@@ -38,7 +40,25 @@ def leftovers(root: Path) -> list[str]:
 
 @pytest.fixture()
 def store(tmp_path) -> Registry:
-    return Registry(tmp_path / "models")
+    return Registry(tmp_path / "models", ENGINE)
+
+
+# The session's engine cache: a file converted once is not converted again by each test.
+ENGINE = EngineSettings(cache_dir=os.environ["ENGINE_CACHE_DIR"])
+
+
+def reload(store: Registry, model_id: str):
+    """The stored model read again from its file and the stored facts alone (what a
+    server whose engine cache was emptied converts)."""
+    from webapp.engines import torch_engine
+
+    return torch_engine.load_module(store.source(model_id))
+
+
+def served(store: Registry, model_id: str):
+    """The stored model as a worker serves it."""
+    return load_classifier({"ENGINE_CACHE_DIR": ENGINE.cache_dir, "QUANTIZE": "none"},
+                           store, model_id).loaded
 
 
 def test_a_finetuned_checkpoint_is_validated_and_stored_with_its_metadata(
@@ -61,7 +81,7 @@ def test_a_finetuned_checkpoint_is_validated_and_stored_with_its_metadata(
     assert leftovers(store.root) == []
     assert [m["id"] for m in store.list_models()] == [meta["id"]]
     # The stored model loads and predicts with its own classes.
-    loaded = store.load(meta["id"])
+    loaded = served(store, meta["id"])
     assert loaded.labels == FRUIT and loaded.name == "Fruit v1"
     assert loaded.version == meta["sha256"][:12]
 
@@ -134,7 +154,7 @@ def test_rollback_skips_models_deleted_since(store, fruit_checkpoint, tools_chec
 def test_ids_that_are_not_ours_never_reach_the_filesystem(store, fruit_checkpoint, model_id):
     store.add(fruit_checkpoint)
     before = snapshot(store.root)
-    for call in (store.activate, store.delete, store.meta, store.load):
+    for call in (store.activate, store.delete, store.meta, store.source):
         with pytest.raises(RegistryError) as info:
             call(model_id)
         assert info.value.status == 404
@@ -309,7 +329,7 @@ def test_a_process_killed_at_any_point_never_leaves_a_half_written_model(
         os.utime(path, (old, old))
     assert store.sweep() >= 1
     assert leftovers(root) == []
-    assert store.load(keep).labels == FRUIT
+    assert served(store, keep).labels == FRUIT
 
 
 
@@ -327,11 +347,11 @@ def test_what_the_person_said_is_stored_and_the_model_loads_the_same_way_later(
     assert meta["found"] == {"kind": "pytorch", "arch_from": "detected",
                              "classes_from": "the classes field"}
     assert meta["mean"] == [0.485, 0.456, 0.406] and meta["input_size"] == 224
-    assert store.load(meta["id"]).labels == bare.classes  # no fields this time
+    assert reload(store, meta["id"]).labels == bare.classes  # no fields this time
 
     meta = store.add(model_files.safetensors.path)
     assert meta["file"] == "model.safetensors" and meta["kind"] == "safetensors"
-    assert store.load(meta["id"]).arch == "resnet18"
+    assert reload(store, meta["id"]).arch == "resnet18"
 
     onnx_file = model_files.onnx
     meta = store.add(onnx_file.path, fields=onnx_file.fields)
@@ -339,7 +359,7 @@ def test_what_the_person_said_is_stored_and_the_model_loads_the_same_way_later(
     assert sorted(os.listdir(folder)) == ["meta.json", "model.onnx"]
     assert (meta["kind"], meta["arch"], meta["input_size"], meta["std"]) == (
         "onnx", "onnx", 160, [0.25, 0.25, 0.25])
-    loaded = store.load(meta["id"])
+    loaded = reload(store, meta["id"])
     assert loaded.module is None and loaded.onnx_path == folder / "model.onnx"
     assert (loaded.labels, loaded.mean) == (onnx_file.classes, (0.5, 0.5, 0.5))
     assert leftovers(store.root) == []

@@ -1,18 +1,39 @@
-"""``flask --app app models add|list|activate|rollback|delete``: the model registry from
-the command line, with the same code (and the same checks) as the admin API."""
+"""The ``flask`` commands: ``flask --app app models add|list|activate|rollback|delete``
+(the model registry, with the same code and checks as the admin API) and ``flask --app app
+finetune`` (``python -m webapp.finetune``).  ``flask kiosk`` lives with the kiosk."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
-from flask import current_app
+from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from webapp.registry import RegistryError
 
 models_cli = AppGroup("models", help="Manage the model registry in MODEL_DIR.")
+
+
+def init_app(app: Flask) -> None:
+    app.cli.add_command(models_cli)
+    app.cli.add_command(finetune_command)
+
+
+@click.command(
+    "finetune",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                      "help_option_names": []},
+    add_help_option=False,
+    help="Fine-tune on your image folders (python -m webapp.finetune --help).",
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def finetune_command(args):
+    from webapp import finetune  # torch: imported only when the command runs
+
+    sys.exit(finetune.main(list(args)))
 
 
 def _registry():
@@ -31,9 +52,7 @@ def _size(n) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_models(as_json):
     """List the stored models; * marks the active one."""
-    from webapp.admin import model_entries
-
-    entries, state = model_entries()
+    entries, state = current_app.extensions["model_holder"].model_entries()
     if as_json:
         click.echo(json.dumps({"active": state["active"], "history": state["history"],
                                "models": entries}, indent=2))

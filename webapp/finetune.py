@@ -864,22 +864,23 @@ def _write_outputs(out: Path, trainer: Trainer, history: list[dict], stopper: Ea
 def write_int8(out: Path, trainer: Trainer, loader, split: str, say) -> dict:
     """``--int8``: the trained model as a static int8 ONNX file beside the checkpoint
     (QDQ, what ``QUANTIZE=static`` serves: runs in ONNX Runtime and OpenVINO), calibrated
-    on up to ``engines.MAX_CALIBRATION_SAMPLES`` (96) training images with the serving
+    on up to ``MAX_CALIBRATION_SAMPLES`` (96) training images with the serving
     preprocessing, and how often it agrees with the fp32 model on the evaluation images
     of ``loader`` (the report's ``int8``)."""
-    import engines
+    from webapp.engines.build import export_onnx, quantize_onnx
+    from webapp.engines.calibration import MAX_CALIBRATION_SAMPLES
 
     model = trainer.model.cpu().eval()
     path = _companion(out, "int8.onnx")
     train = trainer.splits.train
-    limit = engines.MAX_CALIBRATION_SAMPLES
+    limit = MAX_CALIBRATION_SAMPLES
     calibration = train[::max(1, len(train) // limit)][:limit]
-    tensors = [batch[i:i + 1] for batch, _ in trainer.eval_loader(calibration)
-               for i in range(len(batch))]
+    arrays = [batch[i:i + 1].numpy() for batch, _ in trainer.eval_loader(calibration)
+              for i in range(len(batch))]
     with tempfile.TemporaryDirectory(prefix="finetune-int8-") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
-        engines.export_onnx(model, trainer.options.image_size, fp32)
-        engines.quantize_onnx(fp32, tensors, path)
+        export_onnx(model, trainer.options.image_size, fp32)
+        quantize_onnx(fp32, arrays, path)
 
     import onnxruntime as ort
 
@@ -888,16 +889,16 @@ def write_int8(out: Path, trainer: Trainer, loader, split: str, say) -> dict:
     with torch.no_grad():
         for images, targets in loader:
             fp = model(images).argmax(1)
-            q = torch.from_numpy(session.run(None, {"input": images.numpy()})[0]).argmax(1)
+            q = torch.from_numpy(session.run(["logits"], {"input": images.numpy()})[0]).argmax(1)
             agree += int((fp == q).sum())
             right_fp32 += int((fp == targets).sum())
             right_int8 += int((q == targets).sum())
             total += len(targets)
-    info = {"file": path.name, "calibration_images": len(tensors), "split": split,
+    info = {"file": path.name, "calibration_images": len(arrays), "split": split,
             "images": total, "accuracy": round(right_int8 / max(1, total), 6),
             "fp32_accuracy": round(right_fp32 / max(1, total), 6),
             "top1_agreement": round(agree / max(1, total), 6)}
-    say(f"int8: {path} (calibrated on {len(tensors)} training images): {split} accuracy "
+    say(f"int8: {path} (calibrated on {len(arrays)} training images): {split} accuracy "
         f"{info['accuracy']:.3f} (fp32 {info['fp32_accuracy']:.3f}), same answer as fp32 "
         f"for {agree} of {total} images. The server builds the same from the checkpoint "
         f"with QUANTIZE=static and CALIBRATION_DIR set to the training images.")
@@ -1043,22 +1044,6 @@ def main(argv: list[str] | None = None) -> int:
              if "int8" in report else ""))
     print(f"Serve it: MODEL_WEIGHTS={result.checkpoint} gunicorn app:app")
     return 0
-
-
-def register_cli(app) -> None:
-    """``flask --app app finetune DATA_DIR --out model.pt`` (same options as above)."""
-    import click
-
-    @app.cli.command(
-        "finetune",
-        context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
-                          "help_option_names": []},
-        add_help_option=False,
-        help="Fine-tune on your image folders (python -m webapp.finetune --help).",
-    )
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    def finetune_command(args):
-        sys.exit(main(list(args)))
 
 
 if __name__ == "__main__":

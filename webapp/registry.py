@@ -20,7 +20,7 @@ pointer is written to a temp file, fsynced and ``os.replace``d.  A crash at any 
 leaves either the old state or the new one, plus garbage in ``tmp/`` that the next writer
 sweeps away.  Readers only look at ``models/*/meta.json`` and ``active.json``.
 
-``builtin`` is the built-in ImageNet model (``model_loader.load_imagenet_model``): always
+``builtin`` is the built-in ImageNet model (``model_loader.imagenet_weights_file``): always
 present, never deleted, active when nothing else is.  IDs are made here, never taken from
 a user; names are for display only.  Knows nothing about Flask.
 """
@@ -42,9 +42,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import model_loader
-from model_loader import LoadedModel, ModelLoadError
-from webapp import durable
+from model_loader import ModelLoadError
+from webapp import durable, engines
 from webapp.durable import fsync_dir, locked, write_json
+from webapp.engines import EngineSettings, ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +144,9 @@ class Registry:
     """The store under ``root`` (``MODEL_DIR``).  Safe to use from several threads and
     processes at once: writers take an exclusive ``flock``; readers never block."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, engine: EngineSettings | None = None):
         self.root = Path(root)
+        self.engine = engine or EngineSettings()  # how a new model is checked and converted
         self.models_dir = self.root / "models"
         self.tmp_dir = self.root / "tmp"
         self.pointer = self.root / POINTER_FILE
@@ -231,25 +233,24 @@ class Registry:
                                 "(only models trained on this server carry a report).")
         return self.models_dir / model_id / filename
 
-    def load(self, model_id: str) -> LoadedModel:
-        """The stored model, validated again (weights_only, exact fit, probe), with the
-        facts stored when it was added (class names given with the upload, say)."""
+    def source(self, model_id: str) -> ModelSource:
+        """The stored model's file and the facts stored when it was added (the class names
+        given with the upload, say): what the engines serve, from their cache (the card
+        made when it was added) or converted again by a child process.  The file must
+        still be the one stored (its sha256), or ``ModelLoadError``."""
         meta = self.meta(model_id)
-        loaded = model_loader.load_checkpoint(
-            self.models_dir / model_id / _file_of(meta),
-            arch=meta.get("arch"),
-            classes=meta.get("classes"),
-            input_size=meta.get("input_size"),
-            mean=meta.get("mean"),
-            std=meta.get("std"),
-            source_kind="registry",
-            name=meta.get("name"),
-            label=f"model {model_id}",
-            version=meta.get("sha256"),
-        )
-        if meta.get("metrics") and not loaded.metrics:
-            loaded.metrics = meta["metrics"]
-        return loaded
+        path = self.models_dir / model_id / _file_of(meta)
+        try:
+            intact = model_loader.sha256_file(path) == meta.get("sha256")
+        except OSError as exc:
+            raise ModelLoadError(f"its checkpoint cannot be read ({exc.strerror})") from None
+        if not intact:  # the store was damaged: never serve what it no longer holds
+            raise ModelLoadError("its checkpoint file is not the one that was stored (damaged "
+                                 "on disk); upload it again")
+        facts = {key: meta.get(key) for key in ("arch", "classes", "input_size", "mean", "std")}
+        return engines.checkpoint_source(path, meta.get("sha256"), given=facts,
+                                         label=f"model {model_id}", name=meta.get("name"),
+                                         key=meta.get("card"))
 
     # ------------------------------------------------------------------ writing
 
@@ -276,6 +277,7 @@ class Registry:
         original_filename: str | None = None,
         extras: dict[str, str | os.PathLike] | None = None,
         trained_from: dict | None = None,
+        untrusted: bool = True,
     ) -> dict:
         """Validate a model file and store it; returns its metadata.
 
@@ -292,7 +294,9 @@ class Registry:
 
         ``extras`` are files stored beside the checkpoint (``REPORT_FILES``: the training
         report and its PNGs, e.g. from a teach-live job), ``trained_from`` a small dict
-        kept in the metadata (which dataset and job made the model)."""
+        kept in the metadata (which dataset and job made the model).  ``untrusted``
+        (default) opens the file under memory and time caps; the training runner's own
+        models are trusted."""
         name = clean_name(name)
         extras = dict(extras or {})
         unknown = sorted(set(extras) - set(REPORT_FILES))
@@ -320,11 +324,11 @@ class Registry:
             label = "The checkpoint" + (f" {original_filename!r}" if original_filename else "")
             size = upload.stat().st_size
             sha256 = model_loader.sha256_file(upload)
-            try:
-                loaded = model_loader.load_checkpoint(
-                    upload, **fields, name=name, label=label, version=sha256,
-                    source_kind="registry",
-                )
+            given = _jsonable_fields(fields)
+            try:  # in a child process, under memory and time caps; converted for serving
+                loaded = engines.ensure_card(engines.checkpoint_source(
+                    upload, sha256, given=given, label=label, untrusted=untrusted,
+                    name=name), self.engine, int8=self.engine.builds_int8)
             except ModelLoadError as exc:
                 raise RegistryError(422, "invalid_checkpoint", str(exc)) from None
             model_id = self._new_id()
@@ -334,7 +338,7 @@ class Registry:
                 **described,
                 "name": name or loaded.name,
                 "file": MODEL_FILES[loaded.kind],
-                "summary": loaded.summary(),
+                "summary": loaded.summary,
                 "found": _jsonable(described["found"]) or {},
                 "size_bytes": size,
                 "sha256": sha256,
@@ -342,6 +346,8 @@ class Registry:
                 "uploaded": now_iso(),
                 "created": loaded.created,
                 "metrics": _jsonable(loaded.metrics) or {},
+                "card": loaded.key,  # the engine cache entry made from it just now
+                "explain": loaded.cam_unavailable,  # why there is no heatmap, if not
             }
             if extras:
                 meta["report_files"] = sorted(extras)
@@ -467,6 +473,15 @@ class Registry:
     @staticmethod
     def _unknown(model_id) -> RegistryError:
         return unknown_model(model_id)
+
+
+def _jsonable_fields(fields: dict) -> dict:
+    """What the person said, as the child process takes it (JSON): a labels file's bytes
+    become text (it is re-read there, and a name that is not text is refused there)."""
+    out = dict(fields)
+    if isinstance(out.get("labels"), bytes):
+        out["labels"] = out["labels"].decode("utf-8", errors="replace")
+    return out
 
 
 def _file_of(meta: dict) -> str:

@@ -11,7 +11,8 @@ from flask import Blueprint, render_template
 from PIL import Image
 
 from model_loader import ModelLoadError
-from webapp import api, imaging
+from webapp import api
+from webapp.serving import imaging
 
 bp = Blueprint("ui", __name__)
 
