@@ -23,7 +23,9 @@ os.environ["WEB_CONCURRENCY"] = str(workers)
 os.environ["TORCH_THREADS"] = str(_threads)
 
 bind = os.environ.get("GUNICORN_BIND") or f"{_settings['HOST']}:{_settings['PORT']}"
-worker_class = "gthread"
+# gthread, but each request is read in the worker's event loop before a thread gets it:
+# slow clients hold no thread and no upload slot (webapp/worker.py, README "Security").
+worker_class = "webapp.worker.BufferingWorker"
 threads = _settings["HTTP_THREADS"]
 preload_app = False
 control_socket_disable = True  # two servers on one machine would share one socket path

@@ -469,6 +469,9 @@ def _unreadable(path: Path, exc: Exception) -> str:
                     f"cannot be read safely, so it was not loaded. Instead, {SAVE_STATE_DICT}")
         return "not a readable PyTorch weights file (damaged, or another kind of file)" + \
             _looks_like(path)
+    if not (_starts_with(path, b"\x80") or _starts_with(path, b"PK")):  # torch said "(101)"
+        return ("not a readable PyTorch weights file (neither of the two formats torch.save "
+                "writes, a zip or a pickle)" + _looks_like(path))
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     reason = "" if _PICKLE_WORDS.search(first) else f" ({first})"
     return f"not a readable PyTorch weights file{reason}" + _looks_like(path)
@@ -520,6 +523,7 @@ def _starts_with(path: Path, prefix: bytes) -> bool:
 
 def _looks_like(path: Path) -> str:
     """"; it looks like: JPEG image data" for a file that is not a weights file."""
+    head = b""
     try:
         import puremagic
 
@@ -533,6 +537,8 @@ def _looks_like(path: Path) -> str:
             return f"; it looks like: {best.name.strip().rstrip('.')}"
     except Exception:  # puremagic raises when it cannot tell
         pass
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head[:512]):
+        return "; it looks like plain text"
     return ""
 
 

@@ -180,6 +180,49 @@ def test_a_login_is_valid_in_every_worker_and_replica_sharing_the_model_dir(tmp_
     assert third.get("/admin/").status_code == 302
 
 
+def test_logging_out_ends_every_copy_of_the_session_in_every_worker(tmp_path):
+    """A copied session cookie (another worker, another browser) is worthless once the
+    admin logs out; so are the admin's other sessions (one token, one identity).  A new
+    login works again at once."""
+    one, two = make_app(tmp_path / "store"), make_app(tmp_path / "store")
+    browser, other_browser = one.test_client(), one.test_client()
+    csrf = login(browser)
+    login(other_browser)
+    stolen = two.test_client()
+    stolen.set_cookie("session", browser.get_cookie("session").value)
+    assert stolen.get("/admin/").status_code == 200
+    assert browser.post("/admin/logout", data={"csrf_token": csrf}).status_code == 302
+    for client in (stolen, other_browser, browser):
+        assert client.get("/admin/").status_code == 302
+        assert client.get("/admin/api/models").status_code == 401
+    login(stolen)
+    assert stolen.get("/admin/").status_code == 200
+
+
+@pytest.mark.parametrize("hops, headers, base_url, https", [
+    (0, {}, "http://localhost", False),
+    (0, {}, "https://localhost", True),  # gunicorn's own TLS
+    (1, {"X-Forwarded-Proto": "https"}, "http://localhost", True),  # behind nginx
+    (0, {"X-Forwarded-Proto": "https"}, "http://localhost", False),  # no proxy trusted
+])
+def test_over_https_the_session_cookie_is_secure_and_hsts_is_on(tmp_path, hops, headers,
+                                                                base_url, https):
+    app = make_app(tmp_path / "store", TRUSTED_PROXIES=hops)
+    client = app.test_client()
+    headers = {**headers, "Referer": "https://localhost/admin/login"}  # Flask-WTF, on https
+    page = client.get("/admin/login", base_url=base_url, headers=headers)
+    csrf = csrf_from(page.get_data(as_text=True))
+    response = client.post("/admin/login", base_url=base_url, headers=headers,
+                           data={"csrf_token": csrf, "token": TOKEN})
+    assert response.status_code == 302, response.get_data(as_text=True)
+    cookie = response.headers["Set-Cookie"]
+    assert ("; Secure" in cookie) is https
+    for answer in (page, response, client.get("/healthz", base_url=base_url,
+                                              headers=headers)):
+        assert (answer.headers.get("Strict-Transport-Security")
+                == ("max-age=31536000" if https else None))
+
+
 def test_form_posts_without_a_csrf_token_are_refused(admin, admin_app, fruit_checkpoint):
     store = admin_app.extensions["registry"]
     model_id = store.add(fruit_checkpoint)["id"]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests import attacks
 from tests.conftest import encode
 from tests.shapes import draw
 from tests.test_admin import BEARER, TOKEN, assert_error, csrf_from, login
@@ -90,12 +91,14 @@ def test_bad_dataset_names_are_refused_before_the_filesystem(client, tmp_path, n
     (["a/b", "c"], "bad_class"), ([".x", "c"], "bad_class"), (["..", "c"], "bad_class"),
     (["x" * 41], "bad_class"), (["pen", "Pen"], "duplicate_class"), ([], "bad_class"),
     (["ok", "nul\x00"], "bad_class"), (["a:b"], "bad_class"), ("not a list", None),
+    (["CON", "cup"], "bad_class"), (["pen", "nul"], "bad_class"), (["com1.txt"], "bad_class"),
+    (["Lpt9"], "bad_class"), (["pen."], "bad_class"), (["Con Air", "console"], None),
     ([str(n) for n in range(51)], "too_many_classes"),
 ])
 def test_bad_class_names_are_refused(client, tmp_path, classes, code):
     response = client.post("/admin/api/datasets", headers=BEARER,
                            json={"name": "pens", "classes": classes})
-    if code is None:  # a comma-separated string is accepted as a list
+    if code is None:  # a comma-separated string is accepted as a list; near-device names
         assert response.status_code == 201
         return
     assert_error(response, 400, code)
@@ -352,7 +355,39 @@ def test_an_archive_listing_millions_of_entries_is_refused_before_it_is_read(tmp
     message = assert_error(client.post(
         "/admin/api/datasets", headers=BEARER,
         data={"archive": (io.BytesIO(many.getvalue()), "many.zip")}), 413, "too_many_files")
-    assert "1100" in message
+    assert "more than 1040 files" in message and "MAX_DATASET_IMAGES" in message
+
+
+def test_entries_are_counted_in_the_central_directory_not_taken_from_the_end_record(
+        tmp_path):
+    """The end record says 1 entry, the directory holds 1,100: refused before ZipFile
+    parses a single one of them."""
+    client = make_app(tmp_path, MAX_DATASET_IMAGES=10).test_client()
+    archive = attacks.understated_zip(1100)
+    assert len(zipfile.ZipFile(io.BytesIO(archive)).infolist()) == 1100
+    assert_error(client.post("/admin/api/datasets", headers=BEARER, data={
+        "archive": (io.BytesIO(archive), "many.zip")}), 413, "too_many_files")
+    assert files_under(tmp_path / "data") == {}
+
+
+def test_a_file_built_to_be_slow_to_decode_stops_the_import(tmp_path):
+    """An archive of JPEG padding (deflate makes each 4 MB member a few KB) is refused
+    as a whole at the first such member, naming it; nothing is imported.  The same
+    file sent as one image is refused too."""
+    client = make_app(tmp_path).test_client()
+    archive = attacks.filler_zip(members=3, member_size=4 * attacks.MB)
+    assert len(archive) < 100_000
+    response = client.post("/admin/api/datasets", headers=BEARER, data={
+        "archive": (io.BytesIO(archive), "padding.zip"), "name": "padding"})
+    message = assert_error(response, 422, "too_slow_to_decode")
+    assert message.startswith("pen/0.jpg: ") and "Nothing was imported" in message
+    assert files_under(tmp_path / "data") == {}
+    create(client)
+    assert_error(add(client, attacks.filler_jpeg(4 * attacks.MB), filename="p.jpg"), 422,
+                 "too_slow_to_decode")
+    assert_error(add(client, attacks.many_scans_jpeg(500), filename="s.jpg"), 422,
+                 "too_slow_to_decode")
+    assert client.get("/admin/api/datasets/pens", headers=BEARER).get_json()["images"] == 0
 
 
 # --------------------------------------------------------------------------- auth and pages

@@ -13,6 +13,7 @@ from PIL import Image
 from torchvision.models import ResNet18_Weights
 
 import model_loader
+from tests import attacks
 from tests.conftest import encode
 from tests.photos import real_photos
 from webapp.engines import ModelCard
@@ -237,3 +238,44 @@ def test_truncated_images_are_unreadable_not_grey(fmt):
     assert info.value.status in (415, 422)
     if fmt in ("JPEG", "PNG"):
         assert info.value.status == 422 and "damaged or incomplete" in info.value.message
+
+
+# --------------------------------------------------------------------- decode budget
+
+
+def _png_of_empty_chunks(chunks: int) -> bytes:
+    """A valid 8×8 PNG with ``chunks`` empty private chunks before its pixels."""
+    def chunk(kind, body=b""):
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body)))
+    ihdr = struct.pack(">IIBBBBB", 8, 8, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(b"".join(b"\x00" + b"\x80" * 24 for _ in range(8)))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"prVt") * chunks
+            + chunk(b"IDAT", pixels) + chunk(b"IEND"))
+
+
+@pytest.mark.parametrize("name, data", [
+    ("JPEG padding", attacks.filler_jpeg(4 * attacks.MB)),
+    ("JPEG empty segments", b"\xff\xd8" + b"\xff\xe0\x00\x02" * 500_000),
+    ("JPEG with 5000 scans", attacks.many_scans_jpeg(5000)),
+    ("PNG of 200,000 empty chunks", _png_of_empty_chunks(200_000)),
+])
+def test_files_built_to_be_slow_to_decode_are_refused(name, data):
+    with pytest.raises(ImageError) as info:
+        load(data, min_side=256)
+    assert (info.value.status, info.value.code) == (422, "too_slow_to_decode"), name
+    assert info.value.message.startswith("The file was refused before decoding it")
+
+
+def test_real_files_stay_well_inside_the_budget():
+    """A progressive JPEG, a PNG written in many small chunks and a JPEG with 3,000
+    metadata segments are decoded; a budget of no time at all refuses even them."""
+    photo = real_photos()[0].image.resize((1600, 1200))
+    progressive = encode(photo, "JPEG", progressive=True)
+    assert load(progressive, min_side=256, seconds=10).size[0] >= 256
+    assert load(_png_of_empty_chunks(3000)).size == (8, 8)
+    segments = b"\xff\xe5\x00\x12" + b"x" * 16
+    assert load(progressive[:2] + segments * 3000 + progressive[2:]).size == photo.size
+    with pytest.raises(ImageError) as info:
+        load(progressive, seconds=0)
+    assert info.value.code == "too_slow_to_decode" and "longer than 0 s" in info.value.message

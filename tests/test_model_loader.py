@@ -93,7 +93,8 @@ def test_fine_tuned_bare_state_dict_needs_class_names(tmp_path):
     "content, message",
     [
         (b"", "empty"),
-        (b"this is not a weights file", "not a readable PyTorch weights file"),
+        (b"this is not a weights file", r"weights file \(neither .* a zip or a pickle\); "
+                                        r"it looks like plain text"),
         (b"PK\x03\x04" + b"\x00" * 100, "not a readable PyTorch weights file"),
     ],
 )

@@ -1,7 +1,7 @@
 """What someone running the service relies on: security headers on every response, no
 inline script anywhere, the upload and pixel limits at every entry point, the client
-address behind a proxy, and (on a real gunicorn server) the per-worker upload slots and
-the body timeout that frees a thread held by a slow client."""
+address behind a proxy, and (on a real gunicorn server) requests read before a thread
+gets them, the per-worker upload slots and the body timeout."""
 
 from __future__ import annotations
 
@@ -218,13 +218,16 @@ def slow_server(tmp_path_factory):
         server.stop()
 
 
-def _stalled_upload(server, body_size=200_000, sent=1000) -> socket.socket:
+def _stalled_upload(server, body_size=200_000, sent=1000, chunked=False) -> socket.socket:
     """A client that sends the headers and the first bytes of an upload, then stalls."""
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    length = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {body_size}"
     head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/"
-            f"form-data; boundary=xyz\r\nContent-Length: {body_size}\r\n\r\n").encode()
+            f"form-data; boundary=xyz\r\n{length}\r\n\r\n").encode()
     body = (b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
             b"Content-Type: image/jpeg\r\n\r\n") + jpeg()[:sent]
+    if chunked:
+        body = f"{len(body):x}\r\n".encode() + body + b"\r\n"
     sock.sendall(head + body)
     return sock
 
@@ -239,10 +242,31 @@ def _status_line(sock: socket.socket) -> str:
     return data.split(b"\r\n", 1)[0].decode()
 
 
-def test_a_stalled_upload_holds_its_slot_only_until_the_request_timeout(slow_server):
+def test_a_stalled_upload_holds_no_thread_and_no_upload_slot(slow_server):
+    """The worker reads a request in its event loop before a thread (and the only
+    upload slot) is given to it: while one client stalls, a photo is classified and
+    /healthz answers; REQUEST_TIMEOUT later the stalled client is told 408."""
     url = slow_server.url
     started = time.monotonic()
-    stalled = _stalled_upload(slow_server)
+    stalled = [_stalled_upload(slow_server) for _ in range(6)]  # more than HTTP_THREADS
+    try:
+        assert requests.get(url + "/healthz", timeout=10).status_code == 200
+        ok = requests.post(url + "/predict", files={"image": ("c.jpg", jpeg())}, timeout=30)
+        assert ok.status_code == 200 and ok.json()["predictions"][0]["label"] == "espresso"
+        for sock in stalled:
+            assert _status_line(sock).startswith("HTTP/1.1 408")
+        assert time.monotonic() - started >= 3
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+def test_a_stalled_chunked_upload_holds_its_slot_only_until_the_request_timeout(slow_server):
+    """A chunked body is not read ahead (its length is unknown): the app reads it, with
+    the upload slot taken, under its own body deadline."""
+    url = slow_server.url
+    started = time.monotonic()
+    stalled = _stalled_upload(slow_server, chunked=True)
     try:
         time.sleep(0.5)  # it has the worker's only upload slot now
         assert requests.get(url + "/healthz", timeout=10).status_code == 200

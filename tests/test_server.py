@@ -3,6 +3,7 @@ development server."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -65,7 +66,8 @@ def test_dev_server_serves_an_explicit_weights_file(start_server, tmp_path):
     ready = server.wait_ready()
     assert ready["model"]["arch"] == "resnet18"
     assert ready["model"]["source"] == "explicit"
-    assert ready["model"]["path"] == str(weights)
+    assert ready["model"]["file"] == "my-resnet18.pth"
+    assert str(tmp_path) not in json.dumps(ready)  # no server path to anyone who asks
     body = predict(server).json()
     assert body["model"]["arch"] == "resnet18" and len(body["predictions"]) == 3
 

@@ -8,7 +8,10 @@ Security, in order of the checks every admin request goes through:
 * API requests with a bearer token: compared with ``hmac.compare_digest``; no cookie is
   involved, so no CSRF token is needed.
 * Everything else needs the session cookie set by the login form (signed with
-  ``SECRET_KEY``, bound to the current ``ADMIN_TOKEN``, valid for ``SESSION_HOURS``),
+  ``SECRET_KEY``, bound to the current ``ADMIN_TOKEN`` and to the session generation
+  kept in ``MODEL_DIR/sessions.json``, valid for ``SESSION_HOURS``; logging out starts a
+  new generation, so a copy of any admin's cookie is worthless from then on, in every
+  worker and replica; ``Secure`` and HSTS over HTTPS: ``webapp.security``),
   and every state-changing request carries a CSRF token (Flask-WTF): in the form, or in
   the ``X-CSRFToken`` header for the page's own XHR calls.  Without a session: pages
   redirect to the login form, the API answers 401.
@@ -24,8 +27,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import hmac
+import json
 import logging
 import os
+import secrets
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -53,9 +58,9 @@ from wtforms import PasswordField
 from wtforms.validators import DataRequired
 
 from model_loader import ModelLoadError, supported_archs
-from webapp import api, kiosk, metrics, uploads
+from webapp import api, durable, kiosk, uploads
 from webapp.config import ConfigError
-from webapp.errors import ApiError, error_json
+from webapp.errors import ApiError, error_json, too_large
 from webapp.kiosk_settings import KioskSettingsError
 from webapp.registry import Registry, RegistryError, unknown_model
 from webapp.serving import imaging
@@ -148,9 +153,31 @@ def _token_matches(given: str) -> bool:
 
 
 def _fingerprint() -> str:
-    """Binds a session to the current ADMIN_TOKEN: changing the token logs everyone out."""
+    """Binds a session to the current ADMIN_TOKEN and session generation: changing the
+    token or logging out logs everyone out."""
     key = str(current_app.config["SECRET_KEY"]).encode()
-    return hmac.new(key, _token().encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+    bound = f"{_token()}\0{_session_generation()}".encode()
+    return hmac.new(key, bound, hashlib.sha256).hexdigest()[:32]
+
+
+def _sessions_file() -> Path:
+    return registry().root / "sessions.json"
+
+
+def _session_generation() -> str:
+    """The current session generation ("" before the first logout)."""
+    try:
+        return str(json.loads(_sessions_file().read_text())["generation"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+def _end_every_session() -> None:
+    """A new generation: every session cookie issued so far stops being valid.  (There
+    is one admin token, so one admin identity: its sessions end together.)"""
+    registry().root.mkdir(parents=True, exist_ok=True)
+    durable.write_json(_sessions_file(), {"generation": secrets.token_hex(16),
+                                          "since": int(time.time())})
 
 
 def _session_ok() -> bool:
@@ -281,6 +308,11 @@ def login():
 
 @bp.post("/logout")
 def logout():
+    """Ends this session and every copy of it (and the admin's other sessions)."""
+    try:
+        _end_every_session()
+    except OSError as exc:  # a read-only store: this browser's cookie goes at least
+        log.warning("could not end the admin sessions in %s: %s", registry().root, exc)
     session.clear()
     flash("Logged out.", "info")
     return redirect(url_for("admin.login"))
@@ -300,15 +332,12 @@ def _csrf_error(exc: CSRFError):
 
 @bp.errorhandler(RequestEntityTooLarge)
 def _too_large(exc):
-    limit = current_app.config["MAX_CHECKPOINT_MB"]
-    message = f"The checkpoint is larger than the {limit:g} MB limit (MAX_CHECKPOINT_MB)."
-    if request.spooled_route is None:  # "try an image" keeps the image limit
-        limit = current_app.config["MAX_UPLOAD_MB"]
-        message = f"The upload is larger than the {limit:g} MB limit (MAX_UPLOAD_MB)."
-        metrics.image_rejected("too_large")
-    if _is_api():
-        return error_json(413, "too_large", message)
-    return render_template("error.html", status=413, message=message), 413
+    if request.spooled_route is not None:
+        limit = current_app.config["MAX_CHECKPOINT_MB"]
+        return too_large(f"The checkpoint is larger than the {limit:g} MB limit "
+                         "(MAX_CHECKPOINT_MB).", image=False)
+    limit = current_app.config["MAX_UPLOAD_MB"]  # "try an image" keeps the image limit
+    return too_large(f"The upload is larger than the {limit:g} MB limit (MAX_UPLOAD_MB).")
 
 
 # Errors of the disk under MODEL_DIR, in words (never the path: messages reach clients).
@@ -583,10 +612,7 @@ def api_kiosk_settings():
 @bp.route("/api/kiosk", methods=["PUT", "PATCH"])
 def api_kiosk_settings_update():
     """JSON with some or all of the settings; 400 naming every bad field, nothing saved."""
-    changes = request.get_json(silent=True)
-    if not isinstance(changes, dict):
-        raise ApiError(400, "bad_json", "Send the settings as a JSON object, e.g. "
-                       '{"idle_seconds": 60, "bars": 3}.')
+    changes = uploads.json_object('Send the settings, e.g. {"idle_seconds": 60, "bars": 3}.')
     try:
         settings = kiosk.store().update(changes)
     except KioskSettingsError as exc:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import time
+from pathlib import Path
 from urllib.parse import quote
 
 from flask import Blueprint, current_app, jsonify, request
@@ -16,6 +18,7 @@ from webapp.serving import explain as explaining
 from webapp.serving import imaging, prediction
 from webapp.serving.holder import ModelHolder
 from webapp.serving.prediction import Upload
+from webapp.uploads import raw_body
 
 bp = Blueprint("api", __name__)
 
@@ -36,7 +39,7 @@ def uploads_from_request() -> list[Upload]:
         for n, f in enumerate(request.files.getlist(field))
     ]
     if not uploads and request.mimetype.startswith("image/"):
-        uploads = [Upload("body", request.get_data(cache=False))]
+        uploads = [Upload("body", raw_body())]
     if not uploads:
         other = sorted(request.files.keys())
         hint = f" (found file field(s): {', '.join(other)})" if other else ""
@@ -79,7 +82,8 @@ def classify(
     classifier = classifier or holder().get()
     try:
         result = prediction.classify(classifier, uploads, k, started=started,
-                                     max_pixels=current_app.config["MAX_IMAGE_PIXELS"])
+                                     max_pixels=current_app.config["MAX_IMAGE_PIXELS"],
+                                     seconds=current_app.config["DECODE_TIMEOUT"])
     except imaging.ImageError as exc:
         metrics.image_rejected(exc.code)
         raise
@@ -117,6 +121,7 @@ def explain():
             uploads[0].data,
             max_pixels=current_app.config["MAX_IMAGE_PIXELS"],
             min_side=classifier.resize_size,
+            seconds=current_app.config["DECODE_TIMEOUT"],
         )
     except imaging.ImageError as exc:
         metrics.image_rejected(exc.code)
@@ -198,18 +203,19 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """Ready: the model is loaded and answering.  503 with the reason otherwise."""
+    """Ready: the model is loaded and answering.  503 with the reason otherwise.  Anyone
+    may ask, so no server path is in the answer: a file's name says enough."""
     try:
         classifier = holder().get()
     except ModelLoadError as exc:
-        return jsonify(status="error", error=str(exc)), 503
+        return jsonify(status="error", error=_without_paths(str(exc))), 503
     loaded = classifier.loaded
-    return jsonify(
+    return jsonify(_without_paths(dict(
         status="ready",
         model={
             **classifier.info,
             "source": loaded.source_kind,
-            "path": loaded.source,
+            "file": Path(loaded.source).name if loaded.source else None,
             "classes": loaded.num_classes,
             "input_size": loaded.input_size,
             "verified": loaded.verified,
@@ -218,7 +224,21 @@ def readyz():
         notice=holder().notice or loaded.notice,
         registry=_registry_status(classifier),
         torch_threads=current_app.config["TORCH_THREADS"],
-    )
+    )))
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])~?/(?:[^\s/:;,'\"()`]+/)+([^\s/:;,'\"()`]+)")
+
+
+def _without_paths(value):
+    """Every absolute path in ``value`` (strings, lists, dicts) cut to its last part."""
+    if isinstance(value, str):
+        return _ABSOLUTE_PATH.sub(r"\1", value)
+    if isinstance(value, dict):
+        return {key: _without_paths(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_paths(item) for item in value]
+    return value
 
 
 def _registry_status(classifier) -> dict | None:

@@ -2,18 +2,21 @@
 
 * **Upload slots.**  Every image upload (``/predict``, ``/explain``, the no-JavaScript
   form, the admin's "try an image") holds one of ``MAX_CONCURRENT_UPLOADS`` slots of its
-  worker process from before its body is read until its answer is built; that bounds
-  the memory a worker can need at once (a body of up to ``MAX_UPLOAD_MB`` plus its
-  decoded pixels per slot).  An upload that finds no free slot waits up to
+  worker process from before the app reads its body until its answer is built; that
+  bounds the memory a worker can need at once (a body of up to ``MAX_UPLOAD_MB`` plus
+  its decoded pixels per slot).  An upload that finds no free slot waits up to
   ``UPLOAD_QUEUE_SECONDS`` and then gets ``503 server_busy`` with ``Retry-After``;
-  ``/healthz``, ``/readyz``, ``/metrics`` and the pages never wait for a slot.
-* **Body timeout.**  A client gets ``REQUEST_TIMEOUT`` seconds to send the body of an
-  image upload, and may never stall longer than that between two reads of any body
-  (checkpoint uploads included, which may take longer in total).  Too slow: ``408
+  ``/healthz``, ``/readyz``, ``/metrics`` and the pages never wait for a slot.  Under
+  gunicorn the worker has usually read the whole request before the app sees it
+  (``webapp/worker.py``), so a slow client holds no slot.
+* **Body timeout**, for the bodies the app reads from the client itself (chunked ones,
+  checkpoints and dataset archives over ``MAX_UPLOAD_MB``): an image upload gets
+  ``REQUEST_TIMEOUT`` seconds from the moment it has its slot, and no body may stall
+  longer than that between two reads (checkpoint uploads and dataset archives may take
+  longer in total: a 200 MB archive over a 2 MB/s link takes 100 s).  Too slow: ``408
   request_timeout``, and the thread is free again.  This needs gunicorn (it reads from
   the client's socket, ``environ["gunicorn.socket"]``); the development server has no
-  such limit.  Slow *headers* are gunicorn's business: put nginx in front
-  (``deploy/nginx.conf``) where clients are not trusted.
+  such limit.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ from webapp import errors, metrics
 UPLOAD_ENDPOINTS = frozenset({
     "api.predict", "api.explain", "ui.index_post", "admin.try_page", "admin.api_predict",
 })
-CHECKPOINT_PATHS = ("/admin/api/models", "/admin/models")  # webapp.admin.UPLOAD_PATHS
 
 
 class UploadSlots:
@@ -138,14 +140,6 @@ def _has_body() -> bool:
 
 
 def _limit_request():
-    environ = request.environ
-    sock = environ.get("gunicorn.socket")
-    if sock is not None and _has_body():
-        seconds = current_app.config["REQUEST_TIMEOUT"]
-        whole = None if request.path in CHECKPOINT_PATHS else seconds
-        g.body_input = environ["wsgi.input"] = DeadlineInput(
-            environ["wsgi.input"], sock, seconds, whole, request.content_length)
-        g.body_socket = sock
     if request.endpoint in UPLOAD_ENDPOINTS:
         slots: UploadSlots = current_app.extensions["upload_slots"]
         if not slots.acquire():
@@ -157,6 +151,14 @@ def _limit_request():
             return response
         g.upload_slot = slots
         metrics.UPLOADS_IN_PROGRESS.inc()
+    environ = request.environ
+    sock = environ.get("gunicorn.socket")
+    if sock is not None and _has_body():  # the clock starts once a slot is ours
+        seconds = current_app.config["REQUEST_TIMEOUT"]
+        whole = None if request.spooled_route else seconds  # big files: idle limit only
+        g.body_input = environ["wsgi.input"] = DeadlineInput(
+            environ["wsgi.input"], sock, seconds, whole, request.content_length)
+        g.body_socket = sock
     return None
 
 

@@ -119,6 +119,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_IMAGE_PIXELS", "50000000", "Largest image in pixels (width × height), "
             "checked from the file header before decoding (413 above it).", "int",
             1, 1_000_000_000),
+    Setting("DECODE_TIMEOUT", "10", "Seconds one image may take to decode (checked as "
+            "the decoder reads the file); longer: 422 too_slow_to_decode. Files built to "
+            "be slow (padding, thousands of JPEG scans) are refused long before.",
+            "float", 0.5, 600),
     Setting("MAX_IMAGES_PER_REQUEST", "16", "Most images one /predict request may carry.",
             "int", 1, 256),
     Setting("SECRET_KEY", "", "Key that signs session cookies (the admin login). Empty = "
@@ -171,9 +175,10 @@ SETTINGS: tuple[Setting, ...] = (
             "int", 1, 256),
     Setting("UPLOAD_QUEUE_SECONDS", "10", "How long an upload waits for a free slot "
             "before the answer is 503 server_busy with Retry-After.", "float", 0, 600),
-    Setting("REQUEST_TIMEOUT", "30", "Seconds a client may take to send an image upload, "
-            "and may stall while sending any upload (checkpoints included); 408 after "
-            "that.", "float", 1, 3600),
+    Setting("REQUEST_TIMEOUT", "30", "Seconds a client has to send a request, plus a "
+            "second for every 16 KB it sends (a slow link keeps its time, a client dripping "
+            "bytes does not); also the longest an upload may stall. 408 after that.",
+            "float", 1, 3600),
     Setting("MAX_REQUESTS", "10000", "gunicorn restarts a worker after this many requests "
             "(plus a random jitter), so a slow leak cannot grow forever; 0 = never.",
             "int", 0, 100_000_000),

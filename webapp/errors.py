@@ -53,6 +53,17 @@ def _respond(status: int, code: str, message: str, **extra):
     return render_template("error.html", status=status, message=message), status
 
 
+def too_large(message: str, *, image: bool = True):
+    """413: the form's own limits when it was the form (``form_too_large``), else
+    ``message`` (``too_large``; counted as a refused image when ``image``)."""
+    form = request.form_limit_message()
+    if form:
+        return _respond(413, "form_too_large", form)
+    if image:
+        metrics.image_rejected("too_large")
+    return _respond(413, "too_large", message)
+
+
 def register(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
@@ -71,9 +82,8 @@ def register(app: Flask) -> None:
         status = exc.code or 500
         code, message = _HTTP_MESSAGES.get(status, ("http_error", exc.description or ""))
         if status == 413:
-            limit_mb = app.config["MAX_UPLOAD_MB"]
-            message = f"The upload is larger than the {limit_mb:g} MB limit."
-            metrics.image_rejected("too_large")
+            return too_large(f"The upload is larger than the {app.config['MAX_UPLOAD_MB']:g} "
+                             "MB limit.")
         response = _respond(status, code, message)
         if status == 405 and exc.valid_methods:  # keep the Allow header
             resp = app.make_response(response)

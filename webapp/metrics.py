@@ -98,7 +98,7 @@ def metrics_endpoint():
         _multiprocess.MultiProcessCollector(registry, path=path)
     else:
         registry = REGISTRY
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)  # has charset
 
 
 def _start_timer() -> None:

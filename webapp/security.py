@@ -22,11 +22,17 @@ Every response carries:
 ``TRUSTED_PROXIES`` = N > 0 trusts the last N hops of ``X-Forwarded-For``/``-Proto``
 (Werkzeug's ``ProxyFix``), so the admin login limit and the access log see the real
 client behind nginx instead of nginx's address.
+
+Over HTTPS (gunicorn's own TLS, or a trusted proxy that says ``X-Forwarded-Proto:
+https``) the session cookie is ``Secure`` and every answer carries
+``Strict-Transport-Security``: the admin's cookie is never sent over plain HTTP again.
+Over plain HTTP neither (a LAN kiosk without a certificate still logs in).
 """
 
 from __future__ import annotations
 
 from flask import Flask, request
+from flask.sessions import SecureCookieSessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from webapp.config import ConfigError
@@ -56,6 +62,15 @@ HEADERS = {
 CAMERA_BLUEPRINTS = ("kiosk", "admin.teach")
 CAMERA_POLICY = "camera=(self), microphone=(), geolocation=()"
 NO_STORE_PREFIXES = ("/predict", "/explain", "/admin", "/readyz", "/metrics")
+HSTS = "max-age=31536000"  # a year; no includeSubDomains: other hosts are not ours
+
+
+class SessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, ``Secure`` whenever the request came over HTTPS
+    (``SESSION_COOKIE_SECURE`` only knows one answer for every request)."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return super().get_cookie_secure(app) or request.is_secure
 
 
 def content_security_policy(frame_ancestors: str = "'none'") -> str:
@@ -77,6 +92,7 @@ def init_app(app: Flask) -> None:
     hops = app.config["TRUSTED_PROXIES"]
     if hops:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
+    app.session_interface = SessionInterface()
     default_csp = content_security_policy()
     kiosk_ancestors = _kiosk_ancestors(app.config["KIOSK_FRAME_ANCESTORS"])
     kiosk_csp = content_security_policy(kiosk_ancestors)
@@ -94,4 +110,6 @@ def init_app(app: Flask) -> None:
             headers.setdefault(name, value)
         if request.path.startswith(NO_STORE_PREFIXES):
             headers.setdefault("Cache-Control", "no-store")
+        if request.is_secure:
+            headers.setdefault("Strict-Transport-Security", HSTS)
         return response

@@ -34,7 +34,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from webapp import uploads
 from webapp.config import available_cpus
 from webapp.dataset_store import DatasetStore, DatasetStoreError, suggest_slug
-from webapp.errors import ApiError, error_json
+from webapp.errors import ApiError, error_json, too_large
 from webapp.jobs import TEACH_DEFAULTS, JobError, JobQueue, check_options
 from webapp.registry import REPORT_FILES, RegistryError
 from webapp.serving import imaging
@@ -55,7 +55,7 @@ def init_app(app: Flask) -> None:
     threads = app.config["JOB_THREADS"] or max(1, available_cpus() // 2)
     app.extensions["datasets"] = DatasetStore(
         app.config["DATA_DIR"], max_images=app.config["MAX_DATASET_IMAGES"],
-        max_pixels=app.config["MAX_IMAGE_PIXELS"],
+        max_pixels=app.config["MAX_IMAGE_PIXELS"], decode_seconds=app.config["DECODE_TIMEOUT"],
     )
     app.extensions["jobs"] = JobQueue(app.config["DATA_DIR"], threads=threads,
                                       spawn=app.config["JOB_RUNNER"] == "spawn")
@@ -100,24 +100,19 @@ def _registry_error(exc: RegistryError):
 @bp.errorhandler(RequestEntityTooLarge)
 def _too_large(exc):
     if request.spooled_route is not None:  # a dataset archive: its own limit
-        limit, setting = current_app.config["MAX_DATASET_MB"], "MAX_DATASET_MB"
-        what = "The dataset archive"
-    else:
-        limit, setting = current_app.config["MAX_UPLOAD_MB"], "MAX_UPLOAD_MB"
-        what = "The upload"
-    return _fail(413, "too_large", f"{what} is larger than the {limit:g} MB limit ({setting}).")
+        limit = current_app.config["MAX_DATASET_MB"]
+        return too_large(f"The dataset archive is larger than the {limit:g} MB limit "
+                         "(MAX_DATASET_MB).", image=False)
+    limit = current_app.config["MAX_UPLOAD_MB"]
+    return too_large(f"The upload is larger than the {limit:g} MB limit (MAX_UPLOAD_MB).",
+                     image=False)
 
 
 # --------------------------------------------------------------------------- helpers
 
 
 def _json_body(required: bool = True) -> dict:
-    if not request.get_data(cache=True) and not required:
-        return {}
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad_json", "Send a JSON object (Content-Type: application/json).")
-    return body
+    return uploads.json_object("See the Teach API in the README.", required=required)
 
 
 def _import_archive(name: str | None) -> dict:

@@ -3,18 +3,40 @@
 bounds them).  A few routes take big files — checkpoints, dataset archives — with a
 size limit of their own; their file parts go to a temporary file in the store they are
 meant for (same file system: storing is a rename) and are removed after the request,
-whatever happened."""
+whatever happened.
+
+What a body may cost before any of it is used (the budget of each entry point):
+
+* **Forms.**  Werkzeug parses an URL-encoded body whole, with no limit but the body's
+  (19 MB of ``a=&a=&...`` cost +930 MB and 9 s); here such a body may be at most
+  ``MAX_URLENCODED_BYTES`` (64 KB: the largest form of this app is a few hundred bytes,
+  and 64 KB of empty fields parse in 50 ms).  A multipart form keeps Flask's limits:
+  ``MAX_FORM_PARTS`` (1000) parts, ``MAX_FORM_MEMORY_SIZE`` (500 KB) per text field.
+  413 ``form_too_large``, with its own message.
+* **JSON** (settings, names, training options) is at most ``MAX_JSON_BYTES`` and nested
+  at most ``MAX_JSON_DEPTH`` deep (Python's parser recurses once per level: 413/400).
+* **Chunked bodies** count against the same limits as any other: Werkzeug stops
+  reading a raw body at the limit and returns what it has, so ``raw_body`` checks
+  whether more was coming (413, not a cut image decoded as a damaged one).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from flask import Flask, Request, current_app, g
+from flask import Flask, Request, current_app, g, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+MAX_URLENCODED_BYTES = 64 * 1024
+MAX_JSON_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 20
+URLENCODED = "application/x-www-form-urlencoded"
 
 
 @dataclass(frozen=True)
@@ -46,11 +68,27 @@ class UploadRequest(Request):
         route = self.spooled_route
         if route is not None:
             return int(current_app.config[route.limit_setting] * 1024 * 1024)
-        return super().max_content_length
+        limit = super().max_content_length
+        if self.mimetype == URLENCODED:
+            return min(limit or MAX_URLENCODED_BYTES, MAX_URLENCODED_BYTES)
+        return limit
 
     @max_content_length.setter
     def max_content_length(self, value):
         self._max_content_length = value
+
+    def form_limit_message(self) -> str | None:
+        """Why this request got a 413 when it was its form, not its size (Werkzeug
+        raises the same error for both)."""
+        if self.mimetype == URLENCODED:
+            return (f"The form is larger than the {MAX_URLENCODED_BYTES // 1024} KB a form "
+                    "may be; send files as multipart/form-data.")
+        limit = self.max_content_length
+        if self.mimetype == "multipart/form-data" and self.content_length is not None \
+                and (limit is None or self.content_length <= limit):
+            return (f"The form has more than {self.max_form_parts} parts, or a text field "
+                    f"larger than {(self.max_form_memory_size or 0) // 1000:g} KB.")
+        return None
 
     def _get_file_stream(self, total_content_length, content_type, filename=None,
                          content_length=None):
@@ -61,6 +99,59 @@ class UploadRequest(Request):
         stream = open(path, "xb+")  # noqa: SIM115 - closed in teardown
         g.setdefault("spooled_files", []).append((path, stream))
         return stream
+
+
+def raw_body() -> bytes:
+    """The request body, whole: a chunked body longer than the limit is a 413 (Werkzeug
+    reads up to the limit and stops, which would hand on a cut file)."""
+    data = request.get_data(cache=False)
+    limit = request.max_content_length
+    if limit is not None and len(data) >= limit and request.content_length is None \
+            and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
+    return data
+
+
+def json_object(hint: str, *, required: bool = True) -> dict:
+    """The request's JSON object, or an ``ApiError`` whose message ends with ``hint``
+    (what to send).  Empty and not ``required``: ``{}``."""
+    from webapp.errors import ApiError  # not at import: gunicorn's master imports webapp
+
+    length = request.content_length
+    data = b""
+    if length is None or length <= MAX_JSON_BYTES:
+        data = request.stream.read(MAX_JSON_BYTES + 1)
+    if (length or 0) > MAX_JSON_BYTES or len(data) > MAX_JSON_BYTES:
+        raise ApiError(413, "too_large", f"The JSON body is larger than "
+                       f"{MAX_JSON_BYTES // 1024} KB. {hint}")
+    if not data and not required:
+        return {}
+    try:
+        value = json.loads(data) if request.is_json else None
+        too_deep = _depth(value) > MAX_JSON_DEPTH
+    except RecursionError:
+        too_deep = True
+    except ValueError:  # not JSON, not UTF-8
+        value, too_deep = None, False
+    if too_deep:
+        raise ApiError(400, "bad_json", f"The JSON is nested more than {MAX_JSON_DEPTH} "
+                       f"levels deep. {hint}")
+    if not isinstance(value, dict):
+        raise ApiError(400, "bad_json", f"Send a JSON object (Content-Type: "
+                       f"application/json). {hint}")
+    return value
+
+
+def _depth(value) -> int:
+    """How deep lists and objects nest in a parsed JSON value (without recursion)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, level = todo.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            todo.extend((child, level + 1) for child in
+                        (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def init_app(app: Flask) -> None:

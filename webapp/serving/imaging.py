@@ -6,11 +6,18 @@ words a person understands, what is wrong with the file.
 * JPEGs are decoded straight at 1/2, 1/4 or 1/8 scale when the model needs fewer pixels.
 * EXIF orientation is applied; every mode (palette, alpha, CMYK, 16-bit, float) becomes
   8-bit RGB, transparent areas composited on white.
+* Every decode has a budget (``DecodeBudget``), spent before the expensive step can run
+  away: Pillow parses headers in Python one small read at a time (a JPEG that is 19 MB
+  of ``FF`` padding took 21 s), so the reads it makes are counted and timed; and a
+  progressive JPEG's scans are counted before libjpeg sees them (each extra scan is one
+  more pass over every block: 500,000 tiny scans would take an hour).  Over budget:
+  ``ImageError`` 422 ``too_slow_to_decode``, in a fraction of a second.
 """
 
 from __future__ import annotations
 
 import io
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -34,6 +41,13 @@ ALLOWED_FORMATS = tuple(
 )
 MAX_SIDE = 65_535  # the longest side accepted, whatever the pixel count (JPEG's own limit)
 FRIENDLY_FORMATS = "JPEG, PNG, WebP, GIF, BMP, TIFF, AVIF" + (", HEIC" if _HEIF else "")
+# Reads (and seeks) Pillow may make on one upload.  Real files need tens to a few
+# thousand (an 8000×6000 PNG: 855, an uncompressed TIFF: 2,280, a JPEG with 3,000 APP
+# segments: 12,000); a file built of padding or empty chunks needs one per few bytes.
+MAX_READS = 100_000
+# Scans of one JPEG.  Encoders write 1 (baseline) to about 10 (progressive; 24 for CMYK),
+# an MPO a few images of those; libjpeg decodes every scan over the whole image.
+MAX_JPEG_SCANS = 100
 
 
 @dataclass
@@ -66,14 +80,79 @@ def _describe_non_image(data: bytes) -> str:
     return ""
 
 
-def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
-    """Identify the format and check the size from the header; nothing is decoded yet."""
+class DecodeBudget(io.BytesIO):
+    """The upload as Pillow reads it, with a budget: at most ``reads`` reads and seeks
+    and, with ``seconds``, a deadline checked at every read.  Pillow's header parsers
+    and its feeding of the C decoders all go through these calls, so a file that is
+    mostly padding, empty segments or chunks runs out of reads long before it runs
+    out of bytes, whichever format's parser walks it."""
+
+    def __init__(self, data: bytes, *, reads: int = MAX_READS,
+                 seconds: float | None = None):
+        super().__init__(data)
+        self._reads = reads
+        self._deadline = None if seconds is None else time.monotonic() + seconds
+        self._seconds = seconds
+
+    def _spend(self) -> None:
+        self._reads -= 1
+        if self._reads < 0:
+            raise too_slow("its structure needs more steps to read than any real image "
+                           "(it is mostly padding or empty segments)")
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            raise too_slow(f"decoding it took longer than {self._seconds:g} s")
+
+    def read(self, size=-1, /):
+        self._spend()
+        return super().read(size)
+
+    def read1(self, size=-1, /):
+        self._spend()
+        return super().read1(size)
+
+    def readinto(self, buffer, /):
+        self._spend()
+        return super().readinto(buffer)
+
+    def readline(self, size=-1, /):
+        self._spend()
+        return super().readline(size)
+
+    def seek(self, offset, whence=0, /):
+        self._spend()
+        return super().seek(offset, whence)
+
+
+def too_slow(reason: str) -> ImageError:
+    return ImageError(422, "too_slow_to_decode",
+                      f"The file was refused before decoding it: {reason}. Re-save it "
+                      "with an image editor or a camera app and send it again.")
+
+
+def _check_jpeg_scans(data: bytes) -> None:
+    """Count the JPEG's start-of-scan markers (``FF DA``: inside compressed data every
+    ``FF`` byte is followed by ``00`` or a restart marker, so they only occur as
+    markers or inside metadata, which only makes the count err on the high side)."""
+    if data[:2] == b"\xff\xd8" and data.count(b"\xff\xda") > MAX_JPEG_SCANS:
+        raise too_slow(f"the JPEG has more than {MAX_JPEG_SCANS} scans (progressive "
+                       "photos have about 10; each one is decoded over the whole image)")
+
+
+def open_image(data: bytes, *, max_pixels: int,
+               budget: DecodeBudget | None = None) -> Image.Image:
+    """Identify the format and check the size from the header; nothing is decoded yet.
+    ``budget``: the file object to read ``data`` through (a default budget if None)."""
     if not data:
         raise ImageError(400, "empty_file", "The uploaded file is empty (0 bytes).")
+    _check_jpeg_scans(data)
+    if budget is None:
+        budget = DecodeBudget(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            img = Image.open(budget, formats=ALLOWED_FORMATS)
+    except ImageError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(
             413,
@@ -81,7 +160,7 @@ def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
             f"The image has too many pixels (the limit is {max_pixels:,}).",
         ) from None
     except Image.UnidentifiedImageError:
-        raise _unidentified(data) from None
+        raise _unidentified(data, budget) from None
     except Exception as exc:  # a decoder choking on a broken header
         raise ImageError(
             422, "unreadable_image", f"The image header could not be read: {exc}."
@@ -106,14 +185,16 @@ def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
     return img
 
 
-def _unidentified(data: bytes) -> ImageError:
-    """415 for anything that is not an image we accept, saying which of the two it is."""
+def _unidentified(data: bytes, budget: DecodeBudget) -> ImageError:
+    """415 for anything that is not an image we accept, saying which of the two it is
+    (the second look spends what is left of the same budget)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            other = Image.open(io.BytesIO(data))  # any format Pillow knows
+            budget.seek(0)
+            other = Image.open(budget)  # any format Pillow knows
         fmt = other.format
-    except Exception:
+    except Exception:  # ImageError too: out of budget, and not an image we accept
         fmt = None
     if fmt:
         return ImageError(
@@ -129,15 +210,19 @@ def _unidentified(data: bytes) -> ImageError:
     )
 
 
-def load(data: bytes, *, max_pixels: int, min_side: int | None = None) -> Image.Image:
+def load(data: bytes, *, max_pixels: int, min_side: int | None = None,
+         seconds: float | None = None) -> Image.Image:
     """Decode ``data`` into an 8-bit RGB image, upright per its EXIF orientation.
+    ``seconds``: the most the decoding may take (``DecodeBudget``; the read and scan
+    limits apply in any case).
 
     ``min_side``: the size the model will resize the shorter side to.  JPEGs are then
     decoded at the smallest 1/2, 1/4 or 1/8 scale that keeps both sides at least that
     large (``Image.draft``), which is several times faster for phone photos; other
     formats are reduced by a whole factor right after decoding (``_reduce``).
     """
-    img = open_image(data, max_pixels=max_pixels)
+    img = open_image(data, max_pixels=max_pixels,
+                     budget=DecodeBudget(data, seconds=seconds))
     try:
         width, height = img.size  # as stored, before any reduced-scale decoding
         if min_side and img.format in ("JPEG", "MPO"):

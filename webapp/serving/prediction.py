@@ -32,15 +32,16 @@ def _round(timings: dict) -> dict:
     return {key: round(value, 2) for key, value in timings.items()}
 
 
-def decode(uploads: list[Upload], *, max_pixels: int, min_side: int
-           ) -> tuple[list[Image.Image], list[float]]:
-    """The uploads as images (``imaging.load``) and each one's decoding time; an
-    ``ImageError`` names the first bad file when there are several."""
+def decode(uploads: list[Upload], *, max_pixels: int, min_side: int,
+           seconds: float | None = None) -> tuple[list[Image.Image], list[float]]:
+    """The uploads as images (``imaging.load``, each within ``seconds``) and each one's
+    decoding time; an ``ImageError`` names the first bad file when there are several."""
     images, decode_ms = [], []
     for n, upload in enumerate(uploads):
         t0 = time.perf_counter()
         try:
-            images.append(imaging.load(upload.data, max_pixels=max_pixels, min_side=min_side))
+            images.append(imaging.load(upload.data, max_pixels=max_pixels,
+                                       min_side=min_side, seconds=seconds))
         except imaging.ImageError as exc:
             if len(uploads) > 1:
                 exc.message = f"Image {n + 1} ({upload.filename}): {exc.message}"
@@ -50,10 +51,10 @@ def decode(uploads: list[Upload], *, max_pixels: int, min_side: int
 
 
 def classify(classifier: Classifier, uploads: list[Upload], k: int, *, max_pixels: int,
-             started: float | None = None) -> Classified:
+             seconds: float | None = None, started: float | None = None) -> Classified:
     started = time.perf_counter() if started is None else started
     images, decode_ms = decode(uploads, max_pixels=max_pixels,
-                               min_side=classifier.resize_size)
+                               min_side=classifier.resize_size, seconds=seconds)
     predictions, timings = classifier.predict(images, k)
     total = (time.perf_counter() - started) * 1000
     share = len(images)
