@@ -97,6 +97,7 @@ class LoadedModel:
     onnx_path: Path | None = None  # kind "onnx": the model file the engine reads
     outputs: str = "logits"  # or "probabilities" (an ONNX model that ends in a softmax)
     details: dict = field(default_factory=dict)  # where arch, classes... were found
+    guard: np.ndarray | None = None  # the model's own validation images (``V1_EXTRAS``)
 
     @property
     def resize_size(self) -> int:
@@ -593,6 +594,7 @@ class Contents:
     metrics: dict = field(default_factory=dict)
     created: str | None = None
     details: dict = field(default_factory=dict)  # where things were found, for people
+    extras: dict = field(default_factory=dict)  # optional v1 entries (``V1_EXTRAS``)
 
 
 def _is_state_dict(obj: object) -> bool:
@@ -740,6 +742,27 @@ def _first(container: dict, keys) -> object:
     return next((container[k] for k in keys if container.get(k) is not None), None)
 
 
+# Optional entries of a v1 checkpoint that the server uses beyond the weights:
+# ``guard``: a few of the model's own validation images, uint8 (N, 3, S, S) crops at its
+# input size, on which QUANTIZE=auto checks that int8 answers like fp32.
+V1_EXTRAS = ("guard",)
+MAX_GUARD_IMAGES = 64
+
+
+def guard_images(value, input_size: int, what: str):
+    """A v1 checkpoint's ``guard`` entry as a uint8 (N, 3, S, S) NumPy array, or
+    ``ModelLoadError`` saying what is wrong with it."""
+    import torch
+
+    if not isinstance(value, torch.Tensor) or value.dtype != torch.uint8 or value.dim() != 4 \
+            or value.shape[1] != 3 or tuple(value.shape[2:]) != (input_size, input_size) \
+            or not 1 <= value.shape[0] <= MAX_GUARD_IMAGES:
+        raise ModelLoadError(
+            f"{what}: 'guard' must be up to {MAX_GUARD_IMAGES} uint8 images of shape "
+            f"(3, {input_size}, {input_size}); it is not")
+    return value.numpy().copy()
+
+
 def read_v1(obj: dict, what: str) -> Contents:
     """A checkpoint in this project's format v1 (``save_checkpoint``), checked strictly."""
     if obj.get("format") != CHECKPOINT_FORMAT:
@@ -761,7 +784,8 @@ def read_v1(obj: dict, what: str) -> Contents:
         obj.get("input_size"), obj.get("mean"), obj.get("std"),
         obj["metrics"] if isinstance(obj.get("metrics"), dict) else {},
         obj["created"] if isinstance(obj.get("created"), str) else None,
-        {"format": CHECKPOINT_FORMAT, "classes_from": "the checkpoint", "prefix": prefix})
+        {"format": CHECKPOINT_FORMAT, "classes_from": "the checkpoint", "prefix": prefix},
+        {key: obj[key] for key in V1_EXTRAS if obj.get(key) is not None})
 
 
 def read_contents(obj: object, what: str, metadata: dict | None = None) -> Contents:
@@ -1071,6 +1095,8 @@ def build_from_contents(contents: Contents, given: Given, what: str, *, path: Pa
         version=version, source=str(path), source_kind=source_kind,
         input_size=input_size, mean=tuple(mean), std=tuple(std),
         metrics=contents.metrics, created=contents.created,
+        guard=(guard_images(contents.extras["guard"], input_size, what)
+               if "guard" in contents.extras else None),
         kind=details["kind"], details={k: v for k, v in details.items() if v},
     )
 
@@ -1218,8 +1244,10 @@ def save_checkpoint(
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
     metrics: dict | None = None,
+    guard=None,
 ) -> Path:
-    """Write ``module`` as a checkpoint in format v1 (temp file, fsync, rename)."""
+    """Write ``module`` as a checkpoint in format v1 (temp file, fsync, rename).
+    ``guard``: a few validation images (``guard_images``), uint8 (N, 3, S, S)."""
     import torch
 
     path = Path(path)
@@ -1234,6 +1262,8 @@ def save_checkpoint(
         "metrics": metrics or {},
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
+    if guard is not None:
+        payload["guard"] = torch.as_tensor(np.ascontiguousarray(guard, dtype=np.uint8))
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as fh:
         torch.save(payload, fh)

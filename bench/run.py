@@ -2,8 +2,9 @@
 documented for production) against the seed recipe (bench/baseline_server.py), started
 in one run, with the same randomly initialised ResNet18 weights file, on the same CPUs.
 
-    python bench/run.py            # full run (~10 min on 2 quiet cores)
-    python bench/run.py --quick    # a short run to check that everything works
+    python bench/run.py              # full run (~15 min on 2 quiet cores)
+    python bench/run.py --quick      # a short run to check that everything works
+    python bench/run.py --isa avx2   # both servers on oneDNN capped at AVX2: a common PC
 
 Prints a table and writes bench/results.md, bench/results.json and bench/results.png.
 Every number is a ratio against the baseline measured in the same run; load comes from
@@ -126,14 +127,20 @@ def main() -> None:
     parser.add_argument("--cpus", default=None,
                         help="CPU list for both servers and the load, e.g. 0,1 (default: all)")
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--isa", choices=["native", "avx2"], default="native",
+                        help="avx2: oneDNN (OpenVINO and torch) limited to AVX2 for both "
+                        "servers (ONEDNN_MAX_CPU_ISA): no AVX-512, bf16 or AMX, as on most "
+                        "school and office PCs")
     parser.add_argument("--project-env", action="append", default=[], metavar="KEY=VALUE",
                         help="a setting for this project's server, e.g. QUANTIZE=static")
     args = parser.parse_args()
     cpus = ({int(c) for c in args.cpus.split(",")} if args.cpus
             else os.sched_getaffinity(0))
     quick = args.quick
+    if args.isa == "avx2":  # every child process (servers, model-only) inherits it
+        os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
-    results: dict = {"cpus": len(cpus), "quick": quick,
+    results: dict = {"cpus": len(cpus), "quick": quick, "isa": args.isa,
                      "machine": _cpu_name(),
                      "load_before": os.getloadavg()}
 
@@ -215,6 +222,11 @@ def main() -> None:
         print("6/6 model swap, hostile checkpoint uploads ...", flush=True)
         results["swap"] = swap_time(project, tmp, images["1280x960"])
         results["bombs"] = checkpoint_bombs(project, tmp)
+        project.stop()
+
+        print("7/7 the torch path (ENGINE=torch QUANTIZE=dynamic) ...", flush=True)
+        results["torch_path"] = torch_path(project_env, project_argv, images, cpus, tmp,
+                                           baseline, 6 if quick else 30)
     finally:
         for server in servers:
             server.stop()
@@ -265,6 +277,29 @@ def swap_time(server: Server, tmp: Path, image: Path) -> dict:
             "failed_requests": failed}
 
 
+def torch_path(env: dict, argv: list, images: dict, cpus, tmp: Path, baseline: Server,
+               n: int) -> dict:
+    """The design card's own configuration, ENGINE=torch QUANTIZE=dynamic: the inference
+    time inside the server (its own ``timings_ms.inference``, one photo at a time) against
+    the same model run outside any server in this process's children (model_speed.py's
+    ``torch dynamic``, measured in step 1), and end to end against the seed recipe."""
+    server = Server("project-torch", argv, {**env, "ENGINE": "torch", "QUANTIZE": "dynamic",
+                                            "ADMIN_TOKEN": ""}, cpus, tmp)
+    try:
+        server.wait_ready()
+        data = images["1280x960"].read_bytes()
+        inference = []
+        for _ in range(5 + n):
+            reply = requests.post(server.url + "/predict", timeout=60,
+                                  files={"image": ("p.jpg", data)})
+            inference.append(reply.json()["timings_ms"]["inference"])
+        e2e = {"project": load(server, images["1280x960"], 1, n, cpus)["median"],
+               "baseline": load(baseline, images["1280x960"], 1, n, cpus)["median"]}
+        return {"in_server_inference_ms": statistics.median(inference[5:]), "e2e_ms": e2e}
+    finally:
+        server.stop()
+
+
 def checkpoint_bombs(server: Server, tmp: Path) -> dict:
     """Two uploads built to explode (tests/test_lean_serving.py): the time to their 422
     and how much the workers' memory grew."""
@@ -303,7 +338,9 @@ def report(r: dict, out: Path) -> None:
     lines = []
     add = lines.append
     engine = r.get("project_readyz", {}).get("engine", {})
-    add(f"Machine: {r['machine']}, {r['cpus']} CPUs for each server and the load; load "
+    isa = (" **oneDNN capped at AVX2 (ONEDNN_MAX_CPU_ISA=AVX2) for both servers: a common "
+           "PC**" if r.get("isa") == "avx2" else "")
+    add(f"Machine: {r['machine']}{isa}, {r['cpus']} CPUs for each server and the load; load "
         f"average {r['load_before'][0]:.1f} before, {r['load_after'][0]:.1f} after"
         + (" — QUICK RUN, numbers are rough" if r["quick"] else "") + ".")
     add(f"Project server: gunicorn app:app, ENGINE={engine.get('engine')} "
@@ -376,6 +413,14 @@ def report(r: dict, out: Path) -> None:
         add(f"| model swap: activation to the last answer of the old model, s | – | "
             f"{sw['swap_s']:.2f} ({sw['failed_requests']} failed requests; upload and "
             f"conversion {sw['upload_and_convert_s']:.1f} s) | |")
+    if "torch_path" in r:
+        tp, outside = r["torch_path"], r["model_only"]["resnet18"]["torch dynamic"]["median"]
+        add(f"| ENGINE=torch QUANTIZE=dynamic: model inference in the server vs outside, ms | "
+            f"{outside:.1f} (outside) | {tp['in_server_inference_ms']:.1f} | "
+            f"{outside / tp['in_server_inference_ms']:.2f}× |")
+        add(f"| ENGINE=torch QUANTIZE=dynamic: /predict 1280×960, median ms | "
+            f"{tp['e2e_ms']['baseline']:.0f} | {tp['e2e_ms']['project']:.0f} | "
+            f"{ratio(tp['e2e_ms']['baseline'], tp['e2e_ms']['project'])} |")
     for name, b in r.get("bombs", {}).items():
         add(f"| hostile checkpoint ({name}, {b['file_mb']:.2f} MB): answer, s; worker RSS "
             f"growth, MB | – | {b['status']} in {b['seconds']:.1f} s; "

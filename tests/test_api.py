@@ -148,6 +148,10 @@ def test_health_and_readiness(client):
     assert ready["status"] == "ready"
     assert ready["model"]["source"] == "bundled"
     assert "python -m model_loader download" in ready["notice"]
+    # QUANTIZE=auto (the default): what was served, what was tried, and why.
+    auto = ready["engine"]["auto"]
+    assert auto["chosen"] in {"fp32", "int8", "bf16"} and auto["why"]
+    assert {t["precision"] for t in auto["tried"]} >= {"fp32", "int8"}
 
 
 def test_uploads_stay_in_memory(app):

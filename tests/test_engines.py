@@ -269,3 +269,82 @@ def test_the_gunicorn_master_never_loads_torch_or_openvino(start_server, tmp_pat
     assert len(workers) == 2
     assert "libtorch" in _maps(workers[0])
     assert sys.platform.startswith("linux") and os.path.exists(f"/proc/{workers[0]}")
+
+
+# --------------------------------------------------------------------------- QUANTIZE=auto
+
+
+def _auto(source, cache, **extra):
+    return engines.serve(source, settings("openvino", "auto", cache, **extra))
+
+
+def test_auto_asks_the_engine_and_keeps_what_it_tried(bundled_source, cache_dir):
+    """Each candidate is built, compiled and run; the one served is the first that works,
+    answers like fp32 on the clear-cut guard answers and is faster -- else fp32.  The
+    decision is made once per model and machine (cached), and says why."""
+    card, served = _auto(bundled_source, cache_dir)
+    made = served.info["auto"]
+    tried = {t["precision"]: t for t in made["tried"]}
+    # In order, until one is taken: bf16 is tried when int8 was not.
+    assert set(tried) == ({"fp32", "int8"} if made["chosen"] == "int8"
+                          else {"fp32", "int8", "bf16"})
+    assert "views of the calibration photos" in made["guard"]
+    assert served.precision == made["chosen"] or (
+        made["chosen"] == "fp32" and served.precision == "fp32")
+    chosen = tried[made["chosen"]]
+    if made["chosen"] != "fp32":
+        assert chosen["agreement"] >= 0.98 and chosen["ms"] <= 0.9 * tried["fp32"]["ms"]
+    for name, entry in tried.items():  # every other candidate says why it was not taken
+        if name not in ("fp32", made["chosen"]) and entry.get("works"):
+            assert entry.get("rejected") or made["chosen"] != "fp32"
+        if not entry.get("works"):
+            assert entry["reason"]
+    decision_file = cache_dir / engines.decision_name(card.key, settings("openvino", "auto"))
+    stamp = decision_file.stat().st_mtime_ns
+    _auto(bundled_source, cache_dir)
+    assert decision_file.stat().st_mtime_ns == stamp  # not measured again
+
+
+def test_auto_judges_a_finetuned_model_on_its_own_validation_images(tmp_path):
+    torch.manual_seed(4)
+    module = model_loader.build_model("resnet18", 3)
+    arrays = np.concatenate(calibration_arrays(calibration_files(), 64,
+                                               model_loader.IMAGENET_MEAN,
+                                               model_loader.IMAGENET_STD)[:12])
+    mean = np.asarray(model_loader.IMAGENET_MEAN, np.float32)[:, None, None]
+    std = np.asarray(model_loader.IMAGENET_STD, np.float32)[:, None, None]
+    guard = np.clip(np.round((arrays * std + mean) * 255), 0, 255).astype(np.uint8)
+    path = model_loader.save_checkpoint(tmp_path / "guarded.pt", module, arch="resnet18",
+                                        classes=["a", "b", "c"], input_size=64, guard=guard)
+    assert model_loader.load_checkpoint(path).guard.shape == (12, 3, 64, 64)
+    _, served = _auto(engines.checkpoint_source(path), tmp_path / "cache")
+    assert "the model's own validation images" in served.info["auto"]["guard"]
+    assert "12" in served.info["auto"]["guard"]
+
+
+def test_auto_on_a_common_cpu_without_bf16_still_serves(tmp_path):
+    """oneDNN capped at AVX2 (no bf16, no AMX, as on most school and office PCs): bf16 is
+    tried and not served, and the server still answers."""
+    import json
+    import subprocess
+
+    code = """
+import json, sys
+from webapp import engines
+from webapp.engines import EngineSettings
+card, engine = engines.serve(engines.builtin_source({}), EngineSettings(
+    quantize="auto", cache_dir=sys.argv[1], threads=2))
+print(json.dumps({"precision": engine.precision, "auto": engine.info["auto"],
+                  "shape": list(engine(__import__("numpy").zeros((1, 3, 224, 224),
+                                                                  "float32"))[0].shape)}))
+"""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    done = subprocess.run([sys.executable, "-c", code, os.environ["ENGINE_CACHE_DIR"]],
+                          capture_output=True, text=True, env=env, timeout=900,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["shape"] == [1, 1000]
+    assert result["auto"]["chosen"] != "bf16"
+    bf16 = next(t for t in result["auto"]["tried"] if t["precision"] == "bf16")
+    assert not bf16["works"] or bf16.get("rejected"), bf16

@@ -136,6 +136,11 @@ def test_checkpoint_is_format_v1_with_classes_and_metrics(cli_run):
     assert raw["metrics"]["best_epoch"] == report["best_epoch"]
     loaded = model_loader.load_checkpoint(out)  # what the server and the registry run
     assert loaded.labels == list(SHAPES) and loaded.input_size == 64
+    # A few of its own validation images go along (uint8 crops as served): QUANTIZE=auto
+    # checks int8 against fp32 on them.
+    guard = raw["guard"]
+    assert guard.dtype == torch.uint8 and tuple(guard.shape[1:]) == (3, 64, 64)
+    assert 1 <= guard.shape[0] <= 32 and loaded.guard.shape == tuple(guard.shape)
 
 
 def test_report_and_pngs_are_complete_and_valid(cli_run):

@@ -310,12 +310,13 @@ def test_a_process_killed_at_any_point_never_leaves_a_half_written_model(
             assert model_loader.sha256_file(folder / "checkpoint.pt") == meta["sha256"]
         state = store.state()
         assert state.active in {m["id"] for m in listed} | {BUILTIN}
-        # Clean up what the killed process was doing (as an admin would).
-        for meta in listed:
-            if meta["id"] != keep and meta["id"] != state.active:
-                store.delete(meta["id"])
+        # Clean up what the killed process was doing (as an admin would): the model it
+        # had made active too, or the next round's first upload of it is a duplicate.
         if state.active != keep:
             store.activate(keep)
+        for meta in listed:
+            if meta["id"] != keep:
+                store.delete(meta["id"])
     # A pointer write cut short leaves only a temp file; the pointer is unchanged.
     (root / ".active.json.tmp-99999-dead").write_text('{"active": "2026')
     assert store.state().active == keep

@@ -84,12 +84,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ALLOW_DOWNLOAD", "0", "Let the server download ResNet18's weights at startup "
             "when they are not cached (otherwise run `python -m model_loader download`).",
             "bool"),
-    Setting("QUANTIZE", "auto", "Numeric precision: `auto` (the fastest that agrees with "
-            "fp32 on ≥ 98% of real photos: `bf16` with OpenVINO, `none` otherwise), `none` "
-            "(fp32), `bf16` (OpenVINO; bfloat16 where the CPU computes it natively, else "
-            "fp32), `static` (int8 weights and activations, calibrated: fastest, agrees less "
-            "with fp32) or `dynamic` (torch's int8 for the Linear layers only).", "choice",
+    Setting("QUANTIZE", "auto", "Numeric precision: `auto` (decided per model by measuring, "
+            "once, cached: int8, then bf16, each built, run and compared with fp32 on the "
+            "model's own validation images or the calibration photos; the first that "
+            "agrees on INT8_MIN_AGREEMENT of them and is faster wins, else fp32; torch: "
+            "fp32), `none` (fp32), `bf16` (OpenVINO; bfloat16 where the CPU computes it, "
+            "else fp32), `static` (int8 weights and activations, calibrated, always) or "
+            "`dynamic` (torch's int8 for the Linear layers only).", "choice",
             choices=("auto", "none", "bf16", "dynamic", "static")),
+    Setting("INT8_MIN_AGREEMENT", "0.98", "QUANTIZE=auto: the share of guard images on "
+            "which a faster precision (int8, bf16) must give fp32's top-1 to be chosen.",
+            "float", 0.5, 1.0),
     Setting("ENGINE", "openvino", "What runs the model: `openvino`, `onnxruntime` or "
             "`torch` (README \"Speed\" has the measurements behind the default).", "choice",
             choices=("torch", "openvino", "onnxruntime")),
@@ -198,11 +203,6 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
-# QUANTIZE=auto per engine: the fastest precision whose top-1 agrees with fp32 on ≥ 98% of
-# the real photo set (README "Speed").
-AUTO_QUANTIZE = {"openvino": "bf16", "onnxruntime": "none", "torch": "none"}
-
-
 def available_cpus() -> int:
     """CPUs this process may use: affinity mask and cgroup v2/v1 quota, whichever is less."""
     try:
@@ -258,8 +258,6 @@ class Config:
         _, values["TORCH_THREADS"] = plan_concurrency(
             values["WEB_CONCURRENCY"] or 1, values["TORCH_THREADS"]
         )
-        if values["QUANTIZE"] == "auto":  # README "Speed": how this was measured
-            values["QUANTIZE"] = AUTO_QUANTIZE[values["ENGINE"]]
         if values["QUANTIZE"] == "dynamic" and values["ENGINE"] != "torch":
             raise ConfigError(
                 f"QUANTIZE=dynamic is torch's dynamic quantization and needs ENGINE=torch; "

@@ -857,8 +857,27 @@ def _write_outputs(out: Path, trainer: Trainer, history: list[dict], stopper: Ea
     model_loader.save_checkpoint(
         out, trainer.model.cpu(), arch=backbone.arch, classes=classes,
         input_size=options.image_size, mean=backbone.mean, std=backbone.std, metrics=metrics,
+        guard=guard_images(trainer),
     )
     return FinetuneResult(out, report_path, confusion_png, curves_png, report)
+
+
+def guard_images(trainer: Trainer, limit: int = 32):
+    """Up to ``limit`` validation (and test) images, spread over the classes, as the
+    uint8 crops the served model sees: kept in the checkpoint, so that the server can
+    check on the model's own kind of pictures that its int8 network answers like fp32
+    before it serves it (QUANTIZE=auto)."""
+    import numpy as np
+
+    samples = trainer.splits.val + trainer.splits.test
+    if not samples:
+        return None
+    chosen = samples[::max(1, len(samples) // limit)][:limit]
+    mean = np.asarray(trainer.backbone.mean, np.float32)[:, None, None]
+    std = np.asarray(trainer.backbone.std, np.float32)[:, None, None]
+    crops = [np.clip(np.round((image.numpy() * std + mean) * 255), 0, 255).astype(np.uint8)
+             for batch, _ in trainer.eval_loader(chosen) for image in batch]
+    return np.stack(crops)
 
 
 def write_int8(out: Path, trainer: Trainer, loader, split: str, say) -> dict:

@@ -328,7 +328,8 @@ class Registry:
             try:  # in a child process, under memory and time caps; converted for serving
                 loaded = engines.ensure_card(engines.checkpoint_source(
                     upload, sha256, given=given, label=label, untrusted=untrusted,
-                    name=name), self.engine, int8=self.engine.builds_int8)
+                    name=name), self.engine, int8=self.engine.builds_int8,
+                    decide=self.engine.decides)
             except ModelLoadError as exc:
                 raise RegistryError(422, "invalid_checkpoint", str(exc)) from None
             model_id = self._new_id()

@@ -26,6 +26,9 @@ torch          fp32 eager (``dynamic``: int8  FX graph mode, x86 backend, calibr
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import os
 import sys
@@ -41,12 +44,12 @@ from model_loader import ModelLoadError, sha256_file
 from webapp.engines import child
 from webapp.engines.artefacts import ArtefactCache, ModelCard, default_cache_dir, model_key
 from webapp.engines.calibration import int8_name
-from webapp.engines.runtime import Engine, open_engine
+from webapp.engines.runtime import Engine, cpu_signature, open_engine
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("torch", "openvino", "onnxruntime")
-QUANTIZE_MODES = ("none", "bf16", "dynamic", "static")
+QUANTIZE_MODES = ("auto", "none", "bf16", "dynamic", "static")
 
 __all__ = ["ENGINES", "QUANTIZE_MODES", "Engine", "EngineSettings", "ModelCard", "ModelSource",
            "check_combination", "ensure_card", "serve"]
@@ -81,6 +84,7 @@ class EngineSettings:
     calibration_dir: str = ""
     threads: int = 1
     dual: bool = False  # ENGINE_STREAMS=dual (OpenVINO)
+    min_agreement: float = 0.98  # QUANTIZE=auto: INT8_MIN_AGREEMENT
 
     @classmethod
     def from_config(cls, config: dict) -> EngineSettings:
@@ -89,12 +93,19 @@ class EngineSettings:
                    cache_dir=config.get("ENGINE_CACHE_DIR") or "",
                    calibration_dir=config.get("CALIBRATION_DIR") or "",
                    threads=max(1, int(config.get("TORCH_THREADS") or 1)),
-                   dual=(config.get("ENGINE_STREAMS") or "latency") == "dual")
+                   dual=(config.get("ENGINE_STREAMS") or "latency") == "dual",
+                   min_agreement=float(config.get("INT8_MIN_AGREEMENT") or 0.98))
 
     @property
     def builds_int8(self) -> bool:
         """Serving needs the ONNX int8 network (torch quantizes by itself)."""
         return self.quantize == "static" and self.engine != "torch"
+
+    @property
+    def decides(self) -> bool:
+        """QUANTIZE=auto on OpenVINO or ONNX Runtime: the precision is decided per model
+        by measuring (``build.decide_precision``); torch serves fp32."""
+        return self.quantize == "auto" and self.engine != "torch"
 
     @property
     def cache(self) -> ArtefactCache:
@@ -159,8 +170,28 @@ def checkpoint_source(path, sha256: str | None = None, *, given: dict | None = N
 _build_lock = threading.Lock()  # one build at a time per process (each is a torch child)
 
 
+def decision_name(key: str, settings: EngineSettings) -> str:
+    """The cache entry of QUANTIZE=auto's decision for the model of ``key``: it depends on
+    the engine, its threads, this CPU (and its oneDNN cap), the calibration set and the
+    threshold."""
+    basis = json.dumps([settings.engine, settings.threads, settings.min_agreement,
+                        cpu_signature(), int8_name(key, settings.calibration_dir or None)])
+    return f"{key}-{hashlib.sha256(basis.encode()).hexdigest()[:12]}.auto.json"
+
+
+def decision(key: str, settings: EngineSettings) -> dict | None:
+    """QUANTIZE=auto's decision for the model of ``key`` on this machine, if made."""
+    cache, name = settings.cache, decision_name(key, settings)
+    if not cache.valid(name):
+        return None
+    try:
+        return json.loads(cache.path(name).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def ensure_card(source: ModelSource, settings: EngineSettings, *,
-                int8: bool = False) -> ModelCard:
+                int8: bool = False, decide: bool = False) -> ModelCard:
     """The model card of ``source`` from the cache, built by a child process when missing
     or damaged (under the cache entry's lock: workers starting together build it once).
     ``int8``: the int8 network too, or the reason it cannot be built (``int8_state``);
@@ -169,14 +200,15 @@ def ensure_card(source: ModelSource, settings: EngineSettings, *,
     key = source.key
 
     def done(card) -> bool:
-        return card is not None and (not int8 or int8_state(card, settings)[0] != "missing")
+        return card is not None and (not int8 or int8_state(card, settings)[0] != "missing") \
+            and (not decide or decision(card.key, settings) is not None)
 
     card = cache.read_card(key)
     if not done(card):
         with _build_lock, cache.lock(cache.card_name(key)):
             card = cache.read_card(key)
             if not done(card):
-                card = _run_build(source, settings, cache, key, int8)
+                card = _run_build(source, settings, cache, key, int8, decide)
     return _named(card, source)
 
 
@@ -198,14 +230,18 @@ def _named(card: ModelCard, source: ModelSource) -> ModelCard:
     return replace(card, source=source.file) if source.kind == "checkpoint" else card
 
 
-def _run_build(source, settings, cache, key, int8) -> ModelCard:
+def _run_build(source, settings, cache, key, int8, decide=False) -> ModelCard:
     if "torch" in sys.modules and not source.untrusted:
-        return _build_here(source, settings, cache, key, int8)
+        return _build_here(source, settings, cache, key, int8, decide)
     started = time.perf_counter()
     common = ["--key", key, "--cache", str(cache.root)]
     if int8:
         common.append("--int8")
         if settings.calibration_dir:
+            common += ["--calibration-dir", settings.calibration_dir]
+    if decide:
+        common += ["--decide", json.dumps(dataclasses.asdict(settings))]
+        if settings.calibration_dir and "--calibration-dir" not in common:
             common += ["--calibration-dir", settings.calibration_dir]
     timeout = child.BUILD_TIMEOUT
     what = "the model"
@@ -214,8 +250,6 @@ def _run_build(source, settings, cache, key, int8) -> ModelCard:
         if source.weights:
             args += ["--weights", source.weights]
     else:
-        import json
-
         args = ["checkpoint", source.file, "--given", json.dumps(source.given),
                 "--sha256", source.sha256, *common]
         if source.label:
@@ -231,7 +265,7 @@ def _run_build(source, settings, cache, key, int8) -> ModelCard:
     return card
 
 
-def _build_here(source, settings, cache, key, int8) -> ModelCard:
+def _build_here(source, settings, cache, key, int8, decide=False) -> ModelCard:
     """In a process that has torch already (the training runner, ``ENGINE=torch``), a
     trusted model is built right here instead of in a child."""
     from webapp.engines import build, torch_engine
@@ -241,6 +275,8 @@ def _build_here(source, settings, cache, key, int8) -> ModelCard:
         card = build.build_card(torch_engine.load_module(source), key, cache, lock=False)
     if int8:
         build.int8_or_reason(card, cache, settings.calibration_dir or None)
+    if decide and decision(card.key, settings) is None:
+        build.decide_precision(card, cache, settings)
     return card
 
 
@@ -266,6 +302,8 @@ def serve(source: ModelSource, settings: EngineSettings) -> tuple[ModelCard, Eng
         card, engine = torch_engine.serve(card, source, settings)
         engine.cam_weight = cam_weight(card, settings.cache)
         return card, engine
+    if settings.decides:
+        return _serve_decided(source, settings)
     card = ensure_card(source, settings, int8=settings.builds_int8)
     fallback = None
     if settings.builds_int8:
@@ -291,6 +329,22 @@ def serve(source: ModelSource, settings: EngineSettings) -> tuple[ModelCard, Eng
     return card, engine
 
 
+def _serve_decided(source: ModelSource, settings: EngineSettings) -> tuple[ModelCard, Engine]:
+    """QUANTIZE=auto: the precision measured for this model on this machine (made once,
+    by the builder, and cached); fp32 if the chosen one does not open here after all."""
+    card = ensure_card(source, settings, decide=True)
+    made = decision(card.key, settings) or {"chosen": "fp32", "why": "no decision was made"}
+    try:
+        card, engine = open_card(card, settings, made["chosen"])
+    except Exception as exc:  # noqa: BLE001
+        log.warning("QUANTIZE=auto chose %s for %s but it does not open (%s); serving fp32",
+                    made["chosen"], card.name, _reason(exc))
+        card, engine = open_card(card, settings, "fp32")
+        engine.info["fallback"] = f"{made['chosen']} did not open: {_reason(exc)}"
+    engine.info["auto"] = made
+    return card, engine
+
+
 def _reason(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
@@ -307,7 +361,8 @@ def open_card(card: ModelCard, settings: EngineSettings, precision: str
     else:
         name = card.onnx
     runtime = "onnxruntime" if settings.engine == "torch" else settings.engine
-    engine = open_engine(cache.path(name), runtime, settings.threads, precision, settings.dual)
+    engine = open_engine(cache.path(name), runtime, settings.threads, precision, settings.dual,
+                         blobs=str(cache.path("openvino")))
     if card.kind == "onnx":
         _adapt_upload(engine, card)
     engine.info = {"engine": settings.engine, "quantization": settings.quantize,

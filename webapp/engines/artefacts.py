@@ -98,6 +98,7 @@ class ModelCard:
     batch: int | str = "any"  # an uploaded ONNX model may take one image at a time
     found: dict = field(default_factory=dict)  # where arch, classes... were found
     summary: str = ""  # one sentence on that, for the admin page
+    guard: str | None = None  # file of the model's own validation images (QUANTIZE=auto)
     # Filled in by the worker that serves the card (not stored):
     quantization: str = "none"
     engine_name: str = "openvino"
@@ -106,7 +107,7 @@ class ModelCard:
     STORED = ("key", "name", "arch", "labels", "version", "source", "source_kind",
               "input_size", "mean", "std", "verified", "notice", "metrics", "created", "onnx",
               "cam", "cam_unavailable", "build_seconds", "kind", "outputs", "batch", "found",
-              "summary")
+              "summary", "guard")
 
     @property
     def resize_size(self) -> int:

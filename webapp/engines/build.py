@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -209,7 +210,12 @@ def build_card(loaded: model_loader.LoadedModel, key: str, cache: ArtefactCache,
 
             cache.put(head_name, write_head)
             cam = {"layer": layer_name, "grid": head[2], "head": head_name}
-        card = _card(loaded, key, onnx_name, started, cam=cam, cam_unavailable=cam_unavailable)
+        guard = None
+        if loaded.guard is not None:  # the model's own validation images (QUANTIZE=auto)
+            guard = f"{key}.guard.npy"
+            cache.put(guard, lambda tmp: np.save(open(tmp, "wb"), loaded.guard))
+        card = _card(loaded, key, onnx_name, started, cam=cam, cam_unavailable=cam_unavailable,
+                     guard=guard)
         cache.write_card(card)
         return card
 
@@ -354,6 +360,113 @@ def int8_or_reason(card: ModelCard, cache: ArtefactCache,
         return {"error": reason}
 
 
+# --------------------------------------------------------------------------- QUANTIZE=auto
+
+GUARD_VIEWS = 96  # calibration photo views for a model without guard images of its own
+CLEAR_MARGIN = 0.1  # fp32's top-1 probability above its second: a clear-cut answer
+MIN_CLEAR = 10  # fewer clear-cut guard images than this: every guard image counts
+SPEED_PASSES = 12  # batch-1 passes per candidate when timing (median)
+FASTER = 0.9  # a candidate must take at most this share of fp32's time to be worth it
+
+
+def guard_batch(card: ModelCard, cache: ArtefactCache) -> tuple[np.ndarray, str]:
+    """The images int8 and bf16 must agree on with fp32, preprocessed as served: the
+    model's own validation images when its checkpoint carries them (a fine-tuned model),
+    else views of the calibration photos (real photos of many kinds: what an ImageNet
+    model is judged on)."""
+    if card.guard and cache.valid(card.guard):
+        crops = np.load(cache.path(card.guard)).astype(np.float32) / 255.0
+        mean = np.asarray(card.mean, np.float32)[:, None, None]
+        std = np.asarray(card.std, np.float32)[:, None, None]
+        return ((crops - mean) / std).astype(np.float32), "the model's own validation images"
+    arrays = calibration_arrays(calibration_files(), card.input_size, card.mean, card.std,
+                                limit=GUARD_VIEWS)
+    return np.concatenate(arrays), "views of the calibration photos"
+
+
+def _timed(engine, batch: np.ndarray) -> tuple[np.ndarray, float]:
+    """The engine's logits for ``batch`` (in chunks of 8) and its median batch-1 time."""
+    logits = np.concatenate([engine(batch[i:i + 8])[0] for i in range(0, len(batch), 8)])
+    times = []
+    for n in range(SPEED_PASSES):
+        started = time.perf_counter()
+        engine(batch[n % len(batch):n % len(batch) + 1])
+        times.append((time.perf_counter() - started) * 1000)
+    return logits, float(np.median(times))
+
+
+def decide_precision(card: ModelCard, cache: ArtefactCache, settings) -> dict:
+    """QUANTIZE=auto, decided by asking the engine, not the CPU flags: each candidate
+    precision (int8, then bf16 on OpenVINO) is built, compiled and run on the guard
+    images; the first that works, answers like fp32 (the same top-1 on at least
+    ``settings.min_agreement`` of the guard images whose fp32 answer is clear-cut: its
+    top-1 probability ``CLEAR_MARGIN`` above the second) and takes at most ``FASTER`` of
+    fp32's time is chosen, else fp32.  What was tried and why is kept (``decision_name``), for
+    /readyz and the admin page."""
+    from webapp import engines
+    from webapp.serving.classifier import softmax
+
+    # Timed on one stream (a request alone); no second network compiling in the
+    # background of a process that is about to exit.
+    settings = dataclasses.replace(settings, dual=False)
+    batch, guard_from = guard_batch(card, cache)
+    _, fp32 = engines.open_card(card, settings, "fp32")
+    reference, fp32_ms = _timed(fp32, batch)
+    top1 = reference.argmax(1)
+    # Near-ties (two cat breeds at 0.40 and 0.35) swap under any numeric change -- even
+    # re-saving a JPEG; agreement is counted on the clear-cut answers.
+    ordered = np.sort(softmax(reference), axis=1)
+    clear = ordered[:, -1] - ordered[:, -2] > CLEAR_MARGIN
+    if clear.sum() < MIN_CLEAR:
+        clear = np.ones(len(batch), dtype=bool)
+    counted = (f"{int(clear.sum())} clear-cut answers of {len(batch)} {guard_from}"
+               if not clear.all() else f"{len(batch)} {guard_from}")
+    tried = [{"precision": "fp32", "works": True, "ms": round(fp32_ms, 2), "agreement": 1.0}]
+    candidates = ["int8", "bf16"] if settings.engine == "openvino" else ["int8"]
+    if card.kind == "onnx":
+        candidates = [c for c in candidates if c != "int8"]
+    chosen, why = "fp32", "no other precision was faster and as accurate"
+    for precision in candidates:
+        entry = {"precision": precision}
+        try:
+            if precision == "int8":
+                state = int8_or_reason(card, cache, settings.calibration_dir or None)
+                if "error" in state:
+                    raise BuildError(state["error"])
+            _, engine = engines.open_card(card, settings, precision)
+            if engine.precision != precision:  # bf16 where the CPU has none: fp32 again
+                raise BuildError(f"the engine runs it as {engine.precision}")
+            logits, ms = _timed(engine, batch)
+            if not np.isfinite(logits).all():
+                raise BuildError("it gives NaN or infinite scores")
+            same = logits.argmax(1) == top1
+            entry.update(works=True, ms=round(ms, 2),
+                         agreement=round(float(same[clear].mean()), 4),
+                         agreement_all=round(float(same.mean()), 4))
+        except Exception as exc:  # noqa: BLE001 - a candidate that fails is skipped
+            text = str(exc).strip()
+            entry.update(works=False, reason=text.splitlines()[0][:200] if text else
+                         type(exc).__name__)
+        tried.append(entry)
+        if not entry["works"]:
+            continue
+        if entry["agreement"] < settings.min_agreement:
+            entry["rejected"] = (f"agrees with fp32 on {entry['agreement']:.1%} of {counted}, "
+                                 f"under {settings.min_agreement:.0%}")
+        elif entry["ms"] > FASTER * fp32_ms:
+            entry["rejected"] = "not faster than fp32 here"
+        else:
+            chosen = precision
+            why = (f"{precision}: {fp32_ms / entry['ms']:.1f}x fp32's speed, the same top-1 "
+                   f"as fp32 on {entry['agreement']:.1%} of {counted}")
+            break
+    decision = {"chosen": chosen, "why": why, "guard": counted,
+                "min_agreement": settings.min_agreement, "tried": tried}
+    text = json.dumps(decision, indent=1)
+    cache.put(engines.decision_name(card.key, settings), lambda tmp: tmp.write_text(text))
+    return decision
+
+
 # --------------------------------------------------------------------------- the child
 
 
@@ -417,6 +530,9 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--cache", required=True)
         command.add_argument("--int8", action="store_true")
         command.add_argument("--calibration-dir", default="")
+        command.add_argument("--decide", default="", metavar="SETTINGS_JSON",
+                             help="QUANTIZE=auto: decide the precision for these engine "
+                             "settings (webapp.engines.EngineSettings as JSON)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -431,6 +547,11 @@ def main(argv: list[str] | None = None) -> int:
         result = {"card": card.as_json()}
         if args.int8:
             result["int8"] = int8_or_reason(card, cache, args.calibration_dir or None)
+        if args.decide:
+            from webapp.engines import EngineSettings
+
+            settings = EngineSettings(**json.loads(args.decide))
+            result["decision"] = decide_precision(card, cache, settings)
     except ModelLoadError as exc:
         if "allocate" in str(exc) and getattr(args, "memory_mb", 0):
             print(json.dumps({"error": "memory", "limit_mb": args.memory_mb}))

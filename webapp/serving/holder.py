@@ -19,6 +19,16 @@ from webapp.serving.classifier import Classifier
 log = logging.getLogger(__name__)
 
 
+def _precision(made: dict | None) -> dict | None:
+    """QUANTIZE=auto's decision in short, for the model list: the precision served, why,
+    and how often each faster one agreed with fp32."""
+    if not made:
+        return None
+    return {"chosen": made.get("chosen"), "why": made.get("why"),
+            "agreement": {t["precision"]: t.get("agreement") for t in made.get("tried", [])
+                          if t.get("works") and t["precision"] != "fp32"}}
+
+
 def load_classifier(config: dict, registry: Registry | None, model_id: str) -> Classifier:
     """The built-in model or a stored one, ready to serve with the app's engine settings
     (``ENGINE``, ``QUANTIZE``, ``ENGINE_CACHE_DIR``, ``CALIBRATION_DIR``,
@@ -54,7 +64,7 @@ class ModelHolder:
     """
 
     def __init__(self, config: dict, registry: Registry | None = None,
-                 check_interval: float = 0.25):
+                 check_interval: float = 0.1):
         self._config = config
         self._lock = threading.Lock()
         self._classifier: Classifier | None = None
@@ -157,9 +167,13 @@ class ModelHolder:
         entries = [self._builtin_entry()] + [
             {**meta, "builtin": False} for meta in self._registry.list_models()
         ]
+        settings = EngineSettings.from_config(self._config)
         for entry in entries:
             entry["active"] = entry["id"] == state.active
             entry["deletable"] = not entry["builtin"] and not entry["active"]
+            if settings.decides and entry.get("card"):
+                entry.setdefault("precision", _precision(engines.decision(entry["card"],
+                                                                          settings)))
         return entries, state.as_dict()
 
     def _builtin_entry(self) -> dict:
@@ -176,7 +190,9 @@ class ModelHolder:
             size = os.stat(loaded.source).st_size
         return {**entry, "name": loaded.name, "arch": loaded.arch, "classes": loaded.labels,
                 "num_classes": loaded.num_classes, "input_size": loaded.input_size,
-                "size_bytes": size, "version": loaded.version, "source": loaded.source_kind}
+                "size_bytes": size, "version": loaded.version, "source": loaded.source_kind,
+                "precision": _precision(loaded.engine_info.get("auto")) or {
+                    "chosen": loaded.engine_info.get("precision")}}
 
     def builtin(self) -> Classifier:
         """The built-in model (loaded once, kept: it is the fallback)."""
