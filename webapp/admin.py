@@ -388,10 +388,57 @@ def model_entries() -> tuple[list[dict], dict]:
     return entries, state.as_dict()
 
 
+# How a checkpoint's metrics read in the model table: (label, kind), kind "percent" for
+# fractions 0..1.  Keys not listed are shown with their name in words.
+METRIC_LABELS = {
+    "val_accuracy": ("Validation accuracy", "percent"),
+    "test_accuracy": ("Accuracy on unseen test pictures", "percent"),
+    "accuracy": ("Accuracy", "percent"),
+    "macro_f1": ("Macro F1", "number"),
+    "val_loss": ("Validation loss", "number"),
+    "evaluated_on": ("Evaluated on", "text"),
+    "best_epoch": ("Best epoch", "number"),
+    "epochs_run": ("Epochs run", "number"),
+    "epochs": ("Epochs", "number"),
+    "train_images": ("Training pictures", "number"),
+    "strategy": ("What trained", "text"),
+    "backbone": ("Started from", "text"),
+    "pretrained": ("ImageNet weights to start", "yes/no"),
+    "image_size": ("Image size", "pixels"),
+}
+MAIN_METRICS = ("val_accuracy", "test_accuracy", "accuracy")  # shown first, in bold
+
+
+def readable_metrics(metrics: dict | None) -> list[dict]:
+    """A checkpoint's metrics as ``[{"key", "label", "text", "main"}]`` for people:
+    accuracies in per cent, the rest with three significant digits, booleans as yes/no;
+    the accuracies first.  Nested values (lists, dicts) are left out."""
+    rows = []
+    for key, value in (metrics or {}).items():
+        if value is None or isinstance(value, list | dict):
+            continue
+        label, kind = METRIC_LABELS.get(key, (key.replace("_", " ").capitalize(), "number"))
+        if isinstance(value, bool) or kind == "yes/no":
+            text = "yes" if value else "no"
+        elif not isinstance(value, int | float):
+            text = str(value)
+        elif kind == "percent" and 0 <= value <= 1:
+            text = f"{value * 100:.1f}%"
+        elif kind == "pixels":
+            text = f"{value:g} px"
+        else:
+            text = f"{value:.3g}" if isinstance(value, float) else str(value)
+        rows.append({"key": key, "label": label, "text": text, "main": key in MAIN_METRICS})
+    return sorted(rows, key=lambda row: not row["main"])
+
+
 def _serving() -> dict:
     holder = api.holder()
     classifier = holder.get()
-    return {**classifier.info, "pid": os.getpid(), "notice": holder.notice}
+    # notice: the active model could not be loaded; model_notice: about the model served
+    # (the bundled fallback, an unverified file).  The public pages show neither.
+    return {**classifier.info, "pid": os.getpid(), "notice": holder.notice,
+            "model_notice": classifier.loaded.notice}
 
 
 def _store_upload() -> dict:
@@ -464,7 +511,8 @@ def activate_page(model_id):
         registry().activate(model_id)
     except RegistryError as exc:
         return _page_error(exc)
-    flash(f"Activated {model_id}. Every worker serves it within a second.", "success")
+    name = "the built-in model" if model_id == BUILTIN else registry().meta(model_id)["name"]
+    flash(f"Activated {name} ({model_id}).", "success")
     return redirect(url_for("admin.index"))
 
 
@@ -475,6 +523,26 @@ def rollback_page():
     except RegistryError as exc:
         return _page_error(exc)
     flash(f"Rolled back to {state.active}.", "success")
+    return redirect(url_for("admin.index"))
+
+
+@bp.post("/redo")
+def redo_page():
+    try:
+        state = registry().redo()
+    except RegistryError as exc:
+        return _page_error(exc)
+    flash(f"Back to {state.active}.", "success")
+    return redirect(url_for("admin.index"))
+
+
+@bp.post("/models/<model_id>/rename")
+def rename_page(model_id):
+    try:
+        meta = registry().rename(model_id, request.form.get("name"))
+    except RegistryError as exc:
+        return _page_error(exc)
+    flash(f"Renamed {model_id} to {meta['name']}.", "success")
     return redirect(url_for("admin.index"))
 
 
@@ -519,7 +587,7 @@ def _trial(model_id: str):
 @bp.get("/api/models")
 def api_list():
     entries, state = model_entries()
-    return jsonify(active=state["active"], history=state["history"],
+    return jsonify(active=state["active"], history=state["history"], redo=state["redo"],
                    changed=state["changed"], serving=_serving(), models=entries)
 
 
@@ -550,6 +618,21 @@ def api_activate(model_id):
 @bp.post("/api/rollback")
 def api_rollback():
     return jsonify(registry().rollback().as_dict())
+
+
+@bp.post("/api/redo")
+def api_redo():
+    return jsonify(registry().redo().as_dict())
+
+
+@bp.patch("/api/models/<model_id>")
+def api_rename(model_id):
+    """JSON ``{"name": "..."}``: the new display name."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+        raise ApiError(400, "bad_json", 'Send the new name as JSON, e.g. {"name": "Fruit v2"}.')
+    registry().rename(model_id, body["name"])
+    return api_model(model_id)
 
 
 @bp.delete("/api/models/<model_id>")
@@ -619,7 +702,8 @@ def api_kiosk_settings_update():
 
 @bp.context_processor
 def _template_context():
-    return {"logged_in": g.get("admin_via") == "session"}
+    return {"logged_in": g.get("admin_via") == "session",
+            "readable_metrics": readable_metrics}
 
 
 # The Teach page and the dataset / job API (webapp.teach) live under /admin too, behind

@@ -3,6 +3,7 @@ one loaded model, and the holder that loads it once and hands it to requests."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -320,8 +321,12 @@ class ModelHolder:
         self._stamp = stamp
         wanted = self._registry.state().active
         current = self._classifier
-        if wanted == current.model_id:
+        if wanted == current.model_id:  # e.g. renamed (Registry.rename rewrites the pointer)
             self.notice = None
+            if wanted != "builtin":
+                with contextlib.suppress(RegistryError):
+                    current.loaded.name = self._registry.meta(wanted).get("name") \
+                        or current.loaded.name
             return
         try:
             if wanted == "builtin":

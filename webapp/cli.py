@@ -1,5 +1,6 @@
-"""``flask --app app models add|list|activate|rollback|delete``: the model registry from
-the command line, with the same code (and the same checks) as the admin API."""
+"""``flask --app app models add|list|activate|rollback|redo|rename|delete``: the model
+registry from the command line, with the same code (and the same checks) as the admin
+API."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def list_models(as_json):
     entries, state = model_entries()
     if as_json:
         click.echo(json.dumps({"active": state["active"], "history": state["history"],
-                               "models": entries}, indent=2))
+                               "redo": state["redo"], "models": entries}, indent=2))
         return
     click.echo(f"MODEL_DIR {current_app.config['MODEL_DIR']}")
     for e in entries:
@@ -46,6 +47,8 @@ def list_models(as_json):
                    f"{e.get('uploaded') or ''}")
     if state["history"]:
         click.echo(f"rollback goes to: {state['history'][0]}")
+    if state["redo"]:
+        click.echo(f"redo goes to: {state['redo'][0]}")
 
 
 @models_cli.command("add")
@@ -84,6 +87,28 @@ def rollback():
     except RegistryError as exc:
         _fail(exc)
     click.echo(f"active: {state.active}")
+
+
+@models_cli.command("redo")
+def redo():
+    """Undo the last rollback: return to the model it left."""
+    try:
+        state = _registry().redo()
+    except RegistryError as exc:
+        _fail(exc)
+    click.echo(f"active: {state.active}")
+
+
+@models_cli.command("rename")
+@click.argument("model_id")
+@click.argument("name")
+def rename(model_id, name):
+    """Give MODEL_ID a new display name."""
+    try:
+        meta = _registry().rename(model_id, name)
+    except RegistryError as exc:
+        _fail(exc)
+    click.echo(f"{model_id}  {meta['name']}")
 
 
 @models_cli.command("delete")
