@@ -483,6 +483,19 @@ def test_the_admin_page_shows_the_models_and_works_without_javascript(
     assert bad.status_code == 422 and "looks like: JPEG" in bad.get_data(as_text=True)
 
 
+def test_the_upload_page_counts_the_guesses_of_a_two_class_model(admin, admin_app, tmp_path):
+    """A 2-class model gives 2 bars: the heading says "Top 2 guesses", not "Top 3"."""
+    from tests.conftest import save_finetuned_resnet18
+
+    path = save_finetuned_resnet18(tmp_path / "two.pt", ["cat", "dog"], seed=3)
+    two = upload(admin, path, activate="1").get_json()["id"]
+    wait_for_model(admin, two)
+    page = admin.post("/", content_type="multipart/form-data",
+                      data={"image": (io.BytesIO(jpeg()), "cat.jpg")}).get_data(as_text=True)
+    assert len(re.findall(r'<li class="prediction', page)) == 2
+    assert "Top 2 guesses" in page and "Top 3" not in page
+
+
 # --------------------------------------------------------------------------- startup
 
 

@@ -210,6 +210,7 @@ def test_teach_capture_train_activate_and_the_kiosk_knows_it(browser, server, fi
         assert "Validation accuracy" in page.locator("#result-metrics").inner_text()
         assert "cat, coffee" in page.locator("#result-metrics").inner_text()
         screenshot(page, "teach-done")
+        assert_wcag_aa(page)  # the job's progress and the new model's card
 
         # Try it: the camera's cat, with the new model (not active yet).
         page.click("#try-camera")
