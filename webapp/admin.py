@@ -505,55 +505,48 @@ def upload_page():
     return redirect(url_for("admin.index", added=meta["id"]))
 
 
-@bp.post("/models/<model_id>/activate")
-def activate_page(model_id):
+def _page_change(change, message):
+    """A form's change to the store: done, a message, back to the page -- or the page
+    again with the reason (and its 4xx status)."""
     try:
-        registry().activate(model_id)
+        result = change()
     except RegistryError as exc:
         return _page_error(exc)
-    name = "the built-in model" if model_id == BUILTIN else registry().meta(model_id)["name"]
-    flash(f"Activated {name} ({model_id}).", "success")
+    flash(message(result), "success")
     return redirect(url_for("admin.index"))
+
+
+def _display_name(model_id: str) -> str:
+    return "the built-in model" if model_id == BUILTIN else registry().meta(model_id)["name"]
+
+
+@bp.post("/models/<model_id>/activate")
+def activate_page(model_id):
+    return _page_change(
+        lambda: registry().activate(model_id),
+        lambda state: f"Activated {_display_name(model_id)} ({model_id}).")
 
 
 @bp.post("/rollback")
 def rollback_page():
-    try:
-        state = registry().rollback()
-    except RegistryError as exc:
-        return _page_error(exc)
-    flash(f"Rolled back to {state.active}.", "success")
-    return redirect(url_for("admin.index"))
+    return _page_change(registry().rollback, lambda state: f"Rolled back to {state.active}.")
 
 
 @bp.post("/redo")
 def redo_page():
-    try:
-        state = registry().redo()
-    except RegistryError as exc:
-        return _page_error(exc)
-    flash(f"Back to {state.active}.", "success")
-    return redirect(url_for("admin.index"))
+    return _page_change(registry().redo, lambda state: f"Back to {state.active}.")
 
 
 @bp.post("/models/<model_id>/rename")
 def rename_page(model_id):
-    try:
-        meta = registry().rename(model_id, request.form.get("name"))
-    except RegistryError as exc:
-        return _page_error(exc)
-    flash(f"Renamed {model_id} to {meta['name']}.", "success")
-    return redirect(url_for("admin.index"))
+    return _page_change(lambda: registry().rename(model_id, request.form.get("name")),
+                        lambda meta: f"Renamed {model_id} to {meta['name']}.")
 
 
 @bp.post("/models/<model_id>/delete")
 def delete_page(model_id):
-    try:
-        registry().delete(model_id)
-    except RegistryError as exc:
-        return _page_error(exc)
-    flash(f"Deleted {model_id}.", "success")
-    return redirect(url_for("admin.index"))
+    return _page_change(lambda: registry().delete(model_id),
+                        lambda _: f"Deleted {model_id}.")
 
 
 @bp.post("/try")

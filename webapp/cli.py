@@ -68,35 +68,31 @@ def add(path, name, arch, activate):
                f"{meta['num_classes']} classes)" + ("  - active" if activate else ""))
 
 
+def _change(change):
+    """A change to the store, or the reason it cannot be done (exit status 1)."""
+    try:
+        return change()
+    except RegistryError as exc:
+        _fail(exc)
+
+
 @models_cli.command("activate")
 @click.argument("model_id")
 def activate(model_id):
     """Make MODEL_ID the active model (every worker switches within a second)."""
-    try:
-        state = _registry().activate(model_id)
-    except RegistryError as exc:
-        _fail(exc)
-    click.echo(f"active: {state.active}")
+    click.echo(f"active: {_change(lambda: _registry().activate(model_id)).active}")
 
 
 @models_cli.command("rollback")
 def rollback():
     """Return to the model that was active before the current one."""
-    try:
-        state = _registry().rollback()
-    except RegistryError as exc:
-        _fail(exc)
-    click.echo(f"active: {state.active}")
+    click.echo(f"active: {_change(_registry().rollback).active}")
 
 
 @models_cli.command("redo")
 def redo():
     """Undo the last rollback: return to the model it left."""
-    try:
-        state = _registry().redo()
-    except RegistryError as exc:
-        _fail(exc)
-    click.echo(f"active: {state.active}")
+    click.echo(f"active: {_change(_registry().redo).active}")
 
 
 @models_cli.command("rename")
@@ -104,10 +100,7 @@ def redo():
 @click.argument("name")
 def rename(model_id, name):
     """Give MODEL_ID a new display name."""
-    try:
-        meta = _registry().rename(model_id, name)
-    except RegistryError as exc:
-        _fail(exc)
+    meta = _change(lambda: _registry().rename(model_id, name))
     click.echo(f"{model_id}  {meta['name']}")
 
 
@@ -115,8 +108,5 @@ def rename(model_id, name):
 @click.argument("model_id")
 def delete(model_id):
     """Delete an inactive stored model."""
-    try:
-        _registry().delete(model_id)
-    except RegistryError as exc:
-        _fail(exc)
+    _change(lambda: _registry().delete(model_id))
     click.echo(f"deleted {model_id}")

@@ -393,12 +393,10 @@ class Registry:
 
     def rollback(self) -> State:
         """Return to the model that was active before the current one (skipping models
-        deleted since).  409 when there is nothing to return to."""
+        deleted since).  409 when there is nothing to return to; redo() undoes it."""
         with self._locked():
             current = self.state()
-            history = list(current.history)
-            while history and not self.exists(history[0]):
-                history.pop(0)
+            history = self._existing(current.history)
             if not history:
                 raise RegistryError(
                     409, "no_history", "There is no earlier model to roll back to."
@@ -414,19 +412,18 @@ class Registry:
         since).  409 when no rollback is there to undo; activating a model forgets them."""
         with self._locked():
             current = self.state()
-            ahead = list(current.redo)
-            while ahead and not self.exists(ahead[0]):
-                ahead.pop(0)
+            ahead = self._existing(current.redo)
             if not ahead:
-                raise RegistryError(
-                    409, "no_redo", "There is no rollback to redo."
-                )
+                raise RegistryError(409, "no_redo", "There is no rollback to redo.")
             history = (current.active, *[h for h in current.history if h != current.active])
-            later = tuple(r for r in ahead[1:] if self.exists(r))
-            state = State(ahead[0], history[:MAX_HISTORY], now_iso(), later)
+            state = State(ahead[0], history[:MAX_HISTORY], now_iso(), tuple(ahead[1:]))
             self._write_state(state)
         log.info("redo: from model %s to %s", current.active, state.active)
         return state
+
+    def _existing(self, ids) -> list[str]:
+        """``ids`` without the models deleted since (rollback and redo skip those)."""
+        return [model_id for model_id in ids if self.exists(model_id)]
 
     def rename(self, model_id: str, name: str | None) -> dict:
         """Give a stored model a new display name; returns its metadata.  meta.json is
