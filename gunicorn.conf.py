@@ -69,13 +69,30 @@ def post_fork(server, worker):
 
 def post_worker_init(worker):
     """Load the model now, so the first request does not wait for it.  A model that
-    cannot be loaded stops the server with its reason instead of serving errors."""
+    cannot be loaded stops the server with its reason instead of serving errors.
+
+    The first start on a machine converts the model in a child process (tens of seconds
+    on a slow machine); the worker keeps telling the arbiter it is alive meanwhile, so
+    WORKER_TIMEOUT does not kill it for being busy."""
+    import threading
+
     from model_loader import ModelLoadError
 
-    try:
-        worker.wsgi.extensions["model_holder"].warm_up()
-    except ModelLoadError as exc:
-        worker.log.error("the model could not be loaded: %s", exc)
+    failure = []
+
+    def load():
+        try:
+            worker.wsgi.extensions["model_holder"].warm_up()
+        except ModelLoadError as exc:
+            failure.append(exc)
+
+    loader = threading.Thread(target=load, name="model-warm-up", daemon=True)
+    loader.start()
+    while loader.is_alive():
+        worker.notify()
+        loader.join(timeout=1.0)
+    if failure:
+        worker.log.error("the model could not be loaded: %s", failure[0])
         sys.exit(3)  # gunicorn's WORKER_BOOT_ERROR: the arbiter stops instead of looping
 
 

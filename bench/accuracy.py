@@ -32,23 +32,28 @@ def agreement(logits, reference) -> dict:
     return {"top1_agreement": top1, "top5_overlap": overlap, "n": len(a)}
 
 
+def served(loaded, engine: str, mode: str, cache_dir: str):
+    from webapp.engines import EngineSettings, build
+    from webapp.serving.classifier import Classifier
+
+    settings = EngineSettings(engine=engine, quantize=mode, cache_dir=cache_dir, threads=2)
+    return Classifier(*build.serve_loaded(loaded, settings))
+
+
 def engines_agreement(loaded, cache_dir: str) -> dict:
+    import numpy as np
     import torch
 
-    import model_loader
-    from webapp.classifier import Classifier
-
-    classifier = Classifier(loaded)
+    classifier = served(loaded, "openvino", "none", cache_dir)
     photos = photo_set()
-    batch = torch.stack([classifier.preprocess(img) for _, img in photos])
+    batch = np.stack([classifier.preprocess(img) for _, img in photos])
     with torch.inference_mode():
-        reference = loaded.module(batch)
+        reference = loaded.module(torch.from_numpy(batch))
     out = {}
     for engine, mode in ENGINES:
-        served = model_loader.quantize(loaded, mode, engine, cache_dir=cache_dir)
-        with torch.inference_mode():
-            logits = torch.cat([served.engine(batch[i:i + 16])
-                                for i in range(0, len(batch), 16)])
+        run = served(loaded, engine, mode, cache_dir).run
+        logits = torch.from_numpy(np.concatenate([run(batch[i:i + 16])[0]
+                                                  for i in range(0, len(batch), 16)]))
         out[f"{engine} {mode}"] = agreement(logits, reference)
     # For scale: fp32 itself, on the same photos saved once as JPEG quality 85.
     from PIL import Image
@@ -58,24 +63,24 @@ def engines_agreement(loaded, cache_dir: str) -> dict:
         img.save(buf, "JPEG", quality=85)
         return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
-    recoded = torch.stack([classifier.preprocess(jpeg(img)) for _, img in photos])
+    recoded = torch.from_numpy(np.stack([classifier.preprocess(jpeg(img)) for _, img in photos]))
     with torch.inference_mode():
         out["fp32 on the photos re-saved as JPEG q85"] = agreement(loaded.module(recoded),
                                                                    reference)
     return out
 
 
-def decoding_drift(loaded) -> dict:
+def decoding_drift(loaded, cache_dir: str) -> dict:
     """Each photo upscaled to 12 MP (4000×3000-ish), saved as JPEG and PNG, decoded the
     server's way (draft / reduce) vs decoded in full; same classifier."""
-    import torch
+    import numpy as np
     from PIL import Image
 
     from tests.photos import real_photos
-    from webapp import imaging
-    from webapp.classifier import Classifier
+    from webapp.serving import imaging
+    from webapp.serving.classifier import softmax
 
-    classifier = Classifier(loaded)
+    classifier = served(loaded, "openvino", "none", cache_dir)
     rows = {"JPEG (draft)": [], "PNG (reduce)": []}
     for photo in real_photos():
         img = photo.image
@@ -88,13 +93,12 @@ def decoding_drift(loaded) -> dict:
             data = buf.getvalue()
             fast = imaging.load(data, max_pixels=10**9, min_side=classifier.resize_size)
             full = imaging.load(data, max_pixels=10**9)
-            batch = torch.stack([classifier.preprocess(fast), classifier.preprocess(full)])
-            with torch.inference_mode():
-                probs = torch.softmax(classifier.engine(batch), 1)
+            batch = np.stack([classifier.preprocess(fast), classifier.preprocess(full)])
+            probs = softmax(classifier.run(batch)[0])
             rows[key].append({
                 "photo": photo.name, "decoded": list(fast.size), "full": list(full.size),
                 "same_top1": bool(probs[0].argmax() == probs[1].argmax()),
-                "max_score_drift": float((probs[0] - probs[1]).abs().max()),
+                "max_score_drift": float(np.abs(probs[0] - probs[1]).max()),
             })
     return {key: {"same_top1": sum(r["same_top1"] for r in v), "n": len(v),
                   "max_score_drift": max(r["max_score_drift"] for r in v), "rows": v}
@@ -108,7 +112,7 @@ def main() -> None:
 
     loaded = model_loader.load_imagenet_model()
     print(json.dumps({"model": loaded.name, "engines": engines_agreement(loaded, cache_dir),
-                      "decoding": decoding_drift(loaded)}))
+                      "decoding": decoding_drift(loaded, cache_dir)}))
 
 
 if __name__ == "__main__":

@@ -28,30 +28,31 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def measure(loaded, threads: int, rounds: int, cache_dir: str, skip=()) -> dict:
-    import torch
+    import numpy as np
 
-    import model_loader
+    from webapp.engines import EngineSettings, build
 
-    x = torch.randn(1, 3, loaded.input_size, loaded.input_size)
+    x = np.random.default_rng(0).standard_normal(
+        (1, 3, loaded.input_size, loaded.input_size), dtype=np.float32)
     engines, build_s = {}, {}
     for engine, mode in CANDIDATES:
         if (engine, mode) in skip:
             continue
         started = time.perf_counter()
-        served = model_loader.quantize(loaded, mode, engine, cache_dir=cache_dir,
-                                       threads=threads)
+        settings = EngineSettings(engine=engine, quantize=mode, cache_dir=cache_dir,
+                                  threads=threads)
+        _, served = build.serve_loaded(loaded, settings)
         build_s[f"{engine} {mode}"] = time.perf_counter() - started
-        engines[f"{engine} {mode}"] = served.engine
+        engines[f"{engine} {mode}"] = served
     times = {name: [] for name in engines}
-    with torch.inference_mode():
-        for fn in engines.values():
-            for _ in range(5):
-                fn(x)
-        for _ in range(rounds):
-            for name, fn in engines.items():
-                t0 = time.perf_counter()
-                fn(x)
-                times[name].append((time.perf_counter() - t0) * 1000)
+    for fn in engines.values():
+        for _ in range(5):
+            fn(x)
+    for _ in range(rounds):
+        for name, fn in engines.items():
+            t0 = time.perf_counter()
+            fn(x)
+            times[name].append((time.perf_counter() - t0) * 1000)
     return {name: {"median": statistics.median(v), "p95": percentile(v, 0.95),
                    "build_s": build_s[name]} for name, v in times.items()}
 
@@ -65,8 +66,9 @@ def main() -> None:
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     import model_loader
+    from webapp.engines import torch_engine
 
-    model_loader.configure_threads(args.threads)
+    torch_engine.configure_threads(args.threads)
     cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="bench-engines-")
     result = {
         "resnet18": measure(model_loader.load_checkpoint(args.weights), args.threads,

@@ -160,7 +160,8 @@ def main() -> None:
 
     print("3/5 starting both servers (time to /readyz) ...", flush=True)
     project_env = {"MODEL_WEIGHTS": str(weights), "ENGINE_CACHE_DIR": str(tmp / "cache"),
-                   "LOG_LEVEL": "warning",
+                   "LOG_LEVEL": "warning", "ADMIN_TOKEN": ADMIN_TOKEN,
+                   "MODEL_DIR": str(tmp / "models"),
                    **dict(kv.split("=", 1) for kv in args.project_env)}
     project_argv = [PY, "-m", "gunicorn", "app:app", "--access-logfile", "/dev/null"]
     baseline_argv = [PY, str(HERE / "baseline_server.py"), str(weights), "--port", "{port}"]
@@ -210,12 +211,78 @@ def main() -> None:
         results["requests_served"] = {k: s.served for k, s in pair.items()}
         results["rss_after_requests"] = {k: s.rss_mb() for k, s in pair.items()}
         results["project_readyz"] = requests.get(project.url + "/readyz", timeout=5).json()
+
+        print("6/6 model swap, hostile checkpoint uploads ...", flush=True)
+        results["swap"] = swap_time(project, tmp, images["1280x960"])
+        results["bombs"] = checkpoint_bombs(project, tmp)
     finally:
         for server in servers:
             server.stop()
     shutil.rmtree(tmp, ignore_errors=True)  # kept when something failed: the servers' logs
     results["load_after"] = os.getloadavg()
     report(results, Path(args.out))
+
+
+ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def swap_time(server: Server, tmp: Path, image: Path) -> dict:
+    """Upload a fine-tuned ResNet18 (converted for the engine at upload), activate it, and
+    send photos until no worker answers with the old model: the time from the activation
+    to the last answer of the old model, and how many requests failed meanwhile."""
+    import torch
+    import torchvision
+
+    import model_loader
+
+    torch.manual_seed(1)
+    path = model_loader.save_checkpoint(
+        tmp / "fine-tuned.pt", torchvision.models.resnet18(num_classes=5), arch="resnet18",
+        classes=["a", "b", "c", "d", "e"])
+    started = time.perf_counter()
+    with open(path, "rb") as fh:
+        upload = requests.post(server.url + "/admin/api/models", headers=AUTH,
+                               files={"checkpoint": ("fine-tuned.pt", fh)}, timeout=600)
+    upload.raise_for_status()
+    upload_s = time.perf_counter() - started
+    model_id = upload.json()["id"]
+    data = image.read_bytes()
+    activated = time.perf_counter()
+    requests.post(f"{server.url}/admin/api/models/{model_id}/activate", headers=AUTH,
+                  timeout=30).raise_for_status()
+    last_old, failed, streak = activated, 0, 0
+    while streak < 20 and time.perf_counter() - activated < 60:
+        reply = requests.post(server.url + "/predict", files={"image": ("p.jpg", data)},
+                              timeout=60)
+        if reply.status_code != 200:
+            failed += 1
+        elif reply.json()["model"]["id"] == model_id:
+            streak += 1
+        else:
+            last_old, streak = time.perf_counter(), 0
+    return {"upload_and_convert_s": upload_s, "swap_s": last_old - activated,
+            "failed_requests": failed}
+
+
+def checkpoint_bombs(server: Server, tmp: Path) -> dict:
+    """Two uploads built to explode (tests/test_lean_serving.py): the time to their 422
+    and how much the workers' memory grew."""
+    sys.path.insert(0, str(ROOT))
+    from tests.test_lean_serving import deflate_bomb, views_bomb
+
+    out = {}
+    for name, make in (("deflate 1000:1", deflate_bomb), ("views of one number", views_bomb)):
+        path = make(tmp / f"bomb-{len(out)}.pt")
+        before = server.rss_mb()["per_worker_mb"]
+        started = time.perf_counter()
+        reply = requests.post(server.url + "/admin/api/models", headers=AUTH,
+                              files={"checkpoint": (path.name, path.read_bytes())}, timeout=600)
+        out[name] = {"status": reply.status_code, "seconds": time.perf_counter() - started,
+                     "file_mb": path.stat().st_size / 2**20,
+                     "worker_rss_growth_mb": server.rss_mb()["per_worker_mb"] - before,
+                     "message": reply.json().get("error", {}).get("message", "")[:200]}
+    return out
 
 
 def _cpu_name() -> str:
@@ -304,6 +371,15 @@ def report(r: dict, out: Path) -> None:
     add(f"| start to /readyz = 200, s | {rd['baseline']:.1f} | {rd['project']:.1f} "
         f"(empty engine cache: {rd['project (empty engine cache)']:.1f}) | "
         f"{ratio(rd['baseline'], rd['project'])} |")
+    if "swap" in r:
+        sw = r["swap"]
+        add(f"| model swap: activation to the last answer of the old model, s | – | "
+            f"{sw['swap_s']:.2f} ({sw['failed_requests']} failed requests; upload and "
+            f"conversion {sw['upload_and_convert_s']:.1f} s) | |")
+    for name, b in r.get("bombs", {}).items():
+        add(f"| hostile checkpoint ({name}, {b['file_mb']:.2f} MB): answer, s; worker RSS "
+            f"growth, MB | – | {b['status']} in {b['seconds']:.1f} s; "
+            f"{b['worker_rss_growth_mb']:+.0f} MB | |")
     text = "\n".join(lines) + "\n"
     print("\n" + text)
     out.parent.mkdir(parents=True, exist_ok=True)

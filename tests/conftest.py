@@ -182,3 +182,11 @@ def start_server(tmp_path):
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def model_files(tmp_path_factory):
+    """Model files as people have them (tests/model_files.py), each made on first use."""
+    from tests.model_files import ModelFiles
+
+    return ModelFiles(tmp_path_factory.mktemp("model-files"))

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FRUIT, TOOLS, encode
+from tests.model_files import photo_pngs, torch_answers
 from tests.photos import photo
+from tests.test_model_loader import ACCEPTED, TORCH_WORDS
 from tests.test_registry import hostile_files, leftovers, snapshot
 from webapp import create_app
 from webapp.registry import BUILTIN, Registry
@@ -434,7 +436,8 @@ def test_the_admin_page_shows_the_models_and_works_without_javascript(
     assert response.status_code == 302, response.get_data(as_text=True)
     model_id = re.search(r"added=([\w-]+)", response.location).group(1)
     page = admin.get(response.location).get_data(as_text=True)
-    assert f"Stored Fruit from the form as {model_id} and activated it." in page
+    assert (f"Stored Fruit from the form as {model_id} (resnet18 (named in the file), 3 "
+            "classes from the checkpoint) and activated it.") in page
     row = re.search(rf'<tr id="model-{model_id}".*?</tr>', page, re.S).group(0)
     for text in ("Fruit from the form", "resnet18", ">3</span> classes",
                  "apple, banana, cherry", "active", "Validation accuracy", "91.3%", "Epochs",
@@ -635,3 +638,167 @@ def test_an_upload_is_converted_for_the_engine_before_it_is_activated(tmp_path,
     assert response.status_code == 201
     added = {p for p in set(cache.rglob("*")) - before if p.suffix == ".onnx"}
     assert added, sorted(p.name for p in cache.rglob("*"))
+
+
+# --------------------------------------------------------------------------- your own models
+# Issue 13: the model files people have, with their class names, through the API, the page
+# and the command line (tests/model_files.py builds them).
+
+
+@pytest.fixture(scope="module")
+def fp32_app(tmp_path_factory):
+    """An admin app serving in fp32 (QUANTIZE=none: bf16 would round the scores), so its
+    answers can be held to torch fp32's; the table's rows are uploaded into its store."""
+    app = make_app(tmp_path_factory.mktemp("own-models") / "store", QUANTIZE="none")
+    app.extensions["model_holder"].warm_up()
+    return app
+
+
+def send_model(client, entry, headers=BEARER, **extra):
+    """Upload a tests.model_files entry with the fields a person sends along."""
+    data = {"checkpoint": (io.BytesIO(entry.path.read_bytes()), entry.path.name),
+            **entry.fields, **extra}
+    if entry.labels:
+        data["labels"] = (io.BytesIO(entry.labels[1]), entry.labels[0])
+    return client.post("/admin/api/models", headers=headers, data=data,
+                       content_type="multipart/form-data")
+
+
+def stored_id(client, entry) -> str:
+    """The id of ``entry`` in the store: uploaded now, or found by its 409."""
+    response = send_model(client, entry)
+    if response.status_code == 409:
+        return re.search(r"stored as (\S+) ", response.get_json()["error"]["message"]).group(1)
+    assert response.status_code == 201, response.get_data(as_text=True)
+    return response.get_json()["id"]
+
+
+@pytest.mark.parametrize("row", ACCEPTED)
+def test_every_row_of_the_table_gets_in_and_answers_like_torch(fp32_app, model_files, row):
+    """Upload, activate, /predict on the real photos: the same top-1 (and score) as the
+    saved network in torch fp32 with torchvision's preprocessing (the model's own size,
+    mean and std)."""
+    entry = getattr(model_files, row)
+    client = fp32_app.test_client()
+    response = send_model(client, entry, activate="1")
+    assert response.status_code == 201, response.get_data(as_text=True)
+    body = response.get_json()
+    assert (body["arch"], body["classes"], body["active"]) == (entry.arch, entry.classes, True)
+    assert body["summary"].startswith(entry.arch if entry.arch != "onnx" else "an ONNX model")
+    assert wait_for_model(client, body["id"])["model"]["id"] == body["id"]
+    photos = photo_pngs()
+    answer = client.post("/predict", content_type="multipart/form-data", data={
+        "image": [(io.BytesIO(data), f"{name}.png") for name, data in photos], "topk": "1"})
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    expected = torch_answers(entry.module, entry.input_size, entry.mean, entry.std)
+    for (name, _), result, (index, score) in zip(photos, answer.get_json()["results"],
+                                                 expected):
+        top = result["predictions"][0]
+        assert (top["index"], top["label"]) == (index, entry.classes[index]), name
+        assert top["score"] == pytest.approx(score, abs=2e-3), name
+
+
+def test_an_onnx_model_has_no_heatmap_and_the_page_says_so(fp32_app, model_files):
+    client = fp32_app.test_client()
+    store = fp32_app.extensions["registry"]
+    model_id = stored_id(client, model_files.onnx)
+    assert sorted(p.name for p in (store.models_dir / model_id).iterdir()) == [
+        "meta.json", "model.onnx"]
+    store.activate(model_id)
+    try:
+        wait_for_model(client, model_id)
+        response = client.post("/explain", content_type="multipart/form-data",
+                               data={"image": (io.BytesIO(jpeg()), "cat.jpg")})
+        message = assert_error(response, 501, "explain_unsupported")
+        assert "not available for uploaded ONNX models" in message
+        login(client)
+        page = client.get("/admin/").get_data(as_text=True)
+        row = re.search(rf'<tr id="model-{model_id}".*?</tr>', page, re.S).group(0)
+        assert "ONNX · no heatmap" in row and "an ONNX model, 5 classes from the classes " \
+            "field" in row
+        assert "not available for them" in page  # the upload form says it too
+    finally:
+        store.activate(BUILTIN)
+
+
+def test_the_upload_form_asks_for_class_names_and_the_architecture(admin):
+    login(admin)
+    page = admin.get("/admin/").get_data(as_text=True)
+    form = re.search(r'<form id="upload-form".*?</form>', page, re.S).group(0)
+    for name in ("checkpoint", "classes", "labels", "arch", "input_size", "mean", "std",
+                 "name", "activate"):
+        assert f'name="{name}"' in form, name
+    arch = re.search(r'<select[^>]*name="arch".*?</select>', form, re.S).group(0)
+    assert '<option value="auto" selected>' in arch and '<option value="resnet18">' in arch
+    # Every field of the page has a label (hidden CSRF fields aside).
+    for control in re.finditer(r"<(input|select|textarea)\b[^>]*>", page):
+        tag = control.group(0)
+        if 'type="hidden"' in tag:
+            continue
+        control_id = re.search(r'id="([^"]+)"', tag).group(1)
+        assert f'for="{control_id}"' in page, tag
+
+
+def test_class_names_are_sent_through_the_page_without_javascript(admin, admin_app,
+                                                                  model_files):
+    csrf = login(admin)
+    entry = model_files.bare
+    response = admin.post("/admin/models", content_type="multipart/form-data", data={
+        "csrf_token": csrf, "checkpoint": (io.BytesIO(entry.path.read_bytes()), "best.pth"),
+        "classes": "cat\ndog\nfox\nowl\nyak", "arch": "auto",
+        "labels": (io.BytesIO(b""), "")})  # the empty file input a browser sends
+    assert response.status_code == 302, response.get_data(as_text=True)
+    page = admin.get(response.location).get_data(as_text=True)
+    assert "resnet18 (detected from the weights), 5 classes from the classes field" in page
+    meta = admin_app.extensions["registry"].list_models()[0]
+    assert meta["classes"] == entry.classes and meta["found"]["arch_from"] == "detected"
+    # Without the names, the page says what to send.
+    refused = admin.post("/admin/models", content_type="multipart/form-data", data={
+        "csrf_token": csrf, "checkpoint": (io.BytesIO(model_files.dataparallel.path
+                                                      .read_bytes()), "dp.pth")})
+    assert refused.status_code == 422
+    assert "give the 5 class names in output order" in refused.get_data(as_text=True)
+
+
+def test_refused_uploads_say_what_to_do_and_never_quote_torch(admin, admin_app, model_files):
+    store = admin_app.extensions["registry"]
+    before = snapshot(store.root)
+    cases = [
+        (model_files.whole_model, {}, "whole pickled model"),
+        (model_files.quantized, {}, "upload the fp32 weights"),
+        (model_files.torchscript, {}, "TorchScript"),
+        (model_files.tutorial.path, {"classes": "a,b,c,d,e"}, "the file says cat, dog"),
+        (model_files.bare.path, {"classes": "a,b", "labels": "a\nc"},
+         "name different classes"),
+        (model_files.bare.path, {"classes": "a,b,c,d,e", "mean": "0.5,0.5"},
+         "'mean' must be three numbers"),
+    ]
+    for path, form, words in cases:
+        message = assert_error(upload(admin, path, filename=path.name, **form), 422,
+                               "invalid_checkpoint")
+        assert words in message, message
+        assert not [w for w in TORCH_WORDS if w.lower() in message.lower()], message
+    too_big = admin.post("/admin/api/models", headers=BEARER, content_type="multipart/form-data",
+                         data={"checkpoint": (io.BytesIO(b"x" * 10), "m.pt"),
+                               "labels": (io.BytesIO(b"a\n" * 600_000), "labels.txt")})
+    assert "larger than 1 MB" in assert_error(too_big, 413, "too_large")
+    assert snapshot(store.root) == before and leftovers(store.root) == []
+
+
+def test_the_command_line_takes_class_names_too(tmp_path, model_files):
+    app = make_app(tmp_path / "store", ADMIN_TOKEN="")
+    runner = app.test_cli_runner()
+    labels = tmp_path / "labels.txt"
+    labels.write_bytes(model_files.dataparallel.labels[1])
+    added = runner.invoke(args=["models", "add", str(model_files.dataparallel.path),
+                                "--labels", str(labels), "--name", "Animals"])
+    assert added.exit_code == 0, added.output
+    assert "Animals  (resnet18 (detected from the weights), 5 classes from the labels file, " \
+        "key prefix 'module.' removed)" in added.output
+    added = runner.invoke(args=["models", "add", str(model_files.onnx.path), "--classes",
+                                "a,b,c,d,e", "--input-size", "160"])
+    assert added.exit_code == 0 and "an ONNX model, 5 classes" in added.output, added.output
+    refused = runner.invoke(args=["models", "add", str(model_files.bare.path)])
+    assert refused.exit_code != 0 and "give the 5 class names" in refused.output
+    kinds = sorted(m["kind"] for m in app.extensions["registry"].list_models())
+    assert kinds == ["onnx", "pytorch"]

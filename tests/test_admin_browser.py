@@ -1,9 +1,10 @@
 """The admin pages in a real browser (headless Chromium via Playwright) against a real
 gunicorn server: log in, upload a checkpoint with the progress bar, try an image with the
-stored model, rename it, activate it, roll back and redo; on a phone, every model's
-buttons on the screen and nothing scrolling sideways; right after an activation the page
-says "Switching to …" until this worker serves the model, never that it serves the old
-one; axe-core finds nothing on any admin page at either size."""
+stored model, rename it, activate it, roll back and redo; upload a bare state_dict with its
+class names typed in; on a phone, every model's buttons on the screen and nothing scrolling
+sideways; right after an activation the page says "Switching to …" until this worker
+serves the model, never that it serves the old one; axe-core finds nothing on any admin
+page at either size."""
 
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ def log_in(page, server):
 
 
 def test_upload_with_progress_try_rename_activate_roll_back_and_redo(
-        start_server, tmp_path, fruit_checkpoint, chromium):
+        start_server, tmp_path, fruit_checkpoint, model_files, chromium):
     server = start_server("gunicorn", WEB_CONCURRENCY=1, TORCH_THREADS=1,
                           MODEL_DIR=tmp_path / "store", ADMIN_TOKEN=TOKEN)
     server.wait_ready()
@@ -133,6 +134,17 @@ def test_upload_with_progress_try_rename_activate_roll_back_and_redo(
     page.get_by_role("button", name="Redo").click()
     page.wait_for_selector(f"#model-{added} .active-badge")
     assert page.get_by_role("button", name="Redo").count() == 0
+
+    # A bare state_dict: the class names typed in go along with the upload.
+    page.set_input_files("#checkpoint-input", str(model_files.bare.path))
+    page.fill("#classes-input", "\n".join(model_files.bare.classes))
+    assert page.input_value("#arch-input") == "auto"
+    page.click("#upload-button")
+    page.wait_for_url(lambda url: f"added={added}" not in url and "added=" in url,
+                      timeout=120_000)
+    other = page.url.rsplit("added=", 1)[1]
+    text = page.locator(f"#model-{other}").inner_text()
+    assert "resnet18 (detected from the weights), 5 classes from the classes field" in text
     assert page.errors == []
 
 

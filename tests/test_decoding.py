@@ -10,8 +10,8 @@ from PIL import Image
 
 from tests.conftest import encode
 from tests.photos import photo
-from webapp import imaging
-from webapp.classifier import Classifier
+from webapp.serving import imaging
+from webapp.serving.classifier import Classifier
 
 
 @pytest.mark.parametrize("fmt, params", [("JPEG", {"quality": 92}), ("PNG", {"compress_level": 1}),

@@ -1,29 +1,43 @@
-"""Inference engines (engines.py, model_loader.quantize): every engine loads, gives the
-same top-1 as fp32 on real photos with the bundled ImageNet model, takes batches of any
-size, serves checkpoints of other class counts and input sizes, and reuses its on-disk
-cache across restarts (a damaged entry is rebuilt)."""
+"""Inference engines (webapp/engines): every engine serves the card the builder made, gives
+the same top-1 as the torch fp32 model on real photos with the bundled ImageNet model,
+takes batches of any size, serves checkpoints of other class counts and input sizes, and
+reuses its on-disk cache across restarts (a damaged entry is rebuilt, never trusted)."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import sys
 
+import numpy as np
 import pytest
 import torch
 
-import engines
 import model_loader
 from tests.conftest import save_random_resnet18
 from tests.photos import real_photos
-from webapp.classifier import Classifier
+from webapp import engines
+from webapp.engines import EngineSettings, build, runtime, torch_engine
+from webapp.engines.calibration import calibration_arrays, calibration_files
+from webapp.serving.classifier import Classifier
 
 ENGINE_MODES = [
     ("torch", "none"), ("torch", "dynamic"),
     ("onnxruntime", "none"), ("onnxruntime", "static"),
     ("openvino", "none"), ("openvino", "bf16"), ("openvino", "static"),
 ]
+
+
+def settings(engine="openvino", quantize="none", cache=None, **extra) -> EngineSettings:
+    return EngineSettings(engine=engine, quantize=quantize, cache_dir=str(cache or ""),
+                          threads=2, **extra)
+
+
+def serve_file(path, engine="openvino", quantize="none", cache=None, **extra) -> Classifier:
+    """A checkpoint file served the way a stored model is."""
+    source = engines.checkpoint_source(path)
+    card, engine_ = engines.serve(source, settings(engine, quantize, cache, **extra))
+    return Classifier(card, engine_)
 
 
 @pytest.fixture(scope="module")
@@ -37,32 +51,37 @@ def bundled():
 
 
 @pytest.fixture(scope="module")
+def bundled_source():
+    return engines.builtin_source({})
+
+
+@pytest.fixture(scope="module")
 def photo_batch(bundled):
-    classifier = Classifier(bundled)
-    batch = torch.stack([classifier.preprocess(p.image) for p in real_photos()])
+    card = engines.ModelCard(key="-", name="", arch="", labels=[], version="", source="",
+                             source_kind="", mean=bundled.mean, std=bundled.std)
+    batch = np.stack([Classifier(card, None).preprocess(p.image) for p in real_photos()])
     with torch.inference_mode():
-        reference = bundled.module(batch)
+        reference = bundled.module(torch.from_numpy(batch)).numpy()
     return batch, reference
 
 
 @pytest.mark.parametrize("engine, mode", ENGINE_MODES)
-def test_every_engine_agrees_with_fp32_on_real_photos(bundled, photo_batch, cache_dir,
+def test_every_engine_agrees_with_fp32_on_real_photos(bundled_source, photo_batch, cache_dir,
                                                       engine, mode):
     batch, reference = photo_batch
-    served = model_loader.quantize(bundled, mode, engine, cache_dir=cache_dir, threads=2)
-    assert served.module is bundled.module  # explanations keep the fp32 module
-    assert (served.engine_name, served.quantization) == (engine, mode)
-    assert "fallback" not in served.engine_info
-    with torch.inference_mode():
-        logits = served.engine(batch)
-        single = served.engine(batch[:1])
+    card, served = engines.serve(bundled_source, settings(engine, mode, cache_dir))
+    assert (card.engine_name, card.quantization) == (engine, mode)
+    assert "fallback" not in served.info
+    logits, features = served(batch)
+    single, _ = served(batch[:1])
     assert logits.shape == (len(real_photos()), 1000)
+    assert features is None or features.shape[:2] == (len(real_photos()), 1280)
     names = [p.name for p in real_photos()]
     got = dict(zip(names, logits.argmax(1).tolist()))
     want = dict(zip(names, reference.argmax(1).tolist()))
     # The photos whose fp32 answer is clear-cut must keep it; int8 and bf16 may swap the
     # near-ties (two cat breeds 0.40 vs 0.35), which the README's agreement numbers count.
-    probs = torch.softmax(reference, 1).topk(2, 1).values
+    probs = torch.softmax(torch.from_numpy(reference), 1).topk(2, 1).values
     clear = {n for n, (a, b) in zip(names, probs.tolist()) if a - b > 0.1}
     assert len(clear) >= 4
     assert {n: got[n] for n in clear} == {n: want[n] for n in clear}
@@ -70,10 +89,10 @@ def test_every_engine_agrees_with_fp32_on_real_photos(bundled, photo_batch, cach
         assert got == want
     # A batch of one gives the same answer as the same image inside a batch of seven.
     tolerance = 0.05 if mode == "bf16" else 1e-3
-    assert torch.allclose(single[0], logits[0], atol=tolerance * float(logits.abs().max()))
+    assert np.allclose(single[0], logits[0], atol=tolerance * float(np.abs(logits).max()))
     if mode == "bf16":
-        assert served.engine_info["precision"] == (
-            "bf16" if engines.cpu_has_bf16() else "fp32 (this CPU has no native bf16)")
+        assert served.precision == (
+            "bf16" if runtime.cpu_has_bf16() else "fp32 (this CPU has no native bf16)")
 
 
 def test_torch_static_serves_a_resnet18_checkpoint(tmp_path, cache_dir):
@@ -83,16 +102,16 @@ def test_torch_static_serves_a_resnet18_checkpoint(tmp_path, cache_dir):
     module = model_loader.build_model("resnet18", 3)
     path = model_loader.save_checkpoint(tmp_path / "three.pt", module, arch="resnet18",
                                         classes=["a", "b", "c"], input_size=96)
-    loaded = model_loader.load_checkpoint(path)
-    served = model_loader.quantize(loaded, "static", "torch", cache_dir=cache_dir)
-    assert served.engine_info["precision"] == "int8"
-    batch = torch.stack(engines.calibration_tensors(engines.calibration_files(), 96,
-                                                    loaded.mean, loaded.std)[:6]).squeeze(1)
+    served = serve_file(path, "torch", "static", cache_dir)
+    assert served.loaded.engine_info["precision"] == "int8"
+    batch = np.concatenate(calibration_arrays(calibration_files(), 96,
+                                              model_loader.IMAGENET_MEAN,
+                                              model_loader.IMAGENET_STD)[:6])
+    logits, _ = served.run(batch)
     with torch.inference_mode():
-        logits = served.engine(batch)
-        reference = loaded.module(batch)
+        reference = module.eval()(torch.from_numpy(batch)).numpy()
     assert logits.shape == (6, 3)
-    assert torch.corrcoef(torch.stack([logits.flatten(), reference.flatten()]))[0, 1] > 0.9
+    assert np.corrcoef(logits.flatten(), reference.flatten())[0, 1] > 0.9
 
 
 @pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
@@ -105,56 +124,55 @@ def test_engines_serve_checkpoints_of_other_shapes(tmp_path, cache_dir, engine, 
     path = model_loader.save_checkpoint(
         tmp_path / "ckpt.pt", module, arch=arch, classes=[f"c{i}" for i in range(classes)],
         input_size=size)
-    loaded = model_loader.load_checkpoint(path)
-    served = model_loader.quantize(loaded, "none", engine, cache_dir=cache_dir)
-    batch = torch.randn(4, 3, size, size)
+    served = serve_file(path, engine, "none", cache_dir)
+    batch = np.random.default_rng(0).standard_normal((4, 3, size, size), dtype=np.float32)
+    out, _ = served.run(batch)
     with torch.inference_mode():
-        out = served.engine(batch)
-        ref = loaded.module(batch)
+        ref = module.eval()(torch.from_numpy(batch)).numpy()
     assert out.shape == (4, classes)
-    assert torch.allclose(out, ref, rtol=1e-3, atol=1e-3)
-    int8 = model_loader.quantize(loaded, "static", engine, cache_dir=cache_dir)
-    assert int8.engine_info["precision"] == "int8"
-    assert int8.engine(batch).shape == (4, classes)
+    assert np.allclose(out, ref, rtol=1e-3, atol=1e-3)
+    int8 = serve_file(path, engine, "static", cache_dir)
+    assert int8.loaded.engine_info["precision"] == "int8"
+    assert int8.run(batch)[0].shape == (4, classes)
 
 
 def _entries(cache_dir, suffix):
     return sorted(p for p in cache_dir.iterdir() if p.name.endswith(suffix))
 
 
-def test_cache_is_reused_after_a_restart_and_a_damaged_entry_is_rebuilt(bundled, tmp_path):
+def test_cache_is_reused_after_a_restart_and_a_damaged_entry_is_rebuilt(bundled_source,
+                                                                        tmp_path):
     cache = tmp_path / "cache"
-    first = model_loader.quantize(bundled, "static", "onnxruntime", cache_dir=cache)
-    assert first.engine_info["reused"] is False
-    (int8,) = _entries(cache, "-int8.onnx")
-    (fp32,) = _entries(cache, "-fp32.onnx")
-    stamps = {p: p.stat().st_mtime_ns for p in (int8, fp32)}
+    engines.serve(bundled_source, settings("onnxruntime", "static", cache))
+    (int8,) = _entries(cache, ".int8.onnx")
+    (fp32,) = _entries(cache, ".fp32.onnx")
+    (card,) = _entries(cache, ".card.json")
+    stamps = {p: p.stat().st_mtime_ns for p in (int8, fp32, card)}
 
-    # A "restart": the same weights loaded again from the package, a new engine.
-    again = model_loader.quantize(model_loader.load_bundled(), "static", "openvino",
-                                  cache_dir=cache)
-    assert again.engine_info["reused"] is True
-    assert again.engine_info["artefact"] == str(int8)
-    assert {p: p.stat().st_mtime_ns for p in (int8, fp32)} == stamps
+    # A "restart": the same weights file found again, another engine: nothing is built.
+    again_card, again = engines.serve(engines.builtin_source({}),
+                                      settings("openvino", "static", cache))
+    assert again.info["artefact"] == int8.name
+    assert {p: p.stat().st_mtime_ns for p in (int8, fp32, card)} == stamps
 
-    # A damaged entry (a flipped byte, then a truncated file) is rebuilt, not fatal.
+    # A damaged entry (a flipped byte, then a truncated file) is rebuilt, not trusted.
     data = bytearray(int8.read_bytes())
     data[len(data) // 2] ^= 0xFF
     int8.write_bytes(bytes(data))
-    rebuilt = model_loader.quantize(bundled, "static", "openvino", cache_dir=cache)
-    assert rebuilt.engine_info["reused"] is False
-    assert engines._sha256_file(int8) == (cache / (int8.name + ".sha256")).read_text().strip()
-    int8.write_bytes(int8.read_bytes()[:1000])
-    rebuilt = model_loader.quantize(bundled, "static", "onnxruntime", cache_dir=cache)
-    assert rebuilt.engine_info["reused"] is False
-    x = torch.zeros(1, 3, 224, 224)
-    assert rebuilt.engine(x).shape == (1, 1000)
+    engines.serve(bundled_source, settings("openvino", "static", cache))
+    assert model_loader.sha256_file(int8) == (cache / (int8.name + ".sha256")).read_text().strip()
+    assert int8.stat().st_mtime_ns != stamps[int8]
+    fp32.write_bytes(fp32.read_bytes()[:1000])
+    rebuilt_card, rebuilt = engines.serve(bundled_source, settings("onnxruntime", "none", cache))
+    assert model_loader.sha256_file(fp32) == (cache / (fp32.name + ".sha256")).read_text().strip()
+    logits, features = rebuilt(np.zeros((1, 3, 224, 224), dtype=np.float32))
+    assert logits.shape == (1, 1000) and features.shape == (1, 1280, 7, 7)
 
-    # Different weights get their own entry.
-    other = dataclasses.replace(bundled, module=model_loader.build_model(
-        "efficientnet_lite0", 1000).eval())
-    model_loader.quantize(other, "none", "onnxruntime", cache_dir=cache)
-    assert len(_entries(cache, "-fp32.onnx")) == 2
+    # Other weights get their own entry.
+    other = save_random_resnet18(tmp_path / "other.pth")
+    engines.serve(engines.builtin_source({"MODEL_WEIGHTS": str(other)}),
+                  settings("onnxruntime", "none", cache))
+    assert len(_entries(cache, ".fp32.onnx")) == 2
 
 
 def test_torch_static_cache_is_reused(tmp_path):
@@ -162,21 +180,17 @@ def test_torch_static_cache_is_reused(tmp_path):
     module = model_loader.build_model("resnet18", 4)
     path = model_loader.save_checkpoint(tmp_path / "four.pt", module, arch="resnet18",
                                         classes=list("abcd"), input_size=64)
-    loaded = model_loader.load_checkpoint(path)
     cache = tmp_path / "cache"
-    first = model_loader.quantize(loaded, "static", "torch", cache_dir=cache)
-    second = model_loader.quantize(model_loader.load_checkpoint(path), "static", "torch",
-                                   cache_dir=cache)
-    assert (first.engine_info["reused"], second.engine_info["reused"]) == (False, True)
-    x = torch.randn(2, 3, 64, 64)
-    with torch.inference_mode():
-        assert torch.equal(first.engine(x), second.engine(x))
-    Path = type(cache)
-    Path(first.engine_info["artefact"]).write_bytes(b"not a torch file")
-    third = model_loader.quantize(loaded, "static", "torch", cache_dir=cache)
-    assert third.engine_info["reused"] is False
-    with torch.inference_mode():
-        assert torch.equal(third.engine(x), first.engine(x))
+    first = serve_file(path, "torch", "static", cache)
+    (observers,) = _entries(cache, "-observers.pt")
+    stamp = observers.stat().st_mtime_ns
+    second = serve_file(path, "torch", "static", cache)
+    assert observers.stat().st_mtime_ns == stamp
+    x = np.random.default_rng(1).standard_normal((2, 3, 64, 64), dtype=np.float32)
+    assert np.array_equal(first.run(x)[0], second.run(x)[0])
+    observers.write_bytes(b"not a torch file")
+    third = serve_file(path, "torch", "static", cache)
+    assert np.array_equal(third.run(x)[0], first.run(x)[0])
 
 
 def test_prequantized_resnet18_is_used_only_for_the_published_weights(tmp_path, monkeypatch):
@@ -190,31 +204,35 @@ def test_prequantized_resnet18_is_used_only_for_the_published_weights(tmp_path, 
     torch.backends.quantized.engine = "fbgemm"
     torch.manual_seed(3)
     reference = tvq.resnet18(weights=None, quantize=True).eval()
-    target = engines.prequantized_resnet18_path()
+    target = torch_engine.prequantized_resnet18_path()
     target.parent.mkdir(parents=True)
     torch.save(reference.state_dict(), target)
 
     loaded = model_loader.load_checkpoint(save_random_resnet18(tmp_path / "r18.pth"))
-    calibrated = model_loader.quantize(loaded, "static", "torch", cache_dir=tmp_path / "c")
-    assert "pre-quantized" not in calibrated.engine_info.get("calibration", "")
+    cache = settings("torch", "static", tmp_path / "c")
+    card = build.build_card(loaded, build.weights_key(loaded), cache.cache)
+    _, calibrated = torch_engine.serve_module(card, loaded, cache)
+    assert not isinstance(calibrated.module, type(reference))
 
     # The same model, as if its file were the published one (its sha256 prefix).
-    published = dataclasses.replace(loaded, version="f37072fd1234")
-    served = model_loader.quantize(published, "static", "torch", cache_dir=tmp_path / "c")
-    assert "pre-quantized" in served.engine_info["calibration"]
-    x = torch.randn(2, 3, 224, 224)
+    loaded.version = "f37072fd1234"
+    _, served = torch_engine.serve_module(card, loaded, cache)
+    x = np.random.default_rng(2).standard_normal((2, 3, 224, 224), dtype=np.float32)
     with torch.inference_mode():
-        assert torch.equal(served.engine(x), reference(x))
+        assert np.array_equal(served(x)[0], reference(torch.from_numpy(x)).numpy())
 
 
-def test_an_engine_that_cannot_convert_the_model_falls_back_to_torch(bundled, tmp_path):
+def test_int8_that_cannot_be_built_is_served_in_fp32_by_the_same_engine(bundled_source,
+                                                                          tmp_path):
+    """No calibration photos: the engine steps down to fp32 (it does not leave for torch)
+    and says why."""
     broken = tmp_path / "calibration"
     broken.mkdir()
     (broken / "note.txt").write_text("no images here")
-    served = model_loader.quantize(bundled, "static", "openvino", cache_dir=tmp_path / "c",
-                                   calibration_dir=broken)
-    assert served.engine_name == "torch" and served.quantization == "none"
-    assert "no calibration images" in served.engine_info["fallback"]
+    card, served = engines.serve(bundled_source, settings(
+        "openvino", "static", tmp_path / "c", calibration_dir=str(broken)))
+    assert served.name == "openvino" and served.precision == "fp32"
+    assert "no calibration images" in served.info["fallback"]
 
 
 @pytest.mark.parametrize("engine, mode, words", [
@@ -223,23 +241,31 @@ def test_an_engine_that_cannot_convert_the_model_falls_back_to_torch(bundled, tm
     ("torch", "int4", "QUANTIZE='int4' is not supported"),
     ("onnxruntime", "bf16", "QUANTIZE=bf16 needs ENGINE=openvino"),
 ])
-def test_bad_combinations_are_refused(bundled, engine, mode, words):
+def test_bad_combinations_are_refused(bundled_source, engine, mode, words):
     with pytest.raises(model_loader.ModelLoadError, match=re.escape(words)):
-        model_loader.quantize(bundled, mode, engine)
+        engines.serve(bundled_source, settings(engine, mode))
+
+
+def _maps(pid: int) -> str:
+    with open(f"/proc/{pid}/maps") as fh:
+        return fh.read()
+
+
+def _workers(server) -> list[int]:
+    with open(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children") as fh:
+        return [int(p) for p in fh.read().split()]
 
 
 def test_the_gunicorn_master_never_loads_torch_or_openvino(start_server, tmp_path):
-    """Fork after OpenMP/TBB started can hang a worker: only workers may load them."""
+    """Fork after OpenMP/TBB started can hang a worker: only workers may load them.  And
+    with ENGINE=torch the workers load torch (the one setting that does)."""
     server = start_server("gunicorn", ENGINE_CACHE_DIR=tmp_path / "cache", WEB_CONCURRENCY=2,
-                          TORCH_THREADS=1)
+                          TORCH_THREADS=1, ENGINE="torch", QUANTIZE="dynamic")
     info = server.wait_ready(timeout=300)
-    assert info["engine"]["engine"] == info["model"]["engine"]
-    maps = open(f"/proc/{server.proc.pid}/maps").read()
+    assert info["engine"]["engine"] == info["model"]["engine"] == "torch"
     for library in ("libtorch", "libopenvino", "libonnxruntime", "libgomp", "libiomp"):
-        assert library not in maps, f"the gunicorn master loaded {library}"
-    worker_pids = [int(p) for p in open(
-        f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read().split()]
-    assert len(worker_pids) == 2
-    worker_maps = open(f"/proc/{worker_pids[0]}/maps").read()
-    assert "libtorch" in worker_maps
-    assert sys.platform.startswith("linux") and os.path.exists(f"/proc/{worker_pids[0]}")
+        assert library not in _maps(server.proc.pid), f"the gunicorn master loaded {library}"
+    workers = _workers(server)
+    assert len(workers) == 2
+    assert "libtorch" in _maps(workers[0])
+    assert sys.platform.startswith("linux") and os.path.exists(f"/proc/{workers[0]}")

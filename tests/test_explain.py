@@ -1,6 +1,7 @@
-"""Grad-CAM and the preprocessing steps (webapp/explain.py) and POST /explain: the heatmap
-points at the object, the steps are exactly what the model saw, the serving model is never
-touched, and bad input gets the same clear errors as /predict."""
+"""Heatmaps and the preprocessing steps (webapp/serving/explain.py) and POST /explain: the
+heatmap equals torch's Grad-CAM (torch in the test only) and points at the object, the steps
+are exactly what the model saw, the serving model is never touched, and bad input gets the
+same clear errors as /predict."""
 
 from __future__ import annotations
 
@@ -17,16 +18,11 @@ from torch import nn
 import model_loader
 from model_loader import LoadedModel
 from tests.conftest import encode, save_random_resnet18
-from tests.photos import CAT_CLASSES, photo
+from tests.photos import CAT_CLASSES, photo, real_photos
 from webapp import create_app
-from webapp.classifier import Classifier
-from webapp.explain import (
-    ExplainUnsupported,
-    denormalise,
-    explain,
-    explainer_for,
-    find_target_layer,
-)
+from webapp.engines import EngineSettings, build
+from webapp.serving.classifier import Classifier
+from webapp.serving.explain import ExplainUnsupported, denormalise, explain, upsample
 
 
 @pytest.fixture(scope="module")
@@ -122,29 +118,71 @@ def test_steps_are_exactly_what_the_model_saw(classifier, size):
 @pytest.fixture(scope="module")
 def dynamic_classifier():
     """The bundled model served by torch with dynamic int8 quantization: an engine that is
-    a torch module, so hooks on it would show."""
+    a torch module, so hooks left on it would show."""
     app = create_app({"TESTING": True, "ENGINE": "torch", "QUANTIZE": "dynamic"})
     return app.extensions["model_holder"].get()
 
 
 def test_explanations_never_touch_the_serving_model(dynamic_classifier):
-    """Grad-CAM runs on a private fp32 copy; the (quantized) engine and the shared fp32
-    module keep no hooks and answer exactly as before."""
+    """The heatmap comes from the same pass that answers; the (quantized) module that
+    serves keeps no hooks afterwards and answers exactly as before."""
     classifier = dynamic_classifier
     img = photo("coffee").image
     before, _ = classifier.predict([img], 5)
-    explain(classifier, img)
-    explainer = explainer_for(classifier)
-    assert explainer.module is not classifier.loaded.module
-    assert explainer.module is not classifier.engine
+    result = explain(classifier, img)
+    assert [p.index for p in result.predictions] == [p.index for p in before[0][:3]]
     assert classifier.loaded.quantization == "dynamic"
-    assert type(explainer.module._fc) is nn.Linear  # fp32, not the int8 Linear
-    assert "quantized" in type(classifier.engine._fc).__module__
-    for module in (classifier.loaded.module, classifier.engine):
-        assert not any(m._forward_hooks for m in module.modules())
+    assert "quantized" in type(classifier.engine.module._fc).__module__
+    assert not any(m._forward_hooks for m in classifier.engine.module.modules())
     after, _ = classifier.predict([img], 5)
     assert before == after
-    assert explainer_for(classifier) is explainer  # made once per model
+
+
+# --------------------------------------------------------------------------- torch's Grad-CAM
+
+
+def torch_gradcam(module, layer, batch: np.ndarray, index: int) -> np.ndarray:
+    """Grad-CAM as published (Selvaraju et al.): channel weights are the spatial mean of
+    the class score's gradient at the layer; the map is their weighted sum, ReLU'd."""
+    captured = []
+    handle = layer.register_forward_hook(lambda m, a, out: captured.append(out))
+    try:
+        x = torch.from_numpy(batch).requires_grad_(True)
+        logits = module(x)
+        (grads,) = torch.autograd.grad(logits[0, index], captured[-1])
+    finally:
+        handle.remove()
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    return torch.relu((weights * captured[-1]).sum(dim=1))[0].detach().numpy()
+
+
+def fp32_classifier(loaded: LoadedModel, tmp_path) -> Classifier:
+    settings = EngineSettings(engine="openvino", quantize="none", cache_dir=str(tmp_path),
+                              threads=2)
+    return Classifier(*build.serve_loaded(loaded, settings))
+
+
+@pytest.mark.parametrize("weights", ["bundled", "resnet18"])
+def test_the_heatmap_is_torchs_gradcam_on_real_photos(weights, tmp_path):
+    if weights == "bundled":
+        loaded = model_loader.load_bundled()
+    else:
+        loaded = model_loader.load_checkpoint(save_random_resnet18(tmp_path / "r18.pth"))
+    classifier = fp32_classifier(loaded, tmp_path / "cache")
+    module = loaded.module.eval()
+    layer = dict(module.named_modules())[classifier.loaded.cam["layer"]]
+    for sample in real_photos():
+        result = explain(classifier, sample.image)
+        batch = classifier.preprocess(sample.image)[None]
+        theirs = torch_gradcam(module, layer, batch, result.target.index)
+        assert theirs.max() > 0
+        ours_grid = result.heatmap  # upsampled and scaled to 0..1
+        want = torch.nn.functional.interpolate(
+            torch.from_numpy(theirs)[None, None], size=ours_grid.shape, mode="bilinear",
+            align_corners=False)[0, 0].numpy()
+        want /= want.max()
+        assert np.abs(ours_grid - want).max() < 0.01, sample.name
+    assert np.array_equal(upsample(np.eye(2, dtype=np.float32), 2), np.eye(2))
 
 
 # --------------------------------------------------------------------------- architectures
@@ -155,30 +193,37 @@ def _loaded(module, arch, classes=10, **extra):
                        name=arch, version="test", source="test", source_kind="test", **extra)
 
 
-@pytest.mark.parametrize("arch, layer", [
-    ("resnet18", "layer4"), ("mobilenet_v3_small", "features"), ("squeezenet1_1", "classifier.2"),
-])
-def test_target_layer_is_the_last_spatial_feature_map(arch, layer):
+@pytest.mark.parametrize("arch, layer", [("resnet18", "layer4"), ("squeezenet1_1", "classifier.2")])
+def test_target_layer_is_the_last_spatial_feature_map(arch, layer, tmp_path):
     import torchvision
 
     torch.manual_seed(0)
     module = torchvision.models.get_model(arch, weights=None, num_classes=10).eval()
-    name, _ = find_target_layer(module, 224)
+    name, _ = build.find_target_layer(module, 224)
     assert name == layer
-    result = explain(Classifier(_loaded(module, arch)), photo("camera").image)
+    result = explain(fp32_classifier(_loaded(module, arch), tmp_path), photo("camera").image)
     assert result.layer == layer and result.heatmap.shape == (224, 224)
 
 
 def test_bundled_model_uses_its_head_activation(classifier):
-    assert explainer_for(classifier).layer_name == "_swish"  # after _conv_head + _bn1
+    assert classifier.loaded.cam["layer"] == "_swish"  # after _conv_head + _bn1
 
 
-def test_models_without_a_feature_map_are_refused():
+def test_models_without_a_pooled_linear_head_are_refused_with_the_reason(tmp_path):
+    """Heatmaps need a feature map and a head that is one linear layer after global
+    average pooling; other models still answer /predict, and /explain says why not."""
+    import torchvision
+
     flat = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
-    with pytest.raises(ExplainUnsupported):
-        explain(Classifier(_loaded(flat, "mlp", input_size=32)), photo("camera").image)
-    with pytest.raises(ExplainUnsupported, match="vit_b_16"):
-        explain(Classifier(_loaded(flat, "vit_b_16", input_size=32)), photo("camera").image)
+    mlp_head = torchvision.models.mobilenet_v3_small(num_classes=10)
+    for module, arch, size, words in [(flat, "mlp", 32, "no convolutional feature map"),
+                                      (mlp_head, "mobilenet_v3_small", 224,
+                                       "more than global average pooling")]:
+        classifier = fp32_classifier(_loaded(module, arch, input_size=size), tmp_path)
+        (answer,), _ = classifier.predict([photo("camera").image], 3)
+        assert len(answer) == 3
+        with pytest.raises(ExplainUnsupported, match=words):
+            explain(classifier, photo("camera").image)
 
 
 # --------------------------------------------------------------------------- POST /explain
@@ -301,5 +346,4 @@ def test_explain_with_bare_resnet18_weights_unquantized(tmp_path):
     assert body["model"]["arch"] == "resnet18" and body["heatmap"]["layer"] == "layer4"
     # The serving module (engine is module when QUANTIZE=none) keeps no hooks.
     classifier = app.extensions["model_holder"].get()
-    assert classifier.engine is classifier.loaded.module
-    assert not any(m._forward_hooks for m in classifier.engine.modules())
+    assert not any(m._forward_hooks for m in classifier.engine.module.modules())

@@ -464,6 +464,44 @@ def test_metrics_match_scikit_learn():
     assert ours["macro_avg"]["f1"] == pytest.approx(f.mean(), abs=1e-4)
 
 
+def test_the_headline_says_which_classes_the_scores_cannot_vouch_for():
+    """A class with no test images used to show F1 0.0 in the table and vanish from the
+    headline's "accuracy 1.000, macro F1 1.000"."""
+    cm = torch.tensor([[3, 0, 0], [0, 3, 0], [0, 0, 0]])
+    evaluation = {"split": "test", **training_report.classification_metrics(
+        cm, ["cup", "pen", "mug"])}
+    assert evaluation["thin_classes"] == {"mug": 0}
+    assert training_report.headline(evaluation) == (
+        "Test: accuracy 1.000, macro F1 1.000 on 6 images, but there are no test images of "
+        "mug: these scores say little about that class (add images of it).")
+    cm = torch.tensor([[3, 0, 0], [0, 2, 0], [0, 0, 0]])
+    evaluation = {"split": "val", **training_report.classification_metrics(
+        cm, ["cup", "pen", "mug"])}
+    assert training_report.caveat(evaluation) == (
+        "there are no val images of mug and fewer than 3 val images of pen (2): these "
+        "scores say little about those classes (add images of them)")
+    cm = torch.tensor([[3, 1], [0, 4]])
+    evaluation = {"split": "test", **training_report.classification_metrics(cm, ["a", "b"])}
+    assert training_report.caveat(evaluation) is None
+    assert training_report.headline(evaluation).endswith("on 8 images.")
+
+
+def test_a_run_with_a_class_missing_from_the_test_split_says_so(tmp_path):
+    root = make_dataset(tmp_path / "d", {"circle": 20, "square": 7, "triangle": 2})
+    messages = []
+    report = finetune.train(root, tmp_path / "m.pt", fast(strategy="head", epochs=1),
+                            say=messages.append).report
+    assert report["evaluation"]["thin_classes"] == {"square": 1, "triangle": 0}
+    headline = next(m for m in messages if m.startswith("Test: accuracy"))
+    assert headline.endswith(", but there are no test images of triangle and fewer than 3 "
+                             "test images of square (1): these scores say little about "
+                             "those classes (add images of them).")
+    assert report["metrics"]["caveat"] in headline
+    # ... and the model's metrics carry it to the admin page.
+    assert model_loader.load_checkpoint(tmp_path / "m.pt").metrics["caveat"] == \
+        report["metrics"]["caveat"]
+
+
 # --------------------------------------------------------------------------- bad data
 
 

@@ -15,9 +15,10 @@ from torchvision.models import ResNet18_Weights
 import model_loader
 from tests.conftest import encode
 from tests.photos import real_photos
-from webapp import imaging
-from webapp.classifier import Classifier
-from webapp.imaging import ImageError
+from webapp.engines import ModelCard
+from webapp.serving import imaging
+from webapp.serving.classifier import Classifier
+from webapp.serving.imaging import ImageError
 
 LIMIT = 50_000_000
 
@@ -34,17 +35,17 @@ def pixel(img: Image.Image, xy=(0, 0)) -> tuple:
 
 
 def _classifier(input_size=224, mean=model_loader.IMAGENET_MEAN, std=model_loader.IMAGENET_STD):
-    module = torch.nn.Identity()
-    return Classifier(model_loader.LoadedModel(
-        module=module, arch="resnet18", labels=["a", "b"], name="t", version="0",
-        source="", source_kind="explicit", input_size=input_size, mean=mean, std=std))
+    """Preprocessing needs only the model card, no network."""
+    return Classifier(ModelCard(
+        key="t", arch="resnet18", labels=["a", "b"], name="t", version="0", source="",
+        source_kind="explicit", input_size=input_size, mean=mean, std=std), engine=None)
 
 
 @pytest.mark.parametrize("photo", real_photos(), ids=lambda p: p.name)
 def test_preprocessing_matches_torchvision_imagenet_transform(photo):
     reference = ResNet18_Weights.IMAGENET1K_V1.transforms()
     decoded = load(encode(photo.image, "PNG"))  # lossless: the same pixels
-    ours = _classifier().preprocess(decoded)
+    ours = torch.from_numpy(_classifier().preprocess(decoded))
     theirs = reference(photo.image)
     assert ours.shape == theirs.shape == (3, 224, 224)
     # One Pillow resize of the cropped region instead of resize-then-crop: the same

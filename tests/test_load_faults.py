@@ -262,7 +262,7 @@ def test_a_corrupted_active_checkpoint_at_startup_falls_back_and_says_so(
         assert ready["model"]["id"] == fruit and ready["model"]["name"] == "Fruit"
         assert ready["registry"] == {"active": tools, "serving": fruit, "in_sync": False}
         assert f"The active model {tools} could not be loaded" in ready["notice"]
-        assert "not a readable PyTorch weights file" in ready["notice"]
+        assert "not the one that was stored (damaged on disk)" in ready["notice"]
         ops.wait_for_workers(server, 2)
         deadline = time.monotonic() + 60
         while server.log.count(f"The active model {tools} could not be loaded") < 2:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import pickle
+import re
 import socket
 import subprocess
 import sys
@@ -73,16 +75,21 @@ def test_no_weights_anywhere_serves_the_bundled_imagenet_model(tmp_path, monkeyp
     assert "python -m model_loader download" in loaded.notice
 
 
-def test_wrong_shape_file_is_a_clear_error(tmp_path):
+def test_another_imagenet_architecture_is_detected_and_a_wrong_one_named_is_refused(tmp_path):
     path = tmp_path / "resnet34.pth"
     torch.save(torchvision.models.resnet34(weights=None).state_dict(), path)
-    with pytest.raises(ModelLoadError, match="does not fit the architecture.*unexpected"):
-        model_loader.load_imagenet_model(path)
+    loaded = model_loader.load_imagenet_model(path)  # MODEL_WEIGHTS=resnet34.pth
+    assert loaded.arch == "resnet34" and loaded.labels[285] == "Egyptian cat"
+    assert loaded.details["arch_from"] == "detected"
+    with pytest.raises(ModelLoadError, match="does not fit the architecture resnet18: "
+                       "96 unexpected tensors.*on auto"):
+        model_loader.load_checkpoint(path, arch="resnet18")
 
 
 def test_fine_tuned_bare_state_dict_needs_class_names(tmp_path):
     path = save_random_resnet18(tmp_path / "five.pth", num_classes=5)
-    with pytest.raises(ModelLoadError, match="1000-class ImageNet model.*5 outputs"):
+    with pytest.raises(ModelLoadError, match="does not name its classes and its head has 5 "
+                       "outputs; give the 5 class names"):
         model_loader.load_imagenet_model(path)
 
 
@@ -123,18 +130,40 @@ class _Payload:
         return (pathlib.Path.touch, (pathlib.Path(self.marker),))
 
 
+class _Shell:
+    """A pickle that calls os.system: a module torch blocks outright ("unsupported
+    GLOBAL ... is blocked", worded differently from other refused globals)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+# Words of torch's unpickler that must never reach a person: its opcodes, its globals
+# and its advice to turn the safety off.
+TORCH_WORDS = ("weights_only", "operand", "GLOBAL", "WeightsUnpickler", "allowlist",
+               "add_safe_globals")
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("writer", ["pickle", "torch.save"])
-def test_pickle_that_would_run_code_is_refused_and_never_runs(tmp_path, writer):
+@pytest.mark.parametrize("payload", [_Payload, _Shell])
+def test_pickle_that_would_run_code_is_refused_and_never_runs(tmp_path, writer, payload):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
-    payload = {"format": "webapp-checkpoint/1", "state_dict": _Payload(str(marker))}
+    content = {"format": "webapp-checkpoint/1", "state_dict": payload(str(marker))}
     if writer == "pickle":
-        path.write_bytes(pickle.dumps(payload))
+        path.write_bytes(pickle.dumps(content))
     else:
-        torch.save(payload, path)
-    with pytest.raises(ModelLoadError, match="could run code"):
+        torch.save(content, path)
+    with pytest.raises(ModelLoadError, match="could run code") as info:
         model_loader.load_checkpoint(path)
     assert not marker.exists()
+    assert not [w for w in TORCH_WORDS if w.lower() in str(info.value).lower()]
 
 
 def test_nan_weights_fail_the_probe(tmp_path):
@@ -173,27 +202,37 @@ def test_checkpoint_with_head_and_class_count_mismatch_is_refused(tmp_path):
         model_loader.load_checkpoint(path)
 
 
-def test_dynamic_quantization_quantizes_the_linear_head(random_resnet18):
+def test_dynamic_quantization_quantizes_the_linear_head(random_resnet18, tmp_path):
+    """ENGINE=torch QUANTIZE=dynamic (the design card's recipe): int8 Linear layers, the
+    same answers as fp32."""
+    from webapp import engines
+    from webapp.engines import EngineSettings, torch_engine
+
+    settings = EngineSettings(engine="torch", quantize="dynamic", cache_dir=str(tmp_path))
+    source = engines.builtin_source({"MODEL_WEIGHTS": str(random_resnet18)})
+    card, engine = engines.serve(source, settings)
+    assert card.quantization == "dynamic" and torch.get_num_threads() == 1
+    assert not isinstance(engine.module.fc, nn.Linear)  # replaced by an int8 Linear
     loaded = model_loader.load_imagenet_model(random_resnet18)
-    quantized = model_loader.quantize(loaded, "dynamic")
-    assert quantized.quantization == "dynamic"
-    assert not isinstance(quantized.engine.fc, nn.Linear)  # replaced by an int8 Linear
-    assert isinstance(quantized.module.fc, nn.Linear)  # the fp32 model is kept
     x = torch.randn(2, 3, 224, 224)
     with torch.inference_mode():
-        fp32, int8 = loaded.module(x), quantized.engine(x)
-    assert torch.equal(fp32.argmax(1), int8.argmax(1))
+        fp32 = loaded.module(x)
+    int8, _ = engine(x.numpy())
+    assert torch.equal(fp32.argmax(1), torch.from_numpy(int8).argmax(1))
     with pytest.raises(ModelLoadError, match="QUANTIZE='fast' is not supported"):
-        model_loader.quantize(loaded, "fast")
-
-
-def test_configure_threads_sets_torch_threads():
+        engines.serve(source, EngineSettings(engine="torch", quantize="fast"))
     before = torch.get_num_threads()
     try:
-        assert model_loader.configure_threads(1) == 1
-        assert torch.get_num_threads() == 1
+        assert torch_engine.configure_threads(2) == 2 == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_architecture_list_is_torchvisions():
+    """Workers check an uploaded arch name against a written-out list (no torchvision in a
+    worker); a torchvision upgrade that adds or drops a model shows here."""
+    listed = set(torchvision.models.list_models(module=torchvision.models))
+    assert model_loader.supported_archs() == listed | {"efficientnet_lite0"}
 
 
 def test_info_command_names_the_model_and_the_way_to_resnet18():
@@ -275,3 +314,228 @@ def test_download_shows_progress_and_refuses_a_file_that_is_not_the_published_on
     assert "100%" in err  # the progress bar got to the end of the transfer
     assert "invalid hash value" in err and "f37072fd" in err
     assert cached_files(torch_home) == []
+
+
+# --------------------------------------------------------------------------- model files
+# Every row of issue 13's table: the files people have (tests/model_files.py).
+
+ACCEPTED = ["bare", "dataparallel", "lightning", "tutorial", "v1_without_format", "compiled",
+            "safetensors", "onnx", "mobilenet"]
+
+
+def fields_of(entry) -> dict:
+    """The keyword arguments of load_checkpoint for what a person sends with the file."""
+    fields = dict(entry.fields)
+    if entry.labels:
+        fields["labels"] = entry.labels[1]
+    return fields
+
+
+@pytest.mark.parametrize("row", ACCEPTED)
+def test_every_accepted_file_loads_as_the_network_it_holds(model_files, row):
+    entry = getattr(model_files, row)
+    loaded = model_loader.load_checkpoint(entry.path, **fields_of(entry))
+    assert loaded.arch == entry.arch and loaded.labels == entry.classes
+    assert (loaded.input_size, loaded.mean, loaded.std) == (entry.input_size, entry.mean,
+                                                          entry.std)
+    if entry.arch == "onnx":
+        assert loaded.module is None and loaded.kind == "onnx"
+        assert loaded.outputs == "logits" and loaded.details["batch"] == "any"
+        return
+    # The weights really are the file's: the same scores as the network that was saved.
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(loaded.module(x), entry.module(x), atol=1e-5)
+    assert loaded.kind == ("safetensors" if row == "safetensors" else "pytorch")
+    expected_from = {"bare": "the classes field", "dataparallel": "the labels file",
+                     "tutorial": "the file's 'class_to_idx'",
+                     "v1_without_format": "the file's 'classes'"}
+    if row in expected_from:
+        assert loaded.details["classes_from"] == expected_from[row]
+    assert entry.arch in loaded.summary()
+
+
+def test_the_summary_says_where_everything_was_found(model_files):
+    loaded = model_loader.load_checkpoint(model_files.lightning.path,
+                                          **fields_of(model_files.lightning))
+    assert loaded.summary() == (
+        "resnet18 (detected from the weights), 5 classes from the labels file, weights "
+        "under 'state_dict', key prefix 'model.' removed")
+    meta = loaded.metadata()
+    assert json.loads(json.dumps(meta)) == meta  # what a child process can hand over
+    assert meta["classes"] == model_files.lightning.classes and meta["kind"] == "pytorch"
+
+
+def test_class_names_from_the_person_and_from_the_file_must_agree(model_files):
+    tutorial, bare = model_files.tutorial, model_files.bare
+    with pytest.raises(ModelLoadError, match="the classes field says classes cat, dog, fox, "
+                       "owl, zebra but the file says cat, dog, fox, owl, yak"):
+        model_loader.load_checkpoint(tutorial.path, classes="cat,dog,fox,owl,zebra")
+    # The same names again are fine.
+    assert model_loader.load_checkpoint(tutorial.path, classes=",".join(tutorial.classes),
+                                        run_probe=False).labels == tutorial.classes
+    with pytest.raises(ModelLoadError, match="the classes field .* and the labels file .* "
+                       "name different classes"):
+        model_loader.load_checkpoint(bare.path, classes="a,b,c,d,e", labels=b"a\nb\nc\nd\nx")
+    with pytest.raises(ModelLoadError, match="head has 5 outputs but the classes field "
+                       "names 4 classes"):
+        model_loader.load_checkpoint(bare.path, classes="a,b,c,d")
+    with pytest.raises(ModelLoadError, match="its head has 5 outputs; give the 5 class "
+                       "names in output order"):
+        model_loader.load_checkpoint(bare.path)
+
+
+@pytest.mark.parametrize("text, names", [
+    ("cat\ndog\r\n\nfox\n", ["cat", "dog", "fox"]),
+    ('["cat", "dog", "fox"]', ["cat", "dog", "fox"]),
+    ('{"fox": 2, "cat": 0, "dog": 1}', ["cat", "dog", "fox"]),  # class_to_idx
+    ('{"1": "dog", "0": "cat", "2": "fox"}', ["cat", "dog", "fox"]),  # idx_to_class
+    ("\ufeffTinca tinca, tench\ngoldfish\n", ["Tinca tinca, tench", "goldfish"]),
+])
+def test_labels_files_in_every_common_layout(text, names):
+    assert model_loader.parse_labels_file(text.encode("utf-8"), "x") == names
+
+
+@pytest.mark.parametrize("text, words", [
+    (b"cat\ncat\n", "duplicate names (cat)"),
+    (b"only-one\n", "at least two classes"),
+    (b'{"cat": 0, "dog": 2}', "not 0 to 1"),
+    (b"[1, 2]", "must be a list of class names"),
+    (b'["cat", "dog"', "not valid JSON"),
+    (b"\xff\xfe\x00c", "not UTF-8"),
+])
+def test_bad_labels_files_are_refused_with_the_reason(text, words):
+    with pytest.raises(ModelLoadError, match=re.escape(words)):
+        model_loader.parse_labels_file(text, "x")
+
+
+def test_the_classes_field_takes_commas_or_lines():
+    assert model_loader.parse_classes_field(" cat, dog ,fox ", "x") == ["cat", "dog", "fox"]
+    assert model_loader.parse_classes_field("Tinca tinca, tench\ngoldfish", "x") == [
+        "Tinca tinca, tench", "goldfish"]
+
+
+def test_refusals_say_what_to_do_next(model_files, tmp_path):
+    cases = [
+        (model_files.whole_model, {}, "whole pickled model.*torch.save\\(model.state_dict"),
+        (model_files.quantized, {}, "quantized weights.*upload the fp32 weights.*QUANTIZE="),
+        (model_files.torchscript, {}, "TorchScript.*model.state_dict\\(\\).*or export"),
+        (model_files.bare.path, {"arch": "resnet9000", "classes": "a,b,c,d,e"},
+         "architecture 'resnet9000' is not supported; use one of: alexnet, .*resnet18"),
+        (model_files.onnx.path, {}, "give the 5 class names of this ONNX model"),
+        (model_files.onnx.path, {"classes": "a,b,c,d,e", "arch": "resnet18"},
+         "ONNX model, not resnet18 weights; leave the architecture on auto"),
+    ]
+    for path, fields, words in cases:
+        with pytest.raises(ModelLoadError, match=words) as info:
+            model_loader.load_checkpoint(path, **fields)
+        assert not [w for w in TORCH_WORDS if w.lower() in str(info.value).lower()], info.value
+
+
+def test_the_head_is_found_from_the_architecture_not_from_key_order(tmp_path):
+    """A valid ConvNeXt checkpoint whose keys were sorted: its last 2-D tensor is no
+    longer the head (it used to be refused with "head has 768 outputs")."""
+    model = torchvision.models.convnext_tiny(num_classes=3)
+    path = model_loader.save_checkpoint(tmp_path / "convnext.pt", model, arch="convnext_tiny",
+                                        classes=["a", "b", "c"])
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"] = dict(sorted(payload["state_dict"].items()))
+    torch.save(payload, path)
+    loaded = model_loader.load_checkpoint(path)
+    assert loaded.arch == "convnext_tiny" and loaded.num_classes == 3
+    heads = {arch: sorted(model_loader.signature(arch).head) for arch in (
+        "resnet18", "convnext_tiny", "mobilenet_v3_large", "efficientnet_lite0",
+        "squeezenet1_0", "vit_b_16")}
+    assert heads == {
+        "resnet18": ["fc.bias", "fc.weight"],
+        "convnext_tiny": ["classifier.2.bias", "classifier.2.weight"],
+        "mobilenet_v3_large": ["classifier.3.bias", "classifier.3.weight"],
+        "efficientnet_lite0": ["_fc.bias", "_fc.weight"],
+        "squeezenet1_0": ["classifier.1.bias", "classifier.1.weight"],  # a 1x1 convolution
+        "vit_b_16": ["heads.head.bias", "heads.head.weight"],
+    }
+
+
+def test_weights_that_fit_no_architecture_name_the_closest_and_what_differs(model_files,
+                                                                           tmp_path):
+    path = tmp_path / "extra.pth"
+    torch.save({**model_files.state_dict, "criterion.pos_weight": torch.ones(5)}, path)
+    with pytest.raises(ModelLoadError, match="fit none of the 81 supported architectures. "
+                       "The closest is resnet18: 1 unexpected tensors \\(e.g. "
+                       "criterion.pos_weight\\)"):
+        model_loader.load_checkpoint(path, classes=",".join(model_files.bare.classes))
+
+
+def test_batchnorm_counters_may_be_missing(model_files, tmp_path):
+    path = tmp_path / "no-counters.pth"
+    torch.save({k: v for k, v in model_files.state_dict.items()
+                if not k.endswith("num_batches_tracked")}, path)
+    loaded = model_loader.load_checkpoint(path, classes="a,b,c,d,e")
+    assert loaded.arch == "resnet18"
+
+
+def test_convert_writes_a_v1_checkpoint_from_any_accepted_file(model_files, tmp_path, capsys):
+    out = tmp_path / "fruit.pt"
+    code = model_loader.main(["convert", str(model_files.lightning.path), "--labels",
+                              str(_write(tmp_path / "labels.txt", model_files.lightning)),
+                              "--out", str(out)])
+    assert code == 0 and "checkpoint v1 of resnet18" in capsys.readouterr().out
+    payload = torch.load(out, weights_only=True)
+    assert payload["format"] == model_loader.CHECKPOINT_FORMAT
+    assert payload["classes"] == model_files.lightning.classes
+    assert model_loader.load_checkpoint(out).details["classes_from"] == "the checkpoint"
+    # The real command line, and its refusal.
+    out2 = tmp_path / "bare-v1.pt"
+    result = subprocess.run(
+        [sys.executable, "-m", "model_loader", "convert", str(model_files.bare.path),
+         "--arch", "resnet18", "--classes", "a,b,c,d,e", "--out", str(out2)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert model_loader.load_checkpoint(out2).labels == ["a", "b", "c", "d", "e"]
+    assert model_loader.main(["convert", str(model_files.bare.path), "--out",
+                              str(tmp_path / "x.pt")]) == 1
+    assert "give the 5 class names" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
+
+
+def _write(path, entry):
+    path.write_bytes(entry.labels[1])
+    return path
+
+
+def test_an_onnx_model_with_a_fixed_batch_and_a_softmax_is_served_with_its_scores(
+    model_files, tmp_path
+):
+    """Batch fixed at 1 (several images run one by one) and probabilities as output (the
+    engine returns their log, so the server's softmax gives the same scores), in both
+    engines; int8 is not made for uploaded ONNX models and says so."""
+    import warnings
+
+    module = nn.Sequential(model_files.resnet18, nn.Softmax(dim=1)).eval()
+    path = tmp_path / "softmax.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.zeros(1, 3, 64, 64),), str(path), dynamo=False)
+    loaded = model_loader.load_checkpoint(path, classes="a,b,c,d,e")
+    assert (loaded.input_size, loaded.outputs, loaded.details["batch"]) == (
+        64, "probabilities", 1)
+    assert "it outputs probabilities" in loaded.summary()
+    x = torch.randn(3, 3, 64, 64)
+    with torch.inference_mode():
+        expected = module(x)
+    from webapp import engines
+    from webapp.engines import EngineSettings
+
+    source = engines.checkpoint_source(path, given={"classes": "a,b,c,d,e"})
+    for engine in ("openvino", "onnxruntime", "torch"):
+        card, served = engines.serve(source, EngineSettings(
+            engine=engine, cache_dir=str(tmp_path / "cache")))
+        assert served.name == ("onnxruntime" if engine == "torch" else engine)
+        logits = torch.from_numpy(served(x.numpy())[0])
+        assert torch.allclose(logits.softmax(dim=1), expected, atol=1e-4)
+    card, served = engines.serve(source, EngineSettings(
+        engine="onnxruntime", quantize="static", cache_dir=str(tmp_path / "cache")))
+    assert served.precision == "fp32" and "fp32" in served.info["fallback"]
+    with pytest.raises(ModelLoadError, match="the input_size field says input_size 224 "
+                       "but the file says 64"):
+        model_loader.load_checkpoint(path, classes="a,b,c,d,e", input_size=224)

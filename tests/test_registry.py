@@ -19,7 +19,9 @@ import torch
 import model_loader
 from tests.conftest import FRUIT, ROOT, TOOLS, encode
 from tests.photos import photo
+from webapp.engines import EngineSettings
 from webapp.registry import BUILTIN, Registry, RegistryError
+from webapp.serving.holder import load_classifier
 
 
 def snapshot(root: Path) -> dict:
@@ -38,7 +40,25 @@ def leftovers(root: Path) -> list[str]:
 
 @pytest.fixture()
 def store(tmp_path) -> Registry:
-    return Registry(tmp_path / "models")
+    return Registry(tmp_path / "models", ENGINE)
+
+
+# The session's engine cache: a file converted once is not converted again by each test.
+ENGINE = EngineSettings(cache_dir=os.environ["ENGINE_CACHE_DIR"])
+
+
+def reload(store: Registry, model_id: str):
+    """The stored model read again from its file and the stored facts alone (what a
+    server whose engine cache was emptied converts)."""
+    from webapp.engines import torch_engine
+
+    return torch_engine.load_module(store.source(model_id))
+
+
+def served(store: Registry, model_id: str):
+    """The stored model as a worker serves it."""
+    return load_classifier({"ENGINE_CACHE_DIR": ENGINE.cache_dir, "QUANTIZE": "none"},
+                           store, model_id).loaded
 
 
 def test_a_finetuned_checkpoint_is_validated_and_stored_with_its_metadata(
@@ -61,7 +81,7 @@ def test_a_finetuned_checkpoint_is_validated_and_stored_with_its_metadata(
     assert leftovers(store.root) == []
     assert [m["id"] for m in store.list_models()] == [meta["id"]]
     # The stored model loads and predicts with its own classes.
-    loaded = store.load(meta["id"])
+    loaded = served(store, meta["id"])
     assert loaded.labels == FRUIT and loaded.name == "Fruit v1"
     assert loaded.version == meta["sha256"][:12]
 
@@ -200,7 +220,7 @@ def test_a_rename_changes_the_display_name_only(store, fruit_checkpoint):
 def test_ids_that_are_not_ours_never_reach_the_filesystem(store, fruit_checkpoint, model_id):
     store.add(fruit_checkpoint)
     before = snapshot(store.root)
-    for call in (store.activate, store.delete, store.meta, store.load):
+    for call in (store.activate, store.delete, store.meta, store.source):
         with pytest.raises(RegistryError) as info:
             call(model_id)
         assert info.value.status == 404
@@ -378,5 +398,47 @@ def test_a_process_killed_at_any_point_never_leaves_a_half_written_model(
         os.utime(path, (old, old))
     assert store.sweep() >= 1
     assert leftovers(root) == []
-    assert store.load(keep).labels == FRUIT
+    assert served(store, keep).labels == FRUIT
 
+
+
+def test_what_the_person_said_is_stored_and_the_model_loads_the_same_way_later(
+    store, model_files
+):
+    """Class names given with an upload live in meta.json (the file does not carry them);
+    safetensors and ONNX files keep a name that says what they are."""
+    bare = model_files.bare
+    meta = store.add(bare.path, fields={"classes": bare.fields["classes"], "arch": "auto"})
+    folder = store.root / "models" / meta["id"]
+    assert sorted(os.listdir(folder)) == ["checkpoint.pt", "meta.json"]
+    assert (meta["kind"], meta["file"], meta["classes"]) == ("pytorch", "checkpoint.pt",
+                                                            bare.classes)
+    assert meta["found"] == {"kind": "pytorch", "arch_from": "detected",
+                             "classes_from": "the classes field"}
+    assert meta["mean"] == [0.485, 0.456, 0.406] and meta["input_size"] == 224
+    assert reload(store, meta["id"]).labels == bare.classes  # no fields this time
+
+    meta = store.add(model_files.safetensors.path)
+    assert meta["file"] == "model.safetensors" and meta["kind"] == "safetensors"
+    assert reload(store, meta["id"]).arch == "resnet18"
+
+    onnx_file = model_files.onnx
+    meta = store.add(onnx_file.path, fields=onnx_file.fields)
+    folder = store.root / "models" / meta["id"]
+    assert sorted(os.listdir(folder)) == ["meta.json", "model.onnx"]
+    assert (meta["kind"], meta["arch"], meta["input_size"], meta["std"]) == (
+        "onnx", "onnx", 160, [0.25, 0.25, 0.25])
+    loaded = reload(store, meta["id"])
+    assert loaded.module is None and loaded.onnx_path == folder / "model.onnx"
+    assert (loaded.labels, loaded.mean) == (onnx_file.classes, (0.5, 0.5, 0.5))
+    assert leftovers(store.root) == []
+
+
+def test_an_unknown_architecture_is_a_400_and_auto_is_not(store, model_files):
+    with pytest.raises(RegistryError) as info:
+        store.add(model_files.bare.path, fields={"arch": "resnet9000", "classes": "a,b,c,d,e"})
+    assert info.value.status == 400 and "auto, alexnet" in info.value.message
+    with pytest.raises(RegistryError) as info:
+        store.add(model_files.bare.path, fields={"arch": "auto"})  # no class names
+    assert info.value.status == 422 and "give the 5 class names" in info.value.message
+    assert store.list_models() == [] and leftovers(store.root) == []

@@ -74,4 +74,5 @@ def test_dev_server_exits_with_the_reason_on_a_wrong_shape_file(start_server, tm
     weights = save_random_resnet18(tmp_path / "ten-classes.pth", num_classes=10)
     server = start_server("dev", MODEL_WEIGHTS=weights)
     assert server.wait_exit(timeout=120) == 1
-    assert "1000-class ImageNet model" in server.log
+    assert "does not name its classes and its head has 10 outputs" in server.log
+    assert "python -m model_loader convert" in server.log  # how to give them the names

@@ -1,6 +1,7 @@
 """The Flask application factory.  ``create_app()`` is cheap: it reads the settings and
 registers the blueprints.  The model is loaded once per process, after gunicorn forks
-(``gunicorn.conf.py`` warms it up before the worker takes requests)."""
+(``gunicorn.conf.py`` warms it up before the worker takes requests), from the engine
+cache: a web worker never imports torch (``webapp.engines``)."""
 
 from __future__ import annotations
 
@@ -30,29 +31,23 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     Bootstrap5(app)
 
-    import model_loader  # every model this app serves runs on the configured engine
-    from webapp import api, errors, ui
-    from webapp.classifier import ModelHolder, load_builtin
+    from webapp import admin, api, cli, errors, ui
+    from webapp.engines import EngineSettings
     from webapp.kiosk import bp as kiosk_bp
+    from webapp.registry import Registry
+    from webapp.serving.holder import ModelHolder
 
-    model_loader.configure_engine(app.config["ENGINE"], app.config["ENGINE_CACHE_DIR"],
-                                  app.config["CALIBRATION_DIR"])
-
-    app.extensions["model_holder"] = ModelHolder(
-        lambda: load_builtin(app.config), threads=app.config["TORCH_THREADS"]
-    )
+    # The shared objects: the model registry (MODEL_DIR) and the model this process serves,
+    # which follows the registry's active pointer.
+    registry = app.extensions["registry"] = Registry(
+        app.config["MODEL_DIR"], EngineSettings.from_config(app.config))
+    app.extensions["model_holder"] = ModelHolder(app.config, registry)
     errors.register(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(ui.bp)
     app.register_blueprint(kiosk_bp)
-
-    from webapp import finetune
-
-    finetune.register_cli(app)  # flask --app app finetune DATA_DIR --out model.pt
-
-    from webapp import admin
-
-    admin.init_app(app)  # model registry (MODEL_DIR), /admin, `flask models ...`
+    admin.init_app(app)  # /admin (with the Teach pages), its session key, CSRF, login limit
+    cli.init_app(app)  # flask models ..., flask finetune ...
 
     from webapp import capacity, metrics, security
 

@@ -21,7 +21,6 @@ memory), limited by ``MAX_CHECKPOINT_MB`` instead of ``MAX_UPLOAD_MB``.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import hmac
@@ -53,13 +52,13 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from wtforms import PasswordField
 from wtforms.validators import DataRequired
 
-from model_loader import ModelLoadError
-from webapp import api, imaging, kiosk, metrics, uploads
-from webapp.classifier import load_registered
+from model_loader import ModelLoadError, supported_archs
+from webapp import api, kiosk, metrics, uploads
 from webapp.config import ConfigError
 from webapp.errors import ApiError, error_json
 from webapp.kiosk_settings import KioskSettingsError
 from webapp.registry import BUILTIN, Registry, RegistryError, unknown_model
+from webapp.serving import imaging
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +81,9 @@ class LoginForm(FlaskForm):
 
 
 def init_app(app: Flask) -> None:
-    """Attach the model registry to the model holder and register the admin area."""
-    registry = Registry(app.config["MODEL_DIR"])
-    app.extensions["registry"] = registry
-    app.extensions["model_holder"].use_registry(
-        registry, lambda model_id: load_registered(app.config, registry, model_id)
-    )
+    """Register the admin area (and the Teach pages nested in it): the session key, CSRF,
+    the login limiter and the spooled checkpoint uploads."""
+    registry = app.extensions["registry"]
     _configure_secret_key(app, registry)
 
     app.config.setdefault("WTF_CSRF_CHECK_DEFAULT", False)  # only the admin area checks
@@ -117,9 +113,6 @@ def init_app(app: Flask) -> None:
 
     teach.init_app(app)  # teach it live: datasets and training jobs in DATA_DIR
     app.register_blueprint(bp)
-    from webapp.cli import models_cli
-
-    app.cli.add_command(models_cli)
 
 
 def _configure_secret_key(app: Flask, registry: Registry) -> None:
@@ -359,33 +352,8 @@ def _registry_error(exc: RegistryError):
 # --------------------------------------------------------------------------- model table
 
 
-def _builtin_entry() -> dict:
-    entry = {"id": BUILTIN, "builtin": True, "uploaded": None, "created": None,
-             "metrics": {}, "sha256": None}
-    try:
-        loaded = api.holder().builtin().loaded
-    except ModelLoadError as exc:
-        return {**entry, "name": "Built-in ImageNet model", "arch": None, "classes": [],
-                "num_classes": 0, "error": str(exc), "size_bytes": None, "version": None}
-    size = None
-    with contextlib.suppress(OSError):
-        size = Path(loaded.source).stat().st_size
-    return {**entry, "name": loaded.name, "arch": loaded.arch, "classes": loaded.labels,
-            "num_classes": loaded.num_classes, "input_size": loaded.input_size,
-            "size_bytes": size, "version": loaded.version, "source": loaded.source_kind}
-
-
 def model_entries() -> tuple[list[dict], dict]:
-    """Every model (built-in first, then newest first) with ``active`` and
-    ``deletable`` flags, and the pointer state."""
-    state = registry().state()
-    entries = [_builtin_entry()] + [
-        {**meta, "builtin": False} for meta in registry().list_models()
-    ]
-    for entry in entries:
-        entry["active"] = entry["id"] == state.active
-        entry["deletable"] = not entry["builtin"] and not entry["active"]
-    return entries, state.as_dict()
+    return api.holder().model_entries()
 
 
 # How a checkpoint's metrics read in the model table: (label, kind), kind "percent" for
@@ -456,25 +424,33 @@ def _store_upload() -> dict:
     stream.close()
     if path.stat().st_size == 0:
         raise RegistryError(400, "empty_file", "The uploaded checkpoint is empty (0 bytes).")
-    arch = (request.form.get("arch") or "").strip() or None
-    meta = registry().add(path, name=request.form.get("name"), arch=arch, move=True,
+    fields = {key: request.form.get(key) for key in MODEL_FIELDS}
+    meta = registry().add(path, name=request.form.get("name"),
+                          fields={**fields, "labels": _labels_file()}, move=True,
                           original_filename=Path(upload.filename or "").name[:100] or None)
-    _prepare_engine(meta["id"])
     if request.form.get("activate") in ("1", "on", "true", "yes"):
         registry().activate(meta["id"])
         meta["activated"] = True
     return meta
 
 
-def _prepare_engine(model_id: str) -> None:
-    """Convert the new model for the serving engine now (the conversion is cached on disk,
-    keyed by the weights), so that activating it later swaps within a second in every
-    worker instead of each one waiting for an ONNX export.  This worker keeps it loaded for
-    "try an image".  A failure here is not the upload's: activation reports it."""
-    try:
-        api.holder().classifier_for(model_id)
-    except Exception as exc:  # noqa: BLE001 - the model is stored; say why and go on
-        log.warning("could not prepare model %s for the engine yet: %s", model_id, exc)
+MAX_LABELS_BYTES = 1 << 20  # a labels file of 1 MB holds ~50,000 names
+# Form fields sent with a model file, as model_loader.load_checkpoint takes them.
+MODEL_FIELDS = ("arch", "classes", "input_size", "mean", "std")
+
+
+def _labels_file() -> bytes | None:
+    """The contents of the optional ``labels`` file sent with a checkpoint (a file
+    part, or a text field: ``curl -F 'labels=<labels.txt'``)."""
+    upload = request.files.get("labels")
+    if upload is not None and upload.filename:
+        data = upload.stream.read(MAX_LABELS_BYTES + 1)
+    else:
+        data = (request.form.get("labels") or "").encode("utf-8")
+    if len(data) > MAX_LABELS_BYTES:
+        raise RegistryError(413, "too_large", "The labels file is larger than 1 MB; it "
+                            "should hold one class name a line.")
+    return data or None
 
 
 # --------------------------------------------------------------------------- pages
@@ -485,6 +461,7 @@ def index():
     entries, state = model_entries()
     return render_template("admin/index.html", entries=entries, state=state,
                            serving=_serving(), added=request.args.get("added"),
+                           archs=sorted(supported_archs()),
                            trial=g.get("trial"), trial_error=g.get("trial_error"),
                            trial_id=g.get("trial_id"))
 
@@ -500,7 +477,7 @@ def upload_page():
         meta = _store_upload()
     except RegistryError as exc:
         return _page_error(exc)
-    flash(f"Stored {meta['name']} as {meta['id']}"
+    flash(f"Stored {meta['name']} as {meta['id']} ({meta['summary']})"
           + (" and activated it." if meta.get("activated") else "."), "success")
     return redirect(url_for("admin.index", added=meta["id"]))
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 import base64
 import io
 import time
-from dataclasses import dataclass
 from urllib.parse import quote
 
 from flask import Blueprint, current_app, jsonify, request
 
 from model_loader import ModelLoadError
-from webapp import accesslog, imaging, metrics
-from webapp import explain as explaining
+from webapp import accesslog, metrics
 from webapp.errors import ApiError
+from webapp.serving import explain as explaining
+from webapp.serving import imaging, prediction
+from webapp.serving.holder import ModelHolder
+from webapp.serving.prediction import Upload
 
 bp = Blueprint("api", __name__)
 
@@ -21,13 +23,7 @@ MAX_TOPK = 20
 IMAGE_FIELDS = ("image", "file")
 
 
-@dataclass
-class Upload:
-    filename: str
-    data: bytes
-
-
-def holder():
+def holder() -> ModelHolder:
     return current_app.extensions["model_holder"]
 
 
@@ -83,59 +79,19 @@ def classify(
     uploads: list[Upload], k: int, started: float | None = None, classifier=None
 ) -> tuple[dict, list]:
     """Decode every upload, classify them as one batch, and build the response body
-    (GUIDE.md §2); also returns the decoded images.  Raises ``ImageError`` naming the
-    first bad file.  ``classifier``: another model than the served one (admin trials)."""
-    started = time.perf_counter() if started is None else started
+    (``webapp.serving.prediction``); also returns the decoded images.  Raises
+    ``ImageError`` naming the first bad file.  ``classifier``: another model than the
+    served one (admin trials)."""
     classifier = classifier or holder().get()
-    images, decode_ms = [], []
-    for n, upload in enumerate(uploads):
-        t0 = time.perf_counter()
-        try:
-            images.append(
-                imaging.load(
-                    upload.data,
-                    max_pixels=current_app.config["MAX_IMAGE_PIXELS"],
-                    min_side=classifier.resize_size,
-                )
-            )
-        except imaging.ImageError as exc:
-            metrics.image_rejected(exc.code)
-            if len(uploads) > 1:
-                exc.message = f"Image {n + 1} ({upload.filename}): {exc.message}"
-            raise
-        decode_ms.append((time.perf_counter() - t0) * 1000)
-    predictions, timings = classifier.predict(images, k)
-    total = (time.perf_counter() - started) * 1000
-    metrics.observe_classification(decode_ms, timings)
+    try:
+        result = prediction.classify(classifier, uploads, k, started=started,
+                                     max_pixels=current_app.config["MAX_IMAGE_PIXELS"])
+    except imaging.ImageError as exc:
+        metrics.image_rejected(exc.code)
+        raise
+    metrics.observe_classification(result.decode_ms, result.timings)
     accesslog.note(model=classifier.model_id)
-    share = len(images)
-    results = [
-        {
-            "filename": upload.filename,
-            "width": img.info.get("original_size", img.size)[0],
-            "height": img.info.get("original_size", img.size)[1],
-            "predictions": [p.as_dict() for p in preds],
-            "timings_ms": _round(
-                {
-                    "decode": decode_ms[n],
-                    "preprocess": timings["preprocess"] / share,
-                    "inference": timings["inference"] / share,
-                    "total": total / share,
-                }
-            ),
-        }
-        for n, (upload, img, preds) in enumerate(zip(uploads, images, predictions))
-    ]
-    body = {"model": classifier.info}
-    if len(results) == 1:
-        body.update(predictions=results[0]["predictions"])
-        body["timings_ms"] = _round(
-            {"decode": decode_ms[0], **timings, "total": total}
-        )
-    else:
-        body["results"] = results
-        body["timings_ms"] = _round({"decode": sum(decode_ms), **timings, "total": total})
-    return body, images
+    return result.body, result.images
 
 
 def _round(timings: dict) -> dict:
@@ -152,7 +108,7 @@ def predict():
 
 @bp.post("/explain")
 def explain():
-    """The preprocessing steps and a Grad-CAM heatmap for one image (webapp/explain.py):
+    """The preprocessing steps and a heatmap for one image (webapp/serving/explain.py):
     JSON with base64 PNGs, or the heatmap over the crop as a PNG for ``Accept: image/png``."""
     started = time.perf_counter()
     k = parse_topk()

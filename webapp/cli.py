@@ -1,18 +1,40 @@
-"""``flask --app app models add|list|activate|rollback|redo|rename|delete``: the model
-registry from the command line, with the same code (and the same checks) as the admin
-API."""
+"""The ``flask`` commands: ``flask --app app models
+add|list|activate|rollback|redo|rename|delete`` (the model registry, with the same code and
+checks as the admin API) and ``flask --app app finetune`` (``python -m webapp.finetune``).
+``flask kiosk`` lives with the kiosk."""
 
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import click
-from flask import current_app
+from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from webapp.registry import RegistryError
 
 models_cli = AppGroup("models", help="Manage the model registry in MODEL_DIR.")
+
+
+def init_app(app: Flask) -> None:
+    app.cli.add_command(models_cli)
+    app.cli.add_command(finetune_command)
+
+
+@click.command(
+    "finetune",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                      "help_option_names": []},
+    add_help_option=False,
+    help="Fine-tune on your image folders (python -m webapp.finetune --help).",
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def finetune_command(args):
+    from webapp import finetune  # torch: imported only when the command runs
+
+    sys.exit(finetune.main(list(args)))
 
 
 def _registry():
@@ -31,9 +53,7 @@ def _size(n) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_models(as_json):
     """List the stored models; * marks the active one."""
-    from webapp.admin import model_entries
-
-    entries, state = model_entries()
+    entries, state = current_app.extensions["model_holder"].model_entries()
     if as_json:
         click.echo(json.dumps({"active": state["active"], "history": state["history"],
                                "redo": state["redo"], "models": entries}, indent=2))
@@ -54,18 +74,32 @@ def list_models(as_json):
 @models_cli.command("add")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--name", help="Display name (default: from the checkpoint).")
-@click.option("--arch", help="Architecture of a bare state_dict (default resnet18).")
+@click.option("--arch", help="Architecture (default: the file's, else detected from the "
+              "weights).")
+@click.option("--classes", help="Class names in output order, comma-separated (when the "
+              "file does not name them).")
+@click.option("--labels", "labels_path", type=click.Path(exists=True, dir_okay=False),
+              help="A labels file: one class name a line, a JSON list or a JSON "
+              "class_to_idx.")
+@click.option("--input-size", type=int, help="Input size in pixels (default: the file's, "
+              "else 224).")
+@click.option("--mean", help="Normalisation mean, three numbers (default ImageNet's).")
+@click.option("--std", help="Normalisation std, three numbers (default ImageNet's).")
 @click.option("--activate", is_flag=True, help="Activate the model once it is stored.")
-def add(path, name, arch, activate):
-    """Validate the checkpoint at PATH and store it (the file is copied)."""
+def add(path, name, arch, classes, labels_path, input_size, mean, std, activate):
+    """Validate the model file at PATH and store it (the file is copied): a checkpoint,
+    a state_dict (bare or in a training checkpoint), safetensors, or an ONNX model."""
+    labels = Path(labels_path).read_bytes() if labels_path else None
     try:
-        meta = _registry().add(path, name=name, arch=arch)
+        meta = _registry().add(path, name=name, fields={
+            "arch": arch, "classes": classes, "labels": labels, "input_size": input_size,
+            "mean": mean, "std": std})
         if activate:
             _registry().activate(meta["id"])
     except RegistryError as exc:
         _fail(exc)
-    click.echo(f"stored {meta['id']}  {meta['name']}  ({meta['arch']}, "
-               f"{meta['num_classes']} classes)" + ("  - active" if activate else ""))
+    click.echo(f"stored {meta['id']}  {meta['name']}  ({meta['summary']})"
+               + ("  - active" if activate else ""))
 
 
 def _change(change):

@@ -93,6 +93,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ENGINE", "openvino", "What runs the model: `openvino`, `onnxruntime` or "
             "`torch` (README \"Speed\" has the measurements behind the default).", "choice",
             choices=("torch", "openvino", "onnxruntime")),
+    Setting("ENGINE_STREAMS", "dual", "How OpenVINO spreads a worker's threads: `dual` "
+            "compiles the model twice, one stream on every thread for a request alone "
+            "(lowest latency) and one single-threaded stream per thread while several are "
+            "in flight (most throughput); `latency` compiles it once, one stream on every "
+            "thread (less memory).", "choice", choices=("dual", "latency")),
     Setting("ENGINE_CACHE_DIR", "", "Where converted models (ONNX, int8) are kept, keyed by "
             "the weights' sha256, so a restart reuses them; empty = "
             "~/.cache/offline-classifier/engines.", "path"),
@@ -152,6 +157,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("JOB_THREADS", "0", "Torch threads of the background training process (it also "
             "runs at nice 10); 0 = half the available CPUs (at least 1), so serving keeps "
             "the rest.", "int", 0, 256),
+    Setting("JOB_RUNNER", "spawn", "Who starts the training process: `spawn` = the server, "
+            "when a job is queued (one machine, docker compose); `external` = never the "
+            "server: a long-running `python -m webapp.jobs watch` of its own trains the "
+            "queued jobs (the Kubernetes runner Deployment, so no serving pod ever trains).",
+            "choice", choices=("spawn", "external")),
     Setting("MAX_DATASET_IMAGES", "2000", "Most images one dataset may hold (captures, "
             "uploads and zip imports).", "int", 10, 1_000_000),
     Setting("MAX_DATASET_MB", "200", "Largest dataset zip import in megabytes (413 above "

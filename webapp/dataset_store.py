@@ -12,7 +12,7 @@ Layout under ``DATA_DIR``::
   a leading dot, image ids are made here (``20261123-120102-a1b2c3d4``).  Anything else is
   refused with a 400 before the filesystem is touched.
 * **No hostile bytes are kept.**  Every image is decoded with the server's own decoder
-  (``webapp.imaging``: format allow-list, ``MAX_IMAGE_PIXELS``, EXIF rotation, colour
+  (``webapp.serving.imaging``: format allow-list, ``MAX_IMAGE_PIXELS``, EXIF rotation, colour
   modes), scaled down to at most ``MAX_SIDE`` pixels and stored re-encoded as a plain JPEG:
   no metadata, no trailing data, nothing the uploader chose but the pixels.
 * **Writes are atomic.**  An image is written to ``.tmp/`` and renamed into its class
@@ -44,8 +44,9 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
-from webapp import durable, imaging
+from webapp import durable
 from webapp.durable import fsync_dir
+from webapp.serving import imaging
 
 MAX_SIDE = 1024  # stored images: the longer side at most this (training uses ≤ 448)
 JPEG_QUALITY = 90

@@ -8,7 +8,7 @@ named after the class, images anywhere below it):
 * ``DATA/<class>/...`` -- then every class is split 70/15/15 into train/val/test,
   stratified (per class), with a fixed seed, so the same folders give the same split.
 
-Every file is checked with the server's own decoder (``webapp.imaging``: same format
+Every file is checked with the server's own decoder (``webapp.serving.imaging``: same format
 allow-list, pixel limit, EXIF and mode handling).  Files that cannot be used are skipped
 and counted, with the reason; a layout that cannot be trained (no folder, fewer than two
 classes, a class without a single usable image) is a ``DatasetError`` that says what to fix.
@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from webapp import imaging
 from webapp.config import SETTINGS
+from webapp.serving import imaging
 
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {"val": ("val", "valid", "validation"), "test": ("test",), "train": ("train",)}

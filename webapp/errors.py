@@ -10,7 +10,7 @@ from werkzeug.exceptions import HTTPException
 
 from model_loader import ModelLoadError
 from webapp import accesslog, metrics
-from webapp.imaging import ImageError
+from webapp.serving.imaging import ImageError
 
 log = logging.getLogger(__name__)
 

@@ -207,6 +207,9 @@ def choose_backbone(options: FinetuneOptions) -> Backbone:
     if weights_file:
         origin = "--weights" if options.weights else "MODEL_WEIGHTS"
         loaded = model_loader.load_checkpoint(weights_file, source_kind="explicit")
+        if loaded.module is None:
+            raise FinetuneError(f"{origin}={weights_file} is an ONNX model; fine-tuning "
+                                "starts from PyTorch weights (a state_dict or a checkpoint)")
         if arch != "auto" and loaded.arch != arch:
             raise FinetuneError(
                 f"{origin}={weights_file} holds a {loaded.arch} model, not {arch}; drop "
@@ -225,7 +228,7 @@ def choose_backbone(options: FinetuneOptions) -> Backbone:
             except ModelLoadError as exc:
                 log.warning("%s", exc)
         if cached.is_file():
-            loaded = model_loader.load_checkpoint(cached, source_kind="cache")
+            loaded = model_loader.load_checkpoint(cached, source_kind="cache", arch="resnet18")
             return Backbone(
                 "resnet18", loaded.module, f"torchvision cache {cached}",
                 f"resnet18 starts from its ImageNet weights in the torchvision cache ({cached}).",
@@ -675,9 +678,7 @@ def train(
                                           len(splits.classes))
     evaluation = {"split": split, "loss": round(final["loss"], 6),
                   **training_report.classification_metrics(cm, splits.classes)}
-    say(f"{'Test' if split == 'test' else 'Validation (no test images)'}: accuracy "
-        f"{evaluation['accuracy']:.3f}, macro F1 {evaluation['macro_avg']['f1']:.3f} on "
-        f"{evaluation['images']} images.")
+    say(training_report.headline(evaluation))
     progress(TrainingProgress("test", len(history), options.epochs, fraction=1.0,
                               metrics={"accuracy": evaluation["accuracy"]}))
 
@@ -809,6 +810,7 @@ def _write_outputs(out: Path, trainer: Trainer, history: list[dict], stopper: Ea
         "test_accuracy": test_acc,
         "macro_f1": evaluation["macro_avg"]["f1"],
         "evaluated_on": evaluation["split"],
+        **({"caveat": caveat} if (caveat := training_report.caveat(evaluation)) else {}),
         "best_epoch": stopper.best_epoch,
         "epochs_run": len(history),
         "train_images": len(splits.train),
@@ -820,7 +822,9 @@ def _write_outputs(out: Path, trainer: Trainer, history: list[dict], stopper: Ea
     title = f"{out.name}: {backbone.arch}, {len(classes)} classes"
     training_report.plot_confusion_matrix(
         confusion_png, evaluation["confusion_matrix"], classes,
-        f"{title}\n{evaluation['split']} accuracy {evaluation['accuracy']:.3f}",
+        f"{title}\n{evaluation['split']} accuracy {evaluation['accuracy']:.3f}"
+        + (f" (classes with < {training_report.MIN_SUPPORT} images: "
+           f"{', '.join(evaluation['thin_classes'])})" if evaluation["thin_classes"] else ""),
     )
     training_report.plot_curves(curves_png, history, stopper.best_epoch, title)
     counts = list(splits.counts("train").values())
@@ -860,22 +864,23 @@ def _write_outputs(out: Path, trainer: Trainer, history: list[dict], stopper: Ea
 def write_int8(out: Path, trainer: Trainer, loader, split: str, say) -> dict:
     """``--int8``: the trained model as a static int8 ONNX file beside the checkpoint
     (QDQ, what ``QUANTIZE=static`` serves: runs in ONNX Runtime and OpenVINO), calibrated
-    on up to ``engines.MAX_CALIBRATION_SAMPLES`` (96) training images with the serving
+    on up to ``MAX_CALIBRATION_SAMPLES`` (96) training images with the serving
     preprocessing, and how often it agrees with the fp32 model on the evaluation images
     of ``loader`` (the report's ``int8``)."""
-    import engines
+    from webapp.engines.build import export_onnx, quantize_onnx
+    from webapp.engines.calibration import MAX_CALIBRATION_SAMPLES
 
     model = trainer.model.cpu().eval()
     path = _companion(out, "int8.onnx")
     train = trainer.splits.train
-    limit = engines.MAX_CALIBRATION_SAMPLES
+    limit = MAX_CALIBRATION_SAMPLES
     calibration = train[::max(1, len(train) // limit)][:limit]
-    tensors = [batch[i:i + 1] for batch, _ in trainer.eval_loader(calibration)
-               for i in range(len(batch))]
+    arrays = [batch[i:i + 1].numpy() for batch, _ in trainer.eval_loader(calibration)
+              for i in range(len(batch))]
     with tempfile.TemporaryDirectory(prefix="finetune-int8-") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
-        engines.export_onnx(model, trainer.options.image_size, fp32)
-        engines.quantize_onnx(fp32, tensors, path)
+        export_onnx(model, trainer.options.image_size, fp32)
+        quantize_onnx(fp32, arrays, path)
 
     import onnxruntime as ort
 
@@ -884,16 +889,16 @@ def write_int8(out: Path, trainer: Trainer, loader, split: str, say) -> dict:
     with torch.no_grad():
         for images, targets in loader:
             fp = model(images).argmax(1)
-            q = torch.from_numpy(session.run(None, {"input": images.numpy()})[0]).argmax(1)
+            q = torch.from_numpy(session.run(["logits"], {"input": images.numpy()})[0]).argmax(1)
             agree += int((fp == q).sum())
             right_fp32 += int((fp == targets).sum())
             right_int8 += int((q == targets).sum())
             total += len(targets)
-    info = {"file": path.name, "calibration_images": len(tensors), "split": split,
+    info = {"file": path.name, "calibration_images": len(arrays), "split": split,
             "images": total, "accuracy": round(right_int8 / max(1, total), 6),
             "fp32_accuracy": round(right_fp32 / max(1, total), 6),
             "top1_agreement": round(agree / max(1, total), 6)}
-    say(f"int8: {path} (calibrated on {len(tensors)} training images): {split} accuracy "
+    say(f"int8: {path} (calibrated on {len(arrays)} training images): {split} accuracy "
         f"{info['accuracy']:.3f} (fp32 {info['fp32_accuracy']:.3f}), same answer as fp32 "
         f"for {agree} of {total} images. The server builds the same from the checkpoint "
         f"with QUANTIZE=static and CALIBRATION_DIR set to the training images.")
@@ -1031,29 +1036,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Kept epoch {report['best_epoch']} of {report['epochs_run']}: val accuracy "
           f"{report['val']['accuracy']:.3f}"
           + (f", test accuracy {report['test_accuracy']:.3f}"
-             if report["test_accuracy"] is not None else ""))
+             if report["test_accuracy"] is not None else "")
+          + (f"; but {report['metrics']['caveat']}" if report["metrics"].get("caveat") else ""))
     print(f"Wrote {result.checkpoint}\n      {result.report_path}\n      "
           f"{result.confusion_png}\n      {result.curves_png}"
           + (f"\n      {result.checkpoint.with_name(report['int8']['file'])}"
              if "int8" in report else ""))
     print(f"Serve it: MODEL_WEIGHTS={result.checkpoint} gunicorn app:app")
     return 0
-
-
-def register_cli(app) -> None:
-    """``flask --app app finetune DATA_DIR --out model.pt`` (same options as above)."""
-    import click
-
-    @app.cli.command(
-        "finetune",
-        context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
-                          "help_option_names": []},
-        add_help_option=False,
-        help="Fine-tune on your image folders (python -m webapp.finetune --help).",
-    )
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    def finetune_command(args):
-        sys.exit(main(list(args)))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,12 @@ other workers, other servers sharing ``DATA_DIR``, or a restart) find the lock h
 exit; the last runner looks at the queue again after letting go of the lock, so no job
 is left waiting.  Exactly one process trains, whatever the number of workers and replicas.
 
+With ``JOB_RUNNER=external`` the server never starts a runner: ``python -m webapp.jobs
+watch`` does, a long-running process of its own (the Kubernetes runner Deployment).  It
+looks at the queue every ``WATCH_POLL`` seconds and, when a job waits, runs the same
+runner as a child and waits for it; while idle it holds no lock and no torch, so it stays
+small.  SIGTERM is passed on to the child (its job ends ``failed``, saying why).
+
 What holds.
 
 * **State on disk**, one ``job.json`` per job replaced atomically; state changes
@@ -76,6 +82,7 @@ FINAL_STATES = ("done", "failed", "cancelled")
 MAX_QUEUED = 10
 KEEP_FINISHED = 50
 RUNNER_LOCK_WAIT = 3.0  # a web worker's liveness probe holds the lock for microseconds
+WATCH_POLL = 2.0  # seconds between two looks at the queue by `watch` (polling works on NFS)
 PROGRESS_EVERY = 0.5  # seconds between progress writes (every epoch is written at once)
 _JOB_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
 ORPHANED = ("The training process stopped while this job was running (the server or the "
@@ -177,12 +184,14 @@ def now_iso() -> str:
 
 class JobQueue:
     """The jobs under ``DATA_DIR/.jobs``; safe to use from any number of threads and
-    processes.  ``threads`` is what a runner started from here uses (``JOB_THREADS``)."""
+    processes.  ``threads`` is what a runner started from here uses (``JOB_THREADS``);
+    ``spawn=False`` (``JOB_RUNNER=external``): this process never starts one."""
 
-    def __init__(self, data_dir: str | os.PathLike, *, threads: int = 1):
+    def __init__(self, data_dir: str | os.PathLike, *, threads: int = 1, spawn: bool = True):
         self.data_dir = Path(data_dir)
         self.root = self.data_dir / JOBS_DIR
         self.threads = max(1, int(threads))
+        self.spawn = spawn
 
     # ------------------------------------------------------------------ files and locks
 
@@ -409,31 +418,40 @@ class JobQueue:
     def start_runner(self) -> subprocess.Popen | None:
         """Start ``python -m webapp.jobs work DATA_DIR`` detached (own session, so a
         worker restart or Ctrl-C of the server does not kill it).  It exits at once when
-        another runner is at work."""
-        from webapp.config import PROJECT_ROOT
-
+        another runner is at work.  Not with ``JOB_RUNNER=external``: ``watch`` does it."""
+        if not self.spawn:
+            return None
         self.root.mkdir(parents=True, exist_ok=True)
         runner_log = self.root / "runner.log"
         with contextlib.suppress(OSError):
             if runner_log.stat().st_size > 1_000_000:
                 runner_log.unlink()
+        with open(runner_log, "ab") as err:
+            proc = self.spawn_runner(err)
+        if proc is not None:
+            # Reap it when it ends (no zombie); if this worker exits first, init does.
+            threading.Thread(target=proc.wait, name=f"job-runner-{proc.pid}",
+                             daemon=True).start()
+        return proc
+
+    def spawn_runner(self, stderr=None) -> subprocess.Popen | None:
+        """The runner process, in its own session, with this queue's thread cap; its
+        stderr to ``stderr`` (None: this process's own)."""
+        from webapp.config import PROJECT_ROOT
+
         threads = str(self.threads)
         env = {**os.environ, "JOB_THREADS": threads, "OMP_NUM_THREADS": threads,
                "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
         try:
-            with open(runner_log, "ab") as err:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "webapp.jobs", "work", str(self.data_dir)],
-                    cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
-                    close_fds=True,
-                )
+            return subprocess.Popen(
+                [sys.executable, "-m", "webapp.jobs", "work", str(self.data_dir)],
+                cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
+                close_fds=True,
+            )
         except OSError as exc:
             log.error("cannot start the training process: %s", exc)
             return None
-        # Reap it when it ends (no zombie); if this worker exits first, init does.
-        threading.Thread(target=proc.wait, name=f"job-runner-{proc.pid}", daemon=True).start()
-        return proc
 
     # ------------------------------------------------------------------ the runner side
 
@@ -563,14 +581,15 @@ def run_job(queue: JobQueue, job: dict) -> None:
     def should_stop() -> bool:
         return _Stopping.requested or (job_dir / "cancel").exists()
 
-    stored = None
     try:
         say(f"Job {job['id']}: dataset {job['dataset']!r}, {job['images']} images, classes "
             + ", ".join(f"{c} {n}" for c, n in job["classes"].items()) + ".")
         _check_classes(job["classes"])
         stage("loading")
         from webapp import finetune
+        from webapp.config import Config
         from webapp.datasets import DatasetError
+        from webapp.engines import EngineSettings
         from webapp.registry import Registry, RegistryError
 
         options = finetune.FinetuneOptions(**{**TEACH_DEFAULTS, **job["options"]}, workers=0)
@@ -593,8 +612,12 @@ def run_job(queue: JobQueue, job: dict) -> None:
         name = job.get("name") or (f"{job['dataset']} · "
                                    + _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"))
         try:
-            meta = Registry(job["model_dir"]).add(
-                result.checkpoint, name=name,
+            # The server's engine settings come from the environment this process
+            # inherited: the model is converted for serving now (cached by its weights),
+            # so activating it swaps quickly in every worker -- as an upload does.
+            engine = EngineSettings.from_config(Config.from_env())
+            meta = Registry(job["model_dir"], engine).add(
+                result.checkpoint, name=name, untrusted=False,
                 extras={"report.json": result.report_path,
                         "confusion.png": result.confusion_png,
                         "curves.png": result.curves_png},
@@ -609,7 +632,6 @@ def run_job(queue: JobQueue, job: dict) -> None:
                    "classes": report.get("classes"), "seconds": report.get("seconds")}
         queue.finish(job, "done", model_id=meta["id"], metrics=metrics, error=None)
         log.info("training job %s done: model %s", job["id"], meta["id"])
-        stored = meta["id"]
     except _Failure as exc:
         say(f"Failed: {exc}")
         queue.finish(job, "failed", error=str(exc))
@@ -635,32 +657,6 @@ def run_job(queue: JobQueue, job: dict) -> None:
         queue.finish(job, "failed", error=message)
     finally:
         log_file.close()
-    if stored:  # the job is done; now spare the workers the engine work
-        _prepare_for_serving(job["model_dir"], stored, job_dir / "log.txt")
-
-
-def _prepare_for_serving(model_dir: str, model_id: str, log_path: Path) -> None:
-    """Load the new model the way a worker will serve it (the engine conversion, when the
-    server's engine converts, is cached on disk by the weights' hash), so activating it
-    swaps quickly in every worker -- what an admin upload does too.  The server's settings
-    come from the environment this process inherited; the job's thread cap stays.  A
-    failure is only reported: activation tries again and says why."""
-    try:
-        import torch
-
-        from webapp.classifier import load_registered
-        from webapp.config import Config
-        from webapp.registry import Registry
-
-        config = Config.from_env()
-        config["TORCH_THREADS"] = torch.get_num_threads()
-        load_registered(config, Registry(model_dir), model_id)
-    except Exception as exc:  # noqa: BLE001 - the model is stored; the job succeeded
-        log.warning("model %s could not be prepared for serving yet (%s); activating it "
-                    "will try again", model_id, exc)
-        with contextlib.suppress(OSError), open(log_path, "a", encoding="utf-8") as fh:
-            fh.write(f"Note: the model could not be prepared for serving yet ({exc}); "
-                     "activating it will try again.\n")
 
 
 def _known_failure(exc: Exception) -> str | None:
@@ -713,6 +709,53 @@ def work(data_dir: str | os.PathLike) -> int:
     return 0
 
 
+def watch(queue: JobQueue, poll: float = WATCH_POLL) -> int:
+    """The training service (``JOB_RUNNER=external``): until SIGTERM or SIGINT, start a
+    runner (``work``) whenever a job waits and none is at work, and wait for it.
+
+    The runner is a child rather than this process so that the watch stays small while
+    idle (no torch: ~30 MB instead of the runner's GB) and a runner that dies (out of
+    memory, say) takes nothing else with it: the next runner, started at once, marks its
+    job failed.
+    Kubernetes sends SIGTERM to this process only; it is passed on to the runner, whose
+    job then ends ``failed`` saying why, and the watch returns when the runner is gone."""
+    stopping = threading.Event()
+    runner: list[subprocess.Popen | None] = [None]
+
+    def stop(signum, frame):
+        stopping.set()
+        proc = runner[0]
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("waiting for training jobs in %s (every %gs)", queue.root, poll)
+    orphans_possible = True  # at start: the runner of an earlier pod may have died
+    while not stopping.is_set():
+        try:
+            # A runner also marks the jobs of a dead one failed: this process never
+            # loads the registry (nor torch) itself.
+            wanted = queue.has_queued() or (orphans_possible and any(
+                j.get("state") == "running" for j in queue._all()))
+            orphans_possible = False
+            if wanted and not queue.runner_alive():
+                runner[0] = queue.spawn_runner()
+                if runner[0] is not None:
+                    if stopping.is_set():  # the signal came while it was starting
+                        runner[0].send_signal(signal.SIGTERM)
+                    code = runner[0].wait()
+                    runner[0] = None
+                    if code:
+                        log.warning("the training process exited with %s", code)
+                    orphans_possible = True  # it may have been killed mid-job
+        except OSError as exc:  # e.g. the volume went away for a moment
+            log.warning("cannot look at the training jobs in %s: %s", queue.root, exc)
+        stopping.wait(poll)
+    log.info("stopped waiting for training jobs")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -723,6 +766,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("work", help="train queued jobs until there are none")
     run.add_argument("data_dir", metavar="DATA_DIR")
+    keep = sub.add_parser("watch", help="keep running: train jobs as they are queued "
+                          "(for JOB_RUNNER=external: a runner container or service)")
+    keep.add_argument("data_dir", metavar="DATA_DIR", nargs="?",
+                      help="default: the DATA_DIR setting")
+    keep.add_argument("--poll", type=float, default=WATCH_POLL, metavar="SECONDS",
+                      help="how often to look at the queue (default %(default)s)")
     show = sub.add_parser("list", help="print the jobs as JSON")
     show.add_argument("data_dir", metavar="DATA_DIR")
     args = parser.parse_args(argv)
@@ -731,6 +780,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         print(json.dumps(JobQueue(args.data_dir).list(), indent=2))
         return 0
+    if args.command == "watch":
+        from webapp.config import Config, available_cpus
+
+        config = Config.from_env()  # the server's settings: a bad value stops it here
+        threads = config["JOB_THREADS"] or max(1, available_cpus() // 2)
+        return watch(JobQueue(args.data_dir or config["DATA_DIR"], threads=threads),
+                     poll=args.poll)
     return work(args.data_dir)
 
 

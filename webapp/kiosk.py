@@ -14,7 +14,6 @@ import click
 from flask import Blueprint, current_app, jsonify, render_template
 
 from webapp.config import PROJECT_ROOT
-from webapp.explain import EXPLANATION_TEMPLATE
 from webapp.kiosk_settings import (
     FIELDS,
     KioskSettings,
@@ -22,6 +21,7 @@ from webapp.kiosk_settings import (
     KioskSettingsStore,
     check_default_language,
 )
+from webapp.serving.explain import EXPLANATION_TEMPLATE
 from webapp.translations import Translations
 
 bp = Blueprint("kiosk", __name__, url_prefix="/kiosk", cli_group="kiosk")

@@ -2,8 +2,11 @@
 
 Layout under ``MODEL_DIR``::
 
-    models/<id>/checkpoint.pt   the file as uploaded (read with weights_only=True)
-    models/<id>/meta.json       name, arch, classes, size, sha256, uploaded, metrics, ...
+    models/<id>/checkpoint.pt   the file as uploaded (read with weights_only=True), or
+    models/<id>/model.safetensors  ... a safetensors file, or
+    models/<id>/model.onnx      ... an ONNX model (served as it is, without torch)
+    models/<id>/meta.json       kind, file, name, arch, classes, input_size, mean, std,
+                                size, sha256, uploaded, metrics, what was found where
     models/<id>/report.json     optional (REPORT_FILES): the training report and its PNGs,
     models/<id>/confusion.png   for models trained on this server (teach-live jobs)
     active.json                 {"active": "<id>", "history": [...], "redo": [...],
@@ -18,7 +21,7 @@ pointer is written to a temp file, fsynced and ``os.replace``d.  A crash at any 
 leaves either the old state or the new one, plus garbage in ``tmp/`` that the next writer
 sweeps away.  Readers only look at ``models/*/meta.json`` and ``active.json``.
 
-``builtin`` is the built-in ImageNet model (``model_loader.load_imagenet_model``): always
+``builtin`` is the built-in ImageNet model (``model_loader.imagenet_weights_file``): always
 present, never deleted, active when nothing else is.  IDs are made here, never taken from
 a user; names are for display only.  Knows nothing about Flask.
 """
@@ -40,14 +43,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import model_loader
-from model_loader import LoadedModel, ModelLoadError
-from webapp import durable
+from model_loader import ModelLoadError
+from webapp import durable, engines
 from webapp.durable import fsync_dir, locked, write_json
+from webapp.engines import EngineSettings, ModelSource
 
 log = logging.getLogger(__name__)
 
 BUILTIN = "builtin"
 CHECKPOINT_FILE = "checkpoint.pt"
+MODEL_FILES = {"pytorch": CHECKPOINT_FILE, "safetensors": "model.safetensors",
+               "onnx": "model.onnx"}  # the stored file's name, by kind
 META_FILE = "meta.json"
 POINTER_FILE = "active.json"
 REPORT_FILES = ("report.json", "confusion.png", "curves.png")  # optional, beside a model
@@ -142,8 +148,9 @@ class Registry:
     """The store under ``root`` (``MODEL_DIR``).  Safe to use from several threads and
     processes at once: writers take an exclusive ``flock``; readers never block."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, engine: EngineSettings | None = None):
         self.root = Path(root)
+        self.engine = engine or EngineSettings()  # how a new model is checked and converted
         self.models_dir = self.root / "models"
         self.tmp_dir = self.root / "tmp"
         self.pointer = self.root / POINTER_FILE
@@ -224,8 +231,8 @@ class Registry:
         return out
 
     def checkpoint_path(self, model_id: str) -> Path:
-        self.meta(model_id)  # validates the id
-        return self.models_dir / model_id / CHECKPOINT_FILE
+        meta = self.meta(model_id)  # validates the id
+        return self.models_dir / model_id / _file_of(meta)
 
     def report_file(self, model_id: str, filename: str) -> Path:
         """A file stored beside a model by ``add(extras=...)`` (report JSON, PNGs);
@@ -236,20 +243,24 @@ class Registry:
                                 "(only models trained on this server carry a report).")
         return self.models_dir / model_id / filename
 
-    def load(self, model_id: str) -> LoadedModel:
-        """The stored model, validated again (weights_only, exact fit, probe)."""
+    def source(self, model_id: str) -> ModelSource:
+        """The stored model's file and the facts stored when it was added (the class names
+        given with the upload, say): what the engines serve, from their cache (the card
+        made when it was added) or converted again by a child process.  The file must
+        still be the one stored (its sha256), or ``ModelLoadError``."""
         meta = self.meta(model_id)
-        loaded = model_loader.load_checkpoint(
-            self.models_dir / model_id / CHECKPOINT_FILE,
-            default_arch=meta.get("arch", "resnet18"),
-            source_kind="registry",
-            name=meta.get("name"),
-            label=f"model {model_id}",
-            version=meta.get("sha256"),
-        )
-        if meta.get("metrics") and not loaded.metrics:
-            loaded.metrics = meta["metrics"]
-        return loaded
+        path = self.models_dir / model_id / _file_of(meta)
+        try:
+            intact = model_loader.sha256_file(path) == meta.get("sha256")
+        except OSError as exc:
+            raise ModelLoadError(f"its checkpoint cannot be read ({exc.strerror})") from None
+        if not intact:  # the store was damaged: never serve what it no longer holds
+            raise ModelLoadError("its checkpoint file is not the one that was stored (damaged "
+                                 "on disk); upload it again")
+        facts = {key: meta.get(key) for key in ("arch", "classes", "input_size", "mean", "std")}
+        return engines.checkpoint_source(path, meta.get("sha256"), given=facts,
+                                         label=f"model {model_id}", name=meta.get("name"),
+                                         key=meta.get("card"))
 
     # ------------------------------------------------------------------ writing
 
@@ -271,13 +282,19 @@ class Registry:
         source: str | os.PathLike,
         *,
         name: str | None = None,
-        arch: str | None = None,
+        fields: dict | None = None,
         move: bool = False,
         original_filename: str | None = None,
         extras: dict[str, str | os.PathLike] | None = None,
         trained_from: dict | None = None,
+        untrusted: bool = True,
     ) -> dict:
-        """Validate a checkpoint file and store it; returns its metadata.
+        """Validate a model file and store it; returns its metadata.
+
+        ``fields`` is what the person said about the file: ``load_checkpoint``'s ``arch``,
+        ``classes`` (the field's text or a list), ``labels`` (a labels file's contents),
+        ``input_size``, ``mean`` and ``std``; what was used is stored in the metadata, so
+        the model loads the same way later.
 
         ``move=True`` takes ownership of ``source`` (an upload already in ``tmp/``) and
         renames it into place; otherwise the file is copied first.  Nothing is stored
@@ -287,16 +304,20 @@ class Registry:
 
         ``extras`` are files stored beside the checkpoint (``REPORT_FILES``: the training
         report and its PNGs, e.g. from a teach-live job), ``trained_from`` a small dict
-        kept in the metadata (which dataset and job made the model)."""
+        kept in the metadata (which dataset and job made the model).  ``untrusted``
+        (default) opens the file under memory and time caps; the training runner's own
+        models are trusted."""
         name = clean_name(name)
         extras = dict(extras or {})
         unknown = sorted(set(extras) - set(REPORT_FILES))
         if unknown:
             raise ValueError(f"extras must be among {REPORT_FILES}, not {unknown}")
-        if arch is not None and arch not in model_loader.supported_archs():
+        fields = {k: v for k, v in (fields or {}).items() if v not in (None, "")}
+        arch = str(fields.get("arch") or "").strip() or None
+        if arch not in (None, "auto", "onnx") and arch not in model_loader.supported_archs():
             raise RegistryError(
                 400, "bad_arch", f"Architecture {arch!r} is not supported; use one of: "
-                + ", ".join(sorted(model_loader.supported_archs()))
+                + ", ".join(["auto", *sorted(model_loader.supported_archs())])
             )
         source = Path(source)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -313,27 +334,30 @@ class Registry:
             label = "The checkpoint" + (f" {original_filename!r}" if original_filename else "")
             size = upload.stat().st_size
             sha256 = model_loader.sha256_file(upload)
-            try:
-                loaded = model_loader.load_checkpoint(
-                    upload, default_arch=arch or "resnet18", name=name, label=label,
-                    version=sha256, source_kind="registry",
-                )
+            given = _jsonable_fields(fields)
+            try:  # in a child process, under memory and time caps; converted for serving
+                loaded = engines.ensure_card(engines.checkpoint_source(
+                    upload, sha256, given=given, label=label, untrusted=untrusted,
+                    name=name), self.engine, int8=self.engine.builds_int8)
             except ModelLoadError as exc:
                 raise RegistryError(422, "invalid_checkpoint", str(exc)) from None
             model_id = self._new_id()
+            described = loaded.metadata()
             meta = {
                 "id": model_id,
+                **described,
                 "name": name or loaded.name,
-                "arch": loaded.arch,
-                "classes": loaded.labels,
-                "num_classes": loaded.num_classes,
-                "input_size": loaded.input_size,
+                "file": MODEL_FILES[loaded.kind],
+                "summary": loaded.summary,
+                "found": _jsonable(described["found"]) or {},
                 "size_bytes": size,
                 "sha256": sha256,
                 "version": sha256[:12],
                 "uploaded": now_iso(),
                 "created": loaded.created,
                 "metrics": _jsonable(loaded.metrics) or {},
+                "card": loaded.key,  # the engine cache entry made from it just now
+                "explain": loaded.cam_unavailable,  # why there is no heatmap, if not
             }
             if extras:
                 meta["report_files"] = sorted(extras)
@@ -349,7 +373,7 @@ class Registry:
                             f"{other['id']} ({other.get('name')!r}).", )
                 staging = self.tmp_dir / f"{model_id}.staging"
                 staging.mkdir()
-                os.replace(upload, staging / CHECKPOINT_FILE)
+                os.replace(upload, staging / meta["file"])
                 for extra_name, extra_path in extras.items():
                     with open(extra_path, "rb") as src, open(staging / extra_name, "xb") as out:
                         shutil.copyfileobj(src, out, 1 << 20)
@@ -361,8 +385,8 @@ class Registry:
                 staging = None
                 fsync_dir(self.models_dir)
                 fsync_dir(self.tmp_dir)
-            log.info("stored model %s (%s, %s, %d classes, %d bytes)",
-                     model_id, meta["name"], meta["arch"], meta["num_classes"], size)
+            log.info("stored model %s (%s: %s, %d bytes)", model_id, meta["name"],
+                     meta["summary"], size)
             return meta
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -496,6 +520,22 @@ class Registry:
     @staticmethod
     def _unknown(model_id) -> RegistryError:
         return unknown_model(model_id)
+
+
+def _jsonable_fields(fields: dict) -> dict:
+    """What the person said, as the child process takes it (JSON): a labels file's bytes
+    become text (it is re-read there, and a name that is not text is refused there)."""
+    out = dict(fields)
+    if isinstance(out.get("labels"), bytes):
+        out["labels"] = out["labels"].decode("utf-8", errors="replace")
+    return out
+
+
+def _file_of(meta: dict) -> str:
+    """The model file's name in its folder (models stored before safetensors and ONNX
+    uploads have no "file": theirs is checkpoint.pt)."""
+    name = meta.get("file", CHECKPOINT_FILE)
+    return name if name in MODEL_FILES.values() else CHECKPOINT_FILE
 
 
 def unknown_model(model_id) -> RegistryError:

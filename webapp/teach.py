@@ -31,12 +31,13 @@ from flask import (
 )
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from webapp import imaging, uploads
+from webapp import uploads
 from webapp.config import available_cpus
 from webapp.dataset_store import DatasetStore, DatasetStoreError, suggest_slug
 from webapp.errors import ApiError, error_json
 from webapp.jobs import TEACH_DEFAULTS, JobError, JobQueue, check_options
 from webapp.registry import REPORT_FILES, RegistryError
+from webapp.serving import imaging
 
 bp = Blueprint("teach", __name__)
 
@@ -56,7 +57,8 @@ def init_app(app: Flask) -> None:
         app.config["DATA_DIR"], max_images=app.config["MAX_DATASET_IMAGES"],
         max_pixels=app.config["MAX_IMAGE_PIXELS"],
     )
-    app.extensions["jobs"] = JobQueue(app.config["DATA_DIR"], threads=threads)
+    app.extensions["jobs"] = JobQueue(app.config["DATA_DIR"], threads=threads,
+                                      spawn=app.config["JOB_RUNNER"] == "spawn")
     uploads.spool(app, uploads.SpooledRoute(  # zip archives: to DATA_DIR/.tmp
         IMPORT_PATHS, "MAX_DATASET_MB", lambda: store()._tmp("archive-"),
         multipart_only=True))

@@ -12,6 +12,8 @@ import torch
 
 from webapp import durable
 
+MIN_SUPPORT = 3  # fewer evaluation images than this in a class: its scores prove little
+
 
 def confusion_matrix(targets: torch.Tensor, predictions: torch.Tensor, num_classes: int):
     """``cm[t][p]`` = how many images of true class ``t`` were predicted as ``p``."""
@@ -59,11 +61,43 @@ def classification_metrics(cm: torch.Tensor, classes: list[str]) -> dict:
     return {
         "accuracy": round(_ratio(true_pos.sum(), total), 4),
         "images": int(total),
+        # Classes the scores say little about (name -> images): see ``headline``.
+        "thin_classes": {c: v["support"] for c, v in per_class.items()
+                         if v["support"] < MIN_SUPPORT},
         "per_class": per_class,
         "macro_avg": {k: macro(k) for k in ("precision", "recall", "f1")},
         "weighted_avg": {k: weighted(k) for k in ("precision", "recall", "f1")},
         "confusion_matrix": cm.long().tolist(),
     }
+
+
+def caveat(evaluation: dict) -> str | None:
+    """What the evaluation could not measure, in words, or None: classes with no images
+    (the macro average skips them, so 1.000 may hide them) or fewer than MIN_SUPPORT."""
+    thin = evaluation.get("thin_classes") or {}
+    missing = [name for name, n in thin.items() if n == 0]
+    few = [f"{name} ({n})" for name, n in thin.items() if n]
+    split = evaluation.get("split", "test")
+    parts = []
+    if missing:
+        parts.append(f"no {split} images of {', '.join(missing)}")
+    if few:
+        parts.append(f"fewer than {MIN_SUPPORT} {split} images of {', '.join(few)}")
+    if not parts:
+        return None
+    return ("there are " + " and ".join(parts) + ": these scores say little about "
+            + ("that class" if len(thin) == 1 else "those classes")
+            + " (add images of " + ("it" if len(thin) == 1 else "them") + ")")
+
+
+def headline(evaluation: dict) -> str:
+    """The line that sums up an evaluation: accuracy and macro F1, and what they cannot
+    vouch for (``caveat``) instead of a bare "accuracy 1.000, macro F1 1.000"."""
+    name = "Test" if evaluation["split"] == "test" else "Validation (no test images)"
+    text = (f"{name}: accuracy {evaluation['accuracy']:.3f}, macro F1 "
+            f"{evaluation['macro_avg']['f1']:.3f} on {evaluation['images']} images")
+    warning = caveat(evaluation)
+    return text + (f", but {warning}." if warning else ".")
 
 
 def write_json(path: Path, report: dict) -> Path:

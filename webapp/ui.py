@@ -14,8 +14,9 @@ from flask import Blueprint, render_template, request
 from PIL import Image
 
 from model_loader import ModelLoadError
-from webapp import api, imaging
+from webapp import api
 from webapp.config import PROJECT_ROOT
+from webapp.serving import imaging
 
 bp = Blueprint("ui", __name__)
 

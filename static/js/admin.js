@@ -1,4 +1,5 @@
-// Admin page: checkpoint upload with a progress bar (XHR upload events), "try an image"
+// Admin page: model upload with a progress bar (XHR upload events; the class names, labels
+// file, architecture and preprocessing fields go along in the same form), "try an image"
 // against any stored model, "switching…" until this worker serves a newly active model,
 // and a confirmation before deleting.  Every form also works
 // without JavaScript; these calls go to /admin/api/* with the session cookie and the
@@ -57,7 +58,8 @@
         let data = null;
         try { data = JSON.parse(xhr.responseText); } catch (e) { data = null; }
         if (xhr.status === 201 && data && data.id) {
-          status.textContent = "Stored as " + data.id + ".";
+          // The table row shows the same summary after the reload.
+          status.textContent = "Stored as " + data.id + (data.summary ? " (" + data.summary + ")" : "") + ".";
           window.location.assign(window.location.pathname + "?added=" + encodeURIComponent(data.id));
           return;
         }

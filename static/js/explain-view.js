@@ -34,7 +34,7 @@
     return fig;
   }
 
-  // The colours of the heatmap, from "hardly" to "a lot" (webapp/explain.py's ramp).
+  // The colours of the heatmap, from "hardly" to "a lot" (webapp/serving/explain.py's ramp).
   function legend() {
     const key = document.createElement("div");
     key.className = "explain-legend";

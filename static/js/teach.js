@@ -417,7 +417,8 @@
     $("result-metrics").textContent = "Validation accuracy " + percent(m.val_accuracy)
       + (m.test_accuracy !== null && m.test_accuracy !== undefined
         ? ", accuracy on pictures it never trained on " + percent(m.test_accuracy) : "")
-      + " · classes: " + (data.classes || []).join(", ");
+      + " · classes: " + (data.classes || []).join(", ")
+      + (m.caveat ? " · but " + m.caveat + "." : "");
     const img = $("result-confusion");
     if ((data.report_files || []).indexOf("confusion.png") >= 0) {
       img.src = root.dataset.modelsUrl + "/" + encodeURIComponent(data.id) + "/report/confusion.png";

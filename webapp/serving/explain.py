@@ -1,43 +1,35 @@
-"""How the model sees a photo: its preprocessing steps as pictures, and a Grad-CAM heatmap
-of where it looked for one class.  No Flask here: ``explain(classifier, image)`` returns
-an ``Explanation`` of PIL images and numbers; the route turns it into JSON or a PNG.
+"""How the model sees a photo: its preprocessing steps as pictures, and a heatmap of where
+it looked for one class.  No Flask and no torch here: ``explain(classifier, image)``
+returns an ``Explanation`` of PIL images and numbers; the route turns it into JSON or a PNG.
 
-* **Always on fp32.**  ``LoadedModel.engine`` serves predictions and may be quantized or
-  compiled (no gradients there); ``LoadedModel.module`` is the fp32 network.  Each
-  ``Explainer`` keeps its *own* deep copy of that module, so its temporary hooks and
-  backward passes never touch what serves ``/predict`` and never take its lock.
-* **Exactly what the model saw.**  The input tensor is the classifier's own
-  ``preprocess()`` output (this model's input size, mean and std); the "cropped" picture is
-  that tensor de-normalised, and the tensor picture is drawn from it.
-* **The class explained** is the serving engine's top-1 (the bar the user sees), unless
+* **Grad-CAM without gradients.**  The models served here end in global average pooling
+  and one linear layer (ResNet, EfficientNet(-Lite), their fine-tuned versions; the
+  builder checks it numerically, ``webapp.engines.build.linear_head``).  For such a head
+  the gradient of a class score with respect to each feature-map cell is that class's
+  head weight divided by the number of cells, so Grad-CAM at the last feature map is CAM:
+  ``relu(W[class] · features)``.  The engine returns the feature map as a second output of
+  the same pass that answers, so the heatmap costs one matrix product.  Models whose head
+  is more than that (an MLP, a LayerNorm) are refused with ``ExplainUnsupported``.
+* **Exactly what the model saw.**  The input is the classifier's own ``preprocess()``
+  output (this model's input size, mean and std); the "cropped" picture is that array
+  de-normalised, and the numbers picture is drawn from it.
+* **The class explained** is the top-1 of that pass (the bar the user sees), unless
   another class index is asked for.
-* **Target layer, chosen generically**: the last module, in execution order, whose output
-  is an N×C×H×W feature map with H, W ≥ 2 -- the final convolutional features right
-  before global pooling (``layer4`` for ResNets, ``features`` for torchvision's
-  EfficientNet/MobileNet/DenseNet/VGG/ConvNeXt, the head activation ``_swish`` after
-  ``_conv_head`` for the bundled EfficientNet-Lite0).  Transformers whose tokens have no
-  N×C×H×W map (``vit_*``, ``swin_*``) are refused with ``ExplainUnsupported``.
+* **The layer** is the last module whose output is an N×C×H×W feature map with H, W ≥ 2
+  (``layer4`` for ResNets, the head activation ``_swish`` for the bundled
+  EfficientNet-Lite0), found by the builder.
 """
 
 from __future__ import annotations
 
-import copy
-import threading
 import time
-import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
-from torch import nn
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
 
 from model_loader import MAX_ASPECT
-from webapp.classifier import Classifier, Prediction
-
-UNSUPPORTED_PREFIXES = ("vit_", "swin_")
+from webapp.serving.classifier import Classifier, Prediction, softmax
 
 # Two sentences a 12-year-old understands; {label} is the class the heatmap is for.
 EXPLANATION_TEMPLATE = (
@@ -52,7 +44,8 @@ ORIGINAL_MAX_SIDE = 448  # the "original" step is shown as a thumbnail
 
 
 class ExplainUnsupported(Exception):
-    """The model has no spatial feature map to explain with Grad-CAM."""
+    """The model has no heatmap to show (no feature map, or a head that is not one linear
+    layer after global average pooling); the message says why."""
 
 
 @dataclass
@@ -67,7 +60,7 @@ class Step:
 class Explanation:
     target: Prediction  # the class the heatmap is for
     predictions: list[Prediction]  # the serving engine's top-k, as /predict answers
-    layer: str  # the module Grad-CAM looked at
+    layer: str  # the module whose feature map the heatmap comes from
     grid: tuple[int, int]  # its spatial size, e.g. (7, 7)
     heatmap: np.ndarray  # float32 input_size × input_size, 0..1 (1 = mattered most)
     steps: list[Step]
@@ -78,87 +71,6 @@ class Explanation:
     @property
     def sentences(self) -> str:
         return EXPLANATION_TEMPLATE.format(label=self.target.label)
-
-
-# --------------------------------------------------------------------------- target layer
-
-
-def find_target_layer(module: nn.Module, input_size: int) -> tuple[str, nn.Module]:
-    """The last module (in the order forward passes finish) whose output is an N×C×H×W
-    tensor with H, W ≥ 2, found with one probe forward pass on a blank image."""
-    seen: list[tuple[str, nn.Module]] = []
-
-    def record(name):
-        def hook(mod, args, output):
-            if torch.is_tensor(output) and output.dim() == 4 and min(output.shape[2:]) >= 2:
-                seen.append((name, mod))
-
-        return hook
-
-    handles = [m.register_forward_hook(record(n)) for n, m in module.named_modules() if n]
-    try:
-        with torch.inference_mode():
-            module(torch.zeros(1, 3, input_size, input_size))
-    finally:
-        for handle in handles:
-            handle.remove()
-    if not seen:
-        raise ExplainUnsupported("the model has no convolutional feature map to explain")
-    return seen[-1]
-
-
-class Explainer:
-    """Grad-CAM on a private fp32 copy of one loaded model.  Thread-safe (one explanation
-    at a time per model)."""
-
-    def __init__(self, classifier: Classifier):
-        loaded = classifier.loaded
-        if loaded.arch.startswith(UNSUPPORTED_PREFIXES):
-            raise ExplainUnsupported(
-                f"heatmaps are not available for {loaded.arch}: it is a transformer without "
-                "a convolutional feature map"
-            )
-        self.module = copy.deepcopy(loaded.module).float().eval()
-        for param in self.module.parameters():
-            param.requires_grad_(False)  # gradients flow to the input only
-        self.layer_name, self.layer = find_target_layer(self.module, loaded.input_size)
-        self._lock = threading.Lock()
-
-    def gradcam(self, batch: torch.Tensor, index: int) -> tuple[np.ndarray, tuple[int, int]]:
-        """Grad-CAM map (grid resolution, ≥ 0, not normalised) for class ``index``."""
-        captured: list[torch.Tensor] = []
-
-        def hook(mod, args, output):
-            captured.append(output)
-            return output + 0  # later in-place ops (ReLU(inplace)) change the copy only
-
-        with self._lock:
-            handle = self.layer.register_forward_hook(hook)
-            try:
-                with torch.enable_grad():
-                    x = batch.detach().float().requires_grad_(True)
-                    logits = self.module(x)
-                    activation = captured[-1]  # a module may run more than once
-                    (grads,) = torch.autograd.grad(logits[0, index], activation)
-            finally:
-                handle.remove()
-        weights = grads.mean(dim=(2, 3), keepdim=True)
-        cam = torch.relu((weights * activation.detach()).sum(dim=1))[0]
-        return cam.numpy().astype(np.float32), tuple(cam.shape)
-
-
-_explainers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_explainers_lock = threading.Lock()
-
-
-def explainer_for(classifier: Classifier) -> Explainer:
-    """One Explainer per loaded model (made on first use, dropped with the model)."""
-    key = classifier.loaded.module
-    with _explainers_lock:
-        explainer = _explainers.get(key)
-        if explainer is None:
-            explainer = _explainers[key] = Explainer(classifier)
-        return explainer
 
 
 # --------------------------------------------------------------------------- pictures
@@ -192,21 +104,27 @@ def overlay(base: Image.Image, heat: np.ndarray) -> Image.Image:
 
 
 def upsample(cam: np.ndarray, size: int) -> np.ndarray:
-    """Grid map -> size × size, 0..1 (bilinear, as Grad-CAM is usually drawn)."""
-    tensor = torch.from_numpy(cam)[None, None]
-    big = torch.nn.functional.interpolate(
-        tensor, size=(size, size), mode="bilinear", align_corners=False
-    )[0, 0]
+    """Grid map -> size × size, 0..1: bilinear with half-pixel centres (what torch's
+    ``interpolate(..., align_corners=False)`` does, as Grad-CAM is usually drawn)."""
+
+    def axis(n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        src = np.clip((np.arange(size) + 0.5) * (n_in / size) - 0.5, 0, n_in - 1)
+        low = np.floor(src).astype(int)
+        return low, np.minimum(low + 1, n_in - 1), (src - low).astype(np.float32)
+
+    (y0, y1, fy), (x0, x1, fx) = axis(cam.shape[0]), axis(cam.shape[1])
+    rows = cam[y0] * (1 - fy)[:, None] + cam[y1] * fy[:, None]
+    big = rows[:, x0] * (1 - fx)[None] + rows[:, x1] * fx[None]
     peak = float(big.max())
-    return (big / peak if peak > 0 else torch.zeros_like(big)).numpy().astype(np.float32)
+    return (big / peak if peak > 0 else np.zeros_like(big)).astype(np.float32)
 
 
-def denormalise(tensor: torch.Tensor, mean, std) -> Image.Image:
+def denormalise(array: np.ndarray, mean, std) -> Image.Image:
     """The normalised 3×H×W input turned back into the picture the model was given."""
-    mean_t = torch.tensor(mean).view(3, 1, 1)
-    std_t = torch.tensor(std).view(3, 1, 1)
-    pixels = (tensor * std_t + mean_t).mul(255).round().clamp(0, 255).to(torch.uint8)
-    return Image.fromarray(pixels.permute(1, 2, 0).numpy(), "RGB")
+    mean = np.asarray(mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(std, dtype=np.float32)[:, None, None]
+    pixels = np.clip(np.round((array * std + mean) * 255), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels.transpose(1, 2, 0), "RGB")
 
 
 def shrunk_picture(original_size: tuple[int, int], resized: Image.Image,
@@ -236,8 +154,8 @@ def shrunk_picture(original_size: tuple[int, int], resized: Image.Image,
 def numbers_picture(tensor, mean, std, dots: int = 2, cell: int = 160) -> Image.Image:
     """The numbers the model gets, readable: the ``dots`` × ``dots`` dots in the very
     middle of its input, each drawn as a big square of its colour with its three numbers
-    (red, green, blue) written on it.  ``tensor`` is the normalised 3×H×W input (torch or
-    NumPy); mean/std turn it back into the colours.  NumPy/Pillow only."""
+    (red, green, blue) written on it.  ``tensor`` is the normalised 3×H×W input (a NumPy
+    array); mean/std turn it back into the colours.  NumPy/Pillow only."""
     values = np.asarray(tensor, dtype=np.float32)
     _, height, width = values.shape
     top, left = (height - dots) // 2, (width - dots) // 2
@@ -278,9 +196,25 @@ def _trim(img: Image.Image) -> Image.Image:
 
 
 def _resized(classifier: Classifier, img: Image.Image) -> Image.Image:
-    return TF.resize(
-        _trim(img), classifier.loaded.resize_size, InterpolationMode.BILINEAR, antialias=True
-    )
+    """torchvision's ``Resize(resize_size)`` of a PIL image: the shorter side becomes
+    ``resize_size``, the longer one keeps the aspect ratio (truncated)."""
+    img = _trim(img)
+    size = classifier.loaded.resize_size
+    width, height = img.size
+    if width <= height:
+        new = (size, int(size * height / width))
+    else:
+        new = (int(size * width / height), size)
+    return img.resize(new, Image.Resampling.BILINEAR)
+
+
+def cam(classifier: Classifier, features: np.ndarray, index: int) -> np.ndarray:
+    """``relu(W[index] · features)`` on the feature map's grid (Grad-CAM for a pooled
+    linear head, see the module docstring)."""
+    weight = classifier.engine.cam_weight
+    channels, height, width = features.shape
+    grid = weight[index] @ features.reshape(channels, height * width).astype(np.float32)
+    return np.maximum(grid, 0).reshape(height, width).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- explain
@@ -293,30 +227,34 @@ def explain(
     index: int | None = None,
     k: int = 3,
 ) -> Explanation:
-    """Preprocessing steps and a Grad-CAM heatmap for ``img``.
+    """Preprocessing steps and a heatmap for ``img``.
 
-    ``index``: the class to explain (default: the serving engine's top-1)."""
-    t0 = time.perf_counter()
-    explainer = explainer_for(classifier)
+    ``index``: the class to explain (default: the top-1 of the same pass)."""
     loaded = classifier.loaded
-    (predictions,), _ = classifier.predict([img], k)
-    t1 = time.perf_counter()
-    tensor = classifier.preprocess(img)  # exactly what /predict feeds the model
+    if classifier.engine.cam_weight is None or not loaded.cam:
+        raise ExplainUnsupported(
+            f"heatmaps are not available for this model ({loaded.arch}): "
+            + (loaded.cam_unavailable or "it has no feature map to explain"))
+    t0 = time.perf_counter()
+    array = classifier.preprocess(img)  # exactly what /predict feeds the model
+    logits, features = classifier.features(array[None])
+    probs = softmax(logits)[0]
+    order = np.argsort(-probs, kind="stable")
+    predictions = [Prediction(classifier.labels[i], int(i), float(probs[i]))
+                   for i in order[:max(1, min(k, classifier.num_classes))]]
     index = predictions[0].index if index is None else int(index)
-    cam, grid = explainer.gradcam(tensor.unsqueeze(0), index)
+    target = Prediction(classifier.labels[index], index, float(probs[index]))
+    t1 = time.perf_counter()
+    grid_map = cam(classifier, features[0], index)
     t2 = time.perf_counter()
-    target = next((p for p in predictions if p.index == index), None)
-    if target is None:  # a class outside the top k: its score from the serving engine
-        (every,), _ = classifier.predict([img], classifier.num_classes)
-        target = next(p for p in every if p.index == index)
 
     size = loaded.input_size
-    heat = upsample(cam, size)
-    cropped = denormalise(tensor, loaded.mean, loaded.std)
+    heat = upsample(grid_map, size)
+    cropped = denormalise(array, loaded.mean, loaded.std)
     resized = _resized(classifier, img)
     original = img.copy()
     original.thumbnail((ORIGINAL_MAX_SIDE, ORIGINAL_MAX_SIDE))
-    low, high = float(tensor.min()), float(tensor.max())
+    low, high = float(array.min()), float(array.max())
     shrunk = resized.width <= img.width
     steps = [
         Step("original", "Your photo",
@@ -332,14 +270,14 @@ def explain(
              f"What the model really gets: 3 grids of {size} × {size} numbers (red, green, "
              f"blue), from {low:.2f} to {high:.2f}. Here are the 4 dots in the very middle, "
              "drawn big, with their numbers.",
-             numbers_picture(tensor, loaded.mean, loaded.std)),
+             numbers_picture(array, loaded.mean, loaded.std)),
     ]
     t3 = time.perf_counter()
     return Explanation(
         target=target,
         predictions=predictions,
-        layer=explainer.layer_name,
-        grid=grid,
+        layer=loaded.cam["layer"],
+        grid=tuple(grid_map.shape),
         heatmap=heat,
         steps=steps,
         overlay=overlay(cropped, heat),

@@ -1,5 +1,5 @@
-"""The classifier one worker process serves: preprocessing + batched top-k prediction for
-one loaded model, and the holder that loads it once and hands it to requests."""
+"""The model one worker process serves, loaded once and swapped when the registry's active
+pointer changes.  No torch and no Flask here."""
 
 from __future__ import annotations
 
@@ -9,112 +9,29 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-import numpy as np
-import torch
-from PIL import Image
-
-import model_loader
-from model_loader import LoadedModel, ModelLoadError, preprocess_array
-from webapp.registry import RegistryError
+from model_loader import ModelLoadError
+from webapp import engines
+from webapp.engines import EngineSettings
+from webapp.registry import BUILTIN, Registry, RegistryError
+from webapp.serving.classifier import Classifier
 
 log = logging.getLogger(__name__)
 
-@dataclass(frozen=True)
-class Prediction:
-    label: str
-    index: int
-    score: float
 
-    def as_dict(self) -> dict:
-        return {"label": self.label, "index": self.index, "score": round(self.score, 6)}
-
-
-class Classifier:
-    """One model, its labels and its preprocessing.  Safe to share between threads:
-    forward passes are serialised so concurrent requests do not oversubscribe the
-    CPU threads torch was given."""
-
-    def __init__(self, loaded: LoadedModel, model_id: str = "builtin"):
-        self.loaded = loaded
-        self.engine = loaded.engine
-        self.labels = loaded.labels
-        self.model_id = model_id  # "builtin" or the id in the model registry
-        self._lock = threading.Lock()
-
-    @property
-    def info(self) -> dict:
-        return {"id": self.model_id, **self.loaded.describe()}
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.labels)
-
-    @property
-    def resize_size(self) -> int:
-        return self.loaded.resize_size
-
-    def preprocess(self, img: Image.Image) -> torch.Tensor:
-        """torchvision's ImageNet eval transform with this model's own sizes and
-        statistics: resize the shorter side (bilinear, antialiased), centre-crop,
-        scale to [0, 1], normalise.  A (3, size, size) float tensor."""
-        return torch.from_numpy(self._preprocess_array(img))
-
-    def _preprocess_array(self, img: Image.Image) -> np.ndarray:
-        loaded = self.loaded
-        return preprocess_array(img, loaded.resize_size, loaded.input_size,
-                                loaded.mean, loaded.std)
-
-    def predict(
-        self, images: list[Image.Image], k: int = 3
-    ) -> tuple[list[list[Prediction]], dict[str, float]]:
-        """Top-``k`` predictions per image (one batched forward pass) and the time spent
-        in preprocessing and inference, in milliseconds."""
-        k = max(1, min(int(k), self.num_classes))
-        t0 = time.perf_counter()
-        batch = torch.from_numpy(np.stack([self._preprocess_array(img) for img in images]))
-        t1 = time.perf_counter()
-        with self._lock, torch.inference_mode():
-            logits = self.engine(batch)
-        # Softmax and top-k in NumPy too (see _preprocess_array), in float64.
-        logits = logits.float().numpy().astype(np.float64)
-        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs /= probs.sum(axis=1, keepdims=True)
-        indices = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-        t2 = time.perf_counter()
-        results = [
-            [Prediction(self.labels[i], int(i), float(row[i])) for i in row_indices]
-            for row, row_indices in zip(probs, indices)
-        ]
-        return results, {"preprocess": (t1 - t0) * 1000, "inference": (t2 - t1) * 1000}
-
-
-def prepare(config: dict, loaded: model_loader.LoadedModel, model_id: str = "builtin"):
-    """A loaded model made ready to serve with the app's engine settings (``ENGINE``,
-    ``QUANTIZE``, ``ENGINE_CACHE_DIR``, ``CALIBRATION_DIR``, ``TORCH_THREADS``)."""
-    return Classifier(model_loader.quantize(
-        loaded,
-        config.get("QUANTIZE", "none"),
-        config.get("ENGINE") or None,
-        cache_dir=config.get("ENGINE_CACHE_DIR") or None,
-        calibration_dir=config.get("CALIBRATION_DIR") or None,
-        threads=config.get("TORCH_THREADS") or None,
-    ), model_id)
-
-
-def load_builtin(config: dict) -> Classifier:
-    """The built-in ImageNet model, per the app's settings."""
-    loaded = model_loader.load_imagenet_model(
-        config.get("MODEL_WEIGHTS") or None,
-        allow_download=config.get("ALLOW_DOWNLOAD", False),
-    )
-    return prepare(config, loaded)
-
-
-def load_registered(config: dict, registry, model_id: str) -> Classifier:
-    """A model from the registry, prepared exactly like the built-in one."""
-    return prepare(config, registry.load(model_id), model_id)
+def load_classifier(config: dict, registry: Registry | None, model_id: str) -> Classifier:
+    """The built-in model or a stored one, ready to serve with the app's engine settings
+    (``ENGINE``, ``QUANTIZE``, ``ENGINE_CACHE_DIR``, ``CALIBRATION_DIR``,
+    ``TORCH_THREADS``): its card and network from the engine cache, built by a child
+    process when missing."""
+    if model_id == BUILTIN:
+        source = engines.builtin_source(config)
+    else:
+        if registry is None:
+            raise RegistryError(404, "unknown_model", f"There is no model {model_id!r}.")
+        source = registry.source(model_id)
+    card, engine = engines.serve(source, EngineSettings.from_config(config))
+    return Classifier(card, engine, model_id)
 
 
 class ModelHolder:
@@ -123,7 +40,7 @@ class ModelHolder:
     Loads it once per process (after gunicorn forks), on the first call to ``get()`` or
     explicitly with ``warm_up()``, and remembers a load failure.
 
-    With a model registry attached (``use_registry``), the holder follows the
+    With a model registry (``registry``), the holder follows the
     registry's active pointer: every ``check_interval`` seconds it ``stat``s the pointer
     file, and when it changed, it loads the newly active model and swaps the reference.
     After ``warm_up()`` a watcher thread does this, so an idle worker switches too and
@@ -136,16 +53,15 @@ class ModelHolder:
     threads do not survive a fork.
     """
 
-    def __init__(self, loader: Callable[[], Classifier], threads: int):
-        self._loader = loader  # the built-in model
-        self._threads = threads
+    def __init__(self, config: dict, registry: Registry | None = None,
+                 check_interval: float = 0.25):
+        self._config = config
         self._lock = threading.Lock()
         self._classifier: Classifier | None = None
         self._builtin: Classifier | None = None
         self._trial: Classifier | None = None
-        self._registry = None
-        self._load_registered: Callable[[str], Classifier] | None = None
-        self._check_interval = 0.25
+        self._registry = registry
+        self._check_interval = check_interval
         self._next_check = 0.0
         self._stamp: object = None
         self._watcher: threading.Thread | None = None
@@ -165,13 +81,6 @@ class ModelHolder:
                 callback(self._classifier)
             except Exception:  # a listener never breaks serving
                 log.exception("model listener failed")
-
-    def use_registry(
-        self, registry, load: Callable[[str], Classifier], check_interval: float = 0.25
-    ) -> None:
-        self._registry = registry
-        self._load_registered = load
-        self._check_interval = check_interval
 
     @property
     def loaded(self) -> bool:
@@ -240,6 +149,35 @@ class ModelHolder:
             self._trial = self._timed_load(model_id)
             return self._trial
 
+    def model_entries(self) -> tuple[list[dict], dict]:
+        """Every model (built-in first, then the stored ones, newest first) with
+        ``active`` and ``deletable`` flags, and the registry's pointer state: what the
+        admin page, its API and ``flask models list`` show."""
+        state = self._registry.state()
+        entries = [self._builtin_entry()] + [
+            {**meta, "builtin": False} for meta in self._registry.list_models()
+        ]
+        for entry in entries:
+            entry["active"] = entry["id"] == state.active
+            entry["deletable"] = not entry["builtin"] and not entry["active"]
+        return entries, state.as_dict()
+
+    def _builtin_entry(self) -> dict:
+        entry = {"id": BUILTIN, "builtin": True, "uploaded": None, "created": None,
+                 "metrics": {}, "sha256": None}
+        try:
+            loaded = self.builtin().loaded
+        except ModelLoadError as exc:
+            return {**entry, "name": "Built-in ImageNet model", "arch": None, "classes": [],
+                    "num_classes": 0, "error": str(exc), "size_bytes": None,
+                    "version": None}
+        size = None
+        with contextlib.suppress(OSError):
+            size = os.stat(loaded.source).st_size
+        return {**entry, "name": loaded.name, "arch": loaded.arch, "classes": loaded.labels,
+                "num_classes": loaded.num_classes, "input_size": loaded.input_size,
+                "size_bytes": size, "version": loaded.version, "source": loaded.source_kind}
+
     def builtin(self) -> Classifier:
         """The built-in model (loaded once, kept: it is the fallback)."""
         if self._builtin is None:
@@ -254,22 +192,21 @@ class ModelHolder:
         if model_id == "builtin" and self._builtin is not None:
             return self._builtin  # loaded once and kept: nothing to load or log
         started = time.perf_counter()
+        classifier = load_classifier(self._config, self._registry, model_id)
         if model_id == "builtin":
-            classifier = self._builtin = self._loader()
-        else:
-            classifier = self._load_registered(model_id)
+            self._builtin = classifier
         self.load_seconds = time.perf_counter() - started
         loaded = classifier.loaded
         log.info(
-            "model ready: %s (id %s, %s, version %s, engine %s, quantization %s) in %.1f s, "
-            "%d torch threads, pid %d",
+            "model ready: %s (id %s, %s, version %s, engine %s, %s) in %.2f s, "
+            "%d engine threads, pid %d",
             loaded.name, model_id, loaded.arch, loaded.version, loaded.engine_name,
-            loaded.quantization, self.load_seconds, torch.get_num_threads(), os.getpid(),
+            loaded.engine_info.get("precision"), self.load_seconds,
+            self._config.get("TORCH_THREADS") or 1, os.getpid(),
         )
         return classifier
 
     def _first_load(self) -> None:
-        model_loader.configure_threads(self._threads)
         if self._registry is None:
             self._classifier = self._load_or_record("builtin")
             self._notify()

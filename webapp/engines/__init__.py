@@ -1,0 +1,351 @@
+"""Inference engines: how a model file becomes something a worker can run.
+
+Two halves, kept apart so that a web worker never loads torch:
+
+* **building** (``build``, torch): load and validate the file, export ONNX with a second
+  output for heatmaps, calibrate int8.  Runs in a short-lived child process
+  (``child.run_builder``) or in the training job runner; leaves files in the engine cache
+  (``artefacts``), keyed by the sha256 of the model file and what was said about it;
+* **running** (``runtime``, no torch): OpenVINO or ONNX Runtime on those files.
+
+``ENGINE=torch`` (and ``QUANTIZE=dynamic``, torch's own) is the one setting that loads
+torch into a worker (``torch_engine``); it serves the same cards.
+
+ENGINE × QUANTIZE:
+
+=============  ============================  ===========================================
+ENGINE         QUANTIZE=none / bf16          QUANTIZE=static (int8)
+=============  ============================  ===========================================
+openvino       the ONNX network, fp32; bf16  the QDQ int8 network, compiled by OpenVINO
+               where the CPU computes it
+onnxruntime    the ONNX network, fp32        the QDQ int8 network (ORT's quantizer)
+torch          fp32 eager (``dynamic``: int8  FX graph mode, x86 backend, calibrated
+               Linear layers)
+=============  ============================  ===========================================
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+import model_loader
+from model_loader import ModelLoadError, sha256_file
+from webapp.engines import child
+from webapp.engines.artefacts import ArtefactCache, ModelCard, default_cache_dir, model_key
+from webapp.engines.calibration import int8_name
+from webapp.engines.runtime import Engine, open_engine
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("torch", "openvino", "onnxruntime")
+QUANTIZE_MODES = ("none", "bf16", "dynamic", "static")
+
+__all__ = ["ENGINES", "QUANTIZE_MODES", "Engine", "EngineSettings", "ModelCard", "ModelSource",
+           "check_combination", "ensure_card", "serve"]
+
+
+def check_combination(engine: str, mode: str) -> None:
+    """``ModelLoadError`` naming the settings that cannot go together."""
+    if engine not in ENGINES:
+        raise ModelLoadError(f"ENGINE={engine!r} is not supported; use one of "
+                             f"{', '.join(ENGINES)}")
+    if mode not in QUANTIZE_MODES:
+        raise ModelLoadError(f"QUANTIZE={mode!r} is not supported; use one of "
+                             f"{', '.join(QUANTIZE_MODES)}")
+    if mode == "dynamic" and engine != "torch":
+        raise ModelLoadError(
+            f"QUANTIZE=dynamic is torch's dynamic quantization and needs ENGINE=torch "
+            f"(ENGINE={engine} runs QUANTIZE=none or static)")
+    if mode == "bf16" and engine != "openvino":
+        raise ModelLoadError(
+            f"QUANTIZE=bf16 needs ENGINE=openvino (ENGINE={engine} runs QUANTIZE=none, "
+            "static" + (" or dynamic)" if engine == "torch" else ")"))
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How this process serves models (``ENGINE``, ``QUANTIZE``, ``ENGINE_CACHE_DIR``,
+    ``CALIBRATION_DIR``, ``TORCH_THREADS``)."""
+
+    engine: str = "openvino"
+    quantize: str = "none"
+    cache_dir: str = ""
+    calibration_dir: str = ""
+    threads: int = 1
+    dual: bool = False  # ENGINE_STREAMS=dual (OpenVINO)
+
+    @classmethod
+    def from_config(cls, config: dict) -> EngineSettings:
+        return cls(engine=config.get("ENGINE") or "openvino",
+                   quantize=config.get("QUANTIZE") or "none",
+                   cache_dir=config.get("ENGINE_CACHE_DIR") or "",
+                   calibration_dir=config.get("CALIBRATION_DIR") or "",
+                   threads=max(1, int(config.get("TORCH_THREADS") or 1)),
+                   dual=(config.get("ENGINE_STREAMS") or "latency") == "dual")
+
+    @property
+    def builds_int8(self) -> bool:
+        """Serving needs the ONNX int8 network (torch quantizes by itself)."""
+        return self.quantize == "static" and self.engine != "torch"
+
+    @property
+    def cache(self) -> ArtefactCache:
+        return ArtefactCache(self.cache_dir or default_cache_dir())
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model file and what is known about it, before anything is loaded.
+
+    ``kind``: ``builtin`` (the ImageNet model: ``file`` is the weights file the sources
+    order picked, ``weights`` the MODEL_WEIGHTS setting) or ``checkpoint`` (a stored or
+    uploaded file; ``given``: what the uploader said, passed to
+    ``model_loader.load_checkpoint``)."""
+
+    kind: str
+    file: str
+    sha256: str
+    given: dict = field(default_factory=dict)
+    weights: str = ""
+    label: str = ""
+    name: str | None = None
+    untrusted: bool = False  # an upload: opened under memory and time caps
+    cache_key: str | None = None  # the key its card was made under (a stored model)
+
+    @property
+    def key(self) -> str:
+        if self.cache_key:
+            return self.cache_key
+        given = dict(self.given)
+        if self.kind == "builtin":
+            given["builtin"] = self.weights or "sources"
+        return model_key(self.sha256, given)
+
+
+def builtin_source(config: dict) -> ModelSource:
+    """The built-in model's weights file, in the order ``model_loader`` documents,
+    without loading it (a download, when allowed and needed, runs in a child first)."""
+    weights = config.get("MODEL_WEIGHTS") or ""
+    path, kind = model_loader.imagenet_weights_file(weights or None)
+    if kind == "bundled" and config.get("ALLOW_DOWNLOAD"):
+        child.run_download()
+        path, kind = model_loader.imagenet_weights_file(None)
+    if path is None:
+        raise ModelLoadError(model_loader.NO_WEIGHTS_MESSAGE)
+    if not Path(path).is_file():
+        raise ModelLoadError(f"{path}: no such file")
+    return ModelSource("builtin", str(path), sha256_file(path), weights=weights)
+
+
+def checkpoint_source(path, sha256: str | None = None, *, given: dict | None = None,
+                      label: str = "", name: str | None = None, untrusted: bool = False,
+                      key: str | None = None) -> ModelSource:
+    return ModelSource("checkpoint", str(path), sha256 or sha256_file(path),
+                       given=dict(given or {}), label=label, name=name, untrusted=untrusted,
+                       cache_key=key)
+
+
+# --------------------------------------------------------------------------- building
+
+
+_build_lock = threading.Lock()  # one build at a time per process (each is a torch child)
+
+
+def ensure_card(source: ModelSource, settings: EngineSettings, *,
+                int8: bool = False) -> ModelCard:
+    """The model card of ``source`` from the cache, built by a child process when missing
+    or damaged (under the cache entry's lock: workers starting together build it once).
+    ``int8``: the int8 network too, or the reason it cannot be built (``int8_state``);
+    that is never the card's failure."""
+    cache = settings.cache
+    key = source.key
+
+    def done(card) -> bool:
+        return card is not None and (not int8 or int8_state(card, settings)[0] != "missing")
+
+    card = cache.read_card(key)
+    if not done(card):
+        with _build_lock, cache.lock(cache.card_name(key)):
+            card = cache.read_card(key)
+            if not done(card):
+                card = _run_build(source, settings, cache, key, int8)
+    return _named(card, source)
+
+
+def int8_state(card: ModelCard, settings: EngineSettings) -> tuple[str, str]:
+    """(``ready`` | ``failed`` | ``missing``, the entry's name or why it failed)."""
+    cache = settings.cache
+    name = int8_name(card.key, settings.calibration_dir or None)
+    if cache.valid(name):
+        return "ready", name
+    if cache.valid(f"{name}.error"):
+        return "failed", cache.path(f"{name}.error").read_text().strip()
+    return "missing", name
+
+
+def _named(card: ModelCard, source: ModelSource) -> ModelCard:
+    """The card as this source shows it: the same weights may be stored under another
+    name, and a stored upload no longer lives where it was converted."""
+    card = replace(card, name=source.name) if source.name else card
+    return replace(card, source=source.file) if source.kind == "checkpoint" else card
+
+
+def _run_build(source, settings, cache, key, int8) -> ModelCard:
+    if "torch" in sys.modules and not source.untrusted:
+        return _build_here(source, settings, cache, key, int8)
+    started = time.perf_counter()
+    common = ["--key", key, "--cache", str(cache.root)]
+    if int8:
+        common.append("--int8")
+        if settings.calibration_dir:
+            common += ["--calibration-dir", settings.calibration_dir]
+    timeout = child.BUILD_TIMEOUT
+    what = "the model"
+    if source.kind == "builtin":
+        args = ["builtin", *common]
+        if source.weights:
+            args += ["--weights", source.weights]
+    else:
+        import json
+
+        args = ["checkpoint", source.file, "--given", json.dumps(source.given),
+                "--sha256", source.sha256, *common]
+        if source.label:
+            args += ["--label", source.label]
+            what = source.label[:1].lower() + source.label[1:]
+        if source.untrusted:
+            memory_mb, timeout = child.upload_limits(os.path.getsize(source.file))
+            args += ["--memory-mb", str(memory_mb)]
+    answer = child.run_builder(args, timeout=timeout, what=what)
+    card = ModelCard.from_json(answer["card"])
+    log.info("built %s for serving in %.1f s (a child process; cached as %s)", card.name,
+             time.perf_counter() - started, key)
+    return card
+
+
+def _build_here(source, settings, cache, key, int8) -> ModelCard:
+    """In a process that has torch already (the training runner, ``ENGINE=torch``), a
+    trusted model is built right here instead of in a child."""
+    from webapp.engines import build, torch_engine
+
+    card = cache.read_card(key)
+    if card is None:
+        card = build.build_card(torch_engine.load_module(source), key, cache, lock=False)
+    if int8:
+        build.int8_or_reason(card, cache, settings.calibration_dir or None)
+    return card
+
+
+# --------------------------------------------------------------------------- serving
+
+
+def serve(source: ModelSource, settings: EngineSettings) -> tuple[ModelCard, Engine]:
+    """The card and the engine that serve ``source`` in this process.
+
+    A precision the engine cannot give steps down *inside* the engine: int8 that cannot
+    be built (no calibration photos, a quantizer error) and bf16 that does not compile
+    are served in fp32 by the same engine, and ``engine_info["fallback"]`` says why."""
+    check_combination(settings.engine, settings.quantize)
+    if settings.engine == "torch":
+        from webapp.engines import torch_engine
+
+        card = ensure_card(source, settings)
+        if card.kind == "onnx":  # nothing for torch to run: ONNX Runtime runs it
+            card, engine = open_card(card, settings, "fp32")
+            engine.info["fallback"] = ("ENGINE=torch cannot run an ONNX model: ONNX Runtime "
+                                       "runs it")
+            return card, engine
+        card, engine = torch_engine.serve(card, source, settings)
+        engine.cam_weight = cam_weight(card, settings.cache)
+        return card, engine
+    card = ensure_card(source, settings, int8=settings.builds_int8)
+    fallback = None
+    if settings.builds_int8:
+        state, detail = int8_state(card, settings)
+        try:
+            if state != "ready":
+                raise ModelLoadError(detail)
+            return open_card(card, settings, "int8")
+        except Exception as exc:  # noqa: BLE001 - any failure: serve fp32 and say why
+            fallback = f"QUANTIZE=static failed: {_reason(exc)}"
+            log.warning("%s for %s; serving fp32", fallback, card.name)
+    precision = "bf16" if settings.quantize == "bf16" else "fp32"
+    try:
+        card, engine = open_card(card, settings, precision)
+    except Exception as exc:  # noqa: BLE001
+        if precision == "fp32":
+            raise
+        fallback = f"QUANTIZE={settings.quantize} failed: {_reason(exc)}"
+        log.warning("%s for %s; serving fp32", fallback, card.name)
+        card, engine = open_card(card, settings, "fp32")
+    if fallback:
+        engine.info["fallback"] = fallback
+    return card, engine
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def open_card(card: ModelCard, settings: EngineSettings, precision: str
+              ) -> tuple[ModelCard, Engine]:
+    """Compile ``card``'s network (``precision``: fp32, bf16 or int8) on the configured
+    runtime: the card as served (engine info filled in) and the engine."""
+    cache = settings.cache
+    started = time.perf_counter()
+    if precision == "int8":
+        name = int8_name(card.key, settings.calibration_dir or None)
+    else:
+        name = card.onnx
+    runtime = "onnxruntime" if settings.engine == "torch" else settings.engine
+    engine = open_engine(cache.path(name), runtime, settings.threads, precision, settings.dual)
+    if card.kind == "onnx":
+        _adapt_upload(engine, card)
+    engine.info = {"engine": settings.engine, "quantization": settings.quantize,
+                   "precision": engine.precision, "artefact": name, **engine.info,
+                   "compile_seconds": round(time.perf_counter() - started, 3)}
+    if precision == "int8":
+        engine.info["calibration"] = f"photos in {settings.calibration_dir or 'calibration/'}"
+    engine.cam_weight = cam_weight(card, cache)
+    card = replace(card, quantization=settings.quantize, engine_name=settings.engine,
+                   engine_info=engine.info)
+    return card, engine
+
+
+def _adapt_upload(engine: Engine, card: ModelCard) -> None:
+    """An uploaded ONNX model as the server expects a network: one image at a time when
+    its batch is fixed, and logits from a softmax output (their log: the server's softmax
+    then gives the model's own scores)."""
+    run = engine.run
+    if card.batch == 1:
+        def one_by_one(batch):
+            rows = [run(batch[i:i + 1])[0] for i in range(len(batch))]
+            return np.concatenate(rows), None
+
+        engine.run = one_by_one
+    if card.outputs == "probabilities":
+        scores = engine.run
+
+        def logits(batch):
+            return np.log(np.maximum(scores(batch)[0].astype(np.float32), 1e-30)), None
+
+        engine.run = logits
+
+
+def cam_weight(card: ModelCard, cache: ArtefactCache):
+    """The head weight heatmaps are computed with (``None`` without one)."""
+    if not card.cam:
+        return None
+    import numpy as np
+
+    with np.load(cache.path(card.cam["head"])) as head:
+        return head["weight"]

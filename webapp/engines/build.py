@@ -1,0 +1,453 @@
+"""Building what workers serve: a model file in, a model card and an ONNX network out.
+
+This is the only place (with ``model_loader``'s readers and the torch engine) that needs
+torch, and it runs in a **short-lived child process** (``python -m webapp.engines.build``,
+started by ``webapp.engines.child``) or in the training job runner, never in a web worker:
+importing torch costs a worker ~900 MB and seconds of start-up.  What it leaves behind is
+cached on disk (``webapp.engines.artefacts``), so the next worker, and the next start,
+only read files.
+
+What a build does, for one model file:
+
+1. load and validate it (``model_loader``: ``weights_only``, exact fit, a probe);
+2. find the last spatial feature map (the layer Grad-CAM looks at) and check that the
+   head is *global average pooling + one linear layer* (ResNet, EfficientNet(-Lite),
+   DenseNet, RegNet, SqueezeNet...): then Grad-CAM equals CAM computed from that feature
+   map and the head's weights, so the heatmap needs no gradients at request time; the
+   head's weight and bias are stored beside the network;
+3. export fp32 ONNX with two outputs, ``logits`` and ``features``;
+4. check that the exported network gives torch's top-1 on real photos;
+5. write the model card (labels, preprocessing, where the files are).
+
+Static int8 (``QUANTIZE=static``) is one more step on the fp32 ONNX (``build_int8``):
+calibrated with ONNX Runtime's quantizer on the calibration photos, preprocessed exactly
+as the server does; it needs no torch either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import resource
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import model_loader
+from model_loader import ModelLoadError
+from webapp.engines.artefacts import ArtefactCache, ModelCard, model_key
+from webapp.engines.calibration import calibration_arrays, calibration_files, int8_name
+from webapp.engines.features import WithFeatures
+
+log = logging.getLogger(__name__)
+
+CHECK_PHOTOS = 4  # real photos the exported network must answer like torch
+UNSUPPORTED_PREFIXES = ("vit_", "swin_", "maxvit_")
+
+
+class BuildError(ModelLoadError):
+    """The model cannot be converted for serving; the message says why."""
+
+
+# --------------------------------------------------------------------------- heatmap layer
+
+
+def find_target_layer(module: nn.Module, input_size: int) -> tuple[str, nn.Module]:
+    """The last module (in the order forward passes finish) whose output is an N×C×H×W
+    tensor with H, W ≥ 2, found with one probe forward pass on a blank image: the final
+    convolutional features right before global pooling (``layer4`` for ResNets,
+    ``features`` for torchvision's EfficientNet/MobileNet/DenseNet, the head activation
+    ``_swish`` for the bundled EfficientNet-Lite0)."""
+
+    seen: list[tuple[str, nn.Module]] = []
+
+    def record(name):
+        def hook(mod, args, output):
+            if torch.is_tensor(output) and output.dim() == 4 and min(output.shape[2:]) >= 2:
+                seen.append((name, mod))
+
+        return hook
+
+    handles = [m.register_forward_hook(record(n)) for n, m in module.named_modules() if n]
+    try:
+        with torch.inference_mode():
+            module(torch.zeros(1, 3, input_size, input_size))
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not seen:
+        raise BuildError("the model has no convolutional feature map")
+    return seen[-1]
+
+
+def linear_head(module: nn.Module, layer: nn.Module, example: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """The weight and bias of a head that is global average pooling + one linear layer
+    after ``layer``, checked numerically: ``logits == W @ mean(features) + b`` on a real
+    input.  ``BuildError`` says why not otherwise (an MLP or a LayerNorm in the head, a
+    flatten of the whole map...).  The candidate is the last ``nn.Linear`` to run, or,
+    for heads without one (SqueezeNet), the identity when the map has a channel per
+    class.  Returns (weight, bias, the map's grid size)."""
+    order: list[nn.Linear] = []
+    handles = [m.register_forward_hook(lambda mod, a, o: order.append(mod))
+               for m in module.modules() if isinstance(m, nn.Linear)]
+    wrapped = WithFeatures(module, layer)
+    try:
+        with torch.inference_mode():
+            logits, features = wrapped(torch.from_numpy(example))
+    finally:
+        for handle in handles:
+            handle.remove()
+    pooled = features.double().mean(dim=(2, 3))
+    classes, channels = logits.shape[1], features.shape[1]
+    if order:
+        weight = order[-1].weight.detach().double()
+        bias = (order[-1].bias.detach().double() if order[-1].bias is not None
+                else torch.zeros(weight.shape[0], dtype=torch.float64))
+    elif channels == classes:
+        weight = torch.eye(classes, dtype=torch.float64)
+        bias = torch.zeros(classes, dtype=torch.float64)
+    else:
+        raise BuildError("its head has no linear layer")
+    expected = pooled @ weight.T + bias if tuple(weight.shape) == (classes, channels) else None
+    scale = float(logits.abs().max()) or 1.0
+    if expected is None or float((expected - logits.double()).abs().max()) > 1e-3 * scale:
+        raise BuildError("its head is more than global average pooling and one linear "
+                         "layer (heatmaps are computed from that layer's weights)")
+    return weight.float().numpy(), bias.float().numpy(), list(features.shape[2:])
+
+
+# --------------------------------------------------------------------------- ONNX
+
+
+def export_onnx(module: nn.Module, input_size: int, path: Path, layer=None) -> None:
+    """fp32 ONNX with a dynamic batch dimension (torch's TorchScript-based exporter: it
+    needs no extra package and handles every torchvision classifier); with ``layer``, a
+    second output ``features``."""
+
+    example = torch.zeros(1, 3, input_size, input_size)
+    net = WithFeatures(module, layer) if layer is not None else module
+    outputs = ["logits", "features"] if layer is not None else ["logits"]
+    axes = {name: {0: "batch"} for name in ["input", *outputs]}
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (example,), buf, dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=outputs, dynamic_axes=axes)
+    path.write_bytes(buf.getvalue())
+
+
+def check_photos(input_size: int, mean, std) -> np.ndarray:
+    """A small batch of real photos (the calibration set's first views), preprocessed."""
+    files = calibration_files()[:CHECK_PHOTOS]
+    return np.concatenate(calibration_arrays(files, input_size, mean, std, limit=10**6)[::6])
+
+
+def check_agreement(module: nn.Module, onnx_path: Path, batch: np.ndarray, what: str) -> None:
+    """The exported network gives torch's fp32 top-1 on every photo of ``batch``, or the
+    model is refused (an export that silently changed the model must never serve)."""
+    import onnxruntime as ort
+
+    with torch.inference_mode():
+        want = module(torch.from_numpy(batch)).argmax(1).numpy()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], {"input": batch})[0].argmax(1)
+    if not np.array_equal(got, want):
+        raise BuildError(f"{what}: the converted network does not answer like the original "
+                         f"(top-1 {got.tolist()} vs {want.tolist()} on real photos)")
+
+
+def build_card(loaded: model_loader.LoadedModel, key: str, cache: ArtefactCache, *,
+               lock: bool = True) -> ModelCard:
+    """Export ``loaded`` into the cache under ``key`` and write its card, under the
+    card's lock (``lock=False``: the caller holds it -- the worker that started this
+    child does, so that workers starting together build it once)."""
+    started = time.perf_counter()
+    with cache.lock(cache.card_name(key)) if lock else contextlib.nullcontext():
+        card = cache.read_card(key)
+        if card is not None:
+            return card
+        if loaded.module is None:  # an uploaded ONNX model: served as it is
+            return _onnx_card(loaded, key, cache, started)
+        module = loaded.module.eval()
+        batch = check_photos(loaded.input_size, loaded.mean, loaded.std)
+        layer_name, layer, cam_unavailable, head = None, None, None, None
+        try:
+            if loaded.arch.startswith(UNSUPPORTED_PREFIXES):
+                raise BuildError(f"{loaded.arch} is a transformer without a convolutional "
+                                 "feature map")
+            layer_name, layer = find_target_layer(module, loaded.input_size)
+            head = linear_head(module, layer, batch[:1])
+        except BuildError as exc:
+            cam_unavailable = str(exc)
+            layer = None
+            log.info("no heatmaps for %s: %s", loaded.name, exc)
+        onnx_name = f"{key}.fp32.onnx"
+        cache.put(onnx_name, lambda tmp: export_onnx(module, loaded.input_size, tmp, layer))
+        check_agreement(module, cache.path(onnx_name), batch, loaded.name)
+        cam = None
+        if head is not None:
+            head_name = f"{key}.head.npz"
+
+            def write_head(tmp: Path) -> None:
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, weight=head[0], bias=head[1])
+
+            cache.put(head_name, write_head)
+            cam = {"layer": layer_name, "grid": head[2], "head": head_name}
+        card = _card(loaded, key, onnx_name, started, cam=cam, cam_unavailable=cam_unavailable)
+        cache.write_card(card)
+        return card
+
+
+def _card(loaded, key: str, onnx_name: str, started: float, **extra) -> ModelCard:
+    return ModelCard(
+        key=key, name=loaded.name, arch=loaded.arch, labels=list(loaded.labels),
+        version=loaded.version, source=loaded.source, source_kind=loaded.source_kind,
+        input_size=loaded.input_size, mean=tuple(loaded.mean), std=tuple(loaded.std),
+        verified=loaded.verified, notice=loaded.notice, metrics=_jsonable(loaded.metrics),
+        created=loaded.created, onnx=onnx_name, kind=loaded.kind, outputs=loaded.outputs,
+        found=_jsonable(loaded.details), summary=loaded.summary(),
+        build_seconds=round(time.perf_counter() - started, 3), **extra)
+
+
+def _onnx_card(loaded, key: str, cache: ArtefactCache, started: float) -> ModelCard:
+    """An uploaded ONNX classifier (checked by ``model_loader.load_onnx``): the file
+    goes into the cache as it is; the engines read its first input and output, take the
+    log of probabilities and feed a fixed-batch model one image at a time."""
+    onnx_name = f"{key}.fp32.onnx"
+    cache.put(onnx_name, lambda tmp: shutil.copyfile(loaded.onnx_path, tmp))
+    card = _card(loaded, key, onnx_name, started, batch=loaded.details.get("batch", "any"),
+                 cam_unavailable="heatmaps are not available for uploaded ONNX models (the "
+                 "heatmap needs the network's layers, which an ONNX file does not expose "
+                 "here); predictions work as usual")
+    cache.write_card(card)
+    return card
+
+
+def weights_key(loaded: model_loader.LoadedModel) -> str:
+    """A cache key from the weights themselves (names, dtypes, shapes, bytes) and the
+    preprocessing, for a model that exists only in memory (tests, benchmarks)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(loaded.module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        if tensor.dtype == torch.bfloat16:
+            tensor = tensor.view(torch.int16)
+        digest.update(tensor.numpy().tobytes() if tensor.numel() else b"")
+    return model_key(digest.hexdigest(), {"labels": list(loaded.labels),
+                                          "input_size": loaded.input_size,
+                                          "mean": list(loaded.mean), "std": list(loaded.std)})
+
+
+def serve_loaded(loaded: model_loader.LoadedModel, settings) -> tuple[ModelCard, object]:
+    """A model that exists only in memory (benchmarks, tests) served the way a worker
+    serves a file: its card built into ``settings``' cache, then the configured engine
+    and precision.  Returns ``(card, engine)``."""
+    from webapp import engines
+    from webapp.engines import torch_engine
+
+    card = build_card(loaded, weights_key(loaded), settings.cache)
+    if settings.engine == "torch":
+        card, engine = torch_engine.serve_module(card, loaded, settings)
+        engine.cam_weight = engines.cam_weight(card, settings.cache)
+        return card, engine
+    if settings.builds_int8:
+        int8_or_reason(card, settings.cache, settings.calibration_dir or None)
+        return engines.open_card(card, settings, "int8")
+    return engines.open_card(card, settings, "bf16" if settings.quantize == "bf16" else "fp32")
+
+
+def _jsonable(value):
+    try:
+        return json.loads(json.dumps(value, default=str))
+    except (TypeError, ValueError):
+        return {}
+
+
+# --------------------------------------------------------------------------- int8
+
+
+def quantize_onnx(fp32_path: Path, arrays: list[np.ndarray], path: Path) -> None:
+    """Static int8 QDQ ONNX: per-channel symmetric int8 weights, uint8 activations,
+    ranges from the calibration arrays (min/max)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._items = iter([{"input": a} for a in arrays])
+
+        def get_next(self):
+            return next(self._items, None)
+
+    work = path.with_name(path.name + ".work")
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        pre = work / "pre.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+            quantize_static(
+                str(pre), str(path), Reader(), quant_format=QuantFormat.QDQ,
+                per_channel=True, activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                extra_options={"CalibTensorRangeSymmetric": False},
+            )
+    finally:
+        for leftover in sorted(work.rglob("*"), reverse=True):
+            leftover.unlink() if leftover.is_file() else leftover.rmdir()
+        work.rmdir()
+
+
+def build_int8(card: ModelCard, cache: ArtefactCache,
+               calibration_dir: str | os.PathLike | None = None) -> tuple[Path, bool]:
+    """The static int8 network of ``card`` (built once, cached): (path, reused)."""
+    if card.kind == "onnx":
+        raise BuildError("QUANTIZE=static is not made for uploaded ONNX models (their "
+                         "graphs are not ours to calibrate): they are served in fp32")
+    name, files = int8_name(card.key, calibration_dir), calibration_files(calibration_dir)
+
+    def build(tmp: Path) -> None:
+        arrays = calibration_arrays(files, card.input_size, card.mean, card.std)
+        started = time.perf_counter()
+        quantize_onnx(cache.path(card.onnx), arrays, tmp)
+        log.info("calibrated %s on %d views in %.1f s", card.name, len(arrays),
+                 time.perf_counter() - started)
+
+    return cache.get(name, build)
+
+
+def int8_or_reason(card: ModelCard, cache: ArtefactCache,
+                   calibration_dir: str | os.PathLike | None = None) -> dict:
+    """Build the int8 network, or record why it cannot be built (``<entry>.error`` in the
+    cache, so no worker tries again with the same calibration set): the model is then
+    served in fp32, and /readyz says why."""
+    name = int8_name(card.key, calibration_dir)
+    try:
+        build_int8(card, cache, calibration_dir)
+        return {"file": name}
+    except Exception as exc:  # noqa: BLE001 - any failure: fp32 serves, and says why
+        text = str(exc).strip()
+        reason = text.splitlines()[0][:300] if text else type(exc).__name__
+        cache.put(f"{name}.error", lambda tmp: tmp.write_text(reason + "\n"))
+        return {"error": reason}
+
+
+# --------------------------------------------------------------------------- the child
+
+
+def _cap_memory(megabytes: int) -> None:
+    """Let this process grow by at most ``megabytes`` of address space from now on (torch
+    is imported already: its libraries alone map a few GB that are never touched)."""
+    with open("/proc/self/statm") as fh:
+        current = int(fh.read().split()[0]) * resource.getpagesize()
+    limit = current + megabytes * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def check_expansion(path: str, memory_mb: int, what: str) -> None:
+    """A zip file (torch's format) whose records would expand beyond this child's memory
+    cap is refused from its central directory, before anything is decompressed."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            expanded = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # torch.load says what is wrong with it
+    if expanded > memory_mb * 2**20 // 2:
+        size = os.path.getsize(path) / 2**20
+        raise BuildError(
+            f"{what}: its contents would expand to {expanded / 2**20:,.0f} MB in memory from "
+            f"{size:,.1f} MB on disk (over this server's limit for a file this size); it "
+            "was refused before anything was unpacked")
+
+
+def _load(args) -> model_loader.LoadedModel:
+    if args.command == "builtin":
+        return model_loader.load_imagenet_model(args.weights or None,
+                                                allow_download=args.allow_download)
+    given = json.loads(args.given or "{}")
+    if args.memory_mb:
+        check_expansion(args.file, args.memory_mb, args.label or args.file)
+    return model_loader.load_checkpoint(
+        args.file, source_kind="registry", label=args.label or None,
+        version=args.sha256 or None, **given)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The child process: build one model's card (and int8 network) and print the card as
+    JSON; on failure print ``{"error": message}`` and exit 2."""
+    parser = argparse.ArgumentParser(prog="python -m webapp.engines.build")
+    sub = parser.add_subparsers(dest="command", required=True)
+    builtin = sub.add_parser("builtin", help="the built-in ImageNet model")
+    builtin.add_argument("--weights", default="")
+    builtin.add_argument("--allow-download", action="store_true")
+    checkpoint = sub.add_parser("checkpoint", help="an uploaded or stored checkpoint")
+    checkpoint.add_argument("file")
+    checkpoint.add_argument("--given", default="{}", help="JSON: what the uploader said")
+    checkpoint.add_argument("--label", default="")
+    checkpoint.add_argument("--sha256", default="")
+    checkpoint.add_argument("--memory-mb", type=int, default=0)
+    for command in (builtin, checkpoint):
+        command.add_argument("--key", required=True)
+        command.add_argument("--cache", required=True)
+        command.add_argument("--int8", action="store_true")
+        command.add_argument("--calibration-dir", default="")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    if getattr(args, "memory_mb", 0):
+        _cap_memory(args.memory_mb)
+    cache = ArtefactCache(args.cache)
+    try:
+        card = cache.read_card(args.key)
+        if card is None:
+            card = build_card(_load(args), args.key, cache, lock=False)
+        result = {"card": card.as_json()}
+        if args.int8:
+            result["int8"] = int8_or_reason(card, cache, args.calibration_dir or None)
+    except ModelLoadError as exc:
+        if "allocate" in str(exc) and getattr(args, "memory_mb", 0):
+            print(json.dumps({"error": "memory", "limit_mb": args.memory_mb}))
+        else:
+            print(json.dumps({"error": str(exc)}))
+        return 2
+    except MemoryError:
+        print(json.dumps({"error": "memory", "limit_mb": getattr(args, "memory_mb", 0)}))
+        return 2
+    except RuntimeError as exc:  # torch's allocator under the memory cap
+        if "alloc" not in str(exc).lower():
+            raise
+        print(json.dumps({"error": "memory", "limit_mb": getattr(args, "memory_mb", 0)}))
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Running a built network: OpenVINO or ONNX Runtime on an ONNX file from the engine cache.
+No torch here: this is what a web worker loads.
+
+An engine is called with a normalised NCHW float32 batch and answers
+``(logits, features)``: the feature map is the network's second output (the last spatial
+features before global pooling, for heatmaps), or ``None`` for networks without one.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("openvino", "onnxruntime")
+
+
+@dataclass
+class Engine:
+    """A compiled network and what it is (``info`` is shown in /readyz and the admin).
+    Calling it is thread-safe: each engine serialises or spreads concurrent passes over
+    its threads itself."""
+
+    run: object  # callable: batch -> (logits, features | None)
+    name: str
+    precision: str
+    info: dict = field(default_factory=dict)
+    # For an engine whose own network has no feature map (torch static int8): a second
+    # callable, batch -> (logits, features), run only for heatmaps.
+    features_run: object = None
+    # The linear head's weight (classes × channels) when heatmaps are possible.
+    cam_weight: np.ndarray | None = None
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        return self.run(batch)
+
+
+_core = None
+_core_lock = threading.Lock()
+
+
+def openvino_core():
+    """One OpenVINO ``Core`` per process (it holds the plugins and their thread pools)."""
+    global _core
+    with _core_lock:
+        if _core is None:
+            import openvino as ov
+
+            _core = ov.Core()
+        return _core
+
+
+def cpu_has_bf16() -> bool:
+    """The CPU computes bfloat16 natively (AVX512-BF16 or AMX), per OpenVINO."""
+    return "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def _compile(path: Path, threads: int, streams: int, precision: str):
+    return openvino_core().compile_model(str(path), "CPU", {
+        "INFERENCE_NUM_THREADS": threads,
+        "NUM_STREAMS": streams,
+        "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
+        # f32: the same numbers on every CPU.  bf16 only when asked for (QUANTIZE=bf16).
+        "INFERENCE_PRECISION_HINT": precision,
+        # Several workers share the cores: let the OS place each worker's threads.
+        "ENABLE_CPU_PINNING": False,
+    })
+
+
+def openvino_engine(path: Path, threads: int, precision: str = "f32",
+                    dual: bool = False) -> Engine:
+    """OpenVINO on ``path``.  With ``dual`` (and more than one thread) the network is
+    compiled twice: once as one stream on all ``threads`` (a request alone gets every
+    core: the lowest latency) and once as one single-threaded stream per thread (requests
+    in flight together each get a core: the most throughput).  Each request takes the
+    first when nothing else is in flight, else a free stream of the second."""
+    latency = _compile(path, threads, 1, precision)
+    outputs = [o.get_any_name() for o in latency.outputs]
+    has_features = "features" in outputs
+
+    def infer(request, batch):
+        request, outputs = request
+        result = request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        logits = result[outputs[0]].copy()
+        features = result[outputs[1]].copy() if has_features else None
+        return logits, features
+
+    def requests_of(compiled, n):
+        # The scores are the first output (whatever an uploaded model calls it).
+        outputs = [compiled.outputs[0]] + (
+            [compiled.output("features")] if has_features else [])
+        return [(compiled.create_infer_request(), outputs) for _ in range(n)]
+
+    (alone,) = requests_of(latency, 1)
+    alone_lock = threading.Lock()  # an infer request serves one call at a time
+    if not dual or threads < 2:
+        def run(batch: np.ndarray):
+            with alone_lock:
+                return infer(alone, batch)
+
+        return Engine(run, "openvino", "bf16" if precision == "bf16" else "fp32",
+                      info={"streams": "1"})
+
+    free: queue.SimpleQueue = queue.SimpleQueue()
+    together = threading.Event()  # set once the second network is compiled
+    state = threading.Lock()
+    in_flight = [0]
+
+    def compile_second():
+        """In the background: a swap serves as soon as the first network is ready."""
+        try:
+            for request in requests_of(_compile(path, threads, threads, precision), threads):
+                free.put(request)
+            together.set()
+        except Exception:  # noqa: BLE001 - the first network goes on serving alone
+            log.exception("compiling %s a second time (one stream per thread) failed", path)
+
+    threading.Thread(target=compile_second, name="openvino-streams", daemon=True).start()
+
+    def run(batch: np.ndarray):
+        if not together.is_set():
+            with alone_lock:
+                return infer(alone, batch)
+        with state:
+            others = in_flight[0]
+            in_flight[0] += 1
+        try:
+            if others == 0 and alone_lock.acquire(blocking=False):
+                try:
+                    return infer(alone, batch)
+                finally:
+                    alone_lock.release()
+            request = free.get()
+            try:
+                return infer(request, batch)
+            finally:
+                free.put(request)
+        finally:
+            with state:
+                in_flight[0] -= 1
+
+    return Engine(run, "openvino", "bf16" if precision == "bf16" else "fp32",
+                  info={"streams": f"1 x {threads} threads alone, {threads} x 1 together"})
+
+
+def onnxruntime_engine(path: Path, threads: int) -> Engine:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Do not spin waiting for work between requests: the CPUs are shared with the
+    # decoding threads and the other workers.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    # The scores are the first output, the input the first (whatever an upload calls them).
+    wanted = [names[0]] + (["features"] if "features" in names[1:] else [])
+    feed = session.get_inputs()[0].name
+    lock = threading.Lock()  # one pass at a time: they share the session's thread pool
+
+    def run(batch: np.ndarray):
+        with lock:
+            result = session.run(wanted, {feed: np.ascontiguousarray(batch, dtype=np.float32)})
+        return result[0], (result[1] if len(result) > 1 else None)
+
+    return Engine(run, "onnxruntime", "fp32")
+
+
+def open_engine(path: Path, runtime: str, threads: int, precision: str,
+                dual: bool = False) -> Engine:
+    """``precision``: ``fp32``, ``bf16`` (OpenVINO only; fp32 where the CPU has no native
+    bfloat16) or ``int8`` (``path`` is then the QDQ network).  ``dual``: see
+    ``openvino_engine``."""
+    if runtime == "onnxruntime":
+        engine = onnxruntime_engine(path, threads)
+    elif precision == "bf16" and cpu_has_bf16():
+        engine = openvino_engine(path, threads, "bf16", dual)
+    else:
+        engine = openvino_engine(path, threads, "f32", dual)
+        if precision == "bf16":
+            engine.precision = "fp32 (this CPU has no native bf16)"
+    if precision == "int8":
+        engine.precision = "int8"
+    return engine

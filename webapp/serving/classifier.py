@@ -1,0 +1,89 @@
+"""The classifier one worker process serves: a model card (labels, preprocessing) and the
+engine that runs its network, with batched top-k prediction in NumPy."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from model_loader import preprocess_array
+from webapp.engines import Engine, ModelCard
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    index: int
+    score: float
+
+    def as_dict(self) -> dict:
+        return {"label": self.label, "index": self.index, "score": round(self.score, 6)}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 (the scores the API reports)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+class Classifier:
+    """One model, its labels and its preprocessing.  Safe to share between threads (the
+    engine decides how concurrent passes share its CPU threads)."""
+
+    def __init__(self, card: ModelCard, engine: Engine, model_id: str = "builtin"):
+        self.loaded = card  # named like model_loader.LoadedModel: views describe either
+        self.engine = engine
+        self.labels = card.labels
+        self.model_id = model_id  # "builtin" or the id in the model registry
+
+    @property
+    def info(self) -> dict:
+        return {"id": self.model_id, **self.loaded.describe()}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @property
+    def resize_size(self) -> int:
+        return self.loaded.resize_size
+
+    def preprocess(self, img: Image.Image) -> np.ndarray:
+        """torchvision's ImageNet eval transform with this model's own sizes and
+        statistics (``model_loader.preprocess_array``): a (3, size, size) float32 array."""
+        card = self.loaded
+        return preprocess_array(img, card.resize_size, card.input_size, card.mean, card.std)
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits, feature map or None) for a preprocessed batch."""
+        return self.engine(batch)
+
+    def features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Like ``run``, but always with the feature map when the model has one (an engine
+        whose network has none computes it in a second pass)."""
+        if self.engine.features_run is None:
+            return self.run(batch)
+        return self.engine.features_run(batch)
+
+    def predict(
+        self, images: list[Image.Image], k: int = 3
+    ) -> tuple[list[list[Prediction]], dict[str, float]]:
+        """Top-``k`` predictions per image (one batched forward pass) and the time spent
+        in preprocessing and inference, in milliseconds."""
+        k = max(1, min(int(k), self.num_classes))
+        t0 = time.perf_counter()
+        batch = np.stack([self.preprocess(img) for img in images])
+        t1 = time.perf_counter()
+        logits, _ = self.run(batch)
+        probs = softmax(logits)
+        indices = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        t2 = time.perf_counter()
+        results = [
+            [Prediction(self.labels[i], int(i), float(row[i])) for i in row_indices]
+            for row, row_indices in zip(probs, indices)
+        ]
+        return results, {"preprocess": (t1 - t0) * 1000, "inference": (t2 - t1) * 1000}

@@ -1,0 +1,82 @@
+"""One prediction request's work, without HTTP: decode every upload safely, classify them
+as one batch, and build the response body (GUIDE.md §2)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from PIL import Image
+
+from webapp.serving import imaging
+from webapp.serving.classifier import Classifier
+
+
+@dataclass
+class Upload:
+    filename: str
+    data: bytes
+
+
+@dataclass
+class Classified:
+    """The response body, the decoded images and what each stage took (ms)."""
+
+    body: dict
+    images: list[Image.Image]
+    decode_ms: list[float]
+    timings: dict[str, float]
+
+
+def _round(timings: dict) -> dict:
+    return {key: round(value, 2) for key, value in timings.items()}
+
+
+def decode(uploads: list[Upload], *, max_pixels: int, min_side: int
+           ) -> tuple[list[Image.Image], list[float]]:
+    """The uploads as images (``imaging.load``) and each one's decoding time; an
+    ``ImageError`` names the first bad file when there are several."""
+    images, decode_ms = [], []
+    for n, upload in enumerate(uploads):
+        t0 = time.perf_counter()
+        try:
+            images.append(imaging.load(upload.data, max_pixels=max_pixels, min_side=min_side))
+        except imaging.ImageError as exc:
+            if len(uploads) > 1:
+                exc.message = f"Image {n + 1} ({upload.filename}): {exc.message}"
+            raise
+        decode_ms.append((time.perf_counter() - t0) * 1000)
+    return images, decode_ms
+
+
+def classify(classifier: Classifier, uploads: list[Upload], k: int, *, max_pixels: int,
+             started: float | None = None) -> Classified:
+    started = time.perf_counter() if started is None else started
+    images, decode_ms = decode(uploads, max_pixels=max_pixels,
+                               min_side=classifier.resize_size)
+    predictions, timings = classifier.predict(images, k)
+    total = (time.perf_counter() - started) * 1000
+    share = len(images)
+    results = [
+        {
+            "filename": upload.filename,
+            "width": img.info.get("original_size", img.size)[0],
+            "height": img.info.get("original_size", img.size)[1],
+            "predictions": [p.as_dict() for p in preds],
+            "timings_ms": _round({
+                "decode": decode_ms[n],
+                "preprocess": timings["preprocess"] / share,
+                "inference": timings["inference"] / share,
+                "total": total / share,
+            }),
+        }
+        for n, (upload, img, preds) in enumerate(zip(uploads, images, predictions))
+    ]
+    body: dict = {"model": classifier.info}
+    if len(results) == 1:
+        body.update(predictions=results[0]["predictions"])
+        body["timings_ms"] = _round({"decode": decode_ms[0], **timings, "total": total})
+    else:
+        body["results"] = results
+        body["timings_ms"] = _round({"decode": sum(decode_ms), **timings, "total": total})
+    return Classified(body, images, decode_ms, timings)
