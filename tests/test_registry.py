@@ -196,7 +196,7 @@ def test_a_rename_changes_the_display_name_only(store, fruit_checkpoint):
     renamed = store.rename(meta["id"], "  Fruit, season 2  ")
     assert renamed["name"] == "Fruit, season 2" and renamed["sha256"] == meta["sha256"]
     assert store.meta(meta["id"])["name"] == "Fruit, season 2"
-    assert store.load(meta["id"]).name == "Fruit, season 2"
+    assert served(store, meta["id"]).name == "Fruit, season 2"  # what a worker shows
     assert store.checkpoint_path(meta["id"]).stat().st_mtime_ns == before
     # The active model's rename rewrites the pointer (same content): workers notice.
     assert store.pointer_stamp() != stamp and store.state().active == meta["id"]
