@@ -3,7 +3,7 @@
 # project's gunicorn.conf.py, a non-root user, MODEL_DIR (and the kiosk settings) on the
 # /data volume.  README "Operating it" has the docker and compose commands.
 #
-#   docker build -t offline-classifier .                              # + ResNet18 weights
+#   docker build -t offline-classifier .        # + ResNet18 weights when the network allows
 #   docker build --build-arg DOWNLOAD_WEIGHTS=0 -t offline-classifier .   # offline build:
 #                                              # the bundled EfficientNet-Lite0 serves
 #   docker run -p 5000:5000 -v classifier-data:/data -e ADMIN_TOKEN=... offline-classifier
@@ -15,7 +15,9 @@ FROM python:3.11-slim-bookworm
 # torch/torchvision come from here (the CPU wheels, ~5x smaller than PyPI's CUDA build);
 # everything else from PyPI.  The versions are the ones requirements.txt pins.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-# 1: fetch ResNet18's ImageNet weights at build time (needs download.pytorch.org).
+# 1: fetch ResNet18's ImageNet weights at build time when download.pytorch.org answers
+#    (make weights, as make run does: a progress bar, a short timeout, and a one-line
+#    note instead of a failed build when it does not: the bundled model serves).
 # 0: offline build; the bundled EfficientNet-Lite0 model serves (it installs with pip).
 ARG DOWNLOAD_WEIGHTS=1
 
@@ -43,7 +45,7 @@ COPY requirements.txt Makefile ./
 RUN PIP_EXTRA_INDEX_URL="$TORCH_INDEX_URL" make install VENV=/opt/venv
 RUN python -c "import sys, torch; sys.exit('a CUDA build of torch got in' if torch.version.cuda else 0)"
 COPY . .
-RUN if [ "$DOWNLOAD_WEIGHTS" = "1" ]; then make download VENV=/opt/venv; fi
+RUN if [ "$DOWNLOAD_WEIGHTS" = "1" ]; then make weights VENV=/opt/venv; fi
 RUN make smoke VENV=/opt/venv
 
 USER app

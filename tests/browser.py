@@ -1,5 +1,6 @@
 """Helpers for the browser tests: finding Chromium, a fake camera that films a real photo,
-and where screenshots go."""
+the two screen sizes every page is checked at (where elements are, no sideways scroll,
+axe-core), and where screenshots go."""
 
 from __future__ import annotations
 
@@ -76,8 +77,53 @@ def write_y4m(image: Image.Image, path: Path, size=(640, 480)) -> Path:
     return path
 
 
-def screenshot(page, name: str) -> Path:
+# A common laptop and a common phone (CSS pixels).  The phone is a touch screen.
+SIZES = {
+    "desktop": {"viewport": {"width": 1366, "height": 768}},
+    "phone": {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True},
+}
+
+
+def screenshot(page, name: str, full_page: bool = False) -> Path:
+    """What is on the screen (or the whole page) as artifacts/screenshots/<name>.png."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(path), full_page=full_page)
     return path
+
+
+_ON_SCREEN = """el => {
+  const box = el.getBoundingClientRect();
+  const width = document.documentElement.clientWidth, height = window.innerHeight;
+  if (!box.width || !box.height) return "it has no size (hidden?)";
+  if (box.left < -1 || box.top < -1 || box.right > width + 1 || box.bottom > height + 1)
+    return `it is at x ${Math.round(box.left)}-${Math.round(box.right)}, y ` +
+      `${Math.round(box.top)}-${Math.round(box.bottom)} on a ${width}x${height} screen`;
+  const x = box.left + box.width / 2, y = box.top + Math.min(box.height / 2, 8);
+  const top = document.elementFromPoint(x, y);
+  if (top && top !== el && !el.contains(top))
+    return `it is covered by <${top.tagName.toLowerCase()} class="${top.className}">`;
+  return "";
+}"""
+
+
+def assert_on_screen(page, *selectors: str) -> None:
+    """Each element is entirely inside the viewport, right now, and not covered by
+    another one (what the user sees without scrolling)."""
+    for selector in selectors:
+        problem = page.locator(selector).first.evaluate(_ON_SCREEN)
+        assert not problem, f"{selector} is not on the screen: {problem}"
+
+
+def wait_on_screen(page, selector: str, timeout: float = 10_000) -> None:
+    """Eventually on the screen (pages scroll smoothly to what they show)."""
+    page.wait_for_function(f"() => !({_ON_SCREEN})(document.querySelector({selector!r}))",
+                           timeout=timeout)
+
+
+def assert_no_sideways_scroll(page, selector: str | None = None) -> None:
+    """The page (or one scrolling element) is no wider than the screen."""
+    widths = page.evaluate(
+        "sel => { const el = sel ? document.querySelector(sel) : document.documentElement;"
+        " return [el.scrollWidth, el.clientWidth]; }", selector)
+    assert widths[0] <= widths[1], f"{selector or 'the page'} scrolls sideways: {widths}"

@@ -116,6 +116,11 @@ def test_missing_image_is_a_400_that_says_how(client):
     assert "curl -F image=@" in message
     message = assert_error(post(client, ("c.jpg", jpeg()), field="photo"), 400, "no_image")
     assert "photo" in message
+    # curl --data-binary @cat.jpg without -H: the body is there, its type is not an image.
+    message = assert_error(client.post(
+        "/predict", data=jpeg(), content_type="application/x-www-form-urlencoded"),
+        400, "no_image")
+    assert "Content-Type: image/jpeg" in message and "x-www-form-urlencoded" in message
 
 
 def test_upload_over_the_limit_is_a_413_json(client, app, monkeypatch):

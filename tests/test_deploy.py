@@ -98,10 +98,15 @@ def test_the_dockerfiles_install_and_test_steps_are_the_make_targets_ci_runs():
         match = re.search(r"\bmake (\w+)( VENV=/opt/venv)?\b", run)
         assert match, f"a RUN step that CI does not run: {run!r}"
         used.append(match.group(1))
-    assert used == ["install", "download", "smoke"]
+    assert used == ["install", "weights", "smoke"]
     install = ["$(BIN)/pip install -q -r requirements.txt", "touch $@"]
     assert make_commands("install") == install
     assert make_commands("download") == install + ["$(BIN)/python -m model_loader download"]
+    # make run and the image: ResNet18's weights when the network allows, quietly not.
+    weights = ["$(BIN)/python -m model_loader download --optional --timeout 15", "touch $@"]
+    assert make_commands("weights") == weights
+    run = make_commands("run")
+    assert run[:2] == install and weights[0] in run and run[-1] == "$(BIN)/gunicorn app:app"
     assert make_commands("smoke") == install + ["$(BIN)/python deploy/smoke.py"]
     test = make_commands("test")
     assert "$(BIN)/pip install -q -r requirements-dev.txt" in test
@@ -111,7 +116,7 @@ def test_the_dockerfiles_install_and_test_steps_are_the_make_targets_ci_runs():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     assert "-r requirements.txt" in (ROOT / "requirements-dev.txt").read_text()
     # The download is optional (offline builds), torch from the CPU index, pinned.
-    assert any('if [ "$DOWNLOAD_WEIGHTS" = "1" ]; then make download' in r for r in runs)
+    assert any('if [ "$DOWNLOAD_WEIGHTS" = "1" ]; then make weights' in r for r in runs)
     assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in [
         f"{i} {a}" for i, a in instructions]
     requirements = (ROOT / "requirements.txt").read_text()

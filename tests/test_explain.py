@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torch import nn
-from torchvision.transforms import functional as TF
 
 import model_loader
 from model_loader import LoadedModel
@@ -95,13 +95,24 @@ def test_steps_are_exactly_what_the_model_saw(classifier, size):
     assert np.array_equal(np.asarray(steps["cropped"]),
                           np.asarray(denormalise(tensor, classifier.loaded.mean,
                                                  classifier.loaded.std)))
-    # ... and the resized step, centre-cropped, is that same picture (±1 from rounding).
-    crop = TF.center_crop(steps["resized"], 224)
-    diff = np.abs(np.asarray(crop, dtype=int) - np.asarray(steps["cropped"], dtype=int))
-    assert diff.max() <= 1
-    assert min(steps["resized"].size) == classifier.resize_size
-    assert steps["tensor"].size == (3 * 224 + 16, 224)
     assert max(steps["original"].size) <= 448
+    # "Shrunk" is drawn to the scale of the photo (a frame of its size), with the model's
+    # copy in the corner at its true size: never the same picture as "Your photo".
+    caption = next(step.caption for step in result.steps if step.name == "resized")
+    rw, rh = (int(n) for n in re.search(r"(\d+) × (\d+)\.", caption).groups())
+    assert min(rw, rh) == classifier.resize_size
+    canvas = steps["resized"]
+    scale = max(canvas.size) / max(size[0], size[1], rw, rh)
+    yellow = np.all(np.asarray(canvas.convert("RGB")) == (255, 210, 63), axis=-1)
+    rows, cols = np.nonzero(yellow)
+    assert abs(cols.max() + 1 - rw * scale) <= 1 and abs(rows.max() + 1 - rh * scale) <= 1
+    # "Numbers": the dots in the very middle of the model's input, in their own colours.
+    numbers = np.asarray(steps["tensor"])
+    cell = numbers.shape[0] // 2
+    middle = np.asarray(steps["cropped"])[111:113, 111:113]
+    for row in range(2):
+        for col in range(2):
+            assert tuple(numbers[row * cell + 6, col * cell + 6]) == tuple(middle[row, col])
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +247,8 @@ def test_explain_returns_the_documented_json(client):
     for step in steps:
         assert step["title"] and step["caption"]
         assert png(step["png"]).size == (step["width"], step["height"])
-    assert (steps[1]["width"], steps[1]["height"]) == (384, 256)
+    assert "384 × 256" in steps[1]["caption"]  # drawn in a frame of the photo's size
+    assert (steps[1]["width"], steps[1]["height"]) == (steps[0]["width"], steps[0]["height"])
     assert (steps[2]["width"], steps[2]["height"]) == (224, 224)
     assert set(body["timings_ms"]) == {"decode", "predict", "gradcam", "pictures", "total"}
 
@@ -320,7 +332,8 @@ def test_explain_a_resnet18_checkpoint_at_its_own_input_size(tmp_path):
     assert body["heatmap"]["layer"] == "layer4" and body["heatmap"]["grid"] == [3, 3]
     assert png(body["heatmap"]["overlay_png"]).size == (96, 96)
     sizes = {s["name"]: (s["width"], s["height"]) for s in body["steps"]}
-    assert sizes["cropped"] == (96, 96) and sizes["resized"][1] == round(96 / 0.875)
+    assert sizes["cropped"] == (96, 96)
+    assert f"× {round(96 / 0.875)}." in body["steps"][1]["caption"]
     assert body["explained"]["label"] in {"apple", "pear", "plum"}
 
 

@@ -3,11 +3,15 @@ checkpoint validation, quantization and thread tuning -- with real weight files.
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import pickle
 import re
+import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -16,7 +20,7 @@ from torch import nn
 
 import model_loader
 from model_loader import ModelLoadError
-from tests.conftest import ROOT, save_random_resnet18
+from tests.conftest import ROOT, free_port, save_random_resnet18
 
 
 def test_explicit_weights_file_is_served(random_resnet18):
@@ -250,6 +254,67 @@ def test_info_command_fails_clearly_on_a_bad_model_weights(tmp_path):
                             env={**os.environ, "MODEL_WEIGHTS": str(bad)})
     assert result.returncode == 1
     assert "not a readable PyTorch weights file" in result.stderr
+
+
+# --------------------------------------------------------------------------- download
+# No test reaches the internet: the download command is pointed (--url, its mirror
+# option) at servers on 127.0.0.1 that are closed, silent, or serve the wrong file.
+
+
+@pytest.fixture()
+def torch_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path / "torch"
+
+
+def cached_files(torch_home) -> list[str]:
+    folder = torch_home / "hub" / "checkpoints"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_download_offline_is_one_quiet_line_with_optional_and_an_error_without(
+        torch_home, capsys):
+    url = f"http://127.0.0.1:{free_port()}/resnet18-f37072fd.pth"  # nothing listens
+    assert model_loader.main(["download", "--url", url, "--optional"]) == 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "were not fetched" in err and "bundled EfficientNet-Lite0" in err
+    assert model_loader.main(["download", "--url", url]) == 1
+    assert "error: could not download" in capsys.readouterr().err
+    assert cached_files(torch_home) == []
+    # ... and the server still starts, with the bundled model.
+    assert model_loader.load_imagenet_model().source_kind == "bundled"
+
+
+def test_download_gives_up_on_a_server_that_never_answers(torch_home, capsys):
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # accepts connections (the kernel does), never says a word
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/resnet18-f37072fd.pth"
+        assert model_loader.main(["download", "--url", url, "--timeout", "1"]) == 1
+    assert "timed out" in capsys.readouterr().err
+    assert cached_files(torch_home) == []
+
+
+def test_download_shows_progress_and_refuses_a_file_that_is_not_the_published_one(
+        torch_home, tmp_path, capsys, random_resnet18):
+    """A mirror serving another file (a random ResNet18): the bytes arrive with a progress
+    bar, the sha256 check refuses them, and nothing is left in the cache."""
+    served = tmp_path / "mirror"
+    served.mkdir()
+    (served / "resnet18-f37072fd.pth").write_bytes(random_resnet18.read_bytes())
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=served)
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as mirror:
+        threading.Thread(target=mirror.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{mirror.server_port}/resnet18-f37072fd.pth"
+        try:
+            assert model_loader.main(["download", "--url", url]) == 1
+        finally:
+            mirror.shutdown()
+    err = capsys.readouterr().err
+    assert "100%" in err  # the progress bar got to the end of the transfer
+    assert "invalid hash value" in err and "f37072fd" in err
+    assert cached_files(torch_home) == []
 
 
 # --------------------------------------------------------------------------- model files

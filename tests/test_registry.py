@@ -147,6 +147,72 @@ def test_rollback_skips_models_deleted_since(store, fruit_checkpoint, tools_chec
     assert store.rollback().active == fruit
 
 
+def test_redo_returns_to_the_models_a_rollback_left_until_a_new_activation(
+        store, fruit_checkpoint, tools_checkpoint):
+    fruit = store.add(fruit_checkpoint)["id"]
+    tools = store.add(tools_checkpoint)["id"]
+    store.activate(fruit)
+    store.activate(tools)  # builtin -> fruit -> tools
+    with pytest.raises(RegistryError) as info:
+        store.redo()
+    assert info.value.status == 409 and info.value.code == "no_redo"
+    assert store.rollback().redo == (tools,)
+    state = store.rollback()
+    assert (state.active, state.redo) == (BUILTIN, (fruit, tools))
+    state = store.redo()
+    assert (state.active, state.history, state.redo) == (fruit, (BUILTIN,), (tools,))
+    assert store.redo().active == tools
+    assert store.rollback().active == fruit  # and round again
+    # A new activation starts a new line: nothing to redo.
+    assert store.activate(BUILTIN).redo == ()
+    with pytest.raises(RegistryError):
+        store.redo()
+    # Models deleted since are skipped, like rollback does.
+    store.activate(tools)  # history: builtin, fruit
+    store.rollback()
+    store.rollback()
+    assert store.state().active == fruit and store.state().redo[:2] == (BUILTIN, tools)
+    store.delete(tools)
+    assert store.redo().active == BUILTIN
+    with pytest.raises(RegistryError):
+        store.redo()
+
+
+def test_a_pointer_written_before_redo_existed_still_reads(store, fruit_checkpoint):
+    fruit = store.add(fruit_checkpoint)["id"]
+    store.root.mkdir(parents=True, exist_ok=True)
+    store.pointer.write_text(json.dumps({"active": fruit, "history": ["builtin"],
+                                         "changed": "2026-01-01T00:00:00+00:00"}))
+    state = store.state()
+    assert (state.active, state.history, state.redo) == (fruit, (BUILTIN,), ())
+    assert store.rollback().redo == (fruit,)
+
+
+def test_a_rename_changes_the_display_name_only(store, fruit_checkpoint):
+    meta = store.add(fruit_checkpoint, name="Fruit")
+    before = store.checkpoint_path(meta["id"]).stat().st_mtime_ns
+    store.activate(meta["id"])
+    stamp = store.pointer_stamp()
+    renamed = store.rename(meta["id"], "  Fruit, season 2  ")
+    assert renamed["name"] == "Fruit, season 2" and renamed["sha256"] == meta["sha256"]
+    assert store.meta(meta["id"])["name"] == "Fruit, season 2"
+    assert served(store, meta["id"]).name == "Fruit, season 2"  # what a worker shows
+    assert store.checkpoint_path(meta["id"]).stat().st_mtime_ns == before
+    # The active model's rename rewrites the pointer (same content): workers notice.
+    assert store.pointer_stamp() != stamp and store.state().active == meta["id"]
+    for bad, code in (("", "bad_name"), ("../evil", "bad_name"), ("x" * 81, "bad_name")):
+        with pytest.raises(RegistryError) as info:
+            store.rename(meta["id"], bad)
+        assert (info.value.status, info.value.code) == (400, code)
+    with pytest.raises(RegistryError) as info:
+        store.rename(BUILTIN, "Mine")
+    assert info.value.status == 409
+    with pytest.raises(RegistryError) as info:
+        store.rename("20260101-000000-abcdef", "Ghost")
+    assert info.value.status == 404
+    assert leftovers(store.root) == []
+
+
 @pytest.mark.parametrize("model_id", [
     "../../etc/passwd", "..", "models", "/etc", "20260101-000000-abcdef/../..",
     "20260101-000000-ABCDEF", "x" * 300, "",
@@ -269,9 +335,12 @@ sources = sys.argv[2:]
 n = 0
 store.delete(store.add(sources[0], name="warm-up")["id"])  # first-call costs
 print("ready", flush=True)
-while True:  # add, activate, roll back, delete, for ever: killed from outside
+while True:  # add, activate, rename, roll back, redo, delete, for ever: killed outside
     meta = store.add(sources[n % len(sources)], name=f"churn {n}")
     store.activate(meta["id"])
+    store.rename(meta["id"], f"renamed {n}")
+    store.rollback()
+    store.redo()
     store.rollback()
     store.delete(meta["id"])
     n += 1
@@ -282,9 +351,9 @@ while True:  # add, activate, roll back, delete, for ever: killed from outside
 def test_a_process_killed_at_any_point_never_leaves_a_half_written_model(
     tmp_path, fruit_checkpoint, tools_checkpoint
 ):
-    """SIGKILL a process that adds, activates, rolls back and deletes models in a loop,
-    at several moments: the store always lists only complete models that load, and the
-    pointer always names one of them (or the built-in model)."""
+    """SIGKILL a process that adds, activates, renames, rolls back, redoes and deletes
+    models in a loop, at several moments: the store always lists only complete models
+    that load, and the pointer always names one of them (or the built-in model)."""
     root = tmp_path / "store"
     store = Registry(root)
     keep = store.add(fruit_checkpoint, name="keep")["id"]

@@ -2,8 +2,9 @@
 gunicorn server: Chromium's fake camera films a real cat photo; one class is captured by
 holding the button, the other from files; a bad shot is deleted; Train shows the job's
 progress; the new model's report appears; Try it answers from the camera; Activate makes
-the kiosk answer with the new classes; a second job is cancelled from the page.  Every
-request goes to the test server and no JavaScript error happens."""
+the kiosk answer with the new classes; a second job is cancelled from the page.  On a
+phone and a portrait tablet, the camera stays on the screen beside every class's capture
+button.  Every request goes to the test server and no JavaScript error happens."""
 
 from __future__ import annotations
 
@@ -19,8 +20,12 @@ from tests.browser import (
     CHROMIUM_ARGS,
     FAKE_CAMERA_ARGS,
     MISSING_BROWSER,
+    SIZES,
+    assert_no_sideways_scroll,
+    assert_on_screen,
     chromium_executable,
     screenshot,
+    wait_on_screen,
     write_y4m,
 )
 from tests.conftest import Server, encode, free_port
@@ -83,8 +88,61 @@ def count(page, label) -> int:
     return int(page.locator(f'.teach-class[data-label="{label}"] .teach-count').inner_text())
 
 
+def log_in_and_create(page, server, name, classes="cat, coffee"):
+    page.goto(server.url + "/admin/teach")
+    assert "/admin/login" in page.url
+    page.fill("#token", TOKEN)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/admin/teach")
+    assert_no_sideways_scroll(page)
+    assert_wcag_aa(page)
+    page.fill("#dataset-name", name)
+    page.fill("#dataset-classes", classes)
+    page.click("#create-button")
+    page.wait_for_url(f"**/admin/teach/{name}")
+    page.wait_for_selector('#teach[data-camera="on"]')
+    page.wait_for_function("() => document.getElementById('teach-camera').videoWidth > 0")
+
+
+@pytest.mark.parametrize("size", ["phone", "tablet"])
+def test_on_a_phone_or_tablet_the_camera_stays_beside_every_capture_button(
+        browser, server, size):
+    options = SIZES["phone"] if size == "phone" else {
+        "viewport": {"width": 768, "height": 1024}, "is_mobile": True, "has_touch": True}
+    context = browser.new_context(**options)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+    try:
+        log_in_and_create(page, server, f"on-a-{size}", "cat, coffee, cup, pen")
+        assert_no_sideways_scroll(page)
+        for label in ("cat", "coffee", "cup", "pen"):
+            button = f'.teach-class[data-label="{label}"] .teach-capture'
+            page.locator(button).evaluate("el => el.scrollIntoView({block: 'end'})")
+            page.wait_for_timeout(200)
+            assert_on_screen(page, "#teach-camera", button)
+        # Hold one: the pictures arrive (and say what they show).
+        page.locator('.teach-class[data-label="cat"] .teach-capture').evaluate(
+            "el => el.scrollIntoView({block: 'center'})")
+        page.locator('.teach-class[data-label="cat"] .teach-capture').hover()
+        page.mouse.down()
+        page.wait_for_function("""() => document.querySelectorAll(
+            '.teach-class[data-label="cat"] .teach-thumb').length >= 3""")
+        page.mouse.up()
+        page.wait_for_function("() => !document.querySelector('.teach-capture.capturing')")
+        alt = page.locator('.teach-class[data-label="cat"] .teach-thumb img').first
+        assert alt.get_attribute("alt") == "A picture of cat"
+        assert_on_screen(page, "#teach-camera")
+        screenshot(page, f"teach-{size}")
+        assert_wcag_aa(page)
+        assert not errors, errors
+    finally:
+        context.close()
+
+
 def test_teach_capture_train_activate_and_the_kiosk_knows_it(browser, server, files):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context = browser.new_context(**SIZES["desktop"])
     requests, errors = [], []
     context.on("request", lambda request: requests.append(request.url))
     page = context.new_page()
@@ -94,18 +152,7 @@ def test_teach_capture_train_activate_and_the_kiosk_knows_it(browser, server, fi
             if msg.type == "error" else None)
     try:
         # Log in on the way to the Teach page; make a dataset with two classes.
-        page.goto(server.url + "/admin/teach")
-        assert "/admin/login" in page.url
-        page.fill("#token", TOKEN)
-        page.click("button[type=submit]")
-        page.wait_for_url("**/admin/teach")
-        assert_wcag_aa(page)
-        page.fill("#dataset-name", "cat-or-coffee")
-        page.fill("#dataset-classes", "cat, coffee")
-        page.click("#create-button")
-        page.wait_for_url("**/admin/teach/cat-or-coffee")
-        page.wait_for_selector('#teach[data-camera="on"]')
-        page.wait_for_function("() => document.getElementById('teach-camera').videoWidth > 0")
+        log_in_and_create(page, server, "cat-or-coffee")
         assert page.locator("#train-button").is_disabled()
 
         # Hold the capture button: a burst of pictures, the count and thumbnails grow.
@@ -137,7 +184,7 @@ def test_teach_capture_train_activate_and_the_kiosk_knows_it(browser, server, fi
                    .textContent === '{cats - 1}'""")
         assert thumbs.count() == cats - 1
         assert int(page.locator("#total-count").inner_text()) == cats - 1 + 6
-        screenshot(page, "teach")
+        screenshot(page, "teach-desktop")
         assert_wcag_aa(page)
 
         # Train: the job's progress is shown live until the model is there.
@@ -154,12 +201,16 @@ def test_teach_capture_train_activate_and_the_kiosk_knows_it(browser, server, fi
         seen = page.evaluate("window.seenSummaries")
         assert any(s.startswith("Epoch ") for s in seen), seen
         page.wait_for_selector("#result:not([hidden])")
+        # The new model's card is brought to the screen, with the focus on it.
+        wait_on_screen(page, "#result-title")
+        assert page.evaluate("document.activeElement.id") == "result-title"
         confusion = page.locator("#result-confusion")
         confusion.evaluate("img => img.decode()")
         assert confusion.evaluate("img => img.naturalWidth") > 100
         assert "Validation accuracy" in page.locator("#result-metrics").inner_text()
         assert "cat, coffee" in page.locator("#result-metrics").inner_text()
         screenshot(page, "teach-done")
+        assert_wcag_aa(page)  # the job's progress and the new model's card
 
         # Try it: the camera's cat, with the new model (not active yet).
         page.click("#try-camera")

@@ -15,8 +15,22 @@ def test_page_has_the_upload_form_and_names_the_model(client):
     assert 'type="file"' in page and 'name="image"' in page
     assert "Drop a photo here" in page
     assert "EfficientNet-Lite0" in page
-    # The fallback is said plainly, with the way to ResNet18.
-    assert "python -m model_loader download" in page
+    # Visitors are not told how the owner gets ResNet18 or which quantization runs:
+    # that is for the admin page, /readyz and the log.
+    for owner_words in ("model_loader download", "TORCH_HOME", "MODEL_WEIGHTS",
+                        "quantization", "bf16"):
+        assert owner_words not in page, owner_words
+
+
+def test_the_example_photos_are_answered_without_javascript(client):
+    page = client.get("/").get_data(as_text=True)
+    examples = re.findall(r'name="example" value="(\w+)"', page)
+    assert examples == ["cat", "coffee", "rocket"]
+    response = client.post("/", data={"example": "coffee"})
+    assert response.status_code == 200
+    labels = re.findall(r'<span class="label[^"]*">([^<]+)</span>', response.get_data(as_text=True))
+    assert labels[0] == "Espresso"
+    assert client.post("/", data={"example": "../app.py"}).status_code == 400
 
 
 def test_every_asset_is_served_locally(client):

@@ -62,7 +62,7 @@ from webapp import api, durable, kiosk, uploads
 from webapp.config import ConfigError
 from webapp.errors import ApiError, error_json, too_large
 from webapp.kiosk_settings import KioskSettingsError
-from webapp.registry import Registry, RegistryError, unknown_model
+from webapp.registry import BUILTIN, Registry, RegistryError, unknown_model
 from webapp.serving import imaging
 
 log = logging.getLogger(__name__)
@@ -385,10 +385,57 @@ def model_entries() -> tuple[list[dict], dict]:
     return api.holder().model_entries()
 
 
+# How a checkpoint's metrics read in the model table: (label, kind), kind "percent" for
+# fractions 0..1.  Keys not listed are shown with their name in words.
+METRIC_LABELS = {
+    "val_accuracy": ("Validation accuracy", "percent"),
+    "test_accuracy": ("Accuracy on unseen test pictures", "percent"),
+    "accuracy": ("Accuracy", "percent"),
+    "macro_f1": ("Macro F1", "number"),
+    "val_loss": ("Validation loss", "number"),
+    "evaluated_on": ("Evaluated on", "text"),
+    "best_epoch": ("Best epoch", "number"),
+    "epochs_run": ("Epochs run", "number"),
+    "epochs": ("Epochs", "number"),
+    "train_images": ("Training pictures", "number"),
+    "strategy": ("What trained", "text"),
+    "backbone": ("Started from", "text"),
+    "pretrained": ("ImageNet weights to start", "yes/no"),
+    "image_size": ("Image size", "pixels"),
+}
+MAIN_METRICS = ("val_accuracy", "test_accuracy", "accuracy")  # shown first, in bold
+
+
+def readable_metrics(metrics: dict | None) -> list[dict]:
+    """A checkpoint's metrics as ``[{"key", "label", "text", "main"}]`` for people:
+    accuracies in per cent, the rest with three significant digits, booleans as yes/no;
+    the accuracies first.  Nested values (lists, dicts) are left out."""
+    rows = []
+    for key, value in (metrics or {}).items():
+        if value is None or isinstance(value, list | dict):
+            continue
+        label, kind = METRIC_LABELS.get(key, (key.replace("_", " ").capitalize(), "number"))
+        if isinstance(value, bool) or kind == "yes/no":
+            text = "yes" if value else "no"
+        elif not isinstance(value, int | float):
+            text = str(value)
+        elif kind == "percent" and 0 <= value <= 1:
+            text = f"{value * 100:.1f}%"
+        elif kind == "pixels":
+            text = f"{value:g} px"
+        else:
+            text = f"{value:.3g}" if isinstance(value, float) else str(value)
+        rows.append({"key": key, "label": label, "text": text, "main": key in MAIN_METRICS})
+    return sorted(rows, key=lambda row: not row["main"])
+
+
 def _serving() -> dict:
     holder = api.holder()
     classifier = holder.get()
-    return {**classifier.info, "pid": os.getpid(), "notice": holder.notice}
+    # notice: the active model could not be loaded; model_notice: about the model served
+    # (the bundled fallback, an unverified file).  The public pages show neither.
+    return {**classifier.info, "pid": os.getpid(), "notice": holder.notice,
+            "model_notice": classifier.loaded.notice}
 
 
 def _store_upload() -> dict:
@@ -464,34 +511,48 @@ def upload_page():
     return redirect(url_for("admin.index", added=meta["id"]))
 
 
-@bp.post("/models/<model_id>/activate")
-def activate_page(model_id):
+def _page_change(change, message):
+    """A form's change to the store: done, a message, back to the page -- or the page
+    again with the reason (and its 4xx status)."""
     try:
-        registry().activate(model_id)
+        result = change()
     except RegistryError as exc:
         return _page_error(exc)
-    flash(f"Activated {model_id}. Every worker serves it within a second.", "success")
+    flash(message(result), "success")
     return redirect(url_for("admin.index"))
+
+
+def _display_name(model_id: str) -> str:
+    return "the built-in model" if model_id == BUILTIN else registry().meta(model_id)["name"]
+
+
+@bp.post("/models/<model_id>/activate")
+def activate_page(model_id):
+    return _page_change(
+        lambda: registry().activate(model_id),
+        lambda state: f"Activated {_display_name(model_id)} ({model_id}).")
 
 
 @bp.post("/rollback")
 def rollback_page():
-    try:
-        state = registry().rollback()
-    except RegistryError as exc:
-        return _page_error(exc)
-    flash(f"Rolled back to {state.active}.", "success")
-    return redirect(url_for("admin.index"))
+    return _page_change(registry().rollback, lambda state: f"Rolled back to {state.active}.")
+
+
+@bp.post("/redo")
+def redo_page():
+    return _page_change(registry().redo, lambda state: f"Back to {state.active}.")
+
+
+@bp.post("/models/<model_id>/rename")
+def rename_page(model_id):
+    return _page_change(lambda: registry().rename(model_id, request.form.get("name")),
+                        lambda meta: f"Renamed {model_id} to {meta['name']}.")
 
 
 @bp.post("/models/<model_id>/delete")
 def delete_page(model_id):
-    try:
-        registry().delete(model_id)
-    except RegistryError as exc:
-        return _page_error(exc)
-    flash(f"Deleted {model_id}.", "success")
-    return redirect(url_for("admin.index"))
+    return _page_change(lambda: registry().delete(model_id),
+                        lambda _: f"Deleted {model_id}.")
 
 
 @bp.post("/try")
@@ -525,7 +586,7 @@ def _trial(model_id: str):
 @bp.get("/api/models")
 def api_list():
     entries, state = model_entries()
-    return jsonify(active=state["active"], history=state["history"],
+    return jsonify(active=state["active"], history=state["history"], redo=state["redo"],
                    changed=state["changed"], serving=_serving(), models=entries)
 
 
@@ -556,6 +617,21 @@ def api_activate(model_id):
 @bp.post("/api/rollback")
 def api_rollback():
     return jsonify(registry().rollback().as_dict())
+
+
+@bp.post("/api/redo")
+def api_redo():
+    return jsonify(registry().redo().as_dict())
+
+
+@bp.patch("/api/models/<model_id>")
+def api_rename(model_id):
+    """JSON ``{"name": "..."}``: the new display name."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+        raise ApiError(400, "bad_json", 'Send the new name as JSON, e.g. {"name": "Fruit v2"}.')
+    registry().rename(model_id, body["name"])
+    return api_model(model_id)
 
 
 @bp.delete("/api/models/<model_id>")
@@ -622,7 +698,8 @@ def api_kiosk_settings_update():
 
 @bp.context_processor
 def _template_context():
-    return {"logged_in": g.get("admin_via") == "session"}
+    return {"logged_in": g.get("admin_via") == "session",
+            "readable_metrics": readable_metrics}
 
 
 # The Teach page and the dataset / job API (webapp.teach) live under /admin too, behind

@@ -43,6 +43,12 @@ def uploads_from_request() -> list[Upload]:
     if not uploads:
         other = sorted(request.files.keys())
         hint = f" (found file field(s): {', '.join(other)})" if other else ""
+        if not other and request.content_length and request.mimetype != "multipart/form-data":
+            # e.g. curl --data-binary @cat.jpg, which says application/x-www-form-urlencoded
+            hint = (f". A raw body works too when its Content-Type is an image type: "
+                    f"curl --data-binary @cat.jpg -H 'Content-Type: image/jpeg' "
+                    f"{request.host_url}predict (this one came as "
+                    f"{request.mimetype or 'no Content-Type'})")
         raise ApiError(
             400,
             "no_image",

@@ -1,6 +1,7 @@
-"""The ``flask`` commands: ``flask --app app models add|list|activate|rollback|delete``
-(the model registry, with the same code and checks as the admin API) and ``flask --app app
-finetune`` (``python -m webapp.finetune``).  ``flask kiosk`` lives with the kiosk."""
+"""The ``flask`` commands: ``flask --app app models
+add|list|activate|rollback|redo|rename|delete`` (the model registry, with the same code and
+checks as the admin API) and ``flask --app app finetune`` (``python -m webapp.finetune``).
+``flask kiosk`` lives with the kiosk."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def list_models(as_json):
     entries, state = current_app.extensions["model_holder"].model_entries()
     if as_json:
         click.echo(json.dumps({"active": state["active"], "history": state["history"],
-                               "models": entries}, indent=2))
+                               "redo": state["redo"], "models": entries}, indent=2))
         return
     click.echo(f"MODEL_DIR {current_app.config['MODEL_DIR']}")
     for e in entries:
@@ -66,6 +67,8 @@ def list_models(as_json):
                    f"{e.get('uploaded') or ''}")
     if state["history"]:
         click.echo(f"rollback goes to: {state['history'][0]}")
+    if state["redo"]:
+        click.echo(f"redo goes to: {state['redo'][0]}")
 
 
 @models_cli.command("add")
@@ -99,33 +102,45 @@ def add(path, name, arch, classes, labels_path, input_size, mean, std, activate)
                + ("  - active" if activate else ""))
 
 
+def _change(change):
+    """A change to the store, or the reason it cannot be done (exit status 1)."""
+    try:
+        return change()
+    except RegistryError as exc:
+        _fail(exc)
+
+
 @models_cli.command("activate")
 @click.argument("model_id")
 def activate(model_id):
     """Make MODEL_ID the active model (every worker switches within a second)."""
-    try:
-        state = _registry().activate(model_id)
-    except RegistryError as exc:
-        _fail(exc)
-    click.echo(f"active: {state.active}")
+    click.echo(f"active: {_change(lambda: _registry().activate(model_id)).active}")
 
 
 @models_cli.command("rollback")
 def rollback():
     """Return to the model that was active before the current one."""
-    try:
-        state = _registry().rollback()
-    except RegistryError as exc:
-        _fail(exc)
-    click.echo(f"active: {state.active}")
+    click.echo(f"active: {_change(_registry().rollback).active}")
+
+
+@models_cli.command("redo")
+def redo():
+    """Undo the last rollback: return to the model it left."""
+    click.echo(f"active: {_change(_registry().redo).active}")
+
+
+@models_cli.command("rename")
+@click.argument("model_id")
+@click.argument("name")
+def rename(model_id, name):
+    """Give MODEL_ID a new display name."""
+    meta = _change(lambda: _registry().rename(model_id, name))
+    click.echo(f"{model_id}  {meta['name']}")
 
 
 @models_cli.command("delete")
 @click.argument("model_id")
 def delete(model_id):
     """Delete an inactive stored model."""
-    try:
-        _registry().delete(model_id)
-    except RegistryError as exc:
-        _fail(exc)
+    _change(lambda: _registry().delete(model_id))
     click.echo(f"deleted {model_id}")

@@ -390,8 +390,8 @@ class JobQueue:
                     job.update(state="failed", finished=now_iso(), error=ORPHANED,
                                progress={**job.get("progress", {}), "stage": "failed"})
                     log.warning("training job %s: %s", job["id"], ORPHANED)
+                self._clean_work_files(job["id"])  # first: a finished job has none
                 self._save(job)
-                self._clean_work_files(job["id"])
         return len(running)
 
     def has_queued(self) -> bool:
@@ -469,6 +469,9 @@ class JobQueue:
             return job
 
     def finish(self, job: dict, state: str, **fields) -> None:
+        # The work files go before the job says it has ended, so whoever sees it ended
+        # (the Teach page, a test) never finds its snapshot or half-written output.
+        self._clean_work_files(job["id"])
         with self._state_lock():
             job.update(state=state, finished=now_iso(), **fields)
             if job.get("started_ts"):
@@ -482,7 +485,6 @@ class JobQueue:
             if state == "done":
                 job["progress"].update(fraction=1.0, eta_s=0)
             self._save(job)
-        self._clean_work_files(job["id"])
 
 
 def _stored_model(job: dict) -> str | None:

@@ -9,7 +9,8 @@ Layout under ``MODEL_DIR``::
                                 size, sha256, uploaded, metrics, what was found where
     models/<id>/report.json     optional (REPORT_FILES): the training report and its PNGs,
     models/<id>/confusion.png   for models trained on this server (teach-live jobs)
-    active.json                 {"active": "<id>", "history": [...], "changed": "..."}
+    active.json                 {"active": "<id>", "history": [...], "redo": [...],
+                                 "changed": "..."}
     tmp/                        uploads and half-built models; never listed
     .lock                       serialises writers (flock), readers never wait for it
     secret_key                  the session key when SECRET_KEY is not set (webapp.admin)
@@ -77,9 +78,12 @@ class State:
     active: str = BUILTIN
     history: tuple[str, ...] = ()  # most recent first; what rollback returns to
     changed: str | None = None
+    redo: tuple[str, ...] = ()  # models rolled back from, most recent first; what redo
+    # returns to.  Activating a model starts a new line of history and forgets them.
 
     def as_dict(self) -> dict:
-        return {"active": self.active, "history": list(self.history), "changed": self.changed}
+        return {"active": self.active, "history": list(self.history),
+                "redo": list(self.redo), "changed": self.changed}
 
 
 def now_iso() -> str:
@@ -172,12 +176,18 @@ class Registry:
             log.error("%s is unreadable (%s); treating the built-in model as active",
                       self.pointer, exc)
             return State()
-        active = data.get("active") if isinstance(data, dict) else None
-        history = data.get("history", []) if isinstance(data, dict) else []
+        if not isinstance(data, dict):
+            data = {}
+        active = data.get("active")
         if not isinstance(active, str) or not valid_id(active):
             active = BUILTIN
-        history = tuple(h for h in history if isinstance(h, str) and valid_id(h))
-        return State(active, history, data.get("changed") if isinstance(data, dict) else None)
+
+        def ids(key):  # a list of model ids; older files have no "redo"
+            items = data.get(key)
+            items = items if isinstance(items, list) else []
+            return tuple(h for h in items if isinstance(h, str) and valid_id(h))
+
+        return State(active, ids("history"), data.get("changed"), ids("redo"))
 
     def ids(self) -> list[str]:
         """Stored model ids, newest first (ids start with their upload time)."""
@@ -408,20 +418,57 @@ class Registry:
 
     def rollback(self) -> State:
         """Return to the model that was active before the current one (skipping models
-        deleted since).  409 when there is nothing to return to."""
+        deleted since).  409 when there is nothing to return to; redo() undoes it."""
         with self._locked():
             current = self.state()
-            history = list(current.history)
-            while history and not self.exists(history[0]):
-                history.pop(0)
+            history = self._existing(current.history)
             if not history:
                 raise RegistryError(
                     409, "no_history", "There is no earlier model to roll back to."
                 )
-            state = State(history[0], tuple(history[1:]), now_iso())
+            redo = (current.active, *[r for r in current.redo if r != current.active])
+            state = State(history[0], tuple(history[1:]), now_iso(), redo[:MAX_HISTORY])
             self._write_state(state)
         log.info("rolled back from model %s to %s", current.active, state.active)
         return state
+
+    def redo(self) -> State:
+        """Undo the last rollback: return to the model it left (skipping models deleted
+        since).  409 when no rollback is there to undo; activating a model forgets them."""
+        with self._locked():
+            current = self.state()
+            ahead = self._existing(current.redo)
+            if not ahead:
+                raise RegistryError(409, "no_redo", "There is no rollback to redo.")
+            history = (current.active, *[h for h in current.history if h != current.active])
+            state = State(ahead[0], history[:MAX_HISTORY], now_iso(), tuple(ahead[1:]))
+            self._write_state(state)
+        log.info("redo: from model %s to %s", current.active, state.active)
+        return state
+
+    def _existing(self, ids) -> list[str]:
+        """``ids`` without the models deleted since (rollback and redo skip those)."""
+        return [model_id for model_id in ids if self.exists(model_id)]
+
+    def rename(self, model_id: str, name: str | None) -> dict:
+        """Give a stored model a new display name; returns its metadata.  meta.json is
+        replaced atomically; when the model is active, the pointer is rewritten too (same
+        content, new file), so every worker notices and shows the new name."""
+        if model_id == BUILTIN:
+            raise RegistryError(409, "not_renamable", "The built-in model keeps its name.")
+        name = clean_name(name)
+        if name is None:
+            raise RegistryError(400, "bad_name", "Give the model a name (it is empty).")
+        with self._locked():
+            meta = self.meta(model_id)
+            old = meta.get("name")
+            meta["name"] = name
+            write_json(self.models_dir / model_id / META_FILE, meta)
+            state = self.state()
+            if state.active == model_id:
+                self._write_state(state)
+        log.info("renamed model %s from %r to %r", model_id, old, name)
+        return meta
 
     def delete(self, model_id: str) -> None:
         """Remove an inactive model (409 for the active one and for ``builtin``)."""

@@ -1,5 +1,8 @@
 """The upload page.  With JavaScript, the page posts to ``/predict`` and draws the bars
-itself; without it, the form posts here and the server renders the same result."""
+itself; without it, the form posts here and the server renders the same result.
+
+The page speaks to visitors: what the server owner needs to know (a fallback model, the
+engine, quantization) is in the admin area, ``/readyz`` and the logs, never here."""
 
 from __future__ import annotations
 
@@ -7,23 +10,29 @@ import base64
 import io
 import time
 
-from flask import Blueprint, render_template
+from flask import Blueprint, render_template, request
 from PIL import Image
 
 from model_loader import ModelLoadError
 from webapp import api
+from webapp.config import PROJECT_ROOT
 from webapp.serving import imaging
 
 bp = Blueprint("ui", __name__)
 
 TOP_K = 3
+# The "Try an example" row: (file in static/examples/, what it shows).  Provenance and
+# licences: static/examples/README.md.
+EXAMPLES = (("cat", "a cat"), ("coffee", "a cup of coffee"), ("rocket", "a rocket launch"))
+EXAMPLES_DIR = PROJECT_ROOT / "static" / "examples"
 
 
 def _model_status():
     try:
         return api.holder().get().loaded, None
-    except ModelLoadError as exc:
-        return None, str(exc)
+    except ModelLoadError:
+        # The reason (a path, a setting) is for the owner: /readyz and the log have it.
+        return None, "The computer that answers is not ready. Please tell whoever runs it."
 
 
 def _thumbnail(img: Image.Image) -> str:
@@ -35,33 +44,35 @@ def _thumbnail(img: Image.Image) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _uploads() -> list[api.Upload]:
+    """The photo posted with the form, or the example picked (its button's value)."""
+    example = request.form.get("example")
+    if example and not request.files:
+        if example not in dict(EXAMPLES):
+            raise api.ApiError(400, "unknown_example", "There is no such example photo.")
+        path = EXAMPLES_DIR / f"{example}.jpg"
+        return [api.Upload(path.name, path.read_bytes())]
+    return api.uploads_from_request()[:1]
+
+
+def _render(status: int = 200, **result):
+    model, error = _model_status()
+    page = render_template("index.html", model=model, model_error=error, examples=EXAMPLES,
+                           top_k=TOP_K, **result)
+    return page, status
+
+
 @bp.get("/")
 def index():
-    model, error = _model_status()
-    return render_template("index.html", model=model, model_error=error)
+    return _render()
 
 
 @bp.post("/")
 def index_post():
     """The no-JavaScript path: same work as /predict, rendered as HTML."""
     started = time.perf_counter()
-    model, error = _model_status()
-    result = alert = preview = None
-    status = 200
     try:
-        uploads = api.uploads_from_request()[:1]
-        result, images = api.classify(uploads, TOP_K, started)
-        preview = _thumbnail(images[0])
+        result, images = api.classify(_uploads(), TOP_K, started)
     except (api.ApiError, imaging.ImageError) as exc:
-        alert, status = exc.message, exc.status
-    return (
-        render_template(
-            "index.html",
-            model=model,
-            model_error=error,
-            result=result,
-            alert=alert,
-            preview=preview,
-        ),
-        status,
-    )
+        return _render(exc.status, alert=exc.message)
+    return _render(result=result, preview=_thumbnail(images[0]))

@@ -1,6 +1,7 @@
 // Admin page: model upload with a progress bar (XHR upload events; the class names, labels
 // file, architecture and preprocessing fields go along in the same form), "try an image"
-// against any stored model, and a confirmation before deleting.  Every form also works
+// against any stored model, "switching…" until this worker serves a newly active model,
+// and a confirmation before deleting.  Every form also works
 // without JavaScript; these calls go to /admin/api/* with the session cookie and the
 // page's CSRF token in the X-CSRFToken header.
 (function () {
@@ -126,6 +127,47 @@
         button.disabled = false;
       }
     });
+  }
+
+  // ---------------------------------------------------------------- switching
+  // Right after "Activated …" this worker may still serve the model before it for a
+  // moment (it loads the new one in the background): the page says "Switching to …" and
+  // asks /admin/api/models until this worker serves the active model.
+  const serving = document.getElementById("serving");
+  if (serving && serving.dataset.state === "switching") {
+    const POLL_MS = 500, GIVE_UP_MS = 120000;
+    const started = Date.now();
+
+    function describe(info) {
+      const name = document.createElement("strong");
+      name.textContent = info.name;
+      const id = document.createElement("code");
+      id.textContent = info.id;
+      serving.replaceChildren("This worker (pid " + info.pid + ") serves ", name, " ", id,
+        ", version " + info.version + ", " + info.quantization + " quantization.");
+    }
+
+    async function check() {
+      let data = null;
+      try {
+        const response = await fetch(serving.dataset.poll, {
+          headers: { "Accept": "application/json" }, credentials: "same-origin",
+        });
+        if (response.ok) data = await response.json();
+      } catch (err) { data = null; }
+      if (data && data.serving && data.serving.id === data.active) {
+        describe(data.serving);
+        serving.dataset.state = "serving";
+        return;
+      }
+      if (data && data.serving && data.serving.notice) {
+        serving.textContent = data.serving.notice;
+        serving.dataset.state = "failed";
+        return;
+      }
+      if (Date.now() - started < GIVE_UP_MS) setTimeout(check, POLL_MS);
+    }
+    setTimeout(check, POLL_MS);
   }
 
   // ---------------------------------------------------------------- confirmations

@@ -1,37 +1,70 @@
-// Upload page: preview the chosen photo, post it to /predict, draw the top-3 bars.
-// Without JavaScript the form posts to the server, which renders the same markup.
+// Upload page: preview the chosen photo, post it to /predict, draw the bars.  Several
+// photos dropped (or pasted) at once are answered one after the other ("Next photo").
+// The answer is scrolled into view when it is below the screen (a phone), and read out
+// to screen readers.  Without JavaScript the form posts to the server, which renders the
+// same markup.  Other scripts hear about every photo through the "image-classifying" and
+// "image-classified" events (explain-toggle.js draws "How the model sees it" from them).
 (function () {
   "use strict";
   const form = document.getElementById("upload-form");
   if (!form) return;
-  const input = document.getElementById("image-input");
-  const zone = document.getElementById("drop-zone");
-  const button = document.getElementById("classify-button");
-  const result = document.getElementById("result");
-  const preview = document.getElementById("preview");
-  const bars = document.getElementById("bars");
-  const meta = document.getElementById("result-meta");
-  const alertBox = document.getElementById("alert");
+  const $ = function (id) { return document.getElementById(id); };
+  const input = $("image-input");
+  const zone = $("drop-zone");
+  const button = $("classify-button");
+  const result = $("result");
+  const preview = $("preview");
+  const heading = $("guesses-heading");
+  const bars = $("bars");
+  const meta = $("result-meta");
+  const alertBox = $("alert");
+  const announcer = $("announcer");
+  const queueBox = $("queue");
+  const queuePosition = $("queue-position");
+  const nextButton = $("next-button");
+  const reduceMotion = window.matchMedia("(prefers-reduced-motion: reduce)");
   let previewUrl = null;
+  let queue = [];          // the photos of the last drop; queue[shown] is on screen
+  let shown = 0;
+  let current = null;      // the file whose answer is awaited: late answers are dropped
+
+  // Bring an element into view when it is not (fully) on the screen.
+  function reveal(el) {
+    const box = el.getBoundingClientRect();
+    const height = window.innerHeight || document.documentElement.clientHeight;
+    if (box.top >= 0 && box.bottom <= height) return;
+    el.scrollIntoView({ block: box.height > height ? "start" : "nearest",
+                        behavior: reduceMotion.matches ? "auto" : "smooth" });
+  }
 
   function showError(message) {
+    result.classList.add("d-none");
     alertBox.textContent = message;
     alertBox.classList.remove("d-none");
+    reveal(alertBox);
   }
 
   function capitalise(text) {
     return text.charAt(0).toUpperCase() + text.slice(1);
   }
 
+  function label(p) { return capitalise(p.label); }
+
   function renderBars(predictions) {
-    const list = PredictionBars.list(predictions, { labelText: function (p) {
-      return capitalise(p.label);
-    }, animate: true });
+    const list = PredictionBars.list(predictions, { labelText: label, animate: true });
     list.id = "predictions";
     bars.replaceChildren(list);
+    heading.textContent = PredictionBars.heading(predictions.length);
+  }
+
+  function showQueue() {
+    queueBox.hidden = queue.length < 2;
+    queuePosition.textContent = "Photo " + (shown + 1) + " of " + queue.length;
+    nextButton.hidden = shown + 1 >= queue.length;
   }
 
   async function classify(file) {
+    current = file;
     document.dispatchEvent(new CustomEvent("image-classifying", { detail: { file: file } }));
     alertBox.classList.add("d-none");
     if (previewUrl) URL.revokeObjectURL(previewUrl);
@@ -41,7 +74,10 @@
     result.classList.remove("d-none");
     bars.replaceChildren();
     meta.textContent = "Thinking…";
+    announcer.textContent = "";
+    showQueue();
     button.disabled = true;
+    reveal(result);
     const body = new FormData();
     body.append("image", file, file.name);
     body.append("topk", "3");
@@ -51,32 +87,46 @@
       });
       let data = null;
       try { data = await response.json(); } catch (e) { data = null; }
+      if (file !== current) return;
       if (!response.ok || !data || !data.predictions) {
-        const message = data && data.error ? data.error.message
-          : "The server answered " + response.status + ".";
-        result.classList.add("d-none");
-        showError(message);
+        showError(data && data.error ? data.error.message
+          : "The server answered " + response.status + ".");
         return;
       }
       renderBars(data.predictions);
-      document.dispatchEvent(new CustomEvent("image-classified", { detail: { file: file, result: data } }));
       meta.textContent = "Answered by " + data.model.name + " in " +
         Math.round(data.timings_ms.total) + " ms";
+      announcer.textContent = PredictionBars.sentence(data.predictions, label);
+      reveal(result);
+      document.dispatchEvent(new CustomEvent("image-classified", { detail: { file: file, result: data } }));
     } catch (err) {
-      result.classList.add("d-none");
-      showError("Could not reach the server: " + err.message);
+      if (file === current) showError("Could not reach the server: " + err.message);
     } finally {
-      button.disabled = false;
+      if (file === current) button.disabled = false;
     }
   }
+
+  // One photo, or several: the first now, the others with "Next photo".
+  function start(files) {
+    queue = Array.from(files || []);
+    shown = 0;
+    if (queue.length) classify(queue[0]);
+  }
+
+  nextButton.addEventListener("click", function () {
+    if (shown + 1 < queue.length) {
+      shown += 1;
+      classify(queue[shown]);
+    }
+  });
 
   form.addEventListener("submit", function (event) {
     if (!input.files || !input.files.length) return;
     event.preventDefault();
-    classify(input.files[0]);
+    start(input.files);
   });
   input.addEventListener("change", function () {
-    if (input.files && input.files.length) classify(input.files[0]);
+    if (input.files && input.files.length) start(input.files);
   });
   ["dragenter", "dragover"].forEach(function (name) {
     zone.addEventListener(name, function (event) {
@@ -90,14 +140,28 @@
   zone.addEventListener("drop", function (event) {
     event.preventDefault();
     const files = event.dataTransfer && event.dataTransfer.files;
-    if (files && files.length) {
-      try { input.files = files; } catch (e) { /* read-only in old browsers */ }
-      classify(files[0]);
-    }
+    if (files && files.length) start(files);
   });
   // Paste a screenshot or copied image straight into the page.
   document.addEventListener("paste", function (event) {
-    const items = event.clipboardData ? event.clipboardData.files : null;
-    if (items && items.length) classify(items[0]);
+    const files = event.clipboardData ? event.clipboardData.files : null;
+    if (files && files.length) start(files);
   });
+
+  // "Try one": the example photos, fetched from the page's own server.
+  const examples = $("examples-form");
+  if (examples) {
+    examples.addEventListener("click", async function (event) {
+      const choice = event.target.closest(".example-button");
+      if (!choice) return;
+      event.preventDefault();
+      try {
+        const response = await fetch(choice.dataset.src);
+        const blob = await response.blob();
+        start([new File([blob], choice.value + ".jpg", { type: blob.type || "image/jpeg" })]);
+      } catch (err) {
+        showError("Could not load the example: " + err.message);
+      }
+    });
+  }
 })();

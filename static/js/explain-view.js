@@ -1,5 +1,6 @@
-// "How the model sees it": asks POST /explain and draws the preprocessing steps and the
-// Grad-CAM heatmap.  Shared by the upload page (explain-toggle.js) and the kiosk (kiosk.js).
+// "How the model sees it": asks POST /explain and draws the heatmap (first: it is the
+// point) with a colour key, then the story of the preprocessing steps.  Shared by the
+// upload page (explain-toggle.js) and the kiosk (kiosk.js).
 (function () {
   "use strict";
 
@@ -33,38 +34,65 @@
     return fig;
   }
 
+  // The colours of the heatmap, from "hardly" to "a lot" (webapp/serving/explain.py's ramp).
+  function legend() {
+    const key = document.createElement("div");
+    key.className = "explain-legend";
+    key.setAttribute("aria-hidden", "true");  // the caption says it in words
+    const low = document.createElement("span");
+    low.textContent = "hardly";
+    const bar = document.createElement("span");
+    bar.className = "explain-legend-bar";
+    const high = document.createElement("span");
+    high.textContent = "a lot";
+    key.append(low, bar, high);
+    return key;
+  }
+
   // options.label: the class name to show (e.g. translated); options.sentences: the text;
-  // options.technical: false leaves out the grid size and layer name (kiosk).
+  // options.technical: true adds the grid size and layer name (for people who ask).
   function render(container, data, options) {
     options = options || {};
     const label = options.label || data.explained.label;
     const sentences = options.sentences || data.explanation;
-    const intro = document.createElement("p");
-    intro.className = "explain-sentences";
-    intro.textContent = sentences;
-    const steps = document.createElement("div");
-    steps.className = "explain-steps";
-    const alts = {
-      original: "Your photo",
-      resized: "Your photo, shrunk",
-      cropped: "The square from the middle that the model looks at",
-      tensor: "The three grids of numbers for red, green and blue, drawn in grey",
-    };
-    data.steps.forEach(function (step, i) {
-      const arrow = i ? "→ " : "";
-      steps.append(figure("data:image/png;base64," + step.png, alts[step.name] || step.title,
-        arrow + step.title, step.caption, "explain-step-" + step.name));
-    });
-    const detail = options.technical === false ? "."
-      : " (" + data.heatmap.grid.join(" × ") + " areas, Grad-CAM on layer " +
-        data.heatmap.layer + ").";
+    const detail = options.technical
+      ? " (" + data.heatmap.grid.join(" × ") + " areas, Grad-CAM on layer " +
+        data.heatmap.layer + ")" : "";
     const heat = figure("data:image/png;base64," + data.heatmap.overlay_png,
       "Heatmap over the square: the red and yellow parts made the computer think " + label,
       "Where it looked for \u201c" + label + "\u201d",
-      "Red and yellow mattered most, blue least" + detail, "explain-step-heatmap");
+      "This is a heatmap: its colours show how much each part of the square counted. " +
+      "Red and yellow counted a lot, blue hardly at all" + detail + ".",
+      "explain-step-heatmap");
     heat.querySelector("img").classList.add("explain-heatmap");
-    steps.append(heat);
-    container.replaceChildren(intro, steps);
+    heat.insertBefore(legend(), heat.querySelector("figcaption"));
+
+    const intro = document.createElement("p");
+    intro.className = "explain-sentences";
+    intro.textContent = sentences;
+    const steps = document.createElement("ol");
+    steps.className = "explain-steps";
+    steps.setAttribute("aria-label", "What happens to the photo first");
+    const alts = {
+      original: "Your photo",
+      resized: "Your photo shrunk, drawn in a grey frame as big as the photo was",
+      cropped: "The square from the middle that the model looks at",
+      tensor: "Four dots from the middle of the square, drawn big, each with its three " +
+        "numbers for red, green and blue",
+    };
+    data.steps.forEach(function (step, i) {
+      const item = document.createElement("li");
+      item.append(figure("data:image/png;base64," + step.png, alts[step.name] || step.title,
+        (i ? "→ " : "") + step.title, step.caption, "explain-step-" + step.name));
+      steps.append(item);
+    });
+    const story = document.createElement("div");
+    story.className = "explain-story";
+    story.append(intro, steps);
+    const layout = document.createElement("div");
+    layout.className = "explain-layout";
+    layout.append(heat, story);
+    container.replaceChildren(layout);
   }
 
   window.ExplainView = { request: request, render: render };

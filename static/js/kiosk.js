@@ -1,7 +1,9 @@
 // The teaching kiosk: live camera + one big button (or a photo chooser when there is no
 // camera), big animated bars, "How does it see it?", start over after an idle time,
 // optional auto-capture.  Settings come from /kiosk/settings.json, read again at every
-// start-over so a teacher's change reaches a running kiosk.
+// start-over so a teacher's change reaches a running kiosk.  While the explanation is
+// open (a class listening) the idle time is longer: EXPLAIN_IDLE_FACTOR times the setting,
+// at least EXPLAIN_IDLE_MIN_SECONDS, and its countdown shows in the explanation itself.
 (function () {
   "use strict";
   const root = document.getElementById("kiosk");
@@ -25,11 +27,14 @@
   const closeButton = $("explain-close");
   const panel = $("explain-panel");
   const idleNote = $("idle-note");
+  const explainIdleNote = $("explain-idle-note");
   const canvas = $("capture-canvas");
   const fullscreenButton = $("fullscreen-button");
   const behindDialog = [root.querySelector(".kiosk-header"), root.querySelector(".kiosk-main")];
   const START_TEXT = statusBox.textContent;
   const UPLOAD_TEXT = "Show me a photo, and I will tell you what is in it.";
+  const EXPLAIN_IDLE_FACTOR = 3;
+  const EXPLAIN_IDLE_MIN_SECONDS = 180;
 
   let settings = {
     idle_seconds: Number(root.dataset.idleSeconds),
@@ -49,6 +54,7 @@
   let explained = null;     // the picture the explanation panel was drawn for
   let generation = 0;       // bumps at every start-over: late answers are dropped
   let autoTimer = null;
+  let stillShowable = true;  // false when the browser cannot draw the picture (HEIC, junk)
 
   function setState(state) { root.dataset.state = state; }
   function setStage(name) {
@@ -58,7 +64,13 @@
     uploadZone.hidden = name !== "upload";
   }
 
-  function say(text) { statusBox.textContent = text; }
+  function say(text) {
+    statusBox.classList.remove("kiosk-status-problem");
+    statusBox.textContent = text;
+  }
+
+  // The button to press next: the camera's, or "Choose a photo".
+  function primaryButton() { return cameraOn ? captureButton : chooseButton; }
 
   function display(label) {
     const shown = (settings.labels && settings.labels[label]) || label;
@@ -150,6 +162,7 @@
   function showPicture(blob) {
     if (pictureUrl) URL.revokeObjectURL(pictureUrl);
     pictureUrl = URL.createObjectURL(blob);
+    stillShowable = true;
     still.src = pictureUrl;
     setStage("still");
   }
@@ -201,10 +214,11 @@
     const chip = document.createElement("span");
     chip.className = "kiosk-confidence kiosk-confidence-" + words.replace(/ /g, "-");
     chip.textContent = words;
+    statusBox.classList.remove("kiosk-status-problem");
     statusBox.replaceChildren(headline, " ", chip);
     renderBars(predictions);
     setState("result");
-    if (!auto) setStage("still");
+    if (!auto && stillShowable) setStage("still");
     againButton.hidden = false;
     captureButton.hidden = !auto || !cameraOn;
     explainButton.hidden = !settings.explain;
@@ -214,7 +228,9 @@
   function showProblem(message) {
     lastActivity = Date.now();
     statusBox.textContent = "Sorry, that did not work. " + message;
+    statusBox.classList.add("kiosk-status-problem");  // a sentence, not a headline
     barsList.replaceChildren();
+    if (root.dataset.stage === "still") setStage(cameraOn ? "video" : "upload");
     setState("result");
     againButton.hidden = false;
     captureButton.hidden = true;
@@ -260,7 +276,9 @@
 
   async function openExplanation() {
     if (!lastPicture) return;
+    lastActivity = Date.now();
     dialog.hidden = false;
+    dialog.scrollTop = 0;
     behindDialog.forEach(function (el) { el.inert = true; });
     explainButton.setAttribute("aria-expanded", "true");
     root.dataset.explaining = "true";
@@ -288,6 +306,7 @@
   function closeExplanation() {
     if (dialog.hidden) return;
     dialog.hidden = true;
+    explainIdleNote.hidden = true;
     behindDialog.forEach(function (el) { el.inert = false; });
     delete root.dataset.explaining;
     explainButton.setAttribute("aria-expanded", "false");
@@ -304,6 +323,8 @@
     panel.replaceChildren();
     barsList.replaceChildren();
     idleNote.hidden = true;
+    const focusWasOnAnswer = [againButton, explainButton, document.body]
+      .indexOf(document.activeElement) >= 0 || !document.activeElement;
     againButton.hidden = true;
     explainButton.hidden = true;
     busy = false;
@@ -318,21 +339,29 @@
       setState("upload");
       say(UPLOAD_TEXT);
     }
+    // The focused button just disappeared: the keyboard goes on from the next one to press.
+    if (focusWasOnAnswer) primaryButton().focus({ preventScroll: true });
     lastActivity = Date.now();
     loadSettings();
   }
 
   function checkIdle() {
-    const idle = Number(settings.idle_seconds) || 0;
-    if (!idle || root.dataset.state !== "result") { idleNote.hidden = true; return; }
+    const explaining = !dialog.hidden;
+    const setting = Number(settings.idle_seconds) || 0;
+    const idle = explaining && setting
+      ? Math.max(setting * EXPLAIN_IDLE_FACTOR, EXPLAIN_IDLE_MIN_SECONDS) : setting;
+    const note = explaining ? explainIdleNote : idleNote;
+    (explaining ? idleNote : explainIdleNote).hidden = true;
+    if (!idle || root.dataset.state !== "result") { note.hidden = true; return; }
     const left = idle * 1000 - (Date.now() - lastActivity);
     if (left <= 0) { startOver(); return; }
-    if (idle >= 10 && left <= 5000) {
-      idleNote.textContent = "Starting over in " + Math.ceil(left / 1000) +
+    const warn = explaining ? 10000 : 5000;
+    if (idle >= 10 && left <= warn) {
+      note.textContent = "Starting over in " + Math.ceil(left / 1000) +
         " s. Touch the screen to keep this.";
-      idleNote.hidden = false;
+      note.hidden = false;
     } else {
-      idleNote.hidden = true;
+      note.hidden = true;
     }
   }
 
@@ -396,6 +425,11 @@
       else document.documentElement.requestFullscreen().catch(function () {});
     });
   }
+  // A file the browser cannot show (not a picture): no broken-image icon on the stage.
+  still.addEventListener("error", function () {
+    stillShowable = false;
+    if (root.dataset.stage === "still") setStage(cameraOn ? "video" : "upload");
+  });
   setInterval(checkIdle, 500);
 
   loadSettings().then(startCamera);

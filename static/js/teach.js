@@ -21,6 +21,7 @@
   let job = null;         // the job on screen
   let pollTimer = null;
   let model = null;       // the model the result card shows
+  let watched = false;    // a job ran while this page was open: show its model when done
 
   // ------------------------------------------------------------------ HTTP
 
@@ -72,13 +73,13 @@
     figure.dataset.imageId = item.id;
     const img = document.createElement("img");
     img.src = item.url + "?size=128";
-    img.alt = "Picture " + item.id;
+    img.alt = "A picture of " + section.dataset.label;
     img.width = 96;
     img.height = 72;
     const button = document.createElement("button");
     button.type = "button";
     button.className = "teach-thumb-delete";
-    button.setAttribute("aria-label", "Delete picture " + item.id);
+    button.setAttribute("aria-label", "Delete this picture of " + section.dataset.label);
     button.title = "Delete this picture";
     button.textContent = "×";
     figure.append(img, button);
@@ -348,7 +349,7 @@
     cancelButton.disabled = Boolean(data.cancel_requested);
     updateTrainable();
     if (data.state === "done" && data.model_id && (!model || model.id !== data.model_id)) {
-      loadModel(data.model_id);
+      loadModel(data.model_id, watched);
     }
   }
 
@@ -371,6 +372,7 @@
     model = null;
     try {
       const data = await call("POST", root.dataset.trainUrl, options(), true);
+      watched = true;
       renderJob(data);
       pollTimer = setTimeout(poll, POLL_MS);
     } catch (err) {
@@ -397,7 +399,9 @@
 
   function percent(x) { return x === null || x === undefined ? "–" : (x * 100).toFixed(0) + "%"; }
 
-  async function loadModel(modelId) {
+  // reveal: bring the card into view and move the focus to it (a job just finished while
+  // the teacher was watching; on a phone the card is far below the camera).
+  async function loadModel(modelId, reveal) {
     let data;
     try {
       data = await call("GET", root.dataset.modelsUrl + "/" + encodeURIComponent(modelId));
@@ -428,6 +432,11 @@
     $("try-result").replaceChildren();
     show($("try-error"), false);
     show($("result"), true);
+    if (reveal) {
+      const smooth = !window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+      $("result").scrollIntoView({ block: "start", behavior: smooth ? "smooth" : "auto" });
+      $("result-title").focus({ preventScroll: true });
+    }
   }
 
   function bars(predictions) {
@@ -491,6 +500,7 @@
   startCamera();
   if (root.dataset.latestJob) {
     job = { id: root.dataset.latestJob, state: root.dataset.latestState };
+    watched = job.state === "queued" || job.state === "running";
     poll();
   }
 })();

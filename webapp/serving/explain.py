@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from model_loader import MAX_ASPECT
 from webapp.serving.classifier import Classifier, Prediction, softmax
@@ -127,16 +127,58 @@ def denormalise(array: np.ndarray, mean, std) -> Image.Image:
     return Image.fromarray(pixels.transpose(1, 2, 0), "RGB")
 
 
-def tensor_picture(array: np.ndarray, gap: int = 8) -> tuple[Image.Image, float]:
-    """The three channels of the input array side by side as grey pictures: mid-grey is
-    0, white the largest value, black its negative.  Returns the picture and that scale."""
-    scale = float(np.abs(array).max()) or 1.0
-    planes = np.clip(np.round(array / scale * 127.5 + 127.5), 0, 255).astype(np.uint8)
-    _, height, width = planes.shape
-    canvas = np.full((height, 3 * width + 2 * gap), 255, dtype=np.uint8)
-    for n in range(3):
-        canvas[:, n * (width + gap): n * (width + gap) + width] = planes[n]
-    return Image.fromarray(canvas, "L").convert("RGB"), scale
+def shrunk_picture(original_size: tuple[int, int], resized: Image.Image,
+                   max_side: int = ORIGINAL_MAX_SIDE) -> Image.Image:
+    """The resized photo drawn to the same scale as the photo it came from, in the corner
+    of a grey frame of the original's size: a phone photo's copy is the small picture it
+    really is (drawn at the original's size it would look like the original); a small
+    photo that was enlarged overflows its frame.  NumPy/Pillow only."""
+    (ow, oh), (rw, rh) = original_size, resized.size
+    width, height = max(ow, rw), max(oh, rh)
+    scale = min(1.0, max_side / max(width, height))
+
+    def fit(n):
+        return max(1, round(n * scale))
+
+    canvas = Image.new("RGBA", (fit(width), fit(height)), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle((0, 0, fit(ow) - 1, fit(oh) - 1), fill=(96, 104, 118, 255),
+                   outline=(222, 226, 230, 255), width=2)
+    canvas.paste(resized.convert("RGB").resize((fit(rw), fit(rh)), Image.BILINEAR), (0, 0))
+    draw.rectangle((0, 0, fit(rw) - 1, fit(rh) - 1), outline=(255, 210, 63, 255), width=2)
+    if rw > ow or rh > oh:  # enlarged: the original's frame on top, so it shows
+        draw.rectangle((0, 0, fit(ow) - 1, fit(oh) - 1), outline=(222, 226, 230, 255), width=2)
+    return canvas
+
+
+def numbers_picture(tensor, mean, std, dots: int = 2, cell: int = 160) -> Image.Image:
+    """The numbers the model gets, readable: the ``dots`` × ``dots`` dots in the very
+    middle of its input, each drawn as a big square of its colour with its three numbers
+    (red, green, blue) written on it.  ``tensor`` is the normalised 3×H×W input (a NumPy
+    array); mean/std turn it back into the colours.  NumPy/Pillow only."""
+    values = np.asarray(tensor, dtype=np.float32)
+    _, height, width = values.shape
+    top, left = (height - dots) // 2, (width - dots) // 2
+    patch = values[:, top:top + dots, left:left + dots]
+    colours = patch * np.asarray(std, np.float32)[:, None, None] \
+        + np.asarray(mean, np.float32)[:, None, None]
+    colours = np.clip(np.round(colours * 255), 0, 255).astype(np.uint8)
+    canvas = Image.new("RGB", (dots * cell, dots * cell), (33, 37, 41))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=cell // 5)
+    for row in range(dots):
+        for col in range(dots):
+            rgb = tuple(int(c) for c in colours[:, row, col])
+            x, y = col * cell, row * cell
+            draw.rectangle((x + 2, y + 2, x + cell - 3, y + cell - 3), fill=rgb)
+            light = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] > 140
+            ink, halo = ((0, 0, 0), (255, 255, 255)) if light else ((255, 255, 255), (0, 0, 0))
+            text = "\n".join(f"{name} {patch[n, row, col]:+.2f}"
+                             for n, name in enumerate("RGB"))
+            draw.multiline_text((x + cell // 2, y + cell // 2), text, font=font, fill=ink,
+                                anchor="mm", align="left", spacing=cell // 20,
+                                stroke_width=2, stroke_fill=halo)
+    return canvas
 
 
 def _trim(img: Image.Image) -> Image.Image:
@@ -212,20 +254,23 @@ def explain(
     resized = _resized(classifier, img)
     original = img.copy()
     original.thumbnail((ORIGINAL_MAX_SIDE, ORIGINAL_MAX_SIDE))
-    tensor_img, scale = tensor_picture(array)
     low, high = float(array.min()), float(array.max())
+    shrunk = resized.width <= img.width
     steps = [
         Step("original", "Your photo",
              f"The photo as it arrived: {img.width} × {img.height} pixels.", original),
-        Step("resized", "Shrunk",
-             f"Shrunk so the short side is {loaded.resize_size} pixels: "
-             f"{resized.width} × {resized.height}.", resized),
+        Step("resized", "Shrunk" if shrunk else "Made bigger",
+             f"{'Shrunk' if shrunk else 'Made bigger'} so the short side is "
+             f"{loaded.resize_size} pixels: {resized.width} × {resized.height}. The grey "
+             "frame is your photo's size.",
+             shrunk_picture(img.size, resized)),
         Step("cropped", "Square from the middle",
              f"The {size} × {size} square from the middle: all the model ever sees.", cropped),
         Step("tensor", "Numbers",
              f"What the model really gets: 3 grids of {size} × {size} numbers (red, green, "
-             f"blue), from {low:.2f} to {high:.2f}. Grey is 0, white is {scale:.2f}, "
-             f"black is {-scale:.2f}.", tensor_img),
+             f"blue), from {low:.2f} to {high:.2f}. Here are the 4 dots in the very middle, "
+             "drawn big, with their numbers.",
+             numbers_picture(array, loaded.mean, loaded.std)),
     ]
     t3 = time.perf_counter()
     return Explanation(

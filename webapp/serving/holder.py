@@ -154,7 +154,7 @@ class ModelHolder:
             return self.builtin()
         trial = self._trial
         if trial is not None and trial.model_id == model_id:
-            return trial
+            return self._current_name(trial)
         with self._lock:
             self._trial = self._timed_load(model_id)
             return self._trial
@@ -274,14 +274,15 @@ class ModelHolder:
         self._stamp = stamp
         wanted = self._registry.state().active
         current = self._classifier
-        if wanted == current.model_id:
+        if wanted == current.model_id:  # e.g. renamed (Registry.rename rewrites the pointer)
             self.notice = None
+            self._current_name(current)
             return
         try:
             if wanted == "builtin":
                 new = self.builtin_locked()
             elif self._trial is not None and self._trial.model_id == wanted:
-                new, self._trial = self._trial, None
+                new, self._trial = self._current_name(self._trial), None
             else:
                 new = self._timed_load(wanted)
         except Exception as exc:  # whatever goes wrong, the current model keeps serving
@@ -297,6 +298,15 @@ class ModelHolder:
         self._notify()
         log.info("pid %d now serves model %s (was %s)", os.getpid(), wanted,
                  current.model_id)
+
+    def _current_name(self, classifier: Classifier) -> Classifier:
+        """A stored model shows the name the registry gives it now (it may have been
+        renamed since it was loaded)."""
+        if classifier.model_id != "builtin" and self._registry is not None:
+            with contextlib.suppress(RegistryError):
+                name = self._registry.meta(classifier.model_id).get("name")
+                classifier.loaded.name = name or classifier.loaded.name
+        return classifier
 
     def builtin_locked(self) -> Classifier:
         if self._builtin is None:
