@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # The offline image classifier as a container: CPU-only torch, gunicorn with the
-# project's gunicorn.conf.py, a non-root user, MODEL_DIR (and the kiosk settings) on the
+# project's gunicorn.conf.py, a non-root user, MODEL_DIR, DATA_DIR (Teach datasets) and the kiosk settings on the
 # /data volume.  docs/operating.md has the docker and compose commands.
 #
 #   docker build -t offline-classifier .        # + ResNet18 weights when the network allows
@@ -30,6 +30,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HOST=0.0.0.0 \
     PORT=5000 \
     MODEL_DIR=/data/models \
+    DATA_DIR=/data/datasets \
     KIOSK_SETTINGS_FILE=/data/kiosk.json \
     XDG_CACHE_HOME=/data/cache \
     MALLOC_ARENA_MAX=2
