@@ -25,6 +25,7 @@ from webapp.registry import BUILTIN, Registry
 TOKEN = "faults-admin-token-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 LOAD_SECONDS = 20
+RECYCLE_BOUND = 300  # seconds: ends a hang; not a speed requirement
 
 
 def small_jpeg() -> bytes:
@@ -44,18 +45,22 @@ def report(label: str, result: ops.LoadResult, seconds: float) -> None:
 
 
 def test_eight_clients_get_no_errors_while_workers_recycle(tmp_path):
-    """8 keep-alive clients for LOAD_SECONDS on 2 workers that restart every 10-15
-    requests (max_requests + jitter): every request answered 200, and /metrics still
-    counts every one of them after the workers that served them are gone."""
+    """8 keep-alive clients, 8 requests each, on 2 workers that restart every 10-15
+    requests (max_requests + jitter): 64 requests need at least five worker lives, so
+    workers recycle mid-load; every request is answered 200, and /metrics still counts
+    every one of them after the workers that served them are gone.  A count, not a rate:
+    a busy machine takes longer (RECYCLE_BOUND is only there to end a hang)."""
     server = ops.launch(tmp_path, "load", WEB_CONCURRENCY=2, TORCH_THREADS=1, HTTP_THREADS=4,
                         MAX_REQUESTS=10, MAX_REQUESTS_JITTER=5)
     try:
         server.wait_ready()
         first = ops.wait_for_workers(server, 2)
-        result = ops.run_load(server.url, small_jpeg(), clients=8, seconds=LOAD_SECONDS)
-        report("8 clients, workers recycling", result, LOAD_SECONDS)
+        started = time.monotonic()
+        result = ops.run_load(server.url, small_jpeg(), clients=8, seconds=RECYCLE_BOUND,
+                              max_requests_per_client=8)
+        report("8 clients, workers recycling", result, time.monotonic() - started)
         assert not result.errors, result.errors[:5]
-        assert len(result.requests) >= 40
+        assert len(result.requests) == 64
         restarts = server.log.count("Autorestarting worker")
         print(f"worker restarts during the run: {restarts}")
         assert restarts >= 2
