@@ -86,10 +86,14 @@
     section.querySelector(".teach-thumbs").prepend(figure);
   }
 
-  async function upload(section, blob, filename) {
+  // taken: when the picture was taken (ms since 1970).  Every picture of one hold of the
+  // capture button gets the moment it was pressed, so training keeps a burst together
+  // (near-copies never end up on both sides of the test); a file keeps its own time.
+  async function upload(section, blob, filename, taken) {
     const body = new FormData();
     body.append("label", section.dataset.label);
     body.append("image", blob, filename);
+    if (taken) body.append("taken", String(Math.round(taken)));
     const data = await call("POST", imagesUrl, body, false);
     data.added.forEach(function (item) { addThumb(section, item); });
     setCounts(data.counts);
@@ -135,7 +139,7 @@
     classError(section, "");
     for (const file of files) {
       try {
-        await upload(section, file, file.name);
+        await upload(section, file, file.name, file.lastModified);
       } catch (err) {
         classError(section, file.name + ": " + err.message);
         if (err.status === 409 || err.status === 404) break;  // dataset full, class gone
@@ -220,13 +224,14 @@
     button.classList.add("capturing");
     button.setAttribute("aria-pressed", "true");
     classError(section, "");
+    const pressed = Date.now();
     try {
       while (capturing === section) {
         const started = Date.now();
         const blob = await grabFrame();
         if (blob) {
           try {
-            await upload(section, blob, "camera.jpg");
+            await upload(section, blob, "camera.jpg", pressed);
           } catch (err) {
             classError(section, err.message);
             break;
