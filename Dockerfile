@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # The offline image classifier as a container: CPU-only torch, gunicorn with the
 # project's gunicorn.conf.py, a non-root user, MODEL_DIR (and the kiosk settings) on the
-# /data volume.  README "Operating it" has the docker and compose commands.
+# /data volume.  docs/operating.md has the docker and compose commands.
 #
 #   docker build -t offline-classifier .        # + ResNet18 weights when the network allows
 #   docker build --build-arg DOWNLOAD_WEIGHTS=0 -t offline-classifier .   # offline build:

@@ -73,7 +73,7 @@ test: lint system-deps
 	$(BIN)/python -m pytest
 
 .PHONY: bench
-bench: install-dev  # the speed benchmark (README "Speed"); ARGS=--quick for a short check
+bench: install-dev  # the speed benchmark (docs/speed.md); ARGS=--quick for a short check
 	$(BIN)/python bench/run.py $(ARGS)
 
 clean:

@@ -24,7 +24,7 @@ os.environ["TORCH_THREADS"] = str(_threads)
 
 bind = os.environ.get("GUNICORN_BIND") or f"{_settings['HOST']}:{_settings['PORT']}"
 # gthread, but each request is read in the worker's event loop before a thread gets it:
-# slow clients hold no thread and no upload slot (webapp/worker.py, README "Security").
+# slow clients hold no thread and no upload slot (webapp/worker.py, docs/security.md).
 worker_class = "webapp.worker.BufferingWorker"
 threads = _settings["HTTP_THREADS"]
 preload_app = False
@@ -36,7 +36,7 @@ accesslog = "-"
 errorlog = "-"
 loglevel = _settings["LOG_LEVEL"]
 
-# Operating it (README): JSON access log lines, worker recycling, request limits.
+# Operating it (docs/operating.md): JSON access log lines, worker recycling, request limits.
 logger_class = "webapp.accesslog.JsonAccessLogger"
 max_requests = _settings["MAX_REQUESTS"]
 max_requests_jitter = _settings["MAX_REQUESTS_JITTER"]

@@ -7,7 +7,7 @@ For each layout: the median latency of one photo at a time (1280×960 and 12 MP 
 upload page's and the kiosk's case), the requests per second with 8 clients, and the RSS
 per worker.  The layouts are started one after another on the same CPUs, with the same
 random ResNet18 and a warm engine cache, and measured in two alternating rounds so that a
-machine that gets busier slows them alike.  Prints a table (README "Speed").
+machine that gets busier slows them alike.  Prints a table (docs/speed.md).
 """
 
 from __future__ import annotations

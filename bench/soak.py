@@ -1,5 +1,5 @@
-"""Load and soak benchmark of the production server (run by hand; README "Operating
-it" has the measured numbers).
+"""Load and soak benchmark of the production server (run by hand;
+docs/operating.md has the measured numbers).
 
 Starts gunicorn with the project's gunicorn.conf.py on 127.0.0.1 (or uses --url), then
 CLIENTS threads send a realistic mix for MINUTES: real photos as phone-sized JPEGs and

@@ -80,7 +80,7 @@ def test_every_engine_agrees_with_fp32_on_real_photos(bundled_source, photo_batc
     got = dict(zip(names, logits.argmax(1).tolist()))
     want = dict(zip(names, reference.argmax(1).tolist()))
     # The photos whose fp32 answer is clear-cut must keep it; int8 and bf16 may swap the
-    # near-ties (two cat breeds 0.40 vs 0.35), which the README's agreement numbers count.
+    # near-ties (two cat breeds 0.40 vs 0.35), which docs/speed.md's agreement numbers count.
     probs = torch.softmax(torch.from_numpy(reference), 1).topk(2, 1).values
     clear = {n for n, (a, b) in zip(names, probs.tolist()) if a - b > 0.1}
     assert len(clear) >= 4

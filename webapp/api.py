@@ -18,7 +18,7 @@ from webapp.serving import explain as explaining
 from webapp.serving import imaging, prediction
 from webapp.serving.holder import ModelHolder
 from webapp.serving.prediction import Upload
-from webapp.uploads import raw_body
+from webapp.uploads import MAX_URLENCODED_BYTES, URLENCODED, raw_body
 
 bp = Blueprint("api", __name__)
 
@@ -33,6 +33,10 @@ def holder() -> ModelHolder:
 def uploads_from_request() -> list[Upload]:
     """The images in this request: multipart fields ``image`` (or ``file``), several
     allowed, or a raw ``image/*`` body."""
+    if request.mimetype == URLENCODED and (request.content_length or 0) > MAX_URLENCODED_BYTES:
+        # curl --data-binary @cat.jpg says x-www-form-urlencoded: a photo, not a form. Say
+        # how to send it rather than refuse it as a form too large to parse (not parsed).
+        _no_image()
     uploads = [
         Upload(f.filename or f"image-{n + 1}", f.read())
         for field in IMAGE_FIELDS
@@ -41,26 +45,31 @@ def uploads_from_request() -> list[Upload]:
     if not uploads and request.mimetype.startswith("image/"):
         uploads = [Upload("body", raw_body())]
     if not uploads:
-        other = sorted(request.files.keys())
-        hint = f" (found file field(s): {', '.join(other)})" if other else ""
-        if not other and request.content_length and request.mimetype != "multipart/form-data":
-            # e.g. curl --data-binary @cat.jpg, which says application/x-www-form-urlencoded
-            hint = (f". A raw body works too when its Content-Type is an image type: "
-                    f"curl --data-binary @cat.jpg -H 'Content-Type: image/jpeg' "
-                    f"{request.host_url}predict (this one came as "
-                    f"{request.mimetype or 'no Content-Type'})")
-        raise ApiError(
-            400,
-            "no_image",
-            "No image received. Send it as a multipart form field named 'image', e.g. "
-            f"curl -F image=@cat.jpg {request.host_url}predict{hint}.",
-        )
+        _no_image()
     limit = current_app.config["MAX_IMAGES_PER_REQUEST"]
     if len(uploads) > limit:
         raise ApiError(
             400, "too_many_images", f"{len(uploads)} images sent; at most {limit} per request."
         )
     return uploads
+
+
+def _no_image():
+    """400 ``no_image``, saying how to send one (and what this request looked like)."""
+    other = [] if request.mimetype == URLENCODED else sorted(request.files.keys())
+    hint = f" (found file field(s): {', '.join(other)})" if other else ""
+    if not other and request.content_length and request.mimetype != "multipart/form-data":
+        # e.g. curl --data-binary @cat.jpg, which says application/x-www-form-urlencoded
+        hint = (f". A raw body works too when its Content-Type is an image type: "
+                f"curl --data-binary @cat.jpg -H 'Content-Type: image/jpeg' "
+                f"{request.host_url}predict (this one came as "
+                f"{request.mimetype or 'no Content-Type'})")
+    raise ApiError(
+        400,
+        "no_image",
+        "No image received. Send it as a multipart form field named 'image', e.g. "
+        f"curl -F image=@cat.jpg {request.host_url}predict{hint}.",
+    )
 
 
 def parse_topk(default: int = 3) -> int:
@@ -105,8 +114,8 @@ def _round(timings: dict) -> dict:
 @bp.post("/predict")
 def predict():
     started = time.perf_counter()
-    k = parse_topk()
-    body, _ = classify(uploads_from_request(), k, started)
+    uploads = uploads_from_request()  # first: a photo sent as a form is not parsed as one
+    body, _ = classify(uploads, parse_topk(), started)
     return jsonify(body)
 
 
@@ -115,8 +124,8 @@ def explain():
     """The preprocessing steps and a heatmap for one image (webapp/serving/explain.py):
     JSON with base64 PNGs, or the heatmap over the crop as a PNG for ``Accept: image/png``."""
     started = time.perf_counter()
-    k = parse_topk()
     uploads = uploads_from_request()
+    k = parse_topk()
     if len(uploads) > 1:
         raise ApiError(400, "too_many_images", "Send one image to /explain at a time.")
     classifier = holder().get()

@@ -1,7 +1,7 @@
 """One configuration object, every setting read from the environment.
 
-``SETTINGS`` is the single list of what can be set; the README's settings table is
-checked against it by the tests.  ``Config.from_env()`` turns the environment into the
+``SETTINGS`` is the single list of what can be set; the settings table in docs/settings.md
+is checked against it by the tests.  ``Config.from_env()`` turns the environment into the
 dict Flask keeps in ``app.config``.
 """
 
@@ -96,7 +96,7 @@ SETTINGS: tuple[Setting, ...] = (
             "which a faster precision (int8, bf16) must give fp32's top-1 to be chosen.",
             "float", 0.5, 1.0),
     Setting("ENGINE", "openvino", "What runs the model: `openvino`, `onnxruntime` or "
-            "`torch` (README \"Speed\" has the measurements behind the default).", "choice",
+            "`torch` (docs/speed.md has the measurements behind the default).", "choice",
             choices=("torch", "openvino", "onnxruntime")),
     Setting("ENGINE_STREAMS", "dual", "How OpenVINO spreads a worker's threads: `dual` "
             "compiles the model twice, one stream on every thread for a request alone "
@@ -238,7 +238,7 @@ def plan_concurrency(workers: int = 0, threads: int = 0, cpus: int | None = None
     0 means "choose": workers = half the CPUs (at least 1), threads = CPUs // workers.
     Two threads per forward pass halve a request's latency (ResNet18 bf16 on OpenVINO:
     7.5 → 3.9 ms), and the same for every engine since the request path stopped waking
-    torch's thread pool (README "Speed").  Explicit values are respected as given."""
+    torch's thread pool (docs/speed.md).  Explicit values are respected as given."""
     cpus = cpus or available_cpus()
     workers = workers or max(1, cpus // 2)
     threads = threads or max(1, cpus // workers)

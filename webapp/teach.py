@@ -112,7 +112,7 @@ def _too_large(exc):
 
 
 def _json_body(required: bool = True) -> dict:
-    return uploads.json_object("See the Teach API in the README.", required=required)
+    return uploads.json_object("See the Teach API in docs/teach.md.", required=required)
 
 
 def _import_archive(name: str | None) -> dict:
