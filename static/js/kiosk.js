@@ -340,6 +340,7 @@
       liveAnswer.classList.toggle("kiosk-unsure", unknown);
       liveAnswer.replaceChildren.apply(liveAnswer, headlineOf(top, unknown));
       liveAnswer.hidden = false;
+      statusBox.hidden = true;  // the live answer takes the prompt's place on the screen
       root.dataset.liveState = "on";
       root.dataset.liveAnswers = String(Number(root.dataset.liveAnswers || 0) + 1);
       renderBars(data.predictions, unknown, true);
@@ -352,6 +353,7 @@
     } else {
       live.stop();
       liveAnswer.hidden = true;
+      statusBox.hidden = false;
       if (root.dataset.state === "live") barsList.replaceChildren();
       root.dataset.liveState = "off";
     }
