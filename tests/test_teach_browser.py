@@ -17,20 +17,17 @@ from PIL import ImageOps
 from playwright.sync_api import sync_playwright
 
 from tests.browser import (
-    CHROMIUM_ARGS,
     FAKE_CAMERA_ARGS,
-    MISSING_BROWSER,
     SIZES,
     assert_no_sideways_scroll,
     assert_on_screen,
-    chromium_executable,
     screenshot,
     wait_on_screen,
     write_y4m,
 )
 from tests.conftest import Server, encode, free_port
 from tests.photos import photo
-from tests.test_browser import assert_wcag_aa
+from tests.test_browser import _launch, assert_wcag_aa
 
 pytestmark = pytest.mark.browser
 
@@ -80,12 +77,7 @@ def playwright():
 
 def launch(pw, camera):
     """Chromium whose fake camera films ``camera`` (a .y4m file)."""
-    executable = chromium_executable(pw)
-    if executable is None:
-        pytest.fail(MISSING_BROWSER, pytrace=False)
-    kwargs = {"executable_path": executable} if executable else {}
-    return pw.chromium.launch(args=CHROMIUM_ARGS + FAKE_CAMERA_ARGS + [
-        f"--use-file-for-fake-video-capture={camera}"], **kwargs)
+    return _launch(pw, FAKE_CAMERA_ARGS + [f"--use-file-for-fake-video-capture={camera}"])
 
 
 @pytest.fixture(scope="module")
