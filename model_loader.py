@@ -103,6 +103,7 @@ class LoadedModel:
     outputs: str = "logits"  # or "probabilities" (an ONNX model that ends in a softmax)
     details: dict = field(default_factory=dict)  # where arch, classes... were found
     guard: np.ndarray | None = None  # the model's own validation images (``V1_EXTRAS``)
+    openset: dict | None = None  # its "I'm not sure" criterion (``openset_entry``)
 
     @property
     def resize_size(self) -> int:
@@ -749,9 +750,14 @@ def _first(container: dict, keys) -> object:
 
 # Optional entries of a v1 checkpoint that the server uses beyond the weights:
 # ``guard``: a few of the model's own validation images, uint8 (N, 3, S, S) crops at its
-# input size, on which QUANTIZE=auto checks that int8 answers like fp32.
-V1_EXTRAS = ("guard",)
+# input size, on which QUANTIZE=auto checks that int8 answers like fp32;
+# ``openset``: when the model says "I'm not sure what this is" (webapp/serving/openset.py):
+# ``{"method": "knn", "k", "threshold", "bank": (M, C) float tensor, ...}`` -- the
+# normalised penultimate features of its training pictures and the distance that keeps
+# 95 % of its validation pictures.  A checkpoint without it never answers "unknown".
+V1_EXTRAS = ("guard", "openset")
 MAX_GUARD_IMAGES = 64
+MAX_OPENSET_BANK = 10_000
 
 
 def guard_images(value, input_size: int, what: str):
@@ -766,6 +772,34 @@ def guard_images(value, input_size: int, what: str):
             f"{what}: 'guard' must be up to {MAX_GUARD_IMAGES} uint8 images of shape "
             f"(3, {input_size}, {input_size}); it is not")
     return value.numpy().copy()
+
+
+def openset_entry(value, what: str) -> dict:
+    """A v1 checkpoint's ``openset`` entry with its bank as a float32 NumPy array, or
+    ``ModelLoadError`` saying what is wrong with it."""
+    import math
+
+    import torch
+
+    def bad(reason: str) -> ModelLoadError:
+        return ModelLoadError(f"{what}: 'openset' {reason}")
+
+    if not isinstance(value, dict) or value.get("method") != "knn":
+        raise bad("must be a dict with \"method\": \"knn\"")
+    bank = value.get("bank")
+    if not isinstance(bank, torch.Tensor) or not bank.is_floating_point() or bank.dim() != 2 \
+            or not 1 <= bank.shape[0] <= MAX_OPENSET_BANK or bank.shape[1] < 1:
+        raise bad(f"must hold a 'bank' of 1 to {MAX_OPENSET_BANK} float feature rows")
+    k, threshold = value.get("k"), value.get("threshold")
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= bank.shape[0]:
+        raise bad("needs 'k', a whole number from 1 to the bank's size")
+    if not isinstance(threshold, int | float) or not math.isfinite(threshold) \
+            or not 0 <= threshold <= 2:
+        raise bad("needs 'threshold', a distance from 0 to 2")
+    entry = {key: item for key, item in value.items()
+             if key != "bank" and isinstance(item, str | int | float | bool)}
+    entry["bank"] = bank.float().numpy().copy()
+    return entry
 
 
 def read_v1(obj: dict, what: str) -> Contents:
@@ -1102,6 +1136,8 @@ def build_from_contents(contents: Contents, given: Given, what: str, *, path: Pa
         metrics=contents.metrics, created=contents.created,
         guard=(guard_images(contents.extras["guard"], input_size, what)
                if "guard" in contents.extras else None),
+        openset=(openset_entry(contents.extras["openset"], what)
+                 if "openset" in contents.extras else None),
         kind=details["kind"], details={k: v for k, v in details.items() if v},
     )
 
@@ -1250,9 +1286,11 @@ def save_checkpoint(
     std=IMAGENET_STD,
     metrics: dict | None = None,
     guard=None,
+    openset: dict | None = None,
 ) -> Path:
     """Write ``module`` as a checkpoint in format v1 (temp file, fsync, rename).
-    ``guard``: a few validation images (``guard_images``), uint8 (N, 3, S, S)."""
+    ``guard``: a few validation images (``guard_images``), uint8 (N, 3, S, S);
+    ``openset``: the "I'm not sure" criterion (``openset_entry``), its bank an array."""
     import torch
 
     path = Path(path)
@@ -1269,6 +1307,9 @@ def save_checkpoint(
     }
     if guard is not None:
         payload["guard"] = torch.as_tensor(np.ascontiguousarray(guard, dtype=np.uint8))
+    if openset is not None:
+        payload["openset"] = {**openset, "bank": torch.as_tensor(np.ascontiguousarray(
+            openset["bank"]))}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as fh:
         torch.save(payload, fh)

@@ -34,7 +34,8 @@ def test_predict_returns_the_documented_json(client):
     response = post(client, ("coffee.jpg", jpeg()))
     assert response.status_code == 200
     body = response.get_json()
-    assert set(body) == {"model", "predictions", "timings_ms"}
+    assert set(body) == {"model", "predictions", "unknown", "timings_ms"}
+    assert body["unknown"] is False  # a real photo of an ImageNet thing
     assert set(body["model"]) >= {"name", "version", "arch"}
     assert body["model"]["arch"] == "efficientnet_lite0"
     predictions = body["predictions"]
@@ -89,6 +90,7 @@ def test_several_images_are_answered_in_order(client):
     tops = [r["predictions"][0]["label"] for r in body["results"]]
     assert tops[0] in photo("chelsea").top1 and tops[1:] == ["espresso", "tripod"]
     assert all(len(r["predictions"]) == 3 for r in body["results"])
+    assert [r["unknown"] for r in body["results"]] == [False, False, False]
     assert set(body["timings_ms"]) == {"decode", "preprocess", "inference", "total"}
 
 
@@ -194,3 +196,19 @@ def test_service_keeps_answering_after_bad_input(client):
     for case in hostile.basic()[:10]:
         post(client, (case.upload_name, case.data))
     assert post(client, ("c.jpg", jpeg())).get_json()["predictions"][0]["label"] == "espresso"
+
+
+def test_a_picture_of_nothing_is_answered_unknown(client):
+    """The built-in model's energy criterion (docs/openset.md): noise is no
+    photo of anything, and the answer says so (its guesses are still there)."""
+    import random
+
+    from tests.holds import noise
+
+    rng = random.Random(3)
+    response = post(client, ("snow.png", encode(noise(rng), "PNG")),
+                    ("grain.png", encode(noise(rng), "PNG")), ("coffee.jpg", jpeg()))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    results = response.get_json()["results"]
+    assert [r["unknown"] for r in results] == [True, True, False]
+    assert all(len(r["predictions"]) == 3 for r in results)

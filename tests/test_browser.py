@@ -373,6 +373,9 @@ def test_kiosk_answer_and_explanation_fit_a_laptop_and_a_phone(sized, kiosk_sett
     p.wait_for_function("() => document.getElementById('camera').videoWidth > 0")
     assert_on_screen(p, "#capture-button")
     assert_wcag_aa(p)  # the start screen
+    p.wait_for_selector('#kiosk[data-live-state="on"]')  # live answers: still on screen
+    assert_on_screen(p, "#capture-button", "#live-answer")
+    assert_wcag_aa(p)
     p.get_by_role("button", name="What is this?").click()
     kiosk_result(p)
     p.wait_for_timeout(1200)  # let the bars finish growing
@@ -419,7 +422,7 @@ def test_a_class_listening_to_the_explanation_is_not_cut_short(page, kiosk_setti
 
 
 def test_kiosk_starts_over_after_the_idle_time(page, kiosk_settings):
-    kiosk_settings.update({"idle_seconds": 2})
+    kiosk_settings.update({"idle_seconds": 2, "live": False})  # the start screen: no bars
     p = page.goto("/kiosk")
     wait_state(p, "live")
     start_text = p.locator("#status").inner_text()

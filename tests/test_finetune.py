@@ -595,3 +595,32 @@ def test_bad_options_are_clear_errors(tmp_path, capsys, shapes_dir):
 def test_flask_cli_alias(app):
     result = app.test_cli_runner().invoke(args=["finetune", "--help"])
     assert "DATA_DIR" in result.output and "--strategy" in result.output
+
+
+def test_a_trained_model_says_when_a_picture_is_unlike_what_it_was_taught(cli_run,
+                                                                          monkeypatch):
+    """The checkpoint carries its "I'm not sure" criterion (kNN on the training pictures'
+    features, a threshold keeping 95 % of the validation pictures); served, fresh shapes
+    are answered and pictures of nothing like them are "unknown"."""
+    out, report, _ = cli_run
+    saved = torch.load(out, weights_only=True)
+    assert saved["openset"]["method"] == "knn"
+    assert saved["openset"]["bank"].shape[0] == sum(report["data"]["counts"]["train"].values())
+    assert report["openset"]["kept"] >= 0.9 and "bank" not in report["openset"]
+    monkeypatch.setenv("MODEL_WEIGHTS", str(out))
+    from tests.holds import noise, project_photos
+    from webapp import create_app
+
+    client = create_app({"TESTING": True}).test_client()
+    rng = random.Random(7)
+    shapes = [draw(shape, rng, size=120) for shape in SHAPES for _ in range(4)]
+    others = [noise(rng) for _ in range(4)] + list(project_photos().values())[:6]
+    said = []
+    for pictures in (shapes, others):
+        response = client.post("/predict", content_type="multipart/form-data", data={
+            "image": [(io.BytesIO(encode(p.convert("RGB"), "JPEG")), f"{n}.jpg")
+                      for n, p in enumerate(pictures)]})
+        assert response.status_code == 200, response.get_data(as_text=True)
+        said.append([r["unknown"] for r in response.get_json()["results"]])
+    assert sum(said[0]) <= 2, said[0]  # fresh shapes: answered
+    assert sum(said[1]) >= len(others) - 1, said[1]  # photos and noise: not sure

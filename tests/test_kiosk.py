@@ -96,7 +96,7 @@ def test_a_changed_environment_default_applies_to_untouched_fields(store):
 def test_form_submission_reads_an_absent_checkbox_as_no(store):
     settings = store.update_from_form({"idle_seconds": "90", "auto_capture_seconds": "0",
                                        "bars": "2", "language": "en"})
-    assert settings == KioskSettings(idle_seconds=90, bars=2, explain=False)
+    assert settings == KioskSettings(idle_seconds=90, bars=2, explain=False, live=False)
     assert store.update_from_form({"explain": "on"}).explain is True
 
 
@@ -309,7 +309,7 @@ def test_settings_form_macro_round_trips_through_update_from_form(kiosk_app):
         html = render_template_string(template, s=s, errors={})
         form = _submitted(html)
         assert form == {"idle_seconds": "25", "auto_capture_seconds": "0", "bars": "3",
-                        "language": "de"}
+                        "live": "on", "language": "de"}
         assert s.update_from_form(form) == s.load()  # nothing changes on a plain save
         form.update(bars="5", explain="on")
         assert s.update_from_form(form) == KioskSettings(idle_seconds=25, bars=5,

@@ -17,20 +17,17 @@ from PIL import ImageOps
 from playwright.sync_api import sync_playwright
 
 from tests.browser import (
-    CHROMIUM_ARGS,
     FAKE_CAMERA_ARGS,
-    MISSING_BROWSER,
     SIZES,
     assert_no_sideways_scroll,
     assert_on_screen,
-    chromium_executable,
     screenshot,
     wait_on_screen,
     write_y4m,
 )
 from tests.conftest import Server, encode, free_port
 from tests.photos import photo
-from tests.test_browser import assert_wcag_aa
+from tests.test_browser import _launch, assert_wcag_aa
 
 pytestmark = pytest.mark.browser
 
@@ -53,7 +50,8 @@ def files(tmp_path_factory):
         path.write_bytes(encode(image, "JPEG", quality=90))
         pictures.append(str(path))
     return {"base": base, "coffee": pictures,
-            "camera": write_y4m(photo("chelsea").image, base / "cat.y4m")}
+            "camera": write_y4m(photo("chelsea").image, base / "cat.y4m"),
+            "unrelated": write_y4m(photo("rocket").image, base / "rocket.y4m")}
 
 
 @pytest.fixture(scope="module")
@@ -72,16 +70,21 @@ def server(files):
 
 
 @pytest.fixture(scope="module")
-def browser(files):
+def playwright():
     with sync_playwright() as pw:
-        executable = chromium_executable(pw)
-        if executable is None:
-            pytest.fail(MISSING_BROWSER, pytrace=False)
-        kwargs = {"executable_path": executable} if executable else {}
-        browser = pw.chromium.launch(args=CHROMIUM_ARGS + FAKE_CAMERA_ARGS + [
-            f"--use-file-for-fake-video-capture={files['camera']}"], **kwargs)
-        yield browser
-        browser.close()
+        yield pw
+
+
+def launch(pw, camera):
+    """Chromium whose fake camera films ``camera`` (a .y4m file)."""
+    return _launch(pw, FAKE_CAMERA_ARGS + [f"--use-file-for-fake-video-capture={camera}"])
+
+
+@pytest.fixture(scope="module")
+def browser(playwright, files):
+    browser = launch(playwright, files["camera"])
+    yield browser
+    browser.close()
 
 
 def count(page, label) -> int:
@@ -213,9 +216,14 @@ def test_teach_capture_train_activate_and_the_kiosk_knows_it(browser, server, fi
         assert_wcag_aa(page)  # the job's progress and the new model's card
 
         # Try it: the camera's cat, with the new model (not active yet).
-        page.click("#try-camera")
+        page.click("#try-camera")  # "Try it live"
         page.wait_for_selector("#try-result .label")
         assert page.locator("#try-result .label").first.inner_text() == "cat"
+        page.wait_for_function(
+            "() => Number(document.getElementById('teach').dataset.liveAnswers) >= 3")
+        assert page.locator("#try-result .prediction-unknown").count() == 0
+        page.click("#try-camera")  # stop
+        assert page.locator("#try-camera").get_attribute("aria-pressed") == "false"
         assert page.locator("#result-active").is_hidden()
         page.click("#activate-button")
         page.wait_for_selector("#activated-note:not([hidden])")
@@ -235,6 +243,13 @@ def test_teach_capture_train_activate_and_the_kiosk_knows_it(browser, server, fi
             page.click("#again-button")
             page.wait_for_timeout(300)
         assert answer == "Cat"
+        # Back to the camera: live answers follow it (several, one request at a time).
+        page.click("#again-button")
+        page.wait_for_selector('#kiosk[data-live-state="on"]')
+        page.wait_for_function(
+            "() => Number(document.getElementById('kiosk').dataset.liveAnswers) >= 3")
+        assert page.locator("#live-answer .kiosk-answer-label").inner_text() == "Cat"
+        assert page.locator("#kiosk-bars .kiosk-bar").count() == 2
 
         # Train again and cancel from the page.
         page.goto(server.url + "/admin/teach/cat-or-coffee")
@@ -256,3 +271,38 @@ def test_teach_capture_train_activate_and_the_kiosk_knows_it(browser, server, fi
         assert not errors, errors
     finally:
         context.close()
+
+
+def test_the_kiosk_is_not_sure_about_what_the_class_never_taught_it(playwright, server,
+                                                                     files):
+    """After the test above, the active model knows a cat and a coffee.  A camera filming
+    a rocket gets "I'm not sure what this is", live and when the button is pressed, with
+    the bars greyed (issue 15: a two-class model no longer calls everything one of them)."""
+    ready = requests_get(server.url + "/readyz")
+    assert ready["model"]["classes"] == 2, ready
+    other = launch(playwright, files["unrelated"])  # another camera, another Chromium
+    try:
+        page = other.new_context(**SIZES["desktop"]).new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(server.url + "/kiosk")
+        page.wait_for_selector('#kiosk[data-live-state="on"]')
+        page.wait_for_selector("#live-answer.kiosk-unsure")
+        assert "I'm not sure what this is" in page.locator("#live-answer").inner_text()
+        assert page.locator("#kiosk-bars.kiosk-bars-unsure .kiosk-bar").count() == 2
+        page.click("#capture-button")
+        page.wait_for_selector('#kiosk[data-state="result"]')
+        status = page.locator("#status")
+        assert "I'm not sure what this is" in status.inner_text()
+        assert "kiosk-unsure" in status.get_attribute("class")
+        assert page.locator("#kiosk-bars.kiosk-bars-unsure").count() == 1
+        assert_wcag_aa(page)
+    finally:
+        other.close()
+
+
+def requests_get(url: str) -> dict:
+    import json
+    from urllib.request import urlopen
+
+    with urlopen(url, timeout=30) as response:
+        return json.load(response)

@@ -154,6 +154,8 @@ SETTINGS: tuple[Setting, ...] = (
             "int", 0, 3600),
     Setting("KIOSK_BARS", "3", "Kiosk: how many answers (bars) to show.", "int", 1, 5),
     Setting("KIOSK_EXPLAIN", "1", "Kiosk: offer the \"How does it see it?\" view.", "bool"),
+    Setting("KIOSK_LIVE", "1", "Kiosk: live mode, the bars follow the camera (small frames "
+            "to /predict, one at a time); 0 = only on the button.", "bool"),
     Setting("KIOSK_LANGUAGE", "en", "Kiosk: language of the labels; a translation file "
             "<code>.json must exist in TRANSLATIONS_DIR (English ships)."),
     Setting("KIOSK_SETTINGS_FILE", "", "JSON file keeping the teacher's kiosk settings "

@@ -15,6 +15,10 @@ Layout under ``DATA_DIR``::
   (``webapp.serving.imaging``: format allow-list, ``MAX_IMAGE_PIXELS``, EXIF rotation, colour
   modes), scaled down to at most ``MAX_SIDE`` pixels and stored re-encoded as a plain JPEG:
   no metadata, no trailing data, nothing the uploader chose but the pixels.
+* **When a picture was taken is kept** as its file's modification time (the Teach page
+  says when the capture button was pressed, or a dropped file's own time; a zip import
+  keeps its members' times): training keeps the pictures of one burst together when it
+  splits a dataset (``webapp.bursts``), and an export carries the times along.
 * **Writes are atomic.**  An image is written to ``.tmp/`` and renamed into its class
   folder; an import is built in ``.tmp/`` and appears with one rename; a deletion renames
   the folder away first.  Several workers and servers can share one ``DATA_DIR``.
@@ -32,10 +36,12 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import io
+import math
 import os
 import re
 import secrets
 import shutil
+import time
 import unicodedata
 import zipfile
 from collections import Counter
@@ -64,6 +70,7 @@ _FORBIDDEN_IN_CLASS = set('/\\<>:"|?*')  # path separators, and what Windows ref
 _WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
                     *(f"{port}{n}" for port in ("COM", "LPT") for n in "123456789¹²³")}
 SPLIT_FOLDERS = {"train", "val", "valid", "validation", "test"}
+EARLIEST_TAKEN = 946684800.0  # 2000-01-01: older camera times are clocks never set
 
 
 class DatasetStoreError(Exception):
@@ -365,8 +372,9 @@ class DatasetStore:
         fsync_dir(self.root)
         shutil.rmtree(trash, ignore_errors=True)
 
-    def add_image(self, name: str, label, data: bytes) -> dict:
-        """Store one image in class ``label``: decoded, shrunk, re-encoded as JPEG.
+    def add_image(self, name: str, label, data: bytes, taken: float | None = None) -> dict:
+        """Store one image in class ``label``: decoded, shrunk, re-encoded as JPEG, with
+        ``taken`` (seconds since 1970, ``check_taken``) as its file time when given.
         ``imaging.ImageError`` (4xx) for what is not a usable image."""
         class_dir = self._class_dir(name, label)
         if self.count(name) >= self.max_images:
@@ -374,19 +382,21 @@ class DatasetStore:
                 409, "dataset_full", f"Dataset {name!r} holds {self.max_images} images, "
                 "the most one dataset may hold (MAX_DATASET_IMAGES). Delete some first.")
         jpeg, width, height = self._encode(data)
-        image_id = self._write(class_dir, jpeg)
+        image_id = self._write(class_dir, jpeg, taken)
         return {"id": image_id, "class": class_dir.name, "width": width, "height": height,
                 "bytes": len(jpeg)}
 
     def _encode(self, data: bytes) -> tuple[bytes, int, int]:
         return encode_image(data, max_pixels=self.max_pixels, seconds=self.decode_seconds)
 
-    def _write(self, class_dir: Path, jpeg: bytes) -> str:
+    def _write(self, class_dir: Path, jpeg: bytes, taken: float | None = None) -> str:
         tmp = self._tmp("image-")
         try:
             with open(tmp, "xb") as fh:
                 fh.write(jpeg)
                 fh.flush()
+                if taken is not None:
+                    os.utime(fh.fileno(), (taken, taken))
                 os.fsync(fh.fileno())
             while True:
                 image_id = _new_image_id()
@@ -437,7 +447,7 @@ class DatasetStore:
                 except FileNotFoundError:  # deleted meanwhile
                     continue
                 except OSError:  # another filesystem, or links not supported
-                    shutil.copyfile(entry.path, target / entry.name)
+                    shutil.copy2(entry.path, target / entry.name)  # with its time
                 n += 1
             counts[class_dir.name] = n
         return counts
@@ -524,7 +534,7 @@ class DatasetStore:
                         continue
                     class_dir = staging / label
                     class_dir.mkdir(exist_ok=True)
-                    self._write(class_dir, jpeg)
+                    self._write(class_dir, jpeg, _member_time(info))
                     result.imported[label] += 1
             for label in folders:  # class folders without a picture (yet)
                 (staging / label).mkdir(exist_ok=True)
@@ -628,6 +638,30 @@ def _plan_import(infos: list[zipfile.ZipInfo], result: ImportResult):
     plan = [(info, spelling.setdefault(label.casefold(), label)) for info, label in plan]
     empty = [label for label in empty if label.casefold() not in spelling][:MAX_CLASSES]
     return plan, list(dict.fromkeys(empty))
+
+
+def check_taken(raw) -> float | None:
+    """When a picture was taken, as the Teach page sends it: milliseconds since 1970 (a
+    JavaScript time), or nothing.  Seconds since 1970, or a 400 naming the field."""
+    if raw is None or raw == "":
+        return None
+    try:
+        seconds = float(raw) / 1000
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not EARLIEST_TAKEN <= seconds <= time.time() + 86400:
+        raise DatasetStoreError(400, "bad_taken", "'taken' is when the picture was taken, in "
+                                "milliseconds since 1970 (JavaScript's Date.now()), and not "
+                                "in the future; leave it out to use the time of the upload.")
+    return seconds
+
+
+def _member_time(info: zipfile.ZipInfo) -> float | None:
+    """A zip member's own time (zip keeps local time, 2-second steps)."""
+    try:
+        return time.mktime((*info.date_time, 0, 0, -1))
+    except (OverflowError, ValueError):
+        return None
 
 
 def _zip_entry_count(archive, limit: int) -> int | None:

@@ -6,7 +6,10 @@ named after the class, images anywhere below it):
 * ``DATA/train/<class>/...``, ``DATA/val/<class>/...`` and optionally ``DATA/test/<class>/...``
   -- the splits the user made;
 * ``DATA/<class>/...`` -- then every class is split 70/15/15 into train/val/test,
-  stratified (per class), with a fixed seed, so the same folders give the same split.
+  stratified (per class), with a fixed seed, so the same folders give the same split,
+  and by *bursts*: pictures taken together (within 2 s of each other, by their file
+  times) stay in the same part, so a model is never tested on near-copies of what it
+  trained on (``webapp.bursts``).
 
 Every file is checked with the server's own decoder (``webapp.serving.imaging``: same format
 allow-list, pixel limit, EXIF and mode handling).  Files that cannot be used are skipped
@@ -27,6 +30,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from webapp import bursts as burst_split
 from webapp.config import SETTINGS
 from webapp.serving import imaging
 
@@ -65,6 +69,17 @@ class DatasetSplits:
     split_seed: int | None = None  # set when we made the split
     fractions: tuple[float, float, float] | None = None
     notes: list[str] = field(default_factory=list)  # things the user should hear about
+    # When we made the split: how the file times were read (``bursts.MODES``) and, per
+    # class, how many bursts its pictures form and whether its test pictures come from
+    # bursts it is not trained on.
+    burst_mode: str | None = None
+    bursts: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def untested(self) -> list[str]:
+        """Classes not tested on a burst they never trained on (too few bursts, or file
+        times that show none)."""
+        return [c for c, b in self.bursts.items() if not b["tested"]]
 
     def split(self, name: str) -> list[Sample]:
         return getattr(self, name)
@@ -82,6 +97,8 @@ class DatasetSplits:
             "split_seed": self.split_seed,
             "split_fractions": list(self.fractions) if self.fractions else None,
             "counts": {name: self.counts(name) for name in SPLITS},
+            "burst_mode": self.burst_mode,
+            "bursts": {c: dict(b) for c, b in self.bursts.items()},
             "skipped_count": len(self.skipped),
             "skipped": [
                 {"path": str(s.path), "reason": s.reason} for s in self.skipped[:100]
@@ -133,12 +150,15 @@ def scan(
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
     check: Callable[[Path], None] | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
+    bursts: str = "auto",
+    burst_gap: float = burst_split.GAP_SECONDS,
 ) -> DatasetSplits:
     """Find the classes and images under ``root`` and split them (see module docstring).
 
     ``check(path)`` decodes a file and raises ``imaging.ImageError`` when it is unusable
     (default: the server's decoder at a small draft size); ``progress`` wraps the file
-    iterable (e.g. ``tqdm``)."""
+    iterable (e.g. ``tqdm``); ``bursts`` and ``burst_gap``: how file times group the
+    pictures of class folders (``webapp.bursts``)."""
     root = Path(root).expanduser()
     if not root.exists():
         raise DatasetError(f"{root}: no such folder")
@@ -165,7 +185,7 @@ def scan(
                 "split 70/15/15 automatically."
             )
         return _scan_split_folders(root, train_dir, val_dir, test_dir, check, progress)
-    return _scan_class_folders(root, seed, fractions, check, progress)
+    return _scan_class_folders(root, seed, fractions, check, progress, bursts, burst_gap)
 
 
 def _classes_of(folder: Path, where: str) -> list[str]:
@@ -273,30 +293,39 @@ def split_counts(n: int, fractions: tuple[float, float, float]) -> tuple[int, in
     return n - n_val - n_test, n_val, n_test
 
 
-def _scan_class_folders(root, seed, fractions, check, progress) -> DatasetSplits:
+def _scan_class_folders(root, seed, fractions, check, progress, bursts, gap) -> DatasetSplits:
     if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
         raise DatasetError(f"split fractions must be three numbers adding up to 1: {fractions}")
+    if bursts not in burst_split.MODES:
+        raise DatasetError(f"bursts must be one of {', '.join(burst_split.MODES)}")
     classes = _classes_of(root, str(root))
     skipped: list[Skipped] = []
     good = _collect(root, classes, check, progress, skipped)
     splits: dict[str, list[Sample]] = {s: [] for s in SPLITS}
+    how = {"off": "", "auto": ", keeping pictures taken within 2 s of each other together",
+           "times": ", keeping each burst of pictures together"}[bursts]
     notes = [
         f"no train/ val/ folders: the images of each class were split "
         f"{round(fractions[0] * 100)}/{round(fractions[1] * 100)}/{round(fractions[2] * 100)} "
-        f"into train/val/test (stratified, seed {seed}; the same files give the same split)"
+        f"into train/val/test (stratified{how}, seed {seed}; the same files give the same "
+        "split)"
     ]
+    groups = {}
     for label, cls in enumerate(classes):
         files = good[cls]
         if not files:
             raise _no_images_error(root, cls, skipped)
-        files = sorted(files)
-        random.Random(f"{seed}:{cls}").shuffle(files)
-        n_train, n_val, _ = split_counts(len(files), fractions)
-        if n_val == 0:
+        part = burst_split.split(files, lambda n: split_counts(n, fractions),
+                                 random.Random(f"{seed}:{cls}"), mode=bursts, gap=gap)
+        if not part.val:
             notes.append(f"class '{cls}' has a single image: it is used for training only")
-        splits["train"] += [Sample(p, label) for p in files[:n_train]]
-        splits["val"] += [Sample(p, label) for p in files[n_train:n_train + n_val]]
-        splits["test"] += [Sample(p, label) for p in files[n_train + n_val:]]
+        groups[cls] = {"bursts": part.bursts, "by_burst": part.by_burst,
+                       "tested": part.tested_on_new_bursts}
+        splits["train"] += [Sample(p, label) for p in part.train]
+        splits["val"] += [Sample(p, label) for p in part.val]
+        splits["test"] += [Sample(p, label) for p in part.test]
+    if bursts != "off":
+        notes += burst_notes(groups)
     return DatasetSplits(
         root=root,
         layout="class-folders",
@@ -305,8 +334,41 @@ def _scan_class_folders(root, seed, fractions, check, progress) -> DatasetSplits
         split_seed=seed,
         fractions=tuple(fractions),
         notes=notes,
+        burst_mode=bursts,
+        bursts=groups,
         **splits,
     )
+
+
+def _names(classes: list[str]) -> str:
+    return ("class " if len(classes) == 1 else "classes ") + ", ".join(
+        f"'{c}'" for c in classes)
+
+
+def burst_notes(groups: dict[str, dict]) -> list[str]:
+    """What the user should hear about classes that could not be split by bursts."""
+    need = burst_split.MIN_BURSTS_TO_TEST
+    unknown = [c for c, g in groups.items() if not g["by_burst"]]
+    once = [c for c, g in groups.items() if g["by_burst"] and g["bursts"] == 1]
+    few = [c for c, g in groups.items() if g["by_burst"] and 1 < g["bursts"] < need]
+    notes = []
+    if unknown:
+        notes.append(f"the file times of {_names(unknown)} show no bursts (all within 2 s "
+                     "of each other: copied together?), so their pictures were split one by "
+                     "one; if some are near-copies of others, the test accuracy counts "
+                     "pictures like those the model trained on")
+    if once:
+        notes.append(f"{_names(once)} {'was' if len(once) == 1 else 'were each'} taken in "
+                     "one burst: no test pictures (they would be near-copies of training "
+                     f"pictures); take pictures at {need - 1} other moments to test "
+                     + ("it" if len(once) == 1 else "them"))
+    if few:
+        counts = " or ".join(sorted({str(groups[c]["bursts"]) for c in few}))
+        notes.append(f"{_names(few)} {'has' if len(few) == 1 else 'have'} pictures from only "
+                     f"{counts} bursts: {need} are needed to test a class on a burst it never "
+                     "trained on, so " + ("it has" if len(few) == 1 else "they have")
+                     + " no test pictures")
+    return notes
 
 
 class ImageSamples(torch.utils.data.Dataset):

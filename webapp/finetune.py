@@ -41,6 +41,7 @@ from torchvision import transforms
 
 import model_loader
 from model_loader import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, ModelLoadError, preprocess_array
+from webapp import bursts as bursts_
 from webapp import datasets, training_report
 from webapp.config import SETTINGS, ConfigError
 from webapp.datasets import DatasetError, DatasetSplits, ImageSamples
@@ -92,6 +93,8 @@ class FinetuneOptions:
     workers: int = 0  # DataLoader worker processes (0 = load in this process)
     seed: int = 0
     split: tuple[float, float, float] = datasets.DEFAULT_FRACTIONS
+    bursts: str = "auto"  # auto | times | off: how file times group pictures (webapp.bursts)
+    burst_gap: float = bursts_.GAP_SECONDS
     progress_bar: bool = False  # tqdm bars on stderr (the command line turns them on)
     int8: bool = False  # also write a static int8 ONNX file calibrated on training images
 
@@ -117,6 +120,8 @@ class FinetuneOptions:
         need(self.patience >= 0, "--patience must be ≥ 0 (0 = no early stopping)")
         need(self.head_epochs >= 0, "--head-epochs must be ≥ 0")
         need(self.workers >= 0, "--workers must be ≥ 0")
+        need(self.bursts in bursts_.MODES, f"--bursts must be one of {', '.join(bursts_.MODES)}")
+        need(0 <= self.burst_gap <= 3600, "--burst-gap must be from 0 to 3600 seconds")
         return self
 
     @property
@@ -677,12 +682,14 @@ def train(
     cm = training_report.confusion_matrix(final["targets"], final["predictions"],
                                           len(splits.classes))
     evaluation = {"split": split, "loss": round(final["loss"], 6),
-                  **training_report.classification_metrics(cm, splits.classes)}
+                  **training_report.classification_metrics(cm, splits.classes),
+                  "bursts": splits.bursts}
     say(training_report.headline(evaluation))
     progress(TrainingProgress("test", len(history), options.epochs, fraction=1.0,
                               metrics={"accuracy": evaluation["accuracy"]}))
 
-    result = _write_outputs(out, trainer, history, stopper, evaluation, started)
+    criterion = open_set(trainer, say)
+    result = _write_outputs(out, trainer, history, stopper, evaluation, started, criterion)
     if options.int8:
         result.report["int8"] = write_int8(out, trainer, loader, split, say)
         training_report.write_json(result.report_path, result.report)
@@ -697,7 +704,8 @@ def _load_data(data, options: FinetuneOptions, say) -> DatasetSplits:
     else:
         bar = _bar_factory(options, desc="checking images", unit="img")
         splits = datasets.scan(data, seed=options.seed, fractions=tuple(options.split),
-                               progress=bar)
+                               progress=bar, bursts=options.bursts,
+                               burst_gap=options.burst_gap)
     for note in splits.notes:
         say(f"Data: {note}.")
     if splits.skipped:
@@ -795,7 +803,8 @@ class Trainer:
 
 
 def _write_outputs(out: Path, trainer: Trainer, history: list[dict], stopper: EarlyStopping,
-                   evaluation: dict, started: float) -> FinetuneResult:
+                   evaluation: dict, started: float, criterion: dict | None = None
+                   ) -> FinetuneResult:
     """The report, the two PNGs, then the checkpoint (last, atomically: when it exists,
     everything beside it is complete)."""
     out, report_path, confusion_png, curves_png = output_paths(out)
@@ -810,6 +819,8 @@ def _write_outputs(out: Path, trainer: Trainer, history: list[dict], stopper: Ea
         "test_accuracy": test_acc,
         "macro_f1": evaluation["macro_avg"]["f1"],
         "evaluated_on": evaluation["split"],
+        **({"bursts": {c: b["bursts"] for c, b in splits.bursts.items()},
+            "untested": splits.untested} if splits.bursts else {}),
         **({"caveat": caveat} if (caveat := training_report.caveat(evaluation)) else {}),
         "best_epoch": stopper.best_epoch,
         "epochs_run": len(history),
@@ -850,6 +861,8 @@ def _write_outputs(out: Path, trainer: Trainer, history: list[dict], stopper: Ea
         "val": {"loss": best["val_loss"], "accuracy": best["val_acc"]},
         "test_accuracy": test_acc,
         "evaluation": evaluation,
+        "openset": ({k: v for k, v in criterion.items() if k != "bank"}
+                    if criterion else None),
         "metrics": metrics,
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -857,9 +870,33 @@ def _write_outputs(out: Path, trainer: Trainer, history: list[dict], stopper: Ea
     model_loader.save_checkpoint(
         out, trainer.model.cpu(), arch=backbone.arch, classes=classes,
         input_size=options.image_size, mean=backbone.mean, std=backbone.std, metrics=metrics,
-        guard=guard_images(trainer),
+        guard=guard_images(trainer), openset=criterion,
     )
     return FinetuneResult(out, report_path, confusion_png, curves_png, report)
+
+
+def open_set(trainer: Trainer, say) -> dict | None:
+    """The trained model's "I'm not sure" criterion (``webapp.engines.openset.fit_knn``):
+    the pooled features of its training pictures as the bank, and the distance that keeps
+    95 % of its validation pictures -- from bursts it did not train on, where the class
+    has any.  None (and the model never answers "unknown") for a network without the
+    feature map the server reads it from."""
+    from webapp.engines import openset
+    from webapp.engines.build import BuildError
+
+    model = trainer.model.cpu().eval()
+    try:
+        layer, network = openset.extractor(model, trainer.options.image_size)
+    except BuildError as exc:
+        say(f"No \"I'm not sure\" answers for this model: {exc}.")
+        return None
+    train = openset.pooled_features(network, trainer.eval_loader(trainer.splits.train))
+    val = openset.pooled_features(network, trainer.val_loader)
+    criterion = openset.fit_knn(train, val, layer=layer)
+    say(f"\"I'm not sure\": a picture whose nearest training picture is farther than "
+        f"{criterion['threshold']:.3f} (keeps {criterion['kept']:.0%} of the "
+        f"{criterion['validation_images']} validation pictures) is answered as unknown.")
+    return criterion
 
 
 def guard_images(trainer: Trainer, limit: int = 32):
@@ -1007,6 +1044,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--int8", action="store_true",
                    help="also write MODEL.int8.onnx: static int8 (what QUANTIZE=static "
                    "serves), calibrated on training images, with its accuracy in the report")
+    g.add_argument("--bursts", choices=bursts_.MODES, default=defaults.bursts,
+                   help="keep pictures taken together (file times within --burst-gap "
+                   "seconds of each other) in the same split, so the test pictures are "
+                   "never near-copies of training ones. auto: where the times show bursts "
+                   "(a class whose files were all written at once is split one by one); "
+                   "times: always; off: every picture on its own")
+    g.add_argument("--burst-gap", type=float, default=defaults.burst_gap,
+                   help="seconds between two pictures that starts a new burst")
     g.add_argument("--seed", type=int, default=defaults.seed,
                    help="seed for the split, the initialisation and the shuffling")
     g = p.add_argument_group("hardware")
@@ -1033,6 +1078,7 @@ def options_from_args(args: argparse.Namespace) -> FinetuneOptions:
         device=args.device, amp=args.amp,
         workers=_auto_workers() if args.workers is None else args.workers,
         seed=args.seed, progress_bar=not args.no_progress, int8=args.int8,
+        bursts=args.bursts, burst_gap=args.burst_gap,
     )
 
 

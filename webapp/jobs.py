@@ -92,8 +92,9 @@ ORPHANED = ("The training process stopped while this job was running (the server
 # Defaults for the small datasets a class captures in a few minutes: the pretrained
 # backbone, the head first and then one block more per epoch, 160 px (EfficientNet-Lite0
 # fits multiples of 32), early stopping.  Measured on 2 cores: docs/teach.md.
+# The store keeps when each picture was taken, so the split keeps bursts together.
 TEACH_DEFAULTS = {"strategy": "progressive", "image_size": 160, "epochs": 12,
-                  "patience": 3, "batch_size": 16}
+                  "patience": 3, "batch_size": 16, "bursts": "times"}
 
 
 def _int_option(low: int, high: int):

@@ -59,6 +59,10 @@ FIELDS: tuple[Field, ...] = (
     Field("explain", "KIOSK_EXPLAIN", "Offer \u201cHow does it see it?\u201d",
           "Show the button that explains the answer with the preprocessing steps and a "
           "heatmap.", "bool"),
+    Field("live", "KIOSK_LIVE", "Live answers",
+          "The answer and its bars follow the camera while nobody presses the button "
+          "(a few small pictures a second). Off: an answer only when the button is "
+          "pressed.", "bool"),
     Field("language", "KIOSK_LANGUAGE", "Language of the labels",
           "Labels are translated where a translation file exists (translations/<code>.json).",
           "language"),
@@ -72,6 +76,7 @@ class KioskSettings:
     auto_capture_seconds: int = 0
     bars: int = 3
     explain: bool = True
+    live: bool = True
     language: str = "en"
 
     @classmethod

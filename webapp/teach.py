@@ -33,7 +33,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from webapp import uploads
 from webapp.config import available_cpus
-from webapp.dataset_store import DatasetStore, DatasetStoreError, suggest_slug
+from webapp.dataset_store import DatasetStore, DatasetStoreError, check_taken, suggest_slug
 from webapp.errors import ApiError, error_json, too_large
 from webapp.jobs import TEACH_DEFAULTS, JobError, JobQueue, check_options
 from webapp.registry import REPORT_FILES, RegistryError
@@ -279,14 +279,16 @@ def api_delete_class(name, label):
 
 @bp.post("/api/datasets/<name>/images")
 def api_add_images(name):
-    """Multipart ``image`` (one or several) + ``label``: stored re-encoded as JPEG."""
+    """Multipart ``image`` (one or several) + ``label``, optional ``taken`` (when they were
+    taken, ms since 1970; default: now): stored re-encoded as JPEG."""
     store().describe(name)  # 404 first for an unknown dataset
     files, label = _add_images()
+    taken = check_taken(request.form.get("taken"))
     added = []
     for n, upload in enumerate(files):
         data = upload.read()
         try:
-            added.append(store().add_image(name, label, data))
+            added.append(store().add_image(name, label, data, taken))
         except imaging.ImageError as exc:
             if len(files) > 1:  # say which one, like /predict does
                 exc = imaging.ImageError(exc.status, exc.code,

@@ -73,21 +73,42 @@ def classification_metrics(cm: torch.Tensor, classes: list[str]) -> dict:
 
 def caveat(evaluation: dict) -> str | None:
     """What the evaluation could not measure, in words, or None: classes with no images
-    (the macro average skips them, so 1.000 may hide them) or fewer than MIN_SUPPORT."""
-    thin = evaluation.get("thin_classes") or {}
+    (the macro average skips them, so 1.000 may hide them) or fewer than MIN_SUPPORT --
+    and, first, when the split kept bursts together (``evaluation["bursts"]``), the
+    classes taken in too few bursts to be tested on one they never trained on."""
+    from webapp.bursts import MIN_BURSTS_TO_TEST
+
+    bursts = evaluation.get("bursts") or {}
+    short = {name: b["bursts"] for name, b in bursts.items()
+             if b.get("by_burst") and b["bursts"] < MIN_BURSTS_TO_TEST}
+    thin = {name: n for name, n in (evaluation.get("thin_classes") or {}).items()
+            if name not in short}
     missing = [name for name, n in thin.items() if n == 0]
     few = [f"{name} ({n})" for name, n in thin.items() if n]
     split = evaluation.get("split", "test")
-    parts = []
+    parts, sentences = [], []
+    if short:
+        one = len(short) == 1
+        counted = ", ".join(f"{name} {n}" for name, n in short.items())
+        text = (f"too few bursts of pictures to test {', '.join(short)} on a burst "
+                f"{'it' if one else 'they'} never trained on (bursts: {counted}; "
+                f"{MIN_BURSTS_TO_TEST} are needed), so there are no test pictures of "
+                f"{'it' if one else 'them'}")
+        copies = [name for name, n in short.items() if n == 1]
+        if split == "val" and copies:
+            text += (", and the validation pictures of " + ", ".join(copies)
+                     + " are near-copies of training pictures")
+        sentences.append(text + f" (take pictures of {'it' if one else 'them'} at other "
+                         "moments: each hold of the button is one burst)")
     if missing:
         parts.append(f"no {split} images of {', '.join(missing)}")
     if few:
         parts.append(f"fewer than {MIN_SUPPORT} {split} images of {', '.join(few)}")
-    if not parts:
-        return None
-    return ("there are " + " and ".join(parts) + ": these scores say little about "
-            + ("that class" if len(thin) == 1 else "those classes")
-            + " (add images of " + ("it" if len(thin) == 1 else "them") + ")")
+    if parts:
+        sentences.append("there are " + " and ".join(parts) + ": these scores say little "
+                         "about " + ("that class" if len(thin) == 1 else "those classes")
+                         + " (add images of " + ("it" if len(thin) == 1 else "them") + ")")
+    return "; ".join(sentences) or None
 
 
 def headline(evaluation: dict) -> str:

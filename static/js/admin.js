@@ -87,13 +87,14 @@
     const errorBox = document.getElementById("try-error");
     const button = document.getElementById("try-button");
 
-    function bars(predictions, model) {
-      const list = PredictionBars.list(predictions);
+    function bars(predictions, model, unknown) {
+      const list = PredictionBars.list(predictions, { unknown: unknown });
       list.id = "predictions";
       const meta = document.createElement("p");
       meta.className = "small text-body-secondary mb-0";
       meta.textContent = "Answered by " + model.name + " (" + model.id + ")";
-      result.replaceChildren(list, meta);
+      result.replaceChildren.apply(result, unknown ? [PredictionBars.unsure(), list, meta]
+        : [list, meta]);
     }
 
     trial.addEventListener("submit", async function (event) {
@@ -119,7 +120,7 @@
           errorBox.classList.remove("d-none");
           return;
         }
-        bars(data.predictions, data.model);
+        bars(data.predictions, data.model, data.unknown === true);
       } catch (err) {
         errorBox.textContent = "Could not reach the server: " + err.message;
         errorBox.classList.remove("d-none");

@@ -50,10 +50,11 @@
 
   function label(p) { return capitalise(p.label); }
 
-  function renderBars(predictions) {
-    const list = PredictionBars.list(predictions, { labelText: label, animate: true });
+  function renderBars(predictions, unknown) {
+    const list = PredictionBars.list(predictions, { labelText: label, animate: true,
+                                                    unknown: unknown });
     list.id = "predictions";
-    bars.replaceChildren(list);
+    bars.replaceChildren.apply(bars, unknown ? [PredictionBars.unsure(), list] : [list]);
     heading.textContent = PredictionBars.heading(predictions.length);
   }
 
@@ -93,10 +94,11 @@
           : "The server answered " + response.status + ".");
         return;
       }
-      renderBars(data.predictions);
+      renderBars(data.predictions, data.unknown === true);
       meta.textContent = "Answered by " + data.model.name + " in " +
         Math.round(data.timings_ms.total) + " ms";
-      announcer.textContent = PredictionBars.sentence(data.predictions, label);
+      announcer.textContent = (data.unknown ? "I'm not sure what this is. Best guesses: " : "")
+        + PredictionBars.sentence(data.predictions, label);
       reveal(result);
       document.dispatchEvent(new CustomEvent("image-classified", { detail: { file: file, result: data } }));
     } catch (err) {

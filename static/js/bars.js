@@ -6,12 +6,13 @@
 
   // predictions: [{label, index, score}], best first.  Options: labelText(p) for the
   // visible label, spacing (Bootstrap margin class of each item), animate (bars grow
-  // from zero).  Returns the <ol>.
+  // from zero), unknown (the answer says "unknown": grey bars, no winner).  Returns the <ol>.
   function predictionList(predictions, options) {
     const opts = Object.assign({ labelText: function (p) { return p.label; },
-                                 spacing: "mb-3", animate: false }, options || {});
+                                 spacing: "mb-3", animate: false, unknown: false },
+                               options || {});
     const list = document.createElement("ol");
-    list.className = "predictions list-unstyled mb-0";
+    list.className = "predictions list-unstyled mb-0" + (opts.unknown ? " predictions-unknown" : "");
     list.setAttribute("aria-label", "Top predictions");
     predictions.forEach(function (p, i) {
       const pct = (p.score * 100).toFixed(1);
@@ -35,7 +36,7 @@
       progress.setAttribute("aria-valuemin", "0");
       progress.setAttribute("aria-valuemax", "100");
       const fill = document.createElement("div");
-      fill.className = "progress-bar" + (i === 0 ? " bg-success" : "");
+      fill.className = "progress-bar" + (opts.unknown ? " bg-secondary" : i === 0 ? " bg-success" : "");
       fill.style.width = opts.animate ? "0%" : pct + "%";
       progress.append(fill);
       item.append(row, progress);
@@ -49,6 +50,42 @@
     return list;
   }
 
+  // Live answers: move the bars of ``list`` to ``predictions`` in place (their widths
+  // glide: Bootstrap's transition) when it has as many bars; false when it has not.
+  function update(list, predictions, options) {
+    const opts = Object.assign({ labelText: function (p) { return p.label; },
+                                 unknown: false }, options || {});
+    if (!list || list.children.length !== predictions.length) return false;
+    list.classList.toggle("predictions-unknown", Boolean(opts.unknown));
+    predictions.forEach(function (p, i) {
+      const item = list.children[i];
+      const pct = (p.score * 100).toFixed(1);
+      item.dataset.index = p.index;
+      item.querySelector(".label").textContent = opts.labelText(p);
+      item.querySelector(".score").textContent = pct + "%";
+      const progress = item.querySelector(".progress");
+      progress.setAttribute("aria-label", p.label);
+      progress.setAttribute("aria-valuenow", pct);
+      const fill = item.querySelector(".progress-bar");
+      fill.className = "progress-bar" + (opts.unknown ? " bg-secondary" : i === 0 ? " bg-success" : "");
+      fill.style.width = pct + "%";
+    });
+    return true;
+  }
+
+  // What an answer marked "unknown" says above its (grey) bars: the model's open-set
+  // criterion found the picture unlike anything it was taught (templates/_predictions.html
+  // has the same words).
+  function unsure() {
+    const note = document.createElement("p");
+    note.className = "prediction-unknown alert alert-secondary py-2";
+    const strong = document.createElement("strong");
+    strong.textContent = "I'm not sure what this is.";
+    note.append(strong, " It does not look like anything this model was taught; "
+      + "these are only its best guesses.");
+    return note;
+  }
+
   // The heading over n bars (templates/_predictions.html has the same words).
   function heading(n) { return n === 1 ? "Its guess" : "Top " + n + " guesses"; }
 
@@ -60,5 +97,6 @@
     }).join(", ") + ".";
   }
 
-  window.PredictionBars = { list: predictionList, heading: heading, sentence: sentence };
+  window.PredictionBars = { list: predictionList, heading: heading, sentence: sentence,
+                            unsure: unsure, update: update };
 })();

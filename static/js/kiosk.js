@@ -4,6 +4,9 @@
 // start-over so a teacher's change reaches a running kiosk.  While the explanation is
 // open (a class listening) the idle time is longer: EXPLAIN_IDLE_FACTOR times the setting,
 // at least EXPLAIN_IDLE_MIN_SECONDS, and its countdown shows in the explanation itself.
+// Live mode (a teacher setting, on by default; static/js/live.js): while the camera is
+// live, the answer and its bars follow it; the button still freezes a full picture.
+// An answer the model marks "unknown" is shown as "I'm not sure what this is", bars grey.
 (function () {
   "use strict";
   const root = document.getElementById("kiosk");
@@ -31,7 +34,9 @@
   const canvas = $("capture-canvas");
   const fullscreenButton = $("fullscreen-button");
   const behindDialog = [root.querySelector(".kiosk-header"), root.querySelector(".kiosk-main")];
+  const liveAnswer = $("live-answer");
   const START_TEXT = statusBox.textContent;
+  const UNSURE_TEXT = "I'm not sure what this is";
   const UPLOAD_TEXT = "Show me a photo, and I will tell you what is in it.";
   const EXPLAIN_IDLE_FACTOR = 3;
   const EXPLAIN_IDLE_MIN_SECONDS = 180;
@@ -41,6 +46,7 @@
     auto_capture_seconds: Number(root.dataset.autoCaptureSeconds),
     bars: Number(root.dataset.bars),
     explain: root.dataset.explain === "true",
+    live: root.dataset.live === "true",
     labels: {},
     confidence_words: [[0.7, "very sure"], [0.4, "fairly sure"], [0.15, "not sure"],
       [0, "just a guess"]],
@@ -56,7 +62,10 @@
   let autoTimer = null;
   let stillShowable = true;  // false when the browser cannot draw the picture (HEIC, junk)
 
-  function setState(state) { root.dataset.state = state; }
+  function setState(state) {
+    root.dataset.state = state;
+    if (typeof updateLive === "function") updateLive();
+  }
   function setStage(name) {
     root.dataset.stage = name;
     video.hidden = name !== "video";
@@ -98,7 +107,9 @@
     root.dataset.autoCaptureSeconds = settings.auto_capture_seconds;
     root.dataset.bars = settings.bars;
     root.dataset.explain = settings.explain ? "true" : "false";
+    root.dataset.live = settings.live ? "true" : "false";
     scheduleAutoCapture();
+    updateLive();
   }
 
   // ------------------------------------------------------------------ camera / upload
@@ -121,6 +132,7 @@
       setState("live");
       captureButton.hidden = false;
       say(START_TEXT);
+      updateLive();
     } catch (err) {
       const why = err && err.name === "NotAllowedError" ? "The camera is switched off for this page."
         : err && err.name === "NotFoundError" ? "There is no camera here."
@@ -192,7 +204,7 @@
           : "The computer answered " + response.status + ".");
         return;
       }
-      showAnswer(data.predictions, { blob: blob, name: name }, auto);
+      showAnswer(data.predictions, { blob: blob, name: name }, auto, data.unknown === true);
     } catch (err) {
       if (mine === generation) showProblem("The computer could not be reached.");
     } finally {
@@ -201,22 +213,37 @@
     }
   }
 
-  function showAnswer(predictions, picture, auto) {
+  // The headline of an answer: the label and how sure, or "I'm not sure what this is"
+  // (the model's open-set criterion said the picture is unlike anything it knows).
+  function headlineOf(top, unknown) {
+    const headline = document.createElement("span");
+    headline.className = "kiosk-answer-label";
+    if (unknown) {
+      headline.textContent = UNSURE_TEXT;
+      const hint = document.createElement("span");
+      hint.className = "kiosk-unsure-hint";
+      hint.textContent = "It does not look like anything I was taught. My best guess is "
+        + display(top.label) + ".";
+      return [headline, " ", hint];
+    }
+    headline.textContent = display(top.label);
+    const words = confidence(top.score);
+    const chip = document.createElement("span");
+    chip.className = "kiosk-confidence kiosk-confidence-" + words.replace(/ /g, "-");
+    chip.textContent = words;
+    return [headline, " ", chip];
+  }
+
+  function showAnswer(predictions, picture, auto, unknown) {
     lastActivity = Date.now();
     const top = predictions[0];
     picture.label = top.label;
     lastPicture = picture;
     explained = null;
-    const words = confidence(top.score);
-    const headline = document.createElement("span");
-    headline.className = "kiosk-answer-label";
-    headline.textContent = display(top.label);
-    const chip = document.createElement("span");
-    chip.className = "kiosk-confidence kiosk-confidence-" + words.replace(/ /g, "-");
-    chip.textContent = words;
     statusBox.classList.remove("kiosk-status-problem");
-    statusBox.replaceChildren(headline, " ", chip);
-    renderBars(predictions);
+    statusBox.classList.toggle("kiosk-unsure", unknown);
+    statusBox.replaceChildren.apply(statusBox, headlineOf(top, unknown));
+    renderBars(predictions, unknown);
     setState("result");
     if (!auto && stillShowable) setStage("still");
     againButton.hidden = false;
@@ -227,6 +254,7 @@
 
   function showProblem(message) {
     lastActivity = Date.now();
+    statusBox.classList.remove("kiosk-unsure");
     statusBox.textContent = "Sorry, that did not work. " + message;
     statusBox.classList.add("kiosk-status-problem");  // a sentence, not a headline
     barsList.replaceChildren();
@@ -237,8 +265,26 @@
     explainButton.hidden = true;
   }
 
-  function renderBars(predictions) {
-    const items = predictions.slice(0, settings.bars).map(function (p, i) {
+  // live: update the bars on screen in place (their widths glide) instead of growing
+  // new ones from zero.
+  function renderBars(predictions, unknown, live) {
+    barsList.classList.toggle("kiosk-bars-unsure", Boolean(unknown));
+    const shown = predictions.slice(0, settings.bars);
+    if (live && barsList.children.length === shown.length) {
+      shown.forEach(function (p, i) {
+        const item = barsList.children[i];
+        const pct = p.score * 100;
+        item.dataset.label = p.label;
+        item.querySelector(".kiosk-bar-label").textContent = display(p.label);
+        item.querySelector(".kiosk-bar-score").textContent = Math.round(pct) + "%";
+        const track = item.querySelector(".kiosk-bar-track");
+        track.setAttribute("aria-label", display(p.label));
+        track.setAttribute("aria-valuenow", String(Math.round(pct)));
+        item.querySelector(".kiosk-bar-fill").style.width = Math.max(pct, 1).toFixed(1) + "%";
+      });
+      return;
+    }
+    const items = shown.map(function (p, i) {
       const pct = p.score * 100;
       const item = document.createElement("li");
       item.className = "kiosk-bar" + (i === 0 ? " kiosk-bar-top" : "");
@@ -272,6 +318,47 @@
     barsList.replaceChildren.apply(barsList, items);
   }
 
+  // ------------------------------------------------------------------ live mode
+
+  // Live while the camera shows its moving picture and nothing else is on screen: the
+  // start screen, or an answer from auto-capture.  A frozen answer, the explanation and
+  // the upload screen stop it.
+  function liveWanted() {
+    return settings.live && cameraOn && dialog.hidden && !document.hidden &&
+      root.dataset.stage === "video" && root.dataset.state === "live";
+  }
+
+  const live = window.LiveFrames.create({
+    video: video,
+    url: root.dataset.predictUrl,
+    topk: function () { return settings.bars; },
+    wanted: liveWanted,
+    onAnswer: function (data) {
+      if (!liveWanted()) return;
+      const top = data.predictions[0];
+      const unknown = data.unknown === true;
+      liveAnswer.classList.toggle("kiosk-unsure", unknown);
+      liveAnswer.replaceChildren.apply(liveAnswer, headlineOf(top, unknown));
+      liveAnswer.hidden = false;
+      statusBox.hidden = true;  // the live answer takes the prompt's place on the screen
+      root.dataset.liveState = "on";
+      root.dataset.liveAnswers = String(Number(root.dataset.liveAnswers || 0) + 1);
+      renderBars(data.predictions, unknown, true);
+    },
+  });
+
+  function updateLive() {
+    if (liveWanted()) {
+      live.start();
+    } else {
+      live.stop();
+      liveAnswer.hidden = true;
+      statusBox.hidden = false;
+      if (root.dataset.state === "live") barsList.replaceChildren();
+      root.dataset.liveState = "off";
+    }
+  }
+
   // ------------------------------------------------------------------ explanation
 
   async function openExplanation() {
@@ -282,6 +369,7 @@
     behindDialog.forEach(function (el) { el.inert = true; });
     explainButton.setAttribute("aria-expanded", "true");
     root.dataset.explaining = "true";
+    updateLive();
     dialogTitle.focus();
     if (explained === lastPicture) return;
     const picture = lastPicture;
@@ -309,6 +397,7 @@
     explainIdleNote.hidden = true;
     behindDialog.forEach(function (el) { el.inert = false; });
     delete root.dataset.explaining;
+    updateLive();
     explainButton.setAttribute("aria-expanded", "false");
     if (!explainButton.hidden) explainButton.focus({ preventScroll: true });
   }
@@ -317,6 +406,7 @@
 
   function startOver() {
     generation += 1;
+    statusBox.classList.remove("kiosk-unsure");
     closeExplanation();
     lastPicture = null;
     explained = null;
@@ -431,6 +521,7 @@
     if (root.dataset.stage === "still") setStage(cameraOn ? "video" : "upload");
   });
   setInterval(checkIdle, 500);
+  document.addEventListener("visibilitychange", updateLive);
 
   loadSettings().then(startCamera);
 })();

@@ -86,10 +86,14 @@
     section.querySelector(".teach-thumbs").prepend(figure);
   }
 
-  async function upload(section, blob, filename) {
+  // taken: when the picture was taken (ms since 1970).  Every picture of one hold of the
+  // capture button gets the moment it was pressed, so training keeps a burst together
+  // (near-copies never end up on both sides of the test); a file keeps its own time.
+  async function upload(section, blob, filename, taken) {
     const body = new FormData();
     body.append("label", section.dataset.label);
     body.append("image", blob, filename);
+    if (taken) body.append("taken", String(Math.round(taken)));
     const data = await call("POST", imagesUrl, body, false);
     data.added.forEach(function (item) { addThumb(section, item); });
     setCounts(data.counts);
@@ -135,7 +139,7 @@
     classError(section, "");
     for (const file of files) {
       try {
-        await upload(section, file, file.name);
+        await upload(section, file, file.name, file.lastModified);
       } catch (err) {
         classError(section, file.name + ": " + err.message);
         if (err.status === 409 || err.status === 404) break;  // dataset full, class gone
@@ -220,13 +224,14 @@
     button.classList.add("capturing");
     button.setAttribute("aria-pressed", "true");
     classError(section, "");
+    const pressed = Date.now();
     try {
       while (capturing === section) {
         const started = Date.now();
         const blob = await grabFrame();
         if (blob) {
           try {
-            await upload(section, blob, "camera.jpg");
+            await upload(section, blob, "camera.jpg", pressed);
           } catch (err) {
             classError(section, err.message);
             break;
@@ -411,6 +416,7 @@
       return;
     }
     model = data;
+    stopLive();
     $("result-name").textContent = data.name;
     $("result-id").textContent = data.id;
     const m = data.metrics || {};
@@ -418,6 +424,10 @@
       + (m.test_accuracy !== null && m.test_accuracy !== undefined
         ? ", accuracy on pictures it never trained on " + percent(m.test_accuracy) : "")
       + " · classes: " + (data.classes || []).join(", ")
+      + (m.bursts ? " · moments each class was taken at (bursts): " + Object.keys(m.bursts)
+        .map(function (c) { return c + " " + m.bursts[c]; }).join(", ")
+        + (m.test_accuracy !== null && m.test_accuracy !== undefined
+          ? "; tested only on bursts it never trained on" : "") : "")
       + (m.caveat ? " · but " + m.caveat + "." : "");
     const img = $("result-confusion");
     if ((data.report_files || []).indexOf("confusion.png") >= 0) {
@@ -439,9 +449,18 @@
     }
   }
 
-  function bars(predictions) {
-    const list = PredictionBars.list(predictions, { spacing: "mb-2" });
-    $("try-result").replaceChildren(list);
+  // live: move the bars on screen (they glide) rather than drawing new ones.
+  function bars(predictions, unknown, live) {
+    const box = $("try-result");
+    const list = box.querySelector("ol.predictions");
+    const note = box.querySelector(".prediction-unknown");
+    if (live && PredictionBars.update(list, predictions, { unknown: unknown })) {
+      if (unknown && !note) box.prepend(PredictionBars.unsure());
+      if (!unknown && note) note.remove();
+      return;
+    }
+    const fresh = PredictionBars.list(predictions, { spacing: "mb-2", unknown: unknown });
+    box.replaceChildren.apply(box, unknown ? [PredictionBars.unsure(), fresh] : [fresh]);
   }
 
   async function tryImage(blob, name) {
@@ -452,16 +471,42 @@
     body.append("topk", "3");
     try {
       const data = await call("POST", root.dataset.modelsUrl + "/" + encodeURIComponent(model.id) + "/predict", body, false);
-      bars(data.predictions);
+      bars(data.predictions, data.unknown === true);
     } catch (err) {
       $("try-error").textContent = err.message;
       show($("try-error"), true);
     }
   }
 
-  $("try-camera").addEventListener("click", async function () {
-    const blob = await grabFrame();
-    if (blob) tryImage(blob, "camera.jpg");
+  // "Try it live": the camera's picture to the new model a few times a second
+  // (static/js/live.js: one request at a time), until pressed again.
+  const tryButton = $("try-camera");
+  const live = window.LiveFrames.create({
+    video: video,
+    url: "",
+    topk: function () { return 3; },
+    headers: { "X-CSRFToken": csrf },
+    wanted: function () { return Boolean(model) && cameraOn && !document.hidden; },
+    onAnswer: function (data) {
+      show($("try-error"), false);
+      bars(data.predictions, data.unknown === true, true);
+      root.dataset.liveAnswers = String(Number(root.dataset.liveAnswers || 0) + 1);
+    },
+  });
+
+  function stopLive() {
+    live.stop();
+    tryButton.setAttribute("aria-pressed", "false");
+    tryButton.textContent = "Try it live";
+  }
+
+  tryButton.addEventListener("click", function () {
+    if (live.running) { stopLive(); return; }
+    if (!model) return;
+    live.url = root.dataset.modelsUrl + "/" + encodeURIComponent(model.id) + "/predict";
+    tryButton.setAttribute("aria-pressed", "true");
+    tryButton.textContent = "Stop trying";
+    live.start();
   });
   $("try-file").addEventListener("change", function () {
     const input = $("try-file");

@@ -300,7 +300,7 @@ def serve(source: ModelSource, settings: EngineSettings) -> tuple[ModelCard, Eng
                                        "runs it")
             return card, engine
         card, engine = torch_engine.serve(card, source, settings)
-        engine.cam_weight = cam_weight(card, settings.cache)
+        attach(engine, card, settings.cache)
         return card, engine
     if settings.decides:
         return _serve_decided(source, settings)
@@ -370,7 +370,7 @@ def open_card(card: ModelCard, settings: EngineSettings, precision: str
                    "compile_seconds": round(time.perf_counter() - started, 3)}
     if precision == "int8":
         engine.info["calibration"] = f"photos in {settings.calibration_dir or 'calibration/'}"
-    engine.cam_weight = cam_weight(card, cache)
+    attach(engine, card, cache)
     card = replace(card, quantization=settings.quantize, engine_name=settings.engine,
                    engine_info=engine.info)
     return card, engine
@@ -394,6 +394,15 @@ def _adapt_upload(engine: Engine, card: ModelCard) -> None:
             return np.log(np.maximum(scores(batch)[0].astype(np.float32), 1e-30)), None
 
         engine.run = logits
+
+
+def attach(engine: Engine, card: ModelCard, cache: ArtefactCache) -> None:
+    """What the engine's feature output is used for beside the answer, read from the
+    cache: the head weight heatmaps need, and the "I'm not sure" criterion."""
+    from webapp.serving import openset
+
+    engine.cam_weight = cam_weight(card, cache)
+    engine.openset = openset.load(card, cache)
 
 
 def cam_weight(card: ModelCard, cache: ArtefactCache):

@@ -7,6 +7,8 @@ One model's entry, all under ``ENGINE_CACHE_DIR``, named by the model's *key*::
     <key>.fp32.onnx     the network, outputs ``logits`` and (when a heatmap is possible)
                         ``features``, the last feature map before global pooling
     <key>.head.npz      the linear head (weight, bias) the heatmap is computed with
+    <key>.openset.npy   a trained model's normalised training features, for "I'm not sure"
+                        (``webapp.serving.openset``)
     <key>-<calibration>.int8.onnx   static int8 (QDQ), built when QUANTIZE=static asks
 
 The key is a hash of the source file's sha256, what the uploader said about it (class
@@ -35,7 +37,7 @@ from model_loader import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, sha256_file
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = "3"  # bump when the artefacts' recipe changes: old entries are not reused
+CACHE_FORMAT = "4"  # bump when the artefacts' recipe changes: old entries are not reused
 CARD_FORMAT = "webapp-model-card/1"
 TOOLS = ("torch", "torchvision", "onnx", "onnxruntime")
 
@@ -99,6 +101,7 @@ class ModelCard:
     found: dict = field(default_factory=dict)  # where arch, classes... were found
     summary: str = ""  # one sentence on that, for the admin page
     guard: str | None = None  # file of the model's own validation images (QUANTIZE=auto)
+    openset: dict | None = None  # when it answers "unknown" (webapp.serving.openset)
     # Filled in by the worker that serves the card (not stored):
     quantization: str = "none"
     engine_name: str = "openvino"
@@ -107,7 +110,7 @@ class ModelCard:
     STORED = ("key", "name", "arch", "labels", "version", "source", "source_kind",
               "input_size", "mean", "std", "verified", "notice", "metrics", "created", "onnx",
               "cam", "cam_unavailable", "build_seconds", "kind", "outputs", "batch", "found",
-              "summary", "guard")
+              "summary", "guard", "openset")
 
     @property
     def resize_size(self) -> int:
@@ -226,7 +229,8 @@ class ArtefactCache:
         except (OSError, ValueError, TypeError) as exc:
             log.warning("engine cache entry %s is unreadable (%s); rebuilding it", name, exc)
             return None
-        for needed in (card.onnx, (card.cam or {}).get("head")):
+        for needed in (card.onnx, (card.cam or {}).get("head"),
+                       (card.openset or {}).get("file")):
             if needed and not self.valid(needed):
                 log.warning("engine cache entry %s is damaged; rebuilding it", needed)
                 return None

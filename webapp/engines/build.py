@@ -215,9 +215,37 @@ def build_card(loaded: model_loader.LoadedModel, key: str, cache: ArtefactCache,
             guard = f"{key}.guard.npy"
             cache.put(guard, lambda tmp: np.save(open(tmp, "wb"), loaded.guard))
         card = _card(loaded, key, onnx_name, started, cam=cam, cam_unavailable=cam_unavailable,
-                     guard=guard)
+                     guard=guard, openset=open_set(loaded, key, cache, head))
         cache.write_card(card)
         return card
+
+
+def open_set(loaded: model_loader.LoadedModel, key: str, cache: ArtefactCache,
+             head) -> dict | None:
+    """The model's "I'm not sure" criterion for its card (``webapp.serving.openset``):
+    a trained model's ``knn`` entry, its bank copied into the cache as ``<key>.openset.npy``;
+    for an ImageNet model, the ``energy`` criterion measured now.  Both need the feature
+    output (a pooling + linear head: ``head``); None otherwise, and the model never answers
+    "unknown"."""
+    if head is None:
+        return None
+    entry = loaded.openset
+    if entry is not None:
+        bank = np.asarray(entry["bank"], dtype=np.float16)
+        if bank.shape[1] != head[0].shape[1]:
+            log.warning("%s: its open-set bank has %d features, its network %d: not used",
+                        loaded.name, bank.shape[1], head[0].shape[1])
+            return None
+        name = f"{key}.openset.npy"
+        cache.put(name, lambda tmp: np.save(open(tmp, "wb"), bank))
+        return {**{k: v for k, v in entry.items() if k != "bank"}, "file": name,
+                "bank_size": int(len(bank))}
+    if list(loaded.labels) == model_loader.imagenet_labels():
+        from webapp.engines import openset
+
+        return openset.energy_criterion(loaded.module, head[:2], loaded.input_size,
+                                        loaded.mean, loaded.std)
+    return None
 
 
 def _card(loaded, key: str, onnx_name: str, started: float, **extra) -> ModelCard:
@@ -270,7 +298,7 @@ def serve_loaded(loaded: model_loader.LoadedModel, settings) -> tuple[ModelCard,
     card = build_card(loaded, weights_key(loaded), settings.cache)
     if settings.engine == "torch":
         card, engine = torch_engine.serve_module(card, loaded, settings)
-        engine.cam_weight = engines.cam_weight(card, settings.cache)
+        engines.attach(engine, card, settings.cache)
         return card, engine
     if settings.builds_int8:
         int8_or_reason(card, settings.cache, settings.calibration_dir or None)

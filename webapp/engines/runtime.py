@@ -37,6 +37,8 @@ class Engine:
     features_run: object = None
     # The linear head's weight (classes × channels) when heatmaps are possible.
     cam_weight: np.ndarray | None = None
+    # When answers are "unknown" (``webapp.serving.openset.OpenSet``), or None.
+    openset: object = None
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         return self.run(batch)

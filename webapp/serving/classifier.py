@@ -1,5 +1,6 @@
 """The classifier one worker process serves: a model card (labels, preprocessing) and the
-engine that runs its network, with batched top-k prediction in NumPy."""
+engine that runs its network, with batched top-k prediction in NumPy, and whether each
+picture is unlike anything the model knows (``webapp.serving.openset``)."""
 
 from __future__ import annotations
 
@@ -69,16 +70,35 @@ class Classifier:
             return self.run(batch)
         return self.engine.features_run(batch)
 
+    @property
+    def openset(self):
+        """The model's "I'm not sure" criterion (``openset.OpenSet``), or None."""
+        return getattr(self.engine, "openset", None)
+
     def predict(
         self, images: list[Image.Image], k: int = 3
     ) -> tuple[list[list[Prediction]], dict[str, float]]:
         """Top-``k`` predictions per image (one batched forward pass) and the time spent
         in preprocessing and inference, in milliseconds."""
+        results, _, timings = self.answer(images, k)
+        return results, timings
+
+    def answer(
+        self, images: list[Image.Image], k: int = 3
+    ) -> tuple[list[list[Prediction]], list[bool], dict[str, float]]:
+        """``predict``, and per image whether it is unknown: unlike anything the model
+        was taught, by its criterion (always False for a model without one)."""
         k = max(1, min(int(k), self.num_classes))
         t0 = time.perf_counter()
         batch = np.stack([self.preprocess(img) for img in images])
         t1 = time.perf_counter()
-        logits, _ = self.run(batch)
+        logits, features = self.run(batch)
+        unknown = [False] * len(images)
+        if self.openset is not None:
+            if features is None:  # an engine that computes the map in a second pass
+                _, features = self.features(batch)
+            if features is not None:
+                unknown = [bool(u) for u in self.openset.unknown(features)]
         probs = softmax(logits)
         indices = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         t2 = time.perf_counter()
@@ -86,4 +106,5 @@ class Classifier:
             [Prediction(self.labels[i], int(i), float(row[i])) for i in row_indices]
             for row, row_indices in zip(probs, indices)
         ]
-        return results, {"preprocess": (t1 - t0) * 1000, "inference": (t2 - t1) * 1000}
+        return results, unknown, {"preprocess": (t1 - t0) * 1000,
+                                  "inference": (t2 - t1) * 1000}

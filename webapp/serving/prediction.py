@@ -55,7 +55,7 @@ def classify(classifier: Classifier, uploads: list[Upload], k: int, *, max_pixel
     started = time.perf_counter() if started is None else started
     images, decode_ms = decode(uploads, max_pixels=max_pixels,
                                min_side=classifier.resize_size, seconds=seconds)
-    predictions, timings = classifier.predict(images, k)
+    predictions, unknown, timings = classifier.answer(images, k)
     total = (time.perf_counter() - started) * 1000
     share = len(images)
     results = [
@@ -64,6 +64,7 @@ def classify(classifier: Classifier, uploads: list[Upload], k: int, *, max_pixel
             "width": img.info.get("original_size", img.size)[0],
             "height": img.info.get("original_size", img.size)[1],
             "predictions": [p.as_dict() for p in preds],
+            "unknown": unknown[n],
             "timings_ms": _round({
                 "decode": decode_ms[n],
                 "preprocess": timings["preprocess"] / share,
@@ -75,7 +76,7 @@ def classify(classifier: Classifier, uploads: list[Upload], k: int, *, max_pixel
     ]
     body: dict = {"model": classifier.info}
     if len(results) == 1:
-        body.update(predictions=results[0]["predictions"])
+        body.update(predictions=results[0]["predictions"], unknown=unknown[0])
         body["timings_ms"] = _round({"decode": decode_ms[0], **timings, "total": total})
     else:
         body["results"] = results
