@@ -33,6 +33,8 @@ LAYOUTS = {
                              "ENGINE_STREAMS": "latency"},
     "2 workers × 2 threads": {"WEB_CONCURRENCY": "2", "TORCH_THREADS": "2",
                               "ENGINE_STREAMS": "latency"},
+    "2 workers × 2 threads, dual streams": {"WEB_CONCURRENCY": "2", "TORCH_THREADS": "2",
+                                             "ENGINE_STREAMS": "dual"},
 }
 
 
