@@ -34,14 +34,18 @@ def measure(loaded, threads: int, rounds: int, cache_dir: str, skip=()) -> dict:
 
     x = np.random.default_rng(0).standard_normal(
         (1, 3, loaded.input_size, loaded.input_size), dtype=np.float32)
-    engines, build_s = {}, {}
+    engines, build_s, failed = {}, {}, {}
     for engine, mode in CANDIDATES:
         if (engine, mode) in skip:
             continue
         started = time.perf_counter()
         settings = EngineSettings(engine=engine, quantize=mode, cache_dir=cache_dir,
                                   threads=threads)
-        _, served = build.serve_loaded(loaded, settings)
+        try:
+            _, served = build.serve_loaded(loaded, settings)
+        except Exception as exc:  # e.g. bf16 on a CPU without it: part of the result
+            failed[f"{engine} {mode}"] = {"error": str(exc).strip().splitlines()[-1][:160]}
+            continue
         build_s[f"{engine} {mode}"] = time.perf_counter() - started
         engines[f"{engine} {mode}"] = served
     times = {name: [] for name in engines}
@@ -53,8 +57,8 @@ def measure(loaded, threads: int, rounds: int, cache_dir: str, skip=()) -> dict:
             t0 = time.perf_counter()
             fn(x)
             times[name].append((time.perf_counter() - t0) * 1000)
-    return {name: {"median": statistics.median(v), "p95": percentile(v, 0.95),
-                   "build_s": build_s[name]} for name, v in times.items()}
+    return {**{name: {"median": statistics.median(v), "p95": percentile(v, 0.95),
+                      "build_s": build_s[name]} for name, v in times.items()}, **failed}
 
 
 def main() -> None:

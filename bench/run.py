@@ -356,17 +356,24 @@ def report(r: dict, out: Path) -> None:
     ms = r["model_only"]
     for name in ms["resnet18"]:
         a, b = ms["resnet18"][name], ms["efficientnet_lite0"].get(name, {})
+        if "error" in a or "error" in b:
+            add(f"| {name} | does not compile here: {a.get('error') or b.get('error')} "
+                "| | | | | |")
+            continue
         add(f"| {name} | {a['median']:.2f} | {a['p95']:.2f} | "
             f"{ratio(ms['resnet18']['torch dynamic']['median'], a['median'])} | "
             f"{b.get('median', 0):.2f} | {b.get('p95', 0):.2f} | "
             f"{ratio(ms['efficientnet_lite0']['torch dynamic']['median'], b.get('median'))} |")
     add("")
     add(f"**Agreement with fp32 ({r['accuracy'].get('model', 'bundled EfficientNet-Lite0')}, "
-        f"{next(iter(r['accuracy']['engines'].values()))['n']} real photos)**")
+        f"{next(v['n'] for v in r['accuracy']['engines'].values() if 'n' in v)} real photos)**")
     add("")
     add("| engine | top-1 agreement | top-5 overlap |")
     add("|---|---|---|")
     for name, v in r["accuracy"]["engines"].items():
+        if "error" in v:
+            add(f"| {name} | does not compile here | |")
+            continue
         add(f"| {name} | {v['top1_agreement'] * 100:.1f}% | {v['top5_overlap'] * 100:.1f}% |")
     add("")
     add("**Reduced-size decoding vs full decoding (12 MP photos, same model)**")
@@ -442,7 +449,7 @@ def chart(r: dict, path: Path) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     ms = r["model_only"]
-    names = list(ms["resnet18"])
+    names = [n for n in ms["resnet18"] if "error" not in ms["resnet18"][n]]
     x = range(len(names))
     ax1.bar([i - 0.2 for i in x], [ms["resnet18"][n]["median"] for n in names], 0.4,
             label="ResNet18 (random weights)")
