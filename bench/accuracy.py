@@ -53,11 +53,11 @@ def engines_agreement(loaded, cache_dir: str) -> dict:
     for engine, mode in ENGINES:
         try:
             run = served(loaded, engine, mode, cache_dir).run
+            logits = torch.from_numpy(np.concatenate([run(batch[i:i + 16])[0]
+                                                      for i in range(0, len(batch), 16)]))
         except Exception as exc:  # e.g. bf16 on a CPU without it
             out[f"{engine} {mode}"] = {"error": str(exc).strip().splitlines()[-1][:160]}
             continue
-        logits = torch.from_numpy(np.concatenate([run(batch[i:i + 16])[0]
-                                                  for i in range(0, len(batch), 16)]))
         out[f"{engine} {mode}"] = agreement(logits, reference)
     # For scale: fp32 itself, on the same photos saved once as JPEG quality 85.
     from PIL import Image

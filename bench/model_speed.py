@@ -49,9 +49,13 @@ def measure(loaded, threads: int, rounds: int, cache_dir: str, skip=()) -> dict:
         build_s[f"{engine} {mode}"] = time.perf_counter() - started
         engines[f"{engine} {mode}"] = served
     times = {name: [] for name in engines}
-    for fn in engines.values():
-        for _ in range(5):
-            fn(x)
+    for name, fn in list(engines.items()):
+        try:
+            for _ in range(5):
+                fn(x)
+        except Exception as exc:  # compiled, but cannot run here (bf16 under AVX2)
+            failed[name] = {"error": str(exc).strip().splitlines()[-1][:160]}
+            del engines[name], times[name]
     for _ in range(rounds):
         for name, fn in engines.items():
             t0 = time.perf_counter()

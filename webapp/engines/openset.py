@@ -10,6 +10,7 @@ so the numbers made here are the numbers a worker computes.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -76,11 +77,13 @@ def example_photos() -> list:
         with Image.open(path) as img:
             photos.append(img.convert("RGB"))
     try:
-        import matplotlib.cbook
-
-        with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")) as img:
+        # Found, not imported: importing matplotlib writes a config folder, and a builder
+        # on a read-only root (the Kubernetes pod) has none to write.
+        spec = importlib.util.find_spec("matplotlib")
+        hopper = Path(spec.origin).parent / "mpl-data" / "sample_data" / "grace_hopper.jpg"
+        with Image.open(hopper) as img:
             photos.append(img.convert("RGB"))
-    except (ImportError, OSError) as exc:  # matplotlib is a requirement; say if it is not
+    except (AttributeError, TypeError, OSError) as exc:  # matplotlib is a requirement
         log.warning("Grace Hopper's photo is missing (%s): the criterion uses fewer photos",
                     exc)
     return photos
