@@ -5,7 +5,7 @@ Layout under ``DATA_DIR``::
 
     <dataset>/<class>/<image id>.jpg   one folder per dataset, one folder per class
     .tmp/                              images, imports and deletions in progress; swept
-    .jobs/                             training jobs (``webapp.jobs``)
+    .jobs/                             training jobs (``webapp.training.jobs``)
 
 * **Names never become paths unchecked.**  A dataset name is a slug (``pens-and-cups``),
   a class name is a short label (``red pen``) without ``/``, ``\\``, control characters or
@@ -18,7 +18,7 @@ Layout under ``DATA_DIR``::
 * **When a picture was taken is kept** as its file's modification time (the Teach page
   says when the capture button was pressed, or a dropped file's own time; a zip import
   keeps its members' times): training keeps the pictures of one burst together when it
-  splits a dataset (``webapp.bursts``), and an export carries the times along.
+  splits a dataset (``webapp.training.bursts``), and an export carries the times along.
 * **Writes are atomic.**  An image is written to ``.tmp/`` and renamed into its class
   folder; an import is built in ``.tmp/`` and appears with one rename; a deletion renames
   the folder away first.  Several workers and servers can share one ``DATA_DIR``.
@@ -311,7 +311,10 @@ class DatasetStore:
 
     # ------------------------------------------------------------------ writing
 
-    def _tmp(self, prefix: str) -> Path:
+    def staging_dir(self, prefix: str) -> Path:
+        """A new path in the store's temporary folder, on the same file system as the
+        datasets (so moving it into place is one atomic rename); the job queue builds its
+        snapshots here too."""
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         return self.tmp_dir / f"{prefix}{secrets.token_hex(8)}"
 
@@ -325,7 +328,7 @@ class DatasetStore:
         self.sweep()
         if (self.root / name).exists():
             raise DatasetStoreError(409, "dataset_exists", f"There is already a dataset {name!r}.")
-        staging = self._tmp(f"new-{name}-")
+        staging = self.staging_dir(f"new-{name}-")
         staging.mkdir()
         try:
             for c in classes:
@@ -357,14 +360,14 @@ class DatasetStore:
 
     def delete_class(self, name: str, label) -> dict:
         class_dir = self._class_dir(name, label)
-        trash = self._tmp("deleted-class-")
+        trash = self.staging_dir("deleted-class-")
         os.rename(class_dir, trash)
         shutil.rmtree(trash, ignore_errors=True)
         return self.describe(name)
 
     def delete(self, name: str) -> None:
         folder = self._dir(name)
-        trash = self._tmp(f"deleted-{name}-")
+        trash = self.staging_dir(f"deleted-{name}-")
         try:
             os.rename(folder, trash)
         except FileNotFoundError:
@@ -390,7 +393,7 @@ class DatasetStore:
         return encode_image(data, max_pixels=self.max_pixels, seconds=self.decode_seconds)
 
     def _write(self, class_dir: Path, jpeg: bytes, taken: float | None = None) -> str:
-        tmp = self._tmp("image-")
+        tmp = self.staging_dir("image-")
         try:
             with open(tmp, "xb") as fh:
                 fh.write(jpeg)
@@ -493,7 +496,7 @@ class DatasetStore:
         result = ImportResult(name)
         self.root.mkdir(parents=True, exist_ok=True)
         self.sweep()
-        staging = self._tmp(f"import-{name}-")
+        staging = self.staging_dir(f"import-{name}-")
         staging.mkdir()
         try:
             with zf:
