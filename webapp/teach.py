@@ -60,7 +60,7 @@ def init_app(app: Flask) -> None:
     app.extensions["jobs"] = JobQueue(app.config["DATA_DIR"], threads=threads,
                                       spawn=app.config["JOB_RUNNER"] == "spawn")
     uploads.spool(app, uploads.SpooledRoute(  # zip archives: to DATA_DIR/.tmp
-        IMPORT_PATHS, "MAX_DATASET_MB", lambda: store()._tmp("archive-"),
+        IMPORT_PATHS, "MAX_DATASET_MB", lambda: store().staging_dir("archive-"),
         multipart_only=True))
     app.extensions["jobs"].recover()
 

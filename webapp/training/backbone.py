@@ -64,43 +64,63 @@ def choose_backbone(options: FinetuneOptions) -> Backbone:
         )
     weights_file = options.weights or _setting("MODEL_WEIGHTS") or None
     if weights_file:
-        origin = "--weights" if options.weights else "MODEL_WEIGHTS"
-        loaded = model_loader.load_checkpoint(weights_file, source_kind="explicit")
-        if loaded.module is None:
-            raise FinetuneError(f"{origin}={weights_file} is an ONNX model; fine-tuning "
-                                "starts from PyTorch weights (a state_dict or a checkpoint)")
-        if arch != "auto" and loaded.arch != arch:
-            raise FinetuneError(
-                f"{origin}={weights_file} holds a {loaded.arch} model, not {arch}; drop "
-                f"--arch or pass a {arch} weights file"
-            )
-        return Backbone(
-            loaded.arch, loaded.module, f"{origin}={weights_file}",
-            f"{loaded.arch} starts from {origin}={weights_file} ({loaded.name}); its "
-            "classification head is replaced.", loaded.mean, loaded.std,
-        )
+        return _from_file(weights_file, "--weights" if options.weights else "MODEL_WEIGHTS",
+                          arch)
     cached = model_loader.cache_path()
     if arch in ("auto", "resnet18"):
-        if not cached.is_file() and _setting("ALLOW_DOWNLOAD"):
-            try:
-                model_loader.download_resnet18(progress=options.progress_bar)
-            except ModelLoadError as exc:
-                log.warning("%s", exc)
-        if cached.is_file():
-            loaded = model_loader.load_checkpoint(cached, source_kind="cache", arch="resnet18")
-            return Backbone(
-                "resnet18", loaded.module, f"torchvision cache {cached}",
-                f"resnet18 starts from its ImageNet weights in the torchvision cache ({cached}).",
-            )
-        if arch == "resnet18":
-            return Backbone(
-                "resnet18", None, "random",
-                f"ResNet18's ImageNet weights are not on this machine ({cached} does not "
-                "exist), so resnet18 starts from RANDOM weights: expect far lower accuracy "
-                "on a small dataset. Run `python -m model_loader download` where there is "
-                "internet (or copy the file there), or use --arch auto to start from the "
-                "bundled EfficientNet-Lite0 ImageNet weights.",
-            )
+        resnet = _resnet18_from_cache(cached, options.progress_bar, required=arch == "resnet18")
+        if resnet is not None:
+            return resnet
+    return _bundled(arch, cached)
+
+
+def _from_file(weights_file: str, origin: str, arch: str) -> Backbone:
+    """``--weights FILE`` or ``MODEL_WEIGHTS``: any PyTorch weights of a known kind."""
+    loaded = model_loader.load_checkpoint(weights_file, source_kind="explicit")
+    if loaded.module is None:
+        raise FinetuneError(f"{origin}={weights_file} is an ONNX model; fine-tuning "
+                            "starts from PyTorch weights (a state_dict or a checkpoint)")
+    if arch != "auto" and loaded.arch != arch:
+        raise FinetuneError(
+            f"{origin}={weights_file} holds a {loaded.arch} model, not {arch}; drop "
+            f"--arch or pass a {arch} weights file"
+        )
+    return Backbone(
+        loaded.arch, loaded.module, f"{origin}={weights_file}",
+        f"{loaded.arch} starts from {origin}={weights_file} ({loaded.name}); its "
+        "classification head is replaced.", loaded.mean, loaded.std,
+    )
+
+
+def _resnet18_from_cache(cached, progress: bool, *, required: bool) -> Backbone | None:
+    """ResNet18 with its ImageNet weights from the torchvision cache (downloaded first with
+    ``ALLOW_DOWNLOAD``); without them: random weights when ResNet18 was asked for, else
+    None (``auto`` goes on to the bundled EfficientNet-Lite0)."""
+    if not cached.is_file() and _setting("ALLOW_DOWNLOAD"):
+        try:
+            model_loader.download_resnet18(progress=progress)
+        except ModelLoadError as exc:
+            log.warning("%s", exc)
+    if cached.is_file():
+        loaded = model_loader.load_checkpoint(cached, source_kind="cache", arch="resnet18")
+        return Backbone(
+            "resnet18", loaded.module, f"torchvision cache {cached}",
+            f"resnet18 starts from its ImageNet weights in the torchvision cache ({cached}).",
+        )
+    if not required:
+        return None
+    return Backbone(
+        "resnet18", None, "random",
+        f"ResNet18's ImageNet weights are not on this machine ({cached} does not "
+        "exist), so resnet18 starts from RANDOM weights: expect far lower accuracy "
+        "on a small dataset. Run `python -m model_loader download` where there is "
+        "internet (or copy the file there), or use --arch auto to start from the "
+        "bundled EfficientNet-Lite0 ImageNet weights.",
+    )
+
+
+def _bundled(arch: str, cached) -> Backbone:
+    """The bundled EfficientNet-Lite0 with its ImageNet weights."""
     loaded = model_loader.load_bundled()
     why = (
         "efficientnet_lite0 starts from the bundled EfficientNet-Lite0 ImageNet weights"

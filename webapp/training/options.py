@@ -162,7 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("data_dir", metavar="DATA_DIR", help="folder of class folders")
     p.add_argument("--out", "-o", required=True, help="checkpoint file to write (e.g. model.pt)")
-    g = p.add_argument_group("model")
+    _model_arguments(p.add_argument_group("model"), defaults)
+    _training_arguments(p.add_argument_group("training"), defaults)
+    _data_arguments(p.add_argument_group("data"), defaults)
+    _hardware_arguments(p.add_argument_group("hardware"), defaults)
+    return p
+
+
+def _model_arguments(g, defaults: FinetuneOptions) -> None:
     g.add_argument("--arch", choices=ARCHS, default=defaults.arch,
                    help="auto: resnet18 when its ImageNet weights are on this machine, "
                    "otherwise the bundled pretrained efficientnet_lite0")
@@ -170,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                    default=defaults.pretrained, help="start from ImageNet weights")
     g.add_argument("--weights", metavar="FILE", default=None,
                    help="start from this weights file or checkpoint (default: MODEL_WEIGHTS)")
-    g = p.add_argument_group("training")
+
+
+def _training_arguments(g, defaults: FinetuneOptions) -> None:
     g.add_argument("--strategy", choices=STRATEGIES, default=defaults.strategy,
                    help="head: train only the new head; full: everything, with layer-wise "
                    "learning rates; progressive: head first, then one block more per epoch")
@@ -199,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--update-bn-stats", action=argparse.BooleanOptionalAction, default=None,
                    help="update batch-norm running statistics while training (default: only "
                    "from random weights; from pretrained ones they stay frozen)")
-    g = p.add_argument_group("data")
+
+
+def _data_arguments(g, defaults: FinetuneOptions) -> None:
     g.add_argument("--class-weights", choices=("none", "auto"), default=defaults.class_weights,
                    help="auto: weight the loss by inverse class frequency")
     g.add_argument("--sampler", choices=("shuffle", "weighted"), default=defaults.sampler,
@@ -222,14 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between two pictures that starts a new burst")
     g.add_argument("--seed", type=int, default=defaults.seed,
                    help="seed for the split, the initialisation and the shuffling")
-    g = p.add_argument_group("hardware")
+
+
+def _hardware_arguments(g, defaults: FinetuneOptions) -> None:
     g.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, cuda:N, mps")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision (default: on with CUDA; CUDA only)")
     g.add_argument("--workers", type=int, default=None,
                    help="data loading processes (default: 0 on ≤2 CPUs, else up to 4)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p
 
 
 def options_from_args(args: argparse.Namespace) -> FinetuneOptions:

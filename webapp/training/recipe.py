@@ -209,14 +209,52 @@ def _write_outputs(out: Path, trainer: Trainer, history: list[dict], stopper: Ea
     everything beside it is complete)."""
     out, report_path, confusion_png, curves_png = output_paths(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    options, backbone = trainer.options, trainer.backbone
+    metrics = _checkpoint_metrics(trainer, history, stopper, evaluation)
+    title = f"{out.name}: {backbone.arch}, {len(trainer.splits.classes)} classes"
+    training_report.plot_confusion_matrix(
+        confusion_png, evaluation["confusion_matrix"], trainer.splits.classes,
+        f"{title}\n{evaluation['split']} accuracy {evaluation['accuracy']:.3f}"
+        + (f" (classes with < {training_report.MIN_SUPPORT} images: "
+           f"{', '.join(evaluation['thin_classes'])})" if evaluation["thin_classes"] else ""),
+    )
+    training_report.plot_curves(curves_png, history, stopper.best_epoch, title)
+    report = {
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "checkpoint": str(out),
+        "files": {"confusion_matrix": confusion_png.name, "curves": curves_png.name},
+        **_run_description(trainer),
+        "epochs": history,
+        "best_epoch": stopper.best_epoch,
+        "epochs_run": len(history),
+        "stopped_early": len(history) < options.epochs,
+        "val": {"loss": metrics["val_loss"], "accuracy": metrics["val_accuracy"]},
+        "test_accuracy": metrics["test_accuracy"],
+        "evaluation": evaluation,
+        "openset": ({k: v for k, v in criterion.items() if k != "bank"}
+                    if criterion else None),
+        "metrics": metrics,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    training_report.write_json(report_path, report)
+    model_loader.save_checkpoint(
+        out, trainer.model.cpu(), arch=backbone.arch, classes=trainer.splits.classes,
+        input_size=options.image_size, mean=backbone.mean, std=backbone.std, metrics=metrics,
+        guard=guard_images(trainer), openset=criterion,
+    )
+    return FinetuneResult(out, report_path, confusion_png, curves_png, report)
+
+
+def _checkpoint_metrics(trainer: Trainer, history: list[dict], stopper: EarlyStopping,
+                        evaluation: dict) -> dict:
+    """What the checkpoint says about itself (the model card): the kept epoch's
+    validation figures, the final evaluation, and how honest its test was (bursts)."""
     options, backbone, splits = trainer.options, trainer.backbone, trainer.splits
-    classes = splits.classes
     best = history[stopper.best_epoch - 1]
-    test_acc = evaluation["accuracy"] if evaluation["split"] == "test" else None
-    metrics = {
+    return {
         "val_accuracy": best["val_acc"],
         "val_loss": best["val_loss"],
-        "test_accuracy": test_acc,
+        "test_accuracy": evaluation["accuracy"] if evaluation["split"] == "test" else None,
         "macro_f1": evaluation["macro_avg"]["f1"],
         "evaluated_on": evaluation["split"],
         **({"bursts": {c: b["bursts"] for c, b in splits.bursts.items()},
@@ -230,19 +268,14 @@ def _write_outputs(out: Path, trainer: Trainer, history: list[dict], stopper: Ea
         "pretrained": backbone.pretrained,
         "image_size": options.image_size,
     }
-    title = f"{out.name}: {backbone.arch}, {len(classes)} classes"
-    training_report.plot_confusion_matrix(
-        confusion_png, evaluation["confusion_matrix"], classes,
-        f"{title}\n{evaluation['split']} accuracy {evaluation['accuracy']:.3f}"
-        + (f" (classes with < {training_report.MIN_SUPPORT} images: "
-           f"{', '.join(evaluation['thin_classes'])})" if evaluation["thin_classes"] else ""),
-    )
-    training_report.plot_curves(curves_png, history, stopper.best_epoch, title)
+
+
+def _run_description(trainer: Trainer) -> dict:
+    """The report's account of the run's inputs: classes, data, backbone, options."""
+    options, backbone, splits = trainer.options, trainer.backbone, trainer.splits
+    classes = splits.classes
     counts = list(splits.counts("train").values())
-    report = {
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "checkpoint": str(out),
-        "files": {"confusion_matrix": confusion_png.name, "curves": curves_png.name},
+    return {
         "classes": classes,
         "data": splits.describe(),
         "backbone": {"arch": backbone.arch, "pretrained": backbone.pretrained,
@@ -254,25 +287,7 @@ def _write_outputs(out: Path, trainer: Trainer, history: list[dict], stopper: Ea
         "learning_rates": trainer.rates,
         "class_weights": (dict(zip(classes, class_weights(counts).tolist()))
                           if options.class_weights == "auto" else None),
-        "epochs": history,
-        "best_epoch": stopper.best_epoch,
-        "epochs_run": len(history),
-        "stopped_early": len(history) < options.epochs,
-        "val": {"loss": best["val_loss"], "accuracy": best["val_acc"]},
-        "test_accuracy": test_acc,
-        "evaluation": evaluation,
-        "openset": ({k: v for k, v in criterion.items() if k != "bank"}
-                    if criterion else None),
-        "metrics": metrics,
-        "seconds": round(time.perf_counter() - started, 1),
     }
-    training_report.write_json(report_path, report)
-    model_loader.save_checkpoint(
-        out, trainer.model.cpu(), arch=backbone.arch, classes=classes,
-        input_size=options.image_size, mean=backbone.mean, std=backbone.std, metrics=metrics,
-        guard=guard_images(trainer), openset=criterion,
-    )
-    return FinetuneResult(out, report_path, confusion_png, curves_png, report)
 
 
 def open_set(trainer: Trainer, say) -> dict | None:
