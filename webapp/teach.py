@@ -36,7 +36,8 @@ from webapp.config import available_cpus
 from webapp.errors import ApiError, error_json, too_large
 from webapp.registry import REPORT_FILES, RegistryError
 from webapp.serving import imaging
-from webapp.stores.datasets import DatasetStore, DatasetStoreError, check_taken, suggest_slug
+from webapp.stores.dataset_names import DatasetStoreError, check_taken, suggest_slug
+from webapp.stores.datasets import DatasetStore
 from webapp.training.jobs import TEACH_DEFAULTS, JobError, JobQueue, check_options
 
 bp = Blueprint("teach", __name__)
