@@ -227,11 +227,19 @@ class DatasetStore:
         self.sweep()
         if (self.root / name).exists():
             raise DatasetStoreError(409, "dataset_exists", f"There is already a dataset {name!r}.")
-        staging = self.staging_dir(f"new-{name}-")
-        staging.mkdir()
-        try:
+        with self._new_dataset(name, "new") as staging:
             for c in classes:
                 (staging / c).mkdir()
+        return self.describe(name)
+
+    @contextlib.contextmanager
+    def _new_dataset(self, name: str, prefix: str) -> Iterator[Path]:
+        """A staging folder that becomes dataset ``name`` with one rename when the block
+        ends without an error, and is removed otherwise."""
+        staging = self.staging_dir(f"{prefix}-{name}-")
+        staging.mkdir()
+        try:
+            yield staging
             try:
                 os.rename(staging, self.root / name)  # fails when it exists (not empty)
             except OSError:
@@ -242,7 +250,6 @@ class DatasetStore:
         finally:
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
-        return self.describe(name)
 
     def add_class(self, name: str, label) -> dict:
         folder = self._dir(name)
@@ -384,9 +391,7 @@ class DatasetStore:
         result = ImportResult(name)
         self.root.mkdir(parents=True, exist_ok=True)
         self.sweep()
-        staging = self.staging_dir(f"import-{name}-")
-        staging.mkdir()
-        try:
+        with self._new_dataset(name, "import") as staging:
             with zf:
                 self._unpack(zf, staging, result, max_member_bytes=max_member_bytes,
                              max_total_bytes=max_total_bytes)
@@ -395,16 +400,6 @@ class DatasetStore:
                     422, "no_images", "The archive holds no usable images in class folders "
                     f"({len(result.skipped)} file(s) skipped). Expected <class>/<image> "
                     "entries, e.g. pen/1.jpg, cup/2.jpg.", **{"import": result.as_dict()})
-            try:
-                os.rename(staging, self.root / name)
-            except OSError:
-                raise DatasetStoreError(409, "dataset_exists",
-                                        f"There is already a dataset {name!r}.") from None
-            staging = None
-            fsync_dir(self.root)
-        finally:
-            if staging is not None:
-                shutil.rmtree(staging, ignore_errors=True)
         return result
 
     def _open_zip(self, archive) -> zipfile.ZipFile:
