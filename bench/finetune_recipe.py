@@ -16,7 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.shapes import make_dataset  # noqa: E402
-from webapp import datasets, finetune  # noqa: E402
+from webapp.training import data, recipe  # noqa: E402
+from webapp.training.options import FinetuneOptions  # noqa: E402
 
 VARIANTS = (
     ("head", dict(strategy="head")),
@@ -34,14 +35,14 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = make_dataset(Path(tmp) / "shapes", args.per_class, seed=11, size=96)
-        splits = datasets.scan(root)
+        splits = data.scan(root)
         rows = []
         for name, overrides in VARIANTS:
-            options = finetune.FinetuneOptions(
+            options = FinetuneOptions(
                 epochs=args.epochs, patience=0, image_size=args.image_size, batch_size=16,
                 **overrides,
             )
-            result = finetune.train(splits, Path(tmp) / f"{len(rows)}.pt", options,
+            result = recipe.train(splits, Path(tmp) / f"{len(rows)}.pt", options,
                                     say=lambda _m: None)
             report = result.report
             per_epoch = sum(e["seconds"] for e in report["epochs"]) / report["epochs_run"]

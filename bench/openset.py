@@ -60,9 +60,10 @@ def decoded(img):
 def teach(base: Path, classes: dict[str, str], photos: dict, holds: int, rng):
     """The dataset captured through the Teach page's store, then trained as its job does;
     the checkpoint's path."""
-    from webapp import finetune
-    from webapp.dataset_store import DatasetStore
-    from webapp.jobs import TEACH_DEFAULTS
+    from webapp.stores.datasets import DatasetStore
+    from webapp.training.jobs import TEACH_DEFAULTS
+    from webapp.training.options import FinetuneOptions
+    from webapp.training.recipe import train
 
     store = DatasetStore(base / "data")
     store.create("class", list(classes))
@@ -74,8 +75,8 @@ def teach(base: Path, classes: dict[str, str], photos: dict, holds: int, rng):
                 store.add_image("class", label, jpeg(frame), pressed)
     data = base / "snapshot"
     store.snapshot("class", data)
-    options = finetune.FinetuneOptions(**TEACH_DEFAULTS, workers=0)
-    result = finetune.train(data, base / "class.pt", options, say=lambda _m: None)
+    options = FinetuneOptions(**TEACH_DEFAULTS, workers=0)
+    result = train(data, base / "class.pt", options, say=lambda _m: None)
     return result.checkpoint, result.report
 
 

@@ -1,6 +1,6 @@
 """Honest evaluation: pictures taken together (one hold of the capture button, or within
 2 s by their file times) stay on one side of the split, and the report says which classes
-were too few bursts to test (webapp/bursts.py, webapp/datasets.py)."""
+were too few bursts to test (webapp/training/bursts.py, webapp/training/data.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import pytest
 from tests.conftest import encode
 from tests.holds import hold
 from tests.photos import photo
-from webapp import bursts, datasets, training_report
+from webapp.training import bursts
+from webapp.training import report as training_report
+from webapp.training.data import SPLITS, scan
 
 
 def _write_holds(folder, picture, holds: int, frames: int, start: float, rng) -> dict:
@@ -44,10 +46,10 @@ def burst_data(tmp_path_factory):
 
 def test_the_split_never_puts_one_burst_on_two_sides(burst_data):
     root, groups = burst_data
-    splits = datasets.scan(root, bursts="times")
+    splits = scan(root, bursts="times")
     for label, cls in enumerate(splits.classes):
         sides = {}
-        for side in datasets.SPLITS:
+        for side in SPLITS:
             for sample in splits.split(side):
                 if sample.label == label:
                     sides.setdefault(groups[cls][sample.path.name], set()).add(side)
@@ -58,7 +60,7 @@ def test_the_split_never_puts_one_burst_on_two_sides(burst_data):
 
 def test_a_class_with_too_few_bursts_is_named_and_not_tested(burst_data):
     root, _ = burst_data
-    splits = datasets.scan(root, bursts="times")
+    splits = scan(root, bursts="times")
     assert splits.bursts["mug"]["bursts"] == 2
     assert splits.untested == ["mug"]
     mug = splits.classes.index("mug")
@@ -78,7 +80,7 @@ def test_files_copied_together_are_split_one_by_one_in_auto_mode(tmp_path):
             (tmp_path / cls / f"{n}.jpg").write_bytes(
                 encode(photo("chelsea" if cls == "a" else "coffee").image.resize((64, 48)),
                        "JPEG"))
-    splits = datasets.scan(tmp_path)
+    splits = scan(tmp_path)
     assert splits.counts("test") == {"a": 2, "b": 2}
     assert not splits.bursts["a"]["by_burst"]
     assert any("show no bursts" in note for note in splits.notes)

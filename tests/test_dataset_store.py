@@ -17,7 +17,8 @@ from tests import attacks
 from tests.conftest import encode
 from tests.shapes import draw
 from tests.test_admin import BEARER, TOKEN, assert_error, csrf_from, login
-from webapp import create_app, datasets
+from webapp import create_app
+from webapp.training.data import scan
 
 
 def make_app(tmp_path: Path, **config):
@@ -254,7 +255,7 @@ def test_export_is_a_zip_of_class_folders_the_finetune_command_reads(client, tmp
         names = [n for n in zf.namelist() if not n.endswith("/")]
         assert len(names) == 8 and all(n.startswith(("pens/pen/", "pens/cup/")) for n in names)
         zf.extractall(tmp_path / "unzipped")
-    splits = datasets.scan(tmp_path / "unzipped" / "pens")
+    splits = scan(tmp_path / "unzipped" / "pens")
     assert splits.classes == ["cup", "pen"] and not splits.skipped
     assert len(splits.train) + len(splits.val) + len(splits.test) == 8
 

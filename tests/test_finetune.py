@@ -20,9 +20,18 @@ from PIL import Image
 import model_loader
 from tests.conftest import ROOT, encode, save_random_resnet18
 from tests.shapes import SHAPES, draw, make_dataset
-from webapp import datasets, finetune, training_report
-from webapp.datasets import DatasetError
-from webapp.finetune import FinetuneError, FinetuneOptions, TrainingCancelled
+from webapp import finetune
+from webapp.training import recipe
+from webapp.training import report as training_report
+from webapp.training.backbone import (
+    build_finetune_model,
+    choose_backbone,
+    layer_groups,
+    trainable_groups,
+)
+from webapp.training.data import SPLITS, DatasetError, eval_loader, scan, train_loader
+from webapp.training.loop import EarlyStopping, evaluate, make_criterion, warmup_cosine
+from webapp.training.options import FinetuneError, FinetuneOptions, TrainingCancelled
 
 FAST = dict(image_size=64, batch_size=16)  # every run here: 64 px, batches of 16
 
@@ -252,7 +261,7 @@ def swapped_dir(tmp_path_factory) -> Path:
 
 def test_early_stopping_keeps_the_best_epoch(swapped_dir, tmp_path):
     options = fast(strategy="head", epochs=10, patience=2, lr=1e-2, warmup_epochs=0)
-    result = finetune.train(swapped_dir, tmp_path / "m.pt", options, say=quiet)
+    result = recipe.train(swapped_dir, tmp_path / "m.pt", options, say=quiet)
     report = result.report
     assert report["stopped_early"] is True
     assert report["epochs_run"] == report["best_epoch"] + 2 < 10
@@ -260,10 +269,10 @@ def test_early_stopping_keeps_the_best_epoch(swapped_dir, tmp_path):
     assert best_loss == min(e["val_loss"] for e in report["epochs"])
     # The checkpoint holds the kept epoch's weights: evaluated again, same validation loss.
     loaded = model_loader.load_checkpoint(result.checkpoint)
-    splits = datasets.scan(swapped_dir)
-    loader = finetune.eval_loader(splits.val, options, loaded.mean, loaded.std,
+    splits = scan(swapped_dir)
+    loader = eval_loader(splits.val, options, loaded.mean, loaded.std,
                                   torch.device("cpu"))
-    again = finetune.evaluate(loaded.module, loader, torch.device("cpu"), amp=False)
+    again = evaluate(loaded.module, loader, torch.device("cpu"), amp=False)
     assert again["loss"] == pytest.approx(best_loss, abs=1e-4)
     # No test/ folder: the final evaluation is on the validation images, and it says so.
     assert report["test_accuracy"] is None and report["evaluation"]["split"] == "val"
@@ -271,11 +280,11 @@ def test_early_stopping_keeps_the_best_epoch(swapped_dir, tmp_path):
 
 
 def test_early_stopping_rule():
-    stopper = finetune.EarlyStopping(patience=2)
+    stopper = EarlyStopping(patience=2)
     for epoch, loss in enumerate([1.0, 0.8, 0.85, 0.79999], start=1):
         stopper.step(loss, epoch)
     assert stopper.best_epoch == 2 and stopper.should_stop  # 0.79999 is not 1e-4 better
-    never = finetune.EarlyStopping(patience=0)
+    never = EarlyStopping(patience=0)
     for epoch in range(1, 20):
         never.step(float(epoch), epoch)
     assert never.best_epoch == 1 and not never.should_stop
@@ -290,9 +299,9 @@ def imbalanced_dir(tmp_path_factory) -> Path:
 
 
 def test_class_weights_change_the_loss(imbalanced_dir, tmp_path, pretrained_state):
-    plain = finetune.train(imbalanced_dir, tmp_path / "plain.pt",
+    plain = recipe.train(imbalanced_dir, tmp_path / "plain.pt",
                            fast(strategy="head", epochs=1), say=quiet).report
-    weighted = finetune.train(imbalanced_dir, tmp_path / "weighted.pt",
+    weighted = recipe.train(imbalanced_dir, tmp_path / "weighted.pt",
                               fast(strategy="head", epochs=1, class_weights="auto"),
                               say=quiet).report
     assert plain["class_weights"] is None
@@ -312,7 +321,7 @@ def test_class_weights_change_the_loss(imbalanced_dir, tmp_path, pretrained_stat
 
 def test_weighted_loss_is_inverse_frequency_cross_entropy():
     counts = [24, 24, 6]
-    criterion = finetune.make_criterion(counts, fast(class_weights="auto", label_smoothing=0),
+    criterion = make_criterion(counts, fast(class_weights="auto", label_smoothing=0),
                                         "cpu")
     torch.manual_seed(0)
     logits, labels = torch.randn(12, 3), torch.tensor([0, 1, 2] * 4)
@@ -320,26 +329,26 @@ def test_weighted_loss_is_inverse_frequency_cross_entropy():
     per_sample = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     expected = (w[labels] * per_sample).sum() / w[labels].sum()
     assert criterion(logits, labels).item() == pytest.approx(expected.item(), rel=1e-5)
-    plain = finetune.make_criterion(counts, fast(label_smoothing=0), "cpu")
+    plain = make_criterion(counts, fast(label_smoothing=0), "cpu")
     assert plain(logits, labels).item() == pytest.approx(per_sample.mean().item(), rel=1e-5)
 
 
 def test_weighted_sampler_draws_the_classes_evenly(imbalanced_dir):
-    splits = datasets.scan(imbalanced_dir)
+    splits = scan(imbalanced_dir)
     options = fast(sampler="weighted")
-    loader = finetune.train_loader(splits.train, options, (0.5,) * 3, (0.5,) * 3,
+    loader = train_loader(splits.train, options, (0.5,) * 3, (0.5,) * 3,
                                    torch.device("cpu"))
     drawn = torch.cat([labels for _ in range(3) for _, labels in loader])
     share = torch.bincount(drawn, minlength=3).double() / len(drawn)
     assert share[2] > 0.22  # the 6 triangles are 11 % of the images, a third of the draws
-    plain = finetune.train_loader(splits.train, fast(), (0.5,) * 3, (0.5,) * 3,
+    plain = train_loader(splits.train, fast(), (0.5,) * 3, (0.5,) * 3,
                                   torch.device("cpu"))
     assert torch.bincount(torch.cat([y for _, y in plain]), minlength=3).tolist() == [24, 24, 6]
 
 
 def test_progressive_unfreezes_from_the_top(imbalanced_dir, tmp_path, pretrained_state):
     options = fast(strategy="progressive", epochs=2, head_epochs=1)
-    result = finetune.train(imbalanced_dir, tmp_path / "p.pt", options, say=quiet)
+    result = recipe.train(imbalanced_dir, tmp_path / "p.pt", options, say=quiet)
     assert [e["trainable"] for e in result.report["epochs"]] == [
         ["head"], ["stage5", "head"]]
     state = model_loader.read_weights_file(result.checkpoint)["state_dict"]
@@ -356,16 +365,16 @@ def test_layer_groups_cover_every_parameter_once():
         ("mobilenet_v3_small", ["features", "classifier", "head"]),
     ):
         model = model_loader.build_model(arch, 5)
-        groups = finetune.layer_groups(model, arch)  # asserts the cover itself
+        groups = layer_groups(model, arch)  # asserts the cover itself
         assert [g.name for g in groups] == names
         assert [p.shape for p in groups[-1].params][0] == (5, groups[-1].params[0].shape[1])
-        assert finetune.trainable_groups(groups, "progressive", 3) == names[-3:]
-        assert finetune.trainable_groups(groups, "head", 3) == ["head"]
-        assert finetune.trainable_groups(groups, "full", 1) == names
+        assert trainable_groups(groups, "progressive", 3) == names[-3:]
+        assert trainable_groups(groups, "head", 3) == ["head"]
+        assert trainable_groups(groups, "full", 1) == names
 
 
 def test_warmup_then_cosine_schedule():
-    factor = finetune.warmup_cosine(total_steps=100, warmup_steps=10)
+    factor = warmup_cosine(total_steps=100, warmup_steps=10)
     warm = [factor(s) for s in range(10)]
     assert warm == sorted(warm) and warm[0] == pytest.approx(0.1) and warm[-1] == 1.0
     assert factor(10) == 1.0 and factor(55) == pytest.approx(0.5) and factor(100) == 0.0
@@ -380,16 +389,16 @@ def test_auto_uses_resnet18_when_its_weights_are_in_the_cache(tmp_path, monkeypa
                                                               imbalanced_dir):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     cached = save_random_resnet18(model_loader.cache_path())  # stands in for the real file
-    backbone = finetune.choose_backbone(FinetuneOptions())
+    backbone = choose_backbone(FinetuneOptions())
     assert backbone.arch == "resnet18" and backbone.pretrained
     assert str(cached) in backbone.why
-    model = finetune.build_finetune_model(backbone, 3)
+    model = build_finetune_model(backbone, 3)
     reference = torch.load(cached, weights_only=True)
     state = model.state_dict()
     assert all(torch.equal(state[k], reference[k]) for k in reference if not k.startswith("fc."))
     assert state["fc.weight"].shape == (3, 512)
     # ... and a ResNet18 fine-tune runs end to end and is served like the others.
-    result = finetune.train(imbalanced_dir, tmp_path / "r.pt",
+    result = recipe.train(imbalanced_dir, tmp_path / "r.pt",
                             fast(strategy="full", epochs=1, image_size=32), say=quiet)
     assert result.report["backbone"]["arch"] == "resnet18"
     assert list(result.report["learning_rates"]) == [
@@ -400,13 +409,13 @@ def test_auto_uses_resnet18_when_its_weights_are_in_the_cache(tmp_path, monkeypa
 
 
 def test_resnet18_without_its_weights_says_it_starts_from_random(monkeypatch):
-    backbone = finetune.choose_backbone(FinetuneOptions(arch="resnet18"))
+    backbone = choose_backbone(FinetuneOptions(arch="resnet18"))
     assert backbone.arch == "resnet18" and not backbone.pretrained
     assert "RANDOM weights" in backbone.why and "model_loader download" in backbone.why
-    auto = finetune.choose_backbone(FinetuneOptions())
+    auto = choose_backbone(FinetuneOptions())
     assert auto.arch == "efficientnet_lite0" and auto.pretrained
     assert auto.mean == (0.5, 0.5, 0.5)
-    random_auto = finetune.choose_backbone(FinetuneOptions(pretrained=False))
+    random_auto = choose_backbone(FinetuneOptions(pretrained=False))
     assert random_auto.arch == "resnet18" and not random_auto.pretrained
     assert "RANDOM" in random_auto.why
 
@@ -416,11 +425,11 @@ def test_model_weights_setting_is_a_starting_point(cli_run, monkeypatch):
     loads it: here an earlier fine-tune, whose head is replaced."""
     out, _, _ = cli_run
     monkeypatch.setenv("MODEL_WEIGHTS", str(out))
-    backbone = finetune.choose_backbone(FinetuneOptions())
+    backbone = choose_backbone(FinetuneOptions())
     assert backbone.arch == "efficientnet_lite0" and "MODEL_WEIGHTS" in backbone.why
-    assert finetune.build_finetune_model(backbone, 5)._fc.out_features == 5
+    assert build_finetune_model(backbone, 5)._fc.out_features == 5
     with pytest.raises(FinetuneError, match="not resnet18"):
-        finetune.choose_backbone(FinetuneOptions(arch="resnet18"))
+        choose_backbone(FinetuneOptions(arch="resnet18"))
 
 
 # --------------------------------------------------------------------------- progress, cancel
@@ -434,7 +443,7 @@ def test_progress_callback_and_cancel(imbalanced_dir, tmp_path):
 
     out = tmp_path / "cancelled.pt"
     with pytest.raises(TrainingCancelled):
-        finetune.train(imbalanced_dir, out, fast(epochs=3), progress=events.append,
+        recipe.train(imbalanced_dir, out, fast(epochs=3), progress=events.append,
                        should_stop=stop_after_first_epoch, say=quiet)
     assert not out.exists() and not list(tmp_path.iterdir())  # nothing written
     train_events = [e for e in events if e.stage == "train"]
@@ -494,7 +503,7 @@ def test_the_headline_says_which_classes_the_scores_cannot_vouch_for():
 def test_a_run_with_a_class_missing_from_the_test_split_says_so(tmp_path):
     root = make_dataset(tmp_path / "d", {"circle": 20, "square": 7, "triangle": 2})
     messages = []
-    report = finetune.train(root, tmp_path / "m.pt", fast(strategy="head", epochs=1),
+    report = recipe.train(root, tmp_path / "m.pt", fast(strategy="head", epochs=1),
                             say=messages.append).report
     assert report["evaluation"]["thin_classes"] == {"square": 1, "triangle": 0}
     headline = next(m for m in messages if m.startswith("Test: accuracy"))
@@ -540,17 +549,17 @@ def test_a_class_without_images_is_a_clear_error(tmp_path):
     (tmp_path / "d" / "triangle").mkdir()
     (tmp_path / "d" / "triangle" / "notes.txt").write_text("draw triangles here")
     with pytest.raises(DatasetError, match="class 'triangle' has no usable images") as err:
-        datasets.scan(tmp_path / "d")
+        scan(tmp_path / "d")
     assert "notes.txt" in str(err.value) and "plain text" in str(err.value)
 
 
 def test_split_folders_need_val_and_known_classes(tmp_path):
     make_dataset(tmp_path / "a" / "train", 3, shapes=["circle", "square"])
     with pytest.raises(DatasetError, match="no val/ folder"):
-        datasets.scan(tmp_path / "a")
+        scan(tmp_path / "a")
     make_dataset(tmp_path / "a" / "val", 2, shapes=["circle", "triangle"])
     with pytest.raises(DatasetError, match="train/ does not have: triangle"):
-        datasets.scan(tmp_path / "a")
+        scan(tmp_path / "a")
 
 
 def test_unreadable_files_are_skipped_and_counted(tmp_path):
@@ -560,7 +569,7 @@ def test_unreadable_files_are_skipped_and_counted(tmp_path):
     (root / "circle" / "cut.png").write_bytes(good[: len(good) // 2])
     (root / "square" / "readme.pdf").write_bytes(b"%PDF-1.4\n" + b"x" * 100)
     (root / "square" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # hidden: ignored
-    splits = datasets.scan(root)
+    splits = scan(root)
     reasons = {s.path.name: s.reason for s in splits.skipped}
     assert set(reasons) == {"empty.png", "cut.png", "readme.pdf"}
     assert "empty" in reasons["empty.png"] and "application/pdf" in reasons["readme.pdf"]
@@ -571,15 +580,15 @@ def test_unreadable_files_are_skipped_and_counted(tmp_path):
 
 def test_split_is_stratified_and_repeatable(tmp_path):
     root = make_dataset(tmp_path / "d", {"circle": 20, "square": 7, "triangle": 2})
-    a, b = datasets.scan(root, seed=5), datasets.scan(root, seed=5)
+    a, b = scan(root, seed=5), scan(root, seed=5)
     assert [s.path for s in a.test] == [s.path for s in b.test]
     # 70/15/15 per class; a class of 2 still gets a validation image.
     assert a.counts("train") == {"circle": 14, "square": 5, "triangle": 1}
     assert a.counts("val") == {"circle": 3, "square": 1, "triangle": 1}
     assert a.counts("test") == {"circle": 3, "square": 1, "triangle": 0}
-    parts = [{s.path for s in a.split(name)} for name in datasets.SPLITS]
+    parts = [{s.path for s in a.split(name)} for name in SPLITS]
     assert sum(map(len, parts)) == len(set.union(*parts)) == 29  # disjoint, nothing lost
-    c = datasets.scan(root, seed=6)
+    c = scan(root, seed=6)
     assert {s.path for s in c.test} != {s.path for s in a.test}
 
 

@@ -1,12 +1,12 @@
 """Teach it live: the admin **Teach** page (``/admin/teach``) and its API
 (``/admin/api/datasets``, ``/admin/api/jobs``).  A teacher makes a dataset with class
 names, captures images per class from the webcam (or drops files), presses Train, watches
-the background job (``webapp.jobs``) and activates the model it made.
+the background job (``webapp.training.jobs``) and activates the model it made.
 
 This blueprint is nested inside the admin blueprint (``/admin`` prefix), so every route
 goes through the admin guard first: ``ADMIN_TOKEN`` set, bearer token or session, CSRF
 token on every state-changing session request, rate-limited failures.  The dataset store
-is ``webapp.dataset_store``; nothing here ever sees ``/predict`` traffic.
+is ``webapp.stores.datasets``; nothing here ever sees ``/predict`` traffic.
 """
 
 from __future__ import annotations
@@ -33,11 +33,12 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from webapp import uploads
 from webapp.config import available_cpus
-from webapp.dataset_store import DatasetStore, DatasetStoreError, check_taken, suggest_slug
 from webapp.errors import ApiError, error_json, too_large
-from webapp.jobs import TEACH_DEFAULTS, JobError, JobQueue, check_options
 from webapp.registry import REPORT_FILES, RegistryError
 from webapp.serving import imaging
+from webapp.stores.dataset_names import DatasetStoreError, check_taken, suggest_slug
+from webapp.stores.datasets import DatasetStore
+from webapp.training.jobs import TEACH_DEFAULTS, JobError, JobQueue, check_options
 
 bp = Blueprint("teach", __name__)
 
@@ -60,7 +61,7 @@ def init_app(app: Flask) -> None:
     app.extensions["jobs"] = JobQueue(app.config["DATA_DIR"], threads=threads,
                                       spawn=app.config["JOB_RUNNER"] == "spawn")
     uploads.spool(app, uploads.SpooledRoute(  # zip archives: to DATA_DIR/.tmp
-        IMPORT_PATHS, "MAX_DATASET_MB", lambda: store()._tmp("archive-"),
+        IMPORT_PATHS, "MAX_DATASET_MB", lambda: store().staging_dir("archive-"),
         multipart_only=True))
     app.extensions["jobs"].recover()
 

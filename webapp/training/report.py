@@ -76,7 +76,7 @@ def caveat(evaluation: dict) -> str | None:
     (the macro average skips them, so 1.000 may hide them) or fewer than MIN_SUPPORT --
     and, first, when the split kept bursts together (``evaluation["bursts"]``), the
     classes taken in too few bursts to be tested on one they never trained on."""
-    from webapp.bursts import MIN_BURSTS_TO_TEST
+    from webapp.training.bursts import MIN_BURSTS_TO_TEST
 
     bursts = evaluation.get("bursts") or {}
     short = {name: b["bursts"] for name, b in bursts.items()

@@ -5,7 +5,7 @@ Layout under ``DATA_DIR``::
 
     <dataset>/<class>/<image id>.jpg   one folder per dataset, one folder per class
     .tmp/                              images, imports and deletions in progress; swept
-    .jobs/                             training jobs (``webapp.jobs``)
+    .jobs/                             training jobs (``webapp.training.jobs``)
 
 * **Names never become paths unchecked.**  A dataset name is a slug (``pens-and-cups``),
   a class name is a short label (``red pen``) without ``/``, ``\\``, control characters or
@@ -18,7 +18,7 @@ Layout under ``DATA_DIR``::
 * **When a picture was taken is kept** as its file's modification time (the Teach page
   says when the capture button was pressed, or a dropped file's own time; a zip import
   keeps its members' times): training keeps the pictures of one burst together when it
-  splits a dataset (``webapp.bursts``), and an export carries the times along.
+  splits a dataset (``webapp.training.bursts``), and an export carries the times along.
 * **Writes are atomic.**  An image is written to ``.tmp/`` and renamed into its class
   folder; an import is built in ``.tmp/`` and appears with one rename; a deletion renames
   the folder away first.  Several workers and servers can share one ``DATA_DIR``.
@@ -36,139 +36,39 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import io
-import math
 import os
 import re
 import secrets
 import shutil
-import time
-import unicodedata
 import zipfile
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from PIL import Image
 
 from webapp import durable
 from webapp.durable import fsync_dir
 from webapp.serving import imaging
+from webapp.stores import dataset_zip
+from webapp.stores.dataset_names import (
+    MAX_CLASSES,
+    DatasetStoreError,
+    check_class_name,
+    check_classes,
+    check_dataset_name,
+    is_dataset_name,
+)
+from webapp.stores.dataset_zip import ImportResult
 
 MAX_SIDE = 1024  # stored images: the longer side at most this (training uses ≤ 448)
 JPEG_QUALITY = 90
-MAX_CLASSES = 50
-MAX_CLASS_NAME = 40
-MAX_DATASET_NAME = 48
 STALE_TMP_SECONDS = 6 * 3600
 TMP_DIR = ".tmp"
-_DATASET_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _IMAGE_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{8}$")
-_FORBIDDEN_IN_CLASS = set('/\\<>:"|?*')  # path separators, and what Windows refuses
-# Names Windows keeps for devices, whatever the extension: an exported dataset with a
-# class folder "CON" or "nul.txt" cannot be unzipped there.
-_WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
-                    *(f"{port}{n}" for port in ("COM", "LPT") for n in "123456789¹²³")}
-SPLIT_FOLDERS = {"train", "val", "valid", "validation", "test"}
-EARLIEST_TAKEN = 946684800.0  # 2000-01-01: older camera times are clocks never set
-
-
-class DatasetStoreError(Exception):
-    """Something the caller asked for cannot be done; ``status`` is the HTTP status."""
-
-    def __init__(self, status: int, code: str, message: str, **extra):
-        super().__init__(message)
-        self.status, self.code, self.message, self.extra = status, code, message, extra
-
-
-@dataclass
-class ImportResult:
-    name: str
-    imported: Counter = field(default_factory=Counter)  # per class
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (member, reason)
-
-    def as_dict(self) -> dict:
-        reasons = Counter(reason for _, reason in self.skipped)
-        return {
-            "name": self.name,
-            "imported": sum(self.imported.values()),
-            "per_class": dict(sorted(self.imported.items())),
-            "skipped": len(self.skipped),
-            "skipped_reasons": dict(reasons.most_common()),
-            "skipped_examples": [{"file": f, "reason": r} for f, r in self.skipped[:20]],
-        }
 
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-
-
-def suggest_slug(raw: str) -> str:
-    """``"Pens & Cups!"`` -> ``"pens-cups"`` (for the error message and the page)."""
-    text = unicodedata.normalize("NFKD", raw or "").encode("ascii", "ignore").decode()
-    slug = re.sub(r"[^a-z0-9_]+", "-", text.lower()).strip("-_")
-    return slug[:MAX_DATASET_NAME].rstrip("-_") or "my-dataset"
-
-
-def check_dataset_name(raw) -> str:
-    """A dataset name is a slug: lowercase letters, digits, ``-`` and ``_``."""
-    if not isinstance(raw, str) or not raw.strip():
-        raise DatasetStoreError(400, "bad_name", "Give the dataset a name, e.g. 'pens-and-cups'.")
-    name = raw.strip()
-    if len(name) > MAX_DATASET_NAME or not _DATASET_RE.match(name):
-        raise DatasetStoreError(
-            400, "bad_name", f"The dataset name {name[:60]!r} is not accepted: use up to "
-            f"{MAX_DATASET_NAME} lowercase letters, digits, '-' and '_', starting with a "
-            f"letter or digit, e.g. {suggest_slug(name)!r}.",
-        )
-    return name
-
-
-def check_class_name(raw) -> str:
-    """A class name is what the model will answer: up to 40 characters, any language,
-    no path characters, no control characters, no leading or trailing dot, no name
-    Windows keeps for a device (an export must unzip everywhere)."""
-    if not isinstance(raw, str):
-        raise DatasetStoreError(400, "bad_class", "A class name must be text, e.g. 'pen'.")
-    name = " ".join(unicodedata.normalize("NFC", raw).split())
-    problem = None
-    if not name:
-        problem = "it is empty"
-    elif len(name) > MAX_CLASS_NAME:
-        problem = f"it is {len(name)} characters long (at most {MAX_CLASS_NAME})"
-    elif any(unicodedata.category(ch).startswith("C") for ch in name):
-        problem = "it contains control characters"
-    elif _FORBIDDEN_IN_CLASS & set(name) or name.startswith(".") or ".." in name:
-        problem = "it contains / \\ < > : \" | ? * .. or starts with a dot"
-    elif name.split(".")[0].rstrip().upper() in _WINDOWS_DEVICES or name.endswith("."):
-        problem = ("Windows cannot make a folder of that name (a device name such as CON "
-                   "or NUL, or a dot at the end), so an exported dataset would not unzip")
-    if problem:
-        raise DatasetStoreError(
-            400, "bad_class", f"The class name {name[:60]!r} is not accepted: {problem}. "
-            "Use a short label such as 'pen' or 'red cup'.",
-        )
-    return name
-
-
-def _check_classes(raw) -> list[str]:
-    if isinstance(raw, str):
-        raw = [c for c in raw.split(",")]
-    if not isinstance(raw, list | tuple):
-        raise DatasetStoreError(400, "bad_class", "Send the classes as a list of names, "
-                                "e.g. [\"pen\", \"cup\"].")
-    classes = [check_class_name(c) for c in raw if not (isinstance(c, str) and not c.strip())]
-    if len(classes) > MAX_CLASSES:
-        raise DatasetStoreError(400, "too_many_classes",
-                                f"{len(classes)} classes; at most {MAX_CLASSES}.")
-    seen: dict[str, str] = {}
-    for c in classes:
-        key = c.casefold()
-        if key in seen:
-            raise DatasetStoreError(400, "duplicate_class", f"The class {c!r} is given twice "
-                                    f"(names differing only in case count as the same).")
-        seen[key] = c
-    return classes
 
 
 def _new_image_id() -> str:
@@ -205,8 +105,7 @@ class DatasetStore:
     def _dir(self, name) -> Path:
         """The folder of an existing dataset (404 otherwise; a bad name never reaches
         the filesystem)."""
-        if not isinstance(name, str) or len(name) > MAX_DATASET_NAME \
-                or not _DATASET_RE.match(name):
+        if not is_dataset_name(name):
             raise self._unknown(name)
         folder = self.root / name
         if not folder.is_dir():
@@ -224,7 +123,7 @@ class DatasetStore:
         except FileNotFoundError:
             return []
         return [e.name for e in entries
-                if _DATASET_RE.match(e.name) and e.is_dir(follow_symlinks=False)]
+                if is_dataset_name(e.name) and e.is_dir(follow_symlinks=False)]
 
     def exists(self, name: str) -> bool:
         try:
@@ -311,13 +210,16 @@ class DatasetStore:
 
     # ------------------------------------------------------------------ writing
 
-    def _tmp(self, prefix: str) -> Path:
+    def staging_dir(self, prefix: str) -> Path:
+        """A new path in the store's temporary folder, on the same file system as the
+        datasets (so moving it into place is one atomic rename); the job queue builds its
+        snapshots here too."""
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         return self.tmp_dir / f"{prefix}{secrets.token_hex(8)}"
 
     def create(self, name, classes) -> dict:
         name = check_dataset_name(name)
-        classes = _check_classes(classes)
+        classes = check_classes(classes)
         if not classes:
             raise DatasetStoreError(400, "bad_class", "Give at least one class, e.g. "
                                     "[\"pen\", \"cup\"] (a model needs two to tell apart).")
@@ -325,11 +227,19 @@ class DatasetStore:
         self.sweep()
         if (self.root / name).exists():
             raise DatasetStoreError(409, "dataset_exists", f"There is already a dataset {name!r}.")
-        staging = self._tmp(f"new-{name}-")
-        staging.mkdir()
-        try:
+        with self._new_dataset(name, "new") as staging:
             for c in classes:
                 (staging / c).mkdir()
+        return self.describe(name)
+
+    @contextlib.contextmanager
+    def _new_dataset(self, name: str, prefix: str) -> Iterator[Path]:
+        """A staging folder that becomes dataset ``name`` with one rename when the block
+        ends without an error, and is removed otherwise."""
+        staging = self.staging_dir(f"{prefix}-{name}-")
+        staging.mkdir()
+        try:
+            yield staging
             try:
                 os.rename(staging, self.root / name)  # fails when it exists (not empty)
             except OSError:
@@ -340,7 +250,6 @@ class DatasetStore:
         finally:
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
-        return self.describe(name)
 
     def add_class(self, name: str, label) -> dict:
         folder = self._dir(name)
@@ -357,14 +266,14 @@ class DatasetStore:
 
     def delete_class(self, name: str, label) -> dict:
         class_dir = self._class_dir(name, label)
-        trash = self._tmp("deleted-class-")
+        trash = self.staging_dir("deleted-class-")
         os.rename(class_dir, trash)
         shutil.rmtree(trash, ignore_errors=True)
         return self.describe(name)
 
     def delete(self, name: str) -> None:
         folder = self._dir(name)
-        trash = self._tmp(f"deleted-{name}-")
+        trash = self.staging_dir(f"deleted-{name}-")
         try:
             os.rename(folder, trash)
         except FileNotFoundError:
@@ -390,7 +299,7 @@ class DatasetStore:
         return encode_image(data, max_pixels=self.max_pixels, seconds=self.decode_seconds)
 
     def _write(self, class_dir: Path, jpeg: bytes, taken: float | None = None) -> str:
-        tmp = self._tmp("image-")
+        tmp = self.staging_dir("image-")
         try:
             with open(tmp, "xb") as fh:
                 fh.write(jpeg)
@@ -458,7 +367,7 @@ class DatasetStore:
         """The dataset as a zip streamed in chunks: ``<name>/<class>/<id>.jpg`` -- unzip it
         and ``python -m webapp.finetune <name> --out model.pt`` trains on it."""
         folder = self._dir(name)
-        sink = _ChunkSink()
+        sink = dataset_zip.ChunkSink()
         with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED) as zf:  # JPEGs: no deflate
             for class_dir in self._class_dirs(folder):
                 zf.writestr(zipfile.ZipInfo(f"{name}/{class_dir.name}/"), b"")
@@ -478,239 +387,61 @@ class DatasetStore:
         if self.exists(name):
             raise DatasetStoreError(409, "dataset_exists", f"There is already a dataset "
                                     f"{name!r}; import under another name or delete it.")
-        most = 4 * self.max_images + 1000
-        entries = _zip_entry_count(archive, most)
-        if entries is not None and entries > most:
-            raise DatasetStoreError(
-                413, "too_many_files", f"The archive lists more than {most} files; a "
-                f"dataset may hold at most {self.max_images} images (MAX_DATASET_IMAGES).")
-        try:
-            zf = zipfile.ZipFile(archive)
-        except (zipfile.BadZipFile, OSError, ValueError):
-            raise DatasetStoreError(415, "not_a_zip", "The archive is not a readable zip "
-                                    "file. Export a dataset (or zip a folder of class "
-                                    "folders) and import that.") from None
+        zf = self._open_zip(archive)
         result = ImportResult(name)
         self.root.mkdir(parents=True, exist_ok=True)
         self.sweep()
-        staging = self._tmp(f"import-{name}-")
-        staging.mkdir()
-        try:
+        with self._new_dataset(name, "import") as staging:
             with zf:
-                plan, folders = _plan_import(zf.infolist(), result)
-                if len(plan) > self.max_images:
-                    raise DatasetStoreError(
-                        413, "too_many_images", f"The archive holds {len(plan)} files in "
-                        f"class folders; a dataset may hold at most {self.max_images} "
-                        "images (MAX_DATASET_IMAGES).")
-                budget = max_total_bytes
-                for info, label in plan:
-                    if info.file_size > max_member_bytes:
-                        result.skipped.append((info.filename, "larger than the upload limit"))
-                        continue
-                    if budget <= 0:
-                        result.skipped.append((info.filename, "the archive unpacks to too "
-                                               "much data"))
-                        continue
-                    try:
-                        with zf.open(info) as member:
-                            data = member.read(min(max_member_bytes, budget) + 1)
-                    except (zipfile.BadZipFile, RuntimeError, NotImplementedError,
-                            OSError, EOFError, ValueError) as exc:
-                        result.skipped.append((info.filename, _zip_problem(exc)))
-                        continue
-                    budget -= len(data)
-                    if len(data) > max_member_bytes:
-                        result.skipped.append((info.filename, "larger than the upload limit"))
-                        continue
-                    try:
-                        jpeg, _, _ = self._encode(data)
-                    except imaging.ImageError as exc:
-                        if exc.code == "too_slow_to_decode":  # built to waste time: stop
-                            raise DatasetStoreError(
-                                422, "too_slow_to_decode", f"{info.filename[:200]}: "
-                                f"{exc.message} Nothing was imported.") from None
-                        result.skipped.append((info.filename, _image_problem(exc)))
-                        continue
-                    class_dir = staging / label
-                    class_dir.mkdir(exist_ok=True)
-                    self._write(class_dir, jpeg, _member_time(info))
-                    result.imported[label] += 1
-            for label in folders:  # class folders without a picture (yet)
-                (staging / label).mkdir(exist_ok=True)
+                self._unpack(zf, staging, result, max_member_bytes=max_member_bytes,
+                             max_total_bytes=max_total_bytes)
             if not result.imported:
                 raise DatasetStoreError(
                     422, "no_images", "The archive holds no usable images in class folders "
                     f"({len(result.skipped)} file(s) skipped). Expected <class>/<image> "
                     "entries, e.g. pen/1.jpg, cup/2.jpg.", **{"import": result.as_dict()})
-            try:
-                os.rename(staging, self.root / name)
-            except OSError:
-                raise DatasetStoreError(409, "dataset_exists",
-                                        f"There is already a dataset {name!r}.") from None
-            staging = None
-            fsync_dir(self.root)
-        finally:
-            if staging is not None:
-                shutil.rmtree(staging, ignore_errors=True)
         return result
+
+    def _open_zip(self, archive) -> zipfile.ZipFile:
+        """The archive, once its central directory is known to list few enough files."""
+        most = 4 * self.max_images + 1000
+        entries = dataset_zip.zip_entry_count(archive, most)
+        if entries is not None and entries > most:
+            raise DatasetStoreError(
+                413, "too_many_files", f"The archive lists more than {most} files; a "
+                f"dataset may hold at most {self.max_images} images (MAX_DATASET_IMAGES).")
+        try:
+            return zipfile.ZipFile(archive)
+        except (zipfile.BadZipFile, OSError, ValueError):
+            raise DatasetStoreError(415, "not_a_zip", "The archive is not a readable zip "
+                                    "file. Export a dataset (or zip a folder of class "
+                                    "folders) and import that.") from None
+
+    def _unpack(self, zf: zipfile.ZipFile, staging: Path, result: ImportResult, **caps) -> None:
+        """Every usable member, re-encoded, into its class folder under ``staging``."""
+        plan, folders = dataset_zip.plan_import(zf.infolist(), result)
+        if len(plan) > self.max_images:
+            raise DatasetStoreError(
+                413, "too_many_images", f"The archive holds {len(plan)} files in class "
+                f"folders; a dataset may hold at most {self.max_images} images "
+                "(MAX_DATASET_IMAGES).")
+        for info, label, data in dataset_zip.read_members(zf, plan, result, **caps):
+            try:
+                jpeg, _, _ = self._encode(data)
+            except imaging.ImageError as exc:
+                if exc.code == "too_slow_to_decode":  # built to waste time: stop
+                    raise DatasetStoreError(
+                        422, "too_slow_to_decode", f"{info.filename[:200]}: "
+                        f"{exc.message} Nothing was imported.") from None
+                result.skipped.append((info.filename, dataset_zip.image_problem(exc)))
+                continue
+            class_dir = staging / label
+            class_dir.mkdir(exist_ok=True)
+            self._write(class_dir, jpeg, dataset_zip.member_time(info))
+            result.imported[label] += 1
+        for label in folders:  # class folders without a picture (yet)
+            (staging / label).mkdir(exist_ok=True)
 
     def sweep(self, older_than: float = STALE_TMP_SECONDS) -> int:
         """Remove leftovers of interrupted writes from ``.tmp/`` (old ones only)."""
         return durable.sweep(self.tmp_dir, older_than)
-
-
-class _ChunkSink(io.RawIOBase):
-    """A write-only, unseekable stream collecting what ``zipfile`` writes, so the zip can
-    be sent while it is being made (zipfile uses data descriptors then)."""
-
-    def __init__(self):
-        self._chunks: list[bytes] = []
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data) -> int:
-        self._chunks.append(bytes(data))
-        return len(data)
-
-    def take(self) -> bytes:
-        data, self._chunks = b"".join(self._chunks), []
-        return data
-
-
-def _plan_import(infos: list[zipfile.ZipInfo], result: ImportResult):
-    """(member, class name) for every file that sits in a class folder (the rest is
-    skipped with the reason), and the class folders that hold no file (an export keeps
-    empty classes as folder entries).  Member names are only *read* here, never used as
-    paths."""
-    entries, folders = [], []
-    for info in infos:
-        raw_name = info.filename.replace("\\", "/")
-        parts = [p for p in PurePosixPath(raw_name).parts if p not in ("", "/")]
-        unsafe = raw_name.startswith("/") or re.match(r"^[A-Za-z]:", raw_name) or ".." in parts
-        hidden = not parts or any(p.startswith(".") or p == "__MACOSX" for p in parts)
-        if info.is_dir():
-            if not (unsafe or hidden):
-                folders.append(parts)
-            continue
-        if unsafe:
-            result.skipped.append((info.filename[:200], "an unsafe path (outside its folder)"))
-            continue
-        if hidden:
-            result.skipped.append((info.filename[:200], "hidden or system file"))
-            continue
-        entries.append((info, parts))
-    # One enclosing folder (what an export or zipping a folder gives): strip it.
-    tops = {parts[0] for _, parts in entries}
-    if len(tops) == 1 and all(len(parts) >= 3 for _, parts in entries):
-        top = tops.pop()
-        entries = [(info, parts[1:]) for info, parts in entries]
-        folders = [parts[1:] for parts in folders if parts[0] == top]
-    empty = []
-    for parts in folders:
-        if len(parts) == 2 and parts[0].lower() in SPLIT_FOLDERS:
-            parts = parts[1:]
-        if len(parts) == 1:
-            with contextlib.suppress(DatasetStoreError):
-                empty.append(check_class_name(parts[0]))
-    plan = []
-    for info, parts in entries:
-        if len(parts) >= 3 and parts[0].lower() in SPLIT_FOLDERS:
-            parts = parts[1:]  # train/ val/ test/ are merged (the split is made anew)
-        if len(parts) < 2:
-            result.skipped.append((info.filename[:200], "not in a class folder"))
-            continue
-        try:
-            label = check_class_name(parts[0])
-        except DatasetStoreError:
-            result.skipped.append((info.filename[:200], "the folder name is not a usable "
-                                   "class name"))
-            continue
-        plan.append((info, label))
-    labels = {label.casefold() for _, label in plan}
-    if len(labels) > MAX_CLASSES:
-        raise DatasetStoreError(413, "too_many_classes", f"The archive has {len(labels)} "
-                                f"class folders; at most {MAX_CLASSES}.")
-    # Two folders differing only in case would be two classes on Linux but collide on
-    # other systems: keep the first spelling.
-    spelling: dict[str, str] = {}
-    plan = [(info, spelling.setdefault(label.casefold(), label)) for info, label in plan]
-    empty = [label for label in empty if label.casefold() not in spelling][:MAX_CLASSES]
-    return plan, list(dict.fromkeys(empty))
-
-
-def check_taken(raw) -> float | None:
-    """When a picture was taken, as the Teach page sends it: milliseconds since 1970 (a
-    JavaScript time), or nothing.  Seconds since 1970, or a 400 naming the field."""
-    if raw is None or raw == "":
-        return None
-    try:
-        seconds = float(raw) / 1000
-    except (TypeError, ValueError):
-        seconds = math.nan
-    if not EARLIEST_TAKEN <= seconds <= time.time() + 86400:
-        raise DatasetStoreError(400, "bad_taken", "'taken' is when the picture was taken, in "
-                                "milliseconds since 1970 (JavaScript's Date.now()), and not "
-                                "in the future; leave it out to use the time of the upload.")
-    return seconds
-
-
-def _member_time(info: zipfile.ZipInfo) -> float | None:
-    """A zip member's own time (zip keeps local time, 2-second steps)."""
-    try:
-        return time.mktime((*info.date_time, 0, 0, -1))
-    except (OverflowError, ValueError):
-        return None
-
-
-def _zip_entry_count(archive, limit: int) -> int | None:
-    """How many entries the zip's central directory holds, counted in the directory
-    itself (its entry signatures) before ``ZipFile`` builds an object per entry.  The
-    end record's count is whatever the archive's maker wrote (``ZipFile`` ignores it
-    too): 100,000 entries behind a claim of 1 took 4 s and 66 MB to parse.  Counting
-    stops past ``limit``; a name that happens to hold a signature only counts high."""
-    end_record = getattr(zipfile, "_EndRecData", None)
-    if end_record is None:  # pragma: no cover - private helper of the standard library
-        return None
-    try:
-        with open(archive, "rb") as fh:
-            record = end_record(fh)
-            if not record:
-                return None
-            size = record[zipfile._ECD_SIZE]
-            start = record[zipfile._ECD_LOCATION] - size  # where ZipFile will read it
-            if record[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:
-                start -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator
-            if start < 0:
-                return None  # ZipFile says what is wrong
-            fh.seek(start)
-            count, tail = 0, b""
-            while size > 0 and count <= limit:
-                chunk = fh.read(min(1 << 20, size))
-                if not chunk:
-                    break
-                size -= len(chunk)
-                window = tail + chunk  # a signature across two reads counts once
-                count += window.count(zipfile.stringCentralDir)
-                tail = window[-3:]
-            return count
-    except OSError:
-        return None
-
-
-def _zip_problem(exc: Exception) -> str:
-    if isinstance(exc, RuntimeError) and "encrypted" in str(exc).lower():
-        return "encrypted"
-    if isinstance(exc, NotImplementedError):
-        return "compressed with a method this server does not read"
-    return "damaged in the archive"
-
-
-def _image_problem(exc: imaging.ImageError) -> str:
-    return {
-        "not_an_image": "not an image",
-        "unsupported_format": "an image format that is not accepted",
-        "empty_file": "empty",
-        "too_many_pixels": "too many pixels",
-    }.get(exc.code, "a damaged image")

@@ -9,12 +9,15 @@ named after the class, images anywhere below it):
   stratified (per class), with a fixed seed, so the same folders give the same split,
   and by *bursts*: pictures taken together (within 2 s of each other, by their file
   times) stay in the same part, so a model is never tested on near-copies of what it
-  trained on (``webapp.bursts``).
+  trained on (``webapp.training.bursts``).
 
 Every file is checked with the server's own decoder (``webapp.serving.imaging``: same format
 allow-list, pixel limit, EXIF and mode handling).  Files that cannot be used are skipped
 and counted, with the reason; a layout that cannot be trained (no folder, fewer than two
 classes, a class without a single usable image) is a ``DatasetError`` that says what to fix.
+
+The loaders at the end feed the training loop: the augmented training images and the
+evaluation images, preprocessed exactly as the server does.
 """
 
 from __future__ import annotations
@@ -30,13 +33,15 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from webapp import bursts as burst_split
+from model_loader import CROP_RATIO
 from webapp.config import SETTINGS
 from webapp.serving import imaging
+from webapp.training import bursts as burst_split
+from webapp.training.options import DEFAULT_FRACTIONS, FinetuneOptions, progress_bars
+from webapp.training.transforms import ServingPreprocess, train_transform
 
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {"val": ("val", "valid", "validation"), "test": ("test",), "train": ("train",)}
-DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
 
 
 class DatasetError(ValueError):
@@ -158,7 +163,7 @@ def scan(
     ``check(path)`` decodes a file and raises ``imaging.ImageError`` when it is unusable
     (default: the server's decoder at a small draft size); ``progress`` wraps the file
     iterable (e.g. ``tqdm``); ``bursts`` and ``burst_gap``: how file times group the
-    pictures of class folders (``webapp.bursts``)."""
+    pictures of class folders (``webapp.training.bursts``)."""
     root = Path(root).expanduser()
     if not root.exists():
         raise DatasetError(f"{root}: no such folder")
@@ -396,3 +401,70 @@ class ImageSamples(torch.utils.data.Dataset):
     @property
     def labels(self) -> list[int]:
         return [s.label for s in self.samples]
+
+
+# --------------------------------------------------------------------------- loaders
+
+
+def train_loader(samples, options, mean, std, device) -> torch.utils.data.DataLoader:
+    dataset = ImageSamples(samples, train_transform(options, mean, std),
+                           min_side=2 * options.image_size)
+    generator = torch.Generator().manual_seed(options.seed)
+    sampler = None
+    if options.sampler == "weighted":
+        labels = dataset.labels
+        tally = torch.bincount(torch.tensor(labels))
+        weights = (1.0 / tally.double())[torch.tensor(labels)]
+        sampler = torch.utils.data.WeightedRandomSampler(
+            weights, num_samples=len(labels), replacement=True, generator=generator
+        )
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=options.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        generator=generator,
+        num_workers=options.workers,
+        pin_memory=device.type == "cuda",
+        # A last batch of one image breaks batch norm in training mode.
+        drop_last=len(dataset) % options.batch_size == 1 and len(dataset) > 1,
+        persistent_workers=options.workers > 0,
+    )
+
+
+def eval_loader(samples, options, mean, std, device) -> torch.utils.data.DataLoader:
+    preprocess = ServingPreprocess(options.image_size, mean, std)
+    dataset = ImageSamples(samples, preprocess, min_side=round(options.image_size / CROP_RATIO))
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=options.batch_size, shuffle=False,
+        num_workers=options.workers, pin_memory=device.type == "cuda",
+        persistent_workers=options.workers > 0,
+    )
+
+
+
+def load_splits(data, options: FinetuneOptions, say) -> DatasetSplits:
+    if isinstance(data, DatasetSplits):
+        splits = data
+    else:
+        bar = progress_bars(options, desc="checking images", unit="img")
+        splits = scan(data, seed=options.seed, fractions=tuple(options.split),
+                               progress=bar, bursts=options.bursts,
+                               burst_gap=options.burst_gap)
+    for note in splits.notes:
+        say(f"Data: {note}.")
+    if splits.skipped:
+        examples = "; ".join(f"{s.path.name}: {s.reason}" for s in splits.skipped[:3])
+        say(f"Data: skipped {len(splits.skipped)} file(s) that are not usable images "
+            f"(e.g. {examples}); the report lists them.")
+    if not splits.train or not splits.val:
+        raise DatasetError(
+            f"{splits.root}: too few images to train and validate ({len(splits.train)} for "
+            f"training, {len(splits.val)} for validation); every class needs at least 2."
+        )
+    counts = splits.counts("train")
+    say(f"Data: {len(splits.classes)} classes; train/val/test images: {len(splits.train)}/"
+        f"{len(splits.val)}/{len(splits.test)}; training images per class: "
+        + ", ".join(f"{c} {n}" for c, n in counts.items()) + ".")
+    return splits
+

@@ -78,7 +78,7 @@ class ClassSplit:
 def split(paths: Sequence[Path], counts, rng: random.Random, *, mode: str = "auto",
           gap: float = GAP_SECONDS) -> ClassSplit:
     """Split one class's pictures.  ``counts(n)`` gives how many of ``n`` items go to
-    (train, val, test) (``datasets.split_counts``); ``rng`` shuffles the bursts.
+    (train, val, test) (``data.split_counts``); ``rng`` shuffles the bursts.
 
     By bursts (``mode`` ``times``, or ``auto`` with two bursts or more): the bursts are
     shuffled, test bursts are taken from the end until the test share is reached, then

@@ -1,0 +1,1 @@
+"""What the server keeps on disk: durable files, the model registry, datasets, settings."""
