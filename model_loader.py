@@ -1,6 +1,8 @@
-"""Everything about getting a runnable image classifier: architectures, weight sources,
-model files and what is in them, quantization and thread tuning.  Knows nothing about
-Flask.
+"""Getting a runnable image classifier: the built-in ImageNet model and model files
+people bring.  This module is the public face (``load_imagenet_model``,
+``load_checkpoint``, ``save_checkpoint``, ``LoadedModel``, ``ModelLoadError`` and the
+command line); the steps live in ``webapp.checkpoints``, one module each (its docstring
+has the map).  Knows nothing about Flask, and imports no torch until a model is loaded.
 
 Model files people have (``load_checkpoint``): this project's checkpoint format v1; a
 state_dict of any supported architecture, bare or inside a training checkpoint, with
@@ -83,6 +85,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+# Long only for its docstring: the one list of the files the server accepts.
 def load_checkpoint(
     path: str | os.PathLike,
     *,

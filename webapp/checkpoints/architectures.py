@@ -216,7 +216,7 @@ def probe(module: nn.Module, input_size: int, num_classes: int, what: str) -> No
     with torch.inference_mode():
         out = module(torch.zeros(1, 3, input_size, input_size))
     check_output(out.numpy() if isinstance(out, torch.Tensor) else np.asarray(out),
-                  num_classes, what)
+                 num_classes, what)
 
 
 def check_output(out: np.ndarray, num_classes: int, what: str) -> None:

@@ -49,16 +49,8 @@ def load_onnx(path: Path, given: Given, what: str, *, name: str | None, version:
     input_shape, output_classes = _onnx_signature(model, what)
     size = input_shape[2] if isinstance(input_shape[2], int) else None
     input_size = agree("input_size", given.input_size, size, 224,
-                        "the input_size field", what)
-    metadata = {p.key: p.value for p in model.metadata_props}
-    found = None
-    for key in NAME_KEYS:
-        if key in metadata:
-            try:
-                found = class_names(json.loads(metadata[key]), f"the model's {key!r}", what)
-            except ValueError:
-                found = parse_classes_field(metadata[key], what)
-            break
+                       "the input_size field", what)
+    found = _names_in_metadata(model, what)
     names = agree("classes", given.classes, found, None, given.classes_from or "", what)
     outputs = _onnx_probe(path, input_size, what)
     classes_from = given.classes_from or ("the model's metadata" if found else None)
@@ -82,6 +74,19 @@ def load_onnx(path: Path, given: Given, what: str, *, name: str | None, version:
                  "batch": "any" if not isinstance(input_shape[0], int) else input_shape[0],
                  "outputs": "probabilities" if probabilities else "logits"},
     )
+
+
+def _names_in_metadata(model, what: str) -> list[str] | None:
+    """Class names an exporter kept in the model's metadata (``NAME_KEYS``), as JSON or
+    as text (one a line or comma-separated)."""
+    metadata = {p.key: p.value for p in model.metadata_props}
+    for key in NAME_KEYS:
+        if key in metadata:
+            try:
+                return class_names(json.loads(metadata[key]), f"the model's {key!r}", what)
+            except ValueError:
+                return parse_classes_field(metadata[key], what)
+    return None
 
 
 def _onnx_signature(model, what: str) -> tuple[list, int | None]:

@@ -27,41 +27,15 @@ def build_from_contents(contents: Contents, given: Given, what: str, *, path: Pa
     """The validated fp32 model from what the file holds and what the person said."""
     details = {"kind": "safetensors" if kind == "safetensors" else "pytorch",
                **contents.details}
-    arch = agree("arch", given.arch, contents.arch, None, "the arch field", what)
-    if arch is None:
-        arch, head = detect_arch(contents.state_dict, what)
-        details["arch_from"] = "detected"
-    else:
-        head = head_size(arch, contents.state_dict)
-        details["arch_from"] = "the arch field" if given.arch else "the file"
-        if head is None:  # the head's tensors are missing or disagree: say what does not fit
-            fit_state_dict(build_model(arch, len(contents.classes or given.classes or [])
-                                       or 1000), contents.state_dict, what, arch)
-    names = agree("classes", given.classes, contents.classes, None,
-                   given.classes_from or "", what)
-    if given.classes is not None:
-        details["classes_from"] = given.classes_from
-    if names is None:
-        if head != 1000:
-            raise ModelLoadError(
-                f"{what}: the file does not name its classes and its head has {head} "
-                f"outputs; give the {head} class names in output order (the classes "
-                "field, comma-separated or one a line, or a labels file: one name a line, "
-                "a JSON list, or a JSON class_to_idx; or write a checkpoint that has them: "
-                "python -m model_loader convert FILE --classes a,b,... --out model.pt)")
-        names = imagenet_labels()
-        details["classes_from"] = "ImageNet (a 1000-way head without names)"
-    if head is not None and head != len(names):
-        raise ModelLoadError(
-            f"{what}: the classification head has {head} outputs but "
-            f"{details.get('classes_from', 'the checkpoint')} names {len(names)} classes")
+    arch, head = _arch_and_head(contents, given, what, details)
+    names = _class_names(contents, given, head, what, details)
     input_size = agree("input_size", given.input_size, contents.input_size, 224,
-                        "the input_size field", what)
+                       "the input_size field", what)
     input_size = parse_input_size(input_size, what)
     mean = agree("mean", given.mean, vec3(contents.mean, None, "mean", what),
-                  IMAGENET_MEAN, "the mean field", what)
+                 IMAGENET_MEAN, "the mean field", what)
     std = agree("std", given.std, vec3(contents.std, None, "std", what),
-                 IMAGENET_STD, "the std field", what)
+                IMAGENET_STD, "the std field", what)
 
     check_storage(contents.state_dict, what)
     module = build_model(arch, len(names))
@@ -89,3 +63,46 @@ def build_from_contents(contents: Contents, given: Given, what: str, *, path: Pa
                  if "openset" in contents.extras else None),
         kind=details["kind"], details={k: v for k, v in details.items() if v},
     )
+
+
+def _arch_and_head(contents: Contents, given: Given, what: str, details: dict
+                   ) -> tuple[str, int | None]:
+    """The architecture (the person's and the file's must agree; else detected from the
+    weights) and its head size in the weights (None: the head's tensors are missing or
+    disagree).  ``details`` learns where the architecture came from."""
+    arch = agree("arch", given.arch, contents.arch, None, "the arch field", what)
+    if arch is None:
+        arch, head = detect_arch(contents.state_dict, what)
+        details["arch_from"] = "detected"
+        return arch, head
+    head = head_size(arch, contents.state_dict)
+    details["arch_from"] = "the arch field" if given.arch else "the file"
+    if head is None:  # the head's tensors are missing or disagree: say what does not fit
+        fit_state_dict(build_model(arch, len(contents.classes or given.classes or [])
+                                   or 1000), contents.state_dict, what, arch)
+    return arch, head
+
+
+def _class_names(contents: Contents, given: Given, head: int | None, what: str,
+                 details: dict) -> list[str]:
+    """The class names in output order: the person's and the file's must agree; a
+    1000-way head without names is ImageNet's; either way as many as the head has."""
+    names = agree("classes", given.classes, contents.classes, None,
+                  given.classes_from or "", what)
+    if given.classes is not None:
+        details["classes_from"] = given.classes_from
+    if names is None:
+        if head != 1000:
+            raise ModelLoadError(
+                f"{what}: the file does not name its classes and its head has {head} "
+                f"outputs; give the {head} class names in output order (the classes "
+                "field, comma-separated or one a line, or a labels file: one name a line, "
+                "a JSON list, or a JSON class_to_idx; or write a checkpoint that has them: "
+                "python -m model_loader convert FILE --classes a,b,... --out model.pt)")
+        names = imagenet_labels()
+        details["classes_from"] = "ImageNet (a 1000-way head without names)"
+    if head is not None and head != len(names):
+        raise ModelLoadError(
+            f"{what}: the classification head has {head} outputs but "
+            f"{details.get('classes_from', 'the checkpoint')} names {len(names)} classes")
+    return names
