@@ -63,20 +63,19 @@ from webapp.checkpoints.preprocess import (
     CROP_RATIO,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    MAX_ASPECT,
     preprocess_array,
 )
 from webapp.checkpoints.torch_model import build_from_contents
-from webapp.checkpoints.v1 import is_v1, openset_entry, read_v1, save_checkpoint
+from webapp.checkpoints.v1 import is_v1, read_v1, save_checkpoint
 
 # What callers use as ``model_loader.X``: the names below are this module's public face
 # (the rest of ``webapp.checkpoints`` is reached through it, or imported where it lives).
 __all__ = [
     "ARCHITECTURES", "CHECKPOINT_FORMAT", "CROP_RATIO", "DOWNLOAD_TIMEOUT", "IMAGENET_MEAN",
-    "IMAGENET_STD", "MAX_ASPECT", "NO_WEIGHTS_MESSAGE", "LoadedModel", "ModelLoadError",
+    "IMAGENET_STD", "NO_WEIGHTS_MESSAGE", "LoadedModel", "ModelLoadError",
     "build_model", "cache_path", "download_resnet18", "imagenet_labels",
     "imagenet_weights_file", "load_bundled", "load_checkpoint", "load_imagenet_model",
-    "load_onnx", "main", "openset_entry", "parse_classes_field", "parse_labels_file",
+    "main", "parse_classes_field", "parse_labels_file",
     "preprocess_array", "read_weights_file", "save_checkpoint", "sha256_file", "signature",
     "supported_archs", "torch_hub_dir",
 ]
