@@ -17,8 +17,6 @@ if TYPE_CHECKING:  # torch is imported where it is used: web workers never load 
 
 # The format this project writes (``webapp.checkpoints.v1``); named here because the
 # readers of other layouts mention it in their errors.
-
-
 CHECKPOINT_FORMAT = "webapp-checkpoint/1"
 
 
@@ -40,7 +38,7 @@ class Contents:
     metrics: dict = field(default_factory=dict)
     created: str | None = None
     details: dict = field(default_factory=dict)  # where things were found, for people
-    extras: dict = field(default_factory=dict)  # optional v1 entries (``V1_EXTRAS``)
+    extras: dict = field(default_factory=dict)  # optional v1 entries (``v1.V1_EXTRAS``)
 
 
 @dataclass
@@ -71,8 +69,8 @@ class LoadedModel:
     onnx_path: Path | None = None  # kind "onnx": the model file the engine reads
     outputs: str = "logits"  # or "probabilities" (an ONNX model that ends in a softmax)
     details: dict = field(default_factory=dict)  # where arch, classes... were found
-    guard: np.ndarray | None = None  # the model's own validation images (``V1_EXTRAS``)
-    openset: dict | None = None  # its "I'm not sure" criterion (``openset_entry``)
+    guard: np.ndarray | None = None  # the model's own validation images (``v1.V1_EXTRAS``)
+    openset: dict | None = None  # its "I'm not sure" criterion (``v1.openset_entry``)
 
     @property
     def resize_size(self) -> int:
