@@ -33,7 +33,8 @@ from dataclasses import dataclass, field, fields
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from model_loader import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, sha256_file
+from webapp.checkpoints.files import sha256_file
+from webapp.checkpoints.preprocess import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 

@@ -260,7 +260,7 @@ def _card(loaded, key: str, onnx_name: str, started: float, **extra) -> ModelCar
 
 
 def _onnx_card(loaded, key: str, cache: ArtefactCache, started: float) -> ModelCard:
-    """An uploaded ONNX classifier (checked by ``model_loader.load_onnx``): the file
+    """An uploaded ONNX classifier (checked by ``webapp.checkpoints.onnx_model``): the file
     goes into the cache as it is; the engines read its first input and output, take the
     log of probabilities and feed a fixed-batch model one image at a time."""
     onnx_name = f"{key}.fp32.onnx"

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from model_loader import CROP_RATIO, ModelLoadError, preprocess_array, sha256_file
+from model_loader import ModelLoadError
+from webapp.checkpoints.files import sha256_file
+from webapp.checkpoints.preprocess import CROP_RATIO, preprocess_array
 
 log = logging.getLogger(__name__)
 

@@ -55,7 +55,7 @@ def fit_knn(train: np.ndarray, val: np.ndarray, *, k: int = DEFAULT_K,
     """The ``knn`` criterion for a model trained on ``train`` (pooled features of its
     training pictures) and validated on ``val``: the bank (normalised, float16 to halve
     the checkpoint's share) and the distance that keeps ``keep`` of the validation
-    pictures.  What goes into the checkpoint (``model_loader.openset_entry``)."""
+    pictures.  What goes into the checkpoint (``webapp.checkpoints.v1.openset_entry``)."""
     bank = openset.normalised(train)
     if len(bank) > MAX_BANK:
         bank = bank[np.linspace(0, len(bank) - 1, MAX_BANK).round().astype(int)]
@@ -96,7 +96,7 @@ def energy_criterion(module: nn.Module, head: tuple[np.ndarray, np.ndarray],
     bias): ReAct's clip at the ``REACT_PERCENTILE`` percentile of the pooled activations
     on views of ``example_photos()``, and the clipped energy that keeps ``keep`` of those
     views.  None when there is no photo to measure on."""
-    from model_loader import CROP_RATIO, preprocess_array
+    from webapp.checkpoints.preprocess import CROP_RATIO, preprocess_array
     from webapp.engines.calibration import views
 
     photos = example_photos()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from model_loader import preprocess_array
+from webapp.checkpoints.preprocess import preprocess_array
 from webapp.engines import Engine, ModelCard
 
 
@@ -55,7 +55,7 @@ class Classifier:
 
     def preprocess(self, img: Image.Image) -> np.ndarray:
         """torchvision's ImageNet eval transform with this model's own sizes and
-        statistics (``model_loader.preprocess_array``): a (3, size, size) float32 array."""
+        statistics (``webapp.checkpoints.preprocess``): a (3, size, size) float32 array."""
         card = self.loaded
         return preprocess_array(img, card.resize_size, card.input_size, card.mean, card.std)
 

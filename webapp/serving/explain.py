@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from model_loader import MAX_ASPECT
+from webapp.checkpoints.preprocess import MAX_ASPECT
 from webapp.serving.classifier import Classifier, Prediction, softmax
 
 # Two sentences a 12-year-old understands; {label} is the class the heatmap is for.

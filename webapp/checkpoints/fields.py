@@ -1,0 +1,98 @@
+"""What the person uploading a file says about it (class names, architecture,
+preprocessing), parsed and checked, and how it must agree with what the file says."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from webapp.checkpoints.architectures import supported_archs, unsupported_arch_message
+from webapp.checkpoints.labels import class_names, parse_classes_field, parse_labels_file
+from webapp.checkpoints.loaded import ModelLoadError
+
+
+@dataclass
+class Given:
+    """What the person uploading said about the file (all optional): class names from
+    the ``classes`` field and/or a labels file, the architecture, the preprocessing."""
+
+    classes: list[str] | None = None
+    classes_from: str | None = None
+    arch: str | None = None
+    input_size: int | None = None
+    mean: tuple | None = None
+    std: tuple | None = None
+
+    @classmethod
+    def parse(cls, what: str, *, classes=None, labels=None, arch=None, input_size=None,
+              mean=None, std=None) -> Given:
+        """``classes``: the field's text or a list; ``labels``: a labels file's bytes or
+        text; ``arch``: a name, or ``auto``/empty/None for "find out"."""
+        from_field = from_file = None
+        if isinstance(classes, list | tuple):
+            from_field = class_names(list(classes), "the classes field", what)
+        elif isinstance(classes, str) and classes.strip():
+            from_field = parse_classes_field(classes, what)
+        if isinstance(labels, str | bytes) and labels.strip():
+            from_file = parse_labels_file(labels, what)
+        if from_field and from_file and from_field != from_file:
+            raise ModelLoadError(
+                f"{what}: the classes field ({_shorten(from_field)}) and the labels file "
+                f"({_shorten(from_file)}) name different classes; send one of them")
+        arch = str(arch or "").strip()
+        if arch in ("", "auto"):
+            arch = None
+        elif arch not in supported_archs() and arch != "onnx":
+            raise ModelLoadError(f"{what}: {unsupported_arch_message(arch)}")
+        return cls(
+            classes=from_field or from_file,
+            classes_from=("the classes field" if from_field else
+                          "the labels file" if from_file else None),
+            arch=arch,
+            input_size=None if input_size in (None, "") else parse_input_size(input_size, what),
+            mean=vec3(mean, None, "mean", what),
+            std=vec3(std, None, "std", what),
+        )
+
+
+def _shorten(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", … ({len(names)} names)" if len(names) > limit else "")
+
+
+def parse_input_size(value, what: str) -> int:
+    try:
+        size = int(str(value).strip()) if not isinstance(value, int) else value
+    except ValueError:
+        size = 0
+    if isinstance(value, bool) or not 16 <= size <= 1024:
+        raise ModelLoadError(f"{what}: 'input_size' must be an integer from 16 to 1024")
+    return size
+
+
+def vec3(value, default, key: str, what: str):
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    if isinstance(value, str):
+        value = [v for v in re.split(r"[,\s]+", value.strip().strip("[]()")) if v]
+    try:
+        vec = tuple(float(x) for x in value)
+    except (TypeError, ValueError):
+        vec = ()
+    if len(vec) != 3 or not all(math.isfinite(x) for x in vec) or (
+            key == "std" and min(vec) <= 0):
+        raise ModelLoadError(f"{what}: {key!r} must be three numbers" + (
+            " greater than 0" if key == "std" else ""))
+    return vec
+
+
+def agree(key: str, given, found, default, given_from: str, what: str):
+    """The value of ``key``: what the file says, what the person said (they must agree
+    when both speak), else ``default``."""
+    if given is not None and found is not None and given != found:
+        shown = (_shorten(given), _shorten(found)) if key == "classes" else (given, found)
+        raise ModelLoadError(
+            f"{what}: {given_from} says {key} {shown[0]} but the file says {shown[1]}; "
+            f"leave the field empty to use the file's, or fix the one that is wrong")
+    return given if given is not None else found if found is not None else default
