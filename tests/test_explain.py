@@ -20,7 +20,7 @@ from model_loader import LoadedModel
 from tests.conftest import encode, save_random_resnet18
 from tests.photos import CAT_CLASSES, photo, real_photos
 from webapp import create_app
-from webapp.engines import EngineSettings, build
+from webapp.engines import EngineSettings, build, features
 from webapp.serving.classifier import Classifier
 from webapp.serving.explain import ExplainUnsupported, denormalise, explain, upsample
 
@@ -199,7 +199,7 @@ def test_target_layer_is_the_last_spatial_feature_map(arch, layer, tmp_path):
 
     torch.manual_seed(0)
     module = torchvision.models.get_model(arch, weights=None, num_classes=10).eval()
-    name, _ = build.find_target_layer(module, 224)
+    name, _ = features.find_target_layer(module, 224)
     assert name == layer
     result = explain(fp32_classifier(_loaded(module, arch), tmp_path), photo("camera").image)
     assert result.layer == layer and result.heatmap.shape == (224, 224)

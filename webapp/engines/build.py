@@ -49,7 +49,7 @@ import model_loader
 from model_loader import ModelLoadError
 from webapp.engines.artefacts import ArtefactCache, ModelCard, model_key
 from webapp.engines.calibration import calibration_arrays, calibration_files, int8_name
-from webapp.engines.features import WithFeatures
+from webapp.engines.features import NoFeatureMap, WithFeatures, find_target_layer
 
 log = logging.getLogger(__name__)
 
@@ -62,34 +62,6 @@ class BuildError(ModelLoadError):
 
 
 # --------------------------------------------------------------------------- heatmap layer
-
-
-def find_target_layer(module: nn.Module, input_size: int) -> tuple[str, nn.Module]:
-    """The last module (in the order forward passes finish) whose output is an N×C×H×W
-    tensor with H, W ≥ 2, found with one probe forward pass on a blank image: the final
-    convolutional features right before global pooling (``layer4`` for ResNets,
-    ``features`` for torchvision's EfficientNet/MobileNet/DenseNet, the head activation
-    ``_swish`` for the bundled EfficientNet-Lite0)."""
-
-    seen: list[tuple[str, nn.Module]] = []
-
-    def record(name):
-        def hook(mod, args, output):
-            if torch.is_tensor(output) and output.dim() == 4 and min(output.shape[2:]) >= 2:
-                seen.append((name, mod))
-
-        return hook
-
-    handles = [m.register_forward_hook(record(n)) for n, m in module.named_modules() if n]
-    try:
-        with torch.inference_mode():
-            module(torch.zeros(1, 3, input_size, input_size))
-    finally:
-        for handle in handles:
-            handle.remove()
-    if not seen:
-        raise BuildError("the model has no convolutional feature map")
-    return seen[-1]
 
 
 def linear_head(module: nn.Module, layer: nn.Module, example: np.ndarray
@@ -193,7 +165,7 @@ def build_card(loaded: model_loader.LoadedModel, key: str, cache: ArtefactCache,
                                  "feature map")
             layer_name, layer = find_target_layer(module, loaded.input_size)
             head = linear_head(module, layer, batch[:1])
-        except BuildError as exc:
+        except (BuildError, NoFeatureMap) as exc:
             cam_unavailable = str(exc)
             layer = None
             log.info("no heatmaps for %s: %s", loaded.name, exc)

@@ -3,7 +3,12 @@ exports (the ONNX network's second output, for heatmaps) and what ``ENGINE=torch
 
 from __future__ import annotations
 
+import torch
 from torch import nn
+
+
+class NoFeatureMap(ValueError):
+    """The network has no N×C×H×W feature map to take heatmaps (and open-set features) from."""
 
 
 class WithFeatures(nn.Module):
@@ -33,3 +38,31 @@ class WithFeatures(nn.Module):
         finally:
             handle.remove()
         return logits, captured[-1]
+
+
+def find_target_layer(module: nn.Module, input_size: int) -> tuple[str, nn.Module]:
+    """The last module (in the order forward passes finish) whose output is an N×C×H×W
+    tensor with H, W ≥ 2, found with one probe forward pass on a blank image: the final
+    convolutional features right before global pooling (``layer4`` for ResNets,
+    ``features`` for torchvision's EfficientNet/MobileNet/DenseNet, the head activation
+    ``_swish`` for the bundled EfficientNet-Lite0)."""
+
+    seen: list[tuple[str, nn.Module]] = []
+
+    def record(name):
+        def hook(mod, args, output):
+            if torch.is_tensor(output) and output.dim() == 4 and min(output.shape[2:]) >= 2:
+                seen.append((name, mod))
+
+        return hook
+
+    handles = [m.register_forward_hook(record(n)) for n, m in module.named_modules() if n]
+    try:
+        with torch.inference_mode():
+            module(torch.zeros(1, 3, input_size, input_size))
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not seen:
+        raise NoFeatureMap("the model has no convolutional feature map")
+    return seen[-1]

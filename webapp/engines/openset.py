@@ -4,7 +4,7 @@ that keeps 95 % of the validation pictures) or in the builder (``energy``: for a
 model without training pictures of its own).
 
 The feature is the one the served network outputs (``features``, the last feature map,
-pooled): the layer Grad-CAM looks at, found the same way (``build.find_target_layer``),
+pooled): the layer Grad-CAM looks at, found the same way (``features.find_target_layer``),
 so the numbers made here are the numbers a worker computes.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from webapp.engines.features import WithFeatures
+from webapp.engines.features import WithFeatures, find_target_layer
 from webapp.serving import openset
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,6 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent.parent / "static" / "examp
 
 def extractor(module: nn.Module, input_size: int) -> tuple[str, WithFeatures]:
     """The served network's feature layer and ``module`` answering (logits, features)."""
-    from webapp.engines.build import find_target_layer
-
     name, layer = find_target_layer(module, input_size)
     return name, WithFeatures(module, layer).eval()
 

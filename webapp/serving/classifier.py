@@ -11,7 +11,8 @@ import numpy as np
 from PIL import Image
 
 from webapp.checkpoints.preprocess import preprocess_array
-from webapp.engines import Engine, ModelCard
+from webapp.engines.artefacts import ModelCard
+from webapp.engines.runtime import Engine
 
 
 @dataclass(frozen=True)
