@@ -348,6 +348,7 @@ while True:  # add, activate, rename, roll back, redo, delete, for ever: killed 
 """
 
 
+@pytest.mark.system
 def test_a_process_killed_at_any_point_never_leaves_a_half_written_model(
     tmp_path, fruit_checkpoint, tools_checkpoint
 ):

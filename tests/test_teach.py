@@ -145,6 +145,7 @@ def registry_tmp(tmp_path: Path) -> list[str]:
 # --------------------------------------------------------------------------- the whole loop
 
 
+@pytest.mark.system
 def test_teach_train_activate_and_predict_on_a_real_server(start_server, tmp_path):
     """Through the admin API of a real gunicorn server whose workers restart every 25
     requests (gunicorn --max-requests): build a 3-class dataset, train with the teach
