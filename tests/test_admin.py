@@ -17,7 +17,7 @@ from tests.photos import photo
 from tests.test_model_loader import ACCEPTED, TORCH_WORDS
 from tests.test_registry import hostile_files, leftovers, snapshot
 from webapp import create_app
-from webapp.registry import BUILTIN, Registry
+from webapp.stores.registry import BUILTIN, Registry
 
 TOKEN = "test-admin-token-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -28,25 +28,16 @@ def make_app(model_dir: Path, **config):
                        **config})
 
 
-@pytest.fixture(scope="module")
-def admin_app(tmp_path_factory):
-    app = make_app(tmp_path_factory.mktemp("admin") / "store")
-    app.extensions["model_holder"].warm_up()
-    return app
+@pytest.fixture()
+def admin_app(tmp_path):
+    """A fresh app with the admin area enabled, an empty store and the built-in model."""
+    return make_app(tmp_path / "store")
 
 
 @pytest.fixture()
 def admin(admin_app):
-    """A client on the shared app, with an empty store and the built-in model active."""
-    store: Registry = admin_app.extensions["registry"]
-    if store.state().active != BUILTIN:
-        store.activate(BUILTIN)
-    for meta in store.list_models():
-        store.delete(meta["id"])
-    store.pointer.unlink(missing_ok=True)  # no history either
-    client = admin_app.test_client()
-    assert wait_for_model(client, BUILTIN)["model"]["id"] == BUILTIN
-    return client
+    """A client on that app."""
+    return admin_app.test_client()
 
 
 def csrf_from(html: str) -> str:

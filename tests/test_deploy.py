@@ -166,7 +166,7 @@ def test_dockerignore_keeps_what_the_image_needs_and_nothing_else():
         return False
 
     for needed in ("app.py", "gunicorn.conf.py", "model_loader.py", "requirements.txt",
-                   "Makefile", "webapp/api.py", "templates/base.html", "static/js/app.js",
+                   "Makefile", "webapp/views/api.py", "templates/base.html", "static/js/app.js",
                    "translations/en.json", "deploy/smoke.py", "deploy/healthcheck.py"):
         assert not ignored(needed), needed
     for unwanted in (".venv", ".git", "instance", "tests", "artifacts",

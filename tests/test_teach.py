@@ -24,7 +24,7 @@ from tests.shapes import SHAPES, draw
 from tests.test_admin import BEARER, TOKEN, assert_error, login
 from webapp import create_app
 from webapp.jobs import ORPHANED, TEACH_DEFAULTS
-from webapp.registry import Registry
+from webapp.stores.registry import Registry
 
 FINAL = ("done", "failed", "cancelled")
 LONG = {"epochs": 100, "patience": 0, "image_size": 64}  # runs until it is stopped

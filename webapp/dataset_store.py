@@ -45,9 +45,9 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
-from webapp import durable
-from webapp.durable import fsync_dir
 from webapp.serving import imaging
+from webapp.stores import durable
+from webapp.stores.durable import fsync_dir
 
 MAX_SIDE = 1024  # stored images: the longer side at most this (training uses ≤ 448)
 JPEG_QUALITY = 90
