@@ -2,8 +2,9 @@
 
 **Tiers.**  ``make test-fast`` runs ``pytest -m "not system and not browser"``: no server
 process, no browser, for the inner loop.  A test that starts a real server (gunicorn, the
-development server, nginx) or runs one of the project's command lines in a subprocess is
-marked ``system``; one that drives Chromium is marked ``browser``.  ``make test`` (what CI
+development server, nginx), runs one of the project's command lines in a subprocess, or has
+the server convert new models (a builder child process each, with torch) is marked
+``system``; one that drives Chromium is marked ``browser``.  ``make test`` (what CI
 runs) runs both tiers.  ``Server`` refuses to start inside a test without the ``system``
 mark, so a slow test cannot slip into the fast tier unnoticed.
 

@@ -214,6 +214,7 @@ def test_over_https_the_session_cookie_is_secure_and_hsts_is_on(tmp_path, hops, 
                 == ("max-age=31536000" if https else None))
 
 
+@pytest.mark.system  # converts new models in builder child processes
 def test_form_posts_without_a_csrf_token_are_refused(admin, admin_app, fruit_checkpoint):
     store = admin_app.extensions["registry"]
     model_id = store.add(fruit_checkpoint)["id"]
@@ -309,6 +310,7 @@ def test_public_pages_do_not_expose_admin_actions(admin):
 # --------------------------------------------------------------------------- the API
 
 
+@pytest.mark.system  # converts new models in builder child processes
 def test_upload_try_activate_rollback_and_delete_over_the_api(admin, fruit_checkpoint,
                                                               tools_checkpoint):
     response = upload(admin, fruit_checkpoint, name="Fruit v1", filename="fruit.pt")
@@ -385,6 +387,7 @@ def test_upload_try_activate_rollback_and_delete_over_the_api(admin, fruit_check
     assert ready["registry"] == {"active": BUILTIN, "serving": BUILTIN, "in_sync": True}
 
 
+@pytest.mark.system  # converts new models in builder child processes
 def test_a_bare_state_dict_upload_is_an_imagenet_resnet18(admin, random_resnet18):
     response = upload(admin, random_resnet18, filename="resnet18-random.pth")
     assert response.status_code == 201, response.get_data(as_text=True)
@@ -409,6 +412,7 @@ def bad_uploads(tmp_path: Path, fruit_checkpoint: Path):
     ]
 
 
+@pytest.mark.system  # converts new models in builder child processes
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_bad_uploads_get_a_clear_4xx_and_leave_the_store_unchanged(
     admin, admin_app, tmp_path, fruit_checkpoint
@@ -520,6 +524,7 @@ def test_the_admin_page_shows_the_models_and_works_without_javascript(
     assert bad.status_code == 422 and "looks like: JPEG" in bad.get_data(as_text=True)
 
 
+@pytest.mark.system  # converts new models in builder child processes
 def test_the_upload_page_counts_the_guesses_of_a_two_class_model(admin, admin_app, tmp_path):
     """A 2-class model gives 2 bars: the heading says "Top 2 guesses", not "Top 3"."""
     from tests.conftest import save_finetuned_resnet18
@@ -658,6 +663,7 @@ def test_kiosk_settings_over_the_api(admin, admin_app, tmp_path, monkeypatch):
                            content_type="application/json"), 400, "bad_json")
 
 
+@pytest.mark.system  # converts new models in builder child processes
 def test_an_upload_is_converted_for_the_engine_before_it_is_activated(tmp_path,
                                                                       fruit_checkpoint):
     """The upload fills the engine cache (keyed by the weights), so activating it in the
@@ -707,6 +713,7 @@ def stored_id(client, entry) -> str:
     return response.get_json()["id"]
 
 
+@pytest.mark.system  # converts new models in builder child processes
 @pytest.mark.parametrize("row", ACCEPTED)
 def test_every_row_of_the_table_gets_in_and_answers_like_torch(fp32_app, model_files, row):
     """Upload, activate, /predict on the real photos: the same top-1 (and score) as the
@@ -773,6 +780,7 @@ def test_the_upload_form_asks_for_class_names_and_the_architecture(admin):
         assert f'for="{control_id}"' in page, tag
 
 
+@pytest.mark.system  # converts new models in builder child processes
 def test_class_names_are_sent_through_the_page_without_javascript(admin, admin_app,
                                                                   model_files):
     csrf = login(admin)
@@ -794,6 +802,7 @@ def test_class_names_are_sent_through_the_page_without_javascript(admin, admin_a
     assert "give the 5 class names in output order" in refused.get_data(as_text=True)
 
 
+@pytest.mark.system  # converts new models in builder child processes
 def test_refused_uploads_say_what_to_do_and_never_quote_torch(admin, admin_app, model_files):
     store = admin_app.extensions["registry"]
     before = snapshot(store.root)
@@ -819,6 +828,7 @@ def test_refused_uploads_say_what_to_do_and_never_quote_torch(admin, admin_app, 
     assert snapshot(store.root) == before and leftovers(store.root) == []
 
 
+@pytest.mark.system  # converts new models in builder child processes
 def test_the_command_line_takes_class_names_too(tmp_path, model_files):
     app = make_app(tmp_path / "store", ADMIN_TOKEN="")
     runner = app.test_cli_runner()
