@@ -2,6 +2,7 @@
 #   make run    set up .venv, fetch ResNet18's weights if the network allows, and start
 #               the server (gunicorn) on http://127.0.0.1:5000
 #   make test   set up .venv with the test tools and run lint + the test suite
+#   make test-fast  the inner loop: no server process, no browser (docs/development.md)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -71,6 +72,12 @@ system-deps:
 
 test: lint system-deps
 	$(BIN)/python -m pytest
+
+# The tests that start no server and no browser (markers in tests/conftest.py): the loop
+# while working.  `make test` (what CI runs) runs these and the system and browser tiers.
+.PHONY: test-fast
+test-fast: install-dev
+	$(BIN)/python -m pytest -m "not system and not browser" $(ARGS)
 
 .PHONY: bench
 bench: install-dev  # the speed benchmark (docs/speed.md); ARGS=--quick for a short check

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from model_loader import ModelLoadError
-from webapp import create_app
+from webapp import create_app, current
 
 app = create_app()
 
@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="Flask debug mode (reloader)")
     args = parser.parse_args(argv)
     try:
-        app.extensions["model_holder"].warm_up()
+        with app.app_context():
+            current.holder().warm_up()
     except ModelLoadError as exc:
         print(f"error: the model could not be loaded: {exc}", file=sys.stderr)
         return 1

@@ -24,8 +24,8 @@ os.environ["TORCH_THREADS"] = str(_threads)
 
 bind = os.environ.get("GUNICORN_BIND") or f"{_settings['HOST']}:{_settings['PORT']}"
 # gthread, but each request is read in the worker's event loop before a thread gets it:
-# slow clients hold no thread and no upload slot (webapp/worker.py, docs/security.md).
-worker_class = "webapp.worker.BufferingWorker"
+# slow clients hold no thread and no upload slot (webapp/http/worker.py, docs/security.md).
+worker_class = "webapp.http.worker.BufferingWorker"
 threads = _settings["HTTP_THREADS"]
 preload_app = False
 control_socket_disable = True  # two servers on one machine would share one socket path
@@ -37,14 +37,14 @@ errorlog = "-"
 loglevel = _settings["LOG_LEVEL"]
 
 # Operating it (docs/operating.md): JSON access log lines, worker recycling, request limits.
-logger_class = "webapp.accesslog.JsonAccessLogger"
+logger_class = "webapp.http.accesslog.JsonAccessLogger"
 max_requests = _settings["MAX_REQUESTS"]
 max_requests_jitter = _settings["MAX_REQUESTS_JITTER"]
 limit_request_line = 4094  # gunicorn's defaults, stated: URL, header count and size
 limit_request_fields = 100
 limit_request_field_size = 8190
 
-# /metrics (webapp/metrics.py): each worker writes its numbers to files in this folder,
+# /metrics (webapp/http/metrics.py): each worker writes its numbers to files in this folder,
 # the worker that answers a scrape adds up all of them.  prometheus-client reads the
 # variable when the workers import it, after the fork.
 _metrics_dir = _settings["PROMETHEUS_MULTIPROC_DIR"]
@@ -79,12 +79,14 @@ def post_worker_init(worker):
     import threading
 
     from model_loader import ModelLoadError
+    from webapp import current
 
     failure = []
 
     def load():
         try:
-            worker.wsgi.extensions["model_holder"].warm_up()
+            with worker.wsgi.app_context():
+                current.holder().warm_up()
         except ModelLoadError as exc:
             failure.append(exc)
 

@@ -328,7 +328,7 @@ def main() -> int:
     try:
         server.wait_ready(timeout=300)
         quiet = quiet_latency(server, photo)
-        print(f"server: gunicorn app:app ({args.worker_class or 'webapp.worker'}), "
+        print(f"server: gunicorn app:app ({args.worker_class or 'webapp.http.worker'}), "
               f"{len(ops.worker_pids(server))} worker(s); quiet photo latency "
               f"{quiet * 1000:.0f} ms (median of 15)\n")
         for kind, name, run in attack_list(args.quick):

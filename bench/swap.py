@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests import attacks, ops  # noqa: E402
 from tests.conftest import FRUIT, TOOLS, save_finetuned_resnet18  # noqa: E402
-from webapp.registry import Registry  # noqa: E402
+from webapp.stores.registry import Registry  # noqa: E402
 
 TOKEN = "bench-swap-token-0123456789"
 BOUND = 120.0  # seconds a switch may take before the run gives up

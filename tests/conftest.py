@@ -1,9 +1,23 @@
-"""Shared fixtures.  Every test runs with its own empty TORCH_HOME, so a torchvision
-cache on the developer's machine never changes what is tested."""
+"""Shared fixtures, and the two tiers of the suite.
+
+**Tiers.**  ``make test-fast`` runs ``pytest -m "not system and not browser"``: no server
+process, no browser, for the inner loop.  A test that starts a real server (gunicorn, the
+development server, nginx), runs one of the project's command lines in a subprocess, or has
+the server convert new models (a builder child process each, with torch) is marked
+``system``; one that drives Chromium is marked ``browser``.  ``make test`` (what CI
+runs) runs both tiers.  ``Server`` refuses to start inside a test without the ``system``
+mark, so a slow test cannot slip into the fast tier unnoticed.
+
+**Isolation.**  The whole session runs with its own empty ``TORCH_HOME`` (a torchvision
+cache on the developer's machine never changes what is tested), no setting inherited from
+the shell, and an engine cache of its own (``ENGINE_CACHE_DIR``: a model is converted
+once per session, which is what makes a fresh app cheap).  Every test then gets its own
+empty ``MODEL_DIR`` and ``DATA_DIR`` (in ``tmp_path``) and, through the ``app`` fixture,
+a fresh application -- the way Flask's tutorial tests do.
+"""
 
 from __future__ import annotations
 
-import atexit
 import io
 import os
 import shutil
@@ -21,25 +35,61 @@ import torchvision
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Before anything reads it: an empty torch cache for the whole test session.
-_TORCH_HOME = tempfile.mkdtemp(prefix="torch-home-")
-os.environ["TORCH_HOME"] = _TORCH_HOME
-# Empty teach-live datasets and jobs, never the project's instance/datasets.
-for _name in ("JOB_THREADS", "MAX_DATASET_IMAGES", "MAX_DATASET_MB"):
-    os.environ.pop(_name, None)
-os.environ["DATA_DIR"] = tempfile.mkdtemp(prefix="data-dir-")
-for _name in ("MODEL_WEIGHTS", "ALLOW_DOWNLOAD", "QUANTIZE", "WEB_CONCURRENCY",
-              "TORCH_THREADS", "MAX_UPLOAD_MB", "MAX_IMAGE_PIXELS"):
-    os.environ.pop(_name, None)
-# ... and an empty model registry, never the project's instance/models.
-for _name in ("ADMIN_TOKEN", "SECRET_KEY", "MAX_CHECKPOINT_MB", "ADMIN_LOGIN_LIMIT"):
-    os.environ.pop(_name, None)
-os.environ["MODEL_DIR"] = tempfile.mkdtemp(prefix="model-dir-")
-for _name in ("ENGINE", "CALIBRATION_DIR", "MALLOC_ARENA_MAX"):
-    os.environ.pop(_name, None)
-# Converted models go to a cache of this session, shared by its servers (not ~/.cache).
-os.environ["ENGINE_CACHE_DIR"] = tempfile.mkdtemp(prefix="engine-cache-")
-atexit.register(shutil.rmtree, os.environ["ENGINE_CACHE_DIR"], ignore_errors=True)
+# Settings a developer's shell may have that would change what the tests see.
+_INHERITED = (
+    "MODEL_WEIGHTS", "ALLOW_DOWNLOAD", "QUANTIZE", "WEB_CONCURRENCY", "TORCH_THREADS",
+    "MAX_UPLOAD_MB", "MAX_IMAGE_PIXELS", "ADMIN_TOKEN", "SECRET_KEY", "MAX_CHECKPOINT_MB",
+    "ADMIN_LOGIN_LIMIT", "ENGINE", "CALIBRATION_DIR", "MALLOC_ARENA_MAX", "JOB_THREADS",
+    "MAX_DATASET_IMAGES", "MAX_DATASET_MB",
+)
+_session_env = pytest.MonkeyPatch()
+_session_folders: list[Path] = []
+
+
+def pytest_configure(config):
+    """The session's environment, set before any test module is imported (some read
+    ``ENGINE_CACHE_DIR`` at import) and undone, its folders removed, when it ends."""
+    base = Path(tempfile.mkdtemp(prefix="pytest-session-"))
+    _session_folders.append(base)
+    for name in _INHERITED:
+        _session_env.delenv(name, raising=False)
+    for name, folder in (("TORCH_HOME", "torch-home"), ("ENGINE_CACHE_DIR", "engine-cache"),
+                         ("MODEL_DIR", "models"), ("DATA_DIR", "data")):
+        (base / folder).mkdir()
+        _session_env.setenv(name, str(base / folder))
+
+
+def pytest_unconfigure(config):
+    _session_env.undo()
+    while _session_folders:
+        shutil.rmtree(_session_folders.pop(), ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _own_folders(tmp_path, monkeypatch):
+    """Each test's own empty model registry and teach data (apps it creates and servers
+    it starts inherit them)."""
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "model-dir"))
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data-dir"))
+
+
+_current_test: pytest.Item | None = None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    global _current_test
+    _current_test = item
+
+
+def require_system_mark(what: str) -> None:
+    """Fail a test (or its fixture) that starts ``what`` without the ``system`` (or
+    ``browser``) mark."""
+    if _current_test is not None and not any(
+            _current_test.get_closest_marker(mark) for mark in ("system", "browser")):
+        pytest.fail(f"{_current_test.nodeid} starts {what} but is not marked system "
+                    "(@pytest.mark.system, or pytestmark = pytest.mark.system): the fast "
+                    "tier (make test-fast) starts no server", pytrace=False)
 
 
 def encode(image, fmt: str = "JPEG", **params) -> bytes:
@@ -93,14 +143,15 @@ def tools_checkpoint(tmp_path_factory) -> Path:
                                    seed=2)
 
 
-@pytest.fixture(scope="session")
-def app():
-    """The real app with the bundled ImageNet model (no ResNet18 weights on this machine)."""
+@pytest.fixture()
+def app(tmp_path):
+    """A fresh app with the bundled ImageNet model (no ResNet18 weights on this machine)
+    and this test's own empty folders.  Cheap: the converted model comes from the
+    session's engine cache; the model loads on the first request that needs it."""
     from webapp import create_app
 
-    app = create_app({"TESTING": True})
-    app.extensions["model_holder"].warm_up()
-    return app
+    return create_app({"TESTING": True, "MODEL_DIR": str(tmp_path / "model-dir"),
+                       "DATA_DIR": str(tmp_path / "data-dir")})
 
 
 @pytest.fixture()
@@ -118,6 +169,7 @@ class Server:
     """A real server process on 127.0.0.1 (gunicorn or the dev server)."""
 
     def __init__(self, argv, env, port, log_path, cpus=None):
+        require_system_mark("a server")
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path

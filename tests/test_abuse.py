@@ -46,13 +46,17 @@ def error_of(response, status: int, code: str) -> str:
 
 
 def test_a_flood_of_form_fields_is_refused_before_it_is_parsed(client):
-    """19 MB of ``a=&`` to the login form (no login needed) and to /predict: 413."""
+    """2 MB of ``a=&`` to the login form (no login needed): 413; to /predict, where a big
+    URL-encoded body is a photo sent without its type, a 400 that says how to send it.
+    Neither is parsed."""
     flood = attacks.form_flood(2 * attacks.MB)
-    for path in ("/admin/login", "/predict"):
-        response = client.post(path, data=flood, content_type=URLENCODED,
-                               headers={"Accept": "application/json"})
-        message = error_of(response, 413, "form_too_large")
-        assert "64 KB" in message and "multipart/form-data" in message
+    response = client.post("/admin/login", data=flood, content_type=URLENCODED,
+                           headers={"Accept": "application/json"})
+    message = error_of(response, 413, "form_too_large")
+    assert "64 KB" in message and "multipart/form-data" in message
+    response = client.post("/predict", data=flood, content_type=URLENCODED,
+                           headers={"Accept": "application/json"})
+    assert "Content-Type: image/jpeg" in error_of(response, 400, "no_image")
     # A login form of normal size still works.
     page = client.get("/admin/login").get_data(as_text=True)
     response = client.post("/admin/login", content_type=URLENCODED,
@@ -165,6 +169,7 @@ def codes(responses) -> list[tuple[int, str]]:
     return [(r.status_code, r.json()["error"]["code"]) for r in responses]
 
 
+@pytest.mark.system
 def test_images_built_to_be_slow_are_refused_while_a_photo_is_answered(server):
     filler = attacks.filler_jpeg(19 * attacks.MB)
     scans = attacks.many_scans_jpeg(5000)
@@ -178,6 +183,7 @@ def test_images_built_to_be_slow_are_refused_while_a_photo_is_answered(server):
     assert_cat(photo)
 
 
+@pytest.mark.system
 def test_form_json_and_part_floods_are_refused_while_a_photo_is_answered(server):
     url = server.url
     flood, parts = attacks.form_flood(19 * attacks.MB), attacks.multipart_parts(5000)
@@ -195,6 +201,7 @@ def test_form_json_and_part_floods_are_refused_while_a_photo_is_answered(server)
     assert_cat(photo)
 
 
+@pytest.mark.system
 def test_hostile_archives_are_refused_while_a_photo_is_answered(server):
     url = server.url
 
@@ -213,6 +220,7 @@ def test_hostile_archives_are_refused_while_a_photo_is_answered(server):
                         timeout=30).json()["datasets"] == []
 
 
+@pytest.mark.system
 def test_a_chunked_body_over_the_limit_is_a_413(server):
     body = attacks.real_jpeg() + bytes(21 * attacks.MB)
     response = requests.post(server.url + "/predict", data=attacks.chunks(body), timeout=120,
@@ -223,6 +231,7 @@ def test_a_chunked_body_over_the_limit_is_a_413(server):
                              headers={"Content-Type": "image/jpeg"}))
 
 
+@pytest.mark.system
 def test_fifty_slow_header_clients_do_not_stall_the_server(server):
     """50 connections sending one header line a second hold no thread: /predict and
     /healthz answer meanwhile; after REQUEST_TIMEOUT each slow client is told 408."""
@@ -245,6 +254,7 @@ def test_fifty_slow_header_clients_do_not_stall_the_server(server):
             sock.close()
 
 
+@pytest.mark.system
 def test_a_dataset_archive_may_take_longer_than_the_request_timeout(server):
     """A steady upload is not cut off at REQUEST_TIMEOUT (3 s here): one under
     MAX_UPLOAD_MB (read ahead by the worker) and one over it (streamed to DATA_DIR by
@@ -279,6 +289,7 @@ class paced(io.BytesIO):  # noqa: N801 - a file object, like open()
         return super().read(size)
 
 
+@pytest.mark.system
 def test_what_the_worker_reads_ahead_reaches_the_app_as_sent(server):
     """Two requests in one packet (pipelining) get two answers in order; a client that
     waits for 100 Continue (curl does, for bodies over 1 MB) gets it once, then its 200."""

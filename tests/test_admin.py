@@ -17,7 +17,7 @@ from tests.photos import photo
 from tests.test_model_loader import ACCEPTED, TORCH_WORDS
 from tests.test_registry import hostile_files, leftovers, snapshot
 from webapp import create_app
-from webapp.registry import BUILTIN, Registry
+from webapp.stores.registry import BUILTIN, Registry
 
 TOKEN = "test-admin-token-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -28,25 +28,16 @@ def make_app(model_dir: Path, **config):
                        **config})
 
 
-@pytest.fixture(scope="module")
-def admin_app(tmp_path_factory):
-    app = make_app(tmp_path_factory.mktemp("admin") / "store")
-    app.extensions["model_holder"].warm_up()
-    return app
+@pytest.fixture()
+def admin_app(tmp_path):
+    """A fresh app with the admin area enabled, an empty store and the built-in model."""
+    return make_app(tmp_path / "store")
 
 
 @pytest.fixture()
 def admin(admin_app):
-    """A client on the shared app, with an empty store and the built-in model active."""
-    store: Registry = admin_app.extensions["registry"]
-    if store.state().active != BUILTIN:
-        store.activate(BUILTIN)
-    for meta in store.list_models():
-        store.delete(meta["id"])
-    store.pointer.unlink(missing_ok=True)  # no history either
-    client = admin_app.test_client()
-    assert wait_for_model(client, BUILTIN)["model"]["id"] == BUILTIN
-    return client
+    """A client on that app."""
+    return admin_app.test_client()
 
 
 def csrf_from(html: str) -> str:
@@ -223,6 +214,7 @@ def test_over_https_the_session_cookie_is_secure_and_hsts_is_on(tmp_path, hops, 
                 == ("max-age=31536000" if https else None))
 
 
+@pytest.mark.system  # converts new models in builder child processes
 def test_form_posts_without_a_csrf_token_are_refused(admin, admin_app, fruit_checkpoint):
     store = admin_app.extensions["registry"]
     model_id = store.add(fruit_checkpoint)["id"]
@@ -318,6 +310,7 @@ def test_public_pages_do_not_expose_admin_actions(admin):
 # --------------------------------------------------------------------------- the API
 
 
+@pytest.mark.system  # converts new models in builder child processes
 def test_upload_try_activate_rollback_and_delete_over_the_api(admin, fruit_checkpoint,
                                                               tools_checkpoint):
     response = upload(admin, fruit_checkpoint, name="Fruit v1", filename="fruit.pt")
@@ -394,6 +387,7 @@ def test_upload_try_activate_rollback_and_delete_over_the_api(admin, fruit_check
     assert ready["registry"] == {"active": BUILTIN, "serving": BUILTIN, "in_sync": True}
 
 
+@pytest.mark.system  # converts new models in builder child processes
 def test_a_bare_state_dict_upload_is_an_imagenet_resnet18(admin, random_resnet18):
     response = upload(admin, random_resnet18, filename="resnet18-random.pth")
     assert response.status_code == 201, response.get_data(as_text=True)
@@ -418,6 +412,7 @@ def bad_uploads(tmp_path: Path, fruit_checkpoint: Path):
     ]
 
 
+@pytest.mark.system  # converts new models in builder child processes
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_bad_uploads_get_a_clear_4xx_and_leave_the_store_unchanged(
     admin, admin_app, tmp_path, fruit_checkpoint
@@ -529,6 +524,7 @@ def test_the_admin_page_shows_the_models_and_works_without_javascript(
     assert bad.status_code == 422 and "looks like: JPEG" in bad.get_data(as_text=True)
 
 
+@pytest.mark.system  # converts new models in builder child processes
 def test_the_upload_page_counts_the_guesses_of_a_two_class_model(admin, admin_app, tmp_path):
     """A 2-class model gives 2 bars: the heading says "Top 2 guesses", not "Top 3"."""
     from tests.conftest import save_finetuned_resnet18
@@ -667,6 +663,7 @@ def test_kiosk_settings_over_the_api(admin, admin_app, tmp_path, monkeypatch):
                            content_type="application/json"), 400, "bad_json")
 
 
+@pytest.mark.system  # converts new models in builder child processes
 def test_an_upload_is_converted_for_the_engine_before_it_is_activated(tmp_path,
                                                                       fruit_checkpoint):
     """The upload fills the engine cache (keyed by the weights), so activating it in the
@@ -716,6 +713,7 @@ def stored_id(client, entry) -> str:
     return response.get_json()["id"]
 
 
+@pytest.mark.system  # converts new models in builder child processes
 @pytest.mark.parametrize("row", ACCEPTED)
 def test_every_row_of_the_table_gets_in_and_answers_like_torch(fp32_app, model_files, row):
     """Upload, activate, /predict on the real photos: the same top-1 (and score) as the
@@ -782,6 +780,7 @@ def test_the_upload_form_asks_for_class_names_and_the_architecture(admin):
         assert f'for="{control_id}"' in page, tag
 
 
+@pytest.mark.system  # converts new models in builder child processes
 def test_class_names_are_sent_through_the_page_without_javascript(admin, admin_app,
                                                                   model_files):
     csrf = login(admin)
@@ -803,6 +802,7 @@ def test_class_names_are_sent_through_the_page_without_javascript(admin, admin_a
     assert "give the 5 class names in output order" in refused.get_data(as_text=True)
 
 
+@pytest.mark.system  # converts new models in builder child processes
 def test_refused_uploads_say_what_to_do_and_never_quote_torch(admin, admin_app, model_files):
     store = admin_app.extensions["registry"]
     before = snapshot(store.root)
@@ -828,6 +828,7 @@ def test_refused_uploads_say_what_to_do_and_never_quote_torch(admin, admin_app, 
     assert snapshot(store.root) == before and leftovers(store.root) == []
 
 
+@pytest.mark.system  # converts new models in builder child processes
 def test_the_command_line_takes_class_names_too(tmp_path, model_files):
     app = make_app(tmp_path / "store", ADMIN_TOKEN="")
     runner = app.test_cli_runner()

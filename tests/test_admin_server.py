@@ -8,12 +8,15 @@ import threading
 import time
 from collections import defaultdict
 
+import pytest
 import requests
 
 import model_loader
 from tests.conftest import FRUIT, TOOLS, encode
 from tests.photos import photo
-from webapp.registry import BUILTIN, Registry
+from webapp.stores.registry import BUILTIN, Registry
+
+pytestmark = pytest.mark.system  # real servers on 127.0.0.1 (conftest.py: the tiers)
 
 TOKEN = "server-admin-token-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}

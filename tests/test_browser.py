@@ -33,9 +33,9 @@ from tests.browser import (
 )
 from tests.conftest import ROOT, Server, encode, free_port
 from tests.photos import CAT_CLASSES, photo
-from webapp.kiosk import CONFIDENCE_WORDS
-from webapp.kiosk_settings import KioskSettings, KioskSettingsStore
+from webapp.stores.kiosk_settings import KioskSettings, KioskSettingsStore
 from webapp.translations import Translations
+from webapp.views.kiosk import CONFIDENCE_WORDS
 
 pytestmark = pytest.mark.browser
 

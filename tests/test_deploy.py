@@ -166,7 +166,7 @@ def test_dockerignore_keeps_what_the_image_needs_and_nothing_else():
         return False
 
     for needed in ("app.py", "gunicorn.conf.py", "model_loader.py", "requirements.txt",
-                   "Makefile", "webapp/api.py", "templates/base.html", "static/js/app.js",
+                   "Makefile", "webapp/views/api.py", "templates/base.html", "static/js/app.js",
                    "translations/en.json", "deploy/smoke.py", "deploy/healthcheck.py"):
         assert not ignored(needed), needed
     for unwanted in (".venv", ".git", "instance", "tests", "artifacts",
@@ -174,6 +174,7 @@ def test_dockerignore_keeps_what_the_image_needs_and_nothing_else():
         assert ignored(unwanted), unwanted
 
 
+@pytest.mark.system
 def test_the_smoke_command_of_the_image_build_passes():
     """`make smoke` (what the Dockerfile runs at build time), with this venv."""
     command = make_commands("smoke")[-1].replace("$(BIN)", str(BIN))
@@ -233,6 +234,7 @@ def render_nginx_conf(tmp: Path, port: int, upstreams: list[int]) -> Path:
     return path
 
 
+@pytest.mark.system
 def test_nginx_accepts_the_config(tmp_path):
     conf = render_nginx_conf(tmp_path, free_port(), [free_port(), free_port()])
     done = subprocess.run([nginx_binary(), "-t", "-p", str(tmp_path), "-c", str(conf), "-e",
@@ -242,6 +244,7 @@ def test_nginx_accepts_the_config(tmp_path):
     assert "test is successful" in done.stderr
 
 
+@pytest.mark.system
 def test_two_replicas_sharing_a_model_dir_behind_nginx(tmp_path, fruit_checkpoint):
     """The compose topology without Docker: nginx (deploy/nginx.conf) in front of two
     gunicorn replicas on one MODEL_DIR.  Requests reach both, with nginx's request id in

@@ -256,6 +256,7 @@ def _workers(server) -> list[int]:
         return [int(p) for p in fh.read().split()]
 
 
+@pytest.mark.system
 def test_the_gunicorn_master_never_loads_torch_or_openvino(start_server, tmp_path):
     """Fork after OpenMP/TBB started can hang a worker: only workers may load them.  And
     with ENGINE=torch the workers load torch (the one setting that does)."""
@@ -322,6 +323,7 @@ def test_auto_judges_a_finetuned_model_on_its_own_validation_images(tmp_path):
     assert "12" in served.info["auto"]["guard"]
 
 
+@pytest.mark.system
 def test_auto_on_a_common_cpu_without_bf16_still_serves(tmp_path):
     """oneDNN capped at AVX2 (no bf16, no AMX, as on most school and office PCs): bf16 is
     tried and not served, and the server still answers."""

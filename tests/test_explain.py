@@ -26,7 +26,11 @@ from webapp.serving.explain import ExplainUnsupported, denormalise, explain, ups
 
 
 @pytest.fixture(scope="module")
-def classifier(app):
+def classifier(tmp_path_factory):
+    """The bundled model as an app serves it (one for the module: it is only read)."""
+    base = tmp_path_factory.mktemp("explain")
+    app = create_app({"TESTING": True, "MODEL_DIR": str(base / "models"),
+                      "DATA_DIR": str(base / "data")})
     return app.extensions["model_holder"].get()
 
 

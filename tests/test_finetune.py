@@ -78,6 +78,7 @@ def same_tensors(a: dict, b: dict, prefix: str) -> bool:
 # --------------------------------------------------------------------------- the main run
 
 
+@pytest.mark.system
 def test_cli_fine_tunes_the_bundled_pretrained_model_to_high_accuracy(cli_run):
     out, report, proc = cli_run
     # It says which backbone and why, and how the folders were split.
@@ -99,6 +100,7 @@ def test_cli_fine_tunes_the_bundled_pretrained_model_to_high_accuracy(cli_run):
     assert rates["head"] == 1e-3 and rates["stage5"] == pytest.approx(1e-4)
 
 
+@pytest.mark.system
 def test_int8_variant_is_calibrated_on_training_images_and_answers_like_fp32(cli_run):
     """--int8 writes shapes.int8.onnx, a static int8 model calibrated on the training
     images; on fresh drawings it gives the checkpoint's answers."""
@@ -132,6 +134,7 @@ def test_int8_variant_is_calibrated_on_training_images_and_answers_like_fp32(cli
     assert sum(a == i for a, (i, _) in zip(int8_answers, drawings)) >= 10
 
 
+@pytest.mark.system
 def test_checkpoint_is_format_v1_with_classes_and_metrics(cli_run):
     out, report, _ = cli_run
     raw = torch.load(out, weights_only=True)
@@ -152,6 +155,7 @@ def test_checkpoint_is_format_v1_with_classes_and_metrics(cli_run):
     assert 1 <= guard.shape[0] <= 32 and loaded.guard.shape == tuple(guard.shape)
 
 
+@pytest.mark.system
 def test_report_and_pngs_are_complete_and_valid(cli_run):
     out, report, _ = cli_run
     epochs = report["epochs"]
@@ -197,6 +201,7 @@ def _fresh_images_right(client) -> float:
     return right / total
 
 
+@pytest.mark.system
 def test_predict_answers_with_the_new_classes(cli_run, monkeypatch):
     """Served with MODEL_WEIGHTS=<checkpoint> by the real app: fresh images (never seen in
     training) get the right class names."""
@@ -211,6 +216,7 @@ def test_predict_answers_with_the_new_classes(cli_run, monkeypatch):
     assert _fresh_images_right(client) >= 0.9
 
 
+@pytest.mark.system
 def test_checkpoint_uploaded_through_the_admin_api_serves_predict(cli_run, tmp_path):
     """The whole loop: fine-tune -> upload to the admin API (validated, stored,
     activated) -> /predict answers with the new classes, right for fresh images."""
@@ -420,6 +426,7 @@ def test_resnet18_without_its_weights_says_it_starts_from_random(monkeypatch):
     assert "RANDOM" in random_auto.why
 
 
+@pytest.mark.system
 def test_model_weights_setting_is_a_starting_point(cli_run, monkeypatch):
     """MODEL_WEIGHTS (what the server serves) is where fine-tuning starts, like the server
     loads it: here an earlier fine-tune, whose head is replaced."""

@@ -21,6 +21,8 @@ from tests import hostile, ops
 from tests.conftest import encode
 from tests.photos import photo
 
+pytestmark = pytest.mark.system  # real servers on 127.0.0.1 (conftest.py: the tiers)
+
 WORKERS = 2
 # Per worker, above its memory when it became ready (~750 MB with the model, on the CUDA
 # build of torch; less with the CPU wheels): two uploads at a time, each at most a

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import ROOT
 from webapp import create_app
 from webapp.config import Config, ConfigError
-from webapp.kiosk_settings import (
+from webapp.stores.kiosk_settings import (
     FIELDS,
     KioskSettings,
     KioskSettingsError,
@@ -208,7 +208,7 @@ def test_the_shipped_english_file_is_valid():
 def test_kiosk_page_carries_the_settings_and_only_local_assets(kiosk_app):
     client = kiosk_app.test_client()
     with kiosk_app.app_context():
-        from webapp.kiosk import store
+        from webapp.current import kiosk_settings as store
 
         store().update({"idle_seconds": 12, "bars": 4, "explain": False})
     response = client.get("/kiosk")
@@ -231,7 +231,7 @@ def test_kiosk_page_carries_the_settings_and_only_local_assets(kiosk_app):
 def test_settings_json_gives_the_page_its_labels(kiosk_app):
     client = kiosk_app.test_client()
     with kiosk_app.app_context():
-        from webapp.kiosk import store
+        from webapp.current import kiosk_settings as store
 
         store().update({"language": "de"})
     body = client.get("/kiosk/settings.json").get_json()
@@ -245,9 +245,9 @@ def test_settings_json_gives_the_page_its_labels(kiosk_app):
 def test_settings_file_defaults_to_the_instance_folder(translations):
     app = create_app({"TRANSLATIONS_DIR": str(translations.directory)})
     with app.app_context():
-        from webapp.kiosk import settings_path
+        from webapp import current
 
-        assert str(settings_path()) == f"{app.instance_path}/kiosk.json"
+        assert str(current.kiosk_settings().path) == f"{app.instance_path}/kiosk.json"
 
 
 # --------------------------------------------------------------------------- command line
@@ -299,7 +299,7 @@ def _submitted(html: str) -> dict:
 def test_settings_form_macro_round_trips_through_update_from_form(kiosk_app):
     from flask import render_template_string
 
-    from webapp.kiosk import store
+    from webapp.current import kiosk_settings as store
 
     template = ('{% from "_kiosk_settings_form.html" import kiosk_settings_form %}'
                 '{{ kiosk_settings_form(s.fields, s.load(), s.languages(), errors) }}')

@@ -643,6 +643,7 @@ def test_a_broken_manifest_is_reported_by_name(breaks):
     assert any(BROKEN[breaks] in p for p in found), found
 
 
+@pytest.mark.system
 def test_the_docs_walk_from_an_empty_cluster_to_a_served_model(tmp_path):
     """docs/kubernetes.md: its commands name the objects that exist, and its site overlay
     renders and validates."""
@@ -704,6 +705,7 @@ def backdate(job_json: Path, seconds: float) -> None:
     job_json.write_text(json.dumps(job))
 
 
+@pytest.mark.system
 def test_the_watch_trains_what_a_server_with_an_external_runner_queued(tmp_path):
     """JOB_RUNNER=external: the server queues and never starts a training process, not
     even a minute later or after a restart; `watch` trains the job in a child, stays
@@ -795,6 +797,7 @@ def as_pod(objs, name: str, volume: Path, scratch: Path, secrets: dict):
     return env, ("unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh")
 
 
+@pytest.mark.system
 @pytest.mark.skipif(not mount_namespaces_work(),
                     reason="needs mount namespaces (root and unshare) to make / read-only")
 def test_the_pods_take_an_empty_volume_to_a_served_model_on_a_read_only_root(tmp_path):

@@ -10,12 +10,15 @@ import io
 import time
 import zipfile
 
+import pytest
 import requests
 import torch
 import torchvision
 
 from tests.conftest import encode, save_random_resnet18
 from tests.photos import photo
+
+pytestmark = pytest.mark.system  # real servers on 127.0.0.1 (conftest.py: the tiers)
 
 TOKEN = "lean-serving-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

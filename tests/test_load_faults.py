@@ -14,13 +14,16 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from tests import ops
 from tests.conftest import FRUIT, encode
 from tests.photos import photo
 from tests.test_registry import leftovers, snapshot
-from webapp.registry import BUILTIN, Registry
+from webapp.stores.registry import BUILTIN, Registry
+
+pytestmark = pytest.mark.system  # real servers on 127.0.0.1 (conftest.py: the tiers)
 
 TOKEN = "faults-admin-token-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}

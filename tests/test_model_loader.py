@@ -236,6 +236,7 @@ def test_the_architecture_list_is_torchvisions():
     assert model_loader.supported_archs() == listed | {"efficientnet_lite0"}
 
 
+@pytest.mark.system
 def test_info_command_names_the_model_and_the_way_to_resnet18():
     result = subprocess.run([sys.executable, "-m", "model_loader", "info"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
@@ -244,6 +245,7 @@ def test_info_command_names_the_model_and_the_way_to_resnet18():
     assert "python -m model_loader download" in result.stdout
 
 
+@pytest.mark.system
 def test_info_command_fails_clearly_on_a_bad_model_weights(tmp_path):
     bad = tmp_path / "bad.pth"
     bad.write_text("garbage")
@@ -475,6 +477,7 @@ def test_batchnorm_counters_may_be_missing(model_files, tmp_path):
     assert loaded.arch == "resnet18"
 
 
+@pytest.mark.system
 def test_convert_writes_a_v1_checkpoint_from_any_accepted_file(model_files, tmp_path, capsys):
     out = tmp_path / "fruit.pt"
     code = model_loader.main(["convert", str(model_files.lightning.path), "--labels",

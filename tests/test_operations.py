@@ -242,6 +242,7 @@ def _status_line(sock: socket.socket) -> str:
     return data.split(b"\r\n", 1)[0].decode()
 
 
+@pytest.mark.system
 def test_a_stalled_upload_holds_no_thread_and_no_upload_slot(slow_server):
     """The worker reads a request in its event loop before a thread (and the only
     upload slot) is given to it: while one client stalls, a photo is classified and
@@ -261,6 +262,7 @@ def test_a_stalled_upload_holds_no_thread_and_no_upload_slot(slow_server):
             sock.close()
 
 
+@pytest.mark.system
 def test_a_stalled_chunked_upload_holds_its_slot_only_until_the_request_timeout(slow_server):
     """A chunked body is not read ahead (its length is unknown): the app reads it, with
     the upload slot taken, under its own body deadline."""
@@ -287,6 +289,7 @@ def test_a_stalled_chunked_upload_holds_its_slot_only_until_the_request_timeout(
     assert ops.total(samples, "classifier_uploads_in_progress") == 0
 
 
+@pytest.mark.system
 def test_a_client_dripping_its_upload_is_cut_off_too(slow_server):
     """One byte every half second never stalls longer than the timeout, but the whole
     body must arrive within REQUEST_TIMEOUT."""

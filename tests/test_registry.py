@@ -1,4 +1,4 @@
-"""The checkpoint store on disk (webapp.registry), with real checkpoints: validation,
+"""The checkpoint store on disk (webapp.stores.registry), with real checkpoints: validation,
 activation history, refusal of hostile and broken files, and crash safety."""
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import model_loader
 from tests.conftest import FRUIT, ROOT, TOOLS, encode
 from tests.photos import photo
 from webapp.engines import EngineSettings
-from webapp.registry import BUILTIN, Registry, RegistryError
 from webapp.serving.holder import load_classifier
+from webapp.stores.registry import BUILTIN, Registry, RegistryError
 
 
 def snapshot(root: Path) -> dict:
@@ -329,7 +329,7 @@ def test_the_session_key_is_made_once_and_shared(tmp_path):
 
 CHURN = """
 import sys
-from webapp.registry import Registry, BUILTIN
+from webapp.stores.registry import Registry, BUILTIN
 store = Registry(sys.argv[1])
 sources = sys.argv[2:]
 n = 0
@@ -348,6 +348,7 @@ while True:  # add, activate, rename, roll back, redo, delete, for ever: killed 
 """
 
 
+@pytest.mark.system
 def test_a_process_killed_at_any_point_never_leaves_a_half_written_model(
     tmp_path, fruit_checkpoint, tools_checkpoint
 ):

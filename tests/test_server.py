@@ -8,10 +8,13 @@ import os
 import re
 import time
 
+import pytest
 import requests
 
 from tests.conftest import encode, save_random_resnet18
 from tests.photos import photo
+
+pytestmark = pytest.mark.system  # real servers on 127.0.0.1 (conftest.py: the tiers)
 
 
 def predict(server, name="coffee"):

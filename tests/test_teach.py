@@ -23,7 +23,7 @@ from tests.conftest import FRUIT, encode
 from tests.shapes import SHAPES, draw
 from tests.test_admin import BEARER, TOKEN, assert_error, login
 from webapp import create_app
-from webapp.registry import Registry
+from webapp.stores.registry import Registry
 from webapp.training.jobs import ORPHANED, TEACH_DEFAULTS
 
 FINAL = ("done", "failed", "cancelled")
@@ -145,6 +145,7 @@ def registry_tmp(tmp_path: Path) -> list[str]:
 # --------------------------------------------------------------------------- the whole loop
 
 
+@pytest.mark.system
 def test_teach_train_activate_and_predict_on_a_real_server(start_server, tmp_path):
     """Through the admin API of a real gunicorn server whose workers restart every 25
     requests (gunicorn --max-requests): build a 3-class dataset, train with the teach

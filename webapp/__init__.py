@@ -1,7 +1,15 @@
-"""The Flask application factory.  ``create_app()`` is cheap: it reads the settings and
-registers the blueprints.  The model is loaded once per process, after gunicorn forks
-(``gunicorn.conf.py`` warms it up before the worker takes requests), from the engine
-cache: a web worker never imports torch (``webapp.engines``)."""
+"""The Flask application factory.  ``create_app()`` is cheap: it reads the settings, makes
+the objects the app shares (``webapp.current``) and registers the blueprints and
+extensions -- all of it here, in the order it happens.  The model is loaded once per
+process, after gunicorn forks (``gunicorn.conf.py`` warms it up before the worker takes
+requests), from the engine cache: a web worker never imports torch (``webapp.engines``).
+
+Where things live: ``views/`` (the blueprints: api, ui, kiosk, admin/...), ``http/``
+(errors, request bodies, upload slots, security headers, metrics, the access log, the
+gunicorn worker), ``stores/`` (durable files, the model registry, the kiosk settings),
+``serving/`` and ``engines/`` (the model a process serves, and running it), and the
+training side (``datasets``, ``dataset_store``, ``finetune``, ``jobs``,
+``training_report``).  docs/architecture.md has the map."""
 
 from __future__ import annotations
 
@@ -9,7 +17,6 @@ import logging
 
 from flask import Flask
 
-from webapp import uploads
 from webapp.config import PROJECT_ROOT, Config
 
 __all__ = ["create_app"]
@@ -24,36 +31,70 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.config.from_mapping(Config.from_env())
     if test_config:
         app.config.from_mapping(test_config)
-    _configure_logging(app.config["LOG_LEVEL"])
-    uploads.init_app(app)
+    config = app.config
+    _configure_logging(config["LOG_LEVEL"])
 
     from flask_bootstrap import Bootstrap5
+    from flask_wtf.csrf import CSRFProtect
 
+    from webapp import current
+    from webapp.config import available_cpus
+    from webapp.engines import EngineSettings
+    from webapp.http import capacity, errors, metrics, security, uploads
+    from webapp.serving.holder import ModelHolder
+    from webapp.stores.datasets import DatasetStore
+    from webapp.stores.kiosk_settings import check_default_language
+    from webapp.stores.registry import Registry
+    from webapp.training.jobs import JobQueue
+    from webapp.translations import Translations
+    from webapp.views import admin, api, kiosk, ui
+    from webapp.views.admin import auth, cli, kiosk_settings, models, teach  # noqa: F401 - their routes
+
+    # The shared objects: the model registry (MODEL_DIR), the model this process serves
+    # (it follows the registry's active pointer), the teach datasets and training jobs
+    # (DATA_DIR), and the kiosk's label translations (a bad KIOSK_LANGUAGE stops startup).
+    registry = Registry(config["MODEL_DIR"], EngineSettings.from_config(config))
+    translations = Translations(config.get("TRANSLATIONS_DIR")
+                                or str(PROJECT_ROOT / "translations"))
+    check_default_language(config, translations)
+    holder = ModelHolder(config, registry)
+    jobs = JobQueue(config["DATA_DIR"],
+                    threads=config["JOB_THREADS"] or max(1, available_cpus() // 2),
+                    spawn=config["JOB_RUNNER"] == "spawn")
+    datasets = DatasetStore(config["DATA_DIR"], max_images=config["MAX_DATASET_IMAGES"],
+                            max_pixels=config["MAX_IMAGE_PIXELS"],
+                            decode_seconds=config["DECODE_TIMEOUT"])
+    current.install(app, holder=holder, registry=registry, datasets=datasets, jobs=jobs,
+                    translations=translations)
+    jobs.recover()  # fail jobs whose training process is gone, restart waiting ones
+
+    # The admin session: its key (kept in MODEL_DIR so every worker and replica shares
+    # it), CSRF on the admin area only, the login limit (webapp.views.admin.auth).
+    auth.configure_session_key(app, registry)
+    config.setdefault("WTF_CSRF_CHECK_DEFAULT", False)  # the admin guard checks
+    config.setdefault("WTF_CSRF_TIME_LIMIT", None)  # valid as long as the session
+    if config.get("SESSION_COOKIE_SAMESITE") is None:
+        config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    CSRFProtect(app)
+    app.extensions["admin_login_limit"] = auth.login_limiter(config)
+
+    # Requests: bodies (views mark big-file routes with @uploads.spooled), errors as JSON
+    # or pages, request counts and timings, upload slots (views mark image uploads with
+    # @capacity.upload_slot) and the body timeout, security headers and ProxyFix.
+    uploads.init_app(app)
+    errors.register(app)
+    metrics.init_app(app, holder)
+    capacity.init_app(app)
+    security.init_app(app)
     Bootstrap5(app)
 
-    from webapp import admin, api, cli, errors, ui
-    from webapp.engines import EngineSettings
-    from webapp.kiosk import bp as kiosk_bp
-    from webapp.registry import Registry
-    from webapp.serving.holder import ModelHolder
-
-    # The shared objects: the model registry (MODEL_DIR) and the model this process serves,
-    # which follows the registry's active pointer.
-    registry = app.extensions["registry"] = Registry(
-        app.config["MODEL_DIR"], EngineSettings.from_config(app.config))
-    app.extensions["model_holder"] = ModelHolder(app.config, registry)
-    errors.register(app)
-    app.register_blueprint(api.bp)
-    app.register_blueprint(ui.bp)
-    app.register_blueprint(kiosk_bp)
-    admin.init_app(app)  # /admin (with the Teach pages), its session key, CSRF, login limit
-    cli.init_app(app)  # flask models ..., flask finetune ...
-
-    from webapp import capacity, metrics, security
-
-    metrics.init_app(app)  # /metrics, request counts and timings, model info
-    capacity.init_app(app)  # upload slots per worker, body timeout
-    security.init_app(app)  # security headers on every response, ProxyFix
+    # The blueprints.  The admin area is one blueprint whose routes live in several
+    # modules (auth, models, kiosk_settings: importing them above added their routes;
+    # teach nests its own blueprint in it, behind the same guard, errors and context).
+    for blueprint in (api.bp, ui.bp, kiosk.bp, admin.bp, metrics.bp):
+        app.register_blueprint(blueprint)
+    app.cli.add_command(cli.models_cli)  # flask models ...
+    app.cli.add_command(cli.finetune_command)  # flask finetune ... (python -m webapp.finetune)
     return app
 
 

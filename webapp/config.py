@@ -273,6 +273,6 @@ class Config:
         values["MAX_CONTENT_LENGTH"] = int(values["MAX_UPLOAD_MB"] * 1024 * 1024)
         values["BOOTSTRAP_SERVE_LOCAL"] = True  # kiosks are offline: no CDN
         if not values["SECRET_KEY"]:
-            # Replaced by the key kept in MODEL_DIR when the app starts (webapp.admin).
+            # Replaced by the key kept in MODEL_DIR when the app starts (webapp.views.admin).
             values["SECRET_KEY"] = values["SECRET_KEY_GENERATED"] = os.urandom(32).hex()
         return values

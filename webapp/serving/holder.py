@@ -13,8 +13,8 @@ from collections.abc import Callable
 from model_loader import ModelLoadError
 from webapp import engines
 from webapp.engines import EngineSettings
-from webapp.registry import BUILTIN, Registry, RegistryError
 from webapp.serving.classifier import Classifier
+from webapp.stores.registry import BUILTIN, Registry, RegistryError
 
 log = logging.getLogger(__name__)
 

@@ -46,10 +46,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from webapp import durable
-from webapp.durable import fsync_dir
 from webapp.serving import imaging
-from webapp.stores import dataset_zip
+from webapp.stores import dataset_zip, durable
 from webapp.stores.dataset_names import (
     MAX_CLASSES,
     DatasetStoreError,
@@ -59,6 +57,7 @@ from webapp.stores.dataset_names import (
     is_dataset_name,
 )
 from webapp.stores.dataset_zip import ImportResult
+from webapp.stores.durable import fsync_dir
 
 MAX_SIDE = 1024  # stored images: the longer side at most this (training uses ≤ 448)
 JPEG_QUALITY = 90

@@ -56,7 +56,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from webapp.durable import locked, write_json
+from webapp.stores.durable import locked, write_json
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def check_options(raw) -> tuple[dict, str | None]:
     options, errors, name = {}, {}, None
     for key, value in raw.items():
         if key == "name":
-            from webapp.registry import RegistryError, clean_name
+            from webapp.stores.registry import RegistryError, clean_name
 
             try:
                 name = clean_name(value) if isinstance(value, str) else None
@@ -475,7 +475,7 @@ class JobQueue:
 def _stored_model(job: dict) -> str | None:
     """The registry's model made by ``job``, if it got that far."""
     try:
-        from webapp.registry import Registry
+        from webapp.stores.registry import Registry
 
         for meta in Registry(job["model_dir"]).list_models():
             if (meta.get("trained_from") or {}).get("job") == job["id"]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from webapp import durable
+from webapp.stores import durable
 
 MIN_SUPPORT = 3  # fewer evaluation images than this in a class: its scores prove little
 

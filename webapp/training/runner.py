@@ -189,7 +189,7 @@ class JobRun:
         the model's id and the metrics the job shows."""
         from webapp.config import Config
         from webapp.engines import EngineSettings
-        from webapp.registry import Registry, RegistryError
+        from webapp.stores.registry import Registry, RegistryError
 
         job = self.job
         self.stage("storing", fraction=1.0, eta_s=0)

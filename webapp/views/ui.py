@@ -14,8 +14,11 @@ from flask import Blueprint, render_template, request
 from PIL import Image
 
 from model_loader import ModelLoadError
-from webapp import api
+from webapp import current
 from webapp.config import PROJECT_ROOT
+from webapp.http import capacity
+from webapp.http.errors import ApiError
+from webapp.http.images import Upload, classify, uploads_from_request
 from webapp.serving import imaging
 
 bp = Blueprint("ui", __name__)
@@ -29,7 +32,7 @@ EXAMPLES_DIR = PROJECT_ROOT / "static" / "examples"
 
 def _model_status():
     try:
-        return api.holder().get().loaded, None
+        return current.holder().get().loaded, None
     except ModelLoadError:
         # The reason (a path, a setting) is for the owner: /readyz and the log have it.
         return None, "The computer that answers is not ready. Please tell whoever runs it."
@@ -44,15 +47,15 @@ def _thumbnail(img: Image.Image) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _uploads() -> list[api.Upload]:
+def _uploads() -> list[Upload]:
     """The photo posted with the form, or the example picked (its button's value)."""
     example = request.form.get("example")
     if example and not request.files:
         if example not in dict(EXAMPLES):
-            raise api.ApiError(400, "unknown_example", "There is no such example photo.")
+            raise ApiError(400, "unknown_example", "There is no such example photo.")
         path = EXAMPLES_DIR / f"{example}.jpg"
-        return [api.Upload(path.name, path.read_bytes())]
-    return api.uploads_from_request()[:1]
+        return [Upload(path.name, path.read_bytes())]
+    return uploads_from_request()[:1]
 
 
 def _render(status: int = 200, **result):
@@ -68,11 +71,12 @@ def index():
 
 
 @bp.post("/")
+@capacity.upload_slot
 def index_post():
     """The no-JavaScript path: same work as /predict, rendered as HTML."""
     started = time.perf_counter()
     try:
-        result, images = api.classify(_uploads(), TOP_K, started)
-    except (api.ApiError, imaging.ImageError) as exc:
+        result, images = classify(_uploads(), TOP_K, started)
+    except (ApiError, imaging.ImageError) as exc:
         return _render(exc.status, alert=exc.message)
     return _render(result=result, preview=_thumbnail(images[0]))

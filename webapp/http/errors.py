@@ -9,7 +9,7 @@ from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from model_loader import ModelLoadError
-from webapp import accesslog, metrics
+from webapp.http import accesslog, metrics
 from webapp.serving.imaging import ImageError
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,5 @@
 """The kiosk's teacher settings: what they are, their defaults, and where they are kept.
-No Flask here (``webapp/kiosk.py`` builds a store for the running app).
+No Flask here (``webapp/views/kiosk.py`` builds a store for the running app).
 
 * **Defaults** come from the environment (``KIOSK_IDLE_SECONDS``, ``KIOSK_BARS``, ...,
   see ``webapp/config.py``).
@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from webapp.durable import locked, write_json
+from webapp.stores.durable import locked, write_json
 from webapp.translations import TranslationError, Translations
 
 log = logging.getLogger(__name__)

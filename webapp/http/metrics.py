@@ -19,7 +19,7 @@ What is measured:
 * ``classifier_model_info{id, name, version, arch, quantization}``: 1 for the model each
   worker serves (a ``pid`` label per worker; 0 for a model it served before).
 * ``classifier_uploads_in_progress`` and ``classifier_uploads_refused_total{reason}``:
-  the upload slots of ``webapp/capacity.py``.
+  the upload slots of ``webapp/http/capacity.py``.
 
 Importing this module creates the metrics once per process (several apps in one process,
 as in the tests, share them).  Knows nothing about images or models beyond their info.
@@ -81,13 +81,12 @@ def multiprocess_dir() -> str | None:
     return path if path and os.path.isdir(path) else None
 
 
-def init_app(app: Flask) -> None:
+def init_app(app: Flask, holder) -> None:
+    """Count and time every request, and follow the model ``holder`` serves (``bp``,
+    /metrics, is registered with the other blueprints)."""
     app.before_request(_start_timer)
     app.after_request(_count_response)
-    app.register_blueprint(bp)
-    holder = app.extensions.get("model_holder")
-    if holder is not None:
-        holder.add_listener(model_changed)
+    holder.add_listener(model_changed)
 
 
 @bp.get("/metrics")

@@ -8,7 +8,7 @@
   ``UPLOAD_QUEUE_SECONDS`` and then gets ``503 server_busy`` with ``Retry-After``;
   ``/healthz``, ``/readyz``, ``/metrics`` and the pages never wait for a slot.  Under
   gunicorn the worker has usually read the whole request before the app sees it
-  (``webapp/worker.py``), so a slow client holds no slot.
+  (``webapp/http/worker.py``), so a slow client holds no slot.
 * **Body timeout**, for the bodies the app reads from the client itself (chunked ones,
   checkpoints and dataset archives over ``MAX_UPLOAD_MB``): an image upload gets
   ``REQUEST_TIMEOUT`` seconds from the moment it has its slot, and no body may stall
@@ -26,11 +26,19 @@ import threading
 
 from flask import Flask, current_app, g, request
 
-from webapp import errors, metrics
+from webapp.http import errors, metrics
 
-UPLOAD_ENDPOINTS = frozenset({
-    "api.predict", "api.explain", "ui.index_post", "admin.try_page", "admin.api_predict",
-})
+
+def upload_slot(view):
+    """Marks a view that takes an image upload: it runs holding one of its worker's
+    upload slots (``@capacity.upload_slot`` under the route decorator)."""
+    view.takes_upload_slot = True
+    return view
+
+
+def _takes_upload_slot() -> bool:
+    view = current_app.view_functions.get(request.endpoint or "")
+    return getattr(view, "takes_upload_slot", False)
 
 
 class UploadSlots:
@@ -140,7 +148,7 @@ def _has_body() -> bool:
 
 
 def _limit_request():
-    if request.endpoint in UPLOAD_ENDPOINTS:
+    if _takes_upload_slot():
         slots: UploadSlots = current_app.extensions["upload_slots"]
         if not slots.acquire():
             metrics.UPLOADS_REFUSED.labels("busy").inc()

@@ -21,7 +21,7 @@ slow link keeps its time, a client dripping bytes does not; a 16 MB dataset arch
 250 KB/s is fine).  Past that: ``408 request_timeout`` (JSON, one access log line) and
 the connection is closed.  Until then it costs a selector entry and the bytes received,
 never a thread, so slow clients hold neither the threads nor the upload slots
-(``webapp/capacity.py``: taken once the app reads the body, which is then all there).
+(``webapp/http/capacity.py``: taken once the app reads the body, which is then all there).
 Handed over unread, as gunicorn would: a chunked body, a bigger one (checkpoints and
 dataset archives stream to their store under the app's own stall limit), a body while
 the buffer budget is spent, and TLS or HTTP/2 connections.  Measured (bench/abuse.py,
@@ -48,7 +48,7 @@ from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import ThreadWorker
 
 from webapp.config import Config
-from webapp.uploads import MAX_URLENCODED_BYTES, URLENCODED
+from webapp.http.uploads import MAX_URLENCODED_BYTES, URLENCODED
 
 RECV_BYTES = 256 * 1024
 MIN_RATE = 16 * 1024  # bytes per second that earn a slow client more time
@@ -231,7 +231,7 @@ class BufferingWorker(ThreadWorker):
         self._linger(conn, arrival)
 
     def _log_timeout(self, conn, arrival: Arrival, sent: int) -> None:
-        """One access log line, like any answered request (webapp/accesslog.py)."""
+        """One access log line, like any answered request (webapp/http/accesslog.py)."""
         line = bytes(arrival.data[:1024]).lstrip(b"\r\n").split(b"\r\n", 1)[0]
         method, _, rest = line.decode("latin-1").partition(" ")
         environ = {"REQUEST_METHOD": method or None, "PATH_INFO": rest.split(" ")[0]
@@ -244,7 +244,7 @@ class BufferingWorker(ThreadWorker):
         except Exception:  # noqa: BLE001 - a log line never takes the worker down
             pass
         try:
-            from webapp import metrics  # after the fork: the worker's own metric files
+            from webapp.http import metrics  # after the fork: the worker's own metric files
 
             metrics.UPLOADS_REFUSED.labels("timeout").inc()
         except Exception:  # noqa: BLE001

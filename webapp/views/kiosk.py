@@ -2,27 +2,18 @@
 "How does it see it?"), its settings as JSON for the page, and ``flask kiosk`` commands.
 
 The page itself only calls ``/predict`` and ``/explain``; what it shows is shaped by the
-teacher settings (``webapp/kiosk_settings.py``), read from disk on every page load and
-every time the page goes back to its start screen.
+teacher settings (``webapp/stores/kiosk_settings.py``), read from disk on every page load
+and every time the page goes back to its start screen.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 from flask import Blueprint, current_app, jsonify, render_template
 
-from webapp.config import PROJECT_ROOT
-from webapp.kiosk_settings import (
-    FIELDS,
-    KioskSettings,
-    KioskSettingsError,
-    KioskSettingsStore,
-    check_default_language,
-)
+from webapp import current
 from webapp.serving.explain import EXPLANATION_TEMPLATE
-from webapp.translations import Translations
+from webapp.stores.kiosk_settings import FIELDS, KioskSettingsError
 
 bp = Blueprint("kiosk", __name__, url_prefix="/kiosk", cli_group="kiosk")
 
@@ -31,30 +22,8 @@ CONFIDENCE_WORDS = ((0.70, "very sure"), (0.40, "fairly sure"), (0.15, "not sure
                     (0.0, "just a guess"))
 
 
-@bp.record_once
-def _setup(state) -> None:
-    app = state.app
-    directory = app.config.get("TRANSLATIONS_DIR") or str(PROJECT_ROOT / "translations")
-    translations = Translations(directory)
-    check_default_language(app.config, translations)  # a bad KIOSK_LANGUAGE stops startup
-    app.extensions["kiosk_translations"] = translations
-
-
-def settings_path() -> Path:
-    return Path(
-        current_app.config.get("KIOSK_SETTINGS_FILE")
-        or Path(current_app.instance_path) / "kiosk.json"
-    )
-
-
-def store() -> KioskSettingsStore:
-    """The kiosk settings of the running app (defaults from its config, changes from the
-    settings file).  What an admin page uses to show and save the teacher settings."""
-    return KioskSettingsStore(
-        settings_path(),
-        KioskSettings.from_config(current_app.config),
-        current_app.extensions["kiosk_translations"],
-    )
+# The kiosk settings of the running app (what the admin's settings panel saves too).
+store = current.kiosk_settings
 
 
 def page_settings() -> dict:
@@ -80,7 +49,7 @@ def _no_store(response):
 @bp.get("")
 def page():
     response = current_app.make_response(render_template("kiosk.html", kiosk=page_settings()))
-    return _no_store(response)  # camera allowed by webapp/security.py (CAMERA_BLUEPRINTS)
+    return _no_store(response)  # camera allowed by webapp/http/security.py (CAMERA_BLUEPRINTS)
 
 
 @bp.get("/settings.json")

@@ -41,27 +41,39 @@ URLENCODED = "application/x-www-form-urlencoded"
 
 @dataclass(frozen=True)
 class SpooledRoute:
-    """POSTs to ``paths`` (only multipart ones with ``multipart_only``) may be as large
-    as the ``limit_setting`` config value in MB; their files go to ``temp_path()``."""
+    """A POST (only a multipart one with ``multipart_only``) may be as large as the
+    ``limit_setting`` config value in MB; its files go to ``temp_path()``."""
 
-    paths: tuple[str, ...]
     limit_setting: str
     temp_path: Callable[[], Path]
     multipart_only: bool = False
 
 
+def spooled(limit_setting: str, temp_path: Callable[[], Path], *,
+            multipart_only: bool = False):
+    """Marks a view that takes a big file (a checkpoint, a dataset archive) under the
+    route decorator: its body may be ``limit_setting`` MB, and its file parts are
+    streamed to ``temp_path()`` (in the store they are for) instead of memory."""
+    route = SpooledRoute(limit_setting, temp_path, multipart_only)
+
+    def mark(view):
+        view.spooled_route = route
+        return view
+
+    return mark
+
+
 class UploadRequest(Request):
     @property
     def spooled_route(self) -> SpooledRoute | None:
-        """The big-file route this request is for, if any."""
-        if self.method != "POST":
+        """The big-file route this request is for, if any (its view says so)."""
+        if self.method != "POST" or self.endpoint is None:
             return None
-        for route in current_app.extensions.get("spooled_routes", ()):
-            if self.path in route.paths and (
-                not route.multipart_only or self.mimetype == "multipart/form-data"
-            ):
-                return route
-        return None
+        view = current_app.view_functions.get(self.endpoint)
+        route = getattr(view, "spooled_route", None)
+        if route is None or (route.multipart_only and self.mimetype != "multipart/form-data"):
+            return None
+        return route
 
     @property
     def max_content_length(self):
@@ -115,7 +127,7 @@ def raw_body() -> bytes:
 def json_object(hint: str, *, required: bool = True) -> dict:
     """The request's JSON object, or an ``ApiError`` whose message ends with ``hint``
     (what to send).  Empty and not ``required``: ``{}``."""
-    from webapp.errors import ApiError  # not at import: gunicorn's master imports webapp
+    from webapp.http.errors import ApiError  # not at import: gunicorn's master imports webapp
 
     length = request.content_length
     data = b""
@@ -156,12 +168,7 @@ def _depth(value) -> int:
 
 def init_app(app: Flask) -> None:
     app.request_class = UploadRequest
-    app.extensions["spooled_routes"] = []
     app.teardown_request(_remove_spooled_files)
-
-
-def spool(app: Flask, route: SpooledRoute) -> None:
-    app.extensions["spooled_routes"].append(route)
 
 
 def _remove_spooled_files(exc=None) -> None:

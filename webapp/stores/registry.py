@@ -13,7 +13,7 @@ Layout under ``MODEL_DIR``::
                                  "changed": "..."}
     tmp/                        uploads and half-built models; never listed
     .lock                       serialises writers (flock), readers never wait for it
-    secret_key                  the session key when SECRET_KEY is not set (webapp.admin)
+    secret_key                  the session key when SECRET_KEY is not set (webapp.views.admin)
 
 Crash safety: a model is built in ``tmp/<id>.staging/`` (checkpoint and meta.json both
 fsynced) and appears with one ``rename`` of that directory into ``models/``; the active
@@ -44,9 +44,10 @@ from pathlib import Path
 
 import model_loader
 from model_loader import ModelLoadError
-from webapp import durable, engines
-from webapp.durable import fsync_dir, locked, write_json
+from webapp import engines
 from webapp.engines import EngineSettings, ModelSource
+from webapp.stores import durable
+from webapp.stores.durable import fsync_dir, locked, write_json
 
 log = logging.getLogger(__name__)
 

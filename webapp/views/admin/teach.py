@@ -17,7 +17,6 @@ from pathlib import Path
 
 from flask import (
     Blueprint,
-    Flask,
     Response,
     current_app,
     flash,
@@ -31,71 +30,40 @@ from flask import (
 )
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from webapp import uploads
-from webapp.config import available_cpus
-from webapp.errors import ApiError, error_json, too_large
-from webapp.registry import REPORT_FILES, RegistryError
+from webapp import current
+from webapp.http import uploads
+from webapp.http.errors import ApiError, too_large
 from webapp.serving import imaging
 from webapp.stores.dataset_names import DatasetStoreError, check_taken, suggest_slug
-from webapp.stores.datasets import DatasetStore
-from webapp.training.jobs import TEACH_DEFAULTS, JobError, JobQueue, check_options
+from webapp.stores.registry import REPORT_FILES, RegistryError
+from webapp.training.jobs import TEACH_DEFAULTS, JobError, check_options
+from webapp.views.admin import bp as admin_bp
+from webapp.views.admin import fail
 
 bp = Blueprint("teach", __name__)
+admin_bp.register_blueprint(bp)  # /admin/teach...: nested, once, when first imported
 
-IMPORT_PATHS = ("/admin/api/datasets", "/admin/teach/_import")  # zip bodies, spooled
 THUMB_SIZES = range(32, 513)
 REPORT_TYPES = {".png": "image/png", ".json": "application/json"}
 
 
-# --------------------------------------------------------------------------- setup
+# The stores this blueprint works on (typed accessors: webapp.current).
+store = current.datasets
+jobs = current.jobs
 
-
-def init_app(app: Flask) -> None:
-    """The dataset store and the job queue (both under DATA_DIR); fail jobs whose
-    training process is gone and restart the queue if jobs wait (server start)."""
-    threads = app.config["JOB_THREADS"] or max(1, available_cpus() // 2)
-    app.extensions["datasets"] = DatasetStore(
-        app.config["DATA_DIR"], max_images=app.config["MAX_DATASET_IMAGES"],
-        max_pixels=app.config["MAX_IMAGE_PIXELS"], decode_seconds=app.config["DECODE_TIMEOUT"],
-    )
-    app.extensions["jobs"] = JobQueue(app.config["DATA_DIR"], threads=threads,
-                                      spawn=app.config["JOB_RUNNER"] == "spawn")
-    uploads.spool(app, uploads.SpooledRoute(  # zip archives: to DATA_DIR/.tmp
-        IMPORT_PATHS, "MAX_DATASET_MB", lambda: store().staging_dir("archive-"),
-        multipart_only=True))
-    app.extensions["jobs"].recover()
-
-
-def store() -> DatasetStore:
-    return current_app.extensions["datasets"]
-
-
-def jobs() -> JobQueue:
-    return current_app.extensions["jobs"]
+# Dataset archives (zip bodies): to DATA_DIR/.tmp, up to MAX_DATASET_MB.
+archive_upload = uploads.spooled("MAX_DATASET_MB", lambda: store().staging_dir("archive-"),
+                                 multipart_only=True)
 
 
 # --------------------------------------------------------------------------- errors
-
-
-def _is_api() -> bool:
-    return request.path.startswith("/admin/api/")
-
-
-def _fail(status: int, code: str, message: str, **extra):
-    if _is_api():
-        return error_json(status, code, message, **extra)
-    return render_template("error.html", status=status, message=message), status
+# (RegistryError, CSRF and the disk's errors: the admin area's handlers, webapp.views.admin)
 
 
 @bp.errorhandler(DatasetStoreError)
 @bp.errorhandler(JobError)
 def _known_error(exc):
-    return _fail(exc.status, exc.code, exc.message, **exc.extra)
-
-
-@bp.errorhandler(RegistryError)
-def _registry_error(exc: RegistryError):
-    return _fail(exc.status, exc.code, exc.message)
+    return fail(exc.status, exc.code, exc.message, **exc.extra)
 
 
 @bp.errorhandler(RequestEntityTooLarge)
@@ -159,7 +127,7 @@ def _add_images() -> tuple[list[dict], str]:
 def _model_summary(model_id: str | None) -> dict | None:
     if not model_id:
         return None
-    registry = current_app.extensions["registry"]
+    registry = current.registry()
     try:
         meta = registry.meta(model_id)
     except RegistryError:
@@ -190,6 +158,7 @@ def create_page():
 
 
 @bp.post("/teach/_import")
+@archive_upload
 def import_page():
     try:
         summary = _import_archive((request.form.get("name") or "").strip() or None)
@@ -242,6 +211,7 @@ def api_datasets():
 
 
 @bp.post("/api/datasets")
+@archive_upload
 def api_create():
     """JSON ``{"name", "classes"}`` creates an empty dataset; a multipart ``archive`` (zip
     of class folders, optional ``name``) imports one."""
@@ -381,14 +351,14 @@ def api_cancel(job_id):
 
 @bp.get("/api/models/<model_id>/report")
 def api_report(model_id):
-    path = current_app.extensions["registry"].report_file(model_id, "report.json")
+    path = current.registry().report_file(model_id, "report.json")
     return jsonify(json.loads(path.read_text(encoding="utf-8")))
 
 
 @bp.get("/api/models/<model_id>/report/<filename>")
 def report_file(model_id, filename):
     """The confusion matrix and curves PNGs (and the JSON) of a model trained here."""
-    path = current_app.extensions["registry"].report_file(model_id, filename)
+    path = current.registry().report_file(model_id, filename)
     response = send_file(path, mimetype=REPORT_TYPES.get(Path(filename).suffix,
                                                          "application/octet-stream"))
     response.headers["Cache-Control"] = "private, max-age=3600"

@@ -10,17 +10,14 @@ import sys
 from pathlib import Path
 
 import click
-from flask import Flask, current_app
+from flask import current_app
 from flask.cli import AppGroup
 
-from webapp.registry import RegistryError
+from webapp import current
+from webapp.stores.registry import RegistryError
 
+# models_cli and finetune_command (below) join the app's command line in create_app.
 models_cli = AppGroup("models", help="Manage the model registry in MODEL_DIR.")
-
-
-def init_app(app: Flask) -> None:
-    app.cli.add_command(models_cli)
-    app.cli.add_command(finetune_command)
 
 
 @click.command(
@@ -37,10 +34,6 @@ def finetune_command(args):
     sys.exit(finetune.main(list(args)))
 
 
-def _registry():
-    return current_app.extensions["registry"]
-
-
 def _fail(exc: RegistryError):
     raise click.ClickException(exc.message)
 
@@ -53,7 +46,7 @@ def _size(n) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_models(as_json):
     """List the stored models; * marks the active one."""
-    entries, state = current_app.extensions["model_holder"].model_entries()
+    entries, state = current.holder().model_entries()
     if as_json:
         click.echo(json.dumps({"active": state["active"], "history": state["history"],
                                "redo": state["redo"], "models": entries}, indent=2))
@@ -91,11 +84,11 @@ def add(path, name, arch, classes, labels_path, input_size, mean, std, activate)
     a state_dict (bare or in a training checkpoint), safetensors, or an ONNX model."""
     labels = Path(labels_path).read_bytes() if labels_path else None
     try:
-        meta = _registry().add(path, name=name, fields={
+        meta = current.registry().add(path, name=name, fields={
             "arch": arch, "classes": classes, "labels": labels, "input_size": input_size,
             "mean": mean, "std": std})
         if activate:
-            _registry().activate(meta["id"])
+            current.registry().activate(meta["id"])
     except RegistryError as exc:
         _fail(exc)
     click.echo(f"stored {meta['id']}  {meta['name']}  ({meta['summary']})"
@@ -114,19 +107,19 @@ def _change(change):
 @click.argument("model_id")
 def activate(model_id):
     """Make MODEL_ID the active model (every worker switches within a second)."""
-    click.echo(f"active: {_change(lambda: _registry().activate(model_id)).active}")
+    click.echo(f"active: {_change(lambda: current.registry().activate(model_id)).active}")
 
 
 @models_cli.command("rollback")
 def rollback():
     """Return to the model that was active before the current one."""
-    click.echo(f"active: {_change(_registry().rollback).active}")
+    click.echo(f"active: {_change(current.registry().rollback).active}")
 
 
 @models_cli.command("redo")
 def redo():
     """Undo the last rollback: return to the model it left."""
-    click.echo(f"active: {_change(_registry().redo).active}")
+    click.echo(f"active: {_change(current.registry().redo).active}")
 
 
 @models_cli.command("rename")
@@ -134,7 +127,7 @@ def redo():
 @click.argument("name")
 def rename(model_id, name):
     """Give MODEL_ID a new display name."""
-    meta = _change(lambda: _registry().rename(model_id, name))
+    meta = _change(lambda: current.registry().rename(model_id, name))
     click.echo(f"{model_id}  {meta['name']}")
 
 
@@ -142,5 +135,5 @@ def rename(model_id, name):
 @click.argument("model_id")
 def delete(model_id):
     """Delete an inactive stored model."""
-    _change(lambda: _registry().delete(model_id))
+    _change(lambda: current.registry().delete(model_id))
     click.echo(f"deleted {model_id}")

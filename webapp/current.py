@@ -1,0 +1,65 @@
+"""The objects one app shares between its requests, and a typed accessor for each.
+
+``create_app`` makes them once (``install``); views, commands and the HTTP plumbing ask
+for them here (``current.holder()``, ``current.registry()`` ...) instead of looking up
+``current_app.extensions`` by a string of their own, so a reader (and a type checker)
+sees what each one is, and a renamed key cannot break one caller quietly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Flask, current_app
+
+from webapp.serving.holder import ModelHolder
+from webapp.stores.datasets import DatasetStore
+from webapp.stores.kiosk_settings import KioskSettings, KioskSettingsStore
+from webapp.stores.registry import Registry
+from webapp.training.jobs import JobQueue
+from webapp.translations import Translations
+
+# app.extensions keys (tests and gunicorn.conf.py read "model_holder" too).
+HOLDER, REGISTRY, DATASETS, JOBS, TRANSLATIONS = (
+    "model_holder", "registry", "datasets", "jobs", "kiosk_translations")
+
+
+def install(app: Flask, *, holder: ModelHolder, registry: Registry, datasets: DatasetStore,
+            jobs: JobQueue, translations: Translations) -> None:
+    app.extensions.update({HOLDER: holder, REGISTRY: registry, DATASETS: datasets,
+                           JOBS: jobs, TRANSLATIONS: translations})
+
+
+def holder() -> ModelHolder:
+    """The model this process serves (follows the registry's active pointer)."""
+    return current_app.extensions[HOLDER]
+
+
+def registry() -> Registry:
+    """The model registry in ``MODEL_DIR``."""
+    return current_app.extensions[REGISTRY]
+
+
+def datasets() -> DatasetStore:
+    """The teach datasets in ``DATA_DIR``."""
+    return current_app.extensions[DATASETS]
+
+
+def jobs() -> JobQueue:
+    """The training jobs in ``DATA_DIR``."""
+    return current_app.extensions[JOBS]
+
+
+def translations() -> Translations:
+    """The kiosk's label translations (``TRANSLATIONS_DIR``)."""
+    return current_app.extensions[TRANSLATIONS]
+
+
+def kiosk_settings() -> KioskSettingsStore:
+    """The kiosk settings of the running app: defaults from its config, the teacher's
+    changes from the settings file (``KIOSK_SETTINGS_FILE``, else the instance folder).
+    Read from disk on every call: another worker may have saved them."""
+    path = Path(current_app.config.get("KIOSK_SETTINGS_FILE")
+                or Path(current_app.instance_path) / "kiosk.json")
+    return KioskSettingsStore(path, KioskSettings.from_config(current_app.config),
+                              translations())

@@ -1,0 +1,94 @@
+"""The admin area: ``/admin`` (pages, a login form) and ``/admin/api/*`` (the same over
+HTTP with ``Authorization: Bearer $ADMIN_TOKEN``), one blueprint whose routes live in
+
+* ``auth``: who may come in (the guard every admin request goes through, login, logout),
+* ``models``: the model table, upload, activate, roll back, delete, try an image,
+* ``kiosk_settings``: the teacher settings of the kiosk,
+* ``teach``: the Teach page and the dataset / job API (a nested blueprint),
+* ``cli``: the same model operations as ``flask models`` commands.
+
+``create_app`` registers it.  Security, in order of the checks every admin request goes
+through (``auth``):
+
+Security, in order of the checks every admin request goes through:
+
+* ``ADMIN_TOKEN`` unset: the whole area answers 403 with a page saying how to enable it.
+* API requests with a bearer token: compared with ``hmac.compare_digest``; no cookie is
+  involved, so no CSRF token is needed.
+* Everything else needs the session cookie set by the login form (signed with
+  ``SECRET_KEY``, bound to the current ``ADMIN_TOKEN`` and to the session generation
+  kept in ``MODEL_DIR/sessions.json``, valid for ``SESSION_HOURS``; logging out starts a
+  new generation, so a copy of any admin's cookie is worthless from then on, in every
+  worker and replica; ``Secure`` and HSTS over HTTPS: ``webapp.http.security``),
+  and every state-changing request carries a CSRF token (Flask-WTF): in the form, or in
+  the ``X-CSRFToken`` header for the page's own XHR calls.  Without a session: pages
+  redirect to the login form, the API answers 401.
+* Failed logins and wrong bearer tokens are counted per client address (``limits``,
+  in memory, per worker process); over ``ADMIN_LOGIN_LIMIT`` the answer is 429.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+
+from flask import Blueprint, render_template, request
+from flask_wtf.csrf import CSRFError
+
+from webapp.http.errors import error_json
+from webapp.stores.registry import RegistryError
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+
+def is_api() -> bool:
+    """An ``/admin/api/`` request: answered in JSON, never with a page."""
+    return request.path.startswith("/admin/api/")
+
+
+def fail(status: int, code: str, message: str, **extra):
+    """A 4xx/5xx in the admin area: JSON for the API, the error page for people."""
+    if is_api():
+        return error_json(status, code, message, **extra)
+    return render_template("error.html", status=status, message=message), status
+
+
+@bp.errorhandler(CSRFError)
+def _csrf_error(exc: CSRFError):
+    return fail(400, "csrf_failed", f"{exc.description} The form has expired or did not "
+                "come from this site: reload the admin page and try again.")
+
+
+# Errors of the disk under MODEL_DIR, in words (never the path: messages reach clients).
+_STORE_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_STORE_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+@bp.errorhandler(OSError)
+def _storage_error(exc: OSError):
+    """The model store cannot be written (disk full, read-only, no permission): say so;
+    nothing half-written stays behind (uploads are removed in teardown, the registry
+    builds models in staging), and serving goes on with the current model."""
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno in _STORE_FULL:
+        status, code = 507, "store_full"
+        message = (f"The model store (MODEL_DIR) has no room for this ({reason}); nothing "
+                   "was stored. Delete models you no longer need, or give the store more "
+                   "space, and try again.")
+    elif exc.errno in _STORE_READ_ONLY:
+        status, code = 503, "store_read_only"
+        message = (f"The model store (MODEL_DIR) cannot be written ({reason}); nothing "
+                   "was changed. The current model goes on serving.")
+    else:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        status, code = 500, "internal_error"
+        message = "Something went wrong on the server."
+    if status != 500:
+        log.error("model store: %s %s failed: %s", request.method, request.path, exc)
+    return fail(status, code, message)
+
+
+@bp.errorhandler(RegistryError)
+def _registry_error(exc: RegistryError):
+    return fail(exc.status, exc.code, exc.message)

@@ -1,0 +1,266 @@
+"""Who may come into the admin area: the guard every admin request goes through (see
+``webapp.views.admin``), the login form, logging out, and what ``create_app`` sets up for
+them (the session key, the login limiter)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from flask import (
+    Flask,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask_wtf import FlaskForm
+from limits import parse as parse_limit
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+from wtforms import PasswordField
+from wtforms.validators import DataRequired
+
+from webapp import current
+from webapp.config import ConfigError
+from webapp.http.errors import error_json
+from webapp.stores import durable
+from webapp.stores.registry import Registry
+from webapp.views.admin import bp, is_api
+
+log = logging.getLogger(__name__)
+
+SESSION_HOURS = 12
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+ENABLE_HINT = (
+    "Set the ADMIN_TOKEN environment variable to a long random secret and restart the "
+    "server, e.g. ADMIN_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(24))')."
+)
+
+
+class LoginForm(FlaskForm):
+    token = PasswordField("Admin token", validators=[DataRequired()])
+
+# --------------------------------------------------------------------------- setup
+
+
+def configure_session_key(app: Flask, registry: Registry) -> None:
+    """Sessions must verify in every worker and replica: without SECRET_KEY, use the key
+    kept in MODEL_DIR (created once), so a login survives a restart too."""
+    if app.config["SECRET_KEY"] != app.config.get("SECRET_KEY_GENERATED"):
+        return  # set by the environment or the caller
+    try:
+        app.config["SECRET_KEY"] = registry.secret_key()
+    except OSError as exc:
+        token = app.config.get("ADMIN_TOKEN")
+        if token:
+            app.config["SECRET_KEY"] = hmac.new(
+                token.encode(), b"webapp session key", hashlib.sha256
+            ).hexdigest()
+        log.warning("cannot keep a session key in %s (%s); %s", registry.root, exc,
+                    "deriving it from ADMIN_TOKEN" if token else "sessions are per process")
+
+
+def login_limiter(config) -> tuple[MovingWindowRateLimiter, object]:
+    """Failed logins and wrong bearer tokens per client address (in memory, per worker),
+    at most ``ADMIN_LOGIN_LIMIT``; also warns about a short ``ADMIN_TOKEN``."""
+    try:
+        limit = parse_limit(config["ADMIN_LOGIN_LIMIT"])
+    except ValueError:
+        raise ConfigError(
+            f"ADMIN_LOGIN_LIMIT={config['ADMIN_LOGIN_LIMIT']!r}: use e.g. '10 per "
+            "minute' or '5/minute;50/hour'"
+        ) from None
+    token = config.get("ADMIN_TOKEN") or ""
+    if token and len(token) < 16:
+        log.warning("ADMIN_TOKEN is only %d characters long; use at least 16 random "
+                    "characters", len(token))
+    return MovingWindowRateLimiter(MemoryStorage()), limit
+
+
+# --------------------------------------------------------------------------- auth
+
+
+def _token() -> str:
+    return current_app.config.get("ADMIN_TOKEN") or ""
+
+
+def _token_matches(given: str) -> bool:
+    return hmac.compare_digest(given.encode("utf-8"), _token().encode("utf-8"))
+
+
+def _fingerprint() -> str:
+    """Binds a session to the current ADMIN_TOKEN and session generation: changing the
+    token or logging out logs everyone out."""
+    key = str(current_app.config["SECRET_KEY"]).encode()
+    bound = f"{_token()}\0{_session_generation()}".encode()
+    return hmac.new(key, bound, hashlib.sha256).hexdigest()[:32]
+
+
+def _sessions_file() -> Path:
+    return current.registry().root / "sessions.json"
+
+
+def _session_generation() -> str:
+    """The current session generation ("" before the first logout)."""
+    try:
+        return str(json.loads(_sessions_file().read_text())["generation"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+def _end_every_session() -> None:
+    """A new generation: every session cookie issued so far stops being valid.  (There
+    is one admin token, so one admin identity: its sessions end together.)"""
+    current.registry().root.mkdir(parents=True, exist_ok=True)
+    durable.write_json(_sessions_file(), {"generation": secrets.token_hex(16),
+                                          "since": int(time.time())})
+
+
+def _session_ok() -> bool:
+    fingerprint = session.get("admin")
+    since = session.get("admin_since")
+    return (
+        isinstance(fingerprint, str)
+        and isinstance(since, int | float)
+        and hmac.compare_digest(fingerprint, _fingerprint())
+        and 0 <= time.time() - since < SESSION_HOURS * 3600
+    )
+
+
+def _bearer() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else None
+
+
+def _client_key() -> str:
+    return request.remote_addr or "unknown"
+
+
+def _too_many_failures() -> int | None:
+    """Seconds until the next attempt is allowed, if this client is over the limit."""
+    limiter, limit = current_app.extensions["admin_login_limit"]
+    if limiter.test(limit, "admin-login", _client_key()):
+        return None
+    reset = limiter.get_window_stats(limit, "admin-login", _client_key()).reset_time
+    return max(1, int(reset - time.time()) + 1)
+
+
+def _count_failure() -> None:
+    limiter, limit = current_app.extensions["admin_login_limit"]
+    limiter.hit(limit, "admin-login", _client_key())
+    log.warning("failed admin authentication from %s", _client_key())
+
+
+def _rate_limited(retry_after: int):
+    message = f"Too many failed attempts; try again in {retry_after} s."
+    if is_api():
+        response = error_json(429, "too_many_attempts", message)
+    else:
+        response = render_template("admin/login.html", form=LoginForm(), error=message), 429
+    response = current_app.make_response(response)
+    response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+@bp.before_request
+def _guard():
+    if not _token():
+        if is_api():
+            return error_json(403, "admin_disabled", "The admin area is disabled. "
+                              + ENABLE_HINT)
+        return render_template("admin/disabled.html", hint=ENABLE_HINT), 403
+    if request.endpoint == "admin.login":
+        return None
+    bearer = _bearer() if is_api() else None
+    if bearer is not None:
+        retry = _too_many_failures()
+        if retry:
+            return _rate_limited(retry)
+        if _token_matches(bearer):
+            g.admin_via = "token"
+            return None
+        _count_failure()
+        response = current_app.make_response(
+            error_json(401, "bad_token", "The bearer token is not the admin token.")
+        )
+        response.headers["WWW-Authenticate"] = 'Bearer realm="admin"'
+        return response
+    if _session_ok():
+        g.admin_via = "session"
+        if request.method not in SAFE_METHODS:
+            current_app.extensions["csrf"].protect()  # CSRFError (400) without a token
+        return None
+    if is_api():
+        response = current_app.make_response(error_json(
+            401, "unauthorized",
+            "Send the admin token as 'Authorization: Bearer <ADMIN_TOKEN>', or log in at "
+            "/admin/login.",
+        ))
+        response.headers["WWW-Authenticate"] = 'Bearer realm="admin"'
+        return response
+    target = request.full_path.rstrip("?") if request.method == "GET" else url_for("admin.index")
+    return redirect(url_for("admin.login", next=target))
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path inside the admin area (no open redirect to another site)."""
+    if target:
+        parts = urlsplit(target)
+        if not parts.scheme and not parts.netloc and parts.path.startswith("/admin/") \
+                and not target.startswith("//"):
+            return target.rstrip("?")
+    return url_for("admin.index")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    form = LoginForm()
+    if request.method == "GET":
+        if _session_ok():
+            return redirect(url_for("admin.index"))
+        return render_template("admin/login.html", form=form)
+    retry = _too_many_failures()
+    if retry:
+        return _rate_limited(retry)
+    if not form.validate_on_submit():  # CSRF token or field missing: not a guess
+        errors = "; ".join(e for errs in form.errors.values() for e in errs)
+        return render_template("admin/login.html", form=form,
+                               error=f"The form was not accepted: {errors}"), 400
+    if not _token_matches(form.token.data):
+        _count_failure()
+        return render_template("admin/login.html", form=LoginForm(formdata=None),
+                               error="That is not the admin token."), 401
+    session.clear()
+    session["admin"] = _fingerprint()
+    session["admin_since"] = int(time.time())
+    log.info("admin logged in from %s", _client_key())
+    return redirect(_safe_next(request.args.get("next")))
+
+
+@bp.post("/logout")
+def logout():
+    """Ends this session and every copy of it (and the admin's other sessions)."""
+    try:
+        _end_every_session()
+    except OSError as exc:  # a read-only store: this browser's cookie goes at least
+        log.warning("could not end the admin sessions in %s: %s", current.registry().root, exc)
+    session.clear()
+    flash("Logged out.", "info")
+    return redirect(url_for("admin.login"))
+
+
+@bp.context_processor
+def _template_context():
+    return {"logged_in": g.get("admin_via") == "session"}

@@ -1,0 +1,322 @@
+"""The admin's model pages and API: the model table, upload (streamed to a temp file
+inside ``MODEL_DIR``, never held in memory, limited by ``MAX_CHECKPOINT_MB`` instead of
+``MAX_UPLOAD_MB``), activate, roll back, redo, rename, delete, and "try an image" with
+any stored model.  The store itself is ``webapp.stores.registry``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from flask import (
+    current_app,
+    flash,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from model_loader import ModelLoadError, supported_archs
+from webapp import current
+from webapp.current import registry
+from webapp.http import capacity, uploads
+from webapp.http.errors import ApiError, too_large
+from webapp.http.images import classify, parse_topk, uploads_from_request
+from webapp.serving import imaging
+from webapp.stores.registry import BUILTIN, RegistryError, unknown_model
+from webapp.views.admin import bp, is_api
+
+# Checkpoint uploads: to MODEL_DIR/tmp, up to MAX_CHECKPOINT_MB.
+checkpoint_upload = uploads.spooled("MAX_CHECKPOINT_MB",
+                                    lambda: registry().temp_path("upload-"))
+
+
+@bp.errorhandler(RequestEntityTooLarge)
+def _too_large(exc):
+    if request.spooled_route is not None:
+        limit = current_app.config["MAX_CHECKPOINT_MB"]
+        return too_large(f"The checkpoint is larger than the {limit:g} MB limit "
+                         "(MAX_CHECKPOINT_MB).", image=False)
+    limit = current_app.config["MAX_UPLOAD_MB"]  # "try an image" keeps the image limit
+    return too_large(f"The upload is larger than the {limit:g} MB limit (MAX_UPLOAD_MB).")
+
+
+# --------------------------------------------------------------------------- model table
+
+
+def model_entries() -> tuple[list[dict], dict]:
+    return current.holder().model_entries()
+
+
+# How a checkpoint's metrics read in the model table: (label, kind), kind "percent" for
+# fractions 0..1.  Keys not listed are shown with their name in words.
+METRIC_LABELS = {
+    "val_accuracy": ("Validation accuracy", "percent"),
+    "test_accuracy": ("Accuracy on unseen test pictures", "percent"),
+    "accuracy": ("Accuracy", "percent"),
+    "macro_f1": ("Macro F1", "number"),
+    "val_loss": ("Validation loss", "number"),
+    "evaluated_on": ("Evaluated on", "text"),
+    "best_epoch": ("Best epoch", "number"),
+    "epochs_run": ("Epochs run", "number"),
+    "epochs": ("Epochs", "number"),
+    "train_images": ("Training pictures", "number"),
+    "strategy": ("What trained", "text"),
+    "backbone": ("Started from", "text"),
+    "pretrained": ("ImageNet weights to start", "yes/no"),
+    "image_size": ("Image size", "pixels"),
+}
+MAIN_METRICS = ("val_accuracy", "test_accuracy", "accuracy")  # shown first, in bold
+
+
+def readable_metrics(metrics: dict | None) -> list[dict]:
+    """A checkpoint's metrics as ``[{"key", "label", "text", "main"}]`` for people:
+    accuracies in per cent, the rest with three significant digits, booleans as yes/no;
+    the accuracies first.  Nested values (lists, dicts) are left out."""
+    rows = []
+    for key, value in (metrics or {}).items():
+        if value is None or isinstance(value, list | dict):
+            continue
+        label, kind = METRIC_LABELS.get(key, (key.replace("_", " ").capitalize(), "number"))
+        if isinstance(value, bool) or kind == "yes/no":
+            text = "yes" if value else "no"
+        elif not isinstance(value, int | float):
+            text = str(value)
+        elif kind == "percent" and 0 <= value <= 1:
+            text = f"{value * 100:.1f}%"
+        elif kind == "pixels":
+            text = f"{value:g} px"
+        else:
+            text = f"{value:.3g}" if isinstance(value, float) else str(value)
+        rows.append({"key": key, "label": label, "text": text, "main": key in MAIN_METRICS})
+    return sorted(rows, key=lambda row: not row["main"])
+
+
+def _serving() -> dict:
+    holder = current.holder()
+    classifier = holder.get()
+    # notice: the active model could not be loaded; model_notice: about the model served
+    # (the bundled fallback, an unverified file).  The public pages show neither.
+    return {**classifier.info, "pid": os.getpid(), "notice": holder.notice,
+            "model_notice": classifier.loaded.notice}
+
+
+def _store_upload() -> dict:
+    """The uploaded checkpoint (already on disk in MODEL_DIR/tmp), validated and stored."""
+    upload = request.files.get("checkpoint") or request.files.get("file")
+    if upload is None:
+        raise RegistryError(400, "no_checkpoint", "No checkpoint received. Send it as a "
+                            "multipart form field named 'checkpoint'.")
+    stream = upload.stream
+    path = Path(getattr(stream, "name", "") or "")
+    if not path.name.startswith("upload-"):  # not spooled (cannot happen on our routes)
+        raise RegistryError(400, "no_checkpoint", "The checkpoint was not received as a file.")
+    stream.flush()
+    os.fsync(stream.fileno())
+    stream.close()
+    if path.stat().st_size == 0:
+        raise RegistryError(400, "empty_file", "The uploaded checkpoint is empty (0 bytes).")
+    fields = {key: request.form.get(key) for key in MODEL_FIELDS}
+    meta = registry().add(path, name=request.form.get("name"),
+                          fields={**fields, "labels": _labels_file()}, move=True,
+                          original_filename=Path(upload.filename or "").name[:100] or None)
+    if request.form.get("activate") in ("1", "on", "true", "yes"):
+        registry().activate(meta["id"])
+        meta["activated"] = True
+    return meta
+
+
+MAX_LABELS_BYTES = 1 << 20  # a labels file of 1 MB holds ~50,000 names
+# Form fields sent with a model file, as model_loader.load_checkpoint takes them.
+MODEL_FIELDS = ("arch", "classes", "input_size", "mean", "std")
+
+
+def _labels_file() -> bytes | None:
+    """The contents of the optional ``labels`` file sent with a checkpoint (a file
+    part, or a text field: ``curl -F 'labels=<labels.txt'``)."""
+    upload = request.files.get("labels")
+    if upload is not None and upload.filename:
+        data = upload.stream.read(MAX_LABELS_BYTES + 1)
+    else:
+        data = (request.form.get("labels") or "").encode("utf-8")
+    if len(data) > MAX_LABELS_BYTES:
+        raise RegistryError(413, "too_large", "The labels file is larger than 1 MB; it "
+                            "should hold one class name a line.")
+    return data or None
+
+
+# --------------------------------------------------------------------------- pages
+
+
+@bp.get("/")
+def index():
+    entries, state = model_entries()
+    return render_template("admin/index.html", entries=entries, state=state,
+                           serving=_serving(), added=request.args.get("added"),
+                           archs=sorted(supported_archs()),
+                           trial=g.get("trial"), trial_error=g.get("trial_error"),
+                           trial_id=g.get("trial_id"))
+
+
+def _page_error(exc: RegistryError):
+    flash(exc.message, "danger")
+    return index(), exc.status
+
+
+@bp.post("/models")
+@checkpoint_upload
+def upload_page():
+    try:
+        meta = _store_upload()
+    except RegistryError as exc:
+        return _page_error(exc)
+    flash(f"Stored {meta['name']} as {meta['id']} ({meta['summary']})"
+          + (" and activated it." if meta.get("activated") else "."), "success")
+    return redirect(url_for("admin.index", added=meta["id"]))
+
+
+def _page_change(change, message):
+    """A form's change to the store: done, a message, back to the page -- or the page
+    again with the reason (and its 4xx status)."""
+    try:
+        result = change()
+    except RegistryError as exc:
+        return _page_error(exc)
+    flash(message(result), "success")
+    return redirect(url_for("admin.index"))
+
+
+def _display_name(model_id: str) -> str:
+    return "the built-in model" if model_id == BUILTIN else registry().meta(model_id)["name"]
+
+
+@bp.post("/models/<model_id>/activate")
+def activate_page(model_id):
+    return _page_change(
+        lambda: registry().activate(model_id),
+        lambda state: f"Activated {_display_name(model_id)} ({model_id}).")
+
+
+@bp.post("/rollback")
+def rollback_page():
+    return _page_change(registry().rollback, lambda state: f"Rolled back to {state.active}.")
+
+
+@bp.post("/redo")
+def redo_page():
+    return _page_change(registry().redo, lambda state: f"Back to {state.active}.")
+
+
+@bp.post("/models/<model_id>/rename")
+def rename_page(model_id):
+    return _page_change(lambda: registry().rename(model_id, request.form.get("name")),
+                        lambda meta: f"Renamed {model_id} to {meta['name']}.")
+
+
+@bp.post("/models/<model_id>/delete")
+def delete_page(model_id):
+    return _page_change(lambda: registry().delete(model_id),
+                        lambda _: f"Deleted {model_id}.")
+
+
+@bp.post("/try")
+@capacity.upload_slot
+def try_page():
+    """The no-JavaScript "try an image": the admin page with the predictions."""
+    model_id = request.form.get("model_id", "")
+    g.trial_id = model_id
+    try:
+        g.trial, _ = _trial(model_id)
+        status = 200
+    except (RegistryError, ApiError, imaging.ImageError, ModelLoadError) as exc:
+        g.trial_error = getattr(exc, "message", None) or str(exc)
+        status = getattr(exc, "status", 503)
+    return index(), status
+
+
+def _trial(model_id: str):
+    """Classify the request's image(s) with any stored model, without activating it."""
+    if not registry().exists(model_id):
+        raise unknown_model(model_id)
+    images = uploads_from_request()
+    if not is_api():
+        images = images[:1]  # the page shows one result
+    classifier = current.holder().classifier_for(model_id)
+    return classify(images, parse_topk(), None, classifier)
+
+
+# --------------------------------------------------------------------------- API
+
+
+@bp.get("/api/models")
+def api_list():
+    entries, state = model_entries()
+    return jsonify(active=state["active"], history=state["history"], redo=state["redo"],
+                   changed=state["changed"], serving=_serving(), models=entries)
+
+
+@bp.post("/api/models")
+@checkpoint_upload
+def api_upload():
+    meta = _store_upload()
+    response = jsonify({**meta, "builtin": False,
+                        "active": registry().state().active == meta["id"]})
+    response.status_code = 201
+    response.headers["Location"] = url_for("admin.api_model", model_id=meta["id"])
+    return response
+
+
+@bp.get("/api/models/<model_id>")
+def api_model(model_id):
+    entries, _ = model_entries()
+    for entry in entries:
+        if entry["id"] == model_id:
+            return jsonify(entry)
+    raise unknown_model(model_id)
+
+
+@bp.post("/api/models/<model_id>/activate")
+def api_activate(model_id):
+    return jsonify(registry().activate(model_id).as_dict())
+
+
+@bp.post("/api/rollback")
+def api_rollback():
+    return jsonify(registry().rollback().as_dict())
+
+
+@bp.post("/api/redo")
+def api_redo():
+    return jsonify(registry().redo().as_dict())
+
+
+@bp.patch("/api/models/<model_id>")
+def api_rename(model_id):
+    """JSON ``{"name": "..."}``: the new display name."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+        raise ApiError(400, "bad_json", 'Send the new name as JSON, e.g. {"name": "Fruit v2"}.')
+    registry().rename(model_id, body["name"])
+    return api_model(model_id)
+
+
+@bp.delete("/api/models/<model_id>")
+def api_delete(model_id):
+    registry().delete(model_id)
+    return jsonify(deleted=model_id)
+
+
+@bp.post("/api/models/<model_id>/predict")
+@capacity.upload_slot
+def api_predict(model_id):
+    body, _ = _trial(model_id)
+    return jsonify(body)
+
+
+@bp.context_processor
+def _template_context():
+    return {"readable_metrics": readable_metrics}
