@@ -125,8 +125,17 @@ def _return_big_blocks_to_the_os(server):
     50-megapixel PNG then kept ~400 MB for good (measured: RSS 737 -> 1376 MB after five
     big images; with a fixed 1 MB threshold it returns to 757 MB after each).  Set in the
     master, inherited by every worker it forks; MALLOC_MMAP_THRESHOLD_ in the
-    environment wins."""
+    environment wins.
+
+    Not with ENGINE=torch: torch allocates every activation of a forward pass with
+    malloc (ResNet18's are 0.8-3 MB), so with a fixed 1 MB threshold each pass mapped
+    and unmapped ~60 MB: 16,000 page faults per request instead of 560, and a pass took
+    several times as long in the server as outside it (bench/run.py's torch path).
+    OpenVINO and ONNX Runtime allocate their buffers once, so they do not care."""
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    if _settings["ENGINE"] == "torch":
+        server.log.info("ENGINE=torch: malloc's mmap threshold left to glibc")
         return
     try:
         import ctypes
