@@ -22,6 +22,8 @@ from webapp.config import PROJECT_ROOT, Config
 __all__ = ["create_app"]
 
 
+# One long function on purpose: every object, extension and blueprint is wired here, in
+# one place a newcomer reads top to bottom (no init_app that attaches more behind it).
 def create_app(test_config: dict | None = None) -> Flask:
     app = Flask(
         __name__,

@@ -104,7 +104,7 @@ class EngineSettings:
     @property
     def decides(self) -> bool:
         """QUANTIZE=auto on OpenVINO or ONNX Runtime: the precision is decided per model
-        by measuring (``build.decide_precision``); torch serves fp32."""
+        by measuring (``precision.decide``); torch serves fp32."""
         return self.quantize == "auto" and self.engine != "torch"
 
     @property
@@ -219,7 +219,7 @@ def int8_state(card: ModelCard, settings: EngineSettings) -> tuple[str, str]:
     if cache.valid(name):
         return "ready", name
     if cache.valid(f"{name}.error"):
-        return "failed", cache.path(f"{name}.error").read_text().strip()
+        return "failed", cache.path(f"{name}.error").read_text("utf-8").strip()
     return "missing", name
 
 
@@ -268,15 +268,15 @@ def _run_build(source, settings, cache, key, int8, decide=False) -> ModelCard:
 def _build_here(source, settings, cache, key, int8, decide=False) -> ModelCard:
     """In a process that has torch already (the training runner, ``ENGINE=torch``), a
     trusted model is built right here instead of in a child."""
-    from webapp.engines import build, torch_engine
+    from webapp.engines import build, precision, torch_engine
 
     card = cache.read_card(key)
     if card is None:
         card = build.build_card(torch_engine.load_module(source), key, cache, lock=False)
     if int8:
-        build.int8_or_reason(card, cache, settings.calibration_dir or None)
+        precision.int8_or_reason(card, cache, settings.calibration_dir or None)
     if decide and decision(card.key, settings) is None:
-        build.decide_precision(card, cache, settings)
+        precision.decide(card, cache, settings)
     return card
 
 

@@ -19,16 +19,14 @@ What a build does, for one model file:
 4. check that the exported network gives torch's top-1 on real photos;
 5. write the model card (labels, preprocessing, where the files are).
 
-Static int8 (``QUANTIZE=static``) is one more step on the fp32 ONNX (``build_int8``):
-calibrated with ONNX Runtime's quantizer on the calibration photos, preprocessed exactly
-as the server does; it needs no torch either.
+Static int8 and ``QUANTIZE=auto``'s choice are further steps on the fp32 ONNX; they need
+no torch and live in ``webapp.engines.precision`` (the child runs them after the build).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import hashlib
 import io
 import json
@@ -47,18 +45,16 @@ from torch import nn
 
 import model_loader
 from model_loader import ModelLoadError
+from webapp.engines import precision
 from webapp.engines.artefacts import ArtefactCache, ModelCard, model_key
-from webapp.engines.calibration import calibration_arrays, calibration_files, int8_name
+from webapp.engines.calibration import calibration_arrays, calibration_files
 from webapp.engines.features import NoFeatureMap, WithFeatures, find_target_layer
+from webapp.engines.precision import BuildError
 
 log = logging.getLogger(__name__)
 
 CHECK_PHOTOS = 4  # real photos the exported network must answer like torch
 UNSUPPORTED_PREFIXES = ("vit_", "swin_", "maxvit_")
-
-
-class BuildError(ModelLoadError):
-    """The model cannot be converted for serving; the message says why."""
 
 
 # --------------------------------------------------------------------------- heatmap layer
@@ -273,7 +269,7 @@ def serve_loaded(loaded: model_loader.LoadedModel, settings) -> tuple[ModelCard,
         engines.attach(engine, card, settings.cache)
         return card, engine
     if settings.builds_int8:
-        int8_or_reason(card, settings.cache, settings.calibration_dir or None)
+        precision.int8_or_reason(card, settings.cache, settings.calibration_dir or None)
         return engines.open_card(card, settings, "int8")
     return engines.open_card(card, settings, "bf16" if settings.quantize == "bf16" else "fp32")
 
@@ -283,188 +279,6 @@ def _jsonable(value):
         return json.loads(json.dumps(value, default=str))
     except (TypeError, ValueError):
         return {}
-
-
-# --------------------------------------------------------------------------- int8
-
-
-def quantize_onnx(fp32_path: Path, arrays: list[np.ndarray], path: Path) -> None:
-    """Static int8 QDQ ONNX: per-channel symmetric int8 weights, uint8 activations,
-    ranges from the calibration arrays (min/max)."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize_static,
-    )
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self._items = iter([{"input": a} for a in arrays])
-
-        def get_next(self):
-            return next(self._items, None)
-
-    work = path.with_name(path.name + ".work")
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        pre = work / "pre.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-            quantize_static(
-                str(pre), str(path), Reader(), quant_format=QuantFormat.QDQ,
-                per_channel=True, activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                extra_options={"CalibTensorRangeSymmetric": False},
-            )
-    finally:
-        for leftover in sorted(work.rglob("*"), reverse=True):
-            leftover.unlink() if leftover.is_file() else leftover.rmdir()
-        work.rmdir()
-
-
-def build_int8(card: ModelCard, cache: ArtefactCache,
-               calibration_dir: str | os.PathLike | None = None) -> tuple[Path, bool]:
-    """The static int8 network of ``card`` (built once, cached): (path, reused)."""
-    if card.kind == "onnx":
-        raise BuildError("QUANTIZE=static is not made for uploaded ONNX models (their "
-                         "graphs are not ours to calibrate): they are served in fp32")
-    name, files = int8_name(card.key, calibration_dir), calibration_files(calibration_dir)
-
-    def build(tmp: Path) -> None:
-        arrays = calibration_arrays(files, card.input_size, card.mean, card.std)
-        started = time.perf_counter()
-        quantize_onnx(cache.path(card.onnx), arrays, tmp)
-        log.info("calibrated %s on %d views in %.1f s", card.name, len(arrays),
-                 time.perf_counter() - started)
-
-    return cache.get(name, build)
-
-
-def int8_or_reason(card: ModelCard, cache: ArtefactCache,
-                   calibration_dir: str | os.PathLike | None = None) -> dict:
-    """Build the int8 network, or record why it cannot be built (``<entry>.error`` in the
-    cache, so no worker tries again with the same calibration set): the model is then
-    served in fp32, and /readyz says why."""
-    name = int8_name(card.key, calibration_dir)
-    try:
-        build_int8(card, cache, calibration_dir)
-        return {"file": name}
-    except Exception as exc:  # noqa: BLE001 - any failure: fp32 serves, and says why
-        text = str(exc).strip()
-        reason = text.splitlines()[0][:300] if text else type(exc).__name__
-        cache.put(f"{name}.error", lambda tmp: tmp.write_text(reason + "\n"))
-        return {"error": reason}
-
-
-# --------------------------------------------------------------------------- QUANTIZE=auto
-
-GUARD_VIEWS = 96  # calibration photo views for a model without guard images of its own
-CLEAR_MARGIN = 0.1  # fp32's top-1 probability above its second: a clear-cut answer
-MIN_CLEAR = 10  # fewer clear-cut guard images than this: every guard image counts
-SPEED_PASSES = 12  # batch-1 passes per candidate when timing (median)
-FASTER = 0.9  # a candidate must take at most this share of fp32's time to be worth it
-
-
-def guard_batch(card: ModelCard, cache: ArtefactCache) -> tuple[np.ndarray, str]:
-    """The images int8 and bf16 must agree on with fp32, preprocessed as served: the
-    model's own validation images when its checkpoint carries them (a fine-tuned model),
-    else views of the calibration photos (real photos of many kinds: what an ImageNet
-    model is judged on)."""
-    if card.guard and cache.valid(card.guard):
-        crops = np.load(cache.path(card.guard)).astype(np.float32) / 255.0
-        mean = np.asarray(card.mean, np.float32)[:, None, None]
-        std = np.asarray(card.std, np.float32)[:, None, None]
-        return ((crops - mean) / std).astype(np.float32), "the model's own validation images"
-    arrays = calibration_arrays(calibration_files(), card.input_size, card.mean, card.std,
-                                limit=GUARD_VIEWS)
-    return np.concatenate(arrays), "views of the calibration photos"
-
-
-def _timed(engine, batch: np.ndarray) -> tuple[np.ndarray, float]:
-    """The engine's logits for ``batch`` (in chunks of 8) and its median batch-1 time."""
-    logits = np.concatenate([engine(batch[i:i + 8])[0] for i in range(0, len(batch), 8)])
-    times = []
-    for n in range(SPEED_PASSES):
-        started = time.perf_counter()
-        engine(batch[n % len(batch):n % len(batch) + 1])
-        times.append((time.perf_counter() - started) * 1000)
-    return logits, float(np.median(times))
-
-
-def decide_precision(card: ModelCard, cache: ArtefactCache, settings) -> dict:
-    """QUANTIZE=auto, decided by asking the engine, not the CPU flags: each candidate
-    precision (int8, then bf16 on OpenVINO) is built, compiled and run on the guard
-    images; the first that works, answers like fp32 (the same top-1 on at least
-    ``settings.min_agreement`` of the guard images whose fp32 answer is clear-cut: its
-    top-1 probability ``CLEAR_MARGIN`` above the second) and takes at most ``FASTER`` of
-    fp32's time is chosen, else fp32.  What was tried and why is kept (``decision_name``), for
-    /readyz and the admin page."""
-    from webapp import engines
-    from webapp.serving.classifier import softmax
-
-    # Timed on one stream (a request alone); no second network compiling in the
-    # background of a process that is about to exit.
-    settings = dataclasses.replace(settings, dual=False)
-    batch, guard_from = guard_batch(card, cache)
-    _, fp32 = engines.open_card(card, settings, "fp32")
-    reference, fp32_ms = _timed(fp32, batch)
-    top1 = reference.argmax(1)
-    # Near-ties (two cat breeds at 0.40 and 0.35) swap under any numeric change -- even
-    # re-saving a JPEG; agreement is counted on the clear-cut answers.
-    ordered = np.sort(softmax(reference), axis=1)
-    clear = ordered[:, -1] - ordered[:, -2] > CLEAR_MARGIN
-    if clear.sum() < MIN_CLEAR:
-        clear = np.ones(len(batch), dtype=bool)
-    counted = (f"{int(clear.sum())} clear-cut answers of {len(batch)} {guard_from}"
-               if not clear.all() else f"{len(batch)} {guard_from}")
-    tried = [{"precision": "fp32", "works": True, "ms": round(fp32_ms, 2), "agreement": 1.0}]
-    candidates = ["int8", "bf16"] if settings.engine == "openvino" else ["int8"]
-    if card.kind == "onnx":
-        candidates = [c for c in candidates if c != "int8"]
-    chosen, why = "fp32", "no other precision was faster and as accurate"
-    for precision in candidates:
-        entry = {"precision": precision}
-        try:
-            if precision == "int8":
-                state = int8_or_reason(card, cache, settings.calibration_dir or None)
-                if "error" in state:
-                    raise BuildError(state["error"])
-            _, engine = engines.open_card(card, settings, precision)
-            if engine.precision != precision:  # bf16 where the CPU has none: fp32 again
-                raise BuildError(f"the engine runs it as {engine.precision}")
-            logits, ms = _timed(engine, batch)
-            if not np.isfinite(logits).all():
-                raise BuildError("it gives NaN or infinite scores")
-            same = logits.argmax(1) == top1
-            entry.update(works=True, ms=round(ms, 2),
-                         agreement=round(float(same[clear].mean()), 4),
-                         agreement_all=round(float(same.mean()), 4))
-        except Exception as exc:  # noqa: BLE001 - a candidate that fails is skipped
-            text = str(exc).strip()
-            entry.update(works=False, reason=text.splitlines()[0][:200] if text else
-                         type(exc).__name__)
-        tried.append(entry)
-        if not entry["works"]:
-            continue
-        if entry["agreement"] < settings.min_agreement:
-            entry["rejected"] = (f"agrees with fp32 on {entry['agreement']:.1%} of {counted}, "
-                                 f"under {settings.min_agreement:.0%}")
-        elif entry["ms"] > FASTER * fp32_ms:
-            entry["rejected"] = "not faster than fp32 here"
-        else:
-            chosen = precision
-            why = (f"{precision}: {fp32_ms / entry['ms']:.1f}x fp32's speed, the same top-1 "
-                   f"as fp32 on {entry['agreement']:.1%} of {counted}")
-            break
-    decision = {"chosen": chosen, "why": why, "guard": counted,
-                "min_agreement": settings.min_agreement, "tried": tried}
-    text = json.dumps(decision, indent=1)
-    cache.put(engines.decision_name(card.key, settings), lambda tmp: tmp.write_text(text))
-    return decision
 
 
 # --------------------------------------------------------------------------- the child
@@ -546,12 +360,13 @@ def main(argv: list[str] | None = None) -> int:
             card = build_card(_load(args), args.key, cache, lock=False)
         result = {"card": card.as_json()}
         if args.int8:
-            result["int8"] = int8_or_reason(card, cache, args.calibration_dir or None)
+            result["int8"] = precision.int8_or_reason(card, cache,
+                                                      args.calibration_dir or None)
         if args.decide:
             from webapp.engines import EngineSettings
 
             settings = EngineSettings(**json.loads(args.decide))
-            result["decision"] = decide_precision(card, cache, settings)
+            result["decision"] = precision.decide(card, cache, settings)
     except ModelLoadError as exc:
         if "allocate" in str(exc) and getattr(args, "memory_mb", 0):
             print(json.dumps({"error": "memory", "limit_mb": args.memory_mb}))

@@ -12,6 +12,7 @@ import logging
 import os
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,59 +128,65 @@ def openvino_engine(path: Path, threads: int, precision: str = "f32",
             [compiled.output("features")] if has_features else [])
         return [(compiled.create_infer_request(), outputs) for _ in range(n)]
 
-    (alone,) = requests_of(latency, 1)
-    alone_lock = threading.Lock()  # an infer request serves one call at a time
+    streams = _Streams(requests_of(latency, 1)[0], infer)
+    name = "bf16" if precision == "bf16" else "fp32"
     if not dual or threads < 2:
-        def run(batch: np.ndarray):
-            with alone_lock:
-                return infer(alone, batch)
-
-        return Engine(run, "openvino", "bf16" if precision == "bf16" else "fp32",
-                      info={"streams": "1"})
-
-    free: queue.SimpleQueue = queue.SimpleQueue()
-    together = threading.Event()  # set once the second network is compiled
-    state = threading.Lock()
-    in_flight = [0]
+        return Engine(streams.run, "openvino", name, info={"streams": "1"})
 
     def compile_second():
         """In the background: a swap serves as soon as the first network is ready."""
         try:
-            for request in requests_of(_compile(path, threads, threads, precision, blobs),
-                                       threads):
-                free.put(request)
-            together.set()
+            streams.add(requests_of(_compile(path, threads, threads, precision, blobs),
+                                    threads))
         except Exception:  # noqa: BLE001 - the first network goes on serving alone
             log.exception("compiling %s a second time (one stream per thread) failed", path)
 
     # Not a daemon: a process that exits waits the second or so for it, instead of
     # tearing OpenVINO down under a compilation (which aborts the process).
     threading.Thread(target=compile_second, name="openvino-streams").start()
-
-    def run(batch: np.ndarray):
-        if not together.is_set():
-            with alone_lock:
-                return infer(alone, batch)
-        with state:
-            others = in_flight[0]
-            in_flight[0] += 1
-        try:
-            if others == 0 and alone_lock.acquire(blocking=False):
-                try:
-                    return infer(alone, batch)
-                finally:
-                    alone_lock.release()
-            request = free.get()
-            try:
-                return infer(request, batch)
-            finally:
-                free.put(request)
-        finally:
-            with state:
-                in_flight[0] -= 1
-
-    return Engine(run, "openvino", "bf16" if precision == "bf16" else "fp32",
+    return Engine(streams.run, "openvino", name,
                   info={"streams": f"1 x {threads} threads alone, {threads} x 1 together"})
+
+
+class _Streams:
+    """Which compiled network a request runs on: ``alone`` (one stream on all threads)
+    when nothing else is in flight, else a free request of the one-stream-per-thread
+    network once ``add`` gave it (until then everyone queues for ``alone``)."""
+
+    def __init__(self, alone, infer: Callable):
+        self._alone, self._infer = alone, infer
+        self._alone_lock = threading.Lock()  # an infer request serves one call at a time
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        self._together = threading.Event()  # set once the second network is compiled
+        self._state = threading.Lock()
+        self._in_flight = 0
+
+    def add(self, requests) -> None:
+        for request in requests:
+            self._free.put(request)
+        self._together.set()
+
+    def run(self, batch: np.ndarray):
+        if not self._together.is_set():
+            with self._alone_lock:
+                return self._infer(self._alone, batch)
+        with self._state:
+            others = self._in_flight
+            self._in_flight += 1
+        try:
+            if others == 0 and self._alone_lock.acquire(blocking=False):
+                try:
+                    return self._infer(self._alone, batch)
+                finally:
+                    self._alone_lock.release()
+            request = self._free.get()
+            try:
+                return self._infer(request, batch)
+            finally:
+                self._free.put(request)
+        finally:
+            with self._state:
+                self._in_flight -= 1
 
 
 def onnxruntime_engine(path: Path, threads: int) -> Engine:

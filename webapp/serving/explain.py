@@ -248,30 +248,9 @@ def explain(
     grid_map = cam(classifier, features[0], index)
     t2 = time.perf_counter()
 
-    size = loaded.input_size
-    heat = upsample(grid_map, size)
+    heat = upsample(grid_map, loaded.input_size)
     cropped = denormalise(array, loaded.mean, loaded.std)
-    resized = _resized(classifier, img)
-    original = img.copy()
-    original.thumbnail((ORIGINAL_MAX_SIDE, ORIGINAL_MAX_SIDE))
-    low, high = float(array.min()), float(array.max())
-    shrunk = resized.width <= img.width
-    steps = [
-        Step("original", "Your photo",
-             f"The photo as it arrived: {img.width} × {img.height} pixels.", original),
-        Step("resized", "Shrunk" if shrunk else "Made bigger",
-             f"{'Shrunk' if shrunk else 'Made bigger'} so the short side is "
-             f"{loaded.resize_size} pixels: {resized.width} × {resized.height}. The grey "
-             "frame is your photo's size.",
-             shrunk_picture(img.size, resized)),
-        Step("cropped", "Square from the middle",
-             f"The {size} × {size} square from the middle: all the model ever sees.", cropped),
-        Step("tensor", "Numbers",
-             f"What the model really gets: 3 grids of {size} × {size} numbers (red, green, "
-             f"blue), from {low:.2f} to {high:.2f}. Here are the 4 dots in the very middle, "
-             "drawn big, with their numbers.",
-             numbers_picture(array, loaded.mean, loaded.std)),
-    ]
+    steps = _steps(classifier, img, array, cropped)
     t3 = time.perf_counter()
     return Explanation(
         target=target,
@@ -288,3 +267,30 @@ def explain(
             "pictures": (t3 - t2) * 1000,
         },
     )
+
+
+def _steps(classifier: Classifier, img: Image.Image, array: np.ndarray,
+           cropped: Image.Image) -> list[Step]:
+    """The four pictures of what happens to the photo before the model sees it."""
+    loaded, size = classifier.loaded, classifier.loaded.input_size
+    resized = _resized(classifier, img)
+    original = img.copy()
+    original.thumbnail((ORIGINAL_MAX_SIDE, ORIGINAL_MAX_SIDE))
+    low, high = float(array.min()), float(array.max())
+    shrunk = resized.width <= img.width
+    return [
+        Step("original", "Your photo",
+             f"The photo as it arrived: {img.width} × {img.height} pixels.", original),
+        Step("resized", "Shrunk" if shrunk else "Made bigger",
+             f"{'Shrunk' if shrunk else 'Made bigger'} so the short side is "
+             f"{loaded.resize_size} pixels: {resized.width} × {resized.height}. The grey "
+             "frame is your photo's size.",
+             shrunk_picture(img.size, resized)),
+        Step("cropped", "Square from the middle",
+             f"The {size} × {size} square from the middle: all the model ever sees.", cropped),
+        Step("tensor", "Numbers",
+             f"What the model really gets: 3 grids of {size} × {size} numbers (red, green, "
+             f"blue), from {low:.2f} to {high:.2f}. Here are the 4 dots in the very middle, "
+             "drawn big, with their numbers.",
+             numbers_picture(array, loaded.mean, loaded.std)),
+    ]

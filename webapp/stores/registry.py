@@ -32,12 +32,9 @@ import contextlib
 import datetime as _dt
 import json
 import logging
-import math
 import os
-import re
 import secrets
 import shutil
-import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,10 +45,20 @@ from webapp import engines
 from webapp.engines import EngineSettings, ModelSource
 from webapp.stores import durable
 from webapp.stores.durable import fsync_dir, locked, write_json
+from webapp.stores.model_names import (  # noqa: F401 - RegistryError, unknown_model: the store's API
+    BUILTIN,
+    ID_RE,
+    RegistryError,
+    clean_name,
+    jsonable,
+    jsonable_fields,
+    now_iso,
+    unknown_model,
+    valid_id,
+)
 
 log = logging.getLogger(__name__)
 
-BUILTIN = "builtin"
 CHECKPOINT_FILE = "checkpoint.pt"
 MODEL_FILES = {"pytorch": CHECKPOINT_FILE, "safetensors": "model.safetensors",
                "onnx": "model.onnx"}  # the stored file's name, by kind
@@ -59,17 +66,7 @@ META_FILE = "meta.json"
 POINTER_FILE = "active.json"
 REPORT_FILES = ("report.json", "confusion.png", "curves.png")  # optional, beside a model
 MAX_HISTORY = 50
-MAX_NAME = 80
 STALE_TMP_SECONDS = 6 * 3600  # a temp file this old belongs to no live upload
-_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
-
-
-class RegistryError(Exception):
-    """Something the caller asked for cannot be done; ``status`` is the HTTP status."""
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 @dataclass(frozen=True)
@@ -85,64 +82,6 @@ class State:
     def as_dict(self) -> dict:
         return {"active": self.active, "history": list(self.history),
                 "redo": list(self.redo), "changed": self.changed}
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-
-
-def valid_id(model_id: str) -> bool:
-    return model_id == BUILTIN or bool(_ID_RE.match(model_id or ""))
-
-
-def clean_name(raw: str | None) -> str | None:
-    """A display name, or ``RegistryError`` 400.  Names never become paths, but one that
-    looks like a path (``../x``, ``a/b``) or carries control characters is refused so
-    nobody is misled by it."""
-    if raw is None:
-        return None
-    name = unicodedata.normalize("NFC", raw).strip()
-    if not name:
-        return None
-    problem = None
-    if len(name) > MAX_NAME:
-        problem = f"it is {len(name)} characters long (at most {MAX_NAME})"
-    elif any(unicodedata.category(ch).startswith("C") for ch in name):
-        problem = "it contains control characters"
-    elif "/" in name or "\\" in name or ".." in name or name.startswith("."):
-        problem = "it looks like a file path ('/', '\\', '..' or a leading '.')"
-    if problem:
-        raise RegistryError(
-            400, "bad_name", f"The model name is not accepted: {problem}. Names are "
-            "for display only; use letters, digits, spaces and - _ ( ) + , :"
-        )
-    return name
-
-
-def _jsonable(value, depth: int = 0):
-    """Checkpoint metrics as plain JSON: numbers, strings, booleans, short lists and
-    dicts; one-element tensors become numbers, anything else is dropped."""
-    if depth > 4:
-        return None
-    if isinstance(value, bool | str) or value is None:
-        return value[:200] if isinstance(value, str) else value
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if hasattr(value, "numel") and hasattr(value, "item"):
-        return _jsonable(value.item(), depth) if value.numel() == 1 else None
-    if isinstance(value, list | tuple):
-        items = [_jsonable(v, depth + 1) for v in value[:50]]
-        return [v for v in items if v is not None]
-    if isinstance(value, dict):
-        out = {}
-        for key, item in list(value.items())[:50]:
-            item = _jsonable(item, depth + 1)
-            if isinstance(key, str) and item is not None:
-                out[key[:100]] = item
-        return out
-    return None
 
 
 class Registry:
@@ -197,20 +136,20 @@ class Registry:
         except FileNotFoundError:
             return []
         return sorted(
-            (n for n in names if _ID_RE.match(n) and (self.models_dir / n / META_FILE).is_file()),
+            (n for n in names if ID_RE.match(n) and (self.models_dir / n / META_FILE).is_file()),
             reverse=True,
         )
 
     def exists(self, model_id: str) -> bool:
         return model_id == BUILTIN or (
-            _ID_RE.match(model_id or "") is not None
+            ID_RE.match(model_id or "") is not None
             and (self.models_dir / model_id / META_FILE).is_file()
         )
 
     def meta(self, model_id: str) -> dict:
         """The stored metadata of a model; ``RegistryError`` 404 for an unknown id (an id
         that is not of our own making never reaches the filesystem)."""
-        if not isinstance(model_id, str) or not _ID_RE.match(model_id):
+        if not isinstance(model_id, str) or not ID_RE.match(model_id):
             raise self._unknown(model_id)
         try:
             meta = json.loads((self.models_dir / model_id / META_FILE).read_text("utf-8"))
@@ -314,66 +253,79 @@ class Registry:
         if unknown:
             raise ValueError(f"extras must be among {REPORT_FILES}, not {unknown}")
         fields = {k: v for k, v in (fields or {}).items() if v not in (None, "")}
-        arch = str(fields.get("arch") or "").strip() or None
-        if arch not in (None, "auto", "onnx") and arch not in model_loader.supported_archs():
-            raise RegistryError(
-                400, "bad_arch", f"Architecture {arch!r} is not supported; use one of: "
-                + ", ".join(["auto", *sorted(model_loader.supported_archs())])
-            )
-        source = Path(source)
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        if move:
-            upload = source
-        else:
-            upload = self.temp_path("copy-")
-            with open(source, "rb") as src, open(upload, "xb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
-                out.flush()
-                os.fsync(out.fileno())
-        staging = None
+        _check_arch(fields)
+        upload = Path(source) if move else self._copy_in(Path(source))
         try:
             label = "The checkpoint" + (f" {original_filename!r}" if original_filename else "")
-            size = upload.stat().st_size
-            sha256 = model_loader.sha256_file(upload)
-            given = _jsonable_fields(fields)
-            try:  # in a child process, under memory and time caps; converted for serving
-                loaded = engines.ensure_card(engines.checkpoint_source(
-                    upload, sha256, given=given, label=label, untrusted=untrusted,
-                    name=name), self.engine, int8=self.engine.builds_int8,
-                    decide=self.engine.decides)
-            except ModelLoadError as exc:
-                raise RegistryError(422, "invalid_checkpoint", str(exc)) from None
-            model_id = self._new_id()
-            described = loaded.metadata()
-            meta = {
-                "id": model_id,
-                **described,
-                "name": name or loaded.name,
-                "file": MODEL_FILES[loaded.kind],
-                "summary": loaded.summary,
-                "found": _jsonable(described["found"]) or {},
-                "size_bytes": size,
-                "sha256": sha256,
-                "version": sha256[:12],
-                "uploaded": now_iso(),
-                "created": loaded.created,
-                "metrics": _jsonable(loaded.metrics) or {},
-                "card": loaded.key,  # the engine cache entry made from it just now
-                "explain": loaded.cam_unavailable,  # why there is no heatmap, if not
-            }
+            meta = self._described(upload, name, fields, label, untrusted)
             if extras:
                 meta["report_files"] = sorted(extras)
             if trained_from:
-                meta["trained_from"] = _jsonable(trained_from)
-            del loaded
+                meta["trained_from"] = jsonable(trained_from)
+            self._publish(upload, meta, extras)
+            log.info("stored model %s (%s: %s, %d bytes)", meta["id"], meta["name"],
+                     meta["summary"], meta["size_bytes"])
+            return meta
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(upload)
+
+    def _copy_in(self, source: Path) -> Path:
+        """A copy of ``source`` in ``tmp/``, on disk before it is read."""
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        upload = self.temp_path("copy-")
+        with open(source, "rb") as src, open(upload, "xb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        return upload
+
+    def _described(self, upload: Path, name: str | None, fields: dict, label: str,
+                   untrusted: bool) -> dict:
+        """The file validated and converted for serving (in a child process, under memory
+        and time caps), and the metadata to store with it; ``RegistryError`` 422 says
+        why a file is refused."""
+        size = upload.stat().st_size
+        sha256 = model_loader.sha256_file(upload)
+        try:
+            loaded = engines.ensure_card(engines.checkpoint_source(
+                upload, sha256, given=jsonable_fields(fields), label=label,
+                untrusted=untrusted, name=name), self.engine, int8=self.engine.builds_int8,
+                decide=self.engine.decides)
+        except ModelLoadError as exc:
+            raise RegistryError(422, "invalid_checkpoint", str(exc)) from None
+        described = loaded.metadata()
+        return {
+            "id": self._new_id(),
+            **described,
+            "name": name or loaded.name,
+            "file": MODEL_FILES[loaded.kind],
+            "summary": loaded.summary,
+            "found": jsonable(described["found"]) or {},
+            "size_bytes": size,
+            "sha256": sha256,
+            "version": sha256[:12],
+            "uploaded": now_iso(),
+            "created": loaded.created,
+            "metrics": jsonable(loaded.metrics) or {},
+            "card": loaded.key,  # the engine cache entry made from it just now
+            "explain": loaded.cam_unavailable,  # why there is no heatmap, if not
+        }
+
+    def _publish(self, upload: Path, meta: dict, extras: dict) -> None:
+        """Make the model appear, whole or not at all: its folder is filled in ``tmp/``
+        (file, extras, meta.json, all fsynced) and renamed into ``models/``.  A file
+        already stored is refused (409 names it)."""
+        staging = None
+        try:
             with self._locked():
                 self.sweep()
                 for other in self.list_models():
-                    if other.get("sha256") == sha256:
+                    if other.get("sha256") == meta["sha256"]:
                         raise RegistryError(
                             409, "duplicate", f"This checkpoint is already stored as "
                             f"{other['id']} ({other.get('name')!r}).", )
-                staging = self.tmp_dir / f"{model_id}.staging"
+                staging = self.tmp_dir / f"{meta['id']}.staging"
                 staging.mkdir()
                 os.replace(upload, staging / meta["file"])
                 for extra_name, extra_path in extras.items():
@@ -383,16 +335,11 @@ class Registry:
                         os.fsync(out.fileno())
                 write_json(staging / META_FILE, meta)
                 fsync_dir(staging)
-                os.rename(staging, self.models_dir / model_id)  # the model appears here
+                os.rename(staging, self.models_dir / meta["id"])  # the model appears here
                 staging = None
                 fsync_dir(self.models_dir)
                 fsync_dir(self.tmp_dir)
-            log.info("stored model %s (%s: %s, %d bytes)", model_id, meta["name"],
-                     meta["summary"], size)
-            return meta
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(upload)
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
 
@@ -524,15 +471,6 @@ class Registry:
         return unknown_model(model_id)
 
 
-def _jsonable_fields(fields: dict) -> dict:
-    """What the person said, as the child process takes it (JSON): a labels file's bytes
-    become text (it is re-read there, and a name that is not text is refused there)."""
-    out = dict(fields)
-    if isinstance(out.get("labels"), bytes):
-        out["labels"] = out["labels"].decode("utf-8", errors="replace")
-    return out
-
-
 def _file_of(meta: dict) -> str:
     """The model file's name in its folder (models stored before safetensors and ONNX
     uploads have no "file": theirs is checkpoint.pt)."""
@@ -540,6 +478,9 @@ def _file_of(meta: dict) -> str:
     return name if name in MODEL_FILES.values() else CHECKPOINT_FILE
 
 
-def unknown_model(model_id) -> RegistryError:
-    shown = model_id if isinstance(model_id, str) and len(model_id) < 80 else "?"
-    return RegistryError(404, "unknown_model", f"There is no model {shown!r} in the store.")
+def _check_arch(fields: dict) -> None:
+    arch = str(fields.get("arch") or "").strip() or None
+    if arch not in (None, "auto", "onnx") and arch not in model_loader.supported_archs():
+        raise RegistryError(
+            400, "bad_arch", f"Architecture {arch!r} is not supported; use one of: "
+            + ", ".join(["auto", *sorted(model_loader.supported_archs())]))

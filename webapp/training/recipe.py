@@ -338,8 +338,9 @@ def write_int8(out: Path, trainer: Trainer, loader, split: str, say) -> dict:
     on up to ``MAX_CALIBRATION_SAMPLES`` (96) training images with the serving
     preprocessing, and how often it agrees with the fp32 model on the evaluation images
     of ``loader`` (the report's ``int8``)."""
-    from webapp.engines.build import export_onnx, quantize_onnx
+    from webapp.engines.build import export_onnx
     from webapp.engines.calibration import MAX_CALIBRATION_SAMPLES
+    from webapp.engines.precision import quantize_onnx
 
     model = trainer.model.cpu().eval()
     path = _companion(out, "int8.onnx")
