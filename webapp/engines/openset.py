@@ -58,7 +58,7 @@ def fit_knn(train: np.ndarray, val: np.ndarray, *, k: int = DEFAULT_K,
     if len(bank) > MAX_BANK:
         bank = bank[np.linspace(0, len(bank) - 1, MAX_BANK).round().astype(int)]
     distances = openset.knn_distance(bank, val, k)
-    threshold = openset.keeping(distances, keep, low_is_known=True)
+    threshold = openset.keeping(distances, keep, low_is_known=True, conformal=True)
     return {"method": "knn", "k": int(k), "threshold": round(threshold, 6),
             "keep": keep, "validation_images": int(len(val)),
             "kept": round(float(np.mean(distances <= threshold)), 4),
