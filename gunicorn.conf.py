@@ -1,7 +1,8 @@
 """gunicorn settings: ``gunicorn app:app`` picks this file up from the working directory.
 
-Workers × engine threads never exceed the CPUs this process may use (affinity mask and
-cgroup quota): half the CPUs as workers, the rest as threads (``plan_concurrency``).
+Workers and engine threads come from the CPUs this process may use (affinity mask and
+cgroup quota): two workers of two threads on 2 CPUs with OpenVINO's dual streams, half the
+CPUs as workers and the rest as threads otherwise (``plan_concurrency``, measured).
 WEB_CONCURRENCY and TORCH_THREADS override the choice.  The model is loaded in each
 worker after the fork (no preload: forking after torch/OpenVINO started their thread
 pools can hang), and before the worker accepts its first request.
@@ -12,11 +13,12 @@ import shutil
 import sys
 import tempfile
 
-from webapp.config import Config, plan_concurrency
+from webapp.config import Config, dual_streams, plan_concurrency
 
 _settings = Config.from_env()
 workers, _threads = plan_concurrency(
     _settings["WEB_CONCURRENCY"], int(os.environ.get("TORCH_THREADS", "0") or 0),
+    dual=dual_streams(_settings),
 )
 # Workers read these when they build the app.
 os.environ["WEB_CONCURRENCY"] = str(workers)

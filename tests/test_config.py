@@ -7,7 +7,14 @@ import re
 import pytest
 
 from tests.conftest import ROOT
-from webapp.config import SETTINGS, Config, ConfigError, plan_concurrency
+from webapp.config import (
+    SETTINGS,
+    Config,
+    ConfigError,
+    available_cpus,
+    dual_streams,
+    plan_concurrency,
+)
 
 
 def test_defaults():
@@ -59,9 +66,26 @@ def test_workers_times_threads_fit_the_cpus(cpus, workers, threads, expected):
         assert w * t <= cpus
 
 
+@pytest.mark.parametrize("cpus, workers, threads, expected", [
+    (1, 0, 0, (1, 1)), (2, 0, 0, (2, 2)), (4, 0, 0, (2, 2)), (8, 0, 0, (4, 2)),
+    (2, 1, 0, (1, 2)), (2, 3, 1, (3, 1)),  # explicit values win
+])
+def test_dual_streams_get_two_workers_of_two_threads(cpus, workers, threads, expected):
+    """OpenVINO's dual streams (the default): a second worker on 2 CPUs, as measured."""
+    assert plan_concurrency(workers, threads, cpus=cpus, dual=True) == expected
+
+
+def test_the_default_settings_plan_dual_streams_and_other_engines_do_not():
+    assert dual_streams(Config.from_env({}))
+    assert not dual_streams(Config.from_env({"ENGINE_STREAMS": "latency"}))
+    assert not dual_streams(Config.from_env({"ENGINE": "onnxruntime"}))
+    assert Config.from_env({"WEB_CONCURRENCY": "2", "TORCH_THREADS": "0"})["TORCH_THREADS"] \
+        >= (2 if available_cpus() >= 2 else 1)
+
+
 @pytest.mark.parametrize("engine", ["openvino", "onnxruntime", "torch"])
 def test_auto_precision_is_left_to_the_engine(engine):
-    """QUANTIZE=auto is decided per model by measuring (tests/test_engines.py), never from
+    """QUANTIZE=auto is decided per model by measuring (tests/engines/test_engines.py), never from
     the engine's name or the CPU's flags."""
     assert Config.from_env({"ENGINE": engine})["QUANTIZE"] == "auto"
     assert Config.from_env({"ENGINE": engine, "QUANTIZE": "static"})["QUANTIZE"] == "static"

@@ -112,10 +112,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MALLOC_ARENA_MAX", "2", "glibc malloc arenas per worker process (set with "
             "mallopt when the worker starts): fewer arenas keep a threaded worker's memory "
             "from growing; 0 = glibc's default (8 × cores).", "int", 0, 64),
-    Setting("TORCH_THREADS", "0", "Torch intra-op threads per worker; 0 = CPUs available "
-            "to the process divided by the number of workers.", "int", 0, 256),
+    Setting("TORCH_THREADS", "0", "Engine threads per worker; 0 = 2 with OpenVINO's dual "
+            "streams (the default), else the CPUs available to the process divided by the "
+            "number of workers.", "int", 0, 256),
     Setting("WEB_CONCURRENCY", "0", "gunicorn worker processes; 0 = half the available "
-            "CPUs (at least 1), so workers × threads never exceeds the CPUs.", "int", 0, 64),
+            "CPUs, at least 2 with OpenVINO's dual streams on 2 or more CPUs (measured: "
+            "docs/speed.md), else at least 1.", "int", 0, 64),
     Setting("HTTP_THREADS", "4", "Connections each gunicorn worker accepts at once "
             "(uploads are received in parallel, inference runs one batch at a time).",
             "int", 1, 64),
@@ -234,17 +236,34 @@ def _cgroup_cpu_quota() -> float | None:
     return None
 
 
-def plan_concurrency(workers: int = 0, threads: int = 0, cpus: int | None = None):
-    """(workers, engine threads per worker) so that workers × threads ≤ CPUs available.
+def plan_concurrency(workers: int = 0, threads: int = 0, cpus: int | None = None, *,
+                     dual: bool = False):
+    """(workers, engine threads per worker); 0 means "choose", explicit values are
+    respected as given.
 
-    0 means "choose": workers = half the CPUs (at least 1), threads = CPUs // workers.
     Two threads per forward pass halve a request's latency (ResNet18 bf16 on OpenVINO:
-    7.5 → 3.9 ms), and the same for every engine since the request path stopped waking
-    torch's thread pool (docs/speed.md).  Explicit values are respected as given."""
+    7.5 -> 3.9 ms).  Without ``dual``: workers = half the CPUs (at least 1), threads =
+    CPUs // workers, so workers x threads never exceeds the CPUs.
+
+    With ``dual`` (OpenVINO's two compilations, ``ENGINE_STREAMS=dual``, the default) and
+    2 CPUs or more: at least two workers of two threads.  Measured on 2 cores
+    (bench/concurrency.py, two quiet runs, docs/speed.md): 2 workers x 2 threads kept a
+    photo alone within 6 % of 1 x 2's latency and gave the most 8-client throughput
+    (1.04-1.12x 1 x 2's, above 2 x 1's), where 1 worker x 2 threads fell 4-12 % short
+    of 2 x 1.  The second worker decodes and preprocesses (Python) while the first
+    runs the network; a request alone still gets both cores."""
     cpus = cpus or available_cpus()
+    if dual and cpus >= 2:
+        workers = workers or max(2, cpus // 2)
+        return workers, threads or max(2, cpus // workers)
     workers = workers or max(1, cpus // 2)
     threads = threads or max(1, cpus // workers)
     return workers, threads
+
+
+def dual_streams(values: dict) -> bool:
+    """Whether the engine compiles a model twice (``plan_concurrency``'s ``dual``)."""
+    return values["ENGINE"] == "openvino" and values["ENGINE_STREAMS"] == "dual"
 
 
 class Config:
@@ -258,7 +277,7 @@ class Config:
             values[setting.name] = setting.parse(environ.get(setting.name))
         # Torch threads for this process: with 0, the CPUs shared among the workers.
         _, values["TORCH_THREADS"] = plan_concurrency(
-            values["WEB_CONCURRENCY"] or 1, values["TORCH_THREADS"]
+            values["WEB_CONCURRENCY"] or 1, values["TORCH_THREADS"], dual=dual_streams(values)
         )
         if values["QUANTIZE"] == "dynamic" and values["ENGINE"] != "torch":
             raise ConfigError(
