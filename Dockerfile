@@ -9,7 +9,7 @@
 #   docker run -p 5000:5000 -v classifier-data:/data -e ADMIN_TOKEN=... offline-classifier
 #
 # Every install and test step is a `make` target that CI runs as well (make test runs
-# tests/test_deploy.py, which checks this file and runs `make smoke`'s command).
+# tests/deploy/test_deploy.py, which checks this file and runs `make smoke`'s command).
 FROM python:3.11-slim-bookworm
 
 # torch/torchvision come from here (the CPU wheels, ~5x smaller than PyPI's CUDA build);

@@ -2,7 +2,7 @@
 #   make run    set up .venv, fetch ResNet18's weights if the network allows, and start
 #               the server (gunicorn) on http://127.0.0.1:5000
 #   make test   set up .venv with the test tools and run lint + the test suite
-#   make test-fast  the inner loop: no server process, no browser (docs/development.md)
+#   make test-fast  the inner loop: no server, no browser, no slow conversion (docs/development.md)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -44,7 +44,7 @@ download: install
 	$(BIN)/python -m model_loader download
 
 # Start the production server on 127.0.0.1 and check it (deploy/smoke.py).  The
-# Dockerfile runs it at build time; tests/test_deploy.py runs the same command in CI.
+# Dockerfile runs it at build time; tests/deploy/test_deploy.py runs the same command in CI.
 .PHONY: smoke
 smoke: install
 	$(BIN)/python deploy/smoke.py
@@ -52,7 +52,7 @@ smoke: install
 lint: install-dev
 	$(BIN)/ruff check .
 
-# The browser tests drive Debian's Chromium and tests/test_deploy.py runs nginx in front of
+# The browser tests drive Debian's Chromium and tests/deploy/test_deploy.py runs nginx in front of
 # two replicas; both fail (never skip) without them, so install them when they are missing
 # (apt-get, as root or through sudo) or say what to install.
 SYSTEM_PACKAGES := chromium chromium-driver fonts-dejavu-core nginx-light
@@ -73,11 +73,12 @@ system-deps:
 test: lint system-deps
 	$(BIN)/python -m pytest
 
-# The tests that start no server and no browser (markers in tests/conftest.py): the loop
-# while working.  `make test` (what CI runs) runs these and the system and browser tiers.
+# The tests that start no server, no browser and convert or train no model in seconds
+# (markers: pyproject.toml, tests/conftest.py): the loop while working.  `make test` (what
+# CI runs) runs these and the slow, system and browser tiers.
 .PHONY: test-fast
 test-fast: install-dev
-	$(BIN)/python -m pytest -m "not system and not browser" $(ARGS)
+	$(BIN)/python -m pytest -m "not system and not browser and not slow" $(ARGS)
 
 .PHONY: bench
 bench: install-dev  # the speed benchmark (docs/speed.md); ARGS=--quick for a short check

@@ -53,7 +53,7 @@ MB = attacks.MB
 
 def dockerfile_env() -> dict[str, str]:
     """The ENV lines of the Dockerfile (what `docker run` gives the server)."""
-    from tests.test_deploy import dockerfile, env_of
+    from tests.deploy.test_deploy import dockerfile, env_of
 
     return env_of(dockerfile())
 

@@ -1,5 +1,5 @@
 """How long a model swap takes on a loaded server (run by hand; the test
-tests/test_admin_server.py only checks that swaps happen, whatever the machine's load).
+tests/views/test_admin_server.py only checks that swaps happen, whatever the machine's load).
 
 Starts gunicorn (the project's gunicorn.conf.py, 2 workers) on 127.0.0.1 with two
 fine-tuned checkpoints in its store, keeps CLIENTS threads predicting, and activates the

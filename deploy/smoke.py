@@ -5,7 +5,7 @@ a /predict of a drawn picture, an error for a file that is not an image, /metric
 security headers and a JSON access log line.  Exit 0 when all is well.
 
 ``make smoke`` runs it; the Dockerfile runs ``make smoke`` at build time (so an image
-that builds is an image that serves) and tests/test_deploy.py runs the same command in
+that builds is an image that serves) and tests/deploy/test_deploy.py runs the same command in
 CI.  Standard library only (the runtime has no ``requests``).
 """
 

@@ -1,12 +1,14 @@
 """Shared fixtures, and the two tiers of the suite.
 
-**Tiers.**  ``make test-fast`` runs ``pytest -m "not system and not browser"``: no server
-process, no browser, for the inner loop.  A test that starts a real server (gunicorn, the
+**Tiers.**  ``make test-fast`` runs ``pytest -m "not system and not browser and not slow"``:
+no server process, no browser, no model converted or trained for seconds (``slow``), for the
+inner loop.  A test that starts a real server (gunicorn, the
 development server, nginx), runs one of the project's command lines in a subprocess, or has
 the server convert new models (a builder child process each, with torch) is marked
 ``system``; one that drives Chromium is marked ``browser``.  ``make test`` (what CI
-runs) runs both tiers.  ``Server`` refuses to start inside a test without the ``system``
-mark, so a slow test cannot slip into the fast tier unnoticed.
+runs) runs both tiers.  ``Server``, the builder child and the training process refuse to
+start inside a test without the ``system`` mark, so a slow test cannot slip into the fast
+tier unnoticed.
 
 **Isolation.**  The whole session runs with its own empty ``TORCH_HOME`` (a torchvision
 cache on the developer's machine never changes what is tested), no setting inherited from
@@ -90,6 +92,28 @@ def require_system_mark(what: str) -> None:
         pytest.fail(f"{_current_test.nodeid} starts {what} but is not marked system "
                     "(@pytest.mark.system, or pytestmark = pytest.mark.system): the fast "
                     "tier (make test-fast) starts no server", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _children_need_the_system_mark(monkeypatch):
+    """A builder child (an upload validated and converted under caps: torch imported
+    afresh, 5-30 s) or a training process makes a test slow: ``require_system_mark``, as
+    ``Server`` does.  The real functions run; only the tier is checked."""
+    from webapp.engines import child
+    from webapp.training.jobs import JobQueue
+
+    run_builder, spawn_runner = child.run_builder, JobQueue.spawn_runner
+
+    def checked_builder(*args, **kwargs):
+        require_system_mark("a builder child process")
+        return run_builder(*args, **kwargs)
+
+    def checked_runner(self, *args, **kwargs):
+        require_system_mark("a training process")
+        return spawn_runner(self, *args, **kwargs)
+
+    monkeypatch.setattr(child, "run_builder", checked_builder)
+    monkeypatch.setattr(JobQueue, "spawn_runner", checked_runner)
 
 
 def encode(image, fmt: str = "JPEG", **params) -> bytes:

@@ -6,7 +6,7 @@ Anything else is refused with its name, so a kustomization that grows a feature 
 here instead of being rendered differently.
 
 Why not only kubectl: the tests must run where no kubectl is installed (a developer's
-machine, a CI image without it).  Where kubectl is, tests/test_kubernetes.py renders
+machine, a CI image without it).  Where kubectl is, tests/deploy/test_kubernetes.py renders
 both ways and requires the same objects, so this stays what kustomize does.
 """
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: web workers never load 
 
 # torchvision's classification models (``torchvision.models.list_models``) and the bundled
 # EfficientNet-Lite0, written out so a web worker can check a name without importing
-# torchvision; tests/test_model_loader.py keeps the list equal to torchvision's.
+# torchvision; tests/checkpoints/test_model_loader.py keeps the list equal to torchvision's.
 ARCHITECTURES = (
     "alexnet", "convnext_base", "convnext_large", "convnext_small", "convnext_tiny",
     "densenet121", "densenet161", "densenet169", "densenet201", "efficientnet_b0",

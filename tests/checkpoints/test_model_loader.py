@@ -203,6 +203,7 @@ def test_checkpoint_with_head_and_class_count_mismatch_is_refused(tmp_path):
         model_loader.load_checkpoint(path)
 
 
+@pytest.mark.slow
 def test_dynamic_quantization_quantizes_the_linear_head(random_resnet18, tmp_path):
     """ENGINE=torch QUANTIZE=dynamic (the design card's recipe): int8 Linear layers, the
     same answers as fp32."""
@@ -459,6 +460,7 @@ def test_the_head_is_found_from_the_architecture_not_from_key_order(tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_weights_that_fit_no_architecture_name_the_closest_and_what_differs(model_files,
                                                                            tmp_path):
     path = tmp_path / "extra.pth"

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import model_loader
-from tests.conftest import save_random_resnet18
+from tests.conftest import ROOT, save_random_resnet18
 from tests.photos import real_photos
 from webapp import engines
 from webapp.engines import EngineSettings, build, runtime, torch_engine
@@ -95,6 +95,7 @@ def test_every_engine_agrees_with_fp32_on_real_photos(bundled_source, photo_batc
             "bf16" if runtime.cpu_has_bf16() else "fp32 (this CPU has no native bf16)")
 
 
+@pytest.mark.slow
 def test_torch_static_serves_a_resnet18_checkpoint(tmp_path, cache_dir):
     """Static int8 with torch (FX graph mode) on a fine-tuned checkpoint of another class
     count and input size; the engine answers like the fp32 module."""
@@ -117,6 +118,7 @@ def test_torch_static_serves_a_resnet18_checkpoint(tmp_path, cache_dir):
 @pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
 @pytest.mark.parametrize("arch, classes, size", [("resnet18", 3, 64),
                                                   ("mobilenet_v3_small", 5, 160)])
+@pytest.mark.slow
 def test_engines_serve_checkpoints_of_other_shapes(tmp_path, cache_dir, engine, arch, classes,
                                                    size):
     torch.manual_seed(1)
@@ -140,6 +142,7 @@ def _entries(cache_dir, suffix):
     return sorted(p for p in cache_dir.iterdir() if p.name.endswith(suffix))
 
 
+@pytest.mark.slow
 def test_cache_is_reused_after_a_restart_and_a_damaged_entry_is_rebuilt(bundled_source,
                                                                         tmp_path):
     cache = tmp_path / "cache"
@@ -175,6 +178,7 @@ def test_cache_is_reused_after_a_restart_and_a_damaged_entry_is_rebuilt(bundled_
     assert len(_entries(cache, ".fp32.onnx")) == 2
 
 
+@pytest.mark.slow
 def test_torch_static_cache_is_reused(tmp_path):
     torch.manual_seed(2)
     module = model_loader.build_model("resnet18", 4)
@@ -193,6 +197,7 @@ def test_torch_static_cache_is_reused(tmp_path):
     assert np.array_equal(third.run(x)[0], first.run(x)[0])
 
 
+@pytest.mark.slow
 def test_prequantized_resnet18_is_used_only_for_the_published_weights(tmp_path, monkeypatch):
     """torchvision's ResNet18_QuantizedWeights cannot be downloaded here: the test writes a
     file in the same format (a randomly initialised quantized ResNet18's state_dict) where
@@ -222,6 +227,7 @@ def test_prequantized_resnet18_is_used_only_for_the_published_weights(tmp_path, 
         assert np.array_equal(served(x)[0], reference(torch.from_numpy(x)).numpy())
 
 
+@pytest.mark.slow
 def test_int8_that_cannot_be_built_is_served_in_fp32_by_the_same_engine(bundled_source,
                                                                           tmp_path):
     """No calibration photos: the engine steps down to fp32 (it does not leave for torch)
@@ -306,6 +312,7 @@ def test_auto_asks_the_engine_and_keeps_what_it_tried(bundled_source, cache_dir)
     assert decision_file.stat().st_mtime_ns == stamp  # not measured again
 
 
+@pytest.mark.slow
 def test_auto_judges_a_finetuned_model_on_its_own_validation_images(tmp_path):
     torch.manual_seed(4)
     module = model_loader.build_model("resnet18", 3)
@@ -343,7 +350,7 @@ print(json.dumps({"precision": engine.precision, "auto": engine.info["auto"],
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
     done = subprocess.run([sys.executable, "-c", code, os.environ["ENGINE_CACHE_DIR"]],
                           capture_output=True, text=True, env=env, timeout=900,
-                          cwd=os.path.dirname(os.path.dirname(__file__)))
+                          cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["shape"] == [1, 1000]

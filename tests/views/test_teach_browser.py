@@ -27,7 +27,7 @@ from tests.browser import (
 )
 from tests.conftest import Server, encode, free_port
 from tests.photos import photo
-from tests.test_browser import _launch, assert_wcag_aa
+from tests.views.test_browser import _launch, assert_wcag_aa
 
 pytestmark = pytest.mark.browser
 

@@ -21,7 +21,7 @@ from PIL import Image
 
 from tests.conftest import FRUIT, encode
 from tests.shapes import SHAPES, draw
-from tests.test_admin import BEARER, TOKEN, assert_error, login
+from tests.views.test_admin import BEARER, TOKEN, assert_error, login
 from webapp import create_app
 from webapp.stores.registry import Registry
 from webapp.training.jobs import ORPHANED, TEACH_DEFAULTS
@@ -234,6 +234,7 @@ def test_teach_train_activate_and_predict_on_a_real_server(start_server, tmp_pat
 # --------------------------------------------------------------------------- failing jobs
 
 
+@pytest.mark.system
 def test_a_job_that_cannot_train_fails_with_the_reason(tmp_path):
     app = make_app(tmp_path)
     http = Client(app)
@@ -273,6 +274,7 @@ def test_bad_training_requests_are_refused(tmp_path):
 # --------------------------------------------------------------------------- cancel, queue
 
 
+@pytest.mark.system
 def test_one_job_at_a_time_and_cancelling_leaves_nothing_behind(tmp_path):
     app = make_app(tmp_path)
     http = Client(app)
@@ -313,6 +315,7 @@ def test_one_job_at_a_time_and_cancelling_leaves_nothing_behind(tmp_path):
 # --------------------------------------------------------------------------- restarts
 
 
+@pytest.mark.system
 def test_a_job_whose_training_process_died_ends_failed(tmp_path):
     """Killed runner: the next look at the job marks it failed.  Server restart: the
     starting app marks it failed before anyone asks."""
@@ -340,6 +343,7 @@ def test_a_job_whose_training_process_died_ends_failed(tmp_path):
     assert work_files(tmp_path) == []
 
 
+@pytest.mark.system
 def test_a_training_process_asked_to_stop_ends_its_job_failed(tmp_path):
     http = Client(make_app(tmp_path))
     build(http.post, "pens", {"pen": 6, "cup": 6})
@@ -352,6 +356,7 @@ def test_a_training_process_asked_to_stop_ends_its_job_failed(tmp_path):
     assert models_in(tmp_path) == [] and work_files(tmp_path) == []
 
 
+@pytest.mark.system
 def test_queued_jobs_are_picked_up_after_a_restart(tmp_path):
     """A job queued while no training process could start (here: the runner is stopped
     before it takes the job) is run when the server starts again."""
@@ -373,6 +378,7 @@ def test_queued_jobs_are_picked_up_after_a_restart(tmp_path):
 # --------------------------------------------------------------------------- reports
 
 
+@pytest.mark.system
 def test_a_model_keeps_its_training_report_in_the_registry(tmp_path, fruit_checkpoint):
     app = make_app(tmp_path)
     http = Client(app)
@@ -407,6 +413,7 @@ def test_a_model_keeps_its_training_report_in_the_registry(tmp_path, fruit_check
     assert 'href="/admin/teach/fruit"' in page
 
 
+@pytest.mark.system
 def test_a_runner_that_died_right_after_storing_its_model_leaves_the_job_done(
         tmp_path, fruit_checkpoint):
     """The one instant where a killed job has a model: stored, not yet recorded.  The job

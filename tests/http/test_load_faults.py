@@ -20,7 +20,7 @@ import requests
 from tests import ops
 from tests.conftest import FRUIT, encode
 from tests.photos import photo
-from tests.test_registry import leftovers, snapshot
+from tests.stores.test_registry import leftovers, snapshot
 from webapp.stores.registry import BUILTIN, Registry
 
 pytestmark = pytest.mark.system  # real servers on 127.0.0.1 (conftest.py: the tiers)

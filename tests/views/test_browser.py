@@ -54,9 +54,10 @@ def files(tmp_path_factory):
     base = tmp_path_factory.mktemp("browser")
     translations = base / "translations"
     translations.mkdir()
-    (translations / "en.json").write_text((ROOT / "translations" / "en.json").read_text())
+    (translations / "en.json").write_text(
+        (ROOT / "translations" / "en.json").read_text(encoding="utf-8"), encoding="utf-8")
     (translations / "de.json").write_text(
-        json.dumps({"name": "Deutsch", "labels": GERMAN}, ensure_ascii=False))
+        json.dumps({"name": "Deutsch", "labels": GERMAN}, ensure_ascii=False), encoding="utf-8")
     photos = base / "photos"
     photos.mkdir()
     for name in ("chelsea", "coffee"):

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.checkpoints.test_model_loader import ACCEPTED, TORCH_WORDS
 from tests.conftest import FRUIT, TOOLS, encode
 from tests.model_files import photo_pngs, torch_answers
 from tests.photos import photo
-from tests.test_model_loader import ACCEPTED, TORCH_WORDS
-from tests.test_registry import hostile_files, leftovers, snapshot
+from tests.stores.test_registry import hostile_files, leftovers, snapshot
 from webapp import create_app
 from webapp.stores.registry import BUILTIN, Registry
 
@@ -256,7 +256,7 @@ def test_a_cross_site_form_post_cannot_borrow_the_admins_session(admin, admin_ap
     session cookie is HttpOnly and SameSite=Lax, so browsers do not even send it with a
     cross-site POST."""
     store = admin_app.extensions["registry"]
-    model_id = store.add(fruit_checkpoint)["id"]
+    model_id = store.add(fruit_checkpoint, untrusted=False)["id"]  # stored as a job would
     attacker_token = login(admin_app.test_client())
     login(admin)
     before = snapshot(store.root), store.state()
@@ -448,7 +448,7 @@ def test_an_oversized_upload_is_refused_before_it_is_stored(tmp_path, fruit_chec
 
 def test_ids_from_the_url_never_reach_the_filesystem(admin, admin_app, fruit_checkpoint):
     store = admin_app.extensions["registry"]
-    upload(admin, fruit_checkpoint)
+    store.add(fruit_checkpoint, untrusted=False)  # stored as a training job would
     before = snapshot(store.root), store.state()
     for bad in ("..%2F..%2Fetc", "%2e%2e", "20260101-000000-abcdef", "models"):
         for method, suffix in (("POST", "/activate"), ("DELETE", ""), ("GET", ""),
@@ -462,6 +462,7 @@ def test_ids_from_the_url_never_reach_the_filesystem(admin, admin_app, fruit_che
 # --------------------------------------------------------------------------- the page
 
 
+@pytest.mark.system  # the upload through the form converts the model in a child
 def test_the_admin_page_shows_the_models_and_works_without_javascript(
     admin, admin_app, fruit_checkpoint
 ):
@@ -586,6 +587,7 @@ def test_a_broken_activation_keeps_the_current_model_serving(admin, admin_app,
 # --------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.system  # the upload converts the model in a child process
 def test_the_command_line_manages_the_same_store(tmp_path, fruit_checkpoint):
     app = make_app(tmp_path / "store", ADMIN_TOKEN="")  # the CLI needs no token
     runner = app.test_cli_runner()
@@ -739,6 +741,7 @@ def test_every_row_of_the_table_gets_in_and_answers_like_torch(fp32_app, model_f
         assert top["score"] == pytest.approx(score, abs=2e-3), name
 
 
+@pytest.mark.system  # the upload converts the model in a child process
 def test_an_onnx_model_has_no_heatmap_and_the_page_says_so(fp32_app, model_files):
     client = fp32_app.test_client()
     store = fp32_app.extensions["registry"]

@@ -55,6 +55,13 @@ def reload(store: Registry, model_id: str):
     return torch_engine.load_module(store.source(model_id))
 
 
+def add(store: Registry, path, **kwargs) -> dict:
+    """A trusted add, as the training runner stores its own models: built in this process
+    (it has torch).  The tests of the store's logic use it; the tests of what an upload
+    may contain (marked system) go through the capped child process, as uploads do."""
+    return store.add(path, untrusted=False, **kwargs)
+
+
 def served(store: Registry, model_id: str):
     """The stored model as a worker serves it."""
     return load_classifier({"ENGINE_CACHE_DIR": ENGINE.cache_dir, "QUANTIZE": "none"},
@@ -64,7 +71,7 @@ def served(store: Registry, model_id: str):
 def test_a_finetuned_checkpoint_is_validated_and_stored_with_its_metadata(
     store, fruit_checkpoint
 ):
-    meta = store.add(fruit_checkpoint, name="Fruit v1")
+    meta = add(store, fruit_checkpoint, name="Fruit v1")
     assert meta["name"] == "Fruit v1"
     assert meta["arch"] == "resnet18"
     assert meta["classes"] == FRUIT and meta["num_classes"] == 3
@@ -87,7 +94,7 @@ def test_a_finetuned_checkpoint_is_validated_and_stored_with_its_metadata(
 
 
 def test_a_bare_torchvision_state_dict_is_stored_as_an_imagenet_model(store, random_resnet18):
-    meta = store.add(random_resnet18)
+    meta = add(store, random_resnet18)
     assert meta["arch"] == "resnet18" and meta["num_classes"] == 1000
     assert meta["classes"][:2] == ["tench", "goldfish"]
     assert meta["name"] == "resnet18 (ImageNet)"
@@ -96,10 +103,10 @@ def test_a_bare_torchvision_state_dict_is_stored_as_an_imagenet_model(store, ran
 def test_ids_are_made_by_the_server_and_identical_files_are_stored_once(
     store, fruit_checkpoint
 ):
-    first = store.add(fruit_checkpoint, name="Fruit")
+    first = add(store, fruit_checkpoint, name="Fruit")
     assert first["id"] != "Fruit" and "/" not in first["id"]
     with pytest.raises(RegistryError) as info:
-        store.add(fruit_checkpoint, name="Fruit again")
+        add(store, fruit_checkpoint, name="Fruit again")
     assert info.value.status == 409 and first["id"] in info.value.message
     assert len(store.list_models()) == 1 and leftovers(store.root) == []
 
@@ -107,8 +114,8 @@ def test_ids_are_made_by_the_server_and_identical_files_are_stored_once(
 def test_activate_rollback_and_delete_keep_a_history(store, fruit_checkpoint,
                                                      tools_checkpoint):
     assert store.state().active == BUILTIN and store.pointer_stamp() is None
-    fruit = store.add(fruit_checkpoint)["id"]
-    tools = store.add(tools_checkpoint)["id"]
+    fruit = add(store, fruit_checkpoint)["id"]
+    tools = add(store, tools_checkpoint)["id"]
     assert {m["id"] for m in store.list_models()} == {tools, fruit}
 
     stamps = {store.pointer_stamp()}
@@ -138,8 +145,8 @@ def test_activate_rollback_and_delete_keep_a_history(store, fruit_checkpoint,
 
 
 def test_rollback_skips_models_deleted_since(store, fruit_checkpoint, tools_checkpoint):
-    fruit = store.add(fruit_checkpoint)["id"]
-    tools = store.add(tools_checkpoint)["id"]
+    fruit = add(store, fruit_checkpoint)["id"]
+    tools = add(store, tools_checkpoint)["id"]
     store.activate(fruit)
     store.activate(tools)
     store.activate(BUILTIN)  # history: tools, fruit, builtin
@@ -149,8 +156,8 @@ def test_rollback_skips_models_deleted_since(store, fruit_checkpoint, tools_chec
 
 def test_redo_returns_to_the_models_a_rollback_left_until_a_new_activation(
         store, fruit_checkpoint, tools_checkpoint):
-    fruit = store.add(fruit_checkpoint)["id"]
-    tools = store.add(tools_checkpoint)["id"]
+    fruit = add(store, fruit_checkpoint)["id"]
+    tools = add(store, tools_checkpoint)["id"]
     store.activate(fruit)
     store.activate(tools)  # builtin -> fruit -> tools
     with pytest.raises(RegistryError) as info:
@@ -179,7 +186,7 @@ def test_redo_returns_to_the_models_a_rollback_left_until_a_new_activation(
 
 
 def test_a_pointer_written_before_redo_existed_still_reads(store, fruit_checkpoint):
-    fruit = store.add(fruit_checkpoint)["id"]
+    fruit = add(store, fruit_checkpoint)["id"]
     store.root.mkdir(parents=True, exist_ok=True)
     store.pointer.write_text(json.dumps({"active": fruit, "history": ["builtin"],
                                          "changed": "2026-01-01T00:00:00+00:00"}))
@@ -189,7 +196,7 @@ def test_a_pointer_written_before_redo_existed_still_reads(store, fruit_checkpoi
 
 
 def test_a_rename_changes_the_display_name_only(store, fruit_checkpoint):
-    meta = store.add(fruit_checkpoint, name="Fruit")
+    meta = add(store, fruit_checkpoint, name="Fruit")
     before = store.checkpoint_path(meta["id"]).stat().st_mtime_ns
     store.activate(meta["id"])
     stamp = store.pointer_stamp()
@@ -218,7 +225,7 @@ def test_a_rename_changes_the_display_name_only(store, fruit_checkpoint):
     "20260101-000000-ABCDEF", "x" * 300, "",
 ])
 def test_ids_that_are_not_ours_never_reach_the_filesystem(store, fruit_checkpoint, model_id):
-    store.add(fruit_checkpoint)
+    add(store, fruit_checkpoint)
     before = snapshot(store.root)
     for call in (store.activate, store.delete, store.meta, store.source):
         with pytest.raises(RegistryError) as info:
@@ -232,7 +239,7 @@ def test_ids_that_are_not_ours_never_reach_the_filesystem(store, fruit_checkpoin
 ])
 def test_names_that_look_like_paths_are_refused(store, fruit_checkpoint, name):
     with pytest.raises(RegistryError) as info:
-        store.add(fruit_checkpoint, name=name)
+        add(store, fruit_checkpoint, name=name)
     assert info.value.status == 400 and info.value.code == "bad_name"
     assert store.list_models() == [] and leftovers(store.root) == []
 
@@ -262,6 +269,7 @@ def hostile_files(tmp_path: Path, marker: Path) -> list[Path]:
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.system
 def test_a_pickle_that_would_run_code_is_refused_and_runs_nothing(store, tmp_path,
                                                                   fruit_checkpoint):
     store.add(fruit_checkpoint)
@@ -279,6 +287,7 @@ def test_a_pickle_that_would_run_code_is_refused_and_runs_nothing(store, tmp_pat
     assert marker.exists()
 
 
+@pytest.mark.system
 def test_broken_and_foreign_files_are_refused_with_the_reason(store, tmp_path,
                                                              fruit_checkpoint):
     jpeg = tmp_path / "cat.jpg"
@@ -357,7 +366,7 @@ def test_a_process_killed_at_any_point_never_leaves_a_half_written_model(
     that load, and the pointer always names one of them (or the built-in model)."""
     root = tmp_path / "store"
     store = Registry(root)
-    keep = store.add(fruit_checkpoint, name="keep")["id"]
+    keep = add(store, fruit_checkpoint, name="keep")["id"]
     store.activate(keep)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # One round (copy 45 MB, validate, store, activate, roll back, delete) takes
@@ -404,6 +413,7 @@ def test_a_process_killed_at_any_point_never_leaves_a_half_written_model(
 
 
 
+@pytest.mark.system
 def test_what_the_person_said_is_stored_and_the_model_loads_the_same_way_later(
     store, model_files
 ):
@@ -436,6 +446,7 @@ def test_what_the_person_said_is_stored_and_the_model_loads_the_same_way_later(
     assert leftovers(store.root) == []
 
 
+@pytest.mark.system
 def test_an_unknown_architecture_is_a_400_and_auto_is_not(store, model_files):
     with pytest.raises(RegistryError) as info:
         store.add(model_files.bare.path, fields={"arch": "resnet9000", "classes": "a,b,c,d,e"})

@@ -36,12 +36,11 @@ import requests
 import yaml
 
 from tests.conftest import ROOT, Server, encode, free_port
+from tests.deploy.test_deploy import dockerfile, env_of
 from tests.kustomize import render
 from tests.photos import CAT_CLASSES, photo
 from tests.shapes import draw
-from tests.test_admin import BEARER, TOKEN
-from tests.test_deploy import dockerfile, env_of
-from tests.test_teach import (
+from tests.training.test_teach import (
     LONG,
     Client,
     build,
@@ -52,6 +51,7 @@ from tests.test_teach import (
     wait_job,
     work_files,
 )
+from tests.views.test_admin import BEARER, TOKEN
 from webapp.config import SETTINGS, Config, ConfigError, plan_concurrency
 
 KUBE = ROOT / "deploy" / "kubernetes"
@@ -541,9 +541,9 @@ def test_the_base_is_what_the_issue_asks_for():
     hpa = the(objs, "HorizontalPodAutoscaler", "classifier")
     assert hpa["spec"]["scaleTargetRef"]["name"] == SERVER
     assert hpa["spec"]["minReplicas"] <= server["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
-    # The CPU limit decides the workers: 2 CPUs = 1 worker x 2 threads, as measured.
+    # The CPU limit decides the workers: 2 CPUs = 2 workers x 2 threads, as measured.
     limit = cpus(container(server)["resources"]["limits"]["cpu"])
-    assert plan_concurrency(cpus=int(limit)) == (1, 2)
+    assert plan_concurrency(cpus=int(limit), dual=True) == (2, 2)
     # Only the monitoring namespace and the ingress controller reach the serving pods.
     policy = the(objs, "NetworkPolicy", "classifier")["spec"]
     sources = [json.dumps(rule["from"], sort_keys=True) for rule in policy["ingress"]]
@@ -753,7 +753,7 @@ def test_the_watch_trains_what_a_server_with_an_external_runner_queued(tmp_path)
 
 
 class Remote:
-    """A server's API shaped like the Flask test client, for tests.test_teach.wait_job."""
+    """A server's API shaped like the Flask test client, for tests.training.test_teach.wait_job."""
 
     def __init__(self, get):
         self.get = get

@@ -29,7 +29,7 @@ from tests.photos import photo
 BIN = Path(sys.executable).parent
 TOKEN = "deploy-admin-token-0123456789"
 MISSING_NGINX = """\
-tests/test_deploy.py needs nginx to check deploy/nginx.conf (CI installs it):
+tests/deploy/test_deploy.py needs nginx to check deploy/nginx.conf (CI installs it):
   sudo apt-get install -y nginx-light     (Debian/Ubuntu; or any nginx >= 1.22 on PATH)"""
 
 

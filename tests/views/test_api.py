@@ -176,7 +176,7 @@ def test_uploads_stay_in_memory(app):
 @pytest.mark.parametrize("case", hostile.basic(), ids=lambda case: case.name)
 def test_odd_and_broken_files_never_cause_a_500(client, case):
     """The small corpus in-process; the whole one (tests/hostile.py, 500+ files) goes
-    through a real gunicorn server in tests/test_hostile_server.py."""
+    through a real gunicorn server in tests/http/test_hostile_server.py."""
     response = post(client, (case.upload_name, case.data))
     assert response.status_code in case.expect, (response.status_code, response.get_json())
     assert response.is_json

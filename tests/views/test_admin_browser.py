@@ -27,7 +27,7 @@ from tests.browser import (
 )
 from tests.conftest import FRUIT, ROOT, encode
 from tests.photos import photo
-from tests.test_browser import assert_wcag_aa
+from tests.views.test_browser import assert_wcag_aa
 
 pytestmark = pytest.mark.browser  # without Chromium: fails with what to install, never skips
 

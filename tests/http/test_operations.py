@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 from tests import hostile, ops
 from tests.conftest import encode
 from tests.photos import photo
-from tests.test_admin import BEARER, TOKEN, login, make_app
+from tests.views.test_admin import BEARER, TOKEN, login, make_app
 from webapp.config import ConfigError
 
 ALWAYS = ("Content-Security-Policy", "X-Content-Type-Options", "Referrer-Policy",

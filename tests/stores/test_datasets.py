@@ -1,7 +1,7 @@
 """Teach-live datasets through the real admin API (Flask test client) and on disk: create,
 capture/upload, re-encoding, delete, export/import zip -- and refusal of hostile names,
 images and archives, with nothing written where it should not be.  No training here
-(tests/test_teach.py trains)."""
+(tests/training/test_teach.py trains)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from PIL import Image
 from tests import attacks
 from tests.conftest import encode
 from tests.shapes import draw
-from tests.test_admin import BEARER, TOKEN, assert_error, csrf_from, login
+from tests.views.test_admin import BEARER, TOKEN, assert_error, csrf_from, login
 from webapp import create_app
 from webapp.training.data import scan
 
