@@ -135,6 +135,7 @@ def load(card, cache) -> OpenSet | None:
     if not card.cam:
         return None
     with np.load(cache.path(card.cam["head"])) as head:
-        weight, bias = head["weight"], head["bias"]
+        # float64 once here, not a 2 MB conversion in every answer (``energy``).
+        weight, bias = head["weight"].astype(np.float64), head["bias"].astype(np.float64)
     return OpenSet("energy", float(spec["threshold"]), weight=weight, bias=bias,
                    clip=float(spec["clip"]), info=info)
