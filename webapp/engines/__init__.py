@@ -44,6 +44,7 @@ from model_loader import ModelLoadError, sha256_file
 from webapp.engines import child
 from webapp.engines.artefacts import ArtefactCache, ModelCard, default_cache_dir, model_key
 from webapp.engines.calibration import int8_name
+from webapp.engines.precision import reason
 from webapp.engines.runtime import Engine, cpu_signature, open_engine
 
 log = logging.getLogger(__name__)
@@ -313,7 +314,7 @@ def serve(source: ModelSource, settings: EngineSettings) -> tuple[ModelCard, Eng
                 raise ModelLoadError(detail)
             return open_card(card, settings, "int8")
         except Exception as exc:  # noqa: BLE001 - any failure: serve fp32 and say why
-            fallback = f"QUANTIZE=static failed: {_reason(exc)}"
+            fallback = f"QUANTIZE=static failed: {reason(exc)}"
             log.warning("%s for %s; serving fp32", fallback, card.name)
     precision = "bf16" if settings.quantize == "bf16" else "fp32"
     try:
@@ -321,7 +322,7 @@ def serve(source: ModelSource, settings: EngineSettings) -> tuple[ModelCard, Eng
     except Exception as exc:  # noqa: BLE001
         if precision == "fp32":
             raise
-        fallback = f"QUANTIZE={settings.quantize} failed: {_reason(exc)}"
+        fallback = f"QUANTIZE={settings.quantize} failed: {reason(exc)}"
         log.warning("%s for %s; serving fp32", fallback, card.name)
         card, engine = open_card(card, settings, "fp32")
     if fallback:
@@ -338,16 +339,11 @@ def _serve_decided(source: ModelSource, settings: EngineSettings) -> tuple[Model
         card, engine = open_card(card, settings, made["chosen"])
     except Exception as exc:  # noqa: BLE001
         log.warning("QUANTIZE=auto chose %s for %s but it does not open (%s); serving fp32",
-                    made["chosen"], card.name, _reason(exc))
+                    made["chosen"], card.name, reason(exc))
         card, engine = open_card(card, settings, "fp32")
-        engine.info["fallback"] = f"{made['chosen']} did not open: {_reason(exc)}"
+        engine.info["fallback"] = f"{made['chosen']} did not open: {reason(exc)}"
     engine.info["auto"] = made
     return card, engine
-
-
-def _reason(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def open_card(card: ModelCard, settings: EngineSettings, precision: str

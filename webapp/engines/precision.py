@@ -31,6 +31,12 @@ class BuildError(ModelLoadError):
     """The model cannot be converted for serving; the message says why."""
 
 
+def reason(exc: Exception, limit: int = 300) -> str:
+    """Why a step failed, in one line: the first line of the error, else its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 def quantize_onnx(fp32_path: Path, arrays: list[np.ndarray], path: Path) -> None:
     """Static int8 QDQ ONNX: per-channel symmetric int8 weights, uint8 activations,
     ranges from the calibration arrays (min/max)."""
@@ -97,10 +103,9 @@ def int8_or_reason(card: ModelCard, cache: ArtefactCache,
         build_int8(card, cache, calibration_dir)
         return {"file": name}
     except Exception as exc:  # noqa: BLE001 - any failure: fp32 serves, and says why
-        text = str(exc).strip()
-        reason = text.splitlines()[0][:300] if text else type(exc).__name__
-        cache.put(f"{name}.error", lambda tmp: tmp.write_text(reason + "\n", "utf-8"))
-        return {"error": reason}
+        why = reason(exc)
+        cache.put(f"{name}.error", lambda tmp: tmp.write_text(why + "\n", "utf-8"))
+        return {"error": why}
 
 
 # --------------------------------------------------------------------------- QUANTIZE=auto
@@ -215,7 +220,5 @@ def _trial(card: ModelCard, cache: ArtefactCache, settings, precision: str,
                      agreement=round(float(same[clear].mean()), 4),
                      agreement_all=round(float(same.mean()), 4))
     except Exception as exc:  # noqa: BLE001 - a candidate that fails is skipped
-        text = str(exc).strip()
-        entry.update(works=False, reason=text.splitlines()[0][:200] if text else
-                     type(exc).__name__)
+        entry.update(works=False, reason=reason(exc, 200))
     return entry
