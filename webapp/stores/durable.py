@@ -47,6 +47,15 @@ def write_json(path: str | os.PathLike, data, *, durable: bool = True, **dump_op
             fsync_dir(path.parent)
 
 
+def copy_file(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Copy ``source`` to ``target`` (which must not exist yet), fsynced: on disk before
+    it returns."""
+    with open(source, "rb") as src, open(target, "xb") as out:
+        shutil.copyfileobj(src, out, 1 << 20)
+        out.flush()
+        os.fsync(out.fileno())
+
+
 @contextlib.contextmanager
 def locked(lock_file: str | os.PathLike) -> Iterator[None]:
     """An exclusive ``flock`` on ``lock_file`` (created if needed) for the block: one

@@ -274,10 +274,7 @@ class Registry:
         """A copy of ``source`` in ``tmp/``, on disk before it is read."""
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         upload = self.temp_path("copy-")
-        with open(source, "rb") as src, open(upload, "xb") as out:
-            shutil.copyfileobj(src, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
+        durable.copy_file(source, upload)
         return upload
 
     def _described(self, upload: Path, name: str | None, fields: dict, label: str,
@@ -329,10 +326,7 @@ class Registry:
                 staging.mkdir()
                 os.replace(upload, staging / meta["file"])
                 for extra_name, extra_path in extras.items():
-                    with open(extra_path, "rb") as src, open(staging / extra_name, "xb") as out:
-                        shutil.copyfileobj(src, out, 1 << 20)
-                        out.flush()
-                        os.fsync(out.fileno())
+                    durable.copy_file(extra_path, staging / extra_name)
                 write_json(staging / META_FILE, meta)
                 fsync_dir(staging)
                 os.rename(staging, self.models_dir / meta["id"])  # the model appears here
