@@ -70,15 +70,21 @@ system-deps:
 	       "or run the rest with: $(BIN)/python -m pytest -m 'not browser'" >&2; exit 1; \
 	fi
 
+# Two test processes (pytest-xdist, whole modules each): on 2 cores one process keeps about
+# one core busy (servers starting, children importing torch, waiting on sockets), two
+# finish the suite about 1.3x sooner (docs/development.md).  TEST_PROCESSES=0: one process.
+TEST_PROCESSES ?= 2
+
 test: lint system-deps
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile
 
 # The tests that start no server, no browser and convert or train no model in seconds
 # (markers: pyproject.toml, tests/conftest.py): the loop while working.  `make test` (what
 # CI runs) runs these and the slow, system and browser tiers.
 .PHONY: test-fast
 test-fast: install-dev
-	$(BIN)/python -m pytest -m "not system and not browser and not slow" $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile \
+	  -m "not system and not browser and not slow" $(ARGS)
 
 .PHONY: bench
 bench: install-dev  # the speed benchmark (docs/speed.md); ARGS=--quick for a short check

@@ -117,8 +117,13 @@ def assert_on_screen(page, *selectors: str) -> None:
 
 def wait_on_screen(page, selector: str, timeout: float = 10_000) -> None:
     """Eventually on the screen (pages scroll smoothly to what they show)."""
-    page.wait_for_function(f"() => !({_ON_SCREEN})(document.querySelector({selector!r}))",
-                           timeout=timeout)
+    try:
+        page.wait_for_function(
+            f"() => !({_ON_SCREEN})(document.querySelector({selector!r}))", timeout=timeout)
+    except Exception:  # noqa: BLE001 - say what is wrong, not only that it timed out
+        problem = page.locator(selector).first.evaluate(_ON_SCREEN)
+        raise AssertionError(f"{selector} is not on the screen after {timeout / 1000:.0f} "
+                             f"s: {problem}") from None
 
 
 def assert_no_sideways_scroll(page, selector: str | None = None) -> None:

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -50,13 +51,26 @@ _session_folders: list[Path] = []
 
 def pytest_configure(config):
     """The session's environment, set before any test module is imported (some read
-    ``ENGINE_CACHE_DIR`` at import) and undone, its folders removed, when it ends."""
+    ``ENGINE_CACHE_DIR`` at import) and undone, its folders removed, when it ends.
+
+    Under pytest-xdist (``make test`` runs two processes) each worker has its own folders
+    but all of them share the engine cache the controller made, which they inherit: the
+    bundled model is converted once per run, not once per worker.  The cache's file locks
+    are what gunicorn's workers sharing a cache rely on too."""
     base = Path(tempfile.mkdtemp(prefix="pytest-session-"))
     _session_folders.append(base)
     for name in _INHERITED:
         _session_env.delenv(name, raising=False)
-    for name, folder in (("TORCH_HOME", "torch-home"), ("ENGINE_CACHE_DIR", "engine-cache"),
-                         ("MODEL_DIR", "models"), ("DATA_DIR", "data")):
+    folders = [("TORCH_HOME", "torch-home"), ("MODEL_DIR", "models"), ("DATA_DIR", "data")]
+    if not hasattr(config, "workerinput"):  # not an xdist worker: the run's own cache
+        folders.append(("ENGINE_CACHE_DIR", "engine-cache"))
+    if getattr(config.option, "numprocesses", None):
+        # Two test processes on 2 cores: torch's OpenMP threads, by default, spin while
+        # they wait for each other, and a spinning thread takes the core a thread of the
+        # other process needs (a 10 s training run took 81 s).  Waiting threads sleep
+        # instead; the workers inherit this, and so does every process they start.
+        _session_env.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    for name, folder in folders:
         (base / folder).mkdir()
         _session_env.setenv(name, str(base / folder))
 
@@ -65,6 +79,20 @@ def pytest_unconfigure(config):
     _session_env.undo()
     while _session_folders:
         shutil.rmtree(_session_folders.pop(), ignore_errors=True)
+
+
+_LONG_TIERS = ("system", "browser", "slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules with the most server, browser and slow tests first (the order within a
+    module stays).  ``make test`` runs two pytest-xdist processes that take whole modules
+    (``--dist loadfile``) in this order: the long modules start early and the quick ones
+    fill the end, instead of one process finishing a long module alone."""
+    weight = Counter(item.path for item in items
+                     if any(item.get_closest_marker(mark) for mark in _LONG_TIERS))
+    first_seen = {path: n for n, path in enumerate(dict.fromkeys(i.path for i in items))}
+    items.sort(key=lambda item: (-weight[item.path], first_seen[item.path]))
 
 
 @pytest.fixture(autouse=True)
@@ -226,15 +254,24 @@ class Server:
         return self.proc.wait(timeout=timeout)
 
     def stop(self):
-        if self.proc.poll() is None:
-            import signal
+        """SIGTERM to the server process alone, as ``docker stop`` and Kubernetes send it
+        (gunicorn's master then stops its workers), then SIGKILL to whatever of its
+        process group is left.  (A SIGTERM to the whole group reached the workers before
+        the master; once, with two test processes busy, the master then logged the signal
+        and its workers' exits and still took the 30 s to the SIGKILL.)"""
+        import signal
 
-            os.killpg(self.proc.pid, signal.SIGTERM)
+        if self.proc.poll() is None:
+            self.proc.terminate()
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
         self._log.close()
 
 

@@ -37,6 +37,15 @@
                         behavior: reduceMotion.matches ? "auto" : "smooth" });
   }
 
+  // The result, once laid out: a photo still loading has no height yet, and its arrival
+  // would push the bars below a phone's screen after the scroll, so scroll again then.
+  function revealResult() {
+    reveal(result);
+    if (!preview.hidden && !preview.complete) {
+      preview.addEventListener("load", function () { reveal(result); }, { once: true });
+    }
+  }
+
   function showError(message) {
     result.classList.add("d-none");
     alertBox.textContent = message;
@@ -99,7 +108,7 @@
         Math.round(data.timings_ms.total) + " ms";
       announcer.textContent = (data.unknown ? "I'm not sure what this is. Best guesses: " : "")
         + PredictionBars.sentence(data.predictions, label);
-      reveal(result);
+      revealResult();
       document.dispatchEvent(new CustomEvent("image-classified", { detail: { file: file, result: data } }));
     } catch (err) {
       if (file === current) showError("Could not reach the server: " + err.message);
