@@ -25,6 +25,9 @@ __all__ = ["create_app"]
 # One long function on purpose: every object, extension and blueprint is wired here, in
 # one place a newcomer reads top to bottom (no init_app that attaches more behind it).
 def create_app(test_config: dict | None = None) -> Flask:
+    """The application: every shared object, extension and blueprint is wired here, in
+    one place a newcomer reads top to bottom (hence its length: each step is a few lines
+    with the reason beside it; splitting it would hide the order they depend on)."""
     app = Flask(
         __name__,
         template_folder=str(PROJECT_ROOT / "templates"),
