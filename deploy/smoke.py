@@ -106,13 +106,13 @@ def main() -> int:
         text = body.decode()
         check(status == 200 and 'http_requests_total{endpoint="/predict"' in text,
               "/metrics counts the requests")
-        lines = [json.loads(line) for line in log_path.read_text().splitlines()
+        lines = [json.loads(line) for line in log_path.read_text("utf-8").splitlines()
                  if line.startswith("{")]
         check(any(line["path"] == "/predict" and line["status"] == 200 for line in lines),
               "JSON access log")
         return 0
     except SystemExit:
-        print(log_path.read_text()[-4000:], file=sys.stderr)
+        print(log_path.read_text("utf-8")[-4000:], file=sys.stderr)
         raise
     finally:
         if server.poll() is None:

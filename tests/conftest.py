@@ -248,7 +248,7 @@ class Server:
     @property
     def log(self) -> str:
         self._log.flush()
-        return Path(self.log_path).read_text(errors="replace")
+        return Path(self.log_path).read_text("utf-8", errors="replace")
 
     def wait_exit(self, timeout: float = 120) -> int:
         return self.proc.wait(timeout=timeout)

@@ -33,7 +33,7 @@ def render(directory: str | Path) -> list[dict]:
     path = directory / "kustomization.yaml"
     if not path.is_file():
         raise KustomizeError(f"{directory}: no kustomization.yaml")
-    spec = yaml.safe_load(path.read_text()) or {}
+    spec = yaml.safe_load(path.read_text("utf-8")) or {}
     unknown = set(spec) - KUSTOMIZATION_KEYS
     if unknown:
         raise KustomizeError(f"{path}: not supported here: {', '.join(sorted(unknown))}")
@@ -43,7 +43,7 @@ def render(directory: str | Path) -> list[dict]:
         if source.is_dir():
             objects += render(source)
         else:
-            objects += [doc for doc in yaml.safe_load_all(source.read_text()) if doc]
+            objects += [doc for doc in yaml.safe_load_all(source.read_text("utf-8")) if doc]
     if "namespace" in spec:
         for obj in objects:
             obj.setdefault("metadata", {})["namespace"] = spec["namespace"]

@@ -43,7 +43,7 @@ def worker_pids(server: Server) -> list[int]:
     """The master's children (its workers), from /proc."""
     pid = server.proc.pid
     try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text("utf-8")
     except OSError:
         return []
     return sorted(int(p) for p in text.split())
@@ -66,7 +66,7 @@ def wait_for_workers(server: Server, count: int, timeout: float = 180,
 
 def status_kb(pid: int, key: str) -> int:
     """A ``/proc/<pid>/status`` value in kB (VmRSS, VmHWM = peak RSS)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    for line in Path(f"/proc/{pid}/status").read_text("utf-8").splitlines():
         if line.startswith(key + ":"):
             return int(line.split()[1])
     raise KeyError(key)

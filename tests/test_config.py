@@ -94,7 +94,7 @@ def test_auto_precision_is_left_to_the_engine(engine):
 def test_every_setting_is_documented_in_docs_settings():
     """docs/settings.md has a table row for every setting (a mention elsewhere on the page
     is not enough), and no row for a setting that does not exist."""
-    page = (ROOT / "docs" / "settings.md").read_text()
+    page = (ROOT / "docs" / "settings.md").read_text("utf-8")
     rows = set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", page, flags=re.MULTILINE))
     names = {s.name for s in SETTINGS}
     assert not names - rows, f"docs/settings.md has no row for: {sorted(names - rows)}"

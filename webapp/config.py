@@ -221,14 +221,14 @@ def available_cpus() -> int:
 
 def _cgroup_cpu_quota() -> float | None:
     try:
-        text = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        text = Path("/sys/fs/cgroup/cpu.max").read_text("utf-8").split()
         if text and text[0] != "max":
             return int(text[0]) / int(text[1])
     except (OSError, ValueError, IndexError):
         pass
     try:
-        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text("utf-8"))
+        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text("utf-8"))
         if quota > 0 and period > 0:
             return quota / period
     except (OSError, ValueError):

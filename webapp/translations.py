@@ -80,7 +80,7 @@ class Translations:
             if cached and cached[0] == mtime:
                 return cached[1], cached[2]
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text("utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise TranslationError(f"{path}: not a readable JSON file ({exc})") from None
         labels = data.get("labels") if isinstance(data, dict) else None

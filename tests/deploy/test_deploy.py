@@ -35,7 +35,7 @@ tests/deploy/test_deploy.py needs nginx to check deploy/nginx.conf (CI installs 
 
 def dockerfile() -> list[tuple[str, str]]:
     """(instruction, arguments) of the Dockerfile, continuation lines joined."""
-    text = (ROOT / "Dockerfile").read_text()
+    text = (ROOT / "Dockerfile").read_text("utf-8")
     text = re.sub(r"\\\n", " ", text)
     out = []
     for line in text.splitlines():
@@ -49,7 +49,7 @@ def dockerfile() -> list[tuple[str, str]]:
 def makefile_targets() -> dict[str, tuple[list[str], list[str]]]:
     """Makefile target -> (prerequisites, recipe lines); order-only ones left out."""
     targets, current = {}, None
-    for line in (ROOT / "Makefile").read_text().splitlines():
+    for line in (ROOT / "Makefile").read_text("utf-8").splitlines():
         match = re.match(r"^([$()A-Za-z][\w.$()/-]*):(?!=)(.*)$", line)
         if match and not line.startswith("\t"):
             prerequisites = match.group(2).split("|")[0].split("#")[0].split()
@@ -113,13 +113,13 @@ def test_the_dockerfiles_install_and_test_steps_are_the_make_targets_ci_runs():
     assert test[-1].startswith("$(BIN)/python -m pytest")
     # CI (`.ci/run`) runs `make test`, which runs this test and the smoke command below;
     # make test installs requirements-dev.txt, which is requirements.txt plus test tools.
-    assert "make test" in (ROOT / ".ci" / "run").read_text()
-    assert "-r requirements.txt" in (ROOT / "requirements-dev.txt").read_text()
+    assert "make test" in (ROOT / ".ci" / "run").read_text("utf-8")
+    assert "-r requirements.txt" in (ROOT / "requirements-dev.txt").read_text("utf-8")
     # The download is optional (offline builds), torch from the CPU index, pinned.
     assert any('if [ "$DOWNLOAD_WEIGHTS" = "1" ]; then make weights' in r for r in runs)
     assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in [
         f"{i} {a}" for i, a in instructions]
-    requirements = (ROOT / "requirements.txt").read_text()
+    requirements = (ROOT / "requirements.txt").read_text("utf-8")
     assert "torch==2.14.1" in requirements and "torchvision==0.29.1" in requirements
 
 
@@ -148,7 +148,7 @@ def test_the_image_runs_gunicorn_as_a_non_root_user_with_a_health_check():
 
 
 def test_dockerignore_keeps_what_the_image_needs_and_nothing_else():
-    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text("utf-8").splitlines()
                 if line.strip() and not line.startswith("#")]
 
     def ignored(path: str) -> bool:
@@ -186,7 +186,7 @@ def test_the_smoke_command_of_the_image_build_passes():
 
 
 def test_compose_runs_replicas_on_one_model_dir_behind_nginx():
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text("utf-8"))
     app, proxy = compose["services"]["classifier"], compose["services"]["nginx"]
     env = env_of(dockerfile())
     assert app["build"]["context"] == "."
@@ -202,7 +202,7 @@ def test_compose_runs_replicas_on_one_model_dir_behind_nginx():
     assert (ROOT / source).resolve() == ROOT / "deploy" / "nginx.conf"
     assert mounted.startswith("/etc/nginx/nginx.conf")
     assert proxy["depends_on"]["classifier"]["condition"] == "service_healthy"
-    upstream = re.search(r"server (\S+):(\d+)", (ROOT / "deploy" / "nginx.conf").read_text())
+    upstream = re.search(r"server (\S+):(\d+)", (ROOT / "deploy" / "nginx.conf").read_text("utf-8"))
     assert upstream.groups() == ("classifier", env["PORT"])
 
 
@@ -219,7 +219,7 @@ def nginx_binary() -> str:
 
 def render_nginx_conf(tmp: Path, port: int, upstreams: list[int]) -> Path:
     """deploy/nginx.conf with local addresses instead of Docker's, and files in ``tmp``."""
-    text = (ROOT / "deploy" / "nginx.conf").read_text()
+    text = (ROOT / "deploy" / "nginx.conf").read_text("utf-8")
     servers = "\n".join(f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;"
                         for p in upstreams)
     text, n = re.subn(r"^\s*server classifier:5000[^\n]*;", servers, text, flags=re.M)

@@ -114,7 +114,7 @@ def container(deployment: dict) -> dict:
 def kubectl_create_secret() -> tuple[str, set[str]]:
     """The Secret as docs/kubernetes.md creates it: its name and its keys (the Secret is
     not in the manifests; its values are the site's)."""
-    text = DOCS.read_text().replace("\\\n", " ")
+    text = DOCS.read_text("utf-8").replace("\\\n", " ")
     match = re.search(r"kubectl (?:-n \S+ )?create secret generic (\S+)(.*)", text)
     assert match, "docs/kubernetes.md: no `kubectl create secret generic` command"
     keys = set(re.findall(r"--from-literal=(\w+)=", match.group(2)))
@@ -157,7 +157,7 @@ def route_of(endpoint: str) -> str:
 
 def nginx_conf() -> dict:
     """deploy/nginx.conf as nested blocks: {"": {directive: value}, block header: {...}}."""
-    text = re.sub(r"#.*", "", (ROOT / "deploy" / "nginx.conf").read_text())
+    text = re.sub(r"#.*", "", (ROOT / "deploy" / "nginx.conf").read_text("utf-8"))
     root: dict = {"": {}}
     stack = [root]
     for token in re.findall(r"[^{};]+[{;]|}", text):
@@ -416,7 +416,7 @@ def problems(objs: list[dict]) -> list[str]:
             out.append(f"{key} differs between the server and the runner")
     if not store(server) or store(server) != store(runner):
         out.append("the server and the runner must mount the same claim at the same path")
-    uid = re.search(r"useradd .*--uid (\d+)", (ROOT / "Dockerfile").read_text()).group(1)
+    uid = re.search(r"useradd .*--uid (\d+)", (ROOT / "Dockerfile").read_text("utf-8")).group(1)
     for name, deployment in deployments.items():
         if str(pod_spec(deployment).get("securityContext", {}).get("runAsUser")) != uid:
             out.append(f"Deployment/{name}: runAsUser must be the image's user ({uid})")
@@ -647,7 +647,7 @@ def test_a_broken_manifest_is_reported_by_name(breaks):
 def test_the_docs_walk_from_an_empty_cluster_to_a_served_model(tmp_path):
     """docs/kubernetes.md: its commands name the objects that exist, and its site overlay
     renders and validates."""
-    text = DOCS.read_text()
+    text = DOCS.read_text("utf-8")
     objs = rendered("base")
     names = {(o["kind"].lower(), o["metadata"]["name"]) for o in objs}
     for kind, name in re.findall(r"\b(deployment|pvc|service|ingress)/([\w-]+)", text):
@@ -700,7 +700,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def backdate(job_json: Path, seconds: float) -> None:
-    job = json.loads(job_json.read_text())
+    job = json.loads(job_json.read_text("utf-8"))
     job["created_ts"] -= seconds
     job_json.write_text(json.dumps(job))
 
@@ -731,11 +731,11 @@ def test_the_watch_trains_what_a_server_with_an_external_runner_queued(tmp_path)
         assert job["state"] == "done", job
         assert job["model_id"] in models_in(tmp_path) and work_files(tmp_path) == []
         assert job["runner"]["pid"] != watch.pid  # a child trained it
-        log = (tmp_path / "watch.log").read_text()
+        log = (tmp_path / "watch.log").read_text("utf-8")
         assert f"running training job {job['id']}" in log  # in the pod's log
         assert watch.poll() is None  # still waiting for the next job
         # Idle: the watch itself never loaded torch.
-        assert "libtorch" not in Path(f"/proc/{watch.pid}/maps").read_text()
+        assert "libtorch" not in Path(f"/proc/{watch.pid}/maps").read_text("utf-8")
 
         job = http.post("/admin/api/datasets/pens/train", json=LONG).json()
         job = wait_job(http, job["id"], until=training, timeout=300)
@@ -854,7 +854,7 @@ def test_the_pods_take_an_empty_volume_to_a_served_model_on_a_read_only_root(tmp
         job_id = response.json()["job"]
         watch = start_watch(runner_env, tmp_path / "runner.log", runner_prefix)
         job = wait_job(Remote(get), job_id, timeout=600)
-        assert job["state"] == "done", (job, (tmp_path / "runner.log").read_text())
+        assert job["state"] == "done", (job, (tmp_path / "runner.log").read_text("utf-8"))
 
         response = post(f"/admin/api/models/{job['model_id']}/activate")
         assert response.status_code == 200, response.text
@@ -872,7 +872,7 @@ def test_the_pods_take_an_empty_volume_to_a_served_model_on_a_read_only_root(tmp
         assert sorted(p.name for p in volume.iterdir()) == ["cache", "datasets", "models"]
         watch.send_signal(signal.SIGTERM)
         assert watch.wait(timeout=60) == 0
-        for log in (server.log, (tmp_path / "runner.log").read_text()):
+        for log in (server.log, (tmp_path / "runner.log").read_text("utf-8")):
             assert "Read-only file system" not in log and "Traceback" not in log, log
     finally:
         if watch is not None:

@@ -163,11 +163,13 @@ def test_cache_is_reused_after_a_restart_and_a_damaged_entry_is_rebuilt(bundled_
     data[len(data) // 2] ^= 0xFF
     int8.write_bytes(bytes(data))
     engines.serve(bundled_source, settings("openvino", "static", cache))
-    assert model_loader.sha256_file(int8) == (cache / (int8.name + ".sha256")).read_text().strip()
+    sidecar = cache / (int8.name + ".sha256")
+    assert model_loader.sha256_file(int8) == sidecar.read_text("utf-8").strip()
     assert int8.stat().st_mtime_ns != stamps[int8]
     fp32.write_bytes(fp32.read_bytes()[:1000])
     rebuilt_card, rebuilt = engines.serve(bundled_source, settings("onnxruntime", "none", cache))
-    assert model_loader.sha256_file(fp32) == (cache / (fp32.name + ".sha256")).read_text().strip()
+    sidecar = cache / (fp32.name + ".sha256")
+    assert model_loader.sha256_file(fp32) == sidecar.read_text("utf-8").strip()
     logits, features = rebuilt(np.zeros((1, 3, 224, 224), dtype=np.float32))
     assert logits.shape == (1, 1000) and features.shape == (1, 1280, 7, 7)
 
@@ -357,3 +359,4 @@ print(json.dumps({"precision": engine.precision, "auto": engine.info["auto"],
     assert result["auto"]["chosen"] != "bf16"
     bf16 = next(t for t in result["auto"]["tried"] if t["precision"] == "bf16")
     assert not bf16["works"] or bf16.get("rejected"), bf16
+

@@ -84,7 +84,7 @@ def test_a_finetuned_checkpoint_is_validated_and_stored_with_its_metadata(
     folder = store.root / "models" / meta["id"]
     assert sorted(os.listdir(folder)) == ["checkpoint.pt", "meta.json"]
     assert model_loader.sha256_file(folder / "checkpoint.pt") == meta["sha256"]
-    assert json.loads((folder / "meta.json").read_text())["classes"] == FRUIT
+    assert json.loads((folder / "meta.json").read_text("utf-8"))["classes"] == FRUIT
     assert leftovers(store.root) == []
     assert [m["id"] for m in store.list_models()] == [meta["id"]]
     # The stored model loads and predicts with its own classes.

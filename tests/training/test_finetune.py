@@ -60,7 +60,7 @@ def cli_run(shapes_dir, tmp_path_factory):
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    report = json.loads(out.with_name("shapes.report.json").read_text())
+    report = json.loads(out.with_name("shapes.report.json").read_text("utf-8"))
     return out, report, proc
 
 

@@ -207,7 +207,7 @@ def test_teach_train_activate_and_predict_on_a_real_server(start_server, tmp_pat
     assert str(tmp_path) not in json.dumps(report["data"]["root"])
 
     # Exactly one process trained it, once, whatever the workers did meanwhile.
-    runner_log = (tmp_path / "data" / ".jobs" / "runner.log").read_text()
+    runner_log = (tmp_path / "data" / ".jobs" / "runner.log").read_text("utf-8")
     assert runner_log.count(f"running training job {job_id}") == 1
     assert models_in(tmp_path) == [model_id]
     assert work_files(tmp_path) == [] and registry_tmp(tmp_path) == []
@@ -334,9 +334,9 @@ def test_a_job_whose_training_process_died_ends_failed(tmp_path):
     os.kill(job["runner"]["pid"], signal.SIGKILL)  # the machine lost power, say
     assert pid_gone(job["runner"]["pid"])
     on_disk = tmp_path / "data" / ".jobs" / job["id"] / "job.json"
-    assert json.loads(on_disk.read_text())["state"] == "running"
+    assert json.loads(on_disk.read_text("utf-8"))["state"] == "running"
     make_app(tmp_path)  # the server starts again
-    stored = json.loads(on_disk.read_text())
+    stored = json.loads(on_disk.read_text("utf-8"))
     assert stored["state"] == "failed" and stored["error"] == ORPHANED
 
     assert models_in(tmp_path) == [] and registry_tmp(tmp_path) == []

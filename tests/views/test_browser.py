@@ -55,7 +55,7 @@ def files(tmp_path_factory):
     translations = base / "translations"
     translations.mkdir()
     (translations / "en.json").write_text(
-        (ROOT / "translations" / "en.json").read_text(encoding="utf-8"), encoding="utf-8")
+        (ROOT / "translations" / "en.json").read_text("utf-8"), encoding="utf-8")
     (translations / "de.json").write_text(
         json.dumps({"name": "Deutsch", "labels": GERMAN}, ensure_ascii=False), encoding="utf-8")
     photos = base / "photos"

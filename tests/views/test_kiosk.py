@@ -28,7 +28,7 @@ GERMAN = {"name": "Deutsch", "labels": {"espresso": "Espresso", "tabby": "Getige
 def translations(tmp_path):
     folder = tmp_path / "translations"
     folder.mkdir()
-    (folder / "en.json").write_text((ROOT / "translations" / "en.json").read_text())
+    (folder / "en.json").write_text((ROOT / "translations" / "en.json").read_text("utf-8"))
     (folder / "de.json").write_text(json.dumps(GERMAN, ensure_ascii=False), encoding="utf-8")
     return Translations(folder)
 
@@ -76,7 +76,7 @@ def test_update_keeps_only_changes_in_a_json_file(store):
     settings = store.update({"idle_seconds": "45", "bars": 5, "language": "de",
                              "explain": True})
     assert settings == KioskSettings(idle_seconds=45, bars=5, language="de")
-    data = json.loads(store.path.read_text())
+    data = json.loads(store.path.read_text("utf-8"))
     assert data["format"] == "kiosk-settings/1" and data["updated"]
     assert data["settings"] == {"idle_seconds": 45, "bars": 5, "language": "de"}
     # No temporary file is left beside it.
@@ -144,7 +144,7 @@ def test_readers_never_see_half_a_file_and_writers_lose_nothing(store):
         while not stop.is_set():
             try:
                 if store.path.exists():
-                    json.loads(store.path.read_text())
+                    json.loads(store.path.read_text("utf-8"))
             except FileNotFoundError:
                 pass
             except ValueError as exc:  # half-written JSON
@@ -259,7 +259,7 @@ def test_flask_kiosk_commands(kiosk_app, tmp_path):
     assert result.exit_code == 0, result.output
     assert re.search(r"idle_seconds\s+30\s+settings file", result.output)
     assert re.search(r"bars\s+3\s+default \(KIOSK_BARS\)", result.output)
-    assert json.loads((tmp_path / "kiosk.json").read_text())["settings"] == {
+    assert json.loads((tmp_path / "kiosk.json").read_text("utf-8"))["settings"] == {
         "idle_seconds": 30, "language": "de"}
 
     result = runner.invoke(args=["kiosk", "set", "bars=12"])

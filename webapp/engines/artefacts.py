@@ -165,7 +165,7 @@ class ArtefactCache:
         path = self.root / name
         sidecar = path.with_name(path.name + ".sha256")
         try:
-            return path.is_file() and sidecar.read_text().strip() == sha256_file(path)
+            return path.is_file() and sidecar.read_text("utf-8").strip() == sha256_file(path)
         except OSError:
             return False
 

@@ -165,7 +165,7 @@ class KioskSettingsStore:
         """What the file sets (valid entries only; a bad entry is logged and ignored, so
         a hand-edited mistake never takes the kiosk down)."""
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            data = json.loads(self.path.read_text("utf-8"))
         except FileNotFoundError:
             return {}
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -107,7 +107,7 @@ class Registry:
 
     def state(self) -> State:
         try:
-            data = json.loads(self.pointer.read_text(encoding="utf-8"))
+            data = json.loads(self.pointer.read_text("utf-8"))
         except FileNotFoundError:
             return State()
         except (OSError, ValueError) as exc:
@@ -441,7 +441,7 @@ class Registry:
         first process to create it wins (``link`` fails if the file exists)."""
         path = self.root / "secret_key"
         with contextlib.suppress(FileNotFoundError):
-            key = path.read_text().strip()
+            key = path.read_text("utf-8").strip()
             if len(key) >= 32:
                 return key
         self.root.mkdir(parents=True, exist_ok=True)
@@ -458,7 +458,7 @@ class Registry:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         fsync_dir(self.root)
-        return path.read_text().strip()
+        return path.read_text("utf-8").strip()
 
     @staticmethod
     def _unknown(model_id) -> RegistryError:

@@ -231,7 +231,7 @@ class JobQueue:
     def read(self, job_id) -> dict:
         path = self.job_dir(job_id) / "job.json"
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            return json.loads(path.read_text("utf-8"))
         except (FileNotFoundError, NotADirectoryError):
             raise self._unknown(job_id) from None
         except (OSError, ValueError) as exc:

@@ -114,7 +114,7 @@ def _sessions_file() -> Path:
 def _session_generation() -> str:
     """The current session generation ("" before the first logout)."""
     try:
-        return str(json.loads(_sessions_file().read_text())["generation"])
+        return str(json.loads(_sessions_file().read_text("utf-8"))["generation"])
     except (OSError, ValueError, KeyError, TypeError):
         return ""
 

@@ -352,7 +352,7 @@ def api_cancel(job_id):
 @bp.get("/api/models/<model_id>/report")
 def api_report(model_id):
     path = current.registry().report_file(model_id, "report.json")
-    return jsonify(json.loads(path.read_text(encoding="utf-8")))
+    return jsonify(json.loads(path.read_text("utf-8")))
 
 
 @bp.get("/api/models/<model_id>/report/<filename>")
