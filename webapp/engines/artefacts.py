@@ -194,7 +194,7 @@ class ArtefactCache:
         sidecar_tmp = tmp.with_name(tmp.name + ".sha256")
         try:
             write(tmp)
-            sidecar_tmp.write_text(sha256_file(tmp) + "\n")
+            sidecar_tmp.write_text(sha256_file(tmp) + "\n", "utf-8")
             os.replace(tmp, path)
             os.replace(sidecar_tmp, path.with_name(path.name + ".sha256"))
         finally:

@@ -39,7 +39,10 @@ def run_builder(args: list[str], *, timeout: float = BUILD_TIMEOUT,
     the builder's message (or what went wrong with the process) otherwise."""
     argv = [sys.executable, "-m", "webapp.engines.build", *args]
     proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            stderr=subprocess.PIPE, start_new_session=True,
+                            # Not the locale's encoding: OpenVINO sets the process's locale
+                            # to "C" while it compiles (in the background, after a swap).
+                            encoding="utf-8", errors="replace",
                             preexec_fn=_die_with_parent)
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -99,7 +102,8 @@ def run_download() -> None:
     child runs it).  A failure is logged; the weight sources go on to the next one."""
     argv = [sys.executable, "-m", "model_loader", "download", "--quiet"]
     try:
-        done = subprocess.run(argv, cwd=PROJECT_ROOT, capture_output=True, text=True,
+        done = subprocess.run(argv, cwd=PROJECT_ROOT, capture_output=True,
+                              encoding="utf-8", errors="replace",
                               timeout=DOWNLOAD_TIMEOUT)
     except subprocess.TimeoutExpired:
         log.warning("downloading ResNet18's weights took over %d s; gave up", DOWNLOAD_TIMEOUT)

@@ -192,7 +192,7 @@ def decide(card: ModelCard, cache: ArtefactCache, settings) -> dict:
     decision = {"chosen": chosen, "why": why, "guard": counted,
                 "min_agreement": settings.min_agreement, "tried": tried}
     text = json.dumps(decision, indent=1)
-    cache.put(engines.decision_name(card.key, settings), lambda tmp: tmp.write_text(text))
+    cache.put(engines.decision_name(card.key, settings), lambda tmp: tmp.write_text(text, "utf-8"))
     return decision
 
 

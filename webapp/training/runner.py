@@ -198,7 +198,8 @@ class JobRun:
         report.get("data", {})["root"] = f"dataset {job['dataset']!r} (job {job['id']})"
         for skipped in report.get("data", {}).get("skipped", []):
             skipped["path"] = Path(skipped["path"]).name
-        result.report_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        result.report_path.write_text(json.dumps(report, indent=2, default=str) + "\n",
+                                     "utf-8")
         name = job.get("name") or (f"{job['dataset']} · "
                                    + _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"))
         try:
