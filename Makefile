@@ -72,7 +72,7 @@ system-deps:
 
 # Two test processes (pytest-xdist, whole modules each): on 2 cores one process keeps about
 # one core busy (servers starting, children importing torch, waiting on sockets), two
-# finish the suite about 1.3x sooner (docs/development.md).  TEST_PROCESSES=0: one process.
+# finish the suite about 1.5x sooner (docs/development.md).  TEST_PROCESSES=0: one process.
 TEST_PROCESSES ?= 2
 
 test: lint system-deps
