@@ -110,7 +110,7 @@ def test_the_dockerfiles_install_and_test_steps_are_the_make_targets_ci_runs():
     assert make_commands("smoke") == install + ["$(BIN)/python deploy/smoke.py"]
     test = make_commands("test")
     assert "$(BIN)/pip install -q -r requirements-dev.txt" in test
-    assert test[-1].startswith("$(BIN)/python -m pytest")
+    assert test[-1] == "$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile"
     # CI (`.ci/run`) runs `make test`, which runs this test and the smoke command below;
     # make test installs requirements-dev.txt, which is requirements.txt plus test tools.
     assert "make test" in (ROOT / ".ci" / "run").read_text("utf-8")
