@@ -16,7 +16,7 @@ And the same two figures for the built-in ImageNet model (its energy criterion):
 views of tests/photos.py's photos not flagged (the photos are ImageNet things; "right
 class" is not asked here), flagged = drawings, textures and noise (``tests/holds.py``).
 
-    python bench/openset.py [--views 12] [--holds 5] [--json]
+    python bench/openset.py [--views 12] [--holds 5] [--quantize none|static] [--json]
 
 Prints a table (and JSON with --json).  Training takes a few minutes on 2 cores.
 """
@@ -80,11 +80,11 @@ def teach(base: Path, classes: dict[str, str], photos: dict, holds: int, rng):
     return result.checkpoint, result.report
 
 
-def served(loaded, cache_dir: str):
+def served(loaded, cache_dir: str, quantize: str = "none"):
     from webapp.engines import EngineSettings, build
     from webapp.serving.classifier import Classifier
 
-    settings = EngineSettings(engine="openvino", quantize="none", cache_dir=cache_dir,
+    settings = EngineSettings(engine="openvino", quantize=quantize, cache_dir=cache_dir,
                               threads=2)
     return Classifier(*build.serve_loaded(loaded, settings))
 
@@ -127,7 +127,7 @@ def builtin_rates(photos: dict, args, cache: str) -> dict:
 
     rng = random.Random("openset:builtin")
     loaded = model_loader.load_imagenet_model()
-    classifier = served(loaded, cache)
+    classifier = served(loaded, cache, args.quantize)
     own = [img for p in real_photos() for img in views(p.image, rng, args.views)]
     kept = sum(not unknown for _, unknown in answers(classifier, own))
     odd = not_photos(rng, 3 * args.views * 3)
@@ -147,6 +147,9 @@ def main(argv=None) -> int:
     parser.add_argument("--views", type=int, default=12,
                         help="fresh viewpoints of each taught photo")
     parser.add_argument("--holds", type=int, default=5, help="holds of the button per class")
+    parser.add_argument("--quantize", default="none", choices=("none", "static"),
+                        help="the built-in model's network: fp32, or int8 as QUANTIZE=auto "
+                        "serves it where its guard allows")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     photos = project_photos()

@@ -71,6 +71,30 @@ def test_a_class_with_too_few_bursts_is_named_and_not_tested(burst_data):
     assert "mug" in caveat and "bursts" in caveat
 
 
+def test_the_unsure_threshold_measures_each_training_picture_against_the_other_holds(
+        burst_data):
+    """The "I'm not sure" threshold also measures every training picture against the
+    pictures of the *other* training bursts (engines.openset.fit_knn): the numbers
+    ``training_bursts`` gives follow the holds of the capture button, one number per
+    hold; a class with a single training hold (mug: one trained, one validated) has
+    nothing to be measured against (-1); with ``--bursts off`` every picture stands
+    alone."""
+    root, groups = burst_data
+    splits = scan(root, bursts="times")
+    numbers = bursts.training_bursts(splits)
+    assert len(numbers) == len(splits.train)
+    by_hold: dict[int, set] = {}
+    for sample, number in zip(splits.train, numbers):
+        if splits.classes[sample.label] == "mug":
+            assert number == -1
+        else:
+            by_hold.setdefault(groups["cat"][sample.path.name], set()).add(number)
+    assert len(by_hold) >= 2 and all(len(n) == 1 for n in by_hold.values())
+    assert len(set.union(*by_hold.values())) == len(by_hold)
+    alone = bursts.training_bursts(scan(root, bursts="off"))
+    assert sorted(alone) == list(range(len(alone)))
+
+
 def test_files_copied_together_are_split_one_by_one_in_auto_mode(tmp_path):
     """A folder of files written at once: their times say nothing, so auto splits them
     picture by picture (and says so), rather than calling the class one burst."""

@@ -198,8 +198,18 @@ def test_service_keeps_answering_after_bad_input(client):
     assert post(client, ("c.jpg", jpeg())).get_json()["predictions"][0]["label"] == "espresso"
 
 
+def test_real_photos_of_imagenet_things_are_never_answered_unknown(client):
+    """The built-in model's "I'm not sure" is for pictures of nothing it knows: each of
+    the seven real photos (tests/photos.py) is answered, not doubted."""
+    photos = real_photos()
+    body = post(client, *[(f"{p.name}.jpg", encode(p.image, "JPEG", quality=92))
+                          for p in photos]).get_json()
+    assert [r["unknown"] for r in body["results"]] == [False] * len(photos), \
+        [(r["filename"], r["predictions"][0]["label"]) for r in body["results"]]
+
+
 def test_a_picture_of_nothing_is_answered_unknown(client):
-    """The built-in model's energy criterion (docs/openset.md): noise is no
+    """The built-in model's max-logit criterion (docs/openset.md): noise is no
     photo of anything, and the answer says so (its guesses are still there)."""
     import random
 

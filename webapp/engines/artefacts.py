@@ -38,7 +38,7 @@ from webapp.checkpoints.preprocess import CROP_RATIO, IMAGENET_MEAN, IMAGENET_ST
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = "4"  # bump when the artefacts' recipe changes: old entries are not reused
+CACHE_FORMAT = "5"  # bump when the artefacts' recipe changes: old entries are not reused
 CARD_FORMAT = "webapp-model-card/1"
 TOOLS = ("torch", "torchvision", "onnx", "onnxruntime")
 

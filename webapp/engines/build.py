@@ -192,7 +192,7 @@ def open_set(loaded: model_loader.LoadedModel, key: str, cache: ArtefactCache,
              head) -> dict | None:
     """The model's "I'm not sure" criterion for its card (``webapp.serving.openset``):
     a trained model's ``knn`` entry, its bank copied into the cache as ``<key>.openset.npy``;
-    for an ImageNet model, the ``energy`` criterion measured now.  Both need the feature
+    for an ImageNet model, the ``max_logit`` criterion measured now.  Both need the feature
     output (a pooling + linear head: ``head``); None otherwise, and the model never answers
     "unknown"."""
     if head is None:
@@ -211,8 +211,8 @@ def open_set(loaded: model_loader.LoadedModel, key: str, cache: ArtefactCache,
     if list(loaded.labels) == model_loader.imagenet_labels():
         from webapp.engines import openset
 
-        return openset.energy_criterion(loaded.module, head[:2], loaded.input_size,
-                                        loaded.mean, loaded.std)
+        return openset.imagenet_criterion(loaded.module, head[:2], loaded.input_size,
+                                          loaded.mean, loaded.std)
     return None
 
 

@@ -12,14 +12,17 @@ kept in its model card:
   normalised to length 1, is compared with the normalised features of the training
   pictures (the *bank*, kept in the checkpoint); if its ``k``-th nearest training feature
   is farther than ``threshold``, the picture is unknown.  The threshold is set when the
-  model is trained, to keep ``KEEP`` (95 %) of the validation pictures -- pictures of the
-  taught classes the model did not train on, from other bursts where there are any.
-* ``energy`` -- for the built-in ImageNet model, which has no training pictures here: the
-  energy score (Liu et al., NeurIPS 2020: the log of the sum of the exponentiated logits)
-  of the logits recomputed from the feature with its largest activations clipped (ReAct,
-  Sun et al., NeurIPS 2021); below ``threshold`` is unknown.  The clip and the threshold are
-  set when the model is built, from views of the real photos that ship with the project
-  (``webapp/engines/openset.py``).
+  model is trained, to keep ``KEEP`` (95 %) of new pictures like the validation pictures
+  (of the taught classes, from bursts the model did not train on) and the training
+  pictures measured against the other bursts.
+* ``max_logit`` -- for the built-in ImageNet model, which has no training pictures here:
+  the largest logit (Hendrycks et al., "Scaling out-of-distribution detection for
+  real-world settings", ICML 2022) recomputed from the feature with its largest
+  activations clipped (ReAct, Sun et al., NeurIPS 2021); below ``threshold`` is unknown.
+  The clip and the threshold are set when the model is built, from views of the real
+  photos that ship with the project (``webapp/engines/openset.py``).  ``energy`` (Liu et
+  al., NeurIPS 2020: the log of the sum of the exponentiated logits) is the same with
+  another score, which it replaced (``bench/openset_choice.py`` compares them).
 
 A model without a criterion (an uploaded file, an older checkpoint, a network with no
 feature output) answers as before, never unknown.
@@ -33,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 KEEP = 0.95  # share of in-class validation pictures a threshold keeps (not unknown)
-METHODS = ("knn", "energy")
+METHODS = ("knn", "max_logit", "energy")
 
 
 def pooled(features: np.ndarray) -> np.ndarray:
@@ -59,14 +62,30 @@ def knn_distance(bank: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return np.sqrt(np.clip(2.0 - 2.0 * kth, 0.0, 4.0))
 
 
+def _clipped_logits(pooled_features: np.ndarray, weight: np.ndarray, bias: np.ndarray,
+                    clip: float) -> np.ndarray:
+    """ReAct: the logits of the feature with every activation above ``clip`` cut to it."""
+    h = np.minimum(np.asarray(pooled_features, dtype=np.float64), clip)
+    return h @ np.asarray(weight, dtype=np.float64).T + np.asarray(bias, dtype=np.float64)
+
+
+def max_logit(pooled_features: np.ndarray, weight: np.ndarray, bias: np.ndarray,
+              clip: float) -> np.ndarray:
+    """ReAct max logit: ``max(W · min(h, clip) + b)`` per picture (higher = more like
+    what the model was trained on)."""
+    return _clipped_logits(pooled_features, weight, bias, clip).max(axis=1)
+
+
 def energy(pooled_features: np.ndarray, weight: np.ndarray, bias: np.ndarray,
            clip: float) -> np.ndarray:
     """ReAct energy: ``logsumexp(W · min(h, clip) + b)`` per picture (higher = more like
     what the model was trained on)."""
-    h = np.minimum(np.asarray(pooled_features, dtype=np.float64), clip)
-    logits = h @ np.asarray(weight, dtype=np.float64).T + np.asarray(bias, dtype=np.float64)
+    logits = _clipped_logits(pooled_features, weight, bias, clip)
     top = logits.max(axis=1, keepdims=True)
     return (top + np.log(np.exp(logits - top).sum(axis=1, keepdims=True)))[:, 0]
+
+
+SCORES = {"max_logit": max_logit, "energy": energy}  # scores of a linear head's logits
 
 
 def keeping(values: np.ndarray, keep: float = KEEP, *, low_is_known: bool,
@@ -97,18 +116,18 @@ class OpenSet:
     threshold: float
     k: int = 1
     bank: np.ndarray | None = None  # knn: normalised training features, (M, C) float32
-    weight: np.ndarray | None = None  # energy: the linear head
+    weight: np.ndarray | None = None  # max_logit, energy: the linear head
     bias: np.ndarray | None = None
     clip: float = np.inf
     info: dict | None = None  # what the card says about it (shown in /readyz)
 
     def familiarity(self, features: np.ndarray) -> np.ndarray:
-        """Per picture, how far from (knn: distance) or how like (energy: score) what
-        the model knows, from the engine's feature map."""
+        """Per picture, how far from (knn: distance) or how like (a score) what the
+        model knows, from the engine's feature map."""
         h = pooled(features)
         if self.method == "knn":
             return knn_distance(self.bank, h, self.k)
-        return energy(h, self.weight, self.bias, self.clip)
+        return SCORES[self.method](h, self.weight, self.bias, self.clip)
 
     def unknown(self, features: np.ndarray) -> np.ndarray:
         """Per picture: True when it is unlike what the model knows."""
@@ -135,7 +154,7 @@ def load(card, cache) -> OpenSet | None:
     if not card.cam:
         return None
     with np.load(cache.path(card.cam["head"])) as head:
-        # float64 once here, not a 2 MB conversion in every answer (``energy``).
+        # float64 once here, not a 2 MB conversion in every answer.
         weight, bias = head["weight"].astype(np.float64), head["bias"].astype(np.float64)
-    return OpenSet("energy", float(spec["threshold"]), weight=weight, bias=bias,
+    return OpenSet(spec["method"], float(spec["threshold"]), weight=weight, bias=bias,
                    clip=float(spec["clip"]), info=info)

@@ -118,3 +118,28 @@ def _picture_by_picture(paths, counts, rng, bursts: int, off: bool) -> ClassSpli
     return ClassSplit(files[:n_train], files[n_train:n_train + n_val],
                       files[n_train + n_val:], bursts=len(files) if off else bursts,
                       by_burst=off)
+
+
+def training_bursts(splits, gap: float = GAP_SECONDS) -> list[int] | None:
+    """Per training picture of ``splits`` (a ``data.DatasetSplits`` we made), the number
+    of its burst, for measuring each against the others (``engines.openset.fit_knn``);
+    -1 for the pictures of a class with fewer than two training bursts, or split picture
+    by picture because its times show none.  None when we did not split (train/ and val/
+    folders of the user's own)."""
+    if not splits.bursts:
+        return None
+    gap = 0 if splits.burst_mode == "off" else gap
+    numbers = [-1] * len(splits.train)
+    first = 0
+    for label, name in enumerate(splits.classes):
+        if not splits.bursts.get(name, {}).get("by_burst"):
+            continue
+        mine = [n for n, sample in enumerate(splits.train) if sample.label == label]
+        bursts = group([splits.train[n].path for n in mine], gap)
+        if len(bursts) < 2:
+            continue
+        which = {path: b for b, burst in enumerate(bursts) for path in burst}
+        for n in mine:
+            numbers[n] = first + which[splits.train[n].path]
+        first += len(bursts)
+    return numbers

@@ -293,11 +293,13 @@ def _run_description(trainer: Trainer) -> dict:
 def open_set(trainer: Trainer, say) -> dict | None:
     """The trained model's "I'm not sure" criterion (``webapp.engines.openset.fit_knn``):
     the pooled features of its training pictures as the bank, and the distance that keeps
-    95 % of its validation pictures -- from bursts it did not train on, where the class
-    has any.  None (and the model never answers "unknown") for a network without the
+    95 % of new pictures, set on its validation pictures (from bursts it did not train on,
+    where the class has any) and on each training picture measured against the other
+    bursts.  None (and the model never answers "unknown") for a network without the
     feature map the server reads it from."""
     from webapp.engines import openset
     from webapp.engines.build import BuildError
+    from webapp.training.bursts import training_bursts
 
     model = trainer.model.cpu().eval()
     try:
@@ -307,10 +309,15 @@ def open_set(trainer: Trainer, say) -> dict | None:
         return None
     train = openset.pooled_features(network, trainer.eval_loader(trainer.splits.train))
     val = openset.pooled_features(network, trainer.val_loader)
-    criterion = openset.fit_knn(train, val, layer=layer)
+    bursts = training_bursts(trainer.splits, trainer.options.burst_gap)
+    criterion = openset.fit_knn(train, val, layer=layer, bursts=bursts)
+    measured = f"{criterion['validation_images']} validation pictures"
+    if criterion["other_burst_images"]:
+        measured += (f" and {criterion['other_burst_images']} training pictures against "
+                     "the other bursts")
     say(f"\"I'm not sure\": a picture whose nearest training picture is farther than "
-        f"{criterion['threshold']:.3f} (keeps {criterion['kept']:.0%} of the "
-        f"{criterion['validation_images']} validation pictures) is answered as unknown.")
+        f"{criterion['threshold']:.3f} (keeps {criterion['kept']:.0%} of the {measured}) "
+        "is answered as unknown.")
     return criterion
 
 
