@@ -12,7 +12,7 @@ was pressed, then trained by the Teach job's code (``finetune.train`` with
 * **flagged**: share of unrelated real photos (every other photo the project has, from
   several viewpoints) answered unknown -- target >= 90 %.
 
-And the same two figures for the built-in ImageNet model (its energy criterion): kept =
+And the same two figures for the built-in ImageNet model (its max-logit criterion): kept =
 views of tests/photos.py's photos not flagged (the photos are ImageNet things; "right
 class" is not asked here), flagged = drawings, textures and noise (``tests/holds.py``).
 

@@ -101,9 +101,8 @@ def other_burst_distances(normal: np.ndarray, bursts: np.ndarray, rows: np.ndarr
         part = mine[start:start + chunk]
         similarity = normal[part] @ bank.T
         similarity[bank_bursts[None, :] == bursts[part][:, None]] = -np.inf
-        kth = -np.partition(-similarity, k - 1, axis=1)[:, k - 1]
-        kth = kth[np.isfinite(kth)]  # a picture with fewer than k others: not measured
-        out.append(np.sqrt(np.clip(2.0 - 2.0 * kth, 0.0, 4.0)))
+        distances = openset.kth_distance(similarity, k)
+        out.append(distances[np.isfinite(distances)])  # fewer than k others: not measured
     return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -164,9 +163,9 @@ def imagenet_criterion(module: nn.Module, head: tuple[np.ndarray, np.ndarray],
                        ) -> dict | None:
     """The criterion of an ImageNet model with a linear head (its weight and bias):
     ReAct's clip at the ``percentile`` percentile of the pooled activations on
-    ``example_batch()``, and the ``score`` (``max_logit``) that
-    keeps ``keep`` of new pictures like those views (the split-conformal threshold, as
-    for a Teach model).  None when there is no photo to measure on."""
+    ``example_batch()``, and the ``score`` (``max_logit``) that keeps ``keep`` of new
+    pictures like those views (the split-conformal threshold, as for a Teach model).
+    None when there is no photo to measure on."""
     from webapp.checkpoints.preprocess import CROP_RATIO
 
     batch = example_batch(input_size, round(input_size / CROP_RATIO), mean, std)

@@ -57,9 +57,15 @@ def knn_distance(bank: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """Distance from each normalised query to its ``k``-th nearest row of the normalised
     ``bank`` (Euclidean: between 0, the same direction, and 2, opposite)."""
     k = max(1, min(int(k), len(bank)))
-    similarity = normalised(queries) @ np.asarray(bank, dtype=np.float32).T
+    return kth_distance(normalised(queries) @ np.asarray(bank, dtype=np.float32).T, k)
+
+
+def kth_distance(similarity: np.ndarray, k: int) -> np.ndarray:
+    """Per row of cosine ``similarity`` (queries × bank), the Euclidean distance between
+    unit vectors to its ``k``-th most similar bank row (-inf similarities never count;
+    a row with fewer than ``k`` others gets inf)."""
     kth = -np.partition(-similarity, k - 1, axis=1)[:, k - 1]
-    return np.sqrt(np.clip(2.0 - 2.0 * kth, 0.0, 4.0))
+    return np.where(np.isfinite(kth), np.sqrt(np.clip(2.0 - 2.0 * kth, 0.0, 4.0)), np.inf)
 
 
 def _clipped_logits(pooled_features: np.ndarray, weight: np.ndarray, bias: np.ndarray,
