@@ -86,6 +86,26 @@ test-fast: install-dev
 	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile \
 	  -m "not system and not browser and not slow" $(ARGS)
 
+# The interface's translations (gettext catalogs in translations/, docs/translating.md):
+# extract every message of the code, templates and scripts into translations/messages.pot,
+# merge it into each language's messages.po, compile the .mo files the server reads (they
+# are kept in the repository, so a checkout serves every language without a build step).
+# A new language: make i18n-init LOCALE=fr, translate translations/fr/LC_MESSAGES/messages.po.
+BABEL_KEYWORDS := -k _l -k lazy_gettext -k Message
+.PHONY: i18n-extract i18n-update i18n-compile i18n-init
+i18n-extract: install-dev
+	$(BIN)/pybabel extract -F babel.cfg $(BABEL_KEYWORDS) --add-location=file --sort-by-file \
+	  --project "Offline Image Classifier" -o translations/messages.pot .
+
+i18n-update: i18n-extract
+	$(BIN)/pybabel update -i translations/messages.pot -d translations --add-location=file
+
+i18n-compile: install-dev
+	$(BIN)/pybabel compile -d translations --statistics
+
+i18n-init: i18n-extract
+	$(BIN)/pybabel init -i translations/messages.pot -d translations -l $(LOCALE)
+
 .PHONY: bench
 bench: install-dev  # the speed benchmark (docs/speed.md); ARGS=--quick for a short check
 	$(BIN)/python bench/run.py $(ARGS)

@@ -43,7 +43,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     from flask_wtf.csrf import CSRFProtect
     from threadpoolctl import threadpool_limits
 
-    from webapp import current
+    from webapp import current, i18n
     from webapp.config import available_cpus
     from webapp.engines import EngineSettings
     from webapp.http import capacity, errors, metrics, security, uploads
@@ -88,6 +88,10 @@ def create_app(test_config: dict | None = None) -> Flask:
         config["SESSION_COOKIE_SAMESITE"] = "Lax"
     CSRFProtect(app)
     app.extensions["admin_login_limit"] = auth.login_limiter(config)
+
+    # The interface's language (gettext catalogs, webapp.i18n): which one a request gets,
+    # the switch's cookie, the pages' script messages; JSON answers as UTF-8.
+    i18n.init_app(app)
 
     # Requests: bodies (views mark big-file routes with @uploads.spooled), errors as JSON
     # or pages, request counts and timings, upload slots (views mark image uploads with

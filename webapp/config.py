@@ -160,6 +160,9 @@ SETTINGS: tuple[Setting, ...] = (
             "to /predict, one at a time); 0 = only on the button.", "bool"),
     Setting("KIOSK_LANGUAGE", "en", "Kiosk: language of the labels; a translation file "
             "<code>.json must exist in TRANSLATIONS_DIR (English ships)."),
+    Setting("DEFAULT_LANGUAGE", "", "Language of every page and API message for everyone (a "
+            "locale with a catalog in translations/, e.g. zh_CN); empty = each browser's "
+            "Accept-Language. A visitor's own choice on the page still wins."),
     Setting("KIOSK_SETTINGS_FILE", "", "JSON file keeping the teacher's kiosk settings "
             "(they override the KIOSK_* defaults); empty = instance/kiosk.json.", "path"),
     Setting("TRANSLATIONS_DIR", "", "Folder of label translation files (<code>.json); "
