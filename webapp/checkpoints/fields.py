@@ -3,12 +3,19 @@ preprocessing), parsed and checked, and how it must agree with what the file say
 
 from __future__ import annotations
 
+import base64
 import math
 import re
 from dataclasses import dataclass
 
 from webapp.checkpoints.architectures import supported_archs, unsupported_arch_message
-from webapp.checkpoints.labels import class_names, parse_classes_field, parse_labels_file
+from webapp.checkpoints.labels import (
+    ENCODING_NAMES,
+    class_names,
+    parse_classes_field,
+    parse_labels_file,
+    read_labels_file,
+)
 from webapp.checkpoints.loaded import ModelLoadError
 
 
@@ -27,14 +34,22 @@ class Given:
     @classmethod
     def parse(cls, what: str, *, classes=None, labels=None, arch=None, input_size=None,
               mean=None, std=None) -> Given:
-        """``classes``: the field's text or a list; ``labels``: a labels file's bytes or
-        text; ``arch``: a name, or ``auto``/empty/None for "find out"."""
+        """``classes``: the field's text or a list; ``labels``: a labels file's bytes
+        (or ``{"base64": ...}`` of them, as a child process gets them) or text;
+        ``arch``: a name, or ``auto``/empty/None for "find out"."""
         from_field = from_file = None
+        file_from = "the labels file"
+        if isinstance(labels, dict) and isinstance(labels.get("base64"), str):
+            labels = base64.b64decode(labels["base64"])
         if isinstance(classes, list | tuple):
             from_field = class_names(list(classes), "the classes field", what)
         elif isinstance(classes, str) and classes.strip():
             from_field = parse_classes_field(classes, what)
-        if isinstance(labels, str | bytes) and labels.strip():
+        if isinstance(labels, bytes) and labels.strip():
+            from_file, encoding = read_labels_file(labels, what)
+            if encoding in ENCODING_NAMES:  # said, so a misread file is noticed
+                file_from += f" (read as {ENCODING_NAMES[encoding]})"
+        elif isinstance(labels, str) and labels.strip():
             from_file = parse_labels_file(labels, what)
         if from_field and from_file and from_field != from_file:
             raise ModelLoadError(
@@ -48,7 +63,7 @@ class Given:
         return cls(
             classes=from_field or from_file,
             classes_from=("the classes field" if from_field else
-                          "the labels file" if from_file else None),
+                          file_from if from_file else None),
             arch=arch,
             input_size=None if input_size in (None, "") else parse_input_size(input_size, what),
             mean=vec3(mean, None, "mean", what),
