@@ -43,7 +43,7 @@ def test_a_labels_file_in_any_common_encoding_gives_the_right_names(data, names)
 @pytest.mark.parametrize("data", [
     bytes(range(128, 256)),  # no encoding reads this as names
     b"\xff\xfe\x00\xd8",  # a UTF-16 BOM, then half a character
-    "猫\n狗\n鸟\n".encode("utf-8")[:-2] + b"\x9f\x90\n" + b"\x81\xff",
+    "猫\n狗\n鸟\n".encode()[:-2] + b"\x9f\x90\n" + b"\x81\xff",
 ])
 def test_a_labels_file_no_encoding_reads_is_refused_with_save_as_utf8(data):
     with pytest.raises(ModelLoadError, match="save it as UTF-8") as info:
@@ -56,7 +56,7 @@ def test_the_encoding_a_legacy_file_was_read_in_is_said():
         "x", labels="猫\n狗\n鸟\n".encode("gbk"))
     assert given.classes == NAMES
     assert given.classes_from == "the labels file (read as GBK (GB18030))"
-    assert decode_text("a\nb".encode(), "x") == ("a\nb", "utf-8")
+    assert decode_text(b"a\nb", "x") == ("a\nb", "utf-8")
 
 
 @pytest.mark.parametrize("text, names", [

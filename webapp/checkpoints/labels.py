@@ -134,9 +134,9 @@ def decode_text(data: bytes, what: str) -> tuple[str, str]:
     UTF-16/32 (with a BOM, or UTF-16 without one when every other byte of its ASCII is
     zero), else the ``LEGACY_ENCODINGS`` reading made of the common characters of its
     script (``_commonness``; between equally good readings of a long text,
-    charset-normalizer's language statistics decide, else the order of the list).  A file none of them reads
-    cleanly is refused with "save it as UTF-8"; replacement characters (U+FFFD) are
-    never produced."""
+    charset-normalizer's language statistics decide, else the order of the list).  A
+    file none of them reads cleanly is refused with "save it as UTF-8"; replacement
+    characters (U+FFFD) are never produced."""
     for bom, encoding in _BOMS:
         if data.startswith(bom):
             return _strict(data, encoding, what), encoding.removesuffix("-sig")

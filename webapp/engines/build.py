@@ -232,7 +232,10 @@ def _onnx_card(loaded, key: str, cache: ArtefactCache, started: float) -> ModelC
     goes into the cache as it is; the engines read its first input and output, take the
     log of probabilities and feed a fixed-batch model one image at a time."""
     onnx_name = f"{key}.fp32.onnx"
-    cache.put(onnx_name, lambda tmp: shutil.copyfile(loaded.onnx_path, tmp))
+    if loaded.onnx_bytes is not None:  # its data file read in, its input adapted
+        cache.put(onnx_name, lambda tmp: tmp.write_bytes(loaded.onnx_bytes))
+    else:
+        cache.put(onnx_name, lambda tmp: shutil.copyfile(loaded.onnx_path, tmp))
     card = _card(loaded, key, onnx_name, started, batch=loaded.details.get("batch", "any"),
                  cam_unavailable="heatmaps are not available for uploaded ONNX models (the "
                  "heatmap needs the network's layers, which an ONNX file does not expose "
