@@ -124,22 +124,45 @@ def photo_pngs() -> list[tuple[str, bytes]]:
     return out
 
 
-def photo_batch(input_size: int = 224, mean=IMAGENET[0], std=IMAGENET[1]) -> torch.Tensor:
-    """The real photos through torchvision's ImageNet eval transform (the standard
-    preprocessing), with a model's own size and statistics."""
+@functools.cache
+def large_jpegs() -> list[tuple[str, bytes]]:
+    """The real photos as a phone sends them: enlarged to a shorter side of 2000 px
+    (bicubic, with mild sensor-like noise), JPEG quality 90 -- what the server decodes at
+    a reduced scale."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    out = []
+    for p in real_photos():
+        w, h = p.image.size
+        s = 2000 / min(w, h)
+        big = np.asarray(p.image.resize((round(w * s), round(h * s)),
+                                        Image.Resampling.BICUBIC), np.float32)
+        big = np.clip(big + rng.normal(0, 4, big.shape), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(big).save(buf, "JPEG", quality=90)
+        out.append((f"{p.name}-2000px", buf.getvalue()))
+    return out
+
+
+def photo_batch(input_size: int = 224, mean=IMAGENET[0], std=IMAGENET[1],
+                photos=None) -> torch.Tensor:
+    """The real photos (``photo_pngs()`` unless given) through torchvision's ImageNet eval
+    transform (Pillow's full decode, the standard preprocessing), with a model's own
+    size and statistics."""
     transform = transforms.Compose([
         transforms.Resize(round(input_size / 0.875)), transforms.CenterCrop(input_size),
         transforms.ToTensor(), transforms.Normalize(mean, std)])
     return torch.stack([transform(Image.open(io.BytesIO(data)).convert("RGB"))
-                        for _, data in photo_pngs()])
+                        for _, data in (photos or photo_pngs())])
 
 
 def torch_answers(module: nn.Module, input_size: int = 224, mean=IMAGENET[0],
-                  std=IMAGENET[1]) -> list[tuple[int, float]]:
+                  std=IMAGENET[1], photos=None) -> list[tuple[int, float]]:
     """(top-1 index, its softmax score) for every real photo: torch fp32, torchvision's
     ImageNet eval transform with this model's size and statistics."""
     with torch.inference_mode():
-        probs = module.eval()(photo_batch(input_size, mean, std)).softmax(dim=1)
+        probs = module.eval()(photo_batch(input_size, mean, std, photos)).softmax(dim=1)
     top = probs.max(dim=1)
     return [(int(i), float(s)) for s, i in zip(top.values, top.indices)]
 

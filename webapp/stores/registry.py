@@ -293,7 +293,9 @@ class Registry:
             loaded = engines.ensure_card(engines.checkpoint_source(
                 upload, sha256, given=jsonable_fields(fields), label=label,
                 untrusted=untrusted, name=name), self.engine, int8=self.engine.builds_int8,
-                decide=self.engine.decides)
+                # An upload is stored once it is validated and converted (fp32); the
+                # precision trials of QUANTIZE=auto run when a worker first serves it.
+                decide=self.engine.decides and not untrusted)
         except ModelLoadError as exc:
             raise RegistryError(422, "invalid_checkpoint", str(exc)) from None
         described = loaded.metadata()
