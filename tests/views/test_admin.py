@@ -787,11 +787,12 @@ def test_an_onnx_model_and_its_data_file_upload_together(fp32_app, model_files):
     entry = model_files.onnx_external
     client = fp32_app.test_client()
     with zipfile.ZipFile(entry.path) as archive:
-        files = [(io.BytesIO(archive.read(n)), n) for n in ("model.onnx", "model.onnx.data")]
+        parts = {n: archive.read(n) for n in ("model.onnx", "model.onnx.data")}
     response = client.post("/admin/api/models", headers=BEARER,
                            content_type="multipart/form-data",
-                           data={"checkpoint": files, "classes": ",".join(entry.classes),
-                                 "name": "two files"})
+                           data={"checkpoint": [(io.BytesIO(data), n)
+                                                for n, data in parts.items()],
+                                 "classes": ",".join(entry.classes), "name": "two files"})
     assert response.status_code in (201, 409), response.get_data(as_text=True)
     if response.status_code == 201:
         meta = response.get_json()
@@ -799,7 +800,8 @@ def test_an_onnx_model_and_its_data_file_upload_together(fp32_app, model_files):
             meta["summary"]
     missing = client.post("/admin/api/models", headers=BEARER,
                           content_type="multipart/form-data",
-                          data={"checkpoint": files[:1], "classes": ",".join(entry.classes)})
+                          data={"checkpoint": (io.BytesIO(parts["model.onnx"]), "model.onnx"),
+                                "classes": ",".join(entry.classes)})
     message = assert_error(missing, 422, "invalid_checkpoint")
     assert "model.onnx.data" in message and "upload both files" in message
 
