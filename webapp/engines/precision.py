@@ -146,11 +146,14 @@ def _timed(engine, batch: np.ndarray) -> tuple[np.ndarray, float]:
 def decide(card: ModelCard, cache: ArtefactCache, settings) -> dict:
     """QUANTIZE=auto, decided by asking the engine, not the CPU flags: each candidate
     precision (int8, then bf16 on OpenVINO) is built, compiled and run on the guard
-    images; the first that works, answers like fp32 (the same top-1 on at least
-    ``settings.min_agreement`` of the guard images whose fp32 answer is clear-cut: its
-    top-1 probability ``CLEAR_MARGIN`` above the second) and takes at most ``FASTER`` of
-    fp32's time is chosen, else fp32.  What was tried and why is kept (``decision_name``), for
-    /readyz and the admin page."""
+    images; the first that works, answers like fp32 and takes at most ``FASTER`` of
+    fp32's time is chosen, else fp32.  Answering like fp32 is two checks: the same top-1
+    on at least ``settings.min_agreement`` of the guard images whose fp32 answer is
+    clear-cut (its top-1 probability ``CLEAR_MARGIN`` above the second), and no class's
+    probability moved by more than ``settings.max_score_change`` on any guard image
+    (int8 that keeps the top-1 but halves the scores is refused).  What was tried and
+    why is kept (``decision_name``), for /readyz and the admin page; a candidate that
+    could not be built or run is reported as failed, with its reason."""
     from webapp import engines
     from webapp.serving.classifier import softmax
 
@@ -161,47 +164,63 @@ def decide(card: ModelCard, cache: ArtefactCache, settings) -> dict:
     _, fp32 = engines.open_card(card, settings, "fp32")
     reference, fp32_ms = _timed(fp32, batch)
     top1 = reference.argmax(1)
+    probabilities = softmax(reference)
     # Near-ties (two cat breeds at 0.40 and 0.35) swap under any numeric change -- even
     # re-saving a JPEG; agreement is counted on the clear-cut answers.
-    ordered = np.sort(softmax(reference), axis=1)
+    ordered = np.sort(probabilities, axis=1)
     clear = ordered[:, -1] - ordered[:, -2] > CLEAR_MARGIN
     if clear.sum() < MIN_CLEAR:
         clear = np.ones(len(batch), dtype=bool)
     counted = (f"{int(clear.sum())} clear-cut answers of {len(batch)} {guard_from}"
                if not clear.all() else f"{len(batch)} {guard_from}")
-    tried = [{"precision": "fp32", "works": True, "ms": round(fp32_ms, 2), "agreement": 1.0}]
+    tried = [{"precision": "fp32", "works": True, "ms": round(fp32_ms, 2), "agreement": 1.0,
+              "max_score_change": 0.0}]
     candidates = ["int8", "bf16"] if settings.engine == "openvino" else ["int8"]
     if card.kind == "onnx":
         candidates = [c for c in candidates if c != "int8"]
-    chosen, why = "fp32", "no other precision was faster and as accurate"
+    chosen, why = "fp32", None
+    bound = settings.max_score_change
     for precision in candidates:
-        entry = _trial(card, cache, settings, precision, batch, top1, clear)
+        entry = _trial(card, cache, settings, precision, batch, top1, clear, probabilities)
         tried.append(entry)
         if not entry["works"]:
             continue
         if entry["agreement"] < settings.min_agreement:
             entry["rejected"] = (f"agrees with fp32 on {entry['agreement']:.1%} of {counted}, "
                                  f"under {settings.min_agreement:.0%}")
+        elif entry["max_score_change"] > bound:
+            entry["rejected"] = (f"moves a probability by up to "
+                                 f"{entry['max_score_change']:.3f} on {len(batch)} "
+                                 f"{guard_from}, over {bound:g}")
         elif entry["ms"] > FASTER * fp32_ms:
             entry["rejected"] = "not faster than fp32 here"
         else:
             chosen = precision
             why = (f"{precision}: {fp32_ms / entry['ms']:.1f}x fp32's speed, the same top-1 "
-                   f"as fp32 on {entry['agreement']:.1%} of {counted}")
+                   f"as fp32 on {entry['agreement']:.1%} of {counted}, probabilities "
+                   f"within {entry['max_score_change']:.3f} of fp32's")
             break
+    if why is None:
+        why = "fp32: " + "; ".join(
+            f"{t['precision']} {t['rejected']}" if t.get("works") else
+            f"{t['precision']} failed ({t['reason']})" for t in tried[1:]) if tried[1:] \
+            else "fp32: no other precision to try with this engine"
     decision = {"chosen": chosen, "why": why, "guard": counted,
-                "min_agreement": settings.min_agreement, "tried": tried}
+                "min_agreement": settings.min_agreement, "max_score_change": bound,
+                "tried": tried}
     text = json.dumps(decision, indent=1)
     cache.put(engines.decision_name(card.key, settings), lambda tmp: tmp.write_text(text, "utf-8"))
     return decision
 
 
 def _trial(card: ModelCard, cache: ArtefactCache, settings, precision: str,
-           batch: np.ndarray, top1: np.ndarray, clear: np.ndarray) -> dict:
-    """One candidate precision built, compiled and run on the guard images: its time and
-    its agreement with fp32's top-1 (on the clear-cut answers, and on all), or why it
-    does not work here."""
+           batch: np.ndarray, top1: np.ndarray, clear: np.ndarray,
+           probabilities: np.ndarray) -> dict:
+    """One candidate precision built, compiled and run on the guard images: its time,
+    its agreement with fp32's top-1 (on the clear-cut answers, and on all) and the most
+    it moved any probability, or why it does not work here."""
     from webapp import engines
+    from webapp.serving.classifier import softmax
 
     entry = {"precision": precision}
     try:
@@ -218,7 +237,9 @@ def _trial(card: ModelCard, cache: ArtefactCache, settings, precision: str,
         same = logits.argmax(1) == top1
         entry.update(works=True, ms=round(ms, 2),
                      agreement=round(float(same[clear].mean()), 4),
-                     agreement_all=round(float(same.mean()), 4))
-    except Exception as exc:  # noqa: BLE001 - a candidate that fails is skipped
+                     agreement_all=round(float(same.mean()), 4),
+                     max_score_change=round(float(np.abs(softmax(logits)
+                                                         - probabilities).max()), 4))
+    except Exception as exc:  # noqa: BLE001 - a candidate that fails is reported as failed
         entry.update(works=False, reason=reason(exc, 200))
     return entry

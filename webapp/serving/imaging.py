@@ -217,24 +217,29 @@ def load(data: bytes, *, max_pixels: int, min_side: int | None = None,
     limits apply in any case).
 
     ``min_side``: the size the model will resize the shorter side to.  JPEGs are then
-    decoded at the smallest 1/2, 1/4 or 1/8 scale that keeps both sides at least that
-    large (``Image.draft``), which is several times faster for phone photos; other
-    formats are reduced by a whole factor right after decoding (``_reduce``).
+    decoded at the smallest 1/2, 1/4 or 1/8 scale that keeps both sides at least
+    ``DRAFT_GAP`` times that large (``Image.draft``), which is several times faster for
+    phone photos; other formats are reduced by a whole factor right after decoding
+    (``_reduce``).  The image says by how much (``info["scale"]``, with the size it had
+    before, ``info["original_size"]``), so that the resize and the centre crop are
+    placed where they fall on the full image (``preprocess_array``).
     """
     img = open_image(data, max_pixels=max_pixels,
                      budget=DecodeBudget(data, seconds=seconds))
     try:
         width, height = img.size  # as stored, before any reduced-scale decoding
         if min_side and img.format in ("JPEG", "MPO"):
-            img.draft("RGB", (min_side, min_side))
+            img.draft("RGB", (DRAFT_GAP * min_side, DRAFT_GAP * min_side))
         img.seek(0)  # first frame of animations and multi-page files
         img.load()
         decoded = img.size
+        scale = round(width / decoded[0])  # 1, 2, 4 or 8 (the draft's ceil(width / scale))
         out = to_rgb(_upright(img))
         if out.size != decoded:  # EXIF said the photo is on its side
             width, height = height, width
-        out = _reduce(out, min_side)
+        out, factor = _reduce(out, min_side)
         out.info["original_size"] = (width, height)
+        out.info["scale"] = scale * factor
         return out
     except ImageError:
         raise
@@ -252,16 +257,26 @@ def load(data: bytes, *, max_pixels: int, min_side: int | None = None,
         ) from None
 
 
-def _reduce(img: Image.Image, min_side: int | None) -> Image.Image:
+# A reduced decode keeps the shorter side at least this many times the model's resize:
+# a JPEG decoded at 1/2, 1/4 or 1/8 (its DCT scaling), another format box-reduced by a
+# whole factor after decoding.  bench/decode_fidelity.py measured what each keeps of
+# torchvision's answers (docs/speed.md): at 2x a probability moved by up to 0.026, at 4x
+# a JPEG's by 0.007 to 0.012 and a box reduction's by 0.015; 6x keeps within 0.01.
+DRAFT_GAP = 6
+REDUCE_GAP = 6
+
+
+def _reduce(img: Image.Image, min_side: int | None) -> tuple[Image.Image, int]:
     """Other formats cannot be decoded at a reduced scale by Pillow (PNG, WebP, TIFF,
     AVIF, HEIC decode whole), but a box reduction by a whole factor right after decoding
     (``Image.reduce``, a few ms) makes the model's antialiased resize much cheaper, as
-    JPEG draft mode does for JPEGs.  The shorter side stays at least twice ``min_side``,
-    so the final resize still does the fine work (Pillow's ``reducing_gap=2``)."""
+    JPEG draft mode does for JPEGs.  The shorter side stays at least ``REDUCE_GAP`` times
+    ``min_side``, so the final resize still does the fine work.  Returns the image and
+    the factor (1: not reduced)."""
     if not min_side:
-        return img
-    factor = min(img.size) // (2 * min_side)
-    return img.reduce(factor) if factor >= 2 else img
+        return img, 1
+    factor = min(img.size) // (REDUCE_GAP * min_side)
+    return (img.reduce(factor), factor) if factor >= 2 else (img, 1)
 
 
 def _upright(img: Image.Image) -> Image.Image:

@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
 MODEL_FILES = {"pytorch": CHECKPOINT_FILE, "safetensors": "model.safetensors",
                "onnx": "model.onnx"}  # the stored file's name, by kind
+ONNX_BUNDLE = "model.zip"  # an ONNX model with its external data file(s)
 META_FILE = "meta.json"
 POINTER_FILE = "active.json"
 REPORT_FILES = ("report.json", "confusion.png", "curves.png")  # optional, beside a model
@@ -198,6 +199,10 @@ class Registry:
             raise ModelLoadError("its checkpoint file is not the one that was stored (damaged "
                                  "on disk); upload it again")
         facts = {key: meta.get(key) for key in ("arch", "classes", "input_size", "mean", "std")}
+        found = meta.get("found") or {}
+        facts["ema"] = bool(found.get("ema"))  # the weights it was stored with
+        if "GELU" in str(found.get("head", "")):
+            facts["activation"] = "gelu"
         return engines.checkpoint_source(path, meta.get("sha256"), given=facts,
                                          label=f"model {model_id}", name=meta.get("name"),
                                          key=meta.get("card"))
@@ -288,7 +293,9 @@ class Registry:
             loaded = engines.ensure_card(engines.checkpoint_source(
                 upload, sha256, given=jsonable_fields(fields), label=label,
                 untrusted=untrusted, name=name), self.engine, int8=self.engine.builds_int8,
-                decide=self.engine.decides)
+                # An upload is stored once it is validated and converted (fp32); the
+                # precision trials of QUANTIZE=auto run when a worker first serves it.
+                decide=self.engine.decides and not untrusted)
         except ModelLoadError as exc:
             raise RegistryError(422, "invalid_checkpoint", str(exc)) from None
         described = loaded.metadata()
@@ -296,7 +303,8 @@ class Registry:
             "id": self._new_id(),
             **described,
             "name": name or loaded.name,
-            "file": MODEL_FILES[loaded.kind],
+            "file": ONNX_BUNDLE if loaded.found.get("external_data") else
+            MODEL_FILES[loaded.kind],
             "summary": loaded.summary,
             "found": jsonable(described["found"]) or {},
             "size_bytes": size,
@@ -469,7 +477,7 @@ def _file_of(meta: dict) -> str:
     """The model file's name in its folder (models stored before safetensors and ONNX
     uploads have no "file": theirs is checkpoint.pt)."""
     name = meta.get("file", CHECKPOINT_FILE)
-    return name if name in MODEL_FILES.values() else CHECKPOINT_FILE
+    return name if name in (*MODEL_FILES.values(), ONNX_BUNDLE) else CHECKPOINT_FILE
 
 
 def _check_arch(fields: dict) -> None:

@@ -22,6 +22,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from model_loader import ModelLoadError, supported_archs
 from webapp import current
+from webapp.checkpoints.onnx_model import bundle
 from webapp.current import registry
 from webapp.http import capacity, uploads
 from webapp.http.errors import ApiError, too_large
@@ -106,24 +107,33 @@ def _serving() -> dict:
 
 
 def _store_upload() -> dict:
-    """The uploaded checkpoint (already on disk in MODEL_DIR/tmp), validated and stored."""
-    upload = request.files.get("checkpoint") or request.files.get("file")
-    if upload is None:
+    """The uploaded checkpoint (already on disk in MODEL_DIR/tmp), validated and stored.
+    Several files in the field (an ONNX model and its external data file) are stored
+    as one zip of them."""
+    files = request.files.getlist("checkpoint") or request.files.getlist("file")
+    if not files:
         raise RegistryError(400, "no_checkpoint", "No checkpoint received. Send it as a "
                             "multipart form field named 'checkpoint'.")
-    stream = upload.stream
-    path = Path(getattr(stream, "name", "") or "")
-    if not path.name.startswith("upload-"):  # not spooled (cannot happen on our routes)
-        raise RegistryError(400, "no_checkpoint", "The checkpoint was not received as a file.")
-    stream.flush()
-    os.fsync(stream.fileno())
-    stream.close()
-    if path.stat().st_size == 0:
-        raise RegistryError(400, "empty_file", "The uploaded checkpoint is empty (0 bytes).")
+    paths = []
+    for upload in files:
+        stream = upload.stream
+        path = Path(getattr(stream, "name", "") or "")
+        if not path.name.startswith("upload-"):  # not spooled (cannot happen on our routes)
+            raise RegistryError(400, "no_checkpoint", "The checkpoint was not received as a "
+                                "file.")
+        stream.flush()
+        os.fsync(stream.fileno())
+        stream.close()
+        if path.stat().st_size == 0:
+            raise RegistryError(400, "empty_file", "The uploaded checkpoint is empty (0 bytes).")
+        paths.append((Path(upload.filename or "").name[:100] or "model", path))
+    path = paths[0][1]
+    if len(paths) > 1:  # an ONNX model and its data file(s): kept together as a zip
+        path = bundle(paths, registry().temp_path("upload-"))
     fields = {key: request.form.get(key) for key in MODEL_FIELDS}
     meta = registry().add(path, name=request.form.get("name"),
                           fields={**fields, "labels": _labels_file()}, move=True,
-                          original_filename=Path(upload.filename or "").name[:100] or None)
+                          original_filename=" + ".join(name for name, _ in paths))
     if request.form.get("activate") in ("1", "on", "true", "yes"):
         registry().activate(meta["id"])
         meta["activated"] = True
@@ -132,7 +142,7 @@ def _store_upload() -> dict:
 
 MAX_LABELS_BYTES = 1 << 20  # a labels file of 1 MB holds ~50,000 names
 # Form fields sent with a model file, as model_loader.load_checkpoint takes them.
-MODEL_FIELDS = ("arch", "classes", "input_size", "mean", "std")
+MODEL_FIELDS = ("arch", "classes", "input_size", "mean", "std", "activation", "ema")
 
 
 def _labels_file() -> bytes | None:
