@@ -87,7 +87,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("QUANTIZE", "auto", "Numeric precision: `auto` (decided per model by measuring, "
             "once, cached: int8, then bf16, each built, run and compared with fp32 on the "
             "model's own validation images or the calibration photos; the first that "
-            "agrees on INT8_MIN_AGREEMENT of them, moves no probability by more than "
+            "agrees on INT8_MIN_AGREEMENT of them, moves the probabilities by at most "
             "PRECISION_MAX_SCORE_CHANGE and is faster wins, else fp32; torch: "
             "fp32), `none` (fp32), `bf16` (OpenVINO; bfloat16 where the CPU computes it, "
             "else fp32), `static` (int8 weights and activations, calibrated, always) or "
@@ -96,9 +96,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("INT8_MIN_AGREEMENT", "0.98", "QUANTIZE=auto: the share of guard images on "
             "which a faster precision (int8, bf16) must give fp32's top-1 to be chosen.",
             "float", 0.5, 1.0),
-    Setting("PRECISION_MAX_SCORE_CHANGE", "0.01", "QUANTIZE=auto: the most a faster "
-            "precision (int8, bf16) may move any class's probability on any guard image, "
-            "compared with fp32, to be chosen (0.01: answers within a point of fp32's).",
+    Setting("PRECISION_MAX_SCORE_CHANGE", "0.03", "QUANTIZE=auto: how far a faster "
+            "precision (int8, bf16) may move the probabilities, compared with fp32, to be "
+            "chosen: the mean over the guard images of each image's largest change of any "
+            "class's probability.",
             "float", 0.0, 1.0),
     Setting("ENGINE", "openvino", "What runs the model: `openvino`, `onnxruntime` or "
             "`torch` (docs/speed.md has the measurements behind the default).", "choice",

@@ -86,7 +86,7 @@ class EngineSettings:
     threads: int = 1
     dual: bool = False  # ENGINE_STREAMS=dual (OpenVINO)
     min_agreement: float = 0.98  # QUANTIZE=auto: INT8_MIN_AGREEMENT
-    max_score_change: float = 0.01  # QUANTIZE=auto: PRECISION_MAX_SCORE_CHANGE
+    max_score_change: float = 0.03  # QUANTIZE=auto: PRECISION_MAX_SCORE_CHANGE
 
     @classmethod
     def from_config(cls, config: dict) -> EngineSettings:
@@ -99,7 +99,7 @@ class EngineSettings:
                    min_agreement=float(config.get("INT8_MIN_AGREEMENT") or 0.98),
                    max_score_change=float(config.get("PRECISION_MAX_SCORE_CHANGE")
                                           if config.get("PRECISION_MAX_SCORE_CHANGE")
-                                          is not None else 0.01))
+                                          is not None else 0.03))
 
     @property
     def builds_int8(self) -> bool:
