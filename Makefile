@@ -1,6 +1,7 @@
 # Two commands on a fresh machine (Python 3.11 with venv):
 #   make run    set up .venv, fetch ResNet18's weights if the network allows, and start
 #               the server (gunicorn) on http://127.0.0.1:5000
+#   make classroom  the same on the school network, over HTTPS (phones' cameras)
 #   make test   set up .venv with the test tools and run lint + the test suite
 #   make test-fast  the inner loop: no server, no browser, no slow conversion (docs/development.md)
 PYTHON ?= python3
@@ -36,6 +37,12 @@ weights: $(VENV)/.weights
 
 run: install weights
 	$(BIN)/gunicorn app:app
+
+# Classroom network mode (docs/kiosk.md): listen on the network, HTTPS with a certificate
+# of the server's own local CA, so students' phones get their cameras.
+.PHONY: classroom
+classroom: install weights
+	CLASSROOM=1 $(BIN)/gunicorn app:app
 
 dev: install
 	$(BIN)/python app.py --debug
