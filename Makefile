@@ -59,13 +59,15 @@ smoke: install
 lint: install-dev
 	$(BIN)/ruff check .
 
-# The browser tests drive Debian's Chromium and tests/deploy/test_deploy.py runs nginx in front of
-# two replicas; both fail (never skip) without them, so install them when they are missing
+# The browser tests drive Debian's Chromium (trusting the classroom CA through an NSS database
+# made with certutil, libnss3-tools) and tests/deploy/test_deploy.py runs nginx in front of
+# two replicas; all fail (never skip) without them, so install them when they are missing
 # (apt-get, as root or through sudo) or say what to install.
-SYSTEM_PACKAGES := chromium chromium-driver fonts-dejavu-core nginx-light
+SYSTEM_PACKAGES := chromium chromium-driver fonts-dejavu-core nginx-light libnss3-tools
 .PHONY: system-deps
 system-deps:
-	@if command -v chromium >/dev/null && { command -v nginx >/dev/null || test -x /usr/sbin/nginx; }; then \
+	@if command -v chromium >/dev/null && command -v certutil >/dev/null \
+	    && { command -v nginx >/dev/null || test -x /usr/sbin/nginx; }; then \
 	  exit 0; \
 	elif command -v apt-get >/dev/null; then \
 	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO="sudo"; \
