@@ -73,7 +73,9 @@ def network_address() -> str:
     return str(found[0])
 
 
-def wait_ready_https(server: Server, ca, timeout: float = 180) -> None:
+def wait_ready_https(server: Server, ca, timeout: float = 600) -> None:
+    """Ready within a generous bound: the first start of a test session builds the model
+    in a child process, minutes on a busy machine."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
@@ -122,7 +124,7 @@ def plain_lan(tmp_path_factory):
     server = gunicorn(base, port, HOST="0.0.0.0", ADMIN_TOKEN=TOKEN)
     server.url = f"http://{network_address()}:{port}"
     try:
-        server.wait_ready()
+        server.wait_ready(timeout=600)
         yield server
     finally:
         server.stop()
