@@ -3,7 +3,7 @@ kept hashed in ``MODEL_DIR/admin_password.json`` beside the session key.
 
 Hashed with scrypt (Werkzeug's ``generate_password_hash``: a standard memory-hard KDF,
 random salt, the parameters kept in the hash), never stored as it was typed.  The file is
-made once, exclusively (``link`` fails when it exists): two people choosing a password
+made once, exclusively (``durable.create_once``): two people choosing a password
 at the same moment cannot overwrite each other's.  To choose again, delete the file
 (the admin page says so).  ``ADMIN_TOKEN``, when set, wins over it
 (``webapp.views.admin.auth``).  No Flask here.
@@ -11,16 +11,14 @@ at the same moment cannot overwrite each other's.  To choose again, delete the f
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import os
-import secrets
 from pathlib import Path
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from webapp.stores.durable import fsync_dir
+from webapp.stores.durable import create_once
 
 FILE_NAME = "admin_password.json"
 MIN_LENGTH = 8
@@ -31,14 +29,20 @@ def path(root: str | os.PathLike) -> Path:
 
 
 def read_hash(root: str | os.PathLike) -> str:
-    """The stored hash, or "" when no password was chosen (or the file is unreadable:
-    the admin area then stays shut, it never opens)."""
+    """The stored hash, or "" when no password was chosen or the file cannot be read
+    (``damaged``)."""
     try:
         data = json.loads(path(root).read_text("utf-8"))
     except (OSError, ValueError):
         return ""
     value = data.get("hash") if isinstance(data, dict) else None
     return value if isinstance(value, str) and value.startswith("scrypt:") else ""
+
+
+def damaged(root: str | os.PathLike) -> bool:
+    """The file is there but holds no hash this module wrote (edited, cut short, no
+    permission): nobody logs in with it, and nobody may choose a new password over it."""
+    return path(root).exists() and not read_hash(root)
 
 
 def matches(stored_hash: str, given: str) -> bool:
@@ -54,21 +58,4 @@ def create(root: str | os.PathLike, password: str) -> bool:
         return False
     record = {"hash": generate_password_hash(password, method="scrypt"),
               "set": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
-    tmp = root / f".{FILE_NAME}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(record, fh)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, target)
-        except FileExistsError:
-            return False
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    with contextlib.suppress(OSError):
-        fsync_dir(root)
-    return True
+    return create_once(target, (json.dumps(record) + "\n").encode("utf-8"), mode=0o600)

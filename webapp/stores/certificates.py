@@ -31,11 +31,9 @@ No Flask here.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import ipaddress
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +43,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from webapp.stores.durable import fsync_dir, locked
+from webapp.stores.durable import locked, write_bytes
 
 CA_DAYS = 3650
 SERVER_DAYS = 397
@@ -111,8 +109,8 @@ def ensure(folder: str | os.PathLike, names: Names,
         if ca is None or ca_key is None or _ends_within(ca, now, RENEW_CA_DAYS) \
                 or not permits(ca, names) or ca.public_key() != ca_key.public_key():
             ca, ca_key = _make_ca(names, now)
-            _write(files.ca_key, _key_pem(ca_key), private=True)
-            _write(files.ca_cert, ca.public_bytes(serialization.Encoding.PEM))
+            write_bytes(files.ca_key, _key_pem(ca_key), mode=0o600)
+            write_bytes(files.ca_cert, ca.public_bytes(serialization.Encoding.PEM))
             made.append(f"made a new local certificate authority in {files.folder}")
         cert = _read_cert(files.cert)
         key = _read_key(files.key)
@@ -120,8 +118,8 @@ def ensure(folder: str | os.PathLike, names: Names,
                 or not _signed_by(cert, ca) or _ends_within(cert, now, RENEW_SERVER_DAYS) \
                 or set(names_in(cert)) != set(names.general_names()):
             cert, key = _make_server_cert(names, ca, ca_key, now)
-            _write(files.key, _key_pem(key), private=True)
-            _write(files.cert, cert.public_bytes(serialization.Encoding.PEM))
+            write_bytes(files.key, _key_pem(key), mode=0o600)
+            write_bytes(files.cert, cert.public_bytes(serialization.Encoding.PEM))
             made.append("made a new server certificate for " + ", ".join(
                 [str(a) for a in names.addresses] + list(names.hosts)))
     return files, made
@@ -260,21 +258,3 @@ def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     except (InvalidSignature, ValueError, TypeError):
         return False
     return True
-
-
-def _write(path: Path, data: bytes, private: bool = False) -> None:
-    """Temp file, fsync, rename; a private key is never readable by others, not even
-    for a moment."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    with contextlib.suppress(OSError):
-        fsync_dir(path.parent)
