@@ -139,6 +139,19 @@ def test_a_password_chosen_in_another_window_is_not_overwritten(tmp_path):
     assert log_in(second, PASSWORD).status_code == 302
 
 
+def test_a_damaged_password_file_keeps_the_area_shut_and_says_what_to_do(tmp_path):
+    client = make_app(tmp_path).test_client()
+    assert choose(client).status_code == 302
+    admin_password.path(tmp_path / "store").write_text('{"hash": "', encoding="utf-8")
+    for request in ({}, {"environ_base": OTHER_MACHINE}):
+        page = client.get("/admin/", **request)
+        assert page.status_code == 403 and "delete admin_password.json" in page.text
+        assert client.get("/admin/setup", **request).status_code == 403  # no new one over it
+    assert client.post("/admin/login", data={"token": PASSWORD}).status_code == 403
+    assert_error(client.get("/admin/api/models", headers={"Authorization": f"Bearer {PASSWORD}"}),
+                 403, "admin_disabled")
+
+
 def test_the_password_form_is_translated(tmp_path):
     page = make_app(tmp_path).test_client().get("/admin/setup?lang=zh_Hans_CN").text
     assert re.search(r"[\u4e00-\u9fff]", page)

@@ -85,6 +85,15 @@ def hint() -> str:
 
 def first_run():
     """The admin guard's answer while there is neither a token nor a password."""
+    if admin_password.damaged(current.registry().root):
+        log.error("%s cannot be read: the admin area stays shut",
+                  admin_password.path(current.registry().root))
+        message = _("The admin password file cannot be read. On the computer that runs the "
+                    "server, delete admin_password.json in the model folder (MODEL_DIR) and "
+                    "choose a password again, or start the server with ADMIN_TOKEN set.")
+        if is_api():
+            return error_json(403, "admin_disabled", message)
+        return render_template("admin/disabled.html", hint=message), 403
     local = is_local()
     if local and request.endpoint == "admin.setup":
         return None
