@@ -31,7 +31,11 @@ _classroom_notes = []
 if _settings["CLASSROOM"]:
     from webapp import classroom
 
-    _tls, _classroom_notes = classroom.prepare(_settings)
+    try:
+        _tls, _classroom_notes = classroom.prepare(_settings)
+    except OSError as exc:
+        sys.exit(f"classroom mode: the certificates cannot be kept in "
+                 f"{classroom.tls_folder(_settings)}: {exc}")
     certfile, keyfile = str(_tls.cert), str(_tls.key)
 # gthread, but each request is read in the worker's event loop before a thread gets it:
 # slow clients hold no thread and no upload slot (webapp/http/worker.py, docs/security.md).
