@@ -1,6 +1,7 @@
 # Two commands on a fresh machine (Python 3.11 with venv):
 #   make run    set up .venv, fetch ResNet18's weights if the network allows, and start
 #               the server (gunicorn) on http://127.0.0.1:5000
+#   make classroom  the same on the school network, over HTTPS (phones' cameras)
 #   make test   set up .venv with the test tools and run lint + the test suite
 #   make test-fast  the inner loop: no server, no browser, no slow conversion (docs/development.md)
 PYTHON ?= python3
@@ -37,6 +38,12 @@ weights: $(VENV)/.weights
 run: install weights
 	$(BIN)/gunicorn app:app
 
+# Classroom network mode (docs/kiosk.md): listen on the network, HTTPS with a certificate
+# of the server's own local CA, so students' phones get their cameras.
+.PHONY: classroom
+classroom: install weights
+	CLASSROOM=1 $(BIN)/gunicorn app:app
+
 dev: install
 	$(BIN)/python app.py --debug
 
@@ -52,13 +59,15 @@ smoke: install
 lint: install-dev
 	$(BIN)/ruff check .
 
-# The browser tests drive Debian's Chromium and tests/deploy/test_deploy.py runs nginx in front of
-# two replicas; both fail (never skip) without them, so install them when they are missing
+# The browser tests drive Debian's Chromium (trusting the classroom CA through an NSS database
+# made with certutil, libnss3-tools) and tests/deploy/test_deploy.py runs nginx in front of
+# two replicas; all fail (never skip) without them, so install them when they are missing
 # (apt-get, as root or through sudo) or say what to install.
-SYSTEM_PACKAGES := chromium chromium-driver fonts-dejavu-core nginx-light
+SYSTEM_PACKAGES := chromium chromium-driver fonts-dejavu-core nginx-light libnss3-tools
 .PHONY: system-deps
 system-deps:
-	@if command -v chromium >/dev/null && { command -v nginx >/dev/null || test -x /usr/sbin/nginx; }; then \
+	@if command -v chromium >/dev/null && command -v certutil >/dev/null \
+	    && { command -v nginx >/dev/null || test -x /usr/sbin/nginx; }; then \
 	  exit 0; \
 	elif command -v apt-get >/dev/null; then \
 	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO="sudo"; \
@@ -98,7 +107,7 @@ i18n-extract: install-dev
 	  --project "Offline Image Classifier" -o translations/messages.pot .
 
 i18n-update: i18n-extract
-	$(BIN)/pybabel update -i translations/messages.pot -d translations --add-location=file
+	$(BIN)/pybabel update -i translations/messages.pot -d translations
 
 i18n-compile: install-dev
 	$(BIN)/pybabel compile -d translations --statistics

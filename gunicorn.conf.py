@@ -25,6 +25,18 @@ os.environ["WEB_CONCURRENCY"] = str(workers)
 os.environ["TORCH_THREADS"] = str(_threads)
 
 bind = os.environ.get("GUNICORN_BIND") or f"{_settings['HOST']}:{_settings['PORT']}"
+# Classroom network mode (webapp/classroom.py): HTTPS with the local CA's certificate for
+# this machine's addresses, made or renewed here, before gunicorn listens.
+_classroom_notes = []
+if _settings["CLASSROOM"]:
+    from webapp import classroom
+
+    try:
+        _tls, _classroom_notes = classroom.prepare(_settings)
+    except OSError as exc:
+        sys.exit(f"classroom mode: the certificates cannot be kept in "
+                 f"{classroom.tls_folder(_settings)}: {exc}")
+    certfile, keyfile = str(_tls.cert), str(_tls.key)
 # gthread, but each request is read in the worker's event loop before a thread gets it:
 # slow clients hold no thread and no upload slot (webapp/http/worker.py, docs/security.md).
 worker_class = "webapp.http.worker.BufferingWorker"
@@ -108,6 +120,8 @@ def when_ready(server):
         "(ENGINE=%s QUANTIZE=%s)", workers, _threads, threads, _settings["ENGINE"],
         _settings["QUANTIZE"],
     )
+    for level, message in _classroom_notes:
+        server.log.log(level, message)
 
 
 def on_starting(server):

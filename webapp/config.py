@@ -149,7 +149,13 @@ SETTINGS: tuple[Setting, ...] = (
             "above it).", "float", 1, 100_000),
     Setting("ADMIN_LOGIN_LIMIT", "10 per minute", "Failed admin logins (form or bearer "
             "token) allowed per client address and worker process before 429."),
-    Setting("HOST", "127.0.0.1", "Address to listen on (0.0.0.0 for every interface)."),
+    Setting("HOST", "127.0.0.1", "Address to listen on (0.0.0.0 for every interface); "
+            "with CLASSROOM=1 and HOST unset, 0.0.0.0."),
+    Setting("CLASSROOM", "0", "Classroom network mode: listen on the network and serve "
+            "HTTPS with a certificate of a local certificate authority made at the first "
+            "start (and again when the machine's addresses change) in MODEL_DIR/tls, so "
+            "phones get their cameras; the kiosk and admin pages show the address as a QR "
+            "code.", "bool"),
     Setting("PORT", "5000", "Port to listen on.", "int", 1, 65535),
     Setting("LOG_LEVEL", "info", "Logging level: debug, info, warning or error.", "choice",
             choices=("debug", "info", "warning", "error")),
@@ -298,6 +304,8 @@ class Config:
                 f"QUANTIZE=bf16 needs ENGINE=openvino; with ENGINE={values['ENGINE']} use "
                 "QUANTIZE=none (fp32) or static (int8)"
             )
+        if values["CLASSROOM"] and not environ.get("HOST"):
+            values["HOST"] = "0.0.0.0"  # phones on the classroom network must reach it
         values["MAX_CONTENT_LENGTH"] = int(values["MAX_UPLOAD_MB"] * 1024 * 1024)
         values["BOOTSTRAP_SERVE_LOCAL"] = True  # kiosks are offline: no CDN
         if not values["SECRET_KEY"]:

@@ -116,7 +116,7 @@
 
   async function startCamera() {
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
-      useUpload("This screen cannot use a camera here.");
+      useUpload(null);
       return;
     }
     try {
@@ -134,17 +134,14 @@
       say(START_TEXT);
       updateLive();
     } catch (err) {
-      const why = err && err.name === "NotAllowedError" ? "The camera is switched off for this page."
-        : err && err.name === "NotFoundError" ? "There is no camera here."
-          : "The camera could not start.";
-      useUpload(why);
+      useUpload(err);
     }
   }
 
-  function useUpload(reason) {
+  function useUpload(error) {  // why there is no camera, and what to do: camera-help.js
     cameraOn = false;
     startingNote.hidden = true;
-    uploadReason.textContent = reason;
+    window.cameraHelp.show(uploadReason, window.cameraHelp.explain(error, "kiosk"));
     captureButton.hidden = true;
     setStage("upload");
     setState("upload");

@@ -174,7 +174,7 @@
 
   async function startCamera() {
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
-      cameraMissing("This browser gives this page no camera (use http://127.0.0.1 or HTTPS).");
+      cameraMissing(null);
       return;
     }
     try {
@@ -189,15 +189,16 @@
       sections().forEach(function (s) { s.querySelector(".teach-capture").disabled = false; });
       $("try-camera").disabled = false;
     } catch (err) {
-      cameraMissing(err && err.name === "NotAllowedError"
-        ? "The camera is switched off for this page." : "There is no camera here.");
+      cameraMissing(err);
     }
   }
 
-  function cameraMissing(reason) {
+  function cameraMissing(error) {  // why there is no camera, and what to do: camera-help.js
+    const help = window.cameraHelp.explain(error, "teach");
     cameraOn = false;
     root.dataset.camera = "off";
-    cameraStatus.textContent = reason;
+    cameraStatus.textContent = help.reason;
+    window.cameraHelp.show($("camera-off"), help);
     show(video, false);
     show($("camera-off"), true);
     sections().forEach(function (s) { s.querySelector(".teach-capture").hidden = true; });

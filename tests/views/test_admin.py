@@ -89,11 +89,15 @@ def assert_error(response, status, code):
 # --------------------------------------------------------------------------- access
 
 
-def test_the_admin_area_is_disabled_without_a_token(tmp_path):
+def test_the_admin_area_is_shut_to_other_machines_without_a_token_or_password(tmp_path):
+    """From another machine (the server machine itself may choose a password:
+    tests/views/test_admin_setup.py)."""
     client = make_app(tmp_path / "store", ADMIN_TOKEN="").test_client()
+    client.environ_base["REMOTE_ADDR"] = "192.0.2.7"
     page = client.get("/admin/")
     assert page.status_code == 403
     assert "ADMIN_TOKEN" in page.get_data(as_text=True)
+    assert "http://127.0.0.1:5000/admin/" in page.get_data(as_text=True)
     assert client.post("/admin/login", data={"token": ""}).status_code == 403
     message = assert_error(client.get("/admin/api/models", headers=BEARER), 403,
                            "admin_disabled")

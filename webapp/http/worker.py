@@ -24,7 +24,9 @@ never a thread, so slow clients hold neither the threads nor the upload slots
 (``webapp/http/capacity.py``: taken once the app reads the body, which is then all there).
 Handed over unread, as gunicorn would: a chunked body, a bigger one (checkpoints and
 dataset archives stream to their store under the app's own stall limit), a body while
-the buffer budget is spent, and TLS or HTTP/2 connections.  Measured (bench/abuse.py,
+the buffer budget is spent, and HTTP/2 connections.  With the server's own certificate
+(classroom mode) the TLS handshake runs in the event loop too, within the same deadline,
+and the request is then read the same way.  Measured (bench/abuse.py,
 docs/security.md): with 50 clients sending a header line every 2 s, every /predict
 timed out on ``gthread``; here each answered within a few tenths of a second.
 
@@ -39,12 +41,14 @@ import json
 import re
 import selectors
 import socket
+import ssl
 import time
 from functools import partial
 
 from gunicorn import http
 from gunicorn.http.unreader import SocketUnreader
 from gunicorn.http2 import negotiation
+from gunicorn.sock import ssl_context
 from gunicorn.workers.gthread import ThreadWorker
 
 from webapp.config import Config
@@ -86,6 +90,7 @@ class BufferingWorker(ThreadWorker):
         self.buffered = 0  # bytes held by arriving requests, all of them
         self.arriving: dict = {}  # connection -> Arrival
         self.lingering: dict = {}  # connection -> when to close it after its 408
+        self.tls_context = None  # with a certfile: made by the first connection
         cfg = self.cfg
         self.max_head = (cfg.limit_request_line + 2
                          + cfg.limit_request_fields * (cfg.limit_request_field_size + 2) + 2)
@@ -96,10 +101,12 @@ class BufferingWorker(ThreadWorker):
         """Every way to a thread goes through here (a new connection, a kept-alive one
         that became readable, bytes a client sent ahead): wait for the whole request
         first, unless it was this worker that found it complete."""
-        if getattr(conn, "arrived", False) or self.cfg.is_ssl \
+        if getattr(conn, "arrived", False) \
                 or negotiation.prior_knowledge_allowed(self.cfg, conn.client):
             conn.arrived = False
             return super().enqueue_req(conn)
+        if self.cfg.is_ssl and not isinstance(conn.sock, ssl.SSLSocket):
+            return self._start_tls(conn)
         ahead = conn.parser.unreader.take_buffered() if conn.parser is not None else b""
         arrival = self.arriving[conn] = Arrival(ahead, self.request_timeout)
         self.buffered += len(ahead)
@@ -142,7 +149,10 @@ class BufferingWorker(ThreadWorker):
             return
         try:
             data = sock.recv(RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
+            while isinstance(sock, ssl.SSLSocket) and sock.pending():
+                data += sock.recv(RECV_BYTES)  # decrypted already: no readable event
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
+                ssl.SSLWantWriteError):
             return
         except OSError:
             data = b""
@@ -205,6 +215,48 @@ class BufferingWorker(ThreadWorker):
             return None, False  # the app refuses it (413) or streams it to its store
         return length, expects_continue and length > 0
 
+    # ----------------------------------------------------------------- TLS
+
+    def _start_tls(self, conn) -> None:
+        """A new connection to a server with its own certificate (gunicorn's
+        ``certfile``, classroom mode): the handshake runs here too, without blocking and
+        within the request's deadline, and then the request is read as over plain HTTP.
+        (gunicorn's ``gthread`` shakes hands in a thread, on a blocking socket: eight
+        clients that sent part of a handshake stalled a worker of 4 threads.)"""
+        arrival = self.arriving[conn] = Arrival(b"", self.request_timeout)
+        if self.tls_context is None:  # once per worker, not per connection
+            self.tls_context = ssl_context(self.cfg)
+        try:
+            conn.sock = self.tls_context.wrap_socket(
+                conn.sock, server_side=True, do_handshake_on_connect=False,
+                suppress_ragged_eofs=self.cfg.suppress_ragged_eofs)
+        except OSError:
+            self._close(conn, arrival, registered=False)
+            return None
+        conn.sock.setblocking(False)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_handshake, conn))
+        self._on_handshake(conn, conn.sock)
+        return None
+
+    def _on_handshake(self, conn, sock) -> None:
+        arrival = self.arriving.get(conn)
+        if arrival is None:
+            return
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self.poller.modify(sock, selectors.EVENT_READ, partial(self._on_handshake, conn))
+            return
+        except ssl.SSLWantWriteError:
+            self.poller.modify(sock, selectors.EVENT_WRITE, partial(self._on_handshake, conn))
+            return
+        except OSError:  # not TLS, or a client that refused the certificate
+            self._close(conn, arrival)
+            return
+        self.poller.modify(sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+        if sock.pending():  # request bytes decrypted along with the handshake
+            self._on_readable(conn, sock)
+
     # ----------------------------------------------------------------- timing out
 
     def murder_pending(self):
@@ -259,8 +311,8 @@ class BufferingWorker(ThreadWorker):
         except OSError:
             return 0
 
-    def _close(self, conn, arrival: Arrival) -> None:
-        self._forget(conn, arrival)
+    def _close(self, conn, arrival: Arrival, registered: bool = True) -> None:
+        self._forget(conn, arrival, registered)
         self.nr_conns -= 1
         conn.close()
 

@@ -47,6 +47,48 @@ def write_json(path: str | os.PathLike, data, *, durable: bool = True, **dump_op
             fsync_dir(path.parent)
 
 
+def write_bytes(path: str | os.PathLike, data: bytes, *, mode: int = 0o644) -> None:
+    """``data`` into ``path`` the way ``write_json`` writes (temp file in the same
+    directory, fsync, ``os.replace``), the file made with ``mode``: a private key
+    (0o600) is never readable by others, not even for a moment."""
+    path = Path(path)
+    with _finished_temp(path, data, mode) as tmp:
+        os.replace(tmp, path)
+    with contextlib.suppress(OSError):
+        fsync_dir(path.parent)
+
+
+def create_once(path: str | os.PathLike, data: bytes, *, mode: int = 0o600) -> bool:
+    """``path`` holding ``data``, made only if it does not exist yet; False when it did
+    (nothing changed).  A finished temp file is ``link``ed into place, which fails if the
+    name exists: of two processes racing, one wins, and nobody sees half a file."""
+    path = Path(path)
+    with _finished_temp(path, data, mode) as tmp:
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+    with contextlib.suppress(OSError):
+        fsync_dir(path.parent)
+    return True
+
+
+@contextlib.contextmanager
+def _finished_temp(path: Path, data: bytes, mode: int) -> Iterator[Path]:
+    """A temp file beside ``path`` holding ``data``, on disk (fsynced), made with
+    ``mode``; gone afterwards unless it was moved."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        yield tmp
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 def copy_file(source: str | os.PathLike, target: str | os.PathLike) -> None:
     """Copy ``source`` to ``target`` (which must not exist yet), fsynced: on disk before
     it returns."""

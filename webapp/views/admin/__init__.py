@@ -2,6 +2,8 @@
 HTTP with ``Authorization: Bearer $ADMIN_TOKEN``), one blueprint whose routes live in
 
 * ``auth``: who may come in (the guard every admin request goes through, login, logout),
+* ``setup``: the first run without ``ADMIN_TOKEN``: choosing a password on the server
+  machine itself,
 * ``models``: the model table, upload, activate, roll back, delete, try an image,
 * ``kiosk_settings``: the teacher settings of the kiosk,
 * ``teach``: the Teach page and the dataset / job API (a nested blueprint),
@@ -12,7 +14,9 @@ through (``auth``):
 
 Security, in order of the checks every admin request goes through:
 
-* ``ADMIN_TOKEN`` unset: the whole area answers 403 with a page saying how to enable it.
+* Neither ``ADMIN_TOKEN`` nor a password chosen on the server machine (``setup``): the
+  whole area answers 403 with a page saying how to get in, except the set-password page
+  for a browser on the server machine itself.  A token, when set, wins over a password.
 * API requests with a bearer token: compared with ``hmac.compare_digest``; no cookie is
   involved, so no CSRF token is needed.
 * Everything else needs the session cookie set by the login form (signed with

@@ -34,18 +34,15 @@ from wtforms.validators import DataRequired
 from webapp import current
 from webapp.config import ConfigError
 from webapp.http.errors import error_json
-from webapp.stores import durable
+from webapp.i18n import _
+from webapp.stores import admin_password, durable
 from webapp.stores.registry import Registry
-from webapp.views.admin import bp, is_api
+from webapp.views.admin import bp, is_api, setup
 
 log = logging.getLogger(__name__)
 
 SESSION_HOURS = 12
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
-ENABLE_HINT = (
-    "Set the ADMIN_TOKEN environment variable to a long random secret and restart the "
-    "server, e.g. ADMIN_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(24))')."
-)
 
 
 class LoginForm(FlaskForm):
@@ -95,7 +92,15 @@ def _token() -> str:
     return current_app.config.get("ADMIN_TOKEN") or ""
 
 
+def _password_hash() -> str:
+    """The password chosen at the server machine (``setup``), when there is no token:
+    ADMIN_TOKEN wins."""
+    return "" if _token() else setup.password_hash()
+
+
 def _token_matches(given: str) -> bool:
+    if not _token():
+        return admin_password.matches(_password_hash(), given)
     return hmac.compare_digest(given.encode("utf-8"), _token().encode("utf-8"))
 
 
@@ -103,7 +108,7 @@ def _fingerprint() -> str:
     """Binds a session to the current ADMIN_TOKEN and session generation: changing the
     token or logging out logs everyone out."""
     key = str(current_app.config["SECRET_KEY"]).encode()
-    bound = f"{_token()}\0{_session_generation()}".encode()
+    bound = f"{_token() or _password_hash()}\0{_session_generation()}".encode()
     return hmac.new(key, bound, hashlib.sha256).hexdigest()[:32]
 
 
@@ -176,11 +181,8 @@ def _rate_limited(retry_after: int):
 
 @bp.before_request
 def _guard():
-    if not _token():
-        if is_api():
-            return error_json(403, "admin_disabled", "The admin area is disabled. "
-                              + ENABLE_HINT)
-        return render_template("admin/disabled.html", hint=ENABLE_HINT), 403
+    if not _token() and not _password_hash():
+        return setup.first_run()  # the set-password page on this machine, else 403
     if request.endpoint == "admin.login":
         return None
     bearer = _bearer() if is_api() else None
@@ -241,7 +243,8 @@ def login():
     if not _token_matches(form.token.data):
         _count_failure()
         return render_template("admin/login.html", form=LoginForm(formdata=None),
-                               error="That is not the admin token."), 401
+                               error=("That is not the admin token." if _token()
+                                      else _("That is not the admin password."))), 401
     session.clear()
     session["admin"] = _fingerprint()
     session["admin_since"] = int(time.time())
@@ -263,4 +266,5 @@ def logout():
 
 @bp.context_processor
 def _template_context():
-    return {"logged_in": g.get("admin_via") == "session"}
+    return {"logged_in": g.get("admin_via") == "session",
+            "password_login": not _token()}
