@@ -14,10 +14,19 @@ training side (``datasets``, ``dataset_store``, ``finetune``, ``jobs``,
 from __future__ import annotations
 
 import logging
+import sys
 
 from flask import Flask
 
 from webapp.config import PROJECT_ROOT, Config
+
+# No telemetry, in any process of the product (the server, its builder children, the
+# training runner, the commands: each imports this package before OpenVINO).  `import
+# openvino` loads OpenVINO's model converter, which reports usage to Google Analytics and
+# writes a client id and counters to ~/intel/ unless a consent file in the home folder
+# says no (docs/operating.md#no-telemetry).  Without the openvino_telemetry package,
+# OpenVINO uses its own do-nothing stub: the package cannot be imported here.
+sys.modules["openvino_telemetry"] = None
 
 __all__ = ["create_app"]
 
