@@ -43,6 +43,13 @@ dev: install
 download: install
 	$(BIN)/python -m model_loader download
 
+# The built-in model converted for serving ahead of time, into ENGINE_CACHE_DIR
+# (deploy/engine.py): the Dockerfile runs it into /opt/engines, which a fresh container
+# copies (ENGINE_CACHE_SEED) instead of converting the model on its first start.
+.PHONY: engine
+engine: install
+	$(BIN)/python deploy/engine.py
+
 # Start the production server on 127.0.0.1 and check it (deploy/smoke.py).  The
 # Dockerfile runs it at build time; tests/deploy/test_deploy.py runs the same command in CI.
 .PHONY: smoke

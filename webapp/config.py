@@ -106,6 +106,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ENGINE_CACHE_DIR", "", "Where converted models (ONNX, int8) are kept, keyed by "
             "the weights' sha256, so a restart reuses them; empty = "
             "~/.cache/offline-classifier/engines.", "path"),
+    Setting("ENGINE_CACHE_SEED", "", "A read-only engine cache to start from (the Docker "
+            "image holds one, made when it was built): at server start, what ENGINE_CACHE_DIR "
+            "lacks is copied from it, so a fresh volume serves in seconds; empty = none.",
+            "path"),
     Setting("CALIBRATION_DIR", "", "Folder of images that static int8 quantization is "
             "calibrated on (best: photos like the ones the model will see); empty = the "
             "photos in calibration/ that ship with the project.", "path"),
