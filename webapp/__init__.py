@@ -63,7 +63,14 @@ def create_app(test_config: dict | None = None) -> Flask:
     from webapp.training.jobs import JobQueue
     from webapp.translations import Translations
     from webapp.views import admin, api, kiosk, ui, v2
-    from webapp.views.admin import auth, cli, kiosk_settings, models, teach  # noqa: F401 - their routes
+    from webapp.views.admin import (  # noqa: F401 - their routes
+        auth,
+        cli,
+        downloads,
+        kiosk_settings,
+        models,
+        teach,
+    )
 
     # The shared objects: the model registry (MODEL_DIR), the model this process serves
     # (it follows the registry's active pointer), the teach datasets and training jobs
