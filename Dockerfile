@@ -50,7 +50,8 @@ COPY . .
 RUN if [ "$DOWNLOAD_WEIGHTS" = "1" ]; then make weights VENV=/opt/venv; fi
 # The built-in model converted for serving once, here: a fresh container copies it from
 # /opt/engines (ENGINE_CACHE_SEED) and answers in seconds instead of converting it first.
-RUN ENGINE_CACHE_DIR=/opt/engines make engine VENV=/opt/venv
+# (Nothing the build runs may write into /data: the volume belongs to the user app.)
+RUN ENGINE_CACHE_DIR=/opt/engines XDG_CACHE_HOME=/tmp/build-cache make engine VENV=/opt/venv
 RUN make smoke VENV=/opt/venv
 
 USER app

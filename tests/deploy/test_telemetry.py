@@ -2,8 +2,10 @@
 
 OpenVINO's model converter (loaded by every ``import openvino``) reports usage and writes
 ``~/intel/openvino_ga_cid`` and ``~/intel/stats`` unless its telemetry package is kept
-out (``webapp/__init__.py``).  Checked in the test process and, for real, in every kind
-of process the product starts, each with a home folder of its own."""
+out; ONNX Runtime writes a device id to ``~/.cache/Microsoft/DeveloperTools`` unless
+``ORT_DISABLE_TELEMETRY`` is set (both in ``webapp/__init__.py``).  Checked in the test
+process and, for real, in every kind of process the product starts, each with a home
+folder of its own."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ def test_openvino_runs_with_its_do_nothing_telemetry_stub():
 
     assert sys.modules["openvino_telemetry"] is None
     assert telemetry_utils.tm.__name__ == "openvino.tools.ovc.telemetry_stub"
+    assert os.environ["ORT_DISABLE_TELEMETRY"] == "1"  # inherited by every child process
 
 
 def telemetry_traces(home: Path) -> list[str]:
@@ -38,7 +41,8 @@ def telemetry_traces(home: Path) -> list[str]:
             path = Path(folder, name)
             relative = str(path.relative_to(home))
             if relative.startswith("intel") or "telemetry" in name.lower() \
-                    or name in ("openvino_ga_cid", "stats"):
+                    or "Microsoft" in relative or name in ("openvino_ga_cid", "stats",
+                                                           "deviceid"):
                 found.append(relative)
     return found
 
