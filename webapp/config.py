@@ -141,6 +141,9 @@ SETTINGS: tuple[Setting, ...] = (
             "and every server using that MODEL_DIR; set it when replicas do not share one."),
     Setting("MODEL_DIR", str(PROJECT_ROOT / "instance" / "models"), "The model registry: "
             "uploaded checkpoints, the active-model pointer and its history.", "path"),
+    Setting("RUN_DIR", "", "Where each server process notes which model it serves (what "
+            "activate's `wait` option and `flask models activate --wait` read); empty = a "
+            "folder in the temporary directory named after MODEL_DIR.", "path"),
     Setting("ADMIN_TOKEN", "", "Password for /admin and bearer token for /admin/api/*. "
             "Empty = the admin area is disabled."),
     Setting("MAX_CHECKPOINT_MB", "500", "Largest checkpoint upload in megabytes (413 "
