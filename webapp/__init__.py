@@ -67,7 +67,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     from webapp.stores.registry import Registry
     from webapp.training.jobs import JobQueue
     from webapp.translations import Translations
-    from webapp.views import admin, api, kiosk, ui, v2
+    from webapp.views import admin, api, kiosk, openapi, ui, v2
     from webapp.views.admin import (  # noqa: F401 - their routes
         auth,
         cli,
@@ -126,7 +126,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     # The blueprints.  The admin area is one blueprint whose routes live in several
     # modules (auth, models, kiosk_settings: importing them above added their routes;
     # teach nests its own blueprint in it, behind the same guard, errors and context).
-    for blueprint in (api.bp, v2.bp, ui.bp, kiosk.bp, admin.bp, metrics.bp):
+    for blueprint in (api.bp, v2.bp, openapi.bp, ui.bp, kiosk.bp, admin.bp, metrics.bp):
         app.register_blueprint(blueprint)
     app.cli.add_command(cli.models_cli)  # flask models ...
     app.cli.add_command(cli.finetune_command)  # flask finetune ... (python -m webapp.finetune)
