@@ -39,7 +39,11 @@ def main() -> int:
                           "DATA_DIR": str(Path(work) / "datasets")})
         with app.app_context():
             loaded = current.holder().get().loaded
-    cache = app.config["ENGINE_CACHE_DIR"] or default_cache_dir()
+    cache = Path(app.config["ENGINE_CACHE_DIR"] or default_cache_dir())
+    # Readable by everyone: the image's user is not the one that built it, and OpenVINO
+    # writes its compiled networks for their owner only.
+    for path in [cache, *cache.rglob("*")]:
+        path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
     print(f"converted {loaded.name} ({loaded.arch}, {loaded.engine_info.get('precision')} on "
           f"{loaded.engine_name}, {threads} thread(s)) into {cache} in "
           f"{time.perf_counter() - started:.1f} s")

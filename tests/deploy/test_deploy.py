@@ -99,14 +99,16 @@ def test_the_dockerfiles_install_and_test_steps_are_the_make_targets_ci_runs():
         assert match, f"a RUN step that CI does not run: {run!r}"
         used.append(match.group(1))
     assert used == ["install", "weights", "engine", "smoke"]
-    install = ["$(BIN)/pip install -q -r requirements.txt", "touch $@"]
+    # CPU-only torch first when its index answers (deploy/cpu_torch.py), then the rest.
+    install = ["$(BIN)/python deploy/cpu_torch.py $(TORCH_INDEX_URL)",
+               "$(BIN)/pip install -q -r requirements.txt", "touch $@"]
     assert make_commands("install") == install
     assert make_commands("download") == install + ["$(BIN)/python -m model_loader download"]
     # make run and the image: ResNet18's weights when the network allows, quietly not.
     weights = ["$(BIN)/python -m model_loader download --optional --timeout 15", "touch $@"]
     assert make_commands("weights") == weights
     run = make_commands("run")
-    assert run[:2] == install and weights[0] in run and run[-1] == "$(BIN)/gunicorn app:app"
+    assert run[:3] == install and weights[0] in run and run[-1] == "$(BIN)/gunicorn app:app"
     assert make_commands("smoke") == install + ["$(BIN)/python deploy/smoke.py"]
     assert make_commands("engine") == install + ["$(BIN)/python deploy/engine.py"]
     # The engine is made into the folder a fresh container starts its cache from.
@@ -207,6 +209,9 @@ def test_a_server_starting_from_the_engine_made_ahead_of_time_converts_nothing(
     entries = sorted(p.name for p in seed.iterdir() if not p.name.startswith("."))
     assert any(n.endswith(".card.json") for n in entries)
     assert any(n.endswith(".auto.json") for n in entries)  # QUANTIZE=auto's decision
+    assert list((seed / "openvino").iterdir())  # OpenVINO's compiled network
+    # Readable by another user (the image's app user did not build it).
+    assert all(p.stat().st_mode & 0o444 == 0o444 for p in seed.rglob("*"))
 
     server = start_server("gunicorn", ENGINE_CACHE_DIR=cache, ENGINE_CACHE_SEED=seed,
                           WEB_CONCURRENCY=1, TORCH_THREADS=1)

@@ -230,14 +230,18 @@ class ArtefactCache:
             blob = path.parent.name == "openvino"  # OpenVINO's compiled networks: no sidecar
             if (self.root / name).exists() if blob else self.valid(name):
                 continue
-            if blob:
-                (self.root / name).parent.mkdir(parents=True, exist_ok=True)
-                tmp = self.root / f"{name}.tmp-{os.getpid()}"
-                shutil.copyfile(path, tmp)
-                os.replace(tmp, self.root / name)
-            elif source.valid(name):
-                self.put(name, lambda tmp, path=path: shutil.copyfile(path, tmp))
-            else:
+            try:
+                if blob:
+                    (self.root / name).parent.mkdir(parents=True, exist_ok=True)
+                    tmp = self.root / f"{name}.tmp-{os.getpid()}"
+                    shutil.copyfile(path, tmp)
+                    os.replace(tmp, self.root / name)
+                elif source.valid(name):
+                    self.put(name, lambda tmp, path=path: shutil.copyfile(path, tmp))
+                else:
+                    continue
+            except PermissionError as exc:  # not readable by this user: built here instead
+                log.warning("engine cache: cannot copy %s from %s (%s)", name, seed, exc)
                 continue
             copied += 1
         return copied
