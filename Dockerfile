@@ -12,8 +12,9 @@
 # tests/deploy/test_deploy.py, which checks this file and runs `make smoke`'s command).
 FROM python:3.11-slim-bookworm
 
-# torch/torchvision come from here (the CPU wheels, ~5x smaller than PyPI's CUDA build);
-# everything else from PyPI.  The versions are the ones requirements.txt pins.
+# torch/torchvision come from here (the CPU wheels, ~5x smaller than PyPI's CUDA build;
+# make install: deploy/cpu_torch.py); everything else from PyPI.  The versions are the
+# ones requirements.txt pins.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 # 1: fetch ResNet18's ImageNet weights at build time when download.pytorch.org answers
 #    (make weights, as make run does: a progress bar, a short timeout, and a one-line
@@ -44,7 +45,8 @@ RUN apt-get update \
 
 WORKDIR /app
 COPY requirements.txt Makefile ./
-RUN PIP_EXTRA_INDEX_URL="$TORCH_INDEX_URL" make install VENV=/opt/venv
+COPY deploy/cpu_torch.py deploy/
+RUN make install VENV=/opt/venv TORCH_INDEX_URL="$TORCH_INDEX_URL"
 RUN python -c "import sys, torch; sys.exit('a CUDA build of torch got in' if torch.version.cuda else 0)"
 COPY . .
 RUN if [ "$DOWNLOAD_WEIGHTS" = "1" ]; then make weights VENV=/opt/venv; fi

@@ -13,11 +13,18 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
+# torch and torchvision from PyTorch's CPU-only index when it answers (deploy/cpu_torch.py
+# says which it did in one line): PyPI's builds bring ~5 GB of CUDA libraries no classroom
+# PC uses.  TORCH_INDEX_URL= installs them from the default index.
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+
 $(VENV)/.installed: requirements.txt | $(BIN)/python
+	$(BIN)/python deploy/cpu_torch.py $(TORCH_INDEX_URL)
 	$(BIN)/pip install -q -r requirements.txt
 	touch $@
 
 $(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/python deploy/cpu_torch.py $(TORCH_INDEX_URL)
 	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $(VENV)/.installed $@
 
