@@ -214,11 +214,17 @@ def test_a_server_starting_from_the_engine_made_ahead_of_time_converts_nothing(
     assert all(p.stat().st_mode & 0o444 == 0o444 for p in seed.rglob("*"))
 
     server = start_server("gunicorn", ENGINE_CACHE_DIR=cache, ENGINE_CACHE_SEED=seed,
-                          WEB_CONCURRENCY=1, TORCH_THREADS=1)
+                          WEB_CONCURRENCY=2, TORCH_THREADS=1)
     ready = server.wait_ready()
     assert ready["model"]["arch"] == "efficientnet_lite0"
+    ops.wait_for_workers(server, 2)
     assert "copied from" in server.log
     assert "for serving in" not in server.log  # the log line of a build (a child process)
+    # Both workers open the precision that was decided (compiling one after the other:
+    # together, one of them could not read the network the other was writing).
+    assert "does not open" not in server.log
+    served = re.findall(r"model ready: .* engine openvino, (\w+)\)", server.log)
+    assert len(served) == 2 and len(set(served)) == 1, served
     copied = sorted(p.name for p in cache.iterdir() if not p.name.startswith("."))
     assert set(entries) <= set(copied)
     response = requests.post(server.url + "/predict", timeout=60,
