@@ -14,11 +14,18 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
+# torch and torchvision from PyTorch's CPU-only index when it answers (deploy/cpu_torch.py
+# says which it did in one line): PyPI's builds bring ~5 GB of CUDA libraries no classroom
+# PC uses.  TORCH_INDEX_URL= installs them from the default index.
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+
 $(VENV)/.installed: requirements.txt | $(BIN)/python
+	$(BIN)/python deploy/cpu_torch.py $(TORCH_INDEX_URL)
 	$(BIN)/pip install -q -r requirements.txt
 	touch $@
 
 $(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/python deploy/cpu_torch.py $(TORCH_INDEX_URL)
 	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $(VENV)/.installed $@
 
@@ -49,6 +56,13 @@ dev: install
 
 download: install
 	$(BIN)/python -m model_loader download
+
+# The built-in model converted for serving ahead of time, into ENGINE_CACHE_DIR
+# (deploy/engine.py): the Dockerfile runs it into /opt/engines, which a fresh container
+# copies (ENGINE_CACHE_SEED) instead of converting the model on its first start.
+.PHONY: engine
+engine: install
+	$(BIN)/python deploy/engine.py
 
 # Start the production server on 127.0.0.1 and check it (deploy/smoke.py).  The
 # Dockerfile runs it at build time; tests/deploy/test_deploy.py runs the same command in CI.

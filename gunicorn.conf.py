@@ -126,12 +126,33 @@ def when_ready(server):
 
 def on_starting(server):
     """Numbers of an earlier run must not count in this one: empty the metrics folder.
-    And give memory back: see _return_big_blocks_to_the_os."""
+    Give memory back: see _return_big_blocks_to_the_os.  And start from the engine cache
+    made ahead of time, if there is one (_seed_engine_cache)."""
     os.makedirs(_metrics_dir, exist_ok=True)
     for name in os.listdir(_metrics_dir):
         if name.endswith(".db"):
             os.unlink(os.path.join(_metrics_dir, name))
     _return_big_blocks_to_the_os(server)
+    _seed_engine_cache(server)
+
+
+def _seed_engine_cache(server):
+    """ENGINE_CACHE_SEED (the Docker image's /opt/engines, the built-in model converted at
+    build time): what the engine cache lacks is copied from it before the workers start,
+    so a fresh volume serves in seconds instead of converting the model first."""
+    seed = _settings["ENGINE_CACHE_SEED"]
+    if not seed:
+        return
+    from webapp.engines.artefacts import ArtefactCache, default_cache_dir
+
+    root = _settings["ENGINE_CACHE_DIR"] or default_cache_dir()
+    try:
+        copied = ArtefactCache(root).seed_from(seed)
+    except OSError as exc:  # a full or read-only volume: the workers convert as usual
+        server.log.warning("could not copy the engine cache from %s: %s", seed, exc)
+        return
+    if copied:
+        server.log.info("engine cache: %d file(s) copied from %s", copied, seed)
 
 
 def _return_big_blocks_to_the_os(server):

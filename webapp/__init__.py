@@ -14,10 +14,23 @@ training side (``datasets``, ``dataset_store``, ``finetune``, ``jobs``,
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 from flask import Flask
 
 from webapp.config import PROJECT_ROOT, Config
+
+# No telemetry, in any process of the product (the server, its builder children, the
+# training runner, the commands: each imports this package before OpenVINO or ONNX
+# Runtime, and the processes they start inherit the environment); docs/operating.md#no-
+# telemetry.  `import openvino` loads OpenVINO's model converter, which reports usage to
+# Google Analytics and writes a client id and counters to ~/intel/ unless a consent file
+# in the home folder says no; without the openvino_telemetry package it uses its own
+# do-nothing stub, so that package cannot be imported here.  ONNX Runtime's telemetry
+# (a device id in ~/.cache/Microsoft/DeveloperTools) is off with its own switch.
+sys.modules["openvino_telemetry"] = None
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 
 __all__ = ["create_app"]
 
@@ -48,13 +61,21 @@ def create_app(test_config: dict | None = None) -> Flask:
     from webapp.engines import EngineSettings
     from webapp.http import capacity, errors, metrics, security, uploads
     from webapp.serving.holder import ModelHolder
+    from webapp.serving.workers import WorkerReports, run_dir
     from webapp.stores.datasets import DatasetStore
     from webapp.stores.kiosk_settings import check_default_language
     from webapp.stores.registry import Registry
     from webapp.training.jobs import JobQueue
     from webapp.translations import Translations
-    from webapp.views import admin, api, classroom, kiosk, ui
-    from webapp.views.admin import auth, cli, kiosk_settings, models, teach  # noqa: F401 - their routes
+    from webapp.views import admin, api, classroom, kiosk, openapi, ui, v2
+    from webapp.views.admin import (  # noqa: F401 - their routes
+        auth,
+        cli,
+        downloads,
+        kiosk_settings,
+        models,
+        teach,
+    )
 
     # The shared objects: the model registry (MODEL_DIR), the model this process serves
     # (it follows the registry's active pointer), the teach datasets and training jobs
@@ -64,6 +85,9 @@ def create_app(test_config: dict | None = None) -> Flask:
                                 or str(PROJECT_ROOT / "translations"))
     check_default_language(config, translations)
     holder = ModelHolder(config, registry)
+    # Each process notes the model it serves, for activate's "wait" option.
+    workers = WorkerReports(run_dir(config))
+    holder.add_listener(lambda classifier: workers.report(classifier.model_id))
     jobs = JobQueue(config["DATA_DIR"],
                     threads=config["JOB_THREADS"] or max(1, available_cpus() // 2),
                     spawn=config["JOB_RUNNER"] == "spawn")
@@ -71,7 +95,7 @@ def create_app(test_config: dict | None = None) -> Flask:
                             max_pixels=config["MAX_IMAGE_PIXELS"],
                             decode_seconds=config["DECODE_TIMEOUT"])
     current.install(app, holder=holder, registry=registry, datasets=datasets, jobs=jobs,
-                    translations=translations)
+                    translations=translations, workers=workers)
     # NumPy's BLAS (OpenBLAS) runs its small matrix products -- the open-set score of every
     # answer -- on a thread per core, and those threads spin after each call, taking the
     # cores the engine's own threads need: ENGINE=torch answered in 62-81 ms in the worker
@@ -106,7 +130,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     # The blueprints.  The admin area is one blueprint whose routes live in several
     # modules (auth, models, kiosk_settings: importing them above added their routes;
     # teach nests its own blueprint in it, behind the same guard, errors and context).
-    for blueprint in (api.bp, ui.bp, kiosk.bp, admin.bp, metrics.bp, classroom.bp):
+    for blueprint in (api.bp, v2.bp, openapi.bp, ui.bp, kiosk.bp, admin.bp, metrics.bp,
+                      classroom.bp):
         app.register_blueprint(blueprint)
     app.cli.add_command(cli.models_cli)  # flask models ...
     app.cli.add_command(cli.finetune_command)  # flask finetune ... (python -m webapp.finetune)

@@ -112,6 +112,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ENGINE_CACHE_DIR", "", "Where converted models (ONNX, int8) are kept, keyed by "
             "the weights' sha256, so a restart reuses them; empty = "
             "~/.cache/offline-classifier/engines.", "path"),
+    Setting("ENGINE_CACHE_SEED", "", "A read-only engine cache to start from (the Docker "
+            "image holds one, made when it was built): at server start, what ENGINE_CACHE_DIR "
+            "lacks is copied from it, so a fresh volume serves in seconds; empty = none.",
+            "path"),
     Setting("CALIBRATION_DIR", "", "Folder of images that static int8 quantization is "
             "calibrated on (best: photos like the ones the model will see); empty = the "
             "photos in calibration/ that ship with the project.", "path"),
@@ -143,6 +147,9 @@ SETTINGS: tuple[Setting, ...] = (
             "and every server using that MODEL_DIR; set it when replicas do not share one."),
     Setting("MODEL_DIR", str(PROJECT_ROOT / "instance" / "models"), "The model registry: "
             "uploaded checkpoints, the active-model pointer and its history.", "path"),
+    Setting("RUN_DIR", "", "Where each server process notes which model it serves (what "
+            "activate's `wait` option and `flask models activate --wait` read); empty = a "
+            "folder in the temporary directory named after MODEL_DIR.", "path"),
     Setting("ADMIN_TOKEN", "", "Password for /admin and bearer token for /admin/api/*. "
             "Empty = the admin area is disabled."),
     Setting("MAX_CHECKPOINT_MB", "500", "Largest checkpoint upload in megabytes (413 "

@@ -13,6 +13,7 @@ from pathlib import Path
 from flask import Flask, current_app
 
 from webapp.serving.holder import ModelHolder
+from webapp.serving.workers import WorkerReports
 from webapp.stores.datasets import DatasetStore
 from webapp.stores.kiosk_settings import KioskSettings, KioskSettingsStore
 from webapp.stores.registry import Registry
@@ -20,14 +21,14 @@ from webapp.training.jobs import JobQueue
 from webapp.translations import Translations
 
 # app.extensions keys (tests and gunicorn.conf.py read "model_holder" too).
-HOLDER, REGISTRY, DATASETS, JOBS, TRANSLATIONS = (
-    "model_holder", "registry", "datasets", "jobs", "kiosk_translations")
+HOLDER, REGISTRY, DATASETS, JOBS, TRANSLATIONS, WORKERS = (
+    "model_holder", "registry", "datasets", "jobs", "kiosk_translations", "worker_reports")
 
 
 def install(app: Flask, *, holder: ModelHolder, registry: Registry, datasets: DatasetStore,
-            jobs: JobQueue, translations: Translations) -> None:
+            jobs: JobQueue, translations: Translations, workers: WorkerReports) -> None:
     app.extensions.update({HOLDER: holder, REGISTRY: registry, DATASETS: datasets,
-                           JOBS: jobs, TRANSLATIONS: translations})
+                           JOBS: jobs, TRANSLATIONS: translations, WORKERS: workers})
 
 
 def holder() -> ModelHolder:
@@ -38,6 +39,11 @@ def holder() -> ModelHolder:
 def registry() -> Registry:
     """The model registry in ``MODEL_DIR``."""
     return current_app.extensions[REGISTRY]
+
+
+def workers() -> WorkerReports:
+    """Which model each process of this server serves (activate and wait)."""
+    return current_app.extensions[WORKERS]
 
 
 def datasets() -> DatasetStore:

@@ -433,7 +433,8 @@ def ingress_limits(objs: list[dict], env: dict) -> list[str]:
     conf = nginx_conf()
     http = conf["http"]
     server = http["server"]
-    classify = server["location ~ ^/(predict|explain)$"][""]
+    classify = next(block[""] for key, block in server.items()  # /predict, /explain, infer
+                    if key.startswith("location ~ ^/(predict|explain"))
     admin = server["location /admin/"][""]
 
     def seconds(value: str, prefix: str) -> str:  # ingress-nginx: "120"; nginx.org: "120s"

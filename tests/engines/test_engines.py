@@ -406,3 +406,30 @@ print(json.dumps({"precision": engine.precision, "auto": engine.info["auto"],
     bf16 = next(t for t in result["auto"]["tried"] if t["precision"] == "bf16")
     assert not bf16["works"] or bf16.get("rejected"), bf16
 
+
+
+def test_a_cache_starts_from_a_seed_made_ahead_of_time(tmp_path):
+    """ENGINE_CACHE_SEED (the Docker image's /opt/engines): intact entries the cache lacks
+    are copied with their sidecars, OpenVINO's compiled networks too; a damaged entry, a
+    lock and what the cache has already are left alone; a second start copies nothing."""
+    from webapp.engines.artefacts import ArtefactCache
+
+    seed = ArtefactCache(tmp_path / "seed")
+    seed.put("abc.card.json", lambda tmp: tmp.write_text("{}", "utf-8"))
+    seed.put("abc.fp32.onnx", lambda tmp: tmp.write_bytes(b"network"))
+    seed.put("abc.head.npz", lambda tmp: tmp.write_bytes(b"head"))
+    (seed.root / "abc.head.npz").write_bytes(b"damaged")  # no longer its sidecar's bytes
+    (seed.root / "openvino").mkdir()
+    (seed.root / "openvino" / "123.blob").write_bytes(b"compiled")
+    (seed.root / ".abc.card.json.lock").write_text("", "utf-8")
+    cache = ArtefactCache(tmp_path / "cache")
+    cache.put("abc.fp32.onnx", lambda tmp: tmp.write_bytes(b"network"))
+
+    assert cache.seed_from(seed.root) == 2
+    assert cache.valid("abc.card.json") and cache.valid("abc.fp32.onnx")
+    assert not (cache.root / "abc.head.npz").exists()
+    assert (cache.root / "openvino" / "123.blob").read_bytes() == b"compiled"
+    assert not (cache.root / ".abc.card.json.lock").exists()
+    assert cache.seed_from(seed.root) == 0
+    assert cache.seed_from(tmp_path / "no-such-folder") == 0
+    assert cache.seed_from(cache.root) == 0

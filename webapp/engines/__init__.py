@@ -362,8 +362,12 @@ def open_card(card: ModelCard, settings: EngineSettings, precision: str
     else:
         name = card.onnx
     runtime = "onnxruntime" if settings.engine == "torch" else settings.engine
-    engine = open_engine(cache.path(name), runtime, settings.threads, precision, settings.dual,
-                         blobs=str(cache.path("openvino")))
+    # One compilation of a network at a time: OpenVINO writes its compiled network into
+    # the cache's openvino/ folder without a lock, and a worker that read the file while
+    # another was writing it failed to open the network (workers starting together).
+    with cache.lock(f"{name}.compile"):
+        engine = open_engine(cache.path(name), runtime, settings.threads, precision,
+                             settings.dual, blobs=str(cache.path("openvino")))
     if card.kind == "onnx":
         _adapt_upload(engine, card)
     engine.info = {"engine": settings.engine, "quantization": settings.quantize,

@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
@@ -213,6 +214,37 @@ class ArtefactCache:
             if (self.root / name).exists():
                 log.warning("engine cache entry %s is damaged; rebuilding it", name)
             return self.put(name, build), False
+
+    def seed_from(self, seed: str | os.PathLike) -> int:
+        """Copy the intact entries of another cache (``ENGINE_CACHE_SEED``: read-only, made
+        ahead of time) that this one lacks; returns how many.  Damaged or half-written
+        files there are left behind."""
+        seed = Path(seed)
+        if not seed.is_dir() or seed.resolve() == self.root.resolve():
+            return 0
+        source, copied = ArtefactCache(seed), 0
+        for path in sorted(seed.rglob("*")):
+            name = str(path.relative_to(seed))
+            if not path.is_file() or path.name.startswith(".") or name.endswith(".sha256"):
+                continue
+            blob = path.parent.name == "openvino"  # OpenVINO's compiled networks: no sidecar
+            if (self.root / name).exists() if blob else self.valid(name):
+                continue
+            try:
+                if blob:
+                    (self.root / name).parent.mkdir(parents=True, exist_ok=True)
+                    tmp = self.root / f"{name}.tmp-{os.getpid()}"
+                    shutil.copyfile(path, tmp)
+                    os.replace(tmp, self.root / name)
+                elif source.valid(name):
+                    self.put(name, lambda tmp, path=path: shutil.copyfile(path, tmp))
+                else:
+                    continue
+            except PermissionError as exc:  # not readable by this user: built here instead
+                log.warning("engine cache: cannot copy %s from %s (%s)", name, seed, exc)
+                continue
+            copied += 1
+        return copied
 
     # ------------------------------------------------------------------ model cards
 

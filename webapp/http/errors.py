@@ -1,5 +1,6 @@
 """Every failure becomes a clear answer: JSON ``{"error": {"code", "message"}}`` for API
-clients, a friendly page for people.  Nothing a client sends should produce a 500."""
+clients (``{"error": "message"}`` on the Open Inference Protocol's ``/v2`` routes, as its
+specification says), a friendly page for people.  Nothing a client sends should produce a 500."""
 
 from __future__ import annotations
 
@@ -26,13 +27,21 @@ class ApiError(Exception):
 def error_json(status: int, code: str, message: str, **extra):
     """The JSON error; ``message`` in the request's language (``code`` stays English)."""
     accesslog.note(error=code)
+    if open_inference():  # the protocol's own error shape: the message alone
+        return jsonify(error=translate(message)), status
     body = {"error": {"code": code, "message": translate(message), **extra}}
     return jsonify(body), status
 
 
+def open_inference() -> bool:
+    """A request of the Open Inference Protocol (``/v2``, ``webapp.views.v2``)."""
+    return request.path == "/v2" or request.path.startswith("/v2/")
+
+
 def wants_json() -> bool:
     """API routes always answer JSON; other routes when the client prefers it."""
-    if request.blueprint in ("api",) or request.path.startswith(("/predict", "/admin/api")):
+    if request.blueprint in ("api",) or request.path.startswith(("/predict", "/admin/api")) \
+            or open_inference():
         return True
     if request.path.startswith("/explain"):  # before routing (a 405) the blueprint is unset
         return True

@@ -140,7 +140,7 @@ def json_object(hint: str, *, required: bool = True) -> dict:
         return {}
     try:
         value = json.loads(data) if request.is_json else None
-        too_deep = _depth(value) > MAX_JSON_DEPTH
+        too_deep = json_depth(value) > MAX_JSON_DEPTH
     except RecursionError:
         too_deep = True
     except ValueError:  # not JSON, not UTF-8
@@ -154,7 +154,7 @@ def json_object(hint: str, *, required: bool = True) -> dict:
     return value
 
 
-def _depth(value) -> int:
+def json_depth(value) -> int:
     """How deep lists and objects nest in a parsed JSON value (without recursion)."""
     deepest, todo = 0, [(value, 1)]
     while todo:

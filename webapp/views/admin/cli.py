@@ -14,6 +14,7 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from webapp import current
+from webapp.serving.workers import NotServing
 from webapp.stores.registry import RegistryError
 
 # models_cli and finetune_command (below) join the app's command line in create_app.
@@ -115,23 +116,44 @@ def _change(change):
         _fail(exc)
 
 
+WAIT_OPTION = click.option(
+    "--wait", "wait", type=click.FloatRange(0, 600, min_open=True), default=None,
+    metavar="SECONDS", help="Return once every worker of the servers on this machine that "
+    "use this store serves the model (exit status 1 after SECONDS if one does not).")
+
+
+def _changed(state, wait: float | None) -> None:
+    click.echo(f"active: {state.active}")
+    if wait is None:
+        return
+    try:
+        serving = current.workers().wait_for(state.active, wait)
+    except NotServing as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"served by {len(serving)} worker(s): "
+               + ", ".join(str(pid) for pid in sorted(serving)))
+
+
 @models_cli.command("activate")
 @click.argument("model_id")
-def activate(model_id):
+@WAIT_OPTION
+def activate(model_id, wait):
     """Make MODEL_ID the active model (every worker switches within a second)."""
-    click.echo(f"active: {_change(lambda: current.registry().activate(model_id)).active}")
+    _changed(_change(lambda: current.registry().activate(model_id)), wait)
 
 
 @models_cli.command("rollback")
-def rollback():
+@WAIT_OPTION
+def rollback(wait):
     """Return to the model that was active before the current one."""
-    click.echo(f"active: {_change(current.registry().rollback).active}")
+    _changed(_change(current.registry().rollback), wait)
 
 
 @models_cli.command("redo")
-def redo():
+@WAIT_OPTION
+def redo(wait):
     """Undo the last rollback: return to the model it left."""
-    click.echo(f"active: {_change(current.registry().redo).active}")
+    _changed(_change(current.registry().redo), wait)
 
 
 @models_cli.command("rename")

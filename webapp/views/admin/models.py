@@ -28,6 +28,7 @@ from webapp.http import capacity, uploads
 from webapp.http.errors import ApiError, too_large
 from webapp.http.images import classify, parse_topk, uploads_from_request
 from webapp.serving import imaging
+from webapp.serving.workers import NotServing
 from webapp.stores.registry import BUILTIN, RegistryError, unknown_model
 from webapp.views.admin import bp, is_api
 
@@ -291,17 +292,56 @@ def api_model(model_id):
 
 @bp.post("/api/models/<model_id>/activate")
 def api_activate(model_id):
-    return jsonify(registry().activate(model_id).as_dict())
+    seconds = _wait_seconds()  # a bad value changes nothing
+    return _changed(registry().activate(model_id), seconds)
 
 
 @bp.post("/api/rollback")
 def api_rollback():
-    return jsonify(registry().rollback().as_dict())
+    seconds = _wait_seconds()
+    return _changed(registry().rollback(), seconds)
 
 
 @bp.post("/api/redo")
 def api_redo():
-    return jsonify(registry().redo().as_dict())
+    seconds = _wait_seconds()
+    return _changed(registry().redo(), seconds)
+
+
+WAIT_DEFAULT, WAIT_MAX = 60.0, 600.0
+
+
+def _wait_seconds() -> float | None:
+    """The ``wait`` option: seconds (up to WAIT_MAX), ``true`` for WAIT_DEFAULT, absent or
+    ``false`` for none."""
+    raw = (request.args.get("wait") or "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return None
+    if raw in ("true", "yes", "on"):
+        return WAIT_DEFAULT
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= WAIT_MAX:
+        raise ApiError(400, "bad_wait", f"wait must be a number of seconds from 0 to "
+                       f"{WAIT_MAX:g}, or true ({WAIT_DEFAULT:g} s), not {raw!r}.")
+    return seconds
+
+
+def _changed(state, seconds: float | None):
+    """The new pointer state; with ``wait``, once every worker of this server serves its
+    model (``workers``: pid -> model), or 504 ``wait_timeout`` saying which do not."""
+    body = state.as_dict()
+    if seconds is not None:
+        try:
+            serving = current.workers().wait_for(state.active, seconds,
+                                                 poll=current.holder().get)
+        except NotServing as exc:
+            raise ApiError(504, "wait_timeout", exc.message,
+                           workers={str(pid): m for pid, m in exc.serving.items()}) from None
+        body["workers"] = {str(pid): model for pid, model in sorted(serving.items())}
+    return jsonify(body)
 
 
 @bp.patch("/api/models/<model_id>")
