@@ -149,8 +149,9 @@ SETTINGS: tuple[Setting, ...] = (
             choices=("debug", "info", "warning", "error")),
     Setting("TORCH_HOME", "~/.cache/torch", "torch's own setting: the torchvision weights "
             "cache is $TORCH_HOME/hub/checkpoints.", "path"),
-    Setting("KIOSK_IDLE_SECONDS", "60", "Kiosk: seconds without a touch before it goes "
-            "back to its start screen; 0 = never.", "int", 0, 86400),
+    Setting("KIOSK_IDLE_SECONDS", "60", "Kiosk: seconds without a touch, once the camera "
+            "no longer sees what was answered, before it goes back to its start screen; "
+            "0 = never.", "int", 0, 86400),
     Setting("KIOSK_AUTO_CAPTURE_SECONDS", "0", "Kiosk: take a picture by itself every N "
             "seconds while the camera is live; 0 = only when the button is pressed.",
             "int", 0, 3600),

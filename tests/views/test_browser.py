@@ -71,6 +71,10 @@ def files(tmp_path_factory):
         "coffee": photos / "coffee.jpg",
         "not_a_photo": photos / "notes.jpg",
         "camera": write_y4m(photo("chelsea").image, base / "cat.y4m"),
+        # A camera whose scene changes every 3 s (a cat, then an espresso): an answer
+        # stays while the camera sees what was answered, so the idle time runs only here.
+        "changing": write_y4m([photo("chelsea").image] * 30 + [photo("coffee").image] * 30,
+                              base / "cat-coffee.y4m", size=(320, 240), fps=10),
     }
 
 
@@ -121,6 +125,26 @@ def browser(playwright_instance, files):
         f"--use-file-for-fake-video-capture={files['camera']}"])
     yield browser
     browser.close()
+
+
+@pytest.fixture(scope="module")
+def browser_scene_changes(playwright_instance, files):
+    """Chromium whose (fake) camera films a cat for 3 s, then an espresso for 3 s."""
+    browser = _launch(playwright_instance, FAKE_CAMERA_ARGS + [
+        f"--use-file-for-fake-video-capture={files['changing']}"])
+    yield browser
+    browser.close()
+
+
+@pytest.fixture()
+def scene_page(browser_scene_changes, server):
+    """A watched page whose camera's scene changes every 3 s."""
+    context, watched = _watched(browser_scene_changes, server)
+    yield watched
+    try:
+        watched.assert_clean()
+    finally:
+        context.close()
 
 
 @pytest.fixture(scope="module")
@@ -407,9 +431,9 @@ def test_kiosk_answer_and_explanation_fit_a_laptop_and_a_phone(sized, kiosk_sett
     assert p.evaluate("document.activeElement.id") == "explain-button"
 
 
-def test_a_class_listening_to_the_explanation_is_not_cut_short(page, kiosk_settings):
+def test_a_class_listening_to_the_explanation_is_not_cut_short(scene_page, kiosk_settings):
     kiosk_settings.update({"idle_seconds": 2})
-    p = page.goto("/kiosk")
+    p = scene_page.goto("/kiosk")
     wait_state(p, "live")
     p.get_by_role("button", name="What is this?").click()
     kiosk_result(p)
@@ -422,9 +446,11 @@ def test_a_class_listening_to_the_explanation_is_not_cut_short(page, kiosk_setti
     wait_state(p, "live", timeout=30_000)  # back at the answer, the idle time applies
 
 
-def test_kiosk_starts_over_after_the_idle_time(page, kiosk_settings):
+def test_kiosk_starts_over_after_the_idle_time(scene_page, kiosk_settings):
+    """Once the camera no longer sees what was answered, and nobody touches the screen
+    for the idle time (test_kiosk_live_browser.py: the answer stays while it does)."""
     kiosk_settings.update({"idle_seconds": 2, "live": False})  # the start screen: no bars
-    p = page.goto("/kiosk")
+    p = scene_page.goto("/kiosk")
     wait_state(p, "live")
     start_text = p.locator("#status").inner_text()
     p.get_by_role("button", name="What is this?").click()
@@ -495,9 +521,9 @@ def assert_wcag_aa(p):
 
 
 def test_settings_change_reaches_a_running_kiosk_at_its_next_start_over(
-        page, kiosk_settings):
+        scene_page, kiosk_settings):
     kiosk_settings.update({"idle_seconds": 2, "bars": 2})
-    p = page.goto("/kiosk")
+    p = scene_page.goto("/kiosk")
     wait_state(p, "live")
     p.get_by_role("button", name="What is this?").click()
     labels, _ = kiosk_result(p)
