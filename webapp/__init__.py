@@ -51,7 +51,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     from webapp.stores.datasets import DatasetStore
     from webapp.stores.kiosk_settings import check_default_language
     from webapp.stores.registry import Registry
-    from webapp.training.jobs import JobQueue
+    from webapp.training.jobs import JobQueue, plan_jobs
     from webapp.translations import Translations
     from webapp.views import admin, api, kiosk, ui
     from webapp.views.admin import auth, cli, kiosk_settings, models, teach  # noqa: F401 - their routes
@@ -64,8 +64,8 @@ def create_app(test_config: dict | None = None) -> Flask:
                                 or str(PROJECT_ROOT / "translations"))
     check_default_language(config, translations)
     holder = ModelHolder(config, registry)
-    jobs = JobQueue(config["DATA_DIR"],
-                    threads=config["JOB_THREADS"] or max(1, available_cpus() // 2),
+    slots, threads = plan_jobs(config["JOB_SLOTS"], config["JOB_THREADS"], available_cpus())
+    jobs = JobQueue(config["DATA_DIR"], threads=threads, slots=slots,
                     spawn=config["JOB_RUNNER"] == "spawn")
     datasets = DatasetStore(config["DATA_DIR"], max_images=config["MAX_DATASET_IMAGES"],
                             max_pixels=config["MAX_IMAGE_PIXELS"],

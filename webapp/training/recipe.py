@@ -100,7 +100,9 @@ def train(
     amp = device.type == "cuda" if options.amp is None else options.amp and device.type == "cuda"
     seed_everything(options.seed)
 
+    progress(TrainingProgress("data", 0, options.epochs))
     splits = load_splits(data, options, say)
+    progress(TrainingProgress("backbone", 0, options.epochs))
     backbone = choose_backbone(options)
     say(f"Backbone: {backbone.why}")
     for warning in _warnings(options, backbone, splits):
@@ -120,6 +122,7 @@ def train(
     progress(TrainingProgress("test", len(history), options.epochs, fraction=1.0,
                               metrics={"accuracy": evaluation["accuracy"]}))
 
+    progress(TrainingProgress("openset", len(history), options.epochs, fraction=1.0))
     criterion = open_set(trainer, say)
     result = _write_outputs(out, trainer, history, stopper, evaluation, started, criterion)
     if options.int8:
