@@ -27,7 +27,7 @@
   const GAP_S = 2;
   const UNSURE_ON = 0.65;   // the average of "unknown" above which "not sure" shows ...
   const UNSURE_OFF = 0.35;  // ... and below which it goes again
-  const FORGET = 0.002;     // averaged scores below this are dropped
+  const FORGET = 0.002;     // averages below this fade out (of labels no answer names now)
   const GONE = 0.25;        // an answer sharing less than this with the average ...
   const GONE_ANSWERS = 2;   // ... this many times in a row: a new scene
 
@@ -115,8 +115,9 @@
         item.index = p.index;
         average.set(p.label, item);
       });
-      average.forEach(function (item, label) {
-        if (item.score < FORGET && label !== shown) average.delete(label);
+      const named = new Set(predictions.map(function (p) { return p.label; }));
+      average.forEach(function (item, label) {  // what the answers no longer name fades out
+        if (item.score < FORGET && label !== shown && !named.has(label)) average.delete(label);
       });
       unsure = fresh ? (data.unknown ? 1 : 0)
         : unsure * (1 - weight) + weight * (data.unknown ? 1 : 0);
