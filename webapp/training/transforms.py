@@ -45,10 +45,12 @@ def new_view(img, rng):
     """``img`` (PIL, RGB) as a teacher may show the object again later, one change of
     ``NEW_VIEW_KINDS`` chosen by ``rng`` (a ``random.Random``): closer (a part of it,
     35-60 % of each side, fills the picture), farther (shrunk to 40-70 % on a plain
-    ground of its own mean colour), in a corner (the same, at a corner), turned (a
-    quarter or half turn), another light (darker or brighter, less or more contrast and
-    colour).  The "I'm not sure" threshold of a Teach model is measured on such views of
-    pictures it did not train on (``webapp.training.recipe.open_set``)."""
+    ground: its own mean colour, each channel moved by up to 60, with a camera's noise of
+    3 grey levels), in a corner (the same, at a corner), turned (a quarter or half turn),
+    another light (darker or brighter, less or more contrast and colour).  The "I'm not
+    sure" criterion of a Teach model is made with such views
+    (``webapp.training.recipe.open_set``)."""
+    import numpy as np
     from PIL import Image, ImageEnhance, ImageStat
 
     width, height = img.size
@@ -61,8 +63,9 @@ def new_view(img, rng):
     if kind in ("farther", "corner"):
         share = rng.uniform(0.4, 0.7)
         w, h = max(1, round(width * share)), max(1, round(height * share))
-        ground = Image.new("RGB", (width, height),
-                           tuple(round(c) for c in ImageStat.Stat(img).mean[:3]))
+        colour = [c + rng.uniform(-60, 60) for c in ImageStat.Stat(img).mean[:3]]
+        noise = np.random.default_rng(rng.randrange(2**32)).normal(0, 3, (height, width, 3))
+        ground = Image.fromarray(np.clip(np.asarray(colour) + noise, 0, 255).astype(np.uint8))
         if kind == "farther":
             x = round((width - w) * rng.uniform(0.3, 0.7))
             y = round((height - h) * rng.uniform(0.3, 0.7))
