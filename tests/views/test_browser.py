@@ -10,6 +10,7 @@ skip silently.  `pytest -m 'not browser'` leaves them out on purpose."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -118,33 +119,30 @@ def _launch(pw, extra_args):
     return pw.chromium.launch(args=CHROMIUM_ARGS + extra_args, **kwargs)
 
 
+def filming(pw, video):
+    """Chromium whose fake camera films ``video`` (a .y4m); camera permission granted."""
+    return _launch(pw, FAKE_CAMERA_ARGS + [f"--use-file-for-fake-video-capture={video}"])
+
+
 @pytest.fixture(scope="module")
 def browser(playwright_instance, files):
-    """Chromium whose (fake) camera films the cat photo; camera permission granted."""
-    browser = _launch(playwright_instance, FAKE_CAMERA_ARGS + [
-        f"--use-file-for-fake-video-capture={files['camera']}"])
-    yield browser
-    browser.close()
+    """Chromium whose (fake) camera films the cat photo."""
+    with contextlib.closing(filming(playwright_instance, files["camera"])) as browser:
+        yield browser
 
 
 @pytest.fixture(scope="module")
 def browser_scene_changes(playwright_instance, files):
     """Chromium whose (fake) camera films a cat for 3 s, then an espresso for 3 s."""
-    browser = _launch(playwright_instance, FAKE_CAMERA_ARGS + [
-        f"--use-file-for-fake-video-capture={files['changing']}"])
-    yield browser
-    browser.close()
+    with contextlib.closing(filming(playwright_instance, files["changing"])) as browser:
+        yield browser
 
 
 @pytest.fixture()
 def scene_page(browser_scene_changes, server):
     """A watched page whose camera's scene changes every 3 s."""
-    context, watched = _watched(browser_scene_changes, server)
-    yield watched
-    try:
-        watched.assert_clean()
-    finally:
-        context.close()
+    with watching(browser_scene_changes, server) as watched:
+        yield watched
 
 
 @pytest.fixture(scope="module")
@@ -201,26 +199,29 @@ def _watched(browser, server, size="desktop", **context_options):
     return context, watched
 
 
-@pytest.fixture()
-def page(browser, server):
-    context, watched = _watched(browser, server)
-    yield watched
+@contextlib.contextmanager
+def watching(browser, server, size="desktop"):
+    """A watched page, checked clean when the test is done."""
+    context, watched = _watched(browser, server, size)
     try:
+        yield watched
         watched.assert_clean()
     finally:
         context.close()
+
+
+@pytest.fixture()
+def page(browser, server):
+    with watching(browser, server) as watched:
+        yield watched
 
 
 @pytest.fixture(params=list(SIZES))
 def sized(request, browser, server):
     """A watched page at each screen size in turn (``sized.size``: its name)."""
-    context, watched = _watched(browser, server, request.param)
-    watched.size = request.param
-    yield watched
-    try:
-        watched.assert_clean()
-    finally:
-        context.close()
+    with watching(browser, server, request.param) as watched:
+        watched.size = request.param
+        yield watched
 
 
 def wait_state(page, state, timeout=TIMEOUT_MS):

@@ -21,10 +21,10 @@ import time
 import pytest
 from playwright.sync_api import sync_playwright
 
-from tests.browser import FAKE_CAMERA_ARGS, SIZES, noisy_frames, write_y4m
+from tests.browser import SIZES, noisy_frames, write_y4m
 from tests.conftest import ROOT, Server, free_port
 from tests.photos import CAT_CLASSES, photo, real_photos
-from tests.views.test_browser import _launch
+from tests.views.test_browser import filming
 from webapp.stores.kiosk_settings import KioskSettings, KioskSettingsStore
 from webapp.translations import Translations
 
@@ -101,8 +101,7 @@ class Camera:
     """A Chromium whose fake camera films ``video`` (a .y4m), and a kiosk page in it."""
 
     def __init__(self, pw, video, server):
-        self.browser = _launch(pw, FAKE_CAMERA_ARGS
-                               + [f"--use-file-for-fake-video-capture={video}"])
+        self.browser = filming(pw, video)
         self.page = self.browser.new_context(**SIZES["desktop"]).new_page()
         self.page.set_default_timeout(TIMEOUT_MS)
         self.errors: list[str] = []
