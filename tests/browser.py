@@ -53,9 +53,8 @@ def chromium_executable(playwright) -> str | None:
     return None
 
 
-def write_y4m(image: Image.Image, path: Path, size=(640, 480)) -> Path:
-    """A one-frame YUV4MPEG2 video of ``image`` (cropped to the aspect of ``size``), for
-    Chromium's ``--use-file-for-fake-video-capture``: the fake camera films this photo."""
+def camera_frame(image: Image.Image, size=(640, 480)) -> Image.Image:
+    """``image`` as a camera of ``size`` films it: cropped to the aspect of ``size``."""
     width, height = size
     src_w, src_h = image.size
     scale = max(width / src_w, height / src_h)
@@ -63,17 +62,46 @@ def write_y4m(image: Image.Image, path: Path, size=(640, 480)) -> Path:
                                           Image.BICUBIC)
     left = (resized.width - width) // 2
     top = (resized.height - height) // 2
-    frame = resized.crop((left, top, left + width, top + height)).convert("YCbCr")
-    y, cb, cr = (np.asarray(channel, dtype=np.float32) for channel in frame.split())
+    return resized.crop((left, top, left + width, top + height))
+
+
+def noisy_frames(image: Image.Image, count: int, seed: int = 0, size=(640, 480),
+                 noise: float = 3.0, jitter: int = 1) -> list[Image.Image]:
+    """``count`` frames of a still camera filming ``image``: each shifted by up to
+    ``jitter`` pixels either way and with sensor noise of ``noise`` grey levels (the
+    standard deviation), as a real camera's still picture is never still."""
+    gen = np.random.default_rng(seed)
+    width, height = size
+    pad = camera_frame(image, (width + 2 * jitter, height + 2 * jitter))
+    pixels = np.asarray(pad, dtype=np.float32)
+    frames = []
+    for _ in range(count):
+        dx, dy = gen.integers(0, 2 * jitter + 1, 2)
+        crop = pixels[dy:dy + height, dx:dx + width]
+        noisy = crop + gen.normal(0, noise, crop.shape)
+        frames.append(Image.fromarray(np.clip(np.round(noisy), 0, 255).astype(np.uint8)))
+    return frames
+
+
+def write_y4m(image: Image.Image | list, path: Path, size=(640, 480), fps: int = 30) -> Path:
+    """A YUV4MPEG2 video of ``image`` (cropped to the aspect of ``size``), or of a list
+    of frames (each shown for 1/``fps`` s; Chromium plays the file in a loop), for
+    Chromium's ``--use-file-for-fake-video-capture``: the fake camera films it."""
+    width, height = size
+    images = image if isinstance(image, list) else [image]
 
     def chroma(plane):  # 4:2:0, video (limited) range
         sub = plane.reshape(height // 2, 2, width // 2, 2).mean(axis=(1, 3))
         return np.clip(np.round(128 + (sub - 128) * 224 / 255), 0, 255).astype(np.uint8)
 
-    luma = np.clip(np.round(16 + y * 219 / 255), 0, 255).astype(np.uint8)
-    header = f"YUV4MPEG2 W{width} H{height} F30:1 Ip A1:1 C420jpeg\n".encode()
-    path.write_bytes(header + b"FRAME\n" + luma.tobytes() + chroma(cb).tobytes()
-                     + chroma(cr).tobytes())
+    with open(path, "wb") as out:
+        out.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for picture in images:
+            frame = camera_frame(picture, size).convert("YCbCr")
+            y, cb, cr = (np.asarray(channel, dtype=np.float32) for channel in frame.split())
+            luma = np.clip(np.round(16 + y * 219 / 255), 0, 255).astype(np.uint8)
+            out.write(b"FRAME\n" + luma.tobytes() + chroma(cb).tobytes()
+                      + chroma(cr).tobytes())
     return path
 
 

@@ -65,7 +65,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     from webapp.stores.datasets import DatasetStore
     from webapp.stores.kiosk_settings import check_default_language
     from webapp.stores.registry import Registry
-    from webapp.training.jobs import JobQueue
+    from webapp.training.jobs import JobQueue, plan_jobs
     from webapp.translations import Translations
     from webapp.views import admin, api, classroom, kiosk, openapi, ui, v2
     from webapp.views.admin import (  # noqa: F401 - their routes
@@ -88,8 +88,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     # Each process notes the model it serves, for activate's "wait" option.
     workers = WorkerReports(run_dir(config))
     holder.add_listener(lambda classifier: workers.report(classifier.model_id))
-    jobs = JobQueue(config["DATA_DIR"],
-                    threads=config["JOB_THREADS"] or max(1, available_cpus() // 2),
+    slots, threads = plan_jobs(config["JOB_SLOTS"], config["JOB_THREADS"], available_cpus())
+    jobs = JobQueue(config["DATA_DIR"], threads=threads, slots=slots,
                     spawn=config["JOB_RUNNER"] == "spawn")
     datasets = DatasetStore(config["DATA_DIR"], max_images=config["MAX_DATASET_IMAGES"],
                             max_pixels=config["MAX_IMAGE_PIXELS"],

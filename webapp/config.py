@@ -168,8 +168,9 @@ SETTINGS: tuple[Setting, ...] = (
             choices=("debug", "info", "warning", "error")),
     Setting("TORCH_HOME", "~/.cache/torch", "torch's own setting: the torchvision weights "
             "cache is $TORCH_HOME/hub/checkpoints.", "path"),
-    Setting("KIOSK_IDLE_SECONDS", "60", "Kiosk: seconds without a touch before it goes "
-            "back to its start screen; 0 = never.", "int", 0, 86400),
+    Setting("KIOSK_IDLE_SECONDS", "60", "Kiosk: seconds without a touch, once the camera "
+            "no longer sees what was answered, before it goes back to its start screen; "
+            "0 = never.", "int", 0, 86400),
     Setting("KIOSK_AUTO_CAPTURE_SECONDS", "0", "Kiosk: take a picture by itself every N "
             "seconds while the camera is live; 0 = only when the button is pressed.",
             "int", 0, 3600),
@@ -189,9 +190,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DATA_DIR", str(PROJECT_ROOT / "instance" / "datasets"), "Teach it live: the "
             "datasets (one folder per dataset, one folder per class, JPEG files) and the "
             "training jobs' state. Never holds /predict traffic.", "path"),
-    Setting("JOB_THREADS", "0", "Torch threads of the background training process (it also "
-            "runs at nice 10); 0 = half the available CPUs (at least 1), so serving keeps "
-            "the rest.", "int", 0, 256),
+    Setting("JOB_THREADS", "0", "Torch threads of each background training process (it "
+            "also runs at nice 10); 0 = half the available CPUs shared by JOB_SLOTS (at "
+            "least 1), so serving keeps the rest.", "int", 0, 256),
+    Setting("JOB_SLOTS", "0", "How many Teach training jobs run at once (more wait in a "
+            "queue that tells each group when its turn comes); 0 = 1 below 4 CPUs, else 2.",
+            "int", 0, 16),
     Setting("JOB_RUNNER", "spawn", "Who starts the training process: `spawn` = the server, "
             "when a job is queued (one machine, docker compose); `external` = never the "
             "server: a long-running `python -m webapp.jobs watch` of its own trains the "

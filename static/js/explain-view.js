@@ -4,9 +4,13 @@
 (function () {
   "use strict";
 
-  async function request(url, blob, filename) {
+  // classIndex (optional): the class to explain (default: the picture's top answer).
+  async function request(url, blob, filename, classIndex) {
     const body = new FormData();
     body.append("image", blob, filename || "photo.jpg");
+    if (classIndex !== undefined && classIndex !== null) {
+      body.append("class_index", String(classIndex));
+    }
     const response = await fetch(url || "/explain", {
       method: "POST", body: body, headers: { "Accept": "application/json" },
     });

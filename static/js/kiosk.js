@@ -7,6 +7,10 @@
 // Live mode (a teacher setting, on by default; static/js/live.js): while the camera is
 // live, the answer and its bars follow it; the button still freezes a full picture.
 // An answer the model marks "unknown" is shown as "I'm not sure what this is", bars grey.
+// Live answers are steadied over about a second (static/js/steady.js); a press of the
+// button on a scene that has not changed joins them, so the two agree.  An answer stays
+// while the camera still sees what was answered: the idle time runs once the scene
+// changes (static/js/scene.js).
 (function () {
   "use strict";
   const root = document.getElementById("kiosk");
@@ -40,6 +44,8 @@
   const UPLOAD_TEXT = "Show me a photo, and I will tell you what is in it.";
   const EXPLAIN_IDLE_FACTOR = 3;
   const EXPLAIN_IDLE_MIN_SECONDS = 180;
+  const ANSWER_TOPK = 5;          // steady averages need the runners-up as well
+  const STILL_TO_JOIN_MS = 1000;  // the button's picture joins live answers of this long
 
   let settings = {
     idle_seconds: Number(root.dataset.idleSeconds),
@@ -149,21 +155,21 @@
   }
 
   function grabFrame() {
-    return new Promise(function (resolve) {
-      const width = video.videoWidth, height = video.videoHeight;
-      if (!width || !height) { resolve(null); return; }
-      canvas.width = width;
-      canvas.height = height;
-      canvas.getContext("2d").drawImage(video, 0, 0, width, height);
-      canvas.toBlob(resolve, "image/jpeg", 0.92);
-    });
+    return window.LiveFrames.frame(video, canvas);  // the same picture as live answers
   }
 
   async function capture(auto) {
     if (busy || !cameraOn) return;
+    // A scene the live answers have seen for a while: this picture joins their average.
+    const join = live.running && steady.label !== null &&
+      scene.stillFor() >= STILL_TO_JOIN_MS;
     const blob = await grabFrame();
     if (!blob) { say("The camera is still starting…"); return; }
-    classify(blob, "camera.jpg", auto);
+    const seen = window.Scene.thumb(canvas);
+    classify(blob, "camera.jpg", auto, function (data) {
+      const answer = join ? steady.update(data) : data;
+      return Object.assign({}, answer, { scene: seen });
+    });
   }
 
   // ------------------------------------------------------------------ answer
@@ -176,7 +182,8 @@
     setStage("still");
   }
 
-  async function classify(blob, name, auto) {
+  // settle(data): the answer to show for a /predict body (default: as it is).
+  async function classify(blob, name, auto, settle) {
     busy = true;
     const mine = generation;
     if (!auto) {
@@ -188,7 +195,7 @@
     captureButton.disabled = true;
     const body = new FormData();
     body.append("image", blob, name);
-    body.append("topk", String(settings.bars));
+    body.append("topk", String(Math.max(settings.bars, ANSWER_TOPK)));
     try {
       const response = await fetch(root.dataset.predictUrl, {
         method: "POST", body: body, headers: { "Accept": "application/json" },
@@ -201,7 +208,9 @@
           : "The computer answered " + response.status + ".");
         return;
       }
-      showAnswer(data.predictions, { blob: blob, name: name }, auto, data.unknown === true);
+      const answer = settle ? settle(data) : data;
+      showAnswer(answer.predictions, { blob: blob, name: name, scene: answer.scene }, auto,
+        answer.unknown === true);
     } catch (err) {
       if (mine === generation) showProblem("The computer could not be reached.");
     } finally {
@@ -235,6 +244,7 @@
     lastActivity = Date.now();
     const top = predictions[0];
     picture.label = top.label;
+    picture.index = top.index;
     lastPicture = picture;
     explained = null;
     statusBox.classList.remove("kiosk-status-problem");
@@ -325,15 +335,22 @@
       root.dataset.stage === "video" && root.dataset.state === "live";
   }
 
+  const steady = window.Steady.create();
+  const scene = window.Scene.watch(video);
   const live = window.LiveFrames.create({
     video: video,
     url: root.dataset.predictUrl,
-    topk: function () { return settings.bars; },
+    topk: function () { return Math.max(settings.bars, ANSWER_TOPK); },
     wanted: liveWanted,
-    onAnswer: function (data) {
+    onAnswer: function (raw) {
       if (!liveWanted()) return;
+      const data = steady.update(raw);
       const top = data.predictions[0];
       const unknown = data.unknown === true;
+      root.dataset.liveLabel = top.label;
+      if (data.changed) {
+        root.dataset.liveChanges = String(Number(root.dataset.liveChanges || 0) + 1);
+      }
       liveAnswer.classList.toggle("kiosk-unsure", unknown);
       liveAnswer.replaceChildren.apply(liveAnswer, headlineOf(top, unknown));
       liveAnswer.hidden = false;
@@ -374,7 +391,7 @@
     panel.textContent = "Looking closer…";
     try {
       const data = await window.ExplainView.request(root.dataset.explainUrl, picture.blob,
-        picture.name);
+        picture.name, picture.index);
       if (picture !== lastPicture) return;
       const label = display(data.explained.label);
       const sentences = settings.explanation_template
@@ -438,6 +455,9 @@
     const idle = explaining && setting
       ? Math.max(setting * EXPLAIN_IDLE_FACTOR, EXPLAIN_IDLE_MIN_SECONDS) : setting;
     const note = explaining ? explainIdleNote : idleNote;
+    // The camera still sees what was answered: the idle time has not begun.
+    if (cameraOn && lastPicture && window.Scene.same(lastPicture.scene,
+      window.Scene.thumb(video))) lastActivity = Date.now();
     (explaining ? idleNote : explainIdleNote).hidden = true;
     if (!idle || root.dataset.state !== "result") { note.hidden = true; return; }
     const left = idle * 1000 - (Date.now() - lastActivity);

@@ -219,7 +219,7 @@
   function sleep(ms) { return new Promise(function (r) { setTimeout(r, ms); }); }
 
   async function burst(section) {
-    if (capturing) return;
+    if (capturing || timer.running) return;
     capturing = section;
     const button = section.querySelector(".teach-capture");
     button.classList.add("capturing");
@@ -276,6 +276,12 @@
     button.addEventListener("blur", stopBurst);
   });
 
+  // A timer instead of holding the button (static/js/capture-timer.js).
+  const timer = window.CaptureTimer.attach({
+    sections: sections(), grab: grabFrame, upload: upload, error: classError,
+    busy: function () { return Boolean(capturing); },
+  });
+
   // ------------------------------------------------------------------ training
 
   const trainButton = $("train-button");
@@ -302,11 +308,6 @@
     };
   }
 
-  function seconds(s) {
-    if (s === null || s === undefined) return "";
-    return s < 90 ? Math.round(s) + " s" : Math.round(s / 60) + " min";
-  }
-
   function renderJob(data) {
     job = data;
     show($("job"), true);
@@ -317,30 +318,10 @@
       failed: "text-bg-danger", cancelled: "text-bg-warning",
     }[data.state] || "text-bg-secondary");
     root.dataset.jobState = data.state;
-    const p = data.progress || {};
-    const pct = data.state === "done" ? 100 : Math.round((p.fraction || 0) * 100);
+    const pct = Math.round(window.TeachProgress.fraction(data) * 100);
     $("job-bar").style.width = pct + "%";
     $("job-progress").setAttribute("aria-valuenow", String(pct));
-    let summary = "";
-    if (data.state === "queued") {
-      summary = "Waiting" + (data.queue_position > 1 ? " (number " + data.queue_position + " in the queue)" : "") + "…";
-    } else if (data.state === "running") {
-      if (p.stage === "train" || p.stage === "epoch") {
-        summary = "Epoch " + p.epoch + " of at most " + p.epochs
-          + (p.eta_s ? " · about " + seconds(p.eta_s) + " left" : "");
-      } else if (p.stage === "storing" || p.stage === "test" || p.stage === "done") {
-        summary = "Checking and storing the model…";
-      } else {
-        summary = "Starting…";
-      }
-    } else if (data.state === "done") {
-      summary = "Done in " + seconds(data.duration_s) + ".";
-    } else if (data.state === "cancelled") {
-      summary = "Cancelled: nothing was stored.";
-    } else if (data.state === "failed") {
-      summary = "The training failed.";
-    }
-    $("job-summary").textContent = summary;
+    $("job-summary").textContent = window.TeachProgress.summary(data);
     const last = (data.history || [])[data.history ? data.history.length - 1 : 0];
     $("job-metrics").textContent = last
       ? "Last epoch: training loss " + last.train_loss.toFixed(3) + ", validation loss "
@@ -430,6 +411,8 @@
         + (m.test_accuracy !== null && m.test_accuracy !== undefined
           ? "; tested only on bursts it never trained on" : "") : "")
       + (m.caveat ? " · but " + m.caveat + "." : "");
+    window.TeachResult.render(data, root.dataset.modelsUrl + "/" + encodeURIComponent(data.id)
+      + "/report", { "Accept": "application/json", "X-CSRFToken": csrf });
     const img = $("result-confusion");
     if ((data.report_files || []).indexOf("confusion.png") >= 0) {
       img.src = root.dataset.modelsUrl + "/" + encodeURIComponent(data.id) + "/report/confusion.png";
@@ -480,17 +463,20 @@
   }
 
   // "Try it live": the camera's picture to the new model a few times a second
-  // (static/js/live.js: one request at a time), until pressed again.
+  // (static/js/live.js: one request at a time), until pressed again; the answers
+  // steadied as on the kiosk (static/js/steady.js).
   const tryButton = $("try-camera");
+  const steady = window.Steady.create();
   const live = window.LiveFrames.create({
     video: video,
     url: "",
-    topk: function () { return 3; },
+    topk: function () { return 5; },  // the steady average needs the runners-up
     headers: { "X-CSRFToken": csrf },
     wanted: function () { return Boolean(model) && cameraOn && !document.hidden; },
-    onAnswer: function (data) {
+    onAnswer: function (raw) {
+      const data = steady.update(raw);
       show($("try-error"), false);
-      bars(data.predictions, data.unknown === true, true);
+      bars(data.predictions.slice(0, 3), data.unknown === true, true);
       root.dataset.liveAnswers = String(Number(root.dataset.liveAnswers || 0) + 1);
     },
   });
@@ -505,6 +491,7 @@
     if (live.running) { stopLive(); return; }
     if (!model) return;
     live.url = root.dataset.modelsUrl + "/" + encodeURIComponent(model.id) + "/predict";
+    steady.reset();
     tryButton.setAttribute("aria-pressed", "true");
     tryButton.textContent = "Stop trying";
     live.start();

@@ -616,14 +616,19 @@ def test_flask_cli_alias(app):
 @pytest.mark.slow
 def test_a_trained_model_says_when_a_picture_is_unlike_what_it_was_taught(cli_run,
                                                                           monkeypatch):
-    """The checkpoint carries its "I'm not sure" criterion (kNN on the training pictures'
-    features, a threshold keeping at least 95 % of the validation pictures: the split-
-    conformal quantile); served, fresh shapes are answered and pictures of nothing like
-    them are "unknown"."""
+    """The checkpoint carries its "I'm not sure" criterion (kNN on the features of the
+    training pictures and of new views of them, a threshold keeping at least 95 % of the
+    validation pictures and their new views: the split-conformal quantile); served, fresh
+    shapes are answered and pictures of nothing like them are "unknown"."""
     out, report, _ = cli_run
     saved = torch.load(out, weights_only=True)
     assert saved["openset"]["method"] == "knn"
-    assert saved["openset"]["bank"].shape[0] == sum(report["data"]["counts"]["train"].values())
+    # The bank: every training picture, and new views of them (closer, turned, ...).
+    views = report["openset"]["training_views"]
+    assert views > 0
+    assert saved["openset"]["bank"].shape[0] == (
+        sum(report["data"]["counts"]["train"].values()) + views)
+    assert report["openset"]["validation_views"] >= report["openset"]["validation_images"]
     assert report["openset"]["kept"] >= 0.95 and "bank" not in report["openset"]
     monkeypatch.setenv("MODEL_WEIGHTS", str(out))
     from tests.holds import noise, project_photos

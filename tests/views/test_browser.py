@@ -10,6 +10,7 @@ skip silently.  `pytest -m 'not browser'` leaves them out on purpose."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -71,6 +72,10 @@ def files(tmp_path_factory):
         "coffee": photos / "coffee.jpg",
         "not_a_photo": photos / "notes.jpg",
         "camera": write_y4m(photo("chelsea").image, base / "cat.y4m"),
+        # A camera whose scene changes every 3 s (a cat, then an espresso): an answer
+        # stays while the camera sees what was answered, so the idle time runs only here.
+        "changing": write_y4m([photo("chelsea").image] * 30 + [photo("coffee").image] * 30,
+                              base / "cat-coffee.y4m", size=(320, 240), fps=10),
     }
 
 
@@ -114,13 +119,30 @@ def _launch(pw, extra_args):
     return pw.chromium.launch(args=CHROMIUM_ARGS + extra_args, **kwargs)
 
 
+def filming(pw, video):
+    """Chromium whose fake camera films ``video`` (a .y4m); camera permission granted."""
+    return _launch(pw, FAKE_CAMERA_ARGS + [f"--use-file-for-fake-video-capture={video}"])
+
+
 @pytest.fixture(scope="module")
 def browser(playwright_instance, files):
-    """Chromium whose (fake) camera films the cat photo; camera permission granted."""
-    browser = _launch(playwright_instance, FAKE_CAMERA_ARGS + [
-        f"--use-file-for-fake-video-capture={files['camera']}"])
-    yield browser
-    browser.close()
+    """Chromium whose (fake) camera films the cat photo."""
+    with contextlib.closing(filming(playwright_instance, files["camera"])) as browser:
+        yield browser
+
+
+@pytest.fixture(scope="module")
+def browser_scene_changes(playwright_instance, files):
+    """Chromium whose (fake) camera films a cat for 3 s, then an espresso for 3 s."""
+    with contextlib.closing(filming(playwright_instance, files["changing"])) as browser:
+        yield browser
+
+
+@pytest.fixture()
+def scene_page(browser_scene_changes, server):
+    """A watched page whose camera's scene changes every 3 s."""
+    with watching(browser_scene_changes, server) as watched:
+        yield watched
 
 
 @pytest.fixture(scope="module")
@@ -177,26 +199,29 @@ def _watched(browser, server, size="desktop", **context_options):
     return context, watched
 
 
-@pytest.fixture()
-def page(browser, server):
-    context, watched = _watched(browser, server)
-    yield watched
+@contextlib.contextmanager
+def watching(browser, server, size="desktop"):
+    """A watched page, checked clean when the test is done."""
+    context, watched = _watched(browser, server, size)
     try:
+        yield watched
         watched.assert_clean()
     finally:
         context.close()
+
+
+@pytest.fixture()
+def page(browser, server):
+    with watching(browser, server) as watched:
+        yield watched
 
 
 @pytest.fixture(params=list(SIZES))
 def sized(request, browser, server):
     """A watched page at each screen size in turn (``sized.size``: its name)."""
-    context, watched = _watched(browser, server, request.param)
-    watched.size = request.param
-    yield watched
-    try:
-        watched.assert_clean()
-    finally:
-        context.close()
+    with watching(browser, server, request.param) as watched:
+        watched.size = request.param
+        yield watched
 
 
 def wait_state(page, state, timeout=TIMEOUT_MS):
@@ -407,9 +432,9 @@ def test_kiosk_answer_and_explanation_fit_a_laptop_and_a_phone(sized, kiosk_sett
     assert p.evaluate("document.activeElement.id") == "explain-button"
 
 
-def test_a_class_listening_to_the_explanation_is_not_cut_short(page, kiosk_settings):
+def test_a_class_listening_to_the_explanation_is_not_cut_short(scene_page, kiosk_settings):
     kiosk_settings.update({"idle_seconds": 2})
-    p = page.goto("/kiosk")
+    p = scene_page.goto("/kiosk")
     wait_state(p, "live")
     p.get_by_role("button", name="What is this?").click()
     kiosk_result(p)
@@ -422,9 +447,11 @@ def test_a_class_listening_to_the_explanation_is_not_cut_short(page, kiosk_setti
     wait_state(p, "live", timeout=30_000)  # back at the answer, the idle time applies
 
 
-def test_kiosk_starts_over_after_the_idle_time(page, kiosk_settings):
+def test_kiosk_starts_over_after_the_idle_time(scene_page, kiosk_settings):
+    """Once the camera no longer sees what was answered, and nobody touches the screen
+    for the idle time (test_kiosk_live_browser.py: the answer stays while it does)."""
     kiosk_settings.update({"idle_seconds": 2, "live": False})  # the start screen: no bars
-    p = page.goto("/kiosk")
+    p = scene_page.goto("/kiosk")
     wait_state(p, "live")
     start_text = p.locator("#status").inner_text()
     p.get_by_role("button", name="What is this?").click()
@@ -495,9 +522,9 @@ def assert_wcag_aa(p):
 
 
 def test_settings_change_reaches_a_running_kiosk_at_its_next_start_over(
-        page, kiosk_settings):
+        scene_page, kiosk_settings):
     kiosk_settings.update({"idle_seconds": 2, "bars": 2})
-    p = page.goto("/kiosk")
+    p = scene_page.goto("/kiosk")
     wait_state(p, "live")
     p.get_by_role("button", name="What is this?").click()
     labels, _ = kiosk_result(p)

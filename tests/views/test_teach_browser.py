@@ -1,7 +1,8 @@
 """The Teach page in a real browser (headless Chromium via Playwright) against a real
 gunicorn server: Chromium's fake camera films a real cat photo; one class is captured by
-holding the button, the other from files; a bad shot is deleted; Train shows the job's
-progress; the new model's report appears; Try it answers from the camera; Activate makes
+holding the button and with the timer, the other from files; a bad shot is deleted; Train
+shows the job's progress in words from the first second; the new model's card says in
+plain words how it did; Try it answers from the camera; Activate makes
 the kiosk answer with the new classes; a second job is cancelled from the page.  On a
 phone and a portrait tablet, the camera stays on the screen beside every class's capture
 button.  Every request goes to the test server and no JavaScript error happens."""
@@ -167,8 +168,25 @@ def test_teach_capture_train_activate_and_the_kiosk_knows_it(browser, server, fi
                    + '.teach-count').textContent) >= 7""", timeout=TIMEOUT_MS)
         page.mouse.up()
         page.wait_for_function("() => !document.querySelector('.teach-capture.capturing')")
+        held = count(page, "cat")
+        assert held >= 7
+
+        # Alone in front of the camera: the timer counts down 3 s, then takes pictures
+        # for the seconds chosen (every 3 s of it one moment), the numbers over the camera.
+        page.select_option("#timer-seconds", "5")
+        page.click('.teach-class[data-label="cat"] .teach-timer')
+        page.wait_for_selector("#timer-overlay:not([hidden])")
+        assert page.locator("#timer-number").inner_text() in ("3", "2")
+        assert "Get ready to show cat" in page.locator("#timer-words").inner_text()
+        screenshot(page, "teach-timer")
+        page.wait_for_selector("#timer-overlay.teach-timer-capturing")
+        page.wait_for_function(
+            f"""() => Number(document.querySelector('.teach-class[data-label="cat"] '
+                   + '.teach-count').textContent) > {held}""")
+        assert "Taking pictures of cat" in page.locator("#timer-words").inner_text()
+        page.wait_for_selector("#timer-overlay", state="hidden", timeout=TIMEOUT_MS)
         cats = count(page, "cat")
-        assert cats >= 7
+        assert cats >= held + 4, (held, cats)  # about 4 a second for 5 s
         thumbs = page.locator('.teach-class[data-label="cat"] .teach-thumb img')
         assert thumbs.count() == cats
         thumbs.first.evaluate("img => img.decode()")
@@ -200,9 +218,18 @@ def test_teach_capture_train_activate_and_the_kiosk_knows_it(browser, server, fi
         }""")
         assert page.locator("#train-button").is_enabled()
         page.click("#train-button")
+        # From the first second: what it is doing, in words, and how long it should take.
+        page.wait_for_function("() => window.seenSummaries.length > 0")
+        first = page.evaluate("window.seenSummaries")[0]
+        assert "about" in first.lower() and (" s" in first or " min" in first), first
+        page.wait_for_function("() => window.seenSummaries.some(s => s.startsWith("
+                               "'Learning from the pictures'))", timeout=240_000)
+        page.locator("#train-card").scroll_into_view_if_needed()
+        screenshot(page, "teach-training")
         page.wait_for_selector('#teach[data-job-state="done"]', timeout=240_000)
         seen = page.evaluate("window.seenSummaries")
-        assert any(s.startswith("Epoch ") for s in seen), seen
+        assert any("round 1 of at most" in s and "left" in s for s in seen), seen
+        assert not any("Epoch" in s or "epoch" in s for s in seen), seen
         page.wait_for_selector("#result:not([hidden])")
         # The new model's card is brought to the screen, with the focus on it.
         wait_on_screen(page, "#result-title")
@@ -210,8 +237,18 @@ def test_teach_capture_train_activate_and_the_kiosk_knows_it(browser, server, fi
         confusion = page.locator("#result-confusion")
         confusion.evaluate("img => img.decode()")
         assert confusion.evaluate("img => img.naturalWidth") > 100
+        # In plain words up front, each class on its own line; the figures behind a
+        # disclosure.
+        page.wait_for_selector("#result-plain .teach-result-classes li")
+        plain = page.locator("#result-plain").inner_text()
+        assert "It was right on" in plain and "cat: right on" in plain, plain
+        assert "burst" not in plain.lower() and "validation" not in plain.lower(), plain
+        assert "I'm not sure what this is" in plain
+        assert page.locator("#result-metrics").is_hidden()
+        page.click("#result-details summary")
         assert "Validation accuracy" in page.locator("#result-metrics").inner_text()
         assert "cat, coffee" in page.locator("#result-metrics").inner_text()
+        page.click("#result-details summary")
         screenshot(page, "teach-done")
         assert_wcag_aa(page)  # the job's progress and the new model's card
 

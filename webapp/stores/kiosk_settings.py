@@ -49,8 +49,9 @@ class Field:
 
 FIELDS: tuple[Field, ...] = (
     Field("idle_seconds", "KIOSK_IDLE_SECONDS", "Start over after (seconds)",
-          "Seconds without a touch before the kiosk clears the answer and goes back to "
-          "its start screen. 0 = never.", "int", 0, 86400),
+          "Seconds without a touch, once the camera no longer sees what was answered, "
+          "before the kiosk clears the answer and goes back to its start screen. "
+          "0 = never.", "int", 0, 86400),
     Field("auto_capture_seconds", "KIOSK_AUTO_CAPTURE_SECONDS", "Take a picture every "
           "(seconds)", "The kiosk takes a picture by itself this often while the camera "
           "is live. 0 = only when someone presses the button.", "int", 0, 3600),

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import model_loader
@@ -99,7 +100,9 @@ def train(
     amp = device.type == "cuda" if options.amp is None else options.amp and device.type == "cuda"
     seed_everything(options.seed)
 
+    progress(TrainingProgress("data", 0, options.epochs))
     splits = load_splits(data, options, say)
+    progress(TrainingProgress("backbone", 0, options.epochs))
     backbone = choose_backbone(options)
     say(f"Backbone: {backbone.why}")
     for warning in _warnings(options, backbone, splits):
@@ -119,6 +122,7 @@ def train(
     progress(TrainingProgress("test", len(history), options.epochs, fraction=1.0,
                               metrics={"accuracy": evaluation["accuracy"]}))
 
+    progress(TrainingProgress("openset", len(history), options.epochs, fraction=1.0))
     criterion = open_set(trainer, say)
     result = _write_outputs(out, trainer, history, stopper, evaluation, started, criterion)
     if options.int8:
@@ -290,16 +294,39 @@ def _run_description(trainer: Trainer) -> dict:
     }
 
 
+# New views (``transforms.new_view``) the "I'm not sure" criterion is made with: up to
+# this many of each picture, at most MAX_TRAINING_VIEWS of the training pictures and
+# MAX_VALIDATION_VIEWS of the validation pictures in all (each view is one pass of the
+# network: about 30 ms of one core at 160 px, so at most about 10 s of a job).
+NEW_VIEWS_PER_PICTURE = 8
+MAX_TRAINING_VIEWS = 240
+MAX_VALIDATION_VIEWS = 80
+
+
+def _spread(samples: list, budget: int) -> tuple[list[int], int]:
+    """Which of ``samples`` get new views, and how many each, within ``budget``."""
+    if not samples:
+        return [], 0
+    per = max(1, min(NEW_VIEWS_PER_PICTURE, budget // len(samples)))
+    chosen = range(len(samples))
+    if len(samples) * per > budget:  # more pictures than the budget: every n-th one
+        chosen = np.linspace(0, len(samples) - 1, budget).round().astype(int)
+    return sorted(set(int(i) for i in chosen)), per
+
+
 def open_set(trainer: Trainer, say) -> dict | None:
     """The trained model's "I'm not sure" criterion (``webapp.engines.openset.fit_knn``):
-    the pooled features of its training pictures as the bank, and the distance that keeps
-    95 % of new pictures, set on its validation pictures (from bursts it did not train on,
-    where the class has any) and on each training picture measured against the other
-    bursts.  None (and the model never answers "unknown") for a network without the
-    feature map the server reads it from."""
+    the pooled features of its training pictures, and of new views of them (closer,
+    farther, in a corner, turned, another light: ``transforms.new_view``), as the bank;
+    the distance that keeps 95 % of new pictures, set on its validation pictures (from
+    bursts it did not train on, where the class has any), on new views of them, and on
+    each training picture and view measured against the other bursts.  None (and the
+    model never answers "unknown") for a network without the feature map the server
+    reads it from."""
     from webapp.engines import openset
     from webapp.engines.build import BuildError
     from webapp.training.bursts import training_bursts
+    from webapp.training.data import views_loader
 
     model = trainer.model.cpu().eval()
     try:
@@ -307,17 +334,33 @@ def open_set(trainer: Trainer, say) -> dict | None:
     except BuildError as exc:
         say(f"No \"I'm not sure\" answers for this model: {exc}.")
         return None
-    train = openset.pooled_features(network, trainer.eval_loader(trainer.splits.train))
+    splits, options, backbone = trainer.splits, trainer.options, trainer.backbone
+
+    def views(samples: list, budget: int) -> tuple[np.ndarray, list[int], int]:
+        chosen, per = _spread(samples, budget)
+        if not chosen:
+            return np.zeros((0, 0), np.float32), chosen, 0
+        loader = views_loader([samples[i] for i in chosen], per, options, backbone.mean,
+                              backbone.std, trainer.device)
+        return openset.pooled_features(network, loader), chosen, per
+
+    train = openset.pooled_features(network, trainer.eval_loader(splits.train))
     val = openset.pooled_features(network, trainer.val_loader)
-    bursts = training_bursts(trainer.splits, trainer.options.burst_gap)
-    criterion = openset.fit_knn(train, val, layer=layer, bursts=bursts)
-    measured = f"{criterion['validation_images']} validation pictures"
+    bursts = training_bursts(splits, options.burst_gap)
+    train_views, chosen, per = views(splits.train, MAX_TRAINING_VIEWS)
+    val_views, _, _ = views(splits.val, MAX_VALIDATION_VIEWS)
+    view_bursts = None if bursts is None else np.repeat([bursts[i] for i in chosen], per)
+    criterion = openset.fit_knn(train, val, layer=layer, bursts=bursts,
+                                train_views=train_views, view_bursts=view_bursts,
+                                val_views=val_views)
+    measured = (f"{criterion['validation_images']} validation pictures and "
+                f"{criterion['validation_views']} new views of them")
     if criterion["other_burst_images"]:
-        measured += (f" and {criterion['other_burst_images']} training pictures against "
-                     "the other bursts")
-    say(f"\"I'm not sure\": a picture whose nearest training picture is farther than "
-        f"{criterion['threshold']:.3f} (keeps {criterion['kept']:.0%} of the {measured}) "
-        "is answered as unknown.")
+        measured += (f", {criterion['other_burst_images']} training pictures and views "
+                     "against the other bursts")
+    say(f"\"I'm not sure\": a picture whose nearest training picture or view is farther "
+        f"than {criterion['threshold']:.3f} (keeps {criterion['kept']:.0%} of the "
+        f"{measured}) is answered as unknown.")
     return criterion
 
 

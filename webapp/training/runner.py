@@ -1,20 +1,23 @@
-"""The job runner: the one process that trains the queued Teach jobs
-(``webapp.training.jobs`` is the queue).  ``python -m webapp.jobs work|watch`` runs it.
+"""The job runner: the process that trains the queued Teach jobs (``webapp.training.jobs``
+is the queue).  ``python -m webapp.jobs work|watch`` runs it.
 
 How it runs.  The worker that receives ``POST .../train`` snapshots the dataset, writes a
 ``queued`` job and starts a runner: a separate process, ``python -m webapp.jobs work
 DATA_DIR``, in its own session (a gunicorn worker restart or ``max_requests`` does not
 take it down), at ``nice`` 10, with ``JOB_THREADS`` torch threads, so serving keeps the
-other cores.  The runner takes an exclusive ``flock`` on ``.jobs/.runner.lock``, runs the
-queued jobs oldest first until there are none, and exits.  Runners started meanwhile (by
-other workers, other servers sharing ``DATA_DIR``, or a restart) find the lock held and
-exit; the last runner looks at the queue again after letting go of the lock, so no job
-is left waiting.  Exactly one process trains, whatever the number of workers and replicas.
+other cores.  The runner takes an exclusive ``flock`` on the lock of a free slot
+(``.jobs/.runner.lock``, ``.runner-1.lock``, ... up to ``JOB_SLOTS``), runs the queued
+jobs oldest first until there are none, and exits.  Runners started meanwhile (by other
+workers, other servers sharing ``DATA_DIR``, or a restart) find every slot held and
+exit; the last runner looks at the queue again after letting go of its lock, so no job is
+left waiting.  At most ``JOB_SLOTS`` processes train (one below 4 CPUs:
+``jobs.plan_jobs`` says why), whatever the number of workers and replicas.
 
 With ``JOB_RUNNER=external`` the server never starts a runner: ``python -m webapp.jobs
 watch`` does, a long-running process of its own (the Kubernetes runner Deployment).  It
 looks at the queue every ``WATCH_POLL`` seconds and, when a job waits, runs the same
-runner as a child and waits for it; while idle it holds no lock and no torch, so it stays
+runner as a child and waits for it (one at a time: run one watch per slot for more);
+while idle it holds no lock and no torch, so it stays
 small.  SIGTERM is passed on to the child (its job ends ``failed``, saying why).
 """
 
@@ -32,7 +35,13 @@ import time
 import traceback
 from pathlib import Path
 
-from webapp.training.jobs import PROGRESS_EVERY, TEACH_DEFAULTS, WATCH_POLL, JobQueue
+from webapp.training.jobs import (
+    PROGRESS_EVERY,
+    TEACH_DEFAULTS,
+    WATCH_POLL,
+    JobQueue,
+    plan_jobs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -253,8 +262,8 @@ def _limit_resources() -> int:
 
 
 def work(data_dir: str | os.PathLike) -> int:
-    """The runner: train queued jobs one after another while holding the runner lock."""
-    queue = JobQueue(data_dir)
+    """The runner: train queued jobs one after another while holding a slot's lock."""
+    queue = JobQueue(data_dir, slots=int(os.environ.get("JOB_SLOTS", "1") or 1))
     _Stopping.install()
     limited = False
     while not _Stopping.requested:
@@ -265,9 +274,9 @@ def work(data_dir: str | os.PathLike) -> int:
             if not limited:
                 _limit_resources()
                 limited = True
-            queue.fail_orphans(runner_lock_held=True)
+            queue.fail_orphans(held_slot=lock.slot)
             while not _Stopping.requested:
-                job = queue.claim_next()
+                job = queue.claim_next(lock.slot)
                 if job is None:
                     break
                 log.info("running training job %s", job["id"])
@@ -303,7 +312,7 @@ class _Watch:
         wanted = queue.has_queued() or (self.orphans_possible and any(
             j.get("state") == "running" for j in queue.all_jobs()))
         self.orphans_possible = False
-        if not wanted or queue.runner_alive():
+        if not wanted or not queue.free_slot():
             return
         self.runner = queue.spawn_runner()
         if self.runner is None:
@@ -369,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         from webapp.config import Config, available_cpus
 
         config = Config.from_env()  # the server's settings: a bad value stops it here
-        threads = config["JOB_THREADS"] or max(1, available_cpus() // 2)
-        return watch(JobQueue(args.data_dir or config["DATA_DIR"], threads=threads),
-                     poll=args.poll)
+        slots, threads = plan_jobs(config["JOB_SLOTS"], config["JOB_THREADS"],
+                                   available_cpus())
+        return watch(JobQueue(args.data_dir or config["DATA_DIR"], threads=threads,
+                              slots=slots), poll=args.poll)
     return work(args.data_dir)
