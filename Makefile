@@ -98,7 +98,7 @@ i18n-extract: install-dev
 	  --project "Offline Image Classifier" -o translations/messages.pot .
 
 i18n-update: i18n-extract
-	$(BIN)/pybabel update -i translations/messages.pot -d translations --add-location=file
+	$(BIN)/pybabel update -i translations/messages.pot -d translations
 
 i18n-compile: install-dev
 	$(BIN)/pybabel compile -d translations --statistics

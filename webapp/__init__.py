@@ -49,20 +49,22 @@ def create_app(test_config: dict | None = None) -> Flask:
     from webapp.http import capacity, errors, metrics, security, uploads
     from webapp.serving.holder import ModelHolder
     from webapp.stores.datasets import DatasetStore
-    from webapp.stores.kiosk_settings import check_default_language
     from webapp.stores.registry import Registry
     from webapp.training.jobs import JobQueue
-    from webapp.translations import Translations
     from webapp.views import admin, api, kiosk, ui
-    from webapp.views.admin import auth, cli, kiosk_settings, models, teach  # noqa: F401 - their routes
+    from webapp.views.admin import (  # noqa: F401 - their routes
+        auth,
+        cli,
+        kiosk_settings,
+        labels,
+        models,
+        teach,
+    )
 
     # The shared objects: the model registry (MODEL_DIR), the model this process serves
     # (it follows the registry's active pointer), the teach datasets and training jobs
-    # (DATA_DIR), and the kiosk's label translations (a bad KIOSK_LANGUAGE stops startup).
+    # (DATA_DIR).
     registry = Registry(config["MODEL_DIR"], EngineSettings.from_config(config))
-    translations = Translations(config.get("TRANSLATIONS_DIR")
-                                or str(PROJECT_ROOT / "translations"))
-    check_default_language(config, translations)
     holder = ModelHolder(config, registry)
     jobs = JobQueue(config["DATA_DIR"],
                     threads=config["JOB_THREADS"] or max(1, available_cpus() // 2),
@@ -70,8 +72,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     datasets = DatasetStore(config["DATA_DIR"], max_images=config["MAX_DATASET_IMAGES"],
                             max_pixels=config["MAX_IMAGE_PIXELS"],
                             decode_seconds=config["DECODE_TIMEOUT"])
-    current.install(app, holder=holder, registry=registry, datasets=datasets, jobs=jobs,
-                    translations=translations)
+    current.install(app, holder=holder, registry=registry, datasets=datasets, jobs=jobs)
     # NumPy's BLAS (OpenBLAS) runs its small matrix products -- the open-set score of every
     # answer -- on a thread per core, and those threads spin after each call, taking the
     # cores the engine's own threads need: ENGINE=torch answered in 62-81 ms in the worker
@@ -89,8 +90,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     CSRFProtect(app)
     app.extensions["admin_login_limit"] = auth.login_limiter(config)
 
-    # The interface's language (gettext catalogs, webapp.i18n): which one a request gets,
-    # the switch's cookie, the pages' script messages; JSON answers as UTF-8.
+    # The interface's language (gettext catalogs, webapp.i18n): which one a request gets
+    # (a DEFAULT_LANGUAGE without a catalog stops startup), the switch's cookie, the
+    # pages' script messages; JSON answers as UTF-8.
     i18n.init_app(app)
 
     # Requests: bodies (views mark big-file routes with @uploads.spooled), errors as JSON

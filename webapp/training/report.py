@@ -5,12 +5,17 @@ the confusion matrix and the loss / accuracy curves per epoch."""
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from pathlib import Path
 
 import torch
 
+from webapp.messages import Message, MessageList, catalog_gettext, render
 from webapp.stores import durable
+
+log = logging.getLogger(__name__)
 
 MIN_SUPPORT = 3  # fewer evaluation images than this in a class: its scores prove little
 
@@ -71,11 +76,12 @@ def classification_metrics(cm: torch.Tensor, classes: list[str]) -> dict:
     }
 
 
-def caveat(evaluation: dict) -> str | None:
+def caveat(evaluation: dict) -> Message | None:
     """What the evaluation could not measure, in words, or None: classes with no images
     (the macro average skips them, so 1.000 may hide them) or fewer than MIN_SUPPORT --
     and, first, when the split kept bursts together (``evaluation["bursts"]``), the
-    classes taken in too few bursts to be tested on one they never trained on."""
+    classes taken in too few bursts to be tested on one they never trained on.  A
+    ``Message``: the Teach page shows it in the teacher's language."""
     from webapp.training.bursts import MIN_BURSTS_TO_TEST
 
     bursts = evaluation.get("bursts") or {}
@@ -83,32 +89,52 @@ def caveat(evaluation: dict) -> str | None:
              if b.get("by_burst") and b["bursts"] < MIN_BURSTS_TO_TEST}
     thin = {name: n for name, n in (evaluation.get("thin_classes") or {}).items()
             if name not in short}
-    missing = [name for name, n in thin.items() if n == 0]
-    few = [f"{name} ({n})" for name, n in thin.items() if n]
-    split = evaluation.get("split", "test")
-    parts, sentences = [], []
+    missing = ", ".join(name for name, n in thin.items() if n == 0)
+    few = ", ".join(f"{name} ({n})" for name, n in thin.items() if n)
+    split = Message("test") if evaluation.get("split", "test") == "test" else Message("val")
+    sentences = []
     if short:
-        one = len(short) == 1
-        counted = ", ".join(f"{name} {n}" for name, n in short.items())
-        text = (f"too few bursts of pictures to test {', '.join(short)} on a burst "
-                f"{'it' if one else 'they'} never trained on (bursts: {counted}; "
-                f"{MIN_BURSTS_TO_TEST} are needed), so there are no test pictures of "
-                f"{'it' if one else 'them'}")
+        params = {"classes": ", ".join(short), "needed": MIN_BURSTS_TO_TEST,
+                  "bursts": ", ".join(f"{name} {n}" for name, n in short.items())}
+        sentences.append(Message(
+            "too few bursts of pictures to test %(classes)s on a burst it never trained on "
+            "(bursts: %(bursts)s; %(needed)s are needed), so there are no test pictures of "
+            "it (take pictures of it at other moments: each hold of the button is one "
+            "burst)", **params) if len(short) == 1 else Message(
+            "too few bursts of pictures to test %(classes)s on a burst they never trained "
+            "on (bursts: %(bursts)s; %(needed)s are needed), so there are no test pictures "
+            "of them (take pictures of them at other moments: each hold of the button is "
+            "one burst)", **params))
         copies = [name for name, n in short.items() if n == 1]
         if split == "val" and copies:
-            text += (", and the validation pictures of " + ", ".join(copies)
-                     + " are near-copies of training pictures")
-        sentences.append(text + f" (take pictures of {'it' if one else 'them'} at other "
-                         "moments: each hold of the button is one burst)")
-    if missing:
-        parts.append(f"no {split} images of {', '.join(missing)}")
-    if few:
-        parts.append(f"fewer than {MIN_SUPPORT} {split} images of {', '.join(few)}")
-    if parts:
-        sentences.append("there are " + " and ".join(parts) + ": these scores say little "
-                         "about " + ("that class" if len(thin) == 1 else "those classes")
-                         + " (add images of " + ("it" if len(thin) == 1 else "them") + ")")
-    return "; ".join(sentences) or None
+            sentences.append(Message("the validation pictures of %(classes)s are "
+                                     "near-copies of training pictures",
+                                     classes=", ".join(copies)))
+    one = len(thin) == 1
+    if missing and few:
+        sentences.append(Message(
+            "there are no %(split)s images of %(missing)s and fewer than %(count)s "
+            "%(split)s images of %(few)s: these scores say little about those classes (add "
+            "images of them)", split=split, missing=missing, few=few, count=MIN_SUPPORT))
+    elif missing and one:
+        sentences.append(Message(
+            "there are no %(split)s images of %(missing)s: these scores say little about "
+            "that class (add images of it)", split=split, missing=missing))
+    elif missing:
+        sentences.append(Message(
+            "there are no %(split)s images of %(missing)s: these scores say little about "
+            "those classes (add images of them)", split=split, missing=missing))
+    elif few and one:
+        sentences.append(Message(
+            "there are fewer than %(count)s %(split)s images of %(few)s: these scores say "
+            "little about that class (add images of it)", split=split, few=few,
+            count=MIN_SUPPORT))
+    elif few:
+        sentences.append(Message(
+            "there are fewer than %(count)s %(split)s images of %(few)s: these scores say "
+            "little about those classes (add images of them)", split=split, few=few,
+            count=MIN_SUPPORT))
+    return MessageList(sentences) if sentences else None
 
 
 def headline(evaluation: dict) -> str:
@@ -126,6 +152,41 @@ def write_json(path: Path, report: dict) -> Path:
     return path
 
 
+# Fonts for the text of the pictures, tried glyph by glyph (matplotlib's font fallback):
+# its own DejaVu Sans first, then whichever of these fonts for Chinese, Japanese and Korean
+# the machine has (fonts-noto-cjk on Debian: `make system-deps`, the Dockerfile).
+CJK_FONT_FILES = ("NotoSansCJK", "NotoSerifCJK", "SourceHanSans", "wqy-zenhei", "wqy-microhei",
+                  "DroidSansFallback", "uming", "ukai")
+
+
+@functools.lru_cache(maxsize=1)
+def font_families() -> tuple[str, ...]:
+    """DejaVu Sans and every CJK font found on the machine, as font families.  The fonts
+    are added to matplotlib's list by their files: its cached list of the machine's fonts
+    is made once and knows nothing of a font installed since (Chinese class names were
+    drawn as boxes on a machine that had the fonts)."""
+    from matplotlib import font_manager
+
+    known = {f.fname for f in font_manager.fontManager.ttflist}
+    families = ["DejaVu Sans"]
+    for path in sorted(font_manager.findSystemFonts()):
+        if not any(marker.lower() in Path(path).name.lower() for marker in CJK_FONT_FILES):
+            continue
+        try:
+            if path not in known:
+                font_manager.fontManager.addfont(path)
+            name = font_manager.FontProperties(fname=path).get_name()
+        except (OSError, RuntimeError, ValueError) as exc:
+            log.warning("font %s cannot be used: %s", path, exc)
+            continue
+        if name not in families:
+            families.append(name)
+    if len(families) == 1:
+        log.info("no font for Chinese, Japanese or Korean on this machine (Debian: "
+                 "fonts-noto-cjk): such class names would be drawn as boxes")
+    return tuple(families)
+
+
 def _figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -135,54 +196,74 @@ def _figure(width: float, height: float):
     return fig
 
 
-def plot_confusion_matrix(path: Path, cm: list[list[int]], classes: list[str], title: str):
-    """Rows = true class, columns = predicted; colour = share of the row, text = count."""
+def _drawing():
+    """The settings every picture is drawn with: the fonts above."""
+    import matplotlib
+
+    return matplotlib.rc_context({"font.family": list(font_families())})
+
+
+def plot_confusion_matrix(path: Path, cm: list[list[int]], classes: list[str], title: str,
+                          language: str | None = None):
+    """Rows = true class, columns = predicted; colour = share of the row, text = count.
+    Its words in ``language`` (a locale; None: English)."""
+    words = functools.partial(render, gettext=catalog_gettext(language))
     n = len(classes)
     side = min(4 + 0.45 * n, 24)
-    fig = _figure(side + 1, side)
-    ax = fig.add_subplot()
-    counts = torch.tensor(cm, dtype=torch.float64)
-    rows = counts.sum(dim=1, keepdim=True).clamp(min=1)
-    shares = (counts / rows).numpy()
-    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    ax.set_xticks(range(n), labels=classes, rotation=45, ha="right", rotation_mode="anchor")
-    ax.set_yticks(range(n), labels=classes)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title(title)
-    if n <= 30:
-        for t in range(n):
-            for p in range(n):
-                ax.text(
-                    p, t, str(int(counts[t, p])), ha="center", va="center", fontsize=9,
-                    color="white" if shares[t, p] > 0.5 else "black",
-                )
-    fig.savefig(path, format="png")
+    with _drawing():
+        fig = _figure(side + 1, side)
+        ax = fig.add_subplot()
+        counts = torch.tensor(cm, dtype=torch.float64)
+        rows = counts.sum(dim=1, keepdim=True).clamp(min=1)
+        shares = (counts / rows).numpy()
+        image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04,
+                     label=words(Message("share of the true class")))
+        ax.set_xticks(range(n), labels=classes, rotation=45, ha="right", rotation_mode="anchor")
+        ax.set_yticks(range(n), labels=classes)
+        ax.set_xlabel(words(Message("predicted class")))
+        ax.set_ylabel(words(Message("true class")))
+        ax.set_title(words(title))
+        if n <= 30:
+            for t in range(n):
+                for p in range(n):
+                    ax.text(
+                        p, t, str(int(counts[t, p])), ha="center", va="center", fontsize=9,
+                        color="white" if shares[t, p] > 0.5 else "black",
+                    )
+        fig.savefig(path, format="png")
     return path
 
 
-def plot_curves(path: Path, epochs: list[dict], best_epoch: int | None, title: str):
-    """Loss and accuracy per epoch, train and validation, with the kept epoch marked."""
-    fig = _figure(10, 4)
-    loss_ax, acc_ax = fig.subplots(1, 2)
-    xs = [e["epoch"] for e in epochs]
-    for ax, key, label in ((loss_ax, "loss", "loss"), (acc_ax, "acc", "accuracy")):
-        for split, style in (("train", "o-"), ("val", "s-")):
-            ys = [e.get(f"{split}_{key}") for e in epochs]
-            ys = [math.nan if y is None else y for y in ys]
-            ax.plot(xs, ys, style, label=split, markersize=4)
-        if best_epoch is not None:
-            ax.axvline(best_epoch, color="grey", linestyle="--", label=f"kept (epoch {best_epoch})")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.grid(True, alpha=0.3)
-        if xs:
-            ax.set_xticks(xs if len(xs) <= 20 else xs[:: max(1, len(xs) // 10)])
-    loss_ax.set_title("loss (train: on augmented images, with label smoothing)", fontsize=9)
-    acc_ax.set_title("accuracy", fontsize=9)
-    acc_ax.set_ylim(-0.02, 1.02)
-    loss_ax.legend()
-    fig.suptitle(title)
-    fig.savefig(path, format="png")
+def plot_curves(path: Path, epochs: list[dict], best_epoch: int | None, title: str,
+                language: str | None = None):
+    """Loss and accuracy per epoch, train and validation, with the kept epoch marked.
+    Its words in ``language`` (a locale; None: English)."""
+    words = functools.partial(render, gettext=catalog_gettext(language))
+    with _drawing():
+        fig = _figure(10, 4)
+        loss_ax, acc_ax = fig.subplots(1, 2)
+        xs = [e["epoch"] for e in epochs]
+        for ax, key, label in ((loss_ax, "loss", Message("loss")),
+                               (acc_ax, "acc", Message("accuracy"))):
+            for split, style, name in (("train", "o-", Message("train")),
+                                       ("val", "s-", Message("val"))):
+                ys = [e.get(f"{split}_{key}") for e in epochs]
+                ys = [math.nan if y is None else y for y in ys]
+                ax.plot(xs, ys, style, label=words(name), markersize=4)
+            if best_epoch is not None:
+                ax.axvline(best_epoch, color="grey", linestyle="--", label=words(Message(
+                    "kept (epoch %(epoch)s)", epoch=best_epoch)))
+            ax.set_xlabel(words(Message("epoch")))
+            ax.set_ylabel(words(label))
+            ax.grid(True, alpha=0.3)
+            if xs:
+                ax.set_xticks(xs if len(xs) <= 20 else xs[:: max(1, len(xs) // 10)])
+        loss_ax.set_title(words(Message(
+            "loss (train: on augmented images, with label smoothing)")), fontsize=9)
+        acc_ax.set_title(words(Message("accuracy")), fontsize=9)
+        acc_ax.set_ylim(-0.02, 1.02)
+        loss_ax.legend()
+        fig.suptitle(words(title))
+        fig.savefig(path, format="png")
     return path
