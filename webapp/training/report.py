@@ -159,32 +159,41 @@ CJK_FONT_FILES = ("NotoSansCJK", "NotoSerifCJK", "SourceHanSans", "wqy-zenhei", 
                   "DroidSansFallback", "uming", "ukai")
 
 
+# One font file may hold a face per region (Noto Sans CJK: JP, KR, SC, TC, HK); the same
+# character is drawn a little differently in each, so Simplified Chinese comes first.
+_REGIONS = ("SC", "CN", "TC", "HK", "TW", "JP", "KR")
+
+
+def _font_order(name: str) -> tuple:
+    words = name.split()
+    region = next((i for i, r in enumerate(_REGIONS) if r in words), len(_REGIONS))
+    return ("Mono" in words, "Serif" in name, region, name)
+
+
 @functools.lru_cache(maxsize=1)
 def font_families() -> tuple[str, ...]:
-    """DejaVu Sans and every CJK font found on the machine, as font families.  The fonts
-    are added to matplotlib's list by their files: its cached list of the machine's fonts
-    is made once and knows nothing of a font installed since (Chinese class names were
-    drawn as boxes on a machine that had the fonts)."""
+    """DejaVu Sans, then every CJK font found on the machine (sans serif first,
+    Simplified Chinese first), as font families.  The fonts are added to matplotlib's
+    list by their files: its cached list of the machine's fonts is made once and knows
+    nothing of a font installed since (Chinese class names were drawn as boxes on a
+    machine that had the fonts)."""
     from matplotlib import font_manager
 
-    known = {f.fname for f in font_manager.fontManager.ttflist}
-    families = ["DejaVu Sans"]
+    found = set()
     for path in sorted(font_manager.findSystemFonts()):
         if not any(marker.lower() in Path(path).name.lower() for marker in CJK_FONT_FILES):
             continue
-        try:
-            if path not in known:
-                font_manager.fontManager.addfont(path)
-            name = font_manager.FontProperties(fname=path).get_name()
-        except (OSError, RuntimeError, ValueError) as exc:
-            log.warning("font %s cannot be used: %s", path, exc)
-            continue
-        if name not in families:
-            families.append(name)
-    if len(families) == 1:
+        if not any(f.fname == path for f in font_manager.fontManager.ttflist):
+            try:
+                font_manager.fontManager.addfont(path)  # every face of a collection
+            except (OSError, RuntimeError, ValueError) as exc:
+                log.warning("font %s cannot be used: %s", path, exc)
+                continue
+        found.update(f.name for f in font_manager.fontManager.ttflist if f.fname == path)
+    if not found:
         log.info("no font for Chinese, Japanese or Korean on this machine (Debian: "
                  "fonts-noto-cjk): such class names would be drawn as boxes")
-    return tuple(families)
+    return ("DejaVu Sans", *sorted(found, key=_font_order))
 
 
 def _figure(width: float, height: float):
