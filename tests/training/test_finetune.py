@@ -21,7 +21,8 @@ import model_loader
 from tests.conftest import ROOT, encode, save_random_resnet18
 from tests.shapes import SHAPES, draw, make_dataset
 from webapp import finetune
-from webapp.training import recipe
+from webapp.messages import catalog_gettext, render
+from webapp.training import caveat, recipe
 from webapp.training import report as training_report
 from webapp.training.backbone import (
     build_finetune_model,
@@ -501,6 +502,11 @@ def test_the_headline_says_which_classes_the_scores_cannot_vouch_for():
     assert training_report.caveat(evaluation) == (
         "there are no val images of mug and fewer than 3 val images of pen (2): these "
         "scores say little about those classes (add images of them)")
+    # The model's metrics keep the facts; a page says them in its reader's language.
+    facts = json.loads(json.dumps(training_report.caveat_facts(evaluation)))
+    assert render(caveat.message(facts), catalog_gettext("zh_Hans_CN")) == (
+        "mug 没有验证图片，pen (2) 的验证图片少于 3 张：这些分数说明不了这些类别的情况"
+        "（请给它们添加图片）")
     cm = torch.tensor([[3, 1], [0, 4]])
     evaluation = {"split": "test", **training_report.classification_metrics(cm, ["a", "b"])}
     assert training_report.caveat(evaluation) is None

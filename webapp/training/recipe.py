@@ -269,7 +269,7 @@ def _checkpoint_metrics(trainer: Trainer, history: list[dict], stopper: EarlySto
         "evaluated_on": evaluation["split"],
         **({"bursts": {c: b["bursts"] for c, b in splits.bursts.items()},
             "untested": splits.untested} if splits.bursts else {}),
-        **({"caveat": str(caveat), "caveat_message": caveat.to_json()}
+        **({"caveat": str(caveat), "caveat_facts": training_report.caveat_facts(evaluation)}
            if (caveat := training_report.caveat(evaluation)) else {}),
         "best_epoch": stopper.best_epoch,
         "epochs_run": len(history),

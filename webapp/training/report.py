@@ -12,12 +12,14 @@ from pathlib import Path
 
 import torch
 
-from webapp.messages import Message, MessageList, catalog_gettext, render
+from webapp.messages import Message, catalog_gettext, render
 from webapp.stores import durable
+from webapp.training.caveat import MIN_SUPPORT
+from webapp.training.caveat import facts as caveat_facts
+from webapp.training.caveat import message as caveat_message
 
 log = logging.getLogger(__name__)
 
-MIN_SUPPORT = 3  # fewer evaluation images than this in a class: its scores prove little
 
 
 def confusion_matrix(targets: torch.Tensor, predictions: torch.Tensor, num_classes: int):
@@ -77,64 +79,9 @@ def classification_metrics(cm: torch.Tensor, classes: list[str]) -> dict:
 
 
 def caveat(evaluation: dict) -> Message | None:
-    """What the evaluation could not measure, in words, or None: classes with no images
-    (the macro average skips them, so 1.000 may hide them) or fewer than MIN_SUPPORT --
-    and, first, when the split kept bursts together (``evaluation["bursts"]``), the
-    classes taken in too few bursts to be tested on one they never trained on.  A
-    ``Message``: the Teach page shows it in the teacher's language."""
-    from webapp.training.bursts import MIN_BURSTS_TO_TEST
-
-    bursts = evaluation.get("bursts") or {}
-    short = {name: b["bursts"] for name, b in bursts.items()
-             if b.get("by_burst") and b["bursts"] < MIN_BURSTS_TO_TEST}
-    thin = {name: n for name, n in (evaluation.get("thin_classes") or {}).items()
-            if name not in short}
-    missing = ", ".join(name for name, n in thin.items() if n == 0)
-    few = ", ".join(f"{name} ({n})" for name, n in thin.items() if n)
-    split = Message("test") if evaluation.get("split", "test") == "test" else Message("val")
-    sentences = []
-    if short:
-        params = {"classes": ", ".join(short), "needed": MIN_BURSTS_TO_TEST,
-                  "bursts": ", ".join(f"{name} {n}" for name, n in short.items())}
-        sentences.append(Message(
-            "too few bursts of pictures to test %(classes)s on a burst it never trained on "
-            "(bursts: %(bursts)s; %(needed)s are needed), so there are no test pictures of "
-            "it (take pictures of it at other moments: each hold of the button is one "
-            "burst)", **params) if len(short) == 1 else Message(
-            "too few bursts of pictures to test %(classes)s on a burst they never trained "
-            "on (bursts: %(bursts)s; %(needed)s are needed), so there are no test pictures "
-            "of them (take pictures of them at other moments: each hold of the button is "
-            "one burst)", **params))
-        copies = [name for name, n in short.items() if n == 1]
-        if split == "val" and copies:
-            sentences.append(Message("the validation pictures of %(classes)s are "
-                                     "near-copies of training pictures",
-                                     classes=", ".join(copies)))
-    one = len(thin) == 1
-    if missing and few:
-        sentences.append(Message(
-            "there are no %(split)s images of %(missing)s and fewer than %(count)s "
-            "%(split)s images of %(few)s: these scores say little about those classes (add "
-            "images of them)", split=split, missing=missing, few=few, count=MIN_SUPPORT))
-    elif missing and one:
-        sentences.append(Message(
-            "there are no %(split)s images of %(missing)s: these scores say little about "
-            "that class (add images of it)", split=split, missing=missing))
-    elif missing:
-        sentences.append(Message(
-            "there are no %(split)s images of %(missing)s: these scores say little about "
-            "those classes (add images of them)", split=split, missing=missing))
-    elif few and one:
-        sentences.append(Message(
-            "there are fewer than %(count)s %(split)s images of %(few)s: these scores say "
-            "little about that class (add images of it)", split=split, few=few,
-            count=MIN_SUPPORT))
-    elif few:
-        sentences.append(Message(
-            "there are fewer than %(count)s %(split)s images of %(few)s: these scores say "
-            "little about those classes (add images of them)", split=split, few=few,
-            count=MIN_SUPPORT))
-    return MessageList(sentences) if sentences else None
+    """What the evaluation could not measure, in words, or None (``webapp.training.
+    caveat``: the same for a model's metrics, in a web worker)."""
+    return caveat_message(caveat_facts(evaluation))
 
 
 def headline(evaluation: dict) -> str:

@@ -30,6 +30,7 @@ from webapp.i18n import _, _l, translate
 from webapp.messages import Message
 from webapp.serving import imaging
 from webapp.stores.registry import BUILTIN, RegistryError, unknown_model
+from webapp.training import caveat
 from webapp.views.admin import bp, is_api
 
 # Checkpoint uploads: to MODEL_DIR/tmp, up to MAX_CHECKPOINT_MB.
@@ -58,9 +59,9 @@ def model_entries() -> tuple[list[dict], dict]:
     for entry in entries:
         entry["display_classes"] = list(display_names(entry.get("classes") or []))
         metrics = entry.get("metrics") or {}
-        if metrics.get("caveat_message"):  # a Teach report's caveat, in words for people
+        if metrics.get("caveat_facts"):  # a Teach report's caveat, in the reader's words
             entry["metrics"] = {**metrics, "caveat": translate(
-                Message.from_json(metrics["caveat_message"]))}
+                caveat.message(metrics["caveat_facts"]))}
     return entries, state
 
 
@@ -83,6 +84,9 @@ METRIC_LABELS = {
     "image_size": (_l("Image size"), "pixels"),
     "caveat": (_l("Note"), "text"),
 }
+# A quantization the page names in words ("int8", "fp32" are the same in every language;
+# "none" is full precision).
+QUANTIZATION_WORDS = {"auto": _l("automatic"), "none": "fp32"}
 # Words a metric's value may be (the evaluation split, the training strategy).
 METRIC_WORDS = {"val": _l("validation pictures"), "test": _l("test pictures"),
                 "progressive": _l("progressive"), "head": _l("head only"),
@@ -97,7 +101,7 @@ def readable_metrics(metrics: dict | None) -> list[dict]:
     rows = []
     metrics = metrics or {}
     for key, value in metrics.items():
-        if value is None or isinstance(value, list | dict) or key == "caveat_message":
+        if value is None or isinstance(value, list | dict):
             continue
         label, kind = METRIC_LABELS.get(key, (key.replace("_", " ").capitalize(), "number"))
         label = str(label)
@@ -108,7 +112,7 @@ def readable_metrics(metrics: dict | None) -> list[dict]:
         elif kind == "percent" and 0 <= value <= 1:
             text = f"{value * 100:.1f}%"
         elif kind == "pixels":
-            text = f"{value:g} px"
+            text = _("%(size)s px", size=f"{value:g}")
         else:
             text = f"{value:.3g}" if isinstance(value, float) else str(value)
         rows.append({"key": key, "label": label, "text": text, "main": key in MAIN_METRICS})
@@ -118,9 +122,12 @@ def readable_metrics(metrics: dict | None) -> list[dict]:
 def _serving() -> dict:
     holder = current.holder()
     classifier = holder.get()
+    info = classifier.info
     # notice: the active model could not be loaded; model_notice: about the model served
     # (the bundled fallback, an unverified file).  The public pages show neither.
-    return {**classifier.info, "pid": os.getpid(), "notice": holder.notice,
+    return {**info, "quantization": str(QUANTIZATION_WORDS.get(info.get("quantization"),
+                                                              info.get("quantization"))),
+            "pid": os.getpid(), "notice": holder.notice,
             "model_notice": classifier.loaded.notice}
 
 
