@@ -26,13 +26,12 @@ import contextlib
 import datetime as _dt
 import json
 import logging
-import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from webapp.messages import Message, normalise
-from webapp.stores.durable import locked, write_json
+from webapp.stores.durable import FileCache, locked, write_json
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +166,7 @@ class KioskSettingsStore:
     ``languages``: locale code -> name of every language with a catalog."""
 
     fields = FIELDS
-    _cache: dict[Path, tuple[tuple, dict]] = {}  # path -> (stat stamp, overrides)
-    _cache_lock = threading.Lock()
+    _cache = FileCache()  # the file is looked at on every request
 
     def __init__(self, path: str | Path, defaults: KioskSettings, languages: Mapping[str, str]):
         self.path = Path(path)
@@ -179,27 +177,12 @@ class KioskSettingsStore:
                     FIELDS[FIELD_NAMES.index("language")], defaults.language, languages))
         self.defaults = defaults
 
-    def _stamp(self) -> tuple:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            return ()
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
-
     def overrides(self) -> dict:
         """What the file sets (valid entries only; a bad entry is logged and ignored, so
         a hand-edited mistake never takes the kiosk down).  Read again only when the
         file changed: every request asks which language the teacher fixed."""
-        stamp = self._stamp()
-        key = self.path
-        with self._cache_lock:
-            cached = self._cache.get(key)
-            if cached and cached[0] == stamp and cached[1][0] == self._languages:
-                return dict(cached[1][1])
-        good = self._read() if stamp else {}
-        with self._cache_lock:
-            self._cache[key] = (stamp, (self._languages, good))
-        return dict(good)
+        return dict(self._cache.get(self.path, self._read, empty={},
+                                    key=tuple(self._languages)))
 
     def _read(self) -> dict:
         try:

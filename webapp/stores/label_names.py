@@ -32,7 +32,7 @@ from babel import Locale, UnknownLocaleError
 
 from webapp.config import PROJECT_ROOT
 from webapp.messages import Message
-from webapp.stores.durable import locked, write_json
+from webapp.stores.durable import FileCache, locked, write_json
 
 log = logging.getLogger(__name__)
 
@@ -153,33 +153,17 @@ class LabelNames:
     """The names of ImageNet classes per language: shipped, and the teacher's own in the
     file at ``path``."""
 
-    _cache: dict[Path, tuple[tuple, dict]] = {}  # path -> (stat stamp, edits), shared
-    _lock = threading.Lock()
+    _cache = FileCache()  # every answer looks at the file
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
     # ------------------------------------------------------------------ reading
 
-    def _stamp(self) -> tuple:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            return ()
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
-
     def edits(self) -> dict[str, dict[int, str]]:
         """language -> {class index: the teacher's name} (a damaged file is logged and
         read as empty: a mistake never takes a page down)."""
-        stamp = self._stamp()
-        with self._lock:
-            cached = self._cache.get(self.path)
-            if cached and cached[0] == stamp:
-                return cached[1]
-        edits = self._read() if stamp else {}
-        with self._lock:
-            self._cache[self.path] = (stamp, edits)
-        return edits
+        return self._cache.get(self.path, self._read, empty={})
 
     def _read(self) -> dict[str, dict[int, str]]:
         try:
