@@ -37,8 +37,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     ENGINE_CACHE_SEED=/opt/engines \
     MALLOC_ARENA_MAX=2
 
+# fonts-noto-cjk: Chinese (Japanese, Korean) class names in the Teach reports' pictures.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends make \
+    && apt-get install -y --no-install-recommends make fonts-noto-cjk \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --user-group --home-dir /app --shell /usr/sbin/nologin app \
     && mkdir -p /data && chown app:app /data

@@ -76,12 +76,15 @@ lint: install-dev
 # The browser tests drive Debian's Chromium (trusting the classroom CA through an NSS database
 # made with certutil, libnss3-tools) and tests/deploy/test_deploy.py runs nginx in front of
 # two replicas; all fail (never skip) without them, so install them when they are missing
-# (apt-get, as root or through sudo) or say what to install.
-SYSTEM_PACKAGES := chromium chromium-driver fonts-dejavu-core nginx-light libnss3-tools
+# (apt-get, as root or through sudo) or say what to install.  fonts-noto-cjk: Chinese on
+# the pages (and their screenshots) and in the Teach reports' pictures.
+SYSTEM_PACKAGES := chromium chromium-driver fonts-dejavu-core fonts-noto-cjk nginx-light \
+  libnss3-tools
 .PHONY: system-deps
 system-deps:
 	@if command -v chromium >/dev/null && command -v certutil >/dev/null \
-	    && { command -v nginx >/dev/null || test -x /usr/sbin/nginx; }; then \
+	    && { command -v nginx >/dev/null || test -x /usr/sbin/nginx; } \
+	    && fc-list :lang=zh family | grep -q .; then \
 	  exit 0; \
 	elif command -v apt-get >/dev/null; then \
 	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO="sudo"; \
@@ -89,7 +92,7 @@ system-deps:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(SYSTEM_PACKAGES); \
 	else \
-	  echo "make test needs Chromium and nginx: install them (Debian: $(SYSTEM_PACKAGES))," \
+	  echo "make test needs Chromium, nginx and a Chinese font: install them (Debian: $(SYSTEM_PACKAGES))," \
 	       "or run the rest with: $(BIN)/python -m pytest -m 'not browser'" >&2; exit 1; \
 	fi
 

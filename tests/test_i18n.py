@@ -129,8 +129,10 @@ def test_the_compiled_catalog_is_up_to_date(po: Path):
     compiled.seek(0)
     with po.with_suffix(".mo").open("rb") as f:
         shipped = read_mo(f)
-    def key(message):  # a plural message's id is a list of its forms
-        return tuple(message.id) if isinstance(message.id, list | tuple) else message.id
 
-    expected = {key(m): m.string for m in read_mo(compiled) if m.id}
-    assert {key(m): m.string for m in shipped if m.id} == expected, "run make i18n-compile"
+    def entries(catalog):  # a plural message's id and strings are lists
+        return {(tuple(m.id) if isinstance(m.id, list | tuple) else m.id):
+                (tuple(m.string) if isinstance(m.string, list | tuple) else m.string)
+                for m in catalog if m.id}
+
+    assert entries(shipped) == entries(read_mo(compiled)), "run make i18n-compile"

@@ -63,27 +63,23 @@ def create_app(test_config: dict | None = None) -> Flask:
     from webapp.serving.holder import ModelHolder
     from webapp.serving.workers import WorkerReports, run_dir
     from webapp.stores.datasets import DatasetStore
-    from webapp.stores.kiosk_settings import check_default_language
     from webapp.stores.registry import Registry
     from webapp.training.jobs import JobQueue, plan_jobs
-    from webapp.translations import Translations
     from webapp.views import admin, api, classroom, kiosk, openapi, ui, v2
     from webapp.views.admin import (  # noqa: F401 - their routes
         auth,
         cli,
         downloads,
         kiosk_settings,
+        labels,
         models,
         teach,
     )
 
     # The shared objects: the model registry (MODEL_DIR), the model this process serves
     # (it follows the registry's active pointer), the teach datasets and training jobs
-    # (DATA_DIR), and the kiosk's label translations (a bad KIOSK_LANGUAGE stops startup).
+    # (DATA_DIR).
     registry = Registry(config["MODEL_DIR"], EngineSettings.from_config(config))
-    translations = Translations(config.get("TRANSLATIONS_DIR")
-                                or str(PROJECT_ROOT / "translations"))
-    check_default_language(config, translations)
     holder = ModelHolder(config, registry)
     # Each process notes the model it serves, for activate's "wait" option.
     workers = WorkerReports(run_dir(config))
@@ -95,7 +91,7 @@ def create_app(test_config: dict | None = None) -> Flask:
                             max_pixels=config["MAX_IMAGE_PIXELS"],
                             decode_seconds=config["DECODE_TIMEOUT"])
     current.install(app, holder=holder, registry=registry, datasets=datasets, jobs=jobs,
-                    translations=translations, workers=workers)
+                    workers=workers)
     # NumPy's BLAS (OpenBLAS) runs its small matrix products -- the open-set score of every
     # answer -- on a thread per core, and those threads spin after each call, taking the
     # cores the engine's own threads need: ENGINE=torch answered in 62-81 ms in the worker
@@ -113,8 +109,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     CSRFProtect(app)
     app.extensions["admin_login_limit"] = auth.login_limiter(config)
 
-    # The interface's language (gettext catalogs, webapp.i18n): which one a request gets,
-    # the switch's cookie, the pages' script messages; JSON answers as UTF-8.
+    # The interface's language (gettext catalogs, webapp.i18n): which one a request gets
+    # (a DEFAULT_LANGUAGE without a catalog stops startup), the switch's cookie, the
+    # pages' script messages; JSON answers as UTF-8.
     i18n.init_app(app)
 
     # Requests: bodies (views mark big-file routes with @uploads.spooled), errors as JSON

@@ -178,15 +178,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("KIOSK_EXPLAIN", "1", "Kiosk: offer the \"How does it see it?\" view.", "bool"),
     Setting("KIOSK_LIVE", "1", "Kiosk: live mode, the bars follow the camera (small frames "
             "to /predict, one at a time); 0 = only on the button.", "bool"),
-    Setting("KIOSK_LANGUAGE", "en", "Kiosk: language of the labels; a translation file "
-            "<code>.json must exist in TRANSLATIONS_DIR (English ships)."),
-    Setting("DEFAULT_LANGUAGE", "", "Language of every page and API message for everyone (a "
-            "locale with a catalog in translations/, e.g. zh_CN); empty = each browser's "
+    Setting("DEFAULT_LANGUAGE", "", "Language of every page, class name and API message "
+            "for everyone (a locale with a catalog in translations/, e.g. zh_CN), until a "
+            "teacher changes it in the admin's kiosk settings; empty = each browser's "
             "Accept-Language. A visitor's own choice on the page still wins."),
+    Setting("KIOSK_LANGUAGE", "", "Retired (the kiosk's label language): taken as "
+            "DEFAULT_LANGUAGE when that is empty, with a warning in the log."),
     Setting("KIOSK_SETTINGS_FILE", "", "JSON file keeping the teacher's kiosk settings "
             "(they override the KIOSK_* defaults); empty = instance/kiosk.json.", "path"),
-    Setting("TRANSLATIONS_DIR", "", "Folder of label translation files (<code>.json); "
-            "empty = translations/ in the project.", "path"),
     Setting("DATA_DIR", str(PROJECT_ROOT / "instance" / "datasets"), "Teach it live: the "
             "datasets (one folder per dataset, one folder per class, JPEG files) and the "
             "training jobs' state. Never holds /predict traffic.", "path"),
@@ -292,12 +291,26 @@ def dual_streams(values: dict) -> bool:
     return values["ENGINE"] == "openvino" and values["ENGINE_STREAMS"] == "dual"
 
 
+# Settings that are no longer read, and what replaced them: set, they stop the server
+# with this message rather than being silently ignored.
+RETIRED = {
+    "TRANSLATIONS_DIR": "TRANSLATIONS_DIR is no longer read: class names are no longer "
+    "translated by label files keyed by their English name. The built-in model's classes "
+    "ship in several languages (translations/imagenet/), a teacher corrects one on the "
+    "admin page \"Class names\", and the language of the pages is DEFAULT_LANGUAGE or "
+    "the admin's settings (docs/translating.md). Remove TRANSLATIONS_DIR.",
+}
+
+
 class Config:
     """Builds the Flask config dict from the environment (or a given mapping)."""
 
     @staticmethod
     def from_env(environ: dict | None = None) -> dict:
         environ = os.environ if environ is None else environ
+        for name, message in RETIRED.items():
+            if environ.get(name):
+                raise ConfigError(message)
         values = {}
         for setting in SETTINGS:
             values[setting.name] = setting.parse(environ.get(setting.name))

@@ -9,12 +9,16 @@ language; a child process hands it over as JSON (``to_json`` / ``from_json``).
 
 ``pybabel extract`` finds ``Message("...")`` like ``_("...")`` (the keyword is in the
 Makefile's ``i18n-extract``), so these sentences are in the catalogs with every other one.
-No Flask, no Babel here: any layer may import it.
+``render`` shows one through any catalog; ``catalog_gettext`` is a language's catalog
+outside a request (the training process draws its report in the teacher's language);
+``normalise`` reads a language code as people write it.
+No Flask here: any layer may import it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Iterable, Mapping
 
 
 class Message(str):
@@ -38,6 +42,9 @@ class Message(str):
     @classmethod
     def from_json(cls, data: object) -> str:
         """A message sent as ``to_json`` (or a plain string) -> ``Message`` (or ``str``)."""
+        if isinstance(data, Mapping) and isinstance(data.get("parts"), list):
+            return MessageList([cls.from_json(part) for part in data["parts"]],
+                               str(data.get("separator", "; ")))
         if isinstance(data, Mapping) and isinstance(data.get("msgid"), str):
             params = data.get("params") if isinstance(data.get("params"), Mapping) else {}
             params = {k: cls.from_json(v) if isinstance(v, Mapping) else v
@@ -47,6 +54,27 @@ class Message(str):
             except (KeyError, TypeError, ValueError):
                 return str(data["msgid"])
         return str(data)
+
+
+class MessageList(Message):
+    """Several messages shown one after the other (one per bad field, say), each in the
+    reader's language: ``MessageList([Message(...), Message(...)], "; ")``."""
+
+    parts: list
+    separator: str
+
+    def __new__(cls, parts, separator: str = "; ") -> MessageList:
+        parts = list(parts)
+        self = str.__new__(cls, separator.join(str(part) for part in parts))
+        self.msgid, self.params = "", {}
+        self.parts, self.separator = parts, separator
+        return self
+
+    def __reduce__(self):
+        return (MessageList, (self.parts, self.separator))
+
+    def to_json(self) -> dict:
+        return {"parts": [_plain(part) for part in self.parts], "separator": self.separator}
 
 
 def _rebuild(msgid: str, params: dict) -> Message:
@@ -59,3 +87,47 @@ def _plain(value):
     if isinstance(value, Message):
         return value.to_json()
     return value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
+
+
+def render(text, gettext: Callable[[str], str]) -> str:
+    """``text`` through ``gettext`` (msgid -> translation): a ``Message`` by its msgid with
+    its parameters filled in (messages among them rendered too), a ``MessageList`` part by
+    part, a plain string as the catalog has it (unchanged when it does not)."""
+    if isinstance(text, MessageList):
+        return text.separator.join(render(part, gettext) for part in text.parts)
+    if isinstance(text, Message):
+        params = {k: render(v, gettext) if isinstance(v, Message) else v
+                  for k, v in text.params.items()}
+        translated = gettext(text.msgid)
+        try:
+            return translated % params if params else translated
+        except (KeyError, TypeError, ValueError):  # a translation that lost a parameter
+            return str(text)
+    if isinstance(text, str) and text:
+        return gettext(text)
+    return str(text)
+
+
+@functools.lru_cache(maxsize=8)
+def catalog_gettext(locale: str | None) -> Callable[[str], str]:
+    """The ``gettext`` of ``locale``'s catalog in ``translations/`` (English: none)."""
+    if not locale or locale == "en":
+        return str
+    from babel.support import Translations
+
+    from webapp.config import PROJECT_ROOT
+
+    return Translations.load(str(PROJECT_ROOT / "translations"), [locale]).gettext
+
+
+def normalise(code: str, available: Iterable[str]) -> str | None:
+    """A code as people write it ("zh-CN", "zh_cn", "zh") -> the available locale it
+    means, or None."""
+    code = (code or "").strip().replace("-", "_")
+    if not code:
+        return None
+    by_lower = {c.lower(): c for c in available}
+    if code.lower() in by_lower:
+        return by_lower[code.lower()]
+    primary = code.split("_")[0].lower()
+    return next((c for c in available if c.split("_")[0].lower() == primary), None)

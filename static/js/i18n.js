@@ -37,7 +37,34 @@
     return fill(text, Object.assign({ n: n }, params || {}));
   }
 
+  // A list of names as the language writes one: "a, b, c" / "a、b、c".
+  function joinNames(items) {
+    try {
+      return new Intl.ListFormat(lang, { type: "conjunction", style: "narrow" }).format(items);
+    } catch (e) {
+      return items.join(", ");
+    }
+  }
+
+  // Moments the server sends (ISO 8601, UTC: <time class="local-time" datetime="...">) in
+  // the viewer's own time zone and language.
+  function localTimes(root) {
+    let format = null;
+    try {
+      format = new Intl.DateTimeFormat(lang, { dateStyle: "medium", timeStyle: "short" });
+    } catch (e) {
+      return;
+    }
+    (root || document).querySelectorAll("time.local-time[datetime]").forEach(function (el) {
+      const when = new Date(el.getAttribute("datetime"));
+      if (!isNaN(when.getTime())) el.textContent = format.format(when);
+    });
+  }
+
   window._ = gettext;
   window.ngettext = ngettext;
+  window.joinNames = joinNames;
+  window.localTimes = localTimes;
   window.i18nLang = lang;
+  document.addEventListener("DOMContentLoaded", function () { localTimes(); });
 })();

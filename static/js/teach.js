@@ -36,7 +36,7 @@
     try { data = await response.json(); } catch (e) { data = null; }
     if (!response.ok) {
       const message = data && data.error && data.error.message
-        ? data.error.message : "The server answered " + response.status + ".";
+        ? data.error.message : _("The server answered {status}.", { status: response.status });
       const error = new Error(message);
       error.status = response.status;
       throw error;
@@ -73,14 +73,14 @@
     figure.dataset.imageId = item.id;
     const img = document.createElement("img");
     img.src = item.url + "?size=128";
-    img.alt = "A picture of " + section.dataset.label;
+    img.alt = _("A picture of {label}", { label: section.dataset.label });
     img.width = 96;
     img.height = 72;
     const button = document.createElement("button");
     button.type = "button";
     button.className = "teach-thumb-delete";
-    button.setAttribute("aria-label", "Delete this picture of " + section.dataset.label);
-    button.title = "Delete this picture";
+    button.setAttribute("aria-label", _("Delete this picture of {label}", { label: section.dataset.label }));
+    button.title = _("Delete this picture");
     button.textContent = "×";
     figure.append(img, button);
     section.querySelector(".teach-thumbs").prepend(figure);
@@ -122,7 +122,7 @@
   sections().forEach(function (section) {
     section.querySelector(".teach-delete-class").addEventListener("click", async function () {
       const label = section.dataset.label;
-      if (!window.confirm("Delete the class " + label + " and its pictures?")) return;
+      if (!window.confirm(_("Delete the class {label} and its pictures?", { label: label }))) return;
       try {
         await call("DELETE", datasetUrl + "/classes/" + encodeURIComponent(label));
         section.remove();
@@ -141,7 +141,7 @@
       try {
         await upload(section, file, file.name, file.lastModified);
       } catch (err) {
-        classError(section, file.name + ": " + err.message);
+        classError(section, _("{file}: {reason}", { file: file.name, reason: err.message }));
         if (err.status === 409 || err.status === 404) break;  // dataset full, class gone
       }
     }
@@ -184,7 +184,7 @@
       video.srcObject = stream;
       await video.play().catch(function () { /* muted: it plays */ });
       cameraOn = true;
-      cameraStatus.textContent = "Camera on";
+      cameraStatus.textContent = _("Camera on");
       root.dataset.camera = "on";
       sections().forEach(function (s) { s.querySelector(".teach-capture").disabled = false; });
       $("try-camera").disabled = false;
@@ -295,9 +295,16 @@
     const ready = counts.length >= 2 && counts.every(function (n) { return n >= 2; });
     trainButton.disabled = Boolean(busy) || !ready;
     $("train-hint").textContent = counts.length < 2
-      ? "Add a second class: a model needs at least 2 things to tell apart."
-      : ready ? "Ready. Every class has pictures (20 or more each work better)."
-        : "Every class needs at least 2 pictures (20 or more work better).";
+      ? _("Add a second class: a model needs at least 2 things to tell apart.")
+      : ready ? _("Ready. Every class has pictures (20 or more each work better).")
+        : _("Every class needs at least 2 pictures (20 or more work better).");
+  }
+
+  // The new model's name: the dataset's and the moment in the teacher's own time.
+  function modelName() {
+    const when = new Date().toLocaleString(window.i18nLang, {
+      year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+    return (root.dataset.datasetName || root.dataset.dataset) + " · " + when;
   }
 
   function options() {
@@ -305,14 +312,19 @@
       epochs: Number($("opt-epochs").value),
       image_size: Number($("opt-size").value),
       strategy: $("opt-strategy").value,
+      name: modelName().slice(0, 80),
     };
   }
+
+  const STATES = { queued: _("queued"), running: _("running"), done: _("done"),
+                   failed: _("failed"), cancelled: _("cancelled") };
 
   function renderJob(data) {
     job = data;
     show($("job"), true);
     const state = $("job-state");
-    state.textContent = data.state + (data.cancel_requested && data.state === "running" ? " (cancelling)" : "");
+    state.textContent = data.cancel_requested && data.state === "running"
+      ? _("{state} (cancelling)", { state: STATES.running }) : (STATES[data.state] || data.state);
     state.className = "badge " + ({
       queued: "text-bg-secondary", running: "text-bg-primary", done: "text-bg-success",
       failed: "text-bg-danger", cancelled: "text-bg-warning",
@@ -324,8 +336,9 @@
     $("job-summary").textContent = window.TeachProgress.summary(data);
     const last = (data.history || [])[data.history ? data.history.length - 1 : 0];
     $("job-metrics").textContent = last
-      ? "Last epoch: training loss " + last.train_loss.toFixed(3) + ", validation loss "
-        + last.val_loss.toFixed(3) + ", validation accuracy " + (last.val_acc * 100).toFixed(0) + "%"
+      ? _("Last epoch: training loss {train_loss}, validation loss {val_loss}, validation accuracy {val_acc}%", {
+        train_loss: last.train_loss.toFixed(3), val_loss: last.val_loss.toFixed(3),
+        val_acc: (last.val_acc * 100).toFixed(0) })
       : "";
     const errorBox = $("job-error");
     errorBox.textContent = data.error || "";
@@ -346,7 +359,7 @@
     try {
       renderJob(await call("GET", root.dataset.jobsUrl + "/" + encodeURIComponent(job.id)));
     } catch (err) {
-      $("job-summary").textContent = "Could not ask the server: " + err.message;
+      $("job-summary").textContent = _("Could not ask the server: {reason}", { reason: err.message });
     }
     if (job && (job.state === "queued" || job.state === "running")) {
       pollTimer = setTimeout(poll, POLL_MS);
@@ -393,7 +406,7 @@
     try {
       data = await call("GET", root.dataset.modelsUrl + "/" + encodeURIComponent(modelId));
     } catch (err) {
-      $("job-error").textContent = "The model " + modelId + ": " + err.message;
+      $("job-error").textContent = _("The model {id}: {reason}", { id: modelId, reason: err.message });
       show($("job-error"), true);
       return;
     }
@@ -402,15 +415,20 @@
     $("result-name").textContent = data.name;
     $("result-id").textContent = data.id;
     const m = data.metrics || {};
-    $("result-metrics").textContent = "Validation accuracy " + percent(m.val_accuracy)
-      + (m.test_accuracy !== null && m.test_accuracy !== undefined
-        ? ", accuracy on pictures it never trained on " + percent(m.test_accuracy) : "")
-      + " · classes: " + (data.classes || []).join(", ")
-      + (m.bursts ? " · moments each class was taken at (bursts): " + Object.keys(m.bursts)
-        .map(function (c) { return c + " " + m.bursts[c]; }).join(", ")
-        + (m.test_accuracy !== null && m.test_accuracy !== undefined
-          ? "; tested only on bursts it never trained on" : "") : "")
-      + (m.caveat ? " · but " + m.caveat + "." : "");
+    const tested = m.test_accuracy !== null && m.test_accuracy !== undefined;
+    const parts = [tested
+      ? _("Validation accuracy {val}, accuracy on pictures it never trained on {test}",
+        { val: percent(m.val_accuracy), test: percent(m.test_accuracy) })
+      : _("Validation accuracy {val}", { val: percent(m.val_accuracy) }),
+    _("classes: {classes}", { classes: joinNames(data.classes || []) })];
+    if (m.bursts) {
+      const bursts = joinNames(Object.keys(m.bursts).map(function (c) { return c + " " + m.bursts[c]; }));
+      parts.push(tested
+        ? _("moments each class was taken at (bursts): {bursts}; tested only on bursts it never trained on", { bursts: bursts })
+        : _("moments each class was taken at (bursts): {bursts}", { bursts: bursts }));
+    }
+    if (m.caveat) parts.push(_("but {caveat}.", { caveat: m.caveat }));
+    $("result-metrics").textContent = parts.join(" · ");
     window.TeachResult.render(data, root.dataset.modelsUrl + "/" + encodeURIComponent(data.id)
       + "/report", { "Accept": "application/json", "X-CSRFToken": csrf });
     const img = $("result-confusion");
@@ -484,7 +502,7 @@
   function stopLive() {
     live.stop();
     tryButton.setAttribute("aria-pressed", "false");
-    tryButton.textContent = "Try it live";
+    tryButton.textContent = _("Try it live");
   }
 
   tryButton.addEventListener("click", function () {
@@ -493,7 +511,7 @@
     live.url = root.dataset.modelsUrl + "/" + encodeURIComponent(model.id) + "/predict";
     steady.reset();
     tryButton.setAttribute("aria-pressed", "true");
-    tryButton.textContent = "Stop trying";
+    tryButton.textContent = _("Stop trying");
     live.start();
   });
   $("try-file").addEventListener("change", function () {

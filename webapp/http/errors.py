@@ -25,10 +25,13 @@ class ApiError(Exception):
 
 
 def error_json(status: int, code: str, message: str, **extra):
-    """The JSON error; ``message`` in the request's language (``code`` stays English)."""
+    """The JSON error; ``message`` in the request's language (``code`` stays English), and
+    so are the messages of ``extra`` (e.g. one per bad field: ``fields``)."""
     accesslog.note(error=code)
     if open_inference():  # the protocol's own error shape: the message alone
         return jsonify(error=translate(message)), status
+    extra = {key: ({k: translate(v) if isinstance(v, Message) else v for k, v in value.items()}
+                   if isinstance(value, dict) else value) for key, value in extra.items()}
     body = {"error": {"code": code, "message": translate(message), **extra}}
     return jsonify(body), status
 
@@ -87,7 +90,8 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(ModelLoadError)
     def _model_error(exc: ModelLoadError):
-        return _respond(503, "model_unavailable", f"The model is not available: {exc}")
+        return _respond(503, "model_unavailable", Message(
+            "The model is not available: %(reason)s", reason=str(exc)))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

@@ -5,6 +5,7 @@ picture is unlike anything the model knows (``webapp.serving.openset``)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,8 +22,13 @@ class Prediction:
     index: int
     score: float
 
-    def as_dict(self) -> dict:
-        return {"label": self.label, "index": self.index, "score": round(self.score, 6)}
+    def as_dict(self, names: Sequence[str] | None = None) -> dict:
+        """For the API: ``label`` is the model's own (stable) name of the class,
+        ``display_label`` what the page shows, ``names[index]`` (e.g. in the visitor's
+        language: ``webapp.stores.label_names``), else the label."""
+        return {"label": self.label,
+                "display_label": names[self.index] if names else self.label,
+                "index": self.index, "score": round(self.score, 6)}
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

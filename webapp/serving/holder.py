@@ -13,6 +13,7 @@ from collections.abc import Callable
 from model_loader import ModelLoadError
 from webapp import engines
 from webapp.engines import EngineSettings
+from webapp.messages import Message
 from webapp.serving.classifier import Classifier
 from webapp.stores.registry import BUILTIN, Registry, RegistryError
 
@@ -250,11 +251,10 @@ class ModelHolder:
             break
         self._notify()
         if self._classifier.model_id != state.active:
-            self.notice = (
-                f"The active model {state.active} could not be loaded ({failures[0]}); "
-                f"serving {self._classifier.model_id} ({self._classifier.loaded.name}) "
-                "instead."
-            )
+            self.notice = Message(
+                "The active model %(active)s could not be loaded (%(reason)s); serving "
+                "%(serving)s (%(name)s) instead.", active=state.active, reason=failures[0],
+                serving=self._classifier.model_id, name=self._classifier.loaded.name)
             log.error("%s", self.notice)
 
     def _load_or_record(self, model_id: str) -> Classifier:
@@ -287,10 +287,10 @@ class ModelHolder:
                 new = self._timed_load(wanted)
         except Exception as exc:  # whatever goes wrong, the current model keeps serving
             reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-            self.notice = (
-                f"The active model {wanted} could not be loaded ({reason}); still serving "
-                f"{current.model_id} ({current.loaded.name})."
-            )
+            self.notice = Message(
+                "The active model %(active)s could not be loaded (%(reason)s); still serving "
+                "%(serving)s (%(name)s).", active=wanted, reason=reason,
+                serving=current.model_id, name=current.loaded.name)
             log.error("%s", self.notice)
             return
         self._classifier = new

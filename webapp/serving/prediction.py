@@ -4,10 +4,12 @@ as one batch, and build the response body (GUIDE.md §2)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from PIL import Image
 
+from webapp.messages import Message
 from webapp.serving import imaging
 from webapp.serving.classifier import Classifier
 
@@ -44,14 +46,17 @@ def decode(uploads: list[Upload], *, max_pixels: int, min_side: int,
                                        min_side=min_side, seconds=seconds))
         except imaging.ImageError as exc:
             if len(uploads) > 1:
-                exc.message = f"Image {n + 1} ({upload.filename}): {exc.message}"
+                exc.message = Message("Image %(number)s (%(file)s): %(reason)s",
+                                      number=n + 1, file=upload.filename, reason=exc.message)
             raise
         decode_ms.append((time.perf_counter() - t0) * 1000)
     return images, decode_ms
 
 
 def classify(classifier: Classifier, uploads: list[Upload], k: int, *, max_pixels: int,
-             seconds: float | None = None, started: float | None = None) -> Classified:
+             seconds: float | None = None, started: float | None = None,
+             names: Sequence[str] | None = None) -> Classified:
+    """``names``: what each class is called on the page (``display_label``), by index."""
     started = time.perf_counter() if started is None else started
     images, decode_ms = decode(uploads, max_pixels=max_pixels,
                                min_side=classifier.resize_size, seconds=seconds)
@@ -63,7 +68,7 @@ def classify(classifier: Classifier, uploads: list[Upload], k: int, *, max_pixel
             "filename": upload.filename,
             "width": img.info.get("original_size", img.size)[0],
             "height": img.info.get("original_size", img.size)[1],
-            "predictions": [p.as_dict() for p in preds],
+            "predictions": [p.as_dict(names) for p in preds],
             "unknown": unknown[n],
             "timings_ms": _round({
                 "decode": decode_ms[n],

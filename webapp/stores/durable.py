@@ -9,8 +9,9 @@ import json
 import os
 import secrets
 import shutil
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -108,6 +109,34 @@ def locked(lock_file: str | os.PathLike) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class FileCache:
+    """What was read from small files (settings every request looks at), kept until the
+    file changes: its modification time, size and inode (a file replaced by ``write_json``
+    is a new inode).  Shared by threads; each process has its own."""
+
+    def __init__(self):
+        self._entries: dict = {}
+        self._lock = threading.Lock()
+
+    def get(self, path: Path, read: Callable[[], object], *, empty=None, key=None):
+        """``read()``'s value for ``path`` (``empty`` while the file does not exist),
+        read again only when the file changed; ``key``: anything else the value
+        depends on."""
+        try:
+            st = path.stat()
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except FileNotFoundError:
+            return empty
+        with self._lock:
+            hit = self._entries.get((path, key))
+            if hit is not None and hit[0] == stamp:
+                return hit[1]
+        value = read()
+        with self._lock:
+            self._entries[(path, key)] = (stamp, value)
+        return value
 
 
 def sweep(directory: str | os.PathLike, older_than: float) -> int:

@@ -62,6 +62,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from webapp.messages import Message, MessageList
 from webapp.stores.durable import locked, write_json
 
 log = logging.getLogger(__name__)
@@ -82,9 +83,9 @@ _JOB_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
 FIXED_SECONDS = 12.0
 SECONDS_PER_PICTURE_EPOCH = 0.025
 TYPICAL_EPOCHS = 6  # early stopping usually ends the default 12 epochs about here
-ORPHANED = ("The training process stopped while this job was running (the server or the "
-            "machine restarted, or the process was killed). Nothing was stored; press "
-            "Train to start again.")
+ORPHANED = Message("The training process stopped while this job was running (the server "
+                   "or the machine restarted, or the process was killed). Nothing was "
+                   "stored; press Train to start again.")
 
 # Defaults for the small datasets a class captures in a few minutes: the pretrained
 # backbone, the head first and then one block more per epoch, 160 px (EfficientNet-Lite0
@@ -97,7 +98,8 @@ TEACH_DEFAULTS = {"strategy": "progressive", "image_size": 160, "epochs": 12,
 def _int_option(low: int, high: int):
     def check(value):
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ValueError(f"a whole number from {low} to {high}")
+            raise ValueError(Message("a whole number from %(low)s to %(high)s", low=low,
+                                     high=high))
         return value
     return check
 
@@ -106,20 +108,21 @@ def _float_option(low: float, high: float):
     def check(value):
         if isinstance(value, bool) or not isinstance(value, int | float) \
                 or not low <= value <= high:
-            raise ValueError(f"a number from {low:g} to {high:g}")
+            raise ValueError(Message("a number from %(low)s to %(high)s", low=f"{low:g}",
+                                     high=f"{high:g}"))
         return float(value)
     return check
 
 
 def _bool_option(value):
     if not isinstance(value, bool):
-        raise ValueError("true or false")
+        raise ValueError(Message("true or false"))
     return value
 
 
 def _strategy_option(value):
     if value not in ("head", "progressive", "full"):
-        raise ValueError("head, progressive or full")
+        raise ValueError(Message("head, progressive or full"))
     return value
 
 
@@ -150,8 +153,9 @@ def check_options(raw) -> tuple[dict, str | None]:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise JobError(400, "bad_options", "Send the training options as a JSON object, e.g. "
-                       '{"epochs": 12, "image_size": 160}, or nothing for the defaults.')
+        raise JobError(400, "bad_options", Message(
+            'Send the training options as a JSON object, e.g. {"epochs": 12, "image_size": '
+            '160}, or nothing for the defaults.'))
     options, errors, name = {}, {}, None
     for key, value in raw.items():
         if key == "name":
@@ -164,15 +168,18 @@ def check_options(raw) -> tuple[dict, str | None]:
             continue
         check = OPTIONS.get(key)
         if check is None:
-            errors[key] = "unknown option (use: " + ", ".join(["name", *OPTIONS]) + ")"
+            errors[key] = Message("unknown option (use: %(known)s)",
+                                  known=", ".join(["name", *OPTIONS]))
             continue
         try:
             options[key] = check(value)
         except ValueError as exc:
-            errors[key] = f"expected {exc}"
+            errors[key] = Message("expected %(what)s", what=exc.args[0])
     if errors:
-        raise JobError(400, "bad_options", "Some training options are not accepted: "
-                       + "; ".join(f"{k}: {v}" for k, v in errors.items()), fields=errors)
+        raise JobError(400, "bad_options", Message(
+            "Some training options are not accepted: %(fields)s",
+            fields=MessageList([Message("%(key)s: %(problem)s", key=k, problem=v)
+                                for k, v in errors.items()])), fields=errors)
     return options, name
 
 
@@ -203,7 +210,8 @@ class JobQueue:
     @staticmethod
     def _unknown(job_id) -> JobError:
         shown = job_id if isinstance(job_id, str) and len(job_id) <= 40 else "?"
-        return JobError(404, "unknown_job", f"There is no training job {shown!r}.")
+        return JobError(404, "unknown_job", Message("There is no training job %(id)s.",
+                                                    id=repr(shown)))
 
     @contextlib.contextmanager
     def _state_lock(self) -> Iterator[None]:
@@ -289,14 +297,16 @@ class JobQueue:
     # ------------------------------------------------------------------ the web side
 
     def create(self, store, dataset: str, *, options: dict, name: str | None,
-               model_dir: str | os.PathLike) -> dict:
-        """Snapshot ``dataset`` and queue a job for it; start a runner."""
+               model_dir: str | os.PathLike, language: str = "en") -> dict:
+        """Snapshot ``dataset`` and queue a job for it; start a runner.  ``language``:
+        the teacher's (the report's pictures are drawn in it)."""
         describe = store.describe(dataset)  # 404 for an unknown dataset
         with self._state_lock():
             queued = [j for j in self.all_jobs() if j.get("state") == "queued"]
         if len(queued) >= MAX_QUEUED:
-            raise JobError(409, "queue_full", f"{len(queued)} training jobs are waiting "
-                           "already; wait for them or cancel some.")
+            raise JobError(409, "queue_full", Message(
+                "%(count)s training jobs are waiting already; wait for them or cancel some.",
+                count=len(queued)))
         job_id = (_dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S-")
                   + secrets.token_hex(3))
         staging = store.staging_dir(f"job-{job_id}-")
@@ -305,6 +315,8 @@ class JobQueue:
             job = {
                 "id": job_id,
                 "dataset": dataset,
+                "dataset_name": describe.get("display_name", dataset),
+                "language": language,
                 "name": name,
                 "state": "queued",
                 "created": now_iso(),
@@ -404,8 +416,9 @@ class JobQueue:
             elif state == "running":
                 (self.job_dir(job_id) / "cancel").touch()
             else:
-                raise JobError(409, "job_finished", f"Job {job_id} has already ended "
-                               f"({state}); there is nothing to cancel.", state=state)
+                raise JobError(409, "job_finished", Message(
+                    "Job %(id)s has already ended (%(state)s); there is nothing to cancel.",
+                    id=job_id, state=state), state=state)
         log.info("cancel requested for training job %s (%s)", job_id, state)
         return self.view(self.read(job_id))
 
@@ -426,7 +439,8 @@ class JobQueue:
                                error=None, progress={**job.get("progress", {}),
                                                      "stage": "done", "fraction": 1.0})
                 else:
-                    job.update(state="failed", finished=now_iso(), error=ORPHANED,
+                    job.update(state="failed", finished=now_iso(), error=str(ORPHANED),
+                               error_message=ORPHANED.to_json(),
                                progress={**job.get("progress", {}), "stage": "failed"})
                     log.warning("training job %s: %s", job["id"], ORPHANED)
                 self._clean_work_files(job["id"])  # first: a finished job has none

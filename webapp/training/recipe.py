@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 import model_loader
+from webapp.messages import Message
 from webapp.training import report as training_report
 from webapp.training.backbone import choose_backbone
 from webapp.training.data import DatasetSplits, load_splits
@@ -81,6 +82,7 @@ def train(
     progress: Callable[[TrainingProgress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     say: Callable[[str], None] | None = None,
+    language: str | None = None,
 ) -> FinetuneResult:
     """Fine-tune on ``data`` (a folder, or splits from ``data.scan``) and write the
     checkpoint ``out`` plus its report and PNGs.  ``progress`` is called after every
@@ -124,7 +126,8 @@ def train(
 
     progress(TrainingProgress("openset", len(history), options.epochs, fraction=1.0))
     criterion = open_set(trainer, say)
-    result = _write_outputs(out, trainer, history, stopper, evaluation, started, criterion)
+    result = _write_outputs(out, trainer, history, stopper, evaluation, started, criterion,
+                            language)
     if options.int8:
         result.report["int8"] = write_int8(out, trainer, loader, evaluation["split"], say)
         training_report.write_json(result.report_path, result.report)
@@ -207,22 +210,29 @@ def _final_evaluation(trainer: Trainer, say) -> tuple[torch.utils.data.DataLoade
 
 
 def _write_outputs(out: Path, trainer: Trainer, history: list[dict], stopper: EarlyStopping,
-                   evaluation: dict, started: float, criterion: dict | None = None
-                   ) -> FinetuneResult:
-    """The report, the two PNGs, then the checkpoint (last, atomically: when it exists,
-    everything beside it is complete)."""
+                   evaluation: dict, started: float, criterion: dict | None = None,
+                   language: str | None = None) -> FinetuneResult:
+    """The report, the two PNGs (their words in ``language``), then the checkpoint (last,
+    atomically: when it exists, everything beside it is complete)."""
     out, report_path, confusion_png, curves_png = output_paths(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     options, backbone = trainer.options, trainer.backbone
     metrics = _checkpoint_metrics(trainer, history, stopper, evaluation)
-    title = f"{out.name}: {backbone.arch}, {len(trainer.splits.classes)} classes"
+    title = Message("%(model)s: %(arch)s, %(count)s classes", model=out.name,
+                    arch=backbone.arch, count=len(trainer.splits.classes))
+    split = Message("test") if evaluation["split"] == "test" else Message("val")
+    accuracy = f"{evaluation['accuracy']:.3f}"
     training_report.plot_confusion_matrix(
         confusion_png, evaluation["confusion_matrix"], trainer.splits.classes,
-        f"{title}\n{evaluation['split']} accuracy {evaluation['accuracy']:.3f}"
-        + (f" (classes with < {training_report.MIN_SUPPORT} images: "
-           f"{', '.join(evaluation['thin_classes'])})" if evaluation["thin_classes"] else ""),
-    )
-    training_report.plot_curves(curves_png, history, stopper.best_epoch, title)
+        Message("%(title)s\n%(split)s accuracy %(accuracy)s (classes with < %(count)s "
+                "images: %(classes)s)", title=title, split=split, accuracy=accuracy,
+                count=training_report.MIN_SUPPORT,
+                classes=", ".join(evaluation["thin_classes"]))
+        if evaluation["thin_classes"] else
+        Message("%(title)s\n%(split)s accuracy %(accuracy)s", title=title, split=split,
+                accuracy=accuracy), language=language)
+    training_report.plot_curves(curves_png, history, stopper.best_epoch, title,
+                                language=language)
     report = {
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "checkpoint": str(out),
@@ -263,7 +273,8 @@ def _checkpoint_metrics(trainer: Trainer, history: list[dict], stopper: EarlySto
         "evaluated_on": evaluation["split"],
         **({"bursts": {c: b["bursts"] for c, b in splits.bursts.items()},
             "untested": splits.untested} if splits.bursts else {}),
-        **({"caveat": caveat} if (caveat := training_report.caveat(evaluation)) else {}),
+        **({"caveat": str(caveat), "caveat_facts": training_report.caveat_facts(evaluation)}
+           if (caveat := training_report.caveat(evaluation)) else {}),
         "best_epoch": stopper.best_epoch,
         "epochs_run": len(history),
         "train_images": len(splits.train),

@@ -35,6 +35,7 @@ import time
 import traceback
 from pathlib import Path
 
+from webapp.messages import Message
 from webapp.training.jobs import (
     PROGRESS_EVERY,
     TEACH_DEFAULTS,
@@ -45,12 +46,13 @@ from webapp.training.jobs import (
 
 log = logging.getLogger(__name__)
 
-STOPPED = ("The training process was asked to stop (SIGTERM: the server or the machine is "
-           "shutting down). Nothing was stored; press Train to start again.")
+STOPPED = Message("The training process was asked to stop (SIGTERM: the server or the "
+                  "machine is shutting down). Nothing was stored; press Train to start "
+                  "again.")
 
 
 class _Failure(Exception):
-    """A job that cannot succeed; the message is for the teacher."""
+    """A job that cannot succeed; the message (a ``Message``) is for the teacher."""
 
 
 class _Stopping:
@@ -69,15 +71,23 @@ class _Stopping:
 def _check_classes(counts: dict[str, int]) -> None:
     """Fail fast, in words a teacher understands, before loading torch."""
     if len(counts) < 2:
-        only = f" ({', '.join(repr(c) for c in counts)})" if counts else ""
-        raise _Failure(f"The dataset has {len(counts)} class(es){only}; a model needs at "
-                       "least 2 to tell apart. Add a class and train again.")
+        raise _Failure(Message("The dataset has %(count)s class(es) (%(names)s); a model "
+                               "needs at least 2 to tell apart. Add a class and train again.",
+                               count=len(counts), names=", ".join(map(repr, counts)))
+                       if counts else Message("The dataset has no classes; a model needs at "
+                                              "least 2 to tell apart. Add classes and train "
+                                              "again."))
     for name, n in counts.items():
-        if n < 2:
-            what = "no images" if n == 0 else "only 1 image"
-            raise _Failure(f"Class {name!r} has {what}: every class needs at least 2 (one "
-                           "to learn from, one to check the model with). Capture or upload "
-                           "some and train again.")
+        if n == 0:
+            raise _Failure(Message(
+                "Class %(name)s has no images: every class needs at least 2 (one to learn "
+                "from, one to check the model with). Capture or upload some and train "
+                "again.", name=repr(name)))
+        if n == 1:
+            raise _Failure(Message(
+                "Class %(name)s has only 1 image: every class needs at least 2 (one to learn "
+                "from, one to check the model with). Capture or upload some and train "
+                "again.", name=repr(name)))
 
 
 class JobRun:
@@ -151,7 +161,7 @@ class JobRun:
             self.queue.finish(job, "done", model_id=model_id, metrics=metrics, error=None)
             log.info("training job %s done: model %s", job["id"], model_id)
         except _Failure as exc:
-            self.end_failed(str(exc))
+            self.end_failed(exc.args[0])
         except TrainingCancelled as exc:
             if _Stopping.requested:
                 self.end_failed(STOPPED, prefix="")
@@ -162,15 +172,18 @@ class JobRun:
             message = _known_failure(exc)
             if message is None:
                 self.log_file.write(traceback.format_exc())
-                message = (f"Training stopped with an unexpected error: "
-                           f"{type(exc).__name__}: {exc}")
+                message = Message("Training stopped with an unexpected error: %(error)s",
+                                  error=f"{type(exc).__name__}: {exc}")
             self.end_failed(message)
         finally:
             self.log_file.close()
 
-    def end_failed(self, message: str, prefix: str = "Failed: ") -> None:
+    def end_failed(self, message: Message, prefix: str = "Failed: ") -> None:
+        """The job ends failed; its ``error`` says why in English, ``error_message`` keeps
+        the sentence so the page shows it in the teacher's language."""
         self.say(prefix + message)
-        self.queue.finish(self.job, "failed", error=message)
+        error_message = message.to_json() if isinstance(message, Message) else None
+        self.queue.finish(self.job, "failed", error=str(message), error_message=error_message)
 
     def _train(self):
         """The recipe on the job's snapshot, with the Teach defaults under its options."""
@@ -185,7 +198,8 @@ class JobRun:
             raise TrainingCancelled("cancelled before training started")
         try:
             result = train(data_dir, self.job_dir / "out" / f"{job['dataset']}.pt", options,
-                           progress=self.progress, should_stop=self.should_stop, say=self.say)
+                           progress=self.progress, should_stop=self.should_stop, say=self.say,
+                           language=job.get("language"))
         except (DatasetError, FinetuneError) as exc:
             raise _Failure(str(exc).replace(str(data_dir), f"dataset {job['dataset']!r}")
                            ) from None
@@ -209,7 +223,9 @@ class JobRun:
             skipped["path"] = Path(skipped["path"]).name
         result.report_path.write_text(json.dumps(report, indent=2, default=str) + "\n",
                                      "utf-8")
-        name = job.get("name") or (f"{job['dataset']} · "
+        # The Teach page names the model (the dataset's name and its own local time); an
+        # API client that did not gets the dataset's name and the UTC time.
+        name = job.get("name") or (f"{job.get('dataset_name') or job['dataset']} · "
                                    + _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"))
         try:
             # The server's engine settings come from the environment this process
@@ -221,11 +237,14 @@ class JobRun:
                 extras={"report.json": result.report_path,
                         "confusion.png": result.confusion_png,
                         "curves.png": result.curves_png},
-                trained_from={"dataset": job["dataset"], "job": job["id"],
-                              "images": job["images"], "classes": job["classes"]},
+                trained_from={"dataset": job["dataset"],
+                              "dataset_name": job.get("dataset_name") or job["dataset"],
+                              "job": job["id"], "images": job["images"],
+                              "classes": job["classes"]},
             )
         except RegistryError as exc:
-            raise _Failure(f"The trained model could not be stored: {exc.message}") from None
+            raise _Failure(Message("The trained model could not be stored: %(reason)s",
+                                   reason=exc.message)) from None
         self.say(f"Stored the model as {meta['id']} ({meta['name']}); it is not active yet.")
         metrics = {**report.get("metrics", {}),
                    "confusion_matrix": report.get("evaluation", {}).get("confusion_matrix"),
@@ -242,9 +261,10 @@ def _known_failure(exc: Exception) -> str | None:
     from model_loader import ModelLoadError
 
     if isinstance(exc, ModelLoadError):
-        return f"The starting weights could not be loaded: {exc}"
+        return Message("The starting weights could not be loaded: %(reason)s", reason=str(exc))
     if isinstance(exc, MemoryError):
-        return "The training ran out of memory; try a smaller image_size or batch_size."
+        return Message("The training ran out of memory; try a smaller image_size or "
+                       "batch_size.")
     return None
 
 

@@ -5,7 +5,8 @@ HTTP with ``Authorization: Bearer $ADMIN_TOKEN``), one blueprint whose routes li
 * ``setup``: the first run without ``ADMIN_TOKEN``: choosing a password on the server
   machine itself,
 * ``models``: the model table, upload, activate, roll back, delete, try an image,
-* ``kiosk_settings``: the teacher settings of the kiosk,
+* ``kiosk_settings``: the teacher settings of the kiosk (the language of the pages too),
+* ``labels``: what the pages call the built-in model's classes (*Class names*),
 * ``teach``: the Teach page and the dataset / job API (a nested blueprint),
 * ``cli``: the same model operations as ``flask models`` commands.
 
@@ -40,6 +41,8 @@ from flask import Blueprint, render_template, request
 from flask_wtf.csrf import CSRFError
 
 from webapp.http.errors import error_json
+from webapp.i18n import translate
+from webapp.messages import Message
 from webapp.stores.registry import RegistryError
 
 log = logging.getLogger(__name__)
@@ -56,13 +59,14 @@ def fail(status: int, code: str, message: str, **extra):
     """A 4xx/5xx in the admin area: JSON for the API, the error page for people."""
     if is_api():
         return error_json(status, code, message, **extra)
-    return render_template("error.html", status=status, message=message), status
+    return render_template("error.html", status=status, message=translate(message)), status
 
 
 @bp.errorhandler(CSRFError)
 def _csrf_error(exc: CSRFError):
-    return fail(400, "csrf_failed", f"{exc.description} The form has expired or did not "
-                "come from this site: reload the admin page and try again.")
+    return fail(400, "csrf_failed", Message(
+        "%(reason)s The form has expired or did not come from this site: reload the admin "
+        "page and try again.", reason=exc.description))
 
 
 # Errors of the disk under MODEL_DIR, in words (never the path: messages reach clients).
@@ -77,17 +81,18 @@ def _storage_error(exc: OSError):
     reason = exc.strerror or type(exc).__name__
     if exc.errno in _STORE_FULL:
         status, code = 507, "store_full"
-        message = (f"The model store (MODEL_DIR) has no room for this ({reason}); nothing "
-                   "was stored. Delete models you no longer need, or give the store more "
-                   "space, and try again.")
+        message = Message("The model store (MODEL_DIR) has no room for this (%(reason)s); "
+                          "nothing was stored. Delete models you no longer need, or give "
+                          "the store more space, and try again.", reason=reason)
     elif exc.errno in _STORE_READ_ONLY:
         status, code = 503, "store_read_only"
-        message = (f"The model store (MODEL_DIR) cannot be written ({reason}); nothing "
-                   "was changed. The current model goes on serving.")
+        message = Message("The model store (MODEL_DIR) cannot be written (%(reason)s); "
+                          "nothing was changed. The current model goes on serving.",
+                          reason=reason)
     else:
         log.exception("unexpected error on %s %s", request.method, request.path)
         status, code = 500, "internal_error"
-        message = "Something went wrong on the server."
+        message = Message("Something went wrong on the server.")
     if status != 500:
         log.error("model store: %s %s failed: %s", request.method, request.path, exc)
     return fail(status, code, message)

@@ -34,7 +34,8 @@ from wtforms.validators import DataRequired
 from webapp import current
 from webapp.config import ConfigError
 from webapp.http.errors import error_json
-from webapp.i18n import _
+from webapp.i18n import _, _l, translate
+from webapp.messages import Message
 from webapp.stores import admin_password, durable
 from webapp.stores.registry import Registry
 from webapp.views.admin import bp, is_api, setup
@@ -46,7 +47,7 @@ SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
 class LoginForm(FlaskForm):
-    token = PasswordField("Admin token", validators=[DataRequired()])
+    token = PasswordField(_l("Admin token"), validators=[DataRequired()])
 
 # --------------------------------------------------------------------------- setup
 
@@ -169,11 +170,13 @@ def _count_failure() -> None:
 
 
 def _rate_limited(retry_after: int):
-    message = f"Too many failed attempts; try again in {retry_after} s."
+    message = Message("Too many failed attempts; try again in %(seconds)s s.",
+                      seconds=retry_after)
     if is_api():
         response = error_json(429, "too_many_attempts", message)
     else:
-        response = render_template("admin/login.html", form=LoginForm(), error=message), 429
+        response = render_template("admin/login.html", form=LoginForm(),
+                                   error=translate(message)), 429
     response = current_app.make_response(response)
     response.headers["Retry-After"] = str(retry_after)
     return response
@@ -195,7 +198,7 @@ def _guard():
             return None
         _count_failure()
         response = current_app.make_response(
-            error_json(401, "bad_token", "The bearer token is not the admin token.")
+            error_json(401, "bad_token", Message("The bearer token is not the admin token."))
         )
         response.headers["WWW-Authenticate"] = 'Bearer realm="admin"'
         return response
@@ -205,11 +208,9 @@ def _guard():
             current_app.extensions["csrf"].protect()  # CSRFError (400) without a token
         return None
     if is_api():
-        response = current_app.make_response(error_json(
-            401, "unauthorized",
+        response = current_app.make_response(error_json(401, "unauthorized", Message(
             "Send the admin token as 'Authorization: Bearer <ADMIN_TOKEN>', or log in at "
-            "/admin/login.",
-        ))
+            "/admin/login.")))
         response.headers["WWW-Authenticate"] = 'Bearer realm="admin"'
         return response
     target = request.full_path.rstrip("?") if request.method == "GET" else url_for("admin.index")
@@ -237,13 +238,13 @@ def login():
     if retry:
         return _rate_limited(retry)
     if not form.validate_on_submit():  # CSRF token or field missing: not a guess
-        errors = "; ".join(e for errs in form.errors.values() for e in errs)
-        return render_template("admin/login.html", form=form,
-                               error=f"The form was not accepted: {errors}"), 400
+        errors = "; ".join(str(e) for errs in form.errors.values() for e in errs)
+        return render_template("admin/login.html", form=form, error=_(
+            "The form was not accepted: %(errors)s", errors=errors)), 400
     if not _token_matches(form.token.data):
         _count_failure()
         return render_template("admin/login.html", form=LoginForm(formdata=None),
-                               error=("That is not the admin token." if _token()
+                               error=(_("That is not the admin token.") if _token()
                                       else _("That is not the admin password."))), 401
     session.clear()
     session["admin"] = _fingerprint()
@@ -260,7 +261,7 @@ def logout():
     except OSError as exc:  # a read-only store: this browser's cookie goes at least
         log.warning("could not end the admin sessions in %s: %s", current.registry().root, exc)
     session.clear()
-    flash("Logged out.", "info")
+    flash(_("Logged out."), "info")
     return redirect(url_for("admin.login"))
 
 
