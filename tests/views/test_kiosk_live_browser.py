@@ -25,8 +25,8 @@ from tests.browser import SIZES, noisy_frames, write_y4m
 from tests.conftest import ROOT, Server, free_port
 from tests.photos import CAT_CLASSES, photo, real_photos
 from tests.views.test_browser import filming
+from webapp.i18n import find_languages
 from webapp.stores.kiosk_settings import KioskSettings, KioskSettingsStore
-from webapp.translations import Translations
 
 pytestmark = pytest.mark.browser
 
@@ -76,7 +76,7 @@ def server(base):
     srv = Server([sys.executable, "-m", "gunicorn", "app:app"], env, port,
                  base / "server.log")
     srv.settings = KioskSettingsStore(settings, KioskSettings(),
-                                      Translations(ROOT / "translations"))
+                                      find_languages(ROOT / "translations"))
     try:
         srv.wait_ready(timeout=300)
         yield srv
