@@ -14,6 +14,7 @@ from model_loader import ModelLoadError
 from webapp import engines
 from webapp.engines import EngineSettings
 from webapp.messages import Message
+from webapp.messages import reason as message_reason
 from webapp.serving.classifier import Classifier
 from webapp.stores.registry import BUILTIN, Registry, RegistryError
 
@@ -184,7 +185,7 @@ class ModelHolder:
             loaded = self.builtin().loaded
         except ModelLoadError as exc:
             return {**entry, "name": "Built-in ImageNet model", "arch": None, "classes": [],
-                    "num_classes": 0, "error": str(exc), "size_bytes": None,
+                    "num_classes": 0, "error": exc.args[0], "size_bytes": None,
                     "version": None}
         size = None
         with contextlib.suppress(OSError):
@@ -242,7 +243,7 @@ class ModelHolder:
                 else:
                     self._classifier = self._timed_load(model_id)
             except (ModelLoadError, RegistryError) as exc:
-                reason = getattr(exc, "message", None) or str(exc)
+                reason = getattr(exc, "message", None) or message_reason(exc)
                 log.error("model %s could not be loaded: %s", model_id, reason)
                 failures.append(f"{model_id}: {reason}")
                 if model_id == "builtin":

@@ -43,6 +43,7 @@ import model_loader
 from model_loader import ModelLoadError
 from webapp import engines
 from webapp.engines import EngineSettings, ModelSource
+from webapp.messages import Message
 from webapp.stores import durable
 from webapp.stores.durable import fsync_dir, locked, write_json
 from webapp.stores.model_names import (  # noqa: F401 - RegistryError, unknown_model: the store's API
@@ -194,10 +195,11 @@ class Registry:
         try:
             intact = model_loader.sha256_file(path) == meta.get("sha256")
         except OSError as exc:
-            raise ModelLoadError(f"its checkpoint cannot be read ({exc.strerror})") from None
+            raise ModelLoadError(Message("its checkpoint cannot be read (%(error)s)",
+                                         error=exc.strerror)) from None
         if not intact:  # the store was damaged: never serve what it no longer holds
-            raise ModelLoadError("its checkpoint file is not the one that was stored (damaged "
-                                 "on disk); upload it again")
+            raise ModelLoadError(Message("its checkpoint file is not the one that was stored "
+                                         "(damaged on disk); upload it again"))
         facts = {key: meta.get(key) for key in ("arch", "classes", "input_size", "mean", "std")}
         found = meta.get("found") or {}
         facts["ema"] = bool(found.get("ema"))  # the weights it was stored with
@@ -261,7 +263,8 @@ class Registry:
         _check_arch(fields)
         upload = Path(source) if move else self._copy_in(Path(source))
         try:
-            label = "The checkpoint" + (f" {original_filename!r}" if original_filename else "")
+            label = Message("The checkpoint %(name)s", name=repr(original_filename)) \
+                if original_filename else Message("The checkpoint")
             meta = self._described(upload, name, fields, label, untrusted)
             if extras:
                 meta["report_files"] = sorted(extras)
@@ -297,7 +300,7 @@ class Registry:
                 # precision trials of QUANTIZE=auto run when a worker first serves it.
                 decide=self.engine.decides and not untrusted)
         except ModelLoadError as exc:
-            raise RegistryError(422, "invalid_checkpoint", str(exc)) from None
+            raise RegistryError(422, "invalid_checkpoint", exc.args[0]) from None
         described = loaded.metadata()
         return {
             "id": self._new_id(),

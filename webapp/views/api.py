@@ -17,7 +17,7 @@ from webapp.http import accesslog, capacity, metrics
 from webapp.http.errors import ApiError
 from webapp.http.images import classify, display_names, parse_topk, uploads_from_request
 from webapp.i18n import translate
-from webapp.messages import Message
+from webapp.messages import Message, reason
 from webapp.serving import explain as explaining
 from webapp.serving import imaging
 
@@ -142,7 +142,7 @@ def readyz():
     try:
         classifier = current.holder().get()
     except ModelLoadError as exc:
-        return jsonify(status="error", error=_without_paths(str(exc))), 503
+        return jsonify(status="error", error=_without_paths(translate(reason(exc)))), 503
     loaded = classifier.loaded
     return jsonify(_without_paths(dict(
         status="ready",
@@ -155,7 +155,7 @@ def readyz():
             "verified": loaded.verified,
         },
         engine=loaded.engine_info,
-        notice=current.holder().notice or loaded.notice,
+        notice=translate(current.holder().notice or loaded.notice or "") or None,
         registry=_registry_status(classifier),
         torch_threads=current_app.config["TORCH_THREADS"],
     )))
