@@ -40,7 +40,8 @@ def load_classifier(config: dict, registry: Registry | None, model_id: str) -> C
         source = engines.builtin_source(config)
     else:
         if registry is None:
-            raise RegistryError(404, "unknown_model", f"There is no model {model_id!r}.")
+            raise RegistryError(404, "unknown_model",
+                                Message("There is no model %(id)s.", id=repr(model_id)))
         source = registry.source(model_id)
     card, engine = engines.serve(source, EngineSettings.from_config(config))
     return Classifier(card, engine, model_id)
