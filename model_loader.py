@@ -174,7 +174,8 @@ def load_imagenet_model(
             log.warning("%s", exc)
     if cached.is_file():
         try:
-            loaded = load_checkpoint(cached, source_kind="cache", name="ResNet18 (ImageNet)",
+            loaded = load_checkpoint(cached, source_kind="cache",
+                                     name=Message("ResNet18 (ImageNet)"),
                                      arch="resnet18")
         except ModelLoadError as exc:
             log.error("ignoring the torchvision cache: %s", exc)

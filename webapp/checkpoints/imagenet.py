@@ -98,7 +98,7 @@ def load_bundled() -> LoadedModel:
         module=module,
         arch="efficientnet_lite0",
         labels=labels,
-        name="EfficientNet-Lite0 (ImageNet, bundled fallback)",
+        name=Message("EfficientNet-Lite0 (ImageNet, bundled fallback)"),  # shown translated
         version=sha256_file(path)[:12],
         source=str(path),
         source_kind="bundled",

@@ -185,9 +185,9 @@ class ModelHolder:
         try:
             loaded = self.builtin().loaded
         except ModelLoadError as exc:
-            return {**entry, "name": "Built-in ImageNet model", "arch": None, "classes": [],
-                    "num_classes": 0, "error": exc.args[0], "size_bytes": None,
-                    "version": None}
+            return {**entry, "name": Message("Built-in ImageNet model"), "arch": None,
+                    "classes": [], "num_classes": 0, "error": exc.args[0],
+                    "size_bytes": None, "version": None}
         size = None
         with contextlib.suppress(OSError):
             size = os.stat(loaded.source).st_size
