@@ -43,6 +43,7 @@ import model_loader
 from model_loader import ModelLoadError
 from webapp import engines
 from webapp.engines import EngineSettings, ModelSource
+from webapp.engines.artefacts import EngineCacheError
 from webapp.stores import durable
 from webapp.stores.durable import fsync_dir, locked, write_json
 from webapp.stores.model_names import (  # noqa: F401 - RegistryError, unknown_model: the store's API
@@ -289,6 +290,10 @@ class Registry:
                 upload, sha256, given=jsonable_fields(fields), label=label,
                 untrusted=untrusted, name=name), self.engine, int8=self.engine.builds_int8,
                 decide=self.engine.decides)
+        except EngineCacheError as exc:  # the cache, not the file: say which store failed
+            if exc.full:
+                raise RegistryError(507, "store_full", f"{exc} Nothing was stored.") from None
+            raise RegistryError(503, "store_read_only", f"{exc} Nothing was stored.") from None
         except ModelLoadError as exc:
             raise RegistryError(422, "invalid_checkpoint", str(exc)) from None
         described = loaded.metadata()
