@@ -13,6 +13,7 @@ from collections.abc import Callable
 from model_loader import ModelLoadError
 from webapp import engines
 from webapp.engines import EngineSettings
+from webapp.engines.precision import reason
 from webapp.serving.classifier import Classifier
 from webapp.stores.registry import BUILTIN, Registry, RegistryError
 
@@ -208,7 +209,13 @@ class ModelHolder:
         if model_id == "builtin" and self._builtin is not None:
             return self._builtin  # loaded once and kept: nothing to load or log
         started = time.perf_counter()
-        classifier = load_classifier(self._config, self._registry, model_id)
+        try:
+            classifier = load_classifier(self._config, self._registry, model_id)
+        except (ModelLoadError, RegistryError):
+            raise
+        except Exception as exc:  # a damaged cache, a disk error: a load failure all the same
+            log.exception("loading model %s failed", model_id)
+            raise ModelLoadError(f"loading it failed: {reason(exc)}") from exc
         if model_id == "builtin":
             self._builtin = classifier
         self.load_seconds = time.perf_counter() - started
