@@ -211,6 +211,14 @@ class ArtefactCache:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
+    def sweep(self, older_than: float) -> int:
+        """Remove what builds cut short left behind (``.<name>.tmp-*`` files and work
+        folders, private OpenVINO compilations) when older than ``older_than`` seconds."""
+        from webapp.stores import durable
+
+        return durable.sweep(self.root, older_than, durable.is_temp_name) + durable.sweep(
+            self.root / "openvino", older_than, lambda name: name.startswith(".compile-"))
+
     def discard(self, name: str) -> None:
         for path in (self.root / name, self.root / f"{name}.sha256"):
             with contextlib.suppress(FileNotFoundError):

@@ -263,6 +263,7 @@ class ModelHolder:
                 "instead."
             )
             log.error("%s", self.notice)
+        self.notice = _joined(state.problem, self.notice)
 
     def _load_or_record(self, model_id: str) -> Classifier:
         try:
@@ -279,10 +280,11 @@ class ModelHolder:
         if stamp == self._stamp:
             return
         self._stamp = stamp
-        wanted = self._registry.state().active
+        state = self._registry.state()
+        wanted = state.active
         current = self._classifier
         if wanted == current.model_id:  # e.g. renamed (Registry.rename rewrites the pointer)
-            self.notice = None
+            self.notice = state.problem
             self._current_name(current)
             return
         try:
@@ -294,14 +296,14 @@ class ModelHolder:
                 new = self._timed_load(wanted)
         except Exception as exc:  # whatever goes wrong, the current model keeps serving
             reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-            self.notice = (
+            self.notice = _joined(state.problem, (
                 f"The active model {wanted} could not be loaded ({reason}); still serving "
                 f"{current.model_id} ({current.loaded.name})."
-            )
+            ))
             log.error("%s", self.notice)
             return
         self._classifier = new
-        self.notice = None
+        self.notice = state.problem
         self._notify()
         log.info("pid %d now serves model %s (was %s)", os.getpid(), wanted,
                  current.model_id)
@@ -319,3 +321,9 @@ class ModelHolder:
         if self._builtin is None:
             self._builtin = self._timed_load("builtin")
         return self._builtin
+
+
+def _joined(*notices: str | None) -> str | None:
+    """Notices in one text (each a sentence or more), or None when there is none."""
+    text = " ".join(n.rstrip(".") + "." for n in notices if n)
+    return text or None

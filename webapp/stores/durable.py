@@ -10,7 +10,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -68,16 +68,21 @@ def locked(lock_file: str | os.PathLike) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def sweep(directory: str | os.PathLike, older_than: float) -> int:
-    """Remove leftovers of interrupted writes from a temp ``directory``: only entries
-    older than ``older_than`` seconds (a young one may be a write in progress elsewhere)."""
+def sweep(directory: str | os.PathLike, older_than: float,
+          match: Callable[[str], bool] | None = None) -> int:
+    """Remove leftovers of interrupted writes from a temp ``directory`` (only the entries
+    whose name ``match`` accepts, when given): only entries older than ``older_than``
+    seconds (a young one may be a write in progress elsewhere).  A folder that cannot be
+    read or written is left as it is."""
     removed = 0
     try:
         entries = list(os.scandir(directory))
-    except FileNotFoundError:
+    except OSError:  # missing, or not ours to read
         return 0
     cutoff = time.time() - older_than
     for entry in entries:
+        if match is not None and not match(entry.name):
+            continue
         try:
             if entry.stat(follow_symlinks=False).st_mtime > cutoff:
                 continue
@@ -88,4 +93,12 @@ def sweep(directory: str | os.PathLike, older_than: float) -> int:
             removed += 1
         except FileNotFoundError:
             pass
+        except OSError:  # read-only: the next start with write access sweeps it
+            break
     return removed
+
+
+def is_temp_name(name: str) -> bool:
+    """A name ``write_json`` and the engine cache give a file while it is written
+    (``.<name>.tmp-<pid>-...``, and the folders beside one)."""
+    return name.startswith(".") and ".tmp-" in name

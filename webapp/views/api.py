@@ -179,6 +179,6 @@ def _registry_status(classifier) -> dict | None:
     registry = current.holder().registry
     if registry is None:
         return None
-    active = registry.state().active
-    return {"active": active, "serving": classifier.model_id,
-            "in_sync": active == classifier.model_id}
+    state = registry.state()
+    return {"active": state.active, "serving": classifier.model_id,
+            "in_sync": state.active == classifier.model_id and state.problem is None}
