@@ -79,7 +79,7 @@ def test_create_list_describe_and_delete_a_dataset(client, tmp_path):
 
 @pytest.mark.parametrize("name", ["../evil", "a/b", ".hidden", "", "   ", "UPPER", "x" * 49,
                                   "with space", "-leading", "tab\tname", None, 7, "..",
-                                  "%2e%2e"])
+                                  "%2e%2e", "con", "nul", "com1", "lpt9", "aux", "prn"])
 def test_bad_dataset_names_are_refused_before_the_filesystem(client, tmp_path, name):
     message = assert_error(client.post("/admin/api/datasets", headers=BEARER,
                                        json={"name": name, "classes": ["a", "b"]}),

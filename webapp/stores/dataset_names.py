@@ -44,7 +44,8 @@ def is_dataset_name(name) -> bool:
 
 
 def check_dataset_name(raw) -> str:
-    """A dataset name is a slug: lowercase letters, digits, ``-`` and ``_``."""
+    """A dataset name is a slug: lowercase letters, digits, ``-`` and ``_``, and not a name
+    Windows keeps for a device (as for class names)."""
     if not isinstance(raw, str) or not raw.strip():
         raise DatasetStoreError(400, "bad_name", "Give the dataset a name, e.g. 'pens-and-cups'.")
     name = raw.strip()
@@ -53,6 +54,12 @@ def check_dataset_name(raw) -> str:
             400, "bad_name", f"The dataset name {name[:60]!r} is not accepted: use up to "
             f"{MAX_DATASET_NAME} lowercase letters, digits, '-' and '_', starting with a "
             f"letter or digit, e.g. {suggest_slug(name)!r}.",
+        )
+    if name.upper() in _WINDOWS_DEVICES:
+        raise DatasetStoreError(
+            400, "bad_name", f"The dataset name {name!r} is not accepted: Windows keeps it "
+            "for a device (like CON, NUL or COM1), so an exported dataset would not unzip "
+            f"there. Use e.g. {name + '-pictures'!r}.",
         )
     return name
 

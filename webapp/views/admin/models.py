@@ -297,9 +297,10 @@ def api_redo():
 @bp.patch("/api/models/<model_id>")
 def api_rename(model_id):
     """JSON ``{"name": "..."}``: the new display name."""
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-        raise ApiError(400, "bad_json", 'Send the new name as JSON, e.g. {"name": "Fruit v2"}.')
+    hint = 'Send the new name as JSON, e.g. {"name": "Fruit v2"}.'
+    body = uploads.json_object(hint)  # the JSON budget: size and depth
+    if not isinstance(body.get("name"), str):
+        raise ApiError(400, "bad_json", hint)
     registry().rename(model_id, body["name"])
     return api_model(model_id)
 
