@@ -24,17 +24,24 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 
 def write_json(path: str | os.PathLike, data, *, durable: bool = True, **dump_options) -> None:
-    """Temp file in the same directory, ``os.replace``: a reader sees the old file or the
-    new one, never a mix.  ``durable`` also fsyncs the file and the directory, so the new
-    content survives a power cut (progress updates that come again may skip that)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    """``data`` as JSON, atomically (``write_text``)."""
     dump_options.setdefault("indent", 2)
     dump_options.setdefault("ensure_ascii", False)
+    write_text(path, json.dumps(data, **dump_options) + "\n", durable=durable)
+
+
+def write_text(path: str | os.PathLike, text: str, *, durable: bool = True,
+               mode: int = 0o666) -> None:
+    """Temp file in the same directory, ``os.replace``: a reader sees the old file or the
+    new one, never a mix.  ``durable`` also fsyncs the file and the directory, so the new
+    content survives a power cut (progress updates that come again may skip that);
+    ``mode``: the new file's permissions (before the umask)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, **dump_options)
-            fh.write("\n")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())

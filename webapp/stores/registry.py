@@ -473,18 +473,7 @@ class Registry:
                 log.warning("%s holds a key of %d characters (at least %d are needed); "
                             "replacing it with a new random key (admins log in again)",
                             path, len(key), MIN_SECRET_KEY)
-            tmp = self.root / f".secret_key.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    fh.write(secrets.token_hex(32) + "\n")
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-            fsync_dir(self.root)
+            durable.write_text(path, secrets.token_hex(32) + "\n", mode=0o600)
             return _read_key(path)
 
     @staticmethod
