@@ -216,10 +216,15 @@ class BufferingWorker(ThreadWorker):
             self.log.warning("refusing connections from %s: it holds %d in this worker "
                              "(MAX_CONNECTIONS_PER_CLIENT)", address, self.per_client_cap)
         conn.sock.setblocking(False)
+        try:  # what it sent already, so that closing does not reset the connection
+            conn.sock.recv(RECV_BYTES)
+        except OSError:
+            pass
         self._send(conn, _answer(503, "too_many_connections", (
             f"This address has {self.per_client_cap} connections open to the server "
             "already; please close some, or try again in a moment.")))
-        self._linger(conn)
+        self.nr_conns -= 1  # closed at once: a flood of them costs this loop nothing more
+        conn.close()
 
     # ----------------------------------------------------------------- handing over
 
