@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import requests
+from PIL import Image
 
 from tests import ops
 from tests.conftest import FRUIT, TOOLS, encode, save_finetuned_resnet18
@@ -50,7 +52,7 @@ def _seeded_cache(base: Path) -> Path:
     settings = EngineSettings(cache_dir=os.environ["ENGINE_CACHE_DIR"], quantize="none")
     card = engines.ensure_card(engines.builtin_source({}), settings)
     cache = base / "cache"
-    cache.mkdir()
+    cache.mkdir(parents=True)
     for file in ArtefactCache(settings.cache.root).root.glob(f"{card.key}*"):
         shutil.copy(file, cache / file.name)
     return cache
@@ -118,6 +120,79 @@ def test_an_undecodable_sidecar_in_a_writable_cache_is_rebuilt_and_served(tmp_pa
         assert "is damaged; rebuilding it" in server.log
     finally:
         server.stop()
+
+
+def _mount_tmpfs(path: Path, megabytes: int) -> None:
+    """A small tmpfs at ``path`` (a real full disk), or skip where mounting is not
+    allowed."""
+    if os.getuid() != 0 or not shutil.which("mount") or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m,mode=0777", "tmpfs",
+             str(path)], capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+
+
+def test_each_store_that_fails_is_the_one_named(tmp_path, fruit_checkpoint):
+    """A full engine cache is not an "invalid checkpoint" (422) but 507 naming
+    ENGINE_CACHE_DIR; a read-only one 503 naming it, not MODEL_DIR; a full DATA_DIR 507
+    naming DATA_DIR, not MODEL_DIR.  Nothing is stored; the model goes on serving."""
+    cache, data = tmp_path / "cache", tmp_path / "data"
+    cache.mkdir()
+    data.mkdir()
+    _mount_tmpfs(cache, 64)  # the built-in model's entry and blob fit, a new model not
+    try:
+        seeded = _seeded_cache(tmp_path / "seed")
+        for file in seeded.iterdir():
+            if not file.name.endswith((".int8.onnx", ".int8.onnx.sha256")):
+                shutil.copy(file, cache / file.name)
+        _mount_tmpfs(data, 1)
+        server = ops.launch(tmp_path, "stores", WEB_CONCURRENCY=1, QUANTIZE="none",
+                            ENGINE_CACHE_DIR=cache, DATA_DIR=data, MODEL_DIR=tmp_path / "m",
+                            ADMIN_TOKEN=TOKEN)
+        try:
+            server.wait_ready(timeout=600)
+
+            def upload():
+                with open(fruit_checkpoint, "rb") as fh:
+                    return requests.post(server.url + "/admin/api/models", headers=BEARER,
+                                         files={"checkpoint": ("fruit.pt", fh)}, timeout=600)
+
+            full = upload()
+            assert full.status_code == 507, full.text[:500]
+            assert full.json()["error"]["code"] == "store_full"
+            assert "engine cache (ENGINE_CACHE_DIR) has no room" in full.json()["error"]["message"]
+            subprocess.run(["mount", "-o", "remount,ro", str(cache)], check=True)
+            read_only = upload()
+            assert read_only.status_code == 503, read_only.text[:500]
+            message = read_only.json()["error"]["message"]
+            assert "engine cache (ENGINE_CACHE_DIR) cannot be written" in message
+            assert "MODEL_DIR" not in message
+            models = requests.get(server.url + "/admin/api/models", headers=BEARER,
+                                  timeout=60).json()["models"]
+            assert [m["id"] for m in models] == ["builtin"]
+
+            made = requests.post(server.url + "/admin/api/datasets", headers=BEARER,
+                                 json={"name": "noise", "classes": ["a", "b"]}, timeout=60)
+            assert made.status_code == 201, made.text
+            noise = encode(Image.effect_noise((1024, 1024), 90).convert("RGB"), "PNG")
+            statuses = []
+            for _ in range(20):  # about 300 KB each as a JPEG: the 1 MB disk fills up
+                answer = requests.post(server.url + "/admin/api/datasets/noise/images",
+                                       headers=BEARER, data={"label": "a"},
+                                       files={"image": ("noise.png", noise)}, timeout=60)
+                statuses.append(answer.status_code)
+                if answer.status_code != 201:
+                    break
+            assert statuses[-1] == 507, statuses
+            message = answer.json()["error"]["message"]
+            assert "Teach data folder (DATA_DIR) has no room" in message, message
+            response = requests.post(server.url + "/predict", timeout=60,
+                                     files={"image": ("c.jpg", small_jpeg())})
+            assert response.json()["predictions"][0]["label"] == "espresso"
+        finally:
+            server.stop()
+    finally:
+        for path in (data, cache):
+            subprocess.run(["umount", str(path)], check=False)
 
 
 # --------------------------------------------------------------------------- state
