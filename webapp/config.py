@@ -188,9 +188,10 @@ SETTINGS: tuple[Setting, ...] = (
             "int", 1, 256),
     Setting("UPLOAD_QUEUE_SECONDS", "10", "How long an upload waits for a free slot "
             "before the answer is 503 server_busy with Retry-After.", "float", 0, 600),
-    Setting("REQUEST_TIMEOUT", "30", "Seconds a client has to send a request, plus a "
-            "second for every 16 KB it sends (a slow link keeps its time, a client dripping "
-            "bytes does not); also the longest an upload may stall. 408 after that.",
+    Setting("REQUEST_TIMEOUT", "30", "Seconds a client has to send a request from its "
+            "first byte, plus a second for every 16 KB of body it sends (a slow link keeps "
+            "its time, a client dripping bytes does not); also the longest an upload may "
+            "stall. 408 after that.",
             "float", 1, 3600),
     Setting("HEADER_TIMEOUT", "10", "Seconds a client has to send a request's line and "
             "headers, from its connection (or its first byte on a kept-alive one); bytes "
