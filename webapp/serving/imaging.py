@@ -104,8 +104,8 @@ class DecodeBudget(io.BytesIO):
             raise too_slow("its structure needs more steps to read than any real image "
                            "(it is mostly padding or empty segments)")
         if self._deadline is not None and time.monotonic() >= self._deadline:
-            raise too_slow(f"decoding the images of one request may take {self._seconds:g} s "
-                           "in all, and this one would take longer")
+            raise too_slow(f"decoding it would take longer than {self._seconds:g} s (the "
+                           "time all the images of one request may take together)")
 
     def read(self, size=-1, /):
         self._spend()
