@@ -99,7 +99,8 @@ def _compile(path: Path, threads: int, streams: int, precision: str, blobs: str 
     process reading a blob another is still writing dies of SIGBUS (two workers compiling
     the same new model at a swap).  A blob OpenVINO cannot read (truncated by a crash) is
     replaced: the network is compiled into a private folder and its blob renamed over the
-    damaged one."""
+    damaged one.  A cache that cannot be written is not used (a read-only engine cache
+    whose entries are all there still serves)."""
     settings = {
         "INFERENCE_NUM_THREADS": threads,
         "NUM_STREAMS": streams,
@@ -110,9 +111,16 @@ def _compile(path: Path, threads: int, streams: int, precision: str, blobs: str 
         "ENABLE_CPU_PINNING": False,
     }
     core = openvino_core()
-    if not blobs:
-        return core.compile_model(str(path), "CPU", settings)
-    with _blob_lock(blobs):
+    with contextlib.ExitStack() as held:
+        if blobs:
+            try:
+                held.enter_context(_blob_lock(blobs))
+            except OSError as exc:  # a read-only cache: its entries serve, uncached compiles
+                log.info("OpenVINO's cache %s cannot be written (%s); compiling without it",
+                         blobs, exc.strerror or exc)
+                blobs = ""
+        if not blobs:
+            return core.compile_model(str(path), "CPU", settings)
         try:
             return core.compile_model(str(path), "CPU", {"CACHE_DIR": blobs, **settings})
         except Exception as exc:  # noqa: BLE001 - a damaged blob: compile it afresh
@@ -132,7 +140,8 @@ def _compile(path: Path, threads: int, streams: int, precision: str, blobs: str 
 @contextlib.contextmanager
 def _blob_lock(blobs: str):
     """An exclusive ``flock`` on OpenVINO's cache folder: one compilation at a time
-    reads or writes it (across threads, workers, builders and replicas)."""
+    reads or writes it (across threads, workers, builders and replicas).  ``OSError``
+    when the folder cannot be written."""
     os.makedirs(blobs, exist_ok=True)
     with open(os.path.join(blobs, ".lock"), "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
