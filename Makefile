@@ -1,6 +1,7 @@
 # Two commands on a fresh machine (Python 3.11 with venv):
 #   make run    set up .venv, fetch ResNet18's weights if the network allows, and start
 #               the server (gunicorn) on http://127.0.0.1:5000
+#   make classroom  the same on the school network, over HTTPS (phones' cameras)
 #   make test   set up .venv with the test tools and run lint + the test suite
 #   make test-fast  the inner loop: no server, no browser, no slow conversion (docs/development.md)
 PYTHON ?= python3
@@ -13,11 +14,18 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
+# torch and torchvision from PyTorch's CPU-only index when it answers (deploy/cpu_torch.py
+# says which it did in one line): PyPI's builds bring ~5 GB of CUDA libraries no classroom
+# PC uses.  TORCH_INDEX_URL= installs them from the default index.
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+
 $(VENV)/.installed: requirements.txt | $(BIN)/python
+	$(BIN)/python deploy/cpu_torch.py $(TORCH_INDEX_URL)
 	$(BIN)/pip install -q -r requirements.txt
 	touch $@
 
 $(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/python deploy/cpu_torch.py $(TORCH_INDEX_URL)
 	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $(VENV)/.installed $@
 
@@ -37,11 +45,24 @@ weights: $(VENV)/.weights
 run: install weights
 	$(BIN)/gunicorn app:app
 
+# Classroom network mode (docs/kiosk.md): listen on the network, HTTPS with a certificate
+# of the server's own local CA, so students' phones get their cameras.
+.PHONY: classroom
+classroom: install weights
+	CLASSROOM=1 $(BIN)/gunicorn app:app
+
 dev: install
 	$(BIN)/python app.py --debug
 
 download: install
 	$(BIN)/python -m model_loader download
+
+# The built-in model converted for serving ahead of time, into ENGINE_CACHE_DIR
+# (deploy/engine.py): the Dockerfile runs it into /opt/engines, which a fresh container
+# copies (ENGINE_CACHE_SEED) instead of converting the model on its first start.
+.PHONY: engine
+engine: install
+	$(BIN)/python deploy/engine.py
 
 # Start the production server on 127.0.0.1 and check it (deploy/smoke.py).  The
 # Dockerfile runs it at build time; tests/deploy/test_deploy.py runs the same command in CI.
@@ -52,13 +73,18 @@ smoke: install
 lint: install-dev
 	$(BIN)/ruff check .
 
-# The browser tests drive Debian's Chromium and tests/deploy/test_deploy.py runs nginx in front of
-# two replicas; both fail (never skip) without them, so install them when they are missing
-# (apt-get, as root or through sudo) or say what to install.
-SYSTEM_PACKAGES := chromium chromium-driver fonts-dejavu-core nginx-light
+# The browser tests drive Debian's Chromium (trusting the classroom CA through an NSS database
+# made with certutil, libnss3-tools) and tests/deploy/test_deploy.py runs nginx in front of
+# two replicas; all fail (never skip) without them, so install them when they are missing
+# (apt-get, as root or through sudo) or say what to install.  fonts-noto-cjk: Chinese on
+# the pages (and their screenshots) and in the Teach reports' pictures.
+SYSTEM_PACKAGES := chromium chromium-driver fonts-dejavu-core fonts-noto-cjk nginx-light \
+  libnss3-tools
 .PHONY: system-deps
 system-deps:
-	@if command -v chromium >/dev/null && { command -v nginx >/dev/null || test -x /usr/sbin/nginx; }; then \
+	@if command -v chromium >/dev/null && command -v certutil >/dev/null \
+	    && { command -v nginx >/dev/null || test -x /usr/sbin/nginx; } \
+	    && fc-list :lang=zh family | grep -q .; then \
 	  exit 0; \
 	elif command -v apt-get >/dev/null; then \
 	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO="sudo"; \
@@ -66,7 +92,7 @@ system-deps:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(SYSTEM_PACKAGES); \
 	else \
-	  echo "make test needs Chromium and nginx: install them (Debian: $(SYSTEM_PACKAGES))," \
+	  echo "make test needs Chromium, nginx and a Chinese font: install them (Debian: $(SYSTEM_PACKAGES))," \
 	       "or run the rest with: $(BIN)/python -m pytest -m 'not browser'" >&2; exit 1; \
 	fi
 
@@ -85,6 +111,26 @@ test: lint system-deps
 test-fast: install-dev
 	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile \
 	  -m "not system and not browser and not slow" $(ARGS)
+
+# The interface's translations (gettext catalogs in translations/, docs/translating.md):
+# extract every message of the code, templates and scripts into translations/messages.pot,
+# merge it into each language's messages.po, compile the .mo files the server reads (they
+# are kept in the repository, so a checkout serves every language without a build step).
+# A new language: make i18n-init LOCALE=fr, translate translations/fr/LC_MESSAGES/messages.po.
+BABEL_KEYWORDS := -k _l -k lazy_gettext -k Message
+.PHONY: i18n-extract i18n-update i18n-compile i18n-init
+i18n-extract: install-dev
+	$(BIN)/pybabel extract -F babel.cfg $(BABEL_KEYWORDS) --add-location=file --sort-by-file \
+	  --project "Offline Image Classifier" -o translations/messages.pot .
+
+i18n-update: i18n-extract
+	$(BIN)/pybabel update -i translations/messages.pot -d translations
+
+i18n-compile: install-dev
+	$(BIN)/pybabel compile -d translations --statistics
+
+i18n-init: i18n-extract
+	$(BIN)/pybabel init -i translations/messages.pot -d translations -l $(LOCALE)
 
 .PHONY: bench
 bench: install-dev  # the speed benchmark (docs/speed.md); ARGS=--quick for a short check

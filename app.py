@@ -24,7 +24,15 @@ def main(argv: list[str] | None = None) -> int:
     except ModelLoadError as exc:
         print(f"error: the model could not be loaded: {exc}", file=sys.stderr)
         return 1
-    app.run(host=args.host, port=args.port, debug=args.debug, threaded=True)
+    tls = None
+    if app.config["CLASSROOM"]:  # HTTPS with the local CA's certificate (webapp/classroom.py)
+        from webapp import classroom
+
+        files, notes = classroom.prepare({**app.config, "HOST": args.host, "PORT": args.port})
+        for level, message in notes:
+            classroom.log.log(level, message)
+        tls = (str(files.cert), str(files.key))
+    app.run(host=args.host, port=args.port, debug=args.debug, threaded=True, ssl_context=tls)
     return 0
 
 

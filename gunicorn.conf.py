@@ -25,6 +25,18 @@ os.environ["WEB_CONCURRENCY"] = str(workers)
 os.environ["TORCH_THREADS"] = str(_threads)
 
 bind = os.environ.get("GUNICORN_BIND") or f"{_settings['HOST']}:{_settings['PORT']}"
+# Classroom network mode (webapp/classroom.py): HTTPS with the local CA's certificate for
+# this machine's addresses, made or renewed here, before gunicorn listens.
+_classroom_notes = []
+if _settings["CLASSROOM"]:
+    from webapp import classroom
+
+    try:
+        _tls, _classroom_notes = classroom.prepare(_settings)
+    except OSError as exc:
+        sys.exit(f"classroom mode: the certificates cannot be kept in "
+                 f"{classroom.tls_folder(_settings)}: {exc}")
+    certfile, keyfile = str(_tls.cert), str(_tls.key)
 # gthread, but each request is read in the worker's event loop before a thread gets it:
 # slow clients hold no thread and no upload slot (webapp/http/worker.py, docs/security.md).
 worker_class = "webapp.http.worker.BufferingWorker"
@@ -141,16 +153,39 @@ def when_ready(server):
         "(ENGINE=%s QUANTIZE=%s)", workers, _threads, threads, _settings["ENGINE"],
         _settings["QUANTIZE"],
     )
+    for level, message in _classroom_notes:
+        server.log.log(level, message)
 
 
 def on_starting(server):
     """Numbers of an earlier run must not count in this one: empty the metrics folder.
-    And give memory back: see _return_big_blocks_to_the_os."""
+    Give memory back: see _return_big_blocks_to_the_os.  And start from the engine cache
+    made ahead of time, if there is one (_seed_engine_cache)."""
     os.makedirs(_metrics_dir, exist_ok=True)
     for name in os.listdir(_metrics_dir):
         if name.endswith(".db"):
             os.unlink(os.path.join(_metrics_dir, name))
     _return_big_blocks_to_the_os(server)
+    _seed_engine_cache(server)
+
+
+def _seed_engine_cache(server):
+    """ENGINE_CACHE_SEED (the Docker image's /opt/engines, the built-in model converted at
+    build time): what the engine cache lacks is copied from it before the workers start,
+    so a fresh volume serves in seconds instead of converting the model first."""
+    seed = _settings["ENGINE_CACHE_SEED"]
+    if not seed:
+        return
+    from webapp.engines.artefacts import ArtefactCache, default_cache_dir
+
+    root = _settings["ENGINE_CACHE_DIR"] or default_cache_dir()
+    try:
+        copied = ArtefactCache(root).seed_from(seed)
+    except OSError as exc:  # a full or read-only volume: the workers convert as usual
+        server.log.warning("could not copy the engine cache from %s: %s", seed, exc)
+        return
+    if copied:
+        server.log.info("engine cache: %d file(s) copied from %s", copied, seed)
 
 
 def _return_big_blocks_to_the_os(server):

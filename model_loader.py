@@ -94,6 +94,8 @@ def load_checkpoint(
     input_size: int | str | None = None,
     mean=None,
     std=None,
+    activation: str | None = None,
+    ema=None,
     source_kind: str = "checkpoint",
     name: str | None = None,
     run_probe: bool = True,
@@ -127,7 +129,8 @@ def load_checkpoint(
     what = label or str(path)
     check_file(path, what)
     given = Given.parse(what, classes=classes, labels=labels, arch=arch,
-                        input_size=input_size, mean=mean, std=std)
+                        input_size=input_size, mean=mean, std=std, activation=activation,
+                        ema=ema)
     version = (version or sha256_file(path))[:12]
     kind = sniff_kind(path)
     if kind == "onnx":
@@ -141,10 +144,11 @@ def load_checkpoint(
                              "on auto or name the PyTorch architecture")
     if kind == "safetensors":
         tensors, metadata = read_safetensors(path, what)
-        contents = read_container(tensors, what, metadata)
+        contents = read_container(tensors, what, metadata, ema=given.ema)
     else:
         obj = read_weights_file(path, what)
-        contents = read_v1(obj, what) if is_v1(obj) else read_container(obj, what)
+        contents = read_v1(obj, what) if is_v1(obj) else read_container(obj, what,
+                                                                         ema=given.ema)
     return build_from_contents(contents, given, what, path=path, kind=kind, name=name,
                                version=version, source_kind=source_kind, run_probe=run_probe)
 

@@ -1,10 +1,13 @@
 """Helpers for the browser tests: finding Chromium, a fake camera that films a real photo,
-the two screen sizes every page is checked at (where elements are, no sideways scroll,
-axe-core), and where screenshots go."""
+the screen sizes every page is checked at (where elements are, no sideways scroll,
+axe-core), where screenshots go, and whether a page in another language still shows
+English words of the catalog."""
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -24,7 +27,7 @@ FAKE_CAMERA_ARGS = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-med
 
 MISSING_BROWSER = """\
 The browser tests need Chromium and none was found.
-  * Debian/Ubuntu (what CI does):  sudo apt-get install -y chromium fonts-dejavu-core
+  * Debian/Ubuntu (what CI does):  sudo apt-get install -y chromium fonts-dejavu-core fonts-noto-cjk
   * without root:                  .venv/bin/playwright install chromium
                                    (downloads Playwright's own Chromium into ~/.cache)
   * or point to any Chromium/Chrome: CHROMIUM_PATH=/path/to/chrome make test
@@ -53,9 +56,8 @@ def chromium_executable(playwright) -> str | None:
     return None
 
 
-def write_y4m(image: Image.Image, path: Path, size=(640, 480)) -> Path:
-    """A one-frame YUV4MPEG2 video of ``image`` (cropped to the aspect of ``size``), for
-    Chromium's ``--use-file-for-fake-video-capture``: the fake camera films this photo."""
+def camera_frame(image: Image.Image, size=(640, 480)) -> Image.Image:
+    """``image`` as a camera of ``size`` films it: cropped to the aspect of ``size``."""
     width, height = size
     src_w, src_h = image.size
     scale = max(width / src_w, height / src_h)
@@ -63,23 +65,54 @@ def write_y4m(image: Image.Image, path: Path, size=(640, 480)) -> Path:
                                           Image.BICUBIC)
     left = (resized.width - width) // 2
     top = (resized.height - height) // 2
-    frame = resized.crop((left, top, left + width, top + height)).convert("YCbCr")
-    y, cb, cr = (np.asarray(channel, dtype=np.float32) for channel in frame.split())
+    return resized.crop((left, top, left + width, top + height))
+
+
+def noisy_frames(image: Image.Image, count: int, seed: int = 0, size=(640, 480),
+                 noise: float = 3.0, jitter: int = 1) -> list[Image.Image]:
+    """``count`` frames of a still camera filming ``image``: each shifted by up to
+    ``jitter`` pixels either way and with sensor noise of ``noise`` grey levels (the
+    standard deviation), as a real camera's still picture is never still."""
+    gen = np.random.default_rng(seed)
+    width, height = size
+    pad = camera_frame(image, (width + 2 * jitter, height + 2 * jitter))
+    pixels = np.asarray(pad, dtype=np.float32)
+    frames = []
+    for _ in range(count):
+        dx, dy = gen.integers(0, 2 * jitter + 1, 2)
+        crop = pixels[dy:dy + height, dx:dx + width]
+        noisy = crop + gen.normal(0, noise, crop.shape)
+        frames.append(Image.fromarray(np.clip(np.round(noisy), 0, 255).astype(np.uint8)))
+    return frames
+
+
+def write_y4m(image: Image.Image | list, path: Path, size=(640, 480), fps: int = 30) -> Path:
+    """A YUV4MPEG2 video of ``image`` (cropped to the aspect of ``size``), or of a list
+    of frames (each shown for 1/``fps`` s; Chromium plays the file in a loop), for
+    Chromium's ``--use-file-for-fake-video-capture``: the fake camera films it."""
+    width, height = size
+    images = image if isinstance(image, list) else [image]
 
     def chroma(plane):  # 4:2:0, video (limited) range
         sub = plane.reshape(height // 2, 2, width // 2, 2).mean(axis=(1, 3))
         return np.clip(np.round(128 + (sub - 128) * 224 / 255), 0, 255).astype(np.uint8)
 
-    luma = np.clip(np.round(16 + y * 219 / 255), 0, 255).astype(np.uint8)
-    header = f"YUV4MPEG2 W{width} H{height} F30:1 Ip A1:1 C420jpeg\n".encode()
-    path.write_bytes(header + b"FRAME\n" + luma.tobytes() + chroma(cb).tobytes()
-                     + chroma(cr).tobytes())
+    with open(path, "wb") as out:
+        out.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for picture in images:
+            frame = camera_frame(picture, size).convert("YCbCr")
+            y, cb, cr = (np.asarray(channel, dtype=np.float32) for channel in frame.split())
+            luma = np.clip(np.round(16 + y * 219 / 255), 0, 255).astype(np.uint8)
+            out.write(b"FRAME\n" + luma.tobytes() + chroma(cb).tobytes()
+                      + chroma(cr).tobytes())
     return path
 
 
-# A common laptop and a common phone (CSS pixels).  The phone is a touch screen.
+# A common laptop, a classroom's big screen and a common phone (CSS pixels).  The phone is
+# a touch screen.
 SIZES = {
     "desktop": {"viewport": {"width": 1366, "height": 768}},
+    "wide": {"viewport": {"width": 1920, "height": 1080}},
     "phone": {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True},
 }
 
@@ -132,3 +165,82 @@ def assert_no_sideways_scroll(page, selector: str | None = None) -> None:
         "sel => { const el = sel ? document.querySelector(sel) : document.documentElement;"
         " return [el.scrollWidth, el.clientWidth]; }", selector)
     assert widths[0] <= widths[1], f"{selector or 'the page'} scrolls sideways: {widths}"
+
+
+# --------------------------------------------------------------------------- languages
+
+# Text on the pages that comes from code not converted to the catalogs yet (the model's
+# own notice and summary are written by webapp/checkpoints), and identifiers (<code>:
+# model and job ids, settings), which are the same in every language.  Text marked as
+# another language than the page's (the language switch's "English", an ImageNet label
+# beside its name) is left out too.
+NOT_TRANSLATED = ("#model-notice", ".model-summary", "code")
+# A word: letters alone (mobilenet_v3_small, MODEL_DIR, v1 are identifiers, not words).
+_WORD = re.compile(r"(?<![A-Za-z0-9_])[A-Za-z]{2,}(?![A-Za-z0-9_])")
+_NOT_WORDS = re.compile(r"%\(\w+\)[sd]|\{\w+\}|<[^>]+>|&\w+;")
+
+
+@functools.lru_cache(maxsize=1)
+def english_catalog_words() -> frozenset[str]:
+    """Every English word of the catalog's messages (translations/messages.pot), except
+    those the Chinese translations keep as they are (JPEG, ONNX, ImageNet, MB, ...)."""
+    from babel.messages.pofile import read_po
+
+    def words(catalog, field) -> set[str]:
+        found = set()
+        for message in catalog:
+            value = getattr(message, field)
+            for text in (value if isinstance(value, list | tuple) else [value]):
+                found.update(w.lower() for w in _WORD.findall(_NOT_WORDS.sub(" ", text or "")))
+        return found
+
+    with open(ROOT / "translations" / "messages.pot", "rb") as pot, \
+            open(ROOT / "translations" / "zh_Hans_CN" / "LC_MESSAGES" / "messages.po",
+                 "rb") as po:
+        english, kept = words(read_po(pot), "id"), words(read_po(po), "string")
+    return frozenset(english - kept)
+
+
+_VISIBLE_TEXT = """skip => {
+  const parts = [document.title, document.body.innerText];
+  for (const el of document.querySelectorAll("input[placeholder], textarea[placeholder]"))
+    if (el.offsetParent !== null) parts.push(el.placeholder);
+  let text = parts.join("\\n");
+  const page = document.documentElement.lang;
+  const other = Array.from(document.body.querySelectorAll("[lang]"))
+    .filter(el => el.lang && el.lang !== page);
+  for (const el of [...document.querySelectorAll(skip), ...other])
+    if (el.innerText) text = text.split(el.innerText).join(" ");
+  return text;
+}"""
+
+
+def english_on_page(page) -> list[str]:
+    """The words of the catalog's English messages that the page shows (its visible text,
+    title and placeholders), each with the text around it: none on a page in another
+    language."""
+    text = page.evaluate(_VISIBLE_TEXT, ", ".join(NOT_TRANSLATED))
+    catalog = english_catalog_words()
+    return sorted({f"{m.group(0)} (in: …{text[max(0, m.start() - 30):m.end() + 30]}…)"
+                   for m in _WORD.finditer(text) if m.group(0).lower() in catalog})
+
+
+@functools.lru_cache(maxsize=1)
+def _chinese():
+    from babel.support import Translations
+
+    return Translations.load(str(ROOT / "translations"), ["zh_Hans_CN"])
+
+
+def zh_pattern(message: str, plural: str | None = None, n: int = 2) -> re.Pattern:
+    """What a page shows for one of the scripts' messages in Chinese, its ``{name}``
+    parameters standing for any text (a plural message: its form for ``n``)."""
+    text = (_chinese().ngettext(message, plural, n) if plural
+            else _chinese().gettext(message))
+    parts = re.split(r"\{\w+\}", text)
+    return re.compile(".+?".join(re.escape(part) for part in parts))
+
+
+def assert_no_english(page, where: str = "") -> None:
+    found = english_on_page(page)
+    assert not found, f"English words on the {where or page.url} page: {found}"

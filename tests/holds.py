@@ -59,6 +59,66 @@ def views(photo: Image.Image, rng: random.Random, count: int, size=FRAME) -> lis
     return [_frame(photo, _viewpoint(rng), size) for _ in range(count)]
 
 
+# --------------------------------------------------------------------------- new views
+
+NEW_VIEW_KINDS = ("closer", "farther", "corner", "turned", "light")
+
+
+def _desk(rng: random.Random, size) -> Image.Image:
+    """A plain surface (a desk, a wall): one muted colour, a gentle gradient, some grain."""
+    w, h = size
+    base = np.array([rng.randrange(90, 200) for _ in range(3)], np.float32)
+    shade = np.linspace(rng.uniform(0.85, 1.0), rng.uniform(1.0, 1.15), h)[:, None, None]
+    grain = np.random.default_rng(rng.randrange(2**32)).normal(0, 4, (h, w, 3))
+    return Image.fromarray(np.clip(base * shade + grain, 0, 255).astype(np.uint8))
+
+
+def new_view(photo: Image.Image, rng: random.Random, kind: str, size=FRAME) -> Image.Image:
+    """``photo`` as a teacher shows a taught object again, further from how it was
+    taught than ``views``: ``closer`` (a part of it fills the frame), ``farther`` (small,
+    on a desk), ``corner`` (small, in a corner of the frame), ``turned`` (a quarter or
+    half turn), ``light`` (much darker or brighter, a warm or cold cast)."""
+    view = {**_viewpoint(rng), "zoom": rng.uniform(0.8, 1.0), "angle": rng.uniform(-6, 6),
+            "light": rng.uniform(0.9, 1.1)}
+    if kind == "closer":
+        return _frame(photo, {**view, "zoom": rng.uniform(0.35, 0.5),
+                              "cx": rng.uniform(0.4, 0.6), "cy": rng.uniform(0.4, 0.6)}, size)
+    if kind in ("farther", "corner"):
+        scale = rng.uniform(0.4, 0.55) if kind == "farther" else rng.uniform(0.45, 0.6)
+        small = (round(size[0] * scale), round(size[1] * scale))
+        thing = _frame(photo, view, small)
+        desk = _desk(rng, size)
+        if kind == "farther":
+            x = round((size[0] - small[0]) * rng.uniform(0.35, 0.65))
+            y = round((size[1] - small[1]) * rng.uniform(0.35, 0.65))
+        else:
+            x = round((size[0] - small[0]) * rng.choice((rng.uniform(0, 0.1),
+                                                         rng.uniform(0.9, 1))))
+            y = round((size[1] - small[1]) * rng.choice((rng.uniform(0, 0.1),
+                                                         rng.uniform(0.9, 1))))
+        desk.paste(thing, (x, y))
+        return desk
+    if kind == "turned":
+        turn = rng.choice((Image.ROTATE_90, Image.ROTATE_270, Image.ROTATE_180))
+        frame = _frame(photo, view, size if turn == Image.ROTATE_180 else size[::-1])
+        return frame.transpose(turn)
+    if kind == "light":
+        frame = _frame(photo, {**view, "light": rng.choice((rng.uniform(0.45, 0.6),
+                                                            rng.uniform(1.4, 1.6)))}, size)
+        cast = rng.choice(((1.15, 1.0, 0.8), (0.8, 0.95, 1.15)))
+        pixels = np.asarray(frame, np.float32) * np.asarray(cast, np.float32)
+        frame = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+        return ImageEnhance.Contrast(frame).enhance(rng.uniform(0.7, 0.85))
+    raise ValueError(f"unknown kind of view: {kind}")
+
+
+def new_views(photo: Image.Image, rng: random.Random, count: int,
+              size=FRAME) -> list[tuple[str, Image.Image]]:
+    """``count`` new views of ``photo`` (``new_view``), the kinds in turn."""
+    kinds = [NEW_VIEW_KINDS[n % len(NEW_VIEW_KINDS)] for n in range(count)]
+    return [(kind, new_view(photo, rng, kind, size)) for kind in kinds]
+
+
 # --------------------------------------------------------------------------- not photos
 
 

@@ -1,5 +1,5 @@
 """Model files as people have them, made here with random weights (nothing downloaded):
-one for each row of the table in issue 13 ("bring your own checkpoint"), and the answer
+one for each row of the table of accepted and refused files (docs/admin.md), and the answer
 the model gives in torch fp32 with the standard ImageNet preprocessing (torchvision's
 transforms, not the server's code), to compare the server's with.
 
@@ -27,6 +27,57 @@ from tests.photos import real_photos
 
 CLASSES = ["cat", "dog", "fox", "owl", "yak"]
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+class HuggingFaceLogits(nn.Module):
+    """A transformers image classifier answering its logits, as torchvision's do."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(pixel_values=x).logits
+
+
+class PixelsNHWC(nn.Module):
+    """A network that takes uint8 (N, H, W, 3) pixels and normalises them itself (what
+    an exporter for phones or browsers writes)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+        self.register_buffer("mean", torch.tensor(IMAGENET[0]).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(IMAGENET[1]).view(1, 3, 1, 1) * 255)
+
+    def forward(self, pixels):
+        x = pixels.permute(0, 3, 1, 2).float()
+        return self.module((x - self.mean) / self.std)
+
+
+class PixelValues(nn.Module):
+    """``PixelsNHWC`` fed torchvision's transform with mean 0 and std 1/255 (pixel
+    values as floats): the reference answers of the uint8 model."""
+
+    def __init__(self, wrapped: PixelsNHWC):
+        super().__init__()
+        self.wrapped = wrapped
+
+    def forward(self, x):
+        pixels = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+        return self.wrapped(pixels)
+
+
+def _export(module: nn.Module, path: Path, example: torch.Tensor) -> None:
+    """ONNX with a free batch dimension (the TorchScript-based exporter, which needs no
+    extra package)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (example,), str(path), dynamo=False,
+                          input_names=["pixels"], output_names=["scores"],
+                          dynamic_axes={"pixels": {0: "n"}, "scores": {0: "n"}})
 
 
 @dataclass(frozen=True)
@@ -73,22 +124,45 @@ def photo_pngs() -> list[tuple[str, bytes]]:
     return out
 
 
-def photo_batch(input_size: int = 224, mean=IMAGENET[0], std=IMAGENET[1]) -> torch.Tensor:
-    """The real photos through torchvision's ImageNet eval transform (the standard
-    preprocessing), with a model's own size and statistics."""
+@functools.cache
+def large_jpegs() -> list[tuple[str, bytes]]:
+    """The real photos as a phone sends them: enlarged to a shorter side of 2000 px
+    (bicubic, with mild sensor-like noise), JPEG quality 90 -- what the server decodes at
+    a reduced scale."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    out = []
+    for p in real_photos():
+        w, h = p.image.size
+        s = 2000 / min(w, h)
+        big = np.asarray(p.image.resize((round(w * s), round(h * s)),
+                                        Image.Resampling.BICUBIC), np.float32)
+        big = np.clip(big + rng.normal(0, 4, big.shape), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(big).save(buf, "JPEG", quality=90)
+        out.append((f"{p.name}-2000px", buf.getvalue()))
+    return out
+
+
+def photo_batch(input_size: int = 224, mean=IMAGENET[0], std=IMAGENET[1],
+                photos=None) -> torch.Tensor:
+    """The real photos (``photo_pngs()`` unless given) through torchvision's ImageNet eval
+    transform (Pillow's full decode, the standard preprocessing), with a model's own
+    size and statistics."""
     transform = transforms.Compose([
         transforms.Resize(round(input_size / 0.875)), transforms.CenterCrop(input_size),
         transforms.ToTensor(), transforms.Normalize(mean, std)])
     return torch.stack([transform(Image.open(io.BytesIO(data)).convert("RGB"))
-                        for _, data in photo_pngs()])
+                        for _, data in (photos or photo_pngs())])
 
 
 def torch_answers(module: nn.Module, input_size: int = 224, mean=IMAGENET[0],
-                  std=IMAGENET[1]) -> list[tuple[int, float]]:
+                  std=IMAGENET[1], photos=None) -> list[tuple[int, float]]:
     """(top-1 index, its softmax score) for every real photo: torch fp32, torchvision's
     ImageNet eval transform with this model's size and statistics."""
     with torch.inference_mode():
-        probs = module.eval()(photo_batch(input_size, mean, std)).softmax(dim=1)
+        probs = module.eval()(photo_batch(input_size, mean, std, photos)).softmax(dim=1)
     top = probs.max(dim=1)
     return [(int(i), float(s)) for s, i in zip(top.values, top.indices)]
 
@@ -214,10 +288,148 @@ class ModelFiles:
                          {"classes": "red,green,blue"}, "mobilenet_v3_large",
                          ["red", "green", "blue"], module)
 
+    @functools.cached_property
+    def dynamic_quantized(self) -> ModelFile:
+        """The dynamic quantization recipe: quantize_dynamic(model, {nn.Linear},
+        dtype=torch.qint8), torch.save(q.state_dict(), 'quantized.pth'): the head's int8
+        weights are dequantized, so the reference is the network with those weights."""
+        import copy
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantized = torch.ao.quantization.quantize_dynamic(
+                copy.deepcopy(self.resnet18), {nn.Linear}, dtype=torch.qint8)
+        reference = copy.deepcopy(self.resnet18)
+        weight, bias = quantized.fc._packed_params._weight_bias()
+        with torch.no_grad():
+            reference.fc.weight.copy_(weight.dequantize())
+            reference.fc.bias.copy_(bias)
+        return self._row("dynamically quantized state_dict + classes field", "quantized.pth",
+                         quantized.state_dict(), {"classes": ",".join(CLASSES)},
+                         module=reference.eval())
+
+    @functools.cached_property
+    def dropout_head(self) -> ModelFile:
+        """The tutorial head: fc = nn.Sequential(nn.Dropout(0.5), nn.Linear(512, n))
+        (keys fc.1.*) + a full-width-comma classes field."""
+        module = random_model("resnet18", 5, seed=21)
+        module.fc = nn.Sequential(nn.Dropout(0.5), module.fc)
+        return self._row("Sequential(Dropout, Linear) head + 'cat，dog，…' field",
+                         "dropout-head.pth", module.eval().state_dict(),
+                         {"classes": "，".join(CLASSES)}, module=module)
+
+    @functools.cached_property
+    def mlp_head(self) -> ModelFile:
+        """An MLP head: Linear, ReLU, Dropout, Linear (keys fc.0.*, fc.3.*) + a labels
+        file saved in GBK (Simplified Chinese Windows' Notepad)."""
+        torch.manual_seed(22)
+        module = random_model("resnet18", 5, seed=22)
+        module.fc = nn.Sequential(nn.Linear(512, 256), nn.ReLU(), nn.Dropout(0.3),
+                                  nn.Linear(256, 5))
+        with torch.inference_mode():
+            logits = module.eval()(photo_batch())
+        with torch.no_grad():  # scores that differ like a trained model's (random_model)
+            module.fc[3].weight.mul_(2.0 / float((logits - logits.mean(1, True)).std()))
+        labels = "\r\n".join(["猫", "狗", "狐狸", "猫头鹰", "牦牛"]).encode("gbk")
+        return self._row("MLP head (fc.0, fc.3) + GBK labels file", "mlp-head.pth",
+                         module.eval().state_dict(), labels=("labels.txt", labels),
+                         classes=["猫", "狗", "狐狸", "猫头鹰", "牦牛"], module=module)
+
+    @functools.cached_property
+    def prefixed(self) -> ModelFile:
+        """A whole model under a package's own name (a bundled weights.pth: every key
+        starts with 'backbone.') + a UTF-8 labels file with a BOM and CRLF."""
+        labels = ("\ufeff" + "\r\n".join(CLASSES) + "\r\n").encode("utf-8")
+        return self._row("every key under 'backbone.' + UTF-8 BOM labels file", "weights.pth",
+                         {f"backbone.{k}": v for k, v in self.state_dict.items()},
+                         labels=("labels.txt", labels))
+
+    @functools.cached_property
+    def hugging_face(self) -> ModelFile:
+        """Hugging Face ResNetForImageClassification (save_pretrained: model.safetensors)
+        with its config.json as the labels file (id2label)."""
+        from transformers import ResNetConfig, ResNetForImageClassification
+
+        folder = self.folder / "hf-resnet"
+        torch.manual_seed(23)
+        config = ResNetConfig(layer_type="basic", depths=[2, 2, 2, 2],
+                              hidden_sizes=[64, 128, 256, 512], num_labels=5,
+                              id2label=dict(enumerate(CLASSES)),
+                              label2id={c: i for i, c in enumerate(CLASSES)})
+        model = ResNetForImageClassification(config).eval()
+        module = HuggingFaceLogits(model)
+        with torch.inference_mode():
+            spread = float(module(photo_batch()).std())
+        with torch.no_grad():
+            model.classifier[1].weight.mul_(2.0 / spread)
+        if not (folder / "model.safetensors").exists():
+            model.save_pretrained(folder)
+        return ModelFile("Hugging Face ResNet safetensors + config.json as labels",
+                         folder / "model.safetensors", {}, "resnet18", CLASSES, module,
+                         labels=("config.json", (folder / "config.json").read_bytes()))
+
+    @functools.cached_property
+    def timm(self) -> ModelFile:
+        """timm's train.py checkpoint: its args (an argparse.Namespace), the optimizer,
+        the trained weights and the EMA weights (preferred: the reference)."""
+        import argparse
+
+        ema = random_model("resnet18", 5, seed=24)
+        args = argparse.Namespace(model="resnet18", num_classes=5, lr=0.05, epochs=30,
+                                  img_size=None, input_size=None, mean=None, std=None,
+                                  model_ema=True, model_ema_decay=0.9998, data_dir="/data")
+        optimizer = torch.optim.SGD(self.resnet18.parameters(), lr=0.05)
+        return self._row(
+            "timm train.py checkpoint (args, state_dict_ema) + classes field",
+            "timm-model_best.pth.tar",
+            {"epoch": 29, "arch": "resnet", "state_dict": self.state_dict,
+             "optimizer": optimizer.state_dict(), "version": 2, "args": args,
+             "state_dict_ema": ema.state_dict(), "metric": 91.5},
+            {"classes": "cat;dog;fox;owl;yak"}, module=ema)
+
+    @functools.cached_property
+    def onnx_external(self) -> ModelFile:
+        """An ONNX model with its weights in model.onnx.data (what torch.onnx.export
+        writes for large models), zipped together; + a UTF-16 labels file."""
+        import zipfile
+
+        import onnx
+
+        folder = self.folder / "onnx-external"
+        path = self.folder / "model-onnx.zip"
+        if not path.exists():
+            folder.mkdir(exist_ok=True)
+            single = folder / "single.onnx"
+            _export(self.resnet18, single, torch.zeros(1, 3, 224, 224))
+            onnx.save_model(onnx.load(single), folder / "model.onnx",
+                            save_as_external_data=True, all_tensors_to_one_file=True,
+                            location="model.onnx.data", size_threshold=1024)
+            with zipfile.ZipFile(path, "w") as archive:
+                for name in ("model.onnx", "model.onnx.data"):
+                    archive.write(folder / name, name)
+        labels = ("\n".join(CLASSES) + "\n").encode("utf-16")
+        return ModelFile("ONNX + external data (zip of both) + UTF-16 labels file", path, {},
+                         "onnx", CLASSES, self.resnet18, labels=("labels.txt", labels))
+
+    @functools.cached_property
+    def onnx_pixels(self) -> ModelFile:
+        """An ONNX model taking uint8 (N, H, W, 3) pixels and normalising them itself:
+        served with mean 0 and std 1/255 (the batch holds the pixel values)."""
+        path = self.folder / "pixels.onnx"
+        wrapped = PixelsNHWC(self.resnet18)
+        if not path.exists():
+            _export(wrapped, path, torch.zeros(1, 224, 224, 3, dtype=torch.uint8))
+        return ModelFile("ONNX taking uint8 NHWC pixels + classes field", path,
+                         {"classes": ",".join(CLASSES)}, "onnx", CLASSES,
+                         PixelValues(wrapped), mean=(0.0, 0.0, 0.0), std=(1 / 255,) * 3)
+
     def accepted(self) -> list[ModelFile]:
         return [self.bare, self.dataparallel, self.lightning, self.tutorial,
                 self.v1_without_format, self.compiled, self.safetensors, self.onnx,
-                self.mobilenet]
+                self.mobilenet, self.dynamic_quantized, self.dropout_head, self.mlp_head,
+                self.prefixed, self.hugging_face, self.timm, self.onnx_external,
+                self.onnx_pixels]
 
     # ------------------------------------------------------------------ refused rows
 
@@ -226,14 +438,81 @@ class ModelFiles:
         return self._save("whole-model.pth", self.resnet18)
 
     @functools.cached_property
-    def quantized(self) -> Path:
+    def static_quantized(self) -> Path:
+        """Eager-mode static quantization (fuse, prepare, calibrate, convert): the
+        convolutions themselves are int8 and fused."""
         import warnings
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            quantized = torch.ao.quantization.quantize_dynamic(
-                random_model("resnet18", 5, seed=13), {nn.Linear}, dtype=torch.qint8)
-            return self._save("quantized.pth", quantized.state_dict())
+        path = self.folder / "static-quantized.pth"
+        if not path.exists():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = torchvision.models.quantization.resnet18(weights=None, quantize=False,
+                                                                 num_classes=5).eval()
+                model.fuse_model()
+                model.qconfig = torch.ao.quantization.get_default_qconfig("x86")
+                torch.ao.quantization.prepare(model, inplace=True)
+                model(photo_batch())
+                torch.ao.quantization.convert(model, inplace=True)
+                torch.save(model.state_dict(), path)
+        return path
+
+    @functools.cached_property
+    def keras(self) -> Path:
+        """A Keras .h5 (HDF5) file, named .pth."""
+        import h5py
+        import numpy as np
+
+        path = self.folder / "keras-model.pth"
+        if not path.exists():
+            with h5py.File(path, "w") as fh:
+                fh.attrs["keras_version"] = "2.15.0"
+                fh.attrs["backend"] = "tensorflow"
+                fh.create_dataset("model_weights/dense/kernel:0", data=np.zeros((4, 2)))
+        return path
+
+    @functools.cached_property
+    def images_zip(self) -> Path:
+        """A zip of training pictures called model.pth."""
+        import zipfile
+
+        path = self.folder / "images-model.pth"
+        if not path.exists():
+            with zipfile.ZipFile(path, "w") as archive:
+                for n, (name, data) in enumerate(photo_pngs()[:4]):
+                    archive.writestr(f"{CLASSES[n % 2]}/{name}.png", data)
+        return path
+
+    @functools.cached_property
+    def optimizer_state(self) -> Path:
+        """torch.save(optimizer.state_dict()) by mistake."""
+        optimizer = torch.optim.Adam(self.resnet18.parameters(), lr=1e-3)
+        return self._save("optimizer.pth", optimizer.state_dict())
+
+    @functools.cached_property
+    def other_network(self) -> Path:
+        """A network that is no torchvision classifier (a small CNN of one's own)."""
+        torch.manual_seed(3)
+        net = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 32, 3),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 5))
+        return self._save("my-cnn.pth", net.state_dict())
+
+    def refused(self) -> list[tuple[str, Path, dict, tuple[str, ...]]]:
+        """(what it is, the file, the fields sent, words the refusal must hold: the kind
+        of file and the next step)."""
+        return [
+            ("whole pickled model", self.whole_model, {},
+             ("whole pickled model", "torch.save(model.state_dict()")),
+            ("TorchScript", self.torchscript, {}, ("TorchScript", "model.state_dict()")),
+            ("static-quantized state_dict", self.static_quantized, {},
+             ("static-quantized", "upload the fp32 weights")),
+            ("Keras .h5", self.keras, {}, ("HDF5", "Keras", "tf2onnx")),
+            ("zip of images", self.images_zip, {}, ("zip of 4 images", "Teach")),
+            ("optimizer state", self.optimizer_state, {},
+             ("optimizer's state", "save model.state_dict()")),
+            ("another network", self.other_network, {"classes": ",".join(CLASSES)},
+             ("not those of a supported architecture", "export it to ONNX")),
+        ]
 
     @functools.cached_property
     def torchscript(self) -> Path:

@@ -55,3 +55,13 @@ def real_photos() -> tuple[Photo, ...]:
 
 def photo(name: str) -> Photo:
     return next(p for p in real_photos() if p.name == name)
+
+
+def chinese_names(labels) -> set[str]:
+    """What the pages call these ImageNet classes (English labels) in Chinese: the names
+    that ship in translations/imagenet/, looked up by class index."""
+    from webapp.checkpoints.labels import imagenet_labels
+    from webapp.stores.label_names import shipped_names
+
+    order, names = imagenet_labels(), shipped_names("zh")
+    return {names[order.index(label)] for label in labels if label in order}

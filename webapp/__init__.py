@@ -14,10 +14,23 @@ training side (``datasets``, ``dataset_store``, ``finetune``, ``jobs``,
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 from flask import Flask
 
 from webapp.config import PROJECT_ROOT, Config
+
+# No telemetry, in any process of the product (the server, its builder children, the
+# training runner, the commands: each imports this package before OpenVINO or ONNX
+# Runtime, and the processes they start inherit the environment); docs/operating.md#no-
+# telemetry.  `import openvino` loads OpenVINO's model converter, which reports usage to
+# Google Analytics and writes a client id and counters to ~/intel/ unless a consent file
+# in the home folder says no; without the openvino_telemetry package it uses its own
+# do-nothing stub, so that package cannot be imported here.  ONNX Runtime's telemetry
+# (a device id in ~/.cache/Microsoft/DeveloperTools) is off with its own switch.
+sys.modules["openvino_telemetry"] = None
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 
 __all__ = ["create_app"]
 
@@ -43,35 +56,42 @@ def create_app(test_config: dict | None = None) -> Flask:
     from flask_wtf.csrf import CSRFProtect
     from threadpoolctl import threadpool_limits
 
-    from webapp import current
+    from webapp import current, i18n
     from webapp.config import available_cpus
     from webapp.engines import EngineSettings
     from webapp.http import capacity, errors, metrics, security, uploads
     from webapp.serving.holder import ModelHolder
+    from webapp.serving.workers import WorkerReports, run_dir
     from webapp.stores.datasets import DatasetStore
-    from webapp.stores.kiosk_settings import check_default_language
     from webapp.stores.registry import STALE_TMP_SECONDS, Registry
-    from webapp.training.jobs import JobQueue
-    from webapp.translations import Translations
-    from webapp.views import admin, api, kiosk, ui
-    from webapp.views.admin import auth, cli, kiosk_settings, models, teach  # noqa: F401 - their routes
+    from webapp.training.jobs import JobQueue, plan_jobs
+    from webapp.views import admin, api, classroom, kiosk, openapi, ui, v2
+    from webapp.views.admin import (  # noqa: F401 - their routes
+        auth,
+        cli,
+        downloads,
+        kiosk_settings,
+        labels,
+        models,
+        teach,
+    )
 
     # The shared objects: the model registry (MODEL_DIR), the model this process serves
     # (it follows the registry's active pointer), the teach datasets and training jobs
-    # (DATA_DIR), and the kiosk's label translations (a bad KIOSK_LANGUAGE stops startup).
+    # (DATA_DIR).
     registry = Registry(config["MODEL_DIR"], EngineSettings.from_config(config))
-    translations = Translations(config.get("TRANSLATIONS_DIR")
-                                or str(PROJECT_ROOT / "translations"))
-    check_default_language(config, translations)
     holder = ModelHolder(config, registry)
-    jobs = JobQueue(config["DATA_DIR"],
-                    threads=config["JOB_THREADS"] or max(1, available_cpus() // 2),
+    # Each process notes the model it serves, for activate's "wait" option.
+    workers = WorkerReports(run_dir(config))
+    holder.add_listener(lambda classifier: workers.report(classifier.model_id))
+    slots, threads = plan_jobs(config["JOB_SLOTS"], config["JOB_THREADS"], available_cpus())
+    jobs = JobQueue(config["DATA_DIR"], threads=threads, slots=slots,
                     spawn=config["JOB_RUNNER"] == "spawn")
     datasets = DatasetStore(config["DATA_DIR"], max_images=config["MAX_DATASET_IMAGES"],
                             max_pixels=config["MAX_IMAGE_PIXELS"],
                             decode_seconds=config["DECODE_TIMEOUT"])
     current.install(app, holder=holder, registry=registry, datasets=datasets, jobs=jobs,
-                    translations=translations)
+                    workers=workers)
     # NumPy's BLAS (OpenBLAS) runs its small matrix products -- the open-set score of every
     # answer -- on a thread per core, and those threads spin after each call, taking the
     # cores the engine's own threads need: ENGINE=torch answered in 62-81 ms in the worker
@@ -95,6 +115,11 @@ def create_app(test_config: dict | None = None) -> Flask:
     CSRFProtect(app)
     app.extensions["admin_login_limit"] = auth.login_limiter(config)
 
+    # The interface's language (gettext catalogs, webapp.i18n): which one a request gets
+    # (a DEFAULT_LANGUAGE without a catalog stops startup), the switch's cookie, the
+    # pages' script messages; JSON answers as UTF-8.
+    i18n.init_app(app)
+
     # Requests: bodies (views mark big-file routes with @uploads.spooled), errors as JSON
     # or pages, request counts and timings, upload slots (views mark image uploads with
     # @capacity.upload_slot) and the body timeout, security headers and ProxyFix.
@@ -108,7 +133,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     # The blueprints.  The admin area is one blueprint whose routes live in several
     # modules (auth, models, kiosk_settings: importing them above added their routes;
     # teach nests its own blueprint in it, behind the same guard, errors and context).
-    for blueprint in (api.bp, ui.bp, kiosk.bp, admin.bp, metrics.bp):
+    for blueprint in (api.bp, v2.bp, openapi.bp, ui.bp, kiosk.bp, admin.bp, metrics.bp,
+                      classroom.bp):
         app.register_blueprint(blueprint)
     app.cli.add_command(cli.models_cli)  # flask models ...
     app.cli.add_command(cli.finetune_command)  # flask finetune ... (python -m webapp.finetune)

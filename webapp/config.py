@@ -87,7 +87,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("QUANTIZE", "auto", "Numeric precision: `auto` (decided per model by measuring, "
             "once, cached: int8, then bf16, each built, run and compared with fp32 on the "
             "model's own validation images or the calibration photos; the first that "
-            "agrees on INT8_MIN_AGREEMENT of them and is faster wins, else fp32; torch: "
+            "agrees on INT8_MIN_AGREEMENT of them, moves the probabilities by at most "
+            "PRECISION_MAX_SCORE_CHANGE and is faster wins, else fp32; torch: "
             "fp32), `none` (fp32), `bf16` (OpenVINO; bfloat16 where the CPU computes it, "
             "else fp32), `static` (int8 weights and activations, calibrated, always) or "
             "`dynamic` (torch's int8 for the Linear layers only).", "choice",
@@ -95,6 +96,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("INT8_MIN_AGREEMENT", "0.98", "QUANTIZE=auto: the share of guard images on "
             "which a faster precision (int8, bf16) must give fp32's top-1 to be chosen.",
             "float", 0.5, 1.0),
+    Setting("PRECISION_MAX_SCORE_CHANGE", "0.03", "QUANTIZE=auto: how far a faster "
+            "precision (int8, bf16) may move the probabilities, compared with fp32, to be "
+            "chosen: the mean over the guard images of each image's largest change of any "
+            "class's probability.",
+            "float", 0.0, 1.0),
     Setting("ENGINE", "openvino", "What runs the model: `openvino`, `onnxruntime` or "
             "`torch` (docs/speed.md has the measurements behind the default).", "choice",
             choices=("torch", "openvino", "onnxruntime")),
@@ -106,6 +112,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ENGINE_CACHE_DIR", "", "Where converted models (ONNX, int8) are kept, keyed by "
             "the weights' sha256, so a restart reuses them; empty = "
             "~/.cache/offline-classifier/engines.", "path"),
+    Setting("ENGINE_CACHE_SEED", "", "A read-only engine cache to start from (the Docker "
+            "image holds one, made when it was built): at server start, what ENGINE_CACHE_DIR "
+            "lacks is copied from it, so a fresh volume serves in seconds; empty = none.",
+            "path"),
     Setting("CALIBRATION_DIR", "", "Folder of images that static int8 quantization is "
             "calibrated on (best: photos like the ones the model will see); empty = the "
             "photos in calibration/ that ship with the project.", "path"),
@@ -141,20 +151,30 @@ SETTINGS: tuple[Setting, ...] = (
             "and every server using that MODEL_DIR; set it when replicas do not share one."),
     Setting("MODEL_DIR", str(PROJECT_ROOT / "instance" / "models"), "The model registry: "
             "uploaded checkpoints, the active-model pointer and its history.", "path"),
+    Setting("RUN_DIR", "", "Where each server process notes which model it serves (what "
+            "activate's `wait` option and `flask models activate --wait` read); empty = a "
+            "folder in the temporary directory named after MODEL_DIR.", "path"),
     Setting("ADMIN_TOKEN", "", "Password for /admin and bearer token for /admin/api/*. "
             "Empty = the admin area is disabled."),
     Setting("MAX_CHECKPOINT_MB", "500", "Largest checkpoint upload in megabytes (413 "
             "above it).", "float", 1, 100_000),
     Setting("ADMIN_LOGIN_LIMIT", "10 per minute", "Failed admin logins (form or bearer "
             "token) allowed per client address and worker process before 429."),
-    Setting("HOST", "127.0.0.1", "Address to listen on (0.0.0.0 for every interface)."),
+    Setting("HOST", "127.0.0.1", "Address to listen on (0.0.0.0 for every interface); "
+            "with CLASSROOM=1 and HOST unset, 0.0.0.0."),
+    Setting("CLASSROOM", "0", "Classroom network mode: listen on the network and serve "
+            "HTTPS with a certificate of a local certificate authority made at the first "
+            "start (and again when the machine's addresses change) in MODEL_DIR/tls, so "
+            "phones get their cameras; the kiosk and admin pages show the address as a QR "
+            "code.", "bool"),
     Setting("PORT", "5000", "Port to listen on.", "int", 1, 65535),
     Setting("LOG_LEVEL", "info", "Logging level: debug, info, warning or error.", "choice",
             choices=("debug", "info", "warning", "error")),
     Setting("TORCH_HOME", "~/.cache/torch", "torch's own setting: the torchvision weights "
             "cache is $TORCH_HOME/hub/checkpoints.", "path"),
-    Setting("KIOSK_IDLE_SECONDS", "60", "Kiosk: seconds without a touch before it goes "
-            "back to its start screen; 0 = never.", "int", 0, 86400),
+    Setting("KIOSK_IDLE_SECONDS", "60", "Kiosk: seconds without a touch, once the camera "
+            "no longer sees what was answered, before it goes back to its start screen; "
+            "0 = never.", "int", 0, 86400),
     Setting("KIOSK_AUTO_CAPTURE_SECONDS", "0", "Kiosk: take a picture by itself every N "
             "seconds while the camera is live; 0 = only when the button is pressed.",
             "int", 0, 3600),
@@ -162,18 +182,23 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("KIOSK_EXPLAIN", "1", "Kiosk: offer the \"How does it see it?\" view.", "bool"),
     Setting("KIOSK_LIVE", "1", "Kiosk: live mode, the bars follow the camera (small frames "
             "to /predict, one at a time); 0 = only on the button.", "bool"),
-    Setting("KIOSK_LANGUAGE", "en", "Kiosk: language of the labels; a translation file "
-            "<code>.json must exist in TRANSLATIONS_DIR (English ships)."),
+    Setting("DEFAULT_LANGUAGE", "", "Language of every page, class name and API message "
+            "for everyone (a locale with a catalog in translations/, e.g. zh_CN), until a "
+            "teacher changes it in the admin's kiosk settings; empty = each browser's "
+            "Accept-Language. A visitor's own choice on the page still wins."),
+    Setting("KIOSK_LANGUAGE", "", "Retired (the kiosk's label language): taken as "
+            "DEFAULT_LANGUAGE when that is empty, with a warning in the log."),
     Setting("KIOSK_SETTINGS_FILE", "", "JSON file keeping the teacher's kiosk settings "
             "(they override the KIOSK_* defaults); empty = instance/kiosk.json.", "path"),
-    Setting("TRANSLATIONS_DIR", "", "Folder of label translation files (<code>.json); "
-            "empty = translations/ in the project.", "path"),
     Setting("DATA_DIR", str(PROJECT_ROOT / "instance" / "datasets"), "Teach it live: the "
             "datasets (one folder per dataset, one folder per class, JPEG files) and the "
             "training jobs' state. Never holds /predict traffic.", "path"),
-    Setting("JOB_THREADS", "0", "Torch threads of the background training process (it also "
-            "runs at nice 10); 0 = half the available CPUs (at least 1), so serving keeps "
-            "the rest.", "int", 0, 256),
+    Setting("JOB_THREADS", "0", "Torch threads of each background training process (it "
+            "also runs at nice 10); 0 = half the available CPUs shared by JOB_SLOTS (at "
+            "least 1), so serving keeps the rest.", "int", 0, 256),
+    Setting("JOB_SLOTS", "0", "How many Teach training jobs run at once (more wait in a "
+            "queue that tells each group when its turn comes); 0 = 1 below 4 CPUs, else 2.",
+            "int", 0, 16),
     Setting("JOB_RUNNER", "spawn", "Who starts the training process: `spawn` = the server, "
             "when a job is queued (one machine, docker compose); `external` = never the "
             "server: a long-running `python -m webapp.jobs watch` of its own trains the "
@@ -198,9 +223,10 @@ SETTINGS: tuple[Setting, ...] = (
             "trickled meanwhile do not extend it. A connection that sent nothing is closed, "
             "one that sent part of a request gets 408.", "float", 1, 3600),
     Setting("MAX_CONNECTIONS_PER_CLIENT", "64", "Connections one client address may hold "
-            "open in each worker; more are answered 503 and closed. 0 = no limit. Not "
-            "applied behind a reverse proxy (TRUSTED_PROXIES > 0): every connection comes "
-            "from the proxy there, which limits its clients itself.", "int", 0, 100_000),
+            "open in each worker; more are answered 503 and closed (over TLS, just "
+            "closed). 0 = no limit. Not applied behind a reverse proxy (TRUSTED_PROXIES > "
+            "0): every connection comes from the proxy there, which limits its clients "
+            "itself.", "int", 0, 100_000),
     Setting("MAX_REQUESTS", "10000", "gunicorn restarts a worker after this many requests "
             "(plus a random jitter), so a slow leak cannot grow forever; 0 = never.",
             "int", 0, 100_000_000),
@@ -279,12 +305,26 @@ def dual_streams(values: dict) -> bool:
     return values["ENGINE"] == "openvino" and values["ENGINE_STREAMS"] == "dual"
 
 
+# Settings that are no longer read, and what replaced them: set, they stop the server
+# with this message rather than being silently ignored.
+RETIRED = {
+    "TRANSLATIONS_DIR": "TRANSLATIONS_DIR is no longer read: class names are no longer "
+    "translated by label files keyed by their English name. The built-in model's classes "
+    "ship in several languages (translations/imagenet/), a teacher corrects one on the "
+    "admin page \"Class names\", and the language of the pages is DEFAULT_LANGUAGE or "
+    "the admin's settings (docs/translating.md). Remove TRANSLATIONS_DIR.",
+}
+
+
 class Config:
     """Builds the Flask config dict from the environment (or a given mapping)."""
 
     @staticmethod
     def from_env(environ: dict | None = None) -> dict:
         environ = os.environ if environ is None else environ
+        for name, message in RETIRED.items():
+            if environ.get(name):
+                raise ConfigError(message)
         values = {}
         for setting in SETTINGS:
             values[setting.name] = setting.parse(environ.get(setting.name))
@@ -302,6 +342,8 @@ class Config:
                 f"QUANTIZE=bf16 needs ENGINE=openvino; with ENGINE={values['ENGINE']} use "
                 "QUANTIZE=none (fp32) or static (int8)"
             )
+        if values["CLASSROOM"] and not environ.get("HOST"):
+            values["HOST"] = "0.0.0.0"  # phones on the classroom network must reach it
         values["MAX_CONTENT_LENGTH"] = int(values["MAX_UPLOAD_MB"] * 1024 * 1024)
         values["BOOTSTRAP_SERVE_LOCAL"] = True  # kiosks are offline: no CDN
         if not values["SECRET_KEY"]:

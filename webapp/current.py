@@ -13,21 +13,22 @@ from pathlib import Path
 from flask import Flask, current_app
 
 from webapp.serving.holder import ModelHolder
+from webapp.serving.workers import WorkerReports
 from webapp.stores.datasets import DatasetStore
 from webapp.stores.kiosk_settings import KioskSettings, KioskSettingsStore
+from webapp.stores.label_names import LabelNames
 from webapp.stores.registry import Registry
 from webapp.training.jobs import JobQueue
-from webapp.translations import Translations
 
 # app.extensions keys (tests and gunicorn.conf.py read "model_holder" too).
-HOLDER, REGISTRY, DATASETS, JOBS, TRANSLATIONS = (
-    "model_holder", "registry", "datasets", "jobs", "kiosk_translations")
+HOLDER, REGISTRY, DATASETS, JOBS, WORKERS = (
+    "model_holder", "registry", "datasets", "jobs", "worker_reports")
 
 
 def install(app: Flask, *, holder: ModelHolder, registry: Registry, datasets: DatasetStore,
-            jobs: JobQueue, translations: Translations) -> None:
+            jobs: JobQueue, workers: WorkerReports) -> None:
     app.extensions.update({HOLDER: holder, REGISTRY: registry, DATASETS: datasets,
-                           JOBS: jobs, TRANSLATIONS: translations})
+                           JOBS: jobs, WORKERS: workers})
 
 
 def holder() -> ModelHolder:
@@ -40,6 +41,11 @@ def registry() -> Registry:
     return current_app.extensions[REGISTRY]
 
 
+def workers() -> WorkerReports:
+    """Which model each process of this server serves (activate and wait)."""
+    return current_app.extensions[WORKERS]
+
+
 def datasets() -> DatasetStore:
     """The teach datasets in ``DATA_DIR``."""
     return current_app.extensions[DATASETS]
@@ -50,16 +56,21 @@ def jobs() -> JobQueue:
     return current_app.extensions[JOBS]
 
 
-def translations() -> Translations:
-    """The kiosk's label translations (``TRANSLATIONS_DIR``)."""
-    return current_app.extensions[TRANSLATIONS]
+def _settings_file() -> Path:
+    return Path(current_app.config.get("KIOSK_SETTINGS_FILE")
+                or Path(current_app.instance_path) / "kiosk.json")
 
 
 def kiosk_settings() -> KioskSettingsStore:
-    """The kiosk settings of the running app: defaults from its config, the teacher's
-    changes from the settings file (``KIOSK_SETTINGS_FILE``, else the instance folder).
-    Read from disk on every call: another worker may have saved them."""
-    path = Path(current_app.config.get("KIOSK_SETTINGS_FILE")
-                or Path(current_app.instance_path) / "kiosk.json")
-    return KioskSettingsStore(path, KioskSettings.from_config(current_app.config),
-                              translations())
+    """The kiosk (and teacher) settings of the running app: defaults from its config, the
+    teacher's changes from the settings file (``KIOSK_SETTINGS_FILE``, else the instance
+    folder), the languages from the catalogs (``webapp.i18n``).  The file is looked at on
+    every call (read again when it changed): another worker may have saved it."""
+    return KioskSettingsStore(_settings_file(), KioskSettings.from_config(current_app.config),
+                              current_app.extensions["languages"])
+
+
+def label_names() -> LabelNames:
+    """The names of the ImageNet classes per language: shipped, and the teacher's own
+    (``label-names.json`` beside the kiosk settings file)."""
+    return LabelNames(_settings_file().with_name("label-names.json"))

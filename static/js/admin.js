@@ -14,7 +14,7 @@
 
   function errorMessage(xhrOrResponseStatus, data) {
     if (data && data.error && data.error.message) return data.error.message;
-    return "The server answered " + xhrOrResponseStatus + ".";
+    return _("The server answered {status}.", { status: xhrOrResponseStatus });
   }
 
   // ---------------------------------------------------------------- upload
@@ -40,7 +40,7 @@
       bar.classList.remove("bg-danger");
       setProgress(0);
       button.disabled = true;
-      status.textContent = "Uploading…";
+      status.textContent = _("Uploading…");
       const xhr = new XMLHttpRequest();
       xhr.open("POST", upload.dataset.api);
       xhr.setRequestHeader("X-CSRFToken", csrfToken(upload));
@@ -51,15 +51,17 @@
         setProgress(pct);
         const mb = function (n) { return (n / 1e6).toFixed(1); };
         status.textContent = pct >= 100
-          ? "Uploaded; validating the checkpoint…"
-          : "Uploading… " + mb(e.loaded) + " of " + mb(e.total) + " MB";
+          ? _("Uploaded; validating the checkpoint…")
+          : _("Uploading… {done} of {total} MB", { done: mb(e.loaded), total: mb(e.total) });
       });
       xhr.addEventListener("load", function () {
         let data = null;
         try { data = JSON.parse(xhr.responseText); } catch (e) { data = null; }
         if (xhr.status === 201 && data && data.id) {
           // The table row shows the same summary after the reload.
-          status.textContent = "Stored as " + data.id + (data.summary ? " (" + data.summary + ")" : "") + ".";
+          status.textContent = data.summary
+            ? _("Stored as {id} ({summary}).", { id: data.id, summary: data.summary })
+            : _("Stored as {id}.", { id: data.id });
           window.location.assign(window.location.pathname + "?added=" + encodeURIComponent(data.id));
           return;
         }
@@ -72,7 +74,7 @@
       xhr.addEventListener("error", function () {
         bar.classList.add("bg-danger");
         status.textContent = "";
-        errorBox.textContent = "The upload was interrupted (is the file larger than the limit?).";
+        errorBox.textContent = _("The upload was interrupted (is the file larger than the limit?).");
         errorBox.classList.remove("d-none");
         button.disabled = false;
       });
@@ -92,7 +94,7 @@
       list.id = "predictions";
       const meta = document.createElement("p");
       meta.className = "small text-body-secondary mb-0";
-      meta.textContent = "Answered by " + model.name + " (" + model.id + ")";
+      meta.textContent = _("Answered by {name} ({id})", { name: model.name, id: model.id });
       result.replaceChildren.apply(result, unknown ? [PredictionBars.unsure(), list, meta]
         : [list, meta]);
     }
@@ -122,7 +124,7 @@
         }
         bars(data.predictions, data.model, data.unknown === true);
       } catch (err) {
-        errorBox.textContent = "Could not reach the server: " + err.message;
+        errorBox.textContent = _("Could not reach the server: {reason}", { reason: err.message });
         errorBox.classList.remove("d-none");
       } finally {
         button.disabled = false;
@@ -140,12 +142,9 @@
     const started = Date.now();
 
     function describe(info) {
-      const name = document.createElement("strong");
-      name.textContent = info.name;
-      const id = document.createElement("code");
-      id.textContent = info.id;
-      serving.replaceChildren("This worker (pid " + info.pid + ") serves ", name, " ", id,
-        ", version " + info.version + ", " + info.quantization + " quantization.");
+      serving.textContent = _("This worker (pid {pid}) serves {name} {id}, version {version}, {quantization} quantization.", {
+        pid: info.pid, name: info.name, id: info.id, version: info.version,
+        quantization: info.quantization });
     }
 
     async function check() {

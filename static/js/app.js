@@ -57,7 +57,8 @@
     return text.charAt(0).toUpperCase() + text.slice(1);
   }
 
-  function label(p) { return capitalise(p.label); }
+  // The class as the page's language names it (display_label), capitalised.
+  function label(p) { return capitalise(p.display_label || p.label); }
 
   function renderBars(predictions, unknown) {
     const list = PredictionBars.list(predictions, { labelText: label, animate: true,
@@ -69,7 +70,7 @@
 
   function showQueue() {
     queueBox.hidden = queue.length < 2;
-    queuePosition.textContent = "Photo " + (shown + 1) + " of " + queue.length;
+    queuePosition.textContent = _("Photo {n} of {count}", { n: shown + 1, count: queue.length });
     nextButton.hidden = shown + 1 >= queue.length;
   }
 
@@ -83,7 +84,7 @@
     preview.hidden = false;
     result.classList.remove("d-none");
     bars.replaceChildren();
-    meta.textContent = "Thinking…";
+    meta.textContent = _("Thinking…");
     announcer.textContent = "";
     showQueue();
     button.disabled = true;
@@ -100,18 +101,19 @@
       if (file !== current) return;
       if (!response.ok || !data || !data.predictions) {
         showError(data && data.error ? data.error.message
-          : "The server answered " + response.status + ".");
+          : _("The server answered {status}.", { status: response.status }));
         return;
       }
       renderBars(data.predictions, data.unknown === true);
-      meta.textContent = "Answered by " + data.model.name + " in " +
-        Math.round(data.timings_ms.total) + " ms";
-      announcer.textContent = (data.unknown ? "I'm not sure what this is. Best guesses: " : "")
-        + PredictionBars.sentence(data.predictions, label);
+      meta.textContent = _("Answered by {name} in {ms} ms",
+        { name: data.model.name, ms: Math.round(data.timings_ms.total) });
+      const sentence = PredictionBars.sentence(data.predictions, label);
+      announcer.textContent = data.unknown
+        ? _("I'm not sure what this is. Best guesses: {answers}", { answers: sentence }) : sentence;
       revealResult();
       document.dispatchEvent(new CustomEvent("image-classified", { detail: { file: file, result: data } }));
     } catch (err) {
-      if (file === current) showError("Could not reach the server: " + err.message);
+      if (file === current) showError(_("Could not reach the server: {reason}", { reason: err.message }));
     } finally {
       if (file === current) button.disabled = false;
     }
@@ -171,7 +173,7 @@
         const blob = await response.blob();
         start([new File([blob], choice.value + ".jpg", { type: blob.type || "image/jpeg" })]);
       } catch (err) {
-        showError("Could not load the example: " + err.message);
+        showError(_("Could not load the example: {reason}", { reason: err.message }));
       }
     });
   }

@@ -4,16 +4,20 @@
 (function () {
   "use strict";
 
-  // predictions: [{label, index, score}], best first.  Options: labelText(p) for the
-  // visible label, spacing (Bootstrap margin class of each item), animate (bars grow
-  // from zero), unknown (the answer says "unknown": grey bars, no winner).  Returns the <ol>.
+  // The class as the page's language names it (/predict's display_label).
+  function shownLabel(p) { return p.display_label || p.label; }
+
+  // predictions: [{label, display_label, index, score}], best first.  Options: labelText(p)
+  // for the visible label, spacing (Bootstrap margin class of each item), animate (bars
+  // grow from zero), unknown (the answer says "unknown": grey bars, no winner).  Returns
+  // the <ol>.
   function predictionList(predictions, options) {
-    const opts = Object.assign({ labelText: function (p) { return p.label; },
+    const opts = Object.assign({ labelText: shownLabel,
                                  spacing: "mb-3", animate: false, unknown: false },
                                options || {});
     const list = document.createElement("ol");
     list.className = "predictions list-unstyled mb-0" + (opts.unknown ? " predictions-unknown" : "");
-    list.setAttribute("aria-label", "Top predictions");
+    list.setAttribute("aria-label", _("Top predictions"));
     predictions.forEach(function (p, i) {
       const pct = (p.score * 100).toFixed(1);
       const item = document.createElement("li");
@@ -31,7 +35,7 @@
       const progress = document.createElement("div");
       progress.className = "progress";
       progress.setAttribute("role", "progressbar");
-      progress.setAttribute("aria-label", p.label);
+      progress.setAttribute("aria-label", opts.labelText(p));
       progress.setAttribute("aria-valuenow", pct);
       progress.setAttribute("aria-valuemin", "0");
       progress.setAttribute("aria-valuemax", "100");
@@ -53,8 +57,7 @@
   // Live answers: move the bars of ``list`` to ``predictions`` in place (their widths
   // glide: Bootstrap's transition) when it has as many bars; false when it has not.
   function update(list, predictions, options) {
-    const opts = Object.assign({ labelText: function (p) { return p.label; },
-                                 unknown: false }, options || {});
+    const opts = Object.assign({ labelText: shownLabel, unknown: false }, options || {});
     if (!list || list.children.length !== predictions.length) return false;
     list.classList.toggle("predictions-unknown", Boolean(opts.unknown));
     predictions.forEach(function (p, i) {
@@ -64,7 +67,7 @@
       item.querySelector(".label").textContent = opts.labelText(p);
       item.querySelector(".score").textContent = pct + "%";
       const progress = item.querySelector(".progress");
-      progress.setAttribute("aria-label", p.label);
+      progress.setAttribute("aria-label", opts.labelText(p));
       progress.setAttribute("aria-valuenow", pct);
       const fill = item.querySelector(".progress-bar");
       fill.className = "progress-bar" + (opts.unknown ? " bg-secondary" : i === 0 ? " bg-success" : "");
@@ -80,21 +83,20 @@
     const note = document.createElement("p");
     note.className = "prediction-unknown alert alert-secondary py-2";
     const strong = document.createElement("strong");
-    strong.textContent = "I'm not sure what this is.";
-    note.append(strong, " It does not look like anything this model was taught; "
-      + "these are only its best guesses.");
+    strong.textContent = _("I'm not sure what this is.");
+    note.append(strong, " ", _("It does not look like anything this model was taught; these are only its best guesses."));
     return note;
   }
 
   // The heading over n bars (templates/_predictions.html has the same words).
-  function heading(n) { return n === 1 ? "Its guess" : "Top " + n + " guesses"; }
+  function heading(n) { return n === 1 ? _("Its guess") : _("Top {num} guesses", { num: n }); }
 
   // One sentence for a screen reader: "Tabby 62%, tiger cat 20%, Egyptian cat 8%."
   function sentence(predictions, labelText) {
-    const name = labelText || function (p) { return p.label; };
-    return predictions.map(function (p) {
+    const name = labelText || shownLabel;
+    return _("{answers}.", { answers: joinNames(predictions.map(function (p) {
       return name(p) + " " + Math.round(p.score * 100) + "%";
-    }).join(", ") + ".";
+    })) });
   }
 
   window.PredictionBars = { list: predictionList, heading: heading, sentence: sentence,

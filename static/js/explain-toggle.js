@@ -17,14 +17,16 @@
     if (drawnFor === file) return;
     const current = file;
     panel.replaceChildren();
-    panel.textContent = "Looking closer…";
+    panel.textContent = _("Looking closer…");
     try {
       const data = await window.ExplainView.request("/explain", current, current.name);
       if (current !== file) return;
       window.ExplainView.render(panel, data);
       drawnFor = current;
     } catch (err) {
-      if (current === file) panel.textContent = "Sorry, that did not work. " + err.message;
+      if (current === file) {
+        panel.textContent = _("Sorry, that did not work. {reason}", { reason: err.message });
+      }
     }
   }
 

@@ -4,9 +4,13 @@
 (function () {
   "use strict";
 
-  async function request(url, blob, filename) {
+  // classIndex (optional): the class to explain (default: the picture's top answer).
+  async function request(url, blob, filename, classIndex) {
     const body = new FormData();
     body.append("image", blob, filename || "photo.jpg");
+    if (classIndex !== undefined && classIndex !== null) {
+      body.append("class_index", String(classIndex));
+    }
     const response = await fetch(url || "/explain", {
       method: "POST", body: body, headers: { "Accept": "application/json" },
     });
@@ -14,7 +18,7 @@
     try { data = await response.json(); } catch (e) { data = null; }
     if (!response.ok || !data || !data.heatmap) {
       throw new Error(data && data.error ? data.error.message
-        : "The server answered " + response.status + ".");
+        : _("The server answered {status}.", { status: response.status }));
     }
     return data;
   }
@@ -40,30 +44,30 @@
     key.className = "explain-legend";
     key.setAttribute("aria-hidden", "true");  // the caption says it in words
     const low = document.createElement("span");
-    low.textContent = "hardly";
+    low.textContent = _("hardly");
     const bar = document.createElement("span");
     bar.className = "explain-legend-bar";
     const high = document.createElement("span");
-    high.textContent = "a lot";
+    high.textContent = _("a lot");
     key.append(low, bar, high);
     return key;
   }
 
-  // options.label: the class name to show (e.g. translated); options.sentences: the text;
-  // options.technical: true adds the grid size and layer name (for people who ask).
+  // options.label: the class name to show (by default the answer's display_label);
+  // options.sentences: the text; options.technical: true adds the grid size and layer name
+  // (for people who ask).
   function render(container, data, options) {
     options = options || {};
-    const label = options.label || data.explained.label;
+    const label = options.label || data.explained.display_label || data.explained.label;
     const sentences = options.sentences || data.explanation;
-    const detail = options.technical
-      ? " (" + data.heatmap.grid.join(" × ") + " areas, Grad-CAM on layer " +
-        data.heatmap.layer + ")" : "";
+    const caption = options.technical
+      ? _("This is a heatmap: its colours show how much each part of the square counted. Red and yellow counted a lot, blue hardly at all ({areas} areas, Grad-CAM on layer {layer}).",
+        { areas: data.heatmap.grid.join(" × "), layer: data.heatmap.layer })
+      : _("This is a heatmap: its colours show how much each part of the square counted. Red and yellow counted a lot, blue hardly at all.");
     const heat = figure("data:image/png;base64," + data.heatmap.overlay_png,
-      "Heatmap over the square: the red and yellow parts made the computer think " + label,
-      "Where it looked for \u201c" + label + "\u201d",
-      "This is a heatmap: its colours show how much each part of the square counted. " +
-      "Red and yellow counted a lot, blue hardly at all" + detail + ".",
-      "explain-step-heatmap");
+      _("Heatmap over the square: the red and yellow parts made the computer think {label}", { label: label }),
+      _("Where it looked for \u201c{label}\u201d", { label: label }),
+      caption, "explain-step-heatmap");
     heat.querySelector("img").classList.add("explain-heatmap");
     heat.insertBefore(legend(), heat.querySelector("figcaption"));
 
@@ -72,13 +76,12 @@
     intro.textContent = sentences;
     const steps = document.createElement("ol");
     steps.className = "explain-steps";
-    steps.setAttribute("aria-label", "What happens to the photo first");
+    steps.setAttribute("aria-label", _("What happens to the photo first"));
     const alts = {
-      original: "Your photo",
-      resized: "Your photo shrunk, drawn in a grey frame as big as the photo was",
-      cropped: "The square from the middle that the model looks at",
-      tensor: "Four dots from the middle of the square, drawn big, each with its three " +
-        "numbers for red, green and blue",
+      original: _("Your photo"),
+      resized: _("Your photo shrunk, drawn in a grey frame as big as the photo was"),
+      cropped: _("The square from the middle that the model looks at"),
+      tensor: _("Four dots from the middle of the square, drawn big, each with its three numbers for red, green and blue"),
     };
     data.steps.forEach(function (step, i) {
       const item = document.createElement("li");

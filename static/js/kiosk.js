@@ -7,6 +7,12 @@
 // Live mode (a teacher setting, on by default; static/js/live.js): while the camera is
 // live, the answer and its bars follow it; the button still freezes a full picture.
 // An answer the model marks "unknown" is shown as "I'm not sure what this is", bars grey.
+// Live answers are steadied over about a second (static/js/steady.js); a press of the
+// button on a scene that has not changed joins them, so the two agree.  An answer stays
+// while the camera still sees what was answered: the idle time runs once the scene
+// changes (static/js/scene.js).
+// Every word is in the page's language (static/js/i18n.js); the class names come with each
+// answer (display_label); the language switch reloads the page in another language.
 (function () {
   "use strict";
   const root = document.getElementById("kiosk");
@@ -36,10 +42,14 @@
   const behindDialog = [root.querySelector(".kiosk-header"), root.querySelector(".kiosk-main")];
   const liveAnswer = $("live-answer");
   const START_TEXT = statusBox.textContent;
-  const UNSURE_TEXT = "I'm not sure what this is";
-  const UPLOAD_TEXT = "Show me a photo, and I will tell you what is in it.";
+  const UNSURE_TEXT = _("I'm not sure what this is");
+  const UPLOAD_TEXT = _("Show me a photo, and I will tell you what is in it.");
+  // The confidence chip's colour, by level (the words come translated with the settings).
+  const CONFIDENCE_CLASSES = ["very-sure", "fairly-sure", "not-sure", "just-a-guess"];
   const EXPLAIN_IDLE_FACTOR = 3;
   const EXPLAIN_IDLE_MIN_SECONDS = 180;
+  const ANSWER_TOPK = 5;          // steady averages need the runners-up as well
+  const STILL_TO_JOIN_MS = 1000;  // the button's picture joins live answers of this long
 
   let settings = {
     idle_seconds: Number(root.dataset.idleSeconds),
@@ -47,9 +57,8 @@
     bars: Number(root.dataset.bars),
     explain: root.dataset.explain === "true",
     live: root.dataset.live === "true",
-    labels: {},
-    confidence_words: [[0.7, "very sure"], [0.4, "fairly sure"], [0.15, "not sure"],
-      [0, "just a guess"]],
+    confidence_words: [[0.7, _("very sure")], [0.4, _("fairly sure")], [0.15, _("not sure")],
+      [0, _("just a guess")]],
     explanation_template: null,
   };
   let cameraOn = false;
@@ -81,17 +90,19 @@
   // The button to press next: the camera's, or "Choose a photo".
   function primaryButton() { return cameraOn ? captureButton : chooseButton; }
 
-  function display(label) {
-    const shown = (settings.labels && settings.labels[label]) || label;
+  // A prediction's class as the page's language names it, capitalised.
+  function display(p) {
+    const shown = p.display_label || p.label;
     return shown.charAt(0).toUpperCase() + shown.slice(1);
   }
 
+  // [words, level] for a score: "very sure" is level 0.
   function confidence(score) {
     const words = settings.confidence_words;
     for (let i = 0; i < words.length; i++) {
-      if (score >= words[i][0]) return words[i][1];
+      if (score >= words[i][0]) return [words[i][1], i];
     }
-    return words[words.length - 1][1];
+    return [words[words.length - 1][1], words.length - 1];
   }
 
   // ------------------------------------------------------------------ settings
@@ -116,7 +127,7 @@
 
   async function startCamera() {
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
-      useUpload("This screen cannot use a camera here.");
+      useUpload(null);
       return;
     }
     try {
@@ -134,17 +145,14 @@
       say(START_TEXT);
       updateLive();
     } catch (err) {
-      const why = err && err.name === "NotAllowedError" ? "The camera is switched off for this page."
-        : err && err.name === "NotFoundError" ? "There is no camera here."
-          : "The camera could not start.";
-      useUpload(why);
+      useUpload(err);
     }
   }
 
-  function useUpload(reason) {
+  function useUpload(error) {  // why there is no camera, and what to do: camera-help.js
     cameraOn = false;
     startingNote.hidden = true;
-    uploadReason.textContent = reason;
+    window.cameraHelp.show(uploadReason, window.cameraHelp.explain(error, "kiosk"));
     captureButton.hidden = true;
     setStage("upload");
     setState("upload");
@@ -152,21 +160,21 @@
   }
 
   function grabFrame() {
-    return new Promise(function (resolve) {
-      const width = video.videoWidth, height = video.videoHeight;
-      if (!width || !height) { resolve(null); return; }
-      canvas.width = width;
-      canvas.height = height;
-      canvas.getContext("2d").drawImage(video, 0, 0, width, height);
-      canvas.toBlob(resolve, "image/jpeg", 0.92);
-    });
+    return window.LiveFrames.frame(video, canvas);  // the same picture as live answers
   }
 
   async function capture(auto) {
     if (busy || !cameraOn) return;
+    // A scene the live answers have seen for a while: this picture joins their average.
+    const join = live.running && steady.label !== null &&
+      scene.stillFor() >= STILL_TO_JOIN_MS;
     const blob = await grabFrame();
-    if (!blob) { say("The camera is still starting…"); return; }
-    classify(blob, "camera.jpg", auto);
+    if (!blob) { say(_("The camera is still starting…")); return; }
+    const seen = window.Scene.thumb(canvas);
+    classify(blob, "camera.jpg", auto, function (data) {
+      const answer = join ? steady.update(data) : data;
+      return Object.assign({}, answer, { scene: seen });
+    });
   }
 
   // ------------------------------------------------------------------ answer
@@ -179,19 +187,20 @@
     setStage("still");
   }
 
-  async function classify(blob, name, auto) {
+  // settle(data): the answer to show for a /predict body (default: as it is).
+  async function classify(blob, name, auto, settle) {
     busy = true;
     const mine = generation;
     if (!auto) {
       showPicture(blob);
       setState("thinking");
-      say("Let me look…");
+      say(_("Let me look…"));
       barsList.replaceChildren();
     }
     captureButton.disabled = true;
     const body = new FormData();
     body.append("image", blob, name);
-    body.append("topk", String(settings.bars));
+    body.append("topk", String(Math.max(settings.bars, ANSWER_TOPK)));
     try {
       const response = await fetch(root.dataset.predictUrl, {
         method: "POST", body: body, headers: { "Accept": "application/json" },
@@ -201,12 +210,14 @@
       if (mine !== generation) return;
       if (!response.ok || !data || !data.predictions) {
         showProblem(data && data.error ? data.error.message
-          : "The computer answered " + response.status + ".");
+          : _("The computer answered {status}.", { status: response.status }));
         return;
       }
-      showAnswer(data.predictions, { blob: blob, name: name }, auto, data.unknown === true);
+      const answer = settle ? settle(data) : data;
+      showAnswer(answer.predictions, { blob: blob, name: name, scene: answer.scene }, auto,
+        answer.unknown === true);
     } catch (err) {
-      if (mine === generation) showProblem("The computer could not be reached.");
+      if (mine === generation) showProblem(_("The computer could not be reached."));
     } finally {
       busy = false;
       captureButton.disabled = false;
@@ -222,15 +233,15 @@
       headline.textContent = UNSURE_TEXT;
       const hint = document.createElement("span");
       hint.className = "kiosk-unsure-hint";
-      hint.textContent = "It does not look like anything I was taught. My best guess is "
-        + display(top.label) + ".";
+      hint.textContent = _("It does not look like anything I was taught. My best guess is {label}.",
+        { label: display(top) });
       return [headline, " ", hint];
     }
-    headline.textContent = display(top.label);
-    const words = confidence(top.score);
+    headline.textContent = display(top);
+    const level = confidence(top.score);
     const chip = document.createElement("span");
-    chip.className = "kiosk-confidence kiosk-confidence-" + words.replace(/ /g, "-");
-    chip.textContent = words;
+    chip.className = "kiosk-confidence kiosk-confidence-" + CONFIDENCE_CLASSES[Math.min(level[1], 3)];
+    chip.textContent = level[0];
     return [headline, " ", chip];
   }
 
@@ -238,6 +249,7 @@
     lastActivity = Date.now();
     const top = predictions[0];
     picture.label = top.label;
+    picture.index = top.index;
     lastPicture = picture;
     explained = null;
     statusBox.classList.remove("kiosk-status-problem");
@@ -255,7 +267,7 @@
   function showProblem(message) {
     lastActivity = Date.now();
     statusBox.classList.remove("kiosk-unsure");
-    statusBox.textContent = "Sorry, that did not work. " + message;
+    statusBox.textContent = _("Sorry, that did not work. {reason}", { reason: message });
     statusBox.classList.add("kiosk-status-problem");  // a sentence, not a headline
     barsList.replaceChildren();
     if (root.dataset.stage === "still") setStage(cameraOn ? "video" : "upload");
@@ -275,10 +287,10 @@
         const item = barsList.children[i];
         const pct = p.score * 100;
         item.dataset.label = p.label;
-        item.querySelector(".kiosk-bar-label").textContent = display(p.label);
+        item.querySelector(".kiosk-bar-label").textContent = display(p);
         item.querySelector(".kiosk-bar-score").textContent = Math.round(pct) + "%";
         const track = item.querySelector(".kiosk-bar-track");
-        track.setAttribute("aria-label", display(p.label));
+        track.setAttribute("aria-label", display(p));
         track.setAttribute("aria-valuenow", String(Math.round(pct)));
         item.querySelector(".kiosk-bar-fill").style.width = Math.max(pct, 1).toFixed(1) + "%";
       });
@@ -293,7 +305,7 @@
       text.className = "kiosk-bar-text";
       const label = document.createElement("span");
       label.className = "kiosk-bar-label";
-      label.textContent = display(p.label);
+      label.textContent = display(p);
       const score = document.createElement("span");
       score.className = "kiosk-bar-score";
       score.textContent = Math.round(pct) + "%";
@@ -301,7 +313,7 @@
       const track = document.createElement("div");
       track.className = "kiosk-bar-track";
       track.setAttribute("role", "progressbar");
-      track.setAttribute("aria-label", display(p.label));
+      track.setAttribute("aria-label", display(p));
       track.setAttribute("aria-valuemin", "0");
       track.setAttribute("aria-valuemax", "100");
       track.setAttribute("aria-valuenow", String(Math.round(pct)));
@@ -328,15 +340,22 @@
       root.dataset.stage === "video" && root.dataset.state === "live";
   }
 
+  const steady = window.Steady.create();
+  const scene = window.Scene.watch(video);
   const live = window.LiveFrames.create({
     video: video,
     url: root.dataset.predictUrl,
-    topk: function () { return settings.bars; },
+    topk: function () { return Math.max(settings.bars, ANSWER_TOPK); },
     wanted: liveWanted,
-    onAnswer: function (data) {
+    onAnswer: function (raw) {
       if (!liveWanted()) return;
+      const data = steady.update(raw);
       const top = data.predictions[0];
       const unknown = data.unknown === true;
+      root.dataset.liveLabel = top.label;
+      if (data.changed) {
+        root.dataset.liveChanges = String(Number(root.dataset.liveChanges || 0) + 1);
+      }
       liveAnswer.classList.toggle("kiosk-unsure", unknown);
       liveAnswer.replaceChildren.apply(liveAnswer, headlineOf(top, unknown));
       liveAnswer.hidden = false;
@@ -374,12 +393,12 @@
     if (explained === lastPicture) return;
     const picture = lastPicture;
     panel.replaceChildren();
-    panel.textContent = "Looking closer…";
+    panel.textContent = _("Looking closer…");
     try {
       const data = await window.ExplainView.request(root.dataset.explainUrl, picture.blob,
-        picture.name);
+        picture.name, picture.index);
       if (picture !== lastPicture) return;
-      const label = display(data.explained.label);
+      const label = display(data.explained);
       const sentences = settings.explanation_template
         ? settings.explanation_template.replace("{label}", label) : data.explanation;
       window.ExplainView.render(panel, data, {
@@ -387,7 +406,9 @@
       });
       explained = picture;
     } catch (err) {
-      if (picture === lastPicture) panel.textContent = "Sorry, that did not work. " + err.message;
+      if (picture === lastPicture) {
+        panel.textContent = _("Sorry, that did not work. {reason}", { reason: err.message });
+      }
     }
   }
 
@@ -441,14 +462,17 @@
     const idle = explaining && setting
       ? Math.max(setting * EXPLAIN_IDLE_FACTOR, EXPLAIN_IDLE_MIN_SECONDS) : setting;
     const note = explaining ? explainIdleNote : idleNote;
+    // The camera still sees what was answered: the idle time has not begun.
+    if (cameraOn && lastPicture && window.Scene.same(lastPicture.scene,
+      window.Scene.thumb(video))) lastActivity = Date.now();
     (explaining ? idleNote : explainIdleNote).hidden = true;
     if (!idle || root.dataset.state !== "result") { note.hidden = true; return; }
     const left = idle * 1000 - (Date.now() - lastActivity);
     if (left <= 0) { startOver(); return; }
     const warn = explaining ? 10000 : 5000;
     if (idle >= 10 && left <= warn) {
-      note.textContent = "Starting over in " + Math.ceil(left / 1000) +
-        " s. Touch the screen to keep this.";
+      note.textContent = _("Starting over in {n} s. Touch the screen to keep this.",
+        { n: Math.ceil(left / 1000) });
       note.hidden = false;
     } else {
       note.hidden = true;
@@ -522,6 +546,17 @@
   });
   setInterval(checkIdle, 500);
   document.addEventListener("visibilitychange", updateLive);
+
+  // The language switch: the same kiosk in another language (remembered in a cookie);
+  // the address keeps no ?lang= afterwards.
+  root.querySelectorAll("[data-lang]").forEach(function (button) {
+    button.addEventListener("click", function () {
+      window.location.replace(window.location.pathname + "?lang=" + encodeURIComponent(button.dataset.lang));
+    });
+  });
+  if (/[?&]lang=/.test(window.location.search)) {
+    window.history.replaceState(null, "", window.location.pathname);
+  }
 
   loadSettings().then(startCamera);
 })();

@@ -1,4 +1,4 @@
-// Live answers from a camera: small frames to /predict, one after the other, for the
+// Live answers from a camera: frames to /predict, one after the other, for the
 // kiosk and the Teach page's "Try it live".
 //
 // * Never more than one request in flight per viewer: the next frame is taken only when
@@ -6,15 +6,31 @@
 //   fewer frames instead of a queue; after an error the pause doubles (up to 5 s).
 // * At most one frame every PERIOD_MS (8 a second): enough for bars that follow the
 //   hand, without a fast machine spending every core on one viewer.
-// * Frames are small: the shorter side FRAME_SIDE px (341x256 from a 4:3 camera), a JPEG
-//   of ~15 kB.  The model looks at no more: it resizes the shorter side to 256 and
-//   crops 224 (ResNet18), less for smaller models.
+// * A frame is the camera's whole picture with its shorter side at most FRAME_SIDE px
+//   (640x480 from a 4:3 camera, 853x480 from a 16:9 one), a JPEG of ~50 kB: the very
+//   picture the kiosk's button sends (LiveFrames.frame), so a still scene gets the same
+//   answer live and from the button (the model resizes the shorter side to 256 and
+//   crops the middle).
 (function () {
   "use strict";
   const PERIOD_MS = 125;
-  const FRAME_SIDE = 256;
-  const QUALITY = 0.8;
+  const FRAME_SIDE = 480;
+  const QUALITY = 0.85;
   const MAX_BACKOFF_MS = 5000;
+
+  // The camera's picture now as a JPEG (null while the camera is starting), drawn into
+  // ``canvas``: what live answers and the kiosk's button both send.
+  function frame(video, canvas) {
+    return new Promise(function (resolve) {
+      const width = video.videoWidth, height = video.videoHeight;
+      if (!width || !height) { resolve(null); return; }
+      const scale = Math.min(1, FRAME_SIDE / Math.min(width, height));
+      canvas.width = Math.round(width * scale);
+      canvas.height = Math.round(height * scale);
+      canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
+      canvas.toBlob(resolve, "image/jpeg", QUALITY);
+    });
+  }
 
   // options: video (a playing <video>), url (the predict endpoint; the returned object's
   // ``url`` may be changed later), topk() (bars
@@ -27,19 +43,6 @@
     let timer = null;
     let round = 0;       // bumps at every stop: an answer of an earlier round is dropped
     let backoff = 0;
-
-    function frame() {
-      return new Promise(function (resolve) {
-        const video = options.video;
-        const width = video.videoWidth, height = video.videoHeight;
-        if (!width || !height) { resolve(null); return; }
-        const scale = Math.min(1, FRAME_SIDE / Math.min(width, height));
-        canvas.width = Math.round(width * scale);
-        canvas.height = Math.round(height * scale);
-        canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
-        canvas.toBlob(resolve, "image/jpeg", QUALITY);
-      });
-    }
 
     function schedule(delay) {
       if (!running || timer !== null || inFlight) return;
@@ -55,7 +58,7 @@
       inFlight = true;
       let wait = PERIOD_MS;
       try {
-        const blob = await frame();
+        const blob = await frame(options.video, canvas);
         if (!blob) {
           wait = 250;  // the camera is still starting
         } else {
@@ -100,5 +103,6 @@
     return api;
   }
 
-  window.LiveFrames = { create: create, PERIOD_MS: PERIOD_MS, FRAME_SIDE: FRAME_SIDE };
+  window.LiveFrames = { create: create, frame: frame, PERIOD_MS: PERIOD_MS,
+                        FRAME_SIDE: FRAME_SIDE };
 })();

@@ -36,7 +36,7 @@
     try { data = await response.json(); } catch (e) { data = null; }
     if (!response.ok) {
       const message = data && data.error && data.error.message
-        ? data.error.message : "The server answered " + response.status + ".";
+        ? data.error.message : _("The server answered {status}.", { status: response.status });
       const error = new Error(message);
       error.status = response.status;
       throw error;
@@ -73,14 +73,14 @@
     figure.dataset.imageId = item.id;
     const img = document.createElement("img");
     img.src = item.url + "?size=128";
-    img.alt = "A picture of " + section.dataset.label;
+    img.alt = _("A picture of {label}", { label: section.dataset.label });
     img.width = 96;
     img.height = 72;
     const button = document.createElement("button");
     button.type = "button";
     button.className = "teach-thumb-delete";
-    button.setAttribute("aria-label", "Delete this picture of " + section.dataset.label);
-    button.title = "Delete this picture";
+    button.setAttribute("aria-label", _("Delete this picture of {label}", { label: section.dataset.label }));
+    button.title = _("Delete this picture");
     button.textContent = "×";
     figure.append(img, button);
     section.querySelector(".teach-thumbs").prepend(figure);
@@ -122,7 +122,7 @@
   sections().forEach(function (section) {
     section.querySelector(".teach-delete-class").addEventListener("click", async function () {
       const label = section.dataset.label;
-      if (!window.confirm("Delete the class " + label + " and its pictures?")) return;
+      if (!window.confirm(_("Delete the class {label} and its pictures?", { label: label }))) return;
       try {
         await call("DELETE", datasetUrl + "/classes/" + encodeURIComponent(label));
         section.remove();
@@ -141,7 +141,7 @@
       try {
         await upload(section, file, file.name, file.lastModified);
       } catch (err) {
-        classError(section, file.name + ": " + err.message);
+        classError(section, _("{file}: {reason}", { file: file.name, reason: err.message }));
         if (err.status === 409 || err.status === 404) break;  // dataset full, class gone
       }
     }
@@ -174,7 +174,7 @@
 
   async function startCamera() {
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
-      cameraMissing("This browser gives this page no camera (use http://127.0.0.1 or HTTPS).");
+      cameraMissing(null);
       return;
     }
     try {
@@ -184,20 +184,21 @@
       video.srcObject = stream;
       await video.play().catch(function () { /* muted: it plays */ });
       cameraOn = true;
-      cameraStatus.textContent = "Camera on";
+      cameraStatus.textContent = _("Camera on");
       root.dataset.camera = "on";
       sections().forEach(function (s) { s.querySelector(".teach-capture").disabled = false; });
       $("try-camera").disabled = false;
     } catch (err) {
-      cameraMissing(err && err.name === "NotAllowedError"
-        ? "The camera is switched off for this page." : "There is no camera here.");
+      cameraMissing(err);
     }
   }
 
-  function cameraMissing(reason) {
+  function cameraMissing(error) {  // why there is no camera, and what to do: camera-help.js
+    const help = window.cameraHelp.explain(error, "teach");
     cameraOn = false;
     root.dataset.camera = "off";
-    cameraStatus.textContent = reason;
+    cameraStatus.textContent = help.reason;
+    window.cameraHelp.show($("camera-off"), help);
     show(video, false);
     show($("camera-off"), true);
     sections().forEach(function (s) { s.querySelector(".teach-capture").hidden = true; });
@@ -218,7 +219,7 @@
   function sleep(ms) { return new Promise(function (r) { setTimeout(r, ms); }); }
 
   async function burst(section) {
-    if (capturing) return;
+    if (capturing || timer.running) return;
     capturing = section;
     const button = section.querySelector(".teach-capture");
     button.classList.add("capturing");
@@ -275,6 +276,12 @@
     button.addEventListener("blur", stopBurst);
   });
 
+  // A timer instead of holding the button (static/js/capture-timer.js).
+  const timer = window.CaptureTimer.attach({
+    sections: sections(), grab: grabFrame, upload: upload, error: classError,
+    busy: function () { return Boolean(capturing); },
+  });
+
   // ------------------------------------------------------------------ training
 
   const trainButton = $("train-button");
@@ -288,9 +295,16 @@
     const ready = counts.length >= 2 && counts.every(function (n) { return n >= 2; });
     trainButton.disabled = Boolean(busy) || !ready;
     $("train-hint").textContent = counts.length < 2
-      ? "Add a second class: a model needs at least 2 things to tell apart."
-      : ready ? "Ready. Every class has pictures (20 or more each work better)."
-        : "Every class needs at least 2 pictures (20 or more work better).";
+      ? _("Add a second class: a model needs at least 2 things to tell apart.")
+      : ready ? _("Ready. Every class has pictures (20 or more each work better).")
+        : _("Every class needs at least 2 pictures (20 or more work better).");
+  }
+
+  // The new model's name: the dataset's and the moment in the teacher's own time.
+  function modelName() {
+    const when = new Date().toLocaleString(window.i18nLang, {
+      year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+    return (root.dataset.datasetName || root.dataset.dataset) + " · " + when;
   }
 
   function options() {
@@ -298,52 +312,33 @@
       epochs: Number($("opt-epochs").value),
       image_size: Number($("opt-size").value),
       strategy: $("opt-strategy").value,
+      name: modelName().slice(0, 80),
     };
   }
 
-  function seconds(s) {
-    if (s === null || s === undefined) return "";
-    return s < 90 ? Math.round(s) + " s" : Math.round(s / 60) + " min";
-  }
+  const STATES = { queued: _("queued"), running: _("running"), done: _("done"),
+                   failed: _("failed"), cancelled: _("cancelled") };
 
   function renderJob(data) {
     job = data;
     show($("job"), true);
     const state = $("job-state");
-    state.textContent = data.state + (data.cancel_requested && data.state === "running" ? " (cancelling)" : "");
+    state.textContent = data.cancel_requested && data.state === "running"
+      ? _("{state} (cancelling)", { state: STATES.running }) : (STATES[data.state] || data.state);
     state.className = "badge " + ({
       queued: "text-bg-secondary", running: "text-bg-primary", done: "text-bg-success",
       failed: "text-bg-danger", cancelled: "text-bg-warning",
     }[data.state] || "text-bg-secondary");
     root.dataset.jobState = data.state;
-    const p = data.progress || {};
-    const pct = data.state === "done" ? 100 : Math.round((p.fraction || 0) * 100);
+    const pct = Math.round(window.TeachProgress.fraction(data) * 100);
     $("job-bar").style.width = pct + "%";
     $("job-progress").setAttribute("aria-valuenow", String(pct));
-    let summary = "";
-    if (data.state === "queued") {
-      summary = "Waiting" + (data.queue_position > 1 ? " (number " + data.queue_position + " in the queue)" : "") + "…";
-    } else if (data.state === "running") {
-      if (p.stage === "train" || p.stage === "epoch") {
-        summary = "Epoch " + p.epoch + " of at most " + p.epochs
-          + (p.eta_s ? " · about " + seconds(p.eta_s) + " left" : "");
-      } else if (p.stage === "storing" || p.stage === "test" || p.stage === "done") {
-        summary = "Checking and storing the model…";
-      } else {
-        summary = "Starting…";
-      }
-    } else if (data.state === "done") {
-      summary = "Done in " + seconds(data.duration_s) + ".";
-    } else if (data.state === "cancelled") {
-      summary = "Cancelled: nothing was stored.";
-    } else if (data.state === "failed") {
-      summary = "The training failed.";
-    }
-    $("job-summary").textContent = summary;
+    $("job-summary").textContent = window.TeachProgress.summary(data);
     const last = (data.history || [])[data.history ? data.history.length - 1 : 0];
     $("job-metrics").textContent = last
-      ? "Last epoch: training loss " + last.train_loss.toFixed(3) + ", validation loss "
-        + last.val_loss.toFixed(3) + ", validation accuracy " + (last.val_acc * 100).toFixed(0) + "%"
+      ? _("Last epoch: training loss {train_loss}, validation loss {val_loss}, validation accuracy {val_acc}%", {
+        train_loss: last.train_loss.toFixed(3), val_loss: last.val_loss.toFixed(3),
+        val_acc: (last.val_acc * 100).toFixed(0) })
       : "";
     const errorBox = $("job-error");
     errorBox.textContent = data.error || "";
@@ -364,7 +359,7 @@
     try {
       renderJob(await call("GET", root.dataset.jobsUrl + "/" + encodeURIComponent(job.id)));
     } catch (err) {
-      $("job-summary").textContent = "Could not ask the server: " + err.message;
+      $("job-summary").textContent = _("Could not ask the server: {reason}", { reason: err.message });
     }
     if (job && (job.state === "queued" || job.state === "running")) {
       pollTimer = setTimeout(poll, POLL_MS);
@@ -411,7 +406,7 @@
     try {
       data = await call("GET", root.dataset.modelsUrl + "/" + encodeURIComponent(modelId));
     } catch (err) {
-      $("job-error").textContent = "The model " + modelId + ": " + err.message;
+      $("job-error").textContent = _("The model {id}: {reason}", { id: modelId, reason: err.message });
       show($("job-error"), true);
       return;
     }
@@ -420,15 +415,22 @@
     $("result-name").textContent = data.name;
     $("result-id").textContent = data.id;
     const m = data.metrics || {};
-    $("result-metrics").textContent = "Validation accuracy " + percent(m.val_accuracy)
-      + (m.test_accuracy !== null && m.test_accuracy !== undefined
-        ? ", accuracy on pictures it never trained on " + percent(m.test_accuracy) : "")
-      + " · classes: " + (data.classes || []).join(", ")
-      + (m.bursts ? " · moments each class was taken at (bursts): " + Object.keys(m.bursts)
-        .map(function (c) { return c + " " + m.bursts[c]; }).join(", ")
-        + (m.test_accuracy !== null && m.test_accuracy !== undefined
-          ? "; tested only on bursts it never trained on" : "") : "")
-      + (m.caveat ? " · but " + m.caveat + "." : "");
+    const tested = m.test_accuracy !== null && m.test_accuracy !== undefined;
+    const parts = [tested
+      ? _("Validation accuracy {val}, accuracy on pictures it never trained on {test}",
+        { val: percent(m.val_accuracy), test: percent(m.test_accuracy) })
+      : _("Validation accuracy {val}", { val: percent(m.val_accuracy) }),
+    _("classes: {classes}", { classes: joinNames(data.classes || []) })];
+    if (m.bursts) {
+      const bursts = joinNames(Object.keys(m.bursts).map(function (c) { return c + " " + m.bursts[c]; }));
+      parts.push(tested
+        ? _("moments each class was taken at (bursts): {bursts}; tested only on bursts it never trained on", { bursts: bursts })
+        : _("moments each class was taken at (bursts): {bursts}", { bursts: bursts }));
+    }
+    if (m.caveat) parts.push(_("but {caveat}.", { caveat: m.caveat }));
+    $("result-metrics").textContent = parts.join(" · ");
+    window.TeachResult.render(data, root.dataset.modelsUrl + "/" + encodeURIComponent(data.id)
+      + "/report", { "Accept": "application/json", "X-CSRFToken": csrf });
     const img = $("result-confusion");
     if ((data.report_files || []).indexOf("confusion.png") >= 0) {
       img.src = root.dataset.modelsUrl + "/" + encodeURIComponent(data.id) + "/report/confusion.png";
@@ -479,17 +481,20 @@
   }
 
   // "Try it live": the camera's picture to the new model a few times a second
-  // (static/js/live.js: one request at a time), until pressed again.
+  // (static/js/live.js: one request at a time), until pressed again; the answers
+  // steadied as on the kiosk (static/js/steady.js).
   const tryButton = $("try-camera");
+  const steady = window.Steady.create();
   const live = window.LiveFrames.create({
     video: video,
     url: "",
-    topk: function () { return 3; },
+    topk: function () { return 5; },  // the steady average needs the runners-up
     headers: { "X-CSRFToken": csrf },
     wanted: function () { return Boolean(model) && cameraOn && !document.hidden; },
-    onAnswer: function (data) {
+    onAnswer: function (raw) {
+      const data = steady.update(raw);
       show($("try-error"), false);
-      bars(data.predictions, data.unknown === true, true);
+      bars(data.predictions.slice(0, 3), data.unknown === true, true);
       root.dataset.liveAnswers = String(Number(root.dataset.liveAnswers || 0) + 1);
     },
   });
@@ -497,15 +502,16 @@
   function stopLive() {
     live.stop();
     tryButton.setAttribute("aria-pressed", "false");
-    tryButton.textContent = "Try it live";
+    tryButton.textContent = _("Try it live");
   }
 
   tryButton.addEventListener("click", function () {
     if (live.running) { stopLive(); return; }
     if (!model) return;
     live.url = root.dataset.modelsUrl + "/" + encodeURIComponent(model.id) + "/predict";
+    steady.reset();
     tryButton.setAttribute("aria-pressed", "true");
-    tryButton.textContent = "Stop trying";
+    tryButton.textContent = _("Stop trying");
     live.start();
   });
   $("try-file").addEventListener("change", function () {

@@ -324,7 +324,8 @@ def test_download_shows_progress_and_refuses_a_file_that_is_not_the_published_on
 # Every row of issue 13's table: the files people have (tests/model_files.py).
 
 ACCEPTED = ["bare", "dataparallel", "lightning", "tutorial", "v1_without_format", "compiled",
-            "safetensors", "onnx", "mobilenet"]
+            "safetensors", "onnx", "mobilenet", "dynamic_quantized", "dropout_head", "mlp_head",
+            "prefixed", "hugging_face", "timm", "onnx_external", "onnx_pixels"]
 
 
 def fields_of(entry) -> dict:
@@ -350,13 +351,69 @@ def test_every_accepted_file_loads_as_the_network_it_holds(model_files, row):
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
         assert torch.allclose(loaded.module(x), entry.module(x), atol=1e-5)
-    assert loaded.kind == ("safetensors" if row == "safetensors" else "pytorch")
+    assert loaded.kind == ("safetensors" if entry.path.suffix == ".safetensors" else "pytorch")
     expected_from = {"bare": "the classes field", "dataparallel": "the labels file",
                      "tutorial": "the file's 'class_to_idx'",
-                     "v1_without_format": "the file's 'classes'"}
+                     "v1_without_format": "the file's 'classes'",
+                     "mlp_head": "the labels file (read as GBK (GB18030))",
+                     "hugging_face": "the labels file"}
     if row in expected_from:
         assert loaded.details["classes_from"] == expected_from[row]
     assert entry.arch in loaded.summary()
+
+
+@pytest.mark.parametrize("row, words", [
+    ("dynamic_quantized", "the int8 weights of fc dequantized to fp32 (dynamic quantization)"),
+    ("dropout_head", "head fc (Dropout, Linear 512→5) built from its keys"),
+    ("mlp_head", "head fc (Linear 512→256, ReLU, Dropout, Linear 256→5) built from its keys "
+     "(ReLU where no weights say which activation: send activation=gelu if it was GELU)"),
+    ("prefixed", "key prefix 'backbone.' removed"),
+    ("hugging_face", "Hugging Face ResNet key names mapped to torchvision's"),
+    ("timm", "the EMA weights under 'state_dict_ema' (send ema=no for the trained weights)"),
+    ("onnx_external", "weights read from model.onnx.data"),
+    ("onnx_pixels", "it takes uint8 pixels, channels last"),
+])
+def test_the_summary_says_what_was_done_to_read_the_file(model_files, row, words):
+    entry = getattr(model_files, row)
+    assert words in model_loader.load_checkpoint(entry.path, **fields_of(entry)).summary()
+
+
+def test_the_upload_may_choose_the_trained_weights_over_the_ema_ones(model_files):
+    entry = model_files.timm
+    loaded = model_loader.load_checkpoint(entry.path, ema="no", **fields_of(entry))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(loaded.module(x), model_files.resnet18(x), atol=1e-5)
+    assert "EMA" not in loaded.summary() and "weights under 'state_dict'" in loaded.summary()
+
+
+def test_a_gelu_head_is_built_when_the_upload_says_so(tmp_path, model_files):
+    module = torchvision.models.resnet18(num_classes=5)
+    module.fc = nn.Sequential(nn.Linear(512, 64), nn.GELU(), nn.Linear(64, 5))
+    path = tmp_path / "gelu.pth"
+    torch.save(module.state_dict(), path)
+    loaded = model_loader.load_checkpoint(path, classes="a,b,c,d,e", activation="gelu")
+    assert isinstance(loaded.module.fc[1], nn.GELU)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(loaded.module(x), module.eval()(x), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_hugging_face_vit_is_read_as_torchvisions_vit_b_16(tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from tests.model_files import HuggingFaceLogits
+
+    torch.manual_seed(0)
+    model = ViTForImageClassification(ViTConfig(num_labels=3)).eval()
+    model.save_pretrained(tmp_path)
+    loaded = model_loader.load_checkpoint(tmp_path / "model.safetensors",
+                                          labels=(tmp_path / "config.json").read_bytes())
+    assert loaded.arch == "vit_b_16" and loaded.labels == ["LABEL_0", "LABEL_1", "LABEL_2"]
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():  # layer norm's epsilon: 1e-12 there, 1e-6 here
+        assert torch.allclose(loaded.module(x), HuggingFaceLogits(model)(x), atol=2e-3)
 
 
 def test_the_summary_says_where_everything_was_found(model_files):
@@ -406,7 +463,7 @@ def test_labels_files_in_every_common_layout(text, names):
     (b'{"cat": 0, "dog": 2}', "not 0 to 1"),
     (b"[1, 2]", "must be a list of class names"),
     (b'["cat", "dog"', "not valid JSON"),
-    (b"\xff\xfe\x00c", "not UTF-8"),
+    (bytes(range(128, 256)), "save it as UTF-8"),
 ])
 def test_bad_labels_files_are_refused_with_the_reason(text, words):
     with pytest.raises(ModelLoadError, match=re.escape(words)):
@@ -422,7 +479,6 @@ def test_the_classes_field_takes_commas_or_lines():
 def test_refusals_say_what_to_do_next(model_files, tmp_path):
     cases = [
         (model_files.whole_model, {}, "whole pickled model.*torch.save\\(model.state_dict"),
-        (model_files.quantized, {}, "quantized weights.*upload the fp32 weights.*QUANTIZE="),
         (model_files.torchscript, {}, "TorchScript.*model.state_dict\\(\\).*or export"),
         (model_files.bare.path, {"arch": "resnet9000", "classes": "a,b,c,d,e"},
          "architecture 'resnet9000' is not supported; use one of: alexnet, .*resnet18"),
@@ -434,6 +490,25 @@ def test_refusals_say_what_to_do_next(model_files, tmp_path):
         with pytest.raises(ModelLoadError, match=words) as info:
             model_loader.load_checkpoint(path, **fields)
         assert not [w for w in TORCH_WORDS if w.lower() in str(info.value).lower()], info.value
+
+
+@pytest.mark.parametrize("index", range(7))
+def test_every_refused_file_is_named_with_the_next_step(model_files, index):
+    """tests/model_files.py's refusal table: the message names the kind of file and what
+    to do, and quotes none of torch's internals."""
+    kind, path, fields, words = model_files.refused()[index]
+    with pytest.raises(ModelLoadError) as info:
+        model_loader.load_checkpoint(path, **fields)
+    message = str(info.value)
+    assert all(w in message for w in words), (kind, message)
+    assert not [w for w in TORCH_WORDS + TORCH_INTERNALS if w.lower() in message.lower()], \
+        message
+    assert "closest" not in message.lower() or kind == "another network", message
+
+
+# What torch's readers say about files they cannot read: never passed on to a person.
+TORCH_INTERNALS = ("PytorchStreamReader", "data.pkl", "central directory", "invalid load key",
+                   "_pickle", "UnpicklingError")
 
 
 def test_the_head_is_found_from_the_architecture_not_from_key_order(tmp_path):

@@ -98,16 +98,23 @@ def test_the_dockerfiles_install_and_test_steps_are_the_make_targets_ci_runs():
         match = re.search(r"\bmake (\w+)( VENV=/opt/venv)?\b", run)
         assert match, f"a RUN step that CI does not run: {run!r}"
         used.append(match.group(1))
-    assert used == ["install", "weights", "smoke"]
-    install = ["$(BIN)/pip install -q -r requirements.txt", "touch $@"]
+    assert used == ["install", "weights", "engine", "smoke"]
+    # CPU-only torch first when its index answers (deploy/cpu_torch.py), then the rest.
+    install = ["$(BIN)/python deploy/cpu_torch.py $(TORCH_INDEX_URL)",
+               "$(BIN)/pip install -q -r requirements.txt", "touch $@"]
     assert make_commands("install") == install
     assert make_commands("download") == install + ["$(BIN)/python -m model_loader download"]
     # make run and the image: ResNet18's weights when the network allows, quietly not.
     weights = ["$(BIN)/python -m model_loader download --optional --timeout 15", "touch $@"]
     assert make_commands("weights") == weights
     run = make_commands("run")
-    assert run[:2] == install and weights[0] in run and run[-1] == "$(BIN)/gunicorn app:app"
+    assert run[:3] == install and weights[0] in run and run[-1] == "$(BIN)/gunicorn app:app"
     assert make_commands("smoke") == install + ["$(BIN)/python deploy/smoke.py"]
+    assert make_commands("engine") == install + ["$(BIN)/python deploy/engine.py"]
+    # The engine is made into the folder a fresh container starts its cache from.
+    engine_step = next(r for r in runs if "make engine" in r)
+    assert engine_step.startswith("ENGINE_CACHE_DIR=/opt/engines ")
+    assert env_of(instructions)["ENGINE_CACHE_SEED"] == "/opt/engines"
     test = make_commands("test")
     assert "$(BIN)/pip install -q -r requirements-dev.txt" in test
     assert test[-1] == "$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile"
@@ -183,6 +190,46 @@ def test_the_smoke_command_of_the_image_build_passes():
     print(done.stdout)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "ok  /predict" in done.stdout and "ok  JSON access log" in done.stdout
+
+
+@pytest.mark.system
+def test_a_server_starting_from_the_engine_made_ahead_of_time_converts_nothing(
+        start_server, tmp_path):
+    """`make engine` (the image's build step) into a seed folder, then a server with an
+    empty engine cache and ENGINE_CACHE_SEED: it copies the seed, converts nothing (no
+    builder child) and answers; the damaged copy of an entry is not taken."""
+    seed, cache = tmp_path / "seed", tmp_path / "cache"
+    env = {**os.environ, "ENGINE_CACHE_DIR": str(seed), "WEB_CONCURRENCY": "1",
+           "TORCH_THREADS": "1"}
+    command = make_commands("engine")[-1].replace("$(BIN)", str(BIN))
+    done = subprocess.run(shlex.split(command), cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "converted EfficientNet-Lite0" in done.stdout
+    entries = sorted(p.name for p in seed.iterdir() if not p.name.startswith("."))
+    assert any(n.endswith(".card.json") for n in entries)
+    assert any(n.endswith(".auto.json") for n in entries)  # QUANTIZE=auto's decision
+    assert list((seed / "openvino").iterdir())  # OpenVINO's compiled network
+    # Readable by another user (the image's app user did not build it).
+    assert all(p.stat().st_mode & 0o444 == 0o444 for p in seed.rglob("*"))
+
+    server = start_server("gunicorn", ENGINE_CACHE_DIR=cache, ENGINE_CACHE_SEED=seed,
+                          WEB_CONCURRENCY=2, TORCH_THREADS=1)
+    ready = server.wait_ready()
+    assert ready["model"]["arch"] == "efficientnet_lite0"
+    ops.wait_for_workers(server, 2)
+    assert "copied from" in server.log
+    assert "for serving in" not in server.log  # the log line of a build (a child process)
+    # Both workers open the precision that was decided (compiling one after the other:
+    # together, one of them could not read the network the other was writing).
+    assert "does not open" not in server.log
+    served = re.findall(r"model ready: .* engine openvino, (\w+)\)", server.log)
+    assert len(served) == 2 and len(set(served)) == 1, served
+    copied = sorted(p.name for p in cache.iterdir() if not p.name.startswith("."))
+    assert set(entries) <= set(copied)
+    response = requests.post(server.url + "/predict", timeout=60,
+                             files={"image": ("cat.jpg", encode(photo("chelsea").image))})
+    assert response.status_code == 200
 
 
 def test_compose_runs_replicas_on_one_model_dir_behind_nginx():

@@ -332,6 +332,52 @@ def test_auto_judges_a_finetuned_model_on_its_own_validation_images(tmp_path):
     assert "12" in served.info["auto"]["guard"]
 
 
+def _decided(module, labels, tmp_path, **extra) -> dict:
+    """QUANTIZE=auto's decision for an in-memory model (built into a fresh cache)."""
+    from webapp.engines import precision
+
+    loaded = model_loader.LoadedModel(module=module.eval(), arch="resnet50", labels=labels,
+                                      name="m", version="0", source="memory",
+                                      source_kind="checkpoint")
+    chosen = settings("openvino", "auto", tmp_path / "cache", **extra)
+    card = build.build_card(loaded, build.weights_key(loaded), chosen.cache)
+    return precision.decide(card, chosen.cache, chosen)
+
+
+@pytest.mark.slow
+def test_auto_refuses_int8_that_keeps_the_top1_but_moves_the_scores(tmp_path):
+    """A ResNet50 whose int8 network gives fp32's top-1 on every guard image but moves
+    the probabilities by more than PRECISION_MAX_SCORE_CHANGE allows: refused, and the
+    decision says by how much."""
+    from tests.model_files import random_model
+
+    made = _decided(random_model("resnet50", 5, seed=1), list("abcde"), tmp_path,
+                    max_score_change=0.002)
+    int8 = next(t for t in made["tried"] if t["precision"] == "int8")
+    assert int8["works"] and int8["agreement"] >= 0.98, int8
+    assert int8["max_score_change"] >= int8["score_change"] > 0.002, int8
+    assert "moves the probabilities by" in int8["rejected"] and "over 0.002" in int8["rejected"]
+    assert made["chosen"] != "int8" and made["max_score_change"] == 0.002
+    if made["chosen"] == "fp32":
+        assert "int8 moves the probabilities" in made["why"]
+
+
+@pytest.mark.slow
+def test_a_failed_precision_trial_is_reported_as_failed(tmp_path):
+    """int8 that cannot be built (no calibration photos here) is a failure with its
+    reason in the decision, not "not faster"."""
+    empty = tmp_path / "no-photos"
+    empty.mkdir()
+    torch.manual_seed(2)
+    made = _decided(model_loader.build_model("resnet18", 3), ["a", "b", "c"], tmp_path,
+                    calibration_dir=str(empty))
+    int8 = next(t for t in made["tried"] if t["precision"] == "int8")
+    assert not int8["works"] and "no calibration images" in int8["reason"]
+    if made["chosen"] == "fp32":
+        assert "int8 failed (no calibration images" in made["why"], made["why"]
+        assert "faster" not in made["why"]
+
+
 @pytest.mark.system
 def test_auto_on_a_common_cpu_without_bf16_still_serves(tmp_path):
     """oneDNN capped at AVX2 (no bf16, no AMX, as on most school and office PCs): bf16 is
@@ -474,3 +520,30 @@ def test_an_unwritable_engine_cache_is_named_in_the_error(bundled_source, tmp_pa
     with pytest.raises(EngineCacheError, match="ENGINE_CACHE_DIR") as caught:
         engines.ensure_card(bundled_source, settings(cache=blocked / "engines"))
     assert not caught.value.full
+
+
+def test_a_cache_starts_from_a_seed_made_ahead_of_time(tmp_path):
+    """ENGINE_CACHE_SEED (the Docker image's /opt/engines): intact entries the cache lacks
+    are copied with their sidecars, OpenVINO's compiled networks too; a damaged entry, a
+    lock and what the cache has already are left alone; a second start copies nothing."""
+    from webapp.engines.artefacts import ArtefactCache
+
+    seed = ArtefactCache(tmp_path / "seed")
+    seed.put("abc.card.json", lambda tmp: tmp.write_text("{}", "utf-8"))
+    seed.put("abc.fp32.onnx", lambda tmp: tmp.write_bytes(b"network"))
+    seed.put("abc.head.npz", lambda tmp: tmp.write_bytes(b"head"))
+    (seed.root / "abc.head.npz").write_bytes(b"damaged")  # no longer its sidecar's bytes
+    (seed.root / "openvino").mkdir()
+    (seed.root / "openvino" / "123.blob").write_bytes(b"compiled")
+    (seed.root / ".abc.card.json.lock").write_text("", "utf-8")
+    cache = ArtefactCache(tmp_path / "cache")
+    cache.put("abc.fp32.onnx", lambda tmp: tmp.write_bytes(b"network"))
+
+    assert cache.seed_from(seed.root) == 2
+    assert cache.valid("abc.card.json") and cache.valid("abc.fp32.onnx")
+    assert not (cache.root / "abc.head.npz").exists()
+    assert (cache.root / "openvino" / "123.blob").read_bytes() == b"compiled"
+    assert not (cache.root / ".abc.card.json.lock").exists()
+    assert cache.seed_from(seed.root) == 0
+    assert cache.seed_from(tmp_path / "no-such-folder") == 0
+    assert cache.seed_from(cache.root) == 0

@@ -257,6 +257,18 @@ def test_explain_returns_the_documented_json(client):
     assert set(body["timings_ms"]) == {"decode", "predict", "gradcam", "pictures", "total"}
 
 
+def test_explain_speaks_the_requests_language(client):
+    """Accept-Language: zh-CN: the class by its Chinese name (display_label), the
+    sentences and the steps in Chinese; the stable label stays English."""
+    body = post(client, encode(photo("coffee").image, "JPEG"),
+                headers={"Accept-Language": "zh-CN"}).get_json()
+    assert body["explained"]["label"] == "espresso"
+    assert body["explained"]["display_label"] == "意大利浓咖啡"
+    assert "“意大利浓咖啡”" in body["explanation"] and "热力图" in body["explanation"]
+    assert [s["title"] for s in body["steps"]] == ["你的照片", "缩小", "中间的正方形", "数字"]
+    assert "384 × 256" in body["steps"][1]["caption"] and "像素" in body["steps"][1]["caption"]
+
+
 def test_explain_answers_a_png_when_asked(client):
     response = post(client, encode(photo("chelsea").image, "JPEG"),
                     headers={"Accept": "image/png"})

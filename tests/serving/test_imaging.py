@@ -169,12 +169,18 @@ def test_other_allowed_formats_decode(fmt):
     assert out.size == (32, 24) and b > 200 and r < 60
 
 
-def test_jpeg_is_decoded_at_reduced_scale_but_never_below_the_resize_target():
-    big = Image.new("RGB", (4000, 3000), "white")
+def test_jpeg_is_decoded_at_reduced_scale_but_never_below_six_times_the_resize():
+    """A reduced decode keeps the shorter side at least DRAFT_GAP (6) times the resize
+    size, and says by how much it reduced (the geometry the preprocessing places the
+    crop on)."""
+    big = Image.new("RGB", (8000, 6000), "white")
     out = load(encode(big, "JPEG"), min_side=256)
-    assert min(out.size) >= 256
-    assert out.size == (500, 375)  # 1/8 scale
-    assert load(encode(big, "JPEG")).size == (4000, 3000)  # no target: full size
+    assert min(out.size) >= 6 * 256
+    assert out.size == (4000, 3000) and out.info["scale"] == 2  # 1/2 scale
+    assert out.info["original_size"] == (8000, 6000)
+    assert load(encode(big, "JPEG")).size == (8000, 6000)  # no target: full size
+    medium = load(encode(Image.new("RGB", (4000, 3000), "white"), "JPEG"), min_side=256)
+    assert medium.size == (4000, 3000) and medium.info["scale"] == 1  # 12 MP: in full
 
 
 # --------------------------------------------------------------------- refusals

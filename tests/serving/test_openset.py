@@ -62,3 +62,45 @@ def test_a_few_holds_keep_95_percent_of_new_ones_when_training_bursts_are_measur
             distances = knn_distance(criterion["bank"].astype(np.float32), fresh, 1)
             kept.append(np.mean(distances <= criterion["threshold"]))
     assert np.mean(with_bursts) >= KEEP and np.mean(val_only) < 0.85
+
+
+def test_new_views_of_the_taught_pictures_widen_what_is_known_not_everything():
+    """A taught object shown from another side (closer, turned, in another light) lands
+    away from every training picture: a threshold set on near-copies calls it unknown.
+    With new views of the training pictures in the bank and new views of the validation
+    pictures among the distances the threshold is set on (``fit_knn(train_views=...,
+    val_views=...)``, as a Teach model is made), such views are kept, while pictures of
+    other things stay flagged (features drawn per class: the picture, a view of it is the
+    picture moved along one of a few "view" directions; seeded)."""
+    from webapp.engines.openset import fit_knn
+    from webapp.serving.openset import knn_distance
+
+    rng = np.random.default_rng(2)
+    dims, kinds = 64, rng.normal(0, 0.8, (5, 64))  # five kinds of view
+
+    def pictures(centre, count, viewed=False):
+        base = centre + rng.normal(0, 0.15, (count, dims))
+        if viewed:
+            base = base + kinds[rng.integers(0, len(kinds), count)]
+        return base
+
+    without, with_views, flagged = [], [], []
+    for _ in range(50):
+        centres = rng.normal(0, 1, (3, dims))
+        train = np.vstack([pictures(c, 20) for c in centres])
+        val = np.vstack([pictures(c, 4) for c in centres])
+        views = np.vstack([pictures(c, 80, viewed=True) for c in centres])
+        val_views = np.vstack([pictures(c, 16, viewed=True) for c in centres])
+        shown = np.vstack([pictures(c, 10, viewed=True) for c in centres])
+        others = rng.normal(0, 1, (30, dims))
+        plain = fit_knn(train, val)
+        viewed = fit_knn(train, val, train_views=views, val_views=val_views)
+        assert viewed["training_views"] == len(views)
+        assert viewed["validation_views"] == len(val_views)
+        for kept, criterion in ((without, plain), (with_views, viewed)):
+            bank = criterion["bank"].astype(np.float32)
+            kept.append(np.mean(knn_distance(bank, shown, 1) <= criterion["threshold"]))
+        bank = viewed["bank"].astype(np.float32)
+        flagged.append(np.mean(knn_distance(bank, others, 1) > viewed["threshold"]))
+    assert np.mean(without) < 0.5 and np.mean(with_views) >= 0.9
+    assert np.mean(flagged) >= 0.95

@@ -532,3 +532,27 @@ def test_an_unknown_architecture_is_a_400_and_auto_is_not(store, model_files):
         store.add(model_files.bare.path, fields={"arch": "auto"})  # no class names
     assert info.value.status == 422 and "give the 5 class names" in info.value.message
     assert store.list_models() == [] and leftovers(store.root) == []
+
+
+def test_worker_reports_ignore_processes_that_are_gone(tmp_path):
+    """What activate's wait reads: this process's report counts; a file of a process that
+    is gone, or whose pid now belongs to a process started at another time, is removed."""
+    from webapp.serving.workers import NotServing, WorkerReports, run_dir
+
+    reports = WorkerReports(tmp_path / "run")
+    with pytest.raises(NotServing, match="No server process"):
+        reports.wait_for("builtin", 0.2)
+    reports.report("builtin")
+    assert reports.serving() == {os.getpid(): "builtin"}
+    (tmp_path / "run" / "4194000.json").write_text(
+        json.dumps({"pid": 4194000, "started": "1", "model": "old"}), "utf-8")
+    (tmp_path / "run" / "1.json").write_text(  # pid 1 lives, but started at another time
+        json.dumps({"pid": 1, "started": "-5", "model": "old"}), "utf-8")
+    assert reports.wait_for("builtin", 1.0) == {os.getpid(): "builtin"}
+    assert sorted(os.listdir(tmp_path / "run")) == [f"{os.getpid()}.json"]
+    with pytest.raises(NotServing, match="1 of 1 worker"):
+        reports.wait_for("20990101-000000-abcdef", 0.2)
+    # The default folder is the same for every process using one MODEL_DIR.
+    assert run_dir({"MODEL_DIR": str(tmp_path / "m")}) == run_dir(
+        {"MODEL_DIR": str(tmp_path / "m") + "/"})
+    assert run_dir({"MODEL_DIR": "a"}) != run_dir({"MODEL_DIR": "b"})

@@ -276,7 +276,7 @@ def test_bad_training_requests_are_refused(tmp_path):
 
 @pytest.mark.system
 def test_one_job_at_a_time_and_cancelling_leaves_nothing_behind(tmp_path):
-    app = make_app(tmp_path)
+    app = make_app(tmp_path, JOB_SLOTS=1)  # what a machine of fewer than 4 CPUs gets
     http = Client(app)
     build(http.post, "pens", {"pen": 10, "cup": 10})
     first = http.post("/admin/api/datasets/pens/train", json=LONG).json()
@@ -291,6 +291,10 @@ def test_one_job_at_a_time_and_cancelling_leaves_nothing_behind(tmp_path):
     # One job at a time: the second waits.
     second = http.get(f"/admin/api/jobs/{second['id']}").json()
     assert second["state"] == "queued" and second["queue_position"] == 2
+    # ... and is told when its turn should come: when the running one should end.
+    first = http.get(f"/admin/api/jobs/{first['id']}").json()
+    assert first["estimate_s"] > 0 and first["left_s"] > 0
+    assert second["starts_in_s"] > 0 and second["estimate_s"] > 0
     listed = http.get("/admin/api/jobs?dataset=pens").json()["jobs"]
     assert [j["id"] for j in listed] == [second["id"], first["id"]]
 
@@ -310,6 +314,26 @@ def test_one_job_at_a_time_and_cancelling_leaves_nothing_behind(tmp_path):
     # No model, no half-written file anywhere.
     assert models_in(tmp_path) == [] and registry_tmp(tmp_path) == []
     assert work_files(tmp_path) == []
+
+
+@pytest.mark.system
+def test_two_groups_train_at_once_with_two_slots(tmp_path):
+    """JOB_SLOTS=2 (a machine of 4 CPUs or more): a second group's job does not wait for
+    the first; each runs in a process and slot of its own; both can be cancelled."""
+    http = Client(make_app(tmp_path, JOB_SLOTS=2))
+    build(http.post, "pens", {"pen": 6, "cup": 6})
+    build(http.post, "cups", {"mug": 6, "glass": 6}, seed=1)
+    first = http.post("/admin/api/datasets/pens/train", json=LONG).json()
+    second = http.post("/admin/api/datasets/cups/train", json=LONG).json()
+    first = wait_job(http, first["id"], until=training, timeout=180)
+    second = wait_job(http, second["id"], until=training, timeout=180)
+    assert first["runner"]["pid"] != second["runner"]["pid"]
+    assert {first["runner"]["slot"], second["runner"]["slot"]} == {0, 1}
+    for job in (first, second):
+        assert http.delete(f"/admin/api/jobs/{job['id']}").status_code == 202
+    for job in (first, second):
+        assert wait_job(http, job["id"], timeout=60)["state"] == "cancelled"
+    assert models_in(tmp_path) == [] and work_files(tmp_path) == []
 
 
 # --------------------------------------------------------------------------- restarts
@@ -360,7 +384,7 @@ def test_a_training_process_asked_to_stop_ends_its_job_failed(tmp_path):
 def test_queued_jobs_are_picked_up_after_a_restart(tmp_path):
     """A job queued while no training process could start (here: the runner is stopped
     before it takes the job) is run when the server starts again."""
-    http = Client(make_app(tmp_path))
+    http = Client(make_app(tmp_path, JOB_SLOTS=1))
     build(http.post, "pens", {"pen": 2, "cup": 0})  # fails fast: the point is it runs
     queue = http.app.extensions["jobs"]
     lock = queue.acquire_runner_lock()  # pretend a runner is busy: the new one leaves
@@ -370,7 +394,7 @@ def test_queued_jobs_are_picked_up_after_a_restart(tmp_path):
         assert http.get(f"/admin/api/jobs/{job['id']}").json()["state"] == "queued"
     finally:
         lock.close()
-    http = Client(make_app(tmp_path))  # restart: the queue is looked at
+    http = Client(make_app(tmp_path, JOB_SLOTS=1))  # restart: the queue is looked at
     job = wait_job(http, job["id"], timeout=60)
     assert job["state"] == "failed" and "'cup' has no images" in job["error"]
 

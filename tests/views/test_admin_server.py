@@ -190,3 +190,86 @@ def test_two_servers_sharing_a_model_dir_follow_each_other(start_server, tmp_pat
     other = requests.get(two.url + "/admin/", cookies={"session": cookie},
                          allow_redirects=False, timeout=60)
     assert other.status_code == 200 and 'id="models"' in other.text
+
+
+def test_activate_and_wait_answers_once_every_worker_serves_the_model(start_server, tmp_path,
+                                                                      fruit_checkpoint,
+                                                                      tools_checkpoint):
+    """activate / rollback / redo with ?wait= on 2 workers: the answer comes once both
+    serve the model, so every /predict after it gets the new model at once; the command
+    line's --wait the same; a model that cannot be loaded gets 504 wait_timeout naming
+    the workers; a killed worker does not block the next wait."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests import ops
+    from tests.conftest import ROOT
+
+    store = Registry(tmp_path / "store")
+    fruit = store.add(fruit_checkpoint, name="Fruit")["id"]
+    tools = store.add(tools_checkpoint, name="Tools")["id"]
+    run_dir = tmp_path / "run"
+    server = start_server("gunicorn", WEB_CONCURRENCY=2, TORCH_THREADS=1, HTTP_THREADS=4,
+                          MODEL_DIR=store.root, ADMIN_TOKEN=TOKEN, RUN_DIR=run_dir)
+    server.wait_ready()
+    pids = ops.wait_for_workers(server, 2)
+    image = small_jpeg()
+
+    def served_by_all(model_id: str, count: int = 12) -> None:
+        with requests.Session() as http:  # several connections: both workers answer
+            for _ in range(count):
+                body = http.post(server.url + "/predict", files={"image": ("c.jpg", image)},
+                                 headers={"Connection": "close"}, timeout=60).json()
+                assert body["model"]["id"] == model_id, body["model"]
+
+    def admin(path: str, wait="60") -> requests.Response:
+        return requests.post(f"{server.url}{path}?wait={wait}", headers=BEARER, timeout=120)
+
+    response = admin(f"/admin/api/models/{fruit}/activate")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["active"] == fruit
+    assert body["workers"] == {str(pid): fruit for pid in pids}
+    served_by_all(fruit)
+
+    response = admin("/admin/api/rollback", wait="true")
+    assert response.status_code == 200 and response.json()["active"] == BUILTIN
+    served_by_all(BUILTIN)
+    response = admin("/admin/api/redo", wait="30")
+    assert response.status_code == 200 and set(response.json()["workers"].values()) == {fruit}
+    served_by_all(fruit)
+
+    # The command line, on the same machine and store.
+    env = {**os.environ, "MODEL_DIR": str(store.root), "RUN_DIR": str(run_dir)}
+    done = subprocess.run([sys.executable, "-m", "flask", "--app", "app", "models",
+                           "activate", tools, "--wait", "60"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"active: {tools}" in done.stdout and "served by 2 worker(s)" in done.stdout
+    served_by_all(tools)
+
+    # A model that cannot be loaded: the workers keep serving Tools; the wait says so.
+    checkpoint = store.checkpoint_path(fruit)
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    response = admin(f"/admin/api/models/{fruit}/activate", wait="3")
+    assert response.status_code == 504, response.text
+    error = response.json()["error"]
+    assert error["code"] == "wait_timeout" and f"{fruit} is active" in error["message"]
+    assert "2 of 2 worker(s) still serve another model" in error["message"]
+    assert set(error["workers"].values()) == {tools}
+    bad = requests.post(f"{server.url}/admin/api/rollback?wait=soon", headers=BEARER,
+                        timeout=60)
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_wait"
+    assert store.state().active == fruit  # a bad wait changed nothing
+
+    # A worker killed (its note still says Tools): it does not block the next wait, and
+    # its replacement loads the active model before it answers.
+    ops.kill(pids[0], signal.SIGKILL)
+    response = admin(f"/admin/api/models/{BUILTIN}/activate")
+    assert response.status_code == 200, response.text
+    workers = response.json()["workers"]
+    assert str(pids[0]) not in workers and set(workers.values()) == {BUILTIN}
+    ops.wait_for_workers(server, 2)
+    served_by_all(BUILTIN)

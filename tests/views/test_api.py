@@ -10,7 +10,7 @@ from PIL import Image
 
 from tests import hostile
 from tests.conftest import encode
-from tests.photos import photo, real_photos
+from tests.photos import chinese_names, photo, real_photos
 
 
 def post(client, *files, field="image", **form):
@@ -40,7 +40,8 @@ def test_predict_returns_the_documented_json(client):
     assert body["model"]["arch"] == "efficientnet_lite0"
     predictions = body["predictions"]
     assert len(predictions) == 3
-    assert all(set(p) == {"label", "index", "score"} for p in predictions)
+    assert all(set(p) == {"label", "display_label", "index", "score"} for p in predictions)
+    assert all(p["display_label"] == p["label"] for p in predictions)  # English: the same
     scores = [p["score"] for p in predictions]
     assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0001
     assert set(body["timings_ms"]) == {"decode", "preprocess", "inference", "total"}
@@ -49,12 +50,24 @@ def test_predict_returns_the_documented_json(client):
 
 
 @pytest.mark.parametrize("item", real_photos(), ids=lambda p: p.name)
-def test_real_photos_get_the_right_answer(client, item):
-    response = post(client, (f"{item.name}.jpg", encode(item.image, "JPEG", quality=92)))
-    predictions = response.get_json()["predictions"]
+def test_real_photos_get_the_right_answer_in_english_and_in_chinese(client, item):
+    """The answer names the class by its ImageNet label (``label``, always English) and as
+    the request's language names it (``display_label``): the Chinese name with
+    ``Accept-Language: zh-CN``, looked up by class index; the label without it."""
+    data = encode(item.image, "JPEG", quality=92)
+    predictions = post(client, (f"{item.name}.jpg", data)).get_json()["predictions"]
     labels = [p["label"] for p in predictions]
     assert labels[0] in item.top1, labels
     assert item.top3 & set(labels), labels
+    assert [p["display_label"] for p in predictions] == labels
+    response = client.post("/predict", data={"image": (io.BytesIO(data), "x.jpg")},
+                           headers={"Accept-Language": "zh-CN,zh;q=0.9"})
+    chinese = response.get_json()["predictions"]
+    assert [p["label"] for p in chinese] == labels  # the stable name does not change
+    assert chinese[0]["display_label"] in chinese_names(item.top1), chinese
+    assert all(p["display_label"] == next(iter(chinese_names({p["label"]})))
+               for p in chinese)
+    assert chinese[0]["display_label"].encode() in response.data  # UTF-8, not \u escapes
 
 
 def test_imagenet_index_matches_the_label(client):

@@ -1,8 +1,9 @@
 """The pages in a real browser (headless Chromium via Playwright) against a real gunicorn
 server on 127.0.0.1: the upload page, the explanation view and the kiosk with a fake
 camera that films a real photo, at a laptop's and a phone's size (what is on the screen,
-no sideways scrolling, axe-core's WCAG A/AA rules).  Every request every page makes is
-recorded and must go to the test server; any JavaScript error fails the test.
+no sideways scrolling, axe-core's WCAG A/AA rules), and all of them in Chinese.  Every
+request every page makes is recorded and must go to the test server; any JavaScript error
+fails the test.
 Screenshots of each page go to artifacts/screenshots/ (the pictures in docs/ are copies).
 
 Without Chromium these tests fail with what to install (tests/browser.py); they never
@@ -10,7 +11,7 @@ skip silently.  `pytest -m 'not browser'` leaves them out on purpose."""
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import sys
 from urllib.parse import urlsplit
@@ -24,6 +25,7 @@ from tests.browser import (
     FAKE_CAMERA_ARGS,
     MISSING_BROWSER,
     SIZES,
+    assert_no_english,
     assert_no_sideways_scroll,
     assert_on_screen,
     chromium_executable,
@@ -31,18 +33,15 @@ from tests.browser import (
     wait_on_screen,
     write_y4m,
 )
-from tests.conftest import ROOT, Server, encode, free_port
-from tests.photos import CAT_CLASSES, photo
+from tests.conftest import Server, encode, free_port
+from tests.photos import CAT_CLASSES, chinese_names, photo, real_photos
 from webapp.stores.kiosk_settings import KioskSettings, KioskSettingsStore
-from webapp.translations import Translations
 from webapp.views.kiosk import CONFIDENCE_WORDS
 
 pytestmark = pytest.mark.browser
 
-GERMAN = {"tabby": "Getigerte Katze", "tiger cat": "Tigerkatze",
-          "Egyptian cat": "Ägyptische Katze", "Persian cat": "Perserkatze",
-          "Siamese cat": "Siamkatze", "lynx": "Luchs", "espresso": "Espresso"}
-WORDS = {words for _, words in CONFIDENCE_WORDS}
+WORDS = {str(words) for _, words in CONFIDENCE_WORDS}
+LANGUAGES = {"en": "English", "zh_Hans_CN": "中文"}
 TIMEOUT_MS = 60_000
 
 
@@ -52,12 +51,6 @@ TIMEOUT_MS = 60_000
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     base = tmp_path_factory.mktemp("browser")
-    translations = base / "translations"
-    translations.mkdir()
-    (translations / "en.json").write_text(
-        (ROOT / "translations" / "en.json").read_text("utf-8"), encoding="utf-8")
-    (translations / "de.json").write_text(
-        json.dumps({"name": "Deutsch", "labels": GERMAN}, ensure_ascii=False), encoding="utf-8")
     photos = base / "photos"
     photos.mkdir()
     for name in ("chelsea", "coffee"):
@@ -66,11 +59,14 @@ def files(tmp_path_factory):
     return {
         "base": base,
         "settings": base / "kiosk.json",
-        "translations": translations,
         "cat": photos / "chelsea.jpg",
         "coffee": photos / "coffee.jpg",
         "not_a_photo": photos / "notes.jpg",
         "camera": write_y4m(photo("chelsea").image, base / "cat.y4m"),
+        # A camera whose scene changes every 3 s (a cat, then an espresso): an answer
+        # stays while the camera sees what was answered, so the idle time runs only here.
+        "changing": write_y4m([photo("chelsea").image] * 30 + [photo("coffee").image] * 30,
+                              base / "cat-coffee.y4m", size=(320, 240), fps=10),
     }
 
 
@@ -79,8 +75,7 @@ def server(files):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIOSK_")}
     env = {**env, "PORT": str(port), "HOST": "127.0.0.1", "WEB_CONCURRENCY": "1",
-           "KIOSK_SETTINGS_FILE": str(files["settings"]),
-           "TRANSLATIONS_DIR": str(files["translations"])}
+           "KIOSK_SETTINGS_FILE": str(files["settings"])}
     srv = Server([sys.executable, "-m", "gunicorn", "app:app"], env, port,
                  files["base"] / "server.log")
     try:
@@ -93,8 +88,7 @@ def server(files):
 @pytest.fixture()
 def kiosk_settings(files):
     """The teacher settings the server reads, reset before and after each test."""
-    store = KioskSettingsStore(files["settings"], KioskSettings(),
-                               Translations(files["translations"]))
+    store = KioskSettingsStore(files["settings"], KioskSettings(), LANGUAGES)
     store.reset()
     yield store
     store.reset()
@@ -114,13 +108,30 @@ def _launch(pw, extra_args):
     return pw.chromium.launch(args=CHROMIUM_ARGS + extra_args, **kwargs)
 
 
+def filming(pw, video):
+    """Chromium whose fake camera films ``video`` (a .y4m); camera permission granted."""
+    return _launch(pw, FAKE_CAMERA_ARGS + [f"--use-file-for-fake-video-capture={video}"])
+
+
 @pytest.fixture(scope="module")
 def browser(playwright_instance, files):
-    """Chromium whose (fake) camera films the cat photo; camera permission granted."""
-    browser = _launch(playwright_instance, FAKE_CAMERA_ARGS + [
-        f"--use-file-for-fake-video-capture={files['camera']}"])
-    yield browser
-    browser.close()
+    """Chromium whose (fake) camera films the cat photo."""
+    with contextlib.closing(filming(playwright_instance, files["camera"])) as browser:
+        yield browser
+
+
+@pytest.fixture(scope="module")
+def browser_scene_changes(playwright_instance, files):
+    """Chromium whose (fake) camera films a cat for 3 s, then an espresso for 3 s."""
+    with contextlib.closing(filming(playwright_instance, files["changing"])) as browser:
+        yield browser
+
+
+@pytest.fixture()
+def scene_page(browser_scene_changes, server):
+    """A watched page whose camera's scene changes every 3 s."""
+    with watching(browser_scene_changes, server) as watched:
+        yield watched
 
 
 @pytest.fixture(scope="module")
@@ -177,26 +188,29 @@ def _watched(browser, server, size="desktop", **context_options):
     return context, watched
 
 
+@contextlib.contextmanager
+def watching(browser, server, size="desktop"):
+    """A watched page, checked clean when the test is done."""
+    context, watched = _watched(browser, server, size)
+    try:
+        yield watched
+        watched.assert_clean()
+    finally:
+        context.close()
+
+
 @pytest.fixture()
 def page(browser, server):
-    context, watched = _watched(browser, server)
-    yield watched
-    try:
-        watched.assert_clean()
-    finally:
-        context.close()
+    with watching(browser, server) as watched:
+        yield watched
 
 
-@pytest.fixture(params=list(SIZES))
+@pytest.fixture(params=["desktop", "phone"])
 def sized(request, browser, server):
     """A watched page at each screen size in turn (``sized.size``: its name)."""
-    context, watched = _watched(browser, server, request.param)
-    watched.size = request.param
-    yield watched
-    try:
-        watched.assert_clean()
-    finally:
-        context.close()
+    with watching(browser, server, request.param) as watched:
+        watched.size = request.param
+        yield watched
 
 
 def wait_state(page, state, timeout=TIMEOUT_MS):
@@ -407,9 +421,9 @@ def test_kiosk_answer_and_explanation_fit_a_laptop_and_a_phone(sized, kiosk_sett
     assert p.evaluate("document.activeElement.id") == "explain-button"
 
 
-def test_a_class_listening_to_the_explanation_is_not_cut_short(page, kiosk_settings):
+def test_a_class_listening_to_the_explanation_is_not_cut_short(scene_page, kiosk_settings):
     kiosk_settings.update({"idle_seconds": 2})
-    p = page.goto("/kiosk")
+    p = scene_page.goto("/kiosk")
     wait_state(p, "live")
     p.get_by_role("button", name="What is this?").click()
     kiosk_result(p)
@@ -422,9 +436,11 @@ def test_a_class_listening_to_the_explanation_is_not_cut_short(page, kiosk_setti
     wait_state(p, "live", timeout=30_000)  # back at the answer, the idle time applies
 
 
-def test_kiosk_starts_over_after_the_idle_time(page, kiosk_settings):
+def test_kiosk_starts_over_after_the_idle_time(scene_page, kiosk_settings):
+    """Once the camera no longer sees what was answered, and nobody touches the screen
+    for the idle time (test_kiosk_live_browser.py: the answer stays while it does)."""
     kiosk_settings.update({"idle_seconds": 2, "live": False})  # the start screen: no bars
-    p = page.goto("/kiosk")
+    p = scene_page.goto("/kiosk")
     wait_state(p, "live")
     start_text = p.locator("#status").inner_text()
     p.get_by_role("button", name="What is this?").click()
@@ -436,15 +452,18 @@ def test_kiosk_starts_over_after_the_idle_time(page, kiosk_settings):
     assert p.locator("#again-button").is_hidden()
 
 
-def test_kiosk_auto_capture_and_translated_labels_follow_the_teacher_settings(
+def test_kiosk_auto_capture_and_the_language_follow_the_teacher_settings(
         page, kiosk_settings):
-    kiosk_settings.update({"auto_capture_seconds": 2, "language": "de", "bars": 5,
+    """The teacher fixes Chinese for the pages: an English browser's kiosk speaks it,
+    class names included."""
+    kiosk_settings.update({"auto_capture_seconds": 2, "language": "zh_Hans_CN", "bars": 5,
                            "explain": False})
     p = page.goto("/kiosk")
     wait_state(p, "live")
+    assert p.locator("html").get_attribute("lang") == "zh-Hans-CN"
     labels, _ = kiosk_result(p)  # nobody pressed anything
     assert len(labels) == 5
-    assert labels[0] in set(GERMAN.values()), labels
+    assert labels[0] in chinese_names(CAT_CLASSES), labels
     assert p.locator("#camera").is_visible()  # the live picture stays on
     assert p.locator("#explain-button").is_hidden()
 
@@ -495,9 +514,9 @@ def assert_wcag_aa(p):
 
 
 def test_settings_change_reaches_a_running_kiosk_at_its_next_start_over(
-        page, kiosk_settings):
+        scene_page, kiosk_settings):
     kiosk_settings.update({"idle_seconds": 2, "bars": 2})
-    p = page.goto("/kiosk")
+    p = scene_page.goto("/kiosk")
     wait_state(p, "live")
     p.get_by_role("button", name="What is this?").click()
     labels, _ = kiosk_result(p)
@@ -508,3 +527,127 @@ def test_settings_change_reaches_a_running_kiosk_at_its_next_start_over(
     p.get_by_role("button", name="What is this?").click()
     labels, _ = kiosk_result(p)
     assert len(labels) == 4
+
+
+# --------------------------------------------------------------------------- in Chinese
+
+CHINESE_BROWSER = {"locale": "zh-CN"}  # Accept-Language: zh-CN
+ENGLISH_BROWSER = {"locale": "en-US"}
+
+
+@pytest.mark.parametrize("size, who_chose", [("wide", "the browser"), ("phone", "the browser"),
+                                             ("wide", "the teacher")])
+def test_the_public_pages_speak_chinese(browser, server, kiosk_settings, files, size,
+                                        who_chose):
+    """Upload -> answer -> explanation, an error page, kiosk -> answer -> explanation ->
+    idle countdown, in Chinese: asked for by the browser (Accept-Language: zh-CN), or
+    fixed by the teacher for an English browser.  No English word of the catalog on any
+    of them (tests/browser.py: english_on_page), the class names in Chinese, axe-core
+    finds nothing; at a classroom screen's size and a phone's."""
+    if who_chose == "the teacher":
+        kiosk_settings.update({"language": "zh_Hans_CN"})
+    kiosk_settings.update({"idle_seconds": 10, "live": False})
+    language = CHINESE_BROWSER if who_chose == "the browser" else ENGLISH_BROWSER
+    context, watched = _watched(browser, server, size, **language)
+    shots = size == "wide" and who_chose == "the browser"
+    try:
+        p = watched.goto("/")
+        assert p.locator("html").get_attribute("lang") == "zh-Hans-CN"
+        assert_no_english(p, "upload")
+        p.set_input_files("#image-input", str(files["cat"]))
+        p.wait_for_selector("#predictions li.prediction")
+        assert p.locator("#predictions .label").first.inner_text() in chinese_names(
+            CAT_CLASSES)
+        assert p.locator("#guesses-heading").inner_text() == "最可能的 3 个答案"
+        wait_on_screen(p, "#predictions")  # a phone scrolls to the answer
+        if size == "phone":
+            p.wait_for_timeout(800)  # the bars finish growing
+            screenshot(p, "zh-upload-phone")
+        p.get_by_role("switch", name="模型怎么看").check()
+        heatmap = p.wait_for_selector("#explain-panel img.explain-heatmap")
+        p.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=heatmap)
+        assert "热力图" in p.locator("#explain-panel").inner_text()
+        assert_no_english(p, "answer and explanation")
+        assert_wcag_aa(p)
+        if shots:
+            p.locator("#answer").scroll_into_view_if_needed()
+            screenshot(p, "zh-upload")
+            p.locator("#explain-section").scroll_into_view_if_needed()
+            screenshot(p, "zh-explain")
+
+        watched.allow_4xx = True  # the error page's own 404
+        error = p.goto(server.url + "/nowhere")
+        assert error.status == 404
+        assert "这个地址上什么也没有" in p.locator("main").inner_text()
+        assert_no_english(p, "error")
+        assert_wcag_aa(p)
+
+        p.clock.install()  # the idle countdown without waiting for it
+        p = watched.goto("/kiosk")
+        wait_state(p, "live")
+        assert_no_english(p, "kiosk start")
+        p.get_by_role("button", name="这是什么？").click()
+        labels, words = kiosk_result(p)
+        assert labels[0] in chinese_names(CAT_CLASSES), labels
+        assert words in {"非常确定", "比较确定", "不太确定", "只是猜测"}
+        p.wait_for_timeout(1200)  # the bars finish growing
+        assert_on_screen(p, "#status", "#again-button", "#explain-button")
+        assert_no_english(p, "kiosk answer")
+        assert_wcag_aa(p)
+        if shots or size == "phone":
+            screenshot(p, "zh-kiosk" + ("-phone" if size == "phone" else ""))
+        p.clock.fast_forward(6000)  # 4 s of the 10 left: the countdown shows
+        p.wait_for_selector("#idle-note:not([hidden])")
+        assert "秒后重新开始" in p.locator("#idle-note").inner_text()
+        assert_no_english(p, "kiosk countdown")
+        p.get_by_role("button", name="它是怎么看的？").click()
+        dialog = p.get_by_role("dialog", name="电脑是怎么看的")
+        heatmap = p.wait_for_selector("#explain-dialog img.explain-heatmap")
+        p.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=heatmap)
+        assert "热力图" in p.locator("#explain-dialog").inner_text()
+        assert labels[0] in p.locator(".explain-step-heatmap figcaption").inner_text()
+        assert_no_english(p, "kiosk explanation")
+        assert_wcag_aa(p)
+        if shots or size == "phone":
+            screenshot(p, "zh-kiosk-explain" + ("-phone" if size == "phone" else ""))
+        p.clock.fast_forward(172_000)  # the explanation's countdown: its last 10 s
+        p.wait_for_selector("#explain-idle-note:not([hidden])")
+        assert_no_english(p, "explanation countdown")
+        p.get_by_role("button", name="回到答案").click()
+        assert dialog.is_hidden()
+        if who_chose == "the browser" and size == "wide":
+            # The switch: the same kiosk in English and back, never leaving it.
+            p.get_by_role("button", name="English").click()
+            p.wait_for_selector('html[lang="en"] #kiosk[data-state="live"]')
+            assert p.url == server.url + "/kiosk"
+            p.get_by_role("button", name="中文").click()
+            p.wait_for_selector('html[lang="zh-Hans-CN"] #kiosk[data-state="live"]')
+        watched.assert_clean()
+    finally:
+        context.close()
+
+
+def test_the_seven_photos_are_named_in_chinese_and_in_english_on_the_kiosk(
+        browser_without_camera_permission, server, kiosk_settings, tmp_path):
+    """Each real photo of tests/photos.py, chosen on the kiosk: its Chinese name with
+    Accept-Language: zh-CN, its English name without."""
+    chosen = []
+    for item in real_photos():
+        path = tmp_path / f"{item.name}.jpg"
+        path.write_bytes(encode(item.image, "JPEG", quality=92))
+        chosen.append((item, path))
+    for language, names in ((CHINESE_BROWSER, chinese_names), (ENGLISH_BROWSER, None)):
+        context, watched = _watched(browser_without_camera_permission, server, **language)
+        try:
+            p = watched.goto("/kiosk")
+            wait_state(p, "upload")
+            for item, path in chosen:
+                p.set_input_files("#file-input", str(path))
+                labels, _ = kiosk_result(p)
+                expected = names(item.top1) if names else {n.capitalize() for n in item.top1}
+                assert labels[0] in expected, (item.name, labels)
+                p.get_by_role("button", name="再试一次" if names else "Try again").click()
+                wait_state(p, "upload")
+            watched.assert_clean()
+        finally:
+            context.close()

@@ -143,22 +143,162 @@ def _fits(sig: Signature, state_dict: dict) -> int | None:
     return head_size(sig.arch, state_dict)
 
 
+# Layers without weights a Sequential head may have between the ones with weights.
+ACTIVATIONS = ("relu", "gelu")
+
+
+@dataclass(frozen=True)
+class Head:
+    """A classification head written as a ``Sequential`` (``fc = nn.Sequential(
+    nn.Dropout(0.5), nn.Linear(512, n))``, an MLP), as the keys under the architecture's
+    head module describe it (``fc.1.weight``, ``fc.0.*`` and ``fc.3.*``...): built in
+    place of that module's one Linear layer.  ``layers``: ``("linear", in, out, bias)``,
+    ``("batchnorm", n)``, or a layer without weights: ``("dropout",)``, ``("relu",)``,
+    ``("gelu",)``."""
+
+    path: str
+    layers: tuple
+
+    def describe(self) -> str:
+        words = {"dropout": "Dropout", "relu": "ReLU", "gelu": "GELU"}
+        return ", ".join(
+            f"Linear {layer[1]}→{layer[2]}" if layer[0] == "linear"
+            else f"BatchNorm1d {layer[1]}" if layer[0] == "batchnorm" else words[layer[0]]
+            for layer in self.layers)
+
+    def build(self) -> nn.Module:
+        from torch import nn
+
+        made = {"dropout": nn.Dropout, "relu": nn.ReLU, "gelu": nn.GELU}
+        return nn.Sequential(*[
+            nn.Linear(layer[1], layer[2], bias=layer[3]) if layer[0] == "linear"
+            else nn.BatchNorm1d(layer[1]) if layer[0] == "batchnorm" else made[layer[0]]()
+            for layer in self.layers])
+
+
+def _head_module(sig: Signature) -> tuple[str, int] | None:
+    """(path, input width) of the architecture's head when it is one Linear layer."""
+    paths = {key.rsplit(".", 1)[0] for key in sig.head}
+    if len(paths) != 1:
+        return None
+    path = paths.pop()
+    weight = sig.shapes.get(f"{path}.weight")
+    return (path, weight[1]) if weight is not None and len(weight) == 2 else None
+
+
+_BATCHNORM = {"weight", "bias", "running_mean", "running_var"}
+
+
+def sequential_head(sig: Signature, state_dict: dict, activation: str = "relu"
+                    ) -> tuple[Head, int] | None:
+    """The ``Head`` the keys under ``sig``'s head module describe, and its number of
+    outputs, when every other tensor fits ``sig`` exactly; else None.  Between a Linear
+    layer and the next layer with weights, the first layer without weights is taken as
+    the ``activation`` and any others as Dropout (which does nothing when serving);
+    before the first Linear layer, as Dropout."""
+    found = _head_module(sig)
+    if found is None:
+        return None
+    path, width = found
+    prefix = f"{path}."
+    body = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
+    expected = {k: shape for k, shape in sig.shapes.items() if k not in sig.head}
+    required = {k for k in expected if not k.endswith(OPTIONAL_KEYS)}
+    if not required <= body.keys() or not body.keys() <= expected.keys() or any(
+            tuple(tensor.shape) != expected[key] for key, tensor in body.items()):
+        return None
+    groups: dict[int, dict] = {}
+    for key, tensor in state_dict.items():
+        if key.startswith(prefix):
+            index, _, param = key[len(prefix):].partition(".")
+            if not index.isdigit() or not param or "." in param:
+                return None
+            groups.setdefault(int(index), {})[param] = tensor
+    if not groups or max(groups) > 32:
+        return None
+    layers, features, activated = [], width, True
+    for index in range(max(groups) + 1):
+        params = groups.get(index)
+        if params is None:
+            layers.append(("dropout",) if activated else (activation,))
+            activated = True
+            continue
+        names = set(params) - {"num_batches_tracked"}
+        weight = params.get("weight")
+        if names in ({"weight"}, {"weight", "bias"}) and weight.dim() == 2:
+            out, width_in = (int(n) for n in weight.shape)
+            if width_in != features or ("bias" in params and tuple(params["bias"].shape)
+                                        != (out,)):
+                return None
+            layers.append(("linear", width_in, out, "bias" in params))
+            features, activated = out, False
+        elif names == _BATCHNORM and all(tuple(params[n].shape) == (features,)
+                                         for n in _BATCHNORM):
+            layers.append(("batchnorm", features))
+        else:
+            return None
+    if layers[-1][0] != "linear":
+        return None
+    return Head(path, tuple(layers)), features
+
+
+def fit_head(arch: str, state_dict: dict, activation: str = "relu"
+             ) -> tuple[int, Head | None] | None:
+    """(number of outputs, the Sequential head or None for the architecture's own) when
+    ``state_dict`` is ``arch``'s network with some head; else None."""
+    sig = signature(arch)
+    size = _fits(sig, state_dict)
+    if size:
+        return size, None
+    found = sequential_head(sig, state_dict, activation)
+    return (found[1], found[0]) if found else None
+
+
 # Tried first by ``detect_arch`` (what fine-tuning recipes use most); then the rest.
 COMMON_ARCHS = ("resnet18", "resnet50", "resnet34", "mobilenet_v3_large", "mobilenet_v2",
                 "efficientnet_b0", "mobilenet_v3_small", "convnext_tiny", "efficientnet_lite0",
                 "resnet101", "densenet121", "vit_b_16", "vgg16", "efficientnet_v2_s")
 
 
-def detect_arch(state_dict: dict, what: str) -> tuple[str, int]:
-    """The supported architecture whose every tensor and head fit ``state_dict`` exactly,
-    and its head size.  Common architectures are tried first and the first that fits
-    wins (no two supported architectures have the same tensors, so at most one can)."""
+def detect_arch(state_dict: dict, what: str, activation: str = "relu"
+                ) -> tuple[str, int, Head | None]:
+    """The supported architecture whose every tensor and head fit ``state_dict`` exactly
+    (its own head, or a ``Sequential`` one: ``sequential_head``), its head size and that
+    head.  Common architectures are tried first and the first that fits wins (no two
+    supported architectures have the same tensors, so at most one can)."""
     ordered = [a for a in COMMON_ARCHS if a in supported_archs()]
     ordered += sorted(supported_archs() - set(ordered))
     for arch in ordered:
-        size = _fits(signature(arch), state_dict)
-        if size:
-            return arch, size
+        found = fit_head(arch, state_dict, activation)
+        if found:
+            return arch, *found
+    raise ModelLoadError(f"{what}: {fits_none(state_dict, ordered)}")
+
+
+def named_like_an_architecture(keys: set[str]) -> bool:
+    """Whether ``keys`` hold every tensor name of a supported architecture's network
+    (its head aside) and nothing outside it and its head module: what tells that a
+    prefix every key carried was a wrapper's, not the network's."""
+    for arch in [*COMMON_ARCHS, *sorted(supported_archs() - set(COMMON_ARCHS))]:
+        sig = signature(arch)
+        found = _head_module(sig)
+        head = f"{found[0]}." if found else None
+        body = {k for k in sig.shapes if k not in sig.head}
+        required = {k for k in body if not k.endswith(OPTIONAL_KEYS)}
+        if required <= keys and all(k in sig.shapes or (head and k.startswith(head))
+                                    for k in keys):
+            return True
+    return False
+
+
+# "The closest is ..." only when that architecture has at least this share of the keys.
+CLOSEST_SHARE = 0.5
+
+
+def fits_none(state_dict: dict, ordered) -> str:
+    """Why weights fit none of the architectures, and what to do: the closest
+    architecture and what differs when it shares most of the keys, else what the keys
+    look like and the way in for other networks (ONNX)."""
     keys = set(state_dict)
 
     def overlap(arch):
@@ -166,13 +306,20 @@ def detect_arch(state_dict: dict, what: str) -> tuple[str, int]:
         return len(keys & known) / len(keys | known)
 
     closest = max(ordered, key=overlap)
-    problems = _fit_problems(signature(closest).shapes, state_dict, skip=signature(closest).head)
-    raise ModelLoadError(
-        f"{what}: the weights fit none of the {len(ordered)} supported architectures. The "
-        f"closest is {closest}: " + "; ".join(problems or ["its head does not fit"])
-        + ". If the model is one of them, choose it as the architecture to see exactly "
-        "what does not fit; supported: " + ", ".join(sorted(supported_archs()))
-    )
+    supported = ", ".join(sorted(supported_archs()))
+    if overlap(closest) >= CLOSEST_SHARE:
+        problems = _fit_problems(signature(closest).shapes, state_dict,
+                                 skip=signature(closest).head)
+        return (f"the weights fit none of the {len(ordered)} supported architectures. The "
+                f"closest is {closest}: " + "; ".join(problems or ["its head does not fit"])
+                + ". If the model is one of them, choose it as the architecture to see "
+                "exactly what does not fit; supported: " + supported)
+    sample = ", ".join(sorted(keys)[:3])
+    return (f"the weights are not those of a supported architecture (their {len(keys)} "
+            f"tensors are named like {sample}). If the model is one of torchvision's "
+            "classifiers, save the torchvision model's state_dict; for any other network, "
+            "export it to ONNX (torch.onnx.export(model, torch.zeros(1, 3, 224, 224), "
+            "'model.onnx')) and upload the .onnx file. Supported: " + supported)
 
 
 def fit_state_dict(module: nn.Module, state_dict: dict, what: str, arch: str = "") -> None:

@@ -3,12 +3,23 @@ preprocessing), parsed and checked, and how it must agree with what the file say
 
 from __future__ import annotations
 
+import base64
 import math
 import re
 from dataclasses import dataclass
 
-from webapp.checkpoints.architectures import supported_archs, unsupported_arch_message
-from webapp.checkpoints.labels import class_names, parse_classes_field, parse_labels_file
+from webapp.checkpoints.architectures import (
+    ACTIVATIONS,
+    supported_archs,
+    unsupported_arch_message,
+)
+from webapp.checkpoints.labels import (
+    ENCODING_NAMES,
+    class_names,
+    parse_classes_field,
+    parse_labels_file,
+    read_labels_file,
+)
 from webapp.checkpoints.loaded import ModelLoadError
 
 
@@ -23,18 +34,30 @@ class Given:
     input_size: int | None = None
     mean: tuple | None = None
     std: tuple | None = None
+    activation: str | None = None  # a Sequential head's layers without weights
+    ema: bool | None = None  # a file with EMA weights: use them (None: yes)
 
     @classmethod
     def parse(cls, what: str, *, classes=None, labels=None, arch=None, input_size=None,
-              mean=None, std=None) -> Given:
-        """``classes``: the field's text or a list; ``labels``: a labels file's bytes or
-        text; ``arch``: a name, or ``auto``/empty/None for "find out"."""
+              mean=None, std=None, activation=None, ema=None) -> Given:
+        """``classes``: the field's text or a list; ``labels``: a labels file's bytes
+        (or ``{"base64": ...}`` of them, as a child process gets them) or text;
+        ``arch``: a name, or ``auto``/empty/None for "find out"; ``activation``: what
+        the layers without weights of a Sequential head are (``relu``, the default, or
+        ``gelu``); ``ema``: yes/no, use a file's EMA weights (default yes)."""
         from_field = from_file = None
+        file_from = "the labels file"
+        if isinstance(labels, dict) and isinstance(labels.get("base64"), str):
+            labels = base64.b64decode(labels["base64"])
         if isinstance(classes, list | tuple):
             from_field = class_names(list(classes), "the classes field", what)
         elif isinstance(classes, str) and classes.strip():
             from_field = parse_classes_field(classes, what)
-        if isinstance(labels, str | bytes) and labels.strip():
+        if isinstance(labels, bytes) and labels.strip():
+            from_file, encoding = read_labels_file(labels, what)
+            if encoding in ENCODING_NAMES:  # said, so a misread file is noticed
+                file_from += f" (read as {ENCODING_NAMES[encoding]})"
+        elif isinstance(labels, str) and labels.strip():
             from_file = parse_labels_file(labels, what)
         if from_field and from_file and from_field != from_file:
             raise ModelLoadError(
@@ -45,15 +68,35 @@ class Given:
             arch = None
         elif arch not in supported_archs() and arch != "onnx":
             raise ModelLoadError(f"{what}: {unsupported_arch_message(arch)}")
+        activation = str(activation or "").strip().lower() or None
+        if activation not in (None, *ACTIVATIONS):
+            raise ModelLoadError(f"{what}: 'activation' must be one of "
+                                 f"{', '.join(ACTIVATIONS)}, not {activation!r}")
         return cls(
+            activation=activation, ema=parse_yes_no(ema, "ema", what),
             classes=from_field or from_file,
             classes_from=("the classes field" if from_field else
-                          "the labels file" if from_file else None),
+                          file_from if from_file else None),
             arch=arch,
             input_size=None if input_size in (None, "") else parse_input_size(input_size, what),
             mean=vec3(mean, None, "mean", what),
             std=vec3(std, None, "std", what),
         )
+
+
+def parse_yes_no(value, key: str, what: str) -> bool | None:
+    """A yes/no field (``1``, ``yes``, ``true``, ``on`` / ``0``, ``no``, ...); None when
+    empty."""
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if not text:
+        return None
+    if text in ("1", "yes", "true", "on"):
+        return True
+    if text in ("0", "no", "false", "off"):
+        return False
+    raise ModelLoadError(f"{what}: {key!r} must be yes or no, not {value!r}")
 
 
 def _shorten(names: list[str], limit: int = 5) -> str:

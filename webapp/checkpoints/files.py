@@ -5,6 +5,7 @@ and tensors that claim more than the file holds."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -41,6 +42,8 @@ def sniff_kind(path: Path) -> str:
     with open(path, "rb") as fh:
         head = fh.read(16)
     if head.startswith(b"PK"):
+        if _is_onnx_bundle(path):
+            return "onnx"
         return "torchscript" if _is_torchscript(path) else "pytorch"
     if head[:1] == b"\x80":  # a pickle: torch.save's legacy format (or pickle.dump)
         return "pytorch"
@@ -51,6 +54,13 @@ def sniff_kind(path: Path) -> str:
     if head[:1] == b"\x08":  # protobuf field 1 (ir_version): how every ONNX file starts
         return "onnx"
     return "unknown"
+
+
+def _is_onnx_bundle(path: Path) -> bool:
+    """A zip of an ONNX model and its external data file(s)."""
+    names = zip_names(path) or []
+    return any(n.lower().endswith(".onnx") for n in names) and not any(
+        n.endswith("data.pkl") for n in names)
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -80,15 +90,87 @@ def read_weights_file(path: str | os.PathLike, label: str | None = None) -> obje
             f"{what}: this is a TorchScript archive (torch.jit.save); the server does not "
             f"run TorchScript (it carries code). Instead, {SAVE_STATE_DICT}, or export the "
             "model to ONNX")
+    other = other_kind(path)
+    if other:
+        raise ModelLoadError(f"{what}: {other}")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.serialization.safe_globals(SAFE_GLOBALS):
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds for corrupt or unsafe files
         raise ModelLoadError(f"{what}: {_unreadable(path, exc)}") from None
 
 
-_PICKLE_WORDS = re.compile(r"weights_only|unpickl|pickle|GLOBAL|operand|allowlist", re.I)
+# Classes a training checkpoint may hold that are plain data, read without running
+# anything of theirs (the unpickler makes the object and fills in its attributes):
+# timm's train.py saves its command line, an argparse.Namespace, as "args".
+SAFE_GLOBALS = [argparse.Namespace]
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff",
+                  ".heic", ".avif")
+TO_ONNX = ("convert it to ONNX and upload the .onnx file with its class names (for Keras "
+           "and TensorFlow: pip install tf2onnx, then python -m tf2onnx.convert --keras "
+           "model.h5 --output model.onnx, or --saved-model DIR)")
+
+
+def other_kind(path: Path) -> str | None:
+    """What a file that is no PyTorch weights file is, from its first bytes or its zip
+    directory, and what to send instead (None: it may be one)."""
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return ("this is an HDF5 file (a Keras .h5 model or TensorFlow weights), not a "
+                f"PyTorch or ONNX model; {TO_ONNX}")
+    if head.startswith(b"\x93NUMPY"):
+        return ("this is a NumPy array file (.npy), not a model; save the model's weights "
+                "with torch.save(model.state_dict(), 'model.pth') and upload that")
+    if head[4:8] == b"TFL3":
+        return ("this is a TensorFlow Lite model (.tflite), which the server does not run; "
+                f"{TO_ONNX}")
+    if head.startswith(b"GGUF"):
+        return ("this is a GGUF file (a language model's format), not an image classifier; "
+                "upload a PyTorch state_dict, safetensors or ONNX image classifier")
+    if head.startswith(b"PK"):
+        return _other_zip(path)
+    return None
+
+
+def zip_names(path: Path, limit: int = 10_000) -> list[str] | None:
+    """The member names of a zip file (the first ``limit``), or None when it is none."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return [i.filename for i in archive.infolist()[:limit]]
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None
+
+
+def _other_zip(path: Path) -> str | None:
+    """What a zip that torch.save did not write holds, and what to do with it."""
+    names = zip_names(path)
+    if names is None or any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
+        return None  # torch's own format (or damaged: torch.load says)
+    files = [n for n in names if not n.endswith("/")]
+    lowered = [n.lower() for n in files]
+    images = sum(n.endswith(IMAGE_SUFFIXES) for n in lowered)
+    if files and images >= len(files) / 2:
+        return (f"this is a zip of {images} images (a dataset), not a model. To train a "
+                "model on pictures, use Teach (the admin area's Teach page imports such a "
+                "zip); to upload a model, send its weights file (.pth, .pt, .safetensors "
+                "or .onnx)")
+    if any(n.endswith("saved_model.pb") for n in lowered):
+        return f"this is a TensorFlow SavedModel (zipped), not a PyTorch model; {TO_ONNX}"
+    if "config.json" in lowered and any(n.endswith(".weights.h5") for n in lowered):
+        return f"this is a Keras 3 model (.keras), not a PyTorch model; {TO_ONNX}"
+    if files and all(n.endswith(".npy") for n in lowered):
+        return ("this is a NumPy .npz archive, not a model; save the model's weights with "
+                "torch.save(model.state_dict(), 'model.pth') and upload that")
+    shown = ", ".join(files[:5]) + (", ..." if len(files) > 5 else "")
+    return (f"this is a zip archive that torch.save did not write (it holds {shown or 'nothing'}); "
+            "upload the model file itself (.pth, .pt, .safetensors, or an .onnx model "
+            "zipped with its .onnx.data file)")
 
 
 _MODEL_LIBRARIES = ("torch.nn.", "torchvision.", "timm.", "efficientnet", "__main__.",
@@ -117,10 +199,12 @@ def _unreadable(path: Path, exc: Exception) -> str:
             _looks_like(path)
     if not (_starts_with(path, b"\x80") or _starts_with(path, b"PK")):  # torch said "(101)"
         return ("not a readable PyTorch weights file (neither of the two formats torch.save "
-                "writes, a zip or a pickle)" + _looks_like(path))
-    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    reason = "" if _PICKLE_WORDS.search(first) else f" ({first})"
-    return f"not a readable PyTorch weights file{reason}" + _looks_like(path)
+                "writes, a zip or a pickle)" + _looks_like(path) + ". Upload the model "
+                "file itself: what torch.save(model.state_dict(), 'model.pth') wrote, a "
+                ".safetensors file or an .onnx model")
+    return ("not a readable PyTorch weights file: it is damaged or cut short (an upload "
+            "that stopped early, a disk error); save it again with torch.save(model."
+            "state_dict(), 'model.pth'), or send it again") + _looks_like(path)
 
 
 def _global_reason(name: str) -> str:

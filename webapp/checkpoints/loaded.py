@@ -66,7 +66,8 @@ class LoadedModel:
     metrics: dict = field(default_factory=dict)
     created: str | None = None
     kind: str = "pytorch"  # the file: pytorch | safetensors | onnx
-    onnx_path: Path | None = None  # kind "onnx": the model file the engine reads
+    onnx_path: Path | None = None  # kind "onnx": the model file uploaded
+    onnx_bytes: bytes | None = None  # the network served when it is not that file as it is
     outputs: str = "logits"  # or "probabilities" (an ONNX model that ends in a softmax)
     details: dict = field(default_factory=dict)  # where arch, classes... were found
     guard: np.ndarray | None = None  # the model's own validation images (``v1.V1_EXTRAS``)
@@ -102,10 +103,26 @@ class LoadedModel:
                  + (f" from {d['classes_from']}" if d.get("classes_from") else "")]
         if d.get("container"):
             parts.append(f"weights under {d['container']!r}")
+        if d.get("ema"):
+            parts.append(f"the EMA weights under {d['ema']!r} (send ema=no for the "
+                         "trained weights)")
+        if d.get("layout"):
+            parts.append(f"{d['layout']} key names mapped to torchvision's")
         if d.get("prefix"):
             parts.append(f"key prefix {d['prefix']!r} removed")
+        if d.get("dequantized"):
+            parts.append(f"the int8 weights of {d['dequantized']} dequantized to fp32 "
+                         "(dynamic quantization)")
+        if d.get("head"):
+            parts.append(f"head {d['head']} built from its keys" + (
+                " (ReLU where no weights say which activation: send activation=gelu if it "
+                "was GELU)" if d.get("head_activation") else ""))
         if self.kind == "safetensors":
             parts.append("safetensors")
         if self.outputs == "probabilities":
             parts.append("it outputs probabilities")
+        if d.get("input"):
+            parts.append(f"it takes {d['input']}")
+        if d.get("external_data"):
+            parts.append(f"weights read from {d['external_data']}")
         return ", ".join(parts)

@@ -35,10 +35,18 @@ def preprocess_array(img: Image.Image, resize_size: int, input_size: int, mean, 
     A very elongated image (say 30000×1) is first trimmed to 3:1 around its centre,
     which the centre crop would discard anyway, so resizing it cannot allocate
     gigabytes."""
+    scale = img.info.get("scale", 1)
+    original = img.info.get("original_size")
     if img.mode != "RGB":
         img = img.convert("RGB")
     width, height = img.size
     short, long_ = min(width, height), max(width, height)
+    if scale > 1 and original and max(original) <= min(original) * MAX_ASPECT:
+        # Decoded at 1/scale (a JPEG draft, a box reduction: ``webapp.serving.imaging``):
+        # the resize and the crop are placed where they fall on the full-size image,
+        # whose pixel x is the reduced image's x / scale.
+        return _finish(_resized_crop(img, original, resize_size, input_size, scale),
+                       mean, std)
     if long_ > short * MAX_ASPECT:
         keep = short * MAX_ASPECT
         if width > height:
@@ -48,7 +56,14 @@ def preprocess_array(img: Image.Image, resize_size: int, input_size: int, mean, 
             top = (height - keep) // 2
             img = img.crop((0, top, width, top + keep))
         width, height = img.size
-    size, crop = resize_size, input_size
+    return _finish(_resized_crop(img, (width, height), resize_size, input_size), mean, std)
+
+
+def _resized_crop(img: Image.Image, size_of: tuple[int, int], size: int, crop: int,
+                  scale: int = 1) -> Image.Image:
+    """torchvision's Resize(size) and CenterCrop(crop) of an image ``size_of`` large,
+    of which ``img`` is the 1/``scale`` reduction."""
+    width, height = size_of
     # torchvision's Resize(size): the shorter side becomes ``size``, the longer one
     # keeps the aspect ratio (truncated); then CenterCrop(crop), rounded offsets.
     if width <= height:
@@ -58,11 +73,15 @@ def preprocess_array(img: Image.Image, resize_size: int, input_size: int, mean, 
     if crop <= min(new_w, new_h):
         left = int(round((new_w - crop) / 2.0))
         top = int(round((new_h - crop) / 2.0))
-        sx, sy = width / new_w, height / new_h
-        img = img.resize((crop, crop), Image.Resampling.BILINEAR,
-                         box=(left * sx, top * sy, (left + crop) * sx, (top + crop) * sy))
-    else:  # a model whose crop is larger than its resize: pad with black like torchvision
-        img = _center_crop_padded(img.resize((new_w, new_h), Image.Resampling.BILINEAR), crop)
+        sx, sy = width / new_w / scale, height / new_h / scale
+        return img.resize((crop, crop), Image.Resampling.BILINEAR,
+                          box=(left * sx, top * sy, (left + crop) * sx, (top + crop) * sy))
+    # a model whose crop is larger than its resize: pad with black like torchvision
+    return _center_crop_padded(img.resize((new_w, new_h), Image.Resampling.BILINEAR), crop)
+
+
+def _finish(img: Image.Image, mean, std) -> np.ndarray:
+    """ToTensor and Normalize(mean, std), as a (3, S, S) float32 array."""
     array = np.ascontiguousarray(np.asarray(img, dtype=np.float32).transpose(2, 0, 1))
     array /= np.float32(255.0)
     array -= np.asarray(mean, dtype=np.float32)[:, None, None]

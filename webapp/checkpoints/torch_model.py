@@ -9,8 +9,8 @@ from pathlib import Path
 from webapp.checkpoints.architectures import (
     build_model,
     detect_arch,
+    fit_head,
     fit_state_dict,
-    head_size,
     probe,
 )
 from webapp.checkpoints.fields import Given, agree, parse_input_size, vec3
@@ -27,7 +27,7 @@ def build_from_contents(contents: Contents, given: Given, what: str, *, path: Pa
     """The validated fp32 model from what the file holds and what the person said."""
     details = {"kind": "safetensors" if kind == "safetensors" else "pytorch",
                **contents.details}
-    arch, head = _arch_and_head(contents, given, what, details)
+    arch, head, layers = _arch_and_head(contents, given, what, details)
     names = _class_names(contents, given, head, what, details)
     input_size = agree("input_size", given.input_size, contents.input_size, 224,
                        "the input_size field", what)
@@ -39,13 +39,12 @@ def build_from_contents(contents: Contents, given: Given, what: str, *, path: Pa
 
     check_storage(contents.state_dict, what)
     module = build_model(arch, len(names))
-    try:
-        fit_state_dict(module, contents.state_dict, what, arch)
-    except ModelLoadError as exc:
-        if details["arch_from"] == "the arch field":
-            raise ModelLoadError(f"{exc}. Leave the architecture on auto to have it "
-                                 "detected from the weights") from None
-        raise
+    if layers is not None:  # a Sequential head: built as its keys describe it
+        module.set_submodule(layers.path, layers.build())
+        details["head"] = f"{layers.path} ({layers.describe()})"
+        if any(layer[0] in ("relu", "gelu") for layer in layers.layers) and not given.activation:
+            details["head_activation"] = "ReLU"
+    _fit(module, contents.state_dict, what, arch, details)
     module.eval()
     if run_probe:
         probe(module, input_size, len(names), what)
@@ -65,22 +64,36 @@ def build_from_contents(contents: Contents, given: Given, what: str, *, path: Pa
     )
 
 
-def _arch_and_head(contents: Contents, given: Given, what: str, details: dict
-                   ) -> tuple[str, int | None]:
-    """The architecture (the person's and the file's must agree; else detected from the
-    weights) and its head size in the weights (None: the head's tensors are missing or
-    disagree).  ``details`` learns where the architecture came from."""
+def _arch_and_head(contents: Contents, given: Given, what: str, details: dict):
+    """(architecture, its head size in the weights, a Sequential head or None): the
+    person's and the file's architecture must agree; else it is detected from the
+    weights.  The head size is None when the head's tensors are missing or disagree.
+    ``details`` learns where the architecture came from."""
+    activation = given.activation or "relu"
     arch = agree("arch", given.arch, contents.arch, None, "the arch field", what)
     if arch is None:
-        arch, head = detect_arch(contents.state_dict, what)
+        arch, head, layers = detect_arch(contents.state_dict, what, activation)
         details["arch_from"] = "detected"
-        return arch, head
-    head = head_size(arch, contents.state_dict)
+        return arch, head, layers
     details["arch_from"] = "the arch field" if given.arch else "the file"
-    if head is None:  # the head's tensors are missing or disagree: say what does not fit
-        fit_state_dict(build_model(arch, len(contents.classes or given.classes or [])
-                                   or 1000), contents.state_dict, what, arch)
-    return arch, head
+    found = fit_head(arch, contents.state_dict, activation)
+    if found is None:  # the tensors do not fit: say what does not fit
+        _fit(build_model(arch, len(contents.classes or given.classes or []) or 1000),
+             contents.state_dict, what, arch, details)
+        return arch, None, None
+    return arch, *found
+
+
+def _fit(module, state_dict: dict, what: str, arch: str, details: dict) -> None:
+    """``fit_state_dict``; when the person named the architecture, the refusal says
+    how to have it detected instead."""
+    try:
+        fit_state_dict(module, state_dict, what, arch)
+    except ModelLoadError as exc:
+        if details["arch_from"] == "the arch field":
+            raise ModelLoadError(f"{exc}. Leave the architecture on auto to have it "
+                                 "detected from the weights") from None
+        raise
 
 
 def _class_names(contents: Contents, given: Given, head: int | None, what: str,

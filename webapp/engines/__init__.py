@@ -86,6 +86,7 @@ class EngineSettings:
     threads: int = 1
     dual: bool = False  # ENGINE_STREAMS=dual (OpenVINO)
     min_agreement: float = 0.98  # QUANTIZE=auto: INT8_MIN_AGREEMENT
+    max_score_change: float = 0.03  # QUANTIZE=auto: PRECISION_MAX_SCORE_CHANGE
 
     @classmethod
     def from_config(cls, config: dict) -> EngineSettings:
@@ -95,7 +96,10 @@ class EngineSettings:
                    calibration_dir=config.get("CALIBRATION_DIR") or "",
                    threads=max(1, int(config.get("TORCH_THREADS") or 1)),
                    dual=(config.get("ENGINE_STREAMS") or "latency") == "dual",
-                   min_agreement=float(config.get("INT8_MIN_AGREEMENT") or 0.98))
+                   min_agreement=float(config.get("INT8_MIN_AGREEMENT") or 0.98),
+                   max_score_change=float(config.get("PRECISION_MAX_SCORE_CHANGE")
+                                          if config.get("PRECISION_MAX_SCORE_CHANGE")
+                                          is not None else 0.03))
 
     @property
     def builds_int8(self) -> bool:
@@ -176,7 +180,8 @@ def decision_name(key: str, settings: EngineSettings) -> str:
     the engine, its threads, this CPU (and its oneDNN cap), the calibration set and the
     threshold."""
     basis = json.dumps([settings.engine, settings.threads, settings.min_agreement,
-                        cpu_signature(), int8_name(key, settings.calibration_dir or None)])
+                        settings.max_score_change, cpu_signature(),
+                        int8_name(key, settings.calibration_dir or None)])
     return f"{key}-{hashlib.sha256(basis.encode()).hexdigest()[:12]}.auto.json"
 
 
@@ -361,6 +366,10 @@ def open_card(card: ModelCard, settings: EngineSettings, precision: str
     else:
         name = card.onnx
     runtime = "onnxruntime" if settings.engine == "torch" else settings.engine
+    # One compilation at a time: OpenVINO writes its compiled network into the cache's
+    # openvino/ folder without a lock, and a worker that read the file while another was
+    # writing it failed to open the network (workers starting together); runtime._compile
+    # holds a lock on that folder for every compilation (the background one too).
     engine = open_engine(cache.path(name), runtime, settings.threads, precision, settings.dual,
                          blobs=str(cache.path("openvino")), input_size=card.input_size)
     if card.kind == "onnx":

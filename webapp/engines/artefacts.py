@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
@@ -37,6 +38,7 @@ from pathlib import Path
 from webapp.checkpoints.files import sha256_file
 from webapp.checkpoints.loaded import ModelLoadError
 from webapp.checkpoints.preprocess import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD
+from webapp.messages import Message
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +61,16 @@ class EngineCacheError(ModelLoadError):
         self.why = why
         self.full = self.errno in self.FULL
         if self.full:
-            message = (f"The engine cache (ENGINE_CACHE_DIR) has no room for the converted "
-                       f"model ({why}); free some space there or point ENGINE_CACHE_DIR at a "
-                       "larger disk.")
+            self.message = Message(
+                "The engine cache (ENGINE_CACHE_DIR) has no room for the converted model "
+                "(%(reason)s); free some space there or point ENGINE_CACHE_DIR at a larger "
+                "disk.", reason=why)
         else:
-            message = (f"The engine cache (ENGINE_CACHE_DIR) cannot be written ({why}); "
-                       "make it writable by the server's user or point ENGINE_CACHE_DIR at a "
-                       "folder that is.")
-        super().__init__(message)
+            self.message = Message(
+                "The engine cache (ENGINE_CACHE_DIR) cannot be written (%(reason)s); make "
+                "it writable by the server's user or point ENGINE_CACHE_DIR at a folder "
+                "that is.", reason=why)
+        super().__init__(self.message)
 
 
 def default_cache_dir() -> Path:
@@ -252,6 +256,37 @@ class ArtefactCache:
             if (self.root / name).exists():
                 log.warning("engine cache entry %s is damaged; rebuilding it", name)
             return self.put(name, build), False
+
+    def seed_from(self, seed: str | os.PathLike) -> int:
+        """Copy the intact entries of another cache (``ENGINE_CACHE_SEED``: read-only, made
+        ahead of time) that this one lacks; returns how many.  Damaged or half-written
+        files there are left behind."""
+        seed = Path(seed)
+        if not seed.is_dir() or seed.resolve() == self.root.resolve():
+            return 0
+        source, copied = ArtefactCache(seed), 0
+        for path in sorted(seed.rglob("*")):
+            name = str(path.relative_to(seed))
+            if not path.is_file() or path.name.startswith(".") or name.endswith(".sha256"):
+                continue
+            blob = path.parent.name == "openvino"  # OpenVINO's compiled networks: no sidecar
+            if (self.root / name).exists() if blob else self.valid(name):
+                continue
+            try:
+                if blob:
+                    (self.root / name).parent.mkdir(parents=True, exist_ok=True)
+                    tmp = self.root / f"{name}.tmp-{os.getpid()}"
+                    shutil.copyfile(path, tmp)
+                    os.replace(tmp, self.root / name)
+                elif source.valid(name):
+                    self.put(name, lambda tmp, path=path: shutil.copyfile(path, tmp))
+                else:
+                    continue
+            except PermissionError as exc:  # not readable by this user: built here instead
+                log.warning("engine cache: cannot copy %s from %s (%s)", name, seed, exc)
+                continue
+            copied += 1
+        return copied
 
     # ------------------------------------------------------------------ model cards
 

@@ -232,7 +232,10 @@ def _onnx_card(loaded, key: str, cache: ArtefactCache, started: float) -> ModelC
     goes into the cache as it is; the engines read its first input and output, take the
     log of probabilities and feed a fixed-batch model one image at a time."""
     onnx_name = f"{key}.fp32.onnx"
-    cache.put(onnx_name, lambda tmp: shutil.copyfile(loaded.onnx_path, tmp))
+    if loaded.onnx_bytes is not None:  # its data file read in, its input adapted
+        cache.put(onnx_name, lambda tmp: tmp.write_bytes(loaded.onnx_bytes))
+    else:
+        cache.put(onnx_name, lambda tmp: shutil.copyfile(loaded.onnx_path, tmp))
     card = _card(loaded, key, onnx_name, started, batch=loaded.details.get("batch", "any"),
                  cam_unavailable="heatmaps are not available for uploaded ONNX models (the "
                  "heatmap needs the network's layers, which an ONNX file does not expose "
@@ -284,13 +287,59 @@ def _jsonable(value):
 # --------------------------------------------------------------------------- the child
 
 
+def _address_space() -> int:
+    """This process's address space now, in bytes."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[0]) * resource.getpagesize()
+
+
 def _cap_memory(megabytes: int) -> None:
     """Let this process grow by at most ``megabytes`` of address space from now on (torch
-    is imported already: its libraries alone map a few GB that are never touched)."""
-    with open("/proc/self/statm") as fh:
-        current = int(fh.read().split()[0]) * resource.getpagesize()
-    limit = current + megabytes * 2**20
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    is imported already: its libraries alone map a few GB that are never touched).  The
+    soft limit only: once the file is read and validated, ``_allow_conversion`` raises it
+    for the conversion (the code that runs then is ours, not the file's)."""
+    limit = _address_space() + megabytes * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
+
+
+# What converting a validated model may take beyond its weights (the ONNX export, ONNX
+# Runtime's check, static int8 calibration, OpenVINO compiling each precision trial):
+# bench/builder_memory.py measured the builder's growth of address space with QUANTIZE=auto
+# at 1.7 GB (ResNet18) to 3.2 GB (ConvNeXt-Tiny), EfficientNet-B0 2.0 GB (docs/speed.md),
+# where the cap used to be 1.5 GB + 6x the file (1.6 GB for EfficientNet-B0: ONNX
+# Runtime's bad_alloc).  6 GB + 8x the weights: ConvNeXt-Tiny gets 6.9 GB, over 2x.
+CONVERSION_MB = 6144
+
+
+def _allow_conversion(loaded: model_loader.LoadedModel | None, started_at: int) -> None:
+    """Raise the soft memory cap, once a file is read and validated (or was converted
+    before: ``loaded`` None), to what converting a model of its size needs
+    (``CONVERSION_MB``)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return
+    weights = 0
+    if loaded is None:
+        pass
+    elif loaded.module is not None:
+        weights = sum(t.numel() * t.element_size() for t in loaded.module.state_dict().values())
+    elif loaded.onnx_bytes is not None:
+        weights = len(loaded.onnx_bytes)
+    limit = started_at + (CONVERSION_MB + 8 * weights // 2**20) * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (max(soft, limit), hard))
+
+
+def memory_used(started_at: int) -> dict:
+    """The most address space and memory (RSS) this process has used, in MB, and its
+    address space's growth since ``started_at`` (what the cap limits)."""
+    fields = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in ("VmPeak", "VmHWM"):
+                fields[key] = int(value.split()[0]) // 1024
+    return {"peak_address_space_mb": fields.get("VmPeak"), "peak_rss_mb": fields.get("VmHWM"),
+            "growth_mb": fields.get("VmPeak", 0) - started_at // 2**20}
 
 
 def check_expansion(path: str, memory_mb: int, what: str) -> None:
@@ -352,13 +401,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    started_at = _address_space()
     if getattr(args, "memory_mb", 0):
         _cap_memory(args.memory_mb)
     cache = ArtefactCache(args.cache)
     try:
         card = cache.read_card(args.key, (getattr(args, "sha256", "") or "")[:12] or None)
         if card is None:
-            card = build_card(_load(args), args.key, cache, lock=False)
+            loaded = _load(args)
+            _allow_conversion(loaded, started_at)
+            card = build_card(loaded, args.key, cache, lock=False)
+        else:  # converted before: the precision steps only
+            _allow_conversion(None, started_at)
         result = {"card": card.as_json()}
         if args.int8:
             result["int8"] = precision.int8_or_reason(card, cache,
@@ -368,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
 
             settings = EngineSettings(**json.loads(args.decide))
             result["decision"] = precision.decide(card, cache, settings)
+        result["memory"] = memory_used(started_at)
     except EngineCacheError as exc:
         print(json.dumps({"error": "cache", "errno": exc.errno, "reason": exc.why}))
         return 2

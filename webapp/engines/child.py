@@ -98,6 +98,30 @@ def _last_json(out: str | None) -> dict | None:
     return None
 
 
+def run_convert(file: str, facts: dict, out: str, *, timeout: float = BUILD_TIMEOUT) -> None:
+    """Write the PyTorch model ``file`` as a checkpoint v1 at ``out`` with ``python -m
+    model_loader convert`` in a child process (a worker never imports torch).  ``facts``:
+    ``arch``, ``classes`` (a list), ``input_size``, ``mean``, ``std``, as stored."""
+    labels = Path(f"{out}.labels.json")
+    labels.write_text(json.dumps(list(facts["classes"])), "utf-8")
+    argv = [sys.executable, "-m", "model_loader", "convert", str(file), "--out", str(out),
+            "--arch", facts["arch"], "--labels", str(labels),
+            "--input-size", str(facts["input_size"]),
+            "--mean", ",".join(map(str, facts["mean"])),
+            "--std", ",".join(map(str, facts["std"]))]
+    try:
+        done = subprocess.run(argv, cwd=PROJECT_ROOT, capture_output=True, encoding="utf-8",
+                              errors="replace", timeout=timeout, preexec_fn=_die_with_parent)
+    except subprocess.TimeoutExpired:
+        raise ModelLoadError(f"writing the checkpoint took longer than {timeout:.0f} s") \
+            from None
+    finally:
+        labels.unlink(missing_ok=True)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise ModelLoadError(f"the checkpoint could not be written ({tail[0][:300]})")
+
+
 DOWNLOAD_TIMEOUT = 300
 
 

@@ -55,34 +55,52 @@ def pooled_features(network: WithFeatures, batches: Iterable) -> np.ndarray:
 
 
 def fit_knn(train: np.ndarray, val: np.ndarray, *, bursts: Sequence[int] | None = None,
-            k: int = DEFAULT_K, keep: float = openset.KEEP, layer: str = "") -> dict:
+            train_views: np.ndarray | None = None, view_bursts: Sequence[int] | None = None,
+            val_views: np.ndarray | None = None, k: int = DEFAULT_K,
+            keep: float = openset.KEEP, layer: str = "") -> dict:
     """The ``knn`` criterion for a model trained on ``train`` (pooled features of its
     training pictures) and validated on ``val``: the bank (normalised, float16 to halve
     the checkpoint's share) and the distance that keeps ``keep`` of new pictures, set on
     every distance the training run can measure the way a new picture's is measured --
     from a picture to a bank that holds nothing of its burst:
 
-    * the validation pictures' (from bursts the model did not train on);
+    * the validation pictures' (from bursts the model did not train on), and those of
+      ``val_views``: new views of them (``training.transforms.new_view``: closer,
+      farther, in a corner, turned, another light), as a teacher shows a taught object
+      again later;
     * with ``bursts`` (per training picture, the burst it belongs to; -1: none usable),
       each training picture's distance to the bank without its own burst: leave one
       burst out, as cross-conformal prediction does (Vovk, 2015; Barber et al., "Predictive
       inference with the jackknife+", 2021).  A small Teach dataset has a validation burst
       or two per class, so its threshold would otherwise rest on a handful of near-copies.
 
+    ``train_views`` (new views of training pictures, of the bursts ``view_bursts``) join
+    the bank: a new view of a taught object then finds a taught picture seen the same
+    way (nearer, farther, turned), while unrelated pictures stay far from all of them;
+    they are measured against the other bursts too.
+
     What goes into the checkpoint (``webapp.checkpoints.v1.openset_entry``)."""
-    normal = openset.normalised(train)
+    features, numbers = train, None if bursts is None else np.asarray(bursts)
+    if train_views is not None and len(train_views):
+        features = np.concatenate([train, train_views])
+        if numbers is not None:
+            numbers = np.concatenate([numbers, np.asarray(view_bursts)])
+    normal = openset.normalised(features)
     rows = np.arange(len(normal))
     if len(rows) > MAX_BANK:
         rows = np.linspace(0, len(rows) - 1, MAX_BANK).round().astype(int)
     bank = normal[rows]
-    distances = openset.knn_distance(bank, val, k)
+    held = val if val_views is None or not len(val_views) else np.concatenate([val, val_views])
+    distances = openset.knn_distance(bank, held, k)
     crossed = np.zeros(0)
-    if bursts is not None:
-        crossed = other_burst_distances(normal, np.asarray(bursts), rows, k)
+    if numbers is not None:
+        crossed = other_burst_distances(normal, numbers, rows, k)
     calibration = np.concatenate([distances, crossed])
     threshold = openset.keeping(calibration, keep, low_is_known=True, conformal=True)
     return {"method": "knn", "k": int(k), "threshold": round(threshold, 6),
             "keep": keep, "validation_images": int(len(val)),
+            "validation_views": 0 if val_views is None else int(len(val_views)),
+            "training_views": 0 if train_views is None else int(len(train_views)),
             "other_burst_images": int(len(crossed)),
             "kept": round(float(np.mean(calibration <= threshold)), 4),
             "layer": layer, "bank": bank.astype(np.float16)}

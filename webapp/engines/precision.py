@@ -146,11 +146,16 @@ def _timed(engine, batch: np.ndarray) -> tuple[np.ndarray, float]:
 def decide(card: ModelCard, cache: ArtefactCache, settings) -> dict:
     """QUANTIZE=auto, decided by asking the engine, not the CPU flags: each candidate
     precision (int8, then bf16 on OpenVINO) is built, compiled and run on the guard
-    images; the first that works, answers like fp32 (the same top-1 on at least
-    ``settings.min_agreement`` of the guard images whose fp32 answer is clear-cut: its
-    top-1 probability ``CLEAR_MARGIN`` above the second) and takes at most ``FASTER`` of
-    fp32's time is chosen, else fp32.  What was tried and why is kept (``decision_name``), for
-    /readyz and the admin page."""
+    images; the first that works, answers like fp32 and takes at most ``FASTER`` of
+    fp32's time is chosen, else fp32.  Answering like fp32 is two checks: the same top-1
+    on at least ``settings.min_agreement`` of the guard images whose fp32 answer is
+    clear-cut (its top-1 probability ``CLEAR_MARGIN`` above the second), and the
+    probabilities moved by at most ``settings.max_score_change`` on average over the
+    guard images (each image counting its largest change of any class's probability:
+    int8 that keeps the top-1 but shifts the scores is refused, while one near-tie that
+    moves under any numeric change does not refuse a good precision).  What was tried and
+    why is kept (``decision_name``), for /readyz and the admin page; a candidate that
+    could not be built or run is reported as failed, with its reason."""
     from webapp import engines
     from webapp.serving.classifier import softmax
 
@@ -161,47 +166,64 @@ def decide(card: ModelCard, cache: ArtefactCache, settings) -> dict:
     _, fp32 = engines.open_card(card, settings, "fp32")
     reference, fp32_ms = _timed(fp32, batch)
     top1 = reference.argmax(1)
+    probabilities = softmax(reference)
     # Near-ties (two cat breeds at 0.40 and 0.35) swap under any numeric change -- even
     # re-saving a JPEG; agreement is counted on the clear-cut answers.
-    ordered = np.sort(softmax(reference), axis=1)
+    ordered = np.sort(probabilities, axis=1)
     clear = ordered[:, -1] - ordered[:, -2] > CLEAR_MARGIN
     if clear.sum() < MIN_CLEAR:
         clear = np.ones(len(batch), dtype=bool)
     counted = (f"{int(clear.sum())} clear-cut answers of {len(batch)} {guard_from}"
                if not clear.all() else f"{len(batch)} {guard_from}")
-    tried = [{"precision": "fp32", "works": True, "ms": round(fp32_ms, 2), "agreement": 1.0}]
+    tried = [{"precision": "fp32", "works": True, "ms": round(fp32_ms, 2), "agreement": 1.0,
+              "score_change": 0.0, "max_score_change": 0.0}]
     candidates = ["int8", "bf16"] if settings.engine == "openvino" else ["int8"]
     if card.kind == "onnx":
         candidates = [c for c in candidates if c != "int8"]
-    chosen, why = "fp32", "no other precision was faster and as accurate"
+    chosen, why = "fp32", None
+    bound = settings.max_score_change
     for precision in candidates:
-        entry = _trial(card, cache, settings, precision, batch, top1, clear)
+        entry = _trial(card, cache, settings, precision, batch, top1, clear, probabilities)
         tried.append(entry)
         if not entry["works"]:
             continue
         if entry["agreement"] < settings.min_agreement:
             entry["rejected"] = (f"agrees with fp32 on {entry['agreement']:.1%} of {counted}, "
                                  f"under {settings.min_agreement:.0%}")
+        elif entry["score_change"] > bound:
+            entry["rejected"] = (f"moves the probabilities by {entry['score_change']:.3f} "
+                                 f"on average over {len(batch)} {guard_from} (at most "
+                                 f"{entry['max_score_change']:.3f}), over {bound:g}")
         elif entry["ms"] > FASTER * fp32_ms:
             entry["rejected"] = "not faster than fp32 here"
         else:
             chosen = precision
             why = (f"{precision}: {fp32_ms / entry['ms']:.1f}x fp32's speed, the same top-1 "
-                   f"as fp32 on {entry['agreement']:.1%} of {counted}")
+                   f"as fp32 on {entry['agreement']:.1%} of {counted}, probabilities "
+                   f"{entry['score_change']:.3f} from fp32's on average")
             break
+    if why is None:
+        why = "fp32: " + "; ".join(
+            f"{t['precision']} {t['rejected']}" if t.get("works") else
+            f"{t['precision']} failed ({t['reason']})" for t in tried[1:]) if tried[1:] \
+            else "fp32: no other precision to try with this engine"
     decision = {"chosen": chosen, "why": why, "guard": counted,
-                "min_agreement": settings.min_agreement, "tried": tried}
+                "min_agreement": settings.min_agreement, "max_score_change": bound,
+                "tried": tried}
     text = json.dumps(decision, indent=1)
     cache.put(engines.decision_name(card.key, settings), lambda tmp: tmp.write_text(text, "utf-8"))
     return decision
 
 
 def _trial(card: ModelCard, cache: ArtefactCache, settings, precision: str,
-           batch: np.ndarray, top1: np.ndarray, clear: np.ndarray) -> dict:
-    """One candidate precision built, compiled and run on the guard images: its time and
-    its agreement with fp32's top-1 (on the clear-cut answers, and on all), or why it
-    does not work here."""
+           batch: np.ndarray, top1: np.ndarray, clear: np.ndarray,
+           probabilities: np.ndarray) -> dict:
+    """One candidate precision built, compiled and run on the guard images: its time,
+    its agreement with fp32's top-1 (on the clear-cut answers, and on all) and how far
+    it moved the probabilities (each image's largest change: their mean and their
+    maximum), or why it does not work here."""
     from webapp import engines
+    from webapp.serving.classifier import softmax
 
     entry = {"precision": precision}
     try:
@@ -216,9 +238,12 @@ def _trial(card: ModelCard, cache: ArtefactCache, settings, precision: str,
         if not np.isfinite(logits).all():
             raise BuildError("it gives NaN or infinite scores")
         same = logits.argmax(1) == top1
+        change = np.abs(softmax(logits) - probabilities).max(axis=1)
         entry.update(works=True, ms=round(ms, 2),
                      agreement=round(float(same[clear].mean()), 4),
-                     agreement_all=round(float(same.mean()), 4))
-    except Exception as exc:  # noqa: BLE001 - a candidate that fails is skipped
+                     agreement_all=round(float(same.mean()), 4),
+                     score_change=round(float(change.mean()), 4),
+                     max_score_change=round(float(change.max()), 4))
+    except Exception as exc:  # noqa: BLE001 - a candidate that fails is reported as failed
         entry.update(works=False, reason=reason(exc, 200))
     return entry

@@ -28,6 +28,7 @@ from flask import Flask, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from webapp.http import errors, metrics
+from webapp.messages import Message
 
 
 def upload_slot(view):
@@ -59,9 +60,9 @@ class UploadSlots:
 
 class BodyTimeout(errors.ApiError):
     def __init__(self, seconds: float):
-        super().__init__(408, "request_timeout",
-                         f"The upload arrived too slowly (the limit is {seconds:g} s); "
-                         "please try again.")
+        super().__init__(408, "request_timeout", Message(
+            "The upload arrived too slowly (the limit is %(seconds)s s); please try again.",
+            seconds=f"{seconds:g}"))
 
 
 class DeadlineInput:
@@ -157,8 +158,8 @@ def _limit_request():
         if not slots.acquire():
             metrics.UPLOADS_REFUSED.labels("busy").inc()
             response = current_app.make_response(errors._respond(
-                503, "server_busy", "The server is busy with other images right now; "
-                "please try again in a moment."))
+                503, "server_busy", Message("The server is busy with other images right "
+                                            "now; please try again in a moment.")))
             response.headers["Retry-After"] = "1"
             return response
         g.upload_slot = slots

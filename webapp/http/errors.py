@@ -1,5 +1,6 @@
 """Every failure becomes a clear answer: JSON ``{"error": {"code", "message"}}`` for API
-clients, a friendly page for people.  Nothing a client sends should produce a 500."""
+clients (``{"error": "message"}`` on the Open Inference Protocol's ``/v2`` routes, as its
+specification says), a friendly page for people.  Nothing a client sends should produce a 500."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from werkzeug.exceptions import HTTPException
 
 from model_loader import ModelLoadError
 from webapp.http import accesslog, metrics
+from webapp.i18n import _l, translate
+from webapp.messages import Message
 from webapp.serving.imaging import ImageError
 
 log = logging.getLogger(__name__)
@@ -22,14 +25,26 @@ class ApiError(Exception):
 
 
 def error_json(status: int, code: str, message: str, **extra):
+    """The JSON error; ``message`` in the request's language (``code`` stays English), and
+    so are the messages of ``extra`` (e.g. one per bad field: ``fields``)."""
     accesslog.note(error=code)
-    body = {"error": {"code": code, "message": message, **extra}}
+    if open_inference():  # the protocol's own error shape: the message alone
+        return jsonify(error=translate(message)), status
+    extra = {key: ({k: translate(v) if isinstance(v, Message) else v for k, v in value.items()}
+                   if isinstance(value, dict) else value) for key, value in extra.items()}
+    body = {"error": {"code": code, "message": translate(message), **extra}}
     return jsonify(body), status
+
+
+def open_inference() -> bool:
+    """A request of the Open Inference Protocol (``/v2``, ``webapp.views.v2``)."""
+    return request.path == "/v2" or request.path.startswith("/v2/")
 
 
 def wants_json() -> bool:
     """API routes always answer JSON; other routes when the client prefers it."""
-    if request.blueprint in ("api",) or request.path.startswith(("/predict", "/admin/api")):
+    if request.blueprint in ("api",) or request.path.startswith(("/predict", "/admin/api")) \
+            or open_inference():
         return True
     if request.path.startswith("/explain"):  # before routing (a 405) the blueprint is unset
         return True
@@ -39,10 +54,10 @@ def wants_json() -> bool:
 
 # HTTP errors Werkzeug raises before a view runs, in plain words.
 _HTTP_MESSAGES = {
-    400: ("bad_request", "The request could not be understood."),
-    404: ("not_found", "There is nothing at this address."),
-    405: ("method_not_allowed", "This address does not accept that method."),
-    413: ("too_large", "The upload is too large."),
+    400: ("bad_request", _l("The request could not be understood.")),
+    404: ("not_found", _l("There is nothing at this address.")),
+    405: ("method_not_allowed", _l("This address does not accept that method.")),
+    413: ("too_large", _l("The upload is too large.")),
 }
 
 
@@ -50,7 +65,7 @@ def _respond(status: int, code: str, message: str, **extra):
     accesslog.note(error=code)
     if wants_json():
         return error_json(status, code, message, **extra)
-    return render_template("error.html", status=status, message=message), status
+    return render_template("error.html", status=status, message=translate(message)), status
 
 
 def too_large(message: str, *, image: bool = True):
@@ -75,15 +90,16 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(ModelLoadError)
     def _model_error(exc: ModelLoadError):
-        return _respond(503, "model_unavailable", f"The model is not available: {exc}")
+        return _respond(503, "model_unavailable", Message(
+            "The model is not available: %(reason)s", reason=str(exc)))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
         status = exc.code or 500
         code, message = _HTTP_MESSAGES.get(status, ("http_error", exc.description or ""))
         if status == 413:
-            return too_large(f"The upload is larger than the {app.config['MAX_UPLOAD_MB']:g} "
-                             "MB limit.")
+            return too_large(Message("The upload is larger than the %(mb)s MB limit.",
+                                     mb=f"{app.config['MAX_UPLOAD_MB']:g}"))
         response = _respond(status, code, message)
         if status == 405 and exc.valid_methods:  # keep the Allow header
             resp = app.make_response(response)
@@ -94,4 +110,4 @@ def register(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
         log.exception("unexpected error on %s %s", request.method, request.path)
-        return _respond(500, "internal_error", "Something went wrong on the server.")
+        return _respond(500, "internal_error", _l("Something went wrong on the server."))

@@ -5,16 +5,20 @@ is ``webapp.serving.prediction`` (no Flask there)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from flask import current_app, request
 
 from webapp import current
 from webapp.http import accesslog, metrics
 from webapp.http.errors import ApiError
 from webapp.http.uploads import MAX_URLENCODED_BYTES, URLENCODED, raw_body
+from webapp.i18n import current_language
+from webapp.messages import Message
 from webapp.serving import imaging, prediction
 from webapp.serving.prediction import Upload
 
-__all__ = ["IMAGE_FIELDS", "MAX_TOPK", "Upload", "classify", "parse_topk",
+__all__ = ["IMAGE_FIELDS", "MAX_TOPK", "Upload", "classify", "display_names", "parse_topk",
            "uploads_from_request"]
 
 MAX_TOPK = 20
@@ -39,28 +43,33 @@ def uploads_from_request() -> list[Upload]:
         _no_image()
     limit = current_app.config["MAX_IMAGES_PER_REQUEST"]
     if len(uploads) > limit:
-        raise ApiError(
-            400, "too_many_images", f"{len(uploads)} images sent; at most {limit} per request."
-        )
+        raise ApiError(400, "too_many_images", Message(
+            "%(count)s images sent; at most %(limit)s per request.", count=len(uploads),
+            limit=limit))
     return uploads
 
 
 def _no_image():
     """400 ``no_image``, saying how to send one (and what this request looked like)."""
     other = [] if request.mimetype == URLENCODED else sorted(request.files.keys())
-    hint = f" (found file field(s): {', '.join(other)})" if other else ""
-    if not other and request.content_length and request.mimetype != "multipart/form-data":
+    url = f"{request.host_url}predict"
+    if other:
+        message = Message(
+            "No image received: the request has the file field(s) %(fields)s, but none "
+            "named 'image'. Send it as a multipart form field named 'image', e.g. curl -F "
+            "image=@cat.jpg %(url)s.", fields=", ".join(other), url=url)
+    elif request.content_length and request.mimetype != "multipart/form-data":
         # e.g. curl --data-binary @cat.jpg, which says application/x-www-form-urlencoded
-        hint = (f". A raw body works too when its Content-Type is an image type: "
-                f"curl --data-binary @cat.jpg -H 'Content-Type: image/jpeg' "
-                f"{request.host_url}predict (this one came as "
-                f"{request.mimetype or 'no Content-Type'})")
-    raise ApiError(
-        400,
-        "no_image",
-        "No image received. Send it as a multipart form field named 'image', e.g. "
-        f"curl -F image=@cat.jpg {request.host_url}predict{hint}.",
-    )
+        message = Message(
+            "No image received. Send it as a multipart form field named 'image', e.g. "
+            "curl -F image=@cat.jpg %(url)s. A raw body works too when its Content-Type is "
+            "an image type: curl --data-binary @cat.jpg -H 'Content-Type: image/jpeg' "
+            "%(url)s (this one came as %(type)s).", url=url,
+            type=request.mimetype or Message("no Content-Type"))
+    else:
+        message = Message("No image received. Send it as a multipart form field named "
+                          "'image', e.g. curl -F image=@cat.jpg %(url)s.", url=url)
+    raise ApiError(400, "no_image", message)
 
 
 def parse_topk(default: int = 3) -> int:
@@ -70,12 +79,18 @@ def parse_topk(default: int = 3) -> int:
     try:
         k = int(raw)
     except ValueError:
-        raise ApiError(
-            400, "bad_topk", f"topk must be a whole number from 1 to {MAX_TOPK}."
-        ) from None
+        raise ApiError(400, "bad_topk", Message(
+            "topk must be a whole number from 1 to %(limit)s.", limit=MAX_TOPK)) from None
     if not 1 <= k <= MAX_TOPK:
-        raise ApiError(400, "bad_topk", f"topk must be from 1 to {MAX_TOPK}, not {k}.")
+        raise ApiError(400, "bad_topk", Message(
+            "topk must be from 1 to %(limit)s, not %(k)s.", limit=MAX_TOPK, k=k))
     return k
+
+
+def display_names(labels) -> Sequence[str]:
+    """What a model's classes are called in this request's language, by class index
+    (``webapp.stores.label_names``)."""
+    return current.label_names().names(labels, current_language())
 
 
 def classify(
@@ -91,7 +106,8 @@ def classify(
             classifier, uploads, k, started=started,
             max_pixels=current_app.config["MAX_IMAGE_PIXELS"],
             seconds=current_app.config["DECODE_TIMEOUT"],
-            max_total_pixels=current_app.config["MAX_REQUEST_PIXELS"])
+            max_total_pixels=current_app.config["MAX_REQUEST_PIXELS"],
+            names=display_names(classifier.labels))
     except imaging.ImageError as exc:
         metrics.image_rejected(exc.code)
         raise

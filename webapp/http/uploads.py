@@ -33,6 +33,8 @@ from pathlib import Path
 from flask import Flask, Request, current_app, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from webapp.messages import Message
+
 MAX_URLENCODED_BYTES = 64 * 1024
 MAX_JSON_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 20
@@ -119,13 +121,14 @@ class UploadRequest(Request):
         """Why this request got a 413 when it was its form, not its size (Werkzeug
         raises the same error for both)."""
         if self.mimetype == URLENCODED:
-            return (f"The form is larger than the {MAX_URLENCODED_BYTES // 1024} KB a form "
-                    "may be; send files as multipart/form-data.")
+            return Message("The form is larger than the %(kb)s KB a form may be; send files "
+                           "as multipart/form-data.", kb=MAX_URLENCODED_BYTES // 1024)
         limit = self.max_content_length
         if self.mimetype == "multipart/form-data" and self.content_length is not None \
                 and (limit is None or self.content_length <= limit):
-            return (f"The form has more than {self.max_form_parts} parts, or a text field "
-                    f"larger than {(self.max_form_memory_size or 0) // 1000:g} KB.")
+            return Message("The form has more than %(parts)s parts, or a text field larger "
+                           "than %(kb)s KB.", parts=self.max_form_parts,
+                           kb=f"{(self.max_form_memory_size or 0) // 1000:g}")
         return None
 
     def _get_file_stream(self, total_content_length, content_type, filename=None,
@@ -152,7 +155,7 @@ def raw_body() -> bytes:
 
 def json_object(hint: str, *, required: bool = True) -> dict:
     """The request's JSON object, or an ``ApiError`` whose message ends with ``hint``
-    (what to send).  Empty and not ``required``: ``{}``."""
+    (what to send: a ``Message``).  Empty and not ``required``: ``{}``."""
     from webapp.http.errors import ApiError  # not at import: gunicorn's master imports webapp
 
     length = request.content_length
@@ -160,27 +163,29 @@ def json_object(hint: str, *, required: bool = True) -> dict:
     if length is None or length <= MAX_JSON_BYTES:
         data = request.stream.read(MAX_JSON_BYTES + 1)
     if (length or 0) > MAX_JSON_BYTES or len(data) > MAX_JSON_BYTES:
-        raise ApiError(413, "too_large", f"The JSON body is larger than "
-                       f"{MAX_JSON_BYTES // 1024} KB. {hint}")
+        raise ApiError(413, "too_large", Message(
+            "The JSON body is larger than %(kb)s KB. %(hint)s", kb=MAX_JSON_BYTES // 1024,
+            hint=hint))
     if not data and not required:
         return {}
     try:
         value = json.loads(data) if request.is_json else None
-        too_deep = _depth(value) > MAX_JSON_DEPTH
+        too_deep = json_depth(value) > MAX_JSON_DEPTH
     except RecursionError:
         too_deep = True
     except ValueError:  # not JSON, not UTF-8
         value, too_deep = None, False
     if too_deep:
-        raise ApiError(400, "bad_json", f"The JSON is nested more than {MAX_JSON_DEPTH} "
-                       f"levels deep. {hint}")
+        raise ApiError(400, "bad_json", Message(
+            "The JSON is nested more than %(levels)s levels deep. %(hint)s",
+            levels=MAX_JSON_DEPTH, hint=hint))
     if not isinstance(value, dict):
-        raise ApiError(400, "bad_json", f"Send a JSON object (Content-Type: "
-                       f"application/json). {hint}")
+        raise ApiError(400, "bad_json", Message(
+            "Send a JSON object (Content-Type: application/json). %(hint)s", hint=hint))
     return value
 
 
-def _depth(value) -> int:
+def json_depth(value) -> int:
     """How deep lists and objects nest in a parsed JSON value (without recursion)."""
     deepest, todo = 0, [(value, 1)]
     while todo:

@@ -31,13 +31,14 @@ Each client address may hold ``MAX_CONNECTIONS_PER_CLIENT`` connections in a wor
 
 Handed over unread, as gunicorn would: a body a route streams to its store (checkpoints,
 dataset archives, under the app's own stall limit), one over its route's limit (the app
-answers 413 without reading it), a body while the buffer budget is spent, and TLS or
-HTTP/2 connections.  A body the app did not read is not drained by a thread: the
-connection is closed, and what the client still sends is read and dropped in this loop
-for ``LINGER_SECONDS`` (gunicorn's own close would drain it in this loop, blocking).
-Measured (bench/abuse.py, docs/security.md): with 50 clients sending a header line every
-2 s, every /predict timed out on ``gthread``; here each answered within a few tenths of a
-second.
+answers 413 without reading it), a body while the buffer budget is spent, and HTTP/2
+connections.  With the server's own certificate (classroom mode) the TLS handshake runs
+in the event loop too, within the head's deadline, and the request is then read the same
+way.  A body the app did not read is not drained by a thread: the connection is closed,
+and what the client still sends is read and dropped in this loop for ``LINGER_SECONDS``
+(gunicorn's own close would drain it in this loop, blocking).  Measured (bench/abuse.py,
+docs/security.md): with 50 clients sending a header line every 2 s, every /predict timed
+out on ``gthread``; here each answered within a few tenths of a second.
 
 Imported by the gunicorn master (for the worker class): no torch, no app.
 """
@@ -52,6 +53,7 @@ import json
 import re
 import selectors
 import socket
+import ssl
 import time
 from functools import partial
 from urllib.parse import unquote, urlsplit
@@ -59,10 +61,12 @@ from urllib.parse import unquote, urlsplit
 from gunicorn import http
 from gunicorn.http.unreader import SocketUnreader
 from gunicorn.http2 import negotiation
+from gunicorn.sock import ssl_context
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from webapp.config import Config
 from webapp.http.uploads import MAX_URLENCODED_BYTES, URLENCODED, body_limit
+from webapp.messages import Message
 
 RECV_BYTES = 256 * 1024
 MIN_RATE = 16 * 1024  # bytes per second of body that earn a slow client more time
@@ -177,6 +181,7 @@ class BufferingWorker(ThreadWorker):
         self.buffered = 0  # bytes held by arriving requests, all of them
         self.arriving: dict = {}  # connection -> Arrival
         self.lingering: dict = {}  # connection -> when to close it after its answer
+        self.tls_context = None  # with a certfile: made by the first connection
         self.per_client_cap = 0 if settings["TRUSTED_PROXIES"] \
             else settings["MAX_CONNECTIONS_PER_CLIENT"]
         self.per_client: collections.Counter = collections.Counter()
@@ -220,9 +225,10 @@ class BufferingWorker(ThreadWorker):
             conn.sock.recv(RECV_BYTES)
         except OSError:
             pass
-        self._send(conn, _answer(503, "too_many_connections", (
-            f"This address has {self.per_client_cap} connections open to the server "
-            "already; please close some, or try again in a moment.")))
+        if not self.cfg.is_ssl:  # a TLS client could not read a plain answer: just closed
+            self._send(conn, _answer(503, "too_many_connections", Message(
+                "This address has %(count)s connections open to the server already; "
+                "please close some, or try again in a moment.", count=self.per_client_cap)))
         self.nr_conns -= 1  # closed at once: a flood of them costs this loop nothing more
         conn.close()
 
@@ -232,10 +238,12 @@ class BufferingWorker(ThreadWorker):
         """Every way to a thread goes through here (a new connection, a kept-alive one
         that became readable, bytes a client sent ahead): wait for the whole request
         first, unless it was this worker that found it complete."""
-        if getattr(conn, "arrived", False) or self.cfg.is_ssl \
+        if getattr(conn, "arrived", False) \
                 or negotiation.prior_knowledge_allowed(self.cfg, conn.client):
             conn.arrived = False
             return super().enqueue_req(conn)
+        if self.cfg.is_ssl and not isinstance(conn.sock, ssl.SSLSocket):
+            return self._start_tls(conn)
         ahead = conn.parser.unreader.take_buffered() if conn.parser is not None else b""
         arrival = self.arriving[conn] = Arrival(ahead, self.request_timeout,
                                                 self.head_timeout)
@@ -299,7 +307,10 @@ class BufferingWorker(ThreadWorker):
             return
         try:
             data = sock.recv(RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
+            while isinstance(sock, ssl.SSLSocket) and sock.pending():
+                data += sock.recv(RECV_BYTES)  # decrypted already: no readable event
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
+                ssl.SSLWantWriteError):
             return
         except OSError:
             data = b""
@@ -321,9 +332,9 @@ class BufferingWorker(ThreadWorker):
             if found is None or found.end() - blank > MAX_HEAD_BYTES:
                 arrival.scanned = len(data)
                 if len(data) - blank > MAX_HEAD_BYTES:
-                    self._refuse(conn, arrival, 431, "request_header_too_large", (
-                        f"The request's line and headers are larger than the "
-                        f"{MAX_HEAD_BYTES // 1024} KB this server accepts."))
+                    self._refuse(conn, arrival, 431, "request_header_too_large", Message(
+                        "The request's line and headers are larger than the %(kb)s KB "
+                        "this server accepts.", kb=MAX_HEAD_BYTES // 1024))
                     return True
                 return False
             head = bytes(data[blank:found.end()])
@@ -397,6 +408,48 @@ class BufferingWorker(ThreadWorker):
             return (min(limit, MAX_URLENCODED_BYTES) if mimetype == URLENCODED else limit), \
                 False
 
+    # ----------------------------------------------------------------- TLS
+
+    def _start_tls(self, conn) -> None:
+        """A new connection to a server with its own certificate (gunicorn's
+        ``certfile``, classroom mode): the handshake runs here too, without blocking and
+        within the head's deadline, and then the request is read as over plain HTTP.
+        (gunicorn's ``gthread`` shakes hands in a thread, on a blocking socket: eight
+        clients that sent part of a handshake stalled a worker of 4 threads.)"""
+        arrival = self.arriving[conn] = Arrival(b"", self.request_timeout, self.head_timeout)
+        if self.tls_context is None:  # once per worker, not per connection
+            self.tls_context = ssl_context(self.cfg)
+        try:
+            conn.sock = self.tls_context.wrap_socket(
+                conn.sock, server_side=True, do_handshake_on_connect=False,
+                suppress_ragged_eofs=self.cfg.suppress_ragged_eofs)
+        except OSError:
+            self._close(conn, arrival, registered=False)
+            return None
+        conn.sock.setblocking(False)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_handshake, conn))
+        self._on_handshake(conn, conn.sock)
+        return None
+
+    def _on_handshake(self, conn, sock) -> None:
+        arrival = self.arriving.get(conn)
+        if arrival is None:
+            return
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self.poller.modify(sock, selectors.EVENT_READ, partial(self._on_handshake, conn))
+            return
+        except ssl.SSLWantWriteError:
+            self.poller.modify(sock, selectors.EVENT_WRITE, partial(self._on_handshake, conn))
+            return
+        except OSError:  # not TLS, or a client that refused the certificate
+            self._close(conn, arrival)
+            return
+        self.poller.modify(sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+        if sock.pending():  # request bytes decrypted along with the handshake
+            self._on_readable(conn, sock)
+
     # ----------------------------------------------------------------- timing out
 
     def murder_pending(self):
@@ -416,12 +469,14 @@ class BufferingWorker(ThreadWorker):
             self._close(conn, arrival)
             return
         if arrival.head_end is None:
-            message = (f"The request's headers arrived too slowly (they may take "
-                       f"{self.head_timeout:g} s); please try again.")
+            message = Message("The request's headers arrived too slowly (they may take "
+                              "%(seconds)s s); please try again.",
+                              seconds=f"{self.head_timeout:g}")
         else:
-            message = (f"The request arrived too slowly (it may take "
-                       f"{self.request_timeout:g} s, and a second more for every "
-                       f"{MIN_RATE // 1024} KB sent); please try again.")
+            message = Message("The request arrived too slowly (it may take %(seconds)s s, "
+                              "and a second more for every %(kb)s KB sent); please try "
+                              "again.", seconds=f"{self.request_timeout:g}",
+                              kb=MIN_RATE // 1024)
         self._refuse(conn, arrival, 408, "request_timeout", message)
         try:
             from webapp.http import metrics  # after the fork: the worker's own metric files
@@ -460,8 +515,8 @@ class BufferingWorker(ThreadWorker):
         except OSError:
             return 0
 
-    def _close(self, conn, arrival: Arrival) -> None:
-        self._forget(conn, arrival)
+    def _close(self, conn, arrival: Arrival, registered: bool = True) -> None:
+        self._forget(conn, arrival, registered)
         self.nr_conns -= 1
         conn.close()
 

@@ -5,6 +5,7 @@ picture is unlike anything the model knows (``webapp.serving.openset``)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,8 +22,13 @@ class Prediction:
     index: int
     score: float
 
-    def as_dict(self) -> dict:
-        return {"label": self.label, "index": self.index, "score": round(self.score, 6)}
+    def as_dict(self, names: Sequence[str] | None = None) -> dict:
+        """For the API: ``label`` is the model's own (stable) name of the class,
+        ``display_label`` what the page shows, ``names[index]`` (e.g. in the visitor's
+        language: ``webapp.stores.label_names``), else the label."""
+        return {"label": self.label,
+                "display_label": names[self.index] if names else self.label,
+                "index": self.index, "score": round(self.score, 6)}
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -89,12 +95,20 @@ class Classifier:
     ) -> tuple[list[list[Prediction]], list[bool], dict[str, float]]:
         """``predict``, and per image whether it is unknown: unlike anything the model
         was taught, by its criterion (always False for a model without one)."""
-        k = max(1, min(int(k), self.num_classes))
         t0 = time.perf_counter()
         batch = np.stack([self.preprocess(img) for img in images])
+        preprocess_ms = (time.perf_counter() - t0) * 1000
+        results, unknown, timings = self.answer_batch(batch, k)
+        return results, unknown, {"preprocess": preprocess_ms, **timings}
+
+    def answer_batch(
+        self, batch: np.ndarray, k: int = 3
+    ) -> tuple[list[list[Prediction]], list[bool], dict[str, float]]:
+        """``answer`` for a batch already preprocessed: float32 (N, 3, size, size)."""
+        k = max(1, min(int(k), self.num_classes))
         t1 = time.perf_counter()
         logits, features = self.run(batch)
-        unknown = [False] * len(images)
+        unknown = [False] * len(batch)
         if self.openset is not None:
             if features is None:  # an engine that computes the map in a second pass
                 _, features = self.features(batch)
@@ -107,5 +121,4 @@ class Classifier:
             [Prediction(self.labels[i], int(i), float(row[i])) for i in row_indices]
             for row, row_indices in zip(probs, indices)
         ]
-        return results, unknown, {"preprocess": (t1 - t0) * 1000,
-                                  "inference": (t2 - t1) * 1000}
+        return results, unknown, {"inference": (t2 - t1) * 1000}

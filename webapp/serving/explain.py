@@ -29,10 +29,12 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from webapp.checkpoints.preprocess import MAX_ASPECT
+from webapp.messages import Message
 from webapp.serving.classifier import Classifier, Prediction, softmax
 
-# Two sentences a 12-year-old understands; {label} is the class the heatmap is for.
-EXPLANATION_TEMPLATE = (
+# Two sentences a 12-year-old understands; {label} is the class the heatmap is for, as the
+# page names it (``Explanation.sentences``; the kiosk fills it in itself).
+EXPLANATION_TEMPLATE = Message(
     "Before it looks, the computer shrinks your photo, cuts out the square in the middle "
     "and turns every dot into three numbers (how red, how green, how blue it is), because "
     "numbers are all it can read. "
@@ -51,8 +53,8 @@ class ExplainUnsupported(Exception):
 @dataclass
 class Step:
     name: str  # original | resized | cropped | tensor
-    title: str
-    caption: str
+    title: Message  # words for people, shown in their language (webapp.i18n.translate)
+    caption: Message
     image: Image.Image
 
 
@@ -68,9 +70,10 @@ class Explanation:
     heatmap_image: Image.Image  # the heatmap alone, coloured
     timings_ms: dict[str, float] = field(default_factory=dict)
 
-    @property
-    def sentences(self) -> str:
-        return EXPLANATION_TEMPLATE.format(label=self.target.label)
+    def sentences(self, label: str | None = None, template: str = EXPLANATION_TEMPLATE) -> str:
+        """The explanation for ``label`` (the class as the page names it; by default its
+        label), from ``template`` (the translated ``EXPLANATION_TEMPLATE``)."""
+        return template.replace("{label}", label or self.target.label)
 
 
 # --------------------------------------------------------------------------- pictures
@@ -232,9 +235,10 @@ def explain(
     ``index``: the class to explain (default: the top-1 of the same pass)."""
     loaded = classifier.loaded
     if classifier.engine.cam_weight is None or not loaded.cam:
-        raise ExplainUnsupported(
-            f"heatmaps are not available for this model ({loaded.arch}): "
-            + (loaded.cam_unavailable or "it has no feature map to explain"))
+        raise ExplainUnsupported(Message(
+            "heatmaps are not available for this model (%(arch)s): %(reason)s",
+            arch=loaded.arch,
+            reason=loaded.cam_unavailable or Message("it has no feature map to explain")))
     t0 = time.perf_counter()
     array = classifier.preprocess(img)  # exactly what /predict feeds the model
     logits, features = classifier.features(array[None])
@@ -278,19 +282,24 @@ def _steps(classifier: Classifier, img: Image.Image, array: np.ndarray,
     original.thumbnail((ORIGINAL_MAX_SIDE, ORIGINAL_MAX_SIDE))
     low, high = float(array.min()), float(array.max())
     shrunk = resized.width <= img.width
+    resize = {"side": loaded.resize_size, "width": resized.width, "height": resized.height}
     return [
-        Step("original", "Your photo",
-             f"The photo as it arrived: {img.width} × {img.height} pixels.", original),
-        Step("resized", "Shrunk" if shrunk else "Made bigger",
-             f"{'Shrunk' if shrunk else 'Made bigger'} so the short side is "
-             f"{loaded.resize_size} pixels: {resized.width} × {resized.height}. The grey "
-             "frame is your photo's size.",
+        Step("original", Message("Your photo"),
+             Message("The photo as it arrived: %(width)s × %(height)s pixels.",
+                     width=img.width, height=img.height), original),
+        Step("resized", Message("Shrunk") if shrunk else Message("Made bigger"),
+             Message("Shrunk so the short side is %(side)s pixels: %(width)s × %(height)s. "
+                     "The grey frame is your photo's size.", **resize) if shrunk else
+             Message("Made bigger so the short side is %(side)s pixels: %(width)s × "
+                     "%(height)s. The grey frame is your photo's size.", **resize),
              shrunk_picture(img.size, resized)),
-        Step("cropped", "Square from the middle",
-             f"The {size} × {size} square from the middle: all the model ever sees.", cropped),
-        Step("tensor", "Numbers",
-             f"What the model really gets: 3 grids of {size} × {size} numbers (red, green, "
-             f"blue), from {low:.2f} to {high:.2f}. Here are the 4 dots in the very middle, "
-             "drawn big, with their numbers.",
+        Step("cropped", Message("Square from the middle"),
+             Message("The %(size)s × %(size)s square from the middle: all the model ever "
+                     "sees.", size=size), cropped),
+        Step("tensor", Message("Numbers"),
+             Message("What the model really gets: 3 grids of %(size)s × %(size)s numbers "
+                     "(red, green, blue), from %(low)s to %(high)s. Here are the 4 dots in "
+                     "the very middle, drawn big, with their numbers.",
+                     size=size, low=f"{low:.2f}", high=f"{high:.2f}"),
              numbers_picture(array, loaded.mean, loaded.std)),
     ]

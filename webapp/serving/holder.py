@@ -14,6 +14,7 @@ from model_loader import ModelLoadError
 from webapp import engines
 from webapp.engines import EngineSettings
 from webapp.engines.precision import reason
+from webapp.messages import Message, MessageList
 from webapp.serving.classifier import Classifier
 from webapp.stores.registry import BUILTIN, Registry, RegistryError
 
@@ -257,11 +258,10 @@ class ModelHolder:
             break
         self._notify()
         if self._classifier.model_id != state.active:
-            self.notice = (
-                f"The active model {state.active} could not be loaded ({failures[0]}); "
-                f"serving {self._classifier.model_id} ({self._classifier.loaded.name}) "
-                "instead."
-            )
+            self.notice = Message(
+                "The active model %(active)s could not be loaded (%(reason)s); serving "
+                "%(serving)s (%(name)s) instead.", active=state.active, reason=failures[0],
+                serving=self._classifier.model_id, name=self._classifier.loaded.name)
             log.error("%s", self.notice)
         self.notice = _joined(state.problem, self.notice)
 
@@ -296,10 +296,10 @@ class ModelHolder:
                 new = self._timed_load(wanted)
         except Exception as exc:  # whatever goes wrong, the current model keeps serving
             reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-            self.notice = _joined(state.problem, (
-                f"The active model {wanted} could not be loaded ({reason}); still serving "
-                f"{current.model_id} ({current.loaded.name})."
-            ))
+            self.notice = _joined(state.problem, Message(
+                "The active model %(active)s could not be loaded (%(reason)s); still serving "
+                "%(serving)s (%(name)s).", active=wanted, reason=reason,
+                serving=current.model_id, name=current.loaded.name))
             log.error("%s", self.notice)
             return
         self._classifier = new
@@ -324,6 +324,9 @@ class ModelHolder:
 
 
 def _joined(*notices: str | None) -> str | None:
-    """Notices in one text (each a sentence or more), or None when there is none."""
-    text = " ".join(n.rstrip(".") + "." for n in notices if n)
-    return text or None
+    """Notices (each one or more whole sentences) in one text, each translated where it
+    is shown, or None when there is none."""
+    notices = [n for n in notices if n]
+    if len(notices) > 1:
+        return MessageList(notices, " ")
+    return notices[0] if notices else None

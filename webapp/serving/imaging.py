@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageCms, ImageFile, ImageOps
 
+from webapp.messages import Message
+
 try:  # HEIC/HEIF photos from phones, when pillow-heif is installed
     from pillow_heif import register_heif_opener
 
@@ -71,12 +73,13 @@ def _describe_non_image(data: bytes) -> str:
         if matches:
             best = max(matches, key=lambda m: m.confidence)
             kind = best.mime_type or best.extension
-            return f" (it looks like: {best.name.strip().rstrip('.')}, {kind})"
+            return Message(" (it looks like: %(kind)s)",
+                           kind=f"{best.name.strip().rstrip('.')}, {kind}")
     except Exception:  # puremagic raises when it cannot tell; that is fine
         pass
     sample = data[:512]
     if sample and all(32 <= b < 127 or b in (9, 10, 13) for b in sample):
-        return " (it looks like plain text)"
+        return Message(" (it looks like plain text)")
     return ""
 
 
@@ -101,11 +104,12 @@ class DecodeBudget(io.BytesIO):
     def _spend(self) -> None:
         self._reads -= 1
         if self._reads < 0:
-            raise too_slow("its structure needs more steps to read than any real image "
-                           "(it is mostly padding or empty segments)")
+            raise too_slow(Message("its structure needs more steps to read than any real "
+                                   "image (it is mostly padding or empty segments)"))
         if self._deadline is not None and time.monotonic() >= self._deadline:
-            raise too_slow(f"decoding it would take longer than {self._seconds:g} s (the "
-                           "time all the images of one request may take together)")
+            raise too_slow(Message("decoding it would take longer than %(seconds)s s (the time "
+                                   "all the images of one request may take together)",
+                                   seconds=f"{self._seconds:g}"))
 
     def read(self, size=-1, /):
         self._spend()
@@ -129,9 +133,9 @@ class DecodeBudget(io.BytesIO):
 
 
 def too_slow(reason: str) -> ImageError:
-    return ImageError(422, "too_slow_to_decode",
-                      f"The file was refused before decoding it: {reason}. Re-save it "
-                      "with an image editor or a camera app and send it again.")
+    return ImageError(422, "too_slow_to_decode", Message(
+        "The file was refused before decoding it: %(reason)s. Re-save it with an image "
+        "editor or a camera app and send it again.", reason=reason))
 
 
 def _check_jpeg_scans(data: bytes) -> None:
@@ -139,8 +143,9 @@ def _check_jpeg_scans(data: bytes) -> None:
     ``FF`` byte is followed by ``00`` or a restart marker, so they only occur as
     markers or inside metadata, which only makes the count err on the high side)."""
     if data[:2] == b"\xff\xd8" and data.count(b"\xff\xda") > MAX_JPEG_SCANS:
-        raise too_slow(f"the JPEG has more than {MAX_JPEG_SCANS} scans (progressive "
-                       "photos have about 10; each one is decoded over the whole image)")
+        raise too_slow(Message("the JPEG has more than %(limit)s scans (progressive photos "
+                               "have about 10; each one is decoded over the whole image)",
+                               limit=MAX_JPEG_SCANS))
 
 
 def open_image(data: bytes, *, max_pixels: int,
@@ -148,7 +153,7 @@ def open_image(data: bytes, *, max_pixels: int,
     """Identify the format and check the size from the header; nothing is decoded yet.
     ``budget``: the file object to read ``data`` through (a default budget if None)."""
     if not data:
-        raise ImageError(400, "empty_file", "The uploaded file is empty (0 bytes).")
+        raise ImageError(400, "empty_file", Message("The uploaded file is empty (0 bytes)."))
     _check_jpeg_scans(data)
     if budget is None:
         budget = DecodeBudget(data)
@@ -159,34 +164,27 @@ def open_image(data: bytes, *, max_pixels: int,
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(
-            413,
-            "too_many_pixels",
-            f"The image has too many pixels (the limit is {max_pixels:,}).",
-        ) from None
+        raise ImageError(413, "too_many_pixels", Message(
+            "The image has too many pixels (the limit is %(limit)s).",
+            limit=f"{max_pixels:,}")) from None
     except Image.UnidentifiedImageError:
         raise _unidentified(data, budget) from None
     except Exception as exc:  # a decoder choking on a broken header
-        raise ImageError(
-            422, "unreadable_image", f"The image header could not be read: {exc}."
-        ) from None
+        raise ImageError(422, "unreadable_image", Message(
+            "The image header could not be read: %(reason)s.", reason=str(exc))) from None
     width, height = img.size
     if width < 1 or height < 1:
-        raise ImageError(422, "unreadable_image", "The image has no pixels.")
+        raise ImageError(422, "unreadable_image", Message("The image has no pixels."))
     if max(width, height) > MAX_SIDE:  # 1×50,000,000: 400 MB of row pointers alone
-        raise ImageError(
-            413,
-            "too_many_pixels",
-            f"The image is {width}×{height} pixels; no side may be longer than "
-            f"{MAX_SIDE:,} pixels. Please send a smaller image.",
-        )
+        raise ImageError(413, "too_many_pixels", Message(
+            "The image is %(width)s×%(height)s pixels; no side may be longer than "
+            "%(limit)s pixels. Please send a smaller image.", width=width, height=height,
+            limit=f"{MAX_SIDE:,}"))
     if width * height > max_pixels:
-        raise ImageError(
-            413,
-            "too_many_pixels",
-            f"The image is {width}×{height} = {width * height:,} pixels; the limit is "
-            f"{max_pixels:,}. Please send a smaller image.",
-        )
+        raise ImageError(413, "too_many_pixels", Message(
+            "The image is %(width)s×%(height)s = %(pixels)s pixels; the limit is "
+            "%(limit)s. Please send a smaller image.", width=width, height=height,
+            pixels=f"{width * height:,}", limit=f"{max_pixels:,}"))
     return img
 
 
@@ -202,17 +200,12 @@ def _unidentified(data: bytes, budget: DecodeBudget) -> ImageError:
     except Exception:  # ImageError too: out of budget, and not an image we accept
         fmt = None
     if fmt:
-        return ImageError(
-            415,
-            "unsupported_format",
-            f"{fmt} images are not accepted. Please send {FRIENDLY_FORMATS}.",
-        )
-    return ImageError(
-        415,
-        "not_an_image",
-        f"The file is not an image{_describe_non_image(data)}. "
-        f"Please send {FRIENDLY_FORMATS}.",
-    )
+        return ImageError(415, "unsupported_format", Message(
+            "%(format)s images are not accepted. Please send %(formats)s.", format=fmt,
+            formats=FRIENDLY_FORMATS))
+    return ImageError(415, "not_an_image", Message(
+        "The file is not an image%(looks_like)s. Please send %(formats)s.",
+        looks_like=_describe_non_image(data), formats=FRIENDLY_FORMATS))
 
 
 def pixels_to_decode(data: bytes, *, max_pixels: int, min_side: int | None = None) -> int:
@@ -232,51 +225,64 @@ def load(data: bytes, *, max_pixels: int, min_side: int | None = None,
     limits apply in any case), counted to ``deadline`` when several images share it.
 
     ``min_side``: the size the model will resize the shorter side to.  JPEGs are then
-    decoded at the smallest 1/2, 1/4 or 1/8 scale that keeps both sides at least that
-    large (``Image.draft``), which is several times faster for phone photos; other
-    formats are reduced by a whole factor right after decoding (``_reduce``).
+    decoded at the smallest 1/2, 1/4 or 1/8 scale that keeps both sides at least
+    ``DRAFT_GAP`` times that large (``Image.draft``), which is several times faster for
+    phone photos; other formats are reduced by a whole factor right after decoding
+    (``_reduce``).  The image says by how much (``info["scale"]``, with the size it had
+    before, ``info["original_size"]``), so that the resize and the centre crop are
+    placed where they fall on the full image (``preprocess_array``).
     """
     img = open_image(data, max_pixels=max_pixels,
                      budget=DecodeBudget(data, seconds=seconds, deadline=deadline))
     try:
         width, height = img.size  # as stored, before any reduced-scale decoding
         if min_side and img.format in ("JPEG", "MPO"):
-            img.draft("RGB", (min_side, min_side))
+            img.draft("RGB", (DRAFT_GAP * min_side, DRAFT_GAP * min_side))
         img.seek(0)  # first frame of animations and multi-page files
         img.load()
         decoded = img.size
+        scale = round(width / decoded[0])  # 1, 2, 4 or 8 (the draft's ceil(width / scale))
         out = to_rgb(_upright(img))
         if out.size != decoded:  # EXIF said the photo is on its side
             width, height = height, width
-        out = _reduce(out, min_side)
+        out, factor = _reduce(out, min_side)
         out.info["original_size"] = (width, height)
+        out.info["scale"] = scale * factor
         return out
     except ImageError:
         raise
     except MemoryError:
-        raise ImageError(
-            413, "too_many_pixels", "The image is too large to decode on this server."
-        ) from None
+        raise ImageError(413, "too_many_pixels", Message(
+            "The image is too large to decode on this server.")) from None
     except Exception as exc:  # truncated data, corrupt chunks, decoder errors
         reason = str(exc).strip() or type(exc).__name__
-        raise ImageError(
-            422,
-            "unreadable_image",
-            f"The {img.format or 'image'} file is damaged or incomplete and could not be "
-            f"decoded ({reason}).",
-        ) from None
+        raise ImageError(422, "unreadable_image", Message(
+            "The %(format)s file is damaged or incomplete and could not be decoded "
+            "(%(reason)s).", format=img.format, reason=reason) if img.format else Message(
+            "The image file is damaged or incomplete and could not be decoded (%(reason)s).",
+            reason=reason)) from None
 
 
-def _reduce(img: Image.Image, min_side: int | None) -> Image.Image:
+# A reduced decode keeps the shorter side at least this many times the model's resize:
+# a JPEG decoded at 1/2, 1/4 or 1/8 (its DCT scaling), another format box-reduced by a
+# whole factor after decoding.  bench/decode_fidelity.py measured what each keeps of
+# torchvision's answers (docs/speed.md): at 2x a probability moved by up to 0.026, at 4x
+# a JPEG's by 0.007 to 0.012 and a box reduction's by 0.015; 6x keeps within 0.01.
+DRAFT_GAP = 6
+REDUCE_GAP = 6
+
+
+def _reduce(img: Image.Image, min_side: int | None) -> tuple[Image.Image, int]:
     """Other formats cannot be decoded at a reduced scale by Pillow (PNG, WebP, TIFF,
     AVIF, HEIC decode whole), but a box reduction by a whole factor right after decoding
     (``Image.reduce``, a few ms) makes the model's antialiased resize much cheaper, as
-    JPEG draft mode does for JPEGs.  The shorter side stays at least twice ``min_side``,
-    so the final resize still does the fine work (Pillow's ``reducing_gap=2``)."""
+    JPEG draft mode does for JPEGs.  The shorter side stays at least ``REDUCE_GAP`` times
+    ``min_side``, so the final resize still does the fine work.  Returns the image and
+    the factor (1: not reduced)."""
     if not min_side:
-        return img
-    factor = min(img.size) // (2 * min_side)
-    return img.reduce(factor) if factor >= 2 else img
+        return img, 1
+    factor = min(img.size) // (REDUCE_GAP * min_side)
+    return (img.reduce(factor), factor) if factor >= 2 else (img, 1)
 
 
 def _upright(img: Image.Image) -> Image.Image:

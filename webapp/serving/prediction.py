@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from PIL import Image
 
+from webapp.messages import Message
 from webapp.serving import imaging
 from webapp.serving.classifier import Classifier
 
@@ -50,10 +52,11 @@ def decode(uploads: list[Upload], *, max_pixels: int, min_side: int,
                 total += imaging.pixels_to_decode(upload.data, max_pixels=max_pixels,
                                                   min_side=min_side)
         if total > max_total_pixels:
-            raise imaging.ImageError(
-                413, "too_many_pixels", f"The {len(uploads)} images of this request have "
-                f"{total:,} pixels to decode in all; the limit for one request is "
-                f"{max_total_pixels:,}. Please send fewer or smaller images at a time.")
+            raise imaging.ImageError(413, "too_many_pixels", Message(
+                "The %(count)s images of this request have %(pixels)s pixels to decode in "
+                "all; the limit for one request is %(limit)s. Please send fewer or smaller "
+                "images at a time.", count=len(uploads), pixels=f"{total:,}",
+                limit=f"{max_total_pixels:,}"))
     images, decode_ms = [], []
     for n, upload in enumerate(uploads):
         t0 = time.perf_counter()
@@ -72,13 +75,16 @@ def _named(upload: Upload, n: int, count: int):
         yield
     except imaging.ImageError as exc:
         if count > 1:
-            exc.message = f"Image {n + 1} ({upload.filename}): {exc.message}"
+            exc.message = Message("Image %(number)s (%(file)s): %(reason)s",
+                                  number=n + 1, file=upload.filename, reason=exc.message)
         raise
 
 
 def classify(classifier: Classifier, uploads: list[Upload], k: int, *, max_pixels: int,
              seconds: float | None = None, started: float | None = None,
-             max_total_pixels: int | None = None) -> Classified:
+             max_total_pixels: int | None = None,
+             names: Sequence[str] | None = None) -> Classified:
+    """``names``: what each class is called on the page (``display_label``), by index."""
     started = time.perf_counter() if started is None else started
     images, decode_ms = decode(uploads, max_pixels=max_pixels,
                                min_side=classifier.resize_size, seconds=seconds,
@@ -91,7 +97,7 @@ def classify(classifier: Classifier, uploads: list[Upload], k: int, *, max_pixel
             "filename": upload.filename,
             "width": img.info.get("original_size", img.size)[0],
             "height": img.info.get("original_size", img.size)[1],
-            "predictions": [p.as_dict() for p in preds],
+            "predictions": [p.as_dict(names) for p in preds],
             "unknown": unknown[n],
             "timings_ms": _round({
                 "decode": decode_ms[n],

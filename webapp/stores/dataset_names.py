@@ -1,6 +1,8 @@
 """The names a Teach dataset is made of, checked before any of them becomes a path: the
-dataset's slug, its class names (what the model will answer) and when a picture was
-taken; and the one error every dataset operation raises."""
+dataset's name (what the teacher typed, in any script) and its id (a safe slug, the
+folder and the address), its class names (what the model will answer, in any script,
+typed with any of the separators people use) and when a picture was taken; and the one
+error every dataset operation raises."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import math
 import re
 import time
 import unicodedata
+
+from webapp.messages import Message
 
 MAX_CLASSES = 50
 MAX_CLASS_NAME = 40
@@ -21,6 +25,18 @@ _WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
 EARLIEST_TAKEN = 946684800.0  # 2000-01-01: older camera times are clocks never set
 
 
+# What separates class names typed in one field: the comma and its Chinese and Japanese
+# forms (，、), the semicolon (; ；) and new lines.
+_NAME_SEPARATORS = re.compile(r"[,，、;；\r\n]+")
+
+
+def split_names(text: str) -> list[str]:
+    """``"杯子，铅笔、剪刀"`` -> ``["杯子", "铅笔", "剪刀"]``: names typed in one field,
+    separated by commas (``,`` ``，`` ``、``), semicolons (``;`` ``；``) or new lines;
+    spaces around them and empty parts are dropped."""
+    return [part.strip() for part in _NAME_SEPARATORS.split(text or "") if part.strip()]
+
+
 class DatasetStoreError(Exception):
     """Something the caller asked for cannot be done; ``status`` is the HTTP status."""
 
@@ -30,10 +46,29 @@ class DatasetStoreError(Exception):
 
 
 def suggest_slug(raw: str) -> str:
-    """``"Pens & Cups!"`` -> ``"pens-cups"`` (for the error message and the page)."""
+    """``"Pens & Cups!"`` -> ``"pens-cups"``; a name without Latin letters or digits
+    (第一课) -> ``"dataset"``: the id of a dataset (its folder and address)."""
     text = unicodedata.normalize("NFKD", raw or "").encode("ascii", "ignore").decode()
     slug = re.sub(r"[^a-z0-9_]+", "-", text.lower()).strip("-_")
-    return slug[:MAX_DATASET_NAME].rstrip("-_") or "my-dataset"
+    return slug[:MAX_DATASET_NAME - 4].rstrip("-_") or "dataset"
+
+
+def check_display_name(raw) -> str:
+    """A dataset's name as the teacher typed it, in any script: up to 48 characters, no
+    control characters (it is shown, never used as a path: the id is)."""
+    if not isinstance(raw, str) or not raw.strip():
+        raise DatasetStoreError(400, "bad_name", Message(
+            "Give the dataset a name, e.g. 'pens and cups'."))
+    name = " ".join(unicodedata.normalize("NFC", raw).split())
+    if any(unicodedata.category(ch).startswith("C") for ch in raw.strip()):
+        raise DatasetStoreError(400, "bad_name", Message(
+            "The dataset name %(name)s is not accepted: it contains control characters.",
+            name=repr(name[:60])))
+    if len(name) > MAX_DATASET_NAME:
+        raise DatasetStoreError(400, "bad_name", Message(
+            "The dataset name is %(length)s characters long; at most %(limit)s.",
+            length=len(name), limit=MAX_DATASET_NAME))
+    return name
 
 
 def is_dataset_name(name) -> bool:
@@ -43,25 +78,10 @@ def is_dataset_name(name) -> bool:
         and bool(_DATASET_RE.match(name))
 
 
-def check_dataset_name(raw) -> str:
-    """A dataset name is a slug: lowercase letters, digits, ``-`` and ``_``, and not a name
-    Windows keeps for a device (as for class names)."""
-    if not isinstance(raw, str) or not raw.strip():
-        raise DatasetStoreError(400, "bad_name", "Give the dataset a name, e.g. 'pens-and-cups'.")
-    name = raw.strip()
-    if len(name) > MAX_DATASET_NAME or not _DATASET_RE.match(name):
-        raise DatasetStoreError(
-            400, "bad_name", f"The dataset name {name[:60]!r} is not accepted: use up to "
-            f"{MAX_DATASET_NAME} lowercase letters, digits, '-' and '_', starting with a "
-            f"letter or digit, e.g. {suggest_slug(name)!r}.",
-        )
-    if name.upper() in _WINDOWS_DEVICES:
-        raise DatasetStoreError(
-            400, "bad_name", f"The dataset name {name!r} is not accepted: Windows keeps it "
-            "for a device (like CON, NUL or COM1), so an exported dataset would not unzip "
-            f"there. Use e.g. {name + '-pictures'!r}.",
-        )
-    return name
+def is_windows_device(name: str) -> bool:
+    """Whether Windows keeps ``name`` for a device (CON, NUL, COM1 ...): no file or
+    folder may have it there."""
+    return name.split(".")[0].rstrip().upper() in _WINDOWS_DEVICES
 
 
 def check_class_name(raw) -> str:
@@ -69,44 +89,48 @@ def check_class_name(raw) -> str:
     no path characters, no control characters, no leading or trailing dot, no name
     Windows keeps for a device (an export must unzip everywhere)."""
     if not isinstance(raw, str):
-        raise DatasetStoreError(400, "bad_class", "A class name must be text, e.g. 'pen'.")
+        raise DatasetStoreError(400, "bad_class", Message(
+            "A class name must be text, e.g. 'pen'."))
     name = " ".join(unicodedata.normalize("NFC", raw).split())
     problem = None
     if not name:
-        problem = "it is empty"
+        problem = Message("it is empty")
     elif len(name) > MAX_CLASS_NAME:
-        problem = f"it is {len(name)} characters long (at most {MAX_CLASS_NAME})"
+        problem = Message("it is %(length)s characters long (at most %(limit)s)",
+                          length=len(name), limit=MAX_CLASS_NAME)
     elif any(unicodedata.category(ch).startswith("C") for ch in name):
-        problem = "it contains control characters"
+        problem = Message("it contains control characters")
     elif _FORBIDDEN_IN_CLASS & set(name) or name.startswith(".") or ".." in name:
-        problem = "it contains / \\ < > : \" | ? * .. or starts with a dot"
-    elif name.split(".")[0].rstrip().upper() in _WINDOWS_DEVICES or name.endswith("."):
-        problem = ("Windows cannot make a folder of that name (a device name such as CON "
-                   "or NUL, or a dot at the end), so an exported dataset would not unzip")
+        problem = Message("it contains / \\ < > : \" | ? * .. or starts with a dot")
+    elif is_windows_device(name) or name.endswith("."):
+        problem = Message("Windows cannot make a folder of that name (a device name such as "
+                          "CON or NUL, or a dot at the end), so an exported dataset would "
+                          "not unzip")
     if problem:
-        raise DatasetStoreError(
-            400, "bad_class", f"The class name {name[:60]!r} is not accepted: {problem}. "
-            "Use a short label such as 'pen' or 'red cup'.",
-        )
+        raise DatasetStoreError(400, "bad_class", Message(
+            "The class name %(name)s is not accepted: %(problem)s. Use a short label such "
+            "as 'pen' or 'red cup'.", name=repr(name[:60]), problem=problem))
     return name
 
 
 def check_classes(raw) -> list[str]:
+    """Class names from a list, or from one typed field (``split_names``)."""
     if isinstance(raw, str):
-        raw = [c for c in raw.split(",")]
+        raw = split_names(raw)
     if not isinstance(raw, list | tuple):
-        raise DatasetStoreError(400, "bad_class", "Send the classes as a list of names, "
-                                "e.g. [\"pen\", \"cup\"].")
+        raise DatasetStoreError(400, "bad_class", Message(
+            'Send the classes as a list of names, e.g. ["pen", "cup"].'))
     classes = [check_class_name(c) for c in raw if not (isinstance(c, str) and not c.strip())]
     if len(classes) > MAX_CLASSES:
-        raise DatasetStoreError(400, "too_many_classes",
-                                f"{len(classes)} classes; at most {MAX_CLASSES}.")
+        raise DatasetStoreError(400, "too_many_classes", Message(
+            "%(count)s classes; at most %(limit)s.", count=len(classes), limit=MAX_CLASSES))
     seen: dict[str, str] = {}
     for c in classes:
         key = c.casefold()
         if key in seen:
-            raise DatasetStoreError(400, "duplicate_class", f"The class {c!r} is given twice "
-                                    f"(names differing only in case count as the same).")
+            raise DatasetStoreError(400, "duplicate_class", Message(
+                "The class %(name)s is given twice (names differing only in case count as "
+                "the same).", name=repr(c)))
         seen[key] = c
     return classes
 
@@ -121,7 +145,8 @@ def check_taken(raw) -> float | None:
     except (TypeError, ValueError):
         seconds = math.nan
     if not EARLIEST_TAKEN <= seconds <= time.time() + 86400:
-        raise DatasetStoreError(400, "bad_taken", "'taken' is when the picture was taken, in "
-                                "milliseconds since 1970 (JavaScript's Date.now()), and not "
-                                "in the future; leave it out to use the time of the upload.")
+        raise DatasetStoreError(400, "bad_taken", Message(
+            "'taken' is when the picture was taken, in milliseconds since 1970 "
+            "(JavaScript's Date.now()), and not in the future; leave it out to use the time "
+            "of the upload."))
     return seconds

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
+from webapp.messages import Message
 from webapp.serving import imaging
 from webapp.stores.dataset_names import MAX_CLASSES, DatasetStoreError, check_class_name
 
@@ -74,10 +75,11 @@ def plan_import(infos: list[zipfile.ZipInfo], result: ImportResult):
                 folders.append(parts)
             continue
         if unsafe:
-            result.skipped.append((info.filename[:200], "an unsafe path (outside its folder)"))
+            result.skipped.append((info.filename[:200],
+                                   Message("an unsafe path (outside its folder)")))
             continue
         if hidden:
-            result.skipped.append((info.filename[:200], "hidden or system file"))
+            result.skipped.append((info.filename[:200], Message("hidden or system file")))
             continue
         entries.append((info, parts))
     # One enclosing folder (what an export or zipping a folder gives): strip it.
@@ -98,19 +100,20 @@ def plan_import(infos: list[zipfile.ZipInfo], result: ImportResult):
         if len(parts) >= 3 and parts[0].lower() in SPLIT_FOLDERS:
             parts = parts[1:]  # train/ val/ test/ are merged (the split is made anew)
         if len(parts) < 2:
-            result.skipped.append((info.filename[:200], "not in a class folder"))
+            result.skipped.append((info.filename[:200], Message("not in a class folder")))
             continue
         try:
             label = check_class_name(parts[0])
         except DatasetStoreError:
-            result.skipped.append((info.filename[:200], "the folder name is not a usable "
-                                   "class name"))
+            result.skipped.append((info.filename[:200], Message(
+                "the folder name is not a usable class name")))
             continue
         plan.append((info, label))
     labels = {label.casefold() for _, label in plan}
     if len(labels) > MAX_CLASSES:
-        raise DatasetStoreError(413, "too_many_classes", f"The archive has {len(labels)} "
-                                f"class folders; at most {MAX_CLASSES}.")
+        raise DatasetStoreError(413, "too_many_classes", Message(
+            "The archive has %(count)s class folders; at most %(limit)s.", count=len(labels),
+            limit=MAX_CLASSES))
     # Two folders differing only in case would be two classes on Linux but collide on
     # other systems: keep the first spelling.
     spelling: dict[str, str] = {}
@@ -128,10 +131,10 @@ def read_members(zf: zipfile.ZipFile, plan, result: ImportResult, *, max_member_
     budget = max_total_bytes
     for info, label in plan:
         if info.file_size > max_member_bytes:
-            result.skipped.append((info.filename, "larger than the upload limit"))
+            result.skipped.append((info.filename, Message("larger than the upload limit")))
             continue
         if budget <= 0:
-            result.skipped.append((info.filename, "the archive unpacks to too much data"))
+            result.skipped.append((info.filename, Message("the archive unpacks to too much data")))
             continue
         try:
             with zf.open(info) as member:
@@ -142,7 +145,7 @@ def read_members(zf: zipfile.ZipFile, plan, result: ImportResult, *, max_member_
             continue
         budget -= len(data)
         if len(data) > max_member_bytes:
-            result.skipped.append((info.filename, "larger than the upload limit"))
+            result.skipped.append((info.filename, Message("larger than the upload limit")))
             continue
         yield info, label, data
 
@@ -192,16 +195,16 @@ def zip_entry_count(archive, limit: int) -> int | None:
 
 def zip_problem(exc: Exception) -> str:
     if isinstance(exc, RuntimeError) and "encrypted" in str(exc).lower():
-        return "encrypted"
+        return Message("encrypted")
     if isinstance(exc, NotImplementedError):
-        return "compressed with a method this server does not read"
-    return "damaged in the archive"
+        return Message("compressed with a method this server does not read")
+    return Message("damaged in the archive")
 
 
 def image_problem(exc: imaging.ImageError) -> str:
     return {
-        "not_an_image": "not an image",
-        "unsupported_format": "an image format that is not accepted",
-        "empty_file": "empty",
-        "too_many_pixels": "too many pixels",
-    }.get(exc.code, "a damaged image")
+        "not_an_image": Message("not an image"),
+        "unsupported_format": Message("an image format that is not accepted"),
+        "empty_file": Message("empty"),
+        "too_many_pixels": Message("too many pixels"),
+    }.get(exc.code, Message("a damaged image"))

@@ -4,12 +4,15 @@ the layout the fine-tuning command reads (``python -m webapp.finetune DATA_DIR/<
 Layout under ``DATA_DIR``::
 
     <dataset>/<class>/<image id>.jpg   one folder per dataset, one folder per class
+    <dataset>/.dataset.json            the dataset's name as the teacher typed it
     .tmp/                              images, imports and deletions in progress; swept
     .jobs/                             training jobs (``webapp.training.jobs``)
 
-* **Names never become paths unchecked.**  A dataset name is a slug (``pens-and-cups``),
-  a class name is a short label (``red pen``) without ``/``, ``\\``, control characters or
-  a leading dot, image ids are made here (``20261123-120102-a1b2c3d4``).  Anything else is
+* **Names never become paths unchecked.**  A dataset has a name in any script (第一课,
+  ``Pens & Cups``), kept in ``.dataset.json``, and an id made from it here: a slug
+  (``pens-cups``, ``dataset-2``), its folder and its address.  A class name is a short
+  label in any script (``red pen``, 杯子) without ``/``, ``\\``, control characters or a
+  leading dot; image ids are made here (``20261123-120102-a1b2c3d4``).  Anything else is
   refused with a 400 before the filesystem is touched.
 * **No hostile bytes are kept.**  Every image is decoded with the server's own decoder
   (``webapp.serving.imaging``: format allow-list, ``MAX_IMAGE_PIXELS``, EXIF rotation, colour
@@ -36,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import io
+import json
 import os
 import re
 import secrets
@@ -46,6 +50,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from webapp.messages import Message
 from webapp.serving import imaging
 from webapp.stores import dataset_zip, durable
 from webapp.stores.dataset_names import (
@@ -53,8 +58,10 @@ from webapp.stores.dataset_names import (
     DatasetStoreError,
     check_class_name,
     check_classes,
-    check_dataset_name,
+    check_display_name,
     is_dataset_name,
+    is_windows_device,
+    suggest_slug,
 )
 from webapp.stores.dataset_zip import ImportResult
 from webapp.stores.durable import fsync_dir
@@ -63,6 +70,7 @@ MAX_SIDE = 1024  # stored images: the longer side at most this (training uses �
 JPEG_QUALITY = 90
 STALE_TMP_SECONDS = 6 * 3600
 TMP_DIR = ".tmp"
+META_FILE = ".dataset.json"
 _IMAGE_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{8}$")
 
 
@@ -114,7 +122,8 @@ class DatasetStore:
     @staticmethod
     def _unknown(name) -> DatasetStoreError:
         shown = name if isinstance(name, str) and len(name) <= 60 else "?"
-        return DatasetStoreError(404, "unknown_dataset", f"There is no dataset {shown!r}.")
+        return DatasetStoreError(404, "unknown_dataset", Message(
+            "There is no dataset %(name)s.", name=repr(shown)))
 
     def names(self) -> list[str]:
         try:
@@ -154,6 +163,38 @@ class DatasetStore:
     def classes(self, name: str) -> list[str]:
         return [d.name for d in self._class_dirs(self._dir(name))]
 
+    @staticmethod
+    def _display_name(folder: Path) -> str:
+        """The name the teacher gave the dataset (its id for one made without it)."""
+        try:
+            shown = json.loads((folder / META_FILE).read_text("utf-8"))["name"]
+            return check_display_name(shown)
+        except (OSError, ValueError, KeyError, TypeError, DatasetStoreError):
+            return folder.name
+
+    def _new_id(self, display_name: str) -> str:
+        """A free id (folder name) for a dataset called ``display_name``: its slug, with
+        -2, -3 ... when that is taken (第一课 -> ``dataset``, 第二课 -> ``dataset-2``) or is
+        a name Windows keeps for a device (``con`` -> ``con-2``: an exported dataset must
+        unzip there)."""
+        base = suggest_slug(display_name)
+        for n in range(1, 10_000):
+            candidate = base if n == 1 else f"{base}-{n}"
+            if not is_windows_device(candidate) and not (self.root / candidate).exists():
+                return candidate
+        raise DatasetStoreError(409, "dataset_exists", Message(
+            "There is already a dataset %(name)s.", name=repr(display_name)))
+
+    def _check_free(self, display_name: str) -> None:
+        """409 when a dataset of that name exists (names differing only in case count as
+        the same)."""
+        wanted = display_name.casefold()
+        for existing in self.names():
+            if self._display_name(self.root / existing).casefold() == wanted \
+                    or existing == display_name:
+                raise DatasetStoreError(409, "dataset_exists", Message(
+                    "There is already a dataset %(name)s.", name=repr(display_name)))
+
     def describe(self, name: str, *, images: bool = False) -> dict:
         """Classes with their image counts (and image ids when ``images``), totals."""
         folder = self._dir(name)
@@ -171,7 +212,8 @@ class DatasetStore:
             total += len(files)
             size += sizes
         created = _dt.datetime.fromtimestamp(folder.stat().st_mtime, _dt.UTC)
-        return {"name": name, "classes": classes, "images": total, "size_bytes": size,
+        return {"name": name, "display_name": self._display_name(folder),
+                "classes": classes, "images": total, "size_bytes": size,
                 "max_images": self.max_images,
                 "modified": created.isoformat(timespec="seconds")}
 
@@ -194,8 +236,8 @@ class DatasetStore:
                 if path.is_file():
                     return class_dir.name, path
         shown = image_id if isinstance(image_id, str) and len(image_id) <= 40 else "?"
-        raise DatasetStoreError(404, "unknown_image",
-                                f"Dataset {name!r} has no image {shown!r}.")
+        raise DatasetStoreError(404, "unknown_image", Message(
+            "Dataset %(name)s has no image %(image)s.", name=repr(name), image=repr(shown)))
 
     def _class_dir(self, name: str, label) -> Path:
         folder = self._dir(name)
@@ -203,9 +245,12 @@ class DatasetStore:
         for class_dir in self._class_dirs(folder):
             if class_dir.name == label:
                 return class_dir
-        classes = ", ".join(repr(d.name) for d in self._class_dirs(folder)) or "none yet"
-        raise DatasetStoreError(404, "unknown_class", f"Dataset {name!r} has no class "
-                                f"{label!r} (its classes: {classes}).")
+        classes = ", ".join(repr(d.name) for d in self._class_dirs(folder))
+        raise DatasetStoreError(404, "unknown_class", Message(
+            "Dataset %(name)s has no class %(label)s (its classes: %(classes)s).",
+            name=repr(name), label=repr(label), classes=classes) if classes else Message(
+            "Dataset %(name)s has no class %(label)s (it has no classes yet).",
+            name=repr(name), label=repr(label)))
 
     # ------------------------------------------------------------------ writing
 
@@ -217,33 +262,37 @@ class DatasetStore:
         return self.tmp_dir / f"{prefix}{secrets.token_hex(8)}"
 
     def create(self, name, classes) -> dict:
-        name = check_dataset_name(name)
+        """A new, empty dataset called ``name`` (any script; its id is made from it) with
+        ``classes`` (a list, or one typed field: ``split_names``)."""
+        display_name = check_display_name(name)
         classes = check_classes(classes)
         if not classes:
-            raise DatasetStoreError(400, "bad_class", "Give at least one class, e.g. "
-                                    "[\"pen\", \"cup\"] (a model needs two to tell apart).")
+            raise DatasetStoreError(400, "bad_class", Message(
+                'Give at least one class, e.g. ["pen", "cup"] (a model needs two to tell '
+                'apart).'))
         self.root.mkdir(parents=True, exist_ok=True)
         self.sweep()
-        if (self.root / name).exists():
-            raise DatasetStoreError(409, "dataset_exists", f"There is already a dataset {name!r}.")
-        with self._new_dataset(name, "new") as staging:
+        self._check_free(display_name)
+        dataset_id = self._new_id(display_name)
+        with self._new_dataset(dataset_id, "new", display_name) as staging:
             for c in classes:
                 (staging / c).mkdir()
-        return self.describe(name)
+        return self.describe(dataset_id)
 
     @contextlib.contextmanager
-    def _new_dataset(self, name: str, prefix: str) -> Iterator[Path]:
-        """A staging folder that becomes dataset ``name`` with one rename when the block
-        ends without an error, and is removed otherwise."""
+    def _new_dataset(self, name: str, prefix: str, display_name: str) -> Iterator[Path]:
+        """A staging folder that becomes dataset ``name`` (called ``display_name``) with
+        one rename when the block ends without an error, and is removed otherwise."""
         staging = self.staging_dir(f"{prefix}-{name}-")
         staging.mkdir()
         try:
+            durable.write_json(staging / META_FILE, {"name": display_name})
             yield staging
             try:
                 os.rename(staging, self.root / name)  # fails when it exists (not empty)
             except OSError:
-                raise DatasetStoreError(409, "dataset_exists",
-                                        f"There is already a dataset {name!r}.") from None
+                raise DatasetStoreError(409, "dataset_exists", Message(
+                    "There is already a dataset %(name)s.", name=repr(display_name))) from None
             staging = None
             fsync_dir(self.root)
         finally:
@@ -255,10 +304,12 @@ class DatasetStore:
         label = check_class_name(label)
         existing = self._class_dirs(folder)
         if any(d.name.casefold() == label.casefold() for d in existing):
-            raise DatasetStoreError(409, "class_exists", f"Dataset {name!r} already has a "
-                                    f"class {label!r}.")
+            raise DatasetStoreError(409, "class_exists", Message(
+                "Dataset %(name)s already has a class %(label)s.", name=repr(name),
+                label=repr(label)))
         if len(existing) >= MAX_CLASSES:
-            raise DatasetStoreError(409, "too_many_classes", f"At most {MAX_CLASSES} classes.")
+            raise DatasetStoreError(409, "too_many_classes", Message(
+                "At most %(limit)s classes.", limit=MAX_CLASSES))
         with contextlib.suppress(FileExistsError):
             (folder / label).mkdir()
         return self.describe(name)
@@ -286,9 +337,10 @@ class DatasetStore:
         ``imaging.ImageError`` (4xx) for what is not a usable image."""
         class_dir = self._class_dir(name, label)
         if self.count(name) >= self.max_images:
-            raise DatasetStoreError(
-                409, "dataset_full", f"Dataset {name!r} holds {self.max_images} images, "
-                "the most one dataset may hold (MAX_DATASET_IMAGES). Delete some first.")
+            raise DatasetStoreError(409, "dataset_full", Message(
+                "Dataset %(name)s holds %(limit)s images, the most one dataset may hold "
+                "(MAX_DATASET_IMAGES). Delete some first.", name=repr(name),
+                limit=self.max_images))
         jpeg, width, height = self._encode(data)
         image_id = self._write(class_dir, jpeg, taken)
         return {"id": image_id, "class": class_dir.name, "width": width, "height": height,
@@ -378,27 +430,32 @@ class DatasetStore:
 
     def import_zip(self, archive: str | os.PathLike, name, *, max_member_bytes: int,
                    max_total_bytes: int) -> ImportResult:
-        """A new dataset ``name`` from a zip of class folders (``<class>/<file>``, with or
-        without one enclosing folder, ``train/ val/ test/`` merged).  Every member is read
-        with a cap, decoded and re-encoded like an upload; anything else is skipped and
-        counted.  Nothing appears unless the whole import succeeds (one rename)."""
-        name = check_dataset_name(name)
-        if self.exists(name):
-            raise DatasetStoreError(409, "dataset_exists", f"There is already a dataset "
-                                    f"{name!r}; import under another name or delete it.")
-        zf = self._open_zip(archive)
-        result = ImportResult(name)
+        """A new dataset called ``name`` (any script; its id is made from it) from a zip of
+        class folders (``<class>/<file>``, with or without one enclosing folder,
+        ``train/ val/ test/`` merged).  Every member is read with a cap, decoded and
+        re-encoded like an upload; anything else is skipped and counted.  Nothing appears
+        unless the whole import succeeds (one rename).  The result names the new id."""
+        display_name = check_display_name(name)
         self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self._check_free(display_name)
+        except DatasetStoreError:
+            raise DatasetStoreError(409, "dataset_exists", Message(
+                "There is already a dataset %(name)s; import under another name or delete "
+                "it.", name=repr(display_name))) from None
+        zf = self._open_zip(archive)
+        dataset_id = self._new_id(display_name)
+        result = ImportResult(dataset_id)
         self.sweep()
-        with self._new_dataset(name, "import") as staging:
+        with self._new_dataset(dataset_id, "import", display_name) as staging:
             with zf:
                 self._unpack(zf, staging, result, max_member_bytes=max_member_bytes,
                              max_total_bytes=max_total_bytes)
             if not result.imported:
-                raise DatasetStoreError(
-                    422, "no_images", "The archive holds no usable images in class folders "
-                    f"({len(result.skipped)} file(s) skipped). Expected <class>/<image> "
-                    "entries, e.g. pen/1.jpg, cup/2.jpg.", **{"import": result.as_dict()})
+                raise DatasetStoreError(422, "no_images", Message(
+                    "The archive holds no usable images in class folders (%(skipped)s "
+                    "file(s) skipped). Expected <class>/<image> entries, e.g. pen/1.jpg, "
+                    "cup/2.jpg.", skipped=len(result.skipped)), **{"import": result.as_dict()})
         return result
 
     def _open_zip(self, archive) -> zipfile.ZipFile:
@@ -406,32 +463,32 @@ class DatasetStore:
         most = 4 * self.max_images + 1000
         entries = dataset_zip.zip_entry_count(archive, most)
         if entries is not None and entries > most:
-            raise DatasetStoreError(
-                413, "too_many_files", f"The archive lists more than {most} files; a "
-                f"dataset may hold at most {self.max_images} images (MAX_DATASET_IMAGES).")
+            raise DatasetStoreError(413, "too_many_files", Message(
+                "The archive lists more than %(most)s files; a dataset may hold at most "
+                "%(limit)s images (MAX_DATASET_IMAGES).", most=most, limit=self.max_images))
         try:
             return zipfile.ZipFile(archive)
         except (zipfile.BadZipFile, OSError, ValueError):
-            raise DatasetStoreError(415, "not_a_zip", "The archive is not a readable zip "
-                                    "file. Export a dataset (or zip a folder of class "
-                                    "folders) and import that.") from None
+            raise DatasetStoreError(415, "not_a_zip", Message(
+                "The archive is not a readable zip file. Export a dataset (or zip a folder "
+                "of class folders) and import that.")) from None
 
     def _unpack(self, zf: zipfile.ZipFile, staging: Path, result: ImportResult, **caps) -> None:
         """Every usable member, re-encoded, into its class folder under ``staging``."""
         plan, folders = dataset_zip.plan_import(zf.infolist(), result)
         if len(plan) > self.max_images:
-            raise DatasetStoreError(
-                413, "too_many_images", f"The archive holds {len(plan)} files in class "
-                f"folders; a dataset may hold at most {self.max_images} images "
-                "(MAX_DATASET_IMAGES).")
+            raise DatasetStoreError(413, "too_many_images", Message(
+                "The archive holds %(count)s files in class folders; a dataset may hold at "
+                "most %(limit)s images (MAX_DATASET_IMAGES).", count=len(plan),
+                limit=self.max_images))
         for info, label, data in dataset_zip.read_members(zf, plan, result, **caps):
             try:
                 jpeg, _, _ = self._encode(data)
             except imaging.ImageError as exc:
                 if exc.code == "too_slow_to_decode":  # built to waste time: stop
-                    raise DatasetStoreError(
-                        422, "too_slow_to_decode", f"{info.filename[:200]}: "
-                        f"{exc.message} Nothing was imported.") from None
+                    raise DatasetStoreError(422, "too_slow_to_decode", Message(
+                        "%(file)s: %(reason)s Nothing was imported.",
+                        file=info.filename[:200], reason=exc.message)) from None
                 result.skipped.append((info.filename, dataset_zip.image_problem(exc)))
                 continue
             class_dir = staging / label

@@ -87,8 +87,11 @@ def jsonable(value, depth: int = 0):
 
 def jsonable_fields(fields: dict) -> dict:
     """What the person said, as the child process takes it (JSON): a labels file's bytes
-    become text (it is re-read there, and a name that is not text is refused there)."""
+    travel as base64 (the child reads them in whatever encoding they were saved in:
+    ``webapp.checkpoints.labels.decode_text``)."""
+    import base64
+
     out = dict(fields)
     if isinstance(out.get("labels"), bytes):
-        out["labels"] = out["labels"].decode("utf-8", errors="replace")
+        out["labels"] = {"base64": base64.b64encode(out["labels"]).decode("ascii")}
     return out

@@ -46,6 +46,7 @@ from model_loader import ModelLoadError
 from webapp import engines
 from webapp.engines import EngineSettings, ModelSource
 from webapp.engines.artefacts import EngineCacheError
+from webapp.messages import Message
 from webapp.stores import durable
 from webapp.stores.durable import fsync_dir, locked, write_json
 from webapp.stores.model_names import (  # noqa: F401 - RegistryError, unknown_model: the store's API
@@ -65,6 +66,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
 MODEL_FILES = {"pytorch": CHECKPOINT_FILE, "safetensors": "model.safetensors",
                "onnx": "model.onnx"}  # the stored file's name, by kind
+ONNX_BUNDLE = "model.zip"  # an ONNX model with its external data file(s)
 META_FILE = "meta.json"
 POINTER_FILE = "active.json"
 LAST_GOOD_FILE = "active.last-good.json"
@@ -121,7 +123,7 @@ class Registry:
         except FileNotFoundError:
             if not self.last_good.exists():
                 return State()
-            why = "it is missing"
+            why = Message("it is missing")
         except (OSError, ValueError) as exc:
             why = str(exc) or type(exc).__name__
         try:
@@ -129,13 +131,15 @@ class Registry:
         except (OSError, ValueError):
             log.error("%s is damaged (%s) and there is no earlier copy; treating the "
                       "built-in model as active", self.pointer, why)
-            return State(problem=f"{POINTER_FILE} is damaged ({why}) and no earlier copy "
-                         "was kept, so the built-in model is treated as active")
+            return State(problem=Message(
+                "%(file)s is damaged (%(reason)s) and no earlier copy was kept, so the "
+                "built-in model is treated as active.", file=POINTER_FILE, reason=why))
         log.error("%s is damaged (%s); using the copy written last (%s active)",
                   self.pointer, why, state.active)
-        return replace(state, problem=f"{POINTER_FILE} is damaged ({why}); the model it "
-                       f"named when it was last written whole ({state.active}) is treated as "
-                       "active. Activating a model repairs it")
+        return replace(state, problem=Message(
+            "%(file)s is damaged (%(reason)s); the model it named when it was last written "
+            "whole (%(model)s) is treated as active. Activating a model repairs it.",
+            file=POINTER_FILE, reason=why, model=state.active))
 
     @property
     def last_good(self) -> Path:
@@ -210,6 +214,10 @@ class Registry:
             raise ModelLoadError("its checkpoint file is not the one that was stored (damaged "
                                  "on disk); upload it again")
         facts = {key: meta.get(key) for key in ("arch", "classes", "input_size", "mean", "std")}
+        found = meta.get("found") or {}
+        facts["ema"] = bool(found.get("ema"))  # the weights it was stored with
+        if "GELU" in str(found.get("head", "")):
+            facts["activation"] = "gelu"
         return engines.checkpoint_source(path, meta.get("sha256"), given=facts,
                                          label=f"model {model_id}", name=meta.get("name"),
                                          key=meta.get("card"))
@@ -300,11 +308,14 @@ class Registry:
             loaded = engines.ensure_card(engines.checkpoint_source(
                 upload, sha256, given=jsonable_fields(fields), label=label,
                 untrusted=untrusted, name=name), self.engine, int8=self.engine.builds_int8,
-                decide=self.engine.decides)
+                # An upload is stored once it is validated and converted (fp32); the
+                # precision trials of QUANTIZE=auto run when a worker first serves it.
+                decide=self.engine.decides and not untrusted)
         except EngineCacheError as exc:  # the cache, not the file: say which store failed
+            message = Message("%(problem)s Nothing was stored.", problem=exc.message)
             if exc.full:
-                raise RegistryError(507, "store_full", f"{exc} Nothing was stored.") from None
-            raise RegistryError(503, "store_read_only", f"{exc} Nothing was stored.") from None
+                raise RegistryError(507, "store_full", message) from None
+            raise RegistryError(503, "store_read_only", message) from None
         except ModelLoadError as exc:
             raise RegistryError(422, "invalid_checkpoint", str(exc)) from None
         described = loaded.metadata()
@@ -312,7 +323,8 @@ class Registry:
             "id": self._new_id(),
             **described,
             "name": name or loaded.name,
-            "file": MODEL_FILES[loaded.kind],
+            "file": ONNX_BUNDLE if loaded.found.get("external_data") else
+            MODEL_FILES[loaded.kind],
             "summary": loaded.summary,
             "found": jsonable(described["found"]) or {},
             "size_bytes": size,
@@ -485,7 +497,7 @@ def _file_of(meta: dict) -> str:
     """The model file's name in its folder (models stored before safetensors and ONNX
     uploads have no "file": theirs is checkpoint.pt)."""
     name = meta.get("file", CHECKPOINT_FILE)
-    return name if name in MODEL_FILES.values() else CHECKPOINT_FILE
+    return name if name in (*MODEL_FILES.values(), ONNX_BUNDLE) else CHECKPOINT_FILE
 
 
 def _check_arch(fields: dict) -> None:

@@ -38,7 +38,7 @@ from webapp.config import SETTINGS
 from webapp.serving import imaging
 from webapp.training import bursts as burst_split
 from webapp.training.options import DEFAULT_FRACTIONS, FinetuneOptions, progress_bars
-from webapp.training.transforms import ServingPreprocess, train_transform
+from webapp.training.transforms import ServingPreprocess, new_view, train_transform
 
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {"val": ("val", "valid", "validation"), "test": ("test",), "train": ("train",)}
@@ -390,17 +390,38 @@ class ImageSamples(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int):
+        return self.transform(self.load(index)), self.samples[index].label
+
+    def load(self, index: int) -> Image.Image:
         sample = self.samples[index]
         try:
-            img = load_image(sample.path, max_pixels=self.max_pixels, min_side=self.min_side)
+            return load_image(sample.path, max_pixels=self.max_pixels, min_side=self.min_side)
         except (imaging.ImageError, OSError) as exc:
             # It decoded when the folders were scanned: it changed while training.
             raise DatasetError(f"{sample.path} can no longer be read: {exc}") from None
-        return self.transform(img), sample.label
 
     @property
     def labels(self) -> list[int]:
         return [s.label for s in self.samples]
+
+
+class NewViews(ImageSamples):
+    """``per_picture`` new views of each of ``samples`` (``transforms.new_view``: closer,
+    farther, in a corner, turned, another light), then ``transform``; view ``n`` of the
+    dataset is the same for the same ``seed``, whatever the number of loader workers."""
+
+    def __init__(self, samples: list[Sample], per_picture: int, transform, *, seed: int,
+                 min_side: int | None = None):
+        super().__init__(samples, transform, min_side=min_side)
+        self.per_picture, self.seed = per_picture, seed
+
+    def __len__(self) -> int:
+        return len(self.samples) * self.per_picture
+
+    def __getitem__(self, index: int):
+        picture = index // self.per_picture
+        view = new_view(self.load(picture), random.Random(f"{self.seed}:{index}"))
+        return self.transform(view), self.samples[picture].label
 
 
 # --------------------------------------------------------------------------- loaders
@@ -441,6 +462,20 @@ def eval_loader(samples, options, mean, std, device) -> torch.utils.data.DataLoa
         persistent_workers=options.workers > 0,
     )
 
+
+
+def views_loader(samples, per_picture, options, mean, std, device
+                 ) -> torch.utils.data.DataLoader:
+    """``NewViews`` of ``samples``, preprocessed as the server does (in order: the
+    views of the first picture, then of the second, ...)."""
+    preprocess = ServingPreprocess(options.image_size, mean, std)
+    dataset = NewViews(samples, per_picture, preprocess, seed=options.seed,
+                       min_side=2 * options.image_size)  # "closer" enlarges a part
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=options.batch_size, shuffle=False,
+        num_workers=options.workers, pin_memory=device.type == "cuda",
+        persistent_workers=options.workers > 0,
+    )
 
 
 def load_splits(data, options: FinetuneOptions, say) -> DatasetSplits:

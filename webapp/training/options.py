@@ -104,9 +104,11 @@ class FinetuneOptions:
 
 @dataclass
 class TrainingProgress:
-    """What a progress callback receives: after every training batch (``stage="train"``),
-    after every epoch's validation (``"epoch"``, with ``metrics``) and at the end
-    (``"test"``, ``"done"``).  ``fraction`` goes from 0 to 1 over ``epochs`` epochs."""
+    """What a progress callback receives: before reading the pictures (``stage="data"``)
+    and loading the starting weights (``"backbone"``), after every training batch
+    (``"train"``), after every epoch's validation (``"epoch"``, with ``metrics``) and at
+    the end (``"test"``, ``"openset"`` before the "I'm not sure" criterion, ``"done"``).
+    ``fraction`` goes from 0 to 1 over ``epochs`` epochs."""
 
     stage: str
     epoch: int

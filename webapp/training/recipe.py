@@ -36,9 +36,11 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import model_loader
+from webapp.messages import Message
 from webapp.training import report as training_report
 from webapp.training.backbone import choose_backbone
 from webapp.training.data import DatasetSplits, load_splits
@@ -80,6 +82,7 @@ def train(
     progress: Callable[[TrainingProgress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     say: Callable[[str], None] | None = None,
+    language: str | None = None,
 ) -> FinetuneResult:
     """Fine-tune on ``data`` (a folder, or splits from ``data.scan``) and write the
     checkpoint ``out`` plus its report and PNGs.  ``progress`` is called after every
@@ -99,7 +102,9 @@ def train(
     amp = device.type == "cuda" if options.amp is None else options.amp and device.type == "cuda"
     seed_everything(options.seed)
 
+    progress(TrainingProgress("data", 0, options.epochs))
     splits = load_splits(data, options, say)
+    progress(TrainingProgress("backbone", 0, options.epochs))
     backbone = choose_backbone(options)
     say(f"Backbone: {backbone.why}")
     for warning in _warnings(options, backbone, splits):
@@ -119,8 +124,10 @@ def train(
     progress(TrainingProgress("test", len(history), options.epochs, fraction=1.0,
                               metrics={"accuracy": evaluation["accuracy"]}))
 
+    progress(TrainingProgress("openset", len(history), options.epochs, fraction=1.0))
     criterion = open_set(trainer, say)
-    result = _write_outputs(out, trainer, history, stopper, evaluation, started, criterion)
+    result = _write_outputs(out, trainer, history, stopper, evaluation, started, criterion,
+                            language)
     if options.int8:
         result.report["int8"] = write_int8(out, trainer, loader, evaluation["split"], say)
         training_report.write_json(result.report_path, result.report)
@@ -203,22 +210,29 @@ def _final_evaluation(trainer: Trainer, say) -> tuple[torch.utils.data.DataLoade
 
 
 def _write_outputs(out: Path, trainer: Trainer, history: list[dict], stopper: EarlyStopping,
-                   evaluation: dict, started: float, criterion: dict | None = None
-                   ) -> FinetuneResult:
-    """The report, the two PNGs, then the checkpoint (last, atomically: when it exists,
-    everything beside it is complete)."""
+                   evaluation: dict, started: float, criterion: dict | None = None,
+                   language: str | None = None) -> FinetuneResult:
+    """The report, the two PNGs (their words in ``language``), then the checkpoint (last,
+    atomically: when it exists, everything beside it is complete)."""
     out, report_path, confusion_png, curves_png = output_paths(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     options, backbone = trainer.options, trainer.backbone
     metrics = _checkpoint_metrics(trainer, history, stopper, evaluation)
-    title = f"{out.name}: {backbone.arch}, {len(trainer.splits.classes)} classes"
+    title = Message("%(model)s: %(arch)s, %(count)s classes", model=out.name,
+                    arch=backbone.arch, count=len(trainer.splits.classes))
+    split = Message("test") if evaluation["split"] == "test" else Message("val")
+    accuracy = f"{evaluation['accuracy']:.3f}"
     training_report.plot_confusion_matrix(
         confusion_png, evaluation["confusion_matrix"], trainer.splits.classes,
-        f"{title}\n{evaluation['split']} accuracy {evaluation['accuracy']:.3f}"
-        + (f" (classes with < {training_report.MIN_SUPPORT} images: "
-           f"{', '.join(evaluation['thin_classes'])})" if evaluation["thin_classes"] else ""),
-    )
-    training_report.plot_curves(curves_png, history, stopper.best_epoch, title)
+        Message("%(title)s\n%(split)s accuracy %(accuracy)s (classes with < %(count)s "
+                "images: %(classes)s)", title=title, split=split, accuracy=accuracy,
+                count=training_report.MIN_SUPPORT,
+                classes=", ".join(evaluation["thin_classes"]))
+        if evaluation["thin_classes"] else
+        Message("%(title)s\n%(split)s accuracy %(accuracy)s", title=title, split=split,
+                accuracy=accuracy), language=language)
+    training_report.plot_curves(curves_png, history, stopper.best_epoch, title,
+                                language=language)
     report = {
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "checkpoint": str(out),
@@ -259,7 +273,8 @@ def _checkpoint_metrics(trainer: Trainer, history: list[dict], stopper: EarlySto
         "evaluated_on": evaluation["split"],
         **({"bursts": {c: b["bursts"] for c, b in splits.bursts.items()},
             "untested": splits.untested} if splits.bursts else {}),
-        **({"caveat": caveat} if (caveat := training_report.caveat(evaluation)) else {}),
+        **({"caveat": str(caveat), "caveat_facts": training_report.caveat_facts(evaluation)}
+           if (caveat := training_report.caveat(evaluation)) else {}),
         "best_epoch": stopper.best_epoch,
         "epochs_run": len(history),
         "train_images": len(splits.train),
@@ -290,16 +305,39 @@ def _run_description(trainer: Trainer) -> dict:
     }
 
 
+# New views (``transforms.new_view``) the "I'm not sure" criterion is made with: up to
+# this many of each picture, at most MAX_TRAINING_VIEWS of the training pictures and
+# MAX_VALIDATION_VIEWS of the validation pictures in all (each view is one pass of the
+# network: about 30 ms of one core at 160 px, so at most about 10 s of a job).
+NEW_VIEWS_PER_PICTURE = 8
+MAX_TRAINING_VIEWS = 240
+MAX_VALIDATION_VIEWS = 80
+
+
+def _spread(samples: list, budget: int) -> tuple[list[int], int]:
+    """Which of ``samples`` get new views, and how many each, within ``budget``."""
+    if not samples:
+        return [], 0
+    per = max(1, min(NEW_VIEWS_PER_PICTURE, budget // len(samples)))
+    chosen = range(len(samples))
+    if len(samples) * per > budget:  # more pictures than the budget: every n-th one
+        chosen = np.linspace(0, len(samples) - 1, budget).round().astype(int)
+    return sorted(set(int(i) for i in chosen)), per
+
+
 def open_set(trainer: Trainer, say) -> dict | None:
     """The trained model's "I'm not sure" criterion (``webapp.engines.openset.fit_knn``):
-    the pooled features of its training pictures as the bank, and the distance that keeps
-    95 % of new pictures, set on its validation pictures (from bursts it did not train on,
-    where the class has any) and on each training picture measured against the other
-    bursts.  None (and the model never answers "unknown") for a network without the
-    feature map the server reads it from."""
+    the pooled features of its training pictures, and of new views of them (closer,
+    farther, in a corner, turned, another light: ``transforms.new_view``), as the bank;
+    the distance that keeps 95 % of new pictures, set on its validation pictures (from
+    bursts it did not train on, where the class has any), on new views of them, and on
+    each training picture and view measured against the other bursts.  None (and the
+    model never answers "unknown") for a network without the feature map the server
+    reads it from."""
     from webapp.engines import openset
     from webapp.engines.build import BuildError
     from webapp.training.bursts import training_bursts
+    from webapp.training.data import views_loader
 
     model = trainer.model.cpu().eval()
     try:
@@ -307,17 +345,33 @@ def open_set(trainer: Trainer, say) -> dict | None:
     except BuildError as exc:
         say(f"No \"I'm not sure\" answers for this model: {exc}.")
         return None
-    train = openset.pooled_features(network, trainer.eval_loader(trainer.splits.train))
+    splits, options, backbone = trainer.splits, trainer.options, trainer.backbone
+
+    def views(samples: list, budget: int) -> tuple[np.ndarray, list[int], int]:
+        chosen, per = _spread(samples, budget)
+        if not chosen:
+            return np.zeros((0, 0), np.float32), chosen, 0
+        loader = views_loader([samples[i] for i in chosen], per, options, backbone.mean,
+                              backbone.std, trainer.device)
+        return openset.pooled_features(network, loader), chosen, per
+
+    train = openset.pooled_features(network, trainer.eval_loader(splits.train))
     val = openset.pooled_features(network, trainer.val_loader)
-    bursts = training_bursts(trainer.splits, trainer.options.burst_gap)
-    criterion = openset.fit_knn(train, val, layer=layer, bursts=bursts)
-    measured = f"{criterion['validation_images']} validation pictures"
+    bursts = training_bursts(splits, options.burst_gap)
+    train_views, chosen, per = views(splits.train, MAX_TRAINING_VIEWS)
+    val_views, _, _ = views(splits.val, MAX_VALIDATION_VIEWS)
+    view_bursts = None if bursts is None else np.repeat([bursts[i] for i in chosen], per)
+    criterion = openset.fit_knn(train, val, layer=layer, bursts=bursts,
+                                train_views=train_views, view_bursts=view_bursts,
+                                val_views=val_views)
+    measured = (f"{criterion['validation_images']} validation pictures and "
+                f"{criterion['validation_views']} new views of them")
     if criterion["other_burst_images"]:
-        measured += (f" and {criterion['other_burst_images']} training pictures against "
-                     "the other bursts")
-    say(f"\"I'm not sure\": a picture whose nearest training picture is farther than "
-        f"{criterion['threshold']:.3f} (keeps {criterion['kept']:.0%} of the {measured}) "
-        "is answered as unknown.")
+        measured += (f", {criterion['other_burst_images']} training pictures and views "
+                     "against the other bursts")
+    say(f"\"I'm not sure\": a picture whose nearest training picture or view is farther "
+        f"than {criterion['threshold']:.3f} (keeps {criterion['kept']:.0%} of the "
+        f"{measured}) is answered as unknown.")
     return criterion
 
 

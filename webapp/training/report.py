@@ -5,14 +5,21 @@ the confusion matrix and the loss / accuracy curves per epoch."""
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from pathlib import Path
 
 import torch
 
+from webapp.messages import Message, catalog_gettext, render
 from webapp.stores import durable
+from webapp.training.caveat import MIN_SUPPORT
+from webapp.training.caveat import facts as caveat_facts
+from webapp.training.caveat import message as caveat_message
 
-MIN_SUPPORT = 3  # fewer evaluation images than this in a class: its scores prove little
+log = logging.getLogger(__name__)
+
 
 
 def confusion_matrix(targets: torch.Tensor, predictions: torch.Tensor, num_classes: int):
@@ -71,44 +78,10 @@ def classification_metrics(cm: torch.Tensor, classes: list[str]) -> dict:
     }
 
 
-def caveat(evaluation: dict) -> str | None:
-    """What the evaluation could not measure, in words, or None: classes with no images
-    (the macro average skips them, so 1.000 may hide them) or fewer than MIN_SUPPORT --
-    and, first, when the split kept bursts together (``evaluation["bursts"]``), the
-    classes taken in too few bursts to be tested on one they never trained on."""
-    from webapp.training.bursts import MIN_BURSTS_TO_TEST
-
-    bursts = evaluation.get("bursts") or {}
-    short = {name: b["bursts"] for name, b in bursts.items()
-             if b.get("by_burst") and b["bursts"] < MIN_BURSTS_TO_TEST}
-    thin = {name: n for name, n in (evaluation.get("thin_classes") or {}).items()
-            if name not in short}
-    missing = [name for name, n in thin.items() if n == 0]
-    few = [f"{name} ({n})" for name, n in thin.items() if n]
-    split = evaluation.get("split", "test")
-    parts, sentences = [], []
-    if short:
-        one = len(short) == 1
-        counted = ", ".join(f"{name} {n}" for name, n in short.items())
-        text = (f"too few bursts of pictures to test {', '.join(short)} on a burst "
-                f"{'it' if one else 'they'} never trained on (bursts: {counted}; "
-                f"{MIN_BURSTS_TO_TEST} are needed), so there are no test pictures of "
-                f"{'it' if one else 'them'}")
-        copies = [name for name, n in short.items() if n == 1]
-        if split == "val" and copies:
-            text += (", and the validation pictures of " + ", ".join(copies)
-                     + " are near-copies of training pictures")
-        sentences.append(text + f" (take pictures of {'it' if one else 'them'} at other "
-                         "moments: each hold of the button is one burst)")
-    if missing:
-        parts.append(f"no {split} images of {', '.join(missing)}")
-    if few:
-        parts.append(f"fewer than {MIN_SUPPORT} {split} images of {', '.join(few)}")
-    if parts:
-        sentences.append("there are " + " and ".join(parts) + ": these scores say little "
-                         "about " + ("that class" if len(thin) == 1 else "those classes")
-                         + " (add images of " + ("it" if len(thin) == 1 else "them") + ")")
-    return "; ".join(sentences) or None
+def caveat(evaluation: dict) -> Message | None:
+    """What the evaluation could not measure, in words, or None (``webapp.training.
+    caveat``: the same for a model's metrics, in a web worker)."""
+    return caveat_message(caveat_facts(evaluation))
 
 
 def headline(evaluation: dict) -> str:
@@ -126,6 +99,50 @@ def write_json(path: Path, report: dict) -> Path:
     return path
 
 
+# Fonts for the text of the pictures, tried glyph by glyph (matplotlib's font fallback):
+# its own DejaVu Sans first, then whichever of these fonts for Chinese, Japanese and Korean
+# the machine has (fonts-noto-cjk on Debian: `make system-deps`, the Dockerfile).
+CJK_FONT_FILES = ("NotoSansCJK", "NotoSerifCJK", "SourceHanSans", "wqy-zenhei", "wqy-microhei",
+                  "DroidSansFallback", "uming", "ukai")
+
+
+# One font file may hold a face per region (Noto Sans CJK: JP, KR, SC, TC, HK); the same
+# character is drawn a little differently in each, so Simplified Chinese comes first.
+_REGIONS = ("SC", "CN", "TC", "HK", "TW", "JP", "KR")
+
+
+def _font_order(name: str) -> tuple:
+    words = name.split()
+    region = next((i for i, r in enumerate(_REGIONS) if r in words), len(_REGIONS))
+    return ("Mono" in words, "Serif" in name, region, name)
+
+
+@functools.lru_cache(maxsize=1)
+def font_families() -> tuple[str, ...]:
+    """DejaVu Sans, then every CJK font found on the machine (sans serif first,
+    Simplified Chinese first), as font families.  The fonts are added to matplotlib's
+    list by their files: its cached list of the machine's fonts is made once and knows
+    nothing of a font installed since (Chinese class names were drawn as boxes on a
+    machine that had the fonts)."""
+    from matplotlib import font_manager
+
+    found = set()
+    for path in sorted(font_manager.findSystemFonts()):
+        if not any(marker.lower() in Path(path).name.lower() for marker in CJK_FONT_FILES):
+            continue
+        if not any(f.fname == path for f in font_manager.fontManager.ttflist):
+            try:
+                font_manager.fontManager.addfont(path)  # every face of a collection
+            except (OSError, RuntimeError, ValueError) as exc:
+                log.warning("font %s cannot be used: %s", path, exc)
+                continue
+        found.update(f.name for f in font_manager.fontManager.ttflist if f.fname == path)
+    if not found:
+        log.info("no font for Chinese, Japanese or Korean on this machine (Debian: "
+                 "fonts-noto-cjk): such class names would be drawn as boxes")
+    return ("DejaVu Sans", *sorted(found, key=_font_order))
+
+
 def _figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -135,54 +152,74 @@ def _figure(width: float, height: float):
     return fig
 
 
-def plot_confusion_matrix(path: Path, cm: list[list[int]], classes: list[str], title: str):
-    """Rows = true class, columns = predicted; colour = share of the row, text = count."""
+def _drawing():
+    """The settings every picture is drawn with: the fonts above."""
+    import matplotlib
+
+    return matplotlib.rc_context({"font.family": list(font_families())})
+
+
+def plot_confusion_matrix(path: Path, cm: list[list[int]], classes: list[str], title: str,
+                          language: str | None = None):
+    """Rows = true class, columns = predicted; colour = share of the row, text = count.
+    Its words in ``language`` (a locale; None: English)."""
+    words = functools.partial(render, gettext=catalog_gettext(language))
     n = len(classes)
     side = min(4 + 0.45 * n, 24)
-    fig = _figure(side + 1, side)
-    ax = fig.add_subplot()
-    counts = torch.tensor(cm, dtype=torch.float64)
-    rows = counts.sum(dim=1, keepdim=True).clamp(min=1)
-    shares = (counts / rows).numpy()
-    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    ax.set_xticks(range(n), labels=classes, rotation=45, ha="right", rotation_mode="anchor")
-    ax.set_yticks(range(n), labels=classes)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title(title)
-    if n <= 30:
-        for t in range(n):
-            for p in range(n):
-                ax.text(
-                    p, t, str(int(counts[t, p])), ha="center", va="center", fontsize=9,
-                    color="white" if shares[t, p] > 0.5 else "black",
-                )
-    fig.savefig(path, format="png")
+    with _drawing():
+        fig = _figure(side + 1, side)
+        ax = fig.add_subplot()
+        counts = torch.tensor(cm, dtype=torch.float64)
+        rows = counts.sum(dim=1, keepdim=True).clamp(min=1)
+        shares = (counts / rows).numpy()
+        image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04,
+                     label=words(Message("share of the true class")))
+        ax.set_xticks(range(n), labels=classes, rotation=45, ha="right", rotation_mode="anchor")
+        ax.set_yticks(range(n), labels=classes)
+        ax.set_xlabel(words(Message("predicted class")))
+        ax.set_ylabel(words(Message("true class")))
+        ax.set_title(words(title))
+        if n <= 30:
+            for t in range(n):
+                for p in range(n):
+                    ax.text(
+                        p, t, str(int(counts[t, p])), ha="center", va="center", fontsize=9,
+                        color="white" if shares[t, p] > 0.5 else "black",
+                    )
+        fig.savefig(path, format="png")
     return path
 
 
-def plot_curves(path: Path, epochs: list[dict], best_epoch: int | None, title: str):
-    """Loss and accuracy per epoch, train and validation, with the kept epoch marked."""
-    fig = _figure(10, 4)
-    loss_ax, acc_ax = fig.subplots(1, 2)
-    xs = [e["epoch"] for e in epochs]
-    for ax, key, label in ((loss_ax, "loss", "loss"), (acc_ax, "acc", "accuracy")):
-        for split, style in (("train", "o-"), ("val", "s-")):
-            ys = [e.get(f"{split}_{key}") for e in epochs]
-            ys = [math.nan if y is None else y for y in ys]
-            ax.plot(xs, ys, style, label=split, markersize=4)
-        if best_epoch is not None:
-            ax.axvline(best_epoch, color="grey", linestyle="--", label=f"kept (epoch {best_epoch})")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.grid(True, alpha=0.3)
-        if xs:
-            ax.set_xticks(xs if len(xs) <= 20 else xs[:: max(1, len(xs) // 10)])
-    loss_ax.set_title("loss (train: on augmented images, with label smoothing)", fontsize=9)
-    acc_ax.set_title("accuracy", fontsize=9)
-    acc_ax.set_ylim(-0.02, 1.02)
-    loss_ax.legend()
-    fig.suptitle(title)
-    fig.savefig(path, format="png")
+def plot_curves(path: Path, epochs: list[dict], best_epoch: int | None, title: str,
+                language: str | None = None):
+    """Loss and accuracy per epoch, train and validation, with the kept epoch marked.
+    Its words in ``language`` (a locale; None: English)."""
+    words = functools.partial(render, gettext=catalog_gettext(language))
+    with _drawing():
+        fig = _figure(10, 4)
+        loss_ax, acc_ax = fig.subplots(1, 2)
+        xs = [e["epoch"] for e in epochs]
+        for ax, key, label in ((loss_ax, "loss", Message("loss")),
+                               (acc_ax, "acc", Message("accuracy"))):
+            for split, style, name in (("train", "o-", Message("train")),
+                                       ("val", "s-", Message("val"))):
+                ys = [e.get(f"{split}_{key}") for e in epochs]
+                ys = [math.nan if y is None else y for y in ys]
+                ax.plot(xs, ys, style, label=words(name), markersize=4)
+            if best_epoch is not None:
+                ax.axvline(best_epoch, color="grey", linestyle="--", label=words(Message(
+                    "kept (epoch %(epoch)s)", epoch=best_epoch)))
+            ax.set_xlabel(words(Message("epoch")))
+            ax.set_ylabel(words(label))
+            ax.grid(True, alpha=0.3)
+            if xs:
+                ax.set_xticks(xs if len(xs) <= 20 else xs[:: max(1, len(xs) // 10)])
+        loss_ax.set_title(words(Message(
+            "loss (train: on augmented images, with label smoothing)")), fontsize=9)
+        acc_ax.set_title(words(Message("accuracy")), fontsize=9)
+        acc_ax.set_ylim(-0.02, 1.02)
+        loss_ax.legend()
+        fig.suptitle(words(title))
+        fig.savefig(path, format="png")
     return path

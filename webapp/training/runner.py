@@ -1,20 +1,23 @@
-"""The job runner: the one process that trains the queued Teach jobs
-(``webapp.training.jobs`` is the queue).  ``python -m webapp.jobs work|watch`` runs it.
+"""The job runner: the process that trains the queued Teach jobs (``webapp.training.jobs``
+is the queue).  ``python -m webapp.jobs work|watch`` runs it.
 
 How it runs.  The worker that receives ``POST .../train`` snapshots the dataset, writes a
 ``queued`` job and starts a runner: a separate process, ``python -m webapp.jobs work
 DATA_DIR``, in its own session (a gunicorn worker restart or ``max_requests`` does not
 take it down), at ``nice`` 10, with ``JOB_THREADS`` torch threads, so serving keeps the
-other cores.  The runner takes an exclusive ``flock`` on ``.jobs/.runner.lock``, runs the
-queued jobs oldest first until there are none, and exits.  Runners started meanwhile (by
-other workers, other servers sharing ``DATA_DIR``, or a restart) find the lock held and
-exit; the last runner looks at the queue again after letting go of the lock, so no job
-is left waiting.  Exactly one process trains, whatever the number of workers and replicas.
+other cores.  The runner takes an exclusive ``flock`` on the lock of a free slot
+(``.jobs/.runner.lock``, ``.runner-1.lock``, ... up to ``JOB_SLOTS``), runs the queued
+jobs oldest first until there are none, and exits.  Runners started meanwhile (by other
+workers, other servers sharing ``DATA_DIR``, or a restart) find every slot held and
+exit; the last runner looks at the queue again after letting go of its lock, so no job is
+left waiting.  At most ``JOB_SLOTS`` processes train (one below 4 CPUs:
+``jobs.plan_jobs`` says why), whatever the number of workers and replicas.
 
 With ``JOB_RUNNER=external`` the server never starts a runner: ``python -m webapp.jobs
 watch`` does, a long-running process of its own (the Kubernetes runner Deployment).  It
 looks at the queue every ``WATCH_POLL`` seconds and, when a job waits, runs the same
-runner as a child and waits for it; while idle it holds no lock and no torch, so it stays
+runner as a child and waits for it (one at a time: run one watch per slot for more);
+while idle it holds no lock and no torch, so it stays
 small.  SIGTERM is passed on to the child (its job ends ``failed``, saying why).
 """
 
@@ -32,16 +35,24 @@ import time
 import traceback
 from pathlib import Path
 
-from webapp.training.jobs import PROGRESS_EVERY, TEACH_DEFAULTS, WATCH_POLL, JobQueue
+from webapp.messages import Message
+from webapp.training.jobs import (
+    PROGRESS_EVERY,
+    TEACH_DEFAULTS,
+    WATCH_POLL,
+    JobQueue,
+    plan_jobs,
+)
 
 log = logging.getLogger(__name__)
 
-STOPPED = ("The training process was asked to stop (SIGTERM: the server or the machine is "
-           "shutting down). Nothing was stored; press Train to start again.")
+STOPPED = Message("The training process was asked to stop (SIGTERM: the server or the "
+                  "machine is shutting down). Nothing was stored; press Train to start "
+                  "again.")
 
 
 class _Failure(Exception):
-    """A job that cannot succeed; the message is for the teacher."""
+    """A job that cannot succeed; the message (a ``Message``) is for the teacher."""
 
 
 class _Stopping:
@@ -60,15 +71,23 @@ class _Stopping:
 def _check_classes(counts: dict[str, int]) -> None:
     """Fail fast, in words a teacher understands, before loading torch."""
     if len(counts) < 2:
-        only = f" ({', '.join(repr(c) for c in counts)})" if counts else ""
-        raise _Failure(f"The dataset has {len(counts)} class(es){only}; a model needs at "
-                       "least 2 to tell apart. Add a class and train again.")
+        raise _Failure(Message("The dataset has %(count)s class(es) (%(names)s); a model "
+                               "needs at least 2 to tell apart. Add a class and train again.",
+                               count=len(counts), names=", ".join(map(repr, counts)))
+                       if counts else Message("The dataset has no classes; a model needs at "
+                                              "least 2 to tell apart. Add classes and train "
+                                              "again."))
     for name, n in counts.items():
-        if n < 2:
-            what = "no images" if n == 0 else "only 1 image"
-            raise _Failure(f"Class {name!r} has {what}: every class needs at least 2 (one "
-                           "to learn from, one to check the model with). Capture or upload "
-                           "some and train again.")
+        if n == 0:
+            raise _Failure(Message(
+                "Class %(name)s has no images: every class needs at least 2 (one to learn "
+                "from, one to check the model with). Capture or upload some and train "
+                "again.", name=repr(name)))
+        if n == 1:
+            raise _Failure(Message(
+                "Class %(name)s has only 1 image: every class needs at least 2 (one to learn "
+                "from, one to check the model with). Capture or upload some and train "
+                "again.", name=repr(name)))
 
 
 class JobRun:
@@ -142,7 +161,7 @@ class JobRun:
             self.queue.finish(job, "done", model_id=model_id, metrics=metrics, error=None)
             log.info("training job %s done: model %s", job["id"], model_id)
         except _Failure as exc:
-            self.end_failed(str(exc))
+            self.end_failed(exc.args[0])
         except TrainingCancelled as exc:
             if _Stopping.requested:
                 self.end_failed(STOPPED, prefix="")
@@ -153,15 +172,18 @@ class JobRun:
             message = _known_failure(exc)
             if message is None:
                 self.log_file.write(traceback.format_exc())
-                message = (f"Training stopped with an unexpected error: "
-                           f"{type(exc).__name__}: {exc}")
+                message = Message("Training stopped with an unexpected error: %(error)s",
+                                  error=f"{type(exc).__name__}: {exc}")
             self.end_failed(message)
         finally:
             self.log_file.close()
 
-    def end_failed(self, message: str, prefix: str = "Failed: ") -> None:
+    def end_failed(self, message: Message, prefix: str = "Failed: ") -> None:
+        """The job ends failed; its ``error`` says why in English, ``error_message`` keeps
+        the sentence so the page shows it in the teacher's language."""
         self.say(prefix + message)
-        self.queue.finish(self.job, "failed", error=message)
+        error_message = message.to_json() if isinstance(message, Message) else None
+        self.queue.finish(self.job, "failed", error=str(message), error_message=error_message)
 
     def _train(self):
         """The recipe on the job's snapshot, with the Teach defaults under its options."""
@@ -176,7 +198,8 @@ class JobRun:
             raise TrainingCancelled("cancelled before training started")
         try:
             result = train(data_dir, self.job_dir / "out" / f"{job['dataset']}.pt", options,
-                           progress=self.progress, should_stop=self.should_stop, say=self.say)
+                           progress=self.progress, should_stop=self.should_stop, say=self.say,
+                           language=job.get("language"))
         except (DatasetError, FinetuneError) as exc:
             raise _Failure(str(exc).replace(str(data_dir), f"dataset {job['dataset']!r}")
                            ) from None
@@ -200,7 +223,9 @@ class JobRun:
             skipped["path"] = Path(skipped["path"]).name
         result.report_path.write_text(json.dumps(report, indent=2, default=str) + "\n",
                                      "utf-8")
-        name = job.get("name") or (f"{job['dataset']} · "
+        # The Teach page names the model (the dataset's name and its own local time); an
+        # API client that did not gets the dataset's name and the UTC time.
+        name = job.get("name") or (f"{job.get('dataset_name') or job['dataset']} · "
                                    + _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"))
         try:
             # The server's engine settings come from the environment this process
@@ -212,11 +237,14 @@ class JobRun:
                 extras={"report.json": result.report_path,
                         "confusion.png": result.confusion_png,
                         "curves.png": result.curves_png},
-                trained_from={"dataset": job["dataset"], "job": job["id"],
-                              "images": job["images"], "classes": job["classes"]},
+                trained_from={"dataset": job["dataset"],
+                              "dataset_name": job.get("dataset_name") or job["dataset"],
+                              "job": job["id"], "images": job["images"],
+                              "classes": job["classes"]},
             )
         except RegistryError as exc:
-            raise _Failure(f"The trained model could not be stored: {exc.message}") from None
+            raise _Failure(Message("The trained model could not be stored: %(reason)s",
+                                   reason=exc.message)) from None
         self.say(f"Stored the model as {meta['id']} ({meta['name']}); it is not active yet.")
         metrics = {**report.get("metrics", {}),
                    "confusion_matrix": report.get("evaluation", {}).get("confusion_matrix"),
@@ -233,9 +261,10 @@ def _known_failure(exc: Exception) -> str | None:
     from model_loader import ModelLoadError
 
     if isinstance(exc, ModelLoadError):
-        return f"The starting weights could not be loaded: {exc}"
+        return Message("The starting weights could not be loaded: %(reason)s", reason=str(exc))
     if isinstance(exc, MemoryError):
-        return "The training ran out of memory; try a smaller image_size or batch_size."
+        return Message("The training ran out of memory; try a smaller image_size or "
+                       "batch_size.")
     return None
 
 
@@ -253,8 +282,8 @@ def _limit_resources() -> int:
 
 
 def work(data_dir: str | os.PathLike) -> int:
-    """The runner: train queued jobs one after another while holding the runner lock."""
-    queue = JobQueue(data_dir)
+    """The runner: train queued jobs one after another while holding a slot's lock."""
+    queue = JobQueue(data_dir, slots=int(os.environ.get("JOB_SLOTS", "1") or 1))
     _Stopping.install()
     limited = False
     while not _Stopping.requested:
@@ -265,9 +294,9 @@ def work(data_dir: str | os.PathLike) -> int:
             if not limited:
                 _limit_resources()
                 limited = True
-            queue.fail_orphans(runner_lock_held=True)
+            queue.fail_orphans(held_slot=lock.slot)
             while not _Stopping.requested:
-                job = queue.claim_next()
+                job = queue.claim_next(lock.slot)
                 if job is None:
                     break
                 log.info("running training job %s", job["id"])
@@ -303,7 +332,7 @@ class _Watch:
         wanted = queue.has_queued() or (self.orphans_possible and any(
             j.get("state") == "running" for j in queue.all_jobs()))
         self.orphans_possible = False
-        if not wanted or queue.runner_alive():
+        if not wanted or not queue.free_slot():
             return
         self.runner = queue.spawn_runner()
         if self.runner is None:
@@ -369,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         from webapp.config import Config, available_cpus
 
         config = Config.from_env()  # the server's settings: a bad value stops it here
-        threads = config["JOB_THREADS"] or max(1, available_cpus() // 2)
-        return watch(JobQueue(args.data_dir or config["DATA_DIR"], threads=threads),
-                     poll=args.poll)
+        slots, threads = plan_jobs(config["JOB_SLOTS"], config["JOB_THREADS"],
+                                   available_cpus())
+        return watch(JobQueue(args.data_dir or config["DATA_DIR"], threads=threads,
+                              slots=slots), poll=args.poll)
     return work(args.data_dir)

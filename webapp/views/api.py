@@ -15,7 +15,9 @@ from model_loader import ModelLoadError
 from webapp import current
 from webapp.http import accesslog, capacity, metrics
 from webapp.http.errors import ApiError
-from webapp.http.images import classify, parse_topk, uploads_from_request
+from webapp.http.images import classify, display_names, parse_topk, uploads_from_request
+from webapp.i18n import translate
+from webapp.messages import Message
 from webapp.serving import explain as explaining
 from webapp.serving import imaging
 
@@ -43,7 +45,7 @@ def explain():
     uploads = uploads_from_request()
     k = parse_topk()
     if len(uploads) > 1:
-        raise ApiError(400, "too_many_images", "Send one image to /explain at a time.")
+        raise ApiError(400, "too_many_images", Message("Send one image to /explain at a time."))
     classifier = current.holder().get()
     index = _class_index(classifier.num_classes)
     t0 = time.perf_counter()
@@ -62,18 +64,21 @@ def explain():
     try:
         result = explaining.explain(classifier, img, index=index, k=k)
     except explaining.ExplainUnsupported as exc:
-        raise ApiError(501, "explain_unsupported", f"Cannot explain this model: {exc}.") from None
+        raise ApiError(501, "explain_unsupported", Message(
+            "Cannot explain this model: %(reason)s.", reason=exc.args[0])) from None
     if request.accept_mimetypes.best_match(["application/json", "image/png"]) == "image/png":
         response = current_app.response_class(_png(result.overlay), mimetype="image/png")
         response.headers["X-Explained-Label"] = quote(result.target.label)  # URL-encoded
         response.headers["X-Explained-Index"] = str(result.target.index)
         return response
     size = classifier.loaded.input_size
+    names = display_names(classifier.labels)
     body = dict(
         model=classifier.info,
-        predictions=[p.as_dict() for p in result.predictions],
-        explained=result.target.as_dict(),
-        explanation=result.sentences,
+        predictions=[p.as_dict(names) for p in result.predictions],
+        explained=result.target.as_dict(names),
+        explanation=result.sentences(names[result.target.index],
+                                     translate(explaining.EXPLANATION_TEMPLATE)),
         heatmap={
             "layer": result.layer,
             "grid": list(result.grid),
@@ -85,8 +90,8 @@ def explain():
         steps=[
             {
                 "name": step.name,
-                "title": step.title,
-                "caption": step.caption,
+                "title": translate(step.title),
+                "caption": translate(step.caption),
                 "width": step.image.width,
                 "height": step.image.height,
                 "png": _b64png(step.image),
@@ -108,11 +113,9 @@ def _class_index(num_classes: int) -> int | None:
     except ValueError:
         index = -1
     if not 0 <= index < num_classes:
-        raise ApiError(
-            400,
-            "bad_class_index",
-            f"class_index must be a whole number from 0 to {num_classes - 1}, not {raw!r}.",
-        )
+        raise ApiError(400, "bad_class_index", Message(
+            "class_index must be a whole number from 0 to %(last)s, not %(given)s.",
+            last=num_classes - 1, given=repr(raw)[:40]))
     return index
 
 

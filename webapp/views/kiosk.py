@@ -12,14 +12,16 @@ import click
 from flask import Blueprint, current_app, jsonify, render_template
 
 from webapp import current
+from webapp.i18n import _l, translate
 from webapp.serving.explain import EXPLANATION_TEMPLATE
 from webapp.stores.kiosk_settings import FIELDS, KioskSettingsError
 
 bp = Blueprint("kiosk", __name__, url_prefix="/kiosk", cli_group="kiosk")
 
-# Plain-language confidence, from the top score (also used by static/js/kiosk.js).
-CONFIDENCE_WORDS = ((0.70, "very sure"), (0.40, "fairly sure"), (0.15, "not sure"),
-                    (0.0, "just a guess"))
+# Plain-language confidence, from the top score (the kiosk's page gets them, in its
+# language, with its settings: static/js/kiosk.js).
+CONFIDENCE_WORDS = ((0.70, _l("very sure")), (0.40, _l("fairly sure")),
+                    (0.15, _l("not sure")), (0.0, _l("just a guess")))
 
 
 # The kiosk settings of the running app (what the admin's settings panel saves too).
@@ -27,17 +29,12 @@ store = current.kiosk_settings
 
 
 def page_settings() -> dict:
-    """Everything the kiosk page needs: the settings, the label translations and the
-    words it shows."""
-    kiosk = store()
-    settings = kiosk.load()
-    translations = kiosk.translations
+    """Everything the kiosk page needs: the settings and the words it shows, in the
+    request's language (the class names come with every answer: ``display_label``)."""
     return {
-        **settings.as_dict(),
-        "language_name": translations.name(settings.language),
-        "labels": translations.labels(settings.language),
-        "confidence_words": [[low, words] for low, words in CONFIDENCE_WORDS],
-        "explanation_template": EXPLANATION_TEMPLATE,
+        **store().load().as_dict(),
+        "confidence_words": [[low, str(words)] for low, words in CONFIDENCE_WORDS],
+        "explanation_template": translate(EXPLANATION_TEMPLATE),
     }
 
 
@@ -58,7 +55,7 @@ def settings_json():
 
 
 # --------------------------------------------------------------------------- command line
-# flask --app app kiosk show | set idle_seconds=30 bars=5 | reset | languages
+# flask --app app kiosk show | set idle_seconds=30 bars=5 language=zh_CN | reset | languages
 
 
 @bp.cli.command("show")
@@ -75,7 +72,7 @@ def show_command():
 @bp.cli.command("set")
 @click.argument("assignments", nargs=-1, required=True, metavar="NAME=VALUE...")
 def set_command(assignments):
-    """Change kiosk settings, e.g. `flask kiosk set idle_seconds=30 language=de`."""
+    """Change kiosk settings, e.g. `flask kiosk set idle_seconds=30 language=zh_CN`."""
     changes = {}
     for item in assignments:
         name, sep, value = item.partition("=")
@@ -100,6 +97,6 @@ def reset_command():
 
 @bp.cli.command("languages")
 def languages_command():
-    """List the label languages that have a translation file."""
+    """List the languages the pages can speak (those with a catalog)."""
     for code, name in store().languages().items():
-        click.echo(f"{code:8} {name}")
+        click.echo(f"{code:12} {name}")

@@ -19,6 +19,8 @@ from webapp.config import PROJECT_ROOT
 from webapp.http import capacity
 from webapp.http.errors import ApiError
 from webapp.http.images import Upload, classify, uploads_from_request
+from webapp.i18n import _, _l
+from webapp.messages import Message
 from webapp.serving import imaging
 
 bp = Blueprint("ui", __name__)
@@ -26,7 +28,8 @@ bp = Blueprint("ui", __name__)
 TOP_K = 3
 # The "Try an example" row: (file in static/examples/, what it shows).  Provenance and
 # licences: static/examples/README.md.
-EXAMPLES = (("cat", "a cat"), ("coffee", "a cup of coffee"), ("rocket", "a rocket launch"))
+EXAMPLES = (("cat", _l("A cat")), ("coffee", _l("A cup of coffee")),
+            ("rocket", _l("A rocket launch")))
 EXAMPLES_DIR = PROJECT_ROOT / "static" / "examples"
 
 
@@ -35,7 +38,7 @@ def _model_status():
         return current.holder().get().loaded, None
     except ModelLoadError:
         # The reason (a path, a setting) is for the owner: /readyz and the log have it.
-        return None, "The computer that answers is not ready. Please tell whoever runs it."
+        return None, _("The computer that answers is not ready. Please tell whoever runs it.")
 
 
 def _thumbnail(img: Image.Image) -> str:
@@ -52,7 +55,7 @@ def _uploads() -> list[Upload]:
     example = request.form.get("example")
     if example and not request.files:
         if example not in dict(EXAMPLES):
-            raise ApiError(400, "unknown_example", "There is no such example photo.")
+            raise ApiError(400, "unknown_example", Message("There is no such example photo."))
         path = EXAMPLES_DIR / f"{example}.jpg"
         return [Upload(path.name, path.read_bytes())]
     return uploads_from_request()[:1]
@@ -61,6 +64,7 @@ def _uploads() -> list[Upload]:
 def _render(status: int = 200, **result):
     model, error = _model_status()
     page = render_template("index.html", model=model, model_error=error, examples=EXAMPLES,
+                           formats=imaging.FRIENDLY_FORMATS,
                            top_k=TOP_K, **result)
     return page, status
 

@@ -2,8 +2,11 @@
 HTTP with ``Authorization: Bearer $ADMIN_TOKEN``), one blueprint whose routes live in
 
 * ``auth``: who may come in (the guard every admin request goes through, login, logout),
+* ``setup``: the first run without ``ADMIN_TOKEN``: choosing a password on the server
+  machine itself,
 * ``models``: the model table, upload, activate, roll back, delete, try an image,
-* ``kiosk_settings``: the teacher settings of the kiosk,
+* ``kiosk_settings``: the teacher settings of the kiosk (the language of the pages too),
+* ``labels``: what the pages call the built-in model's classes (*Class names*),
 * ``teach``: the Teach page and the dataset / job API (a nested blueprint),
 * ``cli``: the same model operations as ``flask models`` commands.
 
@@ -12,7 +15,9 @@ through (``auth``):
 
 Security, in order of the checks every admin request goes through:
 
-* ``ADMIN_TOKEN`` unset: the whole area answers 403 with a page saying how to enable it.
+* Neither ``ADMIN_TOKEN`` nor a password chosen on the server machine (``setup``): the
+  whole area answers 403 with a page saying how to get in, except the set-password page
+  for a browser on the server machine itself.  A token, when set, wins over a password.
 * API requests with a bearer token: compared with ``hmac.compare_digest``; no cookie is
   involved, so no CSRF token is needed.
 * Everything else needs the session cookie set by the login form (signed with
@@ -37,6 +42,8 @@ from flask import Blueprint, current_app, render_template, request
 from flask_wtf.csrf import CSRFError
 
 from webapp.http.errors import error_json
+from webapp.i18n import translate
+from webapp.messages import Message
 from webapp.stores.registry import RegistryError
 
 log = logging.getLogger(__name__)
@@ -53,21 +60,22 @@ def fail(status: int, code: str, message: str, **extra):
     """A 4xx/5xx in the admin area: JSON for the API, the error page for people."""
     if is_api():
         return error_json(status, code, message, **extra)
-    return render_template("error.html", status=status, message=message), status
+    return render_template("error.html", status=status, message=translate(message)), status
 
 
 @bp.errorhandler(CSRFError)
 def _csrf_error(exc: CSRFError):
-    return fail(400, "csrf_failed", f"{exc.description} The form has expired or did not "
-                "come from this site: reload the admin page and try again.")
+    return fail(400, "csrf_failed", Message(
+        "%(reason)s The form has expired or did not come from this site: reload the admin "
+        "page and try again.", reason=exc.description))
 
 
 # Errors of the disks under the stores, in words (never the path: messages reach clients).
 _STORE_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _STORE_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
-_STORES = {"MODEL_DIR": "The model store (MODEL_DIR)",
-           "DATA_DIR": "The Teach data folder (DATA_DIR)",
-           "ENGINE_CACHE_DIR": "The engine cache (ENGINE_CACHE_DIR)"}
+_STORES = {"MODEL_DIR": Message("The model store (MODEL_DIR)"),
+           "DATA_DIR": Message("The Teach data folder (DATA_DIR)"),
+           "ENGINE_CACHE_DIR": Message("The engine cache (ENGINE_CACHE_DIR)")}
 
 
 def _failed_store(exc: OSError) -> str:
@@ -96,16 +104,17 @@ def _storage_error(exc: OSError):
         else ""
     if exc.errno in _STORE_FULL:
         status, code = 507, "store_full"
-        message = (f"{store} has no room for this ({reason}); nothing was stored. Delete "
-                   "what you no longer need, or give it more space, and try again.")
+        message = Message("%(store)s has no room for this (%(reason)s); nothing was stored. "
+                          "Delete what you no longer need, or give it more space, and try "
+                          "again.", store=store, reason=reason)
     elif exc.errno in _STORE_READ_ONLY:
         status, code = 503, "store_read_only"
-        message = (f"{store} cannot be written ({reason}); nothing was changed. The "
-                   "current model goes on serving.")
+        message = Message("%(store)s cannot be written (%(reason)s); nothing was changed. "
+                          "The current model goes on serving.", store=store, reason=reason)
     else:
         log.exception("unexpected error on %s %s", request.method, request.path)
         status, code = 500, "internal_error"
-        message = "Something went wrong on the server."
+        message = Message("Something went wrong on the server.")
     if status != 500:
         log.error("%s: %s %s failed: %s", store, request.method, request.path, exc)
     return fail(status, code, message)

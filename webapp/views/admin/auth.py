@@ -34,22 +34,20 @@ from wtforms.validators import DataRequired
 from webapp import current
 from webapp.config import ConfigError
 from webapp.http.errors import error_json
-from webapp.stores import durable
+from webapp.i18n import _, _l, translate
+from webapp.messages import Message
+from webapp.stores import admin_password, durable
 from webapp.stores.registry import Registry
-from webapp.views.admin import bp, is_api
+from webapp.views.admin import bp, is_api, setup
 
 log = logging.getLogger(__name__)
 
 SESSION_HOURS = 12
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
-ENABLE_HINT = (
-    "Set the ADMIN_TOKEN environment variable to a long random secret and restart the "
-    "server, e.g. ADMIN_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(24))')."
-)
 
 
 class LoginForm(FlaskForm):
-    token = PasswordField("Admin token", validators=[DataRequired()])
+    token = PasswordField(_l("Admin token"), validators=[DataRequired()])
 
 # --------------------------------------------------------------------------- setup
 
@@ -98,7 +96,15 @@ def _token() -> str:
     return current_app.config.get("ADMIN_TOKEN") or ""
 
 
+def _password_hash() -> str:
+    """The password chosen at the server machine (``setup``), when there is no token:
+    ADMIN_TOKEN wins."""
+    return "" if _token() else setup.password_hash()
+
+
 def _token_matches(given: str) -> bool:
+    if not _token():
+        return admin_password.matches(_password_hash(), given)
     return hmac.compare_digest(given.encode("utf-8"), _token().encode("utf-8"))
 
 
@@ -106,7 +112,7 @@ def _fingerprint(generation: str) -> str:
     """Binds a session to the current ADMIN_TOKEN and session ``generation``: changing the
     token or logging out logs everyone out."""
     key = str(current_app.config["SECRET_KEY"]).encode()
-    bound = f"{_token()}\0{generation}".encode()
+    bound = f"{_token() or _password_hash()}\0{generation}".encode()
     return hmac.new(key, bound, hashlib.sha256).hexdigest()[:32]
 
 
@@ -187,11 +193,13 @@ def _count_failure() -> None:
 
 
 def _rate_limited(retry_after: int):
-    message = f"Too many failed attempts; try again in {retry_after} s."
+    message = Message("Too many failed attempts; try again in %(seconds)s s.",
+                      seconds=retry_after)
     if is_api():
         response = error_json(429, "too_many_attempts", message)
     else:
-        response = render_template("admin/login.html", form=LoginForm(), error=message), 429
+        response = render_template("admin/login.html", form=LoginForm(),
+                                   error=translate(message)), 429
     response = current_app.make_response(response)
     response.headers["Retry-After"] = str(retry_after)
     return response
@@ -199,11 +207,8 @@ def _rate_limited(retry_after: int):
 
 @bp.before_request
 def _guard():
-    if not _token():
-        if is_api():
-            return error_json(403, "admin_disabled", "The admin area is disabled. "
-                              + ENABLE_HINT)
-        return render_template("admin/disabled.html", hint=ENABLE_HINT), 403
+    if not _token() and not _password_hash():
+        return setup.first_run()  # the set-password page on this machine, else 403
     if request.endpoint == "admin.login":
         return None
     bearer = _bearer() if is_api() else None
@@ -216,7 +221,7 @@ def _guard():
             return None
         _count_failure()
         response = current_app.make_response(
-            error_json(401, "bad_token", "The bearer token is not the admin token.")
+            error_json(401, "bad_token", Message("The bearer token is not the admin token."))
         )
         response.headers["WWW-Authenticate"] = 'Bearer realm="admin"'
         return response
@@ -226,11 +231,9 @@ def _guard():
             current_app.extensions["csrf"].protect()  # CSRFError (400) without a token
         return None
     if is_api():
-        response = current_app.make_response(error_json(
-            401, "unauthorized",
+        response = current_app.make_response(error_json(401, "unauthorized", Message(
             "Send the admin token as 'Authorization: Bearer <ADMIN_TOKEN>', or log in at "
-            "/admin/login.",
-        ))
+            "/admin/login.")))
         response.headers["WWW-Authenticate"] = 'Bearer realm="admin"'
         return response
     target = request.full_path.rstrip("?") if request.method == "GET" else url_for("admin.index")
@@ -258,22 +261,23 @@ def login():
     if retry:
         return _rate_limited(retry)
     if not form.validate_on_submit():  # CSRF token or field missing: not a guess
-        errors = "; ".join(e for errs in form.errors.values() for e in errs)
-        return render_template("admin/login.html", form=form,
-                               error=f"The form was not accepted: {errors}"), 400
+        errors = "; ".join(str(e) for errs in form.errors.values() for e in errs)
+        return render_template("admin/login.html", form=form, error=_(
+            "The form was not accepted: %(errors)s", errors=errors)), 400
     if not _token_matches(form.token.data):
         _count_failure()
         return render_template("admin/login.html", form=LoginForm(formdata=None),
-                               error="That is not the admin token."), 401
+                               error=(_("That is not the admin token.") if _token()
+                                      else _("That is not the admin password."))), 401
     try:
         generation = _generation_for_login()
     except OSError as exc:
         log.error("cannot start an admin session generation in %s: %s",
                   current.registry().root, exc)
-        return render_template("admin/login.html", form=LoginForm(formdata=None), error=(
-            f"Logging in needs to write to the model store (MODEL_DIR), which cannot be "
-            f"written right now ({exc.strerror or exc}). The admin API still works with "
-            "the token as a bearer token.")), 503
+        return render_template("admin/login.html", form=LoginForm(formdata=None), error=_(
+            "Logging in needs to write to the model store (MODEL_DIR), which cannot be "
+            "written right now (%(reason)s). The admin API still works with the admin "
+            "token or password as a bearer token.", reason=exc.strerror or str(exc))), 503
     session.clear()
     session["admin"] = _fingerprint(generation)
     session["admin_since"] = int(time.time())
@@ -291,17 +295,18 @@ def logout():
     except OSError as exc:
         log.error("could not end the admin sessions in %s: %s", current.registry().root, exc)
         session.clear()
-        return render_template("admin/login.html", form=LoginForm(formdata=None), error=(
-            f"Logging out could not be saved: the model store (MODEL_DIR) cannot be "
-            f"written ({exc.strerror or exc}). This browser is logged out, but copies of "
-            f"its session stay valid for up to {SESSION_HOURS} hours. Make MODEL_DIR "
-            "writable and log in and out again, or change ADMIN_TOKEN and restart the "
-            "server, to end them.")), 503
+        return render_template("admin/login.html", form=LoginForm(formdata=None), error=_(
+            "Logging out could not be saved: the model store (MODEL_DIR) cannot be written "
+            "(%(reason)s). This browser is logged out, but copies of its session stay valid "
+            "for up to %(hours)s hours. Make MODEL_DIR writable and log in and out again, "
+            "or change ADMIN_TOKEN and restart the server, to end them.",
+            reason=exc.strerror or str(exc), hours=SESSION_HOURS)), 503
     session.clear()
-    flash("Logged out.", "info")
+    flash(_("Logged out."), "info")
     return redirect(url_for("admin.login"))
 
 
 @bp.context_processor
 def _template_context():
-    return {"logged_in": g.get("admin_via") == "session"}
+    return {"logged_in": g.get("admin_via") == "session",
+            "password_login": not _token()}

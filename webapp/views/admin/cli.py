@@ -14,6 +14,7 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from webapp import current
+from webapp.serving.workers import NotServing
 from webapp.stores.registry import RegistryError
 
 # models_cli and finetune_command (below) join the app's command line in create_app.
@@ -65,7 +66,7 @@ def list_models(as_json):
 
 
 @models_cli.command("add")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--name", help="Display name (default: from the checkpoint).")
 @click.option("--arch", help="Architecture (default: the file's, else detected from the "
               "weights).")
@@ -78,15 +79,27 @@ def list_models(as_json):
               "else 224).")
 @click.option("--mean", help="Normalisation mean, three numbers (default ImageNet's).")
 @click.option("--std", help="Normalisation std, three numbers (default ImageNet's).")
+@click.option("--activation", type=click.Choice(["relu", "gelu"]), help="What the layers "
+              "without weights of a Sequential head are (default relu).")
+@click.option("--ema/--no-ema", default=None, help="Use the EMA weights of a file that has "
+              "them (default: yes).")
 @click.option("--activate", is_flag=True, help="Activate the model once it is stored.")
-def add(path, name, arch, classes, labels_path, input_size, mean, std, activate):
+def add(paths, name, arch, classes, labels_path, input_size, mean, std, activation, ema,
+        activate):
     """Validate the model file at PATH and store it (the file is copied): a checkpoint,
-    a state_dict (bare or in a training checkpoint), safetensors, or an ONNX model."""
+    a state_dict (bare or in a training checkpoint), safetensors, or an ONNX model (with
+    its external data file as a second PATH: model.onnx model.onnx.data)."""
+    from webapp.checkpoints.onnx_model import bundle
+
     labels = Path(labels_path).read_bytes() if labels_path else None
+    path, move = paths[0], False
+    if len(paths) > 1:  # an ONNX model and its data file(s): stored together as a zip
+        path = bundle([(p, Path(p)) for p in paths], current.registry().temp_path("upload-"))
+        move = True
     try:
-        meta = current.registry().add(path, name=name, fields={
+        meta = current.registry().add(path, name=name, move=move, fields={
             "arch": arch, "classes": classes, "labels": labels, "input_size": input_size,
-            "mean": mean, "std": std})
+            "mean": mean, "std": std, "activation": activation, "ema": ema})
         if activate:
             current.registry().activate(meta["id"])
     except RegistryError as exc:
@@ -103,23 +116,44 @@ def _change(change):
         _fail(exc)
 
 
+WAIT_OPTION = click.option(
+    "--wait", "wait", type=click.FloatRange(0, 600, min_open=True), default=None,
+    metavar="SECONDS", help="Return once every worker of the servers on this machine that "
+    "use this store serves the model (exit status 1 after SECONDS if one does not).")
+
+
+def _changed(state, wait: float | None) -> None:
+    click.echo(f"active: {state.active}")
+    if wait is None:
+        return
+    try:
+        serving = current.workers().wait_for(state.active, wait)
+    except NotServing as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"served by {len(serving)} worker(s): "
+               + ", ".join(str(pid) for pid in sorted(serving)))
+
+
 @models_cli.command("activate")
 @click.argument("model_id")
-def activate(model_id):
+@WAIT_OPTION
+def activate(model_id, wait):
     """Make MODEL_ID the active model (every worker switches within a second)."""
-    click.echo(f"active: {_change(lambda: current.registry().activate(model_id)).active}")
+    _changed(_change(lambda: current.registry().activate(model_id)), wait)
 
 
 @models_cli.command("rollback")
-def rollback():
+@WAIT_OPTION
+def rollback(wait):
     """Return to the model that was active before the current one."""
-    click.echo(f"active: {_change(current.registry().rollback).active}")
+    _changed(_change(current.registry().rollback), wait)
 
 
 @models_cli.command("redo")
-def redo():
+@WAIT_OPTION
+def redo(wait):
     """Undo the last rollback: return to the model it left."""
-    click.echo(f"active: {_change(current.registry().redo).active}")
+    _changed(_change(current.registry().redo), wait)
 
 
 @models_cli.command("rename")

@@ -9,6 +9,8 @@ from flask import flash, jsonify, redirect, render_template, request, url_for
 from webapp import current
 from webapp.http import uploads
 from webapp.http.errors import ApiError
+from webapp.i18n import _
+from webapp.messages import Message, MessageList
 from webapp.stores.kiosk_settings import KioskSettingsError
 from webapp.views.admin import bp
 
@@ -30,9 +32,9 @@ def kiosk_settings_save():
     try:
         current.kiosk_settings().update_from_form(request.form)
     except KioskSettingsError as exc:
-        flash("Nothing was saved: please fix the fields marked below.", "danger")
+        flash(_("Nothing was saved: please fix the fields marked below."), "danger")
         return _kiosk_page(exc.errors, 400)
-    flash("Kiosk settings saved. A running kiosk picks them up at its next start screen.",
+    flash(_("Kiosk settings saved. A running kiosk picks them up at its next start screen."),
           "success")
     return redirect(url_for("admin.kiosk_settings_page"))
 
@@ -40,7 +42,7 @@ def kiosk_settings_save():
 @bp.post("/kiosk/reset")
 def kiosk_settings_reset():
     current.kiosk_settings().reset()
-    flash("Kiosk settings reset to the server's defaults.", "success")
+    flash(_("Kiosk settings reset to the server's defaults."), "success")
     return redirect(url_for("admin.kiosk_settings_page"))
 
 
@@ -52,9 +54,13 @@ def api_kiosk_settings():
 @bp.route("/api/kiosk", methods=["PUT", "PATCH"])
 def api_kiosk_settings_update():
     """JSON with some or all of the settings; 400 naming every bad field, nothing saved."""
-    changes = uploads.json_object('Send the settings, e.g. {"idle_seconds": 60, "bars": 3}.')
+    changes = uploads.json_object(Message(
+        'Send the settings, e.g. {"idle_seconds": 60, "bars": 3}.'))
     try:
         settings = current.kiosk_settings().update(changes)
     except KioskSettingsError as exc:
-        raise ApiError(400, "bad_settings", str(exc), fields=exc.errors) from None
+        raise ApiError(400, "bad_settings", Message(
+            "Some settings are not accepted: %(fields)s", fields=MessageList(
+                [Message("%(key)s: %(problem)s", key=name, problem=problem)
+                 for name, problem in exc.errors.items()])), fields=exc.errors) from None
     return jsonify(settings.as_dict())

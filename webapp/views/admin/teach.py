@@ -33,8 +33,10 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from webapp import current
 from webapp.http import uploads
 from webapp.http.errors import ApiError, too_large
+from webapp.i18n import _, _l, current_language, translate
+from webapp.messages import Message
 from webapp.serving import imaging
-from webapp.stores.dataset_names import DatasetStoreError, check_taken, suggest_slug
+from webapp.stores.dataset_names import DatasetStoreError, check_taken
 from webapp.stores.registry import REPORT_FILES, RegistryError
 from webapp.training.jobs import TEACH_DEFAULTS, JobError, check_options
 from webapp.views.admin import bp as admin_bp
@@ -45,6 +47,8 @@ admin_bp.register_blueprint(bp)  # /admin/teach...: nested, once, when first imp
 
 THUMB_SIZES = range(32, 513)
 REPORT_TYPES = {".png": "image/png", ".json": "application/json"}
+JOB_STATES = {"queued": _l("queued"), "running": _l("running"), "done": _l("done"),
+              "failed": _l("failed"), "cancelled": _l("cancelled")}
 
 
 # The stores this blueprint works on (typed accessors: webapp.current).
@@ -70,36 +74,38 @@ def _known_error(exc):
 def _too_large(exc):
     if request.spooled_route is not None:  # a dataset archive: its own limit
         limit = current_app.config["MAX_DATASET_MB"]
-        return too_large(f"The dataset archive is larger than the {limit:g} MB limit "
-                         "(MAX_DATASET_MB).", image=False)
+        return too_large(Message("The dataset archive is larger than the %(mb)s MB limit "
+                                 "(MAX_DATASET_MB).", mb=f"{limit:g}"), image=False)
     limit = current_app.config["MAX_UPLOAD_MB"]
-    return too_large(f"The upload is larger than the {limit:g} MB limit (MAX_UPLOAD_MB).",
-                     image=False)
+    return too_large(Message("The upload is larger than the %(mb)s MB limit (MAX_UPLOAD_MB).",
+                             mb=f"{limit:g}"), image=False)
 
 
 # --------------------------------------------------------------------------- helpers
 
 
 def _json_body(required: bool = True) -> dict:
-    return uploads.json_object("See the Teach API in docs/teach.md.", required=required)
+    return uploads.json_object(Message("See the Teach API in docs/teach.md."),
+                               required=required)
 
 
 def _import_archive(name: str | None) -> dict:
     """The uploaded zip (spooled to DATA_DIR/.tmp) as a new dataset."""
     upload = request.files.get("archive") or request.files.get("file")
     if upload is None:
-        raise DatasetStoreError(400, "no_archive", "No archive received. Send the zip as a "
-                                "multipart form field named 'archive'.")
+        raise DatasetStoreError(400, "no_archive", Message(
+            "No archive received. Send the zip as a multipart form field named 'archive'."))
     stream = upload.stream
     path = Path(getattr(stream, "name", "") or "")
     if not path.name.startswith("archive-"):
-        raise DatasetStoreError(400, "no_archive", "The archive was not received as a file.")
+        raise DatasetStoreError(400, "no_archive", Message(
+            "The archive was not received as a file."))
     stream.flush()
     if path.stat().st_size == 0:
-        raise DatasetStoreError(400, "empty_file", "The uploaded archive is empty (0 bytes).")
+        raise DatasetStoreError(400, "empty_file", Message(
+            "The uploaded archive is empty (0 bytes)."))
     if not name:
-        stem = Path(upload.filename or "").stem
-        name = suggest_slug(stem) if stem else None
+        name = Path(upload.filename or "").stem or None
     limit = int(current_app.config["MAX_UPLOAD_MB"] * 1024 * 1024)
     result = store().import_zip(
         path, name, max_member_bytes=limit,
@@ -111,16 +117,18 @@ def _import_archive(name: str | None) -> dict:
 def _add_images() -> tuple[list[dict], str]:
     label = request.form.get("label")
     if label is None:
-        raise DatasetStoreError(400, "no_label", "Say which class the image shows: a form "
-                                "field named 'label', e.g. -F label=pen.")
+        raise DatasetStoreError(400, "no_label", Message(
+            "Say which class the image shows: a form field named 'label', e.g. -F label=pen."))
     files = [f for key in ("image", "file") for f in request.files.getlist(key)]
     if not files:
-        raise DatasetStoreError(400, "no_image", "No image received. Send it as a multipart "
-                                "form field named 'image' (several are fine).")
+        raise DatasetStoreError(400, "no_image", Message(
+            "No image received. Send it as a multipart form field named 'image' (several are "
+            "fine)."))
     limit = current_app.config["MAX_IMAGES_PER_REQUEST"]
     if len(files) > limit:
-        raise DatasetStoreError(400, "too_many_images",
-                                f"{len(files)} images sent; at most {limit} per request.")
+        raise DatasetStoreError(400, "too_many_images", Message(
+            "%(count)s images sent; at most %(limit)s per request.", count=len(files),
+            limit=limit))
     return files, label
 
 
@@ -150,10 +158,11 @@ def create_page():
     try:
         summary = store().create(request.form.get("name", ""), request.form.get("classes", ""))
     except DatasetStoreError as exc:
-        flash(exc.message, "danger")
+        flash(translate(exc.message), "danger")
         return render_template("admin/teach_index.html", datasets=store().list(),
                                defaults=TEACH_DEFAULTS, form=request.form), exc.status
-    flash(f"Created dataset {summary['name']}. Now show the camera each class.", "success")
+    flash(_("Created dataset %(name)s. Now show the camera each class.",
+            name=summary["display_name"]), "success")
     return redirect(url_for("admin.teach.dataset_page", name=summary["name"]))
 
 
@@ -163,25 +172,30 @@ def import_page():
     try:
         summary = _import_archive((request.form.get("name") or "").strip() or None)
     except DatasetStoreError as exc:
-        flash(exc.message, "danger")
+        flash(translate(exc.message), "danger")
         return redirect(url_for("admin.teach.page"))
     result = summary["import"]
-    flash(f"Imported {result['imported']} images into {summary['name']}"
-          + (f"; skipped {result['skipped']} file(s) ("
-             + ", ".join(f"{n} {why}" for why, n in result["skipped_reasons"].items()) + ")."
-             if result["skipped"] else "."), "success")
+    if result["skipped"]:
+        reasons = ", ".join(f"{n} {translate(why)}"
+                            for why, n in result["skipped_reasons"].items())
+        flash(_("Imported %(imported)s images into %(name)s; skipped %(skipped)s file(s) "
+                "(%(reasons)s).", imported=result["imported"], name=summary["display_name"],
+                skipped=result["skipped"], reasons=reasons), "success")
+    else:
+        flash(_("Imported %(imported)s images into %(name)s.", imported=result["imported"],
+                name=summary["display_name"]), "success")
     return redirect(url_for("admin.teach.dataset_page", name=summary["name"]))
 
 
 @bp.get("/teach/<name>")
 def dataset_page(name):
     dataset = store().describe(name, images=True)
-    recent = jobs().list(dataset=name)[:5]
+    recent = [_job_view(job) for job in jobs().list(dataset=name)[:5]]
     latest = recent[0] if recent else None
     model = _model_summary(latest.get("model_id")) if latest else None
     return render_template("admin/teach_dataset.html", dataset=dataset, jobs=recent,
                            latest=latest, model=model, defaults=TEACH_DEFAULTS,
-                           report_files=REPORT_FILES)
+                           report_files=REPORT_FILES, job_states=JOB_STATES)
 
 
 @bp.post("/teach/<name>/classes")
@@ -191,14 +205,15 @@ def add_class_page(name):
     except DatasetStoreError as exc:
         if exc.status == 404 and exc.code == "unknown_dataset":
             raise
-        flash(exc.message, "danger")
+        flash(translate(exc.message), "danger")
     return redirect(url_for("admin.teach.dataset_page", name=name))
 
 
 @bp.post("/teach/<name>/delete")
 def delete_page(name):
+    shown = store().describe(name)["display_name"]
     store().delete(name)
-    flash(f"Deleted dataset {name}.", "success")
+    flash(_("Deleted dataset %(name)s.", name=shown), "success")
     return redirect(url_for("admin.teach.page"))
 
 
@@ -262,9 +277,12 @@ def api_add_images(name):
             added.append(store().add_image(name, label, data, taken))
         except imaging.ImageError as exc:
             if len(files) > 1:  # say which one, like /predict does
-                exc = imaging.ImageError(exc.status, exc.code,
-                                         f"Image {n + 1} ({upload.filename}): {exc.message}")
-            exc.message += f" {len(added)} image(s) before it were stored." if added else ""
+                exc = imaging.ImageError(exc.status, exc.code, Message(
+                    "Image %(number)s (%(file)s): %(reason)s", number=n + 1,
+                    file=upload.filename, reason=exc.message))
+            if added:
+                exc.message = Message("%(reason)s %(stored)s image(s) before it were stored.",
+                                      reason=exc.message, stored=len(added))
             raise exc from None
     counts = {c["name"]: c["count"] for c in store().describe(name)["classes"]}
     for item in added:
@@ -280,7 +298,7 @@ def api_image(name, image_id):
     """The stored JPEG; ``?size=N`` (32–512) for a thumbnail at most N pixels wide/high."""
     size = request.args.get("size", type=int)
     if size is not None and size not in THUMB_SIZES:
-        raise ApiError(400, "bad_size", "size must be from 32 to 512.")
+        raise ApiError(400, "bad_size", Message("size must be from 32 to 512."))
     if size:
         data = store().thumbnail(name, image_id, size)
         response = send_file(io.BytesIO(data), mimetype="image/jpeg")
@@ -319,7 +337,9 @@ def api_train(name):
     raw = _json_body(required=False)
     options, model_name = check_options(raw)
     job = jobs().create(store(), name, options=options, name=model_name,
-                        model_dir=current_app.config["MODEL_DIR"])
+                        model_dir=current_app.config["MODEL_DIR"],
+                        language=current_language())
+    job = _job_view(job)
     response = jsonify({"job": job["id"], **job})
     response.status_code = 202
     response.headers["Location"] = url_for("admin.teach.api_job", job_id=job["id"])
@@ -329,20 +349,27 @@ def api_train(name):
 # --------------------------------------------------------------------------- jobs API
 
 
+def _job_view(job: dict) -> dict:
+    """A job as the API and the page show it: its error in this request's language."""
+    if job.get("error_message"):
+        job = {**job, "error": translate(Message.from_json(job["error_message"]))}
+    return job
+
+
 @bp.get("/api/jobs")
 def api_jobs():
     dataset = request.args.get("dataset") or None
-    return jsonify(jobs=jobs().list(dataset=dataset))
+    return jsonify(jobs=[_job_view(job) for job in jobs().list(dataset=dataset)])
 
 
 @bp.get("/api/jobs/<job_id>")
 def api_job(job_id):
-    return jsonify(jobs().get(job_id))
+    return jsonify(_job_view(jobs().get(job_id)))
 
 
 @bp.delete("/api/jobs/<job_id>")
 def api_cancel(job_id):
-    job = jobs().cancel(job_id)
+    job = _job_view(jobs().cancel(job_id))
     return jsonify(job), 202 if job["state"] == "running" else 200
 
 
