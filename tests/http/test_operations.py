@@ -5,6 +5,7 @@ gets them, the per-worker upload slots and the body timeout."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import socket
@@ -392,6 +393,42 @@ def test_headers_are_bounded_in_size_and_in_time(slow_server):
     ok = requests.get(slow_server.url + "/healthz", timeout=10,
                       headers={f"X-Fine-{n}": "v" * 400 for n in range(40)})  # 17 KB
     assert ok.status_code == 200
+
+
+@pytest.mark.system
+def test_the_workers_own_answers_are_in_the_visitors_language(slow_server):
+    """A request the worker answers itself (a 431 here) gets its message in the language
+    the app would answer it in: Chinese for a browser that asks for it (Accept-Language,
+    or ?lang), English for one that does not."""
+    import json
+
+    from webapp.http.worker import MAX_HEAD_BYTES
+    from webapp.messages import Message, catalog_gettext, render
+
+    def too_large_head(line: bytes, headers: bytes = b"") -> dict:
+        with socket.create_connection(("127.0.0.1", slow_server.port), timeout=30) as sock:
+            sock.sendall(line + b"Host: x\r\n" + headers)
+            try:
+                for n in range(100):
+                    sock.sendall(f"X-Filler-{n}: {'y' * 500}\r\n".encode())
+            except OSError:
+                pass
+            answer = b""
+            with contextlib.suppress(OSError):
+                while chunk := sock.recv(4096):
+                    answer += chunk
+        assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
+        return json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
+
+    message = Message("The request's line and headers are larger than the %(kb)s KB this "
+                      "server accepts.", kb=MAX_HEAD_BYTES // 1024)
+    chinese = render(message, catalog_gettext("zh_Hans_CN"))
+    assert chinese != str(message)
+    asked = too_large_head(b"GET /healthz HTTP/1.1\r\n", b"Accept-Language: zh-CN,zh;q=0.9\r\n")
+    assert asked == {"code": "request_header_too_large", "message": chinese}
+    switched = too_large_head(b"GET /healthz?lang=zh HTTP/1.1\r\n")
+    assert switched["message"] == chinese
+    assert too_large_head(b"GET /healthz HTTP/1.1\r\n")["message"] == str(message)
 
 
 @pytest.mark.system

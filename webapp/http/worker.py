@@ -222,13 +222,14 @@ class BufferingWorker(ThreadWorker):
                              "(MAX_CONNECTIONS_PER_CLIENT)", address, self.per_client_cap)
         conn.sock.setblocking(False)
         try:  # what it sent already, so that closing does not reset the connection
-            conn.sock.recv(RECV_BYTES)
+            sent = conn.sock.recv(RECV_BYTES)
         except OSError:
-            pass
+            sent = b""
         if not self.cfg.is_ssl:  # a TLS client could not read a plain answer: just closed
-            self._send(conn, _answer(503, "too_many_connections", Message(
+            self._send(conn, self._answer(503, "too_many_connections", Message(
                 "This address has %(count)s connections open to the server already; "
-                "please close some, or try again in a moment.", count=self.per_client_cap)))
+                "please close some, or try again in a moment.", count=self.per_client_cap),
+                sent))
         self.nr_conns -= 1  # closed at once: a flood of them costs this loop nothing more
         conn.close()
 
@@ -487,7 +488,7 @@ class BufferingWorker(ThreadWorker):
 
     def _refuse(self, conn, arrival: Arrival, status: int, code: str, message: str) -> None:
         """Answer an arriving request here (JSON, one access log line) and close."""
-        sent = self._send(conn, _answer(status, code, message))
+        sent = self._send(conn, self._answer(status, code, message, arrival.data))
         self._log_answer(conn, arrival, status, code, sent)
         self._forget(conn, arrival)
         self._linger(conn)
@@ -505,6 +506,29 @@ class BufferingWorker(ThreadWorker):
             self.log.access(answer, None, environ, elapsed)
         except Exception:  # noqa: BLE001 - a log line never takes the worker down
             pass
+
+    def _answer(self, status: int, code: str, message: str, head: bytes) -> bytes:
+        """``_answer`` with ``message`` in the language the app would answer the request
+        in (``webapp.i18n``: its ``?lang``, its cookie, the teacher's language, its
+        Accept-Language), read from the bytes of its head that arrived; English without
+        any, or when they cannot be read."""
+        app = getattr(self, "wsgi", None)
+        if head and isinstance(message, Message) and hasattr(app, "test_request_context"):
+            try:
+                from webapp.i18n import translate
+
+                line, *lines = bytes(head[:MAX_HEAD_BYTES]).lstrip(b"\r\n").split(b"\r\n")
+                target = line.decode("latin-1").split(" ")[1]
+                wanted = ("accept-language", "cookie")
+                headers = [(name.strip(), value.strip()) for name, _, value in (
+                    raw.decode("latin-1").partition(":") for raw in lines)
+                    if name.strip().lower() in wanted]
+                with app.test_request_context(target if target.startswith("/") else "/",
+                                              headers=headers):
+                    message = translate(message)
+            except Exception:  # noqa: BLE001 - a head that says nothing readable: English
+                pass
+        return _answer(status, code, message)
 
     # ----------------------------------------------------------------- sockets
 
@@ -600,11 +624,12 @@ _REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large",
 
 
 def _answer(status: int, code: str, message: str) -> bytes:
-    """A complete JSON error response that closes the connection."""
-    body = json.dumps({"error": {"code": code, "message": message}})
+    """A complete JSON error response (UTF-8, like the app's) that closes the connection."""
+    body = json.dumps({"error": {"code": code, "message": message}},
+                      ensure_ascii=False).encode("utf-8")
     retry = "Retry-After: 1\r\n" if status == 503 else ""
     return (f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n{retry}Connection: close\r\n\r\n{body}").encode()
+            f"Content-Length: {len(body)}\r\n{retry}Connection: close\r\n\r\n").encode() + body
 
 
 def _address(client) -> str | None:
