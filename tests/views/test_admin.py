@@ -571,6 +571,7 @@ def test_an_unreadable_active_checkpoint_falls_back_at_startup(tmp_path, fruit_c
     assert predict(client).status_code == 200
 
 
+@pytest.mark.system  # converts the fruit model unless an earlier test of the module did
 def test_a_broken_activation_keeps_the_current_model_serving(admin, admin_app,
                                                             fruit_checkpoint):
     store = admin_app.extensions["registry"]
