@@ -647,6 +647,7 @@ def test_an_unreadable_active_checkpoint_falls_back_at_startup(tmp_path, fruit_c
     assert predict(client).status_code == 200
 
 
+@pytest.mark.system  # converts the fruit model unless an earlier test of the module did
 def test_a_broken_activation_keeps_the_current_model_serving(admin, admin_app,
                                                             fruit_checkpoint):
     store = admin_app.extensions["registry"]
@@ -801,7 +802,15 @@ def answers_like_torch(client, entry, model_id, tolerance=0.01):
     """/predict on the real photos, as PNGs and as large JPEGs (decoded at a reduced
     scale): the same top-1 and scores within ``tolerance`` of the saved network in torch
     fp32 with torchvision's preprocessing of Pillow's full decode (the model's own size,
-    mean and std)."""
+    mean and std).  When a reduced precision (int8, bf16) serves, QUANTIZE=auto's guard
+    promised its probabilities move by at most PRECISION_MAX_SCORE_CHANGE on average (the
+    mean over the images of each one's largest change): each photo's top score then stays
+    within ``tolerance`` plus that bound, and their mean change within ``tolerance`` plus
+    half of it."""
+    engine = client.get("/readyz").get_json()["engine"]
+    reduced = engine.get("precision") not in (None, "fp32")
+    bound = float(client.application.config["PRECISION_MAX_SCORE_CHANGE"]) if reduced else 0
+    changes = []
     for photos in (photo_pngs(), large_jpegs()):
         answer = client.post("/predict", content_type="multipart/form-data", data={
             "image": [(io.BytesIO(data), f"{name}.img") for name, data in photos],
@@ -814,7 +823,9 @@ def answers_like_torch(client, entry, model_id, tolerance=0.01):
         for (name, _), result, (index, score) in zip(photos, body["results"], expected):
             top = result["predictions"][0]
             assert (top["index"], top["label"]) == (index, entry.classes[index]), name
-            assert top["score"] == pytest.approx(score, abs=tolerance), name
+            assert top["score"] == pytest.approx(score, abs=tolerance + bound), (name, engine)
+            changes.append(abs(top["score"] - score))
+    assert sum(changes) / len(changes) <= tolerance + bound / 2, (changes, engine)
 
 
 @pytest.mark.system  # converts new models in builder child processes
@@ -847,8 +858,8 @@ def default_app(tmp_path_factory):
 @pytest.mark.system  # converts new models and runs the precision trials in child processes
 @pytest.mark.parametrize("row", ["bare", "mlp_head", "onnx_pixels"])
 def test_with_the_default_settings_uploads_answer_like_torch(default_app, model_files, row):
-    """The precision QUANTIZE=auto serves keeps every probability within 0.01 of fp32's
-    on the guard images, so the answers stay torchvision's within 0.01 too."""
+    """The model is served in the precision QUANTIZE=auto chose, and answers like
+    torchvision: fp32 within 0.01, a reduced precision within the guard's bound."""
     entry = getattr(model_files, row)
     client = default_app.test_client()
     response = send_model(client, entry, activate="1")
