@@ -136,12 +136,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_IMAGE_PIXELS", "50000000", "Largest image in pixels (width × height), "
             "checked from the file header before decoding (413 above it).", "int",
             1, 1_000_000_000),
-    Setting("DECODE_TIMEOUT", "10", "Seconds one image may take to decode (checked as "
-            "the decoder reads the file); longer: 422 too_slow_to_decode. Files built to "
-            "be slow (padding, thousands of JPEG scans) are refused long before.",
-            "float", 0.5, 600),
+    Setting("DECODE_TIMEOUT", "10", "Seconds the images of one request may take to "
+            "decode, all of them together (checked as the decoder reads each file); "
+            "longer: 422 too_slow_to_decode. Files built to be slow (padding, thousands of "
+            "JPEG scans) are refused long before.", "float", 0.5, 600),
     Setting("MAX_IMAGES_PER_REQUEST", "16", "Most images one /predict request may carry.",
             "int", 1, 256),
+    Setting("MAX_REQUEST_PIXELS", "100000000", "Most pixels the images of one request may "
+            "have to decode, all of them together, counted from their headers before any "
+            "is decoded (a JPEG at the reduced scale it is decoded at); more: 413 "
+            "too_many_pixels.", "int", 1, 10_000_000_000),
     Setting("SECRET_KEY", "", "Key that signs session cookies (the admin login). Empty = "
             "a random key created once in MODEL_DIR/secret_key and shared by every worker "
             "and every server using that MODEL_DIR; set it when replicas do not share one."),
@@ -209,10 +213,20 @@ SETTINGS: tuple[Setting, ...] = (
             "int", 1, 256),
     Setting("UPLOAD_QUEUE_SECONDS", "10", "How long an upload waits for a free slot "
             "before the answer is 503 server_busy with Retry-After.", "float", 0, 600),
-    Setting("REQUEST_TIMEOUT", "30", "Seconds a client has to send a request, plus a "
-            "second for every 16 KB it sends (a slow link keeps its time, a client dripping "
-            "bytes does not); also the longest an upload may stall. 408 after that.",
+    Setting("REQUEST_TIMEOUT", "30", "Seconds a client has to send a request from its "
+            "first byte, plus a second for every 16 KB of body it sends (a slow link keeps "
+            "its time, a client dripping bytes does not); also the longest an upload may "
+            "stall. 408 after that.",
             "float", 1, 3600),
+    Setting("HEADER_TIMEOUT", "10", "Seconds a client has to send a request's line and "
+            "headers, from its connection (or its first byte on a kept-alive one); bytes "
+            "trickled meanwhile do not extend it. A connection that sent nothing is closed, "
+            "one that sent part of a request gets 408.", "float", 1, 3600),
+    Setting("MAX_CONNECTIONS_PER_CLIENT", "64", "Connections one client address may hold "
+            "open in each worker; more are answered 503 and closed (over TLS, just "
+            "closed). 0 = no limit. Not applied behind a reverse proxy (TRUSTED_PROXIES > "
+            "0): every connection comes from the proxy there, which limits its clients "
+            "itself.", "int", 0, 100_000),
     Setting("MAX_REQUESTS", "10000", "gunicorn restarts a worker after this many requests "
             "(plus a random jitter), so a slow leak cannot grow forever; 0 = never.",
             "int", 0, 100_000_000),

@@ -408,6 +408,120 @@ print(json.dumps({"precision": engine.precision, "auto": engine.info["auto"],
 
 
 
+# --------------------------------------------------------------------------- reliability
+
+FIRST_INFERENCES = """
+import sys, threading
+import numpy as np
+from pathlib import Path
+from webapp.engines import runtime
+engine = runtime.open_engine(Path(sys.argv[1]), "openvino", 2, "fp32", dual=True)
+assert engine.compiled.wait(120), "the second network never compiled"
+barrier = threading.Barrier(4)
+def infer():
+    barrier.wait()
+    assert engine(np.zeros((1, 3, 224, 224), np.float32))[0].shape == (1, 1000)
+threads = [threading.Thread(target=infer) for _ in range(4)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print("answered")
+"""
+
+
+@pytest.mark.system
+def test_a_fresh_process_answers_its_first_inferences_on_four_threads_at_once(
+        bundled_source):
+    """OpenVINO's Python module deadlocks when two threads turn their first inference
+    results into NumPy arrays at once (docs/operating.md): without the warm-up, 9 of 10
+    such processes hung.  Each engine runs once before any thread may use it, so a new
+    process with four requests arriving together answers all four -- every time."""
+    import subprocess
+
+    card = engines.ensure_card(bundled_source, settings())
+    network = engines.EngineSettings().cache.path(card.onnx)
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", FIRST_INFERENCES, str(network)],
+                              capture_output=True, text=True, timeout=180, cwd=ROOT)
+        assert done.returncode == 0 and "answered" in done.stdout, done.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_an_undecodable_sidecar_or_another_models_entry_is_rebuilt_not_served(
+        bundled_source, cache_dir):
+    """Bytes that are not even text in a sidecar, and the entries of another model copied
+    over this one's (sidecars included): either way the entry is not served as it is but
+    rebuilt as this model's, and the model answers."""
+    cache = engines.EngineSettings(cache_dir=str(cache_dir)).cache
+    card = engines.ensure_card(bundled_source, settings(cache=cache_dir))
+    sidecar = cache.path(card.onnx + ".sha256")
+    sidecar.write_bytes(b"\xff\xfe" + sidecar.read_bytes()[2:])
+    assert not cache.valid(card.onnx)
+
+    # Another model's card (its own key inside) copied over this model's, sidecar too.
+    other = engines.ModelCard(**{**{k: getattr(card, k) for k in card.STORED},
+                                 "key": "0" * 32, "version": "feedfacecafe"})
+    cache.write_card(other)
+    name = cache.card_name(card.key)
+    cache.path(name).write_bytes(cache.path(cache.card_name(other.key)).read_bytes())
+    cache.path(name + ".sha256").write_bytes(
+        cache.path(cache.card_name(other.key) + ".sha256").read_bytes())
+    assert cache.read_card(card.key) is None  # not this model's card
+
+    served_card, engine = engines.serve(bundled_source, settings(cache=cache_dir))
+    assert served_card.key == card.key and served_card.version == bundled_source.sha256[:12]
+    assert cache.valid(card.onnx) and cache.read_card(card.key).key == card.key
+    assert engine(np.zeros((1, 3, 224, 224), np.float32))[0].shape == (1, 1000)
+
+
+@pytest.mark.slow
+def test_a_card_of_another_version_of_the_file_is_not_served(bundled_source, cache_dir):
+    """A card whose model-file version is not the file's (an entry made for other
+    weights under this key) is rebuilt before it is used."""
+    cache = engines.EngineSettings(cache_dir=str(cache_dir)).cache
+    card = engines.ensure_card(bundled_source, settings(cache=cache_dir))
+    cache.write_card(engines.ModelCard(**{**{k: getattr(card, k) for k in card.STORED},
+                                          "version": "0123456789ab"}))
+    assert cache.read_card(card.key, bundled_source.sha256[:12]) is None
+    again = engines.ensure_card(bundled_source, settings(cache=cache_dir))
+    assert again.version == bundled_source.sha256[:12]
+
+
+@pytest.mark.slow
+def test_a_damaged_compiled_network_blob_is_replaced_and_the_precision_kept(
+        bundled_source, cache_dir):
+    """OpenVINO's own cache of compiled networks: a blob cut short (a crash while it was
+    written) costs one compilation; the network is served in the precision asked for and
+    the blob is whole again afterwards."""
+    from pathlib import Path
+
+    card = engines.ensure_card(bundled_source, settings(cache=cache_dir))
+    network = Path(cache_dir) / card.onnx
+    blobs = Path(cache_dir) / "blobs-test"
+    runtime.open_engine(network, "openvino", 2, "fp32", blobs=str(blobs))
+    (blob,) = blobs.glob("*.blob")
+    size = blob.stat().st_size
+    blob.chmod(0o644)
+    blob.write_bytes(blob.read_bytes()[:size // 3])
+    engine = runtime.open_engine(network, "openvino", 2, "fp32", blobs=str(blobs))
+    assert engine.precision == "fp32"
+    assert engine(np.zeros((1, 3, 224, 224), np.float32))[0].shape == (1, 1000)
+    assert blob.stat().st_size > size * 0.9  # written whole again (not byte for byte)
+
+
+def test_an_unwritable_engine_cache_is_named_in_the_error(bundled_source, tmp_path):
+    """A model the cache does not hold yet cannot be converted into a cache that cannot
+    be written: the error says so and names ENGINE_CACHE_DIR (not the model file)."""
+    from webapp.engines.artefacts import EngineCacheError
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder should be", "utf-8")
+    with pytest.raises(EngineCacheError, match="ENGINE_CACHE_DIR") as caught:
+        engines.ensure_card(bundled_source, settings(cache=blocked / "engines"))
+    assert not caught.value.full
+
+
 def test_a_cache_starts_from_a_seed_made_ahead_of_time(tmp_path):
     """ENGINE_CACHE_SEED (the Docker image's /opt/engines): intact entries the cache lacks
     are copied with their sidecars, OpenVINO's compiled networks too; a damaged entry, a

@@ -194,6 +194,82 @@ def test_logging_out_ends_every_copy_of_the_session_in_every_worker(tmp_path):
     assert stolen.get("/admin/").status_code == 200
 
 
+def test_a_deleted_or_garbled_session_generation_ends_every_session(tmp_path):
+    """Deleting or garbling sessions.json must not bring back sessions a logout ended
+    (nor keep any alive): no readable generation, no valid session.  The next login
+    starts a new generation, and only its cookies work."""
+    app = make_app(tmp_path / "store")
+    browser = app.test_client()
+    csrf = login(browser)
+    ended = browser.get_cookie("session").value  # copied before the logout
+    assert browser.post("/admin/logout", data={"csrf_token": csrf}).status_code == 302
+    csrf = login(browser)
+    sessions = tmp_path / "store" / "sessions.json"
+    for damage in (lambda: sessions.unlink(), lambda: sessions.write_bytes(b"{\x00garbled")):
+        damage()
+        for cookie in (ended, browser.get_cookie("session").value):
+            thief = app.test_client()
+            thief.set_cookie("session", cookie)
+            assert thief.get("/admin/").status_code == 302
+            assert thief.get("/admin/api/models").status_code == 401
+        login(browser)  # a new generation: logging in works again, old cookies stay out
+        thief = app.test_client()
+        thief.set_cookie("session", ended)
+        assert thief.get("/admin/api/models").status_code == 401
+        assert browser.get("/admin/").status_code == 200
+
+
+def test_a_logout_that_cannot_be_saved_says_so(tmp_path, monkeypatch):
+    """The session store cannot be written (the disk refuses the write: a read-only file
+    system, injected here where the store writes; tests/http/test_fail_safe.py does it
+    with a real read-only MODEL_DIR): the page says the logout was not saved, what still
+    holds and what ends it, instead of "Logged out." over copies that stay valid."""
+    import errno
+
+    from webapp.stores import durable
+
+    app = make_app(tmp_path / "store")
+    browser = app.test_client()
+    csrf = login(browser)
+    copy = app.test_client()
+    copy.set_cookie("session", browser.get_cookie("session").value)
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(durable, "write_json", read_only)
+    response = browser.post("/admin/logout", data={"csrf_token": csrf})
+    assert response.status_code == 503
+    text = response.get_data(as_text=True)
+    assert "Logging out could not be saved" in text and "MODEL_DIR" in text
+    assert "Read-only file system" in text and "ADMIN_TOKEN" in text
+    assert "Logged out." not in text
+    assert browser.get("/admin/").status_code == 302  # this browser is logged out
+    assert copy.get("/admin/").status_code == 200  # and the page said copies still work
+
+
+@pytest.mark.parametrize("target", ["/admin/\r\nSet-Cookie: x=1", "/admin/%0d%0a",
+                                    "/admin/\nLocation: //evil.example", "/admin/\x00"])
+def test_control_characters_in_next_do_not_break_the_login(admin, target):
+    token = csrf_from(admin.get("/admin/login").get_data(as_text=True))
+    response = admin.post("/admin/login", query_string={"next": target},
+                          data={"csrf_token": token, "token": TOKEN})
+    assert response.status_code == 302
+    assert "\n" not in response.location and "\r" not in response.location
+    assert response.location.startswith("/admin/")
+
+
+def test_renaming_keeps_the_json_budget(admin):
+    """PATCH /admin/api/models/<id> reads its JSON like every other JSON route: deep
+    nesting is a 400 and a huge body a 413, both before anything is parsed or stored."""
+    url = f"/admin/api/models/{BUILTIN}"
+    headers = {**BEARER, "Content-Type": "application/json"}
+    deep = b'{"name": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"
+    assert_error(admin.patch(url, headers=headers, data=deep), 400, "bad_json")
+    huge = b'{"name": "' + b"x" * (19 << 20) + b'"}'
+    assert_error(admin.patch(url, headers=headers, data=huge), 413, "too_large")
+
+
 @pytest.mark.parametrize("hops, headers, base_url, https", [
     (0, {}, "http://localhost", False),
     (0, {}, "https://localhost", True),  # gunicorn's own TLS

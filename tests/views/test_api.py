@@ -119,6 +119,35 @@ def test_too_many_images_is_a_400(client, app, monkeypatch):
     assert_error(post(client, *files), 400, "too_many_images")
 
 
+def test_the_images_of_one_request_share_a_pixel_budget(client, app, monkeypatch):
+    """MAX_REQUEST_PIXELS counts what every image of a request would decode, from the
+    headers, before any is decoded: legal images that together are too many are a 413
+    at once; a JPEG counts at the reduced scale it is decoded at, so phone photos pass."""
+    monkeypatch.setitem(app.config, "MAX_REQUEST_PIXELS", 1_000_000)
+    big = encode(photo("camera").image.resize((800, 800)), "PNG")  # 0.64 MP each, whole
+    message = assert_error(post(client, ("a.png", big), ("b.png", big)), 413,
+                           "too_many_pixels")
+    assert "1,280,000 pixels to decode in all" in message and "1,000,000" in message
+    # 16 images claiming 49 MP each: refused from their headers (no decoding at all).
+    bombs = [(f"{n}.png", hostile.png_header_only(7000, 7000)) for n in range(16)]
+    monkeypatch.setitem(app.config, "MAX_REQUEST_PIXELS", 100_000_000)
+    assert "784,000,000 pixels" in assert_error(post(client, *bombs), 413, "too_many_pixels")
+    monkeypatch.setitem(app.config, "MAX_REQUEST_PIXELS", 1_000_000)
+    photo_jpeg = encode(photo("coffee").image.resize((1600, 1600)), "JPEG")  # 2.56 MP
+    body = post(client, ("a.jpg", photo_jpeg), ("b.jpg", photo_jpeg)).get_json()
+    assert [r["predictions"][0]["label"] for r in body["results"]] == ["espresso"] * 2
+
+
+def test_unknown_methods_are_counted_under_one_label(client):
+    """A client may send any token as its method: /metrics counts the ones it does not
+    know as OTHER, so its series cannot grow with what clients invent."""
+    for method in ("FOO", "BAR123", "X-RANDOM-9", "GET"):
+        client.open("/healthz", method=method)
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'method="OTHER"' in text and 'method="GET"' in text
+    assert "FOO" not in text and "BAR123" not in text and "X-RANDOM" not in text
+
+
 def test_file_field_and_raw_body_are_accepted(client):
     assert post(client, ("c.jpg", jpeg()), field="file").status_code == 200
     response = client.post("/predict", data=jpeg(), content_type="image/jpeg")

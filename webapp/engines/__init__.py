@@ -209,10 +209,11 @@ def ensure_card(source: ModelSource, settings: EngineSettings, *,
         return card is not None and (not int8 or int8_state(card, settings)[0] != "missing") \
             and (not decide or decision(card.key, settings) is not None)
 
-    card = cache.read_card(key)
+    version = source.sha256[:12]
+    card = cache.read_card(key, version)
     if not done(card):
         with _build_lock, cache.lock(cache.card_name(key)):
-            card = cache.read_card(key)
+            card = cache.read_card(key, version)
             if not done(card):
                 card = _run_build(source, settings, cache, key, int8, decide)
     return _named(card, source)
@@ -251,20 +252,23 @@ def _run_build(source, settings, cache, key, int8, decide=False) -> ModelCard:
             common += ["--calibration-dir", settings.calibration_dir]
     timeout = child.BUILD_TIMEOUT
     what = "the model"
+    given = None  # on the child's stdin
     if source.kind == "builtin":
         args = ["builtin", *common]
         if source.weights:
             args += ["--weights", source.weights]
     else:
-        args = ["checkpoint", source.file, "--given", json.dumps(source.given),
-                "--sha256", source.sha256, *common]
+        # What was said about the file goes on the child's stdin: a labels file may be
+        # larger than one command-line argument may be (128 KB on Linux).
+        args = ["checkpoint", source.file, "--given", "-", "--sha256", source.sha256, *common]
+        given = json.dumps(source.given)
         if source.label:
             args += ["--label", source.label]
             what = source.label[:1].lower() + source.label[1:]
         if source.untrusted:
             memory_mb, timeout = child.upload_limits(os.path.getsize(source.file))
             args += ["--memory-mb", str(memory_mb)]
-    answer = child.run_builder(args, timeout=timeout, what=what)
+    answer = child.run_builder(args, timeout=timeout, what=what, stdin=given)
     card = ModelCard.from_json(answer["card"])
     log.info("built %s for serving in %.1f s (a child process; cached as %s)", card.name,
              time.perf_counter() - started, key)
@@ -276,7 +280,7 @@ def _build_here(source, settings, cache, key, int8, decide=False) -> ModelCard:
     trusted model is built right here instead of in a child."""
     from webapp.engines import build, precision, torch_engine
 
-    card = cache.read_card(key)
+    card = cache.read_card(key, source.sha256[:12])
     if card is None:
         card = build.build_card(torch_engine.load_module(source), key, cache, lock=False)
     if int8:
@@ -362,12 +366,12 @@ def open_card(card: ModelCard, settings: EngineSettings, precision: str
     else:
         name = card.onnx
     runtime = "onnxruntime" if settings.engine == "torch" else settings.engine
-    # One compilation of a network at a time: OpenVINO writes its compiled network into
-    # the cache's openvino/ folder without a lock, and a worker that read the file while
-    # another was writing it failed to open the network (workers starting together).
-    with cache.lock(f"{name}.compile"):
-        engine = open_engine(cache.path(name), runtime, settings.threads, precision,
-                             settings.dual, blobs=str(cache.path("openvino")))
+    # One compilation at a time: OpenVINO writes its compiled network into the cache's
+    # openvino/ folder without a lock, and a worker that read the file while another was
+    # writing it failed to open the network (workers starting together); runtime._compile
+    # holds a lock on that folder for every compilation (the background one too).
+    engine = open_engine(cache.path(name), runtime, settings.threads, precision, settings.dual,
+                         blobs=str(cache.path("openvino")), input_size=card.input_size)
     if card.kind == "onnx":
         _adapt_upload(engine, card)
     engine.info = {"engine": settings.engine, "quantization": settings.quantize,

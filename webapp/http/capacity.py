@@ -25,6 +25,7 @@ import socket
 import threading
 
 from flask import Flask, current_app, g, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from webapp.http import errors, metrics
 from webapp.messages import Message
@@ -149,6 +150,9 @@ def _has_body() -> bool:
 
 
 def _limit_request():
+    length, limit = request.content_length, request.route_limit
+    if length is not None and limit is not None and length > limit:
+        raise RequestEntityTooLarge()  # answered at once: no slot, no body read
     if _takes_upload_slot():
         slots: UploadSlots = current_app.extensions["upload_slots"]
         if not slots.acquire():

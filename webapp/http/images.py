@@ -102,10 +102,12 @@ def classify(
     served one (admin trials)."""
     classifier = classifier or current.holder().get()
     try:
-        result = prediction.classify(classifier, uploads, k, started=started,
-                                     max_pixels=current_app.config["MAX_IMAGE_PIXELS"],
-                                     seconds=current_app.config["DECODE_TIMEOUT"],
-                                     names=display_names(classifier.labels))
+        result = prediction.classify(
+            classifier, uploads, k, started=started,
+            max_pixels=current_app.config["MAX_IMAGE_PIXELS"],
+            seconds=current_app.config["DECODE_TIMEOUT"],
+            max_total_pixels=current_app.config["MAX_REQUEST_PIXELS"],
+            names=display_names(classifier.labels))
     except imaging.ImageError as exc:
         metrics.image_rejected(exc.code)
         raise

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from model_loader import ModelLoadError
 from webapp import engines
 from webapp.engines import EngineSettings
-from webapp.messages import Message
+from webapp.engines.precision import reason
+from webapp.messages import Message, MessageList
 from webapp.serving.classifier import Classifier
 from webapp.stores.registry import BUILTIN, Registry, RegistryError
 
@@ -209,7 +210,13 @@ class ModelHolder:
         if model_id == "builtin" and self._builtin is not None:
             return self._builtin  # loaded once and kept: nothing to load or log
         started = time.perf_counter()
-        classifier = load_classifier(self._config, self._registry, model_id)
+        try:
+            classifier = load_classifier(self._config, self._registry, model_id)
+        except (ModelLoadError, RegistryError):
+            raise
+        except Exception as exc:  # a damaged cache, a disk error: a load failure all the same
+            log.exception("loading model %s failed", model_id)
+            raise ModelLoadError(f"loading it failed: {reason(exc)}") from exc
         if model_id == "builtin":
             self._builtin = classifier
         self.load_seconds = time.perf_counter() - started
@@ -256,6 +263,7 @@ class ModelHolder:
                 "%(serving)s (%(name)s) instead.", active=state.active, reason=failures[0],
                 serving=self._classifier.model_id, name=self._classifier.loaded.name)
             log.error("%s", self.notice)
+        self.notice = _joined(state.problem, self.notice)
 
     def _load_or_record(self, model_id: str) -> Classifier:
         try:
@@ -272,10 +280,11 @@ class ModelHolder:
         if stamp == self._stamp:
             return
         self._stamp = stamp
-        wanted = self._registry.state().active
+        state = self._registry.state()
+        wanted = state.active
         current = self._classifier
         if wanted == current.model_id:  # e.g. renamed (Registry.rename rewrites the pointer)
-            self.notice = None
+            self.notice = state.problem
             self._current_name(current)
             return
         try:
@@ -287,14 +296,14 @@ class ModelHolder:
                 new = self._timed_load(wanted)
         except Exception as exc:  # whatever goes wrong, the current model keeps serving
             reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-            self.notice = Message(
+            self.notice = _joined(state.problem, Message(
                 "The active model %(active)s could not be loaded (%(reason)s); still serving "
                 "%(serving)s (%(name)s).", active=wanted, reason=reason,
-                serving=current.model_id, name=current.loaded.name)
+                serving=current.model_id, name=current.loaded.name))
             log.error("%s", self.notice)
             return
         self._classifier = new
-        self.notice = None
+        self.notice = state.problem
         self._notify()
         log.info("pid %d now serves model %s (was %s)", os.getpid(), wanted,
                  current.model_id)
@@ -312,3 +321,12 @@ class ModelHolder:
         if self._builtin is None:
             self._builtin = self._timed_load("builtin")
         return self._builtin
+
+
+def _joined(*notices: str | None) -> str | None:
+    """Notices (each one or more whole sentences) in one text, each translated where it
+    is shown, or None when there is none."""
+    notices = [n for n in notices if n]
+    if len(notices) > 1:
+        return MessageList(notices, " ")
+    return notices[0] if notices else None

@@ -141,8 +141,10 @@ def readyz():
     may ask, so no server path is in the answer: a file's name says enough."""
     try:
         classifier = current.holder().get()
-    except ModelLoadError as exc:
-        return jsonify(status="error", error=_without_paths(str(exc))), 503
+    except Exception as exc:  # noqa: BLE001 - not ready, whatever the reason: 503, never 500
+        why = str(exc) if isinstance(exc, ModelLoadError) else (
+            f"the model could not be loaded: {str(exc).strip() or type(exc).__name__}")
+        return jsonify(status="error", error=_without_paths(why)), 503
     loaded = classifier.loaded
     return jsonify(_without_paths(dict(
         status="ready",
@@ -180,6 +182,6 @@ def _registry_status(classifier) -> dict | None:
     registry = current.holder().registry
     if registry is None:
         return None
-    active = registry.state().active
-    return {"active": active, "serving": classifier.model_id,
-            "in_sync": active == classifier.model_id}
+    state = registry.state()
+    return {"active": state.active, "serving": classifier.model_id,
+            "in_sync": state.active == classifier.model_id and state.problem is None}

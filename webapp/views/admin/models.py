@@ -381,10 +381,10 @@ def _changed(state, seconds: float | None):
 @bp.patch("/api/models/<model_id>")
 def api_rename(model_id):
     """JSON ``{"name": "..."}``: the new display name."""
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-        raise ApiError(400, "bad_json", Message(
-            'Send the new name as JSON, e.g. {"name": "Fruit v2"}.'))
+    hint = Message('Send the new name as JSON, e.g. {"name": "Fruit v2"}.')
+    body = uploads.json_object(hint)  # the JSON budget: size and depth
+    if not isinstance(body.get("name"), str):
+        raise ApiError(400, "bad_json", hint)
     registry().rename(model_id, body["name"])
     return api_model(model_id)
 
