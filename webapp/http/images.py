@@ -8,7 +8,7 @@ from __future__ import annotations
 from flask import current_app, request
 
 from webapp import current
-from webapp.http import accesslog, metrics
+from webapp.http import accesslog, metrics, timings
 from webapp.http.errors import ApiError
 from webapp.http.uploads import MAX_URLENCODED_BYTES, URLENCODED, raw_body
 from webapp.serving import imaging, prediction
@@ -78,16 +78,16 @@ def parse_topk(default: int = 3) -> int:
     return k
 
 
-def classify(
-    uploads: list[Upload], k: int, started: float | None = None, classifier=None
-) -> tuple[dict, list]:
+def classify(uploads: list[Upload], k: int, classifier=None) -> tuple[dict, list]:
     """Decode every upload, classify them as one batch, and build the response body
-    (``webapp.serving.prediction``); also returns the decoded images.  Raises
-    ``ImageError`` naming the first bad file.  ``classifier``: another model than the
-    served one (admin trials)."""
+    (``webapp.serving.prediction``; its ``timings_ms`` are the request's stages so far,
+    ``webapp.http.timings``); also returns the decoded images.  Raises ``ImageError``
+    naming the first bad file.  ``classifier``: another model than the served one (admin
+    trials)."""
+    timings.stopwatch().lap("parse")  # reading the uploads, since the last stage
     classifier = classifier or current.holder().get()
     try:
-        result = prediction.classify(classifier, uploads, k, started=started,
+        result = prediction.classify(classifier, uploads, k, watch=timings.stopwatch(),
                                      max_pixels=current_app.config["MAX_IMAGE_PIXELS"],
                                      seconds=current_app.config["DECODE_TIMEOUT"])
     except imaging.ImageError as exc:

@@ -42,6 +42,7 @@ import re
 import selectors
 import socket
 import ssl
+import threading
 import time
 from functools import partial
 
@@ -58,16 +59,21 @@ RECV_BYTES = 256 * 1024
 MIN_RATE = 16 * 1024  # bytes per second that earn a slow client more time
 LINGER_SECONDS = 2.0
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
+# ``environ`` key: (first byte seen, whole request in), ``time.perf_counter()`` seconds,
+# for a request this worker read before a thread got it (``timings_ms``'s ``receive``).
+RECEIVED = "webapp.received"
 
 
 class Arrival:
     """A request on its way in: the bytes so far and when it must be complete."""
 
-    __slots__ = ("data", "started", "timeout", "head_end", "body_length", "scanned")
+    __slots__ = ("data", "started", "first_byte", "timeout", "head_end", "body_length",
+                 "scanned")
 
     def __init__(self, data: bytes, timeout: float):
         self.data = bytearray(data)
         self.started = time.monotonic()
+        self.first_byte = time.perf_counter()
         self.timeout = timeout
         self.head_end: int | None = None  # offset of the body, once the head is in
         self.body_length = 0  # bytes of body to wait for
@@ -91,6 +97,7 @@ class BufferingWorker(ThreadWorker):
         self.arriving: dict = {}  # connection -> Arrival
         self.lingering: dict = {}  # connection -> when to close it after its 408
         self.tls_context = None  # with a certfile: made by the first connection
+        self.received = threading.local()  # the handling thread's request: RECEIVED
         cfg = self.cfg
         self.max_head = (cfg.limit_request_line + 2
                          + cfg.limit_request_fields * (cfg.limit_request_field_size + 2) + 2)
@@ -117,12 +124,30 @@ class BufferingWorker(ThreadWorker):
         return None
 
     def _hand_over(self, conn, arrival: Arrival, registered: bool = True) -> None:
+        conn.received = (arrival.first_byte, time.perf_counter())
         self._forget(conn, arrival, registered)
         if conn.parser is None:
             conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
         conn.parser.unreader = ReadAhead(conn.sock, arrival.data)
         conn.data_ready = conn.arrived = True
         super().enqueue_req(conn)
+
+    def handle_request(self, req, conn):
+        """In the thread: when this request arrived, for the app (``RECEIVED``)."""
+        self.received.times, conn.received = getattr(conn, "received", None), None
+        return super().handle_request(req, conn)
+
+    def load_wsgi(self):
+        super().load_wsgi()
+        app, received = self.wsgi, self.received
+
+        def with_arrival(environ, start_response):
+            times = getattr(received, "times", None)
+            if times is not None:
+                environ[RECEIVED] = times
+            return app(environ, start_response)
+
+        self.wsgi = with_arrival
 
     def finish_request(self, conn, fs):
         """Bytes of a next request that arrived with this one (pipelining) go where

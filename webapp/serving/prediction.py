@@ -3,13 +3,13 @@ as one batch, and build the response body (GUIDE.md §2)."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from PIL import Image
 
 from webapp.serving import imaging
 from webapp.serving.classifier import Classifier
+from webapp.serving.stopwatch import Stopwatch
 
 
 @dataclass
@@ -33,12 +33,14 @@ def _round(timings: dict) -> dict:
 
 
 def decode(uploads: list[Upload], *, max_pixels: int, min_side: int,
-           seconds: float | None = None) -> tuple[list[Image.Image], list[float]]:
+           seconds: float | None = None, watch: Stopwatch | None = None,
+           ) -> tuple[list[Image.Image], list[float]]:
     """The uploads as images (``imaging.load``, each within ``seconds``) and each one's
-    decoding time; an ``ImageError`` names the first bad file when there are several."""
+    decoding time (laps of ``watch``); an ``ImageError`` names the first bad file when
+    there are several."""
+    watch = Stopwatch() if watch is None else watch
     images, decode_ms = [], []
     for n, upload in enumerate(uploads):
-        t0 = time.perf_counter()
         try:
             images.append(imaging.load(upload.data, max_pixels=max_pixels,
                                        min_side=min_side, seconds=seconds))
@@ -46,17 +48,19 @@ def decode(uploads: list[Upload], *, max_pixels: int, min_side: int,
             if len(uploads) > 1:
                 exc.message = f"Image {n + 1} ({upload.filename}): {exc.message}"
             raise
-        decode_ms.append((time.perf_counter() - t0) * 1000)
+        decode_ms.append(watch.lap("decode"))
     return images, decode_ms
 
 
 def classify(classifier: Classifier, uploads: list[Upload], k: int, *, max_pixels: int,
-             seconds: float | None = None, started: float | None = None) -> Classified:
-    started = time.perf_counter() if started is None else started
+             seconds: float | None = None, watch: Stopwatch | None = None) -> Classified:
+    """``watch``: the request's stopwatch (its earlier laps are kept in ``timings_ms``);
+    ``total`` is the time from its start to the body built."""
+    watch = Stopwatch() if watch is None else watch
     images, decode_ms = decode(uploads, max_pixels=max_pixels,
-                               min_side=classifier.resize_size, seconds=seconds)
-    predictions, unknown, timings = classifier.answer(images, k)
-    total = (time.perf_counter() - started) * 1000
+                               min_side=classifier.resize_size, seconds=seconds,
+                               watch=watch)
+    predictions, unknown, timings = classifier.answer(images, k, watch)
     share = len(images)
     results = [
         {
@@ -67,9 +71,8 @@ def classify(classifier: Classifier, uploads: list[Upload], k: int, *, max_pixel
             "unknown": unknown[n],
             "timings_ms": _round({
                 "decode": decode_ms[n],
-                "preprocess": timings["preprocess"] / share,
-                "inference": timings["inference"] / share,
-                "total": total / share,
+                **{stage: ms / share for stage, ms in timings.items()},
+                "total": decode_ms[n] + sum(timings.values()) / share,
             }),
         }
         for n, (upload, img, preds) in enumerate(zip(uploads, images, predictions))
@@ -77,8 +80,8 @@ def classify(classifier: Classifier, uploads: list[Upload], k: int, *, max_pixel
     body: dict = {"model": classifier.info}
     if len(results) == 1:
         body.update(predictions=results[0]["predictions"], unknown=unknown[0])
-        body["timings_ms"] = _round({"decode": decode_ms[0], **timings, "total": total})
     else:
         body["results"] = results
-        body["timings_ms"] = _round({"decode": sum(decode_ms), **timings, "total": total})
+    watch.lap("postprocess")
+    body["timings_ms"] = _round({**watch.ms, "total": watch.elapsed_ms()})
     return Classified(body, images, decode_ms, timings)

@@ -13,7 +13,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from model_loader import ModelLoadError
 from webapp import current
-from webapp.http import accesslog, capacity, metrics
+from webapp.http import accesslog, capacity, metrics, timings
 from webapp.http.errors import ApiError
 from webapp.http.images import classify, parse_topk, uploads_from_request
 from webapp.serving import explain as explaining
@@ -28,10 +28,11 @@ def _round(timings: dict) -> dict:
 @bp.post("/predict")
 @capacity.upload_slot
 def predict():
-    started = time.perf_counter()
+    watch = timings.stopwatch()
+    watch.lap("queue")  # for a thread and an upload slot
     uploads = uploads_from_request()  # first: a photo sent as a form is not parsed as one
-    body, _ = classify(uploads, parse_topk(), started)
-    return jsonify(body)
+    body, _ = classify(uploads, parse_topk())
+    return timings.json_answer(body, watch)
 
 
 @bp.post("/explain")

@@ -257,7 +257,7 @@ def _trial(model_id: str):
     if not is_api():
         images = images[:1]  # the page shows one result
     classifier = current.holder().classifier_for(model_id)
-    return classify(images, parse_topk(), None, classifier)
+    return classify(images, parse_topk(), classifier)
 
 
 # --------------------------------------------------------------------------- API
