@@ -139,15 +139,7 @@ class BufferingWorker(ThreadWorker):
 
     def load_wsgi(self):
         super().load_wsgi()
-        app, received = self.wsgi, self.received
-
-        def with_arrival(environ, start_response):
-            times = getattr(received, "times", None)
-            if times is not None:
-                environ[RECEIVED] = times
-            return app(environ, start_response)
-
-        self.wsgi = with_arrival
+        self.wsgi = _WithArrival(self.wsgi, self.received)
 
     def finish_request(self, conn, fs):
         """Bytes of a next request that arrived with this one (pipelining) go where
@@ -405,6 +397,23 @@ class ReadAhead(SocketUnreader):
             self.buf.seek(0, io.SEEK_END)
             self.buf.write(memoryview(self.ahead)[self.at:])
         self.ahead, self.at = bytearray(), 0
+
+
+class _WithArrival:
+    """The app, given ``environ[RECEIVED]`` for a request this worker read itself (the
+    app's other attributes pass through: the server's hooks use them)."""
+
+    def __init__(self, app, received: threading.local):
+        self.app, self.received = app, received
+
+    def __call__(self, environ, start_response):
+        times = getattr(self.received, "times", None)
+        if times is not None:
+            environ[RECEIVED] = times
+        return self.app(environ, start_response)
+
+    def __getattr__(self, name):
+        return getattr(self.app, name)
 
 
 class _Answer:
