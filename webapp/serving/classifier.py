@@ -51,6 +51,13 @@ class Classifier:
         return {"id": self.model_id, **self.loaded.describe()}
 
     @property
+    def measuring(self) -> bool:
+        """Served in fp32 while a child process measures the engines and precisions
+        (``webapp.engines.trials``); the holder swaps in the chosen one."""
+        auto = self.loaded.engine_info.get("auto") or {}
+        return auto.get("state") == "measuring"
+
+    @property
     def num_classes(self) -> int:
         return len(self.labels)
 
