@@ -104,7 +104,8 @@ def _serving() -> dict:
     # notice: the active model could not be loaded; model_notice: about the model served
     # (the bundled fallback, an unverified file).  The public pages show neither.
     return {**classifier.info, "pid": os.getpid(), "notice": holder.notice,
-            "model_notice": classifier.loaded.notice}
+            "model_notice": classifier.loaded.notice,
+            "engine_info": classifier.loaded.engine_info}
 
 
 def _store_upload() -> dict:
