@@ -59,8 +59,9 @@ RECV_BYTES = 256 * 1024
 MIN_RATE = 16 * 1024  # bytes per second that earn a slow client more time
 LINGER_SECONDS = 2.0
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
-# ``environ`` key: (first byte seen, whole request in), ``time.perf_counter()`` seconds,
-# for a request this worker read before a thread got it (``timings_ms``'s ``receive``).
+# ``environ`` key, for a request this worker read before a thread got it: (its first byte
+# seen, handed over; ``time.perf_counter()`` seconds) and whether its body is all in
+# memory (``timings_ms``'s ``receive``; a body all in needs no read timeout).
 RECEIVED = "webapp.received"
 
 
@@ -123,8 +124,9 @@ class BufferingWorker(ThreadWorker):
                                  partial(self._on_readable, conn))
         return None
 
-    def _hand_over(self, conn, arrival: Arrival, registered: bool = True) -> None:
-        conn.received = (arrival.first_byte, time.perf_counter())
+    def _hand_over(self, conn, arrival: Arrival, registered: bool = True,
+                   whole: bool = False) -> None:
+        conn.received = (arrival.first_byte, time.perf_counter(), whole)
         self._forget(conn, arrival, registered)
         if conn.parser is None:
             conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
@@ -204,9 +206,9 @@ class BufferingWorker(ThreadWorker):
                 data[:found.end()] = head
                 self._send(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
             arrival.head_end, arrival.body_length = len(head), length
-        if len(data) - arrival.head_end >= arrival.body_length \
-                or self.buffered > self.buffer_budget:
-            self._hand_over(conn, arrival, registered)
+        whole = len(data) - arrival.head_end >= arrival.body_length
+        if whole or self.buffered > self.buffer_budget:
+            self._hand_over(conn, arrival, registered, whole)
             return True
         return False
 
