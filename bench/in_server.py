@@ -11,13 +11,15 @@ preprocessed), one pass after each request, on the same CPUs.
 Prints a table and JSON: the median of the server's ``timings_ms.inference`` against the
 outside pass (the ratio the server's inference costs over the engine's own), and for the
 same requests how far the stages of ``timings_ms`` are from its ``total`` and that total
-from the client's latency.  With ``ENGINE=auto`` (the default) the engine cache starts
-empty, so it first waits for the engine and precision to be chosen and swapped in.
+from the client's latency (a fresh connection per request, as bench/loadgen.py).  With
+``ENGINE=auto`` (the default) the engine cache starts empty, so it first waits for the
+engine and precision to be chosen and swapped in.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import statistics
@@ -31,6 +33,7 @@ import requests
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from loadgen import multipart  # noqa: E402
 from run import PY, Server, _cpu_name, make_images, pct  # noqa: E402
 
 WARMUP = 5  # requests and passes left out of the figures
@@ -95,23 +98,28 @@ def main() -> None:
                                    preexec_fn=lambda: os.sched_setaffinity(0, cpus))
         if outside.stdout.readline().strip() != "ready":
             raise SystemExit("bench/outside_engine.py did not start")
-        data = image.read_bytes()
-        session = requests.Session()  # one kept-alive connection, as a browser does
+        body, content_type = multipart(image.read_bytes(), image.name)
         inside, bare, unaccounted, gap, other = [], [], [], [], 0
         for _ in range(WARMUP + n):
+            # As bench/loadgen.py (the latencies of bench/run.py): a fresh connection.
             started = time.perf_counter()
-            reply = session.post(server.url + "/predict", files={"image": ("p.jpg", data)},
-                                 timeout=60)
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+            conn.request("POST", "/predict", body,
+                         {"Content-Type": content_type, "Connection": "close"})
+            reply = conn.getresponse()
+            payload = reply.read()
+            conn.close()
             latency = (time.perf_counter() - started) * 1000
-            reply.raise_for_status()
-            body = reply.json()
+            if reply.status != 200:
+                raise SystemExit(f"/predict answered {reply.status}: {payload[:300]!r}")
+            answer = json.loads(payload)
             outside.stdin.write("\n")
             outside.stdin.flush()
             bare_ms = float(outside.stdout.readline())
-            if body["model"]["engine"] != engine["engine"]:
+            if answer["model"]["engine"] != engine["engine"]:
                 other += 1  # a worker not yet swapped: not the artefact measured outside
                 continue
-            timings = body["timings_ms"]
+            timings = answer["timings_ms"]
             inside.append(timings["inference"])
             bare.append(bare_ms)
             stages = sum(v for k, v in timings.items() if k != "total")
