@@ -59,7 +59,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     from webapp import current, i18n
     from webapp.config import available_cpus
     from webapp.engines import EngineSettings
-    from webapp.http import capacity, errors, metrics, security, uploads
+    from webapp.http import capacity, errors, metrics, security, timings, uploads
     from webapp.serving.holder import ModelHolder
     from webapp.serving.workers import WorkerReports, run_dir
     from webapp.stores.datasets import DatasetStore
@@ -120,10 +120,12 @@ def create_app(test_config: dict | None = None) -> Flask:
     # pages' script messages; JSON answers as UTF-8.
     i18n.init_app(app)
 
-    # Requests: bodies (views mark big-file routes with @uploads.spooled), errors as JSON
-    # or pages, request counts and timings, upload slots (views mark image uploads with
-    # @capacity.upload_slot) and the body timeout, security headers and ProxyFix.
+    # Requests: bodies (views mark big-file routes with @uploads.spooled), the stages of
+    # timings_ms, errors as JSON or pages, request counts and timings, upload slots (views
+    # mark image uploads with @capacity.upload_slot) and the body timeout, security
+    # headers and ProxyFix.
     uploads.init_app(app)
+    timings.init_app(app)
     errors.register(app)
     metrics.init_app(app, holder)
     capacity.init_app(app)

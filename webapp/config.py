@@ -84,11 +84,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ALLOW_DOWNLOAD", "0", "Let the server download ResNet18's weights at startup "
             "when they are not cached (otherwise run `python -m model_loader download`).",
             "bool"),
-    Setting("QUANTIZE", "auto", "Numeric precision: `auto` (decided per model by measuring, "
-            "once, cached: int8, then bf16, each built, run and compared with fp32 on the "
-            "model's own validation images or the calibration photos; the first that "
-            "agrees on INT8_MIN_AGREEMENT of them, moves the probabilities by at most "
-            "PRECISION_MAX_SCORE_CHANGE and is faster wins, else fp32; torch: "
+    Setting("QUANTIZE", "auto", "Numeric precision: `auto` (decided per model and machine by "
+            "measuring, once, cached: fp32, bf16 and int8 on each engine ENGINE allows, "
+            "each built, run and compared with fp32 on the model's own validation images or "
+            "the calibration photos; the fastest that agrees on INT8_MIN_AGREEMENT of them "
+            "and moves the probabilities by at most PRECISION_MAX_SCORE_CHANGE wins, a "
+            "reduced precision only when clearly faster than fp32; a new model is served in "
+            "fp32 while a child process measures; torch: "
             "fp32), `none` (fp32), `bf16` (OpenVINO; bfloat16 where the CPU computes it, "
             "else fp32), `static` (int8 weights and activations, calibrated, always) or "
             "`dynamic` (torch's int8 for the Linear layers only).", "choice",
@@ -101,9 +103,14 @@ SETTINGS: tuple[Setting, ...] = (
             "chosen: the mean over the guard images of each image's largest change of any "
             "class's probability.",
             "float", 0.0, 1.0),
-    Setting("ENGINE", "openvino", "What runs the model: `openvino`, `onnxruntime` or "
-            "`torch` (docs/speed.md has the measurements behind the default).", "choice",
-            choices=("torch", "openvino", "onnxruntime")),
+    Setting("ENGINE", "auto", "What runs the model: `auto` (OpenVINO or ONNX Runtime, "
+            "whichever is faster for the model on this machine, measured with QUANTIZE's "
+            "precisions), `openvino`, `onnxruntime` or `torch` (docs/speed.md has the "
+            "measurements).", "choice", choices=("auto", "torch", "openvino", "onnxruntime")),
+    Setting("AUTO_HANDICAP_MS", "", "ENGINE=auto / QUANTIZE=auto: milliseconds added to each "
+            "timed pass of some candidates, as `engine:precision=ms` pairs separated by "
+            "commas (e.g. `onnxruntime:int8=3`), to steer the choice away from them (or to "
+            "see that it follows the measurement); empty = none."),
     Setting("ENGINE_STREAMS", "dual", "How OpenVINO spreads a worker's threads: `dual` "
             "compiles the model twice, one stream on every thread for a request alone "
             "(lowest latency) and one single-threaded stream per thread while several are "
@@ -302,7 +309,7 @@ def plan_concurrency(workers: int = 0, threads: int = 0, cpus: int | None = None
 
 def dual_streams(values: dict) -> bool:
     """Whether the engine compiles a model twice (``plan_concurrency``'s ``dual``)."""
-    return values["ENGINE"] == "openvino" and values["ENGINE_STREAMS"] == "dual"
+    return values["ENGINE"] in ("openvino", "auto") and values["ENGINE_STREAMS"] == "dual"
 
 
 # Settings that are no longer read, and what replaced them: set, they stop the server
@@ -337,7 +344,7 @@ class Config:
                 f"QUANTIZE=dynamic is torch's dynamic quantization and needs ENGINE=torch; "
                 f"with ENGINE={values['ENGINE']} use QUANTIZE=static (int8) or none (fp32)"
             )
-        if values["QUANTIZE"] == "bf16" and values["ENGINE"] != "openvino":
+        if values["QUANTIZE"] == "bf16" and values["ENGINE"] not in ("openvino", "auto"):
             raise ConfigError(
                 f"QUANTIZE=bf16 needs ENGINE=openvino; with ENGINE={values['ENGINE']} use "
                 "QUANTIZE=none (fp32) or static (int8)"

@@ -605,6 +605,26 @@ def test_the_admin_page_shows_the_models_and_works_without_javascript(
     assert bad.status_code == 422 and "looks like: JPEG" in bad.get_data(as_text=True)
 
 
+def test_the_admin_page_shows_the_engine_and_what_was_measured_to_choose_it(admin,
+                                                                          admin_app):
+    """With the default ENGINE=auto QUANTIZE=auto: the engine and precision serving, why,
+    and a row per candidate tried (its time, its agreement with fp32, why not taken);
+    the admin API gives the same."""
+    login(admin)
+    page = admin.get("/admin/").get_data(as_text=True)
+    panel = re.search(r'<details[^>]*id="engine-choice".*?</details>', page, re.S).group(0)
+    made = admin_app.extensions["model_holder"].get().loaded.engine_info["auto"]
+    assert f"Engine: {made['engine']}," in panel and "Chosen by measuring" in panel
+    rows = re.findall(r"<tr[^>]*>\s*<td>(\w+)</td><td>(\w+)</td>", panel)
+    assert {engine for engine, _ in rows} == {"openvino", "onnxruntime"}
+    assert ("openvino", "bf16") in rows or "bf16" not in made["why"]
+    chosen = re.search(r'<tr class="table-success">\s*<td>(\w+)</td><td>(\w+)</td>', panel)
+    assert chosen.groups() == (made["engine"], made["chosen"])
+    assert panel.count(">Chosen<") == 1
+    listed = admin.get("/admin/api/models", headers=BEARER).get_json()["serving"]
+    assert listed["engine_info"]["auto"]["tried"] == made["tried"]
+
+
 @pytest.mark.system  # converts new models in builder child processes
 def test_the_upload_page_counts_the_guesses_of_a_two_class_model(admin, admin_app, tmp_path):
     """A 2-class model gives 2 bars: the heading says "Top 2 guesses", not "Top 3"."""

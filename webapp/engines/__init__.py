@@ -49,7 +49,7 @@ from webapp.engines.runtime import Engine, cpu_signature, open_engine
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("torch", "openvino", "onnxruntime")
+ENGINES = ("auto", "torch", "openvino", "onnxruntime")
 QUANTIZE_MODES = ("auto", "none", "bf16", "dynamic", "static")
 
 __all__ = ["ENGINES", "QUANTIZE_MODES", "Engine", "EngineSettings", "ModelCard", "ModelSource",
@@ -68,7 +68,7 @@ def check_combination(engine: str, mode: str) -> None:
         raise ModelLoadError(
             f"QUANTIZE=dynamic is torch's dynamic quantization and needs ENGINE=torch "
             f"(ENGINE={engine} runs QUANTIZE=none or static)")
-    if mode == "bf16" and engine != "openvino":
+    if mode == "bf16" and engine not in ("openvino", "auto"):
         raise ModelLoadError(
             f"QUANTIZE=bf16 needs ENGINE=openvino (ENGINE={engine} runs QUANTIZE=none, "
             "static" + (" or dynamic)" if engine == "torch" else ")"))
@@ -77,7 +77,8 @@ def check_combination(engine: str, mode: str) -> None:
 @dataclass(frozen=True)
 class EngineSettings:
     """How this process serves models (``ENGINE``, ``QUANTIZE``, ``ENGINE_CACHE_DIR``,
-    ``CALIBRATION_DIR``, ``TORCH_THREADS``)."""
+    ``CALIBRATION_DIR``, ``TORCH_THREADS``).  ``engine="auto"``: OpenVINO or ONNX
+    Runtime, whichever the trials measure faster here (``precision.decide``)."""
 
     engine: str = "openvino"
     quantize: str = "none"
@@ -87,10 +88,11 @@ class EngineSettings:
     dual: bool = False  # ENGINE_STREAMS=dual (OpenVINO)
     min_agreement: float = 0.98  # QUANTIZE=auto: INT8_MIN_AGREEMENT
     max_score_change: float = 0.03  # QUANTIZE=auto: PRECISION_MAX_SCORE_CHANGE
+    handicap: str = ""  # AUTO_HANDICAP_MS: ms added to some candidates' timed passes
 
     @classmethod
     def from_config(cls, config: dict) -> EngineSettings:
-        return cls(engine=config.get("ENGINE") or "openvino",
+        return cls(engine=config.get("ENGINE") or "auto",
                    quantize=config.get("QUANTIZE") or "none",
                    cache_dir=config.get("ENGINE_CACHE_DIR") or "",
                    calibration_dir=config.get("CALIBRATION_DIR") or "",
@@ -99,7 +101,8 @@ class EngineSettings:
                    min_agreement=float(config.get("INT8_MIN_AGREEMENT") or 0.98),
                    max_score_change=float(config.get("PRECISION_MAX_SCORE_CHANGE")
                                           if config.get("PRECISION_MAX_SCORE_CHANGE")
-                                          is not None else 0.03))
+                                          is not None else 0.03),
+                   handicap=config.get("AUTO_HANDICAP_MS") or "")
 
     @property
     def builds_int8(self) -> bool:
@@ -108,9 +111,9 @@ class EngineSettings:
 
     @property
     def decides(self) -> bool:
-        """QUANTIZE=auto on OpenVINO or ONNX Runtime: the precision is decided per model
-        by measuring (``precision.decide``); torch serves fp32."""
-        return self.quantize == "auto" and self.engine != "torch"
+        """QUANTIZE=auto or ENGINE=auto (not torch, which serves what it is told): the
+        engine and precision are decided per model by measuring (``precision.decide``)."""
+        return (self.quantize == "auto" or self.engine == "auto") and self.engine != "torch"
 
     @property
     def cache(self) -> ArtefactCache:
@@ -177,11 +180,12 @@ _build_lock = threading.Lock()  # one build at a time per process (each is a tor
 
 def decision_name(key: str, settings: EngineSettings) -> str:
     """The cache entry of QUANTIZE=auto's decision for the model of ``key``: it depends on
-    the engine, its threads, this CPU (and its oneDNN cap), the calibration set and the
-    threshold."""
-    basis = json.dumps([settings.engine, settings.threads, settings.min_agreement,
-                        settings.max_score_change, cpu_signature(),
-                        int8_name(key, settings.calibration_dir or None)])
+    the engines and precisions allowed, the engine threads, this CPU (and its oneDNN
+    cap), the calibration set, the thresholds and any handicap."""
+    basis = json.dumps([settings.engine, settings.quantize, settings.threads,
+                        settings.min_agreement, settings.max_score_change, cpu_signature(),
+                        int8_name(key, settings.calibration_dir or None)]
+                       + ([settings.handicap] if settings.handicap else []))
     return f"{key}-{hashlib.sha256(basis.encode()).hexdigest()[:12]}.auto.json"
 
 
@@ -293,12 +297,17 @@ def _build_here(source, settings, cache, key, int8, decide=False) -> ModelCard:
 # --------------------------------------------------------------------------- serving
 
 
-def serve(source: ModelSource, settings: EngineSettings) -> tuple[ModelCard, Engine]:
+def serve(source: ModelSource, settings: EngineSettings, *, background: bool = False,
+          ) -> tuple[ModelCard, Engine]:
     """The card and the engine that serve ``source`` in this process.
 
     A precision the engine cannot give steps down *inside* the engine: int8 that cannot
     be built (no calibration photos, a quantizer error) and bf16 that does not compile
-    are served in fp32 by the same engine, and ``engine_info["fallback"]`` says why."""
+    are served in fp32 by the same engine, and ``engine_info["fallback"]`` says why.
+
+    ``background`` (a server's worker): a model whose engine and precision are not
+    decided on this machine yet is served in fp32 at once while a child process
+    measures them (``trials``); otherwise they are measured first."""
     check_combination(settings.engine, settings.quantize)
     if settings.engine == "torch":
         from webapp.engines import torch_engine
@@ -313,7 +322,12 @@ def serve(source: ModelSource, settings: EngineSettings) -> tuple[ModelCard, Eng
         attach(engine, card, settings.cache)
         return card, engine
     if settings.decides:
-        return _serve_decided(source, settings)
+        return _serve_decided(source, settings, background)
+    return _serve_fixed(source, settings)
+
+
+def _serve_fixed(source: ModelSource, settings: EngineSettings) -> tuple[ModelCard, Engine]:
+    """One engine, one precision, as the settings say."""
     card = ensure_card(source, settings, int8=settings.builds_int8)
     fallback = None
     if settings.builds_int8:
@@ -339,20 +353,54 @@ def serve(source: ModelSource, settings: EngineSettings) -> tuple[ModelCard, Eng
     return card, engine
 
 
-def _serve_decided(source: ModelSource, settings: EngineSettings) -> tuple[ModelCard, Engine]:
-    """QUANTIZE=auto: the precision measured for this model on this machine (made once,
-    by the builder, and cached); fp32 if the chosen one does not open here after all."""
-    card = ensure_card(source, settings, decide=True)
-    made = decision(card.key, settings) or {"chosen": "fp32", "why": "no decision was made"}
+def _serve_decided(source: ModelSource, settings: EngineSettings, background: bool
+                   ) -> tuple[ModelCard, Engine]:
+    """QUANTIZE=auto / ENGINE=auto: the engine and precision measured for this model on
+    this machine (once, cached); fp32 if the chosen one does not open here after all.
+    Not measured yet and ``background``: fp32 now (``_provisional``), the trials in a
+    child process."""
+    card = ensure_card(source, settings, int8=settings.builds_int8, decide=not background)
+    made = decision(card.key, settings)
+    if made is None:
+        return _provisional(source, card, settings)
+    engine_name = made.get("engine") or (
+        "openvino" if settings.engine == "auto" else settings.engine)
+    chosen = replace(settings, engine=engine_name)
     try:
-        card, engine = open_card(card, settings, made["chosen"])
+        card, engine = open_card(card, chosen, made["chosen"])
     except Exception as exc:  # noqa: BLE001
-        log.warning("QUANTIZE=auto chose %s for %s but it does not open (%s); serving fp32",
-                    made["chosen"], card.name, reason(exc))
-        card, engine = open_card(card, settings, "fp32")
+        log.warning("QUANTIZE=auto chose %s %s for %s but it does not open (%s); serving "
+                    "fp32", engine_name, made["chosen"], card.name, reason(exc))
+        card, engine = open_card(card, chosen, "fp32")
         engine.info["fallback"] = f"{made['chosen']} did not open: {reason(exc)}"
     engine.info["auto"] = made
-    return card, engine
+    return _as_asked(card, engine, settings)
+
+
+def _provisional(source: ModelSource, card: ModelCard, settings: EngineSettings
+                 ) -> tuple[ModelCard, Engine]:
+    """While the trials run: the engine asked for (OpenVINO for ``auto``) in the precision
+    asked for (fp32 for ``auto``); ``engine.info["auto"]`` says so, and says ``failed``
+    and why if the trials fail."""
+    from webapp.engines import trials
+
+    fixed = replace(settings, engine="openvino" if settings.engine == "auto"
+                    else settings.engine,
+                    quantize="none" if settings.quantize == "auto" else settings.quantize)
+    card, engine = _serve_fixed(source, fixed)
+    serving = f"{engine.info['engine']} {engine.precision}"
+    engine.info["auto"] = {"state": "measuring", "serving": serving,
+                           "why": f"measuring the engines and precisions on this machine; "
+                                  f"serving {serving} until then"}
+    trials.start(card, settings, engine.info["auto"])
+    return _as_asked(card, engine, settings)
+
+
+def _as_asked(card: ModelCard, engine: Engine, settings: EngineSettings
+              ) -> tuple[ModelCard, Engine]:
+    """The card and engine info say the settings (QUANTIZE=auto), beside what runs."""
+    engine.info["quantization"] = settings.quantize
+    return replace(card, quantization=settings.quantize, engine_info=engine.info), engine
 
 
 def open_card(card: ModelCard, settings: EngineSettings, precision: str

@@ -16,6 +16,7 @@ import queue
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,20 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("openvino", "onnxruntime")
+
+_waits = threading.local()
+
+
+def waited_ms() -> float:
+    """How long this thread's last engine call waited for another request's pass to end
+    before its own began, in ms (``timings_ms``'s ``engine_wait``); read once (0 after,
+    and for an engine that does not say)."""
+    ms, _waits.ms = getattr(_waits, "ms", 0.0), 0.0
+    return ms
+
+
+def _waited_since(started: float) -> None:
+    _waits.ms = (time.perf_counter() - started) * 1000
 
 
 @dataclass
@@ -256,8 +271,10 @@ class _Streams:
         self._together.set()
 
     def run(self, batch: np.ndarray):
+        started = time.perf_counter()
         if not self._together.is_set():
             with self._alone_lock:
+                _waited_since(started)
                 return self._infer(self._alone, batch)
         with self._state:
             others = self._in_flight
@@ -265,10 +282,12 @@ class _Streams:
         try:
             if others == 0 and self._alone_lock.acquire(blocking=False):
                 try:
+                    _waited_since(started)
                     return self._infer(self._alone, batch)
                 finally:
                     self._alone_lock.release()
             request = self._free.get()
+            _waited_since(started)
             try:
                 return self._infer(request, batch)
             finally:
@@ -298,7 +317,9 @@ def onnxruntime_engine(path: Path, threads: int) -> Engine:
     lock = threading.Lock()  # one pass at a time: they share the session's thread pool
 
     def run(batch: np.ndarray):
+        started = time.perf_counter()
         with lock:
+            _waited_since(started)
             result = session.run(wanted, {feed: np.ascontiguousarray(batch, dtype=np.float32)})
         return result[0], (result[1] if len(result) > 1 else None)
 

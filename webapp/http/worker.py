@@ -54,6 +54,7 @@ import re
 import selectors
 import socket
 import ssl
+import threading
 import time
 from functools import partial
 from urllib.parse import unquote, urlsplit
@@ -74,17 +75,22 @@ LINGER_SECONDS = 2.0
 MAX_HEAD_BYTES = 32 * 1024  # request line and headers (nginx: 4 buffers of 8 KB)
 DRAIN_SECONDS = 0.1  # a thread drains what the app left of a body for at most this long
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
+# ``environ`` key, for a request this worker read before a thread got it: (its first byte
+# seen, handed over; ``time.perf_counter()`` seconds) and whether its body is all in
+# memory (``timings_ms``'s ``receive``; a body all in needs no read timeout).
+RECEIVED = "webapp.received"
 
 
 class Arrival:
     """A request on its way in: the bytes so far and when it must be complete."""
 
-    __slots__ = ("data", "started", "timeout", "head_timeout", "head_end", "body_length",
-                 "chunks", "limit", "scanned", "received")
+    __slots__ = ("data", "started", "first_byte", "timeout", "head_timeout", "head_end",
+                 "body_length", "chunks", "limit", "scanned", "received")
 
     def __init__(self, data: bytes, timeout: float, head_timeout: float):
         self.data = bytearray(data)
         self.started = time.monotonic()
+        self.first_byte = time.perf_counter()
         self.timeout = timeout
         self.head_timeout = head_timeout
         self.head_end: int | None = None  # offset of the body, once the head is in
@@ -186,6 +192,7 @@ class BufferingWorker(ThreadWorker):
             else settings["MAX_CONNECTIONS_PER_CLIENT"]
         self.per_client: collections.Counter = collections.Counter()
         self.warned: dict = {}  # client address -> when its refusals were last logged
+        self.received = threading.local()  # the handling thread's request: RECEIVED
 
     # ----------------------------------------------------------------- connections
 
@@ -256,14 +263,23 @@ class BufferingWorker(ThreadWorker):
         return None
 
     def _hand_over(self, conn, arrival: Arrival, registered: bool = True) -> None:
+        whole = arrival.head_end is not None and arrival.complete
+        conn.received = (arrival.first_byte, time.perf_counter(), whole)
         self._forget(conn, arrival, registered)
         if conn.parser is None:
             conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
-        conn.parser.unreader = ReadAhead(conn.sock, arrival.data,
-                                         whole=arrival.head_end is not None
-                                         and arrival.complete)
+        conn.parser.unreader = ReadAhead(conn.sock, arrival.data, whole=whole)
         conn.data_ready = conn.arrived = True
         super().enqueue_req(conn)
+
+    def handle_request(self, req, conn):
+        """In the thread: when this request arrived, for the app (``RECEIVED``)."""
+        self.received.times, conn.received = getattr(conn, "received", None), None
+        return super().handle_request(req, conn)
+
+    def load_wsgi(self):
+        super().load_wsgi()
+        self.wsgi = _WithArrival(self.wsgi, self.received)
 
     def finish_request(self, conn, fs):
         """Bytes of a next request that arrived with this one (pipelining) go where
@@ -610,6 +626,23 @@ class ReadAhead(SocketUnreader):
             self.buf.seek(0, io.SEEK_END)
             self.buf.write(memoryview(self.ahead)[self.at:])
         self.ahead, self.at = bytearray(), 0
+
+
+class _WithArrival:
+    """The app, given ``environ[RECEIVED]`` for a request this worker read itself (the
+    app's other attributes pass through: the server's hooks use them)."""
+
+    def __init__(self, app, received: threading.local):
+        self.app, self.received = app, received
+
+    def __call__(self, environ, start_response):
+        times = getattr(self.received, "times", None)
+        if times is not None:
+            environ[RECEIVED] = times
+        return self.app(environ, start_response)
+
+    def __getattr__(self, name):
+        return getattr(self.app, name)
 
 
 class _Answer:

@@ -130,7 +130,8 @@ def _serving() -> dict:
     return {**info, "quantization": str(QUANTIZATION_WORDS.get(info.get("quantization"),
                                                               info.get("quantization"))),
             "pid": os.getpid(), "notice": holder.notice,
-            "model_notice": classifier.loaded.notice}
+            "model_notice": classifier.loaded.notice,
+            "engine_info": classifier.loaded.engine_info}
 
 
 def _store_upload() -> dict:
@@ -291,7 +292,7 @@ def _trial(model_id: str):
     if not is_api():
         images = images[:1]  # the page shows one result
     classifier = current.holder().classifier_for(model_id)
-    return classify(images, parse_topk(), None, classifier)
+    return classify(images, parse_topk(), classifier)
 
 
 # --------------------------------------------------------------------------- API
