@@ -50,6 +50,9 @@ COPY deploy/cpu_torch.py deploy/
 RUN make install VENV=/opt/venv TORCH_INDEX_URL="$TORCH_INDEX_URL"
 RUN python -c "import sys, torch; sys.exit('a CUDA build of torch got in' if torch.version.cuda else 0)"
 COPY . .
+# The project's modules as bytecode: PYTHONDONTWRITEBYTECODE would have every worker of
+# every start compile them again.
+RUN make bytecode VENV=/opt/venv
 RUN if [ "$DOWNLOAD_WEIGHTS" = "1" ]; then make weights VENV=/opt/venv; fi
 # The built-in model converted for serving once, here: a fresh container copies it from
 # /opt/engines (ENGINE_CACHE_SEED) and answers in seconds instead of converting it first.

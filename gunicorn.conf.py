@@ -84,15 +84,17 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
-    """Load the model now, so the first request does not wait for it.  A model that
-    cannot be loaded stops the server with its reason instead of serving errors.
+    """Load the model now, and run it once, so the first request does not wait for it
+    (and no two threads run a first inference at once: webapp/engines/runtime.py).  A
+    worker whose model cannot be loaded -- whatever the error -- logs the reason and
+    exits (MODEL_LOAD_FAILED) instead of answering errors; the master starts another and
+    stops the server after MODEL_LOAD_ATTEMPTS failures in a row (child_exit).
 
     The first start on a machine converts the model in a child process (tens of seconds
     on a slow machine); the worker keeps telling the arbiter it is alive meanwhile, so
     WORKER_TIMEOUT does not kill it for being busy."""
     import threading
 
-    from model_loader import ModelLoadError
     from webapp import current
 
     failure = []
@@ -101,7 +103,7 @@ def post_worker_init(worker):
         try:
             with worker.wsgi.app_context():
                 current.holder().warm_up()
-        except ModelLoadError as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the worker cannot serve
             failure.append(exc)
 
     loader = threading.Thread(target=load, name="model-warm-up", daemon=True)
@@ -110,8 +112,39 @@ def post_worker_init(worker):
         worker.notify()
         loader.join(timeout=1.0)
     if failure:
-        worker.log.error("the model could not be loaded: %s", failure[0])
-        sys.exit(3)  # gunicorn's WORKER_BOOT_ERROR: the arbiter stops instead of looping
+        reason = str(failure[0]).strip() or type(failure[0]).__name__
+        worker.log.error("the model could not be loaded: %s", reason)
+        _write_boot_state(f"{os.getpid()}.failed", reason)
+        sys.exit(MODEL_LOAD_FAILED)
+    _write_boot_state("loaded", str(os.getpid()))
+
+
+# A worker that could not load its model exits with this code and leaves its reason in
+# _boot_dir; the master starts another, and stops after this many failures in a row
+# (a worker that loads its model in between starts the count again).
+MODEL_LOAD_FAILED = 5
+MODEL_LOAD_ATTEMPTS = 3
+_boot_dir = tempfile.mkdtemp(prefix="gunicorn-boot-")
+_load_failures = []  # the reasons, in the master, since the last successful load
+
+
+def _write_boot_state(name, text):
+    try:
+        with open(os.path.join(_boot_dir, name), "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError:
+        pass
+
+
+def _read_boot_state(name):
+    path = os.path.join(_boot_dir, name)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError:
+        return None
+    os.unlink(path)
+    return text
 
 
 def when_ready(server):
@@ -184,12 +217,32 @@ def _return_big_blocks_to_the_os(server):
 
 def child_exit(server, worker):
     """A worker is gone (recycled after max_requests, killed, crashed): its per-worker
-    gauges go with it; its counters stay in the totals."""
+    gauges go with it; its counters stay in the totals.  One that could not load its
+    model counts towards MODEL_LOAD_ATTEMPTS: after that many failures in a row the
+    server stops, with the reason, instead of starting workers that cannot serve."""
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid, _metrics_dir)
+    if _read_boot_state("loaded") is not None:
+        _load_failures.clear()
+    reason = _read_boot_state(f"{worker.pid}.failed")
+    if reason is None:
+        return
+    _load_failures.append(reason)
+    if len(_load_failures) < MODEL_LOAD_ATTEMPTS:
+        server.log.error("worker %s could not load the model (%d of %d attempts); starting "
+                         "another: %s", worker.pid, len(_load_failures), MODEL_LOAD_ATTEMPTS,
+                         reason)
+        return
+    from gunicorn.errors import HaltServer
+
+    message = (f"The model could not be loaded {len(_load_failures)} times in a row, so the "
+               f"server stops. The last reason: {reason}")
+    server.log.error("%s", message)
+    raise HaltServer(message, MODEL_LOAD_FAILED)
 
 
 def on_exit(server):
     if _metrics_dir_is_ours:
         shutil.rmtree(_metrics_dir, ignore_errors=True)
+    shutil.rmtree(_boot_dir, ignore_errors=True)

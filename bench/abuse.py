@@ -13,17 +13,22 @@ the other, and for each prints:
   (its slowest answer; every one must be a 200), also as a ratio to the median photo
   latency measured on the quiet server in the same run.
 
-Targets (issue 14, on a quiet 2-core machine): the 4xx within 2 s of the body's end,
-RSS growth at most 100 MB, every concurrent photo a 200 within 2 s.  Figures taken
-while the machine is busy are noisy: say so when you quote them.
+Targets, on a quiet 2-core machine: the 4xx within 2 s of the body's end, RSS growth at
+most 100 MB, every concurrent photo a 200 within 2 s; for the attacks on slots,
+connections, headers, pixels and metrics labels (the last five): every concurrent photo
+a 200 within 2 s, RSS growth at most 150 MB and ``/metrics`` at most 200 KB afterwards
+(its size is printed after every attack).  Figures taken while the machine is busy are
+noisy: say so when you quote them.
 
     .venv/bin/python bench/abuse.py
     .venv/bin/python bench/abuse.py --only slow-headers --worker-class gthread  # before
+    .venv/bin/python bench/abuse.py --only connections   # one class (or a word of its name)
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import io
 import json
 import os
@@ -139,7 +144,9 @@ def send(port: int, req: Request, timeout: float = 600) -> Answer:
     return Answer(status, code, max(0.0, answered - body_end), answered - started)
 
 
-def multipart(fields: dict) -> tuple[bytes, dict]:
+def multipart(fields) -> tuple[bytes, dict]:
+    """A multipart body of ``fields`` (a dict, or (name, value) pairs when a name
+    repeats) and its Content-Type."""
     body, content_type = encode_multipart_formdata(fields)
     return body, {"Content-Type": content_type}
 
@@ -276,6 +283,148 @@ def slow_headers(server: Server, connections: int = 50, seconds: float = 12) -> 
     return answers
 
 
+def _connect(server: Server, source: str, timeout: float = 10) -> socket.socket | None:
+    try:
+        return socket.create_connection(("127.0.0.1", server.port), timeout=timeout,
+                                        source_address=(source, 0))
+    except OSError:
+        return None
+
+
+def _fates(socks: list, wait: float) -> list[Answer]:
+    """What each held connection got within ``wait`` seconds: its status (0: closed or
+    still waiting)."""
+    answers, deadline = [], time.monotonic() + wait
+    for sock in socks:
+        data = b""
+        if sock is not None:
+            sock.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                data = sock.recv(200)
+            except OSError:
+                pass
+            sock.close()
+        status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/") else 0
+        code = None
+        for name in (b"request_timeout", b"too_many_connections", b"request_header_too_large"):
+            if name in data:
+                code = name.decode()
+        answers.append(Answer(status, code, 0.0, 0.0))
+    return answers
+
+
+def chunked_heads(server: Server, connections: int = 12) -> list[Answer]:
+    """``connections`` clients that send a chunked POST /predict head and a first chunk,
+    then nothing (they took every upload slot for ~100 s before chunked bodies were read
+    ahead), from another address than the photos'."""
+    head = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+            b"boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n--b\r\nContent-Dis")
+    socks = [_connect(server, "127.0.0.2") for _ in range(connections)]
+    for sock in socks:
+        if sock is not None:
+            sock.sendall(head)
+    return _fates(socks, 45)  # REQUEST_TIMEOUT and then some
+
+
+def idle_connections(server: Server, connections: int = 2200) -> list[Answer]:
+    """``connections`` connections from one address, each sending one byte (each worker
+    stopped accepting at 1,000 connections: a photo waited 32 s per wave)."""
+    socks = []
+    for _ in range(connections):
+        sock = _connect(server, "127.0.0.3", timeout=5)
+        if sock is not None:
+            try:
+                sock.sendall(b"G")
+            except OSError:
+                pass
+        socks.append(sock)
+    return _fates(socks, 20)  # HEADER_TIMEOUT and then some
+
+
+def big_heads(server: Server, connections: int = 600, size: int = int(0.78 * MB)
+              ) -> list[Answer]:
+    """``connections`` clients sending ``size`` bytes of header lines each (they grew the
+    workers by 274-323 MB), spread over 10 addresses so that no address is over its
+    connection cap: what is measured is the head limit."""
+    lines = attacks.header_lines(size)
+
+    def one(n: int) -> Answer:
+        sock = _connect(server, f"127.0.1.{2 + n % 10}")
+        if sock is None:
+            return Answer(0, None, 0.0, 0.0)
+        try:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            for line in lines:
+                sock.sendall(line)
+        except OSError:
+            pass
+        return _fates([sock], 20)[0]
+
+    answers: list = [None] * connections
+    threads = [threading.Thread(target=lambda n=n: answers.__setitem__(n, one(n)))
+               for n in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
+
+
+def pixel_requests(server: Server, requests_: int = 4, images: int = 16) -> list[Answer]:
+    """``requests_`` requests at once, each of ``images`` legal 49-megapixel PNGs (16 s and
+    ~414 MB of a worker each, before the request's pixel budget)."""
+    png = attacks.big_png()
+    body, headers = multipart([("image", (f"{n}.png", png, "image/png"))
+                               for n in range(images)])
+    return run_requests(server, [Request("POST", "/predict", body, headers)] * requests_)
+
+
+def random_methods(server: Server, count: int = 20_000, clients: int = 8) -> list[Answer]:
+    """``count`` requests with random methods, kept-alive (each was a new /metrics series:
+    97 KB -> 1.8 MB, a scrape 0.04 -> 1.8 s)."""
+    statuses: list[int] = []
+
+    def client(seed: int) -> None:
+        rng = random.Random(seed)
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        reader = sock.makefile("rb")
+        for _ in range(count // clients):
+            method = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(8))
+            for _attempt in range(2):  # again on a new connection if the server closed it
+                try:
+                    sock.sendall(f"{method} /healthz HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                    status_line = reader.readline()
+                except OSError:
+                    status_line = b""
+                if status_line:
+                    break
+                sock.close()
+                sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+                reader = sock.makefile("rb")
+            length = 0
+            while (line := reader.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            reader.read(length)
+            statuses.append(int(status_line.split(b" ")[1]) if status_line else 0)
+        sock.close()
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [Answer(status, None, 0.0, 0.0) for status in set(statuses)] or [
+        Answer(0, None, 0.0, 0.0)]
+
+
+def metrics_size(server: Server) -> tuple[int, float]:
+    """(bytes of /metrics, seconds the scrape took)."""
+    started = time.monotonic()
+    size = len(requests.get(server.url + "/metrics", timeout=120).content)
+    return size, time.monotonic() - started
+
+
 # --------------------------------------------------------------------------- the attacks
 
 
@@ -310,7 +459,21 @@ def attack_list(quick: bool):
              "Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"})])),
         ("zip", "zip of 100,000 entries whose end record says 1",
          lambda s: run_requests(s, [archive(attacks.understated_zip(100_000), "many")])),
+        ("slots", "12 connections sending only a chunked POST /predict head",
+         lambda s: chunked_heads(s)),
+        ("connections", "2,200 idle connections from one address, 1 byte each",
+         lambda s: idle_connections(s)),
+        ("headers", "600 connections x 0.78 MB of header lines (10 addresses)",
+         lambda s: big_heads(s)),
+        ("pixels", "4 requests at once of 16 legal 49-MP PNGs each",
+         lambda s: pixel_requests(s)),
+        ("metrics", "20,000 requests with random methods",
+         lambda s: random_methods(s)),
     ]
+
+# Attacks after which the concurrent photo, memory and /metrics are held to the
+# reliability targets (a photo within 2 s, RSS +150 MB at most, /metrics 200 KB at most).
+RELIABILITY = ("slots", "connections", "headers", "pixels", "metrics")
 
 
 def main() -> int:
@@ -341,25 +504,31 @@ def main() -> int:
             worst = max(t for _, t in photos)
             ok_photos = all(status == 200 for status, _ in photos)
             after = max(a.after_body for a in answers)
-            outcome = ", ".join(sorted({f"{a.status} {a.code or ''}".strip() for a in answers}))
-            fine = (after <= 2 or kind == "slow") and watch.growth <= 100 and ok_photos \
-                and worst <= 2
+            counts = collections.Counter(f"{a.status} {a.code or ''}".strip() for a in answers)
+            outcome = ", ".join(f"{k}" + (f" x{n}" if n > 1 else "")
+                                for k, n in sorted(counts.items()))
+            scrape, scrape_seconds = metrics_size(server)
+            held = kind in RELIABILITY
+            fine = (after <= 2 or kind == "slow" or held) and ok_photos and worst <= 2 \
+                and watch.growth <= (150 if held else 100) and (not held or scrape <= 200_000)
             missed += not fine
             rows.append((kind, name, outcome, after, watch.growth, len(photos), ok_photos,
-                         worst, worst / quiet, fine))
+                         worst, worst / quiet, fine, scrape))
             print(f"[{kind}] {name}\n    answer: {outcome}; {after:.2f} s after the body's "
                   f"end ({max(a.total for a in answers):.1f} s in all); worker RSS "
                   f"+{watch.growth:.0f} MB; {len(photos)} photos meanwhile, "
                   f"{'all 200' if ok_photos else 'NOT ALL 200'}, slowest {worst * 1000:.0f} "
-                  f"ms ({worst / quiet:.1f}x quiet) {'ok' if fine else 'MISSED A TARGET'}")
+                  f"ms ({worst / quiet:.1f}x quiet); /metrics {scrape / 1000:.0f} KB in "
+                  f"{scrape_seconds:.2f} s {'ok' if fine else 'MISSED A TARGET'}")
     finally:
         server.stop()
-    print("\n| class | attack | answer | s after body | RSS growth | photos meanwhile |")
-    print("|---|---|---|---|---|---|")
-    for kind, name, outcome, after, growth, n, ok, worst, ratio, _ in rows:
+    print("\n| class | attack | answer | s after body | RSS growth | photos meanwhile | "
+          "/metrics |")
+    print("|---|---|---|---|---|---|---|")
+    for kind, name, outcome, after, growth, n, ok, worst, ratio, _, scrape in rows:
         print(f"| {kind} | {name} | {outcome} | {after:.2f} | +{growth:.0f} MB | {n}, "
               f"{'all 200' if ok else 'NOT all 200'}, slowest {worst * 1000:.0f} ms "
-              f"({ratio:.1f}x quiet) |")
+              f"({ratio:.1f}x quiet) | {scrape / 1000:.0f} KB |")
     return 1 if missed else 0
 
 

@@ -1,30 +1,40 @@
-"""Load and soak benchmark of the production server (run by hand;
-docs/operating.md has the measured numbers).
+"""Soak benchmark of the production server (run by hand; figures in docs/security.md and
+docs/operating.md).
 
-Starts gunicorn with the project's gunicorn.conf.py on 127.0.0.1 (or uses --url), then
-CLIENTS threads send a realistic mix for MINUTES: real photos as phone-sized JPEGs and
-as PNGs, plus one request in ten from the hostile corpus (tests/hostile.py).  Prints the
-latency percentiles of the photos, throughput, errors (any 5xx, any answer the corpus
-does not allow, any connection error), and the resident memory of every worker sampled
-every few seconds: after the warm-up (the first WARMUP seconds) it must stay within ±10%
-of its level just after the warm-up.  Worker recycling is off (MAX_REQUESTS=0) unless
-asked for, so a leak cannot hide behind restarts.
+Each run starts a fresh gunicorn server (the project's gunicorn.conf.py, default
+settings, on 127.0.0.1; the engine cache is shared by the runs, the processes are new:
+what a first start goes through, such as two threads' first inferences at once, happens
+in every run) and for MINUTES sends, at once from the start:
 
-    .venv/bin/python bench/soak.py                       # 10 minutes, 8 clients
-    .venv/bin/python bench/soak.py --minutes 1           # a short load run
-    .venv/bin/python bench/soak.py --env WEB_CONCURRENCY=2 --env TORCH_THREADS=1
+* real photos (phone-sized JPEGs and PNGs) from CLIENTS clients, RATE per second in all,
+  each client paced (the next request when its time comes, or at once when late);
+* one file a second from the hostile corpus (tests/hostile.py), whose answer must be the
+  one the corpus allows (never a 5xx);
+* an activation a minute, alternating between a fine-tuned model uploaded at the start
+  and the built-in one.
+
+A run passes when no good request failed (every photo a 200, every activation a 200, no
+connection error), the corpus got only its allowed answers, gunicorn logged no worker
+crash (``WORKER TIMEOUT``, a signal, an exit) and the resident memory of each worker,
+the median of minute 2 against the median of the last minute, grew by at most
+``--max-growth`` MB.  Worker recycling is off (MAX_REQUESTS=0): a leak cannot hide
+behind restarts.
+
+    .venv/bin/python bench/soak.py                          # 15 minutes, 5 runs
+    .venv/bin/python bench/soak.py --minutes 3 --runs 1     # a short check
+    .venv/bin/python bench/soak.py --env WEB_CONCURRENCY=1 --env TORCH_THREADS=2
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import random
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
@@ -32,8 +42,11 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests import hostile, ops  # noqa: E402
-from tests.conftest import encode  # noqa: E402  (also gives an empty TORCH_HOME/MODEL_DIR)
+from tests.conftest import FRUIT, encode, save_finetuned_resnet18  # noqa: E402
 from tests.photos import real_photos  # noqa: E402
+
+TOKEN = "bench-soak-admin-token-0123456789"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def photo_payloads() -> list[tuple[str, bytes, str]]:
@@ -45,125 +58,192 @@ def photo_payloads() -> list[tuple[str, bytes, str]]:
     return out
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--minutes", type=float, default=10)
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--warmup", type=float, default=60, help="seconds")
-    parser.add_argument("--sample", type=float, default=5, help="seconds between samples")
-    parser.add_argument("--hostile-share", type=float, default=0.1)
-    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                        help="server setting (repeatable), e.g. WEB_CONCURRENCY=2")
-    args = parser.parse_args()
-    env = {"MAX_REQUESTS": "0"}
-    env.update(item.split("=", 1) for item in args.env)
+@dataclass
+class Run:
+    """What one run saw."""
 
+    photos: list = field(default_factory=list)  # (seconds since start, latency ms, status)
+    corpus: list = field(default_factory=list)  # (case name, status, allowed)
+    activations: list = field(default_factory=list)  # (seconds since start, model, status)
+    errors: list = field(default_factory=list)  # (what, detail)
+    rss: list = field(default_factory=list)  # (seconds since start, {pid: MB})
+    crashes: list = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def failed(self, what: str, detail: str) -> None:
+        with self.lock:
+            self.errors.append((what, detail[:200]))
+
+
+def soak(work: Path, cache: Path, model: Path, args, env: dict, number: int) -> Run:
+    run = Run()
+    server = ops.launch(work, f"soak-{number}", MODEL_DIR=work / f"models-{number}",
+                        ENGINE_CACHE_DIR=cache, ADMIN_TOKEN=TOKEN, MAX_REQUESTS=0, **env)
     photos = photo_payloads()
-    corpus = [c for c in hostile.corpus() if not c.name.startswith("heavy-")]
-    heavy = [c for c in hostile.corpus() if c.name.startswith("heavy-")]
-    server = ops.launch(Path(tempfile.mkdtemp(prefix="soak-")), "soak", **env)
+    corpus = hostile.corpus()
+    stop = threading.Event()
     try:
-        server.wait_ready(timeout=300)
-        time.sleep(2)
-        workers = ops.worker_pids(server)
-        print(f"server: {server.url}, workers {workers}, settings {env}; "
-              f"{args.clients} clients for {args.minutes:g} min")
-        stop = threading.Event()
-        lock = threading.Lock()
-        latencies, errors, counts = [], [], {"photo": 0, "hostile": 0}
-
-        def client(seed: int):
-            rng = random.Random(seed)
-            session = requests.Session()
-            for n in itertools.count():
-                if stop.is_set():
-                    return
-                try:
-                    if rng.random() < args.hostile_share:
-                        case = heavy[n % len(heavy)] if rng.random() < 0.05 else \
-                            rng.choice(corpus)
-                        response = ops.post_case(server.url, case, session=session)
-                        ok = response.status_code in case.expect
-                        kind = "hostile"
-                    else:
-                        name, data, ctype = rng.choice(photos)
-                        started = time.perf_counter()
-                        response = session.post(server.url + "/predict", timeout=120,
-                                                files={"image": (name, data, ctype)})
-                        elapsed = (time.perf_counter() - started) * 1000
-                        ok = response.status_code == 200
-                        kind = "photo"
-                        if ok:
-                            with lock:
-                                latencies.append(elapsed)
-                    with lock:
-                        counts[kind] += 1
-                        if not ok:
-                            errors.append((kind, response.status_code, response.text[:200]))
-                except requests.RequestException as exc:
-                    with lock:
-                        errors.append(("connection", 0, repr(exc)))
-
-        threads = [threading.Thread(target=client, args=(seed,), daemon=True)
-                   for seed in range(args.clients)]
+        server.wait_ready(timeout=900)
+        with open(model, "rb") as fh:
+            added = requests.post(server.url + "/admin/api/models", headers=BEARER,
+                                  files={"checkpoint": ("fruit.pt", fh)}, timeout=900)
+        if added.status_code != 201:
+            run.failed("upload", f"{added.status_code} {added.text}")
+            return run
+        models = [added.json()["id"], "builtin"]
         started = time.monotonic()
+
+        def paced(every: float, offset: float, send) -> None:
+            for n in range(10**9):
+                due = started + offset + n * every
+                if stop.wait(max(0.0, due - time.monotonic())):
+                    return
+                send(n)
+
+        def photo(rng: random.Random, session: requests.Session):
+            def send(_n):
+                name, data, ctype = rng.choice(photos)
+                t0 = time.monotonic()
+                try:
+                    status = session.post(server.url + "/predict", timeout=120, files={
+                        "image": (name, data, ctype)}).status_code
+                except requests.RequestException as exc:
+                    status = 0
+                    run.failed("photo", repr(exc))
+                with run.lock:
+                    run.photos.append((t0 - started, (time.monotonic() - t0) * 1000, status))
+                if status not in (0, 200):
+                    run.failed("photo", f"status {status}")
+            return send
+
+        def hostile_file(n):
+            case = corpus[n % len(corpus)]
+            try:
+                status = ops.post_case(server.url, case).status_code
+            except requests.RequestException as exc:
+                run.failed("corpus", f"{case.name}: {exc!r}")
+                return
+            with run.lock:
+                run.corpus.append((case.name, status, status in case.expect))
+
+        def activate(n):
+            model_id = models[n % 2]
+            try:
+                status = requests.post(server.url + f"/admin/api/models/{model_id}/activate",
+                                       headers=BEARER, timeout=120).status_code
+            except requests.RequestException as exc:
+                status = 0
+                run.failed("activation", repr(exc))
+            run.activations.append((time.monotonic() - started, model_id, status))
+            if status not in (0, 200):
+                run.failed("activation", f"{model_id}: status {status}")
+
+        every = args.clients / args.rate
+        threads = [threading.Thread(target=paced, args=(
+            every, n * every / args.clients, photo(random.Random(n), requests.Session())))
+            for n in range(args.clients)]
+        threads.append(threading.Thread(target=paced, args=(1 / args.corpus_rate, 0.5,
+                                                            hostile_file)))
+        threads.append(threading.Thread(target=paced, args=(args.activate_every,
+                                                            args.activate_every, activate)))
         for thread in threads:
             thread.start()
-        samples = []  # (seconds since start, {pid: rss MB})
         duration = args.minutes * 60
         while time.monotonic() - started < duration:
             time.sleep(args.sample)
             pids = ops.worker_pids(server)
-            samples.append((time.monotonic() - started,
-                            {pid: ops.rss_mb(pid) for pid in pids}))
+            run.rss.append((time.monotonic() - started, _rss(pids)))
         stop.set()
         for thread in threads:
             thread.join(timeout=180)
-        elapsed = time.monotonic() - started
-        peaks = {pid: round(ops.peak_rss_mb(pid)) for pid in ops.worker_pids(server)}
     finally:
+        stop.set()
+        run.crashes = [m for m in ops.CRASH_MARKERS if m in server.log]
         server.stop()
+    return run
 
-    total = counts["photo"] + counts["hostile"]
-    print(f"\nrequests: {total} in {elapsed:.0f} s ({total / elapsed:.1f}/s): "
-          f"{counts['photo']} photos, {counts['hostile']} from the hostile corpus")
-    print(f"errors: {len(errors)}" + (f"  e.g. {errors[:3]}" if errors else ""))
-    if latencies:
-        ordered = sorted(latencies)
 
-        def pct(p):
-            return ordered[min(len(ordered) - 1, int(p / 100 * (len(ordered) - 1)))]
+def _rss(pids: list[int]) -> dict[int, float]:
+    out = {}
+    for pid in pids:
+        try:
+            out[pid] = ops.rss_mb(pid)
+        except (OSError, KeyError):  # gone meanwhile
+            pass
+    return out
 
-        print(f"photo latency ms: p50 {pct(50):.0f}  p90 {pct(90):.0f}  p99 {pct(99):.0f}  "
-              f"max {ordered[-1]:.0f}")
-    restarted = set(samples[-1][1]) != set(samples[0][1]) if samples else False
-    print(f"worker peak RSS (VmHWM) MB: {peaks}" + ("  (workers changed!)" if restarted else ""))
-    # Flat = no trend: the median RSS of every minute after the warm-up stays within
-    # ±10% of the first one.  Single samples also catch requests in flight (a 49-MP
-    # image from the corpus costs ~400 MB while it is decoded); those are reported as
-    # the transient peak, not counted as growth.
-    after = [(t, rss) for t, rss in samples if t >= args.warmup]
-    flat = True
-    if after:
-        per_minute = max(1, int(60 / args.sample))
-        print(f"\nRSS MB per worker, median / max of each minute (sampled every "
-              f"{args.sample:g} s):")
-        for pid in after[0][1]:
-            series = [rss[pid] for _, rss in after if pid in rss]
-            minutes = [series[i:i + per_minute] for i in range(0, len(series), per_minute)]
-            minutes = [m for m in minutes if len(m) >= per_minute // 2]
-            medians = [statistics.median(m) for m in minutes]
-            print(f"  worker {pid}: " + "  ".join(
-                f"{med:.0f}/{max(m):.0f}" for med, m in zip(medians, minutes)))
-            reference = medians[0]
-            drift = max(abs(m - reference) for m in medians) / reference * 100
-            ok = drift <= 10
-            flat &= ok
-            print(f"  worker {pid}: first minute after warm-up {reference:.0f} MB, minute "
-                  f"medians {min(medians):.0f}-{max(medians):.0f} MB (largest deviation "
-                  f"{drift:.1f}%: {'flat, within 10%' if ok else 'NOT flat'}); transient "
-                  f"peak {max(series):.0f} MB")
-    return 0 if not errors and flat else 1
+
+def growth(run: Run, minutes: float) -> dict[int, tuple[float, float]]:
+    """Per worker: (median RSS of minute 2, median RSS of the last minute), in MB."""
+    out = {}
+    pids = set().union(*(set(rss) for _, rss in run.rss)) if run.rss else set()
+    for pid in pids:
+        second = [rss[pid] for t, rss in run.rss if 60 <= t < 120 and pid in rss]
+        last = [rss[pid] for t, rss in run.rss if t >= minutes * 60 - 60 and pid in rss]
+        if second and last:
+            out[pid] = (statistics.median(second), statistics.median(last))
+    return out
+
+
+def report(number: int, run: Run, args) -> bool:
+    ok_photos = [ms for _, ms, status in run.photos if status == 200]
+    elapsed = max((t for t, _, _ in run.photos), default=1.0)
+    ordered = sorted(ok_photos) or [float("nan")]
+
+    def pct(p):
+        return ordered[min(len(ordered) - 1, int(p / 100 * (len(ordered) - 1)))]
+
+    wrong_corpus = [(name, status) for name, status, allowed in run.corpus if not allowed]
+    print(f"\nrun {number}: {len(run.photos)} photos ({len(run.photos) / elapsed:.1f}/s), "
+          f"{len(run.corpus)} corpus files, {len(run.activations)} activations")
+    print(f"  photo latency ms: p50 {pct(50):.0f}  p90 {pct(90):.0f}  p99 {pct(99):.0f}  "
+          f"max {ordered[-1]:.0f}")
+    print(f"  failed good requests: {len(run.errors)}" + (
+        f"  e.g. {run.errors[:3]}" if run.errors else ""))
+    print(f"  corpus answers not allowed: {len(wrong_corpus)}" + (
+        f"  e.g. {wrong_corpus[:3]}" if wrong_corpus else ""))
+    print(f"  worker crashes in the log: {run.crashes or 'none'}")
+    fine = not run.errors and not wrong_corpus and not run.crashes
+    grown = growth(run, args.minutes)
+    workers = {pid for _, rss in run.rss for pid in rss}
+    if len(workers) != len(run.rss[0][1] if run.rss else ()):
+        print(f"  workers changed during the run: {sorted(workers)}")
+        fine = False
+    for pid, (second, last) in sorted(grown.items()):
+        delta = last - second
+        within = delta <= args.max_growth
+        fine &= within
+        print(f"  worker {pid}: RSS minute 2 {second:.0f} MB -> last minute {last:.0f} MB "
+              f"({delta:+.0f} MB, {'within' if within else 'OVER'} {args.max_growth:g} MB); "
+              f"peak sample {max(rss[pid] for _, rss in run.rss if pid in rss):.0f} MB")
+    print(f"  run {number}: {'PASS' if fine else 'FAIL'}")
+    return fine
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=15)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--rate", type=float, default=20, help="photos per second, in all")
+    parser.add_argument("--corpus-rate", type=float, default=1, help="corpus files a second")
+    parser.add_argument("--activate-every", type=float, default=60, help="seconds")
+    parser.add_argument("--sample", type=float, default=5, help="seconds between RSS samples")
+    parser.add_argument("--max-growth", type=float, default=30, help="MB, minute 2 to the end")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="server setting (repeatable), e.g. WEB_CONCURRENCY=2")
+    args = parser.parse_args()
+    env = dict(item.split("=", 1) for item in args.env)
+    work = Path(tempfile.mkdtemp(prefix="soak-"))
+    cache = work / "engine-cache"
+    model = save_finetuned_resnet18(work / "fruit.pt", FRUIT, seed=7)
+    print(f"{args.runs} run(s) of {args.minutes:g} min: {args.rate:g} photos/s from "
+          f"{args.clients} clients, {args.corpus_rate:g} corpus file/s, an activation every "
+          f"{args.activate_every:g} s; settings {env or 'default'}; work folder {work}")
+    results = [report(n + 1, soak(work, cache, model, args, env, n + 1), args)
+               for n in range(args.runs)]
+    print(f"\n{sum(results)} of {len(results)} runs passed")
+    return 0 if all(results) else 1
 
 
 if __name__ == "__main__":

@@ -96,3 +96,22 @@ def real_jpeg(size=(640, 427)) -> bytes:
     photo("chelsea").image.resize(size).save(buf, "JPEG", quality=90)
     return buf.getvalue()
 
+
+def big_png(side: int = 7000) -> bytes:
+    """A legal PNG of ``side`` × ``side`` pixels (49 MP at 7000: just under
+    MAX_IMAGE_PIXELS) that compresses well (a radial gradient): sixteen of them are a few
+    MB to send and took 16 s and ~400 MB of a worker to decode, before the request's
+    pixel budget."""
+    from PIL import Image
+
+    image = Image.radial_gradient("L").resize((side, side)).convert("RGB")
+    buf = io.BytesIO()
+    image.save(buf, "PNG", compress_level=9)
+    return buf.getvalue()
+
+
+def header_lines(total: int, line: int = 8000) -> list[bytes]:
+    """Header lines of ``line`` bytes each (under gunicorn's 8190 per line) adding up to
+    ``total`` bytes: a head gunicorn took whole (0.78 MB) before the head limit."""
+    return [f"X-Pad-{n}: {'p' * (line - 14)}\r\n".encode()
+            for n in range(max(1, total // line))]

@@ -164,15 +164,24 @@ def assert_no_sideways_scroll(page, selector: str | None = None) -> None:
     widths = page.evaluate(
         "sel => { const el = sel ? document.querySelector(sel) : document.documentElement;"
         " return [el.scrollWidth, el.clientWidth]; }", selector)
-    assert widths[0] <= widths[1], f"{selector or 'the page'} scrolls sideways: {widths}"
+    if widths[0] > widths[1]:
+        wide = page.evaluate("""w => Array.from(document.querySelectorAll("body *"))
+          .filter(el => el.getBoundingClientRect().right > w + 0.5)
+          .slice(0, 5).map(el => el.tagName.toLowerCase() + (el.id ? "#" + el.id : "")
+            + (el.className && typeof el.className === "string"
+               ? "." + el.className.trim().split(/\\s+/).join(".") : "")
+            + " " + JSON.stringify((el.innerText || "").slice(0, 40)))""", widths[1])
+        raise AssertionError(f"{selector or 'the page'} scrolls sideways: {widths}; "
+                             f"past the right edge: {wide}")
 
 
 # --------------------------------------------------------------------------- languages
 
-# Identifiers (<code>: model and job ids, settings) are the same in every language and
-# not checked; text marked as another language than the page's (the language switch's
-# "English", an ImageNet label beside its name) is left out too.
-NOT_TRANSLATED = ("code",)
+# Identifiers (<code>: model and job ids, settings) are the same in every language, and
+# what people typed (names of datasets and classes, marked translate="no") is data: both
+# are not checked.  Text marked as another language than the page's (the language
+# switch's "English", an ImageNet label beside its name) is left out too.
+NOT_TRANSLATED = ("code", '[translate="no"]')
 # A word: letters alone (mobilenet_v3_small, MODEL_DIR, v1 are identifiers, not words).
 _WORD = re.compile(r"(?<![A-Za-z0-9_])[A-Za-z]{2,}(?![A-Za-z0-9_])")
 _NOT_WORDS = re.compile(r"%\(\w+\)[sd]|\{\w+\}|<[^>]+>|&\w+;")

@@ -125,22 +125,29 @@ def require_system_mark(what: str) -> None:
 @pytest.fixture(autouse=True)
 def _children_need_the_system_mark(monkeypatch):
     """A builder child (an upload validated and converted under caps: torch imported
-    afresh, 5-30 s) or a training process makes a test slow: ``require_system_mark``, as
-    ``Server`` does.  The real functions run; only the tier is checked."""
-    from webapp.engines import child
+    afresh, 5-30 s), the engine trials' child or a training process makes a test slow:
+    ``require_system_mark``, as ``Server`` does.  The real functions run; only the tier
+    is checked."""
+    from webapp.engines import child, trials
     from webapp.training.jobs import JobQueue
 
     run_builder, spawn_runner = child.run_builder, JobQueue.spawn_runner
+    run_trials = trials.run_child
 
     def checked_builder(*args, **kwargs):
         require_system_mark("a builder child process")
         return run_builder(*args, **kwargs)
+
+    def checked_trials(*args, **kwargs):
+        require_system_mark("the engine trials' child process")
+        return run_trials(*args, **kwargs)
 
     def checked_runner(self, *args, **kwargs):
         require_system_mark("a training process")
         return spawn_runner(self, *args, **kwargs)
 
     monkeypatch.setattr(child, "run_builder", checked_builder)
+    monkeypatch.setattr(trials, "run_child", checked_trials)
     monkeypatch.setattr(JobQueue, "spawn_runner", checked_runner)
 
 

@@ -19,7 +19,8 @@ from webapp.config import (
 
 def test_defaults():
     config = Config.from_env({})
-    assert (config["ENGINE"], config["QUANTIZE"]) == ("openvino", "auto")  # decided per model
+    # The engine and the precision are decided per model and machine, by measuring.
+    assert (config["ENGINE"], config["QUANTIZE"]) == ("auto", "auto")
     assert config["INT8_MIN_AGREEMENT"] == 0.98
     assert config["MALLOC_ARENA_MAX"] == 2
     assert config["MAX_CONTENT_LENGTH"] == 20 * 1024 * 1024
@@ -41,7 +42,9 @@ def test_values_are_read_and_converted():
 @pytest.mark.parametrize("env, words", [
     ({"QUANTIZE": "turbo"}, "QUANTIZE='turbo': use one of auto, none, bf16, dynamic, static"),
     ({"QUANTIZE": "bf16", "ENGINE": "torch"}, "QUANTIZE=bf16 needs ENGINE=openvino"),
-    ({"ENGINE": "tensorrt"}, "ENGINE='tensorrt': use one of torch, openvino, onnxruntime"),
+    ({"ENGINE": "tensorrt"},
+     "ENGINE='tensorrt': use one of auto, torch, openvino, onnxruntime"),
+    ({"ENGINE": "auto", "QUANTIZE": "dynamic"}, "needs ENGINE=torch"),
     ({"QUANTIZE": "dynamic"}, "QUANTIZE=dynamic is torch's dynamic quantization and needs "
                               "ENGINE=torch"),
     ({"MALLOC_ARENA_MAX": "-1"}, "MALLOC_ARENA_MAX=-1: must be between 0 and 64"),
@@ -83,7 +86,7 @@ def test_the_default_settings_plan_dual_streams_and_other_engines_do_not():
         >= (2 if available_cpus() >= 2 else 1)
 
 
-@pytest.mark.parametrize("engine", ["openvino", "onnxruntime", "torch"])
+@pytest.mark.parametrize("engine", ["auto", "openvino", "onnxruntime", "torch"])
 def test_auto_precision_is_left_to_the_engine(engine):
     """QUANTIZE=auto is decided per model by measuring (tests/engines/test_engines.py), never from
     the engine's name or the CPU's flags."""

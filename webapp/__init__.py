@@ -59,11 +59,11 @@ def create_app(test_config: dict | None = None) -> Flask:
     from webapp import current, i18n
     from webapp.config import available_cpus
     from webapp.engines import EngineSettings
-    from webapp.http import capacity, errors, metrics, security, uploads
+    from webapp.http import capacity, errors, metrics, security, timings, uploads
     from webapp.serving.holder import ModelHolder
     from webapp.serving.workers import WorkerReports, run_dir
     from webapp.stores.datasets import DatasetStore
-    from webapp.stores.registry import Registry
+    from webapp.stores.registry import STALE_TMP_SECONDS, Registry
     from webapp.training.jobs import JobQueue, plan_jobs
     from webapp.views import admin, api, classroom, kiosk, openapi, ui, v2
     from webapp.views.admin import (  # noqa: F401 - their routes
@@ -98,6 +98,12 @@ def create_app(test_config: dict | None = None) -> Flask:
     # with it, 27-36 ms without (24-27 ms for the bare model).  One BLAS thread per process.
     threadpool_limits(limits=1, user_api="blas")
     jobs.recover()  # fail jobs whose training process is gone, restart waiting ones
+    # What writes cut short by a crash left behind (uploads, pointer and key files, cache
+    # entries being built, dataset captures), once it is hours old: a young one may be
+    # another process's write in progress.
+    registry.sweep()
+    datasets.sweep()
+    registry.engine.cache.sweep(STALE_TMP_SECONDS)
 
     # The admin session: its key (kept in MODEL_DIR so every worker and replica shares
     # it), CSRF on the admin area only, the login limit (webapp.views.admin.auth).
@@ -114,10 +120,12 @@ def create_app(test_config: dict | None = None) -> Flask:
     # pages' script messages; JSON answers as UTF-8.
     i18n.init_app(app)
 
-    # Requests: bodies (views mark big-file routes with @uploads.spooled), errors as JSON
-    # or pages, request counts and timings, upload slots (views mark image uploads with
-    # @capacity.upload_slot) and the body timeout, security headers and ProxyFix.
+    # Requests: bodies (views mark big-file routes with @uploads.spooled), the stages of
+    # timings_ms, errors as JSON or pages, request counts and timings, upload slots (views
+    # mark image uploads with @capacity.upload_slot) and the body timeout, security
+    # headers and ProxyFix.
     uploads.init_app(app)
+    timings.init_app(app)
     errors.register(app)
     metrics.init_app(app, holder)
     capacity.init_app(app)

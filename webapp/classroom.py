@@ -26,9 +26,14 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from webapp.stores import certificates
-from webapp.stores.certificates import IPAddress, Names
+if TYPE_CHECKING:
+    from webapp.stores import certificates
+    from webapp.stores.certificates import IPAddress, Names
+
+# webapp.stores.certificates (and the cryptography package under it) is imported when a
+# certificate is made or read, not by every worker at start: most servers never do.
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,8 @@ def prepare(config) -> tuple[certificates.Files, list[tuple[int, str]]]:
     """Before the server listens: the certificates for this machine's current addresses
     (made or renewed), and what to log about them: (logging level, message) pairs, for
     the server's own log (gunicorn's master has no other)."""
+    from webapp.stores import certificates
+
     names = machine_names(config["HOST"])
     files, made = certificates.ensure(tls_folder(config), names)
     notes = [(logging.INFO, message) for message in made]
@@ -74,6 +81,8 @@ def prepare(config) -> tuple[certificates.Files, list[tuple[int, str]]]:
 def machine_names(host: str = "0.0.0.0") -> Names:
     """What the server certificate names: the machine's addresses (the one to show
     people first), loopback, ``localhost`` and the host names."""
+    from webapp.stores.certificates import Names
+
     addresses = _addresses_to_show(host)
     addresses += [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
     hosts = []
@@ -208,6 +217,8 @@ def _certificate_names(path: str) -> Names | None:
 
 @functools.lru_cache(maxsize=4)
 def _names_at(path: str, _stamp: int) -> Names | None:
+    from webapp.stores import certificates
+
     return certificates.read_names(path)
 
 

@@ -84,11 +84,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ALLOW_DOWNLOAD", "0", "Let the server download ResNet18's weights at startup "
             "when they are not cached (otherwise run `python -m model_loader download`).",
             "bool"),
-    Setting("QUANTIZE", "auto", "Numeric precision: `auto` (decided per model by measuring, "
-            "once, cached: int8, then bf16, each built, run and compared with fp32 on the "
-            "model's own validation images or the calibration photos; the first that "
-            "agrees on INT8_MIN_AGREEMENT of them, moves the probabilities by at most "
-            "PRECISION_MAX_SCORE_CHANGE and is faster wins, else fp32; torch: "
+    Setting("QUANTIZE", "auto", "Numeric precision: `auto` (decided per model and machine by "
+            "measuring, once, cached: fp32, bf16 and int8 on each engine ENGINE allows, "
+            "each built, run and compared with fp32 on the model's own validation images or "
+            "the calibration photos; the fastest that agrees on INT8_MIN_AGREEMENT of them "
+            "and moves the probabilities by at most PRECISION_MAX_SCORE_CHANGE wins, a "
+            "reduced precision only when clearly faster than fp32; a new model is served in "
+            "fp32 while a child process measures; torch: "
             "fp32), `none` (fp32), `bf16` (OpenVINO; bfloat16 where the CPU computes it, "
             "else fp32), `static` (int8 weights and activations, calibrated, always) or "
             "`dynamic` (torch's int8 for the Linear layers only).", "choice",
@@ -101,9 +103,14 @@ SETTINGS: tuple[Setting, ...] = (
             "chosen: the mean over the guard images of each image's largest change of any "
             "class's probability.",
             "float", 0.0, 1.0),
-    Setting("ENGINE", "openvino", "What runs the model: `openvino`, `onnxruntime` or "
-            "`torch` (docs/speed.md has the measurements behind the default).", "choice",
-            choices=("torch", "openvino", "onnxruntime")),
+    Setting("ENGINE", "auto", "What runs the model: `auto` (OpenVINO or ONNX Runtime, "
+            "whichever is faster for the model on this machine, measured with QUANTIZE's "
+            "precisions), `openvino`, `onnxruntime` or `torch` (docs/speed.md has the "
+            "measurements).", "choice", choices=("auto", "torch", "openvino", "onnxruntime")),
+    Setting("AUTO_HANDICAP_MS", "", "ENGINE=auto / QUANTIZE=auto: milliseconds added to each "
+            "timed pass of some candidates, as `engine:precision=ms` pairs separated by "
+            "commas (e.g. `onnxruntime:int8=3`), to steer the choice away from them (or to "
+            "see that it follows the measurement); empty = none."),
     Setting("ENGINE_STREAMS", "dual", "How OpenVINO spreads a worker's threads: `dual` "
             "compiles the model twice, one stream on every thread for a request alone "
             "(lowest latency) and one single-threaded stream per thread while several are "
@@ -136,12 +143,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_IMAGE_PIXELS", "50000000", "Largest image in pixels (width × height), "
             "checked from the file header before decoding (413 above it).", "int",
             1, 1_000_000_000),
-    Setting("DECODE_TIMEOUT", "10", "Seconds one image may take to decode (checked as "
-            "the decoder reads the file); longer: 422 too_slow_to_decode. Files built to "
-            "be slow (padding, thousands of JPEG scans) are refused long before.",
-            "float", 0.5, 600),
+    Setting("DECODE_TIMEOUT", "10", "Seconds the images of one request may take to "
+            "decode, all of them together (checked as the decoder reads each file); "
+            "longer: 422 too_slow_to_decode. Files built to be slow (padding, thousands of "
+            "JPEG scans) are refused long before.", "float", 0.5, 600),
     Setting("MAX_IMAGES_PER_REQUEST", "16", "Most images one /predict request may carry.",
             "int", 1, 256),
+    Setting("MAX_REQUEST_PIXELS", "100000000", "Most pixels the images of one request may "
+            "have to decode, all of them together, counted from their headers before any "
+            "is decoded (a JPEG at the reduced scale it is decoded at); more: 413 "
+            "too_many_pixels.", "int", 1, 10_000_000_000),
     Setting("SECRET_KEY", "", "Key that signs session cookies (the admin login). Empty = "
             "a random key created once in MODEL_DIR/secret_key and shared by every worker "
             "and every server using that MODEL_DIR; set it when replicas do not share one."),
@@ -209,10 +220,20 @@ SETTINGS: tuple[Setting, ...] = (
             "int", 1, 256),
     Setting("UPLOAD_QUEUE_SECONDS", "10", "How long an upload waits for a free slot "
             "before the answer is 503 server_busy with Retry-After.", "float", 0, 600),
-    Setting("REQUEST_TIMEOUT", "30", "Seconds a client has to send a request, plus a "
-            "second for every 16 KB it sends (a slow link keeps its time, a client dripping "
-            "bytes does not); also the longest an upload may stall. 408 after that.",
+    Setting("REQUEST_TIMEOUT", "30", "Seconds a client has to send a request from its "
+            "first byte, plus a second for every 16 KB of body it sends (a slow link keeps "
+            "its time, a client dripping bytes does not); also the longest an upload may "
+            "stall. 408 after that.",
             "float", 1, 3600),
+    Setting("HEADER_TIMEOUT", "10", "Seconds a client has to send a request's line and "
+            "headers, from its connection (or its first byte on a kept-alive one); bytes "
+            "trickled meanwhile do not extend it. A connection that sent nothing is closed, "
+            "one that sent part of a request gets 408.", "float", 1, 3600),
+    Setting("MAX_CONNECTIONS_PER_CLIENT", "64", "Connections one client address may hold "
+            "open in each worker; more are answered 503 and closed (over TLS, just "
+            "closed). 0 = no limit. Not applied behind a reverse proxy (TRUSTED_PROXIES > "
+            "0): every connection comes from the proxy there, which limits its clients "
+            "itself.", "int", 0, 100_000),
     Setting("MAX_REQUESTS", "10000", "gunicorn restarts a worker after this many requests "
             "(plus a random jitter), so a slow leak cannot grow forever; 0 = never.",
             "int", 0, 100_000_000),
@@ -288,7 +309,7 @@ def plan_concurrency(workers: int = 0, threads: int = 0, cpus: int | None = None
 
 def dual_streams(values: dict) -> bool:
     """Whether the engine compiles a model twice (``plan_concurrency``'s ``dual``)."""
-    return values["ENGINE"] == "openvino" and values["ENGINE_STREAMS"] == "dual"
+    return values["ENGINE"] in ("openvino", "auto") and values["ENGINE_STREAMS"] == "dual"
 
 
 # Settings that are no longer read, and what replaced them: set, they stop the server
@@ -323,7 +344,7 @@ class Config:
                 f"QUANTIZE=dynamic is torch's dynamic quantization and needs ENGINE=torch; "
                 f"with ENGINE={values['ENGINE']} use QUANTIZE=static (int8) or none (fp32)"
             )
-        if values["QUANTIZE"] == "bf16" and values["ENGINE"] != "openvino":
+        if values["QUANTIZE"] == "bf16" and values["ENGINE"] not in ("openvino", "auto"):
             raise ConfigError(
                 f"QUANTIZE=bf16 needs ENGINE=openvino; with ENGINE={values['ENGINE']} use "
                 "QUANTIZE=none (fp32) or static (int8)"

@@ -15,9 +15,10 @@
 // * after a pause (GAP_S without an answer) the next answer is taken as it is.
 //
 // Steady.create() -> {update(data, nowMs), answer(), reset(), label, unknown}: ``data``
-// is a /predict body ({predictions: [{label, score, index}], unknown}); update returns
-// the steady answer: {predictions (averaged; the label on screen first), unknown, label,
-// changed (the label or "not sure" on screen changed with this answer)}.
+// is a /predict body ({predictions: [{label, display_label, score, index}], unknown});
+// update returns the steady answer: {predictions (averaged; the label on screen first,
+// each with the display_label of its latest answer), unknown, label, changed (the label
+// or "not sure" on screen changed with this answer)}.
 (function () {
   "use strict";
   const TAU_S = 0.4;
@@ -113,6 +114,7 @@
         const item = average.get(p.label) || { score: 0, index: p.index };
         item.score += weight * p.score;
         item.index = p.index;
+        item.display_label = p.display_label;
         average.set(p.label, item);
       });
       const named = new Set(predictions.map(function (p) { return p.label; }));
@@ -156,11 +158,16 @@
     function answer() {
       const rest = [];
       average.forEach(function (item, label) {
-        if (label !== shown) rest.push({ label: label, index: item.index, score: item.score });
+        if (label !== shown) {
+          rest.push({ label: label, display_label: item.display_label, index: item.index,
+                      score: item.score });
+        }
       });
       rest.sort(function (a, b) { return b.score - a.score; });
+      const top = average.get(shown) || {};
       const first = shown === null ? []
-        : [{ label: shown, index: (average.get(shown) || {}).index, score: scoreOf(shown) }];
+        : [{ label: shown, display_label: top.display_label, index: top.index,
+             score: scoreOf(shown) }];
       return { predictions: first.concat(rest), unknown: shownUnsure, label: shown,
                changed: false };
     }

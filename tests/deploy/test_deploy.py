@@ -98,7 +98,7 @@ def test_the_dockerfiles_install_and_test_steps_are_the_make_targets_ci_runs():
         match = re.search(r"\bmake (\w+)( VENV=/opt/venv)?\b", run)
         assert match, f"a RUN step that CI does not run: {run!r}"
         used.append(match.group(1))
-    assert used == ["install", "weights", "engine", "smoke"]
+    assert used == ["install", "bytecode", "weights", "engine", "smoke"]
     # CPU-only torch first when its index answers (deploy/cpu_torch.py), then the rest.
     install = ["$(BIN)/python deploy/cpu_torch.py $(TORCH_INDEX_URL)",
                "$(BIN)/pip install -q -r requirements.txt", "touch $@"]
@@ -111,6 +111,10 @@ def test_the_dockerfiles_install_and_test_steps_are_the_make_targets_ci_runs():
     assert run[:3] == install and weights[0] in run and run[-1] == "$(BIN)/gunicorn app:app"
     assert make_commands("smoke") == install + ["$(BIN)/python deploy/smoke.py"]
     assert make_commands("engine") == install + ["$(BIN)/python deploy/engine.py"]
+    # The image runs with PYTHONDONTWRITEBYTECODE: its sources are compiled when it is built.
+    assert env_of(instructions)["PYTHONDONTWRITEBYTECODE"] == "1"
+    assert make_commands("bytecode") == install + [
+        "$(BIN)/python -m compileall -q app.py model_loader.py webapp"]
     # The engine is made into the folder a fresh container starts its cache from.
     engine_step = next(r for r in runs if "make engine" in r)
     assert engine_step.startswith("ENGINE_CACHE_DIR=/opt/engines ")

@@ -159,15 +159,19 @@ def test_afterwards_the_server_answers_normally_and_nothing_was_kept(server):
     assert SECRET not in log
     for name in ("passwd", "setup.exe", "Katze", "alert(1)"):  # corpus file names
         assert name not in log, name
-    # Nothing written to disk: no file in the server's TMPDIR but the metrics folder's and
-    # the workers' notes of the model they serve (RUN_DIR), nothing in MODEL_DIR but the
-    # session key.
+    # Nothing written to disk: no file in the server's TMPDIR but the metrics folder's,
+    # the workers' notes of the model they serve (RUN_DIR) and of their start for the
+    # master (gunicorn-boot-*), nothing in MODEL_DIR but the session key (and the empty
+    # lock file its writers take).
     left = [p for p in server.tmpdir.rglob("*")
             if p.is_file() and "prometheus-multiproc" not in str(p)
-            and not p.relative_to(server.tmpdir).parts[0].startswith("offline-classifier-")]
+            and not p.relative_to(server.tmpdir).parts[0].startswith(
+                ("offline-classifier-", "gunicorn-boot-"))]
     assert left == []
     model_dir = server.tmpdir.parent / "models"
-    assert sorted(p.name for p in model_dir.rglob("*") if p.is_file()) in ([], ["secret_key"])
+    kept = sorted(p.name for p in model_dir.rglob("*") if p.is_file() and p.name != ".lock")
+    assert kept in ([], ["secret_key"])
+    assert all(p.stat().st_size == 0 for p in model_dir.glob(".lock"))
 
 
 def test_metrics_and_access_log_add_up_across_workers(server):

@@ -5,6 +5,7 @@ gets them, the per-worker upload slots and the body timeout."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import socket
@@ -14,7 +15,7 @@ import pytest
 import requests
 from prometheus_client import REGISTRY
 
-from tests import hostile, ops
+from tests import attacks, hostile, ops
 from tests.conftest import encode
 from tests.photos import photo
 from tests.views.test_admin import BEARER, TOKEN, login, make_app
@@ -202,6 +203,26 @@ def test_behind_a_trusted_proxy_each_client_has_its_own_login_limit(tmp_path):
         assert (attempt("198.51.100.2", TOKEN) == 429) is other_blocked
 
 
+@pytest.mark.parametrize("framed, done, bad, size", [
+    (b"5\r\nhello\r\n0\r\n\r\n", True, False, 5),
+    (b"5;name=v\r\nhello\r\n3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n", True, False, 8),
+    (b"A\r\n0123456789\r\n", False, False, 10),  # the last chunk has not come yet
+    (b"5\r\nhelloXX", False, True, 5),  # no CRLF after the data
+    (b"zz\r\n", False, True, 0),  # not a hex size
+    (b"1" * 2000, False, True, 0),  # a size line that never ends
+])
+def test_the_worker_finds_where_a_chunked_body_ends(framed, done, bad, size):
+    """Fed in pieces of every size, as a socket delivers them."""
+    from webapp.http.worker import ChunkedBody
+
+    for step in (1, 3, len(framed)):
+        scan, data = ChunkedBody(0), bytearray()
+        for at in range(0, len(framed), step):
+            data += framed[at:at + step]
+            scan.feed(data)
+        assert (scan.done, scan.bad, scan.size) == (done, bad, size), step
+
+
 # --------------------------------------------------------------------------- real server
 
 
@@ -210,7 +231,7 @@ def slow_server(tmp_path_factory):
     base = tmp_path_factory.mktemp("slots")
     server = ops.launch(base, "slots", WEB_CONCURRENCY=1, TORCH_THREADS=1, HTTP_THREADS=4,
                         MAX_CONCURRENT_UPLOADS=1, UPLOAD_QUEUE_SECONDS=1, REQUEST_TIMEOUT=3,
-                        MODEL_DIR=base / "models")
+                        MAX_CONNECTIONS_PER_CLIENT=16, MODEL_DIR=base / "models")
     try:
         server.wait_ready()
         yield server
@@ -220,7 +241,6 @@ def slow_server(tmp_path_factory):
 
 def _stalled_upload(server, body_size=200_000, sent=1000, chunked=False) -> socket.socket:
     """A client that sends the headers and the first bytes of an upload, then stalls."""
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
     length = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {body_size}"
     head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/"
             f"form-data; boundary=xyz\r\n{length}\r\n\r\n").encode()
@@ -228,6 +248,9 @@ def _stalled_upload(server, body_size=200_000, sent=1000, chunked=False) -> sock
             b"Content-Type: image/jpeg\r\n\r\n") + jpeg()[:sent]
     if chunked:
         body = f"{len(body):x}\r\n".encode() + body + b"\r\n"
+    # Connected once the bytes are ready: a connection that sends nothing within the
+    # header time is closed without an answer.
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
     sock.sendall(head + body)
     return sock
 
@@ -263,30 +286,179 @@ def test_a_stalled_upload_holds_no_thread_and_no_upload_slot(slow_server):
 
 
 @pytest.mark.system
-def test_a_stalled_chunked_upload_holds_its_slot_only_until_the_request_timeout(slow_server):
-    """A chunked body is not read ahead (its length is unknown): the app reads it, with
-    the upload slot taken, under its own body deadline."""
+def test_chunked_uploads_that_never_finish_hold_no_slot(slow_server):
+    """A chunked body is read in the event loop like any other: twelve clients that send
+    a chunked /predict head (and a first chunk) and then nothing hold no thread and no
+    upload slot -- a photo is answered meanwhile -- and each is told 408 after
+    REQUEST_TIMEOUT."""
     url = slow_server.url
-    started = time.monotonic()
-    stalled = _stalled_upload(slow_server, chunked=True)
+    stalled = [_stalled_upload(slow_server, chunked=True) for _ in range(12)]
     try:
-        time.sleep(0.5)  # it has the worker's only upload slot now
+        time.sleep(0.5)
         assert requests.get(url + "/healthz", timeout=10).status_code == 200
-        busy = requests.post(url + "/predict", files={"image": ("c.jpg", jpeg())}, timeout=30)
-        assert busy.status_code == 503, busy.text
-        assert busy.json()["error"]["code"] == "server_busy"
-        assert busy.headers["Retry-After"] == "1"
-        # REQUEST_TIMEOUT later the stalled client is told 408 and the slot is free.
-        assert _status_line(stalled).startswith("HTTP/1.1 408")
-        assert time.monotonic() - started >= 3
+        ok = requests.post(url + "/predict", files={"image": ("c.jpg", jpeg())}, timeout=30)
+        assert ok.status_code == 200 and ok.json()["predictions"][0]["label"] == "espresso"
+        for sock in stalled:
+            assert _status_line(sock).startswith("HTTP/1.1 408")
     finally:
-        stalled.close()
-    ok = requests.post(url + "/predict", files={"image": ("c.jpg", jpeg())}, timeout=30)
-    assert ok.status_code == 200 and ok.json()["predictions"][0]["label"] == "espresso"
+        for sock in stalled:
+            sock.close()
     samples = ops.scrape(url)
-    assert ops.total(samples, "classifier_uploads_refused_total", reason="busy") >= 1
-    assert ops.total(samples, "classifier_uploads_refused_total", reason="timeout") >= 1
+    assert ops.total(samples, "classifier_uploads_refused_total", reason="timeout") >= 12
     assert ops.total(samples, "classifier_uploads_in_progress") == 0
+
+
+@pytest.mark.system
+def test_a_whole_chunked_upload_is_classified(slow_server):
+    """A chunked body that arrives (extensions and a trailer included) is read ahead
+    and answered like a Content-Length one; a raw chunked image over MAX_UPLOAD_MB is
+    still a 413."""
+    response = requests.post(slow_server.url + "/predict", timeout=30,
+                             data=attacks.chunks(jpeg(), 1000),
+                             headers={"Content-Type": "image/jpeg"})
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"][0]["label"] == "espresso"
+    body = jpeg()
+    framed = b"".join(f"{len(body[i:i + 700]):x};ext=1\r\n".encode() + body[i:i + 700]
+                      + b"\r\n" for i in range(0, len(body), 700)) + b"0\r\nX-Trailer: 1\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", slow_server.port), timeout=30) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                     b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + framed)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200") and b"espresso" in answer
+
+
+@pytest.mark.system
+def test_one_address_cannot_take_every_connection(slow_server):
+    """MAX_CONNECTIONS_PER_CLIENT (16 here): one address holding 16 idle connections
+    gets 503 for the next one, closed; another address is served as usual; the idle ones
+    are closed without an answer after the header timeout (REQUEST_TIMEOUT 3 s here)."""
+    idle = []
+    try:
+        for _ in range(16):
+            sock = socket.create_connection(("127.0.0.1", slow_server.port), timeout=30,
+                                            source_address=("127.0.0.2", 0))
+            idle.append(sock)
+        time.sleep(0.3)
+        extra = socket.create_connection(("127.0.0.1", slow_server.port), timeout=30,
+                                         source_address=("127.0.0.2", 0))
+        with extra:
+            refused = extra.recv(4096)
+        assert refused.startswith(b"HTTP/1.1 503") and b"too_many_connections" in refused
+        ok = requests.post(slow_server.url + "/predict", files={"image": ("c.jpg", jpeg())},
+                           timeout=30)
+        assert ok.status_code == 200
+        for sock in idle:  # never sent a byte: closed, no request to answer
+            assert sock.recv(100) == b""
+        again = socket.create_connection(("127.0.0.1", slow_server.port), timeout=30,
+                                         source_address=("127.0.0.2", 0))
+        with again:  # the closed ones no longer count
+            again.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert again.recv(4096).startswith(b"HTTP/1.1 200")
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+@pytest.mark.system
+def test_headers_are_bounded_in_size_and_in_time(slow_server):
+    """A head over 32 KB is answered 431 as it arrives (gunicorn accepted ~800 KB); one
+    trickled slowly gets 408 when its header time is up, however many bytes it sent."""
+    with socket.create_connection(("127.0.0.1", slow_server.port), timeout=30) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        try:
+            for n in range(100):
+                sock.sendall(f"X-Filler-{n}: {'y' * 500}\r\n".encode())
+        except OSError:
+            pass
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 431") and b"request_header_too_large" in answer
+    with socket.create_connection(("127.0.0.1", slow_server.port), timeout=30) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        sock.settimeout(0.25)
+        answer = b""
+        for n in range(200):  # 25 KB at ~4 KB/s, under the size limit
+            try:
+                sock.sendall(f"X-Slow-{n}: {'z' * 120}\r\n".encode())
+                answer = sock.recv(4096)
+                break
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+    assert b"headers arrived too slowly" in answer
+    ok = requests.get(slow_server.url + "/healthz", timeout=10,
+                      headers={f"X-Fine-{n}": "v" * 400 for n in range(40)})  # 17 KB
+    assert ok.status_code == 200
+
+
+@pytest.mark.system
+def test_the_workers_own_answers_are_in_the_visitors_language(slow_server):
+    """A request the worker answers itself (a 431 here) gets its message in the language
+    the app would answer it in: Chinese for a browser that asks for it (Accept-Language,
+    or ?lang), English for one that does not."""
+    import json
+
+    from webapp.http.worker import MAX_HEAD_BYTES
+    from webapp.messages import Message, catalog_gettext, render
+
+    def too_large_head(line: bytes, headers: bytes = b"") -> dict:
+        with socket.create_connection(("127.0.0.1", slow_server.port), timeout=30) as sock:
+            sock.sendall(line + b"Host: x\r\n" + headers)
+            try:
+                for n in range(100):
+                    sock.sendall(f"X-Filler-{n}: {'y' * 500}\r\n".encode())
+            except OSError:
+                pass
+            answer = b""
+            with contextlib.suppress(OSError):
+                while chunk := sock.recv(4096):
+                    answer += chunk
+        assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
+        return json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
+
+    message = Message("The request's line and headers are larger than the %(kb)s KB this "
+                      "server accepts.", kb=MAX_HEAD_BYTES // 1024)
+    chinese = render(message, catalog_gettext("zh_Hans_CN"))
+    assert chinese != str(message)
+    asked = too_large_head(b"GET /healthz HTTP/1.1\r\n", b"Accept-Language: zh-CN,zh;q=0.9\r\n")
+    assert asked == {"code": "request_header_too_large", "message": chinese}
+    switched = too_large_head(b"GET /healthz?lang=zh HTTP/1.1\r\n")
+    assert switched["message"] == chinese
+    assert too_large_head(b"GET /healthz HTTP/1.1\r\n")["message"] == str(message)
+
+
+@pytest.mark.system
+def test_an_oversized_upload_is_answered_without_reading_its_body(slow_server):
+    """Content-Length over the route's limit (a 100 MB "photo"; a 300 MB checkpoint with
+    no admin token): the answer comes while the client is still sending, and the
+    connection is closed; the server read almost none of it."""
+    for path, claimed, status in (("/predict", 100 << 20, b"413"),
+                                  ("/admin/api/models", 300 << 20, b"403")):
+        with socket.create_connection(("127.0.0.1", slow_server.port), timeout=30) as sock:
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/"
+                         f"form-data; boundary=b\r\nContent-Length: {claimed}\r\n\r\n"
+                         .encode())
+            sent, answer = 0, b""
+            sock.settimeout(0.05)
+            while not answer and sent < 64 << 20:
+                try:
+                    sent += sock.send(b"\0" * 65536)
+                    answer = sock.recv(4096)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    sock.settimeout(5)
+                    answer = sock.recv(4096)
+                    break
+            assert answer.split(b" ")[1] == status, answer[:200]
+            assert sent < 32 << 20  # answered long before the body could have arrived
+    ok = requests.post(slow_server.url + "/predict", files={"image": ("c.jpg", jpeg())},
+                       timeout=30)
+    assert ok.status_code == 200
 
 
 @pytest.mark.system

@@ -90,11 +90,12 @@ def test_bad_dataset_names_are_refused_before_the_filesystem(client, tmp_path, n
 @pytest.mark.parametrize("name, dataset_id", [
     ("第一课", "dataset"), ("Pens & Cups!", "pens-cups"), ("../evil", "evil"),
     ("%2e%2e", "2e-2e"), ("..", "dataset"), ("UPPER case", "upper-case"),
-    ("Ölfässer", "olfasser"),
+    ("Ölfässer", "olfasser"), ("con", "con-2"), ("NUL", "nul-2"), ("com1", "com1-2"),
 ])
 def test_a_dataset_name_in_any_script_gets_a_safe_id(client, tmp_path, name, dataset_id):
     """The name is what the teacher typed; the folder and the address are a slug made
-    from it, never the name itself."""
+    from it, never the name itself, nor a name Windows keeps for a device (an exported
+    dataset must unzip there)."""
     body = create(client, name, ["杯子", "pen"])
     assert (body["name"], body["display_name"]) == (dataset_id, name)
     assert [p.name for p in (tmp_path / "data").iterdir() if p.name != ".tmp"] == [dataset_id]

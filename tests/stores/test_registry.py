@@ -334,6 +334,83 @@ def test_the_session_key_is_made_once_and_shared(tmp_path):
     assert oct((tmp_path / "shared" / "secret_key").stat().st_mode & 0o777) == "0o600"
 
 
+@pytest.mark.parametrize("kept", [b"", b"abc\n", b"\xff\xfe not text"])
+def test_an_empty_or_short_session_key_is_replaced_not_used(tmp_path, kept):
+    """An empty key file made a login a 500 and a 3-character one signed every session:
+    either is replaced by a new random key, the same one for every worker."""
+    root = tmp_path / "store"
+    root.mkdir()
+    (root / "secret_key").write_bytes(kept)
+    keys = {Registry(root).secret_key() for _ in range(3)}
+    assert len(keys) == 1
+    key = keys.pop()
+    assert len(key) == 64 and (root / "secret_key").read_text("utf-8").strip() == key
+
+
+def test_a_damaged_pointer_falls_back_to_the_last_good_one_and_says_so(
+        store, fruit_checkpoint, tools_checkpoint):
+    """active.json cut short or garbled (a disk, a hand edit) does not silently make the
+    built-in model active and lose the history: the copy written last is used, with the
+    reason, and the next activation writes a whole pointer again."""
+    fruit = add(store, fruit_checkpoint)["id"]
+    tools = add(store, tools_checkpoint)["id"]
+    store.activate(fruit)
+    store.activate(tools)  # history: fruit, builtin
+    whole = store.pointer.read_bytes()
+    for damaged in (whole[:len(whole) // 2], b"\x00" * 40, b'{"active": 7}', b"[]"):
+        store.pointer.write_bytes(damaged)
+        state = store.state()
+        assert (state.active, state.history) == (tools, (fruit, BUILTIN)), damaged
+        assert "active.json is damaged" in state.problem and tools in state.problem
+    assert store.rollback().active == fruit  # works from the last good state
+    assert store.state().problem is None
+    assert json.loads(store.pointer.read_text("utf-8"))["history"] == [BUILTIN]
+    # Both copies gone bad: the built-in model, and the reason.
+    store.pointer.write_bytes(b"{")
+    store.last_good.write_bytes(b"{")
+    state = store.state()
+    assert state.active == BUILTIN and "no earlier copy" in state.problem
+
+
+def test_leftovers_of_interrupted_writes_are_swept_at_start_up_by_age(tmp_path):
+    """A crash leaves temp files beside active.json, half-built engine entries and
+    uploads in tmp/; a new start removes the old ones and leaves young ones (another
+    process's write in progress) alone."""
+    from tests.views.test_admin import make_app
+
+    root, cache = tmp_path / "store", tmp_path / "cache"
+    for folder in (root / "tmp", cache / "openvino"):
+        folder.mkdir(parents=True)
+    old = [root / ".active.json.tmp-4242-deadbeef", root / "tmp" / "upload-0123456789abcdef",
+           cache / ".0123.fp32.onnx.tmp-4242-1", cache / ".0123.int8.onnx.tmp-4242-1.work",
+           cache / "openvino" / ".compile-x1y2"]
+    young = [root / ".active.json.tmp-4343-cafebabe", root / "tmp" / "upload-fedcba9876543210"]
+    for path in old + young:
+        path.write_bytes(b"half")
+    kept = [root / "secret_key", cache / "0123.card.json"]
+    for path in kept:
+        path.write_bytes(b"x" * 64)
+    hours_ago = time.time() - 7 * 3600
+    for path in old + kept:
+        os.utime(path, (hours_ago, hours_ago))
+    make_app(root, ENGINE_CACHE_DIR=str(cache))
+    assert [p for p in old if p.exists()] == []
+    assert all(p.exists() for p in young + kept)
+
+
+@pytest.mark.system  # the builder child converts the upload
+def test_a_labels_file_larger_than_a_command_line_argument_is_accepted(store,
+                                                                      random_resnet18):
+    """1000 class names of ~150 characters (150 KB, under the 1 MB a labels file may be):
+    the builder child gets them on its stdin, not on its command line (128 KB at most)."""
+    names = [f"class {n:04d}: " + "a long description of what this class shows " * 3
+             for n in range(1000)]
+    labels = "\n".join(names).encode("utf-8")
+    assert len(labels) > 128 * 1024
+    meta = store.add(random_resnet18, fields={"labels": labels})
+    assert meta["classes"] == [n.strip() for n in names]
+
+
 # --------------------------------------------------------------------------- crash safety
 
 CHURN = """

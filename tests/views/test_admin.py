@@ -194,6 +194,82 @@ def test_logging_out_ends_every_copy_of_the_session_in_every_worker(tmp_path):
     assert stolen.get("/admin/").status_code == 200
 
 
+def test_a_deleted_or_garbled_session_generation_ends_every_session(tmp_path):
+    """Deleting or garbling sessions.json must not bring back sessions a logout ended
+    (nor keep any alive): no readable generation, no valid session.  The next login
+    starts a new generation, and only its cookies work."""
+    app = make_app(tmp_path / "store")
+    browser = app.test_client()
+    csrf = login(browser)
+    ended = browser.get_cookie("session").value  # copied before the logout
+    assert browser.post("/admin/logout", data={"csrf_token": csrf}).status_code == 302
+    csrf = login(browser)
+    sessions = tmp_path / "store" / "sessions.json"
+    for damage in (lambda: sessions.unlink(), lambda: sessions.write_bytes(b"{\x00garbled")):
+        damage()
+        for cookie in (ended, browser.get_cookie("session").value):
+            thief = app.test_client()
+            thief.set_cookie("session", cookie)
+            assert thief.get("/admin/").status_code == 302
+            assert thief.get("/admin/api/models").status_code == 401
+        login(browser)  # a new generation: logging in works again, old cookies stay out
+        thief = app.test_client()
+        thief.set_cookie("session", ended)
+        assert thief.get("/admin/api/models").status_code == 401
+        assert browser.get("/admin/").status_code == 200
+
+
+def test_a_logout_that_cannot_be_saved_says_so(tmp_path, monkeypatch):
+    """The session store cannot be written (the disk refuses the write: a read-only file
+    system, injected here where the store writes; tests/http/test_fail_safe.py does it
+    with a real read-only MODEL_DIR): the page says the logout was not saved, what still
+    holds and what ends it, instead of "Logged out." over copies that stay valid."""
+    import errno
+
+    from webapp.stores import durable
+
+    app = make_app(tmp_path / "store")
+    browser = app.test_client()
+    csrf = login(browser)
+    copy = app.test_client()
+    copy.set_cookie("session", browser.get_cookie("session").value)
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(durable, "write_json", read_only)
+    response = browser.post("/admin/logout", data={"csrf_token": csrf})
+    assert response.status_code == 503
+    text = response.get_data(as_text=True)
+    assert "Logging out could not be saved" in text and "MODEL_DIR" in text
+    assert "Read-only file system" in text and "ADMIN_TOKEN" in text
+    assert "Logged out." not in text
+    assert browser.get("/admin/").status_code == 302  # this browser is logged out
+    assert copy.get("/admin/").status_code == 200  # and the page said copies still work
+
+
+@pytest.mark.parametrize("target", ["/admin/\r\nSet-Cookie: x=1", "/admin/%0d%0a",
+                                    "/admin/\nLocation: //evil.example", "/admin/\x00"])
+def test_control_characters_in_next_do_not_break_the_login(admin, target):
+    token = csrf_from(admin.get("/admin/login").get_data(as_text=True))
+    response = admin.post("/admin/login", query_string={"next": target},
+                          data={"csrf_token": token, "token": TOKEN})
+    assert response.status_code == 302
+    assert "\n" not in response.location and "\r" not in response.location
+    assert response.location.startswith("/admin/")
+
+
+def test_renaming_keeps_the_json_budget(admin):
+    """PATCH /admin/api/models/<id> reads its JSON like every other JSON route: deep
+    nesting is a 400 and a huge body a 413, both before anything is parsed or stored."""
+    url = f"/admin/api/models/{BUILTIN}"
+    headers = {**BEARER, "Content-Type": "application/json"}
+    deep = b'{"name": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"
+    assert_error(admin.patch(url, headers=headers, data=deep), 400, "bad_json")
+    huge = b'{"name": "' + b"x" * (19 << 20) + b'"}'
+    assert_error(admin.patch(url, headers=headers, data=huge), 413, "too_large")
+
+
 @pytest.mark.parametrize("hops, headers, base_url, https", [
     (0, {}, "http://localhost", False),
     (0, {}, "https://localhost", True),  # gunicorn's own TLS
@@ -559,6 +635,26 @@ def test_the_admin_page_shows_the_models_and_works_without_javascript(
     assert bad.status_code == 422 and "looks like: JPEG" in bad.get_data(as_text=True)
 
 
+def test_the_admin_page_shows_the_engine_and_what_was_measured_to_choose_it(admin,
+                                                                          admin_app):
+    """With the default ENGINE=auto QUANTIZE=auto: the engine and precision serving, why,
+    and a row per candidate tried (its time, its agreement with fp32, why not taken);
+    the admin API gives the same."""
+    login(admin)
+    page = admin.get("/admin/").get_data(as_text=True)
+    panel = re.search(r'<details[^>]*id="engine-choice".*?</details>', page, re.S).group(0)
+    made = admin_app.extensions["model_holder"].get().loaded.engine_info["auto"]
+    assert f"Engine: {made['engine']}," in panel and "Chosen by measuring" in panel
+    rows = re.findall(r"<tr[^>]*>\s*<td>(\w+)</td><td>(\w+)</td>", panel)
+    assert {engine for engine, _ in rows} == {"openvino", "onnxruntime"}
+    assert ("openvino", "bf16") in rows or "bf16" not in made["why"]
+    chosen = re.search(r'<tr class="table-success">\s*<td>(\w+)</td><td>(\w+)</td>', panel)
+    assert chosen.groups() == (made["engine"], made["chosen"])
+    assert panel.count(">Chosen<") == 1
+    listed = admin.get("/admin/api/models", headers=BEARER).get_json()["serving"]
+    assert listed["engine_info"]["auto"]["tried"] == made["tried"]
+
+
 @pytest.mark.system  # converts new models in builder child processes
 def test_the_upload_page_counts_the_guesses_of_a_two_class_model(admin, admin_app, tmp_path):
     """A 2-class model gives 2 bars: the heading says "Top 2 guesses", not "Top 3"."""
@@ -601,6 +697,7 @@ def test_an_unreadable_active_checkpoint_falls_back_at_startup(tmp_path, fruit_c
     assert predict(client).status_code == 200
 
 
+@pytest.mark.system  # converts the fruit model unless an earlier test of the module did
 def test_a_broken_activation_keeps_the_current_model_serving(admin, admin_app,
                                                             fruit_checkpoint):
     store = admin_app.extensions["registry"]
@@ -755,7 +852,15 @@ def answers_like_torch(client, entry, model_id, tolerance=0.01):
     """/predict on the real photos, as PNGs and as large JPEGs (decoded at a reduced
     scale): the same top-1 and scores within ``tolerance`` of the saved network in torch
     fp32 with torchvision's preprocessing of Pillow's full decode (the model's own size,
-    mean and std)."""
+    mean and std).  When a reduced precision (int8, bf16) serves, QUANTIZE=auto's guard
+    promised its probabilities move by at most PRECISION_MAX_SCORE_CHANGE on average (the
+    mean over the images of each one's largest change): each photo's top score then stays
+    within ``tolerance`` plus that bound, and their mean change within ``tolerance`` plus
+    half of it."""
+    engine = client.get("/readyz").get_json()["engine"]
+    reduced = engine.get("precision") not in (None, "fp32")
+    bound = float(client.application.config["PRECISION_MAX_SCORE_CHANGE"]) if reduced else 0
+    changes = []
     for photos in (photo_pngs(), large_jpegs()):
         answer = client.post("/predict", content_type="multipart/form-data", data={
             "image": [(io.BytesIO(data), f"{name}.img") for name, data in photos],
@@ -768,7 +873,9 @@ def answers_like_torch(client, entry, model_id, tolerance=0.01):
         for (name, _), result, (index, score) in zip(photos, body["results"], expected):
             top = result["predictions"][0]
             assert (top["index"], top["label"]) == (index, entry.classes[index]), name
-            assert top["score"] == pytest.approx(score, abs=tolerance), name
+            assert top["score"] == pytest.approx(score, abs=tolerance + bound), (name, engine)
+            changes.append(abs(top["score"] - score))
+    assert sum(changes) / len(changes) <= tolerance + bound / 2, (changes, engine)
 
 
 @pytest.mark.system  # converts new models in builder child processes
@@ -801,8 +908,8 @@ def default_app(tmp_path_factory):
 @pytest.mark.system  # converts new models and runs the precision trials in child processes
 @pytest.mark.parametrize("row", ["bare", "mlp_head", "onnx_pixels"])
 def test_with_the_default_settings_uploads_answer_like_torch(default_app, model_files, row):
-    """The precision QUANTIZE=auto serves keeps every probability within 0.01 of fp32's
-    on the guard images, so the answers stay torchvision's within 0.01 too."""
+    """The model is served in the precision QUANTIZE=auto chose, and answers like
+    torchvision: fp32 within 0.01, a reduced precision within the guard's bound."""
     entry = getattr(model_files, row)
     client = default_app.test_client()
     response = send_model(client, entry, activate="1")

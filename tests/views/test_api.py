@@ -44,9 +44,19 @@ def test_predict_returns_the_documented_json(client):
     assert all(p["display_label"] == p["label"] for p in predictions)  # English: the same
     scores = [p["score"] for p in predictions]
     assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0001
-    assert set(body["timings_ms"]) == {"decode", "preprocess", "inference", "total"}
-    assert all(v >= 0 for v in body["timings_ms"].values())
-    assert body["timings_ms"]["total"] >= body["timings_ms"]["inference"]
+    assert_stages_add_up(body["timings_ms"])
+
+
+STAGES = {"receive", "queue", "parse", "decode", "preprocess", "engine_wait", "inference",
+          "postprocess", "serialize"}
+
+
+def assert_stages_add_up(timings: dict) -> None:
+    """Every documented stage is there (the first four fields kept their names), none
+    negative, and together they are the total: no time is in none of them."""
+    assert set(timings) == STAGES | {"total"}
+    assert all(v >= 0 for v in timings.values())
+    assert abs(sum(timings[s] for s in STAGES) - timings["total"]) <= 0.1, timings
 
 
 @pytest.mark.parametrize("item", real_photos(), ids=lambda p: p.name)
@@ -104,7 +114,13 @@ def test_several_images_are_answered_in_order(client):
     assert tops[0] in photo("chelsea").top1 and tops[1:] == ["espresso", "tripod"]
     assert all(len(r["predictions"]) == 3 for r in body["results"])
     assert [r["unknown"] for r in body["results"]] == [False, False, False]
-    assert set(body["timings_ms"]) == {"decode", "preprocess", "inference", "total"}
+    assert_stages_add_up(body["timings_ms"])
+    # Each image: its own decoding, and its share of the batch's other stages.
+    for result in body["results"]:
+        timings = result["timings_ms"]
+        assert set(timings) == {"decode", "preprocess", "engine_wait", "inference",
+                                "postprocess", "total"}
+        assert timings["total"] >= timings["decode"] + timings["inference"] - 0.02
 
 
 def test_one_bad_image_in_a_batch_names_the_file(client):
@@ -117,6 +133,35 @@ def test_too_many_images_is_a_400(client, app, monkeypatch):
     monkeypatch.setitem(app.config, "MAX_IMAGES_PER_REQUEST", 2)
     files = [(f"{n}.jpg", jpeg()) for n in range(3)]
     assert_error(post(client, *files), 400, "too_many_images")
+
+
+def test_the_images_of_one_request_share_a_pixel_budget(client, app, monkeypatch):
+    """MAX_REQUEST_PIXELS counts what every image of a request would decode, from the
+    headers, before any is decoded: legal images that together are too many are a 413
+    at once; a JPEG counts at the reduced scale it is decoded at, so phone photos pass."""
+    monkeypatch.setitem(app.config, "MAX_REQUEST_PIXELS", 1_000_000)
+    big = encode(photo("camera").image.resize((800, 800)), "PNG")  # 0.64 MP each, whole
+    message = assert_error(post(client, ("a.png", big), ("b.png", big)), 413,
+                           "too_many_pixels")
+    assert "1,280,000 pixels to decode in all" in message and "1,000,000" in message
+    # 16 images claiming 49 MP each: refused from their headers (no decoding at all).
+    bombs = [(f"{n}.png", hostile.png_header_only(7000, 7000)) for n in range(16)]
+    monkeypatch.setitem(app.config, "MAX_REQUEST_PIXELS", 100_000_000)
+    assert "784,000,000 pixels" in assert_error(post(client, *bombs), 413, "too_many_pixels")
+    monkeypatch.setitem(app.config, "MAX_REQUEST_PIXELS", 1_000_000)
+    photo_jpeg = encode(photo("coffee").image.resize((1600, 1600)), "JPEG")  # 2.56 MP
+    body = post(client, ("a.jpg", photo_jpeg), ("b.jpg", photo_jpeg)).get_json()
+    assert [r["predictions"][0]["label"] for r in body["results"]] == ["espresso"] * 2
+
+
+def test_unknown_methods_are_counted_under_one_label(client):
+    """A client may send any token as its method: /metrics counts the ones it does not
+    know as OTHER, so its series cannot grow with what clients invent."""
+    for method in ("FOO", "BAR123", "X-RANDOM-9", "GET"):
+        client.open("/healthz", method=method)
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'method="OTHER"' in text and 'method="GET"' in text
+    assert "FOO" not in text and "BAR123" not in text and "X-RANDOM" not in text
 
 
 def test_file_field_and_raw_body_are_accepted(client):

@@ -539,9 +539,9 @@ ENGLISH_BROWSER = {"locale": "en-US"}
                                              ("wide", "the teacher")])
 def test_the_public_pages_speak_chinese(browser, server, kiosk_settings, files, size,
                                         who_chose):
-    """Upload -> answer -> explanation, an error page, kiosk -> answer -> explanation ->
-    idle countdown, in Chinese: asked for by the browser (Accept-Language: zh-CN), or
-    fixed by the teacher for an English browser.  No English word of the catalog on any
+    """Upload -> answer -> explanation, an error page, kiosk -> a chosen photo's answer ->
+    idle countdown -> explanation, in Chinese: asked for by the browser (Accept-Language:
+    zh-CN), or fixed by the teacher for an English browser.  No English word of the catalog on any
     of them (tests/browser.py: english_on_page), the class names in Chinese, axe-core
     finds nothing; at a classroom screen's size and a phone's."""
     if who_chose == "the teacher":
@@ -586,7 +586,10 @@ def test_the_public_pages_speak_chinese(browser, server, kiosk_settings, files, 
         p = watched.goto("/kiosk")
         wait_state(p, "live")
         assert_no_english(p, "kiosk start")
-        p.get_by_role("button", name="这是什么？").click()
+        assert p.get_by_role("button", name="这是什么？").is_visible()
+        # A photo chosen on the kiosk: its answer's idle time runs at once (an answer of
+        # what the camera sees stays while the camera sees it: test_kiosk_live_browser.py).
+        p.set_input_files("#file-input", str(files["cat"]))
         labels, words = kiosk_result(p)
         assert labels[0] in chinese_names(CAT_CLASSES), labels
         assert words in {"非常确定", "比较确定", "不太确定", "只是猜测"}

@@ -50,7 +50,7 @@ from webapp.messages import Message, to_json
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("torch", "openvino", "onnxruntime")
+ENGINES = ("auto", "torch", "openvino", "onnxruntime")
 QUANTIZE_MODES = ("auto", "none", "bf16", "dynamic", "static")
 
 __all__ = ["ENGINES", "QUANTIZE_MODES", "Engine", "EngineSettings", "ModelCard", "ModelSource",
@@ -69,7 +69,7 @@ def check_combination(engine: str, mode: str) -> None:
         raise ModelLoadError(
             f"QUANTIZE=dynamic is torch's dynamic quantization and needs ENGINE=torch "
             f"(ENGINE={engine} runs QUANTIZE=none or static)")
-    if mode == "bf16" and engine != "openvino":
+    if mode == "bf16" and engine not in ("openvino", "auto"):
         raise ModelLoadError(
             f"QUANTIZE=bf16 needs ENGINE=openvino (ENGINE={engine} runs QUANTIZE=none, "
             "static" + (" or dynamic)" if engine == "torch" else ")"))
@@ -78,7 +78,8 @@ def check_combination(engine: str, mode: str) -> None:
 @dataclass(frozen=True)
 class EngineSettings:
     """How this process serves models (``ENGINE``, ``QUANTIZE``, ``ENGINE_CACHE_DIR``,
-    ``CALIBRATION_DIR``, ``TORCH_THREADS``)."""
+    ``CALIBRATION_DIR``, ``TORCH_THREADS``).  ``engine="auto"``: OpenVINO or ONNX
+    Runtime, whichever the trials measure faster here (``precision.decide``)."""
 
     engine: str = "openvino"
     quantize: str = "none"
@@ -88,10 +89,11 @@ class EngineSettings:
     dual: bool = False  # ENGINE_STREAMS=dual (OpenVINO)
     min_agreement: float = 0.98  # QUANTIZE=auto: INT8_MIN_AGREEMENT
     max_score_change: float = 0.03  # QUANTIZE=auto: PRECISION_MAX_SCORE_CHANGE
+    handicap: str = ""  # AUTO_HANDICAP_MS: ms added to some candidates' timed passes
 
     @classmethod
     def from_config(cls, config: dict) -> EngineSettings:
-        return cls(engine=config.get("ENGINE") or "openvino",
+        return cls(engine=config.get("ENGINE") or "auto",
                    quantize=config.get("QUANTIZE") or "none",
                    cache_dir=config.get("ENGINE_CACHE_DIR") or "",
                    calibration_dir=config.get("CALIBRATION_DIR") or "",
@@ -100,7 +102,8 @@ class EngineSettings:
                    min_agreement=float(config.get("INT8_MIN_AGREEMENT") or 0.98),
                    max_score_change=float(config.get("PRECISION_MAX_SCORE_CHANGE")
                                           if config.get("PRECISION_MAX_SCORE_CHANGE")
-                                          is not None else 0.03))
+                                          is not None else 0.03),
+                   handicap=config.get("AUTO_HANDICAP_MS") or "")
 
     @property
     def builds_int8(self) -> bool:
@@ -109,9 +112,9 @@ class EngineSettings:
 
     @property
     def decides(self) -> bool:
-        """QUANTIZE=auto on OpenVINO or ONNX Runtime: the precision is decided per model
-        by measuring (``precision.decide``); torch serves fp32."""
-        return self.quantize == "auto" and self.engine != "torch"
+        """QUANTIZE=auto or ENGINE=auto (not torch, which serves what it is told): the
+        engine and precision are decided per model by measuring (``precision.decide``)."""
+        return (self.quantize == "auto" or self.engine == "auto") and self.engine != "torch"
 
     @property
     def cache(self) -> ArtefactCache:
@@ -178,11 +181,12 @@ _build_lock = threading.Lock()  # one build at a time per process (each is a tor
 
 def decision_name(key: str, settings: EngineSettings) -> str:
     """The cache entry of QUANTIZE=auto's decision for the model of ``key``: it depends on
-    the engine, its threads, this CPU (and its oneDNN cap), the calibration set and the
-    threshold."""
-    basis = json.dumps([settings.engine, settings.threads, settings.min_agreement,
-                        settings.max_score_change, cpu_signature(),
-                        int8_name(key, settings.calibration_dir or None)])
+    the engines and precisions allowed, the engine threads, this CPU (and its oneDNN
+    cap), the calibration set, the thresholds and any handicap."""
+    basis = json.dumps([settings.engine, settings.quantize, settings.threads,
+                        settings.min_agreement, settings.max_score_change, cpu_signature(),
+                        int8_name(key, settings.calibration_dir or None)]
+                       + ([settings.handicap] if settings.handicap else []))
     return f"{key}-{hashlib.sha256(basis.encode()).hexdigest()[:12]}.auto.json"
 
 
@@ -210,10 +214,11 @@ def ensure_card(source: ModelSource, settings: EngineSettings, *,
         return card is not None and (not int8 or int8_state(card, settings)[0] != "missing") \
             and (not decide or decision(card.key, settings) is not None)
 
-    card = cache.read_card(key)
+    version = source.sha256[:12]
+    card = cache.read_card(key, version)
     if not done(card):
         with _build_lock, cache.lock(cache.card_name(key)):
-            card = cache.read_card(key)
+            card = cache.read_card(key, version)
             if not done(card):
                 card = _run_build(source, settings, cache, key, int8, decide)
     return _named(card, source)
@@ -252,20 +257,23 @@ def _run_build(source, settings, cache, key, int8, decide=False) -> ModelCard:
             common += ["--calibration-dir", settings.calibration_dir]
     timeout = child.BUILD_TIMEOUT
     what = None
+    given = None  # on the child's stdin
     if source.kind == "builtin":
         args = ["builtin", *common]
         if source.weights:
             args += ["--weights", source.weights]
     else:
-        args = ["checkpoint", source.file, "--given", json.dumps(source.given),
-                "--sha256", source.sha256, *common]
+        # What was said about the file goes on the child's stdin: a labels file may be
+        # larger than one command-line argument may be (128 KB on Linux).
+        args = ["checkpoint", source.file, "--given", "-", "--sha256", source.sha256, *common]
+        given = json.dumps(source.given)
         if source.label:
             args += ["--label", json.dumps(to_json(source.label), ensure_ascii=False)]
             what = source.label
         if source.untrusted:
             memory_mb, timeout = child.upload_limits(os.path.getsize(source.file))
             args += ["--memory-mb", str(memory_mb)]
-    answer = child.run_builder(args, timeout=timeout, what=what)
+    answer = child.run_builder(args, timeout=timeout, what=what, stdin=given)
     card = ModelCard.from_json(answer["card"])
     log.info("built %s for serving in %.1f s (a child process; cached as %s)", card.name,
              time.perf_counter() - started, key)
@@ -277,7 +285,7 @@ def _build_here(source, settings, cache, key, int8, decide=False) -> ModelCard:
     trusted model is built right here instead of in a child."""
     from webapp.engines import build, precision, torch_engine
 
-    card = cache.read_card(key)
+    card = cache.read_card(key, source.sha256[:12])
     if card is None:
         card = build.build_card(torch_engine.load_module(source), key, cache, lock=False)
     if int8:
@@ -290,12 +298,17 @@ def _build_here(source, settings, cache, key, int8, decide=False) -> ModelCard:
 # --------------------------------------------------------------------------- serving
 
 
-def serve(source: ModelSource, settings: EngineSettings) -> tuple[ModelCard, Engine]:
+def serve(source: ModelSource, settings: EngineSettings, *, background: bool = False,
+          ) -> tuple[ModelCard, Engine]:
     """The card and the engine that serve ``source`` in this process.
 
     A precision the engine cannot give steps down *inside* the engine: int8 that cannot
     be built (no calibration photos, a quantizer error) and bf16 that does not compile
-    are served in fp32 by the same engine, and ``engine_info["fallback"]`` says why."""
+    are served in fp32 by the same engine, and ``engine_info["fallback"]`` says why.
+
+    ``background`` (a server's worker): a model whose engine and precision are not
+    decided on this machine yet is served in fp32 at once while a child process
+    measures them (``trials``); otherwise they are measured first."""
     check_combination(settings.engine, settings.quantize)
     if settings.engine == "torch":
         from webapp.engines import torch_engine
@@ -310,7 +323,12 @@ def serve(source: ModelSource, settings: EngineSettings) -> tuple[ModelCard, Eng
         attach(engine, card, settings.cache)
         return card, engine
     if settings.decides:
-        return _serve_decided(source, settings)
+        return _serve_decided(source, settings, background)
+    return _serve_fixed(source, settings)
+
+
+def _serve_fixed(source: ModelSource, settings: EngineSettings) -> tuple[ModelCard, Engine]:
+    """One engine, one precision, as the settings say."""
     card = ensure_card(source, settings, int8=settings.builds_int8)
     fallback = None
     if settings.builds_int8:
@@ -336,20 +354,54 @@ def serve(source: ModelSource, settings: EngineSettings) -> tuple[ModelCard, Eng
     return card, engine
 
 
-def _serve_decided(source: ModelSource, settings: EngineSettings) -> tuple[ModelCard, Engine]:
-    """QUANTIZE=auto: the precision measured for this model on this machine (made once,
-    by the builder, and cached); fp32 if the chosen one does not open here after all."""
-    card = ensure_card(source, settings, decide=True)
-    made = decision(card.key, settings) or {"chosen": "fp32", "why": "no decision was made"}
+def _serve_decided(source: ModelSource, settings: EngineSettings, background: bool
+                   ) -> tuple[ModelCard, Engine]:
+    """QUANTIZE=auto / ENGINE=auto: the engine and precision measured for this model on
+    this machine (once, cached); fp32 if the chosen one does not open here after all.
+    Not measured yet and ``background``: fp32 now (``_provisional``), the trials in a
+    child process."""
+    card = ensure_card(source, settings, int8=settings.builds_int8, decide=not background)
+    made = decision(card.key, settings)
+    if made is None:
+        return _provisional(source, card, settings)
+    engine_name = made.get("engine") or (
+        "openvino" if settings.engine == "auto" else settings.engine)
+    chosen = replace(settings, engine=engine_name)
     try:
-        card, engine = open_card(card, settings, made["chosen"])
+        card, engine = open_card(card, chosen, made["chosen"])
     except Exception as exc:  # noqa: BLE001
-        log.warning("QUANTIZE=auto chose %s for %s but it does not open (%s); serving fp32",
-                    made["chosen"], card.name, reason(exc))
-        card, engine = open_card(card, settings, "fp32")
+        log.warning("QUANTIZE=auto chose %s %s for %s but it does not open (%s); serving "
+                    "fp32", engine_name, made["chosen"], card.name, reason(exc))
+        card, engine = open_card(card, chosen, "fp32")
         engine.info["fallback"] = f"{made['chosen']} did not open: {reason(exc)}"
     engine.info["auto"] = made
-    return card, engine
+    return _as_asked(card, engine, settings)
+
+
+def _provisional(source: ModelSource, card: ModelCard, settings: EngineSettings
+                 ) -> tuple[ModelCard, Engine]:
+    """While the trials run: the engine asked for (OpenVINO for ``auto``) in the precision
+    asked for (fp32 for ``auto``); ``engine.info["auto"]`` says so, and says ``failed``
+    and why if the trials fail."""
+    from webapp.engines import trials
+
+    fixed = replace(settings, engine="openvino" if settings.engine == "auto"
+                    else settings.engine,
+                    quantize="none" if settings.quantize == "auto" else settings.quantize)
+    card, engine = _serve_fixed(source, fixed)
+    serving = f"{engine.info['engine']} {engine.precision}"
+    engine.info["auto"] = {"state": "measuring", "serving": serving,
+                           "why": f"measuring the engines and precisions on this machine; "
+                                  f"serving {serving} until then"}
+    trials.start(card, settings, engine.info["auto"])
+    return _as_asked(card, engine, settings)
+
+
+def _as_asked(card: ModelCard, engine: Engine, settings: EngineSettings
+              ) -> tuple[ModelCard, Engine]:
+    """The card and engine info say the settings (QUANTIZE=auto), beside what runs."""
+    engine.info["quantization"] = settings.quantize
+    return replace(card, quantization=settings.quantize, engine_info=engine.info), engine
 
 
 def open_card(card: ModelCard, settings: EngineSettings, precision: str
@@ -363,12 +415,12 @@ def open_card(card: ModelCard, settings: EngineSettings, precision: str
     else:
         name = card.onnx
     runtime = "onnxruntime" if settings.engine == "torch" else settings.engine
-    # One compilation of a network at a time: OpenVINO writes its compiled network into
-    # the cache's openvino/ folder without a lock, and a worker that read the file while
-    # another was writing it failed to open the network (workers starting together).
-    with cache.lock(f"{name}.compile"):
-        engine = open_engine(cache.path(name), runtime, settings.threads, precision,
-                             settings.dual, blobs=str(cache.path("openvino")))
+    # One compilation at a time: OpenVINO writes its compiled network into the cache's
+    # openvino/ folder without a lock, and a worker that read the file while another was
+    # writing it failed to open the network (workers starting together); runtime._compile
+    # holds a lock on that folder for every compilation (the background one too).
+    engine = open_engine(cache.path(name), runtime, settings.threads, precision, settings.dual,
+                         blobs=str(cache.path("openvino")), input_size=card.input_size)
     if card.kind == "onnx":
         _adapt_upload(engine, card)
     engine.info = {"engine": settings.engine, "quantization": settings.quantize,

@@ -22,6 +22,7 @@ together build an entry once.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -35,14 +36,41 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from webapp.checkpoints.files import sha256_file
+from webapp.checkpoints.loaded import ModelLoadError
 from webapp.checkpoints.preprocess import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD
-from webapp.messages import from_json, to_json
+from webapp.messages import Message, from_json, to_json
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = "5"  # bump when the artefacts' recipe changes: old entries are not reused
 CARD_FORMAT = "webapp-model-card/1"
 TOOLS = ("torch", "torchvision", "onnx", "onnxruntime")
+
+
+class EngineCacheError(ModelLoadError):
+    """The engine cache cannot be written (full, read-only, no permission): a model it
+    does not hold yet cannot be converted for serving.  ``full`` tells the two apart."""
+
+    FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    WRITE_ERRORS = (*FULL, errno.EROFS, errno.EACCES, errno.EPERM)
+
+    def __init__(self, exc: OSError | None = None, *, errno_: int | None = None,
+                 why: str | None = None):
+        self.errno = exc.errno if exc is not None else errno_
+        why = (exc.strerror if exc is not None else why) or "it cannot be written"
+        self.why = why
+        self.full = self.errno in self.FULL
+        if self.full:
+            self.message = Message(
+                "The engine cache (ENGINE_CACHE_DIR) has no room for the converted model "
+                "(%(reason)s); free some space there or point ENGINE_CACHE_DIR at a larger "
+                "disk.", reason=why)
+        else:
+            self.message = Message(
+                "The engine cache (ENGINE_CACHE_DIR) cannot be written (%(reason)s); make "
+                "it writable by the server's user or point ENGINE_CACHE_DIR at a folder "
+                "that is.", reason=why)
+        super().__init__(self.message)
 
 
 def default_cache_dir() -> Path:
@@ -176,19 +204,32 @@ class ArtefactCache:
         sidecar = path.with_name(path.name + ".sha256")
         try:
             return path.is_file() and sidecar.read_text("utf-8").strip() == sha256_file(path)
-        except OSError:
+        except (OSError, ValueError):  # missing, unreadable, or not even text: rebuilt
             return False
 
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
-        """Held by whoever builds ``name`` (other processes wait; threads too)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / f".{name}.lock", "a+") as fh:
+        """Held by whoever builds ``name`` (other processes wait; threads too).  A cache
+        that cannot be written: ``EngineCacheError``."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fh = open(self.root / f".{name}.lock", "a+")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise EngineCacheError(exc) from None
+        with fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def sweep(self, older_than: float) -> int:
+        """Remove what builds cut short left behind (``.<name>.tmp-*`` files and work
+        folders, private OpenVINO compilations) when older than ``older_than`` seconds."""
+        from webapp.stores import durable
+
+        return durable.sweep(self.root, older_than, durable.is_temp_name) + durable.sweep(
+            self.root / "openvino", older_than, lambda name: name.startswith(".compile-"))
 
     def discard(self, name: str) -> None:
         for path in (self.root / name, self.root / f"{name}.sha256"):
@@ -261,8 +302,11 @@ class ArtefactCache:
     def card_name(key: str) -> str:
         return f"{key}.card.json"
 
-    def read_card(self, key: str) -> ModelCard | None:
-        """The card of ``key`` if it and every file it names are intact, else None."""
+    def read_card(self, key: str, version: str | None = None) -> ModelCard | None:
+        """The card of ``key`` if it and every file it names are intact and it is the
+        card of that model (its own key, the files of that key and, when given, the
+        ``version`` of the model file: entries copied from another model are never served
+        under this one's name), else None."""
         name = self.card_name(key)
         if not self.valid(name):
             return None
@@ -271,10 +315,16 @@ class ArtefactCache:
         except (OSError, ValueError, TypeError) as exc:
             log.warning("engine cache entry %s is unreadable (%s); rebuilding it", name, exc)
             return None
-        for needed in (card.onnx, (card.cam or {}).get("head"),
-                       (card.openset or {}).get("file")):
-            if needed and not self.valid(needed):
-                log.warning("engine cache entry %s is damaged; rebuilding it", needed)
+        needed = [card.onnx, (card.cam or {}).get("head"), (card.openset or {}).get("file"),
+                  card.guard]
+        if card.key != key or (version and card.version != version) or any(
+                not Path(n).name.startswith(key) or Path(n).name != n for n in needed if n):
+            log.warning("engine cache entry %s belongs to another model (%s, version %s); "
+                        "rebuilding it", name, card.key, card.version)
+            return None
+        for file in needed:
+            if file and not self.valid(file):
+                log.warning("engine cache entry %s is damaged; rebuilding it", file)
                 return None
         return card
 

@@ -46,7 +46,7 @@ from torch import nn
 import model_loader
 from model_loader import ModelLoadError
 from webapp.engines import precision
-from webapp.engines.artefacts import ArtefactCache, ModelCard, model_key
+from webapp.engines.artefacts import ArtefactCache, EngineCacheError, ModelCard, model_key
 from webapp.engines.calibration import calibration_arrays, calibration_files
 from webapp.engines.features import NoFeatureMap, WithFeatures, find_target_layer
 from webapp.engines.precision import BuildError
@@ -150,7 +150,7 @@ def build_card(loaded: model_loader.LoadedModel, key: str, cache: ArtefactCache,
     child does, so that workers starting together build it once)."""
     started = time.perf_counter()
     with cache.lock(cache.card_name(key)) if lock else contextlib.nullcontext():
-        card = cache.read_card(key)
+        card = cache.read_card(key, loaded.version)
         if card is not None:
             return card
         if loaded.module is None:  # an uploaded ONNX model: served as it is
@@ -371,7 +371,7 @@ def _load(args) -> model_loader.LoadedModel:
     if args.command == "builtin":
         return model_loader.load_imagenet_model(args.weights or None,
                                                 allow_download=args.allow_download)
-    given = json.loads(args.given or "{}")
+    given = json.loads((sys.stdin.read() if args.given == "-" else args.given) or "{}")
     label = _label(args.label)
     if args.memory_mb:
         check_expansion(args.file, args.memory_mb, label or args.file)
@@ -399,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     builtin.add_argument("--allow-download", action="store_true")
     checkpoint = sub.add_parser("checkpoint", help="an uploaded or stored checkpoint")
     checkpoint.add_argument("file")
-    checkpoint.add_argument("--given", default="{}", help="JSON: what the uploader said")
+    checkpoint.add_argument("--given", default="{}", help="JSON: what the uploader said "
+                            "(- : read it from stdin)")
     checkpoint.add_argument("--label", default="",
                             help="what names the file in messages (text, or a message as "
                             "JSON)")
@@ -422,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         _cap_memory(args.memory_mb)
     cache = ArtefactCache(args.cache)
     try:
-        card = cache.read_card(args.key)
+        card = cache.read_card(args.key, (getattr(args, "sha256", "") or "")[:12] or None)
         if card is None:
             loaded = _load(args)
             _allow_conversion(loaded, started_at)
@@ -439,6 +440,14 @@ def main(argv: list[str] | None = None) -> int:
             settings = EngineSettings(**json.loads(args.decide))
             result["decision"] = precision.decide(card, cache, settings)
         result["memory"] = memory_used(started_at)
+    except EngineCacheError as exc:
+        print(json.dumps({"error": "cache", "errno": exc.errno, "reason": exc.why}))
+        return 2
+    except OSError as exc:  # writing the cache: full, read-only, no permission
+        if exc.errno not in EngineCacheError.WRITE_ERRORS:
+            raise
+        print(json.dumps({"error": "cache", "errno": exc.errno, "reason": exc.strerror}))
+        return 2
     except ModelLoadError as exc:
         if "allocate" in str(exc) and getattr(args, "memory_mb", 0):
             print(json.dumps({"error": "memory", "limit_mb": args.memory_mb}))

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from model_loader import ModelLoadError
+from webapp.engines.artefacts import EngineCacheError
 from webapp.messages import Message
 
 log = logging.getLogger(__name__)
@@ -35,20 +36,23 @@ def upload_limits(size_bytes: int) -> tuple[int, float]:
 
 
 def run_builder(args: list[str], *, timeout: float = BUILD_TIMEOUT,
-                what: str | None = None) -> dict:
-    """Run the builder with ``args`` and return its JSON answer; ``ModelLoadError`` with
-    the builder's message (a ``Message``, as the child sent it) or what went wrong with
-    the process otherwise.  ``what`` names the model at the start of a sentence."""
+                what: str | None = None, stdin: str | None = None) -> dict:
+    """Run the builder with ``args`` (and ``stdin`` as its input) and return its JSON
+    answer; ``ModelLoadError`` with the builder's message (a ``Message``, as the child
+    sent it) or what went wrong with the process otherwise, ``EngineCacheError`` when it
+    could not write the engine cache.  ``what`` names the model at the start of a
+    sentence."""
     what = what or Message("The model")
     argv = [sys.executable, "-m", "webapp.engines.build", *args]
     proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True,
+                            stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
                             # Not the locale's encoding: OpenVINO sets the process's locale
                             # to "C" while it compiles (in the background, after a swap).
                             encoding="utf-8", errors="replace",
                             preexec_fn=_die_with_parent)
     try:
-        out, err = proc.communicate(timeout=timeout)
+        out, err = proc.communicate(stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
@@ -65,6 +69,8 @@ def run_builder(args: list[str], *, timeout: float = BUILD_TIMEOUT,
             "%(what)s needs more than %(limit)s MB of memory to open (a file this small "
             "should not); it was refused and nothing was stored", what=what,
             limit=answer.get("limit_mb")))
+    if answer and answer.get("error") == "cache":
+        raise EngineCacheError(errno_=answer.get("errno"), why=answer.get("reason"))
     if answer and answer.get("error"):
         raise ModelLoadError(Message.from_json(answer["error"]))
     if proc.returncode < 0:

@@ -114,7 +114,8 @@ GUARD_VIEWS = 96  # calibration photo views for a model without guard images of 
 CLEAR_MARGIN = 0.1  # fp32's top-1 probability above its second: a clear-cut answer
 MIN_CLEAR = 10  # fewer clear-cut guard images than this: every guard image counts
 SPEED_PASSES = 12  # batch-1 passes per candidate when timing (median)
-FASTER = 0.9  # a candidate must take at most this share of fp32's time to be worth it
+FASTER = 0.9  # a reduced precision must take at most this share of fp32's time
+RUNTIMES = ("openvino", "onnxruntime")  # what ENGINE=auto chooses between
 
 
 def guard_batch(card: ModelCard, cache: ArtefactCache) -> tuple[np.ndarray, str]:
@@ -132,41 +133,116 @@ def guard_batch(card: ModelCard, cache: ArtefactCache) -> tuple[np.ndarray, str]
     return np.concatenate(arrays), "views of the calibration photos"
 
 
-def _timed(engine, batch: np.ndarray) -> tuple[np.ndarray, float]:
-    """The engine's logits for ``batch`` (in chunks of 8) and its median batch-1 time."""
-    logits = np.concatenate([engine(batch[i:i + 8])[0] for i in range(0, len(batch), 8)])
-    times = []
+def engines_tried(settings) -> tuple[tuple[str, ...], str | None]:
+    """The engines ``ENGINE`` lets the trials compare, and why one is left out.  Under
+    ``ONEDNN_MAX_CPU_ISA`` (OpenVINO's instruction-set cap, e.g. AVX2 to stand for a
+    common PC) ONNX Runtime is not tried: it picks its kernels from the CPU's own flags
+    and would be measured with the instructions the cap takes away."""
+    if settings.engine != "auto":
+        return (settings.engine,), None
+    if os.environ.get("ONEDNN_MAX_CPU_ISA"):
+        return ("openvino",), ("onnxruntime not tried: ONEDNN_MAX_CPU_ISA caps OpenVINO, and "
+                               "ONNX Runtime ignores it")
+    return RUNTIMES, None
+
+
+def candidates(card: ModelCard, settings) -> list[tuple[str, str]]:
+    """The (engine, precision) pairs the trials time: each engine ``ENGINE`` allows with
+    each precision ``QUANTIZE`` allows (``auto``: fp32, bf16 on OpenVINO, int8 but not for
+    an uploaded ONNX model), fp32 first."""
+    runtimes, _ = engines_tried(settings)
+    wanted = {"auto": ("fp32", "bf16", "int8"), "none": ("fp32",), "bf16": ("bf16",),
+              "static": ("int8",)}.get(settings.quantize, ("fp32",))
+    pairs = [(engine, precision) for precision in wanted for engine in runtimes
+             if not (precision == "bf16" and engine != "openvino")
+             and not (precision == "int8" and card.kind == "onnx")]
+    return pairs or [(engine, "fp32") for engine in runtimes]
+
+
+def parse_handicap(text: str) -> dict[tuple[str, str], float]:
+    """``AUTO_HANDICAP_MS``: ``engine:precision=ms`` pairs, comma-separated
+    (``openvino:int8=5,onnxruntime:fp32=2``) -> {(engine, precision): ms}."""
+    handicap = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        name, _, ms = item.partition("=")
+        engine, _, precision = name.strip().partition(":")
+        try:
+            handicap[(engine.strip(), precision.strip())] = float(ms)
+        except ValueError:
+            raise ValueError(f"AUTO_HANDICAP_MS: {item!r} is not engine:precision=ms") \
+                from None
+    return handicap
+
+
+def _logits(engine, batch: np.ndarray) -> np.ndarray:
+    """The engine's logits for ``batch``, in chunks of 8."""
+    return np.concatenate([engine(batch[i:i + 8])[0] for i in range(0, len(batch), 8)])
+
+
+def _time_round_robin(runs: dict, batch: np.ndarray, handicap: dict) -> dict:
+    """Median batch-1 ms of each engine in ``runs``, timed in turns (one pass of each,
+    then the next round): a busy moment of the machine slows every candidate alike.  A
+    candidate's handicap (ms) is slept inside its timed pass."""
+    times: dict = {name: [] for name in runs}
     for n in range(SPEED_PASSES):
-        started = time.perf_counter()
-        engine(batch[n % len(batch):n % len(batch) + 1])
-        times.append((time.perf_counter() - started) * 1000)
-    return logits, float(np.median(times))
+        one = batch[n % len(batch):n % len(batch) + 1]
+        for name, engine in runs.items():
+            started = time.perf_counter()
+            engine(one)
+            if handicap.get(name):
+                time.sleep(handicap[name] / 1000)
+            times[name].append((time.perf_counter() - started) * 1000)
+    return {name: float(np.median(values)) for name, values in times.items()}
 
 
 def decide(card: ModelCard, cache: ArtefactCache, settings) -> dict:
-    """QUANTIZE=auto, decided by asking the engine, not the CPU flags: each candidate
-    precision (int8, then bf16 on OpenVINO) is built, compiled and run on the guard
-    images; the first that works, answers like fp32 and takes at most ``FASTER`` of
-    fp32's time is chosen, else fp32.  Answering like fp32 is two checks: the same top-1
-    on at least ``settings.min_agreement`` of the guard images whose fp32 answer is
-    clear-cut (its top-1 probability ``CLEAR_MARGIN`` above the second), and the
-    probabilities moved by at most ``settings.max_score_change`` on average over the
-    guard images (each image counting its largest change of any class's probability:
-    int8 that keeps the top-1 but shifts the scores is refused, while one near-tie that
-    moves under any numeric change does not refuse a good precision).  What was tried and
-    why is kept (``decision_name``), for /readyz and the admin page; a candidate that
-    could not be built or run is reported as failed, with its reason."""
+    """``QUANTIZE=auto`` / ``ENGINE=auto``, decided by measuring on this machine, not by
+    the CPU's flags: every candidate (``candidates``: engine x precision) is built,
+    compiled and run on the guard images, then timed in turns; the fastest that answers
+    like fp32 is chosen.  A reduced precision (int8, bf16) must also take at most
+    ``FASTER`` of the fastest fp32's time, else the fastest fp32 is chosen (exact answers
+    are worth a near-tie).
+
+    Answering like fp32 (``QUANTIZE=auto`` only; a precision that was asked for is served
+    as asked) is two checks: the same top-1 on at least ``settings.min_agreement`` of the
+    guard images whose fp32 answer is clear-cut (its top-1 probability ``CLEAR_MARGIN``
+    above the second), and the probabilities moved by at most
+    ``settings.max_score_change`` on average over the guard images (each image counting
+    its largest change of any class's probability: int8 that keeps the top-1 but shifts
+    the scores is refused, while one near-tie that moves under any numeric change does
+    not refuse a good precision).  What was tried and why is kept (``decision_name``),
+    for /readyz, the admin page and the log; a candidate that could not be built or run
+    is reported as failed, with its reason.  ``settings.handicap``: ms slept in the timed
+    passes of some candidates (``AUTO_HANDICAP_MS``)."""
     from webapp import engines
     from webapp.serving.classifier import softmax
 
+    started = time.perf_counter()
     # Timed on one stream (a request alone); no second network compiling in the
     # background of a process that is about to exit.
     settings = dataclasses.replace(settings, dual=False)
     batch, guard_from = guard_batch(card, cache)
-    _, fp32 = engines.open_card(card, settings, "fp32")
-    reference, fp32_ms = _timed(fp32, batch)
-    top1 = reference.argmax(1)
+    pairs = candidates(card, settings)
+    tried, runs, logits = [], {}, {}
+    for engine, precision in pairs:
+        entry = {"engine": engine, "precision": precision}
+        try:
+            run = _open(card, cache, settings, engine, precision)
+            logits[(engine, precision)] = _logits(run, batch)
+            run(batch[:1])  # and one alone, as timed and served
+            if not np.isfinite(logits[(engine, precision)]).all():
+                raise BuildError("it gives NaN or infinite scores")
+            runs[(engine, precision)] = run
+            entry["works"] = True
+        except Exception as exc:  # noqa: BLE001 - a candidate that fails is reported as failed
+            entry.update(works=False, reason=reason(exc, 200))
+        tried.append(entry)
+    reference = next((logits[p] for p in pairs if p[1] == "fp32" and p in logits), None)
+    if reference is None:  # fp32 is not a candidate (QUANTIZE=static): the guard's answers
+        reference = _logits(_open(card, cache, settings, pairs[0][0], "fp32"), batch)
+    speed = _time_round_robin(runs, batch, parse_handicap(getattr(settings, "handicap", "")))
     probabilities = softmax(reference)
+    top1 = reference.argmax(1)
     # Near-ties (two cat breeds at 0.40 and 0.35) swap under any numeric change -- even
     # re-saving a JPEG; agreement is counted on the clear-cut answers.
     ordered = np.sort(probabilities, axis=1)
@@ -175,75 +251,113 @@ def decide(card: ModelCard, cache: ArtefactCache, settings) -> dict:
         clear = np.ones(len(batch), dtype=bool)
     counted = (f"{int(clear.sum())} clear-cut answers of {len(batch)} {guard_from}"
                if not clear.all() else f"{len(batch)} {guard_from}")
-    tried = [{"precision": "fp32", "works": True, "ms": round(fp32_ms, 2), "agreement": 1.0,
-              "score_change": 0.0, "max_score_change": 0.0}]
-    candidates = ["int8", "bf16"] if settings.engine == "openvino" else ["int8"]
-    if card.kind == "onnx":
-        candidates = [c for c in candidates if c != "int8"]
-    chosen, why = "fp32", None
+    for entry in tried:
+        name = (entry["engine"], entry["precision"])
+        if name in runs:
+            same = logits[name].argmax(1) == top1
+            change = np.abs(softmax(logits[name]) - probabilities).max(axis=1)
+            entry.update(ms=round(speed[name], 2),
+                         agreement=round(float(same[clear].mean()), 4),
+                         agreement_all=round(float(same.mean()), 4),
+                         score_change=round(float(change.mean()), 4),
+                         max_score_change=round(float(change.max()), 4))
+    chosen = _choose(tried, settings, counted, len(batch), guard_from)
+    runtimes, left_out = engines_tried(settings)
+    decision = {"chosen": chosen["precision"], "engine": chosen["engine"],
+                "why": _why(chosen, tried, counted, left_out), "guard": counted,
+                "min_agreement": settings.min_agreement,
+                "max_score_change": settings.max_score_change,
+                "tried": tried, "engines": list(runtimes),
+                "threads": settings.threads, "cpu": cpu_name(),
+                "seconds": round(time.perf_counter() - started, 1)}
+    if left_out:
+        decision["left_out"] = left_out
+    text = json.dumps(decision, indent=1)
+    cache.put(engines.decision_name(card.key, settings), lambda tmp: tmp.write_text(text, "utf-8"))
+    return decision
+
+
+def _open(card: ModelCard, cache: ArtefactCache, settings, engine: str, precision: str):
+    """One candidate compiled (its int8 network built first when needed); ``BuildError``
+    when it cannot run as that precision here."""
+    from webapp import engines
+
+    if precision == "int8":
+        state = int8_or_reason(card, cache, settings.calibration_dir or None)
+        if "error" in state:
+            raise BuildError(state["error"])
+    _, served = engines.open_card(card, dataclasses.replace(settings, engine=engine),
+                                  precision)
+    if served.precision != precision:  # bf16 where the CPU has none: fp32 again
+        raise BuildError(f"the engine runs it as {served.precision}")
+    return served
+
+
+def _choose(tried: list[dict], settings, counted: str, n: int, guard_from: str) -> dict:
+    """The candidate served, and on every other working one why it was not
+    (``rejected``)."""
+    working = [t for t in tried if t.get("works")]
+    guarded = settings.quantize == "auto"
     bound = settings.max_score_change
-    for precision in candidates:
-        entry = _trial(card, cache, settings, precision, batch, top1, clear, probabilities)
-        tried.append(entry)
-        if not entry["works"]:
+    for entry in working:
+        if not guarded or entry["precision"] == "fp32":
             continue
         if entry["agreement"] < settings.min_agreement:
             entry["rejected"] = (f"agrees with fp32 on {entry['agreement']:.1%} of {counted}, "
                                  f"under {settings.min_agreement:.0%}")
         elif entry["score_change"] > bound:
             entry["rejected"] = (f"moves the probabilities by {entry['score_change']:.3f} "
-                                 f"on average over {len(batch)} {guard_from} (at most "
+                                 f"on average over {n} {guard_from} (at most "
                                  f"{entry['max_score_change']:.3f}), over {bound:g}")
-        elif entry["ms"] > FASTER * fp32_ms:
-            entry["rejected"] = "not faster than fp32 here"
-        else:
-            chosen = precision
-            why = (f"{precision}: {fp32_ms / entry['ms']:.1f}x fp32's speed, the same top-1 "
-                   f"as fp32 on {entry['agreement']:.1%} of {counted}, probabilities "
-                   f"{entry['score_change']:.3f} from fp32's on average")
-            break
-    if why is None:
-        why = "fp32: " + "; ".join(
-            f"{t['precision']} {t['rejected']}" if t.get("works") else
-            f"{t['precision']} failed ({t['reason']})" for t in tried[1:]) if tried[1:] \
-            else "fp32: no other precision to try with this engine"
-    decision = {"chosen": chosen, "why": why, "guard": counted,
-                "min_agreement": settings.min_agreement, "max_score_change": bound,
-                "tried": tried}
-    text = json.dumps(decision, indent=1)
-    cache.put(engines.decision_name(card.key, settings), lambda tmp: tmp.write_text(text, "utf-8"))
-    return decision
+    eligible = [t for t in working if "rejected" not in t]
+    if not eligible:  # nothing runs: fp32 on the first engine, whose failure says why
+        return next((t for t in tried if t["precision"] == "fp32"), tried[0])
+    exact = [t for t in eligible if t["precision"] == "fp32"]
+    reduced = [t for t in eligible if t["precision"] != "fp32"]
+    best_exact = min(exact, key=lambda t: t["ms"]) if exact else None
+    best_reduced = min(reduced, key=lambda t: t["ms"]) if reduced else None
+    if best_exact and best_reduced and guarded \
+            and best_reduced["ms"] > FASTER * best_exact["ms"]:
+        for entry in reduced:
+            entry["rejected"] = (f"not faster than fp32 here ({entry['ms']:.2f} ms against "
+                                 f"{best_exact['engine']} fp32's {best_exact['ms']:.2f})")
+        chosen = best_exact
+    else:
+        chosen = best_reduced or best_exact
+    for entry in eligible:
+        if entry is not chosen and "rejected" not in entry:
+            entry["rejected"] = (f"slower: {entry['ms']:.2f} ms a pass against "
+                                 f"{chosen['ms']:.2f}")
+    return chosen
 
 
-def _trial(card: ModelCard, cache: ArtefactCache, settings, precision: str,
-           batch: np.ndarray, top1: np.ndarray, clear: np.ndarray,
-           probabilities: np.ndarray) -> dict:
-    """One candidate precision built, compiled and run on the guard images: its time,
-    its agreement with fp32's top-1 (on the clear-cut answers, and on all) and how far
-    it moved the probabilities (each image's largest change: their mean and their
-    maximum), or why it does not work here."""
-    from webapp import engines
-    from webapp.serving.classifier import softmax
+def _why(chosen: dict, tried: list[dict], counted: str, left_out: str | None) -> str:
+    """One sentence on the choice, then why each other candidate was not taken."""
+    name = f"{chosen['engine']} {chosen['precision']}"
+    if not chosen.get("works"):
+        return f"{name}: nothing else could run here ({chosen.get('reason')})"
+    exact = [t for t in tried if t.get("works") and t["precision"] == "fp32"]
+    fastest_exact = min((t["ms"] for t in exact), default=None)
+    text = f"{name}: {chosen['ms']:.2f} ms a pass"
+    if chosen["precision"] != "fp32" and fastest_exact:
+        text += (f", {fastest_exact / chosen['ms']:.1f}x fp32's speed, the same top-1 as fp32 "
+                 f"on {chosen['agreement']:.1%} of {counted}, probabilities "
+                 f"{chosen['score_change']:.3f} from fp32's on average")
+    others = [f"{t['engine']} {t['precision']} {t['rejected']}" if t.get("works") else
+              f"{t['engine']} {t['precision']} failed ({t['reason']})"
+              for t in tried if t is not chosen]
+    return "; ".join([text, *others, *([left_out] if left_out else [])])
 
-    entry = {"precision": precision}
+
+def cpu_name() -> str:
+    """The CPU's model name (what a decision was measured on)."""
     try:
-        if precision == "int8":
-            state = int8_or_reason(card, cache, settings.calibration_dir or None)
-            if "error" in state:
-                raise BuildError(state["error"])
-        _, engine = engines.open_card(card, settings, precision)
-        if engine.precision != precision:  # bf16 where the CPU has none: fp32 again
-            raise BuildError(f"the engine runs it as {engine.precision}")
-        logits, ms = _timed(engine, batch)
-        if not np.isfinite(logits).all():
-            raise BuildError("it gives NaN or infinite scores")
-        same = logits.argmax(1) == top1
-        change = np.abs(softmax(logits) - probabilities).max(axis=1)
-        entry.update(works=True, ms=round(ms, 2),
-                     agreement=round(float(same[clear].mean()), 4),
-                     agreement_all=round(float(same.mean()), 4),
-                     score_change=round(float(change.mean()), 4),
-                     max_score_change=round(float(change.max()), 4))
-    except Exception as exc:  # noqa: BLE001 - a candidate that fails is reported as failed
-        entry.update(works=False, reason=reason(exc, 200))
-    return entry
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"

@@ -14,9 +14,10 @@
   ``REQUEST_TIMEOUT`` seconds from the moment it has its slot, and no body may stall
   longer than that between two reads (checkpoint uploads and dataset archives may take
   longer in total: a 200 MB archive over a 2 MB/s link takes 100 s).  Too slow: ``408
-  request_timeout``, and the thread is free again.  This needs gunicorn (it reads from
-  the client's socket, ``environ["gunicorn.socket"]``); the development server has no
-  such limit.
+  request_timeout``, and the thread is free again.  (A body the worker read whole
+  before the app got it needs none: reading it cannot wait.)  This needs gunicorn (it
+  reads from the client's socket, ``environ["gunicorn.socket"]``); the development server
+  has no such limit.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ import socket
 import threading
 
 from flask import Flask, current_app, g, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from webapp.http import errors, metrics
+from webapp.http.worker import RECEIVED
 from webapp.messages import Message
 
 
@@ -149,6 +152,9 @@ def _has_body() -> bool:
 
 
 def _limit_request():
+    length, limit = request.content_length, request.route_limit
+    if length is not None and limit is not None and length > limit:
+        raise RequestEntityTooLarge()  # answered at once: no slot, no body read
     if _takes_upload_slot():
         slots: UploadSlots = current_app.extensions["upload_slots"]
         if not slots.acquire():
@@ -162,7 +168,8 @@ def _limit_request():
         metrics.UPLOADS_IN_PROGRESS.inc()
     environ = request.environ
     sock = environ.get("gunicorn.socket")
-    if sock is not None and _has_body():  # the clock starts once a slot is ours
+    all_in = (environ.get(RECEIVED) or (0, 0, False))[2]  # the worker holds all of it
+    if sock is not None and _has_body() and not all_in:  # the clock starts with the slot
         seconds = current_app.config["REQUEST_TIMEOUT"]
         whole = None if request.spooled_route else seconds  # big files: idle limit only
         g.body_input = environ["wsgi.input"] = DeadlineInput(

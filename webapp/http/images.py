@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from flask import current_app, request
 
 from webapp import current
-from webapp.http import accesslog, metrics
+from webapp.http import accesslog, metrics, timings
 from webapp.http.errors import ApiError
 from webapp.http.uploads import MAX_URLENCODED_BYTES, URLENCODED, raw_body
 from webapp.i18n import current_language, translate
@@ -93,19 +93,21 @@ def display_names(labels) -> Sequence[str]:
     return current.label_names().names(labels, current_language())
 
 
-def classify(
-    uploads: list[Upload], k: int, started: float | None = None, classifier=None
-) -> tuple[dict, list]:
+def classify(uploads: list[Upload], k: int, classifier=None) -> tuple[dict, list]:
     """Decode every upload, classify them as one batch, and build the response body
-    (``webapp.serving.prediction``); also returns the decoded images.  Raises
-    ``ImageError`` naming the first bad file.  ``classifier``: another model than the
-    served one (admin trials)."""
+    (``webapp.serving.prediction``; its ``timings_ms`` are the request's stages so far,
+    ``webapp.http.timings``); also returns the decoded images.  Raises ``ImageError``
+    naming the first bad file.  ``classifier``: another model than the served one (admin
+    trials)."""
+    timings.stopwatch().lap("parse")  # reading the uploads, since the last stage
     classifier = classifier or current.holder().get()
     try:
-        result = prediction.classify(classifier, uploads, k, started=started,
-                                     max_pixels=current_app.config["MAX_IMAGE_PIXELS"],
-                                     seconds=current_app.config["DECODE_TIMEOUT"],
-                                     names=display_names(classifier.labels))
+        result = prediction.classify(
+            classifier, uploads, k, watch=timings.stopwatch(),
+            max_pixels=current_app.config["MAX_IMAGE_PIXELS"],
+            seconds=current_app.config["DECODE_TIMEOUT"],
+            max_total_pixels=current_app.config["MAX_REQUEST_PIXELS"],
+            names=display_names(classifier.labels))
     except imaging.ImageError as exc:
         metrics.image_rejected(exc.code)
         raise

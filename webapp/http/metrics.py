@@ -11,7 +11,8 @@ What is measured:
 
 * ``http_requests_total{method, endpoint, status}`` and
   ``http_request_duration_seconds{endpoint}``: every request, by its URL rule (never
-  the raw path, so unknown URLs cannot blow up the number of series).
+  the raw path) and its method (one of ``METHODS``, else ``OTHER``), so what clients
+  send cannot blow up the number of series.
 * ``classifier_stage_seconds{stage}``: where the time of a classification goes:
   ``decode`` (per image), ``preprocess`` and ``inference`` (per batch).
 * ``classifier_images_rejected_total{reason}``: uploads refused, by the error code the
@@ -109,9 +110,15 @@ def _endpoint() -> str:
     return rule.rule if rule is not None else "unmatched"
 
 
+# The methods counted by name; any other (a client may send any token as its method) is
+# counted as OTHER, so the number of series stays bounded whatever clients send.
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def _count_response(response):
     endpoint = _endpoint()
-    REQUESTS.labels(request.method, endpoint, str(response.status_code)).inc()
+    method = request.method if request.method in METHODS else "OTHER"
+    REQUESTS.labels(method, endpoint, str(response.status_code)).inc()
     started = g.get("metrics_started")
     if started is not None:
         REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)

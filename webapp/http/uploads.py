@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flask import Flask, Request, current_app, g, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from webapp.messages import Message
 
@@ -65,25 +65,51 @@ def spooled(limit_setting: str, temp_path: Callable[[], Path], *,
     return mark
 
 
+def _spooled(app: Flask, endpoint: str | None, method: str,
+             mimetype: str) -> SpooledRoute | None:
+    """The big-file route a request for ``endpoint`` is, if any (its view says so)."""
+    if method != "POST" or endpoint is None:
+        return None
+    route = getattr(app.view_functions.get(endpoint), "spooled_route", None)
+    if route is None or (route.multipart_only and mimetype != "multipart/form-data"):
+        return None
+    return route
+
+
+def body_limit(app: Flask, method: str, path: str, mimetype: str) -> tuple[int, bool]:
+    """(the most bytes a request's body may have, whether the app streams it to a store)
+    for a request not yet handed to the app: what the gunicorn worker reads ahead by
+    (``webapp/http/worker.py``), the same limits ``UploadRequest`` applies."""
+    try:
+        endpoint, _ = app.url_map.bind("localhost").match(path, method=method)
+    except HTTPException:  # 404, 405, a redirect: the app answers without the body
+        endpoint = None
+    route = _spooled(app, endpoint, method, mimetype)
+    if route is not None:
+        return int(app.config[route.limit_setting] * 1024 * 1024), True
+    limit = int(app.config["MAX_CONTENT_LENGTH"])
+    return (min(limit, MAX_URLENCODED_BYTES) if mimetype == URLENCODED else limit), False
+
+
 class UploadRequest(Request):
     @property
     def spooled_route(self) -> SpooledRoute | None:
         """The big-file route this request is for, if any (its view says so)."""
-        if self.method != "POST" or self.endpoint is None:
-            return None
-        view = current_app.view_functions.get(self.endpoint)
-        route = getattr(view, "spooled_route", None)
-        if route is None or (route.multipart_only and self.mimetype != "multipart/form-data"):
-            return None
-        return route
+        return _spooled(current_app, self.endpoint, self.method, self.mimetype)
 
     @property
-    def max_content_length(self):
+    def route_limit(self) -> int | None:
+        """The most bytes a body for this route may have (a big-file route's own limit,
+        else ``MAX_UPLOAD_MB``), before the 64 KB of an URL-encoded form."""
         route = self.spooled_route
         if route is not None:
             return int(current_app.config[route.limit_setting] * 1024 * 1024)
-        limit = super().max_content_length
-        if self.mimetype == URLENCODED:
+        return super().max_content_length
+
+    @property
+    def max_content_length(self):
+        limit = self.route_limit
+        if self.spooled_route is None and self.mimetype == URLENCODED:
             return min(limit or MAX_URLENCODED_BYTES, MAX_URLENCODED_BYTES)
         return limit
 

@@ -4,7 +4,6 @@ picture is unlike anything the model knows (``webapp.serving.openset``)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -12,8 +11,13 @@ import numpy as np
 from PIL import Image
 
 from webapp.checkpoints.preprocess import preprocess_array
+from webapp.engines import runtime
 from webapp.engines.artefacts import ModelCard
 from webapp.engines.runtime import Engine
+from webapp.serving.stopwatch import Stopwatch
+
+# The stages of one answer, in order (ms): see ``Classifier.answer``.
+ANSWER_STAGES = ("preprocess", "engine_wait", "inference", "postprocess")
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,13 @@ class Classifier:
         return {"id": self.model_id, **self.loaded.describe()}
 
     @property
+    def measuring(self) -> bool:
+        """Served in fp32 while a child process measures the engines and precisions
+        (``webapp.engines.trials``); the holder swaps in the chosen one."""
+        auto = self.loaded.engine_info.get("auto") or {}
+        return auto.get("state") == "measuring"
+
+    @property
     def num_classes(self) -> int:
         return len(self.labels)
 
@@ -86,28 +97,39 @@ class Classifier:
         self, images: list[Image.Image], k: int = 3
     ) -> tuple[list[list[Prediction]], dict[str, float]]:
         """Top-``k`` predictions per image (one batched forward pass) and the time spent
-        in preprocessing and inference, in milliseconds."""
+        in each stage, in milliseconds (``answer``)."""
         results, _, timings = self.answer(images, k)
         return results, timings
 
     def answer(
-        self, images: list[Image.Image], k: int = 3
+        self, images: list[Image.Image], k: int = 3, watch: Stopwatch | None = None
     ) -> tuple[list[list[Prediction]], list[bool], dict[str, float]]:
         """``predict``, and per image whether it is unknown: unlike anything the model
-        was taught, by its criterion (always False for a model without one)."""
-        t0 = time.perf_counter()
+        was taught, by its criterion (always False for a model without one).  The
+        timings (ms) are ``preprocess`` and those of ``answer_batch``; ``watch``: the
+        request's stopwatch, whose laps they become."""
+        watch = Stopwatch() if watch is None else watch
+        before = dict(watch.ms)
         batch = np.stack([self.preprocess(img) for img in images])
-        preprocess_ms = (time.perf_counter() - t0) * 1000
-        results, unknown, timings = self.answer_batch(batch, k)
-        return results, unknown, {"preprocess": preprocess_ms, **timings}
+        watch.lap("preprocess")
+        results, unknown, _ = self.answer_batch(batch, k, watch)
+        return results, unknown, {stage: ms - before.get(stage, 0.0)
+                                  for stage, ms in watch.ms.items()
+                                  if stage in ANSWER_STAGES}
 
     def answer_batch(
-        self, batch: np.ndarray, k: int = 3
+        self, batch: np.ndarray, k: int = 3, watch: Stopwatch | None = None
     ) -> tuple[list[list[Prediction]], list[bool], dict[str, float]]:
-        """``answer`` for a batch already preprocessed: float32 (N, 3, size, size)."""
+        """``answer`` for a batch already preprocessed: float32 (N, 3, size, size).  The
+        timings (ms): ``engine_wait`` (for another request's pass in this process),
+        ``inference`` (the engine's pass alone) and ``postprocess`` (scores, top-k, the
+        open-set criterion)."""
+        watch = Stopwatch() if watch is None else watch
+        before = dict(watch.ms)
         k = max(1, min(int(k), self.num_classes))
-        t1 = time.perf_counter()
         logits, features = self.run(batch)
+        watch.lap("inference")
+        watch.move(runtime.waited_ms(), "inference", "engine_wait")
         unknown = [False] * len(batch)
         if self.openset is not None:
             if features is None:  # an engine that computes the map in a second pass
@@ -116,9 +138,10 @@ class Classifier:
                 unknown = [bool(u) for u in self.openset.unknown(features)]
         probs = softmax(logits)
         indices = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-        t2 = time.perf_counter()
         results = [
             [Prediction(self.labels[i], int(i), float(row[i])) for i in row_indices]
             for row, row_indices in zip(probs, indices)
         ]
-        return results, unknown, {"inference": (t2 - t1) * 1000}
+        watch.lap("postprocess")
+        return results, unknown, {stage: watch.ms[stage] - before.get(stage, 0.0)
+                                  for stage in ("engine_wait", "inference", "postprocess")}

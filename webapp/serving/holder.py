@@ -13,7 +13,8 @@ from collections.abc import Callable
 from model_loader import ModelLoadError
 from webapp import engines
 from webapp.engines import EngineSettings
-from webapp.messages import Message
+from webapp.engines.precision import reason
+from webapp.messages import Message, MessageList
 from webapp.messages import reason as message_reason
 from webapp.serving.classifier import Classifier
 from webapp.stores.registry import BUILTIN, Registry, RegistryError
@@ -22,20 +23,28 @@ log = logging.getLogger(__name__)
 
 
 def _precision(made: dict | None) -> dict | None:
-    """QUANTIZE=auto's decision in short, for the model list: the precision served, why,
-    and how often each faster one agreed with fp32."""
+    """QUANTIZE=auto's decision in short, for the model list: the precision and engine
+    served, why, and how often each faster one agreed with fp32."""
     if not made:
         return None
-    return {"chosen": made.get("chosen"), "why": made.get("why"),
-            "agreement": {t["precision"]: t.get("agreement") for t in made.get("tried", [])
+    return {"chosen": made.get("chosen"), "engine": made.get("engine"), "why": made.get("why"),
+            "agreement": {_candidate(t): t.get("agreement") for t in made.get("tried", [])
                           if t.get("works") and t["precision"] != "fp32"}}
 
 
-def load_classifier(config: dict, registry: Registry | None, model_id: str) -> Classifier:
+def _candidate(trial: dict) -> str:
+    return f"{trial['engine']} {trial['precision']}" if "engine" in trial \
+        else trial["precision"]
+
+
+def load_classifier(config: dict, registry: Registry | None, model_id: str, *,
+                    background: bool = False) -> Classifier:
     """The built-in model or a stored one, ready to serve with the app's engine settings
     (``ENGINE``, ``QUANTIZE``, ``ENGINE_CACHE_DIR``, ``CALIBRATION_DIR``,
     ``TORCH_THREADS``): its card and network from the engine cache, built by a child
-    process when missing."""
+    process when missing.  ``background``: an engine and precision not yet measured on
+    this machine are measured by a child process while fp32 serves
+    (``engines.serve``)."""
     if model_id == BUILTIN:
         source = engines.builtin_source(config)
     else:
@@ -43,7 +52,8 @@ def load_classifier(config: dict, registry: Registry | None, model_id: str) -> C
             raise RegistryError(404, "unknown_model",
                                 Message("There is no model %(id)s.", id=repr(model_id)))
         source = registry.source(model_id)
-    card, engine = engines.serve(source, EngineSettings.from_config(config))
+    card, engine = engines.serve(source, EngineSettings.from_config(config),
+                                 background=background)
     return Classifier(card, engine, model_id)
 
 
@@ -64,6 +74,12 @@ class ModelHolder:
     startup: the previous one in the history, else the built-in one) goes on serving,
     and ``notice`` says so.  ``warm_up()`` must run after gunicorn forks (no preload):
     threads do not survive a fork.
+
+    After ``warm_up()``, a model whose engine and precision are not yet measured on this
+    machine (``QUANTIZE=auto``, ``ENGINE=auto``) serves in fp32 while a child process
+    measures them, and the watcher swaps in the chosen engine once the decision is in
+    the engine cache, as it swaps models.  Without it they are measured before the
+    model serves.
     """
 
     def __init__(self, config: dict, registry: Registry | None = None,
@@ -78,6 +94,7 @@ class ModelHolder:
         self._next_check = 0.0
         self._stamp: object = None
         self._watcher: threading.Thread | None = None
+        self._background = False  # measure engines in the background (after warm_up)
         self.error: str | None = None
         self.notice: str | None = None  # why the active model is not the one served
         self.load_seconds: float | None = None
@@ -125,9 +142,11 @@ class ModelHolder:
             self._lock.release()
 
     def warm_up(self) -> Classifier:
-        """Load the model now, and start following the registry in the background."""
+        """Load the model now, and start following the registry (and the engine
+        trials) in the background."""
+        self._background = True
         classifier = self.get()
-        if self._registry is not None and self._watcher is None:
+        if self._watcher is None:
             self._watcher = threading.Thread(
                 target=self._watch, name="model-registry-watcher", daemon=True
             )
@@ -141,7 +160,9 @@ class ModelHolder:
                 continue  # a request thread is checking or loading right now
             try:
                 self._next_check = time.monotonic() + self._check_interval
-                self._follow_pointer()
+                if self._registry is not None:
+                    self._follow_pointer()
+                self._follow_trials()
             except Exception:  # never let the watcher die; say why and go on
                 log.exception("following the model registry failed")
             finally:
@@ -211,7 +232,15 @@ class ModelHolder:
         if model_id == "builtin" and self._builtin is not None:
             return self._builtin  # loaded once and kept: nothing to load or log
         started = time.perf_counter()
-        classifier = load_classifier(self._config, self._registry, model_id)
+        try:
+            classifier = load_classifier(self._config, self._registry, model_id,
+                                         background=self._background)
+        except (ModelLoadError, RegistryError):
+            raise
+        except Exception as exc:  # a damaged cache, a disk error: a load failure all the same
+            log.exception("loading model %s failed", model_id)
+            raise ModelLoadError(Message("Loading it failed: %(reason)s",
+                                         reason=reason(exc))) from exc
         if model_id == "builtin":
             self._builtin = classifier
         self.load_seconds = time.perf_counter() - started
@@ -258,6 +287,7 @@ class ModelHolder:
                 "%(serving)s (%(name)s) instead.", active=state.active, reason=failures[0],
                 serving=self._classifier.model_id, name=self._classifier.loaded.name)
             log.error("%s", self.notice)
+        self.notice = _joined(state.problem, self.notice)
 
     def _load_or_record(self, model_id: str) -> Classifier:
         try:
@@ -274,10 +304,11 @@ class ModelHolder:
         if stamp == self._stamp:
             return
         self._stamp = stamp
-        wanted = self._registry.state().active
+        state = self._registry.state()
+        wanted = state.active
         current = self._classifier
         if wanted == current.model_id:  # e.g. renamed (Registry.rename rewrites the pointer)
-            self.notice = None
+            self.notice = state.problem
             self._current_name(current)
             return
         try:
@@ -289,17 +320,52 @@ class ModelHolder:
                 new = self._timed_load(wanted)
         except Exception as exc:  # whatever goes wrong, the current model keeps serving
             reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-            self.notice = Message(
+            self.notice = _joined(state.problem, Message(
                 "The active model %(active)s could not be loaded (%(reason)s); still serving "
                 "%(serving)s (%(name)s).", active=wanted, reason=reason,
-                serving=current.model_id, name=current.loaded.name)
+                serving=current.model_id, name=current.loaded.name))
             log.error("%s", self.notice)
             return
         self._classifier = new
-        self.notice = None
+        self.notice = state.problem
         self._notify()
         log.info("pid %d now serves model %s (was %s)", os.getpid(), wanted,
                  current.model_id)
+
+    def _follow_trials(self) -> None:
+        """The served model was measuring and its decision is in the engine cache now:
+        load it with the chosen engine and precision, and swap (requests in flight keep
+        the fp32 one).  The fallback and the admin's trial model follow when next
+        loaded."""
+        current = self._classifier
+        settings = EngineSettings.from_config(self._config)
+        builtin = self._builtin
+        if builtin is not None and builtin is not current and builtin.measuring \
+                and engines.decision(builtin.loaded.key, settings) is not None:
+            self._builtin = None  # loaded again, decided, when next needed
+        if current is None or not current.measuring:
+            return
+        made = engines.decision(current.loaded.key, settings)
+        if made is None:
+            return
+        if self._builtin is current:
+            self._builtin = None
+        try:
+            new = self._timed_load(current.model_id)
+        except Exception as exc:  # the fp32 network goes on serving
+            current.loaded.engine_info["auto"] = {
+                **made, "state": "failed",
+                "why": f"{made.get('engine')} {made.get('chosen')} was chosen but could "
+                       f"not be loaded ({exc}); serving fp32"}
+            log.error("%s", current.loaded.engine_info["auto"]["why"])
+            if self._builtin is None and current.model_id == "builtin":
+                self._builtin = current
+            return
+        if self._classifier is current:
+            self._classifier = new
+            self._notify()
+        log.info("pid %d now serves %s on %s %s, chosen by measuring: %s", os.getpid(),
+                 current.model_id, made.get("engine"), made.get("chosen"), made.get("why"))
 
     def _current_name(self, classifier: Classifier) -> Classifier:
         """A stored model shows the name the registry gives it now (it may have been
@@ -314,3 +380,12 @@ class ModelHolder:
         if self._builtin is None:
             self._builtin = self._timed_load("builtin")
         return self._builtin
+
+
+def _joined(*notices: str | None) -> str | None:
+    """Notices (each one or more whole sentences) in one text, each translated where it
+    is shown, or None when there is none."""
+    notices = [n for n in notices if n]
+    if len(notices) > 1:
+        return MessageList(notices, " ")
+    return notices[0] if notices else None

@@ -91,10 +91,14 @@ class DecodeBudget(io.BytesIO):
     out of bytes, whichever format's parser walks it."""
 
     def __init__(self, data: bytes, *, reads: int = MAX_READS,
-                 seconds: float | None = None):
+                 seconds: float | None = None, deadline: float | None = None):
+        """``seconds`` from now, or until ``deadline`` (``time.monotonic()``) when given:
+        several images of one request share one (``seconds`` is then their budget)."""
         super().__init__(data)
         self._reads = reads
-        self._deadline = None if seconds is None else time.monotonic() + seconds
+        if deadline is None and seconds is not None:
+            deadline = time.monotonic() + seconds
+        self._deadline = deadline
         self._seconds = seconds
 
     def _spend(self) -> None:
@@ -103,7 +107,8 @@ class DecodeBudget(io.BytesIO):
             raise too_slow(Message("its structure needs more steps to read than any real "
                                    "image (it is mostly padding or empty segments)"))
         if self._deadline is not None and time.monotonic() >= self._deadline:
-            raise too_slow(Message("decoding it took longer than %(seconds)s s",
+            raise too_slow(Message("decoding it would take longer than %(seconds)s s (the time "
+                                   "all the images of one request may take together)",
                                    seconds=f"{self._seconds:g}"))
 
     def read(self, size=-1, /):
@@ -203,11 +208,21 @@ def _unidentified(data: bytes, budget: DecodeBudget) -> ImageError:
         looks_like=_describe_non_image(data), formats=FRIENDLY_FORMATS))
 
 
+def pixels_to_decode(data: bytes, *, max_pixels: int, min_side: int | None = None) -> int:
+    """How many pixels ``load`` would decode for ``data``, from its header alone (a JPEG
+    counts at the reduced scale ``load`` decodes it at); the header's own checks apply."""
+    img = open_image(data, max_pixels=max_pixels)
+    if min_side and img.format in ("JPEG", "MPO"):
+        img.draft("RGB", (min_side, min_side))
+    width, height = img.size
+    return width * height
+
+
 def load(data: bytes, *, max_pixels: int, min_side: int | None = None,
-         seconds: float | None = None) -> Image.Image:
+         seconds: float | None = None, deadline: float | None = None) -> Image.Image:
     """Decode ``data`` into an 8-bit RGB image, upright per its EXIF orientation.
     ``seconds``: the most the decoding may take (``DecodeBudget``; the read and scan
-    limits apply in any case).
+    limits apply in any case), counted to ``deadline`` when several images share it.
 
     ``min_side``: the size the model will resize the shorter side to.  JPEGs are then
     decoded at the smallest 1/2, 1/4 or 1/8 scale that keeps both sides at least
@@ -218,7 +233,7 @@ def load(data: bytes, *, max_pixels: int, min_side: int | None = None,
     placed where they fall on the full image (``preprocess_array``).
     """
     img = open_image(data, max_pixels=max_pixels,
-                     budget=DecodeBudget(data, seconds=seconds))
+                     budget=DecodeBudget(data, seconds=seconds, deadline=deadline))
     try:
         width, height = img.size  # as stored, before any reduced-scale decoding
         if min_side and img.format in ("JPEG", "MPO"):

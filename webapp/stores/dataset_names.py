@@ -67,6 +67,12 @@ def is_dataset_name(name) -> bool:
         and bool(_DATASET_RE.match(name))
 
 
+def is_windows_device(name: str) -> bool:
+    """Whether Windows keeps ``name`` for a device (CON, NUL, COM1 ...): no file or
+    folder may have it there."""
+    return name.split(".")[0].rstrip().upper() in _WINDOWS_DEVICES
+
+
 def check_class_name(raw) -> str:
     """A class name is what the model will answer: up to 40 characters, any language,
     no path characters, no control characters, no leading or trailing dot, no name
@@ -87,7 +93,7 @@ def check_class_name(raw) -> str:
         problem = Message("it contains , ， 、 ; or ； (they separate class names)")
     elif _FORBIDDEN_IN_CLASS & set(name) or name.startswith(".") or ".." in name:
         problem = Message("it contains / \\ < > : \" | ? * .. or starts with a dot")
-    elif name.split(".")[0].rstrip().upper() in _WINDOWS_DEVICES or name.endswith("."):
+    elif is_windows_device(name) or name.endswith("."):
         problem = Message("Windows cannot make a folder of that name (a device name such as "
                           "CON or NUL, or a dot at the end), so an exported dataset would "
                           "not unzip")

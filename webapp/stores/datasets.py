@@ -60,6 +60,7 @@ from webapp.stores.dataset_names import (
     check_classes,
     check_display_name,
     is_dataset_name,
+    is_windows_device,
     suggest_slug,
 )
 from webapp.stores.dataset_zip import ImportResult
@@ -173,11 +174,13 @@ class DatasetStore:
 
     def _new_id(self, display_name: str) -> str:
         """A free id (folder name) for a dataset called ``display_name``: its slug, with
-        -2, -3 ... when that is taken (第一课 -> ``dataset``, 第二课 -> ``dataset-2``)."""
+        -2, -3 ... when that is taken (第一课 -> ``dataset``, 第二课 -> ``dataset-2``) or is
+        a name Windows keeps for a device (``con`` -> ``con-2``: an exported dataset must
+        unzip there)."""
         base = suggest_slug(display_name)
         for n in range(1, 10_000):
             candidate = base if n == 1 else f"{base}-{n}"
-            if not (self.root / candidate).exists():
+            if not is_windows_device(candidate) and not (self.root / candidate).exists():
                 return candidate
         raise DatasetStoreError(409, "dataset_exists", Message(
             "There is already a dataset %(name)s.", name=repr(display_name)))

@@ -25,38 +25,31 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 
 def write_json(path: str | os.PathLike, data, *, durable: bool = True, **dump_options) -> None:
-    """Temp file in the same directory, ``os.replace``: a reader sees the old file or the
-    new one, never a mix.  ``durable`` also fsyncs the file and the directory, so the new
-    content survives a power cut (progress updates that come again may skip that)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    """``data`` as JSON, atomically (``write_text``)."""
     dump_options.setdefault("indent", 2)
     dump_options.setdefault("ensure_ascii", False)
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, **dump_options)
-            fh.write("\n")
-            if durable:
-                fh.flush()
-                os.fsync(fh.fileno())
+    write_text(path, json.dumps(data, **dump_options) + "\n", durable=durable)
+
+
+def write_text(path: str | os.PathLike, text: str, *, durable: bool = True,
+               mode: int = 0o666) -> None:
+    """``text`` (UTF-8) atomically: ``write_bytes``."""
+    write_bytes(path, text.encode("utf-8"), durable=durable, mode=mode)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = True,
+                mode: int = 0o644) -> None:
+    """Temp file in the same directory, ``os.replace``: a reader sees the old file or the
+    new one, never a mix.  ``durable`` also fsyncs the file and the directory, so the new
+    content survives a power cut (progress updates that come again may skip that);
+    ``mode``: the new file's permissions (before the umask): a private key (0o600) is
+    never readable by others, not even for a moment."""
+    path = Path(path)
+    with _finished_temp(path, data, mode, durable) as tmp:
         os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
     if durable:
         with contextlib.suppress(OSError):
             fsync_dir(path.parent)
-
-
-def write_bytes(path: str | os.PathLike, data: bytes, *, mode: int = 0o644) -> None:
-    """``data`` into ``path`` the way ``write_json`` writes (temp file in the same
-    directory, fsync, ``os.replace``), the file made with ``mode``: a private key
-    (0o600) is never readable by others, not even for a moment."""
-    path = Path(path)
-    with _finished_temp(path, data, mode) as tmp:
-        os.replace(tmp, path)
-    with contextlib.suppress(OSError):
-        fsync_dir(path.parent)
 
 
 def create_once(path: str | os.PathLike, data: bytes, *, mode: int = 0o600) -> bool:
@@ -75,15 +68,17 @@ def create_once(path: str | os.PathLike, data: bytes, *, mode: int = 0o600) -> b
 
 
 @contextlib.contextmanager
-def _finished_temp(path: Path, data: bytes, mode: int) -> Iterator[Path]:
-    """A temp file beside ``path`` holding ``data``, on disk (fsynced), made with
-    ``mode``; gone afterwards unless it was moved."""
+def _finished_temp(path: Path, data: bytes, mode: int, durable: bool = True
+                   ) -> Iterator[Path]:
+    """A temp file beside ``path`` holding ``data``, on disk (fsynced unless not
+    ``durable``), made with ``mode``; gone afterwards unless it was moved."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         yield tmp
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -139,16 +134,21 @@ class FileCache:
         return value
 
 
-def sweep(directory: str | os.PathLike, older_than: float) -> int:
-    """Remove leftovers of interrupted writes from a temp ``directory``: only entries
-    older than ``older_than`` seconds (a young one may be a write in progress elsewhere)."""
+def sweep(directory: str | os.PathLike, older_than: float,
+          match: Callable[[str], bool] | None = None) -> int:
+    """Remove leftovers of interrupted writes from a temp ``directory`` (only the entries
+    whose name ``match`` accepts, when given): only entries older than ``older_than``
+    seconds (a young one may be a write in progress elsewhere).  A folder that cannot be
+    read or written is left as it is."""
     removed = 0
     try:
         entries = list(os.scandir(directory))
-    except FileNotFoundError:
+    except OSError:  # missing, or not ours to read
         return 0
     cutoff = time.time() - older_than
     for entry in entries:
+        if match is not None and not match(entry.name):
+            continue
         try:
             if entry.stat(follow_symlinks=False).st_mtime > cutoff:
                 continue
@@ -159,4 +159,12 @@ def sweep(directory: str | os.PathLike, older_than: float) -> int:
             removed += 1
         except FileNotFoundError:
             pass
+        except OSError:  # read-only: the next start with write access sweeps it
+            break
     return removed
+
+
+def is_temp_name(name: str) -> bool:
+    """A name ``write_json`` and the engine cache give a file while it is written
+    (``.<name>.tmp-<pid>-...``, and the folders beside one)."""
+    return name.startswith(".") and ".tmp-" in name

@@ -11,6 +11,8 @@ Layout under ``MODEL_DIR``::
     models/<id>/confusion.png   for models trained on this server (teach-live jobs)
     active.json                 {"active": "<id>", "history": [...], "redo": [...],
                                  "changed": "..."}
+    active.last-good.json       the same, as last written whole: used when active.json
+                                is damaged (by hand, by a disk), which ``state`` says
     tmp/                        uploads and half-built models; never listed
     .lock                       serialises writers (flock), readers never wait for it
     secret_key                  the session key when SECRET_KEY is not set (webapp.views.admin)
@@ -36,13 +38,14 @@ import os
 import secrets
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import model_loader
 from model_loader import ModelLoadError
 from webapp import engines
 from webapp.engines import EngineSettings, ModelSource
+from webapp.engines.artefacts import EngineCacheError
 from webapp.messages import Message
 from webapp.stores import durable
 from webapp.stores.durable import fsync_dir, locked, write_json
@@ -66,9 +69,11 @@ MODEL_FILES = {"pytorch": CHECKPOINT_FILE, "safetensors": "model.safetensors",
 ONNX_BUNDLE = "model.zip"  # an ONNX model with its external data file(s)
 META_FILE = "meta.json"
 POINTER_FILE = "active.json"
+LAST_GOOD_FILE = "active.last-good.json"
 REPORT_FILES = ("report.json", "confusion.png", "curves.png")  # optional, beside a model
 MAX_HISTORY = 50
 STALE_TMP_SECONDS = 6 * 3600  # a temp file this old belongs to no live upload
+MIN_SECRET_KEY = 32  # characters of a kept session key (32 bytes of entropy make 64 hex)
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,7 @@ class State:
     changed: str | None = None
     redo: tuple[str, ...] = ()  # models rolled back from, most recent first; what redo
     # returns to.  Activating a model starts a new line of history and forgets them.
+    problem: str | None = None  # active.json was damaged: why (this is the last good one)
 
     def as_dict(self) -> dict:
         return {"active": self.active, "history": list(self.history),
@@ -108,28 +114,36 @@ class Registry:
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def state(self) -> State:
+        """The active pointer.  When ``active.json`` is damaged (cannot be read, is not
+        JSON, names no model), the last one written whole (``active.last-good.json``) with
+        ``problem`` saying what is wrong, or the built-in model when that is gone too;
+        the next activation, rollback or redo writes a whole pointer again."""
         try:
-            data = json.loads(self.pointer.read_text("utf-8"))
+            return _parse_state(self.pointer.read_text("utf-8"))
         except FileNotFoundError:
-            return State()
+            if not self.last_good.exists():
+                return State()
+            why = Message("it is missing")
         except (OSError, ValueError) as exc:
-            # Cannot happen through this module (atomic replace); say so if someone
-            # edited the file by hand, and serve the built-in model.
-            log.error("%s is unreadable (%s); treating the built-in model as active",
-                      self.pointer, exc)
-            return State()
-        if not isinstance(data, dict):
-            data = {}
-        active = data.get("active")
-        if not isinstance(active, str) or not valid_id(active):
-            active = BUILTIN
+            why = str(exc) or type(exc).__name__
+        try:
+            state = _parse_state(self.last_good.read_text("utf-8"))
+        except (OSError, ValueError):
+            log.error("%s is damaged (%s) and there is no earlier copy; treating the "
+                      "built-in model as active", self.pointer, why)
+            return State(problem=Message(
+                "%(file)s is damaged (%(reason)s) and no earlier copy was kept, so the "
+                "built-in model is treated as active.", file=POINTER_FILE, reason=why))
+        log.error("%s is damaged (%s); using the copy written last (%s active)",
+                  self.pointer, why, state.active)
+        return replace(state, problem=Message(
+            "%(file)s is damaged (%(reason)s); the model it named when it was last written "
+            "whole (%(model)s) is treated as active. Activating a model repairs it.",
+            file=POINTER_FILE, reason=why, model=state.active))
 
-        def ids(key):  # a list of model ids; older files have no "redo"
-            items = data.get(key)
-            items = items if isinstance(items, list) else []
-            return tuple(h for h in items if isinstance(h, str) and valid_id(h))
-
-        return State(active, ids("history"), data.get("changed"), ids("redo"))
+    @property
+    def last_good(self) -> Path:
+        return self.root / LAST_GOOD_FILE
 
     def ids(self) -> list[str]:
         """Stored model ids, newest first (ids start with their upload time)."""
@@ -300,6 +314,11 @@ class Registry:
                 # An upload is stored once it is validated and converted (fp32); the
                 # precision trials of QUANTIZE=auto run when a worker first serves it.
                 decide=self.engine.decides and not untrusted)
+        except EngineCacheError as exc:  # the cache, not the file: say which store failed
+            message = Message("%(problem)s Nothing was stored.", problem=exc.message)
+            if exc.full:
+                raise RegistryError(507, "store_full", message) from None
+            raise RegistryError(503, "store_read_only", message) from None
         except ModelLoadError as exc:
             raise RegistryError(422, "invalid_checkpoint", exc.args[0]) from None
         described = loaded.metadata()
@@ -355,6 +374,7 @@ class Registry:
 
     def _write_state(self, state: State) -> None:
         write_json(self.pointer, state.as_dict())
+        write_json(self.last_good, state.as_dict())
 
     def activate(self, model_id: str) -> State:
         """Make ``model_id`` the active model; the one it replaces goes on the history."""
@@ -445,34 +465,33 @@ class Registry:
         log.info("deleted model %s", model_id)
 
     def sweep(self, older_than: float = STALE_TMP_SECONDS) -> int:
-        """Remove leftovers of interrupted uploads from ``tmp/`` (only old ones: a
-        young file may be an upload in progress in another process)."""
-        return durable.sweep(self.tmp_dir, older_than)
+        """Remove leftovers of interrupted uploads from ``tmp/``, and of interrupted
+        pointer and key writes beside ``active.json`` (only old ones: a young file may be
+        an upload in progress in another process).  Run by every writer and at start-up."""
+        return durable.sweep(self.tmp_dir, older_than) + durable.sweep(
+            self.root, older_than, durable.is_temp_name)
 
     def secret_key(self) -> str:
         """A random key kept in ``MODEL_DIR/secret_key``, made once: every worker and
-        every server sharing this directory signs sessions with the same key.  The
-        first process to create it wins (``link`` fails if the file exists)."""
+        every server sharing this directory signs sessions with the same key.  A key
+        shorter than ``MIN_SECRET_KEY`` characters (an empty file, one written by hand)
+        is replaced by a new one, under the writers' lock, so every worker ends up with
+        the same new key."""
         path = self.root / "secret_key"
-        with contextlib.suppress(FileNotFoundError):
-            key = path.read_text("utf-8").strip()
-            if len(key) >= 32:
-                return key
+        key = _read_key(path)
+        if len(key) >= MIN_SECRET_KEY:
+            return key
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".secret_key.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_hex(32) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            with contextlib.suppress(FileExistsError):
-                os.link(tmp, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        fsync_dir(self.root)
-        return path.read_text("utf-8").strip()
+        with locked(self.root / ".lock"):
+            key = _read_key(path)  # another worker may have replaced it meanwhile
+            if len(key) >= MIN_SECRET_KEY:
+                return key
+            if path.exists():
+                log.warning("%s holds a key of %d characters (at least %d are needed); "
+                            "replacing it with a new random key (admins log in again)",
+                            path, len(key), MIN_SECRET_KEY)
+            durable.write_text(path, secrets.token_hex(32) + "\n", mode=0o600)
+            return _read_key(path)
 
     @staticmethod
     def _unknown(model_id) -> RegistryError:
@@ -494,3 +513,31 @@ def _check_arch(fields: dict) -> None:
                 "Architecture %(arch)s is not supported; use one of: %(supported)s",
                 arch=repr(arch),
                 supported=", ".join(["auto", *sorted(model_loader.supported_archs())])))
+
+
+def _parse_state(text: str) -> State:
+    """``active.json``'s contents; ``ValueError`` when they are not a pointer."""
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    active = data.get("active")
+    if not isinstance(active, str) or not valid_id(active):
+        raise ValueError(f"no model id in 'active': {str(active)[:40]!r}")
+
+    def ids(key):  # a list of model ids; older files have no "redo"
+        items = data.get(key)
+        items = items if isinstance(items, list) else []
+        return tuple(h for h in items if isinstance(h, str) and valid_id(h))
+
+    changed = data.get("changed")
+    return State(active, ids("history"), changed if isinstance(changed, str) else None,
+                 ids("redo"))
+
+
+def _read_key(path: Path) -> str:
+    try:
+        return path.read_text("utf-8").strip()
+    except FileNotFoundError:
+        return ""
+    except ValueError:  # not text: replaced like a short one
+        return ""

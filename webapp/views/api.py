@@ -13,7 +13,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from model_loader import ModelLoadError
 from webapp import current
-from webapp.http import accesslog, capacity, metrics
+from webapp.http import accesslog, capacity, metrics, timings
 from webapp.http.errors import ApiError
 from webapp.http.images import classify, display_names, parse_topk, uploads_from_request
 from webapp.i18n import translate
@@ -30,10 +30,14 @@ def _round(timings: dict) -> dict:
 @bp.post("/predict")
 @capacity.upload_slot
 def predict():
-    started = time.perf_counter()
+    watch = timings.stopwatch()
+    watch.lap("queue")  # for a thread and an upload slot
     uploads = uploads_from_request()  # first: a photo sent as a form is not parsed as one
-    body, _ = classify(uploads, parse_topk(), started)
-    return jsonify(body)
+    body, images = classify(uploads, parse_topk())
+    response = timings.json_answer(body, watch)
+    # A 12 MP photo's pixels take ms to give back to the system: after the answer is sent.
+    response.call_on_close(images.clear)
+    return response
 
 
 @bp.post("/explain")
@@ -141,8 +145,11 @@ def readyz():
     may ask, so no server path is in the answer: a file's name says enough."""
     try:
         classifier = current.holder().get()
-    except ModelLoadError as exc:
-        return jsonify(status="error", error=_without_paths(translate(reason(exc)))), 503
+    except Exception as exc:  # noqa: BLE001 - not ready, whatever the reason: 503, never 500
+        why = reason(exc) if isinstance(exc, ModelLoadError) else Message(
+            "The model could not be loaded: %(reason)s",
+            reason=str(exc).strip() or type(exc).__name__)
+        return jsonify(status="error", error=_without_paths(translate(why))), 503
     loaded = classifier.loaded
     return jsonify(_without_paths(dict(
         status="ready",
@@ -180,6 +187,6 @@ def _registry_status(classifier) -> dict | None:
     registry = current.holder().registry
     if registry is None:
         return None
-    active = registry.state().active
-    return {"active": active, "serving": classifier.model_id,
-            "in_sync": active == classifier.model_id}
+    state = registry.state()
+    return {"active": state.active, "serving": classifier.model_id,
+            "in_sync": state.active == classifier.model_id and state.problem is None}

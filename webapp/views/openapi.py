@@ -229,6 +229,21 @@ OPERATIONS: dict[tuple[str, str], dict] = {
         "Change some of the kiosk's settings", "Kiosk",
         {"200": _json({"type": "object"}), **_errors(400, 401, 403, 413)}, admin=True,
         body=JSON_OBJECT),
+    # ------------------------------------------------------------------ admin: class names
+    ("admin.api_labels", "get"): _op(
+        "The built-in model's ImageNet class names in a language", "Class names",
+        {"200": _json({"type": "object"}), **_errors(401, 403, 404, 409)},
+        "`language`: a language the pages speak (zh-CN, en). Each class: its index, the "
+        "ImageNet label, the shipped name, the teacher's own name (or null) and the name "
+        "shown.", admin=True),
+    ("admin.api_label_set", "put"): _op(
+        "Give an ImageNet class the teacher's own name", "Class names",
+        {"200": _json({"type": "object"}), **_errors(400, 401, 403, 404, 409, 413)},
+        'JSON `{"name": "..."}`; it overrides the shipped name in that language.',
+        admin=True, body=JSON_OBJECT),
+    ("admin.api_label_reset", "delete"): _op(
+        "Give an ImageNet class its shipped name again", "Class names",
+        {"200": _json({"type": "object"}), **_errors(401, 403, 404, 409)}, admin=True),
     # ------------------------------------------------------------------ admin: Teach
     ("admin.teach.api_datasets", "get"): _op("Every Teach dataset", "Teach",
                                              {"200": _json({"type": "object"}),
@@ -380,7 +395,7 @@ def document(app) -> dict:
                                 "docs/admin.md explain them."},
         "servers": [{"url": "/"}],
         "tags": [{"name": tag} for tag in ("Classify", "Open Inference Protocol", "Health",
-                                           "Kiosk", "Models", "Teach")],
+                                           "Kiosk", "Class names", "Models", "Teach")],
         "paths": paths,
         "components": {
             "schemas": SCHEMAS,

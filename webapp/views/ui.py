@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import io
-import time
 
 from flask import Blueprint, render_template, request
 from PIL import Image
@@ -78,9 +77,8 @@ def index():
 @capacity.upload_slot
 def index_post():
     """The no-JavaScript path: same work as /predict, rendered as HTML."""
-    started = time.perf_counter()
     try:
-        result, images = classify(_uploads(), TOP_K, started)
+        result, images = classify(_uploads(), TOP_K)
     except (ApiError, imaging.ImageError) as exc:
         return _render(exc.status, alert=exc.message)
     return _render(result=result, preview=_thumbnail(images[0]))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import time
 
 import numpy as np
 from flask import Blueprint, current_app, jsonify, request
@@ -131,7 +130,6 @@ def model_ready(name, version=None):
 @bp.post("/models/<name>/versions/<version>/infer")
 @capacity.upload_slot
 def infer(name, version=None):
-    started = time.perf_counter()
     body = raw_body()  # first: an answer before the body is read would end the connection
     classifier = _served(name, version)
     if request.content_encoding:
@@ -143,7 +141,7 @@ def infer(name, version=None):
     given = _the_input(req.inputs)
     wanted = _outputs(req)
     if given.name == IMAGE:
-        predictions, unknown = _images(given, k, started, classifier)
+        predictions, unknown = _images(given, k, classifier)
     else:
         predictions, unknown = _tensor(given, k, classifier)
     values = {
@@ -218,14 +216,14 @@ def _check_count(count: int) -> None:
                                           "request.", count=count, limit=limit))
 
 
-def _images(given: tensors.RequestInput, k: int, started: float, classifier):
+def _images(given: tensors.RequestInput, k: int, classifier):
     """Encoded image files (JPEG, PNG, ...), decoded and classified as ``/predict`` does."""
     _check_count(given.count)
     files = given.elements()
     if given.raw is None:  # JSON carries text: the files come in base64
         files = [_base64(data, n) for n, data in enumerate(files)]
     uploads = [Upload(f"image {n + 1}", data) for n, data in enumerate(files)]
-    body, _ = classify(uploads, k, started, classifier)
+    body, _ = classify(uploads, k, classifier)
     rows = body.get("results") or [body]
     return [row["predictions"] for row in rows], [row["unknown"] for row in rows]
 

@@ -36,8 +36,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 
-from flask import Blueprint, render_template, request
+from flask import Blueprint, current_app, render_template, request
 from flask_wtf.csrf import CSRFError
 
 from webapp.http.errors import error_json
@@ -69,32 +70,53 @@ def _csrf_error(exc: CSRFError):
         "page and try again.", reason=exc.description))
 
 
-# Errors of the disk under MODEL_DIR, in words (never the path: messages reach clients).
+# Errors of the disks under the stores, in words (never the path: messages reach clients).
 _STORE_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _STORE_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+_STORES = {"MODEL_DIR": Message("The model store (MODEL_DIR)"),
+           "DATA_DIR": Message("The Teach data folder (DATA_DIR)"),
+           "ENGINE_CACHE_DIR": Message("The engine cache (ENGINE_CACHE_DIR)")}
+
+
+def _failed_store(exc: OSError) -> str:
+    """Which store a disk error happened in: the folder its path is under, else the
+    one the route writes to (Teach writes DATA_DIR, the rest of the admin MODEL_DIR)."""
+    from webapp.engines import EngineSettings
+
+    folders = {"MODEL_DIR": current_app.config["MODEL_DIR"],
+               "DATA_DIR": current_app.config["DATA_DIR"],
+               "ENGINE_CACHE_DIR": str(EngineSettings.from_config(current_app.config)
+                                       .cache.root)}
+    path = os.path.abspath(os.fsdecode(exc.filename)) if exc.filename else ""
+    for setting, folder in sorted(folders.items(), key=lambda item: -len(item[1])):
+        if path and folder and path.startswith(os.path.abspath(folder) + os.sep):
+            return setting
+    return "DATA_DIR" if request.blueprint == "admin.teach" else "MODEL_DIR"
+
 
 @bp.errorhandler(OSError)
 def _storage_error(exc: OSError):
-    """The model store cannot be written (disk full, read-only, no permission): say so;
+    """A store cannot be written (disk full, read-only, no permission): say which and so;
     nothing half-written stays behind (uploads are removed in teardown, the registry
     builds models in staging), and serving goes on with the current model."""
     reason = exc.strerror or type(exc).__name__
+    store = _STORES[_failed_store(exc)] if exc.errno in (*_STORE_FULL, *_STORE_READ_ONLY) \
+        else ""
     if exc.errno in _STORE_FULL:
         status, code = 507, "store_full"
-        message = Message("The model store (MODEL_DIR) has no room for this (%(reason)s); "
-                          "nothing was stored. Delete models you no longer need, or give "
-                          "the store more space, and try again.", reason=reason)
+        message = Message("%(store)s has no room for this (%(reason)s); nothing was stored. "
+                          "Delete what you no longer need, or give it more space, and try "
+                          "again.", store=store, reason=reason)
     elif exc.errno in _STORE_READ_ONLY:
         status, code = 503, "store_read_only"
-        message = Message("The model store (MODEL_DIR) cannot be written (%(reason)s); "
-                          "nothing was changed. The current model goes on serving.",
-                          reason=reason)
+        message = Message("%(store)s cannot be written (%(reason)s); nothing was changed. "
+                          "The current model goes on serving.", store=store, reason=reason)
     else:
         log.exception("unexpected error on %s %s", request.method, request.path)
         status, code = 500, "internal_error"
         message = Message("Something went wrong on the server.")
     if status != 500:
-        log.error("model store: %s %s failed: %s", request.method, request.path, exc)
+        log.error("%s: %s %s failed: %s", store, request.method, request.path, exc)
     return fail(status, code, message)
 
 

@@ -56,6 +56,9 @@ def configure_session_key(app: Flask, registry: Registry) -> None:
     """Sessions must verify in every worker and replica: without SECRET_KEY, use the key
     kept in MODEL_DIR (created once), so a login survives a restart too."""
     if app.config["SECRET_KEY"] != app.config.get("SECRET_KEY_GENERATED"):
+        if len(str(app.config["SECRET_KEY"])) < 32:
+            log.warning("SECRET_KEY is only %d characters long; use at least 32 random "
+                        "characters", len(str(app.config["SECRET_KEY"])))
         return  # set by the environment or the caller
     try:
         app.config["SECRET_KEY"] = registry.secret_key()
@@ -105,11 +108,11 @@ def _token_matches(given: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8"), _token().encode("utf-8"))
 
 
-def _fingerprint() -> str:
-    """Binds a session to the current ADMIN_TOKEN and session generation: changing the
+def _fingerprint(generation: str) -> str:
+    """Binds a session to the current ADMIN_TOKEN and session ``generation``: changing the
     token or logging out logs everyone out."""
     key = str(current_app.config["SECRET_KEY"]).encode()
-    bound = f"{_token() or _password_hash()}\0{_session_generation()}".encode()
+    bound = f"{_token() or _password_hash()}\0{generation}".encode()
     return hmac.new(key, bound, hashlib.sha256).hexdigest()[:32]
 
 
@@ -117,29 +120,49 @@ def _sessions_file() -> Path:
     return current.registry().root / "sessions.json"
 
 
-def _session_generation() -> str:
-    """The current session generation ("" before the first logout)."""
+def _session_generation() -> str | None:
+    """The current session generation, or None when ``sessions.json`` is missing or
+    damaged: then no session is valid (a deleted or garbled file must not bring back the
+    sessions a logout ended) until a login starts a new generation."""
     try:
-        return str(json.loads(_sessions_file().read_text("utf-8"))["generation"])
+        generation = json.loads(_sessions_file().read_text("utf-8"))["generation"]
     except (OSError, ValueError, KeyError, TypeError):
-        return ""
+        return None
+    return generation if isinstance(generation, str) and len(generation) >= 16 else None
 
 
-def _end_every_session() -> None:
+def _end_every_session() -> str:
     """A new generation: every session cookie issued so far stops being valid.  (There
     is one admin token, so one admin identity: its sessions end together.)"""
     current.registry().root.mkdir(parents=True, exist_ok=True)
-    durable.write_json(_sessions_file(), {"generation": secrets.token_hex(16),
+    generation = secrets.token_hex(16)
+    durable.write_json(_sessions_file(), {"generation": generation,
                                           "since": int(time.time())})
+    return generation
+
+
+def _generation_for_login() -> str:
+    """The generation a new login is bound to: the current one, or a new one when there
+    is none readable (under the store's lock, so logins in several workers at once agree
+    on one)."""
+    generation = _session_generation()
+    if generation is not None:
+        return generation
+    root = current.registry().root
+    root.mkdir(parents=True, exist_ok=True)
+    with durable.locked(root / ".lock"):
+        return _session_generation() or _end_every_session()
 
 
 def _session_ok() -> bool:
     fingerprint = session.get("admin")
     since = session.get("admin_since")
+    generation = _session_generation()
     return (
-        isinstance(fingerprint, str)
+        generation is not None
+        and isinstance(fingerprint, str)
         and isinstance(since, int | float)
-        and hmac.compare_digest(fingerprint, _fingerprint())
+        and hmac.compare_digest(fingerprint, _fingerprint(generation))
         and 0 <= time.time() - since < SESSION_HOURS * 3600
     )
 
@@ -219,7 +242,7 @@ def _guard():
 
 def _safe_next(target: str | None) -> str:
     """Only a path inside the admin area (no open redirect to another site)."""
-    if target:
+    if target and not any(ord(c) < 32 or ord(c) == 127 for c in target):
         parts = urlsplit(target)
         if not parts.scheme and not parts.netloc and parts.path.startswith("/admin/") \
                 and not target.startswith("//"):
@@ -246,8 +269,17 @@ def login():
         return render_template("admin/login.html", form=LoginForm(formdata=None),
                                error=(_("That is not the admin token.") if _token()
                                       else _("That is not the admin password."))), 401
+    try:
+        generation = _generation_for_login()
+    except OSError as exc:
+        log.error("cannot start an admin session generation in %s: %s",
+                  current.registry().root, exc)
+        return render_template("admin/login.html", form=LoginForm(formdata=None), error=_(
+            "Logging in needs to write to the model store (MODEL_DIR), which cannot be "
+            "written right now (%(reason)s). The admin API still works with the admin "
+            "token or password as a bearer token.", reason=exc.strerror or str(exc))), 503
     session.clear()
-    session["admin"] = _fingerprint()
+    session["admin"] = _fingerprint(generation)
     session["admin_since"] = int(time.time())
     log.info("admin logged in from %s", _client_key())
     return redirect(_safe_next(request.args.get("next")))
@@ -255,11 +287,20 @@ def login():
 
 @bp.post("/logout")
 def logout():
-    """Ends this session and every copy of it (and the admin's other sessions)."""
+    """Ends this session and every copy of it (and the admin's other sessions).  When
+    that cannot be saved, this browser's cookie goes, and the page says that copies of it
+    are still valid and what ends them."""
     try:
         _end_every_session()
-    except OSError as exc:  # a read-only store: this browser's cookie goes at least
-        log.warning("could not end the admin sessions in %s: %s", current.registry().root, exc)
+    except OSError as exc:
+        log.error("could not end the admin sessions in %s: %s", current.registry().root, exc)
+        session.clear()
+        return render_template("admin/login.html", form=LoginForm(formdata=None), error=_(
+            "Logging out could not be saved: the model store (MODEL_DIR) cannot be written "
+            "(%(reason)s). This browser is logged out, but copies of its session stay valid "
+            "for up to %(hours)s hours. Make MODEL_DIR writable and log in and out again, "
+            "or change ADMIN_TOKEN and restart the server, to end them.",
+            reason=exc.strerror or str(exc), hours=SESSION_HOURS)), 503
     session.clear()
     flash(_("Logged out."), "info")
     return redirect(url_for("admin.login"))

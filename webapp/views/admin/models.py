@@ -135,7 +135,8 @@ def _serving() -> dict:
     return {**info, "quantization": str(QUANTIZATION_WORDS.get(info.get("quantization"),
                                                               info.get("quantization"))),
             "pid": os.getpid(), "notice": holder.notice and translate(holder.notice),
-            "model_notice": classifier.loaded.notice and translate(classifier.loaded.notice)}
+            "model_notice": classifier.loaded.notice and translate(classifier.loaded.notice),
+            "engine_info": classifier.loaded.engine_info}
 
 
 def _store_upload() -> dict:
@@ -296,7 +297,7 @@ def _trial(model_id: str):
     if not is_api():
         images = images[:1]  # the page shows one result
     classifier = current.holder().classifier_for(model_id)
-    return classify(images, parse_topk(), None, classifier)
+    return classify(images, parse_topk(), classifier)
 
 
 # --------------------------------------------------------------------------- API
@@ -386,10 +387,10 @@ def _changed(state, seconds: float | None):
 @bp.patch("/api/models/<model_id>")
 def api_rename(model_id):
     """JSON ``{"name": "..."}``: the new display name."""
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-        raise ApiError(400, "bad_json", Message(
-            'Send the new name as JSON, e.g. {"name": "Fruit v2"}.'))
+    hint = Message('Send the new name as JSON, e.g. {"name": "Fruit v2"}.')
+    body = uploads.json_object(hint)  # the JSON budget: size and depth
+    if not isinstance(body.get("name"), str):
+        raise ApiError(400, "bad_json", hint)
     registry().rename(model_id, body["name"])
     return api_model(model_id)
 
