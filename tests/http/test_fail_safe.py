@@ -125,11 +125,12 @@ def test_an_undecodable_sidecar_in_a_writable_cache_is_rebuilt_and_served(tmp_pa
 def test_a_read_only_engine_cache_that_holds_the_model_serves(tmp_path):
     """A cache the server cannot write but which holds every entry of its model (built
     before, e.g. into an image): the model is served, compiled without OpenVINO's blob
-    cache."""
+    cache (ENGINE=openvino: the engine whose cache this is about)."""
     cache = _seeded_cache(tmp_path)
     _chmod_tree(cache, writable=False)
     server = ops.launch(tmp_path, "read-only", prefix=UNPRIVILEGED, WEB_CONCURRENCY=1,
-                        QUANTIZE="none", ENGINE_CACHE_DIR=cache, MODEL_DIR=tmp_path / "m")
+                        ENGINE="openvino", QUANTIZE="none", ENGINE_CACHE_DIR=cache,
+                        MODEL_DIR=tmp_path / "m")
     try:
         assert server.wait_ready(timeout=600)["status"] == "ready"
         response = requests.post(server.url + "/predict", timeout=60,

@@ -289,7 +289,7 @@ def test_teach_in_chinese_capture_train_activate_roll_back_and_the_kiosk_knows_i
 
         # The admin list; roll back to the built-in model, then activate the new one.
         page.goto(server.url + "/admin/")
-        model_id = page.locator("tr.table-success").get_attribute("data-model-id")
+        model_id = page.locator("tr.table-success[data-model-id]").get_attribute("data-model-id")
         checked(page, "admin list")
         screenshot(page, "zh-admin")
         page.get_by_role("button", name="回退").click()

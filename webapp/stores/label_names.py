@@ -193,7 +193,8 @@ class LabelNames:
     def table(self, labels: Sequence[str], language: str) -> list[dict]:
         """Every ImageNet class for the admin page: index, label, the shipped name, the
         teacher's name (or None) and the name shown."""
-        shipped = shipped_names(shipped_language(language) or "") or labels
+        code = shipped_language(language)  # None: the labels are the names (English)
+        shipped = (shipped_names(code) if code else None) or labels
         own = self.edits().get(language, {})
         return [{"index": i, "label": label, "shipped": shipped[i], "own": own.get(i),
                  "name": own.get(i) or shipped[i]} for i, label in enumerate(labels)]
