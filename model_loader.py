@@ -67,6 +67,7 @@ from webapp.checkpoints.preprocess import (
 )
 from webapp.checkpoints.torch_model import build_from_contents
 from webapp.checkpoints.v1 import is_v1, read_v1, save_checkpoint
+from webapp.messages import Message
 
 # What callers use as ``model_loader.X``: the names below are this module's public face
 # (the rest of ``webapp.checkpoints`` is reached through it, or imported where it lives).
@@ -140,8 +141,9 @@ def load_checkpoint(
         except NotOnnx:
             kind = "unknown"  # a first byte of 0x08 by chance: say what it is below
     if given.arch == "onnx":
-        raise ModelLoadError(f"{what}: this is not an ONNX model; leave the architecture "
-                             "on auto or name the PyTorch architecture")
+        raise ModelLoadError(Message("%(what)s: this is not an ONNX model; leave the "
+                                     "architecture on auto or name the PyTorch architecture",
+                                     what=what))
     if kind == "safetensors":
         tensors, metadata = read_safetensors(path, what)
         contents = read_container(tensors, what, metadata, ema=given.ema)
@@ -172,25 +174,26 @@ def load_imagenet_model(
             log.warning("%s", exc)
     if cached.is_file():
         try:
-            loaded = load_checkpoint(cached, source_kind="cache", name="ResNet18 (ImageNet)",
+            loaded = load_checkpoint(cached, source_kind="cache",
+                                     name=Message("ResNet18 (ImageNet)"),
                                      arch="resnet18")
         except ModelLoadError as exc:
             log.error("ignoring the torchvision cache: %s", exc)
             fallback = load_bundled()
-            fallback.notice = f"The cached ResNet18 file is unusable ({exc}). " + (
-                fallback.notice or ""
-            )
+            fallback.notice = Message("The cached ResNet18 file is unusable (%(reason)s). "
+                                      "%(notice)s", reason=exc.args[0],
+                                      notice=fallback.notice or "")
             return fallback
         # torchvision checks the hash prefix when it downloads; it trusts the cache after
         # that.  We do the same, but say so when the file is not the published one.
         expected = official_hash_prefix(cached)
         loaded.verified = bool(expected) and sha256_file(cached).startswith(expected)
         if not loaded.verified:
-            loaded.notice = (
-                f"{cached} is not the file torchvision publishes (its sha256 does not start "
-                f"with {expected}); it was served because it fits ResNet18. Delete it and "
-                "run `python -m model_loader download` to get the published weights."
-            )
+            loaded.notice = Message(
+                "%(file)s is not the file torchvision publishes (its sha256 does not start "
+                "with %(expected)s); it was served because it fits ResNet18. Delete it and "
+                "run `python -m model_loader download` to get the published weights.",
+                file=str(cached), expected=expected)
             log.warning("%s", loaded.notice)
         log.info("serving %s from the torchvision cache %s", loaded.name, cached)
         return loaded

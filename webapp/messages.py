@@ -44,7 +44,7 @@ class Message(str):
         """A message sent as ``to_json`` (or a plain string) -> ``Message`` (or ``str``)."""
         if isinstance(data, Mapping) and isinstance(data.get("parts"), list):
             return MessageList([cls.from_json(part) for part in data["parts"]],
-                               str(data.get("separator", "; ")))
+                               cls.from_json(data.get("separator", "; ")))
         if isinstance(data, Mapping) and isinstance(data.get("msgid"), str):
             params = data.get("params") if isinstance(data.get("params"), Mapping) else {}
             params = {k: cls.from_json(v) if isinstance(v, Mapping) else v
@@ -58,7 +58,8 @@ class Message(str):
 
 class MessageList(Message):
     """Several messages shown one after the other (one per bad field, say), each in the
-    reader's language: ``MessageList([Message(...), Message(...)], "; ")``."""
+    reader's language: ``MessageList([Message(...), Message(...)], "; ")``.  The
+    separator may be a ``Message`` too (``Message(", ")``: "，" in Chinese)."""
 
     parts: list
     separator: str
@@ -74,7 +75,27 @@ class MessageList(Message):
         return (MessageList, (self.parts, self.separator))
 
     def to_json(self) -> dict:
-        return {"parts": [_plain(part) for part in self.parts], "separator": self.separator}
+        return {"parts": [_plain(part) for part in self.parts],
+                "separator": _plain(self.separator)}
+
+
+def reason(exc: BaseException) -> str:
+    """What an exception says: its ``Message`` when it was raised with one (so it is shown
+    in the reader's language), else its text."""
+    first = exc.args[0] if exc.args else None
+    return first if isinstance(first, Message) else str(exc)
+
+
+def to_json(text):
+    """What a message is as JSON (another process reads it back with
+    ``Message.from_json``): a ``Message`` as its msgid and parameters, anything else as
+    it is (a plain string, None)."""
+    return text.to_json() if isinstance(text, Message) else text
+
+
+def from_json(data):
+    """``to_json``'s value back: a ``Message``, a plain string, or None."""
+    return None if data is None else Message.from_json(data)
 
 
 def _rebuild(msgid: str, params: dict) -> Message:
@@ -94,7 +115,9 @@ def render(text, gettext: Callable[[str], str]) -> str:
     its parameters filled in (messages among them rendered too), a ``MessageList`` part by
     part, a plain string as the catalog has it (unchanged when it does not)."""
     if isinstance(text, MessageList):
-        return text.separator.join(render(part, gettext) for part in text.parts)
+        separator = render(text.separator, gettext) if isinstance(text.separator, Message) \
+            else text.separator
+        return separator.join(render(part, gettext) for part in text.parts)
     if isinstance(text, Message):
         params = {k: render(v, gettext) if isinstance(v, Message) else v
                   for k, v in text.params.items()}

@@ -114,7 +114,9 @@ def test_two_names_of_one_slug_get_two_ids_and_a_name_is_taken_once(client):
 
 
 def test_classes_typed_in_chinese_are_split_like_commas(client):
-    """「，」「、」「；」 and new lines separate class names, as ``,`` does."""
+    """One rule (``webapp.checkpoints.labels.split_names``, as for an upload's classes):
+    one name a line, or all on one line separated by 「，」「、」「；」 as by ``,``; a
+    class name may not hold a separator."""
     def typed(name, classes):
         response = client.post("/admin/api/datasets", headers=BEARER,
                                json={"name": name, "classes": classes})
@@ -122,8 +124,14 @@ def test_classes_typed_in_chinese_are_split_like_commas(client):
         return sorted(c["name"] for c in response.get_json()["classes"])
 
     assert typed("第一课", "杯子，铅笔、剪刀") == ["剪刀", "杯子", "铅笔"]
-    assert typed("第二课", "尺子；橡皮\n书包, 水杯;本子") == ["书包", "尺子", "本子", "橡皮",
-                                                          "水杯"]
+    assert typed("第二课", "尺子；橡皮; 书包, 水杯;本子") == ["书包", "尺子", "本子", "橡皮",
+                                                         "水杯"]
+    assert typed("第三课", "尺子\r\n 橡皮 \n\n书包\n") == ["书包", "尺子", "橡皮"]
+    for classes in ("尺子；橡皮\n书包", ["尺子，橡皮", "书包"], ["a;b", "c"]):
+        response = client.post("/admin/api/datasets", headers=BEARER,
+                               json={"name": "第四课", "classes": classes})
+        assert response.status_code == 400, classes
+        assert response.get_json()["error"]["code"] == "bad_class"
 
 
 @pytest.mark.parametrize("classes, code", [

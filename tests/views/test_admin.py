@@ -515,6 +515,36 @@ def test_bad_uploads_get_a_clear_4xx_and_leave_the_store_unchanged(
     assert leftovers(store.root) == []
 
 
+@pytest.mark.system  # the refusals come from builder child processes
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_a_refused_upload_is_explained_in_the_request_language_with_the_same_code(
+    admin, fruit_checkpoint
+):
+    """The builder child's refusal crosses the process boundary as a message, so an
+    uploader asking in Chinese reads it in Chinese (no English word of the catalog in
+    it); the error code stays the same English word."""
+    from tests.browser import _WORD, english_catalog_words
+
+    good = fruit_checkpoint.read_bytes()
+    chinese = {"Accept-Language": "zh-CN,zh;q=0.9", **BEARER}
+    cases = [(jpeg(), {}, "JPEG"), (good[: len(good) // 2], {}, "PyTorch"),
+             (b"hello " * 1000, {}, "PyTorch"),
+             (good, {"classes": "苹果，香蕉"}, "类别字段")]
+    for data, form, word in cases:
+        english = upload(admin, data, filename="第一课.pt", **form)
+        response = upload(admin, data, headers=chinese, filename="第一课.pt", **form)
+        assert response.status_code == english.status_code == 422
+        body, english_body = response.get_json()["error"], english.get_json()["error"]
+        assert body["code"] == english_body["code"] == "invalid_checkpoint"
+        message = body["message"]
+        assert message != english_body["message"] and word in message
+        assert message.startswith("检查点 '第一课.pt'："), message
+        assert english_body["message"].startswith("The checkpoint '第一课.pt': ")
+        # (what a file looks like is the name puremagic gives its kind: "JPEG|EXIF images")
+        words = {w.group(0) for w in _WORD.finditer(message.split("（它看起来像：")[0])}
+        assert not {w for w in words if w.lower() in english_catalog_words()}, message
+
+
 def test_an_oversized_upload_is_refused_before_it_is_stored(tmp_path, fruit_checkpoint):
     app = make_app(tmp_path / "store", MAX_CHECKPOINT_MB=5)
     client = app.test_client()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from webapp.checkpoints.loaded import ModelLoadError
+from webapp.messages import Message, MessageList
 
 if TYPE_CHECKING:  # torch is imported where it is used: web workers never load it
     from torch import nn
@@ -46,9 +47,9 @@ def supported_archs() -> frozenset[str]:
     return frozenset(ARCHITECTURES)
 
 
-def unsupported_arch_message(arch) -> str:
-    return (f"architecture {arch!r} is not supported; use one of: "
-            + ", ".join(sorted(supported_archs())))
+def unsupported_arch_message(arch) -> Message:
+    return Message("architecture %(arch)s is not supported; use one of: %(supported)s",
+                   arch=repr(arch), supported=", ".join(sorted(supported_archs())))
 
 
 def build_model(arch: str, num_classes: int) -> nn.Module:
@@ -272,7 +273,8 @@ def detect_arch(state_dict: dict, what: str, activation: str = "relu"
         found = fit_head(arch, state_dict, activation)
         if found:
             return arch, *found
-    raise ModelLoadError(f"{what}: {fits_none(state_dict, ordered)}")
+    raise ModelLoadError(Message("%(what)s: %(reason)s", what=what,
+                                 reason=fits_none(state_dict, ordered)))
 
 
 def named_like_an_architecture(keys: set[str]) -> bool:
@@ -295,7 +297,7 @@ def named_like_an_architecture(keys: set[str]) -> bool:
 CLOSEST_SHARE = 0.5
 
 
-def fits_none(state_dict: dict, ordered) -> str:
+def fits_none(state_dict: dict, ordered) -> Message:
     """Why weights fit none of the architectures, and what to do: the closest
     architecture and what differs when it shares most of the keys, else what the keys
     look like and the way in for other networks (ONNX)."""
@@ -310,16 +312,20 @@ def fits_none(state_dict: dict, ordered) -> str:
     if overlap(closest) >= CLOSEST_SHARE:
         problems = _fit_problems(signature(closest).shapes, state_dict,
                                  skip=signature(closest).head)
-        return (f"the weights fit none of the {len(ordered)} supported architectures. The "
-                f"closest is {closest}: " + "; ".join(problems or ["its head does not fit"])
-                + ". If the model is one of them, choose it as the architecture to see "
-                "exactly what does not fit; supported: " + supported)
+        return Message(
+            "the weights fit none of the %(count)s supported architectures. The closest is "
+            "%(closest)s: %(problems)s. If the model is one of them, choose it as the "
+            "architecture to see exactly what does not fit; supported: %(supported)s",
+            count=len(ordered), closest=closest,
+            problems=problems or Message("its head does not fit"), supported=supported)
     sample = ", ".join(sorted(keys)[:3])
-    return (f"the weights are not those of a supported architecture (their {len(keys)} "
-            f"tensors are named like {sample}). If the model is one of torchvision's "
-            "classifiers, save the torchvision model's state_dict; for any other network, "
-            "export it to ONNX (torch.onnx.export(model, torch.zeros(1, 3, 224, 224), "
-            "'model.onnx')) and upload the .onnx file. Supported: " + supported)
+    return Message(
+        "the weights are not those of a supported architecture (their %(count)s tensors are "
+        "named like %(sample)s). If the model is one of torchvision's classifiers, save the "
+        "torchvision model's state_dict; for any other network, export it to ONNX "
+        "(torch.onnx.export(model, torch.zeros(1, 3, 224, 224), 'model.onnx')) and upload "
+        "the .onnx file. Supported: %(supported)s", count=len(keys), sample=sample,
+        supported=supported)
 
 
 def fit_state_dict(module: nn.Module, state_dict: dict, what: str, arch: str = "") -> None:
@@ -330,28 +336,35 @@ def fit_state_dict(module: nn.Module, state_dict: dict, what: str, arch: str = "
                   **state_dict}
     problems = _fit_problems({k: tuple(v.shape) for k, v in expected.items()}, state_dict)
     if problems:
-        raise ModelLoadError(f"{what} does not fit the architecture"
-                             + (f" {arch}" if arch else "") + ": " + "; ".join(problems))
+        raise ModelLoadError(
+            Message("%(what)s does not fit the architecture %(arch)s: %(problems)s",
+                    what=what, arch=arch, problems=problems) if arch else
+            Message("%(what)s does not fit the architecture: %(problems)s", what=what,
+                    problems=problems))
     module.load_state_dict(state_dict, strict=True)
 
 
-def _fit_problems(expected: dict, state_dict: dict, skip=()) -> list[str]:
+def _fit_problems(expected: dict, state_dict: dict, skip=()) -> MessageList | None:
+    """What does not fit, as one message ("2 missing tensors (e.g. ...); ..."), or None."""
     missing = [k for k in expected if k not in state_dict and not k.endswith(OPTIONAL_KEYS)]
     unexpected = [k for k in state_dict if k not in expected]
     wrong = [
-        f"{k} is {tuple(state_dict[k].shape)}, expected {shape}"
+        Message("%(key)s is %(shape)s, expected %(expected)s", key=k,
+                shape=str(tuple(state_dict[k].shape)), expected=str(shape))
         for k, shape in expected.items()
         if k in state_dict and k not in skip and tuple(state_dict[k].shape) != shape
     ]
     problems = []
     if missing:
-        problems.append(f"{len(missing)} missing tensors (e.g. {', '.join(missing[:3])})")
+        problems.append(Message("%(count)s missing tensors (e.g. %(keys)s)",
+                                count=len(missing), keys=", ".join(missing[:3])))
     if unexpected:
-        problems.append(
-            f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:3])})")
+        problems.append(Message("%(count)s unexpected tensors (e.g. %(keys)s)",
+                                count=len(unexpected), keys=", ".join(unexpected[:3])))
     if wrong:
-        problems.append(f"{len(wrong)} tensors of the wrong shape (e.g. {'; '.join(wrong[:3])})")
-    return problems
+        problems.append(Message("%(count)s tensors of the wrong shape (e.g. %(shapes)s)",
+                                count=len(wrong), shapes=MessageList(wrong[:3], "; ")))
+    return MessageList(problems, "; ") if problems else None
 
 
 def probe(module: nn.Module, input_size: int, num_classes: int, what: str) -> None:
@@ -368,8 +381,10 @@ def probe(module: nn.Module, input_size: int, num_classes: int, what: str) -> No
 
 def check_output(out: np.ndarray, num_classes: int, what: str) -> None:
     if tuple(out.shape) != (1, num_classes):
-        raise ModelLoadError(
-            f"{what}: a probe inference gave an output of shape {tuple(out.shape)}, "
-            f"expected (1, {num_classes if num_classes > 0 else 'classes'})")
+        raise ModelLoadError(Message(
+            "%(what)s: a probe inference gave an output of shape %(shape)s, expected "
+            "(1, %(classes)s)", what=what, shape=str(tuple(out.shape)),
+            classes=num_classes if num_classes > 0 else "N"))
     if not np.isfinite(out).all():
-        raise ModelLoadError(f"{what}: a probe inference gave NaN or infinite scores")
+        raise ModelLoadError(Message("%(what)s: a probe inference gave NaN or infinite "
+                                     "scores", what=what))

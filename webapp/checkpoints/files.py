@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from webapp.checkpoints.loaded import ModelLoadError
+from webapp.messages import Message
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -25,15 +26,15 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-SAVE_STATE_DICT = ("save the weights with torch.save(model.state_dict(), 'model.pth') and "
-                   "upload that with its class names")
+SAVE_STATE_DICT = Message("save the weights with torch.save(model.state_dict(), 'model.pth') "
+                          "and upload that with its class names")
 
 
 def check_file(path: Path, what: str) -> None:
     if not path.is_file():
-        raise ModelLoadError(f"{what}: no such file")
+        raise ModelLoadError(Message("%(what)s: no such file", what=what))
     if path.stat().st_size == 0:
-        raise ModelLoadError(f"{what}: the file is empty")
+        raise ModelLoadError(Message("%(what)s: the file is empty", what=what))
 
 
 def sniff_kind(path: Path) -> str:
@@ -86,19 +87,20 @@ def read_weights_file(path: str | os.PathLike, label: str | None = None) -> obje
     what = label or str(path)
     check_file(path, what)
     if sniff_kind(path) == "torchscript":
-        raise ModelLoadError(
-            f"{what}: this is a TorchScript archive (torch.jit.save); the server does not "
-            f"run TorchScript (it carries code). Instead, {SAVE_STATE_DICT}, or export the "
-            "model to ONNX")
+        raise ModelLoadError(Message(
+            "%(what)s: this is a TorchScript archive (torch.jit.save); the server does not "
+            "run TorchScript (it carries code). Instead, %(advice)s, or export the model to "
+            "ONNX", what=what, advice=SAVE_STATE_DICT))
     other = other_kind(path)
     if other:
-        raise ModelLoadError(f"{what}: {other}")
+        raise ModelLoadError(Message("%(what)s: %(reason)s", what=what, reason=other))
     try:
         with warnings.catch_warnings(), torch.serialization.safe_globals(SAFE_GLOBALS):
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds for corrupt or unsafe files
-        raise ModelLoadError(f"{what}: {_unreadable(path, exc)}") from None
+        raise ModelLoadError(Message("%(what)s: %(reason)s", what=what,
+                                     reason=_unreadable(path, exc))) from None
 
 
 # Classes a training checkpoint may hold that are plain data, read without running
@@ -109,9 +111,9 @@ SAFE_GLOBALS = [argparse.Namespace]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff",
                   ".heic", ".avif")
-TO_ONNX = ("convert it to ONNX and upload the .onnx file with its class names (for Keras "
-           "and TensorFlow: pip install tf2onnx, then python -m tf2onnx.convert --keras "
-           "model.h5 --output model.onnx, or --saved-model DIR)")
+TO_ONNX = Message("convert it to ONNX and upload the .onnx file with its class names (for "
+                  "Keras and TensorFlow: pip install tf2onnx, then python -m tf2onnx.convert "
+                  "--keras model.h5 --output model.onnx, or --saved-model DIR)")
 
 
 def other_kind(path: Path) -> str | None:
@@ -120,17 +122,19 @@ def other_kind(path: Path) -> str | None:
     with open(path, "rb") as fh:
         head = fh.read(16)
     if head.startswith(b"\x89HDF\r\n\x1a\n"):
-        return ("this is an HDF5 file (a Keras .h5 model or TensorFlow weights), not a "
-                f"PyTorch or ONNX model; {TO_ONNX}")
+        return Message("this is an HDF5 file (a Keras .h5 model or TensorFlow weights), not "
+                       "a PyTorch or ONNX model; %(advice)s", advice=TO_ONNX)
     if head.startswith(b"\x93NUMPY"):
-        return ("this is a NumPy array file (.npy), not a model; save the model's weights "
-                "with torch.save(model.state_dict(), 'model.pth') and upload that")
+        return Message("this is a NumPy array file (.npy), not a model; save the model's "
+                       "weights with torch.save(model.state_dict(), 'model.pth') and upload "
+                       "that")
     if head[4:8] == b"TFL3":
-        return ("this is a TensorFlow Lite model (.tflite), which the server does not run; "
-                f"{TO_ONNX}")
+        return Message("this is a TensorFlow Lite model (.tflite), which the server does not "
+                       "run; %(advice)s", advice=TO_ONNX)
     if head.startswith(b"GGUF"):
-        return ("this is a GGUF file (a language model's format), not an image classifier; "
-                "upload a PyTorch state_dict, safetensors or ONNX image classifier")
+        return Message("this is a GGUF file (a language model's format), not an image "
+                       "classifier; upload a PyTorch state_dict, safetensors or ONNX image "
+                       "classifier")
     if head.startswith(b"PK"):
         return _other_zip(path)
     return None
@@ -156,28 +160,33 @@ def _other_zip(path: Path) -> str | None:
     lowered = [n.lower() for n in files]
     images = sum(n.endswith(IMAGE_SUFFIXES) for n in lowered)
     if files and images >= len(files) / 2:
-        return (f"this is a zip of {images} images (a dataset), not a model. To train a "
-                "model on pictures, use Teach (the admin area's Teach page imports such a "
-                "zip); to upload a model, send its weights file (.pth, .pt, .safetensors "
-                "or .onnx)")
+        return Message("this is a zip of %(images)s images (a dataset), not a model. To "
+                       "train a model on pictures, use Teach (the admin area's Teach page "
+                       "imports such a zip); to upload a model, send its weights file (.pth, "
+                       ".pt, .safetensors or .onnx)", images=images)
     if any(n.endswith("saved_model.pb") for n in lowered):
-        return f"this is a TensorFlow SavedModel (zipped), not a PyTorch model; {TO_ONNX}"
+        return Message("this is a TensorFlow SavedModel (zipped), not a PyTorch model; "
+                       "%(advice)s", advice=TO_ONNX)
     if "config.json" in lowered and any(n.endswith(".weights.h5") for n in lowered):
-        return f"this is a Keras 3 model (.keras), not a PyTorch model; {TO_ONNX}"
+        return Message("this is a Keras 3 model (.keras), not a PyTorch model; %(advice)s",
+                       advice=TO_ONNX)
     if files and all(n.endswith(".npy") for n in lowered):
-        return ("this is a NumPy .npz archive, not a model; save the model's weights with "
-                "torch.save(model.state_dict(), 'model.pth') and upload that")
+        return Message("this is a NumPy .npz archive, not a model; save the model's weights "
+                       "with torch.save(model.state_dict(), 'model.pth') and upload that")
+    if not files:
+        return Message("this is an empty zip archive; upload the model file itself (.pth, "
+                       ".pt, .safetensors, or an .onnx model zipped with its .onnx.data file)")
     shown = ", ".join(files[:5]) + (", ..." if len(files) > 5 else "")
-    return (f"this is a zip archive that torch.save did not write (it holds {shown or 'nothing'}); "
-            "upload the model file itself (.pth, .pt, .safetensors, or an .onnx model "
-            "zipped with its .onnx.data file)")
+    return Message("this is a zip archive that torch.save did not write (it holds "
+                   "%(files)s); upload the model file itself (.pth, .pt, .safetensors, or an "
+                   ".onnx model zipped with its .onnx.data file)", files=shown)
 
 
 _MODEL_LIBRARIES = ("torch.nn.", "torchvision.", "timm.", "efficientnet", "__main__.",
                     "lightning", "pytorch_lightning", "transformers.")
 
 
-def _unreadable(path: Path, exc: Exception) -> str:
+def _unreadable(path: Path, exc: Exception) -> Message:
     """Why torch could not (or would not) read ``path``, in words for a person."""
     text = str(exc)
     found = re.search(r"GLOBAL\s+([\w.]+)", text, re.I)
@@ -189,36 +198,40 @@ def _unreadable(path: Path, exc: Exception) -> str:
     if re.search(r"call reduce|create new object|persistent id", text):
         return _global_reason("")
     if "legacy .tar format" in text:
-        return ("it is in PyTorch's legacy .tar format, which cannot be read safely; "
-                "load it where you trust it and save model.state_dict() again")
+        return Message("it is in PyTorch's legacy .tar format, which cannot be read "
+                       "safely; load it where you trust it and save model.state_dict() again")
     if "WeightsUnpickler" in text or isinstance(exc, pickle.UnpicklingError):
         if _starts_with(path, b"\x80"):
-            return ("it is a pickle that torch.save did not write (pickle.dump?), which "
-                    f"cannot be read safely, so it was not loaded. Instead, {SAVE_STATE_DICT}")
-        return "not a readable PyTorch weights file (damaged, or another kind of file)" + \
-            _looks_like(path)
+            return Message("it is a pickle that torch.save did not write (pickle.dump?), "
+                           "which cannot be read safely, so it was not loaded. Instead, "
+                           "%(advice)s", advice=SAVE_STATE_DICT)
+        return Message("not a readable PyTorch weights file (damaged, or another kind of "
+                       "file)%(looks)s", looks=_looks_like(path))
     if not (_starts_with(path, b"\x80") or _starts_with(path, b"PK")):  # torch said "(101)"
-        return ("not a readable PyTorch weights file (neither of the two formats torch.save "
-                "writes, a zip or a pickle)" + _looks_like(path) + ". Upload the model "
-                "file itself: what torch.save(model.state_dict(), 'model.pth') wrote, a "
-                ".safetensors file or an .onnx model")
-    return ("not a readable PyTorch weights file: it is damaged or cut short (an upload "
-            "that stopped early, a disk error); save it again with torch.save(model."
-            "state_dict(), 'model.pth'), or send it again") + _looks_like(path)
+        return Message("not a readable PyTorch weights file (neither of the two formats "
+                       "torch.save writes, a zip or a pickle)%(looks)s. Upload the model "
+                       "file itself: what torch.save(model.state_dict(), 'model.pth') wrote, "
+                       "a .safetensors file or an .onnx model", looks=_looks_like(path))
+    return Message("not a readable PyTorch weights file: it is damaged or cut short (an "
+                   "upload that stopped early, a disk error); save it again with "
+                   "torch.save(model.state_dict(), 'model.pth'), or send it again%(looks)s",
+                   looks=_looks_like(path))
 
 
-def _global_reason(name: str) -> str:
+def _global_reason(name: str) -> Message:
     """The refusal of a pickle that names ``name`` (a class or function to call)."""
     if name.startswith(_MODEL_LIBRARIES):
-        return ("this is a whole pickled model (torch.save(model)); loading it would run "
-                "code from the file (a pickle that could run code), so it was not loaded. "
-                f"Instead, {SAVE_STATE_DICT}")
+        return Message("this is a whole pickled model (torch.save(model)); loading it "
+                       "would run code from the file (a pickle that could run code), so it "
+                       "was not loaded. Instead, %(advice)s", advice=SAVE_STATE_DICT)
     if name.startswith("numpy"):
-        return ("it contains NumPy values (a metric saved as numpy.float64, say), which "
-                "cannot be read without running code from the file, so it was not loaded. "
-                "Save such values as plain numbers (float(x)) or leave them out")
-    return ("it contains Python objects other than tensors (a pickle that could run "
-            f"code), so it was not loaded. If it is a model, {SAVE_STATE_DICT}")
+        return Message("it contains NumPy values (a metric saved as numpy.float64, say), "
+                       "which cannot be read without running code from the file, so it was "
+                       "not loaded. Save such values as plain numbers (float(x)) or leave "
+                       "them out")
+    return Message("it contains Python objects other than tensors (a pickle that could run "
+                   "code), so it was not loaded. If it is a model, %(advice)s",
+                   advice=SAVE_STATE_DICT)
 
 
 # What a legacy torch.save pickle of tensors names: rebuilders, storages, OrderedDict.
@@ -264,11 +277,11 @@ def _looks_like(path: Path) -> str:
         matches = puremagic.magic_string(head)
         if matches:
             best = max(matches, key=lambda m: m.confidence)
-            return f"; it looks like: {best.name.strip().rstrip('.')}"
+            return Message("; it looks like: %(kind)s", kind=best.name.strip().rstrip("."))
     except Exception:  # puremagic raises when it cannot tell
         pass
     if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head[:512]):
-        return "; it looks like plain text"
+        return Message("; it looks like plain text")
     return ""
 
 
@@ -285,7 +298,8 @@ def read_safetensors(path: Path, what: str) -> tuple[dict, dict]:
                 tensors[key] = fh.get_tensor(key)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"{what}: not a readable safetensors file ({first})") from None
+        raise ModelLoadError(Message("%(what)s: not a readable safetensors file (%(error)s)",
+                                     what=what, error=first)) from None
     found = {}
     for key, value in metadata.items():
         try:
@@ -307,7 +321,7 @@ def check_storage(state_dict: dict, what: str) -> None:
         storages[storage.data_ptr()] = storage.nbytes()
     held = sum(storages.values())
     if claimed > 2 * held + (1 << 20):
-        raise ModelLoadError(
-            f"{what}: its tensors claim {claimed / 2**20:.0f} MB of weights but the file "
-            f"holds only {held / 2**20:.1f} MB of numbers (the same few values repeated); "
-            "this is not a trained model")
+        raise ModelLoadError(Message(
+            "%(what)s: its tensors claim %(claimed)s MB of weights but the file holds only "
+            "%(held)s MB of numbers (the same few values repeated); this is not a trained "
+            "model", what=what, claimed=f"{claimed / 2**20:.0f}", held=f"{held / 2**20:.1f}"))

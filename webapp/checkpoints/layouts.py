@@ -10,6 +10,7 @@ from webapp.checkpoints.architectures import named_like_an_architecture, support
 from webapp.checkpoints.hugging_face import from_other_libraries
 from webapp.checkpoints.labels import names_in
 from webapp.checkpoints.loaded import CHECKPOINT_FORMAT, Contents, ModelLoadError
+from webapp.messages import Message
 
 # Where training code keeps the weights inside a bigger dict (optimizer, epoch... beside).
 WEIGHT_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights", "model_state")
@@ -105,32 +106,34 @@ def unwrap(obj: object, what: str, ema: bool | None = None
     if _is_quantized(obj):
         found = dequantize_dynamic(obj)
         if found is None:
-            raise ModelLoadError(
-                f"{what}: it holds static-quantized weights (torch.ao quantization: fused "
+            raise ModelLoadError(Message(
+                "%(what)s: it holds static-quantized weights (torch.ao quantization: fused "
                 "and converted layers, which cannot be turned back into the original "
                 "network); upload the fp32 weights instead (model.state_dict() before "
-                "prepare and convert): the server quantizes for its own engine")
+                "prepare and convert): the server quantizes for its own engine", what=what))
         obj, layers = found
         notes["dequantized"] = ", ".join(layers)
     if not is_state_dict(obj):
-        raise ModelLoadError(f"{what}: {_not_weights(obj)}")
+        raise ModelLoadError(Message("%(what)s: %(reason)s", what=what,
+                                     reason=_not_weights(obj)))
     return obj, holder, key, notes
 
 
-def _not_weights(obj: object) -> str:
+def _not_weights(obj: object) -> Message:
     """What a loaded object that holds no state_dict is, and what to send instead."""
     if isinstance(obj, dict) and {"state", "param_groups"} <= set(obj):
-        return ("this is an optimizer's state (optimizer.state_dict(): its 'state' and "
-                "'param_groups'), not the model's weights; save model.state_dict() and "
-                "upload that with its class names")
+        return Message("this is an optimizer's state (optimizer.state_dict(): its 'state' "
+                       "and 'param_groups'), not the model's weights; save "
+                       "model.state_dict() and upload that with its class names")
     found = type(obj).__name__
     if isinstance(obj, dict):
-        found = ("a dict with " + ", ".join(repr(k) for k in list(obj)[:8])) if obj \
-            else "an empty dict"
-    return (f"expected a state_dict (a dict of tensors), a training checkpoint with one "
-            f"under {' / '.join(repr(k) for k in WEIGHT_KEYS)}, or a checkpoint in "
-            f"format {CHECKPOINT_FORMAT!r}; found {found}. Save model.state_dict() and "
-            "upload that with its class names")
+        found = Message("a dict with %(keys)s", keys=", ".join(repr(k) for k in list(obj)[:8])
+                        ) if obj else Message("an empty dict")
+    return Message("expected a state_dict (a dict of tensors), a training checkpoint with "
+                   "one under %(keys)s, or a checkpoint in format %(format)s; found "
+                   "%(found)s. Save model.state_dict() and upload that with its class names",
+                   keys=" / ".join(repr(k) for k in WEIGHT_KEYS),
+                   format=repr(CHECKPOINT_FORMAT), found=found)
 
 
 def strip_prefixes(state_dict: dict) -> tuple[dict, str]:
@@ -177,7 +180,8 @@ def read_container(obj: object, what: str, metadata: dict | None = None,
         state_dict, names, arch if isinstance(arch, str) and arch in supported_archs() else None,
         facts.get("input_size"), facts.get("mean"), facts.get("std"), metrics, None,
         {"container": None if notes.get("ema") else key, "prefix": prefix, "layout": layout,
-         **notes, **({"classes_from": f"the file's {names_key!r}"} if names_key else {})})
+         **notes, **({"classes_from": Message("the file's %(key)s", key=repr(names_key))}
+                     if names_key else {})})
 
 
 def _timm_args(holder: dict) -> dict:

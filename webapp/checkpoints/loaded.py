@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from webapp.checkpoints.preprocess import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD
+from webapp.messages import Message, MessageList
 
 if TYPE_CHECKING:  # torch is imported where it is used: web workers never load it
     from torch import nn
@@ -92,37 +93,74 @@ class LoadedModel:
             "found": self.details,
         }
 
-    def summary(self) -> str:
-        """One sentence on what was found where, e.g. "resnet34 (detected from the
-        weights), 5 classes from the labels file, weights under 'model_state_dict'"."""
-        d = self.details
-        arch = {"detected": " (detected from the weights)", "the file": " (named in the file)",
-                "the arch field": ""}.get(d.get("arch_from"), "")
-        parts = [f"{self.arch}{arch}" if self.kind != "onnx" else "an ONNX model",
-                 f"{self.num_classes} classes"
-                 + (f" from {d['classes_from']}" if d.get("classes_from") else "")]
-        if d.get("container"):
-            parts.append(f"weights under {d['container']!r}")
-        if d.get("ema"):
-            parts.append(f"the EMA weights under {d['ema']!r} (send ema=no for the "
-                         "trained weights)")
-        if d.get("layout"):
-            parts.append(f"{d['layout']} key names mapped to torchvision's")
-        if d.get("prefix"):
-            parts.append(f"key prefix {d['prefix']!r} removed")
-        if d.get("dequantized"):
-            parts.append(f"the int8 weights of {d['dequantized']} dequantized to fp32 "
-                         "(dynamic quantization)")
-        if d.get("head"):
-            parts.append(f"head {d['head']} built from its keys" + (
-                " (ReLU where no weights say which activation: send activation=gelu if it "
-                "was GELU)" if d.get("head_activation") else ""))
-        if self.kind == "safetensors":
-            parts.append("safetensors")
-        if self.outputs == "probabilities":
-            parts.append("it outputs probabilities")
-        if d.get("input"):
-            parts.append(f"it takes {d['input']}")
-        if d.get("external_data"):
-            parts.append(f"weights read from {d['external_data']}")
-        return ", ".join(parts)
+    def summary(self) -> Message:
+        """One sentence on what was found where (``summary``)."""
+        return summary(self.metadata())
+
+
+def summary(facts: dict) -> Message:
+    """One sentence on what was found where in a model file, e.g. "resnet34 (detected
+    from the weights), 5 classes from the labels file, weights under 'model_state_dict'",
+    from a model's stored facts (``LoadedModel.metadata``, the registry's entry): a
+    ``MessageList``, so the admin page says it in the reader's language."""
+    d = facts.get("found") or {}
+    kind = facts.get("kind", "pytorch")
+    count = facts.get("num_classes") or len(facts.get("classes") or ())
+    if kind == "onnx":
+        parts = [Message("an ONNX model")]
+    elif d.get("arch_from") == "detected":
+        parts = [Message("%(arch)s (detected from the weights)", arch=facts.get("arch"))]
+    elif d.get("arch_from") == "the file":
+        parts = [Message("%(arch)s (named in the file)", arch=facts.get("arch"))]
+    else:
+        parts = [str(facts.get("arch", ""))]
+    parts.append(Message("%(count)s classes from %(source)s", count=count,
+                         source=_phrase(d["classes_from"])) if d.get("classes_from") else
+                 Message("%(count)s classes", count=count))
+    if d.get("container"):
+        parts.append(Message("weights under %(key)s", key=repr(d["container"])))
+    if d.get("ema"):
+        parts.append(Message("the EMA weights under %(key)s (send ema=no for the trained "
+                             "weights)", key=repr(d["ema"])))
+    if d.get("layout"):
+        parts.append(Message("%(layout)s key names mapped to torchvision's",
+                             layout=d["layout"]))
+    if d.get("prefix"):
+        parts.append(Message("key prefix %(prefix)s removed", prefix=repr(d["prefix"])))
+    if d.get("dequantized"):
+        parts.append(Message("the int8 weights of %(layers)s dequantized to fp32 (dynamic "
+                             "quantization)", layers=d["dequantized"]))
+    if d.get("head"):
+        parts.append(Message("head %(head)s built from its keys (ReLU where no weights say "
+                             "which activation: send activation=gelu if it was GELU)",
+                             head=d["head"]) if d.get("head_activation") else
+                     Message("head %(head)s built from its keys", head=d["head"]))
+    if kind == "safetensors":
+        parts.append("safetensors")
+    if facts.get("outputs") == "probabilities":
+        parts.append(Message("it outputs probabilities"))
+    if d.get("input"):
+        parts.append(Message("it takes %(input)s", input=_phrase(d["input"])))
+    if d.get("external_data"):
+        parts.append(Message("weights read from %(files)s", files=d["external_data"]))
+    return MessageList(parts, Message(", "))  # between the parts of a sentence
+
+
+# Where class names were found, as stored (English text): said again in the reader's
+# language when the catalog has the phrase.
+_QUOTED_PHRASES = (Message("the file's %(key)s", key=""), Message("the model's %(key)s", key=""),
+                   Message("the labels file (read as %(encoding)s)", encoding=""))
+
+
+def _phrase(value) -> str:
+    """A phrase stored as English text (a ``found`` value) -> a ``Message`` that shows
+    it in the reader's language (the text as it is when the catalog lacks it)."""
+    if isinstance(value, Message) or not isinstance(value, str):
+        return value
+    for pattern in _QUOTED_PHRASES:
+        before, _, after = pattern.msgid.partition("%(")
+        name, _, after = after.partition(")s")
+        if value.startswith(before) and value.endswith(after) and len(value) > len(before):
+            return Message(pattern.msgid, **{name: value[len(before):len(value) - len(after)
+                                                         or None]})
+    return Message(value)

@@ -21,6 +21,7 @@ from webapp.checkpoints.fields import Given, agree
 from webapp.checkpoints.labels import NAME_KEYS, class_names, imagenet_labels, parse_classes_field
 from webapp.checkpoints.loaded import LoadedModel, ModelLoadError
 from webapp.checkpoints.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from webapp.messages import Message
 
 
 class NotOnnx(Exception):
@@ -41,36 +42,41 @@ def load_onnx(path: Path, given: Given, what: str, *, name: str | None, version:
     if not model.graph.node:
         raise NotOnnx()
     if given.arch not in (None, "onnx"):
-        raise ModelLoadError(f"{what}: this is an ONNX model, not {given.arch} weights; "
-                             "leave the architecture on auto")
+        raise ModelLoadError(Message("%(what)s: this is an ONNX model, not %(arch)s weights; "
+                                     "leave the architecture on auto", what=what,
+                                     arch=given.arch))
     external = _external_tensors(model)
     if external:
         _read_external_data(external, data_files, what)
     input_shape, output_classes, layout, pixels = _onnx_signature(model, what)
     if pixels:
         if given.mean is not None or given.std is not None:
-            raise ModelLoadError(f"{what}: the model takes 8-bit pixels (uint8) and "
-                                 "normalises them itself; leave mean and std empty")
+            raise ModelLoadError(Message("%(what)s: the model takes 8-bit pixels (uint8) and "
+                                         "normalises them itself; leave mean and std empty",
+                                         what=what))
         given = dataclasses.replace(given, mean=(0.0, 0.0, 0.0), std=(1 / 255,) * 3)
     if layout == "nhwc" or pixels:
         adapt_input(model, layout, pixels)
     served = model.SerializeToString() if (external or layout == "nhwc" or pixels) else None
     size = input_shape[2] if isinstance(input_shape[2], int) else None
     input_size = agree("input_size", given.input_size, size, 224,
-                       "the input_size field", what)
+                       Message("the input_size field"), what)
     found = _names_in_metadata(model, what)
     names = agree("classes", given.classes, found, None, given.classes_from or "", what)
     outputs = _onnx_probe(served or str(path), input_size, what)
-    classes_from = given.classes_from or ("the model's metadata" if found else None)
+    classes_from = given.classes_from or (Message("the model's metadata") if found else None)
     if names is None and outputs.shape[1] == 1000:
-        names, classes_from = imagenet_labels(), "ImageNet (1000 outputs without names)"
+        names = imagenet_labels()
+        classes_from = Message("ImageNet (1000 outputs without names)")
     if names is None:
-        raise ModelLoadError(
-            f"{what}: give the {outputs.shape[1]} class names of this ONNX model in output "
-            "order (the classes field or a labels file)")
+        raise ModelLoadError(Message(
+            "%(what)s: give the %(count)s class names of this ONNX model in output order "
+            "(the classes field or a labels file)", what=what, count=outputs.shape[1]))
     if outputs.shape[1] != len(names) or output_classes not in (None, len(names)):
-        raise ModelLoadError(f"{what}: the model has {outputs.shape[1]} outputs but "
-                             f"{classes_from} names {len(names)} classes")
+        raise ModelLoadError(Message(
+            "%(what)s: the model has %(outputs)s outputs but %(source)s names %(count)s "
+            "classes", what=what, outputs=outputs.shape[1], source=classes_from,
+            count=len(names)))
     probabilities = bool((outputs >= 0).all() and np.allclose(outputs.sum(axis=1), 1, atol=1e-3))
     return LoadedModel(
         module=None, arch="onnx", labels=names,
@@ -90,8 +96,10 @@ def load_onnx(path: Path, given: Given, what: str, *, name: str | None, version:
 def _input_words(layout: str, pixels: bool) -> str | None:
     if not pixels and layout == "nchw":
         return None
-    return ("uint8 pixels" if pixels else "float") + (", channels last" if layout == "nhwc"
-                                                      else "")
+    if pixels:
+        return Message("uint8 pixels, channels last") if layout == "nhwc" else \
+            Message("uint8 pixels")
+    return Message("float, channels last")
 
 
 def read_model(path: Path, what: str):
@@ -108,9 +116,10 @@ def read_model(path: Path, what: str):
                 members = [i for i in archive.infolist() if not i.is_dir()]
                 models = [i for i in members if i.filename.lower().endswith(".onnx")]
                 if len(models) != 1:
-                    raise ModelLoadError(
-                        f"{what}: the zip holds {len(models)} .onnx models; zip one model "
-                        "with its data file (model.onnx and model.onnx.data)")
+                    raise ModelLoadError(Message(
+                        "%(what)s: the zip holds %(count)s .onnx models; zip one model with "
+                        "its data file (model.onnx and model.onnx.data)", what=what,
+                        count=len(models)))
                 data = archive.read(models[0])
                 for info in members:
                     if info is not models[0]:
@@ -144,16 +153,18 @@ def _read_external_data(tensors: list, data_files: dict[str, bytes], what: str) 
         entry = {e.key: e.value for e in tensor.external_data}
         location = entry.get("location", "")
         if not data_files:
-            raise ModelLoadError(
-                f"{what}: the model keeps its weights in a separate file ({location!r}), "
+            raise ModelLoadError(Message(
+                "%(what)s: the model keeps its weights in a separate file (%(location)s), "
                 "which was not sent with it; upload both files (a zip of model.onnx and "
-                f"{location or 'model.onnx.data'}, or both files in the checkpoint field)")
+                "%(file)s, or both files in the checkpoint field)", what=what,
+                location=repr(location), file=location or "model.onnx.data"))
         name = Path(location).name
         if name != location or name not in data_files:
-            raise ModelLoadError(
-                f"{what}: the model's weights are in {location!r}, which is not among the "
-                f"files sent with it ({', '.join(sorted(data_files))}); send the data file "
-                "the model was saved with, under its own name")
+            raise ModelLoadError(Message(
+                "%(what)s: the model's weights are in %(location)s, which is not among the "
+                "files sent with it (%(files)s); send the data file the model was saved "
+                "with, under its own name", what=what, location=repr(location),
+                files=", ".join(sorted(data_files))))
         blob = data_files[name]
         try:
             offset = int(entry.get("offset", 0))
@@ -161,12 +172,14 @@ def _read_external_data(tensors: list, data_files: dict[str, bytes], what: str) 
         except ValueError:
             offset, length = -1, 0
         if offset < 0 or length < 0 or offset + length > len(blob):
-            raise ModelLoadError(f"{what}: the model's weights point outside {name} (it is "
-                                 "cut short, or not the file it was saved with)")
+            raise ModelLoadError(Message("%(what)s: the model's weights point outside "
+                                         "%(name)s (it is cut short, or not the file it was "
+                                         "saved with)", what=what, name=name))
         total += length
         if total > MAX_ONNX_BYTES:
-            raise ModelLoadError(f"{what}: the weights are over 2 GB, more than one ONNX "
-                                 "network can hold; this server serves models under 2 GB")
+            raise ModelLoadError(Message("%(what)s: the weights are over 2 GB, more than one "
+                                         "ONNX network can hold; this server serves models "
+                                         "under 2 GB", what=what))
         tensor.raw_data = blob[offset:offset + length]
         del tensor.external_data[:]
         tensor.data_location = onnx.TensorProto.DEFAULT
@@ -221,7 +234,8 @@ def _names_in_metadata(model, what: str) -> list[str] | None:
     for key in NAME_KEYS:
         if key in metadata:
             try:
-                return class_names(json.loads(metadata[key]), f"the model's {key!r}", what)
+                return class_names(json.loads(metadata[key]),
+                                   Message("the model's %(key)s", key=repr(key)), what)
             except ValueError:
                 return parse_classes_field(metadata[key], what)
     return None
@@ -242,28 +256,35 @@ def _onnx_signature(model, what: str) -> tuple[list, int | None, str, bool]:
         return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
 
     if len(inputs) != 1 or len(outputs) < 1:
-        raise ModelLoadError(f"{what}: an image classifier has one input (an image batch); "
-                             f"this model has {len(inputs)} inputs and {len(outputs)} outputs")
+        raise ModelLoadError(Message(
+            "%(what)s: an image classifier has one input (an image batch); this model has "
+            "%(inputs)s inputs and %(outputs)s outputs", what=what, inputs=len(inputs),
+            outputs=len(outputs)))
     dims, elem = shape(inputs[0]), inputs[0].type.tensor_type.elem_type
     layout = "nhwc" if len(dims) == 4 and dims[3] == 3 and dims[1] != 3 else "nchw"
     if layout == "nhwc":
         dims = [dims[0], 3, dims[1], dims[2]]
     if elem not in (onnx.TensorProto.FLOAT, onnx.TensorProto.UINT8) or len(dims) != 4 \
             or dims[1] != 3:
-        raise ModelLoadError(
-            f"{what}: the model's input must be an image batch, (N, 3, H, W) or (N, H, W, "
-            f"3) of float or uint8; it is {tuple(shape(inputs[0]))} of type "
-            f"{onnx.TensorProto.DataType.Name(elem)}. Export the model with such an input")
+        raise ModelLoadError(Message(
+            "%(what)s: the model's input must be an image batch, (N, 3, H, W) or (N, H, W, "
+            "3) of float or uint8; it is %(shape)s of type %(type)s. Export the model with "
+            "such an input", what=what, shape=str(tuple(shape(inputs[0]))),
+            type=onnx.TensorProto.DataType.Name(elem)))
     if isinstance(dims[2], int) and isinstance(dims[3], int) and dims[2] != dims[3]:
-        raise ModelLoadError(f"{what}: the model's input is {dims[2]} × {dims[3]}; the server "
-                             "feeds square images (export it for H = W, or with free H and W)")
+        raise ModelLoadError(Message(
+            "%(what)s: the model's input is %(height)s × %(width)s; the server feeds square "
+            "images (export it for H = W, or with free H and W)", what=what, height=dims[2],
+            width=dims[3]))
     if isinstance(dims[0], int) and dims[0] != 1:
-        raise ModelLoadError(f"{what}: the model's batch size is fixed at {dims[0]}; export "
-                             "it with batch size 1 or a free batch dimension")
+        raise ModelLoadError(Message(
+            "%(what)s: the model's batch size is fixed at %(batch)s; export it with batch "
+            "size 1 or a free batch dimension", what=what, batch=dims[0]))
     out = shape(outputs[0])
     if len(out) != 2:
-        raise ModelLoadError(f"{what}: the model's first output must be (N, classes); it "
-                             f"is {tuple(out)}")
+        raise ModelLoadError(Message("%(what)s: the model's first output must be (N, "
+                                     "classes); it is %(shape)s", what=what,
+                                     shape=str(tuple(out))))
     return (dims, out[1] if isinstance(out[1], int) and out[1] > 0 else None, layout,
             elem == onnx.TensorProto.UINT8)
 
@@ -286,8 +307,9 @@ def _onnx_probe(model: str | bytes, input_size: int, what: str) -> np.ndarray:
     except Exception as exc:  # noqa: BLE001 - ORT's errors name the failing node
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else \
             type(exc).__name__
-        raise ModelLoadError(f"{what}: the ONNX model does not run on a "
-                             f"{input_size} × {input_size} image ({first})") from None
+        raise ModelLoadError(Message("%(what)s: the ONNX model does not run on a %(size)s × "
+                                     "%(size)s image (%(error)s)", what=what,
+                                     size=input_size, error=first)) from None
     for row in rows:
         row = np.asarray(row)
         check_output(row, row.shape[-1] if row.ndim == 2 else -1, what)

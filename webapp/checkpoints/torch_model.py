@@ -19,6 +19,7 @@ from webapp.checkpoints.labels import imagenet_labels
 from webapp.checkpoints.loaded import CHECKPOINT_FORMAT, Contents, LoadedModel, ModelLoadError
 from webapp.checkpoints.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from webapp.checkpoints.v1 import guard_images, openset_entry
+from webapp.messages import Message
 
 
 def build_from_contents(contents: Contents, given: Given, what: str, *, path: Path,
@@ -30,12 +31,12 @@ def build_from_contents(contents: Contents, given: Given, what: str, *, path: Pa
     arch, head, layers = _arch_and_head(contents, given, what, details)
     names = _class_names(contents, given, head, what, details)
     input_size = agree("input_size", given.input_size, contents.input_size, 224,
-                       "the input_size field", what)
+                       Message("the input_size field"), what)
     input_size = parse_input_size(input_size, what)
     mean = agree("mean", given.mean, vec3(contents.mean, None, "mean", what),
-                 IMAGENET_MEAN, "the mean field", what)
+                 IMAGENET_MEAN, Message("the mean field"), what)
     std = agree("std", given.std, vec3(contents.std, None, "std", what),
-                IMAGENET_STD, "the std field", what)
+                IMAGENET_STD, Message("the std field"), what)
 
     check_storage(contents.state_dict, what)
     module = build_model(arch, len(names))
@@ -64,13 +65,16 @@ def build_from_contents(contents: Contents, given: Given, what: str, *, path: Pa
     )
 
 
+ARCH_FIELD = Message("the arch field")
+
+
 def _arch_and_head(contents: Contents, given: Given, what: str, details: dict):
     """(architecture, its head size in the weights, a Sequential head or None): the
     person's and the file's architecture must agree; else it is detected from the
     weights.  The head size is None when the head's tensors are missing or disagree.
     ``details`` learns where the architecture came from."""
     activation = given.activation or "relu"
-    arch = agree("arch", given.arch, contents.arch, None, "the arch field", what)
+    arch = agree("arch", given.arch, contents.arch, None, ARCH_FIELD, what)
     if arch is None:
         arch, head, layers = detect_arch(contents.state_dict, what, activation)
         details["arch_from"] = "detected"
@@ -91,8 +95,9 @@ def _fit(module, state_dict: dict, what: str, arch: str, details: dict) -> None:
         fit_state_dict(module, state_dict, what, arch)
     except ModelLoadError as exc:
         if details["arch_from"] == "the arch field":
-            raise ModelLoadError(f"{exc}. Leave the architecture on auto to have it "
-                                 "detected from the weights") from None
+            raise ModelLoadError(Message("%(reason)s. Leave the architecture on auto to "
+                                         "have it detected from the weights",
+                                         reason=exc.args[0])) from None
         raise
 
 
@@ -106,16 +111,19 @@ def _class_names(contents: Contents, given: Given, head: int | None, what: str,
         details["classes_from"] = given.classes_from
     if names is None:
         if head != 1000:
-            raise ModelLoadError(
-                f"{what}: the file does not name its classes and its head has {head} "
-                f"outputs; give the {head} class names in output order (the classes "
+            raise ModelLoadError(Message(
+                "%(what)s: the file does not name its classes and its head has %(head)s "
+                "outputs; give the %(head)s class names in output order (the classes "
                 "field, comma-separated or one a line, or a labels file: one name a line, "
                 "a JSON list, or a JSON class_to_idx; or write a checkpoint that has them: "
-                "python -m model_loader convert FILE --classes a,b,... --out model.pt)")
+                "python -m model_loader convert FILE --classes a,b,... --out model.pt)",
+                what=what, head=head))
         names = imagenet_labels()
-        details["classes_from"] = "ImageNet (a 1000-way head without names)"
+        details["classes_from"] = Message("ImageNet (a 1000-way head without names)")
     if head is not None and head != len(names):
-        raise ModelLoadError(
-            f"{what}: the classification head has {head} outputs but "
-            f"{details.get('classes_from', 'the checkpoint')} names {len(names)} classes")
+        raise ModelLoadError(Message(
+            "%(what)s: the classification head has %(head)s outputs but %(source)s names "
+            "%(count)s classes", what=what, head=head,
+            source=details.get("classes_from") or Message("the checkpoint"),
+            count=len(names)))
     return names

@@ -17,6 +17,7 @@ from webapp.checkpoints.labels import class_names
 from webapp.checkpoints.layouts import is_state_dict, strip_prefixes
 from webapp.checkpoints.loaded import CHECKPOINT_FORMAT, Contents, ModelLoadError
 from webapp.checkpoints.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from webapp.messages import Message
 
 if TYPE_CHECKING:  # torch is imported where it is used: web workers never load it
     from torch import nn
@@ -46,9 +47,9 @@ def guard_images(value, input_size: int, what: str):
     if not isinstance(value, torch.Tensor) or value.dtype != torch.uint8 or value.dim() != 4 \
             or value.shape[1] != 3 or tuple(value.shape[2:]) != (input_size, input_size) \
             or not 1 <= value.shape[0] <= MAX_GUARD_IMAGES:
-        raise ModelLoadError(
-            f"{what}: 'guard' must be up to {MAX_GUARD_IMAGES} uint8 images of shape "
-            f"(3, {input_size}, {input_size}); it is not")
+        raise ModelLoadError(Message(
+            "%(what)s: 'guard' must be up to %(limit)s uint8 images of shape (3, %(size)s, "
+            "%(size)s); it is not", what=what, limit=MAX_GUARD_IMAGES, size=input_size))
     return value.numpy().copy()
 
 
@@ -59,21 +60,22 @@ def openset_entry(value, what: str) -> dict:
 
     import torch
 
-    def bad(reason: str) -> ModelLoadError:
-        return ModelLoadError(f"{what}: 'openset' {reason}")
+    def bad(reason: Message) -> ModelLoadError:
+        return ModelLoadError(Message("%(what)s: %(reason)s", what=what, reason=reason))
 
     if not isinstance(value, dict) or value.get("method") != "knn":
-        raise bad("must be a dict with \"method\": \"knn\"")
+        raise bad(Message("'openset' must be a dict with \"method\": \"knn\""))
     bank = value.get("bank")
     if not isinstance(bank, torch.Tensor) or not bank.is_floating_point() or bank.dim() != 2 \
             or not 1 <= bank.shape[0] <= MAX_OPENSET_BANK or bank.shape[1] < 1:
-        raise bad(f"must hold a 'bank' of 1 to {MAX_OPENSET_BANK} float feature rows")
+        raise bad(Message("'openset' must hold a 'bank' of 1 to %(limit)s float feature rows",
+                          limit=MAX_OPENSET_BANK))
     k, threshold = value.get("k"), value.get("threshold")
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= bank.shape[0]:
-        raise bad("needs 'k', a whole number from 1 to the bank's size")
+        raise bad(Message("'openset' needs 'k', a whole number from 1 to the bank's size"))
     if not isinstance(threshold, int | float) or not math.isfinite(threshold) \
             or not 0 <= threshold <= 2:
-        raise bad("needs 'threshold', a distance from 0 to 2")
+        raise bad(Message("'openset' needs 'threshold', a distance from 0 to 2"))
     entry = {key: item for key, item in value.items()
              if key != "bank" and isinstance(item, str | int | float | bool)}
     entry["bank"] = bank.float().numpy().copy()
@@ -89,25 +91,29 @@ def is_v1(obj: object) -> bool:
 def read_v1(obj: dict, what: str) -> Contents:
     """A checkpoint in this project's format v1 (``save_checkpoint``), checked strictly."""
     if obj.get("format") != CHECKPOINT_FORMAT:
-        raise ModelLoadError(
-            f"{what}: unknown checkpoint format {obj.get('format')!r} "
-            f"(this server reads {CHECKPOINT_FORMAT!r})")
+        raise ModelLoadError(Message(
+            "%(what)s: unknown checkpoint format %(format)s (this server reads %(known)s)",
+            what=what, format=repr(obj.get("format")), known=repr(CHECKPOINT_FORMAT)))
     arch = obj.get("arch")
     if not isinstance(arch, str) or arch not in supported_archs():
-        raise ModelLoadError(f"{what}: unsupported or missing 'arch' {arch!r}")
+        raise ModelLoadError(Message("%(what)s: unsupported or missing 'arch' %(arch)s",
+                                     what=what, arch=repr(arch)))
     classes = obj.get("classes")
     if not isinstance(classes, list):
-        raise ModelLoadError(f"{what}: 'classes' must be a list of at least two names")
+        raise ModelLoadError(Message("%(what)s: 'classes' must be a list of at least two "
+                                     "names", what=what))
     state_dict = obj.get("state_dict")
     if not is_state_dict(state_dict):
-        raise ModelLoadError(f"{what}: 'state_dict' is missing or not a dict of tensors")
+        raise ModelLoadError(Message("%(what)s: 'state_dict' is missing or not a dict of "
+                                     "tensors", what=what))
     state_dict, prefix = strip_prefixes(state_dict)
     return Contents(
-        state_dict, class_names(classes, "the checkpoint's 'classes'", what), arch,
+        state_dict, class_names(classes, Message("the checkpoint's 'classes'"), what), arch,
         obj.get("input_size"), obj.get("mean"), obj.get("std"),
         obj["metrics"] if isinstance(obj.get("metrics"), dict) else {},
         obj["created"] if isinstance(obj.get("created"), str) else None,
-        {"format": CHECKPOINT_FORMAT, "classes_from": "the checkpoint", "prefix": prefix},
+        {"format": CHECKPOINT_FORMAT, "classes_from": Message("the checkpoint"),
+         "prefix": prefix},
         {key: obj[key] for key in V1_EXTRAS if obj.get(key) is not None})
 
 

@@ -46,6 +46,7 @@ from webapp.engines.artefacts import ArtefactCache, ModelCard, default_cache_dir
 from webapp.engines.calibration import int8_name
 from webapp.engines.precision import reason
 from webapp.engines.runtime import Engine, cpu_signature, open_engine
+from webapp.messages import Message, to_json
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ def builtin_source(config: dict) -> ModelSource:
     if path is None:
         raise ModelLoadError(model_loader.NO_WEIGHTS_MESSAGE)
     if not Path(path).is_file():
-        raise ModelLoadError(f"{path}: no such file")
+        raise ModelLoadError(Message("%(what)s: no such file", what=str(path)))
     return ModelSource("builtin", str(path), sha256_file(path), weights=weights)
 
 
@@ -255,7 +256,7 @@ def _run_build(source, settings, cache, key, int8, decide=False) -> ModelCard:
         if settings.calibration_dir and "--calibration-dir" not in common:
             common += ["--calibration-dir", settings.calibration_dir]
     timeout = child.BUILD_TIMEOUT
-    what = "the model"
+    what = None
     given = None  # on the child's stdin
     if source.kind == "builtin":
         args = ["builtin", *common]
@@ -267,8 +268,8 @@ def _run_build(source, settings, cache, key, int8, decide=False) -> ModelCard:
         args = ["checkpoint", source.file, "--given", "-", "--sha256", source.sha256, *common]
         given = json.dumps(source.given)
         if source.label:
-            args += ["--label", source.label]
-            what = source.label[:1].lower() + source.label[1:]
+            args += ["--label", json.dumps(to_json(source.label), ensure_ascii=False)]
+            what = source.label
         if source.untrusted:
             memory_mb, timeout = child.upload_limits(os.path.getsize(source.file))
             args += ["--memory-mb", str(memory_mb)]

@@ -38,7 +38,7 @@ from pathlib import Path
 from webapp.checkpoints.files import sha256_file
 from webapp.checkpoints.loaded import ModelLoadError
 from webapp.checkpoints.preprocess import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD
-from webapp.messages import Message
+from webapp.messages import Message, from_json, to_json
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +163,13 @@ class ModelCard:
                 "name": self.name, "version": self.version, "created": self.created,
                 "found": self.found}
 
+    # Sentences for people: kept as messages (``webapp.messages``), so a card made by the
+    # builder child is shown in each reader's language.
+    SENTENCES = ("notice", "cam_unavailable", "summary")
+
     def as_json(self) -> dict:
-        return {"format": CARD_FORMAT, **{k: getattr(self, k) for k in self.STORED}}
+        return {"format": CARD_FORMAT, **{k: to_json(getattr(self, k)) if k in self.SENTENCES
+                                          else getattr(self, k) for k in self.STORED}}
 
     @classmethod
     def from_json(cls, data: dict) -> ModelCard:
@@ -175,6 +180,9 @@ class ModelCard:
         for key in ("mean", "std"):
             if key in values:
                 values[key] = tuple(float(x) for x in values[key])
+        for key in cls.SENTENCES:
+            if key in values:
+                values[key] = from_json(values[key])
         return cls(**values)
 
 

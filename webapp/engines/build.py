@@ -50,6 +50,7 @@ from webapp.engines.artefacts import ArtefactCache, EngineCacheError, ModelCard,
 from webapp.engines.calibration import calibration_arrays, calibration_files
 from webapp.engines.features import NoFeatureMap, WithFeatures, find_target_layer
 from webapp.engines.precision import BuildError
+from webapp.messages import Message, to_json
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +89,13 @@ def linear_head(module: nn.Module, layer: nn.Module, example: np.ndarray
         weight = torch.eye(classes, dtype=torch.float64)
         bias = torch.zeros(classes, dtype=torch.float64)
     else:
-        raise BuildError("its head has no linear layer")
+        raise BuildError(Message("its head has no linear layer"))
     expected = pooled @ weight.T + bias if tuple(weight.shape) == (classes, channels) else None
     scale = float(logits.abs().max()) or 1.0
     if expected is None or float((expected - logits.double()).abs().max()) > 1e-3 * scale:
-        raise BuildError("its head is more than global average pooling and one linear "
-                         "layer (heatmaps are computed from that layer's weights)")
+        raise BuildError(Message("its head is more than global average pooling and one "
+                                 "linear layer (heatmaps are computed from that layer's "
+                                 "weights)"))
     return weight.float().numpy(), bias.float().numpy(), list(features.shape[2:])
 
 
@@ -136,8 +138,9 @@ def check_agreement(module: nn.Module, onnx_path: Path, batch: np.ndarray, what:
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     got = session.run(["logits"], {"input": batch})[0].argmax(1)
     if not np.array_equal(got, want):
-        raise BuildError(f"{what}: the converted network does not answer like the original "
-                         f"(top-1 {got.tolist()} vs {want.tolist()} on real photos)")
+        raise BuildError(Message("%(what)s: the converted network does not answer like the "
+                                 "original (top-1 %(got)s vs %(want)s on real photos)",
+                                 what=what, got=str(got.tolist()), want=str(want.tolist())))
 
 
 def build_card(loaded: model_loader.LoadedModel, key: str, cache: ArtefactCache, *,
@@ -157,12 +160,12 @@ def build_card(loaded: model_loader.LoadedModel, key: str, cache: ArtefactCache,
         layer_name, layer, cam_unavailable, head = None, None, None, None
         try:
             if loaded.arch.startswith(UNSUPPORTED_PREFIXES):
-                raise BuildError(f"{loaded.arch} is a transformer without a convolutional "
-                                 "feature map")
+                raise BuildError(Message("%(arch)s is a transformer without a "
+                                         "convolutional feature map", arch=loaded.arch))
             layer_name, layer = find_target_layer(module, loaded.input_size)
             head = linear_head(module, layer, batch[:1])
         except (BuildError, NoFeatureMap) as exc:
-            cam_unavailable = str(exc)
+            cam_unavailable = exc.args[0]
             layer = None
             log.info("no heatmaps for %s: %s", loaded.name, exc)
         onnx_name = f"{key}.fp32.onnx"
@@ -237,9 +240,10 @@ def _onnx_card(loaded, key: str, cache: ArtefactCache, started: float) -> ModelC
     else:
         cache.put(onnx_name, lambda tmp: shutil.copyfile(loaded.onnx_path, tmp))
     card = _card(loaded, key, onnx_name, started, batch=loaded.details.get("batch", "any"),
-                 cam_unavailable="heatmaps are not available for uploaded ONNX models (the "
-                 "heatmap needs the network's layers, which an ONNX file does not expose "
-                 "here); predictions work as usual")
+                 cam_unavailable=Message(
+                     "heatmaps are not available for uploaded ONNX models (the heatmap needs "
+                     "the network's layers, which an ONNX file does not expose here); "
+                     "predictions work as usual"))
     cache.write_card(card)
     return card
 
@@ -356,10 +360,11 @@ def check_expansion(path: str, memory_mb: int, what: str) -> None:
         return  # torch.load says what is wrong with it
     if expanded > memory_mb * 2**20 // 2:
         size = os.path.getsize(path) / 2**20
-        raise BuildError(
-            f"{what}: its contents would expand to {expanded / 2**20:,.0f} MB in memory from "
-            f"{size:,.1f} MB on disk (over this server's limit for a file this size); it "
-            "was refused before anything was unpacked")
+        raise BuildError(Message(
+            "%(what)s: its contents would expand to %(expanded)s MB in memory from %(size)s "
+            "MB on disk (over this server's limit for a file this size); it was refused "
+            "before anything was unpacked", what=what, expanded=f"{expanded / 2**20:,.0f}",
+            size=f"{size:,.1f}"))
 
 
 def _load(args) -> model_loader.LoadedModel:
@@ -367,11 +372,21 @@ def _load(args) -> model_loader.LoadedModel:
         return model_loader.load_imagenet_model(args.weights or None,
                                                 allow_download=args.allow_download)
     given = json.loads((sys.stdin.read() if args.given == "-" else args.given) or "{}")
+    label = _label(args.label)
     if args.memory_mb:
-        check_expansion(args.file, args.memory_mb, args.label or args.file)
+        check_expansion(args.file, args.memory_mb, label or args.file)
     return model_loader.load_checkpoint(
-        args.file, source_kind="registry", label=args.label or None,
+        args.file, source_kind="registry", label=label or None,
         version=args.sha256 or None, **given)
+
+
+def _label(text: str):
+    """``--label``: what names the file in messages, as ``to_json`` wrote it (a message
+    the web worker shows in its reader's language), or plain text."""
+    try:
+        return Message.from_json(json.loads(text)) if text.startswith(("{", '"')) else text
+    except ValueError:
+        return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -386,7 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint.add_argument("file")
     checkpoint.add_argument("--given", default="{}", help="JSON: what the uploader said "
                             "(- : read it from stdin)")
-    checkpoint.add_argument("--label", default="")
+    checkpoint.add_argument("--label", default="",
+                            help="what names the file in messages (text, or a message as "
+                            "JSON)")
     checkpoint.add_argument("--sha256", default="")
     checkpoint.add_argument("--memory-mb", type=int, default=0)
     for command in (builtin, checkpoint):
@@ -435,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         if "allocate" in str(exc) and getattr(args, "memory_mb", 0):
             print(json.dumps({"error": "memory", "limit_mb": args.memory_mb}))
         else:
-            print(json.dumps({"error": str(exc)}))
+            print(json.dumps({"error": to_json(exc.args[0])}))
         return 2
     except MemoryError:
         print(json.dumps({"error": "memory", "limit_mb": getattr(args, "memory_mb", 0)}))

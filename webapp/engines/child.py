@@ -19,6 +19,7 @@ from pathlib import Path
 
 from model_loader import ModelLoadError
 from webapp.engines.artefacts import EngineCacheError
+from webapp.messages import Message
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,13 @@ def upload_limits(size_bytes: int) -> tuple[int, float]:
 
 
 def run_builder(args: list[str], *, timeout: float = BUILD_TIMEOUT,
-                what: str = "the model", stdin: str | None = None) -> dict:
+                what: str | None = None, stdin: str | None = None) -> dict:
     """Run the builder with ``args`` (and ``stdin`` as its input) and return its JSON
-    answer; ``ModelLoadError`` with the builder's message (or what went wrong with the
-    process) otherwise, ``EngineCacheError`` when it could not write the engine cache."""
+    answer; ``ModelLoadError`` with the builder's message (a ``Message``, as the child
+    sent it) or what went wrong with the process otherwise, ``EngineCacheError`` when it
+    could not write the engine cache.  ``what`` names the model at the start of a
+    sentence."""
+    what = what or Message("The model")
     argv = [sys.executable, "-m", "webapp.engines.build", *args]
     proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True,
@@ -52,28 +56,31 @@ def run_builder(args: list[str], *, timeout: float = BUILD_TIMEOUT,
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        raise ModelLoadError(
-            f"{what} took longer than {timeout:.0f} s to open and convert, so it was "
-            "stopped; nothing was stored") from None
+        raise ModelLoadError(Message(
+            "%(what)s took longer than %(seconds)s s to open and convert, so it was "
+            "stopped; nothing was stored", what=what, seconds=f"{timeout:.0f}")) from None
     for line in (err or "").strip().splitlines()[-20:]:
         log.info("builder: %s", line)
     answer = _last_json(out)
     if proc.returncode == 0 and answer and "card" in answer:
         return answer
     if answer and answer.get("error") == "memory":
-        raise ModelLoadError(
-            f"{what} needs more than {answer.get('limit_mb')} MB of memory to open (a "
-            "file this small should not); it was refused and nothing was stored")
+        raise ModelLoadError(Message(
+            "%(what)s needs more than %(limit)s MB of memory to open (a file this small "
+            "should not); it was refused and nothing was stored", what=what,
+            limit=answer.get("limit_mb")))
     if answer and answer.get("error") == "cache":
         raise EngineCacheError(errno_=answer.get("errno"), why=answer.get("reason"))
     if answer and answer.get("error"):
-        raise ModelLoadError(answer["error"])
+        raise ModelLoadError(Message.from_json(answer["error"]))
     if proc.returncode < 0:
         name = signal.Signals(-proc.returncode).name
-        raise ModelLoadError(f"opening {what} stopped the converter ({name}); nothing was "
-                             "stored")
-    tail = (err or "").strip().splitlines()[-1:] or ["no output"]
-    raise ModelLoadError(f"{what} could not be converted for serving ({tail[0][:300]})")
+        raise ModelLoadError(Message("%(what)s stopped the converter (%(signal)s) while it "
+                                     "was being opened; nothing was stored", what=what,
+                                     signal=name))
+    tail = (err or "").strip().splitlines()[-1:] or ["-"]
+    raise ModelLoadError(Message("%(what)s could not be converted for serving (%(error)s)",
+                                 what=what, error=tail[0][:300]))
 
 
 def _die_with_parent() -> None:
@@ -113,13 +120,14 @@ def run_convert(file: str, facts: dict, out: str, *, timeout: float = BUILD_TIME
         done = subprocess.run(argv, cwd=PROJECT_ROOT, capture_output=True, encoding="utf-8",
                               errors="replace", timeout=timeout, preexec_fn=_die_with_parent)
     except subprocess.TimeoutExpired:
-        raise ModelLoadError(f"writing the checkpoint took longer than {timeout:.0f} s") \
-            from None
+        raise ModelLoadError(Message("writing the checkpoint took longer than %(seconds)s s",
+                                     seconds=f"{timeout:.0f}")) from None
     finally:
         labels.unlink(missing_ok=True)
     if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise ModelLoadError(f"the checkpoint could not be written ({tail[0][:300]})")
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["-"]
+        raise ModelLoadError(Message("the checkpoint could not be written (%(error)s)",
+                                     error=tail[0][:300]))
 
 
 DOWNLOAD_TIMEOUT = 300

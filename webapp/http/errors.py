@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 from model_loader import ModelLoadError
 from webapp.http import accesslog, metrics
 from webapp.i18n import _l, translate
-from webapp.messages import Message
+from webapp.messages import Message, reason
 from webapp.serving.imaging import ImageError
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def register(app: Flask) -> None:
     @app.errorhandler(ModelLoadError)
     def _model_error(exc: ModelLoadError):
         return _respond(503, "model_unavailable", Message(
-            "The model is not available: %(reason)s", reason=str(exc)))
+            "The model is not available: %(reason)s", reason=reason(exc)))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

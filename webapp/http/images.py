@@ -13,7 +13,7 @@ from webapp import current
 from webapp.http import accesslog, metrics, timings
 from webapp.http.errors import ApiError
 from webapp.http.uploads import MAX_URLENCODED_BYTES, URLENCODED, raw_body
-from webapp.i18n import current_language
+from webapp.i18n import current_language, translate
 from webapp.messages import Message
 from webapp.serving import imaging, prediction
 from webapp.serving.prediction import Upload
@@ -113,4 +113,8 @@ def classify(uploads: list[Upload], k: int, classifier=None) -> tuple[dict, list
         raise
     metrics.observe_classification(result.decode_ms, result.timings)
     accesslog.note(model=classifier.model_id)
+    # The built-in model's name is a catalog message ("... bundled fallback"): said in the
+    # request's language; any other model's name stays as it was given.
+    result.body["model"] = {**result.body["model"],
+                            "name": translate(result.body["model"]["name"])}
     return result.body, result.images

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from webapp.http.uploads import MAX_JSON_DEPTH, json_depth
+from webapp.messages import Message
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # The number types of the protocol, as little-endian NumPy types.
@@ -59,50 +60,58 @@ class RequestInput:
             out, at = [], 0
             while at < len(self.raw):
                 if at + 4 > len(self.raw):
-                    raise TensorError(f"Input '{self.name}': its binary data ends inside an "
-                                      "element's 4-byte length.")
+                    raise TensorError(Message("Input '%(name)s': its binary data ends inside "
+                                              "an element's 4-byte length.", name=self.name))
                 (size,) = struct.unpack_from("<I", self.raw, at)
                 at += 4
                 if at + size > len(self.raw):
-                    raise TensorError(f"Input '{self.name}': an element says it has {size} "
-                                      "bytes, more than its binary data holds.")
+                    raise TensorError(Message("Input '%(name)s': an element says it has "
+                                              "%(size)s bytes, more than its binary data "
+                                              "holds.", name=self.name, size=size))
                 out.append(self.raw[at:at + size])
                 at += size
         else:
             out = []
             for item in flatten(self.data, self.name):
                 if not isinstance(item, str):
-                    raise TensorError(f"Input '{self.name}': a BYTES tensor's data in JSON "
-                                      "are strings.")
+                    raise TensorError(Message("Input '%(name)s': a BYTES tensor's data in "
+                                              "JSON are strings.", name=self.name))
                 out.append(item.encode("utf-8"))
         if len(out) != self.count:
-            raise TensorError(f"Input '{self.name}' has {len(out)} elements but its shape "
-                              f"{self.shape} needs {self.count}.")
+            raise self._count_error(len(out))
         return out
+
+    def _count_error(self, count: int) -> TensorError:
+        return TensorError(Message("Input '%(name)s' has %(count)s elements but its shape "
+                                   "%(shape)s needs %(needed)s.", name=self.name, count=count,
+                                   shape=str(self.shape), needed=self.count))
 
     def array(self) -> np.ndarray:
         """A number tensor as an array of its shape."""
         dtype = np.dtype(NUMBERS[self.datatype])
         if self.raw is not None:
             if len(self.raw) != self.count * dtype.itemsize:
-                raise TensorError(f"Input '{self.name}' has {len(self.raw)} bytes of binary "
-                                  f"data but its shape {self.shape} needs "
-                                  f"{self.count * dtype.itemsize}.")
+                raise TensorError(Message(
+                    "Input '%(name)s' has %(size)s bytes of binary data but its shape "
+                    "%(shape)s needs %(needed)s.", name=self.name, size=len(self.raw),
+                    shape=str(self.shape), needed=self.count * dtype.itemsize))
             return np.frombuffer(self.raw, dtype=dtype).reshape(self.shape)
         values = flatten(self.data, self.name)
         if len(values) != self.count:
-            raise TensorError(f"Input '{self.name}' has {len(values)} elements but its shape "
-                              f"{self.shape} needs {self.count}.")
+            raise self._count_error(len(values))
         wanted = bool if self.datatype == "BOOL" else (int, float)
         if any(isinstance(v, bool) != (wanted is bool) or not isinstance(v, wanted)
                for v in values):
-            raise TensorError(f"Input '{self.name}': the data of a {self.datatype} tensor are "
-                              + ("true or false." if wanted is bool else "numbers."))
+            raise TensorError(
+                Message("Input '%(name)s': the data of a %(datatype)s tensor are true or "
+                        "false.", name=self.name, datatype=self.datatype) if wanted is bool
+                else Message("Input '%(name)s': the data of a %(datatype)s tensor are "
+                             "numbers.", name=self.name, datatype=self.datatype))
         try:
             return np.asarray(values, dtype=dtype).reshape(self.shape)
         except (OverflowError, ValueError):
-            raise TensorError(f"Input '{self.name}': a value does not fit "
-                              f"{self.datatype}.") from None
+            raise TensorError(Message("Input '%(name)s': a value does not fit %(datatype)s.",
+                                      name=self.name, datatype=self.datatype)) from None
 
 
 @dataclass
@@ -131,7 +140,7 @@ class Output:
 def flatten(data, name: str) -> list:
     """Nested lists in row-major order (without recursion: the depth is bounded anyway)."""
     if not isinstance(data, list):
-        raise TensorError(f"Input '{name}': \"data\" must be a list.")
+        raise TensorError(Message("Input '%(name)s': \"data\" must be a list.", name=name))
     out, todo = [], [iter(data)]
     while todo:
         for item in todo[-1]:
@@ -148,7 +157,7 @@ def _object(value, what: str) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise TensorError(f"{what} must be a JSON object.")
+        raise TensorError(Message("%(what)s must be a JSON object.", what=what))
     return value
 
 
@@ -161,8 +170,9 @@ def read_request(body: bytes, header_length: str | None) -> InferRequest:
         except ValueError:
             length = -1
         if not 0 < length <= len(body):
-            raise TensorError(f"{HEADER_LENGTH} must be the length of the JSON part of the "
-                              f"body, between 1 and {len(body)}.")
+            raise TensorError(Message("%(header)s must be the length of the JSON part of the "
+                                      "body, between 1 and %(size)s.", header=HEADER_LENGTH,
+                                      size=len(body)))
         body, binary = body[:length], body[length:]
     try:
         value = json.loads(body)
@@ -170,31 +180,34 @@ def read_request(body: bytes, header_length: str | None) -> InferRequest:
     except RecursionError:
         too_deep = True
     except ValueError:
-        raise TensorError("The request is not JSON: send an inference request object, "
-                          'e.g. {"inputs": [{"name": "image", "shape": [1], "datatype": '
-                          '"BYTES", "data": ["<the file in base64>"]}]}.') from None
+        raise TensorError(Message(
+            "The request is not JSON: send an inference request object, e.g. %(example)s.",
+            example='{"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", '
+            '"data": ["<base64>"]}]}')) from None
     if too_deep:
-        raise TensorError(f"The JSON is nested more than {MAX_JSON_DEPTH} levels deep.")
+        raise TensorError(Message("The JSON is nested more than %(limit)s levels deep.",
+                                  limit=MAX_JSON_DEPTH))
     if not isinstance(value, dict):
-        raise TensorError("The request must be a JSON object with \"inputs\".")
+        raise TensorError(Message("The request must be a JSON object with \"inputs\"."))
     request_id = value.get("id")
     if request_id is not None and not isinstance(request_id, str):
-        raise TensorError('"id" must be a string.')
+        raise TensorError(Message('"id" must be a string.'))
     parameters = _object(value.get("parameters"), '"parameters"')
     raw_inputs = value.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise TensorError('The request has no "inputs": a list of input tensors.')
+        raise TensorError(Message('The request has no "inputs": a list of input tensors.'))
     inputs, at = [], 0
     for n, raw in enumerate(raw_inputs):
         tensor, at = _input(raw, n, binary, at)
         inputs.append(tensor)
     if at != len(binary):
-        raise TensorError(f"The body has {len(binary) - at} bytes of binary data that no "
-                          "input's binary_data_size accounts for.")
+        raise TensorError(Message("The body has %(size)s bytes of binary data that no "
+                                  "input's binary_data_size accounts for.",
+                                  size=len(binary) - at))
     outputs = value.get("outputs")
     if outputs is not None:
         if not isinstance(outputs, list):
-            raise TensorError('"outputs" must be a list of {"name": ...} objects.')
+            raise TensorError(Message('"outputs" must be a list of {"name": ...} objects.'))
         outputs = [_output(raw, n, parameters) for n, raw in enumerate(outputs)]
     return InferRequest(request_id, parameters, inputs, outputs,
                         parameters.get("binary_data_output") is True)
@@ -202,39 +215,45 @@ def read_request(body: bytes, header_length: str | None) -> InferRequest:
 
 def _input(raw, n: int, binary: bytes, at: int) -> tuple[RequestInput, int]:
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-        raise TensorError(f"Input {n + 1} must be an object with a \"name\".")
+        raise TensorError(Message("Input %(n)s must be an object with a \"name\".", n=n + 1))
     name = raw["name"]
     datatype, shape = raw.get("datatype"), raw.get("shape")
     if datatype not in DATATYPES:
-        raise TensorError(f"Input '{name}': \"datatype\" must be one of "
-                          f"{', '.join(DATATYPES)}, not {datatype!r}.")
+        raise TensorError(Message("Input '%(name)s': \"datatype\" must be one of "
+                                  "%(choices)s, not %(given)s.", name=name,
+                                  choices=", ".join(DATATYPES), given=repr(datatype)))
     if not isinstance(shape, list) or not all(
             isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**32 for d in shape):
-        raise TensorError(f"Input '{name}': \"shape\" must be a list of whole numbers "
-                          "(0 or more).")
-    parameters = _object(raw.get("parameters"), f"Input '{name}': \"parameters\"")
+        raise TensorError(Message("Input '%(name)s': \"shape\" must be a list of whole "
+                                  "numbers (0 or more).", name=name))
+    parameters = _object(raw.get("parameters"),
+                         Message("Input '%(name)s': \"parameters\"", name=name))
     if any(key.startswith("shared_memory") for key in parameters):
-        raise TensorError(f"Input '{name}': this server does not take tensors in shared "
-                          "memory; send them in the request.")
+        raise TensorError(Message("Input '%(name)s': this server does not take tensors in "
+                                  "shared memory; send them in the request.", name=name))
     size = parameters.get("binary_data_size")
     if size is None:
         if "data" not in raw:
-            raise TensorError(f"Input '{name}' has no \"data\" (nor a binary_data_size).")
+            raise TensorError(Message("Input '%(name)s' has no \"data\" (nor a "
+                                      "binary_data_size).", name=name))
         return RequestInput(name, datatype, shape, parameters, data=raw["data"]), at
     if not isinstance(size, int) or isinstance(size, bool) or size < 0 \
             or at + size > len(binary):
-        raise TensorError(f"Input '{name}': binary_data_size must be a whole number of bytes "
-                          "that the binary part of the body holds.")
+        raise TensorError(Message("Input '%(name)s': binary_data_size must be a whole number "
+                                  "of bytes that the binary part of the body holds.",
+                                  name=name))
     return RequestInput(name, datatype, shape, parameters, raw=binary[at:at + size]), at + size
 
 
 def _output(raw, n: int, request_parameters: dict) -> RequestedOutput:
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-        raise TensorError(f"Requested output {n + 1} must be an object with a \"name\".")
-    parameters = _object(raw.get("parameters"), f"Output '{raw['name']}': \"parameters\"")
+        raise TensorError(Message("Requested output %(n)s must be an object with a "
+                                  "\"name\".", n=n + 1))
+    parameters = _object(raw.get("parameters"),
+                         Message("Output '%(name)s': \"parameters\"", name=raw["name"]))
     if any(key.startswith("shared_memory") for key in parameters):
-        raise TensorError(f"Output '{raw['name']}': this server does not write tensors to "
-                          "shared memory.")
+        raise TensorError(Message("Output '%(name)s': this server does not write tensors to "
+                                  "shared memory.", name=raw["name"]))
     binary = parameters.get("binary_data", request_parameters.get("binary_data_output"))
     return RequestedOutput(raw["name"], binary is True)
 

@@ -15,6 +15,7 @@ from webapp import engines
 from webapp.engines import EngineSettings
 from webapp.engines.precision import reason
 from webapp.messages import Message, MessageList
+from webapp.messages import reason as message_reason
 from webapp.serving.classifier import Classifier
 from webapp.stores.registry import BUILTIN, Registry, RegistryError
 
@@ -48,7 +49,8 @@ def load_classifier(config: dict, registry: Registry | None, model_id: str, *,
         source = engines.builtin_source(config)
     else:
         if registry is None:
-            raise RegistryError(404, "unknown_model", f"There is no model {model_id!r}.")
+            raise RegistryError(404, "unknown_model",
+                                Message("There is no model %(id)s.", id=repr(model_id)))
         source = registry.source(model_id)
     card, engine = engines.serve(source, EngineSettings.from_config(config),
                                  background=background)
@@ -204,9 +206,9 @@ class ModelHolder:
         try:
             loaded = self.builtin().loaded
         except ModelLoadError as exc:
-            return {**entry, "name": "Built-in ImageNet model", "arch": None, "classes": [],
-                    "num_classes": 0, "error": str(exc), "size_bytes": None,
-                    "version": None}
+            return {**entry, "name": Message("Built-in ImageNet model"), "arch": None,
+                    "classes": [], "num_classes": 0, "error": exc.args[0],
+                    "size_bytes": None, "version": None}
         size = None
         with contextlib.suppress(OSError):
             size = os.stat(loaded.source).st_size
@@ -237,7 +239,8 @@ class ModelHolder:
             raise
         except Exception as exc:  # a damaged cache, a disk error: a load failure all the same
             log.exception("loading model %s failed", model_id)
-            raise ModelLoadError(f"loading it failed: {reason(exc)}") from exc
+            raise ModelLoadError(Message("Loading it failed: %(reason)s",
+                                         reason=reason(exc))) from exc
         if model_id == "builtin":
             self._builtin = classifier
         self.load_seconds = time.perf_counter() - started
@@ -270,7 +273,7 @@ class ModelHolder:
                 else:
                     self._classifier = self._timed_load(model_id)
             except (ModelLoadError, RegistryError) as exc:
-                reason = getattr(exc, "message", None) or str(exc)
+                reason = getattr(exc, "message", None) or message_reason(exc)
                 log.error("model %s could not be loaded: %s", model_id, reason)
                 failures.append(f"{model_id}: {reason}")
                 if model_id == "builtin":

@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from webapp.messages import Message
+
 log = logging.getLogger(__name__)
 
 
@@ -126,12 +128,14 @@ class WorkerReports:
                 break
             time.sleep(interval)
         if not serving:
-            raise NotServing("No server process using this model store runs on this machine "
-                             f"(none reported in {self.folder}), so nothing serves "
-                             f"{model_id} yet.", serving)
+            raise NotServing(Message(
+                "No server process using this model store runs on this machine (none "
+                "reported in %(folder)s), so nothing serves %(model)s yet.",
+                folder=str(self.folder), model=model_id), serving)
         behind = {pid: model for pid, model in serving.items() if model != model_id}
         listed = ", ".join(f"{pid} ({model})" for pid, model in sorted(behind.items()))
-        raise NotServing(f"{model_id} is active, but after {seconds:g} s "
-                         f"{len(behind)} of {len(serving)} worker(s) still serve another "
-                         f"model: {listed}. They keep trying; /readyz says why a model "
-                         "cannot be loaded.", serving)
+        raise NotServing(Message(
+            "%(model)s is active, but after %(seconds)s s %(behind)s of %(workers)s "
+            "worker(s) still serve another model: %(listed)s. They keep trying; /readyz says "
+            "why a model cannot be loaded.", model=model_id, seconds=f"{seconds:g}",
+            behind=len(behind), workers=len(serving), listed=listed), serving)

@@ -11,6 +11,7 @@ import re
 import time
 import unicodedata
 
+from webapp.checkpoints.labels import NAME_SEPARATORS, split_names
 from webapp.messages import Message
 
 MAX_CLASSES = 50
@@ -23,18 +24,6 @@ _FORBIDDEN_IN_CLASS = set('/\\<>:"|?*')  # path separators, and what Windows ref
 _WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
                     *(f"{port}{n}" for port in ("COM", "LPT") for n in "123456789¹²³")}
 EARLIEST_TAKEN = 946684800.0  # 2000-01-01: older camera times are clocks never set
-
-
-# What separates class names typed in one field: the comma and its Chinese and Japanese
-# forms (，、), the semicolon (; ；) and new lines.
-_NAME_SEPARATORS = re.compile(r"[,，、;；\r\n]+")
-
-
-def split_names(text: str) -> list[str]:
-    """``"杯子，铅笔、剪刀"`` -> ``["杯子", "铅笔", "剪刀"]``: names typed in one field,
-    separated by commas (``,`` ``，`` ``、``), semicolons (``;`` ``；``) or new lines;
-    spaces around them and empty parts are dropped."""
-    return [part.strip() for part in _NAME_SEPARATORS.split(text or "") if part.strip()]
 
 
 class DatasetStoreError(Exception):
@@ -100,6 +89,8 @@ def check_class_name(raw) -> str:
                           length=len(name), limit=MAX_CLASS_NAME)
     elif any(unicodedata.category(ch).startswith("C") for ch in name):
         problem = Message("it contains control characters")
+    elif NAME_SEPARATORS.search(name):
+        problem = Message("it contains , ， 、 ; or ； (they separate class names)")
     elif _FORBIDDEN_IN_CLASS & set(name) or name.startswith(".") or ".." in name:
         problem = Message("it contains / \\ < > : \" | ? * .. or starts with a dot")
     elif is_windows_device(name) or name.endswith("."):
@@ -114,7 +105,8 @@ def check_class_name(raw) -> str:
 
 
 def check_classes(raw) -> list[str]:
-    """Class names from a list, or from one typed field (``split_names``)."""
+    """Class names from a list, or from one typed field (``split_names``: one a line, or
+    all on one line separated by , ， 、 ; ；)."""
     if isinstance(raw, str):
         raw = split_names(raw)
     if not isinstance(raw, list | tuple):

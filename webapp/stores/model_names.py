@@ -9,6 +9,8 @@ import math
 import re
 import unicodedata
 
+from webapp.messages import Message
+
 BUILTIN = "builtin"
 MAX_NAME = 80
 ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
@@ -24,7 +26,8 @@ class RegistryError(Exception):
 
 def unknown_model(model_id) -> RegistryError:
     shown = model_id if isinstance(model_id, str) and len(model_id) < 80 else "?"
-    return RegistryError(404, "unknown_model", f"There is no model {shown!r} in the store.")
+    return RegistryError(404, "unknown_model",
+                         Message("There is no model %(id)s in the store.", id=repr(shown)))
 
 
 def now_iso() -> str:
@@ -46,16 +49,16 @@ def clean_name(raw: str | None) -> str | None:
         return None
     problem = None
     if len(name) > MAX_NAME:
-        problem = f"it is {len(name)} characters long (at most {MAX_NAME})"
+        problem = Message("it is %(length)s characters long (at most %(limit)s)",
+                          length=len(name), limit=MAX_NAME)
     elif any(unicodedata.category(ch).startswith("C") for ch in name):
-        problem = "it contains control characters"
+        problem = Message("it contains control characters")
     elif "/" in name or "\\" in name or ".." in name or name.startswith("."):
-        problem = "it looks like a file path ('/', '\\', '..' or a leading '.')"
+        problem = Message("it looks like a file path ('/', '\\', '..' or a leading '.')")
     if problem:
-        raise RegistryError(
-            400, "bad_name", f"The model name is not accepted: {problem}. Names are "
-            "for display only; use letters, digits, spaces and - _ ( ) + , :"
-        )
+        raise RegistryError(400, "bad_name", Message(
+            "The model name is not accepted: %(problem)s. Names are for display only; use "
+            "letters, digits, spaces and - _ ( ) + , :", problem=problem))
     return name
 
 

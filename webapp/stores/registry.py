@@ -195,8 +195,9 @@ class Registry:
         ``RegistryError`` 404 when the model has none of that name."""
         meta = self.meta(model_id)
         if filename not in REPORT_FILES or filename not in meta.get("report_files", []):
-            raise RegistryError(404, "no_report", f"Model {model_id} has no {filename!r} "
-                                "(only models trained on this server carry a report).")
+            raise RegistryError(404, "no_report", Message(
+                "Model %(model)s has no %(file)s (only models trained on this server carry a "
+                "report).", model=model_id, file=repr(filename)))
         return self.models_dir / model_id / filename
 
     def source(self, model_id: str) -> ModelSource:
@@ -209,10 +210,11 @@ class Registry:
         try:
             intact = model_loader.sha256_file(path) == meta.get("sha256")
         except OSError as exc:
-            raise ModelLoadError(f"its checkpoint cannot be read ({exc.strerror})") from None
+            raise ModelLoadError(Message("its checkpoint cannot be read (%(error)s)",
+                                         error=exc.strerror)) from None
         if not intact:  # the store was damaged: never serve what it no longer holds
-            raise ModelLoadError("its checkpoint file is not the one that was stored (damaged "
-                                 "on disk); upload it again")
+            raise ModelLoadError(Message("its checkpoint file is not the one that was stored "
+                                         "(damaged on disk); upload it again"))
         facts = {key: meta.get(key) for key in ("arch", "classes", "input_size", "mean", "std")}
         found = meta.get("found") or {}
         facts["ema"] = bool(found.get("ema"))  # the weights it was stored with
@@ -276,7 +278,8 @@ class Registry:
         _check_arch(fields)
         upload = Path(source) if move else self._copy_in(Path(source))
         try:
-            label = "The checkpoint" + (f" {original_filename!r}" if original_filename else "")
+            label = Message("The checkpoint %(name)s", name=repr(original_filename)) \
+                if original_filename else Message("The checkpoint")
             meta = self._described(upload, name, fields, label, untrusted)
             if extras:
                 meta["report_files"] = sorted(extras)
@@ -317,7 +320,7 @@ class Registry:
                 raise RegistryError(507, "store_full", message) from None
             raise RegistryError(503, "store_read_only", message) from None
         except ModelLoadError as exc:
-            raise RegistryError(422, "invalid_checkpoint", str(exc)) from None
+            raise RegistryError(422, "invalid_checkpoint", exc.args[0]) from None
         described = loaded.metadata()
         return {
             "id": self._new_id(),
@@ -347,9 +350,9 @@ class Registry:
                 self.sweep()
                 for other in self.list_models():
                     if other.get("sha256") == meta["sha256"]:
-                        raise RegistryError(
-                            409, "duplicate", f"This checkpoint is already stored as "
-                            f"{other['id']} ({other.get('name')!r}).", )
+                        raise RegistryError(409, "duplicate", Message(
+                            "This checkpoint is already stored as %(id)s (%(name)s).",
+                            id=other["id"], name=repr(other.get("name"))))
                 staging = self.tmp_dir / f"{meta['id']}.staging"
                 staging.mkdir()
                 os.replace(upload, staging / meta["file"])
@@ -395,7 +398,7 @@ class Registry:
             history = self._existing(current.history)
             if not history:
                 raise RegistryError(
-                    409, "no_history", "There is no earlier model to roll back to."
+                    409, "no_history", Message("There is no earlier model to roll back to.")
                 )
             redo = (current.active, *[r for r in current.redo if r != current.active])
             state = State(history[0], tuple(history[1:]), now_iso(), redo[:MAX_HISTORY])
@@ -410,7 +413,7 @@ class Registry:
             current = self.state()
             ahead = self._existing(current.redo)
             if not ahead:
-                raise RegistryError(409, "no_redo", "There is no rollback to redo.")
+                raise RegistryError(409, "no_redo", Message("There is no rollback to redo."))
             history = (current.active, *[h for h in current.history if h != current.active])
             state = State(ahead[0], history[:MAX_HISTORY], now_iso(), tuple(ahead[1:]))
             self._write_state(state)
@@ -426,10 +429,11 @@ class Registry:
         replaced atomically; when the model is active, the pointer is rewritten too (same
         content, new file), so every worker notices and shows the new name."""
         if model_id == BUILTIN:
-            raise RegistryError(409, "not_renamable", "The built-in model keeps its name.")
+            raise RegistryError(409, "not_renamable",
+                                Message("The built-in model keeps its name."))
         name = clean_name(name)
         if name is None:
-            raise RegistryError(400, "bad_name", "Give the model a name (it is empty).")
+            raise RegistryError(400, "bad_name", Message("Give the model a name (it is empty)."))
         with self._locked():
             meta = self.meta(model_id)
             old = meta.get("name")
@@ -444,13 +448,14 @@ class Registry:
     def delete(self, model_id: str) -> None:
         """Remove an inactive model (409 for the active one and for ``builtin``)."""
         if model_id == BUILTIN:
-            raise RegistryError(409, "not_deletable", "The built-in model cannot be deleted.")
+            raise RegistryError(409, "not_deletable",
+                                Message("The built-in model cannot be deleted."))
         with self._locked():
             self.meta(model_id)
             if self.state().active == model_id:
                 raise RegistryError(
-                    409, "model_active", "This model is active; activate another one (or "
-                    "roll back) before deleting it.",
+                    409, "model_active", Message("This model is active; activate another one "
+                                                 "(or roll back) before deleting it."),
                 )
             # Disappear atomically, then remove the files at leisure.
             trash = self.tmp_dir / f"{model_id}.deleted-{secrets.token_hex(4)}"
@@ -504,8 +509,10 @@ def _check_arch(fields: dict) -> None:
     arch = str(fields.get("arch") or "").strip() or None
     if arch not in (None, "auto", "onnx") and arch not in model_loader.supported_archs():
         raise RegistryError(
-            400, "bad_arch", f"Architecture {arch!r} is not supported; use one of: "
-            + ", ".join(["auto", *sorted(model_loader.supported_archs())]))
+            400, "bad_arch", Message(
+                "Architecture %(arch)s is not supported; use one of: %(supported)s",
+                arch=repr(arch),
+                supported=", ".join(["auto", *sorted(model_loader.supported_archs())])))
 
 
 def _parse_state(text: str) -> State:

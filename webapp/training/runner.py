@@ -35,7 +35,7 @@ import time
 import traceback
 from pathlib import Path
 
-from webapp.messages import Message
+from webapp.messages import Message, reason
 from webapp.training.jobs import (
     PROGRESS_EVERY,
     TEACH_DEFAULTS,
@@ -261,7 +261,8 @@ def _known_failure(exc: Exception) -> str | None:
     from model_loader import ModelLoadError
 
     if isinstance(exc, ModelLoadError):
-        return Message("The starting weights could not be loaded: %(reason)s", reason=str(exc))
+        return Message("The starting weights could not be loaded: %(reason)s",
+                       reason=reason(exc))
     if isinstance(exc, MemoryError):
         return Message("The training ran out of memory; try a smaller image_size or "
                        "batch_size.")

@@ -17,7 +17,7 @@ from webapp.http import accesslog, capacity, metrics, timings
 from webapp.http.errors import ApiError
 from webapp.http.images import classify, display_names, parse_topk, uploads_from_request
 from webapp.i18n import translate
-from webapp.messages import Message
+from webapp.messages import Message, reason
 from webapp.serving import explain as explaining
 from webapp.serving import imaging
 
@@ -146,9 +146,10 @@ def readyz():
     try:
         classifier = current.holder().get()
     except Exception as exc:  # noqa: BLE001 - not ready, whatever the reason: 503, never 500
-        why = str(exc) if isinstance(exc, ModelLoadError) else (
-            f"the model could not be loaded: {str(exc).strip() or type(exc).__name__}")
-        return jsonify(status="error", error=_without_paths(why)), 503
+        why = reason(exc) if isinstance(exc, ModelLoadError) else Message(
+            "The model could not be loaded: %(reason)s",
+            reason=str(exc).strip() or type(exc).__name__)
+        return jsonify(status="error", error=_without_paths(translate(why))), 503
     loaded = classifier.loaded
     return jsonify(_without_paths(dict(
         status="ready",
@@ -161,7 +162,7 @@ def readyz():
             "verified": loaded.verified,
         },
         engine=loaded.engine_info,
-        notice=current.holder().notice or loaded.notice,
+        notice=translate(current.holder().notice or loaded.notice or "") or None,
         registry=_registry_status(classifier),
         torch_threads=current_app.config["TORCH_THREADS"],
     )))

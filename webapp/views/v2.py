@@ -29,6 +29,7 @@ from webapp.http import accesslog, capacity, metrics, tensors
 from webapp.http.errors import error_json
 from webapp.http.images import MAX_TOPK, classify
 from webapp.http.uploads import raw_body
+from webapp.messages import Message
 from webapp.serving.prediction import Upload
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
@@ -78,13 +79,16 @@ def ready():
 def _served(name: str, version: str | None):
     """The classifier ``name`` (and ``version``) stands for, or a 404 saying what is."""
     if name != MODEL_NAME:
-        raise tensors.TensorError(f"There is no model {name!r}: this server serves one, "
-                                  f"named {MODEL_NAME!r}.", 404)
+        raise tensors.TensorError(Message("There is no model %(name)s: this server serves "
+                                          "one, named %(model)s.", name=repr(name),
+                                          model=repr(MODEL_NAME)), 404)
     classifier = current.holder().get()
     served = classifier.info["version"]
     if version is not None and version != served:
-        raise tensors.TensorError(f"Model {MODEL_NAME!r} has no version {version!r}: it serves "
-                                  f"version {served!r} (the weights' sha256) now.", 404)
+        raise tensors.TensorError(Message(
+            "Model %(model)s has no version %(version)s: it serves version %(served)s (the "
+            "weights' sha256) now.", model=repr(MODEL_NAME), version=repr(version),
+            served=repr(served)), 404)
     return classifier
 
 
@@ -129,8 +133,9 @@ def infer(name, version=None):
     body = raw_body()  # first: an answer before the body is read would end the connection
     classifier = _served(name, version)
     if request.content_encoding:
-        raise tensors.TensorError("Send the request uncompressed (this server does not take "
-                                  f"Content-Encoding: {request.content_encoding}).", 415)
+        raise tensors.TensorError(Message("Send the request uncompressed (this server does "
+                                          "not take Content-Encoding: %(encoding)s).",
+                                          encoding=request.content_encoding), 415)
     req = tensors.read_request(body, request.headers.get(tensors.HEADER_LENGTH))
     k = _top_k(req.parameters)
     given = _the_input(req.inputs)
@@ -163,10 +168,12 @@ def _outputs(req: tensors.InferRequest) -> list[tensors.RequestedOutput]:
     seen = set()
     for out in req.outputs:
         if out.name not in OUTPUTS:
-            raise tensors.TensorError(f"There is no output {out.name!r}; the outputs are "
-                                      f"{', '.join(OUTPUTS)}.")
+            raise tensors.TensorError(Message("There is no output %(name)s; the outputs are "
+                                              "%(outputs)s.", name=repr(out.name),
+                                              outputs=", ".join(OUTPUTS)))
         if out.name in seen:
-            raise tensors.TensorError(f"Output {out.name!r} is asked for twice.")
+            raise tensors.TensorError(Message("Output %(name)s is asked for twice.",
+                                              name=repr(out.name)))
         seen.add(out.name)
     return req.outputs
 
@@ -174,8 +181,8 @@ def _outputs(req: tensors.InferRequest) -> list[tensors.RequestedOutput]:
 def _top_k(parameters: dict) -> int:
     k = parameters.get("top_k", 3)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_TOPK:
-        raise tensors.TensorError(f"The parameter top_k must be a whole number from 1 to "
-                                  f"{MAX_TOPK}.")
+        raise tensors.TensorError(Message("The parameter top_k must be a whole number from 1 "
+                                          "to %(limit)s.", limit=MAX_TOPK))
     return k
 
 
@@ -183,25 +190,30 @@ def _the_input(inputs: list[tensors.RequestInput]) -> tensors.RequestInput:
     names = [tensor.name for tensor in inputs]
     unknown = [n for n in names if n not in (IMAGE, TENSOR)]
     if unknown:
-        raise tensors.TensorError(f"There is no input {unknown[0]!r}; send the picture as "
-                                  f"'{IMAGE}' (BYTES: the encoded file) or '{TENSOR}' (FP32 "
-                                  "[N, 3, H, W], preprocessed).")
+        raise tensors.TensorError(Message(
+            "There is no input %(name)s; send the picture as '%(image)s' (BYTES: the encoded "
+            "file) or '%(tensor)s' (FP32 [N, 3, H, W], preprocessed).", name=repr(unknown[0]),
+            image=IMAGE, tensor=TENSOR))
     if len(names) != 1:
-        raise tensors.TensorError(f"Send one input: '{IMAGE}' or '{TENSOR}', not "
-                                  f"{', '.join(repr(n) for n in names)}.")
+        raise tensors.TensorError(Message("Send one input: '%(image)s' or '%(tensor)s', not "
+                                          "%(names)s.", image=IMAGE, tensor=TENSOR,
+                                          names=", ".join(repr(n) for n in names)))
     given = inputs[0]
     expected = "BYTES" if given.name == IMAGE else "FP32"
     if given.datatype != expected:
-        raise tensors.TensorError(f"Input '{given.name}' is {expected}, not {given.datatype}.")
+        raise tensors.TensorError(Message("Input '%(name)s' is %(expected)s, not %(given)s.",
+                                          name=given.name, expected=expected,
+                                          given=given.datatype))
     return given
 
 
 def _check_count(count: int) -> None:
     limit = current_app.config["MAX_IMAGES_PER_REQUEST"]
     if count < 1:
-        raise tensors.TensorError("The input holds no image.")
+        raise tensors.TensorError(Message("The input holds no image."))
     if count > limit:
-        raise tensors.TensorError(f"{count} images sent; at most {limit} per request.")
+        raise tensors.TensorError(Message("%(count)s images sent; at most %(limit)s per "
+                                          "request.", count=count, limit=limit))
 
 
 def _images(given: tensors.RequestInput, k: int, classifier):
@@ -221,9 +233,10 @@ def _base64(data: bytes, n: int) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise tensors.TensorError(f"Element {n + 1} of input '{IMAGE}' is not base64: in "
-                                  "JSON, send each image file base64-encoded (or send it as "
-                                  "binary tensor data).") from None
+        raise tensors.TensorError(Message(
+            "Element %(n)s of input '%(image)s' is not base64: in JSON, send each image file "
+            "base64-encoded (or send it as binary tensor data).", n=n + 1,
+            image=IMAGE)) from None
 
 
 def _tensor(given: tensors.RequestInput, k: int, classifier):
@@ -231,13 +244,14 @@ def _tensor(given: tensors.RequestInput, k: int, classifier):
     size = classifier.loaded.input_size
     shape = given.shape
     if len(shape) != 4 or shape[1:] != [3, size, size]:
-        raise tensors.TensorError(f"Input '{TENSOR}' must have the shape [N, 3, {size}, "
-                                  f"{size}] for this model, not {shape}.")
+        raise tensors.TensorError(Message("Input '%(tensor)s' must have the shape [N, 3, "
+                                          "%(size)s, %(size)s] for this model, not %(shape)s.",
+                                          tensor=TENSOR, size=size, shape=str(shape)))
     _check_count(shape[0])
     batch = np.ascontiguousarray(given.array(), dtype=np.float32)
     if not np.isfinite(batch).all():
-        raise tensors.TensorError(f"Input '{TENSOR}' holds values that are not finite "
-                                  "(NaN or infinity).")
+        raise tensors.TensorError(Message("Input '%(tensor)s' holds values that are not "
+                                          "finite (NaN or infinity).", tensor=TENSOR))
     predictions, unknown, timings = classifier.answer_batch(batch, k)
     metrics.observe_classification([], timings)
     accesslog.note(model=classifier.model_id)

@@ -21,6 +21,7 @@ from webapp import current, engines
 from webapp.checkpoints.loaded import CHECKPOINT_FORMAT
 from webapp.current import registry
 from webapp.engines import EngineSettings, child
+from webapp.messages import Message
 from webapp.stores import model_card
 from webapp.stores.registry import BUILTIN, RegistryError, unknown_model
 from webapp.views.admin import bp
@@ -51,8 +52,9 @@ def _files(model_id: str) -> dict[str, str]:
 @bp.get("/api/models/<model_id>/download/<what>")
 def api_download(model_id, what):
     if what not in WHAT:
-        raise RegistryError(404, "unknown_download", f"There is no download {what!r}; use "
-                            + ", ".join(WHAT) + ".")
+        raise RegistryError(404, "unknown_download", Message(
+            "There is no download %(what)s; use %(choices)s.", what=repr(what),
+            choices=", ".join(WHAT)))
     if not registry().exists(model_id):
         raise unknown_model(model_id)
     entry = _entry(model_id)
@@ -75,8 +77,9 @@ def api_download(model_id, what):
 
 def _checkpoint(model_id: str, entry: dict, filename: str):
     if entry.get("kind") == "onnx":
-        raise RegistryError(409, "no_checkpoint", "This model was uploaded as ONNX, so "
-                            "there is no PyTorch checkpoint of it: download it as ONNX.")
+        raise RegistryError(409, "no_checkpoint", Message(
+            "This model was uploaded as ONNX, so there is no PyTorch checkpoint of it: "
+            "download it as ONNX."))
     if not entry.get("builtin") and (entry.get("found") or {}).get("format") \
             == CHECKPOINT_FORMAT:
         return send_file(registry().checkpoint_path(model_id),  # as stored: already v1

@@ -11,7 +11,7 @@ from webapp import current
 from webapp.http import uploads
 from webapp.http.errors import ApiError
 from webapp.i18n import _, current_language, languages, normalise, translate
-from webapp.messages import Message
+from webapp.messages import Message, reason
 from webapp.stores.label_names import LabelNameError, check_index, is_imagenet
 from webapp.views.admin import bp, fail
 
@@ -68,7 +68,7 @@ def labels_page():
         labels = _imagenet_labels()
     except ModelLoadError as exc:
         return fail(503, "model_unavailable", Message(
-            "The model is not available: %(reason)s", reason=str(exc)))
+            "The model is not available: %(reason)s", reason=reason(exc)))
     rows = current.label_names().table(labels, language) if labels else []
     shown = ([row for row in rows if _matches(row, query)] if query
              else [row for row in rows if row["own"]])

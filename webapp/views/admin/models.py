@@ -22,13 +22,14 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from model_loader import ModelLoadError, supported_archs
 from webapp import current
+from webapp.checkpoints.loaded import summary as model_summary
 from webapp.checkpoints.onnx_model import bundle
 from webapp.current import registry
 from webapp.http import capacity, uploads
 from webapp.http.errors import ApiError, too_large
 from webapp.http.images import classify, display_names, parse_topk, uploads_from_request
 from webapp.i18n import _, _l, translate
-from webapp.messages import Message
+from webapp.messages import Message, reason
 from webapp.serving import imaging
 from webapp.serving.workers import NotServing
 from webapp.stores.registry import BUILTIN, RegistryError, unknown_model
@@ -60,6 +61,10 @@ def model_entries() -> tuple[list[dict], dict]:
     entries, state = current.holder().model_entries()
     for entry in entries:
         entry["display_classes"] = list(display_names(entry.get("classes") or []))
+        if entry.get("summary"):  # what was found where, in the reader's words
+            entry["summary"] = translate(model_summary(entry))
+        if entry.get("error"):
+            entry["error"] = translate(entry["error"])
         metrics = entry.get("metrics") or {}
         if metrics.get("caveat_facts"):  # a Teach report's caveat, in the reader's words
             entry["metrics"] = {**metrics, "caveat": translate(
@@ -129,8 +134,8 @@ def _serving() -> dict:
     # (the bundled fallback, an unverified file).  The public pages show neither.
     return {**info, "quantization": str(QUANTIZATION_WORDS.get(info.get("quantization"),
                                                               info.get("quantization"))),
-            "pid": os.getpid(), "notice": holder.notice,
-            "model_notice": classifier.loaded.notice,
+            "pid": os.getpid(), "notice": holder.notice and translate(holder.notice),
+            "model_notice": classifier.loaded.notice and translate(classifier.loaded.notice),
             "engine_info": classifier.loaded.engine_info}
 
 
@@ -213,7 +218,7 @@ def upload_page():
         meta = _store_upload()
     except RegistryError as exc:
         return _page_error(exc)
-    summary = translate(meta["summary"])
+    summary = translate(model_summary(meta))
     flash(_("Stored %(name)s as %(id)s (%(summary)s) and activated it.", name=meta["name"],
             id=meta["id"], summary=summary) if meta.get("activated") else
           _("Stored %(name)s as %(id)s (%(summary)s).", name=meta["name"], id=meta["id"],
@@ -279,7 +284,7 @@ def try_page():
         g.trial, _ = _trial(model_id)
         status = 200
     except (RegistryError, ApiError, imaging.ImageError, ModelLoadError) as exc:
-        g.trial_error = translate(getattr(exc, "message", None) or str(exc))
+        g.trial_error = translate(getattr(exc, "message", None) or reason(exc))
         status = getattr(exc, "status", 503)
     return index(), status
 
@@ -309,7 +314,7 @@ def api_list():
 @checkpoint_upload
 def api_upload():
     meta = _store_upload()
-    response = jsonify({**meta, "builtin": False,
+    response = jsonify({**meta, "builtin": False, "summary": translate(model_summary(meta)),
                         "active": registry().state().active == meta["id"]})
     response.status_code = 201
     response.headers["Location"] = url_for("admin.api_model", model_id=meta["id"])
