@@ -2,7 +2,7 @@
 static/js/live.js sends them (a 640x480 camera's whole picture, JPEG quality 0.85, the
 next frame only when the last answer has arrived, at most one every 125 ms), against a
 real gunicorn server with the default settings on 127.0.0.1.  Also without the 125 ms
-pause (what the machine could give).  Prints JSON.  Target (issue 15): >= 5 answers/s
+pause (what the machine could give).  Prints JSON.  Target: >= 5 answers/s
 with one viewer.
 
     python bench/live.py [--seconds 15]

@@ -1,4 +1,4 @@
-""""I'm not sure what this is", measured in one run on real photos (issue 15).
+""""I'm not sure what this is", measured in one run on real photos.
 
 For each small dataset, a class is taught the way the Teach page teaches it: holds of
 the capture button (``tests/holds.py``: four near-copies from one viewpoint per hold,

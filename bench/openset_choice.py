@@ -1,4 +1,4 @@
-"""How the built-in ImageNet model's "I'm not sure" criterion was chosen (issue 15), on
+"""How the built-in ImageNet model's "I'm not sure" criterion was chosen, on
 outliers of its own: never on bench/openset.py's drawings, textures and noise, which
 measure the result.
 
