@@ -406,7 +406,7 @@ def test_on_a_phone_or_tablet_the_camera_stays_beside_every_capture_button(
         for label in ("cat", "coffee", "cup", "pen"):
             button = f'.teach-class[data-label="{label}"] .teach-capture'
             page.locator(button).evaluate("el => el.scrollIntoView({block: 'end'})")
-            page.wait_for_timeout(200)
+            wait_on_screen(page, button)  # the scroll has settled (it may be smooth)
             assert_on_screen(page, "#teach-camera", button)
         # Hold one: the pictures arrive (and say what they show).
         page.locator('.teach-class[data-label="cat"] .teach-capture').evaluate(
