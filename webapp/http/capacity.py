@@ -29,7 +29,7 @@ from flask import Flask, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from webapp.http import errors, metrics
-from webapp.http.worker import RECEIVED
+from webapp.http.timings import RECEIVED
 from webapp.messages import Message
 
 

@@ -14,8 +14,14 @@ import json
 
 from flask import Flask, current_app, g, request
 
-from webapp.http.worker import RECEIVED
 from webapp.serving.stopwatch import Stopwatch
+
+# ``environ`` key, for a request the worker (webapp/http/worker.py) read before a thread
+# got it: (its first byte seen, handed over; ``time.perf_counter()`` seconds) and whether
+# its body is all in memory (``receive`` here; a body all in needs no read timeout in
+# ``webapp.http.capacity``).  Defined here, not in the worker, so the app does not import
+# gunicorn's worker to read it.
+RECEIVED = "webapp.received"
 
 # The stages, in the order a request goes through them (docs/api.md).
 STAGES = ("receive", "queue", "parse", "decode", "preprocess", "engine_wait", "inference",

@@ -66,6 +66,7 @@ from gunicorn.sock import ssl_context
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from webapp.config import Config
+from webapp.http.timings import RECEIVED
 from webapp.http.uploads import MAX_URLENCODED_BYTES, URLENCODED, body_limit
 from webapp.messages import Message
 
@@ -75,10 +76,6 @@ LINGER_SECONDS = 2.0
 MAX_HEAD_BYTES = 32 * 1024  # request line and headers (nginx: 4 buffers of 8 KB)
 DRAIN_SECONDS = 0.1  # a thread drains what the app left of a body for at most this long
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
-# ``environ`` key, for a request this worker read before a thread got it: (its first byte
-# seen, handed over; ``time.perf_counter()`` seconds) and whether its body is all in
-# memory (``timings_ms``'s ``receive``; a body all in needs no read timeout).
-RECEIVED = "webapp.received"
 
 
 class Arrival:
