@@ -490,6 +490,7 @@ def main() -> int:
     rows, missed = [], 0
     try:
         server.wait_ready(timeout=300)
+        ops.wait_decided(server)  # the measured engine serves: no swap during an attack
         quiet = quiet_latency(server, photo)
         print(f"server: gunicorn app:app ({args.worker_class or 'webapp.http.worker'}), "
               f"{len(ops.worker_pids(server))} worker(s); quiet photo latency "

@@ -36,23 +36,9 @@ sys.path.insert(0, str(HERE))
 from loadgen import multipart  # noqa: E402
 from run import PY, Server, _cpu_name, make_images, pct  # noqa: E402
 
+from tests.ops import wait_decided  # noqa: E402
+
 WARMUP = 5  # requests and passes left out of the figures
-
-
-def wait_decided(server: Server, timeout: float = 900) -> dict:
-    """``/readyz``'s engine once every answer in a row says the measured choice is
-    served (with ``ENGINE``/``QUANTIZE=auto`` each worker swaps it in on its own)."""
-    started, settled = time.monotonic(), 0
-    while time.monotonic() - started < timeout:
-        engine = requests.get(server.url + "/readyz", timeout=30).json()["engine"]
-        state = (engine.get("auto") or {}).get("state")
-        if state == "failed":
-            raise SystemExit(f"the trials failed: {engine['auto'].get('why')}")
-        settled = settled + 1 if state != "measuring" else 0
-        if settled >= 8:
-            return engine
-        time.sleep(0.5 if state == "measuring" else 0.05)
-    raise SystemExit(f"no engine chosen after {timeout:g} s; see {server.log.name}")
 
 
 def main() -> None:

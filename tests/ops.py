@@ -39,6 +39,24 @@ def launch(log_dir: Path, name: str = "server", prefix: tuple = (), **env_overri
     return server
 
 
+def wait_decided(server, timeout: float = 900) -> dict:
+    """``/readyz``'s engine once every answer in a row says the measured choice is served
+    (with ``ENGINE``/``QUANTIZE=auto`` a fresh engine cache is measured in the background
+    and each worker swaps the chosen engine in on its own: figures taken before that
+    measure the swap)."""
+    started, settled = time.monotonic(), 0
+    while time.monotonic() - started < timeout:
+        engine = requests.get(server.url + "/readyz", timeout=30).json()["engine"]
+        state = (engine.get("auto") or {}).get("state")
+        if state == "failed":
+            raise RuntimeError(f"the trials failed: {engine['auto'].get('why')}")
+        settled = settled + 1 if state != "measuring" else 0
+        if settled >= 8:
+            return engine
+        time.sleep(0.5 if state == "measuring" else 0.05)
+    raise RuntimeError(f"no engine chosen after {timeout:g} s")
+
+
 def worker_pids(server: Server) -> list[int]:
     """The master's children (its workers), from /proc."""
     pid = server.proc.pid

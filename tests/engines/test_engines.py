@@ -299,6 +299,7 @@ def test_auto_asks_the_engine_and_keeps_what_it_tried(bundled_source, cache_dir)
     assert set(tried) == {"fp32", "int8", "bf16"}
     assert made["engine"] == "openvino" and {t["engine"] for t in made["tried"]} == {"openvino"}
     assert "views of the calibration photos" in made["guard"]
+    assert made["guard_source"] == "calibration" and made["guard_views"] > 0
     assert served.precision == made["chosen"] or (
         made["chosen"] == "fp32" and served.precision == "fp32")
     chosen = tried[made["chosen"]]
@@ -307,6 +308,9 @@ def test_auto_asks_the_engine_and_keeps_what_it_tried(bundled_source, cache_dir)
     for name, entry in tried.items():  # every other candidate says why it was not taken
         if name != made["chosen"]:
             assert entry.get("rejected") if entry.get("works") else entry["reason"]
+            assert entry.get("verdict") in (
+                {"disagrees", "moves_scores", "not_faster", "slower"} if entry.get("works")
+                else {None})
             assert name in made["why"]
         elif made["chosen"] != "fp32":  # the fastest that passed
             assert all(chosen["ms"] <= t["ms"] for t in tried.values()
@@ -360,6 +364,7 @@ def test_auto_refuses_int8_that_keeps_the_top1_but_moves_the_scores(tmp_path):
     assert int8["works"] and int8["agreement"] >= 0.98, int8
     assert int8["max_score_change"] >= int8["score_change"] > 0.002, int8
     assert "moves the probabilities by" in int8["rejected"] and "over 0.002" in int8["rejected"]
+    assert int8["verdict"] == "moves_scores"
     assert made["chosen"] != "int8" and made["max_score_change"] == 0.002
     if made["chosen"] == "fp32":
         assert "int8 moves the probabilities" in made["why"]

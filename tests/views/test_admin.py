@@ -651,8 +651,24 @@ def test_the_admin_page_shows_the_engine_and_what_was_measured_to_choose_it(admi
     chosen = re.search(r'<tr class="table-success">\s*<td>(\w+)</td><td>(\w+)</td>', panel)
     assert chosen.groups() == (made["engine"], made["chosen"])
     assert panel.count(">Chosen<") == 1
+    assert f"{made['engine']} {made['chosen']} serves:" in panel
+    others = [t for t in made["tried"] if t.get("works")
+              and (t["engine"], t["precision"]) != (made["engine"], made["chosen"])]
+    assert panel.count("Not taken:") == len(others)
+    assert f"Each one was run on {made['guard_views']} views of the calibration photos." \
+        in panel
     listed = admin.get("/admin/api/models", headers=BEARER).get_json()["serving"]
     assert listed["engine_info"]["auto"]["tried"] == made["tried"]
+
+    # In Chinese, the sentences are Chinese; engine and precision names stay as they are.
+    page = admin.get("/admin/", headers={"Accept-Language": "zh-CN,zh;q=0.9"})
+    panel = re.search(r'<details[^>]*id="engine-choice".*?</details>',
+                      page.get_data(as_text=True), re.S).group(0)
+    assert f"由 {made['engine']} {made['chosen']} 运行" in panel
+    assert panel.count("未采用") == len(others)
+    for english in ("serves:", "Not taken", "slower", "moves the probabilities",
+                    "calibration photos", "Each one was run"):
+        assert english not in panel, english
 
 
 @pytest.mark.system  # converts new models in builder child processes

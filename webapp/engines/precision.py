@@ -118,19 +118,24 @@ FASTER = 0.9  # a reduced precision must take at most this share of fp32's time
 RUNTIMES = ("openvino", "onnxruntime")  # what ENGINE=auto chooses between
 
 
+# Where the guard images come from (``guard_batch``), as the decision names them.
+GUARD_SOURCES = {"validation": "the model's own validation images",
+                 "calibration": "views of the calibration photos"}
+
+
 def guard_batch(card: ModelCard, cache: ArtefactCache) -> tuple[np.ndarray, str]:
-    """The images int8 and bf16 must agree on with fp32, preprocessed as served: the
-    model's own validation images when its checkpoint carries them (a fine-tuned model),
-    else views of the calibration photos (real photos of many kinds: what an ImageNet
-    model is judged on)."""
+    """The images int8 and bf16 must agree on with fp32, preprocessed as served, and
+    where they come from (a key of ``GUARD_SOURCES``): the model's own validation images
+    when its checkpoint carries them (a fine-tuned model), else views of the calibration
+    photos (real photos of many kinds: what an ImageNet model is judged on)."""
     if card.guard and cache.valid(card.guard):
         crops = np.load(cache.path(card.guard)).astype(np.float32) / 255.0
         mean = np.asarray(card.mean, np.float32)[:, None, None]
         std = np.asarray(card.std, np.float32)[:, None, None]
-        return ((crops - mean) / std).astype(np.float32), "the model's own validation images"
+        return ((crops - mean) / std).astype(np.float32), "validation"
     arrays = calibration_arrays(calibration_files(), card.input_size, card.mean, card.std,
                                 limit=GUARD_VIEWS)
-    return np.concatenate(arrays), "views of the calibration photos"
+    return np.concatenate(arrays), "calibration"
 
 
 def engines_tried(settings) -> tuple[tuple[str, ...], str | None]:
@@ -221,7 +226,8 @@ def decide(card: ModelCard, cache: ArtefactCache, settings) -> dict:
     # Timed on one stream (a request alone); no second network compiling in the
     # background of a process that is about to exit.
     settings = dataclasses.replace(settings, dual=False)
-    batch, guard_from = guard_batch(card, cache)
+    batch, source = guard_batch(card, cache)
+    guard_from = GUARD_SOURCES[source]
     pairs = candidates(card, settings)
     tried, runs, logits = [], {}, {}
     for engine, precision in pairs:
@@ -265,6 +271,8 @@ def decide(card: ModelCard, cache: ArtefactCache, settings) -> dict:
     runtimes, left_out = engines_tried(settings)
     decision = {"chosen": chosen["precision"], "engine": chosen["engine"],
                 "why": _why(chosen, tried, counted, left_out), "guard": counted,
+                "guard_views": len(batch), "guard_source": source,
+                "guard_clear": None if clear.all() else int(clear.sum()),
                 "min_agreement": settings.min_agreement,
                 "max_score_change": settings.max_score_change,
                 "tried": tried, "engines": list(runtimes),
@@ -294,8 +302,10 @@ def _open(card: ModelCard, cache: ArtefactCache, settings, engine: str, precisio
 
 
 def _choose(tried: list[dict], settings, counted: str, n: int, guard_from: str) -> dict:
-    """The candidate served, and on every other working one why it was not
-    (``rejected``)."""
+    """The candidate served, and on every other working one why it was not: ``verdict``
+    (``disagrees``, ``moves_scores``, ``not_faster``, ``slower``: what the admin page
+    words in the reader's language) and ``rejected`` (the same in an English sentence,
+    with its figures, for the log and /readyz)."""
     working = [t for t in tried if t.get("works")]
     guarded = settings.quantize == "auto"
     bound = settings.max_score_change
@@ -303,9 +313,11 @@ def _choose(tried: list[dict], settings, counted: str, n: int, guard_from: str) 
         if not guarded or entry["precision"] == "fp32":
             continue
         if entry["agreement"] < settings.min_agreement:
+            entry["verdict"] = "disagrees"
             entry["rejected"] = (f"agrees with fp32 on {entry['agreement']:.1%} of {counted}, "
                                  f"under {settings.min_agreement:.0%}")
         elif entry["score_change"] > bound:
+            entry["verdict"] = "moves_scores"
             entry["rejected"] = (f"moves the probabilities by {entry['score_change']:.3f} "
                                  f"on average over {n} {guard_from} (at most "
                                  f"{entry['max_score_change']:.3f}), over {bound:g}")
@@ -319,6 +331,7 @@ def _choose(tried: list[dict], settings, counted: str, n: int, guard_from: str) 
     if best_exact and best_reduced and guarded \
             and best_reduced["ms"] > FASTER * best_exact["ms"]:
         for entry in reduced:
+            entry["verdict"] = "not_faster"
             entry["rejected"] = (f"not faster than fp32 here ({entry['ms']:.2f} ms against "
                                  f"{best_exact['engine']} fp32's {best_exact['ms']:.2f})")
         chosen = best_exact
@@ -326,6 +339,7 @@ def _choose(tried: list[dict], settings, counted: str, n: int, guard_from: str) 
         chosen = best_reduced or best_exact
     for entry in eligible:
         if entry is not chosen and "rejected" not in entry:
+            entry["verdict"] = "slower"
             entry["rejected"] = (f"slower: {entry['ms']:.2f} ms a pass against "
                                  f"{chosen['ms']:.2f}")
     return chosen
