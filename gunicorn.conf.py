@@ -13,18 +13,18 @@ import shutil
 import sys
 import tempfile
 
-from webapp.config import Config, dual_streams, plan_concurrency
+from webapp.config import Config, dual_streams, given, plan_concurrency, setting
 
 _settings = Config.from_env()
 workers, _threads = plan_concurrency(
-    _settings["WEB_CONCURRENCY"], int(os.environ.get("TORCH_THREADS", "0") or 0),
+    _settings["WEB_CONCURRENCY"], setting("TORCH_THREADS"),
     dual=dual_streams(_settings),
 )
 # Workers read these when they build the app.
 os.environ["WEB_CONCURRENCY"] = str(workers)
 os.environ["TORCH_THREADS"] = str(_threads)
 
-bind = os.environ.get("GUNICORN_BIND") or f"{_settings['HOST']}:{_settings['PORT']}"
+bind = _settings["GUNICORN_BIND"] or f"{_settings['HOST']}:{_settings['PORT']}"
 # Classroom network mode (webapp/classroom.py): HTTPS with the local CA's certificate for
 # this machine's addresses, made or renewed here, before gunicorn listens.
 _classroom_notes = []
@@ -202,7 +202,7 @@ def _return_big_blocks_to_the_os(server):
     and unmapped ~60 MB: 16,000 page faults per request instead of 560, and a pass took
     several times as long in the server as outside it (bench/run.py's torch path).
     OpenVINO and ONNX Runtime allocate their buffers once, so they do not care."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    if given("MALLOC_MMAP_THRESHOLD_") is not None:
         return
     if _settings["ENGINE"] == "torch":
         server.log.info("ENGINE=torch: malloc's mmap threshold left to glibc")

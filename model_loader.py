@@ -36,6 +36,7 @@ import os
 import sys
 from pathlib import Path
 
+from webapp import config
 from webapp.checkpoints.architectures import ARCHITECTURES, build_model, signature, supported_archs
 from webapp.checkpoints.fields import Given
 from webapp.checkpoints.files import (
@@ -224,7 +225,7 @@ def _cmd_download(args) -> int:
 def _cmd_info(args) -> int:
     try:
         loaded = load_imagenet_model(
-            os.environ.get("MODEL_WEIGHTS") or None,
+            config.setting("MODEL_WEIGHTS") or None,
             allow_download=False,
         )
     except ModelLoadError as exc:

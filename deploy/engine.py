@@ -22,11 +22,11 @@ sys.path.insert(0, str(ROOT))
 
 
 def main() -> int:
-    from webapp.config import Config, dual_streams, plan_concurrency
+    from webapp.config import Config, dual_streams, plan_concurrency, setting
 
     settings = Config.from_env()
     workers, threads = plan_concurrency(
-        settings["WEB_CONCURRENCY"], int(os.environ.get("TORCH_THREADS", "0") or 0),
+        settings["WEB_CONCURRENCY"], setting("TORCH_THREADS"),
         dual=dual_streams(settings))
     os.environ["WEB_CONCURRENCY"], os.environ["TORCH_THREADS"] = str(workers), str(threads)
 

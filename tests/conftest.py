@@ -36,15 +36,16 @@ import requests
 import torch
 import torchvision
 
+from webapp.config import SETTINGS
+
 ROOT = Path(__file__).resolve().parent.parent
 
-# Settings a developer's shell may have that would change what the tests see.
-_INHERITED = (
-    "MODEL_WEIGHTS", "ALLOW_DOWNLOAD", "QUANTIZE", "WEB_CONCURRENCY", "TORCH_THREADS",
-    "MAX_UPLOAD_MB", "MAX_IMAGE_PIXELS", "ADMIN_TOKEN", "SECRET_KEY", "MAX_CHECKPOINT_MB",
-    "ADMIN_LOGIN_LIMIT", "ENGINE", "CALIBRATION_DIR", "MALLOC_ARENA_MAX", "JOB_THREADS",
-    "MAX_DATASET_IMAGES", "MAX_DATASET_MB", "DEFAULT_LANGUAGE",
-)
+# The folders every test session sets itself (pytest_configure).
+_SESSION_FOLDERS = {"TORCH_HOME": "torch-home", "MODEL_DIR": "models", "DATA_DIR": "data",
+                    "ENGINE_CACHE_DIR": "engine-cache"}
+# Every other setting (the table in webapp/config.py) a developer's shell may have: the
+# tests see the defaults.
+_INHERITED = tuple(sorted({s.name for s in SETTINGS} - set(_SESSION_FOLDERS)))
 _session_env = pytest.MonkeyPatch()
 _session_folders: list[Path] = []
 
@@ -61,16 +62,16 @@ def pytest_configure(config):
     _session_folders.append(base)
     for name in _INHERITED:
         _session_env.delenv(name, raising=False)
-    folders = [("TORCH_HOME", "torch-home"), ("MODEL_DIR", "models"), ("DATA_DIR", "data")]
-    if not hasattr(config, "workerinput"):  # not an xdist worker: the run's own cache
-        folders.append(("ENGINE_CACHE_DIR", "engine-cache"))
+    folders = dict(_SESSION_FOLDERS)
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller's engine cache
+        del folders["ENGINE_CACHE_DIR"]
     if getattr(config.option, "numprocesses", None):
         # Two test processes on 2 cores: torch's OpenMP threads, by default, spin while
         # they wait for each other, and a spinning thread takes the core a thread of the
         # other process needs (a 10 s training run took 81 s).  Waiting threads sleep
         # instead; the workers inherit this, and so does every process they start.
         _session_env.setenv("OMP_WAIT_POLICY", "PASSIVE")
-    for name, folder in folders:
+    for name, folder in folders.items():
         (base / folder).mkdir()
         _session_env.setenv(name, str(base / folder))
 

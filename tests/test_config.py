@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 
 import pytest
@@ -14,6 +15,7 @@ from webapp.config import (
     available_cpus,
     dual_streams,
     plan_concurrency,
+    setting,
 )
 
 
@@ -102,3 +104,67 @@ def test_every_setting_is_documented_in_docs_settings():
     names = {s.name for s in SETTINGS}
     assert not names - rows, f"docs/settings.md has no row for: {sorted(names - rows)}"
     assert not rows - names, f"docs/settings.md documents unknown settings: {sorted(rows - names)}"
+
+
+# Where the environment may be read other than through webapp/config.py, and why.
+ENVIRONMENT_READERS = {
+    "webapp/config.py": "the one place settings are read",
+    "deploy/healthcheck.py": "the container's HEALTHCHECK: standard library only, so it "
+                             "starts in milliseconds without importing the app",
+}
+
+
+def _environment_reads(tree: ast.AST) -> list[int]:
+    """Lines that read ``os.environ`` / ``os.getenv`` (writing a variable, or passing the
+    whole environment on to a child process with ``{**os.environ, ...}``, is not
+    reading a setting)."""
+    def is_environ(node) -> bool:
+        return (isinstance(node, ast.Attribute) and node.attr == "environ"
+                and isinstance(node.value, ast.Name) and node.value.id == "os")
+
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and (
+                (node.func.attr == "getenv" and isinstance(node.func.value, ast.Name)
+                 and node.func.value.id == "os")
+                or (node.func.attr in ("get", "setdefault", "pop", "copy")
+                    and is_environ(node.func.value))):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.Subscript) and is_environ(node.value) \
+                and isinstance(node.ctx, ast.Load):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.Compare) and any(is_environ(c) for c in node.comparators):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_settings_are_read_in_one_place_and_all_of_them_are_in_the_table():
+    """The app, its children, its command lines, gunicorn.conf.py and the container's
+    tools read the environment only through webapp/config.py (``Config.from_env`` or
+    ``config.setting``/``config.given``), and only settings of the table (documented in
+    docs/settings.md: test_every_setting_is_documented_in_docs_settings)."""
+    names = {s.name for s in SETTINGS}
+    files = [*ROOT.glob("webapp/**/*.py"), *ROOT.glob("deploy/*.py"),
+             ROOT / "model_loader.py", ROOT / "app.py", ROOT / "gunicorn.conf.py"]
+    reads, unknown = [], []
+    for path in files:
+        relative = path.relative_to(ROOT).as_posix()
+        tree = ast.parse(path.read_text("utf-8"))
+        if relative not in ENVIRONMENT_READERS:
+            reads += [f"{relative}:{line}" for line in _environment_reads(tree)]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(
+                    node.func, "attr", None)) in ("setting", "given") and node.args \
+                    and isinstance(node.args[0], ast.Constant) \
+                    and node.args[0].value not in names:
+                unknown.append(f"{relative}:{node.lineno}: {node.args[0].value}")
+    assert not reads, f"the environment read outside webapp/config.py: {reads}"
+    assert not unknown, f"settings read that the table does not have: {unknown}"
+
+
+def test_a_setting_read_outside_the_app_is_checked_like_the_app_checks_it():
+    assert setting("JOB_SLOTS", {}) == 0 and setting("JOB_SLOTS", {"JOB_SLOTS": "2"}) == 2
+    with pytest.raises(ConfigError, match="JOB_SLOTS"):
+        setting("JOB_SLOTS", {"JOB_SLOTS": "99"})
+    with pytest.raises(KeyError):  # only the table's settings are read
+        setting("NOT_A_SETTING", {})

@@ -8,6 +8,7 @@ dict Flask keeps in ``app.config``.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,6 +127,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CALIBRATION_DIR", "", "Folder of images that static int8 quantization is "
             "calibrated on (best: photos like the ones the model will see); empty = the "
             "photos in calibration/ that ship with the project.", "path"),
+    Setting("MALLOC_MMAP_THRESHOLD_", "", "glibc's own setting (bytes): blocks at least this "
+            "big are mapped and returned to the system when freed. Empty = gunicorn fixes it "
+            "at 1 MiB for OpenVINO and ONNX Runtime (a big image's memory goes back to the "
+            "system) and leaves glibc's sliding default with ENGINE=torch."),
     Setting("MALLOC_ARENA_MAX", "2", "glibc malloc arenas per worker process (set with "
             "mallopt when the worker starts): fewer arenas keep a threaded worker's memory "
             "from growing; 0 = glibc's default (8 × cores).", "int", 0, 64),
@@ -175,10 +180,19 @@ SETTINGS: tuple[Setting, ...] = (
             "phones get their cameras; the kiosk and admin pages show the address as a QR "
             "code.", "bool"),
     Setting("PORT", "5000", "Port to listen on.", "int", 1, 65535),
+    Setting("GUNICORN_BIND", "", "gunicorn only: the address gunicorn listens on, as its "
+            "--bind takes it (`unix:/run/classifier.sock`, `[::]:8000`); empty = HOST:PORT."),
     Setting("LOG_LEVEL", "info", "Logging level: debug, info, warning or error.", "choice",
             choices=("debug", "info", "warning", "error")),
-    Setting("TORCH_HOME", "~/.cache/torch", "torch's own setting: the torchvision weights "
-            "cache is $TORCH_HOME/hub/checkpoints.", "path"),
+    Setting("TORCH_HOME", "", "torch's own setting: the torchvision weights cache is "
+            "$TORCH_HOME/hub/checkpoints; empty = $XDG_CACHE_HOME/torch.", "path"),
+    Setting("XDG_CACHE_HOME", "", "The freedesktop cache folder: without ENGINE_CACHE_DIR "
+            "or TORCH_HOME, the engine cache and torch's weights cache are under it; empty "
+            "= ~/.cache.", "path"),
+    Setting("ONEDNN_MAX_CPU_ISA", "", "oneDNN's own setting, which OpenVINO and torch follow: "
+            "the newest CPU instructions they may use (e.g. AVX2, to behave as on a common PC "
+            "without AVX-512 or AMX). Set, ENGINE=auto tries only OpenVINO (ONNX Runtime "
+            "ignores the cap). Empty = every instruction the CPU has."),
     Setting("KIOSK_IDLE_SECONDS", "60", "Kiosk: seconds without a touch, once the camera "
             "no longer sees what was answered, before it goes back to its start screen; "
             "0 = never.", "int", 0, 86400),
@@ -251,6 +265,24 @@ SETTINGS: tuple[Setting, ...] = (
             "for /metrics to add up; empty = a fresh temporary folder per server start.",
             "path"),
 )
+
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def given(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The raw value of the setting ``name`` (a name of the table: ``KeyError`` for any
+    other), or None when it is not set."""
+    _BY_NAME[name]  # noqa: B018 - only the table's settings are read
+    return (os.environ if environ is None else environ).get(name)
+
+
+def setting(name: str, environ: Mapping[str, str] | None = None):
+    """The setting ``name`` read from the environment now and checked as the server
+    checks it (``ConfigError`` when out of range): for code that runs without the app
+    (builder and training children, command lines, gunicorn.conf.py) and for settings
+    another process sets while this one runs (``PROMETHEUS_MULTIPROC_DIR``)."""
+    return _BY_NAME[name].parse(given(name, environ))
 
 
 def available_cpus() -> int:

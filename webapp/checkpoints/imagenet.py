@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
+from webapp import config
 from webapp.checkpoints.architectures import build_model, fit_state_dict
 from webapp.checkpoints.files import read_weights_file, sha256_file
 from webapp.checkpoints.labels import imagenet_labels
@@ -39,8 +40,8 @@ RESNET18_FILE = "resnet18-f37072fd.pth"  # the name in ResNet18_Weights.IMAGENET
 def torch_hub_dir() -> Path:
     """``torch.hub.get_dir()`` without importing torch: ``$TORCH_HOME/hub``, where
     TORCH_HOME defaults to ``$XDG_CACHE_HOME/torch`` (``~/.cache/torch``)."""
-    home = os.environ.get("TORCH_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "torch")
+    home = config.setting("TORCH_HOME") or os.path.join(
+        config.setting("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "torch")
     return Path(os.path.expanduser(home)) / "hub"
 
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, fields
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from webapp import config
 from webapp.checkpoints.files import sha256_file
 from webapp.checkpoints.loaded import ModelLoadError
 from webapp.checkpoints.preprocess import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD
@@ -76,9 +77,9 @@ class EngineCacheError(ModelLoadError):
 def default_cache_dir() -> Path:
     """``ENGINE_CACHE_DIR`` when set (also for the tools that take no app config: the
     CLI, the training runner), else ``~/.cache/offline-classifier/engines``."""
-    if os.environ.get("ENGINE_CACHE_DIR"):
-        return Path(os.environ["ENGINE_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    if config.setting("ENGINE_CACHE_DIR"):
+        return Path(config.setting("ENGINE_CACHE_DIR"))
+    base = config.setting("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "offline-classifier" / "engines"
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from model_loader import ModelLoadError
+from webapp import config
 from webapp.engines.artefacts import ArtefactCache, ModelCard
 from webapp.engines.calibration import calibration_arrays, calibration_files, int8_name
 
@@ -145,7 +146,7 @@ def engines_tried(settings) -> tuple[tuple[str, ...], str | None]:
     and would be measured with the instructions the cap takes away."""
     if settings.engine != "auto":
         return (settings.engine,), None
-    if os.environ.get("ONEDNN_MAX_CPU_ISA"):
+    if config.given("ONEDNN_MAX_CPU_ISA"):
         return ("openvino",), ("onnxruntime not tried: ONEDNN_MAX_CPU_ISA caps OpenVINO, and "
                                "ONNX Runtime ignores it")
     return RUNTIMES, None

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from webapp import config
+
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("openvino", "onnxruntime")
@@ -99,7 +101,7 @@ def cpu_signature() -> str:
     import platform
 
     return "|".join([model or platform.processor(), flags,
-                     os.environ.get("ONEDNN_MAX_CPU_ISA", "")])
+                     config.given("ONEDNN_MAX_CPU_ISA") or ""])
 
 
 def cpu_has_bf16() -> bool:

@@ -44,6 +44,8 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as _multiprocess
 
+from webapp import config
+
 disable_created_metrics()  # no *_created series: the same output in every mode
 
 bp = Blueprint("metrics", __name__)
@@ -78,7 +80,7 @@ _served: tuple | None = None  # the labels last set to 1 in MODEL_INFO, in this 
 
 
 def multiprocess_dir() -> str | None:
-    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    path = config.setting("PROMETHEUS_MULTIPROC_DIR")  # gunicorn.conf.py sets it
     return path if path and os.path.isdir(path) else None
 
 

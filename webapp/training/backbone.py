@@ -6,14 +6,13 @@ at a time."""
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 
 from torch import nn
 
 import model_loader
 from model_loader import IMAGENET_MEAN, IMAGENET_STD, ModelLoadError
-from webapp.config import SETTINGS
+from webapp.config import setting
 from webapp.training.options import FinetuneError, FinetuneOptions
 
 log = logging.getLogger(__name__)
@@ -36,9 +35,6 @@ class Backbone:
         self.pretrained = self.module is not None  # stays True after `module` is released
 
 
-def _setting(name: str):
-    setting = next(s for s in SETTINGS if s.name == name)
-    return setting.parse(os.environ.get(name))
 
 
 def choose_backbone(options: FinetuneOptions) -> Backbone:
@@ -62,7 +58,7 @@ def choose_backbone(options: FinetuneOptions) -> Backbone:
             f"--no-pretrained: {arch} starts from RANDOM weights (expect far lower accuracy "
             "than from ImageNet weights unless you have many thousands of images).",
         )
-    weights_file = options.weights or _setting("MODEL_WEIGHTS") or None
+    weights_file = options.weights or setting("MODEL_WEIGHTS") or None
     if weights_file:
         return _from_file(weights_file, "--weights" if options.weights else "MODEL_WEIGHTS",
                           arch)
@@ -96,7 +92,7 @@ def _resnet18_from_cache(cached, progress: bool, *, required: bool) -> Backbone 
     """ResNet18 with its ImageNet weights from the torchvision cache (downloaded first with
     ``ALLOW_DOWNLOAD``); without them: random weights when ResNet18 was asked for, else
     None (``auto`` goes on to the bundled EfficientNet-Lite0)."""
-    if not cached.is_file() and _setting("ALLOW_DOWNLOAD"):
+    if not cached.is_file() and setting("ALLOW_DOWNLOAD"):
         try:
             model_loader.download_resnet18(progress=progress)
         except ModelLoadError as exc:

@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 
 from model_loader import CROP_RATIO
-from webapp.config import SETTINGS
+from webapp.config import setting
 from webapp.serving import imaging
 from webapp.training import bursts as burst_split
 from webapp.training.options import DEFAULT_FRACTIONS, FinetuneOptions, progress_bars
@@ -114,8 +114,7 @@ class DatasetSplits:
 
 def max_image_pixels() -> int:
     """The server's MAX_IMAGE_PIXELS setting (same limit for training images)."""
-    setting = next(s for s in SETTINGS if s.name == "MAX_IMAGE_PIXELS")
-    return setting.parse(os.environ.get(setting.name))
+    return setting("MAX_IMAGE_PIXELS")
 
 
 def load_image(path: Path, *, max_pixels: int, min_side: int | None = None) -> Image.Image:

@@ -35,6 +35,8 @@ import time
 import traceback
 from pathlib import Path
 
+from webapp import config
+from webapp.config import available_cpus
 from webapp.messages import Message, reason
 from webapp.training.jobs import (
     PROGRESS_EVERY,
@@ -273,7 +275,8 @@ def _limit_resources() -> int:
     """Lower this process's priority and cap torch's threads (before any work)."""
     with contextlib.suppress(OSError):
         os.nice(10)
-    threads = max(1, int(os.environ.get("JOB_THREADS", "1") or 1))
+    _, threads = plan_jobs(config.setting("JOB_SLOTS"), config.setting("JOB_THREADS"),
+                           available_cpus())
     import torch
 
     torch.set_num_threads(threads)
@@ -284,7 +287,9 @@ def _limit_resources() -> int:
 
 def work(data_dir: str | os.PathLike) -> int:
     """The runner: train queued jobs one after another while holding a slot's lock."""
-    queue = JobQueue(data_dir, slots=int(os.environ.get("JOB_SLOTS", "1") or 1))
+    slots, _ = plan_jobs(config.setting("JOB_SLOTS"), config.setting("JOB_THREADS"),
+                         available_cpus())
+    queue = JobQueue(data_dir, slots=slots)
     _Stopping.install()
     limited = False
     while not _Stopping.requested:
