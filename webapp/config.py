@@ -285,6 +285,24 @@ def setting(name: str, environ: Mapping[str, str] | None = None):
     return _BY_NAME[name].parse(given(name, environ))
 
 
+def choices(name: str) -> tuple[str, ...]:
+    """The values the setting ``name`` takes (a ``choice`` setting of the table)."""
+    return _BY_NAME[name].choices
+
+
+def combination_problem(engine: str, quantize: str) -> str | None:
+    """Why ``ENGINE`` and ``QUANTIZE`` cannot go together, or None (the one rule: the
+    server's settings and an engine asked for in code are both checked with it)."""
+    if quantize == "dynamic" and engine != "torch":
+        return (f"QUANTIZE=dynamic is torch's dynamic quantization and needs ENGINE=torch; "
+                f"with ENGINE={engine} use QUANTIZE=static (int8) or none (fp32)")
+    if quantize == "bf16" and engine not in ("openvino", "auto"):
+        return (f"QUANTIZE=bf16 needs ENGINE=openvino; with ENGINE={engine} use "
+                "QUANTIZE=none (fp32) or static (int8)"
+                + (" or dynamic (torch's int8)" if engine == "torch" else ""))
+    return None
+
+
 def available_cpus() -> int:
     """CPUs this process may use: affinity mask and cgroup v2/v1 quota, whichever is less."""
     try:
@@ -371,16 +389,9 @@ class Config:
         _, values["TORCH_THREADS"] = plan_concurrency(
             values["WEB_CONCURRENCY"] or 1, values["TORCH_THREADS"], dual=dual_streams(values)
         )
-        if values["QUANTIZE"] == "dynamic" and values["ENGINE"] != "torch":
-            raise ConfigError(
-                f"QUANTIZE=dynamic is torch's dynamic quantization and needs ENGINE=torch; "
-                f"with ENGINE={values['ENGINE']} use QUANTIZE=static (int8) or none (fp32)"
-            )
-        if values["QUANTIZE"] == "bf16" and values["ENGINE"] not in ("openvino", "auto"):
-            raise ConfigError(
-                f"QUANTIZE=bf16 needs ENGINE=openvino; with ENGINE={values['ENGINE']} use "
-                "QUANTIZE=none (fp32) or static (int8)"
-            )
+        problem = combination_problem(values["ENGINE"], values["QUANTIZE"])
+        if problem:
+            raise ConfigError(problem)
         if values["CLASSROOM"] and not environ.get("HOST"):
             values["HOST"] = "0.0.0.0"  # phones on the classroom network must reach it
         values["MAX_CONTENT_LENGTH"] = int(values["MAX_UPLOAD_MB"] * 1024 * 1024)

@@ -41,6 +41,7 @@ import numpy as np
 
 import model_loader
 from model_loader import ModelLoadError, sha256_file
+from webapp.config import choices, combination_problem, setting
 from webapp.engines import child
 from webapp.engines.artefacts import ArtefactCache, ModelCard, default_cache_dir, model_key
 from webapp.engines.calibration import int8_name
@@ -50,8 +51,8 @@ from webapp.messages import Message, to_json
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("auto", "torch", "openvino", "onnxruntime")
-QUANTIZE_MODES = ("auto", "none", "bf16", "dynamic", "static")
+ENGINES = choices("ENGINE")
+QUANTIZE_MODES = choices("QUANTIZE")
 
 __all__ = ["ENGINES", "QUANTIZE_MODES", "Engine", "EngineSettings", "ModelCard", "ModelSource",
            "check_combination", "ensure_card", "serve"]
@@ -65,21 +66,19 @@ def check_combination(engine: str, mode: str) -> None:
     if mode not in QUANTIZE_MODES:
         raise ModelLoadError(f"QUANTIZE={mode!r} is not supported; use one of "
                              f"{', '.join(QUANTIZE_MODES)}")
-    if mode == "dynamic" and engine != "torch":
-        raise ModelLoadError(
-            f"QUANTIZE=dynamic is torch's dynamic quantization and needs ENGINE=torch "
-            f"(ENGINE={engine} runs QUANTIZE=none or static)")
-    if mode == "bf16" and engine not in ("openvino", "auto"):
-        raise ModelLoadError(
-            f"QUANTIZE=bf16 needs ENGINE=openvino (ENGINE={engine} runs QUANTIZE=none, "
-            "static" + (" or dynamic)" if engine == "torch" else ")"))
+    problem = combination_problem(engine, mode)
+    if problem:
+        raise ModelLoadError(problem)
 
 
 @dataclass(frozen=True)
 class EngineSettings:
     """How this process serves models (``ENGINE``, ``QUANTIZE``, ``ENGINE_CACHE_DIR``,
     ``CALIBRATION_DIR``, ``TORCH_THREADS``).  ``engine="auto"``: OpenVINO or ONNX
-    Runtime, whichever the trials measure faster here (``precision.decide``)."""
+    Runtime, whichever the trials measure faster here (``precision.decide``).  The
+    server's come from its settings (``from_config``: the table's defaults); the field
+    defaults here are for code that builds settings by hand (a command line, a test:
+    OpenVINO in fp32, nothing measured)."""
 
     engine: str = "openvino"
     quantize: str = "none"
@@ -92,18 +91,19 @@ class EngineSettings:
     handicap: str = ""  # AUTO_HANDICAP_MS: ms added to some candidates' timed passes
 
     @classmethod
-    def from_config(cls, config: dict) -> EngineSettings:
-        return cls(engine=config.get("ENGINE") or "auto",
-                   quantize=config.get("QUANTIZE") or "none",
-                   cache_dir=config.get("ENGINE_CACHE_DIR") or "",
-                   calibration_dir=config.get("CALIBRATION_DIR") or "",
-                   threads=max(1, int(config.get("TORCH_THREADS") or 1)),
-                   dual=(config.get("ENGINE_STREAMS") or "latency") == "dual",
-                   min_agreement=float(config.get("INT8_MIN_AGREEMENT") or 0.98),
-                   max_score_change=float(config.get("PRECISION_MAX_SCORE_CHANGE")
-                                          if config.get("PRECISION_MAX_SCORE_CHANGE")
-                                          is not None else 0.03),
-                   handicap=config.get("AUTO_HANDICAP_MS") or "")
+    def from_config(cls, values: dict) -> EngineSettings:
+        """From the app's config (``Config.from_env``); a setting it lacks takes the
+        table's default (webapp/config.py), as the server would."""
+        def get(name: str):
+            return values[name] if values.get(name) is not None else setting(name, {})
+
+        return cls(engine=get("ENGINE"), quantize=get("QUANTIZE"),
+                   cache_dir=get("ENGINE_CACHE_DIR"), calibration_dir=get("CALIBRATION_DIR"),
+                   threads=max(1, int(get("TORCH_THREADS") or 1)),
+                   dual=get("ENGINE_STREAMS") == "dual",
+                   min_agreement=float(get("INT8_MIN_AGREEMENT")),
+                   max_score_change=float(get("PRECISION_MAX_SCORE_CHANGE")),
+                   handicap=get("AUTO_HANDICAP_MS"))
 
     @property
     def builds_int8(self) -> bool:
