@@ -174,7 +174,7 @@ class ModelHolder:
         current = self.get()
         if model_id == current.model_id:
             return current
-        if model_id == "builtin":
+        if model_id == BUILTIN:
             return self.builtin()
         trial = self._trial
         if trial is not None and trial.model_id == model_id:
@@ -223,13 +223,13 @@ class ModelHolder:
         if self._builtin is None:
             with self._lock:
                 if self._builtin is None:
-                    self._builtin = self._timed_load("builtin")
+                    self._builtin = self._timed_load(BUILTIN)
         return self._builtin
 
     # ------------------------------------------------------------------ internals
 
     def _timed_load(self, model_id: str) -> Classifier:
-        if model_id == "builtin" and self._builtin is not None:
+        if model_id == BUILTIN and self._builtin is not None:
             return self._builtin  # loaded once and kept: nothing to load or log
         started = time.perf_counter()
         try:
@@ -241,7 +241,7 @@ class ModelHolder:
             log.exception("loading model %s failed", model_id)
             raise ModelLoadError(Message("Loading it failed: %(reason)s",
                                          reason=reason(exc))) from exc
-        if model_id == "builtin":
+        if model_id == BUILTIN:
             self._builtin = classifier
         self.load_seconds = time.perf_counter() - started
         loaded = classifier.loaded
@@ -256,27 +256,27 @@ class ModelHolder:
 
     def _first_load(self) -> None:
         if self._registry is None:
-            self._classifier = self._load_or_record("builtin")
+            self._classifier = self._load_or_record(BUILTIN)
             self._notify()
             return
         self._stamp = self._registry.pointer_stamp()
         self._next_check = time.monotonic() + self._check_interval
         state = self._registry.state()
         candidates = [state.active] + [h for h in state.history if h != state.active]
-        if "builtin" not in candidates:
-            candidates.append("builtin")
+        if BUILTIN not in candidates:
+            candidates.append(BUILTIN)
         failures = []
         for model_id in candidates:
             try:
-                if model_id == "builtin":
-                    self._classifier = self._load_or_record("builtin")
+                if model_id == BUILTIN:
+                    self._classifier = self._load_or_record(BUILTIN)
                 else:
                     self._classifier = self._timed_load(model_id)
             except (ModelLoadError, RegistryError) as exc:
                 reason = getattr(exc, "message", None) or message_reason(exc)
                 log.error("model %s could not be loaded: %s", model_id, reason)
                 failures.append(f"{model_id}: {reason}")
-                if model_id == "builtin":
+                if model_id == BUILTIN:
                     raise
                 continue
             break
@@ -312,7 +312,7 @@ class ModelHolder:
             self._current_name(current)
             return
         try:
-            if wanted == "builtin":
+            if wanted == BUILTIN:
                 new = self.builtin_locked()
             elif self._trial is not None and self._trial.model_id == wanted:
                 new, self._trial = self._current_name(self._trial), None
@@ -358,7 +358,7 @@ class ModelHolder:
                 "why": f"{made.get('engine')} {made.get('chosen')} was chosen but could "
                        f"not be loaded ({exc}); serving fp32"}
             log.error("%s", current.loaded.engine_info["auto"]["why"])
-            if self._builtin is None and current.model_id == "builtin":
+            if self._builtin is None and current.model_id == BUILTIN:
                 self._builtin = current
             return
         if self._classifier is current:
@@ -370,7 +370,7 @@ class ModelHolder:
     def _current_name(self, classifier: Classifier) -> Classifier:
         """A stored model shows the name the registry gives it now (it may have been
         renamed since it was loaded)."""
-        if classifier.model_id != "builtin" and self._registry is not None:
+        if classifier.model_id != BUILTIN and self._registry is not None:
             with contextlib.suppress(RegistryError):
                 name = self._registry.meta(classifier.model_id).get("name")
                 classifier.loaded.name = name or classifier.loaded.name
@@ -378,7 +378,7 @@ class ModelHolder:
 
     def builtin_locked(self) -> Classifier:
         if self._builtin is None:
-            self._builtin = self._timed_load("builtin")
+            self._builtin = self._timed_load(BUILTIN)
         return self._builtin
 
 
