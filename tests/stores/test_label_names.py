@@ -57,11 +57,13 @@ def test_a_language_finds_its_file(locale, file):
     assert shipped_language(locale) == file
 
 
-def test_names_by_index_and_a_teachers_own_before_them(tmp_path):
+def test_names_by_index_and_a_teachers_own_before_them(tmp_path, caplog):
     store = LabelNames(tmp_path / "label-names.json")
     chinese = store.names(IMAGENET, "zh_Hans_CN")
     assert chinese[TABBY] == "虎斑猫"
     assert store.names(IMAGENET, "en") is IMAGENET  # English: the labels themselves
+    assert store.names(IMAGENET, "") is IMAGENET  # no language asked for: the same
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]  # nothing missing
     store.set_name("zh_Hans_CN", TABBY, "  小花猫 ")
     store.set_name("en", TABBY, "Tabby cat")
     assert store.names(IMAGENET, "zh_Hans_CN")[TABBY] == "小花猫"

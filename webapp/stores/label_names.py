@@ -181,7 +181,8 @@ class LabelNames:
         shipped ones, else the labels; any other model's labels as they are."""
         if not is_imagenet(labels):
             return labels
-        shipped = shipped_names(shipped_language(language) or "")
+        code = shipped_language(language)  # None: the labels are the names (English)
+        shipped = shipped_names(code) if code else None
         own = self.edits().get(language)
         if not own:
             return shipped or labels
