@@ -36,8 +36,10 @@ def test_predict_returns_the_documented_json(client):
     body = response.get_json()
     assert set(body) == {"model", "predictions", "unknown", "timings_ms"}
     assert body["unknown"] is False  # a real photo of an ImageNet thing
-    assert set(body["model"]) >= {"name", "version", "arch"}
+    assert set(body["model"]) >= {"name", "version", "arch", "quantization", "precision"}
     assert body["model"]["arch"] == "efficientnet_lite0"
+    assert body["model"]["quantization"] == "auto"  # the setting; what runs:
+    assert body["model"]["precision"] in {"fp32", "bf16", "int8"}
     predictions = body["predictions"]
     assert len(predictions) == 3
     assert all(set(p) == {"label", "display_label", "index", "score"} for p in predictions)

@@ -153,8 +153,11 @@ class ModelCard:
         return len(self.labels)
 
     def describe(self) -> dict:
+        """The model as /predict names it: ``quantization`` is the QUANTIZE setting
+        (``auto``), ``precision`` what runs (fp32, bf16, int8)."""
         return {"name": self.name, "version": self.version, "arch": self.arch,
-                "quantization": self.quantization, "engine": self.engine_name}
+                "quantization": self.quantization, "engine": self.engine_name,
+                "precision": self.engine_info.get("precision") or "fp32"}
 
     def metadata(self) -> dict:
         """What the model registry stores about the model (``LoadedModel.metadata``)."""

@@ -312,7 +312,11 @@ SCHEMAS = {
         "score": {"type": "number", "minimum": 0, "maximum": 1}}},
     "Model": {"type": "object", "properties": {
         "id": {"type": "string"}, "name": {"type": "string"}, "version": {"type": "string"},
-        "arch": {"type": "string"}, "quantization": {"type": "string"},
+        "arch": {"type": "string"},
+        "quantization": {"type": "string", "description": "The QUANTIZE setting (auto, none, "
+                         "bf16, static, dynamic)"},
+        "precision": {"type": "string", "enum": ["fp32", "bf16", "int8"],
+                      "description": "The precision that answered"},
         "engine": {"type": "string"}}},
     "PredictResponse": {"type": "object", "required": ["model", "timings_ms"], "properties": {
         "model": _ref("Model"),
