@@ -6,10 +6,10 @@ requests), from the engine cache: a web worker never imports torch (``webapp.eng
 
 Where things live: ``views/`` (the blueprints: api, ui, kiosk, admin/...), ``http/``
 (errors, request bodies, upload slots, security headers, metrics, the access log, the
-gunicorn worker), ``stores/`` (durable files, the model registry, the kiosk settings),
-``serving/`` and ``engines/`` (the model a process serves, and running it), and the
-training side (``datasets``, ``dataset_store``, ``finetune``, ``jobs``,
-``training_report``).  docs/architecture.md has the map."""
+gunicorn worker), ``stores/`` (durable files, the model registry, the Teach datasets, the
+kiosk settings), ``checkpoints/`` (reading model files), ``serving/`` and ``engines/`` (the
+model a process serves, and running it), ``training/`` (the fine-tuning recipe and the job
+queue), and the commands ``finetune`` and ``jobs``.  docs/architecture.md has the map."""
 
 from __future__ import annotations
 
