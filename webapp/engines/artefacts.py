@@ -77,8 +77,9 @@ class EngineCacheError(ModelLoadError):
 def default_cache_dir() -> Path:
     """``ENGINE_CACHE_DIR`` when set (also for the tools that take no app config: the
     CLI, the training runner), else ``~/.cache/offline-classifier/engines``."""
-    if config.setting("ENGINE_CACHE_DIR"):
-        return Path(config.setting("ENGINE_CACHE_DIR"))
+    chosen = config.setting("ENGINE_CACHE_DIR")
+    if chosen:
+        return Path(chosen)
     base = config.setting("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "offline-classifier" / "engines"
 
