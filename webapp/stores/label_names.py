@@ -121,6 +121,13 @@ def shipped_names(language: str) -> tuple[str, ...] | None:
     return tuple(names)
 
 
+def _shipped(labels: Sequence[str], language: str) -> Sequence[str]:
+    """The ImageNet class names shipped for ``language``, else ``labels`` (English, or a
+    language without a complete file)."""
+    code = shipped_language(language)  # None: the labels are the names (English)
+    return (shipped_names(code) if code else None) or labels
+
+
 def check_name(raw) -> str:
     """A teacher's name for a class: text, 1 to 80 characters, no control characters."""
     name = " ".join(unicodedata.normalize("NFC", raw).split()) if isinstance(raw, str) else ""
@@ -181,12 +188,11 @@ class LabelNames:
         shipped ones, else the labels; any other model's labels as they are."""
         if not is_imagenet(labels):
             return labels
-        code = shipped_language(language)  # None: the labels are the names (English)
-        shipped = shipped_names(code) if code else None
+        shipped = _shipped(labels, language)
         own = self.edits().get(language)
         if not own:
-            return shipped or labels
-        names = list(shipped or labels)
+            return shipped
+        names = list(shipped)
         for index, name in own.items():
             names[index] = name
         return names
@@ -194,8 +200,7 @@ class LabelNames:
     def table(self, labels: Sequence[str], language: str) -> list[dict]:
         """Every ImageNet class for the admin page: index, label, the shipped name, the
         teacher's name (or None) and the name shown."""
-        code = shipped_language(language)  # None: the labels are the names (English)
-        shipped = (shipped_names(code) if code else None) or labels
+        shipped = _shipped(labels, language)
         own = self.edits().get(language, {})
         return [{"index": i, "label": label, "shipped": shipped[i], "own": own.get(i),
                  "name": own.get(i) or shipped[i]} for i, label in enumerate(labels)]
