@@ -1,5 +1,5 @@
 """One prediction request's work, without HTTP: decode every upload safely, classify them
-as one batch, and build the response body (GUIDE.md §2)."""
+as one batch, and build the response body (docs/api.md)."""
 
 from __future__ import annotations
 
