@@ -244,10 +244,11 @@ SETTINGS: tuple[Setting, ...] = (
             "trickled meanwhile do not extend it. A connection that sent nothing is closed, "
             "one that sent part of a request gets 408.", "float", 1, 3600),
     Setting("MAX_CONNECTIONS_PER_CLIENT", "64", "Connections one client address may hold "
-            "open in each worker; more are answered 503 and closed (over TLS, just "
-            "closed). 0 = no limit. Not applied behind a reverse proxy (TRUSTED_PROXIES > "
-            "0): every connection comes from the proxy there, which limits its clients "
-            "itself.", "int", 0, 100_000),
+            "open in each worker. At that share a new one takes the place of the "
+            "address's oldest idle kept-alive connection; when none is idle it is "
+            "answered 503 and closed (over TLS, just closed). 0 = no limit. Not "
+            "applied behind a reverse proxy (TRUSTED_PROXIES > 0): every connection "
+            "comes from the proxy there, which limits its clients itself.", "int", 0, 100_000),
     Setting("MAX_REQUESTS", "10000", "gunicorn restarts a worker after this many requests "
             "(plus a random jitter), so a slow leak cannot grow forever; 0 = never.",
             "int", 0, 100_000_000),

@@ -6,6 +6,7 @@ gets them, the per-worker upload slots and the body timeout."""
 from __future__ import annotations
 
 import contextlib
+import http.client
 import io
 import re
 import socket
@@ -363,6 +364,31 @@ def test_one_address_cannot_take_every_connection(slow_server):
 
 
 @pytest.mark.system
+def test_a_client_keeping_its_answered_connections_open_is_not_refused(slow_server):
+    """A script that keeps every answered connection open (HTTP keep-alive, e.g. each
+    response object kept): at its share of 16, each new connection takes the place of
+    its oldest idle one, which the server closes; 40 requests in a row all answered."""
+    kept = []
+    try:
+        for _ in range(40):
+            conn = http.client.HTTPConnection("127.0.0.1", slow_server.port, timeout=30,
+                                              source_address=("127.0.0.3", 0))
+            kept.append(conn)
+            conn.request("GET", "/healthz")
+            response = conn.getresponse()
+            assert response.status == 200, response.read()
+            response.read()
+        for conn in kept[:20]:  # the oldest: closed by the server
+            assert conn.sock.recv(100) == b""
+        newest = kept[-1]
+        newest.request("GET", "/healthz")  # still kept alive
+        assert newest.getresponse().status == 200
+    finally:
+        for conn in kept:
+            conn.close()
+
+
+@pytest.mark.system
 def test_headers_are_bounded_in_size_and_in_time(slow_server):
     """A head over 32 KB is answered 431 as it arrives (gunicorn accepted ~800 KB); one
     trickled slowly gets 408 when its header time is up, however many bytes it sent."""
@@ -482,5 +508,5 @@ def test_a_client_dripping_its_upload_is_cut_off_too(slow_server):
         assert 2.5 <= time.monotonic() - started < 15
     finally:
         sock.close()
-    line = [entry for entry in ops.access_lines(slow_server.log) if entry["status"] == 408]
+    line = ops.logged_requests(slow_server, 1, status=408)
     assert line and line[-1]["error"] == "request_timeout"

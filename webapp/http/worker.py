@@ -26,8 +26,12 @@ access log line) and the connection is closed; a connection that sent nothing at
 just closed.  Until then a request costs a selector entry and the bytes received, never
 a thread, so slow clients hold neither the threads nor the upload slots
 (``webapp/http/capacity.py``: taken once the app reads the body, which is then all there).
-Each client address may hold ``MAX_CONNECTIONS_PER_CLIENT`` connections in a worker
-(more: ``503``, closed), so one client cannot fill the worker's ``worker_connections``.
+Each client address may hold ``MAX_CONNECTIONS_PER_CLIENT`` connections in a worker, so
+one client cannot fill the worker's ``worker_connections``.  At its share, a new
+connection first takes the place of the address's oldest idle kept-alive one (closed, as
+nginx reuses them; a client that keeps its answered responses open is not refused);
+only when all of them are busy is it answered ``503`` and closed.  A connection closing
+after its answer (``_linger``) no longer counts.
 
 Handed over unread, as gunicorn would: a body a route streams to its store (checkpoints,
 dataset archives, under the app's own stall limit), one over its route's limit (the app
@@ -162,12 +166,16 @@ class ChunkedBody:
 class Counted(TConn):
     """gthread's connection, counted against its client address while it is open."""
 
-    release = None  # set by the worker: called once, when the connection closes
+    address = None  # the client address it counts against (None: not counted)
+    release = None  # set by the worker: called once, when the connection stops counting
 
-    def close(self, graceful=False):
+    def stop_counting(self) -> None:
         release, self.release = self.release, None
         if release is not None:
             release()
+
+    def close(self, graceful=False):
+        self.stop_counting()
         super().close(graceful)
 
 
@@ -206,12 +214,36 @@ class BufferingWorker(ThreadWorker):
         conn = Counted(self.cfg, sock, client, listener.getsockname())
         address = _address(client)
         if self.per_client_cap and address is not None:
-            if self.per_client[address] >= self.per_client_cap:
+            if self.per_client[address] >= self.per_client_cap \
+                    and not self._close_idle(address):
                 self._refuse_connection(conn, address)
                 return
             self.per_client[address] += 1
+            conn.address = address
             conn.release = partial(self._released, address)
         self.enqueue_req(conn)
+
+    def _close_idle(self, address) -> bool:
+        """Close the oldest kept-alive connection of ``address`` that waits for no
+        request (True), to make room for its new one."""
+        for conn in self.keepalived_conns:  # oldest first
+            if conn.address == address:
+                self.keepalived_conns.remove(conn)
+                try:
+                    self.poller.unregister(conn.sock)
+                except (KeyError, ValueError, OSError):
+                    pass
+                self.nr_conns -= 1
+                conn.close()
+                return True
+        return False
+
+    def on_client_socket_readable(self, conn, client):
+        """gunicorn's, but not for a connection ``_close_idle`` closed while the event
+        loop held an event of it."""
+        if client.fileno() == -1:
+            return
+        super().on_client_socket_readable(conn, client)
 
     def _released(self, address) -> None:
         self.per_client[address] -= 1
@@ -570,6 +602,7 @@ class BufferingWorker(ThreadWorker):
             conn.close()
             return
         self.lingering[conn] = time.monotonic() + LINGER_SECONDS
+        conn.stop_counting()  # answered: its address may open another
 
     def _drain(self, conn, sock) -> None:
         try:
