@@ -134,6 +134,19 @@ def access_lines(log: str) -> list[dict]:
     return out
 
 
+def logged_requests(server: Server, count: int, timeout: float = 30, **fields) -> list[dict]:
+    """The access log lines with these ``fields`` once there are ``count`` of them (or
+    what there is after ``timeout``): a worker writes its line after the client has
+    the answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line for line in access_lines(server.log)
+                 if all(line.get(key) == value for key, value in fields.items())]
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)
+
+
 @dataclass
 class LoadResult:
     """What a load run saw: one (started, finished, status, error) per request."""

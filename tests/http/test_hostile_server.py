@@ -189,7 +189,7 @@ def test_metrics_and_access_log_add_up_across_workers(server):
     served = {dict(items)["pid"]: value for (name, items), value in samples.items()
               if name == "classifier_model_info" and dict(items)["id"] == "builtin"}
     assert served == {str(pid): 1.0 for pid in server.workers}
-    lines = [line for line in ops.access_lines(server.log) if line["path"] == "/predict"]
+    lines = ops.logged_requests(server, server.sent, path="/predict")
     assert len(lines) == server.sent
     assert {line["pid"] for line in lines} == set(server.workers)  # both workers served
     for line in lines:
