@@ -5,8 +5,9 @@ the project's gunicorn.conf.py, default settings: QUANTIZE=auto, OpenVINO, 2 wor
 Each upload is a new file (a random network of the architecture, new seed), sent with its
 class names and ``activate=1``; the engine cache starts empty, so every upload is
 validated and converted as a person's would be.  With ``--repeat N`` it is the "N of N
-in a row" check: every upload must be stored and answer; the precision QUANTIZE=auto
-chose for it is printed (it is decided when a worker first serves the model).
+in a row" check: every upload must be stored and answer.  Each upload's line then says
+which engine and precision the background trials chose, when the workers served it, and
+why (``/readyz``'s ``engine.auto``).
 
     .venv/bin/python bench/upload_speed.py                                   # ResNet18 x3
     .venv/bin/python bench/upload_speed.py --archs efficientnet_b0,resnet50,\\
@@ -81,10 +82,11 @@ def main() -> int:
                     failures += 1
                     print(f"{arch} #{n + 1}: never answered", flush=True)
                     continue
-                entry = requests.get(f"{server.url}/admin/api/models/{model_id}",
-                                     headers=auth, timeout=60).json()
+                auto = ops.wait_decided(server).get("auto") or {}
+                decided = time.monotonic() - started
                 print(f"{arch} #{n + 1}: stored in {stored[-1]:.1f} s, first answer "
-                      f"{answered[-1]:.1f} s, precision {entry.get('precision')}",
+                      f"{answered[-1]:.1f} s, serving {auto.get('engine')} "
+                      f"{auto.get('chosen')} after {decided:.1f} s ({auto.get('why')})",
                       flush=True)
             if stored:
                 print(f"{arch}: {len(answered)} of {args.repeat} answered; upload -> "
