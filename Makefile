@@ -79,6 +79,7 @@ smoke: install
 
 lint: install-dev
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 # The browser tests drive Debian's Chromium (trusting the classroom CA through an NSS database
 # made with certutil, libnss3-tools) and tests/deploy/test_deploy.py runs nginx in front of

@@ -81,8 +81,8 @@ def decoding_drift(loaded, cache_dir: str) -> dict:
     from PIL import Image
 
     from tests.photos import real_photos
-    from webapp.serving import imaging
-    from webapp.serving.classifier import softmax
+    from webapp import imaging
+    from webapp.scores import softmax
 
     classifier = served(loaded, "openvino", "none", cache_dir)
     rows = {"JPEG (draft)": [], "PNG (reduce)": []}

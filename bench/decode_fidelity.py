@@ -1,7 +1,7 @@
 """How close the server's decoding and preprocessing keep a model's answers to torchvision's
 on large photos: each test photo made large (shorter side 600 to 3024 px, bicubic, with
 mild sensor-like noise, JPEG quality 90, and PNG), decoded the way /predict decodes it
-(``webapp.serving.imaging.load``: JPEG draft, ``DRAFT_GAP``, or box reduction,
+(``webapp.imaging.load``: JPEG draft, ``DRAFT_GAP``, or box reduction,
 ``REDUCE_GAP``) and
 preprocessed (``preprocess_array``), against Pillow's full decode + torchvision's
 Resize/CenterCrop/ToTensor/Normalize.  Reported per size: the largest pixel difference
@@ -32,8 +32,8 @@ def main() -> int:
 
     import model_loader
     from tests.photos import real_photos
+    from webapp import imaging
     from webapp.checkpoints.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess_array
-    from webapp.serving import imaging
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--noise", type=float, default=4.0, help="sensor-like noise (sigma)")

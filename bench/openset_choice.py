@@ -224,11 +224,11 @@ def features(loaded, batch: np.ndarray) -> np.ndarray:
 
 def table(loaded, count: int) -> list[dict]:
     """Per (score, clip percentile): the share of each kind of outlier flagged."""
+    from webapp import scores
     from webapp.checkpoints.preprocess import CROP_RATIO, preprocess_array
     from webapp.engines.build import linear_head
     from webapp.engines.features import find_target_layer
     from webapp.engines.openset import example_batch
-    from webapp.serving import openset
 
     size, resize = loaded.input_size, round(loaded.input_size / CROP_RATIO)
     examples = example_batch(size, resize, loaded.mean, loaded.std)
@@ -242,8 +242,8 @@ def table(loaded, count: int) -> list[dict]:
     for score in SCORES:
         for percentile in PERCENTILES:
             clip = float(np.percentile(known, percentile)) if percentile < 100 else np.inf
-            rate = openset.SCORES[score]
-            threshold = openset.keeping(rate(known, weight, bias, clip), openset.KEEP,
+            rate = scores.SCORES[score]
+            threshold = scores.keeping(rate(known, weight, bias, clip), scores.KEEP,
                                         low_is_known=False, conformal=True)
             flagged = {kind: float(np.mean(rate(f, weight, bias, clip) < threshold))
                        for kind, f in odd.items()}

@@ -148,4 +148,3 @@ def _configure_logging(level: str) -> None:
     if not root.handlers:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("webapp").setLevel(level.upper())
-    logging.getLogger("model_loader").setLevel(level.upper())

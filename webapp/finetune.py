@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from model_loader import ModelLoadError
+from webapp.checkpoints.loaded import ModelLoadError
 from webapp.config import ConfigError
 from webapp.training.data import DatasetError
 from webapp.training.options import FinetuneError, build_parser, options_from_args

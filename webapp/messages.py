@@ -20,6 +20,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Mapping
 
+from webapp.config import PROJECT_ROOT
+
 
 class Message(str):
     """``Message("The file is %(size)s MB.", size=3)`` -> "The file is 3 MB."."""
@@ -136,9 +138,7 @@ def catalog_gettext(locale: str | None) -> Callable[[str], str]:
     """The ``gettext`` of ``locale``'s catalog in ``translations/`` (English: none)."""
     if not locale or locale == "en":
         return str
-    from babel.support import Translations
-
-    from webapp.config import PROJECT_ROOT
+    from babel.support import Translations  # only where a catalog is read
 
     return Translations.load(str(PROJECT_ROOT / "translations"), [locale]).gettext
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from tests.conftest import encode
 from tests.photos import photo
-from webapp.serving import imaging
+from webapp import imaging
 from webapp.serving.classifier import Classifier
 
 

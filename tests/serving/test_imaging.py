@@ -16,10 +16,10 @@ import model_loader
 from tests import attacks
 from tests.conftest import encode
 from tests.photos import real_photos
+from webapp import imaging
 from webapp.engines import ModelCard
-from webapp.serving import imaging
+from webapp.imaging import ImageError
 from webapp.serving.classifier import Classifier
-from webapp.serving.imaging import ImageError
 
 LIMIT = 50_000_000
 

@@ -1,11 +1,11 @@
-"""The "I'm not sure" threshold (webapp/serving/openset.py): chosen on a model's few
+"""The "I'm not sure" threshold (webapp/scores.py): chosen on a model's few
 validation pictures, it must keep at least 95 % of the *new* in-class pictures."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from webapp.serving.openset import KEEP, keeping
+from webapp.scores import KEEP, keeping
 
 
 def test_a_threshold_from_few_validation_pictures_keeps_95_percent_of_new_ones():
@@ -38,7 +38,7 @@ def test_a_few_holds_keep_95_percent_of_new_ones_when_training_bursts_are_measur
     training holds per class; seeded).  Not a guarantee: frames of one hold are not
     independent draws, which split-conformal's promise assumes (docs/openset.md)."""
     from webapp.engines.openset import fit_knn
-    from webapp.serving.openset import knn_distance
+    from webapp.scores import knn_distance
 
     rng = np.random.default_rng(1)
 
@@ -73,7 +73,7 @@ def test_new_views_of_the_taught_pictures_widen_what_is_known_not_everything():
     other things stay flagged (features drawn per class: the picture, a view of it is the
     picture moved along one of a few "view" directions; seeded)."""
     from webapp.engines.openset import fit_knn
-    from webapp.serving.openset import knn_distance
+    from webapp.scores import knn_distance
 
     rng = np.random.default_rng(2)
     dims, kinds = 64, rng.normal(0, 0.8, (5, 64))  # five kinds of view

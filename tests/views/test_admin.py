@@ -226,7 +226,7 @@ def test_a_logout_that_cannot_be_saved_says_so(tmp_path, monkeypatch):
     holds and what ends it, instead of "Logged out." over copies that stay valid."""
     import errno
 
-    from webapp.stores import durable
+    from webapp import durable
 
     app = make_app(tmp_path / "store")
     browser = app.test_client()

@@ -17,8 +17,8 @@ from PIL import Image
 
 from tests.conftest import encode
 from tests.model_files import photo_pngs
+from webapp import imaging
 from webapp.checkpoints.preprocess import preprocess_array
-from webapp.serving import imaging
 
 MODEL = "classifier"
 INFER = f"/v2/models/{MODEL}/infer"

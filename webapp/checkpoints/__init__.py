@@ -1,6 +1,6 @@
-"""Model files and what is in them, behind ``model_loader`` (its public face, at the top
-level): the steps of reading a file a person uploads or the server finds, one module each,
-in the order a file meets them.
+"""Model files and what is in them: ``load`` (``load_checkpoint``, ``load_imagenet_model``)
+and the steps of reading a file a person uploads or the server finds, one module each, in
+the order a file meets them (``model_loader``, at the top level, is their command line).
 
 - ``files``: what kind of file it is (from its bytes) and reading it safely: pickles that
   could run code, TorchScript, damaged files and tensor "bombs" are refused in words;
@@ -15,6 +15,6 @@ in the order a file meets them.
 - ``preprocess``: the model's input transform, shared by serving and training;
 - ``loaded``: the shared nouns (``ModelLoadError``, ``Contents``, ``LoadedModel``).
 
-No module imports torch at import time: web workers import ``model_loader`` and must never
+No module imports torch at import time: web workers import this package and must never
 map libtorch (torch is imported inside the functions that need it).
 """

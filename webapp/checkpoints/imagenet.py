@@ -1,5 +1,5 @@
 """Where the built-in ImageNet model's weights come from (the order is in
-``model_loader``'s docstring): the torchvision cache, a download into it, the bundled
+``webapp.checkpoints.load``): the torchvision cache, a download into it, the bundled
 EfficientNet-Lite0 package."""
 
 from __future__ import annotations

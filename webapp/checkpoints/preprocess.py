@@ -42,7 +42,7 @@ def preprocess_array(img: Image.Image, resize_size: int, input_size: int, mean, 
     width, height = img.size
     short, long_ = min(width, height), max(width, height)
     if scale > 1 and original and max(original) <= min(original) * MAX_ASPECT:
-        # Decoded at 1/scale (a JPEG draft, a box reduction: ``webapp.serving.imaging``):
+        # Decoded at 1/scale (a JPEG draft, a box reduction: ``webapp.imaging``):
         # the resize and the crop are placed where they fall on the full-size image,
         # whose pixel x is the reduced image's x / scale.
         return _finish(_resized_crop(img, original, resize_size, input_size, scale),

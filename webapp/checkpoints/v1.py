@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: web workers never load 
 # Optional entries of a v1 checkpoint that the server uses beyond the weights:
 # ``guard``: a few of the model's own validation images, uint8 (N, 3, S, S) crops at its
 # input size, on which QUANTIZE=auto checks that int8 answers like fp32;
-# ``openset``: when the model says "I'm not sure what this is" (webapp/serving/openset.py):
+# ``openset``: when the model says "I'm not sure what this is" (webapp/scores.py):
 # ``{"method": "knn", "k", "threshold", "bank": (M, C) float tensor, ...}`` -- the
 # normalised penultimate features of its training pictures and the distance that keeps
 # 95 % of its validation pictures.  A checkpoint without it never answers "unknown".

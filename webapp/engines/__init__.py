@@ -39,8 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
-import model_loader
-from model_loader import ModelLoadError, sha256_file
+from webapp import scores
+from webapp.checkpoints.files import sha256_file
+from webapp.checkpoints.imagenet import NO_WEIGHTS_MESSAGE, imagenet_weights_file
+from webapp.checkpoints.loaded import ModelLoadError
 from webapp.config import choices, combination_problem, setting
 from webapp.engines import child
 from webapp.engines.artefacts import ArtefactCache, ModelCard, default_cache_dir, model_key
@@ -128,7 +130,7 @@ class ModelSource:
     ``kind``: ``builtin`` (the ImageNet model: ``file`` is the weights file the sources
     order picked, ``weights`` the MODEL_WEIGHTS setting) or ``checkpoint`` (a stored or
     uploaded file; ``given``: what the uploader said, passed to
-    ``model_loader.load_checkpoint``)."""
+    ``load_checkpoint``)."""
 
     kind: str
     file: str
@@ -151,15 +153,15 @@ class ModelSource:
 
 
 def builtin_source(config: dict) -> ModelSource:
-    """The built-in model's weights file, in the order ``model_loader`` documents,
+    """The built-in model's weights file, in the order ``webapp.checkpoints.load`` documents,
     without loading it (a download, when allowed and needed, runs in a child first)."""
     weights = config.get("MODEL_WEIGHTS") or ""
-    path, kind = model_loader.imagenet_weights_file(weights or None)
+    path, kind = imagenet_weights_file(weights or None)
     if kind == "bundled" and config.get("ALLOW_DOWNLOAD"):
         child.run_download()
-        path, kind = model_loader.imagenet_weights_file(None)
+        path, kind = imagenet_weights_file(None)
     if path is None:
-        raise ModelLoadError(model_loader.NO_WEIGHTS_MESSAGE)
+        raise ModelLoadError(NO_WEIGHTS_MESSAGE)
     if not Path(path).is_file():
         raise ModelLoadError(Message("%(what)s: no such file", what=str(path)))
     return ModelSource("builtin", str(path), sha256_file(path), weights=weights)
@@ -457,10 +459,8 @@ def _adapt_upload(engine: Engine, card: ModelCard) -> None:
 def attach(engine: Engine, card: ModelCard, cache: ArtefactCache) -> None:
     """What the engine's feature output is used for beside the answer, read from the
     cache: the head weight heatmaps need, and the "I'm not sure" criterion."""
-    from webapp.serving import openset
-
     engine.cam_weight = cam_weight(card, cache)
-    engine.openset = openset.load(card, cache)
+    engine.openset = scores.load(card, cache)
 
 
 def cam_weight(card: ModelCard, cache: ArtefactCache):

@@ -8,7 +8,7 @@ One model's entry, all under ``ENGINE_CACHE_DIR``, named by the model's *key*::
                         ``features``, the last feature map before global pooling
     <key>.head.npz      the linear head (weight, bias) the heatmap is computed with
     <key>.openset.npy   a trained model's normalised training features, for "I'm not sure"
-                        (``webapp.serving.openset``)
+                        (``webapp.scores``)
     <key>-<calibration>.int8.onnx   static int8 (QDQ), built when QUANTIZE=static asks
 
 The key is a hash of the source file's sha256, what the uploader said about it (class
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, fields
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from webapp import config
+from webapp import config, durable
 from webapp.checkpoints.files import sha256_file
 from webapp.checkpoints.loaded import ModelLoadError
 from webapp.checkpoints.preprocess import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD
@@ -107,7 +107,7 @@ def model_key(file_sha256: str, given: dict | None = None) -> str:
 class ModelCard:
     """Everything a worker needs to serve one model, as built by the child process.
 
-    The attribute names are those of ``model_loader.LoadedModel`` (the torch side), so
+    The attribute names are those of ``LoadedModel`` (the torch side), so
     views and templates describe a model the same way whatever engine serves it."""
 
     key: str
@@ -134,7 +134,7 @@ class ModelCard:
     found: dict = field(default_factory=dict)  # where arch, classes... were found
     summary: str = ""  # one sentence on that, for the admin page
     guard: str | None = None  # file of the model's own validation images (QUANTIZE=auto)
-    openset: dict | None = None  # when it answers "unknown" (webapp.serving.openset)
+    openset: dict | None = None  # when it answers "unknown" (webapp.scores)
     # Filled in by the worker that serves the card (not stored):
     quantization: str = "none"
     engine_name: str = "openvino"
@@ -231,8 +231,6 @@ class ArtefactCache:
     def sweep(self, older_than: float) -> int:
         """Remove what builds cut short left behind (``.<name>.tmp-*`` files and work
         folders, private OpenVINO compilations) when older than ``older_than`` seconds."""
-        from webapp.stores import durable
-
         return durable.sweep(self.root, older_than, durable.is_temp_name) + durable.sweep(
             self.root / "openvino", older_than, lambda name: name.startswith(".compile-"))
 

@@ -1,6 +1,6 @@
 """Building what workers serve: a model file in, a model card and an ONNX network out.
 
-This is the only place (with ``model_loader``'s readers and the torch engine) that needs
+This is the only place (with ``webapp.checkpoints``' readers and the torch engine) that needs
 torch, and it runs in a **short-lived child process** (``python -m webapp.engines.build``,
 started by ``webapp.engines.child``) or in the training job runner, never in a web worker:
 importing torch costs a worker ~900 MB and seconds of start-up.  What it leaves behind is
@@ -9,7 +9,7 @@ only read files.
 
 What a build does, for one model file:
 
-1. load and validate it (``model_loader``: ``weights_only``, exact fit, a probe);
+1. load and validate it (``load_checkpoint``: ``weights_only``, exact fit, a probe);
 2. find the last spatial feature map (the layer Grad-CAM looks at) and check that the
    head is *global average pooling + one linear layer* (ResNet, EfficientNet(-Lite),
    DenseNet, RegNet, SqueezeNet...): then Grad-CAM equals CAM computed from that feature
@@ -43,8 +43,9 @@ import numpy as np
 import torch
 from torch import nn
 
-import model_loader
-from model_loader import ModelLoadError
+from webapp.checkpoints.labels import imagenet_labels
+from webapp.checkpoints.load import load_checkpoint, load_imagenet_model
+from webapp.checkpoints.loaded import LoadedModel, ModelLoadError
 from webapp.engines import precision
 from webapp.engines.artefacts import ArtefactCache, EngineCacheError, ModelCard, model_key
 from webapp.engines.calibration import calibration_arrays, calibration_files
@@ -143,7 +144,7 @@ def check_agreement(module: nn.Module, onnx_path: Path, batch: np.ndarray, what:
                                  what=what, got=str(got.tolist()), want=str(want.tolist())))
 
 
-def build_card(loaded: model_loader.LoadedModel, key: str, cache: ArtefactCache, *,
+def build_card(loaded: LoadedModel, key: str, cache: ArtefactCache, *,
                lock: bool = True) -> ModelCard:
     """Export ``loaded`` into the cache under ``key`` and write its card, under the
     card's lock (``lock=False``: the caller holds it -- the worker that started this
@@ -191,9 +192,9 @@ def build_card(loaded: model_loader.LoadedModel, key: str, cache: ArtefactCache,
         return card
 
 
-def open_set(loaded: model_loader.LoadedModel, key: str, cache: ArtefactCache,
+def open_set(loaded: LoadedModel, key: str, cache: ArtefactCache,
              head) -> dict | None:
-    """The model's "I'm not sure" criterion for its card (``webapp.serving.openset``):
+    """The model's "I'm not sure" criterion for its card (``webapp.scores``):
     a trained model's ``knn`` entry, its bank copied into the cache as ``<key>.openset.npy``;
     for an ImageNet model, the ``max_logit`` criterion measured now.  Both need the feature
     output (a pooling + linear head: ``head``); None otherwise, and the model never answers
@@ -211,7 +212,7 @@ def open_set(loaded: model_loader.LoadedModel, key: str, cache: ArtefactCache,
         cache.put(name, lambda tmp: np.save(open(tmp, "wb"), bank))
         return {**{k: v for k, v in entry.items() if k != "bank"}, "file": name,
                 "bank_size": int(len(bank))}
-    if list(loaded.labels) == model_loader.imagenet_labels():
+    if list(loaded.labels) == imagenet_labels():
         from webapp.engines import openset
 
         return openset.imagenet_criterion(loaded.module, head[:2], loaded.input_size,
@@ -248,7 +249,7 @@ def _onnx_card(loaded, key: str, cache: ArtefactCache, started: float) -> ModelC
     return card
 
 
-def weights_key(loaded: model_loader.LoadedModel) -> str:
+def weights_key(loaded: LoadedModel) -> str:
     """A cache key from the weights themselves (names, dtypes, shapes, bytes) and the
     preprocessing, for a model that exists only in memory (tests, benchmarks)."""
     digest = hashlib.sha256()
@@ -263,7 +264,7 @@ def weights_key(loaded: model_loader.LoadedModel) -> str:
                                           "mean": list(loaded.mean), "std": list(loaded.std)})
 
 
-def serve_loaded(loaded: model_loader.LoadedModel, settings) -> tuple[ModelCard, object]:
+def serve_loaded(loaded: LoadedModel, settings) -> tuple[ModelCard, object]:
     """A model that exists only in memory (benchmarks, tests) served the way a worker
     serves a file: its card built into ``settings``' cache, then the configured engine
     and precision.  Returns ``(card, engine)``."""
@@ -315,7 +316,7 @@ def _cap_memory(megabytes: int) -> None:
 CONVERSION_MB = 6144
 
 
-def _allow_conversion(loaded: model_loader.LoadedModel | None, started_at: int) -> None:
+def _allow_conversion(loaded: LoadedModel | None, started_at: int) -> None:
     """Raise the soft memory cap, once a file is read and validated (or was converted
     before: ``loaded`` None), to what converting a model of its size needs
     (``CONVERSION_MB``)."""
@@ -367,15 +368,15 @@ def check_expansion(path: str, memory_mb: int, what: str) -> None:
             size=f"{size:,.1f}"))
 
 
-def _load(args) -> model_loader.LoadedModel:
+def _load(args) -> LoadedModel:
     if args.command == "builtin":
-        return model_loader.load_imagenet_model(args.weights or None,
+        return load_imagenet_model(args.weights or None,
                                                 allow_download=args.allow_download)
     given = json.loads((sys.stdin.read() if args.given == "-" else args.given) or "{}")
     label = _label(args.label)
     if args.memory_mb:
         check_expansion(args.file, args.memory_mb, label or args.file)
-    return model_loader.load_checkpoint(
+    return load_checkpoint(
         args.file, source_kind="registry", label=label or None,
         version=args.sha256 or None, **given)
 

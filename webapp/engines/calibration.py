@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model_loader import ModelLoadError
 from webapp.checkpoints.files import sha256_file
+from webapp.checkpoints.loaded import ModelLoadError
 from webapp.checkpoints.preprocess import CROP_RATIO, preprocess_array
 
 log = logging.getLogger(__name__)

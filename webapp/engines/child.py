@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from model_loader import ModelLoadError
+from webapp.checkpoints.loaded import ModelLoadError
 from webapp.engines.artefacts import EngineCacheError
 from webapp.messages import Message
 

@@ -1,4 +1,4 @@
-"""Making a model's "I'm not sure" criterion (``webapp.serving.openset`` applies it): with
+"""Making a model's "I'm not sure" criterion (``webapp.scores`` applies it): with
 torch, in the training process (``knn``: the bank of training features and the threshold
 that keeps 95 % of new pictures like its validation pictures) or in the builder
 (``max_logit``: for an ImageNet model without training pictures of its own).
@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from webapp import scores
 from webapp.engines.features import WithFeatures, find_target_layer
-from webapp.serving import openset
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +50,14 @@ def pooled_features(network: WithFeatures, batches: Iterable) -> np.ndarray:
     for batch in batches:
         images = batch[0] if isinstance(batch, list | tuple) else batch
         _, features = network(images)
-        rows.append(openset.pooled(features.float().cpu().numpy()))
+        rows.append(scores.pooled(features.float().cpu().numpy()))
     return np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
 
 
 def fit_knn(train: np.ndarray, val: np.ndarray, *, bursts: Sequence[int] | None = None,
             train_views: np.ndarray | None = None, view_bursts: Sequence[int] | None = None,
             val_views: np.ndarray | None = None, k: int = DEFAULT_K,
-            keep: float = openset.KEEP, layer: str = "") -> dict:
+            keep: float = scores.KEEP, layer: str = "") -> dict:
     """The ``knn`` criterion for a model trained on ``train`` (pooled features of its
     training pictures) and validated on ``val``: the bank (normalised, float16 to halve
     the checkpoint's share) and the distance that keeps ``keep`` of new pictures, set on
@@ -85,18 +85,18 @@ def fit_knn(train: np.ndarray, val: np.ndarray, *, bursts: Sequence[int] | None 
         features = np.concatenate([train, train_views])
         if numbers is not None:
             numbers = np.concatenate([numbers, np.asarray(view_bursts)])
-    normal = openset.normalised(features)
+    normal = scores.normalised(features)
     rows = np.arange(len(normal))
     if len(rows) > MAX_BANK:
         rows = np.linspace(0, len(rows) - 1, MAX_BANK).round().astype(int)
     bank = normal[rows]
     held = val if val_views is None or not len(val_views) else np.concatenate([val, val_views])
-    distances = openset.knn_distance(bank, held, k)
+    distances = scores.knn_distance(bank, held, k)
     crossed = np.zeros(0)
     if numbers is not None:
         crossed = other_burst_distances(normal, numbers, rows, k)
     calibration = np.concatenate([distances, crossed])
-    threshold = openset.keeping(calibration, keep, low_is_known=True, conformal=True)
+    threshold = scores.keeping(calibration, keep, low_is_known=True, conformal=True)
     return {"method": "knn", "k": int(k), "threshold": round(threshold, 6),
             "keep": keep, "validation_images": int(len(val)),
             "validation_views": 0 if val_views is None else int(len(val_views)),
@@ -119,7 +119,7 @@ def other_burst_distances(normal: np.ndarray, bursts: np.ndarray, rows: np.ndarr
         part = mine[start:start + chunk]
         similarity = normal[part] @ bank.T
         similarity[bank_bursts[None, :] == bursts[part][:, None]] = -np.inf
-        distances = openset.kth_distance(similarity, k)
+        distances = scores.kth_distance(similarity, k)
         out.append(distances[np.isfinite(distances)])  # fewer than k others: not measured
     return np.concatenate(out) if out else np.zeros(0)
 
@@ -176,7 +176,7 @@ def example_batch(input_size: int, resize: int, mean, std) -> np.ndarray | None:
 
 @torch.no_grad()
 def imagenet_criterion(module: nn.Module, head: tuple[np.ndarray, np.ndarray],
-                       input_size: int, mean, std, *, keep: float = openset.KEEP,
+                       input_size: int, mean, std, *, keep: float = scores.KEEP,
                        score: str = SCORE, percentile: float = REACT_PERCENTILE
                        ) -> dict | None:
     """The criterion of an ImageNet model with a linear head (its weight and bias):
@@ -193,8 +193,8 @@ def imagenet_criterion(module: nn.Module, head: tuple[np.ndarray, np.ndarray],
     batch = torch.from_numpy(batch)
     features = pooled_features(network, [batch[i:i + 16] for i in range(0, len(batch), 16)])
     clip = float(np.percentile(features, percentile))
-    scores = openset.SCORES[score](features, head[0], head[1], clip)
-    threshold = openset.keeping(scores, keep, low_is_known=False, conformal=True)
+    rated = scores.SCORES[score](features, head[0], head[1], clip)
+    threshold = scores.keeping(rated, keep, low_is_known=False, conformal=True)
     return {"method": score, "clip": round(clip, 6), "clip_percentile": percentile,
             "threshold": round(threshold, 6), "keep": keep,
             "photos": len(batch) // EXAMPLE_VIEWS, "views": len(batch), "layer": layer}

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from model_loader import ModelLoadError
 from webapp import config
+from webapp.checkpoints.loaded import ModelLoadError
 from webapp.engines.artefacts import ArtefactCache, ModelCard
 from webapp.engines.calibration import calibration_arrays, calibration_files, int8_name
+from webapp.scores import softmax
 
 log = logging.getLogger(__name__)
 
@@ -220,8 +221,7 @@ def decide(card: ModelCard, cache: ArtefactCache, settings) -> dict:
     for /readyz, the admin page and the log; a candidate that could not be built or run
     is reported as failed, with its reason.  ``settings.handicap``: ms slept in the timed
     passes of some candidates (``AUTO_HANDICAP_MS``)."""
-    from webapp import engines
-    from webapp.serving.classifier import softmax
+    from webapp import engines  # the package imports this module: a loop at import
 
     started = time.perf_counter()
     # Timed on one stream (a request alone); no second network compiling in the

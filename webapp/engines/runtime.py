@@ -59,7 +59,7 @@ class Engine:
     features_run: object = None
     # The linear head's weight (classes × channels) when heatmaps are possible.
     cam_weight: np.ndarray | None = None
-    # When answers are "unknown" (``webapp.serving.openset.OpenSet``), or None.
+    # When answers are "unknown" (``webapp.scores.OpenSet``), or None.
     openset: object = None
     # Set once every network of the engine is compiled and warm (OpenVINO's dual streams
     # compile the second in the background), or None when there is nothing to wait for.

@@ -24,7 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-import model_loader
+from webapp.checkpoints.imagenet import torch_hub_dir
+from webapp.checkpoints.load import load_checkpoint, load_imagenet_model
+from webapp.checkpoints.loaded import LoadedModel, ModelLoadError
 from webapp.engines.artefacts import ArtefactCache, ModelCard
 from webapp.engines.calibration import calibration_arrays, calibration_digest, calibration_files
 from webapp.engines.features import WithFeatures
@@ -54,11 +56,11 @@ def configure_threads(threads: int) -> int:
     return threads
 
 
-def load_module(source) -> model_loader.LoadedModel:
+def load_module(source) -> LoadedModel:
     """The fp32 model of ``source`` (a ``webapp.engines.ModelSource``), in this process."""
     if source.kind == "builtin":
-        return model_loader.load_imagenet_model(source.weights or None)
-    return model_loader.load_checkpoint(source.file, source_kind="registry",
+        return load_imagenet_model(source.weights or None)
+    return load_checkpoint(source.file, source_kind="registry",
                                         label=source.label or None, version=source.sha256,
                                         **source.given)
 
@@ -70,7 +72,7 @@ def serve(card: ModelCard, source, settings) -> tuple[ModelCard, Engine]:
     return serve_module(card, load_module(source), settings, started)
 
 
-def serve_module(card: ModelCard, loaded: model_loader.LoadedModel, settings,
+def serve_module(card: ModelCard, loaded: LoadedModel, settings,
                  started: float | None = None) -> tuple[ModelCard, Engine]:
     started = time.perf_counter() if started is None else started
     module = loaded.module.eval()
@@ -173,7 +175,7 @@ def _convert_fx(prepared: nn.Module) -> nn.Module:
 
 
 def prequantized_resnet18_path() -> Path:
-    return Path(model_loader.torch_hub_dir()) / "checkpoints" / PREQUANTIZED_RESNET18
+    return Path(torch_hub_dir()) / "checkpoints" / PREQUANTIZED_RESNET18
 
 
 def load_prequantized_resnet18(path: str | os.PathLike) -> nn.Module:
@@ -230,7 +232,7 @@ def _static(loaded, card: ModelCard, settings) -> nn.Module:
         prepared = _prepare_fx(module, loaded.input_size)
         state = torch.load(path, map_location="cpu", weights_only=True)
         if set(state) != set(_observer_state(prepared)):
-            raise model_loader.ModelLoadError("the observers do not match this model")
+            raise ModelLoadError("the observers do not match this model")
         prepared.load_state_dict(state, strict=False)
         return _convert_fx(prepared)
 

@@ -9,11 +9,11 @@ import logging
 from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from model_loader import ModelLoadError
+from webapp.checkpoints.loaded import ModelLoadError
 from webapp.http import accesslog, metrics
 from webapp.i18n import _l, translate
+from webapp.imaging import ImageError
 from webapp.messages import Message, reason
-from webapp.serving.imaging import ImageError
 
 log = logging.getLogger(__name__)
 

@@ -9,13 +9,13 @@ from collections.abc import Sequence
 
 from flask import current_app, request
 
-from webapp import current
+from webapp import current, imaging
 from webapp.http import accesslog, metrics, timings
 from webapp.http.errors import ApiError
 from webapp.http.uploads import MAX_URLENCODED_BYTES, URLENCODED, raw_body
 from webapp.i18n import current_language, translate
 from webapp.messages import Message
-from webapp.serving import imaging, prediction
+from webapp.serving import prediction
 from webapp.serving.prediction import Upload
 
 __all__ = ["IMAGE_FIELDS", "MAX_TOPK", "Upload", "classify", "display_names", "parse_topk",

@@ -1,6 +1,6 @@
 """The classifier one worker process serves: a model card (labels, preprocessing) and the
 engine that runs its network, with batched top-k prediction in NumPy, and whether each
-picture is unlike anything the model knows (``webapp.serving.openset``)."""
+picture is unlike anything the model knows (``webapp.scores``)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from webapp.checkpoints.preprocess import preprocess_array
 from webapp.engines import runtime
 from webapp.engines.artefacts import ModelCard
 from webapp.engines.runtime import Engine
+from webapp.scores import softmax
 from webapp.serving.stopwatch import Stopwatch
 
 # The stages of one answer, in order (ms): see ``Classifier.answer``.
@@ -35,19 +36,12 @@ class Prediction:
                 "index": self.index, "score": round(self.score, 6)}
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 (the scores the API reports)."""
-    logits = np.asarray(logits, dtype=np.float64)
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return probs / probs.sum(axis=1, keepdims=True)
-
-
 class Classifier:
     """One model, its labels and its preprocessing.  Safe to share between threads (the
     engine decides how concurrent passes share its CPU threads)."""
 
     def __init__(self, card: ModelCard, engine: Engine, model_id: str = "builtin"):
-        self.loaded = card  # named like model_loader.LoadedModel: views describe either
+        self.loaded = card  # named like LoadedModel: views describe either
         self.engine = engine
         self.labels = card.labels
         self.model_id = model_id  # "builtin" or the id in the model registry

@@ -10,8 +10,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from model_loader import ModelLoadError
 from webapp import engines
+from webapp.checkpoints.loaded import ModelLoadError
 from webapp.engines import EngineSettings
 from webapp.engines.precision import reason
 from webapp.messages import Message, MessageList

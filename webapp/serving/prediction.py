@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from webapp import imaging
 from webapp.messages import Message
-from webapp.serving import imaging
 from webapp.serving.classifier import Classifier
 from webapp.serving.stopwatch import Stopwatch
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from webapp.stores.durable import create_once
+from webapp.durable import create_once
 
 FILE_NAME = "admin_password.json"
 MIN_LENGTH = 8

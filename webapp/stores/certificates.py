@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from webapp.stores.durable import locked, write_bytes
+from webapp.durable import locked, write_bytes
 
 CA_DAYS = 3650
 SERVER_DAYS = 397

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
+from webapp import imaging
 from webapp.messages import Message
-from webapp.serving import imaging
 from webapp.stores.dataset_names import MAX_CLASSES, DatasetStoreError, check_class_name
 
 SPLIT_FOLDERS = {"train", "val", "valid", "validation", "test"}

@@ -15,7 +15,7 @@ Layout under ``DATA_DIR``::
   leading dot; image ids are made here (``20261123-120102-a1b2c3d4``).  Anything else is
   refused with a 400 before the filesystem is touched.
 * **No hostile bytes are kept.**  Every image is decoded with the server's own decoder
-  (``webapp.serving.imaging``: format allow-list, ``MAX_IMAGE_PIXELS``, EXIF rotation, colour
+  (``webapp.imaging``: format allow-list, ``MAX_IMAGE_PIXELS``, EXIF rotation, colour
   modes), scaled down to at most ``MAX_SIDE`` pixels and stored re-encoded as a plain JPEG:
   no metadata, no trailing data, nothing the uploader chose but the pixels.
 * **When a picture was taken is kept** as its file's modification time (the Teach page
@@ -50,9 +50,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from webapp import durable, imaging
+from webapp.durable import fsync_dir
 from webapp.messages import Message
-from webapp.serving import imaging
-from webapp.stores import dataset_zip, durable
+from webapp.stores import dataset_zip
 from webapp.stores.dataset_names import (
     MAX_CLASSES,
     DatasetStoreError,
@@ -64,7 +65,6 @@ from webapp.stores.dataset_names import (
     suggest_slug,
 )
 from webapp.stores.dataset_zip import ImportResult
-from webapp.stores.durable import fsync_dir
 
 MAX_SIDE = 1024  # stored images: the longer side at most this (training uses ≤ 448)
 JPEG_QUALITY = 90

@@ -30,8 +30,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from webapp.durable import FileCache, locked, write_json
 from webapp.messages import Message, normalise
-from webapp.stores.durable import FileCache, locked, write_json
 
 log = logging.getLogger(__name__)
 

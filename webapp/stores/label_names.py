@@ -31,8 +31,8 @@ from pathlib import Path
 from babel import Locale, UnknownLocaleError
 
 from webapp.config import PROJECT_ROOT
+from webapp.durable import FileCache, locked, write_json
 from webapp.messages import Message
-from webapp.stores.durable import FileCache, locked, write_json
 
 log = logging.getLogger(__name__)
 

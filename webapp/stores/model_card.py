@@ -86,7 +86,7 @@ mean {prep['mean']}, std {prep['std']}.
 
 - `{files.get('checkpoint', '-')}`: PyTorch checkpoint (format v1: weights, classes,
   preprocessing); upload it to another offline-classifier server as it is, or read it
-  with `model_loader.load_checkpoint`.
+  with `load_checkpoint`.
 - `{files['onnx']}`: ONNX, fp32; input `input` (N, 3, {prep['input_size']},
   {prep['input_size']}), output `logits` (N, {described['num_classes']}); softmax gives
   the probabilities. Upload it with its class names to serve it.

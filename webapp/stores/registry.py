@@ -23,7 +23,7 @@ pointer is written to a temp file, fsynced and ``os.replace``d.  A crash at any 
 leaves either the old state or the new one, plus garbage in ``tmp/`` that the next writer
 sweeps away.  Readers only look at ``models/*/meta.json`` and ``active.json``.
 
-``builtin`` is the built-in ImageNet model (``model_loader.imagenet_weights_file``): always
+``builtin`` is the built-in ImageNet model (``imagenet_weights_file``): always
 present, never deleted, active when nothing else is.  IDs are made here, never taken from
 a user; names are for display only.  Knows nothing about Flask.
 """
@@ -41,14 +41,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import model_loader
-from model_loader import ModelLoadError
-from webapp import engines
+from webapp import durable, engines
+from webapp.checkpoints.architectures import supported_archs
+from webapp.checkpoints.files import sha256_file
+from webapp.checkpoints.loaded import ModelLoadError
+from webapp.durable import fsync_dir, locked, write_json
 from webapp.engines import EngineSettings, ModelSource
 from webapp.engines.artefacts import EngineCacheError
 from webapp.messages import Message
-from webapp.stores import durable
-from webapp.stores.durable import fsync_dir, locked, write_json
 from webapp.stores.model_names import (  # noqa: F401 - RegistryError, unknown_model: the store's API
     BUILTIN,
     ID_RE,
@@ -208,7 +208,7 @@ class Registry:
         meta = self.meta(model_id)
         path = self.models_dir / model_id / _file_of(meta)
         try:
-            intact = model_loader.sha256_file(path) == meta.get("sha256")
+            intact = sha256_file(path) == meta.get("sha256")
         except OSError as exc:
             raise ModelLoadError(Message("its checkpoint cannot be read (%(error)s)",
                                          error=exc.strerror)) from None
@@ -306,7 +306,7 @@ class Registry:
         and time caps), and the metadata to store with it; ``RegistryError`` 422 says
         why a file is refused."""
         size = upload.stat().st_size
-        sha256 = model_loader.sha256_file(upload)
+        sha256 = sha256_file(upload)
         try:
             loaded = engines.ensure_card(engines.checkpoint_source(
                 upload, sha256, given=jsonable_fields(fields), label=label,
@@ -507,12 +507,12 @@ def _file_of(meta: dict) -> str:
 
 def _check_arch(fields: dict) -> None:
     arch = str(fields.get("arch") or "").strip() or None
-    if arch not in (None, "auto", "onnx") and arch not in model_loader.supported_archs():
+    if arch not in (None, "auto", "onnx") and arch not in supported_archs():
         raise RegistryError(
             400, "bad_arch", Message(
                 "Architecture %(arch)s is not supported; use one of: %(supported)s",
                 arch=repr(arch),
-                supported=", ".join(["auto", *sorted(model_loader.supported_archs())])))
+                supported=", ".join(["auto", *sorted(supported_archs())])))
 
 
 def _parse_state(text: str) -> State:

@@ -10,8 +10,11 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-import model_loader
-from model_loader import IMAGENET_MEAN, IMAGENET_STD, ModelLoadError
+from webapp.checkpoints.architectures import build_model
+from webapp.checkpoints.imagenet import cache_path, download_resnet18, load_bundled
+from webapp.checkpoints.load import load_checkpoint
+from webapp.checkpoints.loaded import ModelLoadError
+from webapp.checkpoints.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from webapp.config import setting
 from webapp.training.options import FinetuneError, FinetuneOptions
 
@@ -62,7 +65,7 @@ def choose_backbone(options: FinetuneOptions) -> Backbone:
     if weights_file:
         return _from_file(weights_file, "--weights" if options.weights else "MODEL_WEIGHTS",
                           arch)
-    cached = model_loader.cache_path()
+    cached = cache_path()
     if arch in ("auto", "resnet18"):
         resnet = _resnet18_from_cache(cached, options.progress_bar, required=arch == "resnet18")
         if resnet is not None:
@@ -72,7 +75,7 @@ def choose_backbone(options: FinetuneOptions) -> Backbone:
 
 def _from_file(weights_file: str, origin: str, arch: str) -> Backbone:
     """``--weights FILE`` or ``MODEL_WEIGHTS``: any PyTorch weights of a known kind."""
-    loaded = model_loader.load_checkpoint(weights_file, source_kind="explicit")
+    loaded = load_checkpoint(weights_file, source_kind="explicit")
     if loaded.module is None:
         raise FinetuneError(f"{origin}={weights_file} is an ONNX model; fine-tuning "
                             "starts from PyTorch weights (a state_dict or a checkpoint)")
@@ -94,11 +97,11 @@ def _resnet18_from_cache(cached, progress: bool, *, required: bool) -> Backbone 
     None (``auto`` goes on to the bundled EfficientNet-Lite0)."""
     if not cached.is_file() and setting("ALLOW_DOWNLOAD"):
         try:
-            model_loader.download_resnet18(progress=progress)
+            download_resnet18(progress=progress)
         except ModelLoadError as exc:
             log.warning("%s", exc)
     if cached.is_file():
-        loaded = model_loader.load_checkpoint(cached, source_kind="cache", arch="resnet18")
+        loaded = load_checkpoint(cached, source_kind="cache", arch="resnet18")
         return Backbone(
             "resnet18", loaded.module, f"torchvision cache {cached}",
             f"resnet18 starts from its ImageNet weights in the torchvision cache ({cached}).",
@@ -117,7 +120,7 @@ def _resnet18_from_cache(cached, progress: bool, *, required: bool) -> Backbone 
 
 def _bundled(arch: str, cached) -> Backbone:
     """The bundled EfficientNet-Lite0 with its ImageNet weights."""
-    loaded = model_loader.load_bundled()
+    loaded = load_bundled()
     why = (
         "efficientnet_lite0 starts from the bundled EfficientNet-Lite0 ImageNet weights"
         if arch == "efficientnet_lite0"
@@ -146,7 +149,7 @@ def head_name(model: nn.Module, arch: str) -> str:
 
 def build_finetune_model(backbone: Backbone, num_classes: int) -> nn.Module:
     """A ``num_classes``-way model with the backbone's weights and a fresh head."""
-    model = model_loader.build_model(backbone.arch, num_classes)
+    model = build_model(backbone.arch, num_classes)
     if backbone.module is None:
         return model
     head = head_name(model, backbone.arch) + "."

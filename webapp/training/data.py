@@ -11,7 +11,7 @@ named after the class, images anywhere below it):
   times) stay in the same part, so a model is never tested on near-copies of what it
   trained on (``webapp.training.bursts``).
 
-Every file is checked with the server's own decoder (``webapp.serving.imaging``: same format
+Every file is checked with the server's own decoder (``webapp.imaging``: same format
 allow-list, pixel limit, EXIF and mode handling).  Files that cannot be used are skipped
 and counted, with the reason; a layout that cannot be trained (no folder, fewer than two
 classes, a class without a single usable image) is a ``DatasetError`` that says what to fix.
@@ -33,9 +33,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from model_loader import CROP_RATIO
+from webapp import imaging
+from webapp.checkpoints.preprocess import CROP_RATIO
 from webapp.config import setting
-from webapp.serving import imaging
 from webapp.training import bursts as burst_split
 from webapp.training.options import DEFAULT_FRACTIONS, FinetuneOptions, progress_bars
 from webapp.training.transforms import ServingPreprocess, new_view, train_transform

@@ -62,8 +62,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from webapp.durable import locked, write_json
 from webapp.messages import Message, MessageList
-from webapp.stores.durable import locked, write_json
 
 log = logging.getLogger(__name__)
 

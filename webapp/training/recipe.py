@@ -1,5 +1,5 @@
 """Fine-tune an ImageNet model on your own image folders and write a checkpoint the
-server serves (format v1, see ``model_loader.save_checkpoint``).
+server serves (format v1, see ``save_checkpoint``).
 
     python -m webapp.finetune DATA_DIR --out model.pt        (or: flask --app app finetune)
 
@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import model_loader
+from webapp.checkpoints.v1 import save_checkpoint
 from webapp.messages import Message
 from webapp.training import report as training_report
 from webapp.training.backbone import choose_backbone
@@ -251,7 +251,7 @@ def _write_outputs(out: Path, trainer: Trainer, history: list[dict], stopper: Ea
         "seconds": round(time.perf_counter() - started, 1),
     }
     training_report.write_json(report_path, report)
-    model_loader.save_checkpoint(
+    save_checkpoint(
         out, trainer.model.cpu(), arch=backbone.arch, classes=trainer.splits.classes,
         input_size=options.image_size, mean=backbone.mean, std=backbone.std, metrics=metrics,
         guard=guard_images(trainer), openset=criterion,

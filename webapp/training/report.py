@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
+from webapp import durable
 from webapp.messages import Message, catalog_gettext, render
-from webapp.stores import durable
 from webapp.training.caveat import MIN_SUPPORT
 from webapp.training.caveat import facts as caveat_facts
 from webapp.training.caveat import message as caveat_message

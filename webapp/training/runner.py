@@ -260,7 +260,7 @@ def run_job(queue: JobQueue, job: dict) -> None:
 
 
 def _known_failure(exc: Exception) -> str | None:
-    from model_loader import ModelLoadError
+    from webapp.checkpoints.loaded import ModelLoadError
 
     if isinstance(exc, ModelLoadError):
         return Message("The starting weights could not be loaded: %(reason)s",

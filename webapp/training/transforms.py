@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torchvision import transforms
 
-from model_loader import CROP_RATIO, preprocess_array
+from webapp.checkpoints.preprocess import CROP_RATIO, preprocess_array
 from webapp.training.options import FinetuneOptions
 
 

@@ -11,15 +11,14 @@ from urllib.parse import quote
 
 from flask import Blueprint, current_app, jsonify, request
 
-from model_loader import ModelLoadError
-from webapp import current
+from webapp import current, imaging
+from webapp.checkpoints.loaded import ModelLoadError
 from webapp.http import accesslog, capacity, metrics, timings
 from webapp.http.errors import ApiError
 from webapp.http.images import classify, display_names, parse_topk, uploads_from_request
 from webapp.i18n import translate
 from webapp.messages import Message, reason
 from webapp.serving import explain as explaining
-from webapp.serving import imaging
 
 bp = Blueprint("api", __name__)
 

@@ -12,15 +12,14 @@ import io
 from flask import Blueprint, render_template, request
 from PIL import Image
 
-from model_loader import ModelLoadError
-from webapp import current
+from webapp import current, imaging
+from webapp.checkpoints.loaded import ModelLoadError
 from webapp.config import PROJECT_ROOT
 from webapp.http import capacity
 from webapp.http.errors import ApiError
 from webapp.http.images import Upload, classify, uploads_from_request
 from webapp.i18n import _, _l
 from webapp.messages import Message
-from webapp.serving import imaging
 
 bp = Blueprint("ui", __name__)
 

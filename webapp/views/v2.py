@@ -23,8 +23,8 @@ import binascii
 import numpy as np
 from flask import Blueprint, current_app, jsonify, request
 
-from model_loader import ModelLoadError
 from webapp import current
+from webapp.checkpoints.loaded import ModelLoadError
 from webapp.http import accesslog, capacity, metrics, tensors
 from webapp.http.errors import error_json
 from webapp.http.images import MAX_TOPK, classify

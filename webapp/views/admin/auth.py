@@ -31,12 +31,12 @@ from limits.strategies import MovingWindowRateLimiter
 from wtforms import PasswordField
 from wtforms.validators import DataRequired
 
-from webapp import current
+from webapp import current, durable
 from webapp.config import ConfigError
 from webapp.http.errors import error_json
 from webapp.i18n import _, _l, translate
 from webapp.messages import Message
-from webapp.stores import admin_password, durable
+from webapp.stores import admin_password
 from webapp.stores.registry import Registry
 from webapp.views.admin import bp, is_api, setup
 

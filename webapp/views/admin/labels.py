@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from flask import flash, jsonify, redirect, render_template, request, url_for
 
-from model_loader import ModelLoadError
 from webapp import current
+from webapp.checkpoints.loaded import ModelLoadError
 from webapp.http import uploads
 from webapp.http.errors import ApiError
 from webapp.i18n import _, current_language, languages, normalise, translate

@@ -20,8 +20,9 @@ from flask import (
 )
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from model_loader import ModelLoadError, supported_archs
-from webapp import current
+from webapp import current, imaging
+from webapp.checkpoints.architectures import supported_archs
+from webapp.checkpoints.loaded import ModelLoadError
 from webapp.checkpoints.loaded import summary as model_summary
 from webapp.checkpoints.onnx_model import bundle
 from webapp.current import registry
@@ -30,7 +31,6 @@ from webapp.http.errors import ApiError, too_large
 from webapp.http.images import classify, display_names, parse_topk, uploads_from_request
 from webapp.i18n import _, _l, translate
 from webapp.messages import Message, reason
-from webapp.serving import imaging
 from webapp.serving.workers import NotServing
 from webapp.stores.registry import BUILTIN, RegistryError, unknown_model
 from webapp.training import caveat
@@ -175,7 +175,7 @@ def _store_upload() -> dict:
 
 
 MAX_LABELS_BYTES = 1 << 20  # a labels file of 1 MB holds ~50,000 names
-# Form fields sent with a model file, as model_loader.load_checkpoint takes them.
+# Form fields sent with a model file, as load_checkpoint takes them.
 MODEL_FIELDS = ("arch", "classes", "input_size", "mean", "std", "activation", "ema")
 
 

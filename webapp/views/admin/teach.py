@@ -30,12 +30,11 @@ from flask import (
 )
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from webapp import current
+from webapp import current, imaging
 from webapp.http import uploads
 from webapp.http.errors import ApiError, too_large
 from webapp.i18n import _, _l, current_language, translate
 from webapp.messages import Message
-from webapp.serving import imaging
 from webapp.stores.dataset_names import DatasetStoreError, check_taken
 from webapp.stores.registry import REPORT_FILES, RegistryError
 from webapp.training.jobs import TEACH_DEFAULTS, JobError, check_options

@@ -1,4 +1,5 @@
-""""I'm not sure what this is": telling a picture unlike anything a model was taught from one
+"""Scores from a network's outputs: the probabilities the API reports (``softmax``) and
+"I'm not sure what this is", telling a picture unlike anything a model was taught from one
 it knows.  NumPy only (workers import this; training and the builder use the same maths).
 
 A classifier of N classes always picks one of them: taught "cat" and "mug", it calls an
@@ -36,6 +37,15 @@ from dataclasses import dataclass
 import numpy as np
 
 KEEP = 0.95  # share of in-class validation pictures a threshold keeps (not unknown)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 (the scores the API reports)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
 METHODS = ("knn", "max_logit", "energy")
 
 
