@@ -1,9 +1,8 @@
 """How close the server's decoding and preprocessing keep a model's answers to torchvision's
 on large photos: each test photo made large (shorter side 600 to 3024 px, bicubic, with
 mild sensor-like noise, JPEG quality 90, and PNG), decoded the way /predict decodes it
-(``webapp.imaging.load``: JPEG draft, ``DRAFT_GAP``, or box reduction,
-``REDUCE_GAP``) and
-preprocessed (``preprocess_array``), against Pillow's full decode + torchvision's
+(``webapp.imaging.load``: JPEG draft, ``DRAFT_GAP``, or box reduction, ``REDUCE_GAP``)
+and preprocessed (``preprocess_array``), against Pillow's full decode + torchvision's
 Resize/CenterCrop/ToTensor/Normalize.  Reported per size: the largest pixel difference
 (0-255) and the largest change of any class's probability on the bundled
 EfficientNet-Lite0 (the real ImageNet model that ships; its scores are the ones that
