@@ -1,7 +1,7 @@
 """How close the server's decoding and preprocessing keep a model's answers to torchvision's
 on large photos: each test photo made large (shorter side 600 to 3024 px, bicubic, with
 mild sensor-like noise, JPEG quality 90, and PNG), decoded the way /predict decodes it
-(``webapp.imaging.load``: JPEG draft, ``DRAFT_GAP``, or box reduction, ``REDUCE_GAP``)
+(``webapp.imaging.load``: JPEG draft or box reduction, keeping ``DECODE_GAP``)
 and preprocessed (``preprocess_array``), against Pillow's full decode + torchvision's
 Resize/CenterCrop/ToTensor/Normalize.  Reported per size: the largest pixel difference
 (0-255) and the largest change of any class's probability on the bundled
@@ -9,7 +9,7 @@ EfficientNet-Lite0 (the real ImageNet model that ships; its scores are the ones 
 move most here), and how often the top-1 stayed the same.
 
     .venv/bin/python bench/decode_fidelity.py            # ~1 min
-    .venv/bin/python bench/decode_fidelity.py --noise 0
+    .venv/bin/python bench/decode_fidelity.py --noise 0 --gap 2
 """
 
 from __future__ import annotations
@@ -38,18 +38,15 @@ def main() -> int:
     parser.add_argument("--noise", type=float, default=4.0, help="sensor-like noise (sigma)")
     parser.add_argument("--sizes", default="600,1200,2000,3024,4032")
     parser.add_argument("--gap", type=int, default=imaging.DRAFT_GAP,
-                        help="try another DRAFT_GAP (0: always decode in full)")
-    parser.add_argument("--reduce-gap", type=int, default=imaging.REDUCE_GAP,
-                        help="try another REDUCE_GAP (0: never box-reduce)")
+                        help="try another DECODE_GAP (0: always decode in full)")
     args = parser.parse_args()
-    imaging.DRAFT_GAP = args.gap or 10**6
-    imaging.REDUCE_GAP = args.reduce_gap or 10**6
+    gap = args.gap or 10**6
     model = model_loader.load_bundled().module.eval()
     reference = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224),
                                     transforms.ToTensor(),
                                     transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     rng = np.random.default_rng(0)
-    print(f"draft gap {args.gap}, reduce gap {args.reduce_gap}, noise sigma {args.noise:g}")
+    print(f"decode gap {args.gap}, noise sigma {args.noise:g}")
     for short in (int(s) for s in args.sizes.split(",")):
         for fmt in ("JPEG", "PNG"):
             worst_px = worst_p = 0.0
@@ -65,7 +62,7 @@ def main() -> int:
                     buf, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
                 data = buf.getvalue()
                 want = reference(Image.open(io.BytesIO(data)).convert("RGB"))
-                img = imaging.load(data, max_pixels=10**9, min_side=256)
+                img = imaging.load(data, max_pixels=10**9, min_side=256, gap=gap)
                 got = torch.from_numpy(preprocess_array(img, 256, 224, IMAGENET_MEAN,
                                                         IMAGENET_STD))
                 worst_px = max(worst_px, float((got - want).abs().max()) * 0.229 * 255)

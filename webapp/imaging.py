@@ -219,25 +219,28 @@ def pixels_to_decode(data: bytes, *, max_pixels: int, min_side: int | None = Non
 
 
 def load(data: bytes, *, max_pixels: int, min_side: int | None = None,
-         seconds: float | None = None, deadline: float | None = None) -> Image.Image:
+         seconds: float | None = None, deadline: float | None = None,
+         gap: int | None = None) -> Image.Image:
     """Decode ``data`` into an 8-bit RGB image, upright per its EXIF orientation.
     ``seconds``: the most the decoding may take (``DecodeBudget``; the read and scan
     limits apply in any case), counted to ``deadline`` when several images share it.
 
     ``min_side``: the size the model will resize the shorter side to.  JPEGs are then
     decoded at the smallest 1/2, 1/4 or 1/8 scale that keeps both sides at least
-    ``DRAFT_GAP`` times that large (``Image.draft``), which is several times faster for
-    phone photos; other formats are reduced by a whole factor right after decoding
-    (``_reduce``).  The image says by how much (``info["scale"]``, with the size it had
-    before, ``info["original_size"]``), so that the resize and the centre crop are
-    placed where they fall on the full image (``preprocess_array``).
+    ``gap`` times that large (``Image.draft``; default ``DRAFT_GAP``), which is several
+    times faster for phone photos; other formats are reduced by a whole factor right
+    after decoding, keeping the same gap (``_reduce``).  The image says by how much
+    (``info["scale"]``, with the size it had before, ``info["original_size"]``), so that
+    the resize and the centre crop are placed where they fall on the full image
+    (``preprocess_array``).
     """
     img = open_image(data, max_pixels=max_pixels,
                      budget=DecodeBudget(data, seconds=seconds, deadline=deadline))
     try:
         width, height = img.size  # as stored, before any reduced-scale decoding
+        gap = gap or DRAFT_GAP
         if min_side and img.format in ("JPEG", "MPO"):
-            img.draft("RGB", (DRAFT_GAP * min_side, DRAFT_GAP * min_side))
+            img.draft("RGB", (gap * min_side, gap * min_side))
         img.seek(0)  # first frame of animations and multi-page files
         img.load()
         decoded = img.size
@@ -245,7 +248,7 @@ def load(data: bytes, *, max_pixels: int, min_side: int | None = None,
         out = to_rgb(_upright(img))
         if out.size != decoded:  # EXIF said the photo is on its side
             width, height = height, width
-        out, factor = _reduce(out, min_side)
+        out, factor = _reduce(out, min_side, gap)
         out.info["original_size"] = (width, height)
         out.info["scale"] = scale * factor
         return out
@@ -267,21 +270,21 @@ def load(data: bytes, *, max_pixels: int, min_side: int | None = None,
 # a JPEG decoded at 1/2, 1/4 or 1/8 (its DCT scaling), another format box-reduced by a
 # whole factor after decoding.  bench/decode_fidelity.py measured what each keeps of
 # torchvision's answers (docs/speed.md): at 2x a probability moved by up to 0.026, at 4x
-# a JPEG's by 0.007 to 0.012 and a box reduction's by 0.015; 6x keeps within 0.01.
+# a JPEG's by 0.007 to 0.012 and a box reduction's by 0.015; 6x keeps within 0.01.  The
+# server's DECODE_GAP setting chooses another gap (speed for fidelity).
 DRAFT_GAP = 6
-REDUCE_GAP = 6
 
 
-def _reduce(img: Image.Image, min_side: int | None) -> tuple[Image.Image, int]:
+def _reduce(img: Image.Image, min_side: int | None, gap: int) -> tuple[Image.Image, int]:
     """Other formats cannot be decoded at a reduced scale by Pillow (PNG, WebP, TIFF,
     AVIF, HEIC decode whole), but a box reduction by a whole factor right after decoding
     (``Image.reduce``, a few ms) makes the model's antialiased resize much cheaper, as
-    JPEG draft mode does for JPEGs.  The shorter side stays at least ``REDUCE_GAP`` times
+    JPEG draft mode does for JPEGs.  The shorter side stays at least ``gap`` times
     ``min_side``, so the final resize still does the fine work.  Returns the image and
     the factor (1: not reduced)."""
     if not min_side:
         return img, 1
-    factor = min(img.size) // (REDUCE_GAP * min_side)
+    factor = min(img.size) // (gap * min_side)
     return (img.reduce(factor), factor) if factor >= 2 else (img, 1)
 
 

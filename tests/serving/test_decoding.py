@@ -48,3 +48,29 @@ def test_a_small_image_is_not_reduced():
     out = imaging.load(encode(img, "PNG"), max_pixels=10**8, min_side=256)
     assert out.size == img.size
     assert out.tobytes() == img.tobytes()
+
+
+def test_decode_gap_trades_a_little_fidelity_for_a_smaller_decode(app, tmp_path):
+    """DECODE_GAP: a 2,400 × 1,600 JPEG is decoded in full by default; at gap 2 at 1/2
+    (a box reduction by 3 for a PNG).  /predict at gap 2 answers the same top-1 with
+    slightly different scores: the setting reaches the decoding."""
+    from webapp import create_app
+
+    big = photo("coffee").image.resize((2400, 1600), Image.Resampling.BICUBIC)
+    jpeg, png = encode(big, "JPEG", quality=92), encode(big, "PNG")
+    assert imaging.load(jpeg, max_pixels=10**8, min_side=256).info["scale"] == 1
+    assert imaging.load(jpeg, max_pixels=10**8, min_side=256, gap=2).info["scale"] == 2
+    assert imaging.load(png, max_pixels=10**8, min_side=256, gap=2).info["scale"] == 3
+
+    fast = create_app({"TESTING": True, "MODEL_DIR": str(tmp_path / "m2"),
+                       "DATA_DIR": str(tmp_path / "d2"), "DECODE_GAP": 2})
+    answers = []
+    for served in (app, fast):
+        response = served.test_client().post("/predict", data={
+            "image": (io.BytesIO(jpeg), "big.jpg"), "topk": "3"})
+        assert response.status_code == 200
+        answers.append(response.get_json()["predictions"])
+    full, reduced = answers
+    assert full[0]["label"] == reduced[0]["label"] == "espresso"
+    assert full[0]["score"] != reduced[0]["score"]
+    assert abs(full[0]["score"] - reduced[0]["score"]) < 0.05

@@ -107,7 +107,7 @@ def classify(uploads: list[Upload], k: int, classifier=None) -> tuple[dict, list
             max_pixels=current_app.config["MAX_IMAGE_PIXELS"],
             seconds=current_app.config["DECODE_TIMEOUT"],
             max_total_pixels=current_app.config["MAX_REQUEST_PIXELS"],
-            names=display_names(classifier.labels))
+            names=display_names(classifier.labels), gap=current_app.config["DECODE_GAP"])
     except imaging.ImageError as exc:
         metrics.image_rejected(exc.code)
         raise

@@ -38,13 +38,15 @@ def _round(timings: dict) -> dict:
 
 def decode(uploads: list[Upload], *, max_pixels: int, min_side: int,
            seconds: float | None = None, max_total_pixels: int | None = None,
-           watch: Stopwatch | None = None) -> tuple[list[Image.Image], list[float]]:
+           watch: Stopwatch | None = None,
+           gap: int | None = None) -> tuple[list[Image.Image], list[float]]:
     """The uploads as images (``imaging.load``) and each one's decoding time (laps of
     ``watch``); an ``ImageError`` names the first bad file when there are several.
 
     The request has one budget for all its images: ``max_total_pixels`` pixels to decode,
     counted from the headers before any image is decoded, and ``seconds`` for all the
-    decoding together."""
+    decoding together.  ``gap``: how far large photos may be decoded at a reduced scale
+    (``imaging.load``; the ``DECODE_GAP`` setting)."""
     watch = Stopwatch() if watch is None else watch
     deadline = None if seconds is None else time.monotonic() + seconds
     if max_total_pixels and len(uploads) > 1:
@@ -64,7 +66,7 @@ def decode(uploads: list[Upload], *, max_pixels: int, min_side: int,
         with _named(upload, n, len(uploads)):
             images.append(imaging.load(upload.data, max_pixels=max_pixels,
                                        min_side=min_side, seconds=seconds,
-                                       deadline=deadline))
+                                       deadline=deadline, gap=gap))
         decode_ms.append(watch.lap("decode"))
     return images, decode_ms
 
@@ -84,14 +86,14 @@ def _named(upload: Upload, n: int, count: int):
 def classify(classifier: Classifier, uploads: list[Upload], k: int, *, max_pixels: int,
              seconds: float | None = None, watch: Stopwatch | None = None,
              max_total_pixels: int | None = None,
-             names: Sequence[str] | None = None) -> Classified:
+             names: Sequence[str] | None = None, gap: int | None = None) -> Classified:
     """``watch``: the request's stopwatch (its earlier laps are kept in ``timings_ms``;
     ``total`` is the time from its start to the body built); ``names``: what each class
     is called on the page (``display_label``), by index."""
     watch = Stopwatch() if watch is None else watch
     images, decode_ms = decode(uploads, max_pixels=max_pixels,
                                min_side=classifier.resize_size, seconds=seconds,
-                               max_total_pixels=max_total_pixels, watch=watch)
+                               max_total_pixels=max_total_pixels, watch=watch, gap=gap)
     predictions, unknown, timings = classifier.answer(images, k, watch)
     share = len(images)
     results = [

@@ -58,6 +58,7 @@ def explain():
             max_pixels=current_app.config["MAX_IMAGE_PIXELS"],
             min_side=classifier.resize_size,
             seconds=current_app.config["DECODE_TIMEOUT"],
+            gap=current_app.config["DECODE_GAP"],
         )
     except imaging.ImageError as exc:
         metrics.image_rejected(exc.code)
