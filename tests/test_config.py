@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import io
 import re
+import tokenize
 
 import pytest
 
@@ -168,3 +170,56 @@ def test_a_setting_read_outside_the_app_is_checked_like_the_app_checks_it():
         setting("JOB_SLOTS", {"JOB_SLOTS": "99"})
     with pytest.raises(KeyError):  # only the table's settings are read
         setting("NOT_A_SETTING", {})
+
+
+def _imports_in_functions(tree: ast.AST) -> list[ast.stmt]:
+    """The imports of the project's own modules (``webapp``, ``webapp.*``, ``model_loader``,
+    relative ones) inside a function body, at any depth; not those at module level or under
+    ``if TYPE_CHECKING:``."""
+    def own(node) -> bool:
+        if isinstance(node, ast.ImportFrom):
+            names = [node.module or ""] if not node.level else ["webapp"]
+        else:
+            names = [alias.name for alias in node.names]
+        return any(n == "webapp" or n.startswith("webapp.") or n == "model_loader"
+                   for n in names)
+
+    found = []
+
+    def visit(node, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                if in_function and own(child):
+                    found.append(child)
+                continue
+            visit(child, in_function or isinstance(child, (ast.FunctionDef,
+                                                           ast.AsyncFunctionDef)))
+
+    visit(tree, False)
+    return found
+
+
+def test_an_import_of_our_own_modules_inside_a_function_says_why():
+    """webapp/ imports its own modules at the top of a module.  One imported inside a
+    function -- to keep torch out of the web workers, the app out of gunicorn's master, a
+    process small, or to break a loop at import -- says why in a comment on its (first)
+    line or on the line directly above it."""
+    imports, silent = 0, []
+    for path in sorted(ROOT.glob("webapp/**/*.py")):
+        relative = path.relative_to(ROOT).as_posix()
+        source = path.read_text("utf-8")
+        trailing, alone = set(), set()  # lines with a comment; lines that are only one
+        for token in tokenize.generate_tokens(io.StringIO(source).readline):
+            if token.type == tokenize.COMMENT:
+                trailing.add(token.start[0])
+                if not token.line[:token.start[1]].strip():
+                    alone.add(token.start[0])
+        for node in _imports_in_functions(ast.parse(source)):
+            imports += 1
+            if node.lineno not in trailing and node.lineno - 1 not in alone:
+                silent.append(f"{relative}:{node.lineno}: {ast.unparse(node)}")
+    assert imports, "no import inside a function found: the walk above is broken"
+    assert not silent, ("imports inside a function with no comment saying why (move them "
+                        f"to the top, or say why not): {silent}")

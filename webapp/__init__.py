@@ -19,7 +19,7 @@ import sys
 
 from flask import Flask
 
-from webapp.config import PROJECT_ROOT, Config
+from webapp.config import PROJECT_ROOT, Config, available_cpus
 
 # No telemetry, in any process of the product (the server, its builder children, the
 # training runner, the commands: each imports this package before OpenVINO or ONNX
@@ -56,17 +56,19 @@ def create_app(test_config: dict | None = None) -> Flask:
     from flask_wtf.csrf import CSRFProtect
     from threadpoolctl import threadpool_limits
 
+    # The app's modules are imported when an app is built, not with this package: every
+    # process imports the package (gunicorn's master, the builder and trials children,
+    # the training runner), and only the server's workers and the flask commands build one.
     from webapp import current, i18n
-    from webapp.config import available_cpus
-    from webapp.engines import EngineSettings
-    from webapp.http import capacity, errors, metrics, security, timings, uploads
-    from webapp.serving.holder import ModelHolder
-    from webapp.serving.workers import WorkerReports, run_dir
-    from webapp.stores.datasets import DatasetStore
-    from webapp.stores.registry import STALE_TMP_SECONDS, Registry
-    from webapp.training.jobs import JobQueue, plan_jobs
-    from webapp.views import admin, api, classroom, kiosk, openapi, ui, v2
-    from webapp.views.admin import (  # noqa: F401 - their routes
+    from webapp.engines import EngineSettings  # the app's
+    from webapp.http import capacity, errors, metrics, security, timings, uploads  # the app's
+    from webapp.serving.holder import ModelHolder  # the app's
+    from webapp.serving.workers import WorkerReports, run_dir  # the app's
+    from webapp.stores.datasets import DatasetStore  # the app's
+    from webapp.stores.registry import STALE_TMP_SECONDS, Registry  # the app's
+    from webapp.training.jobs import JobQueue, plan_jobs  # the app's
+    from webapp.views import admin, api, classroom, kiosk, openapi, ui, v2  # the app's
+    from webapp.views.admin import (  # noqa: F401 - their routes; the app's
         auth,
         cli,
         downloads,

@@ -54,7 +54,7 @@ def prepare(config) -> tuple[certificates.Files, list[tuple[int, str]]]:
     """Before the server listens: the certificates for this machine's current addresses
     (made or renewed), and what to log about them: (logging level, message) pairs, for
     the server's own log (gunicorn's master has no other)."""
-    from webapp.stores import certificates
+    from webapp.stores import certificates  # cryptography: only for certificates
 
     names = machine_names(config["HOST"])
     files, made = certificates.ensure(tls_folder(config), names)
@@ -81,7 +81,7 @@ def prepare(config) -> tuple[certificates.Files, list[tuple[int, str]]]:
 def machine_names(host: str = "0.0.0.0") -> Names:
     """What the server certificate names: the machine's addresses (the one to show
     people first), loopback, ``localhost`` and the host names."""
-    from webapp.stores.certificates import Names
+    from webapp.stores.certificates import Names  # cryptography: only for certificates
 
     addresses = _addresses_to_show(host)
     addresses += [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
@@ -217,7 +217,7 @@ def _certificate_names(path: str) -> Names | None:
 
 @functools.lru_cache(maxsize=4)
 def _names_at(path: str, _stamp: int) -> Names | None:
-    from webapp.stores import certificates
+    from webapp.stores import certificates  # cryptography: only for certificates
 
     return certificates.read_names(path)
 

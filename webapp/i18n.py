@@ -32,6 +32,7 @@ from babel.messages.extract import extract_from_file
 from flask import Flask, current_app, request
 from flask_babel import Babel, get_locale, get_translations, gettext, lazy_gettext, ngettext
 
+from webapp import current
 from webapp.config import PROJECT_ROOT, ConfigError
 from webapp.messages import normalise, render
 
@@ -144,8 +145,6 @@ def select_locale() -> str:
 def fixed_language() -> str:
     """The language the teacher fixed for everyone (the admin's settings, by default
     ``DEFAULT_LANGUAGE``), or "" (each browser's own)."""
-    from webapp import current  # the settings store; not at import (current imports us)
-
     try:
         return current.kiosk_settings().load().language
     except OSError as exc:

@@ -44,7 +44,7 @@ from webapp.checkpoints.files import sha256_file
 from webapp.checkpoints.imagenet import NO_WEIGHTS_MESSAGE, imagenet_weights_file
 from webapp.checkpoints.loaded import ModelLoadError
 from webapp.config import choices, combination_problem, setting
-from webapp.engines import child
+from webapp.engines import child, precision
 from webapp.engines.artefacts import ArtefactCache, ModelCard, default_cache_dir, model_key
 from webapp.engines.calibration import int8_name
 from webapp.engines.precision import reason
@@ -285,7 +285,7 @@ def _run_build(source, settings, cache, key, int8, decide=False) -> ModelCard:
 def _build_here(source, settings, cache, key, int8, decide=False) -> ModelCard:
     """In a process that has torch already (the training runner, ``ENGINE=torch``), a
     trusted model is built right here instead of in a child."""
-    from webapp.engines import build, precision, torch_engine
+    from webapp.engines import build, torch_engine  # torch: only a process with torch builds here
 
     card = cache.read_card(key, source.sha256[:12])
     if card is None:
@@ -313,7 +313,7 @@ def serve(source: ModelSource, settings: EngineSettings, *, background: bool = F
     measures them (``trials``); otherwise they are measured first."""
     check_combination(settings.engine, settings.quantize)
     if settings.engine == "torch":
-        from webapp.engines import torch_engine
+        from webapp.engines import torch_engine  # torch: only ENGINE=torch loads it
 
         card = ensure_card(source, settings)
         if card.kind == "onnx":  # nothing for torch to run: ONNX Runtime runs it
@@ -385,7 +385,7 @@ def _provisional(source: ModelSource, card: ModelCard, settings: EngineSettings
     """While the trials run: the engine asked for (OpenVINO for ``auto``) in the precision
     asked for (fp32 for ``auto``); ``engine.info["auto"]`` says so, and says ``failed``
     and why if the trials fail."""
-    from webapp.engines import trials
+    from webapp.engines import trials  # trials imports this package: a loop at import
 
     fixed = replace(settings, engine="openvino" if settings.engine == "auto"
                     else settings.engine,

@@ -43,10 +43,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from webapp import engines
 from webapp.checkpoints.labels import imagenet_labels
 from webapp.checkpoints.load import load_checkpoint, load_imagenet_model
 from webapp.checkpoints.loaded import LoadedModel, ModelLoadError
-from webapp.engines import precision
+from webapp.engines import EngineSettings, openset, precision, torch_engine
 from webapp.engines.artefacts import ArtefactCache, EngineCacheError, ModelCard, model_key
 from webapp.engines.calibration import calibration_arrays, calibration_files
 from webapp.engines.features import NoFeatureMap, WithFeatures, find_target_layer
@@ -213,8 +214,6 @@ def open_set(loaded: LoadedModel, key: str, cache: ArtefactCache,
         return {**{k: v for k, v in entry.items() if k != "bank"}, "file": name,
                 "bank_size": int(len(bank))}
     if list(loaded.labels) == imagenet_labels():
-        from webapp.engines import openset
-
         return openset.imagenet_criterion(loaded.module, head[:2], loaded.input_size,
                                           loaded.mean, loaded.std)
     return None
@@ -268,9 +267,6 @@ def serve_loaded(loaded: LoadedModel, settings) -> tuple[ModelCard, object]:
     """A model that exists only in memory (benchmarks, tests) served the way a worker
     serves a file: its card built into ``settings``' cache, then the configured engine
     and precision.  Returns ``(card, engine)``."""
-    from webapp import engines
-    from webapp.engines import torch_engine
-
     card = build_card(loaded, weights_key(loaded), settings.cache)
     if settings.engine == "torch":
         card, engine = torch_engine.serve_module(card, loaded, settings)
@@ -436,8 +432,6 @@ def main(argv: list[str] | None = None) -> int:
             result["int8"] = precision.int8_or_reason(card, cache,
                                                       args.calibration_dir or None)
         if args.decide:
-            from webapp.engines import EngineSettings
-
             settings = EngineSettings(**json.loads(args.decide))
             result["decision"] = precision.decide(card, cache, settings)
         result["memory"] = memory_used(started_at)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from webapp import scores
+from webapp.checkpoints.preprocess import CROP_RATIO, preprocess_array
 from webapp.engines.features import WithFeatures, find_target_layer
 
 log = logging.getLogger(__name__)
@@ -167,8 +168,6 @@ def example_views(photo) -> list:
 def example_batch(input_size: int, resize: int, mean, std) -> np.ndarray | None:
     """``example_views`` of every ``example_photos()``, preprocessed as served: the
     pictures a score criterion's clip and threshold are measured on (None: no photo)."""
-    from webapp.checkpoints.preprocess import preprocess_array
-
     arrays = [preprocess_array(view, resize, input_size, mean, std)
               for photo in example_photos() for view in example_views(photo)]
     return np.stack(arrays) if arrays else None
@@ -184,8 +183,6 @@ def imagenet_criterion(module: nn.Module, head: tuple[np.ndarray, np.ndarray],
     ``example_batch()``, and the ``score`` (``max_logit``) that keeps ``keep`` of new
     pictures like those views (the split-conformal threshold, as for a Teach model).
     None when there is no photo to measure on."""
-    from webapp.checkpoints.preprocess import CROP_RATIO
-
     batch = example_batch(input_size, round(input_size / CROP_RATIO), mean, std)
     if batch is None:
         return None

@@ -289,7 +289,7 @@ def decide(card: ModelCard, cache: ArtefactCache, settings) -> dict:
 def _open(card: ModelCard, cache: ArtefactCache, settings, engine: str, precision: str):
     """One candidate compiled (its int8 network built first when needed); ``BuildError``
     when it cannot run as that precision here."""
-    from webapp import engines
+    from webapp import engines  # the package imports this module: a loop at import
 
     if precision == "int8":
         state = int8_or_reason(card, cache, settings.calibration_dir or None)

@@ -22,6 +22,12 @@ import sys
 import threading
 import time
 
+from webapp import engines
+from webapp.engines import EngineSettings, precision
+from webapp.engines.artefacts import ArtefactCache
+from webapp.engines.child import PROJECT_ROOT, _die_with_parent, _last_json
+from webapp.engines.precision import reason
+
 log = logging.getLogger(__name__)
 
 TIMEOUT = 900  # seconds the trials of one model may take (int8 calibration included)
@@ -35,8 +41,6 @@ def start(card, settings, state: dict) -> None:
     """Make sure the decision for ``card`` is being measured (once per process and
     decision; a thread waits for the child).  ``state`` is the dict ``/readyz`` shows
     meanwhile: it says ``failed`` and why if the trials fail."""
-    from webapp import engines
-
     name = engines.decision_name(card.key, settings)
     with _started_lock:
         if name in _started:
@@ -47,8 +51,6 @@ def start(card, settings, state: dict) -> None:
 
 
 def _measure(card, settings, name: str, state: dict) -> None:
-    from webapp import engines
-
     cache = settings.cache
     try:
         with cache.lock(name):  # another worker measuring: wait for its decision
@@ -59,8 +61,6 @@ def _measure(card, settings, name: str, state: dict) -> None:
         log.info("engine and precision for %s: %s (trials took %.1f s in a child process)",
                  card.name, made["why"], time.perf_counter() - started)
     except Exception as exc:  # noqa: BLE001 - the fp32 network goes on serving
-        from webapp.engines.precision import reason
-
         state.update(state="failed", why=f"the trials failed: {reason(exc)}; serving "
                      f"{state.get('serving', 'fp32')}")
         log.warning("engine and precision for %s: %s", card.name, state["why"])
@@ -71,8 +71,6 @@ def _measure(card, settings, name: str, state: dict) -> None:
 def run_child(key: str, settings) -> dict:
     """``python -m webapp.engines.trials`` for the model of ``key``: its decision."""
     import dataclasses
-
-    from webapp.engines.child import PROJECT_ROOT, _die_with_parent, _last_json
 
     argv = [sys.executable, "-m", "webapp.engines.trials", "--key", key, "--cache",
             str(settings.cache.root), "--settings", json.dumps(dataclasses.asdict(settings))]
@@ -100,9 +98,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
-    from webapp.engines import EngineSettings, precision
-    from webapp.engines.artefacts import ArtefactCache
-
     cache = ArtefactCache(args.cache)
     card = cache.read_card(args.key)
     if card is None:

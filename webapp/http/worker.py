@@ -560,6 +560,7 @@ class BufferingWorker(ThreadWorker):
         app = getattr(self, "wsgi", None)
         if head and isinstance(message, Message) and hasattr(app, "test_request_context"):
             try:
+                # Not at import: gunicorn's master imports this module (no Babel there).
                 from webapp.i18n import translate
 
                 line, *lines = bytes(head[:MAX_HEAD_BYTES]).lstrip(b"\r\n").split(b"\r\n")

@@ -62,6 +62,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from webapp.config import PROJECT_ROOT
 from webapp.durable import locked, write_json
 from webapp.messages import Message, MessageList
 
@@ -159,6 +160,7 @@ def check_options(raw) -> tuple[dict, str | None]:
     options, errors, name = {}, {}, None
     for key, value in raw.items():
         if key == "name":
+            # numpy, PIL: not in the runner's idle watch, which imports this module
             from webapp.stores.registry import RegistryError, clean_name
 
             try:
@@ -490,8 +492,6 @@ class JobQueue:
     def spawn_runner(self, stderr=None) -> subprocess.Popen | None:
         """The runner process, in its own session, with this queue's thread cap; its
         stderr to ``stderr`` (None: this process's own)."""
-        from webapp.config import PROJECT_ROOT
-
         threads = str(self.threads)
         env = {**os.environ, "JOB_THREADS": threads, "OMP_NUM_THREADS": threads,
                "MKL_NUM_THREADS": threads, "JOB_SLOTS": str(self.slots),
@@ -613,6 +613,7 @@ def plan_jobs(slots: int, threads: int, cpus: int) -> tuple[int, int]:
 def _stored_model(job: dict) -> str | None:
     """The registry's model made by ``job``, if it got that far."""
     try:
+        # numpy, PIL: not in the runner's idle watch, which imports this module
         from webapp.stores.registry import Registry
 
         for meta in Registry(job["model_dir"]).list_models():

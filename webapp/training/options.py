@@ -11,6 +11,7 @@ import argparse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from webapp.config import available_cpus
 from webapp.training import bursts as bursts_
 
 ARCHS = ("auto", "resnet18", "efficientnet_lite0")
@@ -144,8 +145,6 @@ def progress_bars(options: FinetuneOptions, **kwargs):
 
 
 def _auto_workers() -> int:
-    from webapp.config import available_cpus
-
     cpus = available_cpus()
     return 0 if cpus <= 2 else min(4, cpus // 2)
 

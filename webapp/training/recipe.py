@@ -40,10 +40,15 @@ import numpy as np
 import torch
 
 from webapp.checkpoints.v1 import save_checkpoint
+from webapp.engines import openset
+from webapp.engines.build import BuildError, export_onnx
+from webapp.engines.calibration import MAX_CALIBRATION_SAMPLES
+from webapp.engines.precision import quantize_onnx
 from webapp.messages import Message
 from webapp.training import report as training_report
 from webapp.training.backbone import choose_backbone
-from webapp.training.data import DatasetSplits, load_splits
+from webapp.training.bursts import training_bursts
+from webapp.training.data import DatasetSplits, load_splits, views_loader
 from webapp.training.loop import (
     EarlyStopping,
     Trainer,
@@ -334,11 +339,6 @@ def open_set(trainer: Trainer, say) -> dict | None:
     each training picture and view measured against the other bursts.  None (and the
     model never answers "unknown") for a network without the feature map the server
     reads it from."""
-    from webapp.engines import openset
-    from webapp.engines.build import BuildError
-    from webapp.training.bursts import training_bursts
-    from webapp.training.data import views_loader
-
     model = trainer.model.cpu().eval()
     try:
         layer, network = openset.extractor(model, trainer.options.image_size)
@@ -399,10 +399,6 @@ def write_int8(out: Path, trainer: Trainer, loader, split: str, say) -> dict:
     on up to ``MAX_CALIBRATION_SAMPLES`` (96) training images with the serving
     preprocessing, and how often it agrees with the fp32 model on the evaluation images
     of ``loader`` (the report's ``int8``)."""
-    from webapp.engines.build import export_onnx
-    from webapp.engines.calibration import MAX_CALIBRATION_SAMPLES
-    from webapp.engines.precision import quantize_onnx
-
     model = trainer.model.cpu().eval()
     path = _companion(out, "int8.onnx")
     train = trainer.splits.train

@@ -36,7 +36,7 @@ import traceback
 from pathlib import Path
 
 from webapp import config
-from webapp.config import available_cpus
+from webapp.config import Config, available_cpus
 from webapp.messages import Message, reason
 from webapp.training.jobs import (
     PROGRESS_EVERY,
@@ -45,7 +45,11 @@ from webapp.training.jobs import (
     JobQueue,
     plan_jobs,
 )
+from webapp.training.options import FinetuneError, FinetuneOptions, TrainingCancelled
 
+# The idle watch (``watch``) imports this module and stays small (~30 MB,
+# deploy/kubernetes/base/runner.yaml): what brings torch, numpy or PIL (the recipe, the
+# engines, the registry, the checkpoint readers) is imported where a job runs.
 log = logging.getLogger(__name__)
 
 STOPPED = Message("The training process was asked to stop (SIGTERM: the server or the "
@@ -150,8 +154,6 @@ class JobRun:
 
     def run(self) -> None:
         """Train, store, and end the job however it goes; every ending is recorded."""
-        from webapp.training.options import TrainingCancelled
-
         job = self.job
         self.log_file = open(self.job_dir / "log.txt", "a", encoding="utf-8")  # noqa: SIM115
         try:
@@ -190,9 +192,8 @@ class JobRun:
     def _train(self):
         """The recipe on the job's snapshot, with the Teach defaults under its options."""
         self.stage("loading")
-        from webapp.training.data import DatasetError
-        from webapp.training.options import FinetuneError, FinetuneOptions, TrainingCancelled
-        from webapp.training.recipe import train
+        from webapp.training.data import DatasetError  # torch: imported when a job trains
+        from webapp.training.recipe import train  # torch: imported when a job trains
 
         job, data_dir = self.job, self.job_dir / "data"
         options = FinetuneOptions(**{**TEACH_DEFAULTS, **job["options"]}, workers=0)
@@ -212,9 +213,8 @@ class JobRun:
     def _store(self, result) -> tuple[str, dict]:
         """The model into the registry (not activated), its report without server paths;
         the model's id and the metrics the job shows."""
-        from webapp.config import Config
-        from webapp.engines import EngineSettings
-        from webapp.stores.registry import Registry, RegistryError
+        from webapp.engines import EngineSettings  # numpy, PIL: not in the idle watch
+        from webapp.stores.registry import Registry, RegistryError  # not in the idle watch
 
         job = self.job
         self.stage("storing", fraction=1.0, eta_s=0)
@@ -260,7 +260,7 @@ def run_job(queue: JobQueue, job: dict) -> None:
 
 
 def _known_failure(exc: Exception) -> str | None:
-    from webapp.checkpoints.loaded import ModelLoadError
+    from webapp.checkpoints.loaded import ModelLoadError  # numpy, PIL: not in the idle watch
 
     if isinstance(exc, ModelLoadError):
         return Message("The starting weights could not be loaded: %(reason)s",
@@ -401,8 +401,6 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(JobQueue(args.data_dir).list(), indent=2))
         return 0
     if args.command == "watch":
-        from webapp.config import Config, available_cpus
-
         config = Config.from_env()  # the server's settings: a bad value stops it here
         slots, threads = plan_jobs(config["JOB_SLOTS"], config["JOB_THREADS"],
                                    available_cpus())

@@ -41,6 +41,7 @@ import os
 from flask import Blueprint, current_app, render_template, request
 from flask_wtf.csrf import CSRFError
 
+from webapp.engines import EngineSettings
 from webapp.http.errors import error_json
 from webapp.i18n import translate
 from webapp.messages import Message
@@ -81,8 +82,6 @@ _STORES = {"MODEL_DIR": Message("The model store (MODEL_DIR)"),
 def _failed_store(exc: OSError) -> str:
     """Which store a disk error happened in: the folder its path is under, else the
     one the route writes to (Teach writes DATA_DIR, the rest of the admin MODEL_DIR)."""
-    from webapp.engines import EngineSettings
-
     folders = {"MODEL_DIR": current_app.config["MODEL_DIR"],
                "DATA_DIR": current_app.config["DATA_DIR"],
                "ENGINE_CACHE_DIR": str(EngineSettings.from_config(current_app.config)

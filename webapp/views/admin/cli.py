@@ -14,6 +14,7 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from webapp import current
+from webapp.checkpoints.onnx_model import bundle
 from webapp.serving.workers import NotServing
 from webapp.stores.registry import RegistryError
 
@@ -89,8 +90,6 @@ def add(paths, name, arch, classes, labels_path, input_size, mean, std, activati
     """Validate the model file at PATH and store it (the file is copied): a checkpoint,
     a state_dict (bare or in a training checkpoint), safetensors, or an ONNX model (with
     its external data file as a second PATH: model.onnx model.onnx.data)."""
-    from webapp.checkpoints.onnx_model import bundle
-
     labels = Path(labels_path).read_bytes() if labels_path else None
     path, move = paths[0], False
     if len(paths) > 1:  # an ONNX model and its data file(s): stored together as a zip
