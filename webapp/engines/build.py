@@ -43,15 +43,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from webapp import engines
 from webapp.checkpoints.labels import imagenet_labels
 from webapp.checkpoints.load import load_checkpoint, load_imagenet_model
 from webapp.checkpoints.loaded import LoadedModel, ModelLoadError
-from webapp.engines import EngineSettings, openset, precision, torch_engine
+from webapp.engines import openset, precision, torch_engine
 from webapp.engines.artefacts import ArtefactCache, EngineCacheError, ModelCard, model_key
 from webapp.engines.calibration import calibration_arrays, calibration_files
+from webapp.engines.compilation import attach, open_card
 from webapp.engines.features import NoFeatureMap, WithFeatures, find_target_layer
 from webapp.engines.precision import BuildError
+from webapp.engines.settings import EngineSettings
 from webapp.messages import Message, to_json
 
 log = logging.getLogger(__name__)
@@ -270,12 +271,12 @@ def serve_loaded(loaded: LoadedModel, settings) -> tuple[ModelCard, object]:
     card = build_card(loaded, weights_key(loaded), settings.cache)
     if settings.engine == "torch":
         card, engine = torch_engine.serve_module(card, loaded, settings)
-        engines.attach(engine, card, settings.cache)
+        attach(engine, card, settings.cache)
         return card, engine
     if settings.builds_int8:
         precision.int8_or_reason(card, settings.cache, settings.calibration_dir or None)
-        return engines.open_card(card, settings, "int8")
-    return engines.open_card(card, settings, "bf16" if settings.quantize == "bf16" else "fp32")
+        return open_card(card, settings, "int8")
+    return open_card(card, settings, "bf16" if settings.quantize == "bf16" else "fp32")
 
 
 def _jsonable(value):

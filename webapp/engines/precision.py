@@ -1,6 +1,7 @@
 """The precision a model is served in, decided once per model and cached: its static int8
 network (``QUANTIZE=static``, and a candidate of ``auto``) and ``QUANTIZE=auto``'s choice
-by asking the engine.  No torch here: both work on the fp32 ONNX network a build left
+by asking the engine (``decide``; kept in the engine cache under ``decision_name``, read
+back with ``decision``).  No torch here: both work on the fp32 ONNX network a build left
 in the engine cache (``webapp.engines.build``), in the builder child, the training job
 runner, or a process that already has torch.
 
@@ -11,6 +12,7 @@ preprocessed exactly as the server does (``webapp.engines.calibration``).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -24,6 +26,9 @@ from webapp import config
 from webapp.checkpoints.loaded import ModelLoadError
 from webapp.engines.artefacts import ArtefactCache, ModelCard
 from webapp.engines.calibration import calibration_arrays, calibration_files, int8_name
+from webapp.engines.compilation import open_card
+from webapp.engines.runtime import cpu_signature
+from webapp.engines.settings import EngineSettings
 from webapp.scores import softmax
 
 log = logging.getLogger(__name__)
@@ -202,6 +207,28 @@ def _time_round_robin(runs: dict, batch: np.ndarray, handicap: dict) -> dict:
     return {name: float(np.median(values)) for name, values in times.items()}
 
 
+def decision_name(key: str, settings: EngineSettings) -> str:
+    """The cache entry of QUANTIZE=auto's decision for the model of ``key``: it depends on
+    the engines and precisions allowed, the engine threads, this CPU (and its oneDNN
+    cap), the calibration set, the thresholds and any handicap."""
+    basis = json.dumps([settings.engine, settings.quantize, settings.threads,
+                        settings.min_agreement, settings.max_score_change, cpu_signature(),
+                        int8_name(key, settings.calibration_dir or None)]
+                       + ([settings.handicap] if settings.handicap else []))
+    return f"{key}-{hashlib.sha256(basis.encode()).hexdigest()[:12]}.auto.json"
+
+
+def decision(key: str, settings: EngineSettings) -> dict | None:
+    """QUANTIZE=auto's decision for the model of ``key`` on this machine, if made."""
+    cache, name = settings.cache, decision_name(key, settings)
+    if not cache.valid(name):
+        return None
+    try:
+        return json.loads(cache.path(name).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def decide(card: ModelCard, cache: ArtefactCache, settings) -> dict:
     """``QUANTIZE=auto`` / ``ENGINE=auto``, decided by measuring on this machine, not by
     the CPU's flags: every candidate (``candidates``: engine x precision) is built,
@@ -221,8 +248,6 @@ def decide(card: ModelCard, cache: ArtefactCache, settings) -> dict:
     for /readyz, the admin page and the log; a candidate that could not be built or run
     is reported as failed, with its reason.  ``settings.handicap``: ms slept in the timed
     passes of some candidates (``AUTO_HANDICAP_MS``)."""
-    from webapp import engines  # the package imports this module: a loop at import
-
     started = time.perf_counter()
     # Timed on one stream (a request alone); no second network compiling in the
     # background of a process that is about to exit.
@@ -282,21 +307,18 @@ def decide(card: ModelCard, cache: ArtefactCache, settings) -> dict:
     if left_out:
         decision["left_out"] = left_out
     text = json.dumps(decision, indent=1)
-    cache.put(engines.decision_name(card.key, settings), lambda tmp: tmp.write_text(text, "utf-8"))
+    cache.put(decision_name(card.key, settings), lambda tmp: tmp.write_text(text, "utf-8"))
     return decision
 
 
 def _open(card: ModelCard, cache: ArtefactCache, settings, engine: str, precision: str):
     """One candidate compiled (its int8 network built first when needed); ``BuildError``
     when it cannot run as that precision here."""
-    from webapp import engines  # the package imports this module: a loop at import
-
     if precision == "int8":
         state = int8_or_reason(card, cache, settings.calibration_dir or None)
         if "error" in state:
             raise BuildError(state["error"])
-    _, served = engines.open_card(card, dataclasses.replace(settings, engine=engine),
-                                  precision)
+    _, served = open_card(card, dataclasses.replace(settings, engine=engine), precision)
     if served.precision != precision:  # bf16 where the CPU has none: fp32 again
         raise BuildError(f"the engine runs it as {served.precision}")
     return served

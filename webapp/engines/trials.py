@@ -22,11 +22,11 @@ import sys
 import threading
 import time
 
-from webapp import engines
-from webapp.engines import EngineSettings, precision
+from webapp.engines import precision
 from webapp.engines.artefacts import ArtefactCache
 from webapp.engines.child import PROJECT_ROOT, _die_with_parent, _last_json
 from webapp.engines.precision import reason
+from webapp.engines.settings import EngineSettings
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def start(card, settings, state: dict) -> None:
     """Make sure the decision for ``card`` is being measured (once per process and
     decision; a thread waits for the child).  ``state`` is the dict ``/readyz`` shows
     meanwhile: it says ``failed`` and why if the trials fail."""
-    name = engines.decision_name(card.key, settings)
+    name = precision.decision_name(card.key, settings)
     with _started_lock:
         if name in _started:
             return
@@ -54,7 +54,7 @@ def _measure(card, settings, name: str, state: dict) -> None:
     cache = settings.cache
     try:
         with cache.lock(name):  # another worker measuring: wait for its decision
-            if engines.decision(card.key, settings) is not None:
+            if precision.decision(card.key, settings) is not None:
                 return
             started = time.perf_counter()
             made = run_child(card.key, settings)
