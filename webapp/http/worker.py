@@ -229,12 +229,7 @@ class BufferingWorker(ThreadWorker):
         for conn in self.keepalived_conns:  # oldest first
             if conn.address == address:
                 self.keepalived_conns.remove(conn)
-                try:
-                    self.poller.unregister(conn.sock)
-                except (KeyError, ValueError, OSError):
-                    pass
-                self.nr_conns -= 1
-                conn.close()
+                self._drop(conn)
                 return True
         return False
 
@@ -618,6 +613,10 @@ class BufferingWorker(ThreadWorker):
     def _end_linger(self, conn) -> None:
         if self.lingering.pop(conn, None) is None:
             return
+        self._drop(conn)
+
+    def _drop(self, conn) -> None:
+        """Out of the event loop, and closed."""
         try:
             self.poller.unregister(conn.sock)
         except (KeyError, ValueError, OSError):
