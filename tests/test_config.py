@@ -205,7 +205,7 @@ def test_an_import_of_our_own_modules_inside_a_function_says_why():
     """webapp/ imports its own modules at the top of a module.  One imported inside a
     function -- to keep torch out of the web workers, the app out of gunicorn's master, a
     process small, or to break a loop at import -- says why in a comment on its (first)
-    line or on the line directly above it."""
+    line or on the line directly above it (above a run of imports, for all of them)."""
     imports, silent = 0, []
     for path in sorted(ROOT.glob("webapp/**/*.py")):
         relative = path.relative_to(ROOT).as_posix()
@@ -216,9 +216,13 @@ def test_an_import_of_our_own_modules_inside_a_function_says_why():
                 trailing.add(token.start[0])
                 if not token.line[:token.start[1]].strip():
                     alone.add(token.start[0])
-        for node in _imports_in_functions(ast.parse(source)):
+        explained_to = 0  # the last line of an explained run of imports
+        for node in sorted(_imports_in_functions(ast.parse(source)), key=lambda n: n.lineno):
             imports += 1
-            if node.lineno not in trailing and node.lineno - 1 not in alone:
+            if node.lineno in trailing or node.lineno - 1 in alone \
+                    or node.lineno - 1 == explained_to:
+                explained_to = node.end_lineno
+            else:
                 silent.append(f"{relative}:{node.lineno}: {ast.unparse(node)}")
     assert imports, "no import inside a function found: the walk above is broken"
     assert not silent, ("imports inside a function with no comment saying why (move them "

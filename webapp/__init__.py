@@ -60,15 +60,15 @@ def create_app(test_config: dict | None = None) -> Flask:
     # process imports the package (gunicorn's master, the builder and trials children,
     # the training runner), and only the server's workers and the flask commands build one.
     from webapp import current, i18n
-    from webapp.engines import EngineSettings  # the app's
-    from webapp.http import capacity, errors, metrics, security, timings, uploads  # the app's
-    from webapp.serving.holder import ModelHolder  # the app's
-    from webapp.serving.workers import WorkerReports, run_dir  # the app's
-    from webapp.stores.datasets import DatasetStore  # the app's
-    from webapp.stores.registry import STALE_TMP_SECONDS, Registry  # the app's
-    from webapp.training.jobs import JobQueue, plan_jobs  # the app's
-    from webapp.views import admin, api, classroom, kiosk, openapi, ui, v2  # the app's
-    from webapp.views.admin import (  # noqa: F401 - their routes; the app's
+    from webapp.engines import EngineSettings
+    from webapp.http import capacity, errors, metrics, security, timings, uploads
+    from webapp.serving.holder import ModelHolder
+    from webapp.serving.workers import WorkerReports, run_dir
+    from webapp.stores.datasets import DatasetStore
+    from webapp.stores.registry import STALE_TMP_SECONDS, Registry
+    from webapp.training.jobs import JobQueue, plan_jobs
+    from webapp.views import admin, api, classroom, kiosk, openapi, ui, v2
+    from webapp.views.admin import (  # noqa: F401 - their routes
         auth,
         cli,
         downloads,
