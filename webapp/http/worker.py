@@ -31,7 +31,7 @@ one client cannot fill the worker's ``worker_connections``.  At its share, a new
 connection first takes the place of the address's oldest idle kept-alive one (closed, as
 nginx reuses them; a client that keeps its answered responses open is not refused);
 only when all of them are busy is it answered ``503`` and closed.  A connection closing
-after its answer (``_linger``) no longer counts.
+after its answer (``_linger``) does not count.
 
 Handed over unread, as gunicorn would: a body a route streams to its store (checkpoints,
 dataset archives, under the app's own stall limit), one over its route's limit (the app
