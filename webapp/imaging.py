@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageCms, ImageFile, ImageOps
 
+from webapp.config import setting
 from webapp.messages import Message
 
 try:  # HEIC/HEIF photos from phones, when pillow-heif is installed
@@ -271,8 +272,9 @@ def load(data: bytes, *, max_pixels: int, min_side: int | None = None,
 # whole factor after decoding.  bench/decode_fidelity.py measured what each keeps of
 # torchvision's answers (docs/speed.md): at 2x a probability moved by up to 0.026, at 4x
 # a JPEG's by 0.007 to 0.012 and a box reduction's by 0.015; 6x keeps within 0.01.  The
-# server's DECODE_GAP setting chooses another gap (speed for fidelity).
-DRAFT_GAP = 6
+# server's DECODE_GAP setting chooses another gap (speed for fidelity); its default
+# (the settings table's) is the gap of every other caller.
+DRAFT_GAP = setting("DECODE_GAP", {})
 
 
 def _reduce(img: Image.Image, min_side: int | None, gap: int) -> tuple[Image.Image, int]:
