@@ -99,10 +99,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("INT8_MIN_AGREEMENT", "0.98", "QUANTIZE=auto: the share of guard images on "
             "which a faster precision (int8, bf16) must give fp32's top-1 to be chosen.",
             "float", 0.5, 1.0),
-    Setting("PRECISION_MAX_SCORE_CHANGE", "0.03", "QUANTIZE=auto: how far a faster "
-            "precision (int8, bf16) may move the probabilities, compared with fp32, to be "
-            "chosen: the mean over the guard images of each image's largest change of any "
-            "class's probability.",
+    Setting("PRECISION_MAX_SCORE_CHANGE", "0.01", "QUANTIZE=auto: how far a faster "
+            "precision (int8, bf16) may move any class's probability, compared with fp32, "
+            "on any guard image, to be chosen.",
             "float", 0.0, 1.0),
     Setting("ENGINE", "auto", "What runs the model: `auto` (OpenVINO or ONNX Runtime, "
             "whichever is faster for the model on this machine, measured with QUANTIZE's "

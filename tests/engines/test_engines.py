@@ -354,7 +354,7 @@ def _decided(module, labels, tmp_path, **extra) -> dict:
 @pytest.mark.slow
 def test_auto_refuses_int8_that_keeps_the_top1_but_moves_the_scores(tmp_path):
     """A ResNet50 whose int8 network gives fp32's top-1 on every guard image but moves
-    the probabilities by more than PRECISION_MAX_SCORE_CHANGE allows: refused, and the
+    a probability by more than PRECISION_MAX_SCORE_CHANGE allows: refused, and the
     decision says by how much."""
     from tests.model_files import random_model
 
@@ -362,12 +362,13 @@ def test_auto_refuses_int8_that_keeps_the_top1_but_moves_the_scores(tmp_path):
                     max_score_change=0.002)
     int8 = next(t for t in made["tried"] if t["precision"] == "int8")
     assert int8["works"] and int8["agreement"] >= 0.98, int8
-    assert int8["max_score_change"] >= int8["score_change"] > 0.002, int8
-    assert "moves the probabilities by" in int8["rejected"] and "over 0.002" in int8["rejected"]
+    assert int8["max_score_change"] > 0.002 and int8["max_score_change"] >= int8["score_change"]
+    assert "moves a probability by up to" in int8["rejected"]
+    assert "over 0.002" in int8["rejected"]
     assert int8["verdict"] == "moves_scores"
     assert made["chosen"] != "int8" and made["max_score_change"] == 0.002
     if made["chosen"] == "fp32":
-        assert "int8 moves the probabilities" in made["why"]
+        assert "int8 moves a probability" in made["why"]
 
 
 @pytest.mark.slow

@@ -240,14 +240,13 @@ def decide(card: ModelCard, cache: ArtefactCache, settings) -> dict:
     Answering like fp32 (``QUANTIZE=auto`` only; a precision that was asked for is served
     as asked) is two checks: the same top-1 on at least ``settings.min_agreement`` of the
     guard images whose fp32 answer is clear-cut (its top-1 probability ``CLEAR_MARGIN``
-    above the second), and the probabilities moved by at most
-    ``settings.max_score_change`` on average over the guard images (each image counting
-    its largest change of any class's probability: int8 that keeps the top-1 but shifts
-    the scores is refused, while one near-tie that moves under any numeric change does
-    not refuse a good precision).  What was tried and why is kept (``decision_name``),
-    for /readyz, the admin page and the log; a candidate that could not be built or run
-    is reported as failed, with its reason.  ``settings.handicap``: ms slept in the timed
-    passes of some candidates (``AUTO_HANDICAP_MS``)."""
+    above the second), and no probability of any guard image moved by more than
+    ``settings.max_score_change`` (int8 that keeps the top-1 but shifts the scores is
+    refused: with the defaults, what is served answers within 0.01 of fp32).  What was
+    tried and why is kept (``decision_name``), for /readyz, the admin page and the log; a
+    candidate that could not be built or run is reported as failed, with its reason.
+    ``settings.handicap``: ms slept in the timed passes of some candidates
+    (``AUTO_HANDICAP_MS``)."""
     started = time.perf_counter()
     # Timed on one stream (a request alone); no second network compiling in the
     # background of a process that is about to exit.
@@ -339,11 +338,11 @@ def _choose(tried: list[dict], settings, counted: str, n: int, guard_from: str) 
             entry["verdict"] = "disagrees"
             entry["rejected"] = (f"agrees with fp32 on {entry['agreement']:.1%} of {counted}, "
                                  f"under {settings.min_agreement:.0%}")
-        elif entry["score_change"] > bound:
+        elif entry["max_score_change"] > bound:
             entry["verdict"] = "moves_scores"
-            entry["rejected"] = (f"moves the probabilities by {entry['score_change']:.3f} "
-                                 f"on average over {n} {guard_from} (at most "
-                                 f"{entry['max_score_change']:.3f}), over {bound:g}")
+            entry["rejected"] = (f"moves a probability by up to "
+                                 f"{entry['max_score_change']:.3f} over {n} {guard_from} "
+                                 f"({entry['score_change']:.3f} on average), over {bound:g}")
     eligible = [t for t in working if "rejected" not in t]
     if not eligible:  # nothing runs: fp32 on the first engine, whose failure says why
         return next((t for t in tried if t["precision"] == "fp32"), tried[0])
@@ -379,7 +378,7 @@ def _why(chosen: dict, tried: list[dict], counted: str, left_out: str | None) ->
     if chosen["precision"] != "fp32" and fastest_exact:
         text += (f", {fastest_exact / chosen['ms']:.1f}x fp32's speed, the same top-1 as fp32 "
                  f"on {chosen['agreement']:.1%} of {counted}, probabilities "
-                 f"{chosen['score_change']:.3f} from fp32's on average")
+                 f"at most {chosen['max_score_change']:.3f} from fp32's")
     others = [f"{t['engine']} {t['precision']} {t['rejected']}" if t.get("works") else
               f"{t['engine']} {t['precision']} failed ({t['reason']})"
               for t in tried if t is not chosen]

@@ -58,7 +58,7 @@ class EngineSettings:
     threads: int = 1
     dual: bool = False  # ENGINE_STREAMS=dual (OpenVINO)
     min_agreement: float = 0.98  # QUANTIZE=auto: INT8_MIN_AGREEMENT
-    max_score_change: float = 0.03  # QUANTIZE=auto: PRECISION_MAX_SCORE_CHANGE
+    max_score_change: float = 0.01  # QUANTIZE=auto: PRECISION_MAX_SCORE_CHANGE
     handicap: str = ""  # AUTO_HANDICAP_MS: ms added to some candidates' timed passes
 
     @classmethod
