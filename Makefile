@@ -29,8 +29,15 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(BIN)/python
 	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $(VENV)/.installed $@
 
+# The project itself, editable (pyproject.toml): webapp, model_loader and the tests' and
+# benchmarks' helpers (testkit) import from any folder as this checkout's code.  Offline:
+# the build backend is requirements-dev.txt's setuptools, already installed.
+$(VENV)/.installed-project: pyproject.toml | $(VENV)/.installed-dev
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
 install: $(VENV)/.installed
-install-dev: $(VENV)/.installed-dev
+install-dev: $(VENV)/.installed-dev $(VENV)/.installed-project
 
 # ResNet18's weights (the model on the design card), tried once per .venv: with a progress
 # bar when the network allows, giving up after 15 s without an answer, and on quietly with
@@ -142,7 +149,7 @@ i18n-init: i18n-extract
 
 .PHONY: bench
 bench: install-dev  # the speed benchmark (docs/speed.md); ARGS=--quick for a short check
-	$(BIN)/python bench/run.py $(ARGS)
+	$(BIN)/python -m bench.run $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

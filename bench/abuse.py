@@ -3,7 +3,7 @@
 Starts the server the way the image does (``gunicorn app:app`` with gunicorn.conf.py
 and the Dockerfile's environment, bound to 127.0.0.1 instead of 0.0.0.0, /data in a
 temporary folder; defaults for everything else: one worker on two cores), then sends one
-attack of every class in docs/security.md, each built by tests/attacks.py, one after
+attack of every class in docs/security.md, each built by testkit/attacks.py, one after
 the other, and for each prints:
 
 * its answer and the **time to it after the body's end** (the client's last byte);
@@ -20,9 +20,9 @@ a 200 within 2 s, RSS growth at most 150 MB and ``/metrics`` at most 200 KB afte
 (its size is printed after every attack).  Figures taken while the machine is busy are
 noisy: say so when you quote them.
 
-    .venv/bin/python bench/abuse.py
-    .venv/bin/python bench/abuse.py --only slow-headers --worker-class gthread  # before
-    .venv/bin/python bench/abuse.py --only connections   # one class (or a word of its name)
+    .venv/bin/python -m bench.abuse
+    .venv/bin/python -m bench.abuse --only slow-headers --worker-class gthread  # before
+    .venv/bin/python -m bench.abuse --only connections   # one class (or a word of its name)
 """
 
 from __future__ import annotations
@@ -46,11 +46,8 @@ from pathlib import Path
 import requests
 from urllib3 import encode_multipart_formdata
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests import attacks, ops  # noqa: E402
-from tests.conftest import Server, free_port  # noqa: E402
+from testkit import attacks, ops
+from testkit.server import Server, free_port
 
 TOKEN = "bench-abuse-token-0123456789"
 MB = attacks.MB
@@ -58,7 +55,7 @@ MB = attacks.MB
 
 def dockerfile_env() -> dict[str, str]:
     """The ENV lines of the Dockerfile (what `docker run` gives the server)."""
-    from tests.deploy.test_deploy import dockerfile, env_of
+    from testkit.deploy import dockerfile, env_of
 
     return env_of(dockerfile())
 

@@ -1,10 +1,10 @@
 """Agreement with fp32 on real photos (the built-in ImageNet model: ResNet18 when its
 weights are in the torchvision cache, else the bundled EfficientNet-Lite0): top-1
-agreement and mean top-5 overlap per engine, on ~100 photos (tests/photos.py and
+agreement and mean top-5 overlap per engine, on ~100 photos (testkit/photos.py and
 deterministic variants).  Also how much JPEG draft decoding and the box reduction of
 other formats change the scores.  Prints JSON.
 
-    python bench/accuracy.py"""
+    python -m bench.accuracy"""
 
 from __future__ import annotations
 
@@ -13,12 +13,8 @@ import json
 import sys
 import tempfile
 import warnings
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from photoset import ROOT, photo_set  # noqa: E402
-
-sys.path.insert(0, str(ROOT))
+from bench.photoset import photo_set
 
 ENGINES = [("torch", "dynamic"), ("torch", "static"), ("onnxruntime", "none"),
            ("onnxruntime", "static"), ("openvino", "none"), ("openvino", "bf16"),
@@ -80,7 +76,7 @@ def decoding_drift(loaded, cache_dir: str) -> dict:
     import numpy as np
     from PIL import Image
 
-    from tests.photos import real_photos
+    from testkit.photos import real_photos
     from webapp import imaging
     from webapp.scores import softmax
 

@@ -2,7 +2,7 @@
 Flask, full PIL decode, torchvision Resize(256) / CenterCrop(224) / Normalize, ResNet18
 with ``quantize_dynamic`` on ``nn.Linear``, ``no_grad``, softmax top-3.
 
-    python bench/baseline_server.py WEIGHTS.pth --port 5001
+    python -m bench.baseline_server WEIGHTS.pth --port 5001
 
 (``/readyz`` answers once the model is loaded, like the project's server, so the
 benchmark can time the start the same way.)"""

@@ -5,8 +5,8 @@ OpenVINO), without a memory cap; the child reports its peak address space (what 
 RLIMIT_AS, limits) and its peak RSS.  The caps in webapp/engines/child.py and
 build.CONVERSION_MB are sized from these figures (docs/speed.md).
 
-    .venv/bin/python bench/builder_memory.py                  # the six below, ~10 min
-    .venv/bin/python bench/builder_memory.py --archs resnet18
+    .venv/bin/python -m bench.builder_memory                  # the six below, ~10 min
+    .venv/bin/python -m bench.builder_memory --archs resnet18
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 ARCHS = ("resnet18", "mobilenet_v3_large", "efficientnet_b0", "efficientnet_b1", "resnet50",
          "convnext_tiny")

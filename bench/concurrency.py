@@ -1,7 +1,7 @@
 """How one server should spread 2 cores: workers × engine threads × OpenVINO streams,
 measured end to end on this project's server (gunicorn app:app) in one run.
 
-    python bench/concurrency.py [--quick] [--isa avx2]
+    python -m bench.concurrency [--quick] [--isa avx2]
 
 For each layout: the median latency of one photo at a time (1280×960 and 12 MP JPEG, the
 upload page's and the kiosk's case), the requests per second with 8 clients, and the RSS
@@ -16,13 +16,12 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
+from bench.run import PY, Server, load, make_images
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from run import PY, Server, load, make_images  # noqa: E402
 
 LAYOUTS = {
     "1 worker × 2 threads, one stream": {"WEB_CONCURRENCY": "1", "TORCH_THREADS": "2",

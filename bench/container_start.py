@@ -3,8 +3,8 @@ starts the image with a new, empty volume on /data (as a first deployment does),
 read-only root and a tmpfs /tmp, polls /readyz every 0.1 s, and removes both.  Run it on
 a quiet machine after building the image (podman or docker):
 
-    python bench/container_start.py offline-classifier:check --runs 5
-    python bench/container_start.py offline-classifier --engine docker --cpus 2
+    python -m bench.container_start offline-classifier:check --runs 5
+    python -m bench.container_start offline-classifier --engine docker --cpus 2
 
 The image holds the built-in model's engine (ENGINE_CACHE_SEED), so the figure is the
 processes' start and the model's load, not a conversion.  Standard library only.

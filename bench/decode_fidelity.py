@@ -8,8 +8,8 @@ Resize/CenterCrop/ToTensor/Normalize.  Reported per size: the largest pixel diff
 EfficientNet-Lite0 (the real ImageNet model that ships; its scores are the ones that
 move most here), and how often the top-1 stayed the same.
 
-    .venv/bin/python bench/decode_fidelity.py            # ~1 min
-    .venv/bin/python bench/decode_fidelity.py --noise 0 --gap 2
+    .venv/bin/python -m bench.decode_fidelity            # ~1 min
+    .venv/bin/python -m bench.decode_fidelity --noise 0 --gap 2
 """
 
 from __future__ import annotations
@@ -17,11 +17,8 @@ from __future__ import annotations
 import argparse
 import io
 import sys
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main() -> int:
@@ -30,7 +27,7 @@ def main() -> int:
     from torchvision import transforms
 
     import model_loader
-    from tests.photos import real_photos
+    from testkit.photos import real_photos
     from webapp import imaging
     from webapp.checkpoints.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess_array
 

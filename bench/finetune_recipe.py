@@ -3,7 +3,7 @@ vs updated) on the same drawn-shapes dataset from the bundled pretrained Efficie
 a fixed number of epochs without early stopping.  Prints validation loss / accuracy and
 seconds per epoch as a ratio to ``--strategy head``.
 
-    python bench/finetune_recipe.py [--per-class 30] [--epochs 8] [--image-size 64]
+    python -m bench.finetune_recipe [--per-class 30] [--epochs 8] [--image-size 64]
 """
 
 from __future__ import annotations
@@ -13,11 +13,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.shapes import make_dataset  # noqa: E402
-from webapp.training import data, recipe  # noqa: E402
-from webapp.training.options import FinetuneOptions  # noqa: E402
+from testkit.shapes import make_dataset
+from webapp.training import data, recipe
+from webapp.training.options import FinetuneOptions
 
 VARIANTS = (
     ("head", dict(strategy="head")),

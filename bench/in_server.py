@@ -4,9 +4,9 @@ serves one photo at a time while bench/outside_engine.py runs the artefact the s
 chose (the same engine cache, engine, precision, threads and streams, the same photo
 preprocessed), one pass after each request, on the same CPUs.
 
-    python bench/in_server.py              # 200 requests (1280x960 JPEG)
-    python bench/in_server.py --quick      # 20 requests, to check it runs
-    python bench/in_server.py --image 12MP --isa avx2 --project-env WEB_CONCURRENCY=1
+    python -m bench.in_server              # 200 requests (1280x960 JPEG)
+    python -m bench.in_server --quick      # 20 requests, to check it runs
+    python -m bench.in_server --image 12MP --isa avx2 --project-env WEB_CONCURRENCY=1
 
 Prints a table and JSON: the median of the server's ``timings_ms.inference`` against the
 outside pass (the ratio the server's inference costs over the engine's own), and for the
@@ -24,19 +24,18 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import requests
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from loadgen import multipart  # noqa: E402
-from run import PY, Server, _cpu_name, make_images, pct  # noqa: E402
+from bench.loadgen import multipart
+from bench.run import PY, Server, _cpu_name, make_images, pct
+from testkit.ops import wait_decided
 
-from tests.ops import wait_decided  # noqa: E402
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 
 WARMUP = 5  # requests and passes left out of the figures
 
@@ -75,12 +74,12 @@ def main() -> None:
         ready = requests.get(server.url + "/readyz", timeout=30).json()
         threads = ready["torch_threads"]
         dual = engine.get("streams", "1") != "1"
-        argv = [PY, str(HERE / "outside_engine.py"), str(tmp / "cache"), engine["artefact"],
+        argv = [PY, "-m", "bench.outside_engine", str(tmp / "cache"), engine["artefact"],
                 engine["engine"], engine["precision"], str(threads), "--image", str(image),
                 "--resize", str(round(ready["model"]["input_size"] / 0.875)),
                 "--size", str(ready["model"]["input_size"])] + (["--dual"] if dual else [])
         outside = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                   text=True, env={**os.environ, **env},
+                                   text=True, env={**os.environ, **env}, cwd=ROOT,
                                    preexec_fn=lambda: os.sched_setaffinity(0, cpus))
         if outside.stdout.readline().strip() != "ready":
             raise SystemExit("bench/outside_engine.py did not start")

@@ -5,7 +5,7 @@ real gunicorn server with the default settings on 127.0.0.1.  Also without the 1
 pause (what the machine could give).  Prints JSON.  Target: >= 5 answers/s
 with one viewer.
 
-    python bench/live.py [--seconds 15]
+    python -m bench.live [--seconds 15]
 """
 
 from __future__ import annotations
@@ -23,12 +23,9 @@ from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from teach_job import ROOT, start_server  # noqa: E402
-
-sys.path.insert(0, str(ROOT))
-from tests.holds import views  # noqa: E402
-from tests.photos import photo  # noqa: E402
+from bench.teach_job import start_server
+from testkit.holds import views
+from testkit.photos import photo
 
 PERIOD = 0.125
 

@@ -2,7 +2,7 @@
 each a fresh HTTP connection posting one image (multipart field ``image``).  Prints JSON:
 latencies (ms), errors, elapsed seconds.
 
-    python bench/loadgen.py URL IMAGE --clients 4 --requests 200 [--max-seconds 120]"""
+    python -m bench.loadgen URL IMAGE --clients 4 --requests 200 [--max-seconds 120]"""
 
 from __future__ import annotations
 

@@ -1,21 +1,16 @@
 """Model-only latency per engine (batch 1, median and p95 ms), measured round-robin so
 that a busy machine slows every engine alike.  Prints JSON.
 
-    python bench/model_speed.py --weights resnet18.pth --threads 2 --rounds 100"""
+    python -m bench.model_speed --weights resnet18.pth --threads 2 --rounds 100"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 import warnings
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 CANDIDATES = [("torch", "none"), ("torch", "dynamic"), ("torch", "static"),
               ("onnxruntime", "none"), ("onnxruntime", "static"),

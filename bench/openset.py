@@ -1,7 +1,7 @@
 """"I'm not sure what this is", measured in one run on real photos.
 
 For each small dataset, a class is taught the way the Teach page teaches it: holds of
-the capture button (``tests/holds.py``: four near-copies from one viewpoint per hold,
+the capture button (``testkit/holds.py``: four near-copies from one viewpoint per hold,
 the webcam's 640x480) stored through the Teach page's store with the moment the button
 was pressed, then trained by the Teach job's code (``finetune.train`` with
 ``jobs.TEACH_DEFAULTS``, the burst-keeping split) and served the way a worker serves it
@@ -10,7 +10,7 @@ was pressed, then trained by the Teach job's code (``finetune.train`` with
 * **kept**: share of fresh in-class pictures (new viewpoints of the taught photos, never
   trained on) answered with the right class and *not* unknown -- target >= 95 %;
 * **new views**: share of pictures of the taught photos shown the way a teacher shows a
-  taught object again, further from how it was taught (``tests/holds.new_views``: closer,
+  taught object again, further from how it was taught (``testkit/holds.new_views``: closer,
   farther on a desk, in a corner, turned a quarter or half turn, another light) answered
   with the right class and not unknown -- target >= 90 %; also how many of them had the
   right class at all (``right``), and the rate per kind of view;
@@ -18,10 +18,10 @@ was pressed, then trained by the Teach job's code (``finetune.train`` with
   several viewpoints) answered unknown -- target >= 90 %.
 
 And the same two figures for the built-in ImageNet model (its max-logit criterion): kept =
-views of tests/photos.py's photos not flagged (the photos are ImageNet things; "right
-class" is not asked here), flagged = drawings, textures and noise (``tests/holds.py``).
+views of testkit/photos.py's photos not flagged (the photos are ImageNet things; "right
+class" is not asked here), flagged = drawings, textures and noise (``testkit/holds.py``).
 
-    python bench/openset.py [--views 12] [--new-views 20] [--holds 5]
+    python -m bench.openset [--views 12] [--new-views 20] [--holds 5]
                             [--quantize none|static] [--json]
 
 Prints a table (and JSON with --json).  Training takes a few minutes on 2 cores.
@@ -38,10 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.holds import hold, new_views, not_photos, project_photos, views  # noqa: E402
+from testkit.holds import hold, new_views, not_photos, project_photos, views
 
 # Two small datasets: the issue's cat-and-mug class, and three things of a science room.
 DATASETS = {
@@ -140,7 +137,7 @@ def trained_rates(name: str, classes: dict[str, str], photos: dict, args, cache:
 
 def builtin_rates(photos: dict, args, cache: str) -> dict:
     import model_loader
-    from tests.photos import real_photos
+    from testkit.photos import real_photos
 
     rng = random.Random("openset:builtin")
     loaded = model_loader.load_imagenet_model()

@@ -20,7 +20,7 @@ a tie goes to the milder clip.  Sketches were added to this set after drawings p
 built-in model's weak spot (docs/openset.md); they are drawn by other code than the
 benchmark's drawings, from other seeds.
 
-    python bench/openset_choice.py [--count 108] [--weights FILE] [--json]
+    python -m bench.openset_choice [--count 108] [--weights FILE] [--json]
 
 ``--weights``: another ImageNet model's file (MODEL_WEIGHTS), e.g. ResNet18's.  About a
 minute on 2 cores.
@@ -33,12 +33,8 @@ import io
 import json
 import random
 import sys
-from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 SCORES = ("max_logit", "energy")
 PERCENTILES = (80, 85, 90, 95, 99, 100)  # 100: no clip

@@ -4,7 +4,7 @@ preprocessed photo.  Prints ``ready``, then for each line read from stdin one pa
 answering with its time in ms (the engine call alone, what ``timings_ms.inference``
 measures in the server).
 
-    python bench/outside_engine.py CACHE_DIR ARTEFACT ENGINE PRECISION THREADS \\
+    python -m bench.outside_engine CACHE_DIR ARTEFACT ENGINE PRECISION THREADS \\
         [--dual] [--image photo.jpg --resize 256 --size 224]
 
 bench/run.py alternates these passes with requests to the server, so both are measured at
@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main() -> None:

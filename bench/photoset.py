@@ -1,10 +1,7 @@
 """A set of about 100 real photos with deterministic variants (crops, flips, rescales,
-rotations), built from tests/photos.py -- for agreement numbers between engines."""
+rotations), built from testkit/photos.py -- for agreement numbers between engines."""
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 from PIL import Image, ImageEnhance, ImageOps
 
@@ -28,13 +25,10 @@ def variants(img: Image.Image) -> list[tuple[str, Image.Image]]:
     return out
 
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def photo_set() -> list[tuple[str, Image.Image]]:
-    from tests.photos import real_photos
+    from testkit.photos import real_photos
 
     return [(f"{p.name}/{tag}", v) for p in real_photos() for tag, v in variants(p.image)]
 

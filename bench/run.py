@@ -2,9 +2,9 @@
 documented for production) against the seed recipe (bench/baseline_server.py), started
 in one run, with the same randomly initialised ResNet18 weights file, on the same CPUs.
 
-    python bench/run.py              # full run (~15 min on 2 quiet cores)
-    python bench/run.py --quick      # a short run to check that everything works
-    python bench/run.py --isa avx2   # both servers on oneDNN capped at AVX2: a common PC
+    python -m bench.run              # full run (~15 min on 2 quiet cores)
+    python -m bench.run --quick      # a short run to check that everything works
+    python -m bench.run --isa avx2   # both servers on oneDNN capped at AVX2: a common PC
 
 Prints a table and writes bench/results.md, bench/results.json and bench/results.png.
 Every number is a ratio against the baseline measured in the same run; load comes from
@@ -31,7 +31,6 @@ import requests
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
 PY = sys.executable
 
 
@@ -93,9 +92,9 @@ class Server:
 
 def load(server: Server, image: Path, clients: int, n: int, cpus) -> dict:
     out = subprocess.run(
-        [PY, str(HERE / "loadgen.py"), server.url + "/predict", str(image),
+        [PY, "-m", "bench.loadgen", server.url + "/predict", str(image),
          "--clients", str(clients), "--requests", str(n), "--max-seconds", "600"],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, cwd=ROOT,
         preexec_fn=lambda: os.sched_setaffinity(0, cpus))
     result = json.loads(out.stdout)
     server.served += n
@@ -108,7 +107,7 @@ def load(server: Server, image: Path, clients: int, n: int, cpus) -> dict:
 def make_images(tmp: Path) -> dict:
     from PIL import Image
 
-    from tests.photos import photo
+    from testkit.photos import photo
 
     img = photo("chelsea").image
     paths = {}
@@ -154,15 +153,15 @@ def main() -> None:
 
     print("1/5 model-only latency per engine ...", flush=True)
     out = subprocess.run(
-        [PY, str(HERE / "model_speed.py"), "--weights", str(weights), "--threads",
+        [PY, "-m", "bench.model_speed", "--weights", str(weights), "--threads",
          str(len(cpus)), "--rounds", "15" if quick else "150", "--cache-dir", str(tmp / "ms")],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, cwd=ROOT,
         preexec_fn=lambda: os.sched_setaffinity(0, cpus))
     results["model_only"] = json.loads(out.stdout)
 
     print("2/5 agreement with fp32 on real photos, decoding drift ...", flush=True)
-    out = subprocess.run([PY, str(HERE / "accuracy.py"), str(tmp / "acc")],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run([PY, "-m", "bench.accuracy", str(tmp / "acc")],
+                         capture_output=True, text=True, check=True, cwd=ROOT)
     results["accuracy"] = json.loads(out.stdout)
 
     print("3/5 starting both servers (time to /readyz) ...", flush=True)
@@ -175,7 +174,7 @@ def main() -> None:
                    "MODEL_DIR": str(tmp / "models"),
                    **dict(kv.split("=", 1) for kv in args.project_env)}
     project_argv = [PY, "-m", "gunicorn", "app:app", "--access-logfile", "/dev/null"]
-    baseline_argv = [PY, str(HERE / "baseline_server.py"), str(weights), "--port", "{port}"]
+    baseline_argv = [PY, "-m", "bench.baseline_server", str(weights), "--port", "{port}"]
     servers = []
     try:
         cold = Server("project-cold", project_argv, project_env, cpus, tmp)
@@ -290,8 +289,8 @@ def torch_path(env: dict, argv: list, images: dict, cpus, tmp: Path, baseline: S
     server = Server("project-torch", argv, {**env, "ENGINE": "torch", "QUANTIZE": "dynamic",
                                             "ADMIN_TOKEN": ""}, cpus, tmp)
     outside = subprocess.Popen(
-        [PY, str(HERE / "outside_torch.py"), env["MODEL_WEIGHTS"], str(len(cpus))],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [PY, "-m", "bench.outside_torch", env["MODEL_WEIGHTS"], str(len(cpus))],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
         preexec_fn=lambda: os.sched_setaffinity(0, cpus))
     try:
         server.wait_ready()
@@ -315,10 +314,9 @@ def torch_path(env: dict, argv: list, images: dict, cpus, tmp: Path, baseline: S
 
 
 def checkpoint_bombs(server: Server, tmp: Path) -> dict:
-    """Two uploads built to explode (tests/serving/test_lean_serving.py): the time to their 422
+    """Two uploads built to explode (testkit/weights.py): the time to their 422
     and how much the workers' memory grew."""
-    sys.path.insert(0, str(ROOT))
-    from tests.serving.test_lean_serving import deflate_bomb, views_bomb
+    from testkit.weights import deflate_bomb, views_bomb
 
     out = {}
     for name, make in (("deflate 1000:1", deflate_bomb), ("views of one number", views_bomb)):

@@ -8,7 +8,7 @@ in every run) and for MINUTES sends, at once from the start:
 
 * real photos (phone-sized JPEGs and PNGs) from CLIENTS clients, RATE per second in all,
   each client paced (the next request when its time comes, or at once when late);
-* one file a second from the hostile corpus (tests/hostile.py), whose answer must be the
+* one file a second from the hostile corpus (testkit/hostile.py), whose answer must be the
   one the corpus allows (never a 5xx);
 * an activation a minute, alternating between a fine-tuned model uploaded at the start
   and the built-in one.
@@ -20,9 +20,9 @@ the median of minute 2 against the median of the last minute, grew by at most
 ``--max-growth`` MB.  Worker recycling is off (MAX_REQUESTS=0): a leak cannot hide
 behind restarts.
 
-    .venv/bin/python bench/soak.py                          # 15 minutes, 5 runs
-    .venv/bin/python bench/soak.py --minutes 3 --runs 1     # a short check
-    .venv/bin/python bench/soak.py --env WEB_CONCURRENCY=1 --env TORCH_THREADS=2
+    .venv/bin/python -m bench.soak                          # 15 minutes, 5 runs
+    .venv/bin/python -m bench.soak --minutes 3 --runs 1     # a short check
+    .venv/bin/python -m bench.soak --env WEB_CONCURRENCY=1 --env TORCH_THREADS=2
 """
 
 from __future__ import annotations
@@ -39,11 +39,12 @@ from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests import hostile, ops  # noqa: E402
-from tests.conftest import FRUIT, encode, save_finetuned_resnet18  # noqa: E402
-from tests.photos import real_photos  # noqa: E402
+from testkit import hostile, ops
+from testkit.photos import (
+    encode,
+    real_photos,
+)
+from testkit.weights import FRUIT, save_finetuned_resnet18
 
 TOKEN = "bench-soak-admin-token-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}

@@ -8,8 +8,8 @@ activation's answer until the first response by the new model, and until every w
 has logged that it serves it, and the same as a ratio to the median /predict latency
 measured in the same run (busy machines stretch both alike).
 
-    .venv/bin/python bench/swap.py                 # 6 switches, 3 clients
-    .venv/bin/python bench/swap.py --switches 10
+    .venv/bin/python -m bench.swap                 # 6 switches, 3 clients
+    .venv/bin/python -m bench.swap --switches 10
 """
 
 from __future__ import annotations
@@ -26,11 +26,9 @@ from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests import attacks, ops  # noqa: E402
-from tests.conftest import FRUIT, TOOLS, save_finetuned_resnet18  # noqa: E402
-from webapp.stores.registry import Registry  # noqa: E402
+from testkit import attacks, ops
+from testkit.weights import FRUIT, TOOLS, save_finetuned_resnet18
+from webapp.stores.registry import Registry
 
 TOKEN = "bench-swap-token-0123456789"
 BOUND = 120.0  # seconds a switch may take before the run gives up

@@ -3,7 +3,7 @@ teach defaults takes (Train pressed -> model in the registry) for a 2-class, 60-
 dataset, and what it does to /predict latency while it runs -- with the job's threads
 capped (JOB_THREADS default: half the CPUs) and, for comparison, uncapped (every CPU).
 
-    python bench/teach_job.py [--per-class 30] [--requests 40] [--interval 0.25]
+    python -m bench.teach_job [--per-class 30] [--requests 40] [--interval 0.25]
                               [--uncapped-threads N]
 
 Starts real gunicorn servers on 127.0.0.1 (default settings), builds the dataset through
@@ -28,12 +28,11 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from testkit.photos import photo
+from testkit.shapes import draw
+from webapp.config import available_cpus
 
-from tests.photos import photo  # noqa: E402
-from tests.shapes import draw  # noqa: E402
-from webapp.config import available_cpus  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 TOKEN = "bench-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

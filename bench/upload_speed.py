@@ -9,8 +9,8 @@ in a row" check: every upload must be stored and answer.  Each upload's line the
 which engine and precision the background trials chose, when the workers served it, and
 why (``/readyz``'s ``engine.auto``).
 
-    .venv/bin/python bench/upload_speed.py                                   # ResNet18 x3
-    .venv/bin/python bench/upload_speed.py --archs efficientnet_b0,resnet50,\\
+    .venv/bin/python -m bench.upload_speed                                   # ResNet18 x3
+    .venv/bin/python -m bench.upload_speed --archs efficientnet_b0,resnet50,\\
         convnext_tiny,mobilenet_v3_large --repeat 5
 
 Timings depend on the machine's load: run it on a quiet machine for figures to keep.
@@ -28,9 +28,7 @@ from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests import attacks, ops  # noqa: E402
+from testkit import attacks, ops
 
 TOKEN = "bench-upload-token-0123456789"
 BOUND = 600.0  # seconds an upload may take to answer before the run gives up

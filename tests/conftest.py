@@ -1,4 +1,5 @@
-"""Shared fixtures, and the two tiers of the suite.
+"""Shared fixtures, and the two tiers of the suite.  The helpers the fixtures, the tests
+and the benchmarks use (servers, photos, weight files) are in testkit/.
 
 **Tiers.**  ``make test-fast`` runs ``pytest -m "not system and not browser and not slow"``:
 no server process, no browser, no model converted or trained for seconds (``slow``), for the
@@ -20,25 +21,20 @@ a fresh application -- the way Flask's tutorial tests do.
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-import requests
-import torch
-import torchvision
 
+from testkit import tiers
+from testkit.server import Server, free_port
+from testkit.tiers import require_system_mark
+from testkit.weights import FRUIT, TOOLS, save_finetuned_resnet18, save_random_resnet18
 from webapp.config import SETTINGS
-
-ROOT = Path(__file__).resolve().parent.parent
 
 # The folders every test session sets itself (pytest_configure).
 _SESSION_FOLDERS = {"TORCH_HOME": "torch-home", "MODEL_DIR": "models", "DATA_DIR": "data",
@@ -104,23 +100,9 @@ def _own_folders(tmp_path, monkeypatch):
     monkeypatch.setenv("DATA_DIR", str(tmp_path / "data-dir"))
 
 
-_current_test: pytest.Item | None = None
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
-    global _current_test
-    _current_test = item
-
-
-def require_system_mark(what: str) -> None:
-    """Fail a test (or its fixture) that starts ``what`` without the ``system`` (or
-    ``browser``) mark."""
-    if _current_test is not None and not any(
-            _current_test.get_closest_marker(mark) for mark in ("system", "browser")):
-        pytest.fail(f"{_current_test.nodeid} starts {what} but is not marked system "
-                    "(@pytest.mark.system, or pytestmark = pytest.mark.system): the fast "
-                    "tier (make test-fast) starts no server", pytrace=False)
+    tiers.current_test = item
 
 
 @pytest.fixture(autouse=True)
@@ -152,41 +134,9 @@ def _children_need_the_system_mark(monkeypatch):
     monkeypatch.setattr(JobQueue, "spawn_runner", checked_runner)
 
 
-def encode(image, fmt: str = "JPEG", **params) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, fmt, **params)
-    return buf.getvalue()
-
-
-def save_random_resnet18(path: Path, num_classes: int = 1000, seed: int = 0) -> Path:
-    """A randomly initialised ResNet18 saved exactly as torchvision publishes weights."""
-    torch.manual_seed(seed)
-    model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
-    return path
-
-
 @pytest.fixture(scope="session")
 def random_resnet18(tmp_path_factory) -> Path:
     return save_random_resnet18(tmp_path_factory.mktemp("weights") / "resnet18-random.pth")
-
-
-def save_finetuned_resnet18(path: Path, classes: list[str], seed: int = 0,
-                            input_size: int = 64, metrics: dict | None = None) -> Path:
-    """A randomly initialised ResNet18 with a len(classes)-way head, saved as a
-    checkpoint in format v1 (``model_loader.save_checkpoint``), the way a fine-tune is."""
-    import model_loader
-
-    torch.manual_seed(seed)
-    model = torchvision.models.resnet18(weights=None, num_classes=len(classes))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return model_loader.save_checkpoint(path, model, arch="resnet18", classes=classes,
-                                        input_size=input_size, metrics=metrics)
-
-
-FRUIT = ["apple", "banana", "cherry"]
-TOOLS = ["hammer", "saw", "drill", "wrench"]
 
 
 @pytest.fixture(scope="session")
@@ -219,70 +169,6 @@ def client(app):
     return app.test_client()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """A real server process on 127.0.0.1 (gunicorn or the dev server)."""
-
-    def __init__(self, argv, env, port, log_path, cpus=None):
-        require_system_mark("a server")
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        preexec = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
-        self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                     preexec_fn=preexec)
-
-    def wait_ready(self, timeout: float = 120) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log}")
-            try:
-                response = requests.get(self.url + "/readyz", timeout=5)
-                if response.status_code == 200:
-                    return response.json()
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"server not ready after {timeout} s:\n{self.log}")
-
-    @property
-    def log(self) -> str:
-        self._log.flush()
-        return Path(self.log_path).read_text("utf-8", errors="replace")
-
-    def wait_exit(self, timeout: float = 120) -> int:
-        return self.proc.wait(timeout=timeout)
-
-    def stop(self):
-        """SIGTERM to the server process alone, as ``docker stop`` and Kubernetes send it
-        (gunicorn's master then stops its workers), then SIGKILL to whatever of its
-        process group is left.  (A SIGTERM to the whole group reached the workers before
-        the master; once, with two test processes busy, the master then logged the signal
-        and its workers' exits and still took the 30 s to the SIGKILL.)"""
-        import signal
-
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
-        self._log.close()
-
-
 @pytest.fixture()
 def start_server(tmp_path):
     """start_server(kind="gunicorn"|"dev", **env) -> a running Server, stopped after."""
@@ -307,7 +193,7 @@ def start_server(tmp_path):
 
 @pytest.fixture(scope="session")
 def model_files(tmp_path_factory):
-    """Model files as people have them (tests/model_files.py), each made on first use."""
-    from tests.model_files import ModelFiles
+    """Model files as people have them (testkit/model_files.py), each made on first use."""
+    from testkit.model_files import ModelFiles
 
     return ModelFiles(tmp_path_factory.mktemp("model-files"))

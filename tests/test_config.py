@@ -9,7 +9,7 @@ import tokenize
 
 import pytest
 
-from tests.conftest import ROOT
+from testkit import ROOT
 from webapp.config import (
     SETTINGS,
     Config,

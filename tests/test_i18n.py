@@ -13,7 +13,7 @@ from babel.messages.frontend import parse_mapping_cfg
 from babel.messages.mofile import read_mo, write_mo
 from babel.messages.pofile import read_po
 
-from tests.conftest import ROOT
+from testkit import ROOT
 from webapp import create_app
 from webapp.config import ConfigError
 from webapp.messages import Message

@@ -20,7 +20,9 @@ from torch import nn
 
 import model_loader
 from model_loader import ModelLoadError
-from tests.conftest import ROOT, free_port, save_random_resnet18
+from testkit import ROOT
+from testkit.server import free_port
+from testkit.weights import save_random_resnet18
 
 
 def test_explicit_weights_file_is_served(random_resnet18):
@@ -321,7 +323,7 @@ def test_download_shows_progress_and_refuses_a_file_that_is_not_the_published_on
 
 
 # --------------------------------------------------------------------------- model files
-# Every row of issue 13's table: the files people have (tests/model_files.py).
+# Every row of issue 13's table: the files people have (testkit/model_files.py).
 
 ACCEPTED = ["bare", "dataparallel", "lightning", "tutorial", "v1_without_format", "compiled",
             "safetensors", "onnx", "mobilenet", "dynamic_quantized", "dropout_head", "mlp_head",
@@ -403,7 +405,7 @@ def test_a_gelu_head_is_built_when_the_upload_says_so(tmp_path, model_files):
 def test_a_hugging_face_vit_is_read_as_torchvisions_vit_b_16(tmp_path):
     from transformers import ViTConfig, ViTForImageClassification
 
-    from tests.model_files import HuggingFaceLogits
+    from testkit.model_files import HuggingFaceLogits
 
     torch.manual_seed(0)
     model = ViTForImageClassification(ViTConfig(num_labels=3)).eval()
@@ -494,7 +496,7 @@ def test_refusals_say_what_to_do_next(model_files, tmp_path):
 
 @pytest.mark.parametrize("index", range(7))
 def test_every_refused_file_is_named_with_the_next_step(model_files, index):
-    """tests/model_files.py's refusal table: the message names the kind of file and what
+    """testkit/model_files.py's refusal table: the message names the kind of file and what
     to do, and quotes none of torch's internals."""
     kind, path, fields, words = model_files.refused()[index]
     with pytest.raises(ModelLoadError) as info:

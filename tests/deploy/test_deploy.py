@@ -22,28 +22,16 @@ import pytest
 import requests
 import yaml
 
-from tests import ops
-from tests.conftest import ROOT, encode, free_port
-from tests.photos import photo
+from testkit import ROOT, ops
+from testkit.deploy import dockerfile, env_of
+from testkit.photos import encode, photo
+from testkit.server import free_port
 
 BIN = Path(sys.executable).parent
 TOKEN = "deploy-admin-token-0123456789"
 MISSING_NGINX = """\
 tests/deploy/test_deploy.py needs nginx to check deploy/nginx.conf (CI installs it):
   sudo apt-get install -y nginx-light     (Debian/Ubuntu; or any nginx >= 1.22 on PATH)"""
-
-
-def dockerfile() -> list[tuple[str, str]]:
-    """(instruction, arguments) of the Dockerfile, continuation lines joined."""
-    text = (ROOT / "Dockerfile").read_text("utf-8")
-    text = re.sub(r"\\\n", " ", text)
-    out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            instruction, _, rest = line.partition(" ")
-            out.append((instruction.upper(), " ".join(rest.split())))
-    return out
 
 
 def makefile_targets() -> dict[str, tuple[list[str], list[str]]]:
@@ -71,16 +59,6 @@ def make_commands(target: str) -> list[str]:
         if prerequisite in targets:
             commands += [c for c in make_commands(prerequisite) if c not in commands]
     return commands + recipe
-
-
-def env_of(instructions) -> dict[str, str]:
-    env = {}
-    for instruction, args in instructions:
-        if instruction == "ENV":
-            for item in shlex.split(args):
-                key, _, value = item.partition("=")
-                env[key] = value
-    return env
 
 
 # The only RUN steps that are not make targets: setting the image up, and checking the
@@ -180,7 +158,7 @@ def test_dockerignore_keeps_what_the_image_needs_and_nothing_else():
                    "Makefile", "webapp/views/api.py", "templates/base.html", "static/js/app.js",
                    "translations/en.json", "deploy/smoke.py", "deploy/healthcheck.py"):
         assert not ignored(needed), needed
-    for unwanted in (".venv", ".git", "instance", "tests", "artifacts",
+    for unwanted in (".venv", ".git", "instance", "tests", "testkit", "bench", "artifacts",
                      "webapp/__pycache__/api.cpython-311.pyc"):
         assert ignored(unwanted), unwanted
 

@@ -35,11 +35,12 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import ROOT, Server, encode, free_port
-from tests.deploy.test_deploy import dockerfile, env_of
-from tests.kustomize import render
-from tests.photos import CAT_CLASSES, photo
-from tests.shapes import draw
+from testkit import ROOT
+from testkit.deploy import dockerfile, env_of
+from testkit.kustomize import render
+from testkit.photos import CAT_CLASSES, encode, photo
+from testkit.server import Server, free_port
+from testkit.shapes import draw
 from tests.training.test_teach import (
     LONG,
     Client,

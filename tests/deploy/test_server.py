@@ -11,8 +11,8 @@ import time
 import pytest
 import requests
 
-from tests.conftest import encode, save_random_resnet18
-from tests.photos import photo
+from testkit.photos import encode, photo
+from testkit.weights import save_random_resnet18
 
 pytestmark = pytest.mark.system  # real servers on 127.0.0.1 (conftest.py: the tiers)
 

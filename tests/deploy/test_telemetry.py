@@ -18,7 +18,7 @@ import pytest
 import requests
 
 import webapp  # noqa: F401 - first, as in every process of the product
-from tests.conftest import ROOT
+from testkit import ROOT
 from tests.training.test_teach import build, wait_job
 from tests.views.test_admin import BEARER, TOKEN
 

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 import model_loader
-from tests.conftest import ROOT, save_random_resnet18
-from tests.photos import real_photos
+from testkit import ROOT, ops
+from testkit.photos import real_photos
+from testkit.weights import save_random_resnet18
 from webapp import engines
 from webapp.engines import EngineSettings, build, runtime, torch_engine
 from webapp.engines.calibration import calibration_arrays, calibration_files
@@ -356,7 +357,7 @@ def test_auto_refuses_int8_that_keeps_the_top1_but_moves_the_scores(tmp_path):
     """A ResNet50 whose int8 network gives fp32's top-1 on every guard image but moves
     a probability by more than PRECISION_MAX_SCORE_CHANGE allows: refused, and the
     decision says by how much."""
-    from tests.model_files import random_model
+    from testkit.model_files import random_model
 
     made = _decided(random_model("resnet50", 5, seed=1), list("abcde"), tmp_path,
                     max_score_change=0.002)
@@ -565,8 +566,7 @@ def test_a_server_answers_at_once_and_swaps_in_the_engine_measured_faster(start_
     which engine and precision were chosen, from which timings, and why."""
     import requests
 
-    from tests import ops
-    from tests.conftest import encode
+    from testkit.photos import encode
 
     server = start_server("gunicorn", ENGINE="auto", QUANTIZE="none", WEB_CONCURRENCY=2,
                           TORCH_THREADS=1, AUTO_HANDICAP_MS="openvino:fp32=40")

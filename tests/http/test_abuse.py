@@ -1,4 +1,4 @@
-"""No single client can stall or bloat a worker: every attack of tests/attacks.py gets
+"""No single client can stall or bloat a worker: every attack of testkit/attacks.py gets
 its 4xx JSON error with a message for a person, through the real app (in-process
 here; on a real gunicorn, with a real photo sent meanwhile, further down).  No
 durations are asserted: bench/abuse.py measures them."""
@@ -16,7 +16,7 @@ import pytest
 import requests
 from urllib3 import encode_multipart_formdata
 
-from tests import attacks, ops
+from testkit import attacks, ops
 from tests.views.test_admin import BEARER, TOKEN, csrf_from
 from webapp import create_app
 

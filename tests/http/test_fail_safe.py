@@ -18,9 +18,9 @@ import pytest
 import requests
 from PIL import Image
 
-from tests import ops
-from tests.conftest import FRUIT, TOOLS, encode, save_finetuned_resnet18
-from tests.photos import photo
+from testkit import ops
+from testkit.photos import encode, photo
+from testkit.weights import FRUIT, TOOLS, save_finetuned_resnet18
 from webapp import engines
 from webapp.engines import EngineSettings
 from webapp.engines.artefacts import ArtefactCache

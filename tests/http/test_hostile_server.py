@@ -1,5 +1,5 @@
 """Hostile input through a real gunicorn server (2 workers on 127.0.0.1): the whole
-generated corpus (tests/hostile.py) and a bounded fuzz run mutating real JPEG/PNG bytes.
+generated corpus (testkit/hostile.py) and a bounded fuzz run mutating real JPEG/PNG bytes.
 Zero 5xx, every answer a JSON with a message, no worker crashed, hung or restarted, the
 server answers normally afterwards, memory stays bounded, and nothing that was uploaded
 is left on disk or in the log.  The /metrics totals add up across both workers."""
@@ -17,9 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests import hostile, ops
-from tests.conftest import encode
-from tests.photos import photo
+from testkit import hostile, ops
+from testkit.photos import encode, photo
 
 pytestmark = pytest.mark.system  # real servers on 127.0.0.1 (conftest.py: the tiers)
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests import ops
-from tests.conftest import FRUIT, encode
-from tests.photos import photo
+from testkit import ops
+from testkit.photos import encode, photo
+from testkit.weights import FRUIT
 from tests.stores.test_registry import leftovers, snapshot
 from webapp.stores.registry import BUILTIN, Registry
 

@@ -16,9 +16,8 @@ import pytest
 import requests
 from prometheus_client import REGISTRY
 
-from tests import attacks, hostile, ops
-from tests.conftest import encode
-from tests.photos import photo
+from testkit import attacks, hostile, ops
+from testkit.photos import encode, photo
 from tests.views.test_admin import BEARER, TOKEN, login, make_app
 from webapp.config import ConfigError
 

@@ -9,16 +9,15 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import sync_playwright
 
-from tests import ops
-from tests.browser import (
+from testkit import ops
+from testkit.browser import (
     CHROMIUM_ARGS,
     FAKE_CAMERA_ARGS,
     MISSING_BROWSER,
     chromium_executable,
     write_y4m,
 )
-from tests.conftest import encode
-from tests.photos import photo
+from testkit.photos import encode, photo
 
 pytestmark = pytest.mark.browser
 

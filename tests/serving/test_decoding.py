@@ -8,8 +8,7 @@ import io
 import pytest
 from PIL import Image
 
-from tests.conftest import encode
-from tests.photos import photo
+from testkit.photos import encode, photo
 from webapp import imaging
 from webapp.serving.classifier import Classifier
 

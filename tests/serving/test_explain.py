@@ -17,8 +17,8 @@ from torch import nn
 
 import model_loader
 from model_loader import LoadedModel
-from tests.conftest import encode, save_random_resnet18
-from tests.photos import CAT_CLASSES, photo, real_photos
+from testkit.photos import CAT_CLASSES, encode, photo, real_photos
+from testkit.weights import save_random_resnet18
 from webapp import create_app
 from webapp.engines import EngineSettings, build, features
 from webapp.serving.classifier import Classifier

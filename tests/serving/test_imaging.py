@@ -13,9 +13,8 @@ from PIL import Image
 from torchvision.models import ResNet18_Weights
 
 import model_loader
-from tests import attacks
-from tests.conftest import encode
-from tests.photos import real_photos
+from testkit import attacks
+from testkit.photos import encode, real_photos
 from webapp import imaging
 from webapp.engines import ModelCard
 from webapp.imaging import ImageError

@@ -6,17 +6,13 @@ workers' memory does not move."""
 
 from __future__ import annotations
 
-import io
 import time
-import zipfile
 
 import pytest
 import requests
-import torch
-import torchvision
 
-from tests.conftest import encode, save_random_resnet18
-from tests.photos import photo
+from testkit.photos import encode, photo
+from testkit.weights import deflate_bomb, save_random_resnet18, views_bomb
 
 pytestmark = pytest.mark.system  # real servers on 127.0.0.1 (conftest.py: the tiers)
 
@@ -39,26 +35,6 @@ def _rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as fh:
         fields = dict(line.split(":", 1) for line in fh)
     return int(fields["VmRSS"].split()[0]) / 1024
-
-
-def deflate_bomb(path):
-    """0.97 MB on disk, 954 MB of zeros once its zip records are inflated."""
-    buf = io.BytesIO()
-    torch.save({"fc.weight": torch.zeros(1000, 250_000), "fc.bias": torch.zeros(1000)}, buf)
-    source = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as out:
-        for info in source.infolist():
-            out.writestr(info, source.read(info.filename), compress_type=zipfile.ZIP_DEFLATED)
-    return path
-
-
-def views_bomb(path):
-    """A ResNet50 state_dict of 40 KB: every weight is a view of one number."""
-    one = torch.zeros(1)
-    state = torchvision.models.resnet50(num_classes=1000).state_dict()
-    torch.save({k: one.expand(v.shape) if v.is_floating_point() else v
-                for k, v in state.items()}, path)
-    return path
 
 
 def test_workers_never_load_torch_and_bombs_cost_them_nothing(start_server, tmp_path,

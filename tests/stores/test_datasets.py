@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests import attacks
-from tests.conftest import encode
-from tests.shapes import draw
+from testkit import attacks
+from testkit.photos import encode
+from testkit.shapes import draw
 from tests.views.test_admin import BEARER, TOKEN, assert_error, csrf_from, login
 from webapp import create_app
 from webapp.training.data import scan

@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from tests.conftest import ROOT, encode
-from tests.photos import photo
+from testkit import ROOT
+from testkit.photos import encode, photo
 from tests.views.test_admin import BEARER, login, make_app
 from webapp.checkpoints.labels import imagenet_labels
 from webapp.stores.label_names import (

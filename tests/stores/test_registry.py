@@ -17,8 +17,9 @@ import pytest
 import torch
 
 import model_loader
-from tests.conftest import FRUIT, ROOT, TOOLS, encode
-from tests.photos import photo
+from testkit import ROOT
+from testkit.photos import encode, photo
+from testkit.weights import FRUIT, TOOLS
 from webapp.engines import EngineSettings
 from webapp.serving.holder import load_classifier
 from webapp.stores.registry import BUILTIN, Registry, RegistryError

@@ -11,9 +11,8 @@ import time
 
 import pytest
 
-from tests.conftest import encode
-from tests.holds import hold
-from tests.photos import photo
+from testkit.holds import hold
+from testkit.photos import encode, photo
 from webapp.training import bursts
 from webapp.training import report as training_report
 from webapp.training.data import SPLITS, scan

@@ -18,8 +18,10 @@ import torch
 from PIL import Image
 
 import model_loader
-from tests.conftest import ROOT, encode, save_random_resnet18
-from tests.shapes import SHAPES, draw, make_dataset
+from testkit import ROOT
+from testkit.photos import encode
+from testkit.shapes import SHAPES, draw, make_dataset
+from testkit.weights import save_random_resnet18
 from webapp import finetune
 from webapp.messages import catalog_gettext, render
 from webapp.training import caveat, recipe
@@ -637,7 +639,7 @@ def test_a_trained_model_says_when_a_picture_is_unlike_what_it_was_taught(cli_ru
     assert report["openset"]["validation_views"] >= report["openset"]["validation_images"]
     assert report["openset"]["kept"] >= 0.95 and "bank" not in report["openset"]
     monkeypatch.setenv("MODEL_WEIGHTS", str(out))
-    from tests.holds import noise, project_photos
+    from testkit.holds import noise, project_photos
     from webapp import create_app
 
     client = create_app({"TESTING": True}).test_client()

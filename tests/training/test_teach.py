@@ -19,8 +19,9 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import FRUIT, encode
-from tests.shapes import SHAPES, draw
+from testkit.photos import encode
+from testkit.shapes import SHAPES, draw
+from testkit.weights import FRUIT
 from tests.views.test_admin import BEARER, TOKEN, assert_error, login
 from webapp import create_app
 from webapp.stores.registry import Registry

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from testkit.model_files import large_jpegs, photo_pngs, torch_answers
+from testkit.photos import encode, photo
+from testkit.weights import FRUIT, TOOLS
 from tests.checkpoints.test_model_loader import ACCEPTED, TORCH_WORDS
-from tests.conftest import FRUIT, TOOLS, encode
-from tests.model_files import large_jpegs, photo_pngs, torch_answers
-from tests.photos import photo
 from tests.stores.test_registry import hostile_files, leftovers, snapshot
 from webapp import create_app
 from webapp.stores.registry import BUILTIN, Registry
@@ -523,7 +523,7 @@ def test_a_refused_upload_is_explained_in_the_request_language_with_the_same_cod
     """The builder child's refusal crosses the process boundary as a message, so an
     uploader asking in Chinese reads it in Chinese (no English word of the catalog in
     it); the error code stays the same English word."""
-    from tests.browser import _WORD, english_catalog_words
+    from testkit.browser import _WORD, english_catalog_words
 
     good = fruit_checkpoint.read_bytes()
     chinese = {"Accept-Language": "zh-CN,zh;q=0.9", **BEARER}
@@ -674,7 +674,7 @@ def test_the_admin_page_shows_the_engine_and_what_was_measured_to_choose_it(admi
 @pytest.mark.system  # converts new models in builder child processes
 def test_the_upload_page_counts_the_guesses_of_a_two_class_model(admin, admin_app, tmp_path):
     """A 2-class model gives 2 bars: the heading says "Top 2 guesses", not "Top 3"."""
-    from tests.conftest import save_finetuned_resnet18
+    from testkit.weights import save_finetuned_resnet18
 
     path = save_finetuned_resnet18(tmp_path / "two.pt", ["cat", "dog"], seed=3)
     two = upload(admin, path, activate="1").get_json()["id"]
@@ -833,7 +833,7 @@ def test_an_upload_is_converted_for_the_engine_before_it_is_activated(tmp_path,
 
 # --------------------------------------------------------------------------- your own models
 # Issue 13: the model files people have, with their class names, through the API, the page
-# and the command line (tests/model_files.py builds them).
+# and the command line (testkit/model_files.py builds them).
 
 
 @pytest.fixture(scope="module")
@@ -846,7 +846,7 @@ def fp32_app(tmp_path_factory):
 
 
 def send_model(client, entry, headers=BEARER, **extra):
-    """Upload a tests.model_files entry with the fields a person sends along."""
+    """Upload a testkit.model_files entry with the fields a person sends along."""
     data = {"checkpoint": (io.BytesIO(entry.path.read_bytes()), entry.path.name),
             **entry.fields, **extra}
     if entry.labels:

@@ -16,7 +16,8 @@ import sys
 import pytest
 from playwright.sync_api import sync_playwright
 
-from tests.browser import (
+from testkit import ROOT
+from testkit.browser import (
     CHROMIUM_ARGS,
     MISSING_BROWSER,
     SIZES,
@@ -25,8 +26,8 @@ from tests.browser import (
     chromium_executable,
     screenshot,
 )
-from tests.conftest import FRUIT, ROOT, encode
-from tests.photos import photo
+from testkit.photos import encode, photo
+from testkit.weights import FRUIT
 from tests.views.test_browser import assert_wcag_aa
 
 pytestmark = pytest.mark.browser  # without Chromium: fails with what to install, never skips

@@ -12,8 +12,9 @@ import pytest
 import requests
 
 import model_loader
-from tests.conftest import FRUIT, TOOLS, encode
-from tests.photos import photo
+from testkit import ops
+from testkit.photos import encode, photo
+from testkit.weights import FRUIT, TOOLS
 from webapp.stores.registry import BUILTIN, Registry
 
 pytestmark = pytest.mark.system  # real servers on 127.0.0.1 (conftest.py: the tiers)
@@ -204,8 +205,7 @@ def test_activate_and_wait_answers_once_every_worker_serves_the_model(start_serv
     import subprocess
     import sys
 
-    from tests import ops
-    from tests.conftest import ROOT
+    from testkit import ROOT
 
     store = Registry(tmp_path / "store")
     fruit = store.add(fruit_checkpoint, name="Fruit")["id"]

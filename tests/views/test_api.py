@@ -8,9 +8,8 @@ import os
 import pytest
 from PIL import Image
 
-from tests import hostile
-from tests.conftest import encode
-from tests.photos import chinese_names, photo, real_photos
+from testkit import hostile
+from testkit.photos import chinese_names, encode, photo, real_photos
 
 
 def post(client, *files, field="image", **form):
@@ -235,7 +234,7 @@ def test_uploads_stay_in_memory(app):
 
 @pytest.mark.parametrize("case", hostile.basic(), ids=lambda case: case.name)
 def test_odd_and_broken_files_never_cause_a_500(client, case):
-    """The small corpus in-process; the whole one (tests/hostile.py, 500+ files) goes
+    """The small corpus in-process; the whole one (testkit/hostile.py, 500+ files) goes
     through a real gunicorn server in tests/http/test_hostile_server.py."""
     response = post(client, (case.upload_name, case.data))
     assert response.status_code in case.expect, (response.status_code, response.get_json())
@@ -260,7 +259,7 @@ def test_service_keeps_answering_after_bad_input(client):
 
 def test_real_photos_of_imagenet_things_are_never_answered_unknown(client):
     """The built-in model's "I'm not sure" is for pictures of nothing it knows: each of
-    the seven real photos (tests/photos.py) is answered, not doubted."""
+    the seven real photos (testkit/photos.py) is answered, not doubted."""
     photos = real_photos()
     body = post(client, *[(f"{p.name}.jpg", encode(p.image, "JPEG", quality=92))
                           for p in photos]).get_json()
@@ -273,7 +272,7 @@ def test_a_picture_of_nothing_is_answered_unknown(client):
     photo of anything, and the answer says so (its guesses are still there)."""
     import random
 
-    from tests.holds import noise
+    from testkit.holds import noise
 
     rng = random.Random(3)
     response = post(client, ("snow.png", encode(noise(rng), "PNG")),

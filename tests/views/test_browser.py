@@ -6,7 +6,7 @@ request every page makes is recorded and must go to the test server; any JavaScr
 fails the test.
 Screenshots of each page go to artifacts/screenshots/ (the pictures in docs/ are copies).
 
-Without Chromium these tests fail with what to install (tests/browser.py); they never
+Without Chromium these tests fail with what to install (testkit/browser.py); they never
 skip silently.  `pytest -m 'not browser'` leaves them out on purpose."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import sync_playwright
 
-from tests.browser import (
+from testkit.browser import (
     CHROMIUM_ARGS,
     FAKE_CAMERA_ARGS,
     MISSING_BROWSER,
@@ -33,8 +33,8 @@ from tests.browser import (
     wait_on_screen,
     write_y4m,
 )
-from tests.conftest import Server, encode, free_port
-from tests.photos import CAT_CLASSES, chinese_names, photo, real_photos
+from testkit.photos import CAT_CLASSES, chinese_names, encode, photo, real_photos
+from testkit.server import Server, free_port
 from webapp.stores.kiosk_settings import KioskSettings, KioskSettingsStore
 from webapp.views.kiosk import CONFIDENCE_WORDS
 
@@ -542,7 +542,7 @@ def test_the_public_pages_speak_chinese(browser, server, kiosk_settings, files, 
     """Upload -> answer -> explanation, an error page, kiosk -> a chosen photo's answer ->
     idle countdown -> explanation, in Chinese: asked for by the browser (Accept-Language:
     zh-CN), or fixed by the teacher for an English browser.  No English word of the catalog on any
-    of them (tests/browser.py: english_on_page), the class names in Chinese, axe-core
+    of them (testkit/browser.py: english_on_page), the class names in Chinese, axe-core
     finds nothing; at a classroom screen's size and a phone's."""
     if who_chose == "the teacher":
         kiosk_settings.update({"language": "zh_Hans_CN"})
@@ -632,7 +632,7 @@ def test_the_public_pages_speak_chinese(browser, server, kiosk_settings, files, 
 
 def test_the_seven_photos_are_named_in_chinese_and_in_english_on_the_kiosk(
         browser_without_camera_permission, server, kiosk_settings, tmp_path):
-    """Each real photo of tests/photos.py, chosen on the kiosk: its Chinese name with
+    """Each real photo of testkit/photos.py, chosen on the kiosk: its Chinese name with
     Accept-Language: zh-CN, its English name without."""
     chosen = []
     for item in real_photos():

@@ -36,7 +36,7 @@ from PIL import Image
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
 
-from tests.browser import (
+from testkit.browser import (
     CHROMIUM_ARGS,
     FAKE_CAMERA_ARGS,
     MISSING_BROWSER,
@@ -46,8 +46,8 @@ from tests.browser import (
     screenshot,
     write_y4m,
 )
-from tests.conftest import Server, free_port
-from tests.photos import photo
+from testkit.photos import photo
+from testkit.server import Server, free_port
 from tests.views.test_browser import assert_wcag_aa
 from webapp.classroom import machine_names
 

@@ -11,7 +11,7 @@ import onnx
 import pytest
 import torch
 
-from tests.model_files import photo_pngs
+from testkit.model_files import photo_pngs
 from tests.views.test_admin import BEARER, login, make_app, upload
 from webapp.checkpoints.loaded import CHECKPOINT_FORMAT
 

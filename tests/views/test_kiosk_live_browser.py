@@ -1,11 +1,11 @@
 """The kiosk's live answers in a real browser (headless Chromium via Playwright) against a
 real gunicorn server with the built-in model, the fake camera filming videos made here
 from real photos with a real camera's flaws (sensor noise of 3 grey levels, a 1-pixel
-shake: tests/browser.noisy_frames):
+shake: testkit/browser.noisy_frames):
 
 * a still scene keeps its answer (30 s: at most 2 changes of the label on screen);
 * a new object takes over within a second (counted in answers: 8 a second at most);
-* the live answer and the button's answer agree on the 7 photos of tests/photos.py;
+* the live answer and the button's answer agree on the 7 photos of testkit/photos.py;
 * the answer stays on screen while the camera still sees what was answered, and the idle
   time runs once the scene changes.
 
@@ -21,9 +21,10 @@ import time
 import pytest
 from playwright.sync_api import sync_playwright
 
-from tests.browser import SIZES, noisy_frames, write_y4m
-from tests.conftest import ROOT, Server, free_port
-from tests.photos import CAT_CLASSES, photo, real_photos
+from testkit import ROOT
+from testkit.browser import SIZES, noisy_frames, write_y4m
+from testkit.photos import CAT_CLASSES, photo, real_photos
+from testkit.server import Server, free_port
 from tests.views.test_browser import filming
 from webapp.i18n import find_languages
 from webapp.stores.kiosk_settings import KioskSettings, KioskSettingsStore

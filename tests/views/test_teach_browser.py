@@ -19,7 +19,7 @@ import pytest
 from PIL import ImageOps
 from playwright.sync_api import sync_playwright
 
-from tests.browser import (
+from testkit.browser import (
     FAKE_CAMERA_ARGS,
     SIZES,
     assert_no_english,
@@ -30,8 +30,8 @@ from tests.browser import (
     write_y4m,
     zh_pattern,
 )
-from tests.conftest import Server, encode, free_port
-from tests.photos import photo
+from testkit.photos import encode, photo
+from testkit.server import Server, free_port
 from tests.views.test_browser import _launch, assert_wcag_aa
 
 pytestmark = pytest.mark.browser
@@ -174,7 +174,7 @@ def test_teach_in_chinese_capture_train_activate_roll_back_and_the_kiosk_knows_i
     the new model's card; Try it answers from the camera; Activate, then the admin list,
     roll back and activate again; the kiosk answers with the new classes; on a phone the
     card and the admin list.  No English word of the catalog on any page (the model's own
-    notice and summary aside: tests/browser.py), axe-core finds nothing."""
+    notice and summary aside: testkit/browser.py), axe-core finds nothing."""
     watched = Watched(browser, "wide", locale="zh-CN")
     page = watched.page
     try:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import io
 import re
 
-from tests.conftest import encode
-from tests.photos import CAT_CLASSES, photo
+from testkit.photos import CAT_CLASSES, encode, photo
 
 
 def test_page_has_the_upload_form_and_names_the_model(client):

@@ -15,8 +15,8 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import encode
-from tests.model_files import photo_pngs
+from testkit.model_files import photo_pngs
+from testkit.photos import encode
 from webapp import imaging
 from webapp.checkpoints.preprocess import preprocess_array
 

@@ -23,7 +23,7 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms
 
-from tests.photos import real_photos
+from testkit.photos import real_photos
 
 CLASSES = ["cat", "dog", "fox", "owl", "yak"]
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

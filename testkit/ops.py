@@ -16,7 +16,7 @@ from pathlib import Path
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Server, free_port
+from testkit.server import Server, free_port
 
 GUNICORN = [sys.executable, "-m", "gunicorn", "app:app"]
 # What gunicorn's master logs when a worker dies or hangs (none of it may appear).
@@ -100,7 +100,7 @@ def peak_rss_mb(pid: int) -> float:
 
 def post_case(url: str, case, path: str = "/predict", timeout: float = 120,
               session: requests.Session | None = None) -> requests.Response:
-    """Send one corpus case (tests/hostile.py) the way its ``raw`` flag says."""
+    """Send one corpus case (testkit/hostile.py) the way its ``raw`` flag says."""
     http = session or requests
     if case.raw:
         return http.post(url + path, data=case.data, timeout=timeout,

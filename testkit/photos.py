@@ -1,13 +1,21 @@
 """Real photographs with known ImageNet classes that ship inside Python packages
-(scikit-image, scikit-learn, matplotlib), shared by the tests and the benchmarks."""
+(scikit-image, scikit-learn, matplotlib), and ``encode``: an image as the bytes of a file."""
 
 from __future__ import annotations
 
 import functools
+import io
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+
+
+def encode(image: Image.Image, fmt: str = "JPEG", **params) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **params)
+    return buf.getvalue()
+
 
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat", "lynx"}
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
+from testkit import ROOT
+
 ARTIFACTS = ROOT / "artifacts" / "screenshots"
 
 # Headless Debian Chromium, with nothing that phones home.

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from tests.photos import photo
+from testkit.photos import photo
 
 OK = frozenset({200})
 REFUSED = frozenset({415})

@@ -10,7 +10,7 @@ import re
 import struct
 import zipfile
 
-from tests.photos import photo
+from testkit.photos import photo
 
 MB = 1024 * 1024
 

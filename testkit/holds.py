@@ -8,10 +8,11 @@ a given ``random.Random``."""
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
+
+from testkit import ROOT
 
 FRAME = (640, 480)  # what the Teach page and the kiosk ask the camera for
 
@@ -192,13 +193,12 @@ def not_photos(rng: random.Random, count: int, size=FRAME) -> list[tuple[str, Im
 
 
 def project_photos() -> dict[str, Image.Image]:
-    """Every real photo the project has: tests/photos.py, the upload page's examples (the
+    """Every real photo the project has: testkit/photos.py, the upload page's examples (the
     same cat, coffee and rocket) and the calibration photos, by name."""
-    from tests.photos import real_photos
+    from testkit.photos import real_photos
 
-    root = Path(__file__).resolve().parent.parent
     photos = {p.name: p.image for p in real_photos()}
-    for path in sorted((root / "calibration").glob("*.jpg")):
+    for path in sorted((ROOT / "calibration").glob("*.jpg")):
         with Image.open(path) as img:
             photos[path.stem] = img.convert("RGB")
     return photos
