@@ -45,6 +45,18 @@ def test_the_code_stays_english_and_json_is_utf8(client):
     assert "这个地址".encode() in response.data  # not \u escapes
 
 
+def test_after_a_form_the_switch_goes_to_the_home_page_of_its_area(tmp_path):
+    """A page answering a posted form cannot be asked for again: its language switch
+    leads to the home page of the area the form was in (the admin's, the site's)."""
+    client = create_app({"TESTING": True, "MODEL_DIR": str(tmp_path / "models"),
+                         "ADMIN_TOKEN": "i18n-admin-token-0123456789"}).test_client()
+    refused = client.post("/admin/login", data={"token": "wrong"})
+    assert 'href="/admin/?lang=zh_Hans_CN"' in refused.get_data(as_text=True)
+    answered = client.post("/", data={}, headers={"Accept": "text/html"})
+    page = answered.get_data(as_text=True)
+    assert 'href="/?lang=zh_Hans_CN"' in page and "/admin/?lang" not in page
+
+
 def test_the_switch_is_remembered_and_beats_the_browser(client):
     page = client.get("/nowhere?lang=zh-CN", headers={"Accept": "text/html"})
     assert '<html lang="zh-Hans-CN"' in page.get_data(as_text=True)

@@ -29,7 +29,7 @@ from urllib.parse import urlencode
 
 from babel import Locale, UnknownLocaleError
 from babel.messages.extract import extract_from_file
-from flask import Flask, current_app, request
+from flask import Flask, current_app, request, url_for
 from flask_babel import Babel, get_locale, get_translations, gettext, lazy_gettext, ngettext
 
 from webapp import current
@@ -183,10 +183,12 @@ def join_names(items) -> str:
 
 def switch_url(code: str) -> str:
     """This page in language ``code`` (the language switch): the same address with
-    ``?lang=``, or the home page of its area after a form was posted."""
+    ``?lang=``, or the home page of its area (its blueprint's ``index``, else the site's)
+    after a form was posted."""
     if request.method != "GET":
-        return (("/admin/" if request.path.startswith("/admin") else "/")
-                + f"?{COOKIE}={code}")
+        home = f"{request.blueprints[-1]}.index" if request.blueprints else ""
+        return (url_for(home) if home in current_app.view_functions else "/") \
+            + f"?{COOKIE}={code}"
     args = {k: v for k, v in request.args.items(multi=False) if k != COOKIE}
     return request.path + "?" + urlencode({**args, COOKIE: code})
 

@@ -26,6 +26,7 @@ from testkit import ROOT, ops
 from testkit.deploy import dockerfile, env_of
 from testkit.photos import encode, photo
 from testkit.server import free_port
+from webapp.config import SETTINGS
 
 BIN = Path(sys.executable).parent
 TOKEN = "deploy-admin-token-0123456789"
@@ -134,6 +135,20 @@ def test_the_image_runs_gunicorn_as_a_non_root_user_with_a_health_check():
         assert env[key].startswith(volume + "/"), key  # kept on the volume
     assert not env["TORCH_HOME"].startswith(volume)  # build-time weights stay visible
     assert env["MALLOC_ARENA_MAX"] == "2"
+
+
+def test_every_variable_the_image_sets_is_a_setting_or_one_of_its_tools():
+    """Every ``ENV`` of the Dockerfile is a setting (webapp/config.py's table, whose rows
+    docs/settings.md has), or a variable of the image's tools that docs/operating.md's
+    Docker section names."""
+    env = set(env_of(dockerfile()))
+    settings = {setting.name for setting in SETTINGS}
+    operating = (ROOT / "docs" / "operating.md").read_text("utf-8")
+    docker = operating.split("\n## Docker\n", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`([A-Z][A-Z0-9_]*)`", docker))
+    assert not env - settings - named, (
+        f"the Dockerfile sets {sorted(env - settings - named)}: neither a setting nor "
+        "named in docs/operating.md#docker")
 
 
 def test_dockerignore_keeps_what_the_image_needs_and_nothing_else():

@@ -82,6 +82,38 @@ def test_every_kind_of_response_carries_the_security_headers(ops_app):
     assert "camera=()" in responses["page"].headers["Permissions-Policy"]
 
 
+def test_a_request_no_route_takes_is_answered_like_its_address(ops_app):
+    """A wrong method on an API address, or an address below one that does not exist, gets
+    the API's JSON error even when a browser asks (the Open Inference Protocol's shape under
+    /v2), and nothing of /predict, /explain or the admin area is kept by a cache; elsewhere
+    a browser gets the error page, which may not use the camera (even at the kiosk's
+    address: an error page is not the page)."""
+    client = ops_app.test_client()
+    browser = {"Accept": "text/html"}
+    api = {("GET", "/predict"): 405, ("GET", "/explain"): 405, ("POST", "/healthz"): 405,
+           ("POST", "/readyz"): 405, ("POST", "/predict/"): 404,
+           ("DELETE", "/admin/api/models"): 405, ("GET", "/admin/api/nowhere"): 404}
+    for (method, path), status in api.items():
+        response = client.open(path, method=method, headers=browser)
+        assert response.status_code == status and response.is_json, (method, path)
+        code = "method_not_allowed" if status == 405 else "not_found"
+        assert response.get_json()["error"]["code"] == code, (method, path)
+        if path != "/healthz":
+            assert response.headers["Cache-Control"] == "no-store", (method, path)
+    for method, path, status in (("POST", "/v2", 405), ("GET", "/v2/nowhere", 404)):
+        response = client.open(path, method=method, headers=browser)
+        assert response.status_code == status, (method, path)
+        assert isinstance(response.get_json()["error"], str), (method, path)
+    admin_page = client.get("/admin/nowhere", headers=browser)
+    assert admin_page.status_code == 404 and admin_page.mimetype == "text/html"
+    assert admin_page.headers["Cache-Control"] == "no-store"
+    for method, path in (("GET", "/nowhere"), ("PUT", "/kiosk"), ("GET", "/kiosk/nowhere")):
+        page = client.open(path, method=method, headers=browser)
+        assert page.status_code in (404, 405) and page.mimetype == "text/html", path
+        assert page.headers["X-Frame-Options"] == "DENY", path
+        assert "camera=()" in page.headers["Permissions-Policy"], path
+
+
 def test_only_the_pages_that_film_may_use_the_camera(tmp_path):
     client = make_app(tmp_path / "store").test_client()
     login(client)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
 
 import pytest
 from PIL import Image
 
-from testkit import hostile
+from testkit import ROOT, hostile
 from testkit.photos import chinese_names, encode, photo, real_photos
 
 
@@ -281,3 +283,25 @@ def test_a_picture_of_nothing_is_answered_unknown(client):
     results = response.get_json()["results"]
     assert [r["unknown"] for r in results] == [True, True, False]
     assert all(len(r["predictions"]) == 3 for r in results)
+
+
+def _shape(value):
+    """The fields of a JSON value, nested: what a client reading it relies on."""
+    if isinstance(value, dict):
+        return {key: _shape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_shape(item) for item in value]
+    return type(value).__name__ if isinstance(value, (bool, str)) or value is None else "number"
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/api.md"])
+def test_the_documented_predict_example_has_the_fields_of_a_real_answer(client, page):
+    """The example answer of ``curl -F image=@cat.jpg .../predict`` (the README's, the API
+    page's) has exactly the fields, nested, and as many predictions as /predict answers for
+    the cat photo."""
+    text = (ROOT / page).read_text("utf-8")
+    after_curl = text.split("http://127.0.0.1:5000/predict\n```", 1)[1]
+    example = json.loads(re.search(r"```json\n(.*?)\n```", after_curl, re.DOTALL).group(1))
+    answer = post(client, ("cat.jpg", jpeg("chelsea")))
+    assert answer.status_code == 200
+    assert _shape(example) == _shape(answer.get_json())

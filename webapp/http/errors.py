@@ -1,6 +1,6 @@
 """Every failure becomes a clear answer: JSON ``{"error": {"code", "message"}}`` for API
-clients (``{"error": "message"}`` on the Open Inference Protocol's ``/v2`` routes, as its
-specification says), a friendly page for people.  Nothing a client sends should produce a 500."""
+clients (``{"error": "message"}`` on the Open Inference Protocol's routes, as its specification
+says), a friendly page for people.  Nothing a client sends should produce a 500."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from webapp.checkpoints.loaded import ModelLoadError
-from webapp.http import accesslog, metrics
+from webapp.http import accesslog, marks, metrics
 from webapp.i18n import _l, translate
 from webapp.imaging import ImageError
 from webapp.messages import Message, reason
@@ -37,16 +37,13 @@ def error_json(status: int, code: str, message: str, **extra):
 
 
 def open_inference() -> bool:
-    """A request of the Open Inference Protocol (``/v2``, ``webapp.views.v2``)."""
-    return request.path == "/v2" or request.path.startswith("/v2/")
+    """A request of the Open Inference Protocol (its views are marked ``OPEN_INFERENCE``)."""
+    return marks.OPEN_INFERENCE in marks.of_request()
 
 
 def wants_json() -> bool:
-    """API routes always answer JSON; other routes when the client prefers it."""
-    if request.blueprint in ("api",) or request.path.startswith(("/predict", "/admin/api")) \
-            or open_inference():
-        return True
-    if request.path.startswith("/explain"):  # before routing (a 405) the blueprint is unset
+    """Views marked ``JSON`` always answer JSON; others when the client prefers it."""
+    if marks.JSON in marks.of_request():
         return True
     best = request.accept_mimetypes.best_match(["text/html", "application/json"])
     return best == "application/json"

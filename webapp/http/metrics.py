@@ -45,6 +45,7 @@ from prometheus_client import (
 from prometheus_client import multiprocess as _multiprocess
 
 from webapp import config
+from webapp.http import marks
 
 disable_created_metrics()  # no *_created series: the same output in every mode
 
@@ -93,6 +94,7 @@ def init_app(app: Flask, holder) -> None:
 
 
 @bp.get("/metrics")
+@marks.mark(marks.NO_STORE)
 def metrics_endpoint():
     path = multiprocess_dir()
     if path:

@@ -9,15 +9,16 @@ Every response carries:
   (``style-src-attr 'unsafe-inline'``), because the no-JavaScript result page draws its
   bars with ``style="width: 39.9%"``; ``<style>`` elements stay forbidden.
 * ``X-Frame-Options: DENY`` (and ``frame-ancestors 'none'``): nobody can show these pages
-  in a frame (clickjacking the admin page).  The kiosk may be framed by the sites in
-  ``KIOSK_FRAME_ANCESTORS`` (digital signage), nothing else may.
+  in a frame (clickjacking the admin page).  The kiosk (views marked ``FRAMEABLE``) may be
+  framed by the sites in ``KIOSK_FRAME_ANCESTORS`` (digital signage), nothing else may.
 * ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: same-origin`` (Flask-WTF checks
   the referrer of admin forms over HTTPS, so same-origin requests keep it),
   ``Cross-Origin-Opener-Policy`` and ``Cross-Origin-Resource-Policy: same-origin``,
   ``Permissions-Policy`` without camera/microphone/geolocation, except the camera for
-  this server's own pages that film (the kiosk and the admin Teach page).
-* ``Cache-Control: no-store`` on API and admin answers: predictions about someone's photo
-  are nobody's cache entry.
+  this server's own pages that film (the kiosk and the admin Teach page: views marked
+  ``CAMERA``, ``webapp.http.marks``).
+* ``Cache-Control: no-store`` on the answers of views marked ``NO_STORE`` (predictions,
+  the admin area): predictions about someone's photo are nobody's cache entry.
 
 ``TRUSTED_PROXIES`` = N > 0 trusts the last N hops of ``X-Forwarded-For``/``-Proto``
 (Werkzeug's ``ProxyFix``), so the admin login limit and the access log see the real
@@ -36,6 +37,7 @@ from flask.sessions import SecureCookieSessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from webapp.config import ConfigError
+from webapp.http import marks
 
 _POLICY = {
     "default-src": "'self'",
@@ -58,10 +60,7 @@ HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
     "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
 }
-# Pages that use the webcam: the kiosk and the admin Teach page (a nested blueprint).
-CAMERA_BLUEPRINTS = ("kiosk", "admin.teach")
-CAMERA_POLICY = "camera=(self), microphone=(), geolocation=()"
-NO_STORE_PREFIXES = ("/predict", "/explain", "/admin", "/readyz", "/metrics")
+CAMERA_POLICY = "camera=(self), microphone=(), geolocation=()"  # views marked CAMERA
 HSTS = "max-age=31536000"  # a year; no includeSubDomains: other hosts are not ours
 
 
@@ -100,15 +99,16 @@ def init_app(app: Flask) -> None:
     @app.after_request
     def _security_headers(response):
         headers = response.headers
-        kiosk = request.blueprint == "kiosk"
+        marked = marks.of_request()
+        kiosk = marks.FRAMEABLE in marked
         headers["Content-Security-Policy"] = kiosk_csp if kiosk else default_csp
         if not (kiosk and kiosk_ancestors != "'none'"):
             headers["X-Frame-Options"] = "DENY"
-        if request.blueprint in CAMERA_BLUEPRINTS:
+        if marks.CAMERA in marked:
             headers.setdefault("Permissions-Policy", CAMERA_POLICY)
         for name, value in HEADERS.items():
             headers.setdefault(name, value)
-        if request.path.startswith(NO_STORE_PREFIXES):
+        if marks.NO_STORE in marked:
             headers.setdefault("Cache-Control", "no-store")
         if request.is_secure:
             headers.setdefault("Strict-Transport-Security", HSTS)

@@ -13,7 +13,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from webapp import current, imaging
 from webapp.checkpoints.loaded import ModelLoadError
-from webapp.http import accesslog, capacity, metrics, timings
+from webapp.http import accesslog, capacity, marks, metrics, timings
 from webapp.http.errors import ApiError
 from webapp.http.images import classify, display_names, parse_topk, uploads_from_request
 from webapp.i18n import translate
@@ -27,6 +27,7 @@ def _round(timings: dict) -> dict:
 
 
 @bp.post("/predict")
+@marks.mark(marks.JSON, marks.NO_STORE)
 @capacity.upload_slot
 def predict():
     watch = timings.stopwatch()
@@ -40,6 +41,7 @@ def predict():
 
 
 @bp.post("/explain")
+@marks.mark(marks.JSON, marks.NO_STORE)
 @capacity.upload_slot
 def explain():
     """The preprocessing steps and a heatmap for one image (webapp/serving/explain.py):
@@ -134,12 +136,14 @@ def _b64png(img) -> str:
 
 
 @bp.get("/healthz")
+@marks.mark(marks.JSON)
 def healthz():
     """Alive: the process answers.  Says nothing about the model (see /readyz)."""
     return jsonify(status="ok")
 
 
 @bp.get("/readyz")
+@marks.mark(marks.JSON, marks.NO_STORE)
 def readyz():
     """Ready: the model is loaded and answering.  503 with the reason otherwise.  Anyone
     may ask, so no server path is in the answer: a file's name says enough."""

@@ -9,9 +9,10 @@ and every time the page goes back to its start screen.
 from __future__ import annotations
 
 import click
-from flask import Blueprint, current_app, jsonify, render_template
+from flask import Blueprint, jsonify, render_template
 
 from webapp import current
+from webapp.http import marks
 from webapp.i18n import _l, translate
 from webapp.serving.explain import EXPLANATION_TEMPLATE
 from webapp.stores.kiosk_settings import FIELDS, KioskSettingsError
@@ -38,20 +39,16 @@ def page_settings() -> dict:
     }
 
 
-def _no_store(response):
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
 @bp.get("")
+@marks.mark(marks.FRAMEABLE, marks.CAMERA, marks.NO_STORE)
 def page():
-    response = current_app.make_response(render_template("kiosk.html", kiosk=page_settings()))
-    return _no_store(response)  # camera allowed by webapp/http/security.py (CAMERA_BLUEPRINTS)
+    return render_template("kiosk.html", kiosk=page_settings())
 
 
 @bp.get("/settings.json")
+@marks.mark(marks.FRAMEABLE, marks.CAMERA, marks.NO_STORE)
 def settings_json():
-    return _no_store(jsonify(page_settings()))
+    return jsonify(page_settings())
 
 
 # --------------------------------------------------------------------------- command line

@@ -25,7 +25,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from webapp import current
 from webapp.checkpoints.loaded import ModelLoadError
-from webapp.http import accesslog, capacity, metrics, tensors
+from webapp.http import accesslog, capacity, marks, metrics, tensors
 from webapp.http.errors import error_json
 from webapp.http.images import MAX_TOPK, classify
 from webapp.http.uploads import raw_body
@@ -33,6 +33,7 @@ from webapp.messages import Message
 from webapp.serving.prediction import Upload
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
+marks.mark_blueprint(bp, marks.JSON, marks.OPEN_INFERENCE)  # errors: {"error": "..."}
 
 SERVER_NAME = "offline-classifier"
 SERVER_VERSION = "1"  # of this server's v2 interface: changes when its tensors do

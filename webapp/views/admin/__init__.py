@@ -42,6 +42,7 @@ from flask import Blueprint, current_app, render_template, request
 from flask_wtf.csrf import CSRFError
 
 from webapp.engines import EngineSettings
+from webapp.http import marks
 from webapp.http.errors import error_json
 from webapp.i18n import translate
 from webapp.messages import Message
@@ -50,11 +51,13 @@ from webapp.stores.registry import RegistryError
 log = logging.getLogger(__name__)
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
+marks.mark_blueprint(bp, marks.NO_STORE)
+marks.mark_addresses(bp, "/api", marks.JSON)  # /admin/api/...: the API
 
 
 def is_api() -> bool:
     """An ``/admin/api/`` request: answered in JSON, never with a page."""
-    return request.path.startswith("/admin/api/")
+    return marks.JSON in marks.of_request()
 
 
 def fail(status: int, code: str, message: str, **extra):

@@ -31,7 +31,7 @@ from flask import (
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from webapp import current, imaging
-from webapp.http import uploads
+from webapp.http import marks, uploads
 from webapp.http.errors import ApiError, too_large
 from webapp.i18n import _, _l, current_language, translate
 from webapp.messages import Message
@@ -43,6 +43,7 @@ from webapp.views.admin import fail
 
 bp = Blueprint("teach", __name__)
 admin_bp.register_blueprint(bp)  # /admin/teach...: nested, once, when first imported
+marks.mark_blueprint(bp, marks.CAMERA)  # the Teach page films
 
 THUMB_SIZES = range(32, 513)
 REPORT_TYPES = {".png": "image/png", ".json": "application/json"}
