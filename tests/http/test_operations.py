@@ -64,6 +64,7 @@ def test_every_kind_of_response_carries_the_security_headers(ops_app):
         "admin login": client.get("/admin/login"),
         "admin api 401": client.get("/admin/api/models"),
         "admin redirect": client.get("/admin/"),
+        "v2 ready": client.get("/v2/health/ready"),
     }
     for name, response in responses.items():
         missing = [h for h in ALWAYS if h not in response.headers]
@@ -75,7 +76,8 @@ def test_every_kind_of_response_carries_the_security_headers(ops_app):
         assert response.headers["X-Content-Type-Options"] == "nosniff"
         assert policy["frame-ancestors"] == "'none'", name
         assert response.headers["X-Frame-Options"] == "DENY", name
-    for name in ("predict", "415", "readyz", "metrics", "admin api 401", "admin login"):
+    for name in ("predict", "415", "readyz", "metrics", "admin api 401", "admin login",
+                 "v2 ready"):
         assert responses[name].headers["Cache-Control"] == "no-store", name
     # The kiosk keeps its camera; everything else gets neither camera nor microphone.
     assert responses["kiosk"].headers["Permissions-Policy"].startswith("camera=(self)")

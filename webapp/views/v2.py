@@ -33,7 +33,8 @@ from webapp.messages import Message
 from webapp.serving.prediction import Upload
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
-marks.mark_blueprint(bp, marks.JSON, marks.OPEN_INFERENCE)  # errors: {"error": "..."}
+# Errors as {"error": "..."}; answers (inferences, the model's state) never cached.
+marks.mark_blueprint(bp, marks.JSON, marks.OPEN_INFERENCE, marks.NO_STORE)
 
 SERVER_NAME = "offline-classifier"
 SERVER_VERSION = "1"  # of this server's v2 interface: changes when its tensors do
