@@ -4,6 +4,7 @@
 #   make classroom  the same on the school network, over HTTPS (phones' cameras)
 #   make test   set up .venv with the test tools and run lint + the test suite
 #   make test-fast  the inner loop: no server, no browser, no slow conversion (docs/development.md)
+# (lint and tests cover the browser code too: ESLint and Node's test runner, from npm ci.)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -84,30 +85,46 @@ bytecode: install
 smoke: install
 	$(BIN)/python deploy/smoke.py
 
-lint: install-dev
+# The browser code's tools (ESLint; package.json, package-lock.json), in node_modules/.
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+.PHONY: node-deps
+node-deps: node_modules/.installed
+
+lint: install-dev node-deps
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	npx --no-install eslint static/js tests/js eslint.config.js
+
+# The browser code's pure logic (static/js/ modules without a page), in Node.
+.PHONY: test-js
+test-js:
+	node --test tests/js/
 
 # The browser tests drive Debian's Chromium (trusting the classroom CA through an NSS database
 # made with certutil, libnss3-tools) and tests/deploy/test_deploy.py runs nginx in front of
 # two replicas; all fail (never skip) without them, so install them when they are missing
 # (apt-get, as root or through sudo) or say what to install.  fonts-noto-cjk: Chinese on
-# the pages (and their screenshots) and in the Teach reports' pictures.
+# the pages (and their screenshots) and in the Teach reports' pictures.  nodejs, npm: the
+# browser code's lint and tests.
 SYSTEM_PACKAGES := chromium chromium-driver fonts-dejavu-core fonts-noto-cjk nginx-light \
-  libnss3-tools
+  libnss3-tools nodejs npm
 .PHONY: system-deps
 system-deps:
 	@if command -v chromium >/dev/null && command -v certutil >/dev/null \
+	    && command -v node >/dev/null && command -v npm >/dev/null \
 	    && { command -v nginx >/dev/null || test -x /usr/sbin/nginx; } \
 	    && fc-list :lang=zh family | grep -q .; then \
 	  exit 0; \
 	elif command -v apt-get >/dev/null; then \
 	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO="sudo"; \
-	  echo "installing $(SYSTEM_PACKAGES) for the browser and nginx tests"; \
+	  echo "installing $(SYSTEM_PACKAGES) for the browser, nginx and JavaScript tests"; \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(SYSTEM_PACKAGES); \
 	else \
-	  echo "make test needs Chromium, nginx and a Chinese font: install them (Debian: $(SYSTEM_PACKAGES))," \
+	  echo "make test needs Chromium, nginx, a Chinese font and Node.js: install them (Debian: $(SYSTEM_PACKAGES))," \
 	       "or run the rest with: $(BIN)/python -m pytest -m 'not browser'" >&2; exit 1; \
 	fi
 
@@ -116,14 +133,14 @@ system-deps:
 # finish the suite about 1.5x sooner (docs/development.md).  TEST_PROCESSES=0: one process.
 TEST_PROCESSES ?= 2
 
-test: lint system-deps
+test: system-deps lint test-js
 	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile
 
 # The tests that start no server, no browser and convert or train no model in seconds
 # (markers: pyproject.toml, tests/conftest.py): the loop while working.  `make test` (what
 # CI runs) runs these and the slow, system and browser tiers.
 .PHONY: test-fast
-test-fast: install-dev
+test-fast: install-dev test-js
 	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile \
 	  -m "not system and not browser and not slow" $(ARGS)
 

@@ -3,177 +3,154 @@
 // against any stored model, "switching…" until this worker serves a newly active model,
 // and a confirmation before deleting.  Every form also works
 // without JavaScript; these calls go to /admin/api/* with the session cookie and the
-// page's CSRF token in the X-CSRFToken header.
-(function () {
-  "use strict";
+// page's CSRF token in the X-CSRFToken header (api.js).
+import { _ } from "./i18n.js";
+import { csrfToken, errorOf, fillUrl, pictureForm, request, withQuery } from "./api.js";
+import { predictionList, unsure } from "./bars.js";
+import { confirmForms } from "./confirm.js";
 
-  function csrfToken(form) {
-    const field = form.querySelector("input[name=csrf_token]");
-    return field ? field.value : "";
+// ---------------------------------------------------------------- upload
+const upload = document.getElementById("upload-form");
+if (upload) {
+  const progress = document.getElementById("upload-progress");
+  const bar = document.getElementById("upload-bar");
+  const status = document.getElementById("upload-status");
+  const errorBox = document.getElementById("upload-error");
+  const button = document.getElementById("upload-button");
+
+  function setProgress(pct) {
+    bar.style.width = pct.toFixed(0) + "%";
+    progress.setAttribute("aria-valuenow", pct.toFixed(0));
   }
 
-  function errorMessage(xhrOrResponseStatus, data) {
-    if (data && data.error && data.error.message) return data.error.message;
-    return _("The server answered {status}.", { status: xhrOrResponseStatus });
-  }
-
-  // ---------------------------------------------------------------- upload
-  const upload = document.getElementById("upload-form");
-  if (upload) {
-    const progress = document.getElementById("upload-progress");
-    const bar = document.getElementById("upload-bar");
-    const status = document.getElementById("upload-status");
-    const errorBox = document.getElementById("upload-error");
-    const button = document.getElementById("upload-button");
-
-    function setProgress(pct) {
-      bar.style.width = pct.toFixed(0) + "%";
-      progress.setAttribute("aria-valuenow", pct.toFixed(0));
-    }
-
-    upload.addEventListener("submit", function (event) {
-      const input = document.getElementById("checkpoint-input");
-      if (!input.files || !input.files.length) return;
-      event.preventDefault();
-      errorBox.classList.add("d-none");
-      progress.classList.remove("d-none");
-      bar.classList.remove("bg-danger");
-      setProgress(0);
-      button.disabled = true;
-      status.textContent = _("Uploading…");
-      const xhr = new XMLHttpRequest();
-      xhr.open("POST", upload.dataset.api);
-      xhr.setRequestHeader("X-CSRFToken", csrfToken(upload));
-      xhr.setRequestHeader("Accept", "application/json");
-      xhr.upload.addEventListener("progress", function (e) {
-        if (!e.lengthComputable) return;
-        const pct = (e.loaded / e.total) * 100;
-        setProgress(pct);
-        const mb = function (n) { return (n / 1e6).toFixed(1); };
-        status.textContent = pct >= 100
-          ? _("Uploaded; validating the checkpoint…")
-          : _("Uploading… {done} of {total} MB", { done: mb(e.loaded), total: mb(e.total) });
-      });
-      xhr.addEventListener("load", function () {
-        let data = null;
-        try { data = JSON.parse(xhr.responseText); } catch (e) { data = null; }
-        if (xhr.status === 201 && data && data.id) {
-          // The table row shows the same summary after the reload.
-          status.textContent = data.summary
-            ? _("Stored as {id} ({summary}).", { id: data.id, summary: data.summary })
-            : _("Stored as {id}.", { id: data.id });
-          window.location.assign(window.location.pathname + "?added=" + encodeURIComponent(data.id));
-          return;
-        }
-        bar.classList.add("bg-danger");
-        status.textContent = "";
-        errorBox.textContent = errorMessage(xhr.status, data);
-        errorBox.classList.remove("d-none");
-        button.disabled = false;
-      });
-      xhr.addEventListener("error", function () {
-        bar.classList.add("bg-danger");
-        status.textContent = "";
-        errorBox.textContent = _("The upload was interrupted (is the file larger than the limit?).");
-        errorBox.classList.remove("d-none");
-        button.disabled = false;
-      });
-      xhr.send(new FormData(upload));
+  upload.addEventListener("submit", function (event) {
+    const input = document.getElementById("checkpoint-input");
+    if (!input.files || !input.files.length) return;
+    event.preventDefault();
+    errorBox.classList.add("d-none");
+    progress.classList.remove("d-none");
+    bar.classList.remove("bg-danger");
+    setProgress(0);
+    button.disabled = true;
+    status.textContent = _("Uploading…");
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", upload.dataset.api);
+    xhr.setRequestHeader("X-CSRFToken", csrfToken());
+    xhr.setRequestHeader("Accept", "application/json");
+    xhr.upload.addEventListener("progress", function (e) {
+      if (!e.lengthComputable) return;
+      const pct = (e.loaded / e.total) * 100;
+      setProgress(pct);
+      const mb = function (n) { return (n / 1e6).toFixed(1); };
+      status.textContent = pct >= 100
+        ? _("Uploaded; validating the checkpoint…")
+        : _("Uploading… {done} of {total} MB", { done: mb(e.loaded), total: mb(e.total) });
     });
-  }
-
-  // ---------------------------------------------------------------- try an image
-  const trial = document.getElementById("try-form");
-  if (trial) {
-    const result = document.getElementById("try-result");
-    const errorBox = document.getElementById("try-error");
-    const button = document.getElementById("try-button");
-
-    function bars(predictions, model, unknown) {
-      const list = PredictionBars.list(predictions, { unknown: unknown });
-      list.id = "predictions";
-      const meta = document.createElement("p");
-      meta.className = "small text-body-secondary mb-0";
-      meta.textContent = _("Answered by {name} ({id})", { name: model.name, id: model.id });
-      result.replaceChildren.apply(result, unknown ? [PredictionBars.unsure(), list, meta]
-        : [list, meta]);
-    }
-
-    trial.addEventListener("submit", async function (event) {
-      const image = document.getElementById("try-image");
-      if (!image.files || !image.files.length) return;
-      event.preventDefault();
-      errorBox.classList.add("d-none");
-      button.disabled = true;
-      result.replaceChildren();
-      const modelId = document.getElementById("try-model").value;
-      const body = new FormData();
-      body.append("image", image.files[0], image.files[0].name);
-      body.append("topk", "3");
-      try {
-        const response = await fetch(trial.dataset.api + encodeURIComponent(modelId) + "/predict", {
-          method: "POST", body: body, credentials: "same-origin",
-          headers: { "Accept": "application/json", "X-CSRFToken": csrfToken(trial) },
-        });
-        let data = null;
-        try { data = await response.json(); } catch (e) { data = null; }
-        if (!response.ok || !data || !data.predictions) {
-          errorBox.textContent = errorMessage(response.status, data);
-          errorBox.classList.remove("d-none");
-          return;
-        }
-        bars(data.predictions, data.model, data.unknown === true);
-      } catch (err) {
-        errorBox.textContent = _("Could not reach the server: {reason}", { reason: err.message });
-        errorBox.classList.remove("d-none");
-      } finally {
-        button.disabled = false;
-      }
-    });
-  }
-
-  // ---------------------------------------------------------------- switching
-  // Right after "Activated …" this worker may still serve the model before it for a
-  // moment (it loads the new one in the background): the page says "Switching to …" and
-  // asks /admin/api/models until this worker serves the active model.
-  const serving = document.getElementById("serving");
-  if (serving && serving.dataset.state === "switching") {
-    const POLL_MS = 500, GIVE_UP_MS = 120000;
-    const started = Date.now();
-
-    function describe(info) {
-      serving.textContent = _("This worker (pid {pid}) serves {name} {id}, version {version}, {quantization} quantization.", {
-        pid: info.pid, name: info.name, id: info.id, version: info.version,
-        quantization: info.quantization });
-    }
-
-    async function check() {
+    xhr.addEventListener("load", function () {
       let data = null;
-      try {
-        const response = await fetch(serving.dataset.poll, {
-          headers: { "Accept": "application/json" }, credentials: "same-origin",
-        });
-        if (response.ok) data = await response.json();
-      } catch (err) { data = null; }
-      if (data && data.serving && data.serving.id === data.active) {
-        describe(data.serving);
-        serving.dataset.state = "serving";
+      try { data = JSON.parse(xhr.responseText); } catch { data = null; }
+      if (xhr.status === 201 && data && data.id) {
+        // The table row shows the same summary after the reload.
+        status.textContent = data.summary
+          ? _("Stored as {id} ({summary}).", { id: data.id, summary: data.summary })
+          : _("Stored as {id}.", { id: data.id });
+        window.location.assign(withQuery(window.location.pathname, { added: data.id }));
         return;
       }
-      if (data && data.serving && data.serving.notice) {
-        serving.textContent = data.serving.notice;
-        serving.dataset.state = "failed";
-        return;
-      }
-      if (Date.now() - started < GIVE_UP_MS) setTimeout(check, POLL_MS);
-    }
-    setTimeout(check, POLL_MS);
+      bar.classList.add("bg-danger");
+      status.textContent = "";
+      errorBox.textContent = errorOf(data, xhr.status);
+      errorBox.classList.remove("d-none");
+      button.disabled = false;
+    });
+    xhr.addEventListener("error", function () {
+      bar.classList.add("bg-danger");
+      status.textContent = "";
+      errorBox.textContent = _("The upload was interrupted (is the file larger than the limit?).");
+      errorBox.classList.remove("d-none");
+      button.disabled = false;
+    });
+    xhr.send(new FormData(upload));
+  });
+}
+
+// ---------------------------------------------------------------- try an image
+const trial = document.getElementById("try-form");
+if (trial) {
+  const result = document.getElementById("try-result");
+  const errorBox = document.getElementById("try-error");
+  const button = document.getElementById("try-button");
+
+  function bars(predictions, model, unknown) {
+    const list = predictionList(predictions, { unknown: unknown });
+    list.id = "predictions";
+    const meta = document.createElement("p");
+    meta.className = "small text-body-secondary mb-0";
+    meta.textContent = _("Answered by {name} ({id})", { name: model.name, id: model.id });
+    result.replaceChildren(...(unknown ? [unsure(), list, meta] : [list, meta]));
   }
 
-  // ---------------------------------------------------------------- confirmations
-  document.querySelectorAll("form[data-confirm]").forEach(function (form) {
-    form.addEventListener("submit", function (event) {
-      if (!window.confirm(form.dataset.confirm)) event.preventDefault();
-    });
+  trial.addEventListener("submit", async function (event) {
+    const image = document.getElementById("try-image");
+    if (!image.files || !image.files.length) return;
+    event.preventDefault();
+    errorBox.classList.add("d-none");
+    button.disabled = true;
+    result.replaceChildren();
+    const modelId = document.getElementById("try-model").value;
+    try {
+      const answer = await request("POST", fillUrl(trial.dataset.api, { id: modelId }),
+        pictureForm(image.files[0], image.files[0].name, { topk: 3 }));
+      const data = answer.data;
+      if (!answer.ok || !data || !data.predictions) {
+        errorBox.textContent = errorOf(data, answer.status);
+        errorBox.classList.remove("d-none");
+        return;
+      }
+      bars(data.predictions, data.model, data.unknown === true);
+    } catch (err) {
+      errorBox.textContent = _("Could not reach the server: {reason}", { reason: err.message });
+      errorBox.classList.remove("d-none");
+    } finally {
+      button.disabled = false;
+    }
   });
-})();
+}
+
+// ---------------------------------------------------------------- switching
+// Right after "Activated …" this worker may still serve the model before it for a
+// moment (it loads the new one in the background): the page says "Switching to …" and
+// asks /admin/api/models until this worker serves the active model.
+const serving = document.getElementById("serving");
+if (serving && serving.dataset.state === "switching") {
+  const POLL_MS = 500, GIVE_UP_MS = 120000;
+  const started = Date.now();
+
+  function describe(info) {
+    serving.textContent = _("This worker (pid {pid}) serves {name} {id}, version {version}, {quantization} quantization.", {
+      pid: info.pid, name: info.name, id: info.id, version: info.version,
+      quantization: info.quantization });
+  }
+
+  async function check() {
+    let data = null;
+    try {
+      const answer = await request("GET", serving.dataset.poll);
+      if (answer.ok) data = answer.data;
+    } catch { data = null; }
+    if (data && data.serving && data.serving.id === data.active) {
+      describe(data.serving);
+      serving.dataset.state = "serving";
+      return;
+    }
+    if (data && data.serving && data.serving.notice) {
+      serving.textContent = data.serving.notice;
+      serving.dataset.state = "failed";
+      return;
+    }
+    if (Date.now() - started < GIVE_UP_MS) setTimeout(check, POLL_MS);
+  }
+  setTimeout(check, POLL_MS);
+}
+
+confirmForms();

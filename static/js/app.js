@@ -4,10 +4,11 @@
 // to screen readers.  Without JavaScript the form posts to the server, which renders the
 // same markup.  Other scripts hear about every photo through the "image-classifying" and
 // "image-classified" events (explain-toggle.js draws "How the model sees it" from them).
-(function () {
-  "use strict";
-  const form = document.getElementById("upload-form");
-  if (!form) return;
+import { _ } from "./i18n.js";
+import { errorOf, pictureForm, request } from "./api.js";
+import { heading as headingOf, predictionList, sentence as sentenceOf, unsure } from "./bars.js";
+
+function setUp(form) {
   const $ = function (id) { return document.getElementById(id); };
   const input = $("image-input");
   const zone = $("drop-zone");
@@ -61,11 +62,11 @@
   function label(p) { return capitalise(p.display_label || p.label); }
 
   function renderBars(predictions, unknown) {
-    const list = PredictionBars.list(predictions, { labelText: label, animate: true,
+    const list = predictionList(predictions, { labelText: label, animate: true,
                                                     unknown: unknown });
     list.id = "predictions";
-    bars.replaceChildren.apply(bars, unknown ? [PredictionBars.unsure(), list] : [list]);
-    heading.textContent = PredictionBars.heading(predictions.length);
+    bars.replaceChildren(...(unknown ? [unsure(), list] : [list]));
+    heading.textContent = headingOf(predictions.length);
   }
 
   function showQueue() {
@@ -89,25 +90,19 @@
     showQueue();
     button.disabled = true;
     reveal(result);
-    const body = new FormData();
-    body.append("image", file, file.name);
-    body.append("topk", "3");
     try {
-      const response = await fetch(form.dataset.api || "/predict", {
-        method: "POST", body: body, headers: { "Accept": "application/json" },
-      });
-      let data = null;
-      try { data = await response.json(); } catch (e) { data = null; }
+      const answer = await request("POST", form.dataset.api,
+        pictureForm(file, file.name, { topk: 3 }));
+      const data = answer.data;
       if (file !== current) return;
-      if (!response.ok || !data || !data.predictions) {
-        showError(data && data.error ? data.error.message
-          : _("The server answered {status}.", { status: response.status }));
+      if (!answer.ok || !data || !data.predictions) {
+        showError(errorOf(data, answer.status));
         return;
       }
       renderBars(data.predictions, data.unknown === true);
       meta.textContent = _("Answered by {name} in {ms} ms",
         { name: data.model.name, ms: Math.round(data.timings_ms.total) });
-      const sentence = PredictionBars.sentence(data.predictions, label);
+      const sentence = sentenceOf(data.predictions, label);
       announcer.textContent = data.unknown
         ? _("I'm not sure what this is. Best guesses: {answers}", { answers: sentence }) : sentence;
       revealResult();
@@ -177,4 +172,7 @@
       }
     });
   }
-})();
+}
+
+const form = document.getElementById("upload-form");
+if (form) setUp(form);

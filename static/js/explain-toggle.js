@@ -1,12 +1,11 @@
 // Upload page: the "How the model sees it" switch.  When it is on, every classified photo
-// is also sent to POST /explain and the steps and heatmap are drawn below the answer.
-// app.js tells us about photos with the "image-classifying" / "image-classified" events.
-(function () {
-  "use strict";
-  const toggle = document.getElementById("explain-toggle");
-  const section = document.getElementById("explain-section");
-  const panel = document.getElementById("explain-panel");
-  if (!toggle || !section || !panel || !window.ExplainView) return;
+// is also sent to POST /explain (the switch's data-explain-url) and the steps and heatmap
+// are drawn below the answer.  app.js tells us about photos with the "image-classifying"
+// / "image-classified" events.
+import { _ } from "./i18n.js";
+import { renderExplanation, requestExplanation } from "./explain-view.js";
+
+function setUp(toggle, section, panel) {
   toggle.closest(".explain-switch").hidden = false;  // the switch needs JavaScript
   let file = null;
   let drawnFor = null;
@@ -19,9 +18,9 @@
     panel.replaceChildren();
     panel.textContent = _("Looking closer…");
     try {
-      const data = await window.ExplainView.request("/explain", current, current.name);
+      const data = await requestExplanation(toggle.dataset.explainUrl, current, current.name);
       if (current !== file) return;
-      window.ExplainView.render(panel, data);
+      renderExplanation(panel, data);
       drawnFor = current;
     } catch (err) {
       if (current === file) {
@@ -41,4 +40,9 @@
     show();
   });
   toggle.addEventListener("change", show);
-})();
+}
+
+const toggle = document.getElementById("explain-toggle");
+const section = document.getElementById("explain-section");
+const panel = document.getElementById("explain-panel");
+if (toggle && section && panel) setUp(toggle, section, panel);

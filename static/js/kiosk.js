@@ -13,10 +13,17 @@
 // changes (static/js/scene.js).
 // Every word is in the page's language (static/js/i18n.js); the class names come with each
 // answer (display_label); the language switch reloads the page in another language.
-(function () {
-  "use strict";
-  const root = document.getElementById("kiosk");
-  if (!root) return;
+import { _ } from "./i18n.js";
+import { pictureForm, request, withQuery } from "./api.js";
+import { barItems, updateBars } from "./bars.js";
+import { startCamera } from "./camera.js";
+import { explain as explainCamera, show as showCameraHelp } from "./camera-help.js";
+import { renderExplanation, requestExplanation } from "./explain-view.js";
+import { liveAnswers, liveFrame } from "./live.js";
+import { createSteady } from "./steady.js";
+import { same as sameScene, thumb, watch } from "./scene.js";
+
+function setUp(root) {
   const $ = function (id) { return document.getElementById(id); };
   const video = $("camera");
   const still = $("still");
@@ -109,11 +116,9 @@
 
   async function loadSettings() {
     try {
-      const response = await fetch(root.dataset.settingsUrl, {
-        headers: { "Accept": "application/json" }, cache: "no-store",
-      });
-      if (response.ok) settings = await response.json();
-    } catch (e) { /* keep the settings the page was rendered with */ }
+      const answer = await request("GET", root.dataset.settingsUrl, null, { cache: "no-store" });
+      if (answer.ok && answer.data) settings = answer.data;
+    } catch { /* keep the settings the page was rendered with */ }
     root.dataset.idleSeconds = settings.idle_seconds;
     root.dataset.autoCaptureSeconds = settings.auto_capture_seconds;
     root.dataset.bars = settings.bars;
@@ -125,18 +130,10 @@
 
   // ------------------------------------------------------------------ camera / upload
 
-  async function startCamera() {
-    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
-      useUpload(null);
-      return;
-    }
+  async function openCamera() {
     try {
-      const stream = await navigator.mediaDevices.getUserMedia({
-        video: { facingMode: "environment", width: { ideal: 1280 }, height: { ideal: 720 } },
-        audio: false,
-      });
-      video.srcObject = stream;
-      await video.play().catch(function () { /* autoplay: muted, so it plays */ });
+      const on = await startCamera(video, { facingMode: "environment", width: 1280, height: 720 });
+      if (!on) { useUpload(null); return; }
       cameraOn = true;
       startingNote.hidden = true;
       setStage("video");
@@ -152,15 +149,11 @@
   function useUpload(error) {  // why there is no camera, and what to do: camera-help.js
     cameraOn = false;
     startingNote.hidden = true;
-    window.cameraHelp.show(uploadReason, window.cameraHelp.explain(error, "kiosk"));
+    showCameraHelp(uploadReason, explainCamera(error, "kiosk"));
     captureButton.hidden = true;
     setStage("upload");
     setState("upload");
     say(UPLOAD_TEXT);
-  }
-
-  function grabFrame() {
-    return window.LiveFrames.frame(video, canvas);  // the same picture as live answers
   }
 
   async function capture(auto) {
@@ -168,9 +161,9 @@
     // A scene the live answers have seen for a while: this picture joins their average.
     const join = live.running && steady.label !== null &&
       scene.stillFor() >= STILL_TO_JOIN_MS;
-    const blob = await grabFrame();
+    const blob = await liveFrame(video, canvas);  // the same picture as live answers
     if (!blob) { say(_("The camera is still starting…")); return; }
-    const seen = window.Scene.thumb(canvas);
+    const seen = thumb(canvas);
     classify(blob, "camera.jpg", auto, function (data) {
       const answer = join ? steady.update(data) : data;
       return Object.assign({}, answer, { scene: seen });
@@ -198,25 +191,20 @@
       barsList.replaceChildren();
     }
     captureButton.disabled = true;
-    const body = new FormData();
-    body.append("image", blob, name);
-    body.append("topk", String(Math.max(settings.bars, ANSWER_TOPK)));
     try {
-      const response = await fetch(root.dataset.predictUrl, {
-        method: "POST", body: body, headers: { "Accept": "application/json" },
-      });
-      let data = null;
-      try { data = await response.json(); } catch (e) { data = null; }
+      const answer = await request("POST", root.dataset.predictUrl, pictureForm(blob, name,
+        { topk: Math.max(settings.bars, ANSWER_TOPK) }));
+      const data = answer.data;
       if (mine !== generation) return;
-      if (!response.ok || !data || !data.predictions) {
+      if (!answer.ok || !data || !data.predictions) {
         showProblem(data && data.error ? data.error.message
-          : _("The computer answered {status}.", { status: response.status }));
+          : _("The computer answered {status}.", { status: answer.status }));
         return;
       }
-      const answer = settle ? settle(data) : data;
-      showAnswer(answer.predictions, { blob: blob, name: name, scene: answer.scene }, auto,
-        answer.unknown === true);
-    } catch (err) {
+      const settled = settle ? settle(data) : data;
+      showAnswer(settled.predictions, { blob: blob, name: name, scene: settled.scene }, auto,
+        settled.unknown === true);
+    } catch {
       if (mine === generation) showProblem(_("The computer could not be reached."));
     } finally {
       busy = false;
@@ -280,54 +268,11 @@
   // live: update the bars on screen in place (their widths glide) instead of growing
   // new ones from zero.
   function renderBars(predictions, unknown, live) {
-    barsList.classList.toggle("kiosk-bars-unsure", Boolean(unknown));
+    const options = { look: "kiosk", labelText: display, animate: true, unknown: unknown };
     const shown = predictions.slice(0, settings.bars);
-    if (live && barsList.children.length === shown.length) {
-      shown.forEach(function (p, i) {
-        const item = barsList.children[i];
-        const pct = p.score * 100;
-        item.dataset.label = p.label;
-        item.querySelector(".kiosk-bar-label").textContent = display(p);
-        item.querySelector(".kiosk-bar-score").textContent = Math.round(pct) + "%";
-        const track = item.querySelector(".kiosk-bar-track");
-        track.setAttribute("aria-label", display(p));
-        track.setAttribute("aria-valuenow", String(Math.round(pct)));
-        item.querySelector(".kiosk-bar-fill").style.width = Math.max(pct, 1).toFixed(1) + "%";
-      });
-      return;
-    }
-    const items = shown.map(function (p, i) {
-      const pct = p.score * 100;
-      const item = document.createElement("li");
-      item.className = "kiosk-bar" + (i === 0 ? " kiosk-bar-top" : "");
-      item.dataset.label = p.label;
-      const text = document.createElement("div");
-      text.className = "kiosk-bar-text";
-      const label = document.createElement("span");
-      label.className = "kiosk-bar-label";
-      label.textContent = display(p);
-      const score = document.createElement("span");
-      score.className = "kiosk-bar-score";
-      score.textContent = Math.round(pct) + "%";
-      text.append(label, score);
-      const track = document.createElement("div");
-      track.className = "kiosk-bar-track";
-      track.setAttribute("role", "progressbar");
-      track.setAttribute("aria-label", display(p));
-      track.setAttribute("aria-valuemin", "0");
-      track.setAttribute("aria-valuemax", "100");
-      track.setAttribute("aria-valuenow", String(Math.round(pct)));
-      const fill = document.createElement("div");
-      fill.className = "kiosk-bar-fill";
-      fill.style.width = "0%";
-      track.append(fill);
-      item.append(text, track);
-      requestAnimationFrame(function () {
-        requestAnimationFrame(function () { fill.style.width = Math.max(pct, 1).toFixed(1) + "%"; });
-      });
-      return item;
-    });
-    barsList.replaceChildren.apply(barsList, items);
+    barsList.classList.toggle("kiosk-bars-unsure", Boolean(unknown));
+    if (live && updateBars(barsList, shown, options)) return;
+    barsList.replaceChildren(...barItems(shown, options));
   }
 
   // ------------------------------------------------------------------ live mode
@@ -340,9 +285,9 @@
       root.dataset.stage === "video" && root.dataset.state === "live";
   }
 
-  const steady = window.Steady.create();
-  const scene = window.Scene.watch(video);
-  const live = window.LiveFrames.create({
+  const steady = createSteady();
+  const scene = watch(video);
+  const live = liveAnswers({
     video: video,
     url: root.dataset.predictUrl,
     topk: function () { return Math.max(settings.bars, ANSWER_TOPK); },
@@ -395,13 +340,13 @@
     panel.replaceChildren();
     panel.textContent = _("Looking closer…");
     try {
-      const data = await window.ExplainView.request(root.dataset.explainUrl, picture.blob,
+      const data = await requestExplanation(root.dataset.explainUrl, picture.blob,
         picture.name, picture.index);
       if (picture !== lastPicture) return;
       const label = display(data.explained);
       const sentences = settings.explanation_template
         ? settings.explanation_template.replace("{label}", label) : data.explanation;
-      window.ExplainView.render(panel, data, {
+      renderExplanation(panel, data, {
         label: label, sentences: sentences, technical: false,
       });
       explained = picture;
@@ -463,8 +408,9 @@
       ? Math.max(setting * EXPLAIN_IDLE_FACTOR, EXPLAIN_IDLE_MIN_SECONDS) : setting;
     const note = explaining ? explainIdleNote : idleNote;
     // The camera still sees what was answered: the idle time has not begun.
-    if (cameraOn && lastPicture && window.Scene.same(lastPicture.scene,
-      window.Scene.thumb(video))) lastActivity = Date.now();
+    if (cameraOn && lastPicture && sameScene(lastPicture.scene, thumb(video))) {
+      lastActivity = Date.now();
+    }
     (explaining ? idleNote : explainIdleNote).hidden = true;
     if (!idle || root.dataset.state !== "result") { note.hidden = true; return; }
     const left = idle * 1000 - (Date.now() - lastActivity);
@@ -551,12 +497,15 @@
   // the address keeps no ?lang= afterwards.
   root.querySelectorAll("[data-lang]").forEach(function (button) {
     button.addEventListener("click", function () {
-      window.location.replace(window.location.pathname + "?lang=" + encodeURIComponent(button.dataset.lang));
+      window.location.replace(withQuery(window.location.pathname, { lang: button.dataset.lang }));
     });
   });
   if (/[?&]lang=/.test(window.location.search)) {
     window.history.replaceState(null, "", window.location.pathname);
   }
 
-  loadSettings().then(startCamera);
-})();
+  loadSettings().then(openCamera);
+}
+
+const root = document.getElementById("kiosk");
+if (root) setUp(root);

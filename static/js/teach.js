@@ -1,15 +1,23 @@
 // The Teach page: the webcam preview, hold-to-capture bursts per class (or dropped
 // files), thumbnails with delete, Train with live progress, Cancel, and the new model's
 // report with Try it / Activate.  Every call goes to /admin/api/* with the session cookie
-// and the page's CSRF token (X-CSRFToken header).
-(function () {
-  "use strict";
-  const root = document.getElementById("teach");
-  if (!root) return;
+// and the page's CSRF token (api.js); the addresses are the page's (#teach's data-*-url,
+// those with a {placeholder} filled in by fillUrl).
+import { _, joinNames, lang } from "./i18n.js";
+import { call, fillUrl, pictureForm, withQuery } from "./api.js";
+import { predictionList, unsure, updateBars } from "./bars.js";
+import { grabFrame, startCamera } from "./camera.js";
+import { explain as explainCamera, show as showCameraHelp } from "./camera-help.js";
+import { attachTimer } from "./capture-timer.js";
+import { confirmForms } from "./confirm.js";
+import { liveAnswers } from "./live.js";
+import { createSteady } from "./steady.js";
+import { fraction, summary } from "./teach-progress.js";
+import { renderResult } from "./teach-result.js";
+
+function setUp(root) {
   const $ = function (id) { return document.getElementById(id); };
-  const csrf = $("teach-csrf").value;
-  const datasetUrl = root.dataset.datasetUrl;
-  const imagesUrl = datasetUrl + "/images";
+  const urls = root.dataset;
   const video = $("teach-camera");
   const canvas = $("teach-canvas");
   const cameraStatus = $("camera-status");
@@ -22,27 +30,6 @@
   let pollTimer = null;
   let model = null;       // the model the result card shows
   let watched = false;    // a job ran while this page was open: show its model when done
-
-  // ------------------------------------------------------------------ HTTP
-
-  async function call(method, url, body, isJson) {
-    const headers = { "Accept": "application/json", "X-CSRFToken": csrf };
-    if (isJson) headers["Content-Type"] = "application/json";
-    const response = await fetch(url, {
-      method: method, body: isJson ? JSON.stringify(body) : body, headers: headers,
-      credentials: "same-origin",
-    });
-    let data = null;
-    try { data = await response.json(); } catch (e) { data = null; }
-    if (!response.ok) {
-      const message = data && data.error && data.error.message
-        ? data.error.message : _("The server answered {status}.", { status: response.status });
-      const error = new Error(message);
-      error.status = response.status;
-      throw error;
-    }
-    return data;
-  }
 
   function show(el, visible) { el.hidden = !visible; }
 
@@ -72,7 +59,7 @@
     figure.className = "teach-thumb";
     figure.dataset.imageId = item.id;
     const img = document.createElement("img");
-    img.src = item.url + "?size=128";
+    img.src = withQuery(item.url, { size: 128 });
     img.alt = _("A picture of {label}", { label: section.dataset.label });
     img.width = 96;
     img.height = 72;
@@ -94,7 +81,7 @@
     body.append("label", section.dataset.label);
     body.append("image", blob, filename);
     if (taken) body.append("taken", String(Math.round(taken)));
-    const data = await call("POST", imagesUrl, body, false);
+    const data = await call("POST", urls.imagesUrl, body);
     data.added.forEach(function (item) { addThumb(section, item); });
     setCounts(data.counts);
     return data;
@@ -108,7 +95,7 @@
     const section = button.closest(".teach-class");
     button.disabled = true;
     try {
-      const data = await call("DELETE", imagesUrl + "/" + encodeURIComponent(figure.dataset.imageId));
+      const data = await call("DELETE", fillUrl(urls.imageUrl, { id: figure.dataset.imageId }));
       figure.remove();
       setCounts(data.counts);
       classError(section, "");
@@ -124,7 +111,7 @@
       const label = section.dataset.label;
       if (!window.confirm(_("Delete the class {label} and its pictures?", { label: label }))) return;
       try {
-        await call("DELETE", datasetUrl + "/classes/" + encodeURIComponent(label));
+        await call("DELETE", fillUrl(urls.classUrl, { label: label }));
         section.remove();
         setCounts({});
       } catch (err) {
@@ -172,17 +159,12 @@
 
   // ------------------------------------------------------------------ camera
 
-  async function startCamera() {
-    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
-      cameraMissing(null);
-      return;
-    }
+  async function openCamera() {
     try {
-      const stream = await navigator.mediaDevices.getUserMedia({
-        video: { width: { ideal: 640 }, height: { ideal: 480 } }, audio: false,
-      });
-      video.srcObject = stream;
-      await video.play().catch(function () { /* muted: it plays */ });
+      if (!(await startCamera(video, { width: 640, height: 480 }))) {
+        cameraMissing(null);
+        return;
+      }
       cameraOn = true;
       cameraStatus.textContent = _("Camera on");
       root.dataset.camera = "on";
@@ -194,26 +176,20 @@
   }
 
   function cameraMissing(error) {  // why there is no camera, and what to do: camera-help.js
-    const help = window.cameraHelp.explain(error, "teach");
+    const help = explainCamera(error, "teach");
     cameraOn = false;
     root.dataset.camera = "off";
     cameraStatus.textContent = help.reason;
-    window.cameraHelp.show($("camera-off"), help);
+    showCameraHelp($("camera-off"), help);
     show(video, false);
     show($("camera-off"), true);
     sections().forEach(function (s) { s.querySelector(".teach-capture").hidden = true; });
     $("try-camera").hidden = true;
   }
 
-  function grabFrame() {
-    return new Promise(function (resolve) {
-      const width = video.videoWidth, height = video.videoHeight;
-      if (!cameraOn || !width || !height) { resolve(null); return; }
-      canvas.width = width;
-      canvas.height = height;
-      canvas.getContext("2d").drawImage(video, 0, 0, width, height);
-      canvas.toBlob(resolve, "image/jpeg", 0.9);
-    });
+  // The camera's whole picture (null when it is off or starting).
+  function grab() {
+    return cameraOn ? grabFrame(video, canvas, { quality: 0.9 }) : Promise.resolve(null);
   }
 
   function sleep(ms) { return new Promise(function (r) { setTimeout(r, ms); }); }
@@ -229,7 +205,7 @@
     try {
       while (capturing === section) {
         const started = Date.now();
-        const blob = await grabFrame();
+        const blob = await grab();
         if (blob) {
           try {
             await upload(section, blob, "camera.jpg", pressed);
@@ -256,7 +232,7 @@
     button.addEventListener("pointerdown", function (event) {
       event.preventDefault();
       if (button.setPointerCapture) {
-        try { button.setPointerCapture(event.pointerId); } catch (e) { /* fine */ }
+        try { button.setPointerCapture(event.pointerId); } catch { /* fine */ }
       }
       burst(section);
     });
@@ -277,8 +253,8 @@
   });
 
   // A timer instead of holding the button (static/js/capture-timer.js).
-  const timer = window.CaptureTimer.attach({
-    sections: sections(), grab: grabFrame, upload: upload, error: classError,
+  const timer = attachTimer({
+    sections: sections(), grab: grab, upload: upload, error: classError,
     busy: function () { return Boolean(capturing); },
   });
 
@@ -302,7 +278,7 @@
 
   // The new model's name: the dataset's and the moment in the teacher's own time.
   function modelName() {
-    const when = new Date().toLocaleString(window.i18nLang, {
+    const when = new Date().toLocaleString(lang, {
       year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
     return (root.dataset.datasetName || root.dataset.dataset) + " · " + when;
   }
@@ -330,10 +306,10 @@
       failed: "text-bg-danger", cancelled: "text-bg-warning",
     }[data.state] || "text-bg-secondary");
     root.dataset.jobState = data.state;
-    const pct = Math.round(window.TeachProgress.fraction(data) * 100);
+    const pct = Math.round(fraction(data) * 100);
     $("job-bar").style.width = pct + "%";
     $("job-progress").setAttribute("aria-valuenow", String(pct));
-    $("job-summary").textContent = window.TeachProgress.summary(data);
+    $("job-summary").textContent = summary(data);
     const last = (data.history || [])[data.history ? data.history.length - 1 : 0];
     $("job-metrics").textContent = last
       ? _("Last epoch: training loss {train_loss}, validation loss {val_loss}, validation accuracy {val_acc}%", {
@@ -357,7 +333,7 @@
     clearTimeout(pollTimer);
     if (!job) return;
     try {
-      renderJob(await call("GET", root.dataset.jobsUrl + "/" + encodeURIComponent(job.id)));
+      renderJob(await call("GET", fillUrl(urls.jobUrl, { id: job.id })));
     } catch (err) {
       $("job-summary").textContent = _("Could not ask the server: {reason}", { reason: err.message });
     }
@@ -371,7 +347,7 @@
     show($("result"), false);
     model = null;
     try {
-      const data = await call("POST", root.dataset.trainUrl, options(), true);
+      const data = await call("POST", urls.trainUrl, options());
       watched = true;
       renderJob(data);
       pollTimer = setTimeout(poll, POLL_MS);
@@ -387,7 +363,7 @@
     if (!job) return;
     cancelButton.disabled = true;
     try {
-      renderJob(await call("DELETE", root.dataset.jobsUrl + "/" + encodeURIComponent(job.id)));
+      renderJob(await call("DELETE", fillUrl(urls.jobUrl, { id: job.id })));
     } catch (err) {
       $("job-error").textContent = err.message;
       show($("job-error"), true);
@@ -404,7 +380,7 @@
   async function loadModel(modelId, reveal) {
     let data;
     try {
-      data = await call("GET", root.dataset.modelsUrl + "/" + encodeURIComponent(modelId));
+      data = await call("GET", fillUrl(urls.modelUrl, { id: modelId }));
     } catch (err) {
       $("job-error").textContent = _("The model {id}: {reason}", { id: modelId, reason: err.message });
       show($("job-error"), true);
@@ -429,11 +405,10 @@
     }
     if (m.caveat) parts.push(_("but {caveat}.", { caveat: m.caveat }));
     $("result-metrics").textContent = parts.join(" · ");
-    window.TeachResult.render(data, root.dataset.modelsUrl + "/" + encodeURIComponent(data.id)
-      + "/report", { "Accept": "application/json", "X-CSRFToken": csrf });
+    renderResult(data, fillUrl(urls.reportUrl, { id: data.id }));
     const img = $("result-confusion");
     if ((data.report_files || []).indexOf("confusion.png") >= 0) {
-      img.src = root.dataset.modelsUrl + "/" + encodeURIComponent(data.id) + "/report/confusion.png";
+      img.src = fillUrl(urls.reportFileUrl, { id: data.id, file: "confusion.png" });
       show(img, true);
     } else {
       show(img, false);
@@ -456,23 +431,21 @@
     const box = $("try-result");
     const list = box.querySelector("ol.predictions");
     const note = box.querySelector(".prediction-unknown");
-    if (live && PredictionBars.update(list, predictions, { unknown: unknown })) {
-      if (unknown && !note) box.prepend(PredictionBars.unsure());
+    if (live && updateBars(list, predictions, { unknown: unknown })) {
+      if (unknown && !note) box.prepend(unsure());
       if (!unknown && note) note.remove();
       return;
     }
-    const fresh = PredictionBars.list(predictions, { spacing: "mb-2", unknown: unknown });
-    box.replaceChildren.apply(box, unknown ? [PredictionBars.unsure(), fresh] : [fresh]);
+    const fresh = predictionList(predictions, { spacing: "mb-2", unknown: unknown });
+    box.replaceChildren(...(unknown ? [unsure(), fresh] : [fresh]));
   }
 
   async function tryImage(blob, name) {
     if (!model) return;
     show($("try-error"), false);
-    const body = new FormData();
-    body.append("image", blob, name);
-    body.append("topk", "3");
     try {
-      const data = await call("POST", root.dataset.modelsUrl + "/" + encodeURIComponent(model.id) + "/predict", body, false);
+      const data = await call("POST", fillUrl(urls.predictUrl, { id: model.id }),
+        pictureForm(blob, name, { topk: 3 }));
       bars(data.predictions, data.unknown === true);
     } catch (err) {
       $("try-error").textContent = err.message;
@@ -484,12 +457,11 @@
   // (static/js/live.js: one request at a time), until pressed again; the answers
   // steadied as on the kiosk (static/js/steady.js).
   const tryButton = $("try-camera");
-  const steady = window.Steady.create();
-  const live = window.LiveFrames.create({
+  const steady = createSteady();
+  const live = liveAnswers({
     video: video,
     url: "",
     topk: function () { return 5; },  // the steady average needs the runners-up
-    headers: { "X-CSRFToken": csrf },
     wanted: function () { return Boolean(model) && cameraOn && !document.hidden; },
     onAnswer: function (raw) {
       const data = steady.update(raw);
@@ -508,7 +480,7 @@
   tryButton.addEventListener("click", function () {
     if (live.running) { stopLive(); return; }
     if (!model) return;
-    live.url = root.dataset.modelsUrl + "/" + encodeURIComponent(model.id) + "/predict";
+    live.url = fillUrl(urls.predictUrl, { id: model.id });
     steady.reset();
     tryButton.setAttribute("aria-pressed", "true");
     tryButton.textContent = _("Stop trying");
@@ -525,7 +497,7 @@
     const button = $("activate-button");
     button.disabled = true;
     try {
-      await call("POST", root.dataset.modelsUrl + "/" + encodeURIComponent(model.id) + "/activate");
+      await call("POST", fillUrl(urls.activateUrl, { id: model.id }));
       model.active = true;
       show($("result-active"), true);
       show($("activated-note"), true);
@@ -536,22 +508,18 @@
     }
   });
 
-  // ------------------------------------------------------------------ confirmations
-
-  document.querySelectorAll("form[data-confirm]").forEach(function (form) {
-    form.addEventListener("submit", function (event) {
-      if (!window.confirm(form.dataset.confirm)) event.preventDefault();
-    });
-  });
-
   // ------------------------------------------------------------------ start
 
+  confirmForms();
   $("try-camera").disabled = true;
   updateTrainable();
-  startCamera();
+  openCamera();
   if (root.dataset.latestJob) {
     job = { id: root.dataset.latestJob, state: root.dataset.latestState };
     watched = job.state === "queued" || job.state === "running";
     poll();
   }
-})();
+}
+
+const root = document.getElementById("teach");
+if (root) setUp(root);
