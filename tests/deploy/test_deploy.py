@@ -220,7 +220,7 @@ def test_a_server_starting_from_the_engine_made_ahead_of_time_converts_nothing(
     # Both workers open the precision that was decided (compiling one after the other:
     # together, one of them could not read the network the other was writing).
     assert "does not open" not in server.log
-    served = re.findall(r"model ready: .* engine openvino, (\w+)\)", server.log)
+    served = re.findall(r"model ready: .* engine (\w+), (\w+)\)", server.log)
     assert len(served) == 2 and len(set(served)) == 1, served
     copied = sorted(p.name for p in cache.iterdir() if not p.name.startswith("."))
     assert set(entries) <= set(copied)

@@ -66,8 +66,11 @@ def test_tritons_client_gets_the_answers_of_predict(start_server):
     assert client.get_server_metadata() == {"name": "offline-classifier", "version": "1",
                                             "extensions": ["binary_tensor_data"]}
     meta = client.get_model_metadata(MODEL)
-    version = requests.get(server.url + "/readyz", timeout=30).json()["model"]["version"]
-    assert meta["versions"] == [version] and meta["platform"] == "openvino"
+    model = requests.get(server.url + "/readyz", timeout=30).json()["model"]
+    version = model["version"]
+    assert meta["versions"] == [version]
+    assert meta["platform"] == {"openvino": "openvino",
+                                "onnxruntime": "onnxruntime_onnx"}[model["engine"]]
     assert {(t["name"], t["datatype"], tuple(t["shape"])) for t in meta["inputs"]} == {
         ("image", "BYTES", (-1,)), ("tensor", "FP32", (-1, 3, 224, 224))}
     preprocessing = meta["inputs"][1]["parameters"]
