@@ -323,7 +323,7 @@ def test_download_shows_progress_and_refuses_a_file_that_is_not_the_published_on
 
 
 # --------------------------------------------------------------------------- model files
-# Every row of issue 13's table: the files people have (testkit/model_files.py).
+# Every row of the table of model files: the files people have (testkit/model_files.py).
 
 ACCEPTED = ["bare", "dataparallel", "lightning", "tutorial", "v1_without_format", "compiled",
             "safetensors", "onnx", "mobilenet", "dynamic_quantized", "dropout_head", "mlp_head",

@@ -832,7 +832,7 @@ def test_an_upload_is_converted_for_the_engine_before_it_is_activated(tmp_path,
 
 
 # --------------------------------------------------------------------------- your own models
-# Issue 13: the model files people have, with their class names, through the API, the page
+# The model files people have, with their class names, through the API, the page
 # and the command line (testkit/model_files.py builds them).
 
 

@@ -431,7 +431,7 @@ def test_the_kiosk_is_not_sure_about_what_the_class_never_taught_it(playwright, 
                                                                      files):
     """After the test above, the active model knows a cat and a coffee.  A camera filming
     a rocket gets "I'm not sure what this is", live and when the button is pressed, with
-    the bars greyed (issue 15: a two-class model no longer calls everything one of them)."""
+    the bars greyed (a two-class model does not call everything one of them)."""
     ready = requests_get(server.url + "/readyz")
     assert ready["model"]["classes"] == 2, ready
     other = launch(playwright, files["unrelated"])  # another camera, another Chromium
