@@ -318,16 +318,16 @@ def test_sessions_fail_closed_on_a_read_only_or_damaged_session_store(tmp_path):
 
 
 def test_uploads_and_activations_under_load_kill_no_worker(tmp_path):
-    """QUANTIZE=none, 2 workers sharing one engine cache (and OpenVINO's blob cache in
-    it): 6 upload + activate cycles while two clients send photos.  A worker reading a
+    """ENGINE=openvino QUANTIZE=none, 2 workers sharing one engine cache (and OpenVINO's
+    blob cache in it): 6 upload + activate cycles while two clients send photos.  A worker reading a
     blob the other is writing would die with SIGBUS inside compile_model (it did, in 2 of
     6 such cycles, until the compiles were serialised).  Every photo is answered, every
     model is served by both workers, no worker dies."""
     checkpoints = [save_finetuned_resnet18(tmp_path / f"m{n}.pt", FRUIT, seed=100 + n)
                    for n in range(6)]
     server = ops.launch(tmp_path, "swaps", WEB_CONCURRENCY=2, TORCH_THREADS=1, QUANTIZE="none",
-                        MODEL_DIR=tmp_path / "store", ENGINE_CACHE_DIR=tmp_path / "cache",
-                        ADMIN_TOKEN=TOKEN, MAX_REQUESTS=0)
+                        ENGINE="openvino", MODEL_DIR=tmp_path / "store",
+                        ENGINE_CACHE_DIR=tmp_path / "cache", ADMIN_TOKEN=TOKEN, MAX_REQUESTS=0)
     stop = threading.Event()
     statuses: list[int] = []
 

@@ -838,9 +838,12 @@ def test_an_upload_is_converted_for_the_engine_before_it_is_activated(tmp_path,
 
 @pytest.fixture(scope="module")
 def fp32_app(tmp_path_factory):
-    """An admin app serving in fp32 (QUANTIZE=none: bf16 would round the scores), so its
-    answers can be held to torch fp32's; the table's rows are uploaded into its store."""
-    app = make_app(tmp_path_factory.mktemp("own-models") / "store", QUANTIZE="none")
+    """An admin app serving in fp32 on OpenVINO (QUANTIZE=none: bf16 would round the
+    scores; ENGINE=openvino: no engine trials for each row, the default settings have
+    their own test below), so its answers can be held to torch fp32's; the table's rows
+    are uploaded into its store."""
+    app = make_app(tmp_path_factory.mktemp("own-models") / "store", QUANTIZE="none",
+                   ENGINE="openvino")
     app.extensions["model_holder"].warm_up()
     return app
 
