@@ -43,10 +43,13 @@ def wait_decided(server, timeout: float = 900) -> dict:
     """``/readyz``'s engine once every answer in a row says the measured choice is served
     (with ``ENGINE``/``QUANTIZE=auto`` a fresh engine cache is measured in the background
     and each worker swaps the chosen engine in on its own: figures taken before that
-    measure the swap)."""
+    measure the swap).  ``server``: a running ``Server``, or a Flask test client."""
     started, settled = time.monotonic(), 0
     while time.monotonic() - started < timeout:
-        engine = requests.get(server.url + "/readyz", timeout=30).json()["engine"]
+        if isinstance(server, Server):
+            engine = requests.get(server.url + "/readyz", timeout=30).json()["engine"]
+        else:
+            engine = server.get("/readyz").get_json()["engine"]
         state = (engine.get("auto") or {}).get("state")
         if state == "failed":
             raise RuntimeError(f"the trials failed: {engine['auto'].get('why')}")

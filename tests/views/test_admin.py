@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from testkit import ops
 from testkit.model_files import large_jpegs, photo_pngs, torch_answers
 from testkit.photos import encode, photo
 from testkit.weights import FRUIT, TOOLS
@@ -927,7 +928,7 @@ def test_with_the_default_settings_uploads_answer_like_torch(default_app, model_
     assert response.status_code == 201, response.get_data(as_text=True)
     model_id = response.get_json()["id"]
     assert wait_for_model(client, model_id, timeout=600)["model"]["id"] == model_id
-    engine = wait_decided(client)
+    engine = ops.wait_decided(client, timeout=600)
     assert engine["precision"] == engine["auto"]["chosen"], engine
     if engine["precision"] != "fp32":
         chosen = next(t for t in engine["auto"]["tried"]
@@ -935,18 +936,6 @@ def test_with_the_default_settings_uploads_answer_like_torch(default_app, model_
                                                            engine["precision"]))
         assert chosen["max_score_change"] <= 0.01, chosen
     answers_like_torch(client, entry, model_id)
-
-
-def wait_decided(client, timeout=600) -> dict:
-    """/readyz's engine once the measured engine and precision serve (a new model is
-    served in fp32 while a child process measures)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        engine = client.get("/readyz").get_json()["engine"]
-        if (engine.get("auto") or {}).get("state") != "measuring" \
-                or time.monotonic() > deadline:
-            return engine
-        time.sleep(0.2)
 
 
 @pytest.mark.system  # converts new models in builder child processes
