@@ -5,7 +5,7 @@
 // without JavaScript; these calls go to /admin/api/* with the session cookie and the
 // page's CSRF token in the X-CSRFToken header (api.js).
 import { _ } from "./i18n.js";
-import { csrfToken, errorOf, fillUrl, pictureForm, request, withQuery } from "./api.js";
+import { errorOf, fillUrl, headers, pictureForm, request, withQuery } from "./api.js";
 import { predictionList, unsure } from "./bars.js";
 import { confirmForms } from "./confirm.js";
 
@@ -35,8 +35,9 @@ if (upload) {
     status.textContent = _("Uploading…");
     const xhr = new XMLHttpRequest();
     xhr.open("POST", upload.dataset.api);
-    xhr.setRequestHeader("X-CSRFToken", csrfToken());
-    xhr.setRequestHeader("Accept", "application/json");
+    Object.entries(headers()).forEach(function ([name, value]) {
+      xhr.setRequestHeader(name, value);
+    });
     xhr.upload.addEventListener("progress", function (e) {
       if (!e.lengthComputable) return;
       const pct = (e.loaded / e.total) * 100;
