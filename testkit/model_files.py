@@ -6,7 +6,8 @@ transforms, not the server's code), to compare the server's with.
 ``ModelFiles(folder)`` writes each file on first use and keeps it for the session (a
 ResNet18 file is 45 MB).  Most rows share one random ResNet18 with a 5-way head, saved
 in different layouts: the server must find the same network in each, and its engine
-cache (keyed by the weights) converts it once.
+cache (keyed by the weights) converts it once.  ``ACCEPTED`` names the accepted rows;
+``TORCH_WORDS`` are the words of torch's that no refusal may quote.
 """
 
 from __future__ import annotations
@@ -27,6 +28,16 @@ from testkit.photos import real_photos
 
 CLASSES = ["cat", "dog", "fox", "owl", "yak"]
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+# The accepted rows, by their names in ``ModelFiles`` (what the tests parametrize over).
+ACCEPTED = ["bare", "dataparallel", "lightning", "tutorial", "v1_without_format", "compiled",
+            "safetensors", "onnx", "mobilenet", "dynamic_quantized", "dropout_head", "mlp_head",
+            "prefixed", "hugging_face", "timm", "onnx_external", "onnx_pixels"]
+
+# Words of torch's unpickler that must never reach a person: its opcodes, its globals
+# and its advice to turn the safety off.
+TORCH_WORDS = ("weights_only", "operand", "GLOBAL", "WeightsUnpickler", "allowlist",
+               "add_safe_globals")
 
 
 class HuggingFaceLogits(nn.Module):
@@ -425,11 +436,7 @@ class ModelFiles:
                          PixelValues(wrapped), mean=(0.0, 0.0, 0.0), std=(1 / 255,) * 3)
 
     def accepted(self) -> list[ModelFile]:
-        return [self.bare, self.dataparallel, self.lightning, self.tutorial,
-                self.v1_without_format, self.compiled, self.safetensors, self.onnx,
-                self.mobilenet, self.dynamic_quantized, self.dropout_head, self.mlp_head,
-                self.prefixed, self.hugging_face, self.timm, self.onnx_external,
-                self.onnx_pixels]
+        return [getattr(self, row) for row in ACCEPTED]
 
     # ------------------------------------------------------------------ refused rows
 

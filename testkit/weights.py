@@ -1,10 +1,11 @@
 """Weight files made on the spot with random weights (nothing downloaded): ResNet18 as
 torchvision publishes it, fine-tunes saved as checkpoints, and uploads built to explode
-when loaded."""
+or to run code when loaded."""
 
 from __future__ import annotations
 
 import io
+import pickle
 import zipfile
 from pathlib import Path
 
@@ -57,3 +58,29 @@ def views_bomb(path):
     torch.save({k: one.expand(v.shape) if v.is_floating_point() else v
                 for k, v in state.items()}, path)
     return path
+
+
+class CreatesAFile:
+    """A pickle whose __reduce__ would create a file when unpickled."""
+
+    def __init__(self, target: Path):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (str(self.target), "w"))
+
+
+def hostile_files(tmp_path: Path, marker: Path) -> list[tuple[Path, str]]:
+    """Checkpoints that would create ``marker`` when unpickled, in torch's zip format and
+    as plain pickles, each with the words of its refusal."""
+    zipped = tmp_path / "hostile.pt"
+    torch.save({"format": "webapp-checkpoint/1", "arch": "resnet18",
+                "state_dict": CreatesAFile(marker)}, zipped)  # torch's zip format
+    legacy = tmp_path / "hostile-legacy.pt"
+    legacy.write_bytes(pickle.dumps(CreatesAFile(marker), protocol=2))  # a plain pickle
+    modern = tmp_path / "hostile-protocol4.pt"
+    modern.write_bytes(pickle.dumps(CreatesAFile(marker), protocol=4))
+    assert zipfile.is_zipfile(zipped)
+    return [(zipped, "Python objects other than tensors"),
+            (legacy, "Python objects other than tensors"),
+            (modern, "Python objects other than tensors")]

@@ -21,6 +21,7 @@ from torch import nn
 import model_loader
 from model_loader import ModelLoadError
 from testkit import ROOT
+from testkit.model_files import ACCEPTED, TORCH_WORDS
 from testkit.server import free_port
 from testkit.weights import save_random_resnet18
 
@@ -144,12 +145,6 @@ class _Shell:
         import os
 
         return (os.system, (f"touch {self.marker}",))
-
-
-# Words of torch's unpickler that must never reach a person: its opcodes, its globals
-# and its advice to turn the safety off.
-TORCH_WORDS = ("weights_only", "operand", "GLOBAL", "WeightsUnpickler", "allowlist",
-               "add_safe_globals")
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
@@ -324,11 +319,6 @@ def test_download_shows_progress_and_refuses_a_file_that_is_not_the_published_on
 
 # --------------------------------------------------------------------------- model files
 # Every row of the table of model files: the files people have (testkit/model_files.py).
-
-ACCEPTED = ["bare", "dataparallel", "lightning", "tutorial", "v1_without_format", "compiled",
-            "safetensors", "onnx", "mobilenet", "dynamic_quantized", "dropout_head", "mlp_head",
-            "prefixed", "hugging_face", "timm", "onnx_external", "onnx_pixels"]
-
 
 def fields_of(entry) -> dict:
     """The keyword arguments of load_checkpoint for what a person sends with the file."""

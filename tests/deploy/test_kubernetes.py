@@ -36,12 +36,13 @@ import requests
 import yaml
 
 from testkit import ROOT
+from testkit.admin import BEARER, TOKEN
 from testkit.deploy import dockerfile, env_of
 from testkit.kustomize import render
 from testkit.photos import CAT_CLASSES, encode, photo
 from testkit.server import Server, free_port
 from testkit.shapes import draw
-from tests.training.test_teach import (
+from testkit.teach import (
     LONG,
     Client,
     build,
@@ -52,7 +53,6 @@ from tests.training.test_teach import (
     wait_job,
     work_files,
 )
-from tests.views.test_admin import BEARER, TOKEN
 from webapp.config import SETTINGS, Config, ConfigError, plan_concurrency
 
 KUBE = ROOT / "deploy" / "kubernetes"
@@ -758,7 +758,7 @@ def test_the_watch_trains_what_a_server_with_an_external_runner_queued(tmp_path)
 
 
 class Remote:
-    """A server's API shaped like the Flask test client, for tests.training.test_teach.wait_job."""
+    """A server's API shaped like the Flask test client, for testkit.teach.wait_job."""
 
     def __init__(self, get):
         self.get = get

@@ -19,8 +19,8 @@ import requests
 
 import webapp  # noqa: F401 - first, as in every process of the product
 from testkit import ROOT
-from tests.training.test_teach import build, wait_job
-from tests.views.test_admin import BEARER, TOKEN
+from testkit.admin import BEARER, TOKEN
+from testkit.teach import build, wait_job
 
 
 def test_openvino_runs_with_its_do_nothing_telemetry_stub():

@@ -17,7 +17,7 @@ import requests
 from urllib3 import encode_multipart_formdata
 
 from testkit import attacks, ops
-from tests.views.test_admin import BEARER, TOKEN, csrf_from
+from testkit.admin import BEARER, TOKEN, csrf_from
 from webapp import create_app
 
 URLENCODED = "application/x-www-form-urlencoded"

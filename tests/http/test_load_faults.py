@@ -19,8 +19,8 @@ import requests
 
 from testkit import ops
 from testkit.photos import encode, photo
+from testkit.registry import leftovers, snapshot
 from testkit.weights import FRUIT
-from tests.stores.test_registry import leftovers, snapshot
 from webapp.stores.registry import BUILTIN, Registry
 
 pytestmark = pytest.mark.system  # real servers on 127.0.0.1 (conftest.py: the tiers)

@@ -17,8 +17,8 @@ import requests
 from prometheus_client import REGISTRY
 
 from testkit import attacks, hostile, ops
+from testkit.admin import BEARER, TOKEN, login, make_app
 from testkit.photos import encode, photo
-from tests.views.test_admin import BEARER, TOKEN, login, make_app
 from webapp.config import ConfigError
 
 ALWAYS = ("Content-Security-Policy", "X-Content-Type-Options", "Referrer-Policy",

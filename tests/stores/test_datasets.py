@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from testkit import attacks
+from testkit.admin import BEARER, TOKEN, assert_error, csrf_from, login
 from testkit.photos import encode
 from testkit.shapes import draw
-from tests.views.test_admin import BEARER, TOKEN, assert_error, csrf_from, login
 from webapp import create_app
 from webapp.training.data import scan
 

@@ -10,8 +10,8 @@ import json
 import pytest
 
 from testkit import ROOT
+from testkit.admin import BEARER, login, make_app
 from testkit.photos import encode, photo
-from tests.views.test_admin import BEARER, login, make_app
 from webapp.checkpoints.labels import imagenet_labels
 from webapp.stores.label_names import (
     IMAGENET_DIR,

@@ -10,33 +10,19 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
-from pathlib import Path
 
 import pytest
 import torch
 
 import model_loader
 from testkit import ROOT
+from testkit.admin import make_app
 from testkit.photos import encode, photo
-from testkit.weights import FRUIT, TOOLS
+from testkit.registry import leftovers, snapshot
+from testkit.weights import FRUIT, TOOLS, CreatesAFile, hostile_files
 from webapp.engines import EngineSettings
 from webapp.serving.holder import load_classifier
 from webapp.stores.registry import BUILTIN, Registry, RegistryError
-
-
-def snapshot(root: Path) -> dict:
-    """Every file in the store (outside tmp/) with its size: "the store is unchanged"."""
-    return {
-        str(p.relative_to(root)): p.stat().st_size
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and "tmp" not in p.relative_to(root).parts and p.name != ".lock"
-    }
-
-
-def leftovers(root: Path) -> list[str]:
-    tmp = root / "tmp"
-    return sorted(p.name for p in tmp.iterdir()) if tmp.exists() else []
 
 
 @pytest.fixture()
@@ -245,30 +231,6 @@ def test_names_that_look_like_paths_are_refused(store, fruit_checkpoint, name):
     assert store.list_models() == [] and leftovers(store.root) == []
 
 
-class CreatesAFile:
-    """A pickle whose __reduce__ would create a file when unpickled."""
-
-    def __init__(self, target: Path):
-        self.target = target
-
-    def __reduce__(self):
-        return (open, (str(self.target), "w"))
-
-
-def hostile_files(tmp_path: Path, marker: Path) -> list[Path]:
-    zipped = tmp_path / "hostile.pt"
-    torch.save({"format": "webapp-checkpoint/1", "arch": "resnet18",
-                "state_dict": CreatesAFile(marker)}, zipped)  # torch's zip format
-    legacy = tmp_path / "hostile-legacy.pt"
-    legacy.write_bytes(pickle.dumps(CreatesAFile(marker), protocol=2))  # a plain pickle
-    modern = tmp_path / "hostile-protocol4.pt"
-    modern.write_bytes(pickle.dumps(CreatesAFile(marker), protocol=4))
-    assert zipfile.is_zipfile(zipped)
-    return [(zipped, "Python objects other than tensors"),
-            (legacy, "Python objects other than tensors"),
-            (modern, "Python objects other than tensors")]
-
-
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.system
 def test_a_pickle_that_would_run_code_is_refused_and_runs_nothing(store, tmp_path,
@@ -377,8 +339,6 @@ def test_leftovers_of_interrupted_writes_are_swept_at_start_up_by_age(tmp_path):
     """A crash leaves temp files beside active.json, half-built engine entries and
     uploads in tmp/; a new start removes the old ones and leaves young ones (another
     process's write in progress) alone."""
-    from tests.views.test_admin import make_app
-
     root, cache = tmp_path / "store", tmp_path / "cache"
     for folder in (root / "tmp", cache / "openvino"):
         folder.mkdir(parents=True)

@@ -12,21 +12,12 @@ from pathlib import Path
 import pytest
 
 from testkit import ops
-from testkit.model_files import large_jpegs, photo_pngs, torch_answers
+from testkit.admin import BEARER, TOKEN, assert_error, csrf_from, login, make_app, upload
+from testkit.model_files import ACCEPTED, TORCH_WORDS, large_jpegs, photo_pngs, torch_answers
 from testkit.photos import encode, photo
-from testkit.weights import FRUIT, TOOLS
-from tests.checkpoints.test_model_loader import ACCEPTED, TORCH_WORDS
-from tests.stores.test_registry import hostile_files, leftovers, snapshot
-from webapp import create_app
+from testkit.registry import leftovers, snapshot
+from testkit.weights import FRUIT, TOOLS, hostile_files
 from webapp.stores.registry import BUILTIN, Registry
-
-TOKEN = "test-admin-token-0123456789"
-BEARER = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def make_app(model_dir: Path, **config):
-    return create_app({"TESTING": True, "MODEL_DIR": str(model_dir), "ADMIN_TOKEN": TOKEN,
-                       **config})
 
 
 @pytest.fixture()
@@ -39,25 +30,6 @@ def admin_app(tmp_path):
 def admin(admin_app):
     """A client on that app."""
     return admin_app.test_client()
-
-
-def csrf_from(html: str) -> str:
-    """The CSRF token in a page's forms."""
-    return re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html).group(1)
-
-
-def login(client, token=TOKEN) -> str:
-    """Log in through the form; returns a CSRF token for later form posts."""
-    csrf = csrf_from(client.get("/admin/login").get_data(as_text=True))
-    response = client.post("/admin/login", data={"csrf_token": csrf, "token": token})
-    assert response.status_code == 302, response.get_data(as_text=True)
-    return csrf_from(client.get("/admin/").get_data(as_text=True))
-
-
-def upload(client, path_or_bytes, headers=BEARER, filename="model.pt", **form):
-    data = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()
-    return client.post("/admin/api/models", headers=headers, content_type="multipart/form-data",
-                       data={"checkpoint": (io.BytesIO(data), filename), **form})
 
 
 def jpeg(name="chelsea") -> bytes:
@@ -78,13 +50,6 @@ def wait_for_model(client, model_id, timeout=10.0) -> dict:
         if body["model"]["id"] == model_id or time.monotonic() > deadline:
             return body
         time.sleep(0.1)
-
-
-def assert_error(response, status, code):
-    assert response.status_code == status, response.get_data(as_text=True)
-    error = response.get_json()["error"]
-    assert error["code"] == code and error["message"]
-    return error["message"]
 
 
 # --------------------------------------------------------------------------- access

@@ -11,7 +11,7 @@ import stat
 
 import pytest
 
-from tests.views.test_admin import assert_error, csrf_from
+from testkit.admin import assert_error, csrf_from
 from webapp import create_app
 from webapp.stores import admin_password
 

@@ -11,8 +11,8 @@ import onnx
 import pytest
 import torch
 
+from testkit.admin import BEARER, login, make_app, upload
 from testkit.model_files import photo_pngs
-from tests.views.test_admin import BEARER, login, make_app, upload
 from webapp.checkpoints.loaded import CHECKPOINT_FORMAT
 
 pytestmark = pytest.mark.system  # uploads and conversions run in child processes
