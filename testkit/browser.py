@@ -57,6 +57,46 @@ def chromium_executable(playwright) -> str | None:
     return None
 
 
+def launch(pw, extra_args=(), **options):
+    """Chromium (``chromium_executable``) with the headless flags and ``extra_args``
+    (``options``: more of Playwright's ``launch``, e.g. ``env``); the test fails, saying
+    what to install, when there is none."""
+    import pytest
+
+    executable = chromium_executable(pw)
+    if executable is None:
+        pytest.fail(MISSING_BROWSER, pytrace=False)
+    if executable:
+        options["executable_path"] = executable
+    return pw.chromium.launch(args=CHROMIUM_ARGS + list(extra_args), **options)
+
+
+def filming(pw, video):
+    """Chromium whose fake camera films ``video`` (a .y4m); camera permission granted."""
+    return launch(pw, FAKE_CAMERA_ARGS + [f"--use-file-for-fake-video-capture={video}"])
+
+
+def settle(page) -> None:
+    """Wait until the page's transitions and animations that end have ended (a button
+    still fading into its hover colours, a bar still growing), so that what is checked is
+    what stays on the screen."""
+    page.evaluate("""() => Promise.all(document.getAnimations()
+        .filter(a => a.effect && a.effect.getComputedTiming().endTime !== Infinity)
+        .map(a => a.finished.catch(() => null)))""")
+
+
+def assert_wcag_aa(page) -> None:
+    """axe-core's WCAG 2 A/AA rules (contrast, names, labels, ...) on the page as it
+    stays once its transitions have ended."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    settle(page)
+    result = Axe().run(page, options={
+        "runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa"]},
+        "resultTypes": ["violations"]})
+    assert not result.violations_count, result.generate_report()
+
+
 def camera_frame(image: Image.Image, size=(640, 480)) -> Image.Image:
     """``image`` as a camera of ``size`` films it: cropped to the aspect of ``size``."""
     width, height = size

@@ -18,17 +18,15 @@ from playwright.sync_api import sync_playwright
 
 from testkit import ROOT
 from testkit.browser import (
-    CHROMIUM_ARGS,
-    MISSING_BROWSER,
     SIZES,
     assert_no_sideways_scroll,
     assert_on_screen,
-    chromium_executable,
+    assert_wcag_aa,
+    launch,
     screenshot,
 )
 from testkit.photos import encode, photo
 from testkit.weights import FRUIT
-from tests.views.test_browser import assert_wcag_aa
 
 pytestmark = pytest.mark.browser  # without Chromium: fails with what to install, never skips
 
@@ -38,11 +36,7 @@ TOKEN = "browser-admin-token-0123456789"
 @pytest.fixture()
 def chromium():
     with sync_playwright() as p:
-        executable = chromium_executable(p)
-        if executable is None:
-            pytest.fail(MISSING_BROWSER, pytrace=False)
-        browser = p.chromium.launch(args=CHROMIUM_ARGS,
-                                    **({"executable_path": executable} if executable else {}))
+        browser = launch(p)
         try:
             yield browser
         finally:

@@ -17,18 +17,16 @@ import sys
 from urllib.parse import urlsplit
 
 import pytest
-from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import sync_playwright
 
 from testkit.browser import (
-    CHROMIUM_ARGS,
-    FAKE_CAMERA_ARGS,
-    MISSING_BROWSER,
     SIZES,
     assert_no_english,
     assert_no_sideways_scroll,
     assert_on_screen,
-    chromium_executable,
+    assert_wcag_aa,
+    filming,
+    launch,
     screenshot,
     wait_on_screen,
     write_y4m,
@@ -100,19 +98,6 @@ def playwright_instance():
         yield pw
 
 
-def _launch(pw, extra_args):
-    executable = chromium_executable(pw)
-    if executable is None:
-        pytest.fail(MISSING_BROWSER, pytrace=False)
-    kwargs = {"executable_path": executable} if executable else {}
-    return pw.chromium.launch(args=CHROMIUM_ARGS + extra_args, **kwargs)
-
-
-def filming(pw, video):
-    """Chromium whose fake camera films ``video`` (a .y4m); camera permission granted."""
-    return _launch(pw, FAKE_CAMERA_ARGS + [f"--use-file-for-fake-video-capture={video}"])
-
-
 @pytest.fixture(scope="module")
 def browser(playwright_instance, files):
     """Chromium whose (fake) camera films the cat photo."""
@@ -137,7 +122,7 @@ def scene_page(browser_scene_changes, server):
 @pytest.fixture(scope="module")
 def browser_without_camera_permission(playwright_instance, files):
     """A camera exists, but the permission prompt is never accepted."""
-    browser = _launch(playwright_instance, [
+    browser = launch(playwright_instance, [
         "--use-fake-device-for-media-stream",
         f"--use-file-for-fake-video-capture={files['camera']}"])
     yield browser
@@ -504,13 +489,6 @@ def test_kiosk_has_nothing_that_leaves_the_page(page, kiosk_settings):
     assert p.locator("a[href]").count() == 0  # no admin link, no link at all
     assert p.locator("textarea, [contenteditable], input:not([type=file])").count() == 0
     assert p.locator("form").count() == 0
-
-
-def assert_wcag_aa(p):
-    """axe-core's WCAG 2 A/AA rules (contrast, names, labels, ...) on the page as it is."""
-    result = Axe().run(p, options={"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa"]},
-                                   "resultTypes": ["violations"]})
-    assert not result.violations_count, result.generate_report()
 
 
 def test_settings_change_reaches_a_running_kiosk_at_its_next_start_over(

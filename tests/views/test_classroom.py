@@ -37,18 +37,16 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
 
 from testkit.browser import (
-    CHROMIUM_ARGS,
     FAKE_CAMERA_ARGS,
-    MISSING_BROWSER,
     SIZES,
     assert_no_sideways_scroll,
-    chromium_executable,
+    assert_wcag_aa,
+    launch,
     screenshot,
     write_y4m,
 )
 from testkit.photos import photo
 from testkit.server import Server, free_port
-from tests.views.test_browser import assert_wcag_aa
 from webapp.classroom import machine_names
 
 PASSWORD = "bright-yellow-kiosk"
@@ -141,14 +139,9 @@ def camera(tmp_path_factory):
     return write_y4m(photo("chelsea").image, tmp_path_factory.mktemp("camera") / "cat.y4m")
 
 
-def launch(pw, args, home=None):
-    executable = chromium_executable(pw)
-    if executable is None:
-        pytest.fail(MISSING_BROWSER, pytrace=False)
-    options = {"executable_path": executable} if executable else {}
-    if home:
-        options["env"] = {**os.environ, "HOME": str(home)}
-    return pw.chromium.launch(args=CHROMIUM_ARGS + args, **options)
+def home_env(home) -> dict:
+    """The environment of a Chromium whose $HOME is ``home``."""
+    return {**os.environ, "HOME": str(home)}
 
 
 def home_trusting(ca: str, home) -> str:
@@ -169,7 +162,7 @@ def trusting_browser(playwright_instance, classroom, camera, tmp_path_factory):
     """Chromium that trusts the classroom's CA; its fake camera films a cat, allowed."""
     home = home_trusting(classroom.ca, tmp_path_factory.mktemp("home"))
     browser = launch(playwright_instance, FAKE_CAMERA_ARGS + [
-        f"--use-file-for-fake-video-capture={camera}"], home)
+        f"--use-file-for-fake-video-capture={camera}"], env=home_env(home))
     yield browser
     browser.close()
 
@@ -418,7 +411,7 @@ def test_over_plain_http_from_another_machine_the_kiosk_and_teach_say_why_and_wh
 def test_a_refused_or_missing_camera_is_named_with_what_to_do(
         playwright_instance, classroom, camera, tmp_path, problem, flags, reason, action):
     home = home_trusting(classroom.ca, tmp_path / "home")
-    browser = launch(playwright_instance, flags, home)
+    browser = launch(playwright_instance, flags, env=home_env(home))
     try:
         context, page = new_page(browser)
         page.goto(classroom.url + "/kiosk")

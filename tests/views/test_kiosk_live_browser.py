@@ -22,10 +22,9 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from testkit import ROOT
-from testkit.browser import SIZES, noisy_frames, write_y4m
+from testkit.browser import SIZES, filming, noisy_frames, write_y4m
 from testkit.photos import CAT_CLASSES, photo, real_photos
 from testkit.server import Server, free_port
-from tests.views.test_browser import filming
 from webapp.i18n import find_languages
 from webapp.stores.kiosk_settings import KioskSettings, KioskSettingsStore
 

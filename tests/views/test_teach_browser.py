@@ -20,11 +20,12 @@ from PIL import ImageOps
 from playwright.sync_api import sync_playwright
 
 from testkit.browser import (
-    FAKE_CAMERA_ARGS,
     SIZES,
     assert_no_english,
     assert_no_sideways_scroll,
     assert_on_screen,
+    assert_wcag_aa,
+    filming,
     screenshot,
     wait_on_screen,
     write_y4m,
@@ -32,7 +33,6 @@ from testkit.browser import (
 )
 from testkit.photos import encode, photo
 from testkit.server import Server, free_port
-from tests.views.test_browser import _launch, assert_wcag_aa
 
 pytestmark = pytest.mark.browser
 
@@ -84,14 +84,9 @@ def playwright():
         yield pw
 
 
-def launch(pw, camera):
-    """Chromium whose fake camera films ``camera`` (a .y4m file)."""
-    return _launch(pw, FAKE_CAMERA_ARGS + [f"--use-file-for-fake-video-capture={camera}"])
-
-
 @pytest.fixture(scope="module")
 def browser(playwright, files):
-    browser = launch(playwright, files["camera"])
+    browser = filming(playwright, files["camera"])
     yield browser
     browser.close()
 
@@ -434,7 +429,7 @@ def test_the_kiosk_is_not_sure_about_what_the_class_never_taught_it(playwright, 
     the bars greyed (a two-class model does not call everything one of them)."""
     ready = requests_get(server.url + "/readyz")
     assert ready["model"]["classes"] == 2, ready
-    other = launch(playwright, files["unrelated"])  # another camera, another Chromium
+    other = filming(playwright, files["unrelated"])  # another camera, another Chromium
     try:
         page = other.new_context(**SIZES["desktop"]).new_page()
         page.set_default_timeout(TIMEOUT_MS)
