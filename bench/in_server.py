@@ -85,6 +85,8 @@ def main() -> None:
             raise SystemExit("bench/outside_engine.py did not start")
         body, content_type = multipart(image.read_bytes(), image.name)
         inside, bare, unaccounted, gap, other = [], [], [], [], 0
+        stages_seen: dict[str, list[float]] = {}
+        latencies = []
         for _ in range(WARMUP + n):
             # As bench/loadgen.py (the latencies of bench/run.py): a fresh connection.
             started = time.perf_counter()
@@ -108,10 +110,14 @@ def main() -> None:
             inside.append(timings["inference"])
             bare.append(bare_ms)
             stages = sum(v for k, v in timings.items() if k != "total")
+            for stage, ms in timings.items():
+                stages_seen.setdefault(stage, []).append(ms)
+            latencies.append(latency)
             unaccounted.append(timings["total"] - stages)
             gap.append(latency - timings["total"])
         inside, bare = inside[WARMUP:], bare[WARMUP:]
         unaccounted, gap = unaccounted[WARMUP:], gap[WARMUP:]
+        latencies = latencies[WARMUP:]
         result = {
             "machine": _cpu_name(), "cpus": len(cpus), "isa": args.isa, "image": args.image,
             "requests": len(inside), "other_engine_answers": other,
@@ -125,6 +131,9 @@ def main() -> None:
                                       "max": max(unaccounted, key=abs)},
             "client_minus_total_ms": {"median": statistics.median(gap),
                                       "p95": pct(gap, 0.95)},
+            "client_latency_ms": statistics.median(latencies),
+            "stages_ms": {stage: statistics.median(ms[WARMUP:])
+                          for stage, ms in stages_seen.items()},
         }
     finally:
         if outside is not None:
@@ -143,6 +152,9 @@ def main() -> None:
           f"{r['total_minus_stages_ms']['median']:.2f}; {r['total_minus_stages_ms']['max']:.2f} |")
     print(f"| client latency − timings_ms total (median; p95) | "
           f"{r['client_minus_total_ms']['median']:.2f}; {r['client_minus_total_ms']['p95']:.2f} |")
+    print(f"| client latency (median) | {r['client_latency_ms']:.2f} |")
+    print("| timings_ms, median of each: " + ", ".join(
+        f"{stage} {ms:.2f}" for stage, ms in r["stages_ms"].items()) + " | |")
     print(json.dumps(r))
 
 

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import requests
 
+from testkit.ops import wait_decided
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PY = sys.executable
@@ -180,10 +182,15 @@ def main() -> None:
         cold = Server("project-cold", project_argv, project_env, cpus, tmp)
         servers.append(cold)
         ready = {"project (empty engine cache)": cold.wait_ready()}
+        # The engine and precision are chosen in the background (ENGINE/QUANTIZE=auto):
+        # wait for the choice, so the cache is filled for the warm start and no trials
+        # run while the project is measured.
+        results["engine_chosen"] = wait_decided(cold)
         cold.stop()
         project = Server("project", project_argv, project_env, cpus, tmp)
         servers.append(project)
         ready["project"] = project.wait_ready()
+        wait_decided(project)  # every worker serves the choice (at once, from the cache)
         baseline = Server("baseline", baseline_argv, {}, cpus, tmp)
         servers.append(baseline)
         ready["baseline"] = baseline.wait_ready()

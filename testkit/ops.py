@@ -43,10 +43,11 @@ def wait_decided(server, timeout: float = 900) -> dict:
     """``/readyz``'s engine once every answer in a row says the measured choice is served
     (with ``ENGINE``/``QUANTIZE=auto`` a fresh engine cache is measured in the background
     and each worker swaps the chosen engine in on its own: figures taken before that
-    measure the swap).  ``server``: a running ``Server``, or a Flask test client."""
+    measure the swap).  ``server``: a running server (anything with a ``url``: this
+    package's ``Server``, the benchmarks'), or a Flask test client."""
     started, settled = time.monotonic(), 0
     while time.monotonic() - started < timeout:
-        if isinstance(server, Server):
+        if hasattr(server, "url"):
             engine = requests.get(server.url + "/readyz", timeout=30).json()["engine"]
         else:
             engine = server.get("/readyz").get_json()["engine"]
