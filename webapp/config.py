@@ -130,6 +130,11 @@ SETTINGS: tuple[Setting, ...] = (
             "big are mapped and returned to the system when freed. Empty = gunicorn fixes it "
             "at 1 MiB for OpenVINO and ONNX Runtime (a big image's memory goes back to the "
             "system) and leaves glibc's sliding default with ENGINE=torch."),
+    Setting("PILLOW_BLOCKS_MAX", "4", "Pillow's own setting: memory blocks (up to 16 MB each) "
+            "a process keeps for its next images instead of returning them to the system. "
+            "Reused, they cost no page faults: a 12-megapixel JPEG decodes about a quarter "
+            "faster; a worker keeps at most this many × 16 MB for it; 0 = none.",
+            "int", 0, 64),
     Setting("MALLOC_ARENA_MAX", "2", "glibc malloc arenas per worker process (set with "
             "mallopt when the worker starts): fewer arenas keep a threaded worker's memory "
             "from growing; 0 = glibc's default (8 × cores).", "int", 0, 64),

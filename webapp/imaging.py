@@ -36,6 +36,10 @@ except ImportError:  # pragma: no cover - optional
     _HEIF = ()
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not grey pixels
+# Image memory is kept for the next image (Pillow reads the same variable when it starts;
+# here the settings table's default applies too): a freed block of a decoded photo is
+# otherwise unmapped, and the next photo's pixels fault every page in again.
+Image.core.set_blocks_max(setting("PILLOW_BLOCKS_MAX"))
 
 # Formats we decode (JPEG's opener also returns MPO, how many phone cameras write JPEGs).
 Image.init()
