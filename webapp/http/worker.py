@@ -629,7 +629,15 @@ class ReadAhead(SocketUnreader):
     """The parser's source once a request has arrived: the bytes read ahead, then the
     socket.  (gunicorn's ``unread`` would hold them in a buffer that every read copies
     whole: reading a 19 MB body that way took seconds.)  ``whole``: the request's body
-    is all in ``ahead``."""
+    is all in ``ahead``.
+
+    What is ahead is handed on in pieces of at most ``AHEAD_PIECE``, the size the app
+    reads a body in (Werkzeug's multipart parser: 64 KB): gunicorn's reader keeps what
+    a piece holds beyond the read in a buffer it copies on every read, so 1 MB pieces
+    (its largest ``recv``) made each 64 KB read copy up to 2 MB: a 0.9 MB photo took
+    2.3 ms to read instead of 0.7."""
+
+    AHEAD_PIECE = 64 * 1024
 
     def __init__(self, sock, data: bytearray, whole: bool = False):
         super().__init__(sock)
@@ -637,7 +645,7 @@ class ReadAhead(SocketUnreader):
 
     def chunk(self, size_hint=None):
         if self.at < len(self.ahead):
-            size = max(self.mxchunk, min(size_hint or 0, self.max_body_chunk))
+            size = max(self.mxchunk, min(size_hint or 0, self.AHEAD_PIECE))
             piece = bytes(memoryview(self.ahead)[self.at:self.at + size])
             self.at += len(piece)
             if self.at >= len(self.ahead):  # all handed on: let the buffer go now
