@@ -39,7 +39,10 @@ def upload(client, path_or_bytes, headers=BEARER, filename="model.pt", **form):
 
 
 def assert_error(response, status, code):
+    """The response (a Flask test client's or ``requests``') is a JSON error with this
+    status and code; returns its message."""
     assert response.status_code == status, response.get_data(as_text=True)
+    assert response.headers["Content-Type"].startswith("application/json")
     error = response.get_json()["error"]
     assert error["code"] == code and error["message"]
     return error["message"]

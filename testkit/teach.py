@@ -13,10 +13,10 @@ import random
 import time
 from pathlib import Path
 
-from testkit.admin import BEARER, TOKEN
+from testkit import admin
+from testkit.admin import BEARER
 from testkit.photos import encode
 from testkit.shapes import SHAPES, draw
-from webapp import create_app
 from webapp.stores.registry import Registry
 
 FINAL = ("done", "failed", "cancelled")
@@ -24,9 +24,10 @@ LONG = {"epochs": 100, "patience": 0, "image_size": 64}  # runs until it is stop
 
 
 def make_app(tmp_path: Path, **config):
-    return create_app({"TESTING": True, "MODEL_DIR": str(tmp_path / "models"),
-                       "DATA_DIR": str(tmp_path / "data"), "ADMIN_TOKEN": TOKEN,
-                       "JOB_THREADS": 1, **config})
+    """The admin app (``testkit.admin.make_app``) with its models and data under
+    ``tmp_path`` and one job thread."""
+    return admin.make_app(tmp_path / "models", DATA_DIR=str(tmp_path / "data"),
+                          JOB_THREADS=1, **config)
 
 
 def shape_png(shape: str, rng: random.Random, size: int = 160) -> bytes:

@@ -12,7 +12,6 @@ import os
 import random
 import signal
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -20,6 +19,7 @@ from PIL import Image
 
 from testkit.admin import BEARER, TOKEN, assert_error, login
 from testkit.photos import encode
+from testkit.registry import leftovers
 from testkit.teach import (
     LONG,
     Client,
@@ -34,12 +34,6 @@ from testkit.teach import (
 )
 from testkit.weights import FRUIT
 from webapp.training.jobs import ORPHANED, TEACH_DEFAULTS
-
-
-def registry_tmp(tmp_path: Path) -> list[str]:
-    tmp = tmp_path / "models" / "tmp"
-    return sorted(os.listdir(tmp)) if tmp.exists() else []
-
 
 # --------------------------------------------------------------------------- the whole loop
 
@@ -109,7 +103,7 @@ def test_teach_train_activate_and_predict_on_a_real_server(start_server, tmp_pat
     runner_log = (tmp_path / "data" / ".jobs" / "runner.log").read_text("utf-8")
     assert runner_log.count(f"running training job {job_id}") == 1
     assert models_in(tmp_path) == [model_id]
-    assert work_files(tmp_path) == [] and registry_tmp(tmp_path) == []
+    assert work_files(tmp_path) == [] and leftovers(tmp_path / "models") == []
     assert server.log.count("Autorestarting worker") >= 2  # max-requests did restart them
 
     # Activate; every worker answers with it; fresh shapes are recognised.
@@ -211,7 +205,7 @@ def test_one_job_at_a_time_and_cancelling_leaves_nothing_behind(tmp_path):
     assert http.get(f"/admin/api/jobs/{second['id']}").json()["state"] == "cancelled"
     assert_error(http.delete(f"/admin/api/jobs/{first['id']}"), 409, "job_finished")
     # No model, no half-written file anywhere.
-    assert models_in(tmp_path) == [] and registry_tmp(tmp_path) == []
+    assert models_in(tmp_path) == [] and leftovers(tmp_path / "models") == []
     assert work_files(tmp_path) == []
 
 
@@ -262,7 +256,7 @@ def test_a_job_whose_training_process_died_ends_failed(tmp_path):
     stored = json.loads(on_disk.read_text("utf-8"))
     assert stored["state"] == "failed" and stored["error"] == ORPHANED
 
-    assert models_in(tmp_path) == [] and registry_tmp(tmp_path) == []
+    assert models_in(tmp_path) == [] and leftovers(tmp_path / "models") == []
     assert work_files(tmp_path) == []
 
 

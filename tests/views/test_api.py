@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from testkit import ROOT, hostile
+from testkit.admin import assert_error
 from testkit.photos import chinese_names, encode, photo, real_photos
 
 
@@ -21,14 +22,6 @@ def post(client, *files, field="image", **form):
 
 def jpeg(name="coffee", **params) -> bytes:
     return encode(photo(name).image, "JPEG", quality=92, **params)
-
-
-def assert_error(response, status, code):
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.is_json
-    error = response.get_json()["error"]
-    assert error["code"] == code and error["message"]
-    return error["message"]
 
 
 def test_predict_returns_the_documented_json(client):
